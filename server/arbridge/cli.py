@@ -1,0 +1,205 @@
+"""`arbridge` command line: serve, caption, generate, info, demo, fetch-model."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import time
+
+from arbridge import __version__
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _target(args) -> str:
+    return args.server or f"{args.host}:{args.port}"
+
+
+def _print_chunk(chunk) -> None:
+    prefix = f"[{chunk.sequence_index}] " if chunk.sequence_index else ""
+    sys.stdout.write(prefix + chunk.text)
+    sys.stdout.flush()
+
+
+# -- commands -------------------------------------------------------------------
+def cmd_serve(args) -> int:
+    import torch
+
+    from arbridge.app import ArBridgeServer
+    from arbridge.config import load_settings
+
+    settings = load_settings(args.config, model=args.model, tokenizer=args.tokenizer,
+                             host=args.host, port=args.port, device=args.device,
+                             dtype=args.dtype, max_new_tokens_limit=args.max_new_tokens_limit,
+                             max_active=args.max_active, max_queue=args.max_queue,
+                             torch_threads=args.threads, log_level=args.log_level)
+    _setup_logging(settings.log_level)
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    asyncio.run(ArBridgeServer(settings).serve_forever())
+    return 0
+
+
+def _sampling_from_args(args, sampling) -> None:
+    if args.max_new_tokens is not None:
+        sampling.max_new_tokens = args.max_new_tokens
+    if args.temperature is not None:
+        sampling.temperature = args.temperature
+    if args.seed is not None:
+        sampling.seed = args.seed
+    for s in args.stop or []:
+        sampling.stop.append(s)
+
+
+def cmd_caption(args) -> int:
+    from arbridge.client import ArBridgeClient, load_describe_request
+
+    request = load_describe_request(args.scene)
+    _sampling_from_args(args, request.sampling)
+    client = ArBridgeClient(_target(args))
+    try:
+        stats = client.describe(request, _print_chunk, timeout=args.timeout)
+    finally:
+        client.close()
+    print()
+    print(f"-- {stats.summary()}", file=sys.stderr)
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from arbridge.client import ArBridgeClient
+    from arbridge.v1 import service_pb2 as spb
+
+    request = spb.GenerateRequest(prompt=args.prompt)
+    _sampling_from_args(args, request.sampling)
+    client = ArBridgeClient(_target(args))
+    try:
+        stats = client.generate(request, _print_chunk, timeout=args.timeout)
+    finally:
+        client.close()
+    print()
+    print(f"-- {stats.summary()}", file=sys.stderr)
+    return 0
+
+
+def cmd_info(args) -> int:
+    from google.protobuf import json_format
+
+    from arbridge.client import ArBridgeClient
+
+    client = ArBridgeClient(_target(args))
+    try:
+        print(json_format.MessageToJson(client.model_info()))
+    finally:
+        client.close()
+    return 0
+
+
+def cmd_fetch_model(args) -> int:
+    from arbridge.config import load_settings
+    from arbridge.engine.model_cache import ensure_default_model
+
+    settings = load_settings(args.config)
+    _setup_logging(settings.log_level)
+    print(ensure_default_model(settings.cache_dir))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Start a server, stream a scene caption from it, stop it."""
+    from arbridge.client import wait_until_serving
+
+    target = f"{args.host}:{args.port}"
+    serve = [sys.executable, "-m", "arbridge.cli", "serve", "--host", args.host,
+             "--port", str(args.port)]
+    if args.model:
+        serve += ["--model", args.model]
+    print(f"== starting the server: {' '.join(serve[2:])}", file=sys.stderr)
+    started = time.perf_counter()
+    server = subprocess.Popen(serve, env=os.environ.copy())
+    try:
+        wait_until_serving(target, should_continue=lambda: server.poll() is None)
+        print(f"== server SERVING after {time.perf_counter() - started:.1f} s; "
+              f"streaming the caption of {args.scene}:\n", file=sys.stderr)
+        args.server = target
+        return cmd_caption(args)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+# -- parser ---------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="arbridge", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"arbridge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def server_address(p, default_port=50051):
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=default_port)
+
+    def client_options(p):
+        server_address(p)
+        p.add_argument("--server", help="host:port (overrides --host/--port)")
+        p.add_argument("--timeout", type=float, default=None, help="call deadline, seconds")
+        p.add_argument("--max-new-tokens", type=int)
+        p.add_argument("--temperature", type=float)
+        p.add_argument("--seed", type=int)
+        p.add_argument("--stop", action="append", help="stop string (repeatable)")
+
+    p = sub.add_parser("serve", help="run the gRPC server")
+    p.add_argument("--model", help="HF model dir or .gguf file (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--tokenizer", help="tokenizer directory, when not beside the model")
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--max-new-tokens-limit", type=int)
+    p.add_argument("--max-active", type=int, help="requests generating at once")
+    p.add_argument("--max-queue", type=int, help="requests waiting for a slot")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--config", help="TOML settings file")
+    p.add_argument("--log-level", default=None)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("caption", help="stream the caption of a scene JSON file")
+    p.add_argument("scene", help="DescribeSceneRequest or SceneFeatures as JSON")
+    client_options(p)
+    p.set_defaults(func=cmd_caption)
+
+    p = sub.add_parser("generate", help="stream a raw prompt completion")
+    p.add_argument("prompt")
+    client_options(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("info", help="show the served model (GetModelInfo)")
+    server_address(p)
+    p.add_argument("--server")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("fetch-model", help="download and convert the default model")
+    p.add_argument("--config", help="TOML settings file")
+    p.set_defaults(func=cmd_fetch_model)
+
+    p = sub.add_parser("demo", help="start a server, stream a scene caption, stop")
+    p.add_argument("scene", nargs="?", default="examples/scene.json")
+    p.add_argument("--model")
+    client_options(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""One settings object for the whole server.
+
+Precedence: command-line flags > environment (ARBRIDGE_*) > TOML file
+(--config or ARBRIDGE_CONFIG) > the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are the voice of an augmented-reality headset. You see the scene through the "
+    "headset's object detector. Answer briefly and refer to objects by their names."
+)
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "arbridge"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ARBRIDGE_", extra="forbid")
+
+    # Model
+    model: str | None = Field(None, description="HF dir, GGUF file or Megatron checkpoint; "
+                                                "unset = the default SmolLM2-135M-Instruct")
+    tokenizer: str | None = Field(None, description="tokenizer dir when not beside the model")
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:N'")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto = bfloat16 on CUDA, float32 on CPU")
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    torch_threads: int = Field(0, ge=0, description="0 = torch's default")
+
+    # Network
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535)
+    grace_seconds: float = Field(10.0, ge=0)
+
+    # Generation defaults and limits
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    default_max_new_tokens: int = Field(96, ge=1)
+    max_new_tokens_limit: int = Field(1024, ge=1)
+    max_num_return_sequences: int = Field(8, ge=1)
+    max_stop_strings: int = Field(16, ge=0)
+    max_stop_string_chars: int = Field(256, ge=1)
+    max_scene_objects: int = Field(256, ge=1)
+    max_dialogue_turns: int = Field(256, ge=1)
+    max_prompt_chars: int = Field(200_000, ge=1)
+    max_queue: int = Field(64, ge=1, description="requests waiting for a slot")
+    max_active: int = Field(16, ge=1, description="requests generating at once")
+    deadline_margin_ms: float = Field(
+        50.0, ge=0, description="stop this long before a call's deadline (TIME_LIMIT)")
+
+    log_level: str = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("ARBRIDGE_CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+
+def load_settings(config_file: str | None = None, **overrides: Any) -> Settings:
+    """Settings from flags (`overrides`, None = not given), env and a TOML file."""
+    if config_file:
+        os.environ["ARBRIDGE_CONFIG"] = config_file
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,1 @@
+"""The engine: model loading, scheduling, sampling and detokenization."""

@@ -1,0 +1,71 @@
+"""Token ids -> text deltas that are safe to show.
+
+Two layers per sequence:
+* `IncrementalDetokenizer` turns one token at a time into new text and never
+  emits half a UTF-8 character (a byte-level BPE can split an emoji or a CJK
+  character over several tokens); it uses tokenizers' DecodeStream.
+* `StopStringFilter` holds back text that could be the start of a stop string
+  and reports when one matched, so clients never see a stop string.
+"""
+
+from __future__ import annotations
+
+from tokenizers.decoders import DecodeStream
+
+
+class IncrementalDetokenizer:
+    def __init__(self, tokenizer, skip_special_tokens: bool = True):
+        # The Rust tokenizer behind a transformers "fast" tokenizer.
+        self._backend = tokenizer.backend_tokenizer
+        self._stream = DecodeStream(skip_special_tokens=skip_special_tokens)
+
+    def step(self, token_id: int) -> str:
+        """New text completed by this token ('' while a character is partial)."""
+        return self._stream.step(self._backend, int(token_id)) or ""
+
+
+class StopStringFilter:
+    def __init__(self, stop: tuple[str, ...] | list[str]):
+        self._stop = tuple(s for s in stop if s)
+        self._pending = ""
+        self.matched: str | None = None
+
+    def push(self, text: str) -> str:
+        """Add new text; return the part that can be shown now.
+
+        After a match, `matched` is set and the text before the stop string is
+        returned; everything after it is dropped.
+        """
+        if self.matched is not None:
+            return ""
+        if not self._stop:
+            return text
+        self._pending += text
+        first = None
+        for s in self._stop:
+            at = self._pending.find(s)
+            if at != -1 and (first is None or at < first[0]):
+                first = (at, s)
+        if first is not None:
+            out = self._pending[: first[0]]
+            self.matched = first[1]
+            self._pending = ""
+            return out
+        hold = self._longest_stop_prefix_suffix()
+        cut = len(self._pending) - hold
+        out, self._pending = self._pending[:cut], self._pending[cut:]
+        return out
+
+    def flush(self) -> str:
+        """The held-back text, at the end of a sequence that did not stop."""
+        out, self._pending = self._pending, ""
+        return out
+
+    def _longest_stop_prefix_suffix(self) -> int:
+        best = 0
+        for s in self._stop:
+            for k in range(min(len(s) - 1, len(self._pending)), best, -1):
+                if self._pending.endswith(s[:k]):
+                    best = k
+                    break
+        return best

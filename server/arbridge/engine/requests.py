@@ -1,0 +1,78 @@
+"""What passes between the servicers and the scheduler thread.
+
+A `RequestHandle` is created on the asyncio side, handed to the scheduler, and
+shared by both: the scheduler writes progress into `sink`, the servicer may
+cancel the request or stop single sequences at any time (plain attribute
+writes, read by the scheduler before each step).
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from arbridge.engine.sampling import SamplingConfig
+
+
+class FinishReason(enum.Enum):
+    """Mirrors arbridge.v1.FinishReason (the engine does not import protos)."""
+
+    LENGTH = 1
+    EOS = 2
+    STOP_SEQUENCE = 3
+    CANCELLED = 4
+    INTERRUPTED = 5
+    TIME_LIMIT = 6
+    ERROR = 7
+
+
+@dataclass
+class SequenceFinished:
+    sequence_index: int
+    reason: FinishReason
+    error: str = ""
+
+
+@dataclass
+class StepOutput:
+    """What one scheduler step produced for one request."""
+
+    # (sequence_index, token_id, logprob or None), in sequence order.
+    tokens: list[tuple[int, int, float | None]] = field(default_factory=list)
+    finished: list[SequenceFinished] = field(default_factory=list)
+    at: float = field(default_factory=time.perf_counter)
+
+
+_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class RequestHandle:
+    prompt_ids: list[int]
+    sampling: SamplingConfig
+    sink: Callable[[StepOutput], None]
+    deadline: float | None = None  # time.perf_counter() value; None = none
+    request_id: int = field(default_factory=lambda: next(_ids))
+    arrived: float = field(default_factory=time.perf_counter)
+    started: float | None = None  # set by the scheduler when prefill begins
+    cancel_reason: FinishReason | None = None
+    stopped_sequences: set[int] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def cancel(self, reason: FinishReason = FinishReason.CANCELLED) -> None:
+        """Stop every sequence at the next step; the scheduler reports `reason`."""
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
+
+    def stop_sequence(self, index: int) -> None:
+        """The servicer finished this sequence itself (stop string): drop it."""
+        with self._lock:
+            self.stopped_sequences.add(index)
+
+    def stopped_snapshot(self) -> set[int]:
+        with self._lock:
+            return set(self.stopped_sequences)

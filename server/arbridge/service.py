@@ -1,0 +1,307 @@
+"""The ArBridgeService servicer: validate -> build prompt -> submit -> stream.
+
+The servicer never touches tensors: it hands token ids to the engine and
+turns the engine's outputs into messages (see streaming.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+
+from arbridge import validation
+from arbridge.config import Settings
+from arbridge.engine.async_engine import AsyncEngine, RequestStream
+from arbridge.engine.loader import ModelInfo
+from arbridge.engine.requests import FinishReason
+from arbridge.engine.sampling import SamplingConfig
+from arbridge.engine.scheduler import QueueFull
+from arbridge.grounding import ground
+from arbridge.prompts import Prompt, PromptBuilder, PromptTooLong
+from arbridge.streaming import Event, OutputProcessor
+from arbridge.v1 import service_pb2 as spb
+from arbridge.v1 import service_pb2_grpc
+from arbridge.v1 import types_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+class _Abort(Exception):
+    """A request error to send as a gRPC status."""
+
+    def __init__(self, code: grpc.StatusCode, message: str,
+                 trailers: tuple[tuple[str, str], ...] = ()):
+        super().__init__(message)
+        self.code, self.message, self.trailers = code, message, trailers
+
+
+def _status_for(exc: Exception) -> _Abort | None:
+    if isinstance(exc, _Abort):
+        return exc
+    if isinstance(exc, validation.InvalidField):
+        return _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    if isinstance(exc, validation.Unsupported):
+        return _Abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    if isinstance(exc, QueueFull):
+        retry_ms = str(int(exc.retry_after_s * 1000))
+        return _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                      f"{exc}; retry after {retry_ms} ms", (("retry-after-ms", retry_ms),))
+    return None
+
+
+def _rpc(method):
+    """Turn request errors raised inside a streaming handler into statuses."""
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context):
+        try:
+            async for response in method(self, request, context):
+                yield response
+        except Exception as exc:
+            status = _status_for(exc)
+            if status is None:
+                raise
+            await context.abort(status.code, status.message,
+                                trailing_metadata=status.trailers or None)
+
+    return wrapper
+
+
+class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._engine: AsyncEngine | None = None
+        self._tokenizer = None
+        self._prompts: PromptBuilder | None = None
+        self._info: ModelInfo | None = None
+
+    def attach(self, engine: AsyncEngine, tokenizer, info: ModelInfo) -> None:
+        """Called once the model has loaded; until then calls get UNAVAILABLE."""
+        self._tokenizer = tokenizer
+        self._info = info
+        self._prompts = PromptBuilder(tokenizer, info.context_length,
+                                      self.settings.system_prompt)
+        self._engine = engine
+
+    def _ready(self) -> None:
+        if self._engine is None:
+            raise _Abort(grpc.StatusCode.UNAVAILABLE, "model is still loading; retry shortly")
+
+    # -- shared streaming path ---------------------------------------------
+    def _timeout(self, context) -> float | None:
+        remaining = context.time_remaining()
+        if remaining is None:
+            return None
+        return max(remaining - self.settings.deadline_margin_ms / 1e3, 0.0)
+
+    def _prompt(self, build: Callable[[], Prompt], field: str) -> Prompt:
+        try:
+            return build()
+        except PromptTooLong as exc:
+            raise validation.InvalidField(field, str(exc)) from exc
+
+    def _open(self, prompt: Prompt, cfg: SamplingConfig, context) -> RequestStream:
+        return self._engine.open(prompt.ids, cfg, timeout_s=self._timeout(context))
+
+    async def _events(self, stream: RequestStream, prompt: Prompt, arrived: float,
+                      objects=None) -> AsyncIterator[Event]:
+        grounder = functools.partial(ground, objects=objects) if objects is not None else None
+        processor = OutputProcessor(self._tokenizer, stream, arrived, len(prompt.ids), grounder)
+        async for step in stream:
+            for event in processor.process(step):
+                yield event
+
+    # -- RPCs -----------------------------------------------------------------
+    @_rpc
+    async def Generate(self, request: spb.GenerateRequest, context):
+        arrived = time.perf_counter()
+        self._ready()
+        validation.prompt_text(request.prompt, self.settings)
+        cfg = validation.sampling_config(request.sampling, self.settings)
+        prompt = self._prompt(lambda: self._prompts.raw(request.prompt, cfg.max_new_tokens),
+                              "prompt")
+        stream = self._open(prompt, cfg, context)
+        async for event in self._events(stream, prompt, arrived):
+            yield _wrap(spb.GenerateResponse, event)
+
+    @_rpc
+    async def DescribeScene(self, request: spb.DescribeSceneRequest, context):
+        arrived = time.perf_counter()
+        self._ready()
+        if not request.HasField("scene"):
+            raise validation.InvalidField("scene", "is required")
+        validation.scene(request.scene, self.settings)
+        if not request.scene.objects and not request.scene.location_hint.strip():
+            raise validation.InvalidField("scene.objects",
+                                          "needs at least one object (or a location_hint)")
+        if len(request.instruction) > validation.MAX_TEXT_CHARS_PER_TURN:
+            raise validation.InvalidField("instruction", "too long")
+        cfg = validation.sampling_config(request.sampling, self.settings)
+        prompt = self._prompt(
+            lambda: self._prompts.describe(request.scene, request.instruction,
+                                           cfg.max_new_tokens), "scene")
+        stream = self._open(prompt, cfg, context)
+        async for event in self._events(stream, prompt, arrived,
+                                        objects=list(request.scene.objects)):
+            yield _wrap(spb.DescribeSceneResponse, event)
+
+    async def GetModelInfo(self, request, context):
+        if self._info is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "model is still loading")
+        i = self._info
+        return spb.GetModelInfoResponse(
+            model_name=i.name, architecture=i.architecture, parameter_count=i.parameter_count,
+            context_length=i.context_length, dtype=i.dtype, device=i.device,
+            source_format=i.source_format, num_layers=i.num_layers, hidden_size=i.hidden_size,
+            vocab_size=i.vocab_size, features=i.features,
+            max_new_tokens_limit=self.settings.max_new_tokens_limit)
+
+    @_rpc
+    async def Converse(self, request_iterator, context):
+        self._ready()
+        session = _ConverseSession(self, context)
+        async for response in session.run(request_iterator):
+            yield response
+
+
+def _wrap(response_type, event: Event):
+    if isinstance(event, pb.TokenChunk):
+        return response_type(chunk=event)
+    return response_type(completion=event)
+
+
+class _ConverseSession:
+    """One Converse stream: a reader task feeds requests, replies run one at a time.
+
+    A user turn arriving mid-reply cancels the reply in flight with
+    INTERRUPTED, waits for its Completion to be sent, then starts the next.
+    """
+
+    def __init__(self, servicer: ArBridgeServicer, context):
+        self.servicer = servicer
+        self.settings = servicer.settings
+        self.context = context
+        self.started = False
+        self.system_prompt = ""
+        self.sampling = pb.SamplingParams()
+        self.scene: pb.SceneFeatures | None = None
+        self.history: list[pb.DialogueTurn] = []
+        self.next_turn_id = 1
+        self.outbox: asyncio.Queue = asyncio.Queue()
+        self.reply_task: asyncio.Task | None = None
+        self.reply_stream = None
+
+    async def run(self, requests) -> AsyncIterator[spb.ConverseResponse]:
+        reader = asyncio.create_task(self._read(requests))
+        try:
+            while True:
+                item = await self.outbox.get()
+                if item is None:  # reader finished and the last reply is done
+                    break
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            reader.cancel()
+            if self.reply_task is not None:
+                self.reply_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+
+    async def _read(self, requests) -> None:
+        try:
+            index = 0
+            async for req in requests:
+                await self._handle(req, index)
+                index += 1
+            if self.reply_task is not None:
+                await self.reply_task
+            await self.outbox.put(None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self.outbox.put(exc)
+
+    async def _handle(self, req: spb.ConverseRequest, index: int) -> None:
+        kind = req.WhichOneof("event")
+        if kind is None:
+            raise validation.InvalidField(f"request[{index}].event", "is empty")
+        if kind == "start":
+            if self.started or index != 0:
+                raise validation.InvalidField(f"request[{index}].start",
+                                              "only the first message may start the session")
+            s = req.start
+            validation.dialogue(s.history, self.settings, "start.history")
+            if s.HasField("scene"):
+                validation.scene(s.scene, self.settings, "start.scene")
+                self.scene = s.scene
+            validation.sampling_config(s.sampling, self.settings, "start.sampling")
+            self.system_prompt = s.system_prompt
+            self.sampling = s.sampling
+            self.history = list(s.history)
+        elif kind == "scene_update":
+            validation.scene(req.scene_update, self.settings, f"request[{index}].scene_update")
+            self.scene = req.scene_update
+        elif kind == "cancel":
+            if self.reply_stream is not None:
+                self.reply_stream.cancel(FinishReason.CANCELLED)
+        elif kind == "user_turn":
+            await self._user_turn(req.user_turn, f"request[{index}].user_turn")
+        self.started = True
+
+    async def _user_turn(self, turn: spb.UserTurn, field: str) -> None:
+        text = turn.text.strip()
+        if turn.HasField("audio"):
+            validation.audio(turn.audio, f"{field}.audio")
+            text = text or turn.audio.transcript.strip()
+        if not text:
+            raise validation.InvalidField(f"{field}.text", "needs text or audio.transcript")
+        if len(text) > validation.MAX_TEXT_CHARS_PER_TURN:
+            raise validation.InvalidField(f"{field}.text", "too long")
+        params = turn.sampling if turn.HasField("sampling") else self.sampling
+        cfg = validation.sampling_config(params, self.settings, f"{field}.sampling")
+        # Barge-in: the new turn interrupts the reply in flight.
+        if self.reply_task is not None and not self.reply_task.done():
+            self.reply_stream.cancel(FinishReason.INTERRUPTED)
+            await self.reply_task
+        turn_id = turn.turn_id or self.next_turn_id
+        self.next_turn_id = turn_id + 1
+        arrived = time.perf_counter()
+        prompt = self.servicer._prompt(
+            lambda: self.servicer._prompts.converse(self.scene, self.history, text,
+                                                    cfg.max_new_tokens, self.system_prompt),
+            f"{field}.text")
+        # Opened here, not in the task, so a barge-in can always reach it.
+        self.reply_stream = self.servicer._open(prompt, cfg, self.context)
+        self.reply_task = asyncio.create_task(
+            self._reply(turn_id, text, prompt, self.reply_stream, arrived))
+
+    async def _reply(self, turn_id: int, user_text: str, prompt: Prompt,
+                     stream: RequestStream, arrived: float) -> None:
+        objects = list(self.scene.objects) if self.scene is not None else []
+        reply_text = ""
+        try:
+            async for event in self.servicer._events(stream, prompt, arrived, objects):
+                if isinstance(event, pb.Completion) and event.sequence_index == 0:
+                    reply_text = event.text
+                await self.outbox.put(_wrap_turn(turn_id, event))
+        except Exception as exc:
+            await self.outbox.put(exc)
+            return
+        # What the user heard (even if interrupted) becomes history.
+        self.history.append(pb.DialogueTurn(role=pb.ROLE_USER, text=user_text))
+        self.history.append(pb.DialogueTurn(role=pb.ROLE_ASSISTANT, text=reply_text))
+        if len(self.history) > self.settings.max_dialogue_turns:
+            self.history = self.history[-self.settings.max_dialogue_turns:]
+
+
+def _wrap_turn(turn_id: int, event: Event) -> spb.ConverseResponse:
+    if isinstance(event, pb.TokenChunk):
+        return spb.ConverseResponse(turn_id=turn_id, chunk=event)
+    return spb.ConverseResponse(turn_id=turn_id, completion=event)

@@ -1,0 +1,166 @@
+"""Request checks: every bad field becomes an error that names it.
+
+Validation happens before anything is queued, so a bad request costs nothing
+and never reaches the model. `InvalidField` maps to INVALID_ARGUMENT,
+`Unsupported` to FAILED_PRECONDITION (valid, but this server can't serve it).
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+
+from arbridge.config import Settings
+from arbridge.engine.sampling import SamplingConfig
+from arbridge.v1 import types_pb2 as pb
+
+MAX_LABEL_CHARS = 200
+MAX_TEXT_CHARS_PER_TURN = 20_000
+MAX_TEMPERATURE = 100.0
+
+
+class InvalidField(ValueError):
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+class Unsupported(ValueError):
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+def _finite(value: float, field: str) -> float:
+    if not math.isfinite(value):
+        raise InvalidField(field, f"must be a finite number, got {value}")
+    return value
+
+
+def sampling_config(params: pb.SamplingParams, settings: Settings,
+                    field: str = "sampling") -> SamplingConfig:
+    max_new = params.max_new_tokens or settings.default_max_new_tokens
+    if max_new > settings.max_new_tokens_limit:
+        raise InvalidField(f"{field}.max_new_tokens",
+                           f"{max_new} is above this server's limit of "
+                           f"{settings.max_new_tokens_limit}")
+    temperature = _finite(params.temperature, f"{field}.temperature")
+    if not 0.0 <= temperature <= MAX_TEMPERATURE:
+        raise InvalidField(f"{field}.temperature",
+                           f"must be in [0, {MAX_TEMPERATURE:g}] (0 = greedy), got {temperature}")
+    top_p = _finite(params.top_p, f"{field}.top_p")
+    if top_p == 0.0:
+        top_p = 1.0
+    if not 0.0 < top_p <= 1.0:
+        raise InvalidField(f"{field}.top_p", f"must be in (0, 1] (0 = off), got {top_p}")
+    penalty = _finite(params.repetition_penalty, f"{field}.repetition_penalty")
+    if penalty == 0.0:
+        penalty = 1.0
+    if penalty < 0.0:
+        raise InvalidField(f"{field}.repetition_penalty", f"must be > 0 (0 = off), got {penalty}")
+    n = params.num_return_sequences or 1
+    if n > settings.max_num_return_sequences:
+        raise InvalidField(f"{field}.num_return_sequences",
+                           f"{n} is above this server's limit of "
+                           f"{settings.max_num_return_sequences}")
+    if len(params.stop) > settings.max_stop_strings:
+        raise InvalidField(f"{field}.stop",
+                           f"{len(params.stop)} strings; at most {settings.max_stop_strings}")
+    for i, s in enumerate(params.stop):
+        if not s:
+            raise InvalidField(f"{field}.stop[{i}]", "must not be empty")
+        if len(s) > settings.max_stop_string_chars:
+            raise InvalidField(f"{field}.stop[{i}]",
+                               f"longer than {settings.max_stop_string_chars} characters")
+    seed = params.seed if params.HasField("seed") else secrets.randbits(63)
+    return SamplingConfig(
+        max_new_tokens=max_new, temperature=temperature, top_k=params.top_k, top_p=top_p,
+        repetition_penalty=penalty, seed=seed, stop=tuple(params.stop),
+        num_return_sequences=n, logprobs=params.logprobs)
+
+
+def _vec3(v: pb.Vec3, field: str) -> None:
+    for axis in ("x", "y", "z"):
+        _finite(getattr(v, axis), f"{field}.{axis}")
+
+
+def _pose(p: pb.Pose, field: str) -> None:
+    _vec3(p.position, f"{field}.position")
+    for axis in ("x", "y", "z", "w"):
+        _finite(getattr(p.rotation, axis), f"{field}.rotation.{axis}")
+
+
+def _unit_interval(value: float, field: str) -> None:
+    _finite(value, field)
+    if not 0.0 <= value <= 1.0:
+        raise InvalidField(field, f"must be in [0, 1], got {value}")
+
+
+def feature_vector(fv: pb.FeatureVector, field: str) -> None:
+    """Shape and value checks; serving it needs a projector (FAILED_PRECONDITION)."""
+    if not fv.encoder:
+        raise InvalidField(f"{field}.encoder", "must name the encoder")
+    if fv.dims != len(fv.values):
+        raise InvalidField(f"{field}.dims", f"is {fv.dims} but values has {len(fv.values)}")
+    for i, v in enumerate(fv.values):
+        if not math.isfinite(v):
+            raise InvalidField(f"{field}.values[{i}]", f"must be finite, got {v}")
+    # No projector is loaded in this build: dense features cannot condition
+    # the model yet, and silently ignoring them would mislead the client.
+    raise Unsupported(field, f"no projector is loaded for encoder '{fv.encoder}'")
+
+
+def scene(s: pb.SceneFeatures, settings: Settings, field: str = "scene") -> None:
+    if len(s.objects) > settings.max_scene_objects:
+        raise InvalidField(f"{field}.objects",
+                           f"{len(s.objects)} objects; at most {settings.max_scene_objects}")
+    _pose(s.camera_pose, f"{field}.camera_pose")
+    for i, obj in enumerate(s.objects):
+        f = f"{field}.objects[{i}]"
+        if not obj.label.strip():
+            raise InvalidField(f"{f}.label", "must not be empty")
+        if len(obj.label) > MAX_LABEL_CHARS:
+            raise InvalidField(f"{f}.label", f"longer than {MAX_LABEL_CHARS} characters")
+        _unit_interval(obj.confidence, f"{f}.confidence")
+        _pose(obj.pose, f"{f}.pose")
+        _vec3(obj.extents, f"{f}.extents")
+        for axis in ("x", "y", "z"):
+            if getattr(obj.extents, axis) < 0:
+                raise InvalidField(f"{f}.extents.{axis}", "must be >= 0")
+        for key, value in obj.attributes.items():
+            if len(key) > MAX_LABEL_CHARS or len(value) > MAX_LABEL_CHARS:
+                raise InvalidField(f"{f}.attributes[{key[:40]!r}]",
+                                   f"keys and values are limited to {MAX_LABEL_CHARS} chars")
+    if len(s.location_hint) > MAX_LABEL_CHARS:
+        raise InvalidField(f"{field}.location_hint", f"longer than {MAX_LABEL_CHARS} characters")
+    for i, fv in enumerate(s.image_features):
+        feature_vector(fv, f"{field}.image_features[{i}]")
+
+
+def audio(a: pb.AudioFeatures, field: str = "audio") -> None:
+    _unit_interval(a.confidence, f"{field}.confidence")
+    if len(a.transcript) > MAX_TEXT_CHARS_PER_TURN:
+        raise InvalidField(f"{field}.transcript",
+                           f"longer than {MAX_TEXT_CHARS_PER_TURN} characters")
+    if a.HasField("embedding"):
+        feature_vector(a.embedding, f"{field}.embedding")
+
+
+def dialogue(turns, settings: Settings, field: str = "history") -> None:
+    if len(turns) > settings.max_dialogue_turns:
+        raise InvalidField(field, f"{len(turns)} turns; at most {settings.max_dialogue_turns}")
+    for i, turn in enumerate(turns):
+        if turn.role not in (pb.ROLE_USER, pb.ROLE_ASSISTANT, pb.ROLE_SYSTEM):
+            name = "ROLE_UNSPECIFIED" if turn.role == 0 else f"unknown value {turn.role}"
+            raise InvalidField(f"{field}[{i}].role", f"must be USER, ASSISTANT or SYSTEM, "
+                                                     f"got {name}")
+        if len(turn.text) > MAX_TEXT_CHARS_PER_TURN:
+            raise InvalidField(f"{field}[{i}].text",
+                               f"longer than {MAX_TEXT_CHARS_PER_TURN} characters")
+
+
+def prompt_text(text: str, settings: Settings, field: str = "prompt") -> None:
+    if not text:
+        raise InvalidField(field, "must not be empty")
+    if len(text) > settings.max_prompt_chars:
+        raise InvalidField(field, f"{len(text)} characters; at most {settings.max_prompt_chars}")
