@@ -68,7 +68,7 @@ def _rpc(method):
             if status is None:
                 raise
             await context.abort(status.code, status.message,
-                                trailing_metadata=status.trailers or None)
+                                trailing_metadata=status.trailers)
 
     return wrapper
 

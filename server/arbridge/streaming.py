@@ -71,7 +71,7 @@ class OutputProcessor:
             seq = self._seqs[fin.sequence_index]
             if seq.done:
                 continue
-            rest = seq.stops.flush()
+            rest = seq.stops.push(seq.detokenizer.flush()) + seq.stops.flush()
             if rest:
                 yield self._chunk(seq, rest)
             yield self._complete(seq, fin.reason, fin.error)

@@ -17,11 +17,26 @@ class IncrementalDetokenizer:
     def __init__(self, tokenizer, skip_special_tokens: bool = True):
         # The Rust tokenizer behind a transformers "fast" tokenizer.
         self._backend = tokenizer.backend_tokenizer
+        self._skip = skip_special_tokens
         self._stream = DecodeStream(skip_special_tokens=skip_special_tokens)
+        self._ids: list[int] = []
+        self._emitted: list[str] = []
 
     def step(self, token_id: int) -> str:
         """New text completed by this token ('' while a character is partial)."""
-        return self._stream.step(self._backend, int(token_id)) or ""
+        self._ids.append(int(token_id))
+        text = self._stream.step(self._backend, int(token_id)) or ""
+        self._emitted.append(text)
+        return text
+
+    def flush(self) -> str:
+        """At the end of a sequence: bytes of an unfinished character, as U+FFFD.
+
+        Keeps the streamed text equal to decoding all ids at once.
+        """
+        full = self._backend.decode(self._ids, skip_special_tokens=self._skip)
+        emitted = "".join(self._emitted)
+        return full[len(emitted):] if full.startswith(emitted) else ""
 
 
 class StopStringFilter:

@@ -14,6 +14,7 @@ decoded together as one batch.
 from __future__ import annotations
 
 import collections
+import inspect
 import logging
 import threading
 import time
@@ -61,6 +62,9 @@ class Scheduler:
         self.max_active = max_active
         self.max_queue = max_queue
         self.eos_ids = self._eos_ids(model, tokenizer)
+        # transformers renamed `past_key_values` to `cache` (5.2x); accept both.
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._waiting: collections.deque[RequestHandle] = collections.deque()
         self._active: list[_Active] = []
         self._wake = threading.Condition()
@@ -213,7 +217,8 @@ class Scheduler:
             active.seen = torch.zeros(n, self.vocab_size, dtype=torch.bool, device=self.device)
             active.seen[:, prompt[0]] = True
         else:
-            out = self.model(input_ids=active.last_ids[:, None],
-                             past_key_values=active.cache, use_cache=True)
-        active.cache = out.past_key_values
+            out = self.model(input_ids=active.last_ids[:, None], use_cache=True,
+                             **{self._cache_kw: active.cache})
+        cache = out.get("cache")
+        active.cache = cache if cache is not None else out.get("past_key_values")
         return out.logits[:, -1, :]

@@ -1,0 +1,107 @@
+"""Shared fixtures: tiny models, and real servers on loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from arbridge.app import ArBridgeServer
+from arbridge.config import Settings
+from arbridge.engine.loader import load_model
+from arbridge.v1 import service_pb2_grpc
+from tiny_model import build_tiny_model
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_eos_model_dir(tmp_path_factory) -> Path:
+    """A tiny model whose every first token is EOS."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-eos"), eos_bias=100.0)
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded(tiny_model_dir, tmp_path_factory):
+    return load_model(str(tiny_model_dir), cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def slow_down(model, seconds: float):
+    """Make every forward pass take at least `seconds` (for timing tests)."""
+    original = model.forward
+
+    @functools.wraps(original)
+    def forward(*args, **kwargs):
+        time.sleep(seconds)
+        return original(*args, **kwargs)
+
+    model.forward = forward
+    return model
+
+
+class RunningServer:
+    def __init__(self, server: ArBridgeServer):
+        self.server = server
+        self.target = f"127.0.0.1:{server.port}"
+        self.channel = grpc.aio.insecure_channel(self.target)
+        self.stub = service_pb2_grpc.ArBridgeServiceStub(self.channel)
+
+    async def close(self):
+        await self.channel.close()
+        await self.server.stop(grace=1)
+
+
+async def start_server(model_dir: Path, cache_dir: Path, step_delay: float = 0.0,
+                       **settings) -> RunningServer:
+    loaded = load_model(str(model_dir), cache_dir=cache_dir)
+    if step_delay:
+        slow_down(loaded.model, step_delay)
+    server = ArBridgeServer(Settings(host="127.0.0.1", port=0, model=str(model_dir),
+                                     cache_dir=cache_dir, **settings))
+    await server.start()
+    await server.load(preloaded=loaded)
+    return RunningServer(server)
+
+
+@pytest.fixture(scope="session")
+async def tiny_server(tiny_model_dir, tmp_path_factory):
+    running = await start_server(tiny_model_dir, tmp_path_factory.mktemp("cache"))
+    yield running
+    await running.close()
+
+
+@pytest.fixture
+async def make_server(tmp_path):
+    """Factory for servers with their own settings; all stopped after the test."""
+    started: list[RunningServer] = []
+
+    async def make(model_dir: Path, **kwargs) -> RunningServer:
+        running = await start_server(model_dir, tmp_path, **kwargs)
+        started.append(running)
+        return running
+
+    yield make
+    await asyncio.gather(*(s.close() for s in started))
+
+
+async def collect(call):
+    """Read a streaming call: (chunks, completions, arrival times of each event)."""
+    chunks, completions, events = [], [], []
+    start = time.perf_counter()
+    async for response in call:
+        kind = response.WhichOneof("event")
+        events.append((kind, time.perf_counter() - start, response))
+        if kind == "chunk":
+            chunks.append(response.chunk)
+        else:
+            completions.append(response.completion)
+    return chunks, completions, events

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import math
+
+from arbridge.scene_text import describe_scene, place
+from arbridge.v1 import types_pb2 as pb
+
+
+def pose(x, y, z, yaw_deg=0.0):
+    half = math.radians(yaw_deg) / 2  # rotation about +Y (Unity: positive = turn right)
+    return pb.Pose(position=pb.Vec3(x=x, y=y, z=z),
+                   rotation=pb.Quaternion(y=math.sin(half), w=math.cos(half)))
+
+
+def test_directions_and_distance_bands_with_identity_camera():
+    cam = pose(0, 0, 0)
+    assert place(pose(0, 0, 1), cam).direction == "ahead"
+    assert place(pose(-1, 0, 1), cam).direction == "to the left"
+    assert place(pose(1, 0, 1), cam).direction == "to the right"
+    assert place(pose(0, 0, -2), cam).direction == "behind"
+    assert place(pose(0, 0, 1), cam).distance_band == "near"
+    assert place(pose(0, 0, 3), cam).distance_band == "mid-range"
+    assert place(pose(0, 0, 6), cam).distance_band == "far"
+    assert math.isclose(place(pose(3, 0, 4), cam).distance_m, 5.0, rel_tol=1e-6)
+
+
+def test_camera_rotation_and_position_are_taken_into_account():
+    # Camera at (5, 0, 5), turned 90 degrees right: world +X is now ahead.
+    cam = pose(5, 0, 5, yaw_deg=90)
+    assert place(pose(7, 0, 5), cam).direction == "ahead"
+    assert place(pose(5, 0, 7), cam).direction == "to the left"
+    assert place(pose(5, 0, 3), cam).direction == "to the right"
+
+
+def test_unset_rotation_means_identity():
+    cam = pb.Pose(position=pb.Vec3())
+    assert place(pose(-2, 0, 0.5), cam).direction == "to the left"
+
+
+def test_description_is_deterministic_nearest_first():
+    objs = [
+        pb.SceneObject(id="b", label="table", pose=pose(0.2, 0, 2.0),
+                       attributes={"material": "glass", "color": "white"}),
+        pb.SceneObject(id="a", label="chair", pose=pose(-1, 0, 0.5), confidence=0.3),
+        pb.SceneObject(id="c", label="lamp"),
+    ]
+    scene = pb.SceneFeatures(objects=objs, camera_pose=pose(0, 0, 0), location_hint="kitchen")
+    text = describe_scene(scene)
+    assert text == (
+        "Location: kitchen.\n"
+        "Objects in view, nearest first:\n"
+        "- chair: to the left, near (1.1 m) (uncertain)\n"
+        "- table: ahead, mid-range (2.0 m); color=white, material=glass\n"
+        "- lamp: position unknown"
+    )
+    shuffled = pb.SceneFeatures(objects=[objs[2], objs[0], objs[1]], camera_pose=pose(0, 0, 0),
+                                location_hint="kitchen")
+    assert describe_scene(shuffled) == text
+
+
+def test_empty_scene_is_empty_text():
+    assert describe_scene(pb.SceneFeatures()) == ""

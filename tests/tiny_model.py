@@ -1,0 +1,67 @@
+"""Tiny random GPT-2 models with a BPE tokenizer trained on the fly.
+
+Fast enough to build in a test session (well under a second) and real
+enough to exercise tokenization, caching, sampling and streaming.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CORPUS = [
+    "The red chair stands to the left of the glass table.",
+    "A lamp is far to the right; the kitchen is small and bright.",
+    "User: what is ahead of me? Assistant: a table, near you.",
+    "日本語のテキストと絵文字 🙂🚀 も少し含める。",
+    "Objects in view, nearest first: chair, table, lamp, window, door.",
+] * 20
+
+
+def train_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+                                   bos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+def build_tiny_model(out_dir: Path, *, chat_template: bool = True, eos_bias: float = -100.0,
+                     n_positions: int = 256, seed: int = 0) -> Path:
+    """Save a 2-layer GPT-2 + tokenizer into out_dir and return it.
+
+    `eos_bias` steers the EOS logit: very negative (default) makes EOS
+    unreachable so sequence lengths are exact; very positive makes every
+    sequence end at once with EOS.
+    """
+    tokenizer = train_tokenizer()
+    if chat_template:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    eos = tokenizer.eos_token_id
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=n_positions, n_embd=64,
+                        n_layer=2, n_head=2, bos_token_id=eos, eos_token_id=eos,
+                        tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        # The final layer norm's bias puts a constant 10 in hidden dim 0; the
+        # EOS row reads only that dim, so its logit is about 10 * eos_bias / 10.
+        model.transformer.ln_f.bias[0] = 10.0
+        model.lm_head.weight[eos].zero_()
+        model.lm_head.weight[eos, 0] = eos_bias / 10.0
+    model.generation_config.eos_token_id = eos
+    model.generation_config.pad_token_id = eos
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
