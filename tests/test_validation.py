@@ -1,0 +1,120 @@
+"""Bad input: a precise status naming the field; other streams keep flowing."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import grpc
+import pytest
+
+from arbridge.v1 import service_pb2 as spb
+from arbridge.v1 import types_pb2 as pb
+from conftest import collect
+
+NAN = math.nan
+
+OBJ = pb.SceneObject(id="1", label="chair")
+
+
+def scene_req(scene=None, **sampling):
+    return spb.DescribeSceneRequest(scene=scene or pb.SceneFeatures(objects=[OBJ]),
+                                    sampling=pb.SamplingParams(**sampling))
+
+
+INVALID = [
+    ("generate empty prompt", "Generate", spb.GenerateRequest(prompt=""), "prompt"),
+    ("negative temperature", "Generate",
+     spb.GenerateRequest(prompt="hi", sampling=pb.SamplingParams(temperature=-0.5)),
+     "sampling.temperature"),
+    ("NaN temperature", "Generate",
+     spb.GenerateRequest(prompt="hi", sampling=pb.SamplingParams(temperature=NAN)),
+     "sampling.temperature"),
+    ("top_p above 1", "Generate",
+     spb.GenerateRequest(prompt="hi", sampling=pb.SamplingParams(top_p=1.5)), "sampling.top_p"),
+    ("negative top_p", "Generate",
+     spb.GenerateRequest(prompt="hi", sampling=pb.SamplingParams(top_p=-0.1)), "sampling.top_p"),
+    ("NaN repetition penalty", "Generate",
+     spb.GenerateRequest(prompt="hi", sampling=pb.SamplingParams(repetition_penalty=NAN)),
+     "sampling.repetition_penalty"),
+    ("max_new_tokens over the cap", "Generate",
+     spb.GenerateRequest(prompt="hi", sampling=pb.SamplingParams(max_new_tokens=100_000)),
+     "sampling.max_new_tokens"),
+    ("too many sequences", "Generate",
+     spb.GenerateRequest(prompt="hi", sampling=pb.SamplingParams(num_return_sequences=99)),
+     "sampling.num_return_sequences"),
+    ("empty stop string", "Generate",
+     spb.GenerateRequest(prompt="hi", sampling=pb.SamplingParams(stop=["ok", ""])),
+     "sampling.stop[1]"),
+    ("prompt longer than the context", "Generate",
+     spb.GenerateRequest(prompt="chair table " * 400), "prompt"),
+    ("no scene", "DescribeScene", spb.DescribeSceneRequest(), "scene"),
+    ("empty scene", "DescribeScene", scene_req(pb.SceneFeatures()), "scene.objects"),
+    ("empty label", "DescribeScene",
+     scene_req(pb.SceneFeatures(objects=[pb.SceneObject(id="x")])), "scene.objects[0].label"),
+    ("NaN position", "DescribeScene",
+     scene_req(pb.SceneFeatures(objects=[pb.SceneObject(
+         label="chair", pose=pb.Pose(position=pb.Vec3(x=NAN)))])),
+     "scene.objects[0].pose.position.x"),
+    ("infinite camera rotation", "DescribeScene",
+     scene_req(pb.SceneFeatures(objects=[OBJ], camera_pose=pb.Pose(
+         rotation=pb.Quaternion(w=math.inf)))), "scene.camera_pose.rotation.w"),
+    ("confidence above 1", "DescribeScene",
+     scene_req(pb.SceneFeatures(objects=[OBJ, pb.SceneObject(label="t", confidence=2)])),
+     "scene.objects[1].confidence"),
+    ("negative extents", "DescribeScene",
+     scene_req(pb.SceneFeatures(objects=[pb.SceneObject(label="t",
+                                                        extents=pb.Vec3(y=-1))])),
+     "scene.objects[0].extents.y"),
+    ("feature dims mismatch", "DescribeScene",
+     scene_req(pb.SceneFeatures(objects=[OBJ], image_features=[
+         pb.FeatureVector(encoder="clip", dims=3, values=[1, 2])])),
+     "scene.image_features[0].dims"),
+    ("top_p over 1 in DescribeScene", "DescribeScene", scene_req(top_p=2.0), "sampling.top_p"),
+]
+
+
+@pytest.mark.parametrize("name,method,request_msg,field", INVALID, ids=[c[0] for c in INVALID])
+async def test_invalid_argument_names_the_field(tiny_server, name, method, request_msg, field):
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await collect(getattr(tiny_server.stub, method)(request_msg))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert err.value.details().startswith(field + ":"), err.value.details()
+
+
+async def test_dense_features_without_projector_is_failed_precondition(tiny_server):
+    req = scene_req(pb.SceneFeatures(objects=[OBJ], image_features=[
+        pb.FeatureVector(encoder="clip", dims=2, values=[0.5, 0.25])]))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await collect(tiny_server.stub.DescribeScene(req))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "clip" in err.value.details()
+
+
+async def test_unknown_enum_value_in_history(tiny_server):
+    async def requests():
+        yield spb.ConverseRequest(start=spb.ConverseStart(history=[
+            pb.DialogueTurn(role=pb.ROLE_USER, text="hi"), pb.DialogueTurn(role=42, text="?")]))
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await collect(tiny_server.stub.Converse(requests()))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("start.history[1].role:")
+    assert "42" in err.value.details()
+
+
+async def test_bad_requests_do_not_disturb_a_running_stream(tiny_server):
+    good = asyncio.ensure_future(collect(tiny_server.stub.Generate(
+        spb.GenerateRequest(prompt="The table", sampling=pb.SamplingParams(max_new_tokens=60)))))
+    errors = 0
+    for _ in range(20):
+        for _, method, request_msg, _ in INVALID[:8]:
+            try:
+                await collect(getattr(tiny_server.stub, method)(request_msg))
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT
+                errors += 1
+    chunks, done, _ = await good
+    assert errors == 160
+    assert done[0].finish_reason == pb.FINISH_REASON_LENGTH
+    assert done[0].usage.completion_tokens == 60
