@@ -54,7 +54,7 @@ protos: $(VENV)/.installed
 
 lint: $(VENV)/.installed $(BUF)
 	$(BUF) lint
-	$(VENV)/bin/ruff check server tests
+	$(VENV)/bin/ruff check server tests tools
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache

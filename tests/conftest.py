@@ -14,6 +14,7 @@ from arbridge.app import ArBridgeServer
 from arbridge.config import Settings
 from arbridge.engine.loader import load_model
 from arbridge.v1 import service_pb2_grpc
+
 from tiny_model import build_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent

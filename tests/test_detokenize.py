@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from arbridge.engine.detokenize import IncrementalDetokenizer, StopStringFilter
+
 from tiny_model import train_tokenizer
 
 TEXTS = [

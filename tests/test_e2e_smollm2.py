@@ -12,6 +12,7 @@ import time
 import pytest
 
 from arbridge.client import ArBridgeClient, load_describe_request, wait_until_serving
+
 from conftest import REPO
 
 pytestmark = pytest.mark.e2e

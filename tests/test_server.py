@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import types_pb2 as pb
+
 from conftest import collect
 
 FR = pb.FinishReason
@@ -231,3 +232,29 @@ async def test_health_not_serving_while_loading(tiny_model_dir, tmp_path):
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
     finally:
         await server.stop(grace=0)
+
+
+async def test_buf_curl_through_reflection(tiny_server):
+    """What a grpcurl-style user does: list via reflection, call with JSON."""
+    from conftest import REPO
+
+    buf = str(REPO / "node_modules" / ".bin" / "buf")
+    url = f"http://{tiny_server.target}"
+
+    async def run(*args):
+        proc = await asyncio.create_subprocess_exec(
+            buf, "curl", "--protocol", "grpc", "--http2-prior-knowledge", *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await proc.communicate()
+        return proc.returncode, out.decode(), err.decode()
+
+    rc, out, err = await run("--list-services", url)
+    assert rc == 0, err
+    assert "arbridge.v1.ArBridgeService" in out.split()
+    rc, out, err = await run("-d", '{"prompt": "The red chair", "sampling": {"maxNewTokens": 4}}',
+                             f"{url}/arbridge.v1.ArBridgeService/Generate")
+    assert rc == 0, err
+    assert '"finishReason": "FINISH_REASON_LENGTH"' in out and '"chunk"' in out
+    rc, out, err = await run("-d", '{"prompt": "x", "sampling": {"topP": 3}}',
+                             f"{url}/arbridge.v1.ArBridgeService/Generate")
+    assert rc != 0 and "invalid_argument" in out + err and "sampling.top_p" in out + err

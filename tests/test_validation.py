@@ -10,6 +10,7 @@ import pytest
 
 from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import types_pb2 as pb
+
 from conftest import collect
 
 NAN = math.nan

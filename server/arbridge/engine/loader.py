@@ -98,7 +98,6 @@ def resolve_model_dir(model: str | None, cache_dir: Path) -> tuple[Path, str]:
 
 def load_model(model: str | None, *, cache_dir: Path, device: str = "auto",
                dtype: str = "auto", tokenizer: str | None = None) -> LoadedModel:
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.perf_counter()
