@@ -39,7 +39,8 @@ def cmd_serve(args) -> int:
                              host=args.host, port=args.port, device=args.device,
                              dtype=args.dtype, max_new_tokens_limit=args.max_new_tokens_limit,
                              max_active=args.max_active, max_queue=args.max_queue,
-                             torch_threads=args.threads, log_level=args.log_level)
+                             torch_threads=args.threads, log_level=args.log_level,
+                             grace_seconds=args.grace)
     _setup_logging(settings.log_level)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
@@ -165,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-active", type=int, help="requests generating at once")
     p.add_argument("--max-queue", type=int, help="requests waiting for a slot")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--grace", type=float, help="seconds in-flight calls get at shutdown")
     p.add_argument("--config", help="TOML settings file")
     p.add_argument("--log-level", default=None)
     p.set_defaults(func=cmd_serve)
