@@ -23,8 +23,7 @@ def test_chat_template_wraps_scene_and_question(chat_tokenizer):
     builder = PromptBuilder(chat_tokenizer, 4096, "SYSTEM")
     prompt = builder.converse(scene(), [], "what is here?", 16)
     text = chat_tokenizer.decode(prompt.ids)
-    assert text.startswith("<|im_start|>system\nSYSTEM\n\nCurrent scene:\n")
-    assert "- chair: position unknown" in text
+    assert text.startswith("<|im_start|>system\nSYSTEM\n\nScene: A chair is somewhere nearby.")
     assert text.endswith("<|im_start|>user\nwhat is here?<|im_end|>\n<|im_start|>assistant\n")
 
 

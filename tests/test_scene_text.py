@@ -47,15 +47,23 @@ def test_description_is_deterministic_nearest_first():
     scene = pb.SceneFeatures(objects=objs, camera_pose=pose(0, 0, 0), location_hint="kitchen")
     text = describe_scene(scene)
     assert text == (
-        "Location: kitchen.\n"
-        "Objects in view, nearest first:\n"
-        "- chair: to the left, near (1.1 m) (uncertain)\n"
-        "- table: ahead, mid-range (2.0 m); color=white, material=glass\n"
-        "- lamp: position unknown"
+        "You are in kitchen. "
+        "A chair (uncertain) is to the left, near you, 1.1 m away. "
+        "A white glass table is ahead, 2.0 m away. "
+        "A lamp is somewhere nearby."
     )
     shuffled = pb.SceneFeatures(objects=[objs[2], objs[0], objs[1]], camera_pose=pose(0, 0, 0),
                                 location_hint="kitchen")
     assert describe_scene(shuffled) == text
+
+
+def test_far_objects_behind_and_articles():
+    scene = pb.SceneFeatures(objects=[
+        pb.SceneObject(label="orange", pose=pose(0, 0, -6)),
+        pb.SceneObject(label="door", pose=pose(5, 0, 5)),
+    ])
+    assert describe_scene(scene) == (
+        "An orange is behind you, far away, 6.0 m. A door is to the right, far away, 7.1 m.")
 
 
 def test_empty_scene_is_empty_text():

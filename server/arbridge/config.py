@@ -19,8 +19,8 @@ from pydantic_settings import (
 )
 
 DEFAULT_SYSTEM_PROMPT = (
-    "You are the voice of an augmented-reality headset. You see the scene through the "
-    "headset's object detector. Answer briefly and refer to objects by their names."
+    "You are the assistant in the user's augmented-reality glasses. Answer briefly. "
+    "Talk only about the objects you are told about."
 )
 
 

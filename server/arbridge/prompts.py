@@ -48,16 +48,16 @@ class PromptBuilder:
         return Prompt(ids)
 
     def describe(self, scene: pb.SceneFeatures, instruction: str, max_new_tokens: int) -> Prompt:
-        scene_text = describe_scene(scene)
-        user = f"{scene_text}\n\n{instruction.strip() or DESCRIBE_INSTRUCTION}"
-        return self._fit(self.system_prompt, [], user, max_new_tokens)
+        # A caption is a one-turn conversation about the scene.
+        return self.converse(scene, [], instruction.strip() or DESCRIBE_INSTRUCTION,
+                             max_new_tokens)
 
     def converse(self, scene: pb.SceneFeatures | None, history: list[pb.DialogueTurn],
                  user_text: str, max_new_tokens: int, system_prompt: str = "") -> Prompt:
         system = system_prompt.strip() or self.system_prompt
         scene_text = describe_scene(scene) if scene is not None else ""
         if scene_text:
-            system = f"{system}\n\nCurrent scene:\n{scene_text}"
+            system = f"{system}\n\nScene: {scene_text}"
         return self._fit(system, list(history), user_text, max_new_tokens)
 
     # -- internals ---------------------------------------------------------

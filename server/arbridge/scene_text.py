@@ -1,9 +1,11 @@
 """A scene as compact, deterministic text a language model can read.
 
-Each object becomes one line: its label, where it is relative to the camera
-(ahead / to the left / to the right / behind; near / mid-range / far, with
-the distance), and its attributes. Lines are ordered nearest first, ties
-broken by label and id, so the same scene always gives the same text.
+Each object becomes one short sentence: its attribute values as adjectives
+(in key order), its label, where it is relative to the camera (ahead / to the
+left / to the right / behind you) and how far (near / mid-range / far, with
+the distance). Sentences are ordered nearest first, ties broken by label and
+id, so the same scene always gives the same text. Small models follow plain
+sentences much better than key=value lists (we compared both on SmolLM2).
 
 Coordinates follow Unity: metres, +X right, +Y up, +Z forward.
 """
@@ -63,20 +65,28 @@ def place(obj_pose: pb.Pose, camera: pb.Pose) -> Placement:
     return Placement(direction, band, distance)
 
 
+def _article(word: str) -> str:
+    return "An" if word[:1].lower() in "aeiou" else "A"
+
+
 def describe_object(obj: pb.SceneObject, camera: pb.Pose) -> str:
-    parts = [obj.label.strip()]
-    if obj.HasField("pose"):
-        p = place(obj.pose, camera)
-        parts.append(f"{p.direction}, {p.distance_band} ({p.distance_m:.1f} m)")
-    else:
-        parts.append("position unknown")
-    line = ": ".join(parts)
-    if obj.attributes:
-        attrs = ", ".join(f"{k}={obj.attributes[k]}" for k in sorted(obj.attributes))
-        line += f"; {attrs}"
+    """One sentence, e.g. 'A red wood chair is to the left, 1.6 m away.'"""
+    adjectives = [obj.attributes[k].strip() for k in sorted(obj.attributes)
+                  if obj.attributes[k].strip()]
+    noun = " ".join([*adjectives, obj.label.strip()])
     if 0.0 < obj.confidence < LOW_CONFIDENCE:
-        line += " (uncertain)"
-    return line
+        noun += " (uncertain)"
+    if not obj.HasField("pose"):
+        return f"{_article(noun)} {noun} is somewhere nearby."
+    p = place(obj.pose, camera)
+    direction = "behind you" if p.direction == "behind" else p.direction
+    if p.distance_band == "near":
+        where = f"near you, {p.distance_m:.1f} m away"
+    elif p.distance_band == "far":
+        where = f"far away, {p.distance_m:.1f} m"
+    else:
+        where = f"{p.distance_m:.1f} m away"
+    return f"{_article(noun)} {noun} is {direction}, {where}."
 
 
 def _sort_key(obj: pb.SceneObject, camera: pb.Pose) -> tuple:
@@ -85,13 +95,11 @@ def _sort_key(obj: pb.SceneObject, camera: pb.Pose) -> tuple:
 
 
 def describe_scene(scene: pb.SceneFeatures) -> str:
-    """The scene as a few lines of text ('' for an empty scene)."""
-    lines = []
+    """The scene as a few short sentences, nearest object first ('' if empty)."""
+    sentences = []
     if scene.location_hint.strip():
-        lines.append(f"Location: {scene.location_hint.strip()}.")
-    if scene.objects:
-        camera = scene.camera_pose
-        lines.append("Objects in view, nearest first:")
-        for obj in sorted(scene.objects, key=lambda o: _sort_key(o, camera)):
-            lines.append(f"- {describe_object(obj, camera)}")
-    return "\n".join(lines)
+        sentences.append(f"You are in {scene.location_hint.strip()}.")
+    camera = scene.camera_pose
+    for obj in sorted(scene.objects, key=lambda o: _sort_key(o, camera)):
+        sentences.append(describe_object(obj, camera))
+    return " ".join(sentences)
