@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from arbridge.config import Settings
+from arbridge.config import Settings, megatron_overrides
 from arbridge.engine.async_engine import AsyncEngine
 from arbridge.engine.loader import LoadedModel, load_model
 from arbridge.engine.scheduler import Scheduler
@@ -64,7 +64,7 @@ class ArBridgeServer:
             s = self.settings
             preloaded = await asyncio.to_thread(
                 load_model, s.model, cache_dir=s.cache_dir, device=s.device, dtype=s.dtype,
-                tokenizer=s.tokenizer)
+                tokenizer=s.tokenizer, overrides=megatron_overrides(s))
         self.loaded = preloaded
         info = preloaded.info
         self.scheduler = Scheduler(preloaded.model, preloaded.tokenizer,

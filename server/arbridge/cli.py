@@ -40,11 +40,52 @@ def cmd_serve(args) -> int:
                              dtype=args.dtype, max_new_tokens_limit=args.max_new_tokens_limit,
                              max_active=args.max_active, max_queue=args.max_queue,
                              torch_threads=args.threads, log_level=args.log_level,
-                             grace_seconds=args.grace)
+                             grace_seconds=args.grace, **_megatron_flags(args))
     _setup_logging(settings.log_level)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     asyncio.run(ArBridgeServer(settings).serve_forever())
+    return 0
+
+
+def _megatron_flags(args) -> dict:
+    return {f"megatron_{name}": getattr(args, name) for name in
+            ("num_layers", "hidden_size", "num_attention_heads", "max_position_embeddings")}
+
+
+def _add_megatron_flags(p) -> None:
+    g = p.add_argument_group("Megatron checkpoints saved without args")
+    g.add_argument("--num-layers", type=int)
+    g.add_argument("--hidden-size", type=int)
+    g.add_argument("--num-attention-heads", type=int)
+    g.add_argument("--max-position-embeddings", type=int)
+
+
+def cmd_convert(args) -> int:
+    """Megatron checkpoint or GGUF file -> safetensors Hugging Face directory."""
+    from pathlib import Path
+
+    from arbridge.config import load_settings, megatron_overrides
+    from arbridge.engine import megatron
+    from arbridge.engine.model_cache import convert_gguf
+
+    settings = load_settings(None, **_megatron_flags(args))
+    _setup_logging(settings.log_level)
+    src, out = Path(args.source), Path(args.out)
+    try:
+        if megatron.is_megatron_checkpoint(src):
+            megatron.convert(src, out, Path(args.tokenizer) if args.tokenizer else None,
+                             megatron_overrides(settings))
+        elif src.suffix == ".gguf" and src.is_file():
+            convert_gguf(src, out)
+        else:
+            print(f"arbridge convert: {src} is neither a Megatron-LM checkpoint nor a .gguf "
+                  "file", file=sys.stderr)
+            return 2
+    except megatron.MegatronFormatError as exc:
+        print(f"arbridge convert: {exc}", file=sys.stderr)
+        return 1
+    print(out)
     return 0
 
 
@@ -169,7 +210,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace", type=float, help="seconds in-flight calls get at shutdown")
     p.add_argument("--config", help="TOML settings file")
     p.add_argument("--log-level", default=None)
+    _add_megatron_flags(p)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("convert", help="Megatron checkpoint or GGUF -> HF safetensors dir")
+    p.add_argument("source", help="Megatron-LM checkpoint dir or zip, or a .gguf file")
+    p.add_argument("out", help="output directory")
+    p.add_argument("--tokenizer", help="dir with vocab.json + merges.txt (default: beside "
+                                       "the checkpoint)")
+    _add_megatron_flags(p)
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("caption", help="stream the caption of a scene JSON file")
     p.add_argument("scene", help="DescribeSceneRequest or SceneFeatures as JSON")

@@ -41,6 +41,11 @@ class Settings(BaseSettings):
         "auto", description="auto = bfloat16 on CUDA, float32 on CPU")
     cache_dir: Path = Field(default_factory=default_cache_dir)
     torch_threads: int = Field(0, ge=0, description="0 = torch's default")
+    # Megatron checkpoints saved without `args`: hyper-parameters by hand.
+    megatron_num_layers: int | None = Field(None, ge=1)
+    megatron_hidden_size: int | None = Field(None, ge=1)
+    megatron_num_attention_heads: int | None = Field(None, ge=1)
+    megatron_max_position_embeddings: int | None = Field(None, ge=1)
 
     # Network
     host: str = "127.0.0.1"
@@ -78,6 +83,15 @@ class Settings(BaseSettings):
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
         return tuple(sources)
+
+
+def megatron_overrides(settings: Settings):
+    from arbridge.engine.megatron import Overrides
+
+    return Overrides(num_layers=settings.megatron_num_layers,
+                     hidden_size=settings.megatron_hidden_size,
+                     num_attention_heads=settings.megatron_num_attention_heads,
+                     max_position_embeddings=settings.megatron_max_position_embeddings)
 
 
 def load_settings(config_file: str | None = None, **overrides: Any) -> Settings:

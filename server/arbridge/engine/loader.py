@@ -1,8 +1,10 @@
 """Resolve `--model` into a loaded causal LM and its tokenizer.
 
-Accepted: a Hugging Face model directory (config.json), a GGUF file (converted
-once to safetensors in the cache), or nothing (the default model). Weights are
-only ever read from local disk: hub downloads are switched off.
+Accepted: a Hugging Face model directory (config.json), a GGUF file, a
+Megatron-LM GPT checkpoint (directory or NVIDIA's zip), or nothing (the default
+model). GGUF and Megatron sources are converted once into a safetensors
+directory in the cache, keyed by the source files, so later starts take about a
+second. Weights are only ever read from local disk: hub downloads are off.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from arbridge.engine import megatron
 from arbridge.engine.model_cache import convert_gguf, ensure_default_model
 
 # Never reach for a model hub: a missing file must be an error, not a download.
@@ -74,13 +77,22 @@ def _gguf_cache_dir(cache_dir: Path, gguf: Path) -> Path:
     return cache_dir / "converted" / f"{gguf.stem}-{hashlib.sha256(key).hexdigest()[:12]}"
 
 
-def resolve_model_dir(model: str | None, cache_dir: Path) -> tuple[Path, str]:
+def resolve_model_dir(model: str | None, cache_dir: Path, tokenizer: str | None = None,
+                      overrides: megatron.Overrides | None = None) -> tuple[Path, str]:
     """Return (HF directory to load, source format)."""
     if model is None:
         return ensure_default_model(cache_dir), "gguf"
     path = Path(model).expanduser()
     if not path.exists():
         raise ModelLoadError(f"--model {model}: no such file or directory")
+    if megatron.is_megatron_checkpoint(path):
+        target = cache_dir / "converted" / f"megatron-{path.name}-{megatron.fingerprint(path)}"
+        if not (target / "config.json").exists():
+            try:
+                megatron.convert(path, target, Path(tokenizer) if tokenizer else None, overrides)
+            except megatron.MegatronFormatError as exc:
+                raise ModelLoadError(f"--model {model}: {exc}") from exc
+        return target, "megatron"
     if path.is_file() and path.suffix == ".gguf":
         target = _gguf_cache_dir(cache_dir, path)
         if not (target / "config.json").exists():
@@ -97,11 +109,14 @@ def resolve_model_dir(model: str | None, cache_dir: Path) -> tuple[Path, str]:
 
 
 def load_model(model: str | None, *, cache_dir: Path, device: str = "auto",
-               dtype: str = "auto", tokenizer: str | None = None) -> LoadedModel:
+               dtype: str = "auto", tokenizer: str | None = None,
+               overrides: megatron.Overrides | None = None) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.perf_counter()
-    model_dir, source_format = resolve_model_dir(model, cache_dir)
+    model_dir, source_format = resolve_model_dir(model, cache_dir, tokenizer, overrides)
+    if source_format == "megatron":
+        tokenizer = None  # the converted directory carries it
     device = pick_device(device)
     torch_dtype = pick_dtype(dtype, device)
     log.info("loading %s (%s) as %s on %s", model_dir, source_format,

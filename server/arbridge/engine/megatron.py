@@ -1,0 +1,490 @@
+"""Megatron-LM GPT checkpoints -> a Hugging Face GPT-2 model, in-process.
+
+Reads the layout Megatron-LM writes:
+
+    CKPT/latest_checkpointed_iteration.txt       "release" or an iteration number
+    CKPT/release/ or CKPT/iter_0001000/
+        mp_rank_00/model_optim_rng.pt            tensor-parallel rank 00 (no pipeline)
+        mp_rank_01_003/model_optim_rng.pt        tensor rank 01, pipeline stage 003
+                                                 (model_rng.pt is accepted too)
+
+or NVIDIA's released zip (member release/mp_rank_00/model_optim_rng.pt).
+Shards are merged the way Megatron split them: column-parallel weights
+(QKV, dense_h_to_4h, word embeddings) along dim 0, row-parallel weights
+(attention dense, dense_4h_to_h) along dim 1; layer norms, row-parallel
+biases and position embeddings come from tensor rank 0; pipeline stages
+hold consecutive layers.
+
+Pickles are loaded with torch.load(weights_only=True). Megatron pickles its
+argparse namespace (and enums inside it) next to the weights; those globals
+are allowed, mapped to inert stand-ins, and nothing else is: a checkpoint
+that needs any other global is refused with that global's name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import pickle
+import re
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SHARD_FILES = ("model_optim_rng.pt", "model_rng.pt")
+_SHARD_DIR = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?$")
+_LAYER_KEY = re.compile(r"^layers\.(\d+)\.(.+)$")
+_EOS = "<|endoftext|>"
+
+
+class MegatronFormatError(ValueError):
+    """The checkpoint cannot be read; the message names the problem."""
+
+
+class _MegatronEnum:
+    """Inert stand-in for an enum Megatron pickles inside `args`."""
+
+    def __init__(self, value=None):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"<megatron enum {self.value!r}>"
+
+
+# Enums that Megatron-LM versions store in their `args` namespace.
+_MEGATRON_ENUMS = [
+    f"{module}.{name}"
+    for module in ("megatron.model.enums", "megatron.core.enums",
+                   "megatron.core.transformer.enums", "megatron.core.model_parallel_config")
+    for name in ("LayerType", "AttnType", "AttnMaskType", "PositionEmbeddingType", "ModelType",
+                 "AttnBackend")
+]
+SAFE_GLOBALS = [argparse.Namespace, *[(_MegatronEnum, name) for name in _MEGATRON_ENUMS]]
+
+
+def load_pickle(source, where: str) -> dict:
+    """torch.load with the allow-list; refuses anything else by name."""
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch words it "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y".
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found is None:
+            reason = re.search(r"WeightsUnpickler error: \s*(.+)", str(exc))
+            raise MegatronFormatError(f"{where}: refusing to unpickle it: "
+                                      f"{reason.group(1) if reason else 'unsupported pickle'}"
+                                      ) from None
+        raise MegatronFormatError(
+            f"{where}: refusing to unpickle global '{found.group(1)}': only argparse.Namespace "
+            "and Megatron's enums may appear in a checkpoint (no code runs from checkpoints)"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile) as exc:
+        raise MegatronFormatError(f"{where}: not a readable torch checkpoint ({exc})") from None
+
+
+# -- finding the shards -------------------------------------------------------------
+def is_megatron_checkpoint(path: Path) -> bool:
+    if path.is_file():
+        return path.suffix == ".zip" and _zip_shard_members(path) != []
+    if not path.is_dir():
+        return False
+    if (path / "latest_checkpointed_iteration.txt").exists() or (path / "release").is_dir():
+        return True
+    if any(p.is_dir() and p.name.startswith("iter_") for p in path.iterdir()):
+        return True
+    return any(_SHARD_DIR.match(p.name) for p in path.iterdir() if p.is_dir())
+
+
+def _zip_shard_members(path: Path) -> list[str]:
+    with zipfile.ZipFile(path) as zf:
+        return [n for n in zf.namelist()
+                if n.rsplit("/", 1)[-1] in SHARD_FILES
+                and _SHARD_DIR.match(n.rstrip("/").split("/")[-2] if "/" in n else "")]
+
+
+def iteration_dir(root: Path) -> Path:
+    """The folder holding the mp_rank_* shards."""
+    tracker = root / "latest_checkpointed_iteration.txt"
+    if tracker.exists():
+        value = tracker.read_text().strip()
+        folder = root / ("release" if value == "release" else f"iter_{int(value):07d}")
+        if not folder.is_dir():
+            raise MegatronFormatError(f"{tracker} names '{value}' but {folder} does not exist")
+        return folder
+    if (root / "release").is_dir():
+        return root / "release"
+    iters = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("iter_"))
+    if iters:
+        return iters[-1]
+    return root
+
+
+def find_shards(folder: Path) -> dict[tuple[int, int], Path]:
+    """{(tensor rank, pipeline stage): shard file}, checked to be a full grid."""
+    shards: dict[tuple[int, int], Path] = {}
+    for sub in sorted(folder.iterdir()):
+        m = _SHARD_DIR.match(sub.name)
+        if not (sub.is_dir() and m):
+            continue
+        files = [sub / f for f in SHARD_FILES if (sub / f).exists()]
+        if not files:
+            raise MegatronFormatError(f"missing shard: {sub} has none of {', '.join(SHARD_FILES)}")
+        shards[(int(m.group(1)), int(m.group(2) or 0))] = files[0]
+    if not shards:
+        raise MegatronFormatError(f"unknown layout: no mp_rank_XX folders in {folder}")
+    tp = max(t for t, _ in shards) + 1
+    pp = max(p for _, p in shards) + 1
+    piped = any(_SHARD_DIR.match(f.parent.name).group(2) for f in shards.values())
+    for t in range(tp):
+        for p in range(pp):
+            if (t, p) not in shards:
+                name = f"mp_rank_{t:02d}" + (f"_{p:03d}" if piped else "")
+                raise MegatronFormatError(f"missing shard: {folder / name} (expected a "
+                                          f"{tp} x {pp} tensor x pipeline grid)")
+    return shards
+
+
+# -- merging ----------------------------------------------------------------------
+@dataclass
+class MergedCheckpoint:
+    """Megatron weights merged across ranks, named as in Megatron (one rank's view)."""
+
+    tensors: dict[str, torch.Tensor]
+    num_layers: int
+    args: argparse.Namespace | None
+    checkpoint_version: float
+    tensor_parallel: int
+    pipeline_parallel: int
+    extra: dict = field(default_factory=dict)
+
+
+def _language_model(sd: dict, where: str) -> tuple[dict, dict]:
+    """(embedding dict or {}, transformer dict) of one shard."""
+    model = sd.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("language_model"), dict):
+        raise MegatronFormatError(f"unknown layout: {where} has no model.language_model")
+    lm = model["language_model"]
+    body = lm.get("transformer", lm.get("encoder"))
+    if not isinstance(body, dict):
+        raise MegatronFormatError(f"unknown layout: {where}: model.language_model has neither "
+                                  f"'transformer' nor 'encoder' (keys: {sorted(lm)})")
+    return lm.get("embedding", {}), body
+
+
+def _canonical_qkv(t: torch.Tensor, heads: int, version: float, where: str) -> torch.Tensor:
+    """One rank's fused QKV -> [3, heads, head_dim, *rest] (q, k, v blocks)."""
+    rest = t.shape[1:]
+    if t.shape[0] % (3 * heads):
+        raise MegatronFormatError(f"mismatched shapes: {where} has {t.shape[0]} rows, "
+                                  f"not a multiple of 3 x {heads} heads")
+    head_dim = t.shape[0] // (3 * heads)
+    if version == 0:  # [3 * np * hn]
+        return t.view(3, heads, head_dim, *rest)
+    if version < 2:  # [np * hn * 3]
+        return t.view(heads, head_dim, 3, *rest).movedim(2, 0)
+    return t.view(heads, 3, head_dim, *rest).movedim(1, 0)  # [np * 3 * hn]
+
+
+def _cat(parts: list[torch.Tensor], dim: int, key: str) -> torch.Tensor:
+    shapes = {tuple(p.shape) for p in parts}
+    if len(shapes) != 1:
+        raise MegatronFormatError(f"mismatched shapes: {key} differs across tensor ranks "
+                                  f"({', '.join(str(list(s)) for s in shapes)})")
+    return torch.cat(parts, dim=dim)
+
+
+_COLUMN_PARALLEL = ("mlp.dense_h_to_4h.weight", "mlp.dense_h_to_4h.bias")
+_ROW_PARALLEL = ("attention.dense.weight", "mlp.dense_4h_to_h.weight")
+_REPLICATED = ("input_layernorm.weight", "input_layernorm.bias", "post_attention_layernorm.weight",
+               "post_attention_layernorm.bias", "attention.dense.bias", "mlp.dense_4h_to_h.bias")
+_QKV = ("attention.query_key_value.weight", "attention.query_key_value.bias")
+
+
+def merge_shards(shards: dict[tuple[int, int], Path], heads: int | None) -> MergedCheckpoint:
+    tp = max(t for t, _ in shards) + 1
+    pp = max(p for _, p in shards) + 1
+    first = load_pickle(shards[(0, 0)], str(shards[(0, 0)]))
+    args = first.get("args")
+    declared = (getattr(args, "tensor_model_parallel_size", None) or tp,
+                getattr(args, "pipeline_model_parallel_size", None) or pp)
+    if declared != (tp, pp):
+        folder = shards[(0, 0)].parent.parent
+        absent = [f"mp_rank_{t:02d}" + (f"_{p:03d}" if declared[1] > 1 else "")
+                  for t in range(declared[0]) for p in range(declared[1])
+                  if (t, p) not in shards]
+        raise MegatronFormatError(
+            f"missing shard: {', '.join(absent) or 'none'} in {folder}: the checkpoint's args "
+            f"say {declared[0]} tensor x {declared[1]} pipeline ranks, the folder holds "
+            f"{tp} x {pp}")
+    version = float(first.get("checkpoint_version", 0))
+    heads = heads or getattr(args, "num_attention_heads", None)
+    tensors: dict[str, torch.Tensor] = {}
+    layer_offset = 0
+    for stage in range(pp):
+        sds = [first if (t, stage) == (0, 0) else load_pickle(shards[(t, stage)],
+                                                              str(shards[(t, stage)]))
+               for t in range(tp)]
+        parts = [_language_model(sd, str(shards[(t, stage)])) for t, sd in enumerate(sds)]
+        embeddings = [e for e, _ in parts]
+        bodies = [b for _, b in parts]
+        if stage == 0:
+            try:
+                tensors["word_embeddings"] = _cat(
+                    [e["word_embeddings"]["weight"] for e in embeddings], 0, "word_embeddings")
+                tensors["position_embeddings"] = embeddings[0]["position_embeddings"]["weight"]
+            except (KeyError, TypeError):
+                raise MegatronFormatError(
+                    f"unknown layout: {shards[(0, 0)]} lacks embedding.word_embeddings / "
+                    "position_embeddings") from None
+        stage_layers = set()
+        for key in bodies[0]:
+            m = _LAYER_KEY.match(key)
+            if m is None:
+                if key.startswith("final_layernorm."):
+                    tensors[key] = bodies[0][key]
+                    continue
+                raise MegatronFormatError(f"unknown layout: unexpected key '{key}' in "
+                                          f"{shards[(0, stage)]}")
+            local, name = int(m.group(1)), m.group(2).replace("self_attention.", "attention.")
+            stage_layers.add(local)
+            out_key = f"layers.{layer_offset + local}.{name}"
+            ranks = [b.get(key) for b in bodies]
+            if any(r is None for r in ranks):
+                raise MegatronFormatError(f"missing tensor: {key} is not on every tensor rank "
+                                          f"of pipeline stage {stage}")
+            if name in _REPLICATED:
+                tensors[out_key] = ranks[0]
+            elif name in _COLUMN_PARALLEL:
+                tensors[out_key] = _cat(ranks, 0, out_key)
+            elif name in _ROW_PARALLEL:
+                tensors[out_key] = _cat(ranks, 1, out_key)
+            elif name in _QKV:
+                if heads is None:
+                    raise MegatronFormatError("the checkpoint has no args: pass "
+                                              "--num-attention-heads")
+                if heads % tp:
+                    raise MegatronFormatError(f"mismatched shapes: {heads} heads do not split "
+                                              f"over {tp} tensor ranks")
+                canon = [_canonical_qkv(r, heads // tp, version, f"{out_key} rank {t}")
+                         for t, r in enumerate(ranks)]
+                merged = _cat(canon, 1, out_key)  # heads are dim 1
+                tensors[out_key] = merged.reshape(-1, *merged.shape[3:])
+            else:
+                raise MegatronFormatError(f"unknown layout: unexpected key '{key}'")
+        if stage_layers != set(range(len(stage_layers))):
+            raise MegatronFormatError(f"missing layers in pipeline stage {stage}: found "
+                                      f"{sorted(stage_layers)}")
+        layer_offset += len(stage_layers)
+    if "final_layernorm.weight" not in tensors:
+        raise MegatronFormatError("unknown layout: no final_layernorm in the last pipeline stage")
+    return MergedCheckpoint(tensors=tensors, num_layers=layer_offset, args=args,
+                            checkpoint_version=version, tensor_parallel=tp,
+                            pipeline_parallel=pp, extra={"iteration": first.get("iteration")})
+
+
+# -- to Hugging Face GPT-2 --------------------------------------------------------------
+@dataclass
+class Overrides:
+    """Hyper-parameters for checkpoints saved without `args` (flags)."""
+
+    num_layers: int | None = None
+    hidden_size: int | None = None
+    num_attention_heads: int | None = None
+    max_position_embeddings: int | None = None
+
+
+def build_tokenizer(folder: Path):
+    """GPT-2 byte-level BPE from local vocab.json + merges.txt (or a tokenizer dir)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if (folder / "tokenizer.json").exists() or (folder / "tokenizer_config.json").exists():
+        return AutoTokenizer.from_pretrained(folder)
+    vocab, merges = folder / "vocab.json", folder / "merges.txt"
+    if not (vocab.exists() and merges.exists()):
+        raise MegatronFormatError(
+            f"no GPT-2 tokenizer: put vocab.json and merges.txt in {folder} or pass "
+            "--tokenizer DIR (ArBridge never downloads one)")
+    tok = Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    if tok.token_to_id(_EOS) is not None:
+        tok.add_special_tokens([_EOS])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=_EOS, bos_token=_EOS,
+                                   unk_token=_EOS)
+
+
+def _hyper(merged: MergedCheckpoint, overrides: Overrides) -> dict[str, int]:
+    args = merged.args
+    word = merged.tensors["word_embeddings"]
+    pos = merged.tensors["position_embeddings"]
+
+    def pick(name: str, inferred: int | None) -> int | None:
+        value = getattr(overrides, name)
+        if value is None:
+            value = getattr(args, name, None)
+        return inferred if value is None else int(value)
+
+    hidden = pick("hidden_size", word.shape[1])
+    hyper = {
+        "num_layers": pick("num_layers", merged.num_layers),
+        "hidden_size": hidden,
+        "num_attention_heads": pick("num_attention_heads", None),
+        "max_position_embeddings": pick("max_position_embeddings", pos.shape[0]),
+        "padded_vocab_size": int(getattr(args, "padded_vocab_size", word.shape[0])),
+    }
+    if hyper["num_attention_heads"] is None:
+        raise MegatronFormatError("the checkpoint has no args: pass --num-attention-heads")
+    checks = [("num_layers", hyper["num_layers"], merged.num_layers, "layers in the shards"),
+              ("hidden_size", hidden, word.shape[1], "word embedding width"),
+              ("max_position_embeddings", hyper["max_position_embeddings"], pos.shape[0],
+               "position embedding rows"),
+              ("padded_vocab_size", hyper["padded_vocab_size"], word.shape[0],
+               "merged word embedding rows")]
+    for name, declared, found, what in checks:
+        if declared != found:
+            raise MegatronFormatError(f"mismatched shapes: {name} is {declared} but the "
+                                      f"{what} say {found}")
+    return hyper
+
+
+def to_gpt2(merged: MergedCheckpoint, tokenizer, overrides: Overrides | None = None):
+    """A transformers GPT2LMHeadModel holding the merged weights."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    hyper = _hyper(merged, overrides or Overrides())
+    t = merged.tensors
+    h = hyper["hidden_size"]
+    vocab = len(tokenizer)
+    if vocab > t["word_embeddings"].shape[0]:
+        raise MegatronFormatError(f"mismatched shapes: the tokenizer has {vocab} tokens but "
+                                  f"the checkpoint only {t['word_embeddings'].shape[0]} rows")
+    eps = float(getattr(merged.args, "layernorm_epsilon", 1e-5) or 1e-5)
+    ffn = t["layers.0.mlp.dense_h_to_4h.weight"].shape[0]
+    eos = tokenizer.convert_tokens_to_ids(_EOS)
+    config = GPT2Config(
+        vocab_size=vocab, n_positions=hyper["max_position_embeddings"], n_embd=h,
+        n_layer=hyper["num_layers"], n_head=hyper["num_attention_heads"], n_inner=ffn,
+        # Megatron's fused bias-GeLU is the tanh approximation, i.e. gelu_new.
+        activation_function="gelu_new", layer_norm_epsilon=eps, tie_word_embeddings=True,
+        bos_token_id=eos, eos_token_id=eos, architectures=["GPT2LMHeadModel"])
+    dtype = t["word_embeddings"].dtype
+
+    # Conv1D in HF GPT-2 stores [in, out]: Megatron's Linear [out, in] transposed.
+    sd = {"transformer.wte.weight": t["word_embeddings"][:vocab],
+          "transformer.wpe.weight": t["position_embeddings"],
+          "transformer.ln_f.weight": t["final_layernorm.weight"],
+          "transformer.ln_f.bias": t["final_layernorm.bias"]}
+    for i in range(hyper["num_layers"]):
+        m, o = f"layers.{i}.", f"transformer.h.{i}."
+        try:
+            sd.update({
+                o + "ln_1.weight": t[m + "input_layernorm.weight"],
+                o + "ln_1.bias": t[m + "input_layernorm.bias"],
+                o + "attn.c_attn.weight": t[m + "attention.query_key_value.weight"].T,
+                o + "attn.c_attn.bias": t[m + "attention.query_key_value.bias"],
+                o + "attn.c_proj.weight": t[m + "attention.dense.weight"].T,
+                o + "attn.c_proj.bias": t[m + "attention.dense.bias"],
+                o + "ln_2.weight": t[m + "post_attention_layernorm.weight"],
+                o + "ln_2.bias": t[m + "post_attention_layernorm.bias"],
+                o + "mlp.c_fc.weight": t[m + "mlp.dense_h_to_4h.weight"].T,
+                o + "mlp.c_fc.bias": t[m + "mlp.dense_h_to_4h.bias"],
+                o + "mlp.c_proj.weight": t[m + "mlp.dense_4h_to_h.weight"].T,
+                o + "mlp.c_proj.bias": t[m + "mlp.dense_4h_to_h.bias"],
+            })
+        except KeyError as exc:
+            raise MegatronFormatError(f"missing tensor: {exc.args[0]}") from None
+    with torch.device("meta"):
+        model = GPT2LMHeadModel(config)
+    expected = model.state_dict()
+    for key, value in sd.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise MegatronFormatError(f"mismatched shapes: {key} is {list(value.shape)}, the "
+                                      f"config needs {list(expected[key].shape)}")
+    model.load_state_dict({k: v.contiguous().to(dtype) for k, v in sd.items()}, strict=False,
+                          assign=True)
+    model.tie_weights()
+    missing = [k for k, v in model.state_dict().items() if v.is_meta]
+    if missing:
+        raise MegatronFormatError(f"missing tensor(s) for {', '.join(missing[:5])}")
+    model.generation_config.eos_token_id = eos
+    model.generation_config.pad_token_id = eos
+    return model.eval()
+
+
+# -- the whole conversion ------------------------------------------------------------
+def _extract_zip(path: Path, into: Path) -> Path:
+    members = _zip_shard_members(path)
+    if not members:
+        raise MegatronFormatError(f"{path}: no mp_rank_XX/model_optim_rng.pt member")
+    with zipfile.ZipFile(path) as zf:
+        for name in members:
+            target = into / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(name) as src, target.open("wb") as dst:
+                shutil.copyfileobj(src, dst)
+    parent = (into / members[0]).parent.parent  # the folder holding mp_rank_XX
+    return parent
+
+
+def convert(source: Path, out_dir: Path, tokenizer_dir: Path | None = None,
+            overrides: Overrides | None = None) -> Path:
+    """Megatron dir or zip -> safetensors GPT-2 directory with tokenizer files.
+
+    Written into a temporary sibling and renamed, so a failure never leaves a
+    directory that looks complete.
+    """
+    overrides = overrides or Overrides()
+    tokenizer = build_tokenizer(tokenizer_dir or (source.parent if source.is_file() else source))
+    with tempfile.TemporaryDirectory(prefix="arbridge-megatron-") as tmp:
+        folder = (_extract_zip(source, Path(tmp)) if source.is_file()
+                  else iteration_dir(source))
+        shards = find_shards(folder)
+        log.info("merging %d Megatron shard(s) from %s", len(shards), folder)
+        merged = merge_shards(shards, overrides.num_attention_heads)
+    model = to_gpt2(merged, tokenizer, overrides)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        (staging / "arbridge_source.json").write_text(json.dumps({
+            "source": str(source), "format": "megatron",
+            "checkpoint_version": merged.checkpoint_version,
+            "tensor_parallel": merged.tensor_parallel,
+            "pipeline_parallel": merged.pipeline_parallel,
+            "iteration": merged.extra.get("iteration"),
+        }, indent=2, default=str))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    params = sum(v.numel() for v in model.state_dict().values()) / 1e6
+    log.info("converted Megatron checkpoint (TP=%d, PP=%d, %.1fM parameters) -> %s",
+             merged.tensor_parallel, merged.pipeline_parallel, params, out_dir)
+    return out_dir
+
+
+def fingerprint(source: Path) -> str:
+    """Changes whenever a shard file changes (for the conversion cache)."""
+    import hashlib
+
+    h = hashlib.sha256(str(source.resolve()).encode())
+    files = [source] if source.is_file() else sorted(
+        p for p in source.rglob("*") if p.is_file() and (p.name in SHARD_FILES or p.suffix
+                                                         in (".txt", ".json")))
+    for p in files:
+        st = p.stat()
+        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
