@@ -73,10 +73,10 @@ def export(model, root: Path, *, tp: int = 1, pp: int = 1, version: float = 3.0,
     folder = root / folder_name
     for stage in range(pp):
         for rank in range(tp):
-            def col(t):  # column-parallel: this rank's slice of the output rows
+            def col(t, rank=rank):  # column-parallel: this rank's slice of the output rows
                 return t.chunk(tp, dim=0)[rank].clone()
 
-            def row(t):  # row-parallel: this rank's slice of the input columns
+            def row(t, rank=rank):  # row-parallel: this rank's slice of the input columns
                 return t.chunk(tp, dim=1)[rank].clone()
 
             body = {}
