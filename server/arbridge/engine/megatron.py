@@ -377,7 +377,7 @@ def to_gpt2(merged: MergedCheckpoint, tokenizer, overrides: Overrides | None = N
         # Megatron's fused bias-GeLU is the tanh approximation, i.e. gelu_new.
         activation_function="gelu_new", layer_norm_epsilon=eps, tie_word_embeddings=True,
         bos_token_id=eos, eos_token_id=eos, architectures=["GPT2LMHeadModel"])
-    dtype = t["word_embeddings"].dtype
+    dtype = t["layers.0.attention.query_key_value.weight"].dtype
 
     # Conv1D in HF GPT-2 stores [in, out]: Megatron's Linear [out, in] transposed.
     sd = {"transformer.wte.weight": t["word_embeddings"][:vocab],
