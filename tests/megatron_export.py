@@ -63,8 +63,9 @@ def export(model, root: Path, *, tp: int = 1, pp: int = 1, version: float = 3.0,
     vocab = sd["transformer.wte.weight"].shape[0]
     padded_vocab = padded_vocab or vocab
     torch.manual_seed(1)
-    wte = torch.cat([sd["transformer.wte.weight"],
-                     torch.randn(padded_vocab - vocab, hidden).to(sd["transformer.wte.weight"].dtype) * 0.02])
+    wte = sd["transformer.wte.weight"]
+    padding = torch.randn(padded_vocab - vocab, hidden).to(wte.dtype) * 0.02
+    wte = torch.cat([wte, padding])
     layers_per_stage = n_layers // pp
     body_name = "encoder" if new_names else "transformer"
     attn = "self_attention" if new_names else "attention"

@@ -29,10 +29,9 @@ def peak_mb() -> float:
 
 def step_export(work: Path, tp: int) -> dict:
     sys.path.insert(0, str(REPO / "tests"))
+    from megatron_export import export
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import GPT2Config, GPT2LMHeadModel
-
-    from megatron_export import export
 
     ckpt = work / "megatron-345m"
     ckpt.mkdir(parents=True, exist_ok=True)
