@@ -1,24 +1,30 @@
-"""The scheduler: the one owner of the model.
+"""The scheduler: the one owner of the model, with iteration-level batching.
 
 A dedicated thread runs the model so the asyncio event loop keeps streaming
-while tensors are computed (torch releases the GIL inside its kernels).
-Each turn of the loop admits waiting requests up to `max_active`, then gives
-every active request one step (prefill for a new one, one decode token for the
-others), round-robin, so no request waits for another to finish. Cancelled,
-timed-out and finished requests leave at their next step and free their slot.
+while tensors are computed (torch releases the GIL inside its kernels). Each
+turn of its loop:
 
-Each request keeps its own KV cache; its num_return_sequences sequences are
-decoded together as one batch.
+1. admits waiting requests (up to `max_active`) and retires cancelled,
+   timed-out and stopped ones, freeing their rows at once;
+2. prefills: one chunk of every request still reading its prompt, batched
+   into a single forward pass over a staging cache (long prompts take several
+   turns, so they never stall the streams already decoding); a request whose
+   prompt is done samples its first token and moves into the decode cache,
+   one row per returned sequence;
+3. decodes: one forward pass over every decoding row, whatever request it
+   belongs to, then each request samples its own rows with its own RNG.
+
+So a new request starts at the next turn, a finished one leaves at the next
+turn, and nobody waits for anybody else to finish.
 """
 
 from __future__ import annotations
 
 import collections
-import inspect
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -28,6 +34,7 @@ from arbridge.engine.requests import (
     SequenceFinished,
     StepOutput,
 )
+from arbridge.engine.runner import ModelRunner
 from arbridge.engine.sampling import sample
 
 log = logging.getLogger(__name__)
@@ -42,35 +49,47 @@ class QueueFull(RuntimeError):
 
 
 @dataclass(eq=False)
-class _Active:
+class _Request:
     handle: RequestHandle
     generator: torch.Generator
-    cache: object | None = None  # transformers Cache
-    last_ids: torch.Tensor | None = None  # [n] last sampled token per sequence
-    seen: torch.Tensor | None = None  # [n, vocab] bool, for repetition penalty
-    generated: int = 0
-    done: list[bool] | None = None
+    seen: torch.Tensor  # [n, vocab] bool: tokens in prompt or output (repetition penalty)
+    prefilled: int = 0  # prompt tokens already in the staging cache
+    generated: int = 0  # tokens generated per sequence so far
+    done: list[bool] = field(default_factory=list)
+    rows: dict[int, int] = field(default_factory=dict)  # sequence index -> decode row
+
+    @property
+    def n(self) -> int:
+        return self.handle.sampling.num_return_sequences
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.handle.prompt_ids)
 
 
 class Scheduler:
     def __init__(self, model, tokenizer, *, context_length: int, max_active: int = 16,
-                 max_queue: int = 64):
-        self.model = model
-        self.device = next(model.parameters()).device
-        self.vocab_size = model.get_output_embeddings().weight.shape[0]
+                 max_queue: int = 64, prefill_chunk_tokens: int = 512):
+        self.runner = ModelRunner(model, context_length)
+        self.device = self.runner.device
+        self.vocab_size = self.runner.vocab_size
         self.context_length = context_length
         self.max_active = max_active
         self.max_queue = max_queue
+        self.prefill_chunk_tokens = prefill_chunk_tokens
         self.eos_ids = self._eos_ids(model, tokenizer)
-        # transformers renamed `past_key_values` to `cache` (5.2x); accept both.
-        params = inspect.signature(model.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._decode = self.runner.new_cache(slots=max(4, max_active))
+        self._staging = self.runner.new_cache(slots=4)
+        self._row_owner: list[tuple[_Request, int]] = []  # decode row -> (request, seq)
+        self._last_ids: list[int] = []  # decode row -> last sampled token
+        self._prefilling: list[_Request] = []  # staging row i = self._prefilling[i]
+        self._active: list[_Request] = []
         self._waiting: collections.deque[RequestHandle] = collections.deque()
-        self._active: list[_Active] = []
         self._wake = threading.Condition()
         self._running = False
         self._thread: threading.Thread | None = None
-        self._step_seconds = 0.05  # moving average, for the retry hint
+        self._turn_seconds = 0.05  # moving average, for the retry hint
+        self.last_batch_size = 0
 
     @staticmethod
     def _eos_ids(model, tokenizer) -> set[int]:
@@ -83,7 +102,7 @@ class Scheduler:
                 ids.update(int(v) for v in value)
         return ids
 
-    # -- lifecycle ---------------------------------------------------------
+    # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
         self._running = True
         self._thread = threading.Thread(target=self._loop, name="arbridge-scheduler",
@@ -97,13 +116,14 @@ class Scheduler:
         if self._thread is not None:
             self._thread.join(timeout=30)
 
-    # -- the servicer's side -------------------------------------------------
+    # -- the servicers' side -------------------------------------------------------------
     def submit(self, handle: RequestHandle) -> None:
+        if not handle.prompt_ids:
+            raise ValueError("empty prompt")
         with self._wake:
             if len(self._waiting) >= self.max_queue:
-                # A slot frees roughly every (tokens per request) steps; hint at
-                # one request's worth of steps.
-                retry = self._step_seconds * handle.sampling.max_new_tokens
+                # Roughly when a slot frees up: one request's worth of turns.
+                retry = self._turn_seconds * handle.sampling.max_new_tokens
                 raise QueueFull(len(self._waiting), retry_after_s=max(retry, 0.1))
             self._waiting.append(handle)
             self._wake.notify()
@@ -113,7 +133,7 @@ class Scheduler:
         """(active, waiting) request counts."""
         return len(self._active), len(self._waiting)
 
-    # -- the scheduler thread ------------------------------------------------
+    # -- the scheduler thread ------------------------------------------------------------
     def _loop(self) -> None:
         while True:
             with self._wake:
@@ -123,14 +143,26 @@ class Scheduler:
                     break
                 self._drop_cancelled_waiting()
                 while self._waiting and len(self._active) < self.max_active:
-                    self._active.append(self._admit(self._waiting.popleft()))
-            for active in list(self._active):
-                began = time.perf_counter()
-                if self._step(active):
-                    self._active.remove(active)
-                self._step_seconds = 0.9 * self._step_seconds + 0.1 * (
-                    time.perf_counter() - began)
-        self._fail_all("server shutting down")
+                    self._admit(self._waiting.popleft())
+            began = time.perf_counter()
+            self._retire_interrupted()
+            try:
+                if self._prefilling:
+                    self._prefill_turn()
+                if self._row_owner:
+                    self._decode_turn()
+            except Exception as exc:  # a failing batch must not kill the scheduler
+                log.exception("model step failed")
+                for req in list(self._active):
+                    self._finish(req, FinishReason.ERROR, f"{type(exc).__name__}: {exc}")
+            self._turn_seconds = 0.9 * self._turn_seconds + 0.1 * (time.perf_counter() - began)
+        for req in list(self._active):
+            self._finish(req, FinishReason.ERROR, "server shutting down")
+        for handle in self._waiting:
+            handle.sink(StepOutput(finished=[
+                SequenceFinished(i, FinishReason.ERROR, "server shutting down")
+                for i in range(handle.sampling.num_return_sequences)]))
+        self._waiting.clear()
 
     def _drop_cancelled_waiting(self) -> None:
         """A request cancelled while queued leaves without ever running."""
@@ -140,85 +172,150 @@ class Scheduler:
                 SequenceFinished(i, handle.cancel_reason)
                 for i in range(handle.sampling.num_return_sequences)]))
 
-    def _admit(self, handle: RequestHandle) -> _Active:
+    def _admit(self, handle: RequestHandle) -> None:
         generator = torch.Generator(device=self.device)
         generator.manual_seed(handle.sampling.seed)
-        return _Active(handle=handle, generator=generator,
-                       done=[False] * handle.sampling.num_return_sequences)
+        n = handle.sampling.num_return_sequences
+        seen = torch.zeros(n, self.vocab_size, dtype=torch.bool, device=self.device)
+        seen[:, torch.tensor(handle.prompt_ids, device=self.device)] = True
+        req = _Request(handle=handle, generator=generator, seen=seen, done=[False] * n)
+        handle.started = time.perf_counter()
+        self._active.append(req)
+        self._prefilling.append(req)
+        self._staging.add_row(0)
 
-    def _fail_all(self, message: str) -> None:
-        for active in self._active:
-            self._finish_all(active, FinishReason.ERROR, message)
-        for handle in self._waiting:
-            handle.sink(StepOutput(finished=[
-                SequenceFinished(i, FinishReason.ERROR, message)
-                for i in range(handle.sampling.num_return_sequences)]))
-        self._active.clear()
-        self._waiting.clear()
+    # -- leaving -------------------------------------------------------------------------
+    def _retire_interrupted(self) -> None:
+        now = time.perf_counter()
+        for req in list(self._active):
+            handle = req.handle
+            for index in handle.stopped_snapshot():
+                if not req.done[index]:
+                    req.done[index] = True  # the servicer already sent its completion
+                    self._drop_row(req, index)
+            if all(req.done):
+                self._finish(req, FinishReason.CANCELLED)
+            elif handle.cancel_reason is not None:
+                self._finish(req, handle.cancel_reason)
+            elif handle.deadline is not None and now >= handle.deadline:
+                self._finish(req, FinishReason.TIME_LIMIT)
 
-    def _finish_all(self, active: _Active, reason: FinishReason, error: str = "") -> None:
-        finished = [SequenceFinished(i, reason, error)
-                    for i, done in enumerate(active.done) if not done]
-        active.done = [True] * len(active.done)
+    def _finish(self, req: _Request, reason: FinishReason, error: str = "") -> None:
+        """End every open sequence of a request and free all it holds."""
+        finished = [SequenceFinished(i, reason, error) for i, d in enumerate(req.done) if not d]
+        req.done = [True] * req.n
+        for index in list(req.rows):
+            self._drop_row(req, index)
+        if req in self._prefilling:
+            row = self._prefilling.index(req)
+            self._staging.remove_row(row)
+            self._prefilling.pop(row)
+            if row < len(self._prefilling):  # the last staging row moved into `row`
+                self._prefilling.insert(row, self._prefilling.pop())
+        if req in self._active:
+            self._active.remove(req)
         if finished:
-            active.handle.sink(StepOutput(finished=finished))
+            req.handle.sink(StepOutput(finished=finished))
 
-    def _step(self, active: _Active) -> bool:
-        """Advance one request by one token. Returns True when it is finished."""
-        handle = active.handle
-        for index in handle.stopped_snapshot():
-            active.done[index] = True
-        if all(active.done):
-            return True
-        if handle.cancel_reason is not None:
-            self._finish_all(active, handle.cancel_reason)
-            return True
-        if handle.deadline is not None and time.perf_counter() >= handle.deadline:
-            self._finish_all(active, FinishReason.TIME_LIMIT)
-            return True
-        try:
-            with torch.inference_mode():
-                logits = self._forward(active)
-                next_ids, logprobs = sample(logits, handle.sampling, active.seen,
-                                            active.generator)
-                active.seen[torch.arange(len(next_ids)), next_ids] = True
-                active.last_ids = next_ids
-            ids = next_ids.tolist()  # the one host sync per step
-            lps = logprobs.tolist() if logprobs is not None else [None] * len(ids)
-        except Exception as exc:  # a bad request must not kill the scheduler
-            log.exception("request %d failed", handle.request_id)
-            self._finish_all(active, FinishReason.ERROR, f"{type(exc).__name__}: {exc}")
-            return True
+    def _drop_row(self, req: _Request, index: int) -> None:
+        row = req.rows.pop(index, None)
+        if row is None:
+            return
+        moved = self._decode.remove_row(row)
+        last_owner, last_id = self._row_owner.pop(), self._last_ids.pop()
+        if moved is not None:  # the last row now lives at `row`
+            self._row_owner[row], self._last_ids[row] = last_owner, last_id
+            owner, seq = last_owner
+            owner.rows[seq] = row
 
-        active.generated += 1
+    # -- prefill ------------------------------------------------------------------------
+    def _prefill_turn(self) -> None:
+        budget = self.prefill_chunk_tokens
+        batch = self._prefilling[: max(1, min(len(self._prefilling), budget // 16))]
+        per_request = max(16, budget // len(batch))
+        chunks = [req.handle.prompt_ids[req.prefilled: req.prefilled + per_request]
+                  for req in batch]
+        q_len = max(len(c) for c in chunks)
+        ids = torch.zeros(len(batch), q_len, dtype=torch.long, device=self.device)
+        for i, chunk in enumerate(chunks):
+            ids[i, : len(chunk)] = torch.tensor(chunk, device=self.device)
+        starts = torch.tensor([req.prefilled for req in batch], device=self.device)
+        completing = [i for i, (req, c) in enumerate(zip(batch, chunks, strict=True))
+                      if req.prefilled + len(c) == req.prompt_len]
+        keep = sorted({len(chunks[i]) - 1 for i in completing}) or [q_len - 1]
+        with torch.inference_mode():
+            logits = self.runner.forward(self._staging, 0, ids, starts,
+                                         keep=torch.tensor(keep, device=self.device))
+        for req, chunk in zip(batch, chunks, strict=True):
+            req.prefilled += len(chunk)
+            self._staging.lengths[self._prefilling.index(req)] = req.prefilled
+        for i in completing:
+            req = batch[i]
+            last = logits[i, keep.index(len(chunks[i]) - 1)]
+            self._start_decoding(req, last)
+
+    def _start_decoding(self, req: _Request, last_logits: torch.Tensor) -> None:
+        """Prompt done: sample the first tokens, move the request to decode rows."""
+        staging_row = self._prefilling.index(req)
+        next_ids, logprobs = sample(last_logits.expand(req.n, -1), req.handle.sampling,
+                                    req.seen, req.generator)
+        for index in range(req.n):
+            row = self._decode.add_row(req.prompt_len)
+            self._decode.copy_row_from(self._staging, staging_row, row, req.prompt_len)
+            req.rows[index] = row
+            self._row_owner.append((req, index))
+            self._last_ids.append(0)
+        self._staging.remove_row(staging_row)
+        self._prefilling.pop(staging_row)
+        if staging_row < len(self._prefilling):
+            self._prefilling.insert(staging_row, self._prefilling.pop())
+        self._emit(req, next_ids, logprobs)
+
+    # -- decode -------------------------------------------------------------------------
+    def _decode_turn(self) -> None:
+        rows = len(self._row_owner)
+        self.last_batch_size = rows
+        ids = torch.tensor(self._last_ids, device=self.device)[:, None]
+        starts = torch.tensor(self._decode.lengths, device=self.device)
+        with torch.inference_mode():
+            logits = self.runner.forward(self._decode, 0, ids, starts)[:, -1, :]
+        for row in range(rows):
+            self._decode.lengths[row] += 1
+        by_request: dict[_Request, list[tuple[int, int]]] = {}
+        for row, (req, index) in enumerate(self._row_owner):
+            by_request.setdefault(req, []).append((index, row))
+        for req, members in by_request.items():
+            members.sort()
+            row_ids = torch.tensor([row for _, row in members], device=self.device)
+            seq_ids = torch.tensor([index for index, _ in members], device=self.device)
+            next_ids, logprobs = sample(logits[row_ids], req.handle.sampling, req.seen[seq_ids],
+                                        req.generator)
+            self._emit(req, next_ids, logprobs, [index for index, _ in members])
+
+    def _emit(self, req: _Request, next_ids: torch.Tensor, logprobs: torch.Tensor | None,
+              indices: list[int] | None = None) -> None:
+        indices = indices if indices is not None else list(range(req.n))
+        seq_t = torch.tensor(indices, device=self.device)
+        req.seen[seq_t, next_ids] = True
+        ids = next_ids.tolist()  # the one host sync per request per turn
+        lps = logprobs.tolist() if logprobs is not None else [None] * len(ids)
+        req.generated += 1
         out = StepOutput()
-        out_of_room = (len(handle.prompt_ids) + active.generated >= self.context_length)
-        for index, (token, lp) in enumerate(zip(ids, lps, strict=True)):
-            if active.done[index]:
+        out_of_room = req.prompt_len + req.generated >= self.context_length
+        for index, token, lp in zip(indices, ids, lps, strict=True):
+            if req.done[index]:
                 continue
             if token in self.eos_ids:
                 out.finished.append(SequenceFinished(index, FinishReason.EOS))
-                active.done[index] = True
-                continue
-            out.tokens.append((index, token, lp))
-            if active.generated >= handle.sampling.max_new_tokens or out_of_room:
-                out.finished.append(SequenceFinished(index, FinishReason.LENGTH))
-                active.done[index] = True
-        handle.sink(out)
-        return all(active.done)
-
-    def _forward(self, active: _Active) -> torch.Tensor:
-        handle = active.handle
-        n = handle.sampling.num_return_sequences
-        if active.cache is None:
-            handle.started = time.perf_counter()
-            prompt = torch.tensor([handle.prompt_ids], device=self.device).expand(n, -1)
-            out = self.model(input_ids=prompt, use_cache=True, logits_to_keep=1)
-            active.seen = torch.zeros(n, self.vocab_size, dtype=torch.bool, device=self.device)
-            active.seen[:, prompt[0]] = True
-        else:
-            out = self.model(input_ids=active.last_ids[:, None], use_cache=True,
-                             **{self._cache_kw: active.cache})
-        cache = out.get("cache")
-        active.cache = cache if cache is not None else out.get("past_key_values")
-        return out.logits[:, -1, :]
+            else:
+                out.tokens.append((index, token, lp))
+                if req.generated >= req.handle.sampling.max_new_tokens or out_of_room:
+                    out.finished.append(SequenceFinished(index, FinishReason.LENGTH))
+                else:
+                    self._last_ids[req.rows[index]] = token
+                    continue
+            req.done[index] = True
+            self._drop_row(req, index)
+        req.handle.sink(out)
+        if all(req.done) and req in self._active:
+            self._active.remove(req)

@@ -1,0 +1,55 @@
+"""The model runner: executes one forward pass over a set of cache rows.
+
+It owns nothing but the model and knows nothing of requests: the scheduler
+decides which rows run; the runner builds the position ids and the attention
+mask for rows of different lengths and calls the model.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from arbridge.engine.kv_cache import SlotKVCache
+
+
+class ModelRunner:
+    def __init__(self, model, context_length: int):
+        self.model = model
+        first = next(model.parameters())
+        self.device, self.dtype = first.device, first.dtype
+        self.context_length = context_length
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") \
+            else model.config
+        self.num_layers = config.num_hidden_layers
+        self.vocab_size = model.get_output_embeddings().weight.shape[0]
+        # transformers renamed `past_key_values` to `cache` (5.2x); accept both.
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    def new_cache(self, slots: int, capacity: int = 256) -> SlotKVCache:
+        return SlotKVCache(self.num_layers, slots=slots, capacity=capacity,
+                           max_capacity=self.context_length)
+
+    def forward(self, cache: SlotKVCache, first: int, input_ids: torch.Tensor,
+                starts: torch.Tensor, keep: int | torch.Tensor = 1) -> torch.Tensor:
+        """Run rows first..first+B-1 on input_ids [B, q] placed at `starts` [B].
+
+        Returns logits [B, k, vocab] for the kept query positions (`keep`: the
+        last k positions, or a 1-D tensor of positions).
+        """
+        count, q_len = input_ids.shape
+        cache.prepare(first, count, starts, q_len)
+        positions = (starts[:, None] + torch.arange(q_len, device=self.device)[None, :]).clamp_(
+            max=self.context_length - 1)
+        kv = torch.arange(cache.read_length, device=self.device)
+        # Query t of row b sees cached positions 0..starts[b]+t and nothing
+        # after: that hides later padding and stale data from earlier tenants.
+        allowed = kv[None, None, :] <= positions[:, :, None]
+        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
+        mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+        out = self.model(input_ids=input_ids, position_ids=positions,
+                         attention_mask=mask[:, None], use_cache=True, logits_to_keep=keep,
+                         **{self._cache_kw: cache})
+        return out.logits
