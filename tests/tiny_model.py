@@ -65,3 +65,27 @@ def build_tiny_model(out_dir: Path, *, chat_template: bool = True, eos_bias: flo
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def build_tiny_llama(out_dir: Path, *, seed: int = 0) -> Path:
+    """A 2-layer Llama (RoPE, grouped-query attention) with the same tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = train_tokenizer()
+    tokenizer.chat_template = CHAT_TEMPLATE
+    eos = tokenizer.eos_token_id
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, bos_token_id=eos, eos_token_id=eos,
+                         tie_word_embeddings=False, mlp_bias=True)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        # A large constant in residual dim 0 (last MLP bias), read only by the
+        # EOS row: EOS stays far below every other token, outputs run to length.
+        model.model.layers[-1].mlp.down_proj.bias[0] = 100.0
+        model.lm_head.weight[eos].fill_(0.0)
+        model.lm_head.weight[eos, 0] = -10.0
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

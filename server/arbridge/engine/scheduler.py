@@ -135,6 +135,12 @@ class Scheduler:
 
     # -- the scheduler thread ------------------------------------------------------------
     def _loop(self) -> None:
+        # Cache buffers are created and edited in here only; inference mode
+        # for the whole thread keeps them cheap (no autograd bookkeeping).
+        with torch.inference_mode():
+            self._run()
+
+    def _run(self) -> None:
         while True:
             with self._wake:
                 while self._running and not self._active and not self._waiting:
@@ -145,16 +151,15 @@ class Scheduler:
                 while self._waiting and len(self._active) < self.max_active:
                     self._admit(self._waiting.popleft())
             began = time.perf_counter()
-            self._retire_interrupted()
             try:
+                self._retire_interrupted()
                 if self._prefilling:
                     self._prefill_turn()
                 if self._row_owner:
                     self._decode_turn()
             except Exception as exc:  # a failing batch must not kill the scheduler
-                log.exception("model step failed")
-                for req in list(self._active):
-                    self._finish(req, FinishReason.ERROR, f"{type(exc).__name__}: {exc}")
+                log.exception("model step failed; ending the requests in flight")
+                self._reset(f"{type(exc).__name__}: {exc}")
             self._turn_seconds = 0.9 * self._turn_seconds + 0.1 * (time.perf_counter() - began)
         for req in list(self._active):
             self._finish(req, FinishReason.ERROR, "server shutting down")
@@ -163,6 +168,20 @@ class Scheduler:
                 SequenceFinished(i, FinishReason.ERROR, "server shutting down")
                 for i in range(handle.sampling.num_return_sequences)]))
         self._waiting.clear()
+
+    def _reset(self, error: str) -> None:
+        """After a failed step: end every active request and start from clean caches."""
+        for req in self._active:
+            open_seqs = [SequenceFinished(i, FinishReason.ERROR, error)
+                         for i, d in enumerate(req.done) if not d]
+            if open_seqs:
+                req.handle.sink(StepOutput(finished=open_seqs))
+        self._active.clear()
+        self._prefilling.clear()
+        self._row_owner.clear()
+        self._last_ids.clear()
+        self._decode = self.runner.new_cache(slots=max(4, self.max_active))
+        self._staging = self.runner.new_cache(slots=4)
 
     def _drop_cancelled_waiting(self) -> None:
         """A request cancelled while queued leaves without ever running."""
@@ -243,9 +262,8 @@ class Scheduler:
         completing = [i for i, (req, c) in enumerate(zip(batch, chunks, strict=True))
                       if req.prefilled + len(c) == req.prompt_len]
         keep = sorted({len(chunks[i]) - 1 for i in completing}) or [q_len - 1]
-        with torch.inference_mode():
-            logits = self.runner.forward(self._staging, 0, ids, starts,
-                                         keep=torch.tensor(keep, device=self.device))
+        logits = self.runner.forward(self._staging, 0, ids, starts,
+                                     keep=torch.tensor(keep, device=self.device))
         for req, chunk in zip(batch, chunks, strict=True):
             req.prefilled += len(chunk)
             self._staging.lengths[self._prefilling.index(req)] = req.prefilled
@@ -277,8 +295,7 @@ class Scheduler:
         self.last_batch_size = rows
         ids = torch.tensor(self._last_ids, device=self.device)[:, None]
         starts = torch.tensor(self._decode.lengths, device=self.device)
-        with torch.inference_mode():
-            logits = self.runner.forward(self._decode, 0, ids, starts)[:, -1, :]
+        logits = self.runner.forward(self._decode, 0, ids, starts)[:, -1, :]
         for row in range(rows):
             self._decode.lengths[row] += 1
         by_request: dict[_Request, list[tuple[int, int]]] = {}

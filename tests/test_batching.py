@@ -1,0 +1,117 @@
+"""The engine batches every stream into one forward pass, without changing outputs."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from arbridge.engine.async_engine import AsyncEngine
+from arbridge.engine.loader import load_model
+from arbridge.engine.sampling import SamplingConfig
+from arbridge.engine.scheduler import Scheduler
+from conftest import slow_down
+from tiny_model import build_tiny_llama
+
+PROMPTS = [
+    "The red chair",
+    "A lamp is far to the right; the kitchen is small",
+    "日本語のテキスト",
+    "Objects in view, nearest first: chair, table, lamp, window, door. User: what is ahead?",
+    "door",
+    "The glass table stands near the window and the lamp",
+]
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def loaded(request, tiny_model_dir, tmp_path_factory):
+    if request.param == "gpt2":
+        path = tiny_model_dir
+    else:
+        path = build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+    return load_model(str(path), cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+class Engine:
+    def __init__(self, loaded, **kwargs):
+        self.scheduler = Scheduler(loaded.model, loaded.tokenizer,
+                                   context_length=loaded.info.context_length, **kwargs)
+        self.tokenizer = loaded.tokenizer
+        self.engine = AsyncEngine(self.scheduler)
+        self.batch_sizes: list[int] = []
+
+    def __enter__(self):
+        self.scheduler.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.scheduler.stop()
+
+    async def run(self, prompt: str, cfg: SamplingConfig) -> dict[int, list[int]]:
+        ids = self.tokenizer(prompt).input_ids
+        tokens: dict[int, list[int]] = {i: [] for i in range(cfg.num_return_sequences)}
+        async for out in self.engine.open(ids, cfg):
+            self.batch_sizes.append(self.scheduler.last_batch_size)
+            for index, token, _ in out.tokens:
+                tokens[index].append(token)
+        return tokens
+
+
+def reference_greedy(loaded, prompt: str, n: int) -> list[int]:
+    ids = loaded.tokenizer(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = loaded.model.generate(**ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    return out[0, ids.input_ids.shape[1]:].tolist()
+
+
+async def test_concurrent_greedy_equals_each_alone(loaded):
+    cfg = SamplingConfig(max_new_tokens=20)
+    forward = loaded.model.forward
+    slow_down(loaded.model, 0.005)  # so all six are admitted before the first finishes
+    try:
+        with Engine(loaded, max_active=8) as eng:
+            together = await asyncio.gather(*(eng.run(p, cfg) for p in PROMPTS))
+    finally:
+        loaded.model.forward = forward
+    assert max(eng.batch_sizes) >= 4  # really decoded in one batch
+    for prompt, got in zip(PROMPTS, together, strict=True):
+        assert got[0] == reference_greedy(loaded, prompt, 20), prompt
+
+
+async def test_seeded_sampling_is_independent_of_the_batch(loaded):
+    cfg = SamplingConfig(max_new_tokens=16, temperature=0.9, top_k=50, top_p=0.95,
+                         repetition_penalty=1.2, seed=42, num_return_sequences=2)
+    with Engine(loaded) as eng:
+        alone = await eng.run(PROMPTS[0], cfg)
+    other = SamplingConfig(max_new_tokens=30, temperature=1.0, seed=7)
+    with Engine(loaded) as eng:
+        crowd = await asyncio.gather(eng.run(PROMPTS[0], cfg),
+                                     *(eng.run(p, other) for p in PROMPTS[1:]))
+    assert crowd[0] == alone
+    assert alone[0] != alone[1]  # the two sequences sample independently
+
+
+async def test_long_prompt_prefilled_in_chunks_gives_the_same_text(loaded):
+    prompt = " ".join(PROMPTS * 3)
+    cfg = SamplingConfig(max_new_tokens=12)
+    with Engine(loaded, prefill_chunk_tokens=16) as eng:
+        short = asyncio.ensure_future(eng.run("The red chair", SamplingConfig(max_new_tokens=40)))
+        got = await eng.run(prompt, cfg)
+        await short
+    assert len(loaded.tokenizer(prompt).input_ids) > 100  # several chunks
+    assert got[0] == reference_greedy(loaded, prompt, 12)
+
+
+async def test_streams_join_and_leave_mid_flight(loaded):
+    """A request arriving while others decode starts at once and changes nothing."""
+    with Engine(loaded, max_active=4) as eng:
+        long = asyncio.ensure_future(eng.run(PROMPTS[1], SamplingConfig(max_new_tokens=40)))
+        await asyncio.sleep(0.05)
+        short = await eng.run(PROMPTS[2], SamplingConfig(max_new_tokens=5))
+        late = await eng.run(PROMPTS[3], SamplingConfig(max_new_tokens=10))
+        long_tokens = await long
+        assert eng.scheduler.load == (0, 0)
+    assert short[0] == reference_greedy(loaded, PROMPTS[2], 5)
+    assert late[0] == reference_greedy(loaded, PROMPTS[3], 10)
+    assert long_tokens[0] == reference_greedy(loaded, PROMPTS[1], 40)
