@@ -116,3 +116,29 @@ async def test_streams_join_and_leave_mid_flight(loaded):
     assert short[0] == reference_greedy(loaded, PROMPTS[2], 5)
     assert late[0] == reference_greedy(loaded, PROMPTS[3], 10)
     assert long_tokens[0] == reference_greedy(loaded, PROMPTS[1], 40)
+
+
+async def test_a_failing_step_ends_requests_with_error_and_the_engine_recovers(loaded):
+    from arbridge.engine.requests import FinishReason
+
+    forward = loaded.model.forward
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("simulated device failure")
+        return forward(*args, **kwargs)
+
+    loaded.model.forward = flaky
+    try:
+        with Engine(loaded) as eng:
+            ids = loaded.tokenizer(PROMPTS[0]).input_ids
+            reasons = []
+            async for out in eng.engine.open(ids, SamplingConfig(max_new_tokens=10)):
+                reasons += [(f.reason, f.error) for f in out.finished]
+            assert reasons == [(FinishReason.ERROR, "RuntimeError: simulated device failure")]
+            after = await eng.run(PROMPTS[2], SamplingConfig(max_new_tokens=5))
+    finally:
+        loaded.model.forward = forward
+    assert after[0] == reference_greedy(loaded, PROMPTS[2], 5)

@@ -48,6 +48,22 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    import torch
+
+    from arbridge.bench import run_bench
+    from arbridge.config import load_settings
+
+    settings = load_settings(None, model=args.model, dtype=args.dtype, log_level="WARNING")
+    _setup_logging(settings.log_level)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    levels = tuple(int(x) for x in args.concurrency.split(","))
+    run_bench(settings, new_tokens=args.new_tokens, levels=levels,
+              command="arbridge bench " + " ".join(sys.argv[2:]))
+    return 0
+
+
 def _megatron_flags(args) -> dict:
     return {f"megatron_{name}": getattr(args, name) for name in
             ("num_layers", "hidden_size", "num_attention_heads", "max_position_embeddings")}
@@ -239,6 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fetch-model", help="download and convert the default model")
     p.add_argument("--config", help="TOML settings file")
     p.set_defaults(func=cmd_fetch_model)
+
+    p = sub.add_parser("bench", help="throughput/latency ratios vs transformers (not a test)")
+    p.add_argument("--model", help="default: SmolLM2-135M-Instruct")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--concurrency", default="1,8,32", help="comma-separated levels")
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="start a server, stream a scene caption, stop")
     p.add_argument("scene", nargs="?", default="examples/scene.json")

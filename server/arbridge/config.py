@@ -68,6 +68,8 @@ class Settings(BaseSettings):
         50.0, ge=0, description="stop this long before a call's deadline (TIME_LIMIT)")
 
     log_level: str = "INFO"
+    # For `arbridge bench` only: every reply runs to max_new_tokens through EOS.
+    bench_ignore_eos: bool = False
 
     @classmethod
     def settings_customise_sources(

@@ -76,7 +76,8 @@ def sampling_config(params: pb.SamplingParams, settings: Settings,
     return SamplingConfig(
         max_new_tokens=max_new, temperature=temperature, top_k=params.top_k, top_p=top_p,
         repetition_penalty=penalty, seed=seed, stop=tuple(params.stop),
-        num_return_sequences=n, logprobs=params.logprobs)
+        num_return_sequences=n, logprobs=params.logprobs,
+        ignore_eos=settings.bench_ignore_eos)
 
 
 def _vec3(v: pb.Vec3, field: str) -> None:

@@ -24,6 +24,9 @@ class SamplingConfig:
     stop: tuple[str, ...] = ()
     num_return_sequences: int = 1
     logprobs: bool = False
+    # Benchmarks only (not in the contract): run to max_new_tokens through EOS,
+    # so every contender generates the same number of tokens.
+    ignore_eos: bool = False
 
     @property
     def greedy(self) -> bool:

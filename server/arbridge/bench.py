@@ -1,0 +1,305 @@
+"""`arbridge bench`: throughput and latency, as ratios measured in one run.
+
+Every contender gets the same model, dtype, chat prompts and exactly the same
+number of new tokens (greedy, EOS ignored):
+
+  hf-sequential   transformers `model.generate`, one request after another
+  hf-batch        transformers `model.generate` on one static padded batch
+  engine@N        ArBridge's scheduler in-process, N concurrent requests
+  grpc@N          ArBridge over gRPC on loopback, N concurrent streams
+
+Time to first token (TTFT) is measured from submitting a request to its first
+token; inter-token latency (ITL) is the gap between consecutive tokens of one
+stream. Results go to bench/results/<time>.json and a PNG plot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from arbridge.config import Settings
+from arbridge.engine.loader import LoadedModel, load_model
+from arbridge.engine.sampling import SamplingConfig
+from arbridge.prompts import PromptBuilder
+from arbridge.v1 import types_pb2 as pb
+
+QUESTIONS = [
+    "Describe what is around me in one or two short sentences.",
+    "Where is the chair?",
+    "Is there anything I could sit on?",
+    "What is the nearest object to me?",
+    "Which objects are made of glass?",
+    "Is it safe to walk forward?",
+    "What would you put on the table?",
+    "How far away is the lamp?",
+]
+
+
+def bench_scene() -> pb.SceneFeatures:
+    def at(x, z):
+        return pb.Pose(position=pb.Vec3(x=x, y=0.0, z=z))
+
+    return pb.SceneFeatures(location_hint="a small kitchen", objects=[
+        pb.SceneObject(id="1", label="chair", pose=at(-1.0, 1.2),
+                       attributes={"color": "red", "material": "wood"}),
+        pb.SceneObject(id="2", label="table", pose=at(0.2, 2.0), attributes={"material": "glass"}),
+        pb.SceneObject(id="3", label="lamp", pose=at(3.5, 4.0)),
+    ])
+
+
+@dataclass
+class Result:
+    name: str
+    concurrency: int
+    requests: int
+    tokens: int
+    wall_s: float
+    ttft_s: list[float] = field(default_factory=list)
+    itl_s: list[float] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.wall_s
+
+    def pct(self, values: list[float], q: float) -> float | None:
+        if not values:
+            return None
+        ordered = sorted(values)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def summary(self) -> dict:
+        return {"name": self.name, "concurrency": self.concurrency, "requests": self.requests,
+                "tokens": self.tokens, "wall_s": self.wall_s,
+                "tokens_per_s": self.tokens_per_s,
+                "ttft_p50_s": self.pct(self.ttft_s, 0.5), "ttft_p95_s": self.pct(self.ttft_s, 0.95),
+                "itl_p50_s": self.pct(self.itl_s, 0.5), "itl_p95_s": self.pct(self.itl_s, 0.95)}
+
+
+# -- transformers baselines -------------------------------------------------------------
+def hf_sequential(lm: LoadedModel, prompts: list[list[int]], new_tokens: int) -> Result:
+    started = time.perf_counter()
+    for ids in prompts:
+        with torch.inference_mode():
+            lm.model.generate(torch.tensor([ids]), max_new_tokens=new_tokens,
+                              min_new_tokens=new_tokens, do_sample=False)
+    return Result("hf-sequential", 1, len(prompts), new_tokens * len(prompts),
+                  time.perf_counter() - started)
+
+
+def hf_batch(lm: LoadedModel, prompts: list[list[int]], new_tokens: int) -> Result:
+    width = max(len(p) for p in prompts)
+    pad = lm.tokenizer.pad_token_id
+    pad = pad if pad is not None else lm.tokenizer.eos_token_id
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])  # left padding
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    started = time.perf_counter()
+    with torch.inference_mode():
+        lm.model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens,
+                          min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad)
+    return Result("hf-batch", len(prompts), len(prompts), new_tokens * len(prompts),
+                  time.perf_counter() - started)
+
+
+# -- ArBridge -----------------------------------------------------------------------------
+def _record(result: Result, times: list[float], submitted: float) -> None:
+    if times:
+        result.ttft_s.append(times[0] - submitted)
+        result.itl_s.extend(b - a for a, b in zip(times, times[1:], strict=False))
+    result.tokens += len(times)
+
+
+async def engine_run(engine, prompts: list[list[int]], cfg: SamplingConfig,
+                     concurrency: int) -> Result:
+    result = Result("engine", concurrency, len(prompts), 0, 0.0)
+
+    async def one(ids):
+        submitted = time.perf_counter()
+        times = []
+        async for out in engine.open(ids, cfg):
+            times.extend(out.at for _ in out.tokens)
+        _record(result, times, submitted)
+
+    started = time.perf_counter()
+    await _bounded(prompts, one, concurrency)
+    result.wall_s = time.perf_counter() - started
+    return result
+
+
+async def grpc_run(stub, texts: list[str], cfg: SamplingConfig, concurrency: int) -> Result:
+    from arbridge.v1 import service_pb2 as spb
+
+    result = Result("grpc", concurrency, len(texts), 0, 0.0)
+    sampling = pb.SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=0.0, seed=1)
+
+    async def one(scene_and_question):
+        scene, question = scene_and_question
+        request = spb.DescribeSceneRequest(scene=scene, instruction=question, sampling=sampling)
+        submitted = time.perf_counter()
+        times = []
+        async for response in stub.DescribeScene(request):
+            if response.WhichOneof("event") == "chunk":
+                times.extend(time.perf_counter() for _ in response.chunk.token_ids)
+        _record(result, times, submitted)
+
+    started = time.perf_counter()
+    await _bounded(texts, one, concurrency)
+    result.wall_s = time.perf_counter() - started
+    return result
+
+
+async def _bounded(items, work, concurrency: int) -> None:
+    gate = asyncio.Semaphore(concurrency)
+
+    async def run(item):
+        async with gate:
+            await work(item)
+
+    await asyncio.gather(*(run(item) for item in items))
+
+
+# -- the whole run ----------------------------------------------------------------------
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "n/a"
+
+
+async def _arbridge_part(settings: Settings, lm: LoadedModel, prompts, cfg, levels) -> list:
+    from arbridge.app import ArBridgeServer
+    from arbridge.engine.async_engine import AsyncEngine
+    from arbridge.engine.scheduler import Scheduler
+
+    scheduler = Scheduler(lm.model, lm.tokenizer, context_length=lm.info.context_length,
+                          max_active=max(levels), max_queue=1024)
+    scheduler.start()
+    try:
+        # The baselines run on the scheduler's thread too: every contender
+        # computes on the same thread (see Scheduler.call).
+        new = cfg.max_new_tokens
+        results = [scheduler.call(hf_sequential, lm, prompts, new).result(),
+                   scheduler.call(hf_batch, lm, prompts, new).result()]
+        engine = AsyncEngine(scheduler)
+        await engine_run(engine, prompts[:2], cfg, 2)  # warm-up
+        for n in levels:
+            results.append(await engine_run(engine, _cycle(prompts, max(n, 4)), cfg, n))
+    finally:
+        scheduler.stop()
+
+    import grpc
+
+    from arbridge.v1 import service_pb2_grpc
+
+    server = ArBridgeServer(settings.model_copy(update={
+        "port": 0, "max_active": max(levels), "max_queue": 1024,
+        "bench_ignore_eos": True}))
+    await server.start()
+    await server.load(preloaded=lm)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = service_pb2_grpc.ArBridgeServiceStub(channel)
+            scene = bench_scene()
+            items = [(scene, q) for q in QUESTIONS]
+            await grpc_run(stub, items[:2], cfg, 2)  # warm-up
+            for n in levels:
+                results.append(await grpc_run(stub, _cycle(items, max(n, 4)), cfg, n))
+    finally:
+        await server.stop(grace=1)
+    return results
+
+
+def _cycle(items: list, count: int) -> list:
+    return [items[i % len(items)] for i in range(count)]
+
+
+def run_bench(settings: Settings, new_tokens: int = 64, levels: tuple[int, ...] = (1, 8, 32),
+              out_dir: Path = Path("bench/results"), command: str = "arbridge bench") -> dict:
+    lm = load_model(settings.model, cache_dir=settings.cache_dir, device=settings.device,
+                    dtype=settings.dtype)
+    builder = PromptBuilder(lm.tokenizer, lm.info.context_length, settings.system_prompt)
+    scene = bench_scene()
+    prompts = [builder.describe(scene, q, new_tokens).ids for q in QUESTIONS]
+    cfg = SamplingConfig(max_new_tokens=new_tokens, ignore_eos=True, seed=1)
+
+    results = asyncio.run(_arbridge_part(settings, lm, prompts, cfg, levels))
+    by = {(r.name, r.concurrency): r for r in results}
+    seq, batch = by[("hf-sequential", 1)], by[("hf-batch", len(prompts))]
+    ratios = {}
+    low, mid, high = levels[0], levels[min(1, len(levels) - 1)], levels[-1]
+    grpc = {n: by[("grpc", n)].tokens_per_s for n in levels}
+    engine = {n: by[("engine", n)].tokens_per_s for n in levels}
+    ratios[f"grpc@{low} / engine@{low} (gRPC overhead)"] = _ratio(grpc[low], engine[low])
+    ratios[f"grpc@{high} / engine@{high} (gRPC overhead)"] = _ratio(grpc[high], engine[high])
+    ratios[f"grpc@{low} / hf-sequential"] = _ratio(grpc[low], seq.tokens_per_s)
+    ratios[f"grpc@{mid} / hf-sequential"] = _ratio(grpc[mid], seq.tokens_per_s)
+    ratios[f"grpc@{mid} / hf-batch({len(prompts)})"] = _ratio(grpc[mid], batch.tokens_per_s)
+    ratios[f"grpc@{high} / grpc@{low}"] = _ratio(grpc[high], grpc[low])
+    report = {
+        "command": command,
+        "model": lm.info.name, "dtype": lm.info.dtype, "device": lm.info.device,
+        "threads": torch.get_num_threads(), "new_tokens": new_tokens,
+        "prompt_tokens": [len(p) for p in prompts],
+        "results": [r.summary() for r in results], "ratios": ratios,
+        "raw": [asdict(r) for r in results],
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (out_dir / f"bench-{stamp}.json").write_text(json.dumps(report, indent=2))
+    _plot(results, out_dir / f"bench-{stamp}.png", report)
+    print_table(report)
+    print(f"\nwritten: {out_dir}/bench-{stamp}.json and .png")
+    return report
+
+
+def print_table(report: dict) -> None:
+    print(f"\n{report['command']}\nmodel {report['model']}, {report['dtype']} on "
+          f"{report['device']} ({report['threads']} threads), greedy, {report['new_tokens']} new "
+          f"tokens per request, prompts of {min(report['prompt_tokens'])}-"
+          f"{max(report['prompt_tokens'])} tokens\n")
+
+    def ms(v):
+        return "-" if v is None else f"{v * 1e3:.0f}"
+
+    print(f"{'contender':<16}{'conc':>5}{'reqs':>6}{'tok/s':>9}{'TTFT p50':>10}{'p95':>7}"
+          f"{'ITL p50':>9}{'p95':>7}  (ms)")
+    for r in report["results"]:
+        print(f"{r['name']:<16}{r['concurrency']:>5}{r['requests']:>6}{r['tokens_per_s']:>9.1f}"
+              f"{ms(r['ttft_p50_s']):>10}{ms(r['ttft_p95_s']):>7}{ms(r['itl_p50_s']):>9}"
+              f"{ms(r['itl_p95_s']):>7}")
+    print()
+    for name, value in report["ratios"].items():
+        print(f"  {name:<40} {value}")
+
+
+def _plot(results: list[Result], path: Path, report: dict) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for name in ("engine", "grpc"):
+        rows = [r for r in results if r.name == name]
+        left.plot([r.concurrency for r in rows], [r.tokens_per_s for r in rows], "o-",
+                  label=f"ArBridge {name}")
+        right.plot([r.concurrency for r in rows], [r.pct(r.ttft_s, 0.5) * 1e3 for r in rows],
+                   "o-", label=f"ArBridge {name}")
+    for r in results:
+        if r.name.startswith("hf"):
+            left.axhline(r.tokens_per_s, linestyle="--", color="gray" if r.name ==
+                         "hf-sequential" else "black", label=f"{r.name}")
+    left.set(xscale="log", xlabel="concurrent streams", ylabel="aggregate tokens/s",
+             title="throughput")
+    right.set(xscale="log", xlabel="concurrent streams", ylabel="TTFT p50 (ms)",
+              title="time to first token")
+    left.legend(fontsize=8)
+    right.legend(fontsize=8)
+    fig.suptitle(f"{report['model']} {report['dtype']} {report['device']}, "
+                 f"{report['new_tokens']} new tokens")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
