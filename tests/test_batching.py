@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import pytest
 import torch
@@ -124,6 +125,7 @@ async def test_a_failing_step_ends_requests_with_error_and_the_engine_recovers(l
     forward = loaded.model.forward
     calls = {"n": 0}
 
+    @functools.wraps(forward)
     def flaky(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:

@@ -99,7 +99,8 @@ class SlotKVCache(Cache):
             self.capacity = min(self.capacity * 2, self.max_capacity)
 
     # -- one forward pass -------------------------------------------------------------
-    def prepare(self, first: int, count: int, starts: torch.Tensor, q_len: int) -> None:
+    def prepare(self, first: int, count: int, starts: torch.Tensor, q_len: int,
+                read_length: int) -> None:
         """Rows first..first+count-1 write q_len tokens from their `starts`."""
         device = starts.device
         offsets = torch.arange(q_len, device=device)
@@ -109,7 +110,7 @@ class SlotKVCache(Cache):
         self.write_rows = torch.arange(first, first + count, device=device)[:, None].expand(
             count, q_len)
         self.read_first, self.read_rows = first, count
-        self.read_length = min(int(starts.max().item()) + q_len, self.max_capacity)
+        self.read_length = min(read_length, self.max_capacity)
         self.reserve(first + count, self.read_length)
 
     # -- moving rows ------------------------------------------------------------------

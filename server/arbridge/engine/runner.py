@@ -33,14 +33,16 @@ class ModelRunner:
                            max_capacity=self.context_length)
 
     def forward(self, cache: SlotKVCache, first: int, input_ids: torch.Tensor,
-                starts: torch.Tensor, keep: int | torch.Tensor = 1) -> torch.Tensor:
+                starts: list[int], keep: int | torch.Tensor = 1) -> torch.Tensor:
         """Run rows first..first+B-1 on input_ids [B, q] placed at `starts` [B].
 
         Returns logits [B, k, vocab] for the kept query positions (`keep`: the
         last k positions, or a 1-D tensor of positions).
         """
         count, q_len = input_ids.shape
-        cache.prepare(first, count, starts, q_len)
+        read_length = min(max(starts) + q_len, self.context_length)  # host math: no sync
+        starts = torch.tensor(starts, device=self.device)
+        cache.prepare(first, count, starts, q_len, read_length)
         positions = (starts[:, None] + torch.arange(q_len, device=self.device)[None, :]).clamp_(
             max=self.context_length - 1)
         kv = torch.arange(cache.read_length, device=self.device)

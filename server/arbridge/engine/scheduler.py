@@ -284,7 +284,7 @@ class Scheduler:
         ids = torch.zeros(len(batch), q_len, dtype=torch.long, device=self.device)
         for i, chunk in enumerate(chunks):
             ids[i, : len(chunk)] = torch.tensor(chunk, device=self.device)
-        starts = torch.tensor([req.prefilled for req in batch], device=self.device)
+        starts = [req.prefilled for req in batch]
         completing = [i for i, (req, c) in enumerate(zip(batch, chunks, strict=True))
                       if req.prefilled + len(c) == req.prompt_len]
         keep = sorted({len(chunks[i]) - 1 for i in completing}) or [q_len - 1]
@@ -303,6 +303,7 @@ class Scheduler:
         staging_row = self._prefilling.index(req)
         next_ids, logprobs = sample(last_logits.expand(req.n, -1), req.handle.sampling,
                                     req.seen, req.generator)
+        req.seen[torch.arange(req.n, device=self.device), next_ids] = True
         for index in range(req.n):
             row = self._decode.add_row(req.prompt_len)
             self._decode.copy_row_from(self._staging, staging_row, row, req.prompt_len)
@@ -313,35 +314,41 @@ class Scheduler:
         self._prefilling.pop(staging_row)
         if staging_row < len(self._prefilling):
             self._prefilling.insert(staging_row, self._prefilling.pop())
-        self._emit(req, next_ids, logprobs)
+        self._emit(req, next_ids.tolist(),
+                   logprobs.tolist() if logprobs is not None else [None] * req.n)
 
     # -- decode -------------------------------------------------------------------------
     def _decode_turn(self) -> None:
         rows = len(self._row_owner)
         self.last_batch_size = rows
         ids = torch.tensor(self._last_ids, device=self.device)[:, None]
-        starts = torch.tensor(self._decode.lengths, device=self.device)
-        logits = self.runner.forward(self._decode, 0, ids, starts)[:, -1, :]
+        logits = self.runner.forward(self._decode, 0, ids, list(self._decode.lengths))[:, -1, :]
         for row in range(rows):
             self._decode.lengths[row] += 1
         by_request: dict[_Request, list[tuple[int, int]]] = {}
         for row, (req, index) in enumerate(self._row_owner):
             by_request.setdefault(req, []).append((index, row))
+        sampled = []
         for req, members in by_request.items():
             members.sort()
             row_ids = torch.tensor([row for _, row in members], device=self.device)
             seq_ids = torch.tensor([index for index, _ in members], device=self.device)
             next_ids, logprobs = sample(logits[row_ids], req.handle.sampling, req.seen[seq_ids],
                                         req.generator)
-            self._emit(req, next_ids, logprobs, [index for index, _ in members])
+            req.seen[seq_ids, next_ids] = True
+            sampled.append((req, [index for index, _ in members], next_ids, logprobs))
+        # One device->host copy for the whole batch (the only sync per turn).
+        flat = torch.cat([ids for _, _, ids, _ in sampled]).tolist()
+        offset = 0
+        for req, indices, next_ids, logprobs in sampled:
+            ids = flat[offset: offset + len(indices)]
+            offset += len(indices)
+            lps = logprobs.tolist() if logprobs is not None else [None] * len(ids)
+            self._emit(req, ids, lps, indices)
 
-    def _emit(self, req: _Request, next_ids: torch.Tensor, logprobs: torch.Tensor | None,
+    def _emit(self, req: _Request, ids: list[int], lps: list[float | None],
               indices: list[int] | None = None) -> None:
         indices = indices if indices is not None else list(range(req.n))
-        seq_t = torch.tensor(indices, device=self.device)
-        req.seen[seq_t, next_ids] = True
-        ids = next_ids.tolist()  # the one host sync per request per turn
-        lps = logprobs.tolist() if logprobs is not None else [None] * len(ids)
         req.generated += 1
         out = StepOutput()
         out_of_room = req.prompt_len + req.generated >= self.context_length
