@@ -340,7 +340,7 @@ class Scheduler:
         # One device->host copy for the whole batch (the only sync per turn).
         flat = torch.cat([ids for _, _, ids, _ in sampled]).tolist()
         offset = 0
-        for req, indices, next_ids, logprobs in sampled:
+        for req, indices, _, logprobs in sampled:
             ids = flat[offset: offset + len(indices)]
             offset += len(indices)
             lps = logprobs.tolist() if logprobs is not None else [None] * len(ids)
