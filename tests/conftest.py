@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from arbridge.app import ArBridgeServer
-from arbridge.config import Settings
+from arbridge.config import Settings, megatron_overrides
 from arbridge.engine.loader import load_model
 from arbridge.v1 import service_pb2_grpc
 
@@ -63,11 +63,12 @@ class RunningServer:
 
 async def start_server(model_dir: Path, cache_dir: Path, step_delay: float = 0.0,
                        **settings) -> RunningServer:
-    loaded = load_model(str(model_dir), cache_dir=cache_dir)
+    config = Settings(host="127.0.0.1", port=0, model=str(model_dir), cache_dir=cache_dir,
+                      **settings)
+    loaded = load_model(str(model_dir), cache_dir=cache_dir, overrides=megatron_overrides(config))
     if step_delay:
         slow_down(loaded.model, step_delay)
-    server = ArBridgeServer(Settings(host="127.0.0.1", port=0, model=str(model_dir),
-                                     cache_dir=cache_dir, **settings))
+    server = ArBridgeServer(config)
     await server.start()
     await server.load(preloaded=loaded)
     return RunningServer(server)

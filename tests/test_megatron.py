@@ -173,10 +173,12 @@ def test_serve_refuses_a_broken_checkpoint_and_exits(source, tmp_path):
 
 
 # -- through the server and the CLI ----------------------------------------------------
-async def test_greedy_generation_through_the_server_matches(source, tmp_path):
+@pytest.mark.parametrize("name", LAYOUTS)
+async def test_greedy_generation_through_the_server_matches(source, tmp_path, name):
     model, tok_dir = source
-    ckpt = write_checkpoint(source, tmp_path / "ckpt", tp=2, pp=2, version=1.0,
-                            padded_vocab=448)
+    layout = LAYOUTS[name]
+    heads = {} if layout.get("with_args", True) else {"megatron_num_attention_heads": 4}
+    ckpt = write_checkpoint(source, tmp_path / "ckpt", **layout)
     hf_dir = tmp_path / "reference"
     model.save_pretrained(hf_dir)
     shutil.copy(ckpt / "vocab.json", hf_dir)
@@ -187,7 +189,7 @@ async def test_greedy_generation_through_the_server_matches(source, tmp_path):
 
     texts = []
     for path in (hf_dir, ckpt):
-        running = await start_server(path, tmp_path / "cache")
+        running = await start_server(path, tmp_path / "cache", **heads)
         try:
             request = spb.GenerateRequest(prompt="The red chair",
                                           sampling=pb.SamplingParams(max_new_tokens=24))
