@@ -70,7 +70,8 @@ class ArBridgeServer:
         self.scheduler = Scheduler(preloaded.model, preloaded.tokenizer,
                                    context_length=info.context_length,
                                    max_active=self.settings.max_active,
-                                   max_queue=self.settings.max_queue)
+                                   max_queue=self.settings.max_queue,
+                                   prefill_chunk_tokens=self.settings.prefill_chunk_tokens)
         self.scheduler.start()
         self.servicer.attach(AsyncEngine(self.scheduler), preloaded.tokenizer, info)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)

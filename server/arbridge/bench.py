@@ -174,7 +174,8 @@ async def _arbridge_part(settings: Settings, lm: LoadedModel, prompts, cfg, leve
     from arbridge.engine.scheduler import Scheduler
 
     scheduler = Scheduler(lm.model, lm.tokenizer, context_length=lm.info.context_length,
-                          max_active=max(levels), max_queue=1024)
+                          max_active=max(levels), max_queue=1024,
+                          prefill_chunk_tokens=settings.prefill_chunk_tokens)
     scheduler.start()
     try:
         # The baselines run on the scheduler's thread too: every contender

@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(200_000, ge=1)
     max_queue: int = Field(64, ge=1, description="requests waiting for a slot")
     max_active: int = Field(16, ge=1, description="requests generating at once")
+    prefill_chunk_tokens: int = Field(
+        512, ge=16, description="prompt tokens prefilled per scheduler turn, all requests "
+                                "together; lower = first tokens sooner for some, higher = "
+                                "better prefill throughput")
     deadline_margin_ms: float = Field(
         50.0, ge=0, description="stop this long before a call's deadline (TIME_LIMIT)")
 

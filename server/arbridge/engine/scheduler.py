@@ -275,11 +275,18 @@ class Scheduler:
 
     # -- prefill ------------------------------------------------------------------------
     def _prefill_turn(self) -> None:
+        # The budget goes to the prompts in staging order (about arrival order)
+        # until spent, so early prompts finish prefill and start streaming
+        # sooner than if all advanced in lockstep; long prompts take several turns.
         budget = self.prefill_chunk_tokens
-        batch = self._prefilling[: max(1, min(len(self._prefilling), budget // 16))]
-        per_request = max(16, budget // len(batch))
-        chunks = [req.handle.prompt_ids[req.prefilled: req.prefilled + per_request]
-                  for req in batch]
+        batch, chunks = [], []
+        for req in self._prefilling:
+            if budget <= 0:
+                break
+            chunk = req.handle.prompt_ids[req.prefilled: req.prefilled + budget]
+            batch.append(req)
+            chunks.append(chunk)
+            budget -= len(chunk)
         q_len = max(len(c) for c in chunks)
         ids = torch.zeros(len(batch), q_len, dtype=torch.long, device=self.device)
         for i, chunk in enumerate(chunks):
