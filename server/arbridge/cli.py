@@ -116,35 +116,31 @@ def _sampling_from_args(args, sampling) -> None:
         sampling.stop.append(s)
 
 
-def cmd_caption(args) -> int:
-    from arbridge.client import ArBridgeClient, load_describe_request
+def _stream_and_report(args, method: str, request) -> int:
+    """Send a streaming request, print text as it arrives, then a summary line."""
+    from arbridge.client import ArBridgeClient
 
-    request = load_describe_request(args.scene)
     _sampling_from_args(args, request.sampling)
     client = ArBridgeClient(_target(args))
     try:
-        stats = client.describe(request, _print_chunk, timeout=args.timeout)
+        stats = getattr(client, method)(request, _print_chunk, timeout=args.timeout)
     finally:
         client.close()
     print()
     print(f"-- {stats.summary()}", file=sys.stderr)
     return 0
+
+
+def cmd_caption(args) -> int:
+    from arbridge.client import load_describe_request
+
+    return _stream_and_report(args, "describe", load_describe_request(args.scene))
 
 
 def cmd_generate(args) -> int:
-    from arbridge.client import ArBridgeClient
     from arbridge.v1 import service_pb2 as spb
 
-    request = spb.GenerateRequest(prompt=args.prompt)
-    _sampling_from_args(args, request.sampling)
-    client = ArBridgeClient(_target(args))
-    try:
-        stats = client.generate(request, _print_chunk, timeout=args.timeout)
-    finally:
-        client.close()
-    print()
-    print(f"-- {stats.summary()}", file=sys.stderr)
-    return 0
+    return _stream_and_report(args, "generate", spb.GenerateRequest(prompt=args.prompt))
 
 
 def cmd_info(args) -> int:

@@ -242,7 +242,9 @@ class Scheduler:
                 self._finish(req, FinishReason.CANCELLED)
             elif handle.cancel_reason is not None:
                 self._finish(req, handle.cancel_reason)
-            elif handle.deadline is not None and now >= handle.deadline:
+            # Stop while the last text can still reach the client: a turn that
+            # would end past the deadline is not started.
+            elif handle.deadline is not None and now + self._turn_seconds >= handle.deadline:
                 self._finish(req, FinishReason.TIME_LIMIT)
 
     def _finish(self, req: _Request, reason: FinishReason, error: str = "") -> None:
