@@ -46,6 +46,7 @@ test-fast: $(VENV)/.installed $(BUF)
 	$(PY) -m pytest -q -m 'not e2e'
 
 bench: setup
+	$(PY) -m pip install --quiet -e '.[dev,bench]' $(TORCH)
 	$(ARB) bench
 
 # Regenerate the Python code for protos/ into server/arbridge/v1/.

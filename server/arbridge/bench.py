@@ -7,6 +7,10 @@ number of new tokens (greedy, EOS ignored):
   hf-batch        transformers `model.generate` on one static padded batch
   engine@N        ArBridge's scheduler in-process, N concurrent requests
   grpc@N          ArBridge over gRPC on loopback, N concurrent streams
+  ts-cb@N         `transformers serve --continuous-batching` on loopback, N
+                  concurrent streams through its OpenAI-compatible API (when the
+                  optional `bench` extra is installed). Its API cannot ignore EOS,
+                  so its token counts are what it actually generated.
 
 Time to first token (TTFT) is measured from submitting a request to its first
 token; inter-token latency (ITL) is the gap between consecutive tokens of one
@@ -212,12 +216,69 @@ async def _arbridge_part(settings: Settings, lm: LoadedModel, prompts, cfg, leve
     return results
 
 
+async def transformers_serve_run(model_dir: Path, messages: list[list[dict]], new_tokens: int,
+                                 levels: tuple[int, ...]) -> list[Result]:
+    """The peer: transformers' own server with continuous batching, same prompts."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    try:
+        from openai import AsyncOpenAI
+    except ImportError:
+        print("ts-cb skipped: pip install -e '.[bench]' (transformers[serving], openai)")
+        return []
+    exe = shutil.which("transformers", path=str(Path(sys.executable).parent))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([exe, "serve", "--continuous-batching", "--host", "127.0.0.1",
+                             "--port", str(port), str(model_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused",
+                         max_retries=0, timeout=600)
+    results = []
+    try:
+        for _ in range(240):  # until it answers
+            try:
+                await client.models.list()
+                break
+            except Exception:
+                await asyncio.sleep(0.5)
+
+        async def one(msgs, result: Result):
+            submitted = time.perf_counter()
+            times = []
+            stream = await client.chat.completions.create(
+                model=str(model_dir), messages=msgs, max_tokens=new_tokens, temperature=0.0,
+                stream=True)
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    times.append(time.perf_counter())  # one chunk per token
+            _record(result, times, submitted)
+
+        await one(messages[0], Result("warm-up", 1, 1, 0, 0.0))
+        for n in levels:
+            result = Result("ts-cb", n, max(n, 4), 0, 0.0)
+            started = time.perf_counter()
+            await _bounded(_cycle(messages, max(n, 4)), lambda m, r=result: one(m, r), n)
+            result.wall_s = time.perf_counter() - started
+            results.append(result)
+    finally:
+        await client.close()
+        proc.terminate()
+        proc.wait(timeout=30)
+    return results
+
+
 def _cycle(items: list, count: int) -> list:
     return [items[i % len(items)] for i in range(count)]
 
 
 def run_bench(settings: Settings, new_tokens: int = 64, levels: tuple[int, ...] = (1, 8, 32),
-              out_dir: Path = Path("bench/results"), command: str = "arbridge bench") -> dict:
+              out_dir: Path = Path("bench/results"), command: str = "arbridge bench",
+              peer: bool = True) -> dict:
     lm = load_model(settings.model, cache_dir=settings.cache_dir, device=settings.device,
                     dtype=settings.dtype)
     builder = PromptBuilder(lm.tokenizer, lm.info.context_length, settings.system_prompt)
@@ -226,6 +287,15 @@ def run_bench(settings: Settings, new_tokens: int = 64, levels: tuple[int, ...] 
     cfg = SamplingConfig(max_new_tokens=new_tokens, ignore_eos=True, seed=1)
 
     results = asyncio.run(_arbridge_part(settings, lm, prompts, cfg, levels))
+    if peer:
+        # The same chat messages ArBridge builds: system prompt + scene, question.
+        from arbridge.scene_text import describe_scene
+
+        system_text = f"{settings.system_prompt}\n\nScene: {describe_scene(scene)}"
+        messages = [[{"role": "system", "content": system_text},
+                     {"role": "user", "content": q}] for q in QUESTIONS]
+        results += asyncio.run(transformers_serve_run(Path(lm.model.name_or_path), messages,
+                                                      new_tokens, levels))
     by = {(r.name, r.concurrency): r for r in results}
     seq, batch = by[("hf-sequential", 1)], by[("hf-batch", len(prompts))]
     ratios = {}
@@ -238,6 +308,14 @@ def run_bench(settings: Settings, new_tokens: int = 64, levels: tuple[int, ...] 
     ratios[f"grpc@{mid} / hf-sequential"] = _ratio(grpc[mid], seq.tokens_per_s)
     ratios[f"grpc@{mid} / hf-batch({len(prompts)})"] = _ratio(grpc[mid], batch.tokens_per_s)
     ratios[f"grpc@{high} / grpc@{low}"] = _ratio(grpc[high], grpc[low])
+    ts = {r.concurrency: r for r in results if r.name == "ts-cb"}
+    if ts:
+        ratios[f"grpc@{low} / ts-cb@{low}"] = _ratio(grpc[low], ts[low].tokens_per_s)
+        ratios[f"grpc@{mid} / ts-cb@{mid}"] = _ratio(grpc[mid], ts[mid].tokens_per_s)
+        ttft_ts = ts[mid].pct(ts[mid].ttft_s, 0.5)
+        ttft_us = by[("grpc", mid)].pct(by[("grpc", mid)].ttft_s, 0.5)
+        if ttft_ts and ttft_us:
+            ratios[f"TTFT p50 grpc@{mid} / ts-cb@{mid}"] = _ratio(ttft_us, ttft_ts)
     report = {
         "command": command,
         "model": lm.info.name, "dtype": lm.info.dtype, "device": lm.info.device,
@@ -284,12 +362,14 @@ def _plot(results: list[Result], path: Path, report: dict) -> None:
     except ImportError:
         return
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for name in ("engine", "grpc"):
+    for name in ("engine", "grpc", "ts-cb"):
         rows = [r for r in results if r.name == name]
+        if not rows:
+            continue
         left.plot([r.concurrency for r in rows], [r.tokens_per_s for r in rows], "o-",
-                  label=f"ArBridge {name}")
+                  label=name if name == "ts-cb" else f"ArBridge {name}")
         right.plot([r.concurrency for r in rows], [r.pct(r.ttft_s, 0.5) * 1e3 for r in rows],
-                   "o-", label=f"ArBridge {name}")
+                   "o-", label=name if name == "ts-cb" else f"ArBridge {name}")
     for r in results:
         if r.name.startswith("hf"):
             left.axhline(r.tokens_per_s, linestyle="--", color="gray" if r.name ==

@@ -60,7 +60,7 @@ def cmd_bench(args) -> int:
         torch.set_num_threads(args.threads)
     levels = tuple(int(x) for x in args.concurrency.split(","))
     run_bench(settings, new_tokens=args.new_tokens, levels=levels,
-              command="arbridge bench " + " ".join(sys.argv[2:]))
+              command="arbridge bench " + " ".join(sys.argv[2:]), peer=not args.no_peer)
     return 0
 
 
@@ -258,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--concurrency", default="1,8,32", help="comma-separated levels")
     p.add_argument("--threads", type=int)
+    p.add_argument("--no-peer", action="store_true",
+                   help="skip `transformers serve --continuous-batching`")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="start a server, stream a scene caption, stop")
