@@ -9,8 +9,10 @@ number of new tokens (greedy, EOS ignored):
   grpc@N          ArBridge over gRPC on loopback, N concurrent streams
   ts-cb@N         `transformers serve --continuous-batching` on loopback, N
                   concurrent streams through its OpenAI-compatible API (when the
-                  optional `bench` extra is installed). Its API cannot ignore EOS,
-                  so its token counts are what it actually generated.
+                  optional `bench` extra is installed). Its API cannot ignore EOS
+                  (logit_bias fails in its continuous-batching mode), so it is
+                  compared with grpc-eos@N: ArBridge stopping at EOS too, which
+                  gives both the same greedy tokens (the table shows the counts).
 
 Time to first token (TTFT) is measured from submitting a request to its first
 token; inter-token latency (ITL) is the gap between consecutive tokens of one
@@ -173,7 +175,6 @@ def _ratio(a: float, b: float) -> str:
 
 
 async def _arbridge_part(settings: Settings, lm: LoadedModel, prompts, cfg, levels) -> list:
-    from arbridge.app import ArBridgeServer
     from arbridge.engine.async_engine import AsyncEngine
     from arbridge.engine.scheduler import Scheduler
 
@@ -194,13 +195,21 @@ async def _arbridge_part(settings: Settings, lm: LoadedModel, prompts, cfg, leve
     finally:
         scheduler.stop()
 
+    results += await _grpc_runs(settings, lm, cfg, levels, ignore_eos=True, name="grpc")
+    return results
+
+
+async def _grpc_runs(settings: Settings, lm: LoadedModel, cfg: SamplingConfig,
+                     levels: tuple[int, ...], ignore_eos: bool, name: str) -> list[Result]:
     import grpc
 
+    from arbridge.app import ArBridgeServer
     from arbridge.v1 import service_pb2_grpc
 
+    results = []
     server = ArBridgeServer(settings.model_copy(update={
         "port": 0, "max_active": max(levels), "max_queue": 1024,
-        "bench_ignore_eos": True}))
+        "bench_ignore_eos": ignore_eos}))
     await server.start()
     await server.load(preloaded=lm)
     try:
@@ -210,7 +219,9 @@ async def _arbridge_part(settings: Settings, lm: LoadedModel, prompts, cfg, leve
             items = [(scene, q) for q in QUESTIONS]
             await grpc_run(stub, items[:2], cfg, 2)  # warm-up
             for n in levels:
-                results.append(await grpc_run(stub, _cycle(items, max(n, 4)), cfg, n))
+                result = await grpc_run(stub, _cycle(items, max(n, 4)), cfg, n)
+                result.name = name
+                results.append(result)
     finally:
         await server.stop(grace=1)
     return results
@@ -294,8 +305,14 @@ def run_bench(settings: Settings, new_tokens: int = 64, levels: tuple[int, ...] 
         system_text = f"{settings.system_prompt}\n\nScene: {describe_scene(scene)}"
         messages = [[{"role": "system", "content": system_text},
                      {"role": "user", "content": q}] for q in QUESTIONS]
-        results += asyncio.run(transformers_serve_run(Path(lm.model.name_or_path), messages,
-                                                      new_tokens, levels))
+        peer_results = asyncio.run(transformers_serve_run(Path(lm.model.name_or_path),
+                                                          messages, new_tokens, levels))
+        if peer_results:
+            # The peer's API cannot ignore EOS: compare it with ArBridge also
+            # stopping at EOS, so both generate the same greedy tokens.
+            results += asyncio.run(_grpc_runs(settings, lm, cfg, levels, ignore_eos=False,
+                                              name="grpc-eos"))
+            results += peer_results
     by = {(r.name, r.concurrency): r for r in results}
     seq, batch = by[("hf-sequential", 1)], by[("hf-batch", len(prompts))]
     ratios = {}
@@ -310,12 +327,14 @@ def run_bench(settings: Settings, new_tokens: int = 64, levels: tuple[int, ...] 
     ratios[f"grpc@{high} / grpc@{low}"] = _ratio(grpc[high], grpc[low])
     ts = {r.concurrency: r for r in results if r.name == "ts-cb"}
     if ts:
-        ratios[f"grpc@{low} / ts-cb@{low}"] = _ratio(grpc[low], ts[low].tokens_per_s)
-        ratios[f"grpc@{mid} / ts-cb@{mid}"] = _ratio(grpc[mid], ts[mid].tokens_per_s)
+        eos = {n: by[("grpc-eos", n)] for n in levels}
+        for n in (low, mid, high):
+            ratios[f"grpc-eos@{n} / ts-cb@{n}"] = _ratio(eos[n].tokens_per_s,
+                                                          ts[n].tokens_per_s)
         ttft_ts = ts[mid].pct(ts[mid].ttft_s, 0.5)
-        ttft_us = by[("grpc", mid)].pct(by[("grpc", mid)].ttft_s, 0.5)
+        ttft_us = eos[mid].pct(eos[mid].ttft_s, 0.5)
         if ttft_ts and ttft_us:
-            ratios[f"TTFT p50 grpc@{mid} / ts-cb@{mid}"] = _ratio(ttft_us, ttft_ts)
+            ratios[f"TTFT p50 grpc-eos@{mid} / ts-cb@{mid}"] = _ratio(ttft_us, ttft_ts)
     report = {
         "command": command,
         "model": lm.info.name, "dtype": lm.info.dtype, "device": lm.info.device,
@@ -342,10 +361,11 @@ def print_table(report: dict) -> None:
     def ms(v):
         return "-" if v is None else f"{v * 1e3:.0f}"
 
-    print(f"{'contender':<16}{'conc':>5}{'reqs':>6}{'tok/s':>9}{'TTFT p50':>10}{'p95':>7}"
-          f"{'ITL p50':>9}{'p95':>7}  (ms)")
+    print(f"{'contender':<16}{'conc':>5}{'reqs':>6}{'tokens':>7}{'tok/s':>9}{'TTFT p50':>10}"
+          f"{'p95':>7}{'ITL p50':>9}{'p95':>7}  (ms)")
     for r in report["results"]:
-        print(f"{r['name']:<16}{r['concurrency']:>5}{r['requests']:>6}{r['tokens_per_s']:>9.1f}"
+        print(f"{r['name']:<16}{r['concurrency']:>5}{r['requests']:>6}{r['tokens']:>7}"
+              f"{r['tokens_per_s']:>9.1f}"
               f"{ms(r['ttft_p50_s']):>10}{ms(r['ttft_p95_s']):>7}{ms(r['itl_p50_s']):>9}"
               f"{ms(r['itl_p95_s']):>7}")
     print()
