@@ -6,7 +6,8 @@ number of new tokens (greedy, EOS ignored):
   hf-sequential   transformers `model.generate`, one request after another
   hf-batch        transformers `model.generate` on one static padded batch
   engine@N        ArBridge's scheduler in-process, N concurrent requests
-  grpc@N          ArBridge over gRPC on loopback, N concurrent streams
+  grpc@N          ArBridge over gRPC on loopback, N concurrent streams (the
+                  client in its own process)
   ts-cb@N         `transformers serve --continuous-batching` on loopback, N
                   concurrent streams through its OpenAI-compatible API (when the
                   optional `bench` extra is installed). Its API cannot ignore EOS
@@ -201,30 +202,52 @@ async def _arbridge_part(settings: Settings, lm: LoadedModel, prompts, cfg, leve
 
 async def _grpc_runs(settings: Settings, lm: LoadedModel, cfg: SamplingConfig,
                      levels: tuple[int, ...], ignore_eos: bool, name: str) -> list[Result]:
-    import grpc
+    """ArBridge over gRPC, driven by a client in a separate process.
+
+    The client runs elsewhere, as a headset would: in the server's process it
+    would compete with the scheduler thread for the GIL and inflate the
+    overhead being measured.
+    """
+    import concurrent.futures
+    import multiprocessing
 
     from arbridge.app import ArBridgeServer
-    from arbridge.v1 import service_pb2_grpc
 
-    results = []
     server = ArBridgeServer(settings.model_copy(update={
         "port": 0, "max_active": max(levels), "max_queue": 1024,
         "bench_ignore_eos": ignore_eos}))
     await server.start()
     await server.load(preloaded=lm)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            stub = service_pb2_grpc.ArBridgeServiceStub(channel)
-            scene = bench_scene()
-            items = [(scene, q) for q in QUESTIONS]
-            await grpc_run(stub, items[:2], cfg, 2)  # warm-up
-            for n in levels:
-                result = await grpc_run(stub, _cycle(items, max(n, 4)), cfg, n)
-                result.name = name
-                results.append(result)
+        spawn = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+            raw = await asyncio.get_running_loop().run_in_executor(
+                pool, _client_process, f"127.0.0.1:{server.port}", cfg.max_new_tokens, levels)
     finally:
         await server.stop(grace=1)
+    results = [Result(**r) for r in raw]
+    for r in results:
+        r.name = name
     return results
+
+
+def _client_process(target: str, new_tokens: int, levels: tuple[int, ...]) -> list[dict]:
+    """Runs in the client process: stream DescribeScene at each concurrency level."""
+
+    async def main() -> list[dict]:
+        import grpc
+
+        from arbridge.v1 import service_pb2_grpc
+
+        cfg = SamplingConfig(max_new_tokens=new_tokens)
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = service_pb2_grpc.ArBridgeServiceStub(channel)
+            items = [(bench_scene(), q) for q in QUESTIONS]
+            await grpc_run(stub, items[:2], cfg, 2)  # warm-up
+            return [asdict(await grpc_run(stub, _cycle(items, max(n, 4)), cfg, n))
+                    for n in levels]
+
+    return asyncio.run(main())
 
 
 async def transformers_serve_run(model_dir: Path, messages: list[list[dict]], new_tokens: int,
