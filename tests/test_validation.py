@@ -72,6 +72,24 @@ INVALID = [
          pb.FeatureVector(encoder="clip", dims=3, values=[1, 2])])),
      "scene.image_features[0].dims"),
     ("top_p over 1 in DescribeScene", "DescribeScene", scene_req(top_p=2.0), "sampling.top_p"),
+    ("too many stop strings", "Generate",
+     spb.GenerateRequest(prompt="hi", sampling=pb.SamplingParams(stop=["x"] * 17)),
+     "sampling.stop"),
+    ("too many objects", "DescribeScene",
+     scene_req(pb.SceneFeatures(objects=[OBJ] * 257)), "scene.objects"),
+    ("location hint too long", "DescribeScene",
+     scene_req(pb.SceneFeatures(objects=[OBJ], location_hint="x" * 201)),
+     "scene.location_hint"),
+    ("attribute too long", "DescribeScene",
+     scene_req(pb.SceneFeatures(objects=[pb.SceneObject(label="t", attributes={"k": "v" * 201})])),
+     "scene.objects[0].attributes['k']"),
+    ("instruction too long", "DescribeScene",
+     spb.DescribeSceneRequest(scene=pb.SceneFeatures(objects=[OBJ]), instruction="x" * 20_001),
+     "instruction"),
+    ("NaN feature value", "DescribeScene",
+     scene_req(pb.SceneFeatures(objects=[OBJ], image_features=[
+         pb.FeatureVector(encoder="clip", dims=2, values=[0.0, NAN])])),
+     "scene.image_features[0].values[1]"),
 ]
 
 
@@ -102,6 +120,28 @@ async def test_unknown_enum_value_in_history(tiny_server):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details().startswith("start.history[1].role:")
     assert "42" in err.value.details()
+
+
+async def test_audio_confidence_out_of_range_in_converse(tiny_server):
+    async def requests():
+        yield spb.ConverseRequest(user_turn=spb.UserTurn(
+            audio=pb.AudioFeatures(transcript="hello", confidence=1.5)))
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await collect(tiny_server.stub.Converse(requests()))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("request[0].user_turn.audio.confidence:")
+
+
+async def test_too_many_history_turns(tiny_server):
+    async def requests():
+        yield spb.ConverseRequest(start=spb.ConverseStart(history=[
+            pb.DialogueTurn(role=pb.ROLE_USER, text="hi")] * 257))
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await collect(tiny_server.stub.Converse(requests()))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("start.history:")
 
 
 async def test_bad_requests_do_not_disturb_a_running_stream(tiny_server):
