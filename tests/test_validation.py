@@ -159,3 +159,31 @@ async def test_bad_requests_do_not_disturb_a_running_stream(tiny_server):
     assert errors == 160
     assert done[0].finish_reason == pb.FINISH_REASON_LENGTH
     assert done[0].usage.completion_tokens == 60
+
+
+CONVERSE_INVALID = [
+    ("start sampling", spb.ConverseRequest(start=spb.ConverseStart(
+        sampling=pb.SamplingParams(top_p=1.5))), "start.sampling.top_p"),
+    ("start scene", spb.ConverseRequest(start=spb.ConverseStart(
+        scene=pb.SceneFeatures(objects=[pb.SceneObject(label="")])),
+    ), "start.scene.objects[0].label"),
+    ("scene update", spb.ConverseRequest(scene_update=pb.SceneFeatures(
+        camera_pose=pb.Pose(position=pb.Vec3(z=NAN)))),
+     "request[0].scene_update.camera_pose.position.z"),
+    ("turn sampling", spb.ConverseRequest(user_turn=spb.UserTurn(
+        text="hi", sampling=pb.SamplingParams(temperature=-1))),
+     "request[0].user_turn.sampling.temperature"),
+    ("empty request", spb.ConverseRequest(), "request[0].event"),
+]
+
+
+@pytest.mark.parametrize("name,message,field", CONVERSE_INVALID,
+                         ids=[c[0] for c in CONVERSE_INVALID])
+async def test_converse_invalid_argument_names_the_field(tiny_server, name, message, field):
+    async def requests():
+        yield message
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await collect(tiny_server.stub.Converse(requests()))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert err.value.details().startswith(field + ":"), err.value.details()

@@ -357,6 +357,24 @@ def _hyper(merged: MergedCheckpoint, overrides: Overrides) -> dict[str, int]:
     return hyper
 
 
+# HF GPT-2 layer tensor <- Megatron layer tensor; True = a Linear weight that
+# HF's Conv1D stores transposed ([in, out] instead of [out, in]).
+_GPT2_LAYER_NAMES = [
+    ("ln_1.weight", "input_layernorm.weight", False),
+    ("ln_1.bias", "input_layernorm.bias", False),
+    ("attn.c_attn.weight", "attention.query_key_value.weight", True),
+    ("attn.c_attn.bias", "attention.query_key_value.bias", False),
+    ("attn.c_proj.weight", "attention.dense.weight", True),
+    ("attn.c_proj.bias", "attention.dense.bias", False),
+    ("ln_2.weight", "post_attention_layernorm.weight", False),
+    ("ln_2.bias", "post_attention_layernorm.bias", False),
+    ("mlp.c_fc.weight", "mlp.dense_h_to_4h.weight", True),
+    ("mlp.c_fc.bias", "mlp.dense_h_to_4h.bias", False),
+    ("mlp.c_proj.weight", "mlp.dense_4h_to_h.weight", True),
+    ("mlp.c_proj.bias", "mlp.dense_4h_to_h.bias", False),
+]
+
+
 def to_gpt2(merged: MergedCheckpoint, tokenizer, overrides: Overrides | None = None):
     """A transformers GPT2LMHeadModel holding the merged weights."""
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -379,30 +397,16 @@ def to_gpt2(merged: MergedCheckpoint, tokenizer, overrides: Overrides | None = N
         bos_token_id=eos, eos_token_id=eos, architectures=["GPT2LMHeadModel"])
     dtype = t["layers.0.attention.query_key_value.weight"].dtype
 
-    # Conv1D in HF GPT-2 stores [in, out]: Megatron's Linear [out, in] transposed.
     sd = {"transformer.wte.weight": t["word_embeddings"][:vocab],
           "transformer.wpe.weight": t["position_embeddings"],
           "transformer.ln_f.weight": t["final_layernorm.weight"],
           "transformer.ln_f.bias": t["final_layernorm.bias"]}
     for i in range(hyper["num_layers"]):
-        m, o = f"layers.{i}.", f"transformer.h.{i}."
-        try:
-            sd.update({
-                o + "ln_1.weight": t[m + "input_layernorm.weight"],
-                o + "ln_1.bias": t[m + "input_layernorm.bias"],
-                o + "attn.c_attn.weight": t[m + "attention.query_key_value.weight"].T,
-                o + "attn.c_attn.bias": t[m + "attention.query_key_value.bias"],
-                o + "attn.c_proj.weight": t[m + "attention.dense.weight"].T,
-                o + "attn.c_proj.bias": t[m + "attention.dense.bias"],
-                o + "ln_2.weight": t[m + "post_attention_layernorm.weight"],
-                o + "ln_2.bias": t[m + "post_attention_layernorm.bias"],
-                o + "mlp.c_fc.weight": t[m + "mlp.dense_h_to_4h.weight"].T,
-                o + "mlp.c_fc.bias": t[m + "mlp.dense_h_to_4h.bias"],
-                o + "mlp.c_proj.weight": t[m + "mlp.dense_4h_to_h.weight"].T,
-                o + "mlp.c_proj.bias": t[m + "mlp.dense_4h_to_h.bias"],
-            })
-        except KeyError as exc:
-            raise MegatronFormatError(f"missing tensor: {exc.args[0]}") from None
+        for hf_name, megatron_name, is_linear in _GPT2_LAYER_NAMES:
+            key = f"layers.{i}.{megatron_name}"
+            if key not in t:
+                raise MegatronFormatError(f"missing tensor: {key}")
+            sd[f"transformer.h.{i}.{hf_name}"] = t[key].T if is_linear else t[key]
     with torch.device("meta"):
         model = GPT2LMHeadModel(config)
     expected = model.state_dict()

@@ -57,7 +57,6 @@ class RequestHandle:
     sink: Callable[[StepOutput], None]
     deadline: float | None = None  # time.perf_counter() value; None = none
     request_id: int = field(default_factory=lambda: next(_ids))
-    arrived: float = field(default_factory=time.perf_counter)
     started: float | None = None  # set by the scheduler when prefill begins
     cancel_reason: FinishReason | None = None
     stopped_sequences: set[int] = field(default_factory=set)
