@@ -1,7 +1,9 @@
-"""Builds and runs the grpc.aio server: ArBridge, health, reflection.
+"""Builds and runs the grpc.aio server: ArBridge, health, reflection, metrics.
 
 The port opens before the model loads so orchestrators can probe it: health
 says NOT_SERVING (and ArBridge calls get UNAVAILABLE) until the model is ready.
+Shutdown drains: health NOT_SERVING, new calls UNAVAILABLE, calls in flight
+get up to `grace_seconds` to finish, then the rest are cancelled.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -18,44 +21,86 @@ from arbridge.config import Settings, megatron_overrides
 from arbridge.engine.async_engine import AsyncEngine
 from arbridge.engine.loader import LoadedModel, load_model
 from arbridge.engine.scheduler import Scheduler
+from arbridge.interceptors import CallInterceptor
+from arbridge.metrics import Metrics
+from arbridge.security import TokenChecker, load_tokens, server_credentials, warn_if_exposed
 from arbridge.service import ArBridgeServicer
 from arbridge.v1 import service_pb2, service_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["ArBridgeService"].full_name
-MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+MAX_SEND_BYTES = 16 * 1024 * 1024
+
+
+def server_options(s: Settings) -> list[tuple[str, int]]:
+    ms = lambda seconds: int(seconds * 1000)  # noqa: E731
+    return [
+        ("grpc.max_receive_message_length", s.max_message_bytes),
+        ("grpc.max_send_message_length", MAX_SEND_BYTES),
+        ("grpc.keepalive_time_ms", ms(s.keepalive_time_s)),
+        ("grpc.keepalive_timeout_ms", ms(s.keepalive_timeout_s)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", ms(s.min_client_ping_interval_s)),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.max_connection_idle_ms", ms(s.max_connection_idle_s)),
+        ("grpc.max_connection_age_ms", ms(s.max_connection_age_s)),
+        ("grpc.max_connection_age_grace_ms", ms(s.max_connection_age_grace_s)),
+        # A port already in use is an error, not a silent second listener.
+        ("grpc.so_reuseport", 0),
+    ]
 
 
 class ArBridgeServer:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.servicer = ArBridgeServicer(settings)
+        self.metrics = Metrics()
+        self.servicer = ArBridgeServicer(settings, self.metrics)
         self.health = health.aio.HealthServicer()
+        # Fails fast (SecurityConfigError) on unreadable files or half a key pair.
+        self.credentials = server_credentials(settings)
+        self.interceptor = CallInterceptor(
+            TokenChecker(load_tokens(settings)), self.metrics,
+            public_infra=settings.public_health,
+            max_streams_per_peer=settings.max_streams_per_peer)
         self.scheduler: Scheduler | None = None
         self.loaded: LoadedModel | None = None
         self.port: int | None = None
+        self.metrics_port: int | None = None
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> int:
         """Open the port (health NOT_SERVING). Returns the bound port."""
-        server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ])
+        s = self.settings
+        warn_if_exposed(s, tls=self.credentials is not None,
+                        tokens=self.interceptor.tokens.enabled)
+        server = grpc.aio.server(interceptors=[self.interceptor], options=server_options(s))
         service_pb2_grpc.add_ArBridgeServiceServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        address = f"{self.settings.host}:{self.settings.port}"
-        self.port = server.add_insecure_port(address)
+        address = f"{s.host}:{s.port}"
+        try:
+            if self.credentials is not None:
+                self.port = server.add_secure_port(address, self.credentials)
+            else:
+                self.port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise RuntimeError(f"cannot bind {address}: {exc}") from exc
         if self.port == 0:
             raise RuntimeError(f"cannot bind {address}")
         await server.start()
         self._server = server
-        log.info("listening on %s:%d (health NOT_SERVING until the model is loaded)",
-                 self.settings.host, self.port)
+        if s.metrics_port is not None:
+            self.metrics_port = self.metrics.serve(s.metrics_host or s.host, s.metrics_port)
+            log.info("Prometheus metrics on http://%s:%d/metrics", s.metrics_host or s.host,
+                     self.metrics_port)
+        log.info("listening on %s:%d (%s%s; health NOT_SERVING until the model is loaded)",
+                 s.host, self.port,
+                 "plaintext" if self.credentials is None
+                 else "mTLS" if s.tls_client_ca is not None else "TLS",
+                 ", token auth" if self.interceptor.tokens.enabled else "")
         return self.port
 
     async def load(self, preloaded: LoadedModel | None = None) -> None:
@@ -72,17 +117,30 @@ class ArBridgeServer:
                                    max_active=self.settings.max_active,
                                    max_queue=self.settings.max_queue,
                                    prefill_chunk_tokens=self.settings.prefill_chunk_tokens)
+        self.metrics.watch_scheduler(self.scheduler)
         self.scheduler.start()
         self.servicer.attach(AsyncEngine(self.scheduler), preloaded.tokenizer, info)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("SERVING %s on %s:%d", info.name, self.settings.host, self.port)
 
-    async def stop(self, grace: float | None = None) -> None:
+    async def stop(self, grace: float | None = None) -> float:
+        """Drain, then stop. Returns the seconds spent waiting for calls in flight."""
+        grace = self.settings.grace_seconds if grace is None else grace
+        began = time.perf_counter()
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.interceptor.draining = True
+        if self.interceptor.inflight:
+            log.info("draining %d call(s) for up to %.1f s", self.interceptor.inflight, grace)
+        drained = await self.interceptor.wait_idle(grace)
+        waited = time.perf_counter() - began
+        if not drained:
+            log.warning("grace period over: cancelling %d call(s)", self.interceptor.inflight)
         if self._server is not None:
-            await self._server.stop(self.settings.grace_seconds if grace is None else grace)
+            await self._server.stop(0.5)
         if self.scheduler is not None:
             await asyncio.to_thread(self.scheduler.stop)
+        self.metrics.close()
+        return waited
 
     async def _set_health(self, status) -> None:
         await self.health.set("", status)
@@ -103,8 +161,9 @@ class ArBridgeServer:
             if loading in done:
                 loading.result()  # a load error ends the server: never half-loaded
                 await waiter
-            log.info("shutting down: draining for up to %.0f s", self.settings.grace_seconds)
+            log.info("shutting down")
         finally:
             loading.cancel()
             waiter.cancel()
-            await self.stop()
+            waited = await self.stop()
+            log.info("stopped after draining for %.2f s", waited)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import subprocess
 import sys
@@ -13,13 +12,25 @@ import time
 from arbridge import __version__
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    from arbridge.logs import setup_logging
+
+    setup_logging(level, fmt)
 
 
 def _target(args) -> str:
     return args.server or f"{args.host}:{args.port}"
+
+
+def _security(args) -> dict:
+    """Client-side TLS and token options (token from --token-file or ARBRIDGE_TOKEN)."""
+    token = os.environ.get("ARBRIDGE_TOKEN")
+    if getattr(args, "token_file", None):
+        with open(args.token_file) as f:
+            token = f.read().strip()
+    return {"tls": getattr(args, "tls", False), "tls_ca": getattr(args, "tls_ca", None),
+            "client_cert": getattr(args, "client_cert", None),
+            "client_key": getattr(args, "client_key", None), "token": token or None}
 
 
 def _print_chunk(chunk) -> None:
@@ -34,17 +45,31 @@ def cmd_serve(args) -> int:
 
     from arbridge.app import ArBridgeServer
     from arbridge.config import load_settings
+    from arbridge.security import SecurityConfigError
 
     settings = load_settings(args.config, model=args.model, tokenizer=args.tokenizer,
                              host=args.host, port=args.port, device=args.device,
                              dtype=args.dtype, max_new_tokens_limit=args.max_new_tokens_limit,
                              max_active=args.max_active, max_queue=args.max_queue,
                              torch_threads=args.threads, log_level=args.log_level,
-                             grace_seconds=args.grace, **_megatron_flags(args))
-    _setup_logging(settings.log_level)
+                             grace_seconds=args.grace, tls_cert=args.tls_cert,
+                             tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+                             auth_tokens_file=args.auth_tokens_file,
+                             public_health=args.public_health or None,
+                             metrics_port=args.metrics_port, metrics_host=args.metrics_host,
+                             log_format=args.log_format,
+                             max_streams_per_peer=args.max_streams_per_peer,
+                             max_message_bytes=args.max_message_bytes,
+                             **_megatron_flags(args))
+    _setup_logging(settings.log_level, settings.log_format)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
-    asyncio.run(ArBridgeServer(settings).serve_forever())
+    try:
+        server = ArBridgeServer(settings)
+    except SecurityConfigError as exc:
+        print(f"arbridge serve: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(server.serve_forever())
     return 0
 
 
@@ -121,7 +146,7 @@ def _stream_and_report(args, method: str, request) -> int:
     from arbridge.client import ArBridgeClient
 
     _sampling_from_args(args, request.sampling)
-    client = ArBridgeClient(_target(args))
+    client = ArBridgeClient(_target(args), **_security(args))
     try:
         stats = getattr(client, method)(request, _print_chunk, timeout=args.timeout)
     finally:
@@ -148,7 +173,7 @@ def cmd_info(args) -> int:
 
     from arbridge.client import ArBridgeClient
 
-    client = ArBridgeClient(_target(args))
+    client = ArBridgeClient(_target(args), **_security(args))
     try:
         print(json_format.MessageToJson(client.model_info()))
     finally:
@@ -199,8 +224,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--host", default="127.0.0.1")
         p.add_argument("--port", type=int, default=default_port)
 
+    def client_security(p):
+        g = p.add_argument_group("TLS and auth (token also from ARBRIDGE_TOKEN)")
+        g.add_argument("--tls", action="store_true", help="TLS with the system's root CAs")
+        g.add_argument("--tls-ca", help="CA certificate that signed the server's")
+        g.add_argument("--client-cert", help="client certificate (mTLS)")
+        g.add_argument("--client-key", help="client key (mTLS)")
+        g.add_argument("--token-file", help="file holding the bearer token")
+
     def client_options(p):
         server_address(p)
+        client_security(p)
         p.add_argument("--server", help="host:port (overrides --host/--port)")
         p.add_argument("--timeout", type=float, default=None, help="call deadline, seconds")
         p.add_argument("--max-new-tokens", type=int)
@@ -220,8 +254,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=int, help="requests waiting for a slot")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--grace", type=float, help="seconds in-flight calls get at shutdown")
+    p.add_argument("--max-streams-per-peer", type=int,
+                   help="concurrent streams from one client address")
+    p.add_argument("--max-message-bytes", type=int, help="largest request message")
     p.add_argument("--config", help="TOML settings file")
     p.add_argument("--log-level", default=None)
+    p.add_argument("--log-format", choices=["text", "json"])
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    p.add_argument("--metrics-host", help="metrics bind address (default: --host)")
+    g = p.add_argument_group("security")
+    g.add_argument("--tls-cert", help="server certificate chain (PEM); TLS with --tls-key")
+    g.add_argument("--tls-key", help="server private key (PEM)")
+    g.add_argument("--tls-client-ca", help="require client certificates from this CA (mTLS)")
+    g.add_argument("--auth-tokens-file",
+                   help="accepted bearer tokens, one per line (also ARBRIDGE_AUTH_TOKENS)")
+    g.add_argument("--public-health", action="store_true",
+                   help="health and reflection answer without a token")
     _add_megatron_flags(p)
     p.set_defaults(func=cmd_serve)
 
@@ -245,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="show the served model (GetModelInfo)")
     server_address(p)
+    client_security(p)
     p.add_argument("--server")
     p.set_defaults(func=cmd_info)
 

@@ -84,9 +84,26 @@ def stream_to(call, on_text: Callable[[pb.TokenChunk], None]) -> StreamStats:
     return stats
 
 
+def open_channel(target: str, *, tls_ca: str | Path | None = None,
+                 client_cert: str | Path | None = None, client_key: str | Path | None = None,
+                 token: str | None = None, tls: bool = False) -> grpc.Channel:
+    """Plaintext, or TLS (tls_ca / system roots) with an optional client cert and token."""
+    if not (tls or tls_ca or client_cert):
+        if token:
+            raise ValueError("a bearer token needs TLS (grpc refuses call credentials in "
+                             "plaintext); use --tls-ca")
+        return grpc.insecure_channel(target)
+    read = lambda p: Path(p).read_bytes() if p else None  # noqa: E731
+    creds = grpc.ssl_channel_credentials(read(tls_ca), read(client_key), read(client_cert))
+    if token:
+        creds = grpc.composite_channel_credentials(
+            creds, grpc.access_token_call_credentials(token))
+    return grpc.secure_channel(target, creds)
+
+
 class ArBridgeClient:
-    def __init__(self, target: str):
-        self.channel = grpc.insecure_channel(target)
+    def __init__(self, target: str, **security):
+        self.channel = open_channel(target, **security)
         self.stub = service_pb2_grpc.ArBridgeServiceStub(self.channel)
 
     def close(self) -> None:

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -48,9 +48,40 @@ class Settings(BaseSettings):
     megatron_max_position_embeddings: int | None = Field(None, ge=1)
 
     # Network
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", description="bind address; 0.0.0.0 / :: = all interfaces")
     port: int = Field(50051, ge=0, le=65535)
-    grace_seconds: float = Field(10.0, ge=0)
+    grace_seconds: float = Field(
+        10.0, ge=0, description="on SIGTERM/SIGINT, how long in-flight streams may finish")
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024,
+                                   description="largest request message accepted")
+    max_streams_per_peer: int = Field(
+        32, ge=1, description="concurrent streaming calls from one client address")
+    # Keepalive tuned for headsets on Wi-Fi/mobile: dead peers are noticed within
+    # keepalive_time + keepalive_timeout, clients may ping every 10 s even while
+    # idle (NAT keep-open), and connections are recycled so load balancers can
+    # rebalance; the age grace lets a reply in flight finish first.
+    keepalive_time_s: float = Field(30.0, gt=0)
+    keepalive_timeout_s: float = Field(10.0, gt=0)
+    min_client_ping_interval_s: float = Field(10.0, gt=0)
+    max_connection_idle_s: float = Field(600.0, gt=0)
+    max_connection_age_s: float = Field(3600.0, gt=0)
+    max_connection_age_grace_s: float = Field(300.0, ge=0)
+
+    # Security (see security.py). TLS when both cert and key are set; mTLS when
+    # a client CA is set too. Bearer tokens from a file (one per line) and/or
+    # ARBRIDGE_AUTH_TOKENS (comma-separated).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = Field(None, description="require client certs from this CA")
+    auth_tokens_file: Path | None = None
+    auth_tokens: SecretStr | None = None
+    public_health: bool = Field(
+        False, description="health and reflection answer without a token")
+
+    # Observability
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Prometheus /metrics port; unset = off")
+    metrics_host: str | None = Field(None, description="metrics bind address; unset = host")
 
     # Generation defaults and limits
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
@@ -60,6 +91,7 @@ class Settings(BaseSettings):
     max_stop_strings: int = Field(16, ge=0)
     max_stop_string_chars: int = Field(256, ge=1)
     max_scene_objects: int = Field(256, ge=1)
+    max_feature_values: int = Field(4096, ge=1, description="floats per feature vector")
     max_dialogue_turns: int = Field(256, ge=1)
     max_prompt_chars: int = Field(200_000, ge=1)
     max_queue: int = Field(64, ge=1, description="requests waiting for a slot")
@@ -72,6 +104,7 @@ class Settings(BaseSettings):
         50.0, ge=0, description="stop this long before a call's deadline (TIME_LIMIT)")
 
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
     # For `arbridge bench` only: every reply runs to max_new_tokens through EOS.
     bench_ignore_eos: bool = False
 

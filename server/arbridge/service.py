@@ -23,6 +23,7 @@ from arbridge.engine.requests import FinishReason
 from arbridge.engine.sampling import SamplingConfig
 from arbridge.engine.scheduler import QueueFull
 from arbridge.grounding import ground
+from arbridge.metrics import Metrics
 from arbridge.prompts import Prompt, PromptBuilder, PromptTooLong
 from arbridge.streaming import Event, OutputProcessor
 from arbridge.v1 import service_pb2 as spb
@@ -74,8 +75,9 @@ def _rpc(method):
 
 
 class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, metrics: Metrics):
         self.settings = settings
+        self.metrics = metrics
         self._engine: AsyncEngine | None = None
         self._tokenizer = None
         self._prompts: PromptBuilder | None = None
@@ -113,8 +115,19 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
                       objects=None) -> AsyncIterator[Event]:
         grounder = functools.partial(ground, objects=objects) if objects is not None else None
         processor = OutputProcessor(self._tokenizer, stream, arrived, len(prompt.ids), grounder)
+        m = self.metrics
+        last_step_at = None
         async for step in stream:
+            if step.tokens:
+                m.tokens.inc(len(step.tokens))
+                if last_step_at is None:
+                    m.ttft.observe(step.at - arrived)
+                else:
+                    m.itl.observe(step.at - last_step_at)
+                last_step_at = step.at
             for event in processor.process(step):
+                if isinstance(event, pb.Completion):
+                    m.completions.labels(pb.FinishReason.Name(event.finish_reason)).inc()
                 yield event
 
     # -- RPCs -----------------------------------------------------------------
@@ -258,7 +271,7 @@ class _ConverseSession:
     async def _user_turn(self, turn: spb.UserTurn, field: str) -> None:
         text = turn.text.strip()
         if turn.HasField("audio"):
-            validation.audio(turn.audio, f"{field}.audio")
+            validation.audio(turn.audio, self.settings, f"{field}.audio")
             text = text or turn.audio.transcript.strip()
         if not text:
             raise validation.InvalidField(f"{field}.text", "needs text or audio.transcript")

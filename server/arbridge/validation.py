@@ -97,10 +97,13 @@ def _unit_interval(value: float, field: str) -> None:
         raise InvalidField(field, f"must be in [0, 1], got {value}")
 
 
-def feature_vector(fv: pb.FeatureVector, field: str) -> None:
+def feature_vector(fv: pb.FeatureVector, settings: Settings, field: str) -> None:
     """Shape and value checks; serving it needs a projector (FAILED_PRECONDITION)."""
     if not fv.encoder:
         raise InvalidField(f"{field}.encoder", "must name the encoder")
+    if len(fv.values) > settings.max_feature_values:
+        raise InvalidField(f"{field}.values", f"{len(fv.values)} values; at most "
+                                              f"{settings.max_feature_values}")
     if fv.dims != len(fv.values):
         raise InvalidField(f"{field}.dims", f"is {fv.dims} but values has {len(fv.values)}")
     for i, v in enumerate(fv.values):
@@ -135,16 +138,16 @@ def scene(s: pb.SceneFeatures, settings: Settings, field: str = "scene") -> None
     if len(s.location_hint) > MAX_LABEL_CHARS:
         raise InvalidField(f"{field}.location_hint", f"longer than {MAX_LABEL_CHARS} characters")
     for i, fv in enumerate(s.image_features):
-        feature_vector(fv, f"{field}.image_features[{i}]")
+        feature_vector(fv, settings, f"{field}.image_features[{i}]")
 
 
-def audio(a: pb.AudioFeatures, field: str = "audio") -> None:
+def audio(a: pb.AudioFeatures, settings: Settings, field: str = "audio") -> None:
     _unit_interval(a.confidence, f"{field}.confidence")
     if len(a.transcript) > MAX_TEXT_CHARS_PER_TURN:
         raise InvalidField(f"{field}.transcript",
                            f"longer than {MAX_TEXT_CHARS_PER_TURN} characters")
     if a.HasField("embedding"):
-        feature_vector(a.embedding, f"{field}.embedding")
+        feature_vector(a.embedding, settings, f"{field}.embedding")
 
 
 def dialogue(turns, settings: Settings, field: str = "history") -> None:

@@ -92,6 +92,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._turn_seconds = 0.05  # moving average, for the retry hint
         self.last_batch_size = 0
+        self.on_decode_step = None  # optional callback(batch rows), on this thread
 
     @staticmethod
     def _eos_ids(model, tokenizer) -> set[int]:
@@ -330,6 +331,8 @@ class Scheduler:
     def _decode_turn(self) -> None:
         rows = len(self._row_owner)
         self.last_batch_size = rows
+        if self.on_decode_step is not None:
+            self.on_decode_step(rows)
         ids = torch.tensor(self._last_ids, device=self.device)[:, None]
         logits = self.runner.forward(self._decode, 0, ids, list(self._decode.lengths))[:, -1, :]
         for row in range(rows):

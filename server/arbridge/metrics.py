@@ -1,0 +1,59 @@
+"""Prometheus metrics, one registry per server (so several can share a process).
+
+Exposed by prometheus-client's own HTTP server on --metrics-port.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import start_http_server
+
+# First tokens take a prefill (tens of ms to seconds on CPU); later ones one step.
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.5,
+                    2.5, 5.0, 10.0, 30.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.rpcs = Counter("arbridge_rpcs", "Finished RPCs by method and gRPC status code",
+                            ["method", "code"], registry=r)
+        self.open_rpcs = Gauge("arbridge_open_rpcs", "RPCs in progress", ["method"], registry=r)
+        self.active = Gauge("arbridge_active_requests",
+                            "Requests holding a batch slot (prefilling or decoding)", registry=r)
+        self.queued = Gauge("arbridge_queued_requests", "Requests waiting for a batch slot",
+                            registry=r)
+        self.ttft = Histogram("arbridge_time_to_first_token_seconds",
+                              "Request arrival to first generated token", registry=r,
+                              buckets=_LATENCY_BUCKETS)
+        self.itl = Histogram("arbridge_inter_token_latency_seconds",
+                             "Gap between a request's consecutive decode steps", registry=r,
+                             buckets=_LATENCY_BUCKETS)
+        self.tokens = Counter("arbridge_generated_tokens", "Tokens generated", registry=r)
+        self.completions = Counter("arbridge_completions", "Finished sequences by reason",
+                                   ["reason"], registry=r)
+        self.batch_size = Histogram("arbridge_decode_batch_size",
+                                    "Sequences in each batched decode step", registry=r,
+                                    buckets=_BATCH_BUCKETS)
+        self._http = None
+
+    def watch_scheduler(self, scheduler) -> None:
+        """Active/queued gauges read the scheduler at scrape time; batch sizes per step."""
+        self.active.set_function(lambda: scheduler.load[0])
+        self.queued.set_function(lambda: scheduler.load[1])
+        scheduler.on_decode_step = self.batch_size.observe
+
+    def serve(self, host: str, port: int) -> int:
+        """Start the /metrics HTTP endpoint; returns the bound port."""
+        self._http, _ = start_http_server(port, addr=host, registry=self.registry)
+        return self._http.server_port
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
