@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -93,6 +94,17 @@ async def make_server(tmp_path):
 
     yield make
     await asyncio.gather(*(s.close() for s in started))
+
+
+def scrape(running: RunningServer) -> dict[tuple[str, tuple], float]:
+    """The server's Prometheus endpoint, fetched over HTTP: {(sample, labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://127.0.0.1:{running.server.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        text = reply.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 async def collect(call):

@@ -1,0 +1,114 @@
+"""Each configurable limit: its breach gets a precise status and the server carries on."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from arbridge.v1 import service_pb2 as spb
+from arbridge.v1 import types_pb2 as pb
+
+from conftest import collect, scrape
+
+FR = pb.FinishReason
+
+
+def gen(prompt="The red chair", **sampling):
+    return spb.GenerateRequest(prompt=prompt, sampling=pb.SamplingParams(**sampling))
+
+
+async def status_of(call) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await collect(call)
+    return err.value
+
+
+async def wait_for(predicate, timeout=5.0):
+    for _ in range(int(timeout / 0.02)):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached")
+
+
+async def test_oversized_message_is_resource_exhausted(make_server, tiny_model_dir):
+    s = await make_server(tiny_model_dir, max_message_bytes=2048)
+    err = await status_of(s.stub.Generate(gen("x" * 4000, max_new_tokens=2)))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "2048" in err.details()
+    _, done, _ = await collect(s.stub.Generate(gen("x " * 100, max_new_tokens=2)))
+    assert done[0].usage.completion_tokens == 2
+
+
+async def test_feature_vector_length_limit(make_server, tiny_model_dir):
+    s = await make_server(tiny_model_dir, max_feature_values=8)
+    scene = pb.SceneFeatures(
+        objects=[pb.SceneObject(id="a", label="chair", confidence=0.9)],
+        image_features=[pb.FeatureVector(encoder="clip", dims=9, values=[0.1] * 9)])
+    err = await status_of(s.stub.DescribeScene(spb.DescribeSceneRequest(scene=scene)))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details().startswith("scene.image_features[0].values: 9 values; at most 8")
+
+
+async def test_streams_per_peer_limit(make_server, tiny_model_dir):
+    s = await make_server(tiny_model_dir, step_delay=0.02, max_streams_per_peer=2)
+    busy = [s.stub.Generate(gen(max_new_tokens=40)) for _ in range(2)]
+    readers = [asyncio.ensure_future(collect(c)) for c in busy]
+    await wait_for(lambda: s.server.interceptor.inflight == 2)
+    err = await status_of(s.stub.Generate(gen(max_new_tokens=2)))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "at most 2 per client" in err.details()
+    # Unary calls are not streams: still answered.
+    info = await s.stub.GetModelInfo(spb.GetModelInfoRequest())
+    assert info.model_name
+    for _, done, _ in await asyncio.gather(*readers):
+        assert done[0].usage.completion_tokens == 40
+    _, done, _ = await collect(s.stub.Generate(gen(max_new_tokens=2)))
+    assert done[0].usage.completion_tokens == 2
+
+
+async def test_load_fills_the_queue_then_recovers_fully(make_server, tiny_model_dir):
+    """Twice as many streams as slots + queue: the excess is refused with a retry hint,
+    the admitted ones complete, and afterwards the server is empty and serves again."""
+    s = await make_server(tiny_model_dir, step_delay=0.01, max_active=2, max_queue=4,
+                          metrics_port=0)
+    calls = [s.stub.Generate(gen(f"Prompt {i}", max_new_tokens=30)) for i in range(12)]
+    results = await asyncio.gather(*(collect(c) for c in calls), return_exceptions=True)
+    refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    served = [r for r in results if not isinstance(r, BaseException)]
+    assert len(refused) + len(served) == 12
+    # At least the queue's worth is served; at least the excess over slots+queue refused.
+    assert len(served) >= 4 and len(refused) >= 6, (len(served), len(refused))
+    for err in refused:
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert int(dict(err.trailing_metadata())["retry-after-ms"]) > 0
+    for _, done, _ in served:
+        assert done[0].usage.completion_tokens == 30
+    await wait_for(lambda: s.server.scheduler.load == (0, 0))
+    metrics = scrape(s)
+    assert metrics[("arbridge_active_requests", ())] == 0
+    assert metrics[("arbridge_queued_requests", ())] == 0
+    method = "/arbridge.v1.ArBridgeService/Generate"
+    assert metrics[("arbridge_rpcs_total", (("code", "RESOURCE_EXHAUSTED"),
+                                            ("method", method)))] == len(refused)
+    # Recovered: the whole capacity is usable again.
+    again = await asyncio.gather(*(collect(s.stub.Generate(gen(max_new_tokens=5)))
+                                   for _ in range(4)))
+    assert all(done[0].finish_reason == FR.FINISH_REASON_LENGTH for _, done, _ in again)
+
+
+async def test_undecodable_request_bytes_are_invalid_argument(tiny_server):
+    raw = tiny_server.channel.unary_stream("/arbridge.v1.ArBridgeService/Generate",
+                                           request_serializer=None,
+                                           response_deserializer=None)
+    err = await status_of(raw(b"\xff\xff\xff\xff"))  # a truncated varint field tag
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid arbridge.v1.GenerateRequest" in err.details()
+    bidi = tiny_server.channel.stream_stream("/arbridge.v1.ArBridgeService/Converse",
+                                             request_serializer=None,
+                                             response_deserializer=None)
+    err = await status_of(bidi(iter([b"\x0a\xff"])))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details().startswith("request[0]: not a valid arbridge.v1.ConverseRequest")

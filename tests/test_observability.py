@@ -1,0 +1,82 @@
+"""Prometheus metrics over HTTP, request ids, structured (JSON) logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import grpc
+import pytest
+
+from arbridge.logs import setup_logging
+from arbridge.v1 import service_pb2 as spb
+from arbridge.v1 import types_pb2 as pb
+
+from conftest import collect, scrape
+
+GENERATE = "/arbridge.v1.ArBridgeService/Generate"
+
+
+def gen(prompt="The red chair", **sampling):
+    return spb.GenerateRequest(prompt=prompt, sampling=pb.SamplingParams(**sampling))
+
+
+async def test_metrics_count_calls_tokens_latency_and_batches(make_server, tiny_model_dir):
+    s = await make_server(tiny_model_dir, metrics_port=0)
+    results = await asyncio.gather(*(collect(s.stub.Generate(gen(f"Prompt {i}",
+                                                                   max_new_tokens=10)))
+                                     for i in range(4)))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await collect(s.stub.Generate(gen("")))
+    m = scrape(s)
+    assert m[("arbridge_rpcs_total", (("code", "OK"), ("method", GENERATE)))] == 4
+    assert m[("arbridge_rpcs_total", (("code", "INVALID_ARGUMENT"), ("method", GENERATE)))] == 1
+    assert m[("arbridge_generated_tokens_total", ())] == 40
+    assert m[("arbridge_completions_total", (("reason", "FINISH_REASON_LENGTH"),))] == 4
+    assert m[("arbridge_time_to_first_token_seconds_count", ())] == 4
+    assert m[("arbridge_inter_token_latency_seconds_count", ())] == 4 * 9
+    # Each decode step is observed with its batch size: 4 streams * 9 decode steps of
+    # rows, spread over however many steps the batching took.
+    steps = m[("arbridge_decode_batch_size_count", ())]
+    assert m[("arbridge_decode_batch_size_sum", ())] == 4 * 9 and steps < 4 * 9
+    assert m[("arbridge_open_rpcs", (("method", GENERATE),))] == 0
+    assert m[("arbridge_active_requests", ())] == 0
+    assert all(len(done) == 1 for _, done, _ in results)
+
+
+async def test_request_id_is_echoed_or_made(tiny_server):
+    call = tiny_server.stub.Generate(gen(max_new_tokens=2),
+                                     metadata=(("x-request-id", "unity-frame-42"),))
+    await collect(call)
+    assert dict(await call.initial_metadata())["x-request-id"] == "unity-frame-42"
+    for metadata in ((), (("x-request-id", "has spaces; quotes\" and semicolons"),)):
+        call = tiny_server.stub.Generate(gen(max_new_tokens=2), metadata=metadata)
+        await collect(call)
+        made = dict(await call.initial_metadata())["x-request-id"]
+        assert len(made) == 16 and int(made, 16) >= 0
+    # Refused calls carry it too, so a client can quote it in a bug report.
+    call = tiny_server.stub.Generate(gen(""), metadata=(("x-request-id", "bad-1"),))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await collect(call)
+    assert dict(err.value.initial_metadata())["x-request-id"] == "bad-1"
+
+
+async def test_json_access_log_carries_request_id_and_status(tiny_server, capsys):
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        setup_logging("INFO", "json")
+        call = tiny_server.stub.Generate(gen(max_new_tokens=2),
+                                         metadata=(("x-request-id", "trace-7"),))
+        await collect(call)
+        await asyncio.sleep(0.05)
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()
+             if line.startswith("{")]
+    access = [r for r in lines if r.get("request_id") == "trace-7" and r.get("method")]
+    assert access, lines
+    assert access[0]["method"] == GENERATE and access[0]["code"] == "OK"
+    assert access[0]["level"] == "INFO" and access[0]["duration_ms"] > 0

@@ -1,0 +1,171 @@
+"""TLS, mTLS and bearer-token auth, positive and negative, with certificates made here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from arbridge.app import ArBridgeServer
+from arbridge.client import ArBridgeClient
+from arbridge.config import Settings
+from arbridge.security import SecurityConfigError, TokenChecker, load_tokens, warn_if_exposed
+from arbridge.v1 import service_pb2 as spb
+from arbridge.v1 import service_pb2_grpc
+from arbridge.v1 import types_pb2 as pb
+
+from certs import CertificateAuthority
+from conftest import collect
+
+REQUEST = spb.GenerateRequest(prompt="The red chair",
+                              sampling=pb.SamplingParams(max_new_tokens=4))
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("pki")
+    ca = CertificateAuthority(directory, "arbridge-test-ca")
+    other = CertificateAuthority(directory, "stranger-ca")
+    return {
+        "ca": ca.files.cert,
+        "server": ca.issue("server", server=True),
+        "client": ca.issue("headset-1", server=False),
+        "stranger": other.issue("stranger", server=False),
+    }
+
+
+def tls_channel(port: int, ca, client=None, token: str | None = None) -> grpc.aio.Channel:
+    creds = grpc.ssl_channel_credentials(
+        ca.read_bytes(), client.key.read_bytes() if client else None,
+        client.cert.read_bytes() if client else None)
+    if token:
+        creds = grpc.composite_channel_credentials(
+            creds, grpc.access_token_call_credentials(token))
+    return grpc.aio.secure_channel(f"127.0.0.1:{port}", creds)
+
+
+async def generate(channel, metadata=None, timeout=20):
+    stub = service_pb2_grpc.ArBridgeServiceStub(channel)
+    return await collect(stub.Generate(REQUEST, metadata=metadata, timeout=timeout))
+
+
+async def refused(channel, metadata=None) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await generate(channel, metadata, timeout=5)
+    return err.value
+
+
+async def test_tls_serves_tls_clients_and_refuses_plaintext(make_server, tiny_model_dir, pki):
+    s = await make_server(tiny_model_dir, tls_cert=pki["server"].cert,
+                          tls_key=pki["server"].key)
+    async with tls_channel(s.server.port, pki["ca"]) as channel:
+        _, done, _ = await generate(channel)
+        assert done[0].usage.completion_tokens == 4
+    err = await refused(s.channel)  # the fixture's plaintext channel
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_mtls_requires_a_client_certificate_from_the_ca(make_server, tiny_model_dir, pki):
+    s = await make_server(tiny_model_dir, tls_cert=pki["server"].cert,
+                          tls_key=pki["server"].key, tls_client_ca=pki["ca"])
+    async with tls_channel(s.server.port, pki["ca"], client=pki["client"]) as channel:
+        _, done, _ = await generate(channel)
+        assert done[0].usage.completion_tokens == 4
+    async with tls_channel(s.server.port, pki["ca"]) as channel:
+        assert (await refused(channel)).code() == grpc.StatusCode.UNAVAILABLE
+    async with tls_channel(s.server.port, pki["ca"], client=pki["stranger"]) as channel:
+        assert (await refused(channel)).code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_bearer_tokens_from_file_and_env(make_server, tiny_model_dir, tmp_path,
+                                               monkeypatch):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# headsets\nalpha-token\n\n  beta-token  \n")
+    monkeypatch.setenv("ARBRIDGE_AUTH_TOKENS", "gamma-token, delta-token")
+    s = await make_server(tiny_model_dir, auth_tokens_file=tokens)
+    for token in ("alpha-token", "beta-token", "gamma-token", "delta-token"):
+        _, done, _ = await generate(s.channel, (("authorization", f"Bearer {token}"),))
+        assert done[0].usage.completion_tokens == 4
+    for metadata, why in ((None, "missing"), ((("authorization", "Bearer nope"),), "invalid"),
+                          ((("authorization", "alpha-token"),), "Bearer"),
+                          ((("authorization", "Bearer alpha-token-x"),), "invalid")):
+        err = await refused(s.channel, metadata)
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert why in err.details()
+    # Health is protected too unless --public-health.
+    health = health_pb2_grpc.HealthStub(s.channel)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_public_health_leaves_only_health_and_reflection_open(make_server, tiny_model_dir,
+                                                                    monkeypatch):
+    monkeypatch.setenv("ARBRIDGE_AUTH_TOKENS", "alpha-token")
+    s = await make_server(tiny_model_dir, public_health=True)
+    health = health_pb2_grpc.HealthStub(s.channel)
+    reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    assert (await refused(s.channel)).code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await s.stub.GetModelInfo(spb.GetModelInfoRequest(), timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_python_client_over_mtls_with_token(make_server, tiny_model_dir, pki, tmp_path):
+    """The shipped client (used by `arbridge caption --tls-ca ...`): TLS + cert + token."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("alpha-token\n")
+    s = await make_server(tiny_model_dir, tls_cert=pki["server"].cert,
+                          tls_key=pki["server"].key, tls_client_ca=pki["ca"],
+                          auth_tokens_file=tokens)
+
+    def run(token):
+        client = ArBridgeClient(f"localhost:{s.server.port}", tls_ca=pki["ca"],
+                                client_cert=pki["client"].cert, client_key=pki["client"].key,
+                                token=token)
+        try:
+            return client.generate(REQUEST, lambda chunk: None, timeout=20)
+        finally:
+            client.close()
+
+    stats = await asyncio.to_thread(run, "alpha-token")
+    assert stats.completion_tokens == 4
+    with pytest.raises(grpc.RpcError) as err:
+        await asyncio.to_thread(run, "wrong")
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_token_checker_accepts_only_exact_tokens():
+    checker = TokenChecker([b"s3cret", b"other"])
+    assert checker.check((("authorization", "Bearer s3cret"),)) is None
+    assert checker.check((("authorization", "bearer other"),)) is None
+    for value in ("Bearer s3cre", "Bearer s3cret2", "Basic s3cret", "Bearer ", "s3cret"):
+        assert checker.check((("authorization", value),)) is not None, value
+    assert not TokenChecker([]).enabled
+
+
+def test_bad_security_settings_fail_at_start(tmp_path, pki):
+    with pytest.raises(SecurityConfigError, match="both"):
+        ArBridgeServer(Settings(tls_cert=pki["server"].cert))
+    with pytest.raises(SecurityConfigError, match="mTLS"):
+        ArBridgeServer(Settings(tls_client_ca=pki["ca"]))
+    with pytest.raises(SecurityConfigError, match="cannot read"):
+        ArBridgeServer(Settings(tls_cert=tmp_path / "missing.crt", tls_key=pki["server"].key))
+    empty = tmp_path / "empty"
+    empty.write_text("# nothing\n")
+    with pytest.raises(SecurityConfigError, match="no token"):
+        load_tokens(Settings(auth_tokens_file=empty))
+
+
+def test_loud_warning_when_exposed_without_tls_or_auth(caplog):
+    with caplog.at_level(logging.WARNING):
+        message = warn_if_exposed(Settings(host="0.0.0.0"), tls=False, tokens=False)
+    assert "without TLS and token auth" in message and message in caplog.text
+    assert "without token auth" in warn_if_exposed(Settings(host="::"), tls=True, tokens=False)
+    assert warn_if_exposed(Settings(host="0.0.0.0"), tls=True, tokens=True) is None
+    for host in ("127.0.0.1", "::1", "localhost"):
+        assert warn_if_exposed(Settings(host=host), tls=False, tokens=False) is None
