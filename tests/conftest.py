@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 import urllib.request
 from pathlib import Path
@@ -16,7 +15,7 @@ from arbridge.config import Settings, megatron_overrides
 from arbridge.engine.loader import load_model
 from arbridge.v1 import service_pb2_grpc
 
-from tiny_model import build_tiny_model
+from tiny_model import build_tiny_model, slow_down
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,19 +34,6 @@ def tiny_eos_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_loaded(tiny_model_dir, tmp_path_factory):
     return load_model(str(tiny_model_dir), cache_dir=tmp_path_factory.mktemp("cache"))
-
-
-def slow_down(model, seconds: float):
-    """Make every forward pass take at least `seconds` (for timing tests)."""
-    original = model.forward
-
-    @functools.wraps(original)
-    def forward(*args, **kwargs):
-        time.sleep(seconds)
-        return original(*args, **kwargs)
-
-    model.forward = forward
-    return model
 
 
 class RunningServer:

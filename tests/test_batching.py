@@ -13,7 +13,7 @@ from arbridge.engine.loader import load_model
 from arbridge.engine.sampling import SamplingConfig
 from arbridge.engine.scheduler import Scheduler
 
-from conftest import slow_down
+from tiny_model import slow_down
 from tiny_model import build_tiny_llama
 
 PROMPTS = [

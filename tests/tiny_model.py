@@ -6,6 +6,8 @@ enough to exercise tokenization, caching, sampling and streaming.
 
 from __future__ import annotations
 
+import functools
+import time
 from pathlib import Path
 
 import torch
@@ -89,3 +91,16 @@ def build_tiny_llama(out_dir: Path, *, seed: int = 0) -> Path:
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def slow_down(model, seconds: float):
+    """Make every forward pass take at least `seconds` (for timing tests)."""
+    original = model.forward
+
+    @functools.wraps(original)
+    def forward(*args, **kwargs):
+        time.sleep(seconds)
+        return original(*args, **kwargs)
+
+    model.forward = forward
+    return model

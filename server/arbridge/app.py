@@ -146,14 +146,14 @@ class ArBridgeServer:
         await self.health.set("", status)
         await self.health.set(SERVICE_NAME, status)
 
-    async def serve_forever(self) -> None:
+    async def serve_forever(self, preloaded: LoadedModel | None = None) -> None:
         """Start, load, and run until SIGINT/SIGTERM, then drain and stop."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await self.start()
-        loading = asyncio.create_task(self.load())
+        loading = asyncio.create_task(self.load(preloaded))
         waiter = asyncio.create_task(stop.wait())
         try:
             done, _ = await asyncio.wait({loading, waiter},

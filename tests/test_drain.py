@@ -1,0 +1,116 @@
+"""SIGTERM drain on a real process: in-flight stream completes, new calls refused, exit 0."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from arbridge.v1 import service_pb2 as spb
+from arbridge.v1 import service_pb2_grpc
+from arbridge.v1 import types_pb2 as pb
+
+TESTS = Path(__file__).resolve().parent
+
+
+def start(model_dir: Path, tmp_path: Path, grace: float):
+    log = tmp_path / "server.log"
+    env = dict(os.environ, PYTHONPATH=str(TESTS), XDG_CACHE_HOME=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, str(TESTS / "drain_server.py"), str(model_dir),
+                             "0.05", str(grace)], stderr=log.open("w"), env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = log.read_text()
+        port = re.search(r"listening on 127\.0\.0\.1:(\d+)", text)
+        if port and "SERVING" in text.split("listening", 1)[1].replace("NOT_SERVING", ""):
+            return proc, int(port.group(1)), log
+        assert proc.poll() is None, text
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(log.read_text())
+
+
+def test_sigterm_drains_in_flight_stream_refuses_new_calls_exits_0(tiny_model_dir, tmp_path):
+    proc, port, log = start(tiny_model_dir, tmp_path, grace=20)
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        stub = service_pb2_grpc.ArBridgeServiceStub(channel)
+        request = spb.GenerateRequest(prompt="The red chair",
+                                      sampling=pb.SamplingParams(max_new_tokens=60))
+        first_chunk = threading.Event()
+        result = {}
+
+        def read():
+            chunks, completions = [], []
+            for response in stub.Generate(request, timeout=60):
+                if response.WhichOneof("event") == "chunk":
+                    chunks.append(response.chunk.text)
+                    first_chunk.set()
+                else:
+                    completions.append(response.completion)
+            result.update(chunks=chunks, completions=completions)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        assert first_chunk.wait(30)
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                          timeout=5)
+        assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        try:
+            list(stub.Generate(request, timeout=5))
+            raise AssertionError("a new call was accepted during the drain")
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+        reader.join(60)
+        done = result["completions"]
+        assert done[0].finish_reason == pb.FINISH_REASON_LENGTH
+        assert done[0].usage.completion_tokens == 60
+        assert done[0].text == "".join(result["chunks"])
+        assert proc.wait(30) == 0
+        drain_s = time.monotonic() - signalled
+        channel.close()
+        text = log.read_text()
+        assert "stopped after draining" in text
+        print(f"drain: SIGTERM -> exit 0 in {drain_s:.2f} s with one stream in flight")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_streams_past_the_grace_period_are_cut_and_the_process_still_exits_0(tiny_model_dir,
+                                                                            tmp_path):
+    proc, port, log = start(tiny_model_dir, tmp_path, grace=0.5)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = service_pb2_grpc.ArBridgeServiceStub(channel)
+            call = stub.Generate(spb.GenerateRequest(
+                prompt="The red chair", sampling=pb.SamplingParams(max_new_tokens=240)),
+                timeout=60)
+            next(call)
+            signalled = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            try:
+                for _ in call:
+                    pass
+                raise AssertionError("the stream outlived the grace period")
+            except grpc.RpcError as err:
+                assert err.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+            assert proc.wait(30) == 0
+            assert time.monotonic() - signalled < 10
+            assert "grace period over" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
