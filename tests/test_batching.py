@@ -13,8 +13,7 @@ from arbridge.engine.loader import load_model
 from arbridge.engine.sampling import SamplingConfig
 from arbridge.engine.scheduler import Scheduler
 
-from tiny_model import slow_down
-from tiny_model import build_tiny_llama
+from tiny_model import build_tiny_llama, slow_down
 
 PROMPTS = [
     "The red chair",
