@@ -11,7 +11,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 50051
 SCENE  ?= examples/scene.json
 
-.PHONY: setup run serve test test-fast bench protos check-protos lint model clean
+.PHONY: setup run serve test test-fast fuzz bench protos check-protos lint model clean
 
 setup: $(VENV)/.installed $(BUF) model
 
@@ -44,6 +44,11 @@ test: setup
 # Unit and integration tests on tiny models only (no default model needed).
 test-fast: $(VENV)/.installed $(BUF)
 	$(PY) -m pytest -q -m 'not e2e'
+
+# The long fuzzing job: >10,000 generated requests (5 request kinds x 2600).
+FUZZ_EXAMPLES ?= 2600
+fuzz: $(VENV)/.installed
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -s -m fuzz
 
 bench: setup
 	$(PY) -m pip install --quiet -e '.[dev,bench]' $(TORCH)
