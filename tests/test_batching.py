@@ -143,3 +143,22 @@ async def test_a_failing_step_ends_requests_with_error_and_the_engine_recovers(l
     finally:
         loaded.model.forward = forward
     assert after[0] == reference_greedy(loaded, PROMPTS[2], 5)
+
+
+def test_removing_a_row_added_after_the_last_forward_pass():
+    """Found by the chaos test: buffers grow lazily (on the next forward), so a row
+    admitted and cancelled before any pass that reached it lies past them."""
+    from arbridge.engine.kv_cache import SlotKVCache
+
+    cache = SlotKVCache(num_layers=1, slots=2, capacity=8)
+    cache.add_row(3)
+    cache.prepare(0, 1, torch.tensor([0]), q_len=3, read_length=3)
+    keys = torch.arange(3 * 2, dtype=torch.float32).reshape(1, 1, 3, 2)
+    cache.layers[0].update(keys, keys + 100, 0)  # buffers made with 2 slots
+    for length in (0, 0, 0, 0, 0):
+        cache.add_row(length)  # six rows now; the buffers still hold two
+    cache.lengths[5] = 2
+    assert cache.remove_row(1) == 5
+    assert cache.rows == 5 and cache.lengths[1] == 2
+    assert cache.layers[0].keys.shape[0] >= 6
+    assert torch.equal(cache.layers[0].keys[0, :, :3], keys[0])

@@ -169,6 +169,21 @@ async def test_deadline_ends_with_time_limit_and_partial_text(make_server, tiny_
     assert done[0].text == "".join(c.text for c in chunks)
 
 
+async def test_deadline_while_queued_ends_in_time_not_deadline_exceeded(make_server,
+                                                                         tiny_model_dir):
+    running = await make_server(tiny_model_dir, step_delay=0.02, max_active=1)
+    busy = asyncio.ensure_future(collect(running.stub.Generate(gen(max_new_tokens=100))))
+    for _ in range(100):
+        if running.server.scheduler.load == (1, 0):
+            break
+        await asyncio.sleep(0.01)
+    chunks, done, _ = await collect(running.stub.Generate(gen(max_new_tokens=5), timeout=0.5))
+    assert done[0].finish_reason == FR.FINISH_REASON_TIME_LIMIT
+    assert done[0].usage.completion_tokens == 0 and not chunks
+    assert running.server.scheduler.load == (1, 0)  # its queue place is free again
+    busy.cancel()
+
+
 async def test_cancel_frees_the_slot(make_server, tiny_model_dir):
     running = await make_server(tiny_model_dir, step_delay=0.02)
     call = running.stub.Generate(gen(max_new_tokens=200))

@@ -175,6 +175,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             log.exception("unhandled error in %s", method)
             raise
         finally:
+            self.metrics.open_rpcs.labels(method).dec()
+            self.metrics.rpcs.labels(method, code.name).inc()
             if counted:
                 self._per_peer[peer] -= 1
                 if self._per_peer[peer] <= 0:
@@ -183,8 +185,6 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 self._inflight -= 1
                 if self._inflight == 0:
                     self._idle.set()
-            self.metrics.open_rpcs.labels(method).dec()
-            self.metrics.rpcs.labels(method, code.name).inc()
             ms = (time.perf_counter() - started) * 1e3
             log.log(logging.DEBUG if infra else logging.INFO, "%s %s %.1f ms %s", method,
                     code.name, ms, peer, extra={"method": method, "code": code.name,

@@ -137,6 +137,9 @@ class SlotKVCache(Cache):
             length = self.lengths[last]
             for layer in self.layers:
                 if layer.is_initialized:
+                    # Rows added since the last forward pass may lie past the
+                    # buffers (they grow lazily): grow them first.
+                    layer._fit(self.slots, self.capacity)
                     layer.keys[row, :, :length] = layer.keys[last, :, :length]
                     layer.values[row, :, :length] = layer.values[last, :, :length]
             self.lengths[row] = length

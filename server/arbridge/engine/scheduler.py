@@ -211,11 +211,19 @@ class Scheduler:
         self._staging = self.runner.new_cache(slots=4)
 
     def _drop_cancelled_waiting(self) -> None:
-        """A request cancelled while queued leaves without ever running."""
-        for handle in [h for h in self._waiting if h.cancel_reason is not None]:
+        """A request cancelled while queued, or whose deadline comes before it could
+        run a turn, leaves without ever running (and frees its place in the queue)."""
+        now = time.perf_counter()
+        for handle in list(self._waiting):
+            reason = handle.cancel_reason
+            if reason is None and handle.deadline is not None \
+                    and now + self._turn_seconds >= handle.deadline:
+                reason = FinishReason.TIME_LIMIT
+            if reason is None:
+                continue
             self._waiting.remove(handle)
             handle.sink(StepOutput(finished=[
-                SequenceFinished(i, handle.cancel_reason)
+                SequenceFinished(i, reason)
                 for i in range(handle.sampling.num_return_sequences)]))
 
     def _admit(self, handle: RequestHandle) -> None:
