@@ -112,3 +112,47 @@ async def test_undecodable_request_bytes_are_invalid_argument(tiny_server):
     err = await status_of(bidi(iter([b"\x0a\xff"])))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.details().startswith("request[0]: not a valid arbridge.v1.ConverseRequest")
+
+
+async def test_connection_age_recycles_without_cutting_a_stream(make_server, tiny_model_dir):
+    """max_connection_age sends GOAWAY; the stream in flight finishes within the age
+    grace, and the next call on the same channel reconnects by itself."""
+    s = await make_server(tiny_model_dir, step_delay=0.03, max_connection_age_s=0.5,
+                          max_connection_age_grace_s=10)
+    _, done, _ = await collect(s.stub.Generate(gen(max_new_tokens=50)))  # ~1.5 s
+    assert done[0].usage.completion_tokens == 50
+    await asyncio.sleep(0.6)
+    _, done, _ = await collect(s.stub.Generate(gen(max_new_tokens=3)))
+    assert done[0].usage.completion_tokens == 3
+
+
+def test_keepalive_options_reach_grpc():
+    from arbridge.app import server_options
+    from arbridge.config import Settings
+
+    options = dict(server_options(Settings(keepalive_time_s=20, max_message_bytes=5000)))
+    assert options["grpc.keepalive_time_ms"] == 20_000
+    assert options["grpc.keepalive_permit_without_calls"] == 1
+    assert options["grpc.http2.min_recv_ping_interval_without_data_ms"] == 10_000
+    assert options["grpc.max_connection_age_grace_ms"] == 300_000
+    assert options["grpc.max_receive_message_length"] == 5000
+
+
+async def test_status_messages_stay_small_whatever_the_input(tiny_server):
+    """Found by `make fuzz`: an 18 KB encoder name echoed in the status message made
+    the trailer too big for the client, which then saw only 'Stream removed'."""
+    scene = pb.SceneFeatures(
+        objects=[pb.SceneObject(id="a", label="chair", confidence=0.9)],
+        image_features=[pb.FeatureVector(encoder="ab " * 6000, dims=1, values=[0.5])])
+    err = await status_of(tiny_server.stub.DescribeScene(spb.DescribeSceneRequest(scene=scene)))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details().startswith("scene.image_features[0].encoder: longer than")
+
+
+def test_any_status_message_is_capped():
+    from arbridge.service import MAX_STATUS_MESSAGE_CHARS, _status_for
+    from arbridge.validation import InvalidField
+
+    status = _status_for(InvalidField("prompt", "x" * 50_000))
+    assert len(status.message) == MAX_STATUS_MESSAGE_CHARS
+    assert status.message.startswith("prompt: xxx") and status.message.endswith("…")

@@ -42,7 +42,19 @@ class _Abort(Exception):
         self.code, self.message, self.trailers = code, message, trailers
 
 
+# Status messages travel in a trailer; clients drop trailers over 8-16 KiB, so a
+# message echoing a huge field must not grow with it.
+MAX_STATUS_MESSAGE_CHARS = 1000
+
+
 def _status_for(exc: Exception) -> _Abort | None:
+    status = _status_of(exc)
+    if status is not None and len(status.message) > MAX_STATUS_MESSAGE_CHARS:
+        status.message = status.message[:MAX_STATUS_MESSAGE_CHARS - 1] + "…"
+    return status
+
+
+def _status_of(exc: Exception) -> _Abort | None:
     if isinstance(exc, _Abort):
         return exc
     if isinstance(exc, validation.InvalidField):

@@ -101,6 +101,8 @@ def feature_vector(fv: pb.FeatureVector, settings: Settings, field: str) -> None
     """Shape and value checks; serving it needs a projector (FAILED_PRECONDITION)."""
     if not fv.encoder:
         raise InvalidField(f"{field}.encoder", "must name the encoder")
+    if len(fv.encoder) > MAX_LABEL_CHARS:
+        raise InvalidField(f"{field}.encoder", f"longer than {MAX_LABEL_CHARS} characters")
     if len(fv.values) > settings.max_feature_values:
         raise InvalidField(f"{field}.values", f"{len(fv.values)} values; at most "
                                               f"{settings.max_feature_values}")
