@@ -17,8 +17,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from arbridge.backends import Backend
+from arbridge.backends.local import LocalBackend
 from arbridge.config import Settings, megatron_overrides
-from arbridge.engine.async_engine import AsyncEngine
 from arbridge.engine.loader import LoadedModel, load_model
 from arbridge.engine.scheduler import Scheduler
 from arbridge.interceptors import CallInterceptor
@@ -63,7 +64,8 @@ class ArBridgeServer:
             TokenChecker(load_tokens(settings)), self.metrics,
             public_infra=settings.public_health,
             max_streams_per_peer=settings.max_streams_per_peer)
-        self.scheduler: Scheduler | None = None
+        self.scheduler: Scheduler | None = None  # the local backend's
+        self.backend: Backend | None = None
         self.loaded: LoadedModel | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None
@@ -104,24 +106,32 @@ class ArBridgeServer:
         return self.port
 
     async def load(self, preloaded: LoadedModel | None = None) -> None:
-        """Load the model (off the event loop), start the scheduler, go SERVING."""
+        """Load the model (off the event loop) or connect upstream, then go SERVING."""
+        s = self.settings
+        if s.backend == "openai":
+            from arbridge.backends.openai_compat import OpenAIBackend
+
+            self.backend = await OpenAIBackend.connect(s, self.metrics)
+        else:
+            self.backend = await self._load_local(preloaded)
+        self.metrics.watch(self.backend)
+        self.servicer.attach(self.backend)
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("SERVING %s on %s:%d", self.backend.info.name, s.host, self.port)
+
+    async def _load_local(self, preloaded: LoadedModel | None) -> LocalBackend:
+        s = self.settings
         if preloaded is None:
-            s = self.settings
             preloaded = await asyncio.to_thread(
                 load_model, s.model, cache_dir=s.cache_dir, device=s.device, dtype=s.dtype,
                 tokenizer=s.tokenizer, overrides=megatron_overrides(s))
         self.loaded = preloaded
-        info = preloaded.info
         self.scheduler = Scheduler(preloaded.model, preloaded.tokenizer,
-                                   context_length=info.context_length,
-                                   max_active=self.settings.max_active,
-                                   max_queue=self.settings.max_queue,
-                                   prefill_chunk_tokens=self.settings.prefill_chunk_tokens)
-        self.metrics.watch_scheduler(self.scheduler)
+                                   context_length=preloaded.info.context_length,
+                                   max_active=s.max_active, max_queue=s.max_queue,
+                                   prefill_chunk_tokens=s.prefill_chunk_tokens)
         self.scheduler.start()
-        self.servicer.attach(AsyncEngine(self.scheduler), preloaded.tokenizer, info)
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info("SERVING %s on %s:%d", info.name, self.settings.host, self.port)
+        return LocalBackend(self.scheduler, preloaded.tokenizer, preloaded.info, self.metrics)
 
     async def stop(self, grace: float | None = None) -> float:
         """Drain, then stop. Returns the seconds spent waiting for calls in flight."""
@@ -137,8 +147,8 @@ class ArBridgeServer:
             log.warning("grace period over: cancelling %d call(s)", self.interceptor.inflight)
         if self._server is not None:
             await self._server.stop(0.5)
-        if self.scheduler is not None:
-            await asyncio.to_thread(self.scheduler.stop)
+        if self.backend is not None:
+            await self.backend.close()
         self.metrics.close()
         return waited
 

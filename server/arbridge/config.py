@@ -47,6 +47,18 @@ class Settings(BaseSettings):
     megatron_num_attention_heads: int | None = Field(None, ge=1)
     megatron_max_position_embeddings: int | None = Field(None, ge=1)
 
+    # Backend: the local engine, or an upstream OpenAI-compatible server (vLLM,
+    # TGI, TensorRT-LLM's trtllm-serve, `transformers serve`) doing the generation.
+    backend: Literal["local", "openai"] = "local"
+    backend_url: str | None = Field(None, description="e.g. http://vllm:8000/v1")
+    backend_model: str | None = Field(None, description="model name the upstream serves")
+    backend_api_key_file: Path | None = None
+    backend_timeout_s: float = Field(30.0, gt=0, description="connect/first-byte timeout")
+    backend_extended_sampling: bool = Field(
+        False, description="upstream accepts top_k, repetition_penalty and n (vLLM, TGI)")
+    backend_context_length: int | None = Field(
+        None, ge=16, description="upstream context window; default: from the tokenizer dir")
+
     # Network
     host: str = Field("127.0.0.1", description="bind address; 0.0.0.0 / :: = all interfaces")
     port: int = Field(50051, ge=0, le=65535)

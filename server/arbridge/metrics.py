@@ -38,11 +38,10 @@ class Metrics:
                                     buckets=_BATCH_BUCKETS)
         self._http = None
 
-    def watch_scheduler(self, scheduler) -> None:
-        """Active/queued gauges read the scheduler at scrape time; batch sizes per step."""
-        self.active.set_function(lambda: scheduler.load[0])
-        self.queued.set_function(lambda: scheduler.load[1])
-        scheduler.on_decode_step = self.batch_size.observe
+    def watch(self, backend) -> None:
+        """Active/queued gauges read the backend at scrape time."""
+        self.active.set_function(lambda: backend.load[0])
+        self.queued.set_function(lambda: backend.load[1])
 
     def serve(self, host: str, port: int) -> int:
         """Start the /metrics HTTP endpoint; returns the bound port."""

@@ -31,6 +31,10 @@ class PromptTooLong(ValueError):
 @dataclass
 class Prompt:
     ids: list[int]
+    # The text the ids were made from, for backends that take text (upstream
+    # engines); `special_tokens` says whether the tokenizer added BOS etc.
+    text: str = ""
+    special_tokens: bool = True
     dropped_turns: int = 0
 
 
@@ -45,7 +49,7 @@ class PromptBuilder:
     def raw(self, text: str, max_new_tokens: int) -> Prompt:
         ids = self.tokenizer(text, add_special_tokens=True).input_ids
         self._check_fits(len(ids), max_new_tokens)
-        return Prompt(ids)
+        return Prompt(ids, text, special_tokens=True)
 
     def describe(self, scene: pb.SceneFeatures, instruction: str, max_new_tokens: int) -> Prompt:
         # A caption is a one-turn conversation about the scene.
@@ -65,20 +69,21 @@ class PromptBuilder:
              max_new_tokens: int) -> Prompt:
         dropped = 0
         while True:
-            ids = self._encode(system, history, user)
-            if len(ids) + max_new_tokens <= self.context_length or not history:
+            prompt = self._encode(system, history, user)
+            if len(prompt.ids) + max_new_tokens <= self.context_length or not history:
                 break
             history = history[1:]  # drop the oldest turn first
             dropped += 1
-        self._check_fits(len(ids), max_new_tokens)
-        return Prompt(ids, dropped)
+        self._check_fits(len(prompt.ids), max_new_tokens)
+        prompt.dropped_turns = dropped
+        return prompt
 
     def _check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
         budget = self.context_length - max_new_tokens
         if prompt_tokens > budget:
             raise PromptTooLong(prompt_tokens, max(budget, 0))
 
-    def _encode(self, system: str, history: list[pb.DialogueTurn], user: str) -> list[int]:
+    def _encode(self, system: str, history: list[pb.DialogueTurn], user: str) -> Prompt:
         # System turns from the history join the system prompt: many chat
         # templates accept a system message only at the start.
         extra_system = [t.text for t in history if t.role == pb.ROLE_SYSTEM]
@@ -91,8 +96,11 @@ class PromptBuilder:
             messages.append({"role": "user", "content": user})
             text = self.tokenizer.apply_chat_template(messages, tokenize=False,
                                                       add_generation_prompt=True)
-            return self.tokenizer(text, add_special_tokens=False).input_ids
+            # The template writes any BOS itself.
+            return Prompt(self.tokenizer(text, add_special_tokens=False).input_ids, text,
+                          special_tokens=False)
         lines = [system, ""]
         lines += [f"{r.capitalize()}: {c}" for r, c in turns]
         lines += [f"User: {user}", "Assistant:"]
-        return self.tokenizer("\n".join(lines), add_special_tokens=True).input_ids
+        text = "\n".join(lines)
+        return Prompt(self.tokenizer(text, add_special_tokens=True).input_ids, text)

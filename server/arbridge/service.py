@@ -16,16 +16,21 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from arbridge import validation
+from arbridge.backends import (
+    Backend,
+    BackendBusy,
+    BackendRefused,
+    BackendUnavailable,
+    Generation,
+)
 from arbridge.config import Settings
-from arbridge.engine.async_engine import AsyncEngine, RequestStream
-from arbridge.engine.loader import ModelInfo
 from arbridge.engine.requests import FinishReason
 from arbridge.engine.sampling import SamplingConfig
 from arbridge.engine.scheduler import QueueFull
 from arbridge.grounding import ground
 from arbridge.metrics import Metrics
 from arbridge.prompts import Prompt, PromptBuilder, PromptTooLong
-from arbridge.streaming import Event, OutputProcessor
+from arbridge.streaming import Event
 from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import service_pb2_grpc
 from arbridge.v1 import types_pb2 as pb
@@ -61,10 +66,14 @@ def _status_of(exc: Exception) -> _Abort | None:
         return _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     if isinstance(exc, validation.Unsupported):
         return _Abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-    if isinstance(exc, QueueFull):
+    if isinstance(exc, (QueueFull, BackendBusy)):
         retry_ms = str(int(exc.retry_after_s * 1000))
         return _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                       f"{exc}; retry after {retry_ms} ms", (("retry-after-ms", retry_ms),))
+    if isinstance(exc, BackendUnavailable):
+        return _Abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+    if isinstance(exc, BackendRefused):
+        return _Abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
     return None
 
 
@@ -90,21 +99,17 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
     def __init__(self, settings: Settings, metrics: Metrics):
         self.settings = settings
         self.metrics = metrics
-        self._engine: AsyncEngine | None = None
-        self._tokenizer = None
+        self._backend: Backend | None = None
         self._prompts: PromptBuilder | None = None
-        self._info: ModelInfo | None = None
 
-    def attach(self, engine: AsyncEngine, tokenizer, info: ModelInfo) -> None:
+    def attach(self, backend: Backend) -> None:
         """Called once the model has loaded; until then calls get UNAVAILABLE."""
-        self._tokenizer = tokenizer
-        self._info = info
-        self._prompts = PromptBuilder(tokenizer, info.context_length,
+        self._prompts = PromptBuilder(backend.tokenizer, backend.info.context_length,
                                       self.settings.system_prompt)
-        self._engine = engine
+        self._backend = backend
 
     def _ready(self) -> None:
-        if self._engine is None:
+        if self._backend is None:
             raise _Abort(grpc.StatusCode.UNAVAILABLE, "model is still loading; retry shortly")
 
     # -- shared streaming path ---------------------------------------------
@@ -120,27 +125,17 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         except PromptTooLong as exc:
             raise validation.InvalidField(field, str(exc)) from exc
 
-    def _open(self, prompt: Prompt, cfg: SamplingConfig, context) -> RequestStream:
-        return self._engine.open(prompt.ids, cfg, timeout_s=self._timeout(context))
+    def _sampling(self, params: pb.SamplingParams, field: str) -> SamplingConfig:
+        cfg = validation.sampling_config(params, self.settings, field)
+        for name, why in self._backend.unsupported(cfg):
+            raise validation.Unsupported(f"{field}.{name}", why)
+        return cfg
 
-    async def _events(self, stream: RequestStream, prompt: Prompt, arrived: float,
-                      objects=None) -> AsyncIterator[Event]:
+    def _open(self, prompt: Prompt, cfg: SamplingConfig, context, arrived: float,
+              objects=None) -> Generation:
         grounder = functools.partial(ground, objects=objects) if objects is not None else None
-        processor = OutputProcessor(self._tokenizer, stream, arrived, len(prompt.ids), grounder)
-        m = self.metrics
-        last_step_at = None
-        async for step in stream:
-            if step.tokens:
-                m.tokens.inc(len(step.tokens))
-                if last_step_at is None:
-                    m.ttft.observe(step.at - arrived)
-                else:
-                    m.itl.observe(step.at - last_step_at)
-                last_step_at = step.at
-            for event in processor.process(step):
-                if isinstance(event, pb.Completion):
-                    m.completions.labels(pb.FinishReason.Name(event.finish_reason)).inc()
-                yield event
+        return self._backend.open(prompt, cfg, arrived=arrived,
+                                  timeout_s=self._timeout(context), ground=grounder)
 
     # -- RPCs -----------------------------------------------------------------
     @_rpc
@@ -148,11 +143,10 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         arrived = time.perf_counter()
         self._ready()
         validation.prompt_text(request.prompt, self.settings)
-        cfg = validation.sampling_config(request.sampling, self.settings)
+        cfg = self._sampling(request.sampling, "sampling")
         prompt = self._prompt(lambda: self._prompts.raw(request.prompt, cfg.max_new_tokens),
                               "prompt")
-        stream = self._open(prompt, cfg, context)
-        async for event in self._events(stream, prompt, arrived):
+        async for event in self._open(prompt, cfg, context, arrived):
             yield _wrap(spb.GenerateResponse, event)
 
     @_rpc
@@ -167,19 +161,18 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
                                           "needs at least one object (or a location_hint)")
         if len(request.instruction) > validation.MAX_TEXT_CHARS_PER_TURN:
             raise validation.InvalidField("instruction", "too long")
-        cfg = validation.sampling_config(request.sampling, self.settings)
+        cfg = self._sampling(request.sampling, "sampling")
         prompt = self._prompt(
             lambda: self._prompts.describe(request.scene, request.instruction,
                                            cfg.max_new_tokens), "scene")
-        stream = self._open(prompt, cfg, context)
-        async for event in self._events(stream, prompt, arrived,
-                                        objects=list(request.scene.objects)):
+        async for event in self._open(prompt, cfg, context, arrived,
+                                      objects=list(request.scene.objects)):
             yield _wrap(spb.DescribeSceneResponse, event)
 
     async def GetModelInfo(self, request, context):
-        if self._info is None:
+        if self._backend is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "model is still loading")
-        i = self._info
+        i = self._backend.info
         return spb.GetModelInfoResponse(
             model_name=i.name, architecture=i.architecture, parameter_count=i.parameter_count,
             context_length=i.context_length, dtype=i.dtype, device=i.device,
@@ -266,7 +259,7 @@ class _ConverseSession:
             if s.HasField("scene"):
                 validation.scene(s.scene, self.settings, "start.scene")
                 self.scene = s.scene
-            validation.sampling_config(s.sampling, self.settings, "start.sampling")
+            self.servicer._sampling(s.sampling, "start.sampling")
             self.system_prompt = s.system_prompt
             self.sampling = s.sampling
             self.history = list(s.history)
@@ -290,7 +283,7 @@ class _ConverseSession:
         if len(text) > validation.MAX_TEXT_CHARS_PER_TURN:
             raise validation.InvalidField(f"{field}.text", "too long")
         params = turn.sampling if turn.HasField("sampling") else self.sampling
-        cfg = validation.sampling_config(params, self.settings, f"{field}.sampling")
+        cfg = self.servicer._sampling(params, f"{field}.sampling")
         # Barge-in: the new turn interrupts the reply in flight.
         if self.reply_task is not None and not self.reply_task.done():
             self.reply_stream.cancel(FinishReason.INTERRUPTED)
@@ -302,17 +295,15 @@ class _ConverseSession:
             lambda: self.servicer._prompts.converse(self.scene, self.history, text,
                                                     cfg.max_new_tokens, self.system_prompt),
             f"{field}.text")
-        # Opened here, not in the task, so a barge-in can always reach it.
-        self.reply_stream = self.servicer._open(prompt, cfg, self.context)
-        self.reply_task = asyncio.create_task(
-            self._reply(turn_id, text, prompt, self.reply_stream, arrived))
-
-    async def _reply(self, turn_id: int, user_text: str, prompt: Prompt,
-                     stream: RequestStream, arrived: float) -> None:
         objects = list(self.scene.objects) if self.scene is not None else []
+        # Opened here, not in the task, so a barge-in can always reach it.
+        self.reply_stream = self.servicer._open(prompt, cfg, self.context, arrived, objects)
+        self.reply_task = asyncio.create_task(self._reply(turn_id, text, self.reply_stream))
+
+    async def _reply(self, turn_id: int, user_text: str, generation: Generation) -> None:
         reply_text = ""
         try:
-            async for event in self.servicer._events(stream, prompt, arrived, objects):
+            async for event in generation:
                 if isinstance(event, pb.Completion) and event.sequence_index == 0:
                     reply_text = event.text
                 await self.outbox.put(_wrap_turn(turn_id, event))

@@ -16,7 +16,7 @@ from arbridge.engine.detokenize import IncrementalDetokenizer, StopStringFilter
 from arbridge.engine.requests import FinishReason, StepOutput
 from arbridge.v1 import types_pb2 as pb
 
-_REASONS = {r: pb.FinishReason.Value(f"FINISH_REASON_{r.name}") for r in FinishReason}
+REASONS = {r: pb.FinishReason.Value(f"FINISH_REASON_{r.name}") for r in FinishReason}
 
 Event = pb.TokenChunk | pb.Completion
 
@@ -87,19 +87,30 @@ class OutputProcessor:
     def _complete(self, seq: SequenceOutput, reason: FinishReason,
                   error: str = "") -> pb.Completion:
         seq.done = True
-        now = time.perf_counter()
-        started = self._stream.handle.started
-        text = "".join(seq.text)
-        return pb.Completion(
-            sequence_index=seq.index,
-            finish_reason=_REASONS[reason],
-            usage=pb.Usage(prompt_tokens=self._prompt_tokens, completion_tokens=seq.tokens),
-            seed=self._seed,
-            timings=pb.Timings(
-                queue_ms=((started or now) - self._arrived) * 1e3,
-                time_to_first_token_ms=((seq.first_token_at or now) - self._arrived) * 1e3,
-                total_ms=(now - self._arrived) * 1e3),
-            text=text,
-            error_message=error,
-            grounding=self._ground(text) if self._ground else [],
-        )
+        return build_completion(
+            seq.index, reason, "".join(seq.text), prompt_tokens=self._prompt_tokens,
+            completion_tokens=seq.tokens, seed=self._seed, arrived=self._arrived,
+            started=self._stream.handle.started, first_token_at=seq.first_token_at,
+            error=error, ground=self._ground)
+
+
+def build_completion(index: int, reason: FinishReason, text: str, *, prompt_tokens: int,
+                     completion_tokens: int, seed: int, arrived: float, started: float | None,
+                     first_token_at: float | None, error: str = "",
+                     ground: Callable[[str], list[pb.GroundedSpan]] | None = None
+                     ) -> pb.Completion:
+    """The final message of one sequence, whichever backend generated it."""
+    now = time.perf_counter()
+    return pb.Completion(
+        sequence_index=index,
+        finish_reason=REASONS[reason],
+        usage=pb.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens),
+        seed=seed,
+        timings=pb.Timings(
+            queue_ms=((started or now) - arrived) * 1e3,
+            time_to_first_token_ms=((first_token_at or now) - arrived) * 1e3,
+            total_ms=(now - arrived) * 1e3),
+        text=text,
+        error_message=error,
+        grounding=ground(text) if ground else [],
+    )
