@@ -23,13 +23,13 @@ import h2.events
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from proto_strategies import messages
 
 from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import service_pb2_grpc
 from arbridge.v1 import types_pb2 as pb
 
 from conftest import start_server
+from proto_strategies import messages
 
 pytestmark = pytest.mark.fuzz
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))

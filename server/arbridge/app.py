@@ -60,6 +60,10 @@ class ArBridgeServer:
         self.health = health.aio.HealthServicer()
         # Fails fast (SecurityConfigError) on unreadable files or half a key pair.
         self.credentials = server_credentials(settings)
+        if settings.backend == "openai":
+            from arbridge.backends.openai_compat import OpenAIBackend
+
+            OpenAIBackend.check_settings(settings)  # BackendConfigError
         self.interceptor = CallInterceptor(
             TokenChecker(load_tokens(settings)), self.metrics,
             public_infra=settings.public_health,

@@ -44,6 +44,7 @@ def cmd_serve(args) -> int:
     import torch
 
     from arbridge.app import ArBridgeServer
+    from arbridge.backends.openai_compat import BackendConfigError
     from arbridge.config import load_settings
     from arbridge.security import SecurityConfigError
 
@@ -60,13 +61,18 @@ def cmd_serve(args) -> int:
                              log_format=args.log_format,
                              max_streams_per_peer=args.max_streams_per_peer,
                              max_message_bytes=args.max_message_bytes,
+                             backend=args.backend, backend_url=args.backend_url,
+                             backend_model=args.backend_model,
+                             backend_api_key_file=args.backend_api_key_file,
+                             backend_extended_sampling=args.backend_extended_sampling or None,
+                             backend_context_length=args.backend_context_length,
                              **_megatron_flags(args))
     _setup_logging(settings.log_level, settings.log_format)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     try:
         server = ArBridgeServer(settings)
-    except SecurityConfigError as exc:
+    except (SecurityConfigError, BackendConfigError) as exc:
         print(f"arbridge serve: {exc}", file=sys.stderr)
         return 2
     asyncio.run(server.serve_forever())
@@ -270,6 +276,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accepted bearer tokens, one per line (also ARBRIDGE_AUTH_TOKENS)")
     g.add_argument("--public-health", action="store_true",
                    help="health and reflection answer without a token")
+    g = p.add_argument_group("upstream backend (generation forwarded to vLLM, TGI, ...)")
+    g.add_argument("--backend", choices=["local", "openai"],
+                   help="local engine (default) or an OpenAI-compatible upstream")
+    g.add_argument("--backend-url", help="upstream base URL, e.g. http://vllm:8000/v1")
+    g.add_argument("--backend-model", help="model name the upstream serves")
+    g.add_argument("--backend-api-key-file", help="file holding the upstream API key")
+    g.add_argument("--backend-extended-sampling", action="store_true",
+                   help="forward top_k, repetition_penalty and n (vLLM, TGI)")
+    g.add_argument("--backend-context-length", type=int,
+                   help="upstream context window (default: from --tokenizer's config)")
     _add_megatron_flags(p)
     p.set_defaults(func=cmd_serve)
 
