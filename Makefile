@@ -45,7 +45,8 @@ test: setup
 test-fast: $(VENV)/.installed $(BUF)
 	$(PY) -m pytest -q -m 'not e2e'
 
-# The long fuzzing job: >10,000 generated requests (5 request kinds x 2600).
+# The long fuzzing job: over 10,000 generated calls (Generate, DescribeScene,
+# Converse and raw-bytes tests x 2600; GetModelInfo's empty message has one form).
 FUZZ_EXAMPLES ?= 2600
 fuzz: $(VENV)/.installed
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -s -m fuzz

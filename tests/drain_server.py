@@ -7,7 +7,9 @@ still in flight when the test sends SIGTERM. Logs 'listening on HOST:PORT'.
 
 import asyncio
 import sys
+import time
 
+from arbridge import app
 from arbridge.app import ArBridgeServer
 from arbridge.config import Settings
 from arbridge.engine.loader import load_model
@@ -21,6 +23,14 @@ def main() -> int:
     setup_logging("INFO")
     settings = Settings(host="127.0.0.1", port=0, model=model_dir, grace_seconds=grace,
                         public_health=True)
+    if "--slow-load" in sys.argv:  # a model that takes a minute to load
+        def slow_load(*args, **kwargs):
+            time.sleep(60)
+            return load_model(*args, **kwargs)
+
+        app.load_model = slow_load
+        asyncio.run(ArBridgeServer(settings).serve_forever())
+        return 0
     loaded = load_model(model_dir, cache_dir=settings.cache_dir)
     slow_down(loaded.model, delay)
     asyncio.run(ArBridgeServer(settings).serve_forever(preloaded=loaded))

@@ -21,11 +21,11 @@ from arbridge.v1 import types_pb2 as pb
 TESTS = Path(__file__).resolve().parent
 
 
-def start(model_dir: Path, tmp_path: Path, grace: float):
+def start(model_dir: Path, tmp_path: Path, grace: float, *extra: str):
     log = tmp_path / "server.log"
     env = dict(os.environ, PYTHONPATH=str(TESTS), XDG_CACHE_HOME=str(tmp_path))
     proc = subprocess.Popen([sys.executable, str(TESTS / "drain_server.py"), str(model_dir),
-                             "0.05", str(grace)], stderr=log.open("w"), env=env)
+                             "0.05", str(grace), *extra], stderr=log.open("w"), env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         text = log.read_text()
@@ -110,6 +110,27 @@ def test_streams_past_the_grace_period_are_cut_and_the_process_still_exits_0(tin
             assert proc.wait(30) == 0
             assert time.monotonic() - signalled < 10
             assert "grace period over" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_sigterm_while_the_model_loads_exits_at_once(tiny_model_dir, tmp_path):
+    log = tmp_path / "server.log"
+    env = dict(os.environ, PYTHONPATH=str(TESTS), XDG_CACHE_HOME=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, str(TESTS / "drain_server.py"),
+                             str(tiny_model_dir), "0", "5", "--slow-load"],
+                            stderr=log.open("w"), env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while "listening on" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0, log.read_text()
+        assert time.monotonic() - signalled < 10  # not the 60 s the load takes
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -41,7 +41,8 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
 FIELD_PATH = re.compile(r"^(prompt|scene|instruction|sampling|start|request)[\w.\[\]'\"]*[:\[.]")
 PRECISE = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION}
 MESSAGE_LIMIT = 1 << 20
-SENT: dict[str, int] = {}  # requests per method
+SENT: dict[str, int] = {}  # request messages per method
+CALLS: list[int] = [0]  # calls made (a Converse call carries several messages)
 OUTCOMES: dict[str, int] = {}  # status code names over all fuzzed calls
 
 
@@ -83,7 +84,10 @@ def fuzz_server(tiny_model_dir, tmp_path_factory):
     server.close()
     assert load == (0, 0), f"requests left in the engine after fuzzing: {load}"
     total = sum(SENT.values())
-    print(f"\nfuzz: {total} generated requests sent {SENT}; outcomes {OUTCOMES}")
+    print(f"\nfuzz: {total} generated request messages in {CALLS[0]} calls {SENT}; "
+          f"outcomes {OUTCOMES}")
+    if EXAMPLES >= 2600:  # the `make fuzz` promise
+        assert CALLS[0] >= 10_000, CALLS
     if total >= 200:  # a fuzzer that only ever hits one branch tests nothing
         assert OUTCOMES.get("OK", 0) > total // 20 and OUTCOMES.get("INVALID_ARGUMENT", 0) > 0
 
@@ -117,6 +121,7 @@ def check_status(err: grpc.RpcError, request) -> None:
 
 def count(kind: str, n: int, code: grpc.StatusCode) -> None:
     SENT[kind] = SENT.get(kind, 0) + n
+    CALLS[0] += 1
     OUTCOMES[code.name] = OUTCOMES.get(code.name, 0) + 1
 
 

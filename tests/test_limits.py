@@ -126,6 +126,14 @@ async def test_connection_age_recycles_without_cutting_a_stream(make_server, tin
     assert done[0].usage.completion_tokens == 3
 
 
+async def test_connection_age_applies(make_server, tiny_model_dir):
+    """The same stream with a short age grace is cut: the age setting is in force."""
+    s = await make_server(tiny_model_dir, step_delay=0.03, max_connection_age_s=0.5,
+                          max_connection_age_grace_s=0.2)
+    err = await status_of(s.stub.Generate(gen(max_new_tokens=50)))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+
+
 def test_keepalive_options_reach_grpc():
     from arbridge.app import server_options
     from arbridge.config import Settings

@@ -8,6 +8,7 @@ import logging
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from arbridge.app import ArBridgeServer
 from arbridge.client import ArBridgeClient
@@ -95,11 +96,26 @@ async def test_bearer_tokens_from_file_and_env(make_server, tiny_model_dir, tmp_
         err = await refused(s.channel, metadata)
         assert err.code() == grpc.StatusCode.UNAUTHENTICATED
         assert why in err.details()
-    # Health is protected too unless --public-health.
+    # Every other method, health and reflection too, unless --public-health.
     health = health_pb2_grpc.HealthStub(s.channel)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    for call in (lambda: s.stub.DescribeScene(spb.DescribeSceneRequest()),
+                 lambda: s.stub.Converse(iter([spb.ConverseRequest()])),
+                 lambda: reflection(s.channel)):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await collect(call())
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await s.stub.GetModelInfo(spb.GetModelInfoRequest(), timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def reflection(channel):
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    return stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
+        list_services="")]))
 
 
 async def test_public_health_leaves_only_health_and_reflection_open(make_server, tiny_model_dir,
@@ -109,6 +125,9 @@ async def test_public_health_leaves_only_health_and_reflection_open(make_server,
     health = health_pb2_grpc.HealthStub(s.channel)
     reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    async for listed in reflection(s.channel):
+        assert "arbridge.v1.ArBridgeService" in {
+            x.name for x in listed.list_services_response.service}
     assert (await refused(s.channel)).code() == grpc.StatusCode.UNAUTHENTICATED
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await s.stub.GetModelInfo(spb.GetModelInfoRequest(), timeout=5)
@@ -159,6 +178,9 @@ def test_bad_security_settings_fail_at_start(tmp_path, pki):
     empty.write_text("# nothing\n")
     with pytest.raises(SecurityConfigError, match="no token"):
         load_tokens(Settings(auth_tokens_file=empty))
+    for blank in ("", " , "):  # set but empty must not switch auth off
+        with pytest.raises(SecurityConfigError, match="no token"):
+            load_tokens(Settings(auth_tokens=blank))
 
 
 def test_loud_warning_when_exposed_without_tls_or_auth(caplog):
@@ -169,3 +191,32 @@ def test_loud_warning_when_exposed_without_tls_or_auth(caplog):
     assert warn_if_exposed(Settings(host="0.0.0.0"), tls=True, tokens=True) is None
     for host in ("127.0.0.1", "::1", "localhost"):
         assert warn_if_exposed(Settings(host=host), tls=False, tokens=False) is None
+
+
+async def test_python_client_sends_its_token_over_plaintext_too(make_server, tiny_model_dir,
+                                                                 monkeypatch):
+    monkeypatch.setenv("ARBRIDGE_AUTH_TOKENS", "alpha-token")
+    s = await make_server(tiny_model_dir)
+
+    def run(token):
+        client = ArBridgeClient(f"127.0.0.1:{s.server.port}", token=token)
+        try:
+            return client.generate(REQUEST, lambda chunk: None, timeout=20)
+        finally:
+            client.close()
+
+    assert (await asyncio.to_thread(run, "alpha-token")).completion_tokens == 4
+    with pytest.raises(grpc.RpcError) as err:
+        await asyncio.to_thread(run, None)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_undecodable_bytes_on_an_open_stream_are_invalid_argument(make_server,
+                                                                        tiny_model_dir):
+    s = await make_server(tiny_model_dir)
+    raw = s.channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/"
+                                  "ServerReflectionInfo", request_serializer=None,
+                                  response_deserializer=None)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await collect(raw(iter([b"\xff\xff"])))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

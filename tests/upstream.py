@@ -70,6 +70,8 @@ class TcpProxy:
         self.chunk_bytes = chunk_bytes
         self.open_connections = 0
         self.connections = 0
+        self.blackholed = False
+        self._released = asyncio.Event()
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task] = set()
 
@@ -93,10 +95,14 @@ class TcpProxy:
             size = self.chunk_bytes if delay else 65536
             with contextlib.suppress(Exception):
                 while data := await reader.read(size):
+                    if self.blackholed:
+                        continue  # swallowed: no data, no pings, no acks get through
                     if delay:
                         await asyncio.sleep(delay)
                     writer.write(data)
                     await writer.drain()
+            if self.blackholed:  # a vanished peer never closes its end either
+                await self._released.wait()
             with contextlib.suppress(Exception):
                 writer.close()
 
@@ -115,7 +121,12 @@ class TcpProxy:
             self.open_connections -= 1
             self._tasks.difference_update(tasks)
 
+    def blackhole(self) -> None:
+        """From now on behave like a peer that walked out of Wi-Fi: silence."""
+        self.blackholed = True
+
     async def close(self) -> None:
+        self._released.set()
         self._server.close()
         for t in list(self._tasks):
             t.cancel()

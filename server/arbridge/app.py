@@ -9,8 +9,10 @@ get up to `grace_seconds` to finish, then the rest are cancelled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+import threading
 import time
 
 import grpc
@@ -44,12 +46,36 @@ def server_options(s: Settings) -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", ms(s.min_client_ping_interval_s)),
         ("grpc.http2.max_ping_strikes", 2),
+        # Keep pinging a peer that has gone quiet, so a vanished one is noticed.
+        ("grpc.http2.max_pings_without_data", 0),
         ("grpc.max_connection_idle_ms", ms(s.max_connection_idle_s)),
         ("grpc.max_connection_age_ms", ms(s.max_connection_age_s)),
         ("grpc.max_connection_age_grace_ms", ms(s.max_connection_age_grace_s)),
         # A port already in use is an error, not a silent second listener.
         ("grpc.so_reuseport", 0),
     ]
+
+
+def _in_daemon_thread(fn, *args, **kwargs) -> asyncio.Future:
+    """fn(*args) in a daemon thread. A SIGTERM during a long model load then exits
+    at once; asyncio.to_thread's executor threads would be joined at exit."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def deliver(setter, value) -> None:
+        if not future.done():
+            setter(value)
+
+    def run() -> None:
+        try:
+            outcome = (future.set_result, fn(*args, **kwargs))
+        except BaseException as exc:
+            outcome = (future.set_exception, exc)
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
+            loop.call_soon_threadsafe(deliver, *outcome)
+
+    threading.Thread(target=run, name="arbridge-load", daemon=True).start()
+    return future
 
 
 class ArBridgeServer:
@@ -99,8 +125,8 @@ class ArBridgeServer:
         await server.start()
         self._server = server
         if s.metrics_port is not None:
-            self.metrics_port = self.metrics.serve(s.metrics_host or s.host, s.metrics_port)
-            log.info("Prometheus metrics on http://%s:%d/metrics", s.metrics_host or s.host,
+            self.metrics_port = self.metrics.serve(s.metrics_host, s.metrics_port)
+            log.info("Prometheus metrics on http://%s:%d/metrics", s.metrics_host,
                      self.metrics_port)
         log.info("listening on %s:%d (%s%s; health NOT_SERVING until the model is loaded)",
                  s.host, self.port,
@@ -126,7 +152,7 @@ class ArBridgeServer:
     async def _load_local(self, preloaded: LoadedModel | None) -> LocalBackend:
         s = self.settings
         if preloaded is None:
-            preloaded = await asyncio.to_thread(
+            preloaded = await _in_daemon_thread(
                 load_model, s.model, cache_dir=s.cache_dir, device=s.device, dtype=s.dtype,
                 tokenizer=s.tokenizer, overrides=megatron_overrides(s))
         self.loaded = preloaded

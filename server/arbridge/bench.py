@@ -14,6 +14,9 @@ number of new tokens (greedy, EOS ignored):
                   (logit_bias fails in its continuous-batching mode), so it is
                   compared with grpc-eos@N: ArBridge stopping at EOS too, which
                   gives both the same greedy tokens (the table shows the counts).
+  bridge>ts-cb@N  ArBridge with `--backend openai` in front of that same
+                  `transformers serve`: what the bridge costs when it only
+                  forwards (prompting, streaming, statuses) to an upstream engine.
 
 Time to first token (TTFT) is measured from submitting a request to its first
 token; inter-token latency (ITL) is the gap between consecutive tokens of one
@@ -151,7 +154,9 @@ async def grpc_run(stub, texts: list[str], cfg: SamplingConfig, concurrency: int
         times = []
         async for response in stub.DescribeScene(request):
             if response.WhichOneof("event") == "chunk":
-                times.extend(time.perf_counter() for _ in response.chunk.token_ids)
+                # Upstream-backed chunks carry no ids: one streamed event each.
+                times.extend(time.perf_counter()
+                             for _ in response.chunk.token_ids or [None])
         _record(result, times, submitted)
 
     started = time.perf_counter()
@@ -200,7 +205,7 @@ async def _arbridge_part(settings: Settings, lm: LoadedModel, prompts, cfg, leve
     return results
 
 
-async def _grpc_runs(settings: Settings, lm: LoadedModel, cfg: SamplingConfig,
+async def _grpc_runs(settings: Settings, lm: LoadedModel | None, cfg: SamplingConfig,
                      levels: tuple[int, ...], ignore_eos: bool, name: str) -> list[Result]:
     """ArBridge over gRPC, driven by a client in a separate process.
 
@@ -251,8 +256,9 @@ def _client_process(target: str, new_tokens: int, levels: tuple[int, ...]) -> li
 
 
 async def transformers_serve_run(model_dir: Path, messages: list[list[dict]], new_tokens: int,
-                                 levels: tuple[int, ...]) -> list[Result]:
-    """The peer: transformers' own server with continuous batching, same prompts."""
+                                 levels: tuple[int, ...], settings: Settings) -> list[Result]:
+    """The peer: transformers' own server with continuous batching, same prompts;
+    then ArBridge forwarding to it (--backend openai)."""
     import shutil
     import socket
     import subprocess
@@ -299,6 +305,11 @@ async def transformers_serve_run(model_dir: Path, messages: list[list[dict]], ne
             await _bounded(_cycle(messages, max(n, 4)), lambda m, r=result: one(m, r), n)
             result.wall_s = time.perf_counter() - started
             results.append(result)
+        bridge = settings.model_copy(update={
+            "backend": "openai", "backend_url": f"http://127.0.0.1:{port}/v1",
+            "backend_model": str(model_dir), "tokenizer": str(model_dir)})
+        results += await _grpc_runs(bridge, None, SamplingConfig(max_new_tokens=new_tokens),
+                                    levels, ignore_eos=False, name="bridge>ts-cb")
     finally:
         await client.close()
         proc.terminate()
@@ -329,7 +340,8 @@ def run_bench(settings: Settings, new_tokens: int = 64, levels: tuple[int, ...] 
         messages = [[{"role": "system", "content": system_text},
                      {"role": "user", "content": q}] for q in QUESTIONS]
         peer_results = asyncio.run(transformers_serve_run(Path(lm.model.name_or_path),
-                                                          messages, new_tokens, levels))
+                                                          messages, new_tokens, levels,
+                                                          settings))
         if peer_results:
             # The peer's API cannot ignore EOS: compare it with ArBridge also
             # stopping at EOS, so both generate the same greedy tokens.
@@ -354,6 +366,14 @@ def run_bench(settings: Settings, new_tokens: int = 64, levels: tuple[int, ...] 
         for n in (low, mid, high):
             ratios[f"grpc-eos@{n} / ts-cb@{n}"] = _ratio(eos[n].tokens_per_s,
                                                           ts[n].tokens_per_s)
+        bridged = {r.concurrency: r for r in results if r.name == "bridge>ts-cb"}
+        for n in (low, mid, high) if bridged else ():
+            ratios[f"bridge>ts-cb@{n} / ts-cb@{n}"] = _ratio(bridged[n].tokens_per_s,
+                                                            ts[n].tokens_per_s)
+        if bridged:
+            added = (bridged[low].pct(bridged[low].ttft_s, 0.5)
+                     - ts[low].pct(ts[low].ttft_s, 0.5))
+            ratios[f"TTFT p50 bridge>ts-cb@{low} - ts-cb@{low}"] = f"{added * 1e3:+.0f} ms"
         ttft_ts = ts[mid].pct(ts[mid].ttft_s, 0.5)
         ttft_us = eos[mid].pct(eos[mid].ttft_s, 0.5)
         if ttft_ts and ttft_us:

@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default=None)
     p.add_argument("--log-format", choices=["text", "json"])
     p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
-    p.add_argument("--metrics-host", help="metrics bind address (default: --host)")
+    p.add_argument("--metrics-host", help="metrics bind address (default: 127.0.0.1)")
     g = p.add_argument_group("security")
     g.add_argument("--tls-cert", help="server certificate chain (PEM); TLS with --tls-key")
     g.add_argument("--tls-key", help="server private key (PEM)")

@@ -84,15 +84,42 @@ def stream_to(call, on_text: Callable[[pb.TokenChunk], None]) -> StreamStats:
     return stats
 
 
+class _BearerMetadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                      grpc.StreamStreamClientInterceptor):
+    def __init__(self, token: str):
+        self._entry = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details):
+        metadata = list(details.metadata or []) + [self._entry]
+        return _CallDetails(details.method, details.timeout, metadata, details.credentials,
+                            details.wait_for_ready, details.compression)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._with_token(details), requests)
+
+
+class _CallDetails(grpc.ClientCallDetails):
+    def __init__(self, method, timeout, metadata, credentials, wait_for_ready, compression):
+        self.method, self.timeout, self.metadata = method, timeout, metadata
+        self.credentials, self.wait_for_ready = credentials, wait_for_ready
+        self.compression = compression
+
+
 def open_channel(target: str, *, tls_ca: str | Path | None = None,
                  client_cert: str | Path | None = None, client_key: str | Path | None = None,
                  token: str | None = None, tls: bool = False) -> grpc.Channel:
     """Plaintext, or TLS (tls_ca / system roots) with an optional client cert and token."""
     if not (tls or tls_ca or client_cert):
-        if token:
-            raise ValueError("a bearer token needs TLS (grpc refuses call credentials in "
-                             "plaintext); use --tls-ca")
-        return grpc.insecure_channel(target)
+        channel = grpc.insecure_channel(target)
+        if token:  # grpc sends call credentials over TLS only: plain metadata here
+            channel = grpc.intercept_channel(channel, _BearerMetadata(token))
+        return channel
     read = lambda p: Path(p).read_bytes() if p else None  # noqa: E731
     creds = grpc.ssl_channel_credentials(read(tls_ca), read(client_key), read(client_cert))
     if token:

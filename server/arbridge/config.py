@@ -53,7 +53,9 @@ class Settings(BaseSettings):
     backend_url: str | None = Field(None, description="e.g. http://vllm:8000/v1")
     backend_model: str | None = Field(None, description="model name the upstream serves")
     backend_api_key_file: Path | None = None
-    backend_timeout_s: float = Field(30.0, gt=0, description="connect/first-byte timeout")
+    backend_timeout_s: float = Field(
+        120.0, gt=0, description="longest wait for the upstream's next bytes (a queued "
+                                 "request's first token included)")
     backend_extended_sampling: bool = Field(
         False, description="upstream accepts top_k, repetition_penalty and n (vLLM, TGI)")
     backend_context_length: int | None = Field(
@@ -93,7 +95,8 @@ class Settings(BaseSettings):
     # Observability
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Prometheus /metrics port; unset = off")
-    metrics_host: str | None = Field(None, description="metrics bind address; unset = host")
+    metrics_host: str = Field("127.0.0.1", description="metrics bind address (loopback: "
+                                                       "scrape through a sidecar or set it)")
 
     # Generation defaults and limits
     system_prompt: str = DEFAULT_SYSTEM_PROMPT

@@ -167,8 +167,13 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         except grpc.aio.AbortError:
             code = _status_of(context) or grpc.StatusCode.UNKNOWN
             raise
+        except InvalidField as exc:  # undecodable bytes on a non-ArBridge stream
+            code = grpc.StatusCode.INVALID_ARGUMENT
+            await context.abort(code, str(exc))
         except (asyncio.CancelledError, GeneratorExit):
-            code = grpc.StatusCode.CANCELLED
+            remaining = context.time_remaining()
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and \
+                remaining <= 0 else grpc.StatusCode.CANCELLED
             raise
         except Exception:
             code = grpc.StatusCode.UNKNOWN

@@ -55,8 +55,11 @@ def load_tokens(settings: Settings) -> list[bytes]:
         if not tokens:
             raise SecurityConfigError(f"token file {settings.auth_tokens_file} holds no token")
     if settings.auth_tokens is not None:
-        tokens += [t.strip() for t in settings.auth_tokens.get_secret_value().split(",")
-                   if t.strip()]
+        from_env = [t.strip() for t in settings.auth_tokens.get_secret_value().split(",")
+                    if t.strip()]
+        if not from_env:  # set but empty must not mean "auth off"
+            raise SecurityConfigError("ARBRIDGE_AUTH_TOKENS is set but holds no token")
+        tokens += from_env
     return [t.encode("utf-8") for t in tokens]
 
 

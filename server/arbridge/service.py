@@ -227,6 +227,8 @@ class _ConverseSession:
                 yield item
         finally:
             reader.cancel()
+            if self.reply_stream is not None:  # frees the slot even if the task never ran
+                self.reply_stream.cancel(FinishReason.CANCELLED)
             if self.reply_task is not None:
                 self.reply_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
