@@ -23,6 +23,7 @@ from arbridge.backends import Backend
 from arbridge.backends.local import LocalBackend
 from arbridge.config import Settings, megatron_overrides
 from arbridge.engine.loader import LoadedModel, load_model
+from arbridge.engine.projector import ProjectorSet
 from arbridge.engine.scheduler import Scheduler
 from arbridge.interceptors import CallInterceptor
 from arbridge.metrics import Metrics
@@ -156,12 +157,19 @@ class ArBridgeServer:
                 load_model, s.model, cache_dir=s.cache_dir, device=s.device, dtype=s.dtype,
                 tokenizer=s.tokenizer, overrides=megatron_overrides(s))
         self.loaded = preloaded
+        projectors = None
+        if s.projectors:  # a bad projector file ends the start, like a bad model
+            projectors = ProjectorSet.load(s.projectors, preloaded.model)
+            preloaded.info.features += [f"projector:{name}={dims}"
+                                        for name, dims in projectors.input_dims().items()]
         self.scheduler = Scheduler(preloaded.model, preloaded.tokenizer,
                                    context_length=preloaded.info.context_length,
                                    max_active=s.max_active, max_queue=s.max_queue,
-                                   prefill_chunk_tokens=s.prefill_chunk_tokens)
+                                   prefill_chunk_tokens=s.prefill_chunk_tokens,
+                                   projectors=projectors)
         self.scheduler.start()
-        return LocalBackend(self.scheduler, preloaded.tokenizer, preloaded.info, self.metrics)
+        return LocalBackend(self.scheduler, preloaded.tokenizer, preloaded.info, self.metrics,
+                            projectors)
 
     async def stop(self, grace: float | None = None) -> float:
         """Drain, then stop. Returns the seconds spent waiting for calls in flight."""

@@ -53,7 +53,8 @@ def cmd_serve(args) -> int:
                              dtype=args.dtype, max_new_tokens_limit=args.max_new_tokens_limit,
                              max_active=args.max_active, max_queue=args.max_queue,
                              torch_threads=args.threads, log_level=args.log_level,
-                             grace_seconds=args.grace, tls_cert=args.tls_cert,
+                             grace_seconds=args.grace, projectors=args.projectors,
+                             tls_cert=args.tls_cert,
                              tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
                              auth_tokens_file=args.auth_tokens_file,
                              public_health=args.public_health or None,
@@ -92,6 +93,33 @@ def cmd_bench(args) -> int:
     levels = tuple(int(x) for x in args.concurrency.split(","))
     run_bench(settings, new_tokens=args.new_tokens, levels=levels,
               command="arbridge bench " + " ".join(sys.argv[2:]), peer=not args.no_peer)
+    return 0
+
+
+def cmd_train_projector(args) -> int:
+    """Train a projector (feature vector -> soft prompt) against the frozen model."""
+    from arbridge.config import load_settings
+    from arbridge.engine.loader import load_model
+    from arbridge.training import describe_prompt_ids, load_pairs, train_projector
+
+    settings = load_settings(None, model=args.model)
+    _setup_logging(settings.log_level)
+    features, texts = load_pairs(args.data)
+    lm = load_model(settings.model, cache_dir=settings.cache_dir, device="cpu",
+                    dtype="float32")
+    prompt_ids = describe_prompt_ids(lm.tokenizer, lm.info.context_length,
+                                     settings.system_prompt, args.instruction)
+    print(f"{len(texts)} pairs of {features.shape[1]}-value '{args.encoder}' vectors; "
+          f"model {lm.info.name} frozen; k={args.k} {args.kind} projector", file=sys.stderr)
+    result = train_projector(lm.model, lm.tokenizer, features, texts, encoder=args.encoder,
+                             prompt_ids=prompt_ids, k=args.k, kind=args.kind,
+                             epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                             heldout_fraction=args.heldout, seed=args.seed,
+                             model_name=lm.info.name)
+    result.projector.save(args.out)
+    print(f"held-out loss {result.heldout_loss_before:.4f} -> {result.heldout_loss_after:.4f} "
+          f"({result.train_pairs} train / {result.heldout_pairs} held-out pairs)")
+    print(args.out)
     return 0
 
 
@@ -259,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-active", type=int, help="requests generating at once")
     p.add_argument("--max-queue", type=int, help="requests waiting for a slot")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--projector", action="append", dest="projectors",
+                   help="projector file for dense features (repeatable, one per encoder)")
     p.add_argument("--grace", type=float, help="seconds in-flight calls get at shutdown")
     p.add_argument("--max-streams-per-peer", type=int,
                    help="concurrent streams from one client address")
@@ -326,6 +356,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-peer", action="store_true",
                    help="skip `transformers serve --continuous-batching`")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("train-projector",
+                       help="train a feature-vector projector with the model frozen")
+    p.add_argument("data", help="JSONL ({'features': [...], 'text': ...} per line) or NPZ "
+                                "(features [N, D], texts [N])")
+    p.add_argument("--encoder", required=True, help="encoder name the vectors come from")
+    p.add_argument("--out", required=True, help="projector file to write (.safetensors)")
+    p.add_argument("--model", help="default: SmolLM2-135M-Instruct")
+    p.add_argument("--k", type=int, default=4, help="soft-prompt embeddings per vector")
+    p.add_argument("--kind", choices=["mlp", "linear"], default="mlp")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--heldout", type=float, default=0.1, help="fraction held out")
+    p.add_argument("--instruction", default="", help="the DescribeScene instruction used "
+                                                     "at serving time (default: built-in)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train_projector)
 
     p = sub.add_parser("demo", help="start a server, stream a scene caption, stop")
     p.add_argument("scene", nargs="?", default="examples/scene.json")

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(default_factory=default_cache_dir)
     torch_threads: int = Field(0, ge=0, description="0 = torch's default")
     # Megatron checkpoints saved without `args`: hyper-parameters by hand.
+    projectors: list[Path] = Field(
+        default_factory=list, description="projector files (one per encoder) that let "
+                                          "dense feature vectors condition the model")
     megatron_num_layers: int | None = Field(None, ge=1)
     megatron_hidden_size: int | None = Field(None, ge=1)
     megatron_num_attention_heads: int | None = Field(None, ge=1)

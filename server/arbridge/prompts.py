@@ -8,7 +8,7 @@ plus the reply budget fits the context window.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from arbridge.scene_text import describe_scene
 from arbridge.v1 import types_pb2 as pb
@@ -36,6 +36,15 @@ class Prompt:
     text: str = ""
     special_tokens: bool = True
     dropped_turns: int = 0
+    # Dense features (encoder, vector) whose projections take the first
+    # `prefix_len` positions; `ids` starts with that many placeholders.
+    features: list[tuple[str, list[float]]] = field(default_factory=list)
+    prefix_len: int = 0
+
+    def with_prefix(self, features: list[tuple[str, list[float]]], prefix_len: int,
+                    placeholder: int) -> Prompt:
+        return Prompt([placeholder] * prefix_len + self.ids, self.text, self.special_tokens,
+                      self.dropped_turns, list(features), prefix_len)
 
 
 class PromptBuilder:

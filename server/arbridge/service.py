@@ -107,6 +107,9 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         self._prompts = PromptBuilder(backend.tokenizer, backend.info.context_length,
                                       self.settings.system_prompt)
         self._backend = backend
+        projectors = getattr(backend, "projectors", None)
+        self._projectors = projectors
+        self._encoders = projectors.input_dims() if projectors is not None else {}
 
     def _ready(self) -> None:
         if self._backend is None:
@@ -119,11 +122,20 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
             return None
         return max(remaining - self.settings.deadline_margin_ms / 1e3, 0.0)
 
-    def _prompt(self, build: Callable[[], Prompt], field: str) -> Prompt:
+    def _prompt(self, build: Callable[[int], Prompt], field: str, cfg: SamplingConfig,
+                features: list[tuple[str, list[float]]] = ()) -> Prompt:
+        """build(token budget for the reply) -> the prompt, with the soft-prompt prefix
+        of any dense features in front (it takes room in the context window too)."""
+        prefix_len = self._projectors.prefix_length(features) if features else 0
         try:
-            return build()
+            prompt = build(cfg.max_new_tokens + prefix_len)
         except PromptTooLong as exc:
             raise validation.InvalidField(field, str(exc)) from exc
+        if not features:
+            return prompt
+        tok = self._backend.tokenizer
+        placeholder = tok.pad_token_id if tok.pad_token_id is not None else 0
+        return prompt.with_prefix(features, prefix_len, placeholder)
 
     def _sampling(self, params: pb.SamplingParams, field: str) -> SamplingConfig:
         cfg = validation.sampling_config(params, self.settings, field)
@@ -144,8 +156,8 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         self._ready()
         validation.prompt_text(request.prompt, self.settings)
         cfg = self._sampling(request.sampling, "sampling")
-        prompt = self._prompt(lambda: self._prompts.raw(request.prompt, cfg.max_new_tokens),
-                              "prompt")
+        prompt = self._prompt(lambda budget: self._prompts.raw(request.prompt, budget),
+                              "prompt", cfg)
         async for event in self._open(prompt, cfg, context, arrived):
             yield _wrap(spb.GenerateResponse, event)
 
@@ -155,16 +167,19 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         self._ready()
         if not request.HasField("scene"):
             raise validation.InvalidField("scene", "is required")
-        validation.scene(request.scene, self.settings)
-        if not request.scene.objects and not request.scene.location_hint.strip():
-            raise validation.InvalidField("scene.objects",
-                                          "needs at least one object (or a location_hint)")
+        validation.scene(request.scene, self.settings, encoders=self._encoders)
+        s = request.scene
+        if not s.objects and not s.location_hint.strip() and not s.image_features:
+            raise validation.InvalidField(
+                "scene.objects", "needs at least one object (or a location_hint, or "
+                                 "image_features)")
         if len(request.instruction) > validation.MAX_TEXT_CHARS_PER_TURN:
             raise validation.InvalidField("instruction", "too long")
         cfg = self._sampling(request.sampling, "sampling")
+        features = [(fv.encoder, list(fv.values)) for fv in request.scene.image_features]
         prompt = self._prompt(
-            lambda: self._prompts.describe(request.scene, request.instruction,
-                                           cfg.max_new_tokens), "scene")
+            lambda budget: self._prompts.describe(request.scene, request.instruction, budget),
+            "scene", cfg, features)
         async for event in self._open(prompt, cfg, context, arrived,
                                       objects=list(request.scene.objects)):
             yield _wrap(spb.DescribeSceneResponse, event)
@@ -259,14 +274,16 @@ class _ConverseSession:
             s = req.start
             validation.dialogue(s.history, self.settings, "start.history")
             if s.HasField("scene"):
-                validation.scene(s.scene, self.settings, "start.scene")
+                validation.scene(s.scene, self.settings, "start.scene",
+                                 self.servicer._encoders)
                 self.scene = s.scene
             self.servicer._sampling(s.sampling, "start.sampling")
             self.system_prompt = s.system_prompt
             self.sampling = s.sampling
             self.history = list(s.history)
         elif kind == "scene_update":
-            validation.scene(req.scene_update, self.settings, f"request[{index}].scene_update")
+            validation.scene(req.scene_update, self.settings, f"request[{index}].scene_update",
+                             self.servicer._encoders)
             self.scene = req.scene_update
         elif kind == "cancel":
             if self.reply_stream is not None:
@@ -278,7 +295,8 @@ class _ConverseSession:
     async def _user_turn(self, turn: spb.UserTurn, field: str) -> None:
         text = turn.text.strip()
         if turn.HasField("audio"):
-            validation.audio(turn.audio, self.settings, f"{field}.audio")
+            validation.audio(turn.audio, self.settings, f"{field}.audio",
+                             self.servicer._encoders)
             text = text or turn.audio.transcript.strip()
         if not text:
             raise validation.InvalidField(f"{field}.text", "needs text or audio.transcript")
@@ -293,10 +311,15 @@ class _ConverseSession:
         turn_id = turn.turn_id or self.next_turn_id
         self.next_turn_id = turn_id + 1
         arrived = time.perf_counter()
+        # Dense features: the scene's image features, then the turn's audio embedding.
+        features = [(fv.encoder, list(fv.values))
+                    for fv in (self.scene.image_features if self.scene is not None else ())]
+        if turn.HasField("audio") and turn.audio.HasField("embedding"):
+            features.append((turn.audio.embedding.encoder, list(turn.audio.embedding.values)))
         prompt = self.servicer._prompt(
-            lambda: self.servicer._prompts.converse(self.scene, self.history, text,
-                                                    cfg.max_new_tokens, self.system_prompt),
-            f"{field}.text")
+            lambda budget: self.servicer._prompts.converse(self.scene, self.history, text,
+                                                           budget, self.system_prompt),
+            f"{field}.text", cfg, features)
         objects = list(self.scene.objects) if self.scene is not None else []
         # Opened here, not in the task, so a barge-in can always reach it.
         self.reply_stream = self.servicer._open(prompt, cfg, self.context, arrived, objects)

@@ -97,8 +97,10 @@ def _unit_interval(value: float, field: str) -> None:
         raise InvalidField(field, f"must be in [0, 1], got {value}")
 
 
-def feature_vector(fv: pb.FeatureVector, settings: Settings, field: str) -> None:
-    """Shape and value checks; serving it needs a projector (FAILED_PRECONDITION)."""
+def feature_vector(fv: pb.FeatureVector, settings: Settings, field: str,
+                   encoders: dict[str, int]) -> None:
+    """Shape and value checks against the loaded projectors (`encoders`: name ->
+    input size). No projector for the encoder: FAILED_PRECONDITION."""
     if not fv.encoder:
         raise InvalidField(f"{field}.encoder", "must name the encoder")
     if len(fv.encoder) > MAX_LABEL_CHARS:
@@ -111,12 +113,17 @@ def feature_vector(fv: pb.FeatureVector, settings: Settings, field: str) -> None
     for i, v in enumerate(fv.values):
         if not math.isfinite(v):
             raise InvalidField(f"{field}.values[{i}]", f"must be finite, got {v}")
-    # No projector is loaded in this build: dense features cannot condition
-    # the model yet, and silently ignoring them would mislead the client.
-    raise Unsupported(field, f"no projector is loaded for encoder '{fv.encoder}'")
+    # Silently ignoring features would mislead the client: refuse instead.
+    if fv.encoder not in encoders:
+        raise Unsupported(f"{field}.encoder",
+                          f"no projector is loaded for encoder '{fv.encoder}'")
+    if fv.dims != encoders[fv.encoder]:
+        raise InvalidField(f"{field}.dims", f"the projector for '{fv.encoder}' takes "
+                                            f"{encoders[fv.encoder]} values, got {fv.dims}")
 
 
-def scene(s: pb.SceneFeatures, settings: Settings, field: str = "scene") -> None:
+def scene(s: pb.SceneFeatures, settings: Settings, field: str = "scene",
+          encoders: dict[str, int] | None = None) -> None:
     if len(s.objects) > settings.max_scene_objects:
         raise InvalidField(f"{field}.objects",
                            f"{len(s.objects)} objects; at most {settings.max_scene_objects}")
@@ -140,16 +147,17 @@ def scene(s: pb.SceneFeatures, settings: Settings, field: str = "scene") -> None
     if len(s.location_hint) > MAX_LABEL_CHARS:
         raise InvalidField(f"{field}.location_hint", f"longer than {MAX_LABEL_CHARS} characters")
     for i, fv in enumerate(s.image_features):
-        feature_vector(fv, settings, f"{field}.image_features[{i}]")
+        feature_vector(fv, settings, f"{field}.image_features[{i}]", encoders or {})
 
 
-def audio(a: pb.AudioFeatures, settings: Settings, field: str = "audio") -> None:
+def audio(a: pb.AudioFeatures, settings: Settings, field: str = "audio",
+          encoders: dict[str, int] | None = None) -> None:
     _unit_interval(a.confidence, f"{field}.confidence")
     if len(a.transcript) > MAX_TEXT_CHARS_PER_TURN:
         raise InvalidField(f"{field}.transcript",
                            f"longer than {MAX_TEXT_CHARS_PER_TURN} characters")
     if a.HasField("embedding"):
-        feature_vector(a.embedding, settings, f"{field}.embedding")
+        feature_vector(a.embedding, settings, f"{field}.embedding", encoders or {})
 
 
 def dialogue(turns, settings: Settings, field: str = "history") -> None:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from arbridge.backends import Grounder
 from arbridge.engine.async_engine import AsyncEngine, RequestStream
 from arbridge.engine.loader import ModelInfo
+from arbridge.engine.projector import ProjectorSet
 from arbridge.engine.requests import FinishReason
 from arbridge.engine.sampling import SamplingConfig
 from arbridge.engine.scheduler import Scheduler
@@ -18,8 +19,10 @@ from arbridge.v1 import types_pb2 as pb
 
 
 class LocalBackend:
-    def __init__(self, scheduler: Scheduler, tokenizer, info: ModelInfo, metrics: Metrics):
+    def __init__(self, scheduler: Scheduler, tokenizer, info: ModelInfo, metrics: Metrics,
+                 projectors: ProjectorSet | None = None):
         self.scheduler = scheduler
+        self.projectors = projectors
         self.engine = AsyncEngine(scheduler)
         self.tokenizer = tokenizer
         self.info = info
@@ -31,7 +34,8 @@ class LocalBackend:
 
     def open(self, prompt: Prompt, cfg: SamplingConfig, *, arrived: float,
              timeout_s: float | None, ground: Grounder | None) -> LocalGeneration:
-        stream = self.engine.open(prompt.ids, cfg, timeout_s=timeout_s)
+        stream = self.engine.open(prompt.ids, cfg, timeout_s=timeout_s,
+                                  features=prompt.features, prefix_len=prompt.prefix_len)
         processor = OutputProcessor(self.tokenizer, stream, arrived, len(prompt.ids), ground)
         return LocalGeneration(stream, processor, arrived, self.metrics)
 

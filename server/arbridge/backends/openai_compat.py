@@ -99,6 +99,9 @@ class OpenAIBackend:
         """Fail at start, before the port opens, when a required flag is missing."""
         if not settings.backend_url or not settings.backend_model:
             raise BackendConfigError("--backend openai needs --backend-url and --backend-model")
+        if settings.projectors:
+            raise BackendConfigError("--projector needs the local engine (an upstream "
+                                     "engine is sent text only)")
         if not (settings.tokenizer or settings.model):
             raise BackendConfigError(
                 "--backend openai needs the upstream model's tokenizer for prompt building: "

@@ -20,7 +20,9 @@ class AsyncEngine:
         self.scheduler = scheduler
 
     def open(self, prompt_ids: list[int], sampling: SamplingConfig,
-             timeout_s: float | None = None) -> RequestStream:
+             timeout_s: float | None = None,
+             features: list[tuple[str, list[float]]] | None = None,
+             prefix_len: int = 0) -> RequestStream:
         """Queue a request (raises QueueFull) and return its output stream."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[StepOutput] = asyncio.Queue()
@@ -30,7 +32,8 @@ class AsyncEngine:
 
         deadline = time.perf_counter() + timeout_s if timeout_s is not None else None
         handle = RequestHandle(prompt_ids=list(prompt_ids), sampling=sampling, sink=sink,
-                               deadline=deadline)
+                               deadline=deadline, features=list(features or []),
+                               prefix_len=prefix_len)
         self.scheduler.submit(handle)
         return RequestStream(handle, queue)
 

@@ -60,6 +60,10 @@ class RequestHandle:
     started: float | None = None  # set by the scheduler when prefill begins
     cancel_reason: FinishReason | None = None
     stopped_sequences: set[int] = field(default_factory=set)
+    # Dense features, (encoder, vector) in order: their projections fill the
+    # first `prefix_len` positions of the prompt (prompt_ids holds placeholders).
+    features: list[tuple[str, list[float]]] = field(default_factory=list)
+    prefix_len: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def cancel(self, reason: FinishReason = FinishReason.CANCELLED) -> None:

@@ -32,9 +32,15 @@ class ModelRunner:
         return SlotKVCache(self.num_layers, slots=slots, capacity=capacity,
                            max_capacity=self.context_length)
 
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The model's own input embeddings of ids [B, q] -> [B, q, hidden]."""
+        return self.model.get_input_embeddings()(input_ids)
+
     def forward(self, cache: SlotKVCache, first: int, input_ids: torch.Tensor,
-                starts: list[int], keep: int | torch.Tensor = 1) -> torch.Tensor:
-        """Run rows first..first+B-1 on input_ids [B, q] placed at `starts` [B].
+                starts: list[int], keep: int | torch.Tensor = 1,
+                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Run rows first..first+B-1 on input_ids [B, q] placed at `starts` [B]
+        (or on `inputs_embeds` [B, q, hidden] when given: soft prompts).
 
         Returns logits [B, k, vocab] for the kept query positions (`keep`: the
         last k positions, or a 1-D tensor of positions).
@@ -51,7 +57,9 @@ class ModelRunner:
         allowed = kv[None, None, :] <= positions[:, :, None]
         mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
-        out = self.model(input_ids=input_ids, position_ids=positions,
+        inputs = {"input_ids": input_ids} if inputs_embeds is None else \
+            {"inputs_embeds": inputs_embeds}
+        out = self.model(**inputs, position_ids=positions,
                          attention_mask=mask[:, None], use_cache=True, logits_to_keep=keep,
                          **{self._cache_kw: cache})
         return out.logits

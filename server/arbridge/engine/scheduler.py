@@ -58,6 +58,7 @@ class _Request:
     generated: int = 0  # tokens generated per sequence so far
     done: list[bool] = field(default_factory=list)
     rows: dict[int, int] = field(default_factory=dict)  # sequence index -> decode row
+    prefix: torch.Tensor | None = None  # [prefix_len, hidden] soft-prompt embeddings
 
     @property
     def n(self) -> int:
@@ -70,7 +71,7 @@ class _Request:
 
 class Scheduler:
     def __init__(self, model, tokenizer, *, context_length: int, max_active: int = 16,
-                 max_queue: int = 64, prefill_chunk_tokens: int = 512):
+                 max_queue: int = 64, prefill_chunk_tokens: int = 512, projectors=None):
         self.runner = ModelRunner(model, context_length)
         self.device = self.runner.device
         self.vocab_size = self.runner.vocab_size
@@ -78,6 +79,7 @@ class Scheduler:
         self.max_active = max_active
         self.max_queue = max_queue
         self.prefill_chunk_tokens = prefill_chunk_tokens
+        self.projectors = projectors  # ProjectorSet, for requests with dense features
         self.eos_ids = self._eos_ids(model, tokenizer)
         self._decode = self.runner.new_cache(slots=max(4, max_active))
         self._staging = self.runner.new_cache(slots=4)
@@ -231,8 +233,12 @@ class Scheduler:
         generator.manual_seed(handle.sampling.seed)
         n = handle.sampling.num_return_sequences
         seen = torch.zeros(n, self.vocab_size, dtype=torch.bool, device=self.device)
-        seen[:, torch.tensor(handle.prompt_ids, device=self.device)] = True
+        text_ids = handle.prompt_ids[handle.prefix_len:]  # placeholders are not tokens
+        if text_ids:
+            seen[:, torch.tensor(text_ids, device=self.device)] = True
         req = _Request(handle=handle, generator=generator, seen=seen, done=[False] * n)
+        if handle.features:  # projected here: all torch work stays on this thread
+            req.prefix = self.projectors.embed(handle.features).to(self.runner.dtype)
         handle.started = time.perf_counter()
         self._active.append(req)
         self._prefilling.append(req)
@@ -306,8 +312,10 @@ class Scheduler:
         completing = [i for i, (req, c) in enumerate(zip(batch, chunks, strict=True))
                       if req.prefilled + len(c) == req.prompt_len]
         keep = sorted({len(chunks[i]) - 1 for i in completing}) or [q_len - 1]
+        embeds = self._prefix_embeddings(batch, ids, starts)
         logits = self.runner.forward(self._staging, 0, ids, starts,
-                                     keep=torch.tensor(keep, device=self.device))
+                                     keep=torch.tensor(keep, device=self.device),
+                                     inputs_embeds=embeds)
         for req, chunk in zip(batch, chunks, strict=True):
             req.prefilled += len(chunk)
             self._staging.lengths[self._prefilling.index(req)] = req.prefilled
@@ -315,6 +323,20 @@ class Scheduler:
             req = batch[i]
             last = logits[i, keep.index(len(chunks[i]) - 1)]
             self._start_decoding(req, last)
+
+    def _prefix_embeddings(self, batch: list[_Request], ids: torch.Tensor,
+                           starts: list[int]) -> torch.Tensor | None:
+        """Input embeddings with soft-prompt rows written in, or None (plain ids)."""
+        rows = [(i, req) for i, req in enumerate(batch)
+                if req.prefix is not None and starts[i] < req.handle.prefix_len]
+        if not rows:
+            return None
+        embeds = self.runner.embed(ids)
+        for i, req in rows:
+            start = starts[i]
+            count = min(req.handle.prefix_len - start, ids.shape[1])
+            embeds[i, :count] = req.prefix[start:start + count]
+        return embeds
 
     def _start_decoding(self, req: _Request, last_logits: torch.Tensor) -> None:
         """Prompt done: sample the first tokens, move the request to decode rows."""
