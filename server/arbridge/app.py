@@ -83,7 +83,7 @@ class ArBridgeServer:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.metrics = Metrics()
-        self.servicer = ArBridgeServicer(settings, self.metrics)
+        self.servicer = ArBridgeServicer(settings)
         self.health = health.aio.HealthServicer()
         # Fails fast (SecurityConfigError) on unreadable files or half a key pair.
         self.credentials = server_credentials(settings)

@@ -24,11 +24,11 @@ from arbridge.backends import (
     Generation,
 )
 from arbridge.config import Settings
+from arbridge.engine.projector import ProjectorSet
 from arbridge.engine.requests import FinishReason
 from arbridge.engine.sampling import SamplingConfig
 from arbridge.engine.scheduler import QueueFull
 from arbridge.grounding import ground
-from arbridge.metrics import Metrics
 from arbridge.prompts import Prompt, PromptBuilder, PromptTooLong
 from arbridge.streaming import Event
 from arbridge.v1 import service_pb2 as spb
@@ -96,20 +96,20 @@ def _rpc(method):
 
 
 class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
-    def __init__(self, settings: Settings, metrics: Metrics):
+    def __init__(self, settings: Settings):
         self.settings = settings
-        self.metrics = metrics
         self._backend: Backend | None = None
         self._prompts: PromptBuilder | None = None
+        self._projectors: ProjectorSet | None = None
+        self._encoders: dict[str, int] = {}  # encoder name -> projector input size
 
     def attach(self, backend: Backend) -> None:
         """Called once the model has loaded; until then calls get UNAVAILABLE."""
         self._prompts = PromptBuilder(backend.tokenizer, backend.info.context_length,
                                       self.settings.system_prompt)
         self._backend = backend
-        projectors = getattr(backend, "projectors", None)
-        self._projectors = projectors
-        self._encoders = projectors.input_dims() if projectors is not None else {}
+        self._projectors = backend.projectors
+        self._encoders = backend.projectors.input_dims() if backend.projectors else {}
 
     def _ready(self) -> None:
         if self._backend is None:

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from arbridge.engine.loader import ModelInfo
+from arbridge.engine.projector import ProjectorSet
 from arbridge.engine.requests import FinishReason
 from arbridge.engine.sampling import SamplingConfig
 from arbridge.prompts import Prompt
@@ -46,6 +47,7 @@ class Generation(Protocol):
 class Backend(Protocol):
     info: ModelInfo
     tokenizer: object
+    projectors: ProjectorSet | None  # what dense features this backend can take
 
     def unsupported(self, cfg: SamplingConfig) -> list[tuple[str, str]]:
         """(sampling field, why) for each parameter this backend cannot honour."""

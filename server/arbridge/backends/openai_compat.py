@@ -92,6 +92,7 @@ class OpenAIBackend:
         self.tokenizer = tokenizer
         self.info = info
         self.metrics = metrics
+        self.projectors = None  # text only: dense features are refused upstream
         self.active = 0
 
     @staticmethod
@@ -214,36 +215,34 @@ class OpenAIGeneration:
         self._arrived = arrived
         self._deadline = time.perf_counter() + timeout_s if timeout_s is not None else None
         self._ground = ground
-        self._cancelled = asyncio.Event()
-        self._cancel_reason = FinishReason.CANCELLED
+        # Resolved with the reason by cancel(); awaited beside each upstream read.
+        self._stop: asyncio.Future = asyncio.get_running_loop().create_future()
         self._seqs = [_Sequence(StopStringFilter(cfg.stop))
                       for _ in range(cfg.num_return_sequences)]
         self._started: float | None = None
         self._usage_tokens: int | None = None
 
     def cancel(self, reason: FinishReason = FinishReason.CANCELLED) -> None:
-        self._cancel_reason = reason
-        self._cancelled.set()
+        if not self._stop.done():
+            self._stop.set_result(reason)
 
     async def _until(self, awaitable):
         """Await the upstream, unless cancelled or the deadline comes first (_Stopped)."""
         task = asyncio.ensure_future(awaitable)
-        waiter = asyncio.ensure_future(self._cancelled.wait())
         timeout = None if self._deadline is None else max(
             self._deadline - time.perf_counter(), 0.0)
         try:
-            done, _ = await asyncio.wait({task, waiter}, timeout=timeout,
+            done, _ = await asyncio.wait({task, self._stop}, timeout=timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
             if task in done:
                 return task.result()
-            raise _Stopped(self._cancel_reason if self._cancelled.is_set()
+            raise _Stopped(self._stop.result() if self._stop.done()
                            else FinishReason.TIME_LIMIT)
         finally:
-            for pending in (task, waiter):
-                if not pending.done():
-                    pending.cancel()
-                    with contextlib.suppress(BaseException):
-                        await pending
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
 
     async def __aiter__(self) -> AsyncIterator[Event]:
         backend = self._backend
