@@ -166,3 +166,22 @@ def test_removing_a_row_added_after_the_last_forward_pass():
     assert cache.rows == 5 and cache.lengths[1] == 2
     assert cache.layers[0].keys.shape[0] >= 6
     assert torch.equal(cache.layers[0].keys[0, :, :3], keys[0])
+
+
+def test_a_burst_between_turns_fills_free_slots_before_the_queue(tiny_loaded):
+    """Requests that arrive before the scheduler's next turn are not refused while
+    slots stand empty: capacity is max_active + max_queue, then QueueFull."""
+    from arbridge.engine.requests import RequestHandle
+    from arbridge.engine.scheduler import QueueFull
+
+    scheduler = Scheduler(tiny_loaded.model, tiny_loaded.tokenizer,
+                          context_length=tiny_loaded.info.context_length,
+                          max_active=3, max_queue=2)  # never started: no turn runs
+    handles = [RequestHandle(prompt_ids=[1, 2], sampling=SamplingConfig(max_new_tokens=4),
+                             sink=lambda out: None) for _ in range(6)]
+    for handle in handles[:5]:
+        scheduler.submit(handle)
+    assert scheduler.load == (0, 5)
+    with pytest.raises(QueueFull) as err:
+        scheduler.submit(handles[5])
+    assert err.value.retry_after_s > 0

@@ -171,12 +171,13 @@ async def test_deadline_ends_with_time_limit_and_partial_text(make_server, tiny_
 
 async def test_deadline_while_queued_ends_in_time_not_deadline_exceeded(make_server,
                                                                          tiny_model_dir):
-    running = await make_server(tiny_model_dir, step_delay=0.02, max_active=1)
-    busy = asyncio.ensure_future(collect(running.stub.Generate(gen(max_new_tokens=100))))
-    for _ in range(100):
+    running = await make_server(tiny_model_dir, step_delay=0.05, max_active=1)
+    busy = asyncio.ensure_future(collect(running.stub.Generate(gen(max_new_tokens=200))))
+    for _ in range(500):
         if running.server.scheduler.load == (1, 0):
             break
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.02)
+    assert running.server.scheduler.load == (1, 0)
     chunks, done, _ = await collect(running.stub.Generate(gen(max_new_tokens=5), timeout=0.5))
     assert done[0].finish_reason == FR.FINISH_REASON_TIME_LIMIT
     assert done[0].usage.completion_tokens == 0 and not chunks
@@ -200,13 +201,16 @@ async def test_cancel_frees_the_slot(make_server, tiny_model_dir):
 
 
 async def test_queue_full_is_resource_exhausted_with_retry_hint(make_server, tiny_model_dir):
-    running = await make_server(tiny_model_dir, step_delay=0.02, max_active=1, max_queue=1)
-    busy = [running.stub.Generate(gen(max_new_tokens=100)) for _ in range(2)]
+    # Busy requests last ~10 s (cancelled below), so a slow CI machine still
+    # sees the state "one generating, one waiting" long enough to probe it.
+    running = await make_server(tiny_model_dir, step_delay=0.05, max_active=1, max_queue=1)
+    busy = [running.stub.Generate(gen(max_new_tokens=200)) for _ in range(2)]
     readers = [asyncio.ensure_future(collect(c)) for c in busy]
-    for _ in range(100):  # one generating, one waiting
+    for _ in range(500):
         if running.server.scheduler.load == (1, 1):
             break
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.02)
+    assert running.server.scheduler.load == (1, 1)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await collect(running.stub.Generate(gen(max_new_tokens=5)))
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

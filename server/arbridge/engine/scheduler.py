@@ -126,7 +126,11 @@ class Scheduler:
         if not handle.prompt_ids:
             raise ValueError("empty prompt")
         with self._wake:
-            if len(self._waiting) >= self.max_queue:
+            # Requests that a free slot will take at the next turn are not
+            # queued: a burst arriving between turns must not be refused
+            # while slots stand empty.
+            free_slots = max(0, self.max_active - len(self._active))
+            if len(self._waiting) - free_slots >= self.max_queue:
                 # Roughly when a slot frees up: one request's worth of turns.
                 retry = self._turn_seconds * handle.sampling.max_new_tokens
                 raise QueueFull(len(self._waiting), retry_after_s=max(retry, 0.1))
