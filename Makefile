@@ -11,7 +11,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 50051
 SCENE  ?= examples/scene.json
 
-.PHONY: setup run serve test test-fast fuzz bench protos check-protos lint model clean
+.PHONY: setup run serve test test-fast fuzz bench fusion-demo protos check-protos lint model clean
 
 setup: $(VENV)/.installed $(BUF) model
 
@@ -54,6 +54,11 @@ fuzz: $(VENV)/.installed
 bench: setup
 	$(PY) -m pip install --quiet -e '.[dev,bench]' $(TORCH)
 	$(ARB) bench
+
+# Multimodal fusion, measured: a projector trained on all-MiniLM-L6-v2 scene
+# vectors vs the same projector untrained, on held-out scenes (~8 min on 2 cores).
+fusion-demo: setup
+	$(ARB) fusion-demo
 
 # Regenerate the Python code for protos/ into server/arbridge/v1/.
 protos: $(VENV)/.installed

@@ -191,6 +191,10 @@ def test_loud_warning_when_exposed_without_tls_or_auth(caplog):
     assert warn_if_exposed(Settings(host="0.0.0.0"), tls=True, tokens=True) is None
     for host in ("127.0.0.1", "::1", "localhost"):
         assert warn_if_exposed(Settings(host=host), tls=False, tokens=False) is None
+    # A gRPC-Web port on the network counts too, even when gRPC is loopback-only.
+    exposed = warn_if_exposed(Settings(host="127.0.0.1", grpc_web_port=8080,
+                                       grpc_web_host="0.0.0.0"), tls=False, tokens=False)
+    assert "0.0.0.0:8080" in exposed and "127.0.0.1" not in exposed
 
 
 async def test_python_client_sends_its_token_over_plaintext_too(make_server, tiny_model_dir,

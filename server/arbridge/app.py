@@ -101,6 +101,8 @@ class ArBridgeServer:
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._server: grpc.aio.Server | None = None
+        self.grpc_web = None  # GrpcWebGateway when --grpc-web-port is set
+        self.grpc_web_port: int | None = None
 
     async def start(self) -> int:
         """Open the port (health NOT_SERVING). Returns the bound port."""
@@ -123,8 +125,13 @@ class ArBridgeServer:
             raise RuntimeError(f"cannot bind {address}: {exc}") from exc
         if self.port == 0:
             raise RuntimeError(f"cannot bind {address}")
+        if s.grpc_web_port is not None:
+            # A private loopback listener for the gRPC-Web gateway's native calls.
+            internal = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         self._server = server
+        if s.grpc_web_port is not None:
+            await self._start_grpc_web(internal)
         if s.metrics_port is not None:
             self.metrics_port = self.metrics.serve(s.metrics_host, s.metrics_port)
             log.info("Prometheus metrics on http://%s:%d/metrics", s.metrics_host,
@@ -135,6 +142,23 @@ class ArBridgeServer:
                  else "mTLS" if s.tls_client_ca is not None else "TLS",
                  ", token auth" if self.interceptor.tokens.enabled else "")
         return self.port
+
+    async def _start_grpc_web(self, internal_port: int) -> None:
+        from arbridge.grpc_web import GrpcWebGateway, new_gateway_key
+
+        s = self.settings
+        key = new_gateway_key()
+        self.interceptor.gateway_key = key
+        self.grpc_web = GrpcWebGateway(f"127.0.0.1:{internal_port}", gateway_key=key,
+                                       cors_origins=s.grpc_web_cors_origins,
+                                       max_message_bytes=s.max_message_bytes)
+        host = s.grpc_web_host or s.host
+        self.grpc_web_port = await self.grpc_web.start(
+            host, s.grpc_web_port,
+            tls_cert=str(s.tls_cert) if s.tls_cert else None,
+            tls_key=str(s.tls_key) if s.tls_key else None)
+        log.info("gRPC-Web on %s://%s:%d (unary and server-streaming methods)",
+                 "https" if s.tls_cert else "http", host, self.grpc_web_port)
 
     async def load(self, preloaded: LoadedModel | None = None) -> None:
         """Load the model (off the event loop) or connect upstream, then go SERVING."""
@@ -185,6 +209,8 @@ class ArBridgeServer:
             log.warning("grace period over: cancelling %d call(s)", self.interceptor.inflight)
         if self._server is not None:
             await self._server.stop(0.5)
+        if self.grpc_web is not None:
+            await self.grpc_web.stop()
         if self.backend is not None:
             await self.backend.close()
         self.metrics.close()

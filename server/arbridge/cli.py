@@ -59,6 +59,8 @@ def cmd_serve(args) -> int:
                              auth_tokens_file=args.auth_tokens_file,
                              public_health=args.public_health or None,
                              metrics_port=args.metrics_port, metrics_host=args.metrics_host,
+                             grpc_web_port=args.grpc_web_port,
+                             grpc_web_host=args.grpc_web_host,
                              log_format=args.log_format,
                              max_streams_per_peer=args.max_streams_per_peer,
                              max_message_bytes=args.max_message_bytes,
@@ -325,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML settings file")
     p.add_argument("--log-level", default=None)
     p.add_argument("--log-format", choices=["text", "json"])
+    p.add_argument("--grpc-web-port", type=int,
+                   help="also serve gRPC-Web (Unity WebGL, HTTP/1.1) on this port")
+    p.add_argument("--grpc-web-host", help="gRPC-Web bind address (default: --host)")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
     p.add_argument("--metrics-host", help="metrics bind address (default: 127.0.0.1)")
     g = p.add_argument_group("security")

@@ -95,6 +95,14 @@ class Settings(BaseSettings):
     public_health: bool = Field(
         False, description="health and reflection answer without a token")
 
+    # gRPC-Web (Unity WebGL, HTTP/1.1-only networks), on a port of its own
+    grpc_web_port: int | None = Field(
+        None, ge=0, le=65535, description="gRPC-Web port; unset = off")
+    grpc_web_host: str | None = Field(None, description="gRPC-Web bind address (default: host)")
+    grpc_web_cors_origins: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="browser origins allowed to call gRPC-Web ('*' = any; [] = no CORS)")
+
     # Observability
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Prometheus /metrics port; unset = off")

@@ -14,6 +14,8 @@ A reproducible end-to-end run of the feature-vector path, on this machine:
    request) through one server holding two projectors for two encoder names:
    the trained one and the same projector before training (its initial
    weights). Both serve the same prompts, in the same batches, greedily.
+   A control feeds the trained projector another scene's vector, to show
+   how much of its score is the vector's content rather than label priors.
 
 The score is how many of a scene's labels its caption mentions, matched with
 the same whole-word rule the server's grounding uses.
@@ -50,6 +52,10 @@ class DemoResult:
     trained_any_rate: float
     untrained_any_rate: float
     text_path_any_rate: float
+    # Control: the trained projector fed *another* held-out scene's vector.
+    # What it still gets right comes from label frequency, not from the vector.
+    shuffled_label_rate: float
+    shuffled_any_rate: float
     heldout_loss_before: float
     heldout_loss_after: float
     train_scenes: int
@@ -93,7 +99,7 @@ def label_hits(text: str, scene: pb.SceneFeatures) -> int:
 
 def rates(texts: list[str], scenes: list[pb.SceneFeatures]) -> tuple[float, float]:
     """(share of all labels mentioned, share of captions mentioning any label)."""
-    hits = [label_hits(t, s) for t, s in zip(texts, scenes)]
+    hits = [label_hits(t, s) for t, s in zip(texts, scenes, strict=True)]
     total = sum(len({o.label for o in s.objects}) for s in scenes)
     return sum(hits) / max(total, 1), sum(h > 0 for h in hits) / max(len(hits), 1)
 
@@ -159,7 +165,7 @@ def run_fusion_demo(settings, out_dir: Path, *, encoder_path: Path, encoder_name
         clock = now
 
     scenes = synth_scenes(n_train + n_heldout, seed)
-    train_scenes, held_scenes = scenes[:n_train], scenes[n_train:]
+    held_scenes = scenes[n_train:]
     vectors = SentenceEncoder(encoder_path, encoder_name).encode([encoder_text(s)
                                                                   for s in scenes])
     lap("encode scenes")
@@ -167,7 +173,7 @@ def run_fusion_demo(settings, out_dir: Path, *, encoder_path: Path, encoder_name
     captions = asyncio.run(_serve_and_caption(settings, scenes, max_new_tokens))
     lap("text-path captions")
     with (out_dir / "pairs.jsonl").open("w") as f:  # the train-projector input format
-        for v, text in zip(vectors[:n_train], captions[:n_train]):
+        for v, text in zip(vectors[:n_train], captions[:n_train], strict=True):
             f.write(json.dumps({"features": v.tolist(), "text": text}) + "\n")
 
     lm = load_model(settings.model, cache_dir=settings.cache_dir, device="cpu",
@@ -191,21 +197,31 @@ def run_fusion_demo(settings, out_dir: Path, *, encoder_path: Path, encoder_name
 
     both = settings.model_copy(update={"projectors": [trained_path, untrained_path]})
     held_vectors = vectors[n_train:]
+    shuffled = np.roll(held_vectors, 1, axis=0)
     generated = asyncio.run(_serve_and_caption(
         both, _vector_only(held_vectors, encoder_name) +
-        _vector_only(held_vectors, untrained_name), max_new_tokens))
-    from_trained, from_untrained = generated[:n_heldout], generated[n_heldout:]
+        _vector_only(held_vectors, untrained_name) + _vector_only(shuffled, encoder_name),
+        max_new_tokens))
+    from_trained = generated[:n_heldout]
+    from_untrained = generated[n_heldout:2 * n_heldout]
+    from_shuffled = generated[2 * n_heldout:]
     lap("vector-only captions")
 
     trained_rate, trained_any = rates(from_trained, held_scenes)
     untrained_rate, untrained_any = rates(from_untrained, held_scenes)
     text_rate, text_any = rates(captions[n_train:], held_scenes)
+    shuffled_rate, shuffled_any = rates(from_shuffled, held_scenes)
     samples = [{"scene": encoder_text(s), "text_path": c, "trained": t, "untrained": u}
                for s, c, t, u in zip(held_scenes, captions[n_train:], from_trained,
-                                     from_untrained)]
-    demo = DemoResult(trained_rate, untrained_rate, text_rate, trained_any, untrained_any,
-                      text_any, result.heldout_loss_before, result.heldout_loss_after,
-                      n_train, n_heldout, seconds, samples)
+                                     from_untrained, strict=True)]
+    demo = DemoResult(
+        trained_label_rate=trained_rate, untrained_label_rate=untrained_rate,
+        text_path_label_rate=text_rate, trained_any_rate=trained_any,
+        untrained_any_rate=untrained_any, text_path_any_rate=text_any,
+        shuffled_label_rate=shuffled_rate, shuffled_any_rate=shuffled_any,
+        heldout_loss_before=result.heldout_loss_before,
+        heldout_loss_after=result.heldout_loss_after, train_scenes=n_train,
+        heldout_scenes=n_heldout, seconds=seconds, samples=samples)
     (out_dir / "report.json").write_text(json.dumps(demo.__dict__, indent=1))
     return demo
 
@@ -225,6 +241,8 @@ def format_report(demo: DemoResult, command: str, model: str, encoder: str) -> s
         f"{demo.trained_any_rate:6.1%}",
         f"  vector only, untrained projector        {demo.untrained_label_rate:6.1%}   "
         f"{demo.untrained_any_rate:6.1%}",
+        f"  control: trained, another scene's vector{demo.shuffled_label_rate:6.1%}   "
+        f"{demo.shuffled_any_rate:6.1%}",
         "",
         "time: " + ", ".join(f"{k} {v:.0f} s" for k, v in demo.seconds.items()),
         "",

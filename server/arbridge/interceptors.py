@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hmac
 import inspect
 import logging
 import re
@@ -25,6 +26,10 @@ from arbridge.logs import REQUEST_ID
 from arbridge.metrics import Metrics
 from arbridge.security import TokenChecker
 from arbridge.validation import InvalidField
+
+# Metadata the in-process gRPC-Web gateway adds to the calls it forwards.
+GATEWAY_KEY_HEADER = "x-arbridge-gateway"
+FORWARDED_PEER_HEADER = "x-arbridge-forwarded-peer"
 
 log = logging.getLogger("arbridge.access")
 
@@ -73,6 +78,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         self.public_infra = public_infra
         self.max_streams_per_peer = max_streams_per_peer
         self.draining = False
+        # Set when the gRPC-Web gateway runs: its calls carry this key and the
+        # browser's address, which then counts as the peer (see grpc_web.py).
+        self.gateway_key: str | None = None
         self._per_peer: collections.Counter[str] = collections.Counter()
         self._inflight = 0  # ArBridge calls in progress
         self._idle = asyncio.Event()
@@ -128,6 +136,15 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 return await behavior(requests(request), context)
         return wrapped
 
+    def _peer(self, transport_peer: str, metadata) -> str:
+        if self.gateway_key is not None:
+            values = dict(metadata)
+            key, forwarded = values.get(GATEWAY_KEY_HEADER), values.get(FORWARDED_PEER_HEADER)
+            if isinstance(key, str) and isinstance(forwarded, str) and hmac.compare_digest(
+                    key.encode(), self.gateway_key.encode()):
+                return _peer_key(forwarded + ":0")
+        return _peer_key(transport_peer)
+
     @contextlib.asynccontextmanager
     async def _guard(self, method: str, context, streaming: bool):
         started = time.perf_counter()
@@ -138,7 +155,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         REQUEST_ID.set(request_id)
         infra = method.startswith(INFRA_PREFIXES)
         arbridge = method.startswith(ARBRIDGE_PREFIX)
-        peer = _peer_key(context.peer() or "")
+        peer = self._peer(context.peer() or "", metadata)
         counted = False
         code = grpc.StatusCode.OK
         self.metrics.open_rpcs.labels(method).inc()

@@ -38,6 +38,11 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
         if settings.tls_client_ca is not None:
             raise SecurityConfigError("--tls-client-ca (mTLS) needs --tls-cert and --tls-key")
         return None
+    if settings.tls_client_ca is not None and settings.grpc_web_port is not None:
+        # The gateway would have to vouch for browser certificates it cannot check
+        # the same way; terminate mTLS at a proxy in front of gRPC-Web instead.
+        raise SecurityConfigError("--grpc-web-port cannot be combined with --tls-client-ca "
+                                  "(mTLS); put an mTLS proxy in front of gRPC-Web")
     pair = (_read(settings.tls_key, "TLS key"), _read(settings.tls_cert, "TLS certificate"))
     client_ca = (_read(settings.tls_client_ca, "client CA")
                  if settings.tls_client_ca is not None else None)
@@ -98,10 +103,14 @@ def is_loopback(host: str) -> bool:
 
 def warn_if_exposed(settings: Settings, tls: bool, tokens: bool) -> str | None:
     """A loud warning when the server is reachable from the network unprotected."""
-    if is_loopback(settings.host) or (tls and tokens):
+    binds = [(settings.host, settings.port)]
+    if settings.grpc_web_port is not None:
+        binds.append((settings.grpc_web_host or settings.host, settings.grpc_web_port))
+    exposed = [f"{h}:{p}" for h, p in binds if not is_loopback(h)]
+    if not exposed or (tls and tokens):
         return None
     missing = " and ".join(m for m, on in (("TLS", tls), ("token auth", tokens)) if not on)
-    message = (f"SECURITY WARNING: binding {settings.host}:{settings.port} (reachable from the "
+    message = (f"SECURITY WARNING: binding {', '.join(exposed)} (reachable from the "
                f"network) without {missing}: anyone who can reach this port can use the model"
                + ("" if tls else " and read every prompt and reply in transit") + ".")
     log.warning(message)

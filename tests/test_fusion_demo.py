@@ -1,0 +1,105 @@
+"""The MiniLM fusion demo's parts, and its whole pipeline on tiny models.
+
+The real run (all-MiniLM-L6-v2 + SmolLM2, minutes) is `make fusion-demo`;
+here a tiny BERT stands in for the encoder and a tiny GPT-2 for the LM.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from arbridge.config import Settings
+from arbridge.engine.projector import Projector
+from arbridge.fusion_demo import (
+    COLORS,
+    LABELS,
+    MATERIALS,
+    encoder_text,
+    label_hits,
+    rates,
+    run_fusion_demo,
+    synth_scenes,
+)
+from arbridge.sentence_encoder import SentenceEncoder
+from arbridge.v1 import types_pb2 as pb
+
+from tiny_model import build_tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder_dir(tmp_path_factory):
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ","] + LABELS + COLORS + MATERIALS
+    (out / "vocab.txt").write_text("\n".join(words) + "\n")
+    BertTokenizerFast(vocab_file=str(out / "vocab.txt")).save_pretrained(out)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64)
+    BertModel(config).save_pretrained(out)
+    return out
+
+
+def test_encoder_pools_real_tokens_only_and_normalises(tiny_encoder_dir):
+    encoder = SentenceEncoder(tiny_encoder_dir, "tiny")
+    short, long = "red chair", "blue glass lamp , green plant , white door"
+    together = encoder.encode([short, long])  # `short` is padded in this batch
+    alone = encoder.encode([short])
+    assert together.shape == (2, 32) and together.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(together[0], alone[0], atol=1e-5)
+    assert not np.allclose(together[0], together[1])
+
+
+def test_synthetic_scenes_are_reproducible_and_well_formed():
+    a, b = synth_scenes(20, seed=3), synth_scenes(20, seed=3)
+    assert [s.SerializeToString() for s in a] == [s.SerializeToString() for s in b]
+    assert synth_scenes(20, seed=4)[0] != a[0]
+    for scene in a:
+        labels = [o.label for o in scene.objects]
+        assert 2 <= len(labels) <= 3 and len(set(labels)) == len(labels)
+        assert all(o.attributes["color"] in COLORS for o in scene.objects)
+    obj = a[0].objects[0]
+    words = encoder_text(a[0]).split(", ")[0].split()
+    assert words[0] == obj.attributes["color"] and words[-1] == obj.label
+
+
+def test_label_hits_counts_distinct_labels_by_whole_words():
+    scene = pb.SceneFeatures(objects=[pb.SceneObject(id="1", label="cat"),
+                                      pb.SceneObject(id="2", label="cat"),
+                                      pb.SceneObject(id="3", label="table"),
+                                      pb.SceneObject(id="4", label="lamp")])
+    assert label_hits("Two cats sit on the table; a cat again.", scene) == 2
+    assert label_hits("A category of tables? No: tablecloth.", scene) == 1  # "tables" only
+    assert label_hits("", scene) == 0
+    label_rate, any_rate = rates(["the lamp", "nothing here"], [scene, scene])
+    assert label_rate == pytest.approx(1 / 6) and any_rate == pytest.approx(0.5)
+
+
+def test_the_whole_demo_runs_and_reports_on_tiny_models(tiny_encoder_dir, tmp_path):
+    # The on-the-fly tokenizer spends many tokens on a scene: a longer context.
+    lm_dir = build_tiny_model(tmp_path / "lm", n_positions=1024)
+    settings = Settings(model=str(lm_dir), cache_dir=tmp_path / "cache", max_active=8)
+    out = tmp_path / "fusion"
+    demo = run_fusion_demo(settings, out, encoder_path=tiny_encoder_dir, encoder_name="tiny",
+                           n_train=12, n_heldout=4, epochs=2, k=2, lr=1e-2,
+                           max_new_tokens=6, progress=False)
+    assert demo.train_scenes == 12 and demo.heldout_scenes == 4
+    assert demo.heldout_loss_after < demo.heldout_loss_before
+    for value in (demo.trained_label_rate, demo.untrained_label_rate,
+                  demo.text_path_label_rate):
+        assert 0.0 <= value <= 1.0
+    pairs = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
+    assert len(pairs) == 12 and len(pairs[0]["features"]) == 32
+    trained = Projector.load(out / "projector-trained.safetensors")
+    untrained = Projector.load(out / "projector-untrained.safetensors")
+    assert (trained.spec.encoder, untrained.spec.encoder) == ("tiny", "tiny-untrained")
+    assert not torch.equal(trained.net[0].weight, untrained.net[0].weight)
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["samples"]) == 4
+    assert all(s["trained"] and s["untrained"] for s in report["samples"])

@@ -1,0 +1,245 @@
+"""gRPC-Web port: framing, streaming, statuses, auth, peers, cancellation, CORS.
+
+A plain HTTP/1.1 client (httpx) plays the browser / Unity WebGL side; the
+frames are parsed here by hand so that the test checks the wire, not a library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import struct
+import time
+from urllib.parse import unquote
+
+import httpx
+import pytest
+
+from arbridge.v1 import service_pb2 as spb
+from arbridge.v1 import types_pb2 as pb
+
+from conftest import collect
+
+SERVICE = "/arbridge.v1.ArBridgeService"
+
+
+def framed(message) -> bytes:
+    data = message.SerializeToString()
+    return struct.pack(">BI", 0, len(data)) + data
+
+
+class Frames:
+    """Incremental gRPC-Web frame parser: messages with arrival times, then trailers."""
+
+    def __init__(self):
+        self.buffer = b""
+        self.messages: list[tuple[float, bytes]] = []
+        self.trailers: dict[str, str] = {}
+        self.start = time.perf_counter()
+
+    def feed(self, data: bytes) -> None:
+        self.buffer += data
+        while len(self.buffer) >= 5:
+            flag, length = struct.unpack(">BI", self.buffer[:5])
+            if len(self.buffer) < 5 + length:
+                return
+            payload, self.buffer = self.buffer[5:5 + length], self.buffer[5 + length:]
+            if flag & 0x80:
+                for line in payload.decode().split("\r\n"):
+                    if line:
+                        key, _, value = line.partition(":")
+                        self.trailers[key.strip().lower()] = value.strip()
+            else:
+                self.messages.append((time.perf_counter() - self.start, payload))
+
+    @property
+    def status(self) -> int:
+        return int(self.trailers["grpc-status"])
+
+    @property
+    def message(self) -> str:
+        return unquote(self.trailers.get("grpc-message", ""))
+
+
+async def call(running, method: str, request, headers=None, text: bool = False):
+    """POST one gRPC-Web call; returns (response headers, Frames)."""
+    body = framed(request)
+    kind = "application/grpc-web-text" if text else "application/grpc-web+proto"
+    if text:
+        body = base64.b64encode(body)
+    frames = Frames()
+    url = f"http://127.0.0.1:{running.server.grpc_web_port}{SERVICE}/{method}"
+    async with httpx.AsyncClient(timeout=30) as client:
+        async with client.stream("POST", url, content=body, headers={
+                "content-type": kind, "x-grpc-web": "1", **(headers or {})}) as reply:
+            assert reply.status_code == 200
+            pending = b""
+            async for chunk in reply.aiter_raw():
+                if text:  # each frame is its own base64 run
+                    pending += chunk
+                    cut = len(pending) - len(pending) % 4
+                    frames.feed(base64.b64decode(pending[:cut]))
+                    pending = pending[cut:]
+                else:
+                    frames.feed(chunk)
+            return reply.headers, frames
+
+
+def describe(max_new_tokens=12, **kw):
+    objects = [pb.SceneObject(id="c1", label="chair", pose=pb.Pose(position=pb.Vec3(z=1))),
+               pb.SceneObject(id="t1", label="table", pose=pb.Pose(position=pb.Vec3(z=2)))]
+    return spb.DescribeSceneRequest(scene=pb.SceneFeatures(objects=objects), **kw,
+                                    sampling=pb.SamplingParams(max_new_tokens=max_new_tokens))
+
+
+def events(frames: Frames):
+    return [spb.DescribeSceneResponse.FromString(m) for _, m in frames.messages]
+
+
+@pytest.fixture
+async def web(make_server, tiny_model_dir):
+    return await make_server(tiny_model_dir, grpc_web_port=0, step_delay=0.03)
+
+
+async def test_describe_scene_streams_incrementally_and_matches_native_grpc(web):
+    headers, frames = await call(web, "DescribeScene", describe(), {"x-request-id": "web-1"})
+    assert headers["content-type"] == "application/grpc-web+proto"
+    assert headers["x-request-id"] == "web-1"
+    assert frames.status == 0, frames.message
+    replies = events(frames)
+    chunks = [r.chunk.text for r in replies if r.WhichOneof("event") == "chunk"]
+    assert replies[-1].WhichOneof("event") == "completion"
+    assert "".join(chunks) == replies[-1].completion.text
+    assert replies[-1].completion.usage.completion_tokens == 12
+    # Chunks arrived as they were made (the model takes >= 30 ms a step), not in one burst.
+    times = [t for t, _ in frames.messages]
+    assert times[-1] - times[0] > 0.2
+    # Same greedy text as the native port.
+    _, done, _ = await collect(web.stub.DescribeScene(describe()))
+    assert done[0].text == replies[-1].completion.text
+
+
+async def test_text_mode_and_unary_methods(web):
+    headers, frames = await call(web, "GetModelInfo", spb.GetModelInfoRequest(), text=True)
+    assert headers["content-type"] == "application/grpc-web-text+proto"
+    assert frames.status == 0
+    info = spb.GetModelInfoResponse.FromString(frames.messages[0][1])
+    assert info.context_length == 256 and info.architecture == "GPT2LMHeadModel"
+
+
+async def test_bad_input_gets_the_same_status_as_native(web):
+    bad = spb.DescribeSceneRequest(scene=pb.SceneFeatures(objects=[pb.SceneObject(id="x")]))
+    _, frames = await call(web, "DescribeScene", bad)
+    assert frames.status == 3  # INVALID_ARGUMENT
+    assert frames.message.startswith("scene.objects[0].label")
+    assert not frames.messages
+
+
+async def test_converse_and_unknown_methods_are_unimplemented(web):
+    _, frames = await call(web, "Converse", spb.ConverseRequest())
+    assert frames.status == 12 and "HTTP/2" in frames.message
+    _, frames = await call(web, "Nope", spb.GetModelInfoRequest())
+    assert frames.status == 12
+
+
+async def test_broken_frames_are_invalid_argument(web):
+    url = f"http://127.0.0.1:{web.server.grpc_web_port}{SERVICE}/Generate"
+    async with httpx.AsyncClient() as client:
+        for body in (b"\x00\x00\x00\x00\x09abc", b"\x01\x00\x00\x00\x01x"):
+            reply = await client.post(url, content=body,
+                                      headers={"content-type": "application/grpc-web+proto"})
+            frames = Frames()
+            frames.feed(reply.content)
+            assert frames.status == 3, frames.trailers
+        reply = await client.post(url, content=b"x", headers={"content-type": "text/plain"})
+        assert reply.status_code == 415
+
+
+async def test_tokens_apply_over_grpc_web(make_server, tiny_model_dir, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("web-secret\n")
+    s = await make_server(tiny_model_dir, grpc_web_port=0, auth_tokens_file=tokens)
+    _, frames = await call(s, "DescribeScene", describe(4))
+    assert frames.status == 16  # UNAUTHENTICATED
+    _, frames = await call(s, "DescribeScene", describe(4),
+                           {"authorization": "Bearer web-secret"})
+    assert frames.status == 0
+
+
+async def test_stream_limit_counts_the_browser_and_the_key_cannot_be_forged(make_server,
+                                                                          tiny_model_dir):
+    import grpc
+
+    s = await make_server(tiny_model_dir, grpc_web_port=0, step_delay=0.05,
+                          max_streams_per_peer=1)
+    holder = asyncio.ensure_future(call(s, "DescribeScene", describe(60)))
+    for _ in range(200):
+        if s.server.scheduler.load[0] == 1:
+            break
+        await asyncio.sleep(0.02)
+    assert s.server.scheduler.load[0] == 1
+    # The same browser (127.0.0.1) again: over its limit.
+    _, frames = await call(s, "DescribeScene", describe(4))
+    assert frames.status == 8, frames.trailers  # RESOURCE_EXHAUSTED
+    # A native client claiming to be another browser, without the gateway's key,
+    # is still counted as itself (127.0.0.1), so it is refused too.
+    forged = (("x-arbridge-gateway", "guess"), ("x-arbridge-forwarded-peer", "ipv4:9.9.9.9"))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await collect(s.stub.DescribeScene(describe(4), metadata=forged))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    holder.cancel()
+    await asyncio.gather(holder, return_exceptions=True)
+
+
+async def test_client_leaving_cancels_the_generation(web):
+    url = f"http://127.0.0.1:{web.server.grpc_web_port}{SERVICE}/DescribeScene"
+    async with httpx.AsyncClient() as client:
+        async with client.stream("POST", url, content=framed(describe(60)),
+                                 headers={"content-type": "application/grpc-web+proto"}) as r:
+            async for _ in r.aiter_raw():
+                break  # first bytes arrived: the request is generating
+            assert web.server.scheduler.load[0] == 1, web.server.scheduler.load
+    for _ in range(200):  # the connection closed above
+        if web.server.scheduler.load == (0, 0):
+            break
+        await asyncio.sleep(0.02)
+    assert web.server.scheduler.load == (0, 0)
+
+
+async def test_cors_preflight_and_headers(web):
+    url = f"http://127.0.0.1:{web.server.grpc_web_port}{SERVICE}/DescribeScene"
+    origin = "https://game.example"
+    async with httpx.AsyncClient() as client:
+        reply = await client.options(url, headers={
+            "origin": origin, "access-control-request-method": "POST",
+            "access-control-request-headers": "content-type,x-grpc-web,authorization"})
+        assert reply.status_code == 204
+        assert reply.headers["access-control-allow-origin"] == origin
+        assert "authorization" in reply.headers["access-control-allow-headers"]
+    headers, frames = await call(web, "GetModelInfo", spb.GetModelInfoRequest(),
+                                 {"origin": origin})
+    assert headers["access-control-allow-origin"] == origin
+    assert "grpc-status" in headers["access-control-expose-headers"]
+
+
+async def test_cors_origins_can_be_restricted(make_server, tiny_model_dir):
+    s = await make_server(tiny_model_dir, grpc_web_port=0,
+                          grpc_web_cors_origins=["https://ok.example"])
+    url = f"http://127.0.0.1:{s.server.grpc_web_port}{SERVICE}/GetModelInfo"
+    async with httpx.AsyncClient() as client:
+        reply = await client.options(url, headers={"origin": "https://evil.example"})
+        assert reply.status_code == 403
+        reply = await client.options(url, headers={"origin": "https://ok.example"})
+        assert reply.status_code == 204
+
+
+def test_grpc_web_with_mtls_is_refused_at_start(tmp_path):
+    from arbridge.config import Settings
+    from arbridge.security import SecurityConfigError, server_credentials
+
+    for name in ("c.pem", "k.pem", "ca.pem"):
+        (tmp_path / name).write_text("x")
+    settings = Settings(tls_cert=tmp_path / "c.pem", tls_key=tmp_path / "k.pem",
+                        tls_client_ca=tmp_path / "ca.pem", grpc_web_port=0)
+    with pytest.raises(SecurityConfigError, match="grpc-web-port"):
+        server_credentials(settings)
