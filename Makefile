@@ -10,10 +10,32 @@ BUF    := node_modules/.bin/buf
 HOST   ?= 127.0.0.1
 PORT   ?= 50051
 SCENE  ?= examples/scene.json
+CPP_CLIENT := build/cpp/describe_scene
+# Debian packages the interop clients need (C++ gRPC, protoc).
+APT_PACKAGES := libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler pkg-config
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run serve test test-fast fuzz bench fusion-demo protos check-protos lint model clean
+.PHONY: setup system-packages cpp-client run serve test test-fast fuzz bench fusion-demo protos check-protos lint model clean
 
-setup: $(VENV)/.installed $(BUF) model
+setup: $(VENV)/.installed $(BUF) model system-packages
+
+# Installs only what is missing, so a set-up machine does not touch apt.
+system-packages:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+# The Unreal-style C++ example client (examples/cpp), built from protos/.
+cpp-client: $(CPP_CLIENT)
+$(CPP_CLIENT): examples/cpp/describe_scene.cc $(wildcard protos/arbridge/v1/*.proto) | system-packages
+	rm -rf build/cpp && mkdir -p build/cpp
+	protoc -I protos --cpp_out=build/cpp --grpc_out=build/cpp \
+	  --plugin=protoc-gen-grpc=$$(command -v grpc_cpp_plugin) protos/arbridge/v1/*.proto
+	g++ -std=c++17 -O1 -I build/cpp examples/cpp/describe_scene.cc build/cpp/arbridge/v1/*.cc \
+	  $$(pkg-config --cflags --libs grpc++ protobuf) -o $@
 
 # The venv is rebuilt when the project's dependencies change. torch is pinned
 # first so no later step pulls a CUDA build.
@@ -38,11 +60,11 @@ run: setup
 serve: setup
 	$(ARB) serve --host $(HOST) --port $(PORT)
 
-test: setup
+test: setup $(CPP_CLIENT)
 	$(PY) -m pytest -q
 
 # Unit and integration tests on tiny models only (no default model needed).
-test-fast: $(VENV)/.installed $(BUF)
+test-fast: $(VENV)/.installed $(BUF) $(CPP_CLIENT)
 	$(PY) -m pytest -q -m 'not e2e'
 
 # The long fuzzing job: over 10,000 generated calls (Generate, DescribeScene,

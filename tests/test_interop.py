@@ -1,10 +1,12 @@
 """Clients in other languages and tools stream from a real server.
 
+- C++ gRPC, as an Unreal plugin would (examples/cpp, built by `make cpp-client`);
 - Node `@grpc/grpc-js` (examples/node/describe_scene.js), native gRPC;
 - `buf curl` through server reflection (list, Generate), and over gRPC-Web
   against the gRPC-Web port with the schema from protos/.
 
-These tools come from `npm ci` (package.json), which `make setup` runs.
+The Node tools come from `npm ci` (package.json) and the C++ toolchain from
+Debian packages, both installed by `make setup`; `make test` builds the client.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from conftest import REPO, collect
 
 BUF = REPO / "node_modules" / ".bin" / "buf"
 NODE_CLIENT = REPO / "examples" / "node" / "describe_scene.js"
+CPP_CLIENT = REPO / "build" / "cpp" / "describe_scene"
 SERVICE = "arbridge.v1.ArBridgeService"
 
 
@@ -51,6 +54,24 @@ def native_request(max_new_tokens=10):
         scene=pb.SceneFeatures(objects=[pb.SceneObject(
             id="c1", label="chair", pose=pb.Pose(position=pb.Vec3(x=0.5, z=1.0)))]),
         sampling=pb.SamplingParams(max_new_tokens=max_new_tokens, temperature=0))
+
+
+async def test_cpp_client_streams_a_caption(served, tmp_path):
+    assert CPP_CLIENT.exists(), "build it with `make cpp-client` (make test does)"
+    code, out, err = await run(CPP_CLIENT, served.target, scene_file(tmp_path))
+    assert code == 0, out + err
+    events = []
+    for line in out.splitlines():
+        ms, _, body = line.partition(" ")
+        events.append((int(ms), json.loads(body)))
+    chunks = [(ms, e["chunk"]["text"]) for ms, e in events if "chunk" in e]
+    completion = events[-1][1]["completion"]
+    assert len(chunks) >= 2 and chunks[-1][0] > chunks[0][0]  # arrived one by one
+    assert "".join(text for _, text in chunks) == completion["text"]
+    _, done, _ = await collect(served.stub.DescribeScene(native_request()))
+    assert completion["text"] == done[0].text
+    code, out, err = await run(CPP_CLIENT, served.target, scene_file(tmp_path, label=""))
+    assert code == 1 and err.startswith("ERROR 3 scene.objects[0].label"), err
 
 
 async def test_node_grpc_js_streams_a_caption(served, tmp_path):
