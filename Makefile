@@ -11,22 +11,48 @@ HOST   ?= 127.0.0.1
 PORT   ?= 50051
 SCENE  ?= examples/scene.json
 CPP_CLIENT := build/cpp/describe_scene
-# Debian packages the interop clients need (C++ gRPC, protoc).
-APT_PACKAGES := libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler pkg-config
+CSHARP := build/csharp
+UNITY_GENERATED := unity_client/Runtime/Generated
+# Debian packages the interop clients need: C++ gRPC and protoc; mono (mcs)
+# and libprotoc-dev for the C# toolchain built from Debian's source packages.
+APT_PACKAGES := libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler \
+  pkg-config libprotoc-dev mono-devel
+DEB_SRC := /etc/apt/sources.list.d/arbridge-deb-src.sources
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages cpp-client run serve test test-fast fuzz bench fusion-demo protos check-protos lint model clean
+.PHONY: setup system-packages cpp-client unity-stubs run serve test test-fast fuzz bench fusion-demo protos check-protos lint model clean
 
 setup: $(VENV)/.installed $(BUF) model system-packages
 
 # Installs only what is missing, so a set-up machine does not touch apt.
+# deb-src for bookworm: the C# toolchain compiles gRPC's C# generator and
+# Google.Protobuf from Debian's source packages (see tools/csharp/).
 system-packages:
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
+	@update=; \
+	if ! grep -rqs '^Types: deb-src' /etc/apt/sources.list.d/ && \
+	   ! grep -qs '^deb-src' /etc/apt/sources.list; then \
+	  printf 'Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: bookworm\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+	    | $(SUDO) tee $(DEB_SRC) >/dev/null; update=1; \
+	fi; \
+	missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ] || [ -n "$$update" ]; then \
 	  echo "installing Debian packages: $$missing"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+
+# grpc_csharp_plugin + Google.Protobuf.dll from Debian sources (about 5 s).
+$(CSHARP)/.built: tools/csharp/build_toolchain.sh tools/csharp/Unsafe.il | system-packages
+	bash tools/csharp/build_toolchain.sh $(CSHARP)
+	touch $@
+
+# The Unity package's C#, generated from protos/ by protoc and gRPC's plugin.
+# Committed (Unity runs no code generators); a test fails when it is stale.
+unity-stubs: $(CSHARP)/.built
+	rm -rf $(UNITY_GENERATED) && mkdir -p $(UNITY_GENERATED)
+	protoc -I protos --csharp_out=$(UNITY_GENERATED) \
+	  --grpc_out=no_server:$(UNITY_GENERATED) \
+	  --plugin=protoc-gen-grpc=$(CSHARP)/grpc_csharp_plugin protos/arbridge/v1/*.proto
 
 # The Unreal-style C++ example client (examples/cpp), built from protos/.
 cpp-client: $(CPP_CLIENT)
@@ -60,11 +86,11 @@ run: setup
 serve: setup
 	$(ARB) serve --host $(HOST) --port $(PORT)
 
-test: setup $(CPP_CLIENT)
+test: setup $(CPP_CLIENT) $(CSHARP)/.built
 	$(PY) -m pytest -q
 
 # Unit and integration tests on tiny models only (no default model needed).
-test-fast: $(VENV)/.installed $(BUF) $(CPP_CLIENT)
+test-fast: $(VENV)/.installed $(BUF) $(CPP_CLIENT) $(CSHARP)/.built
 	$(PY) -m pytest -q -m 'not e2e'
 
 # The long fuzzing job: over 10,000 generated calls (Generate, DescribeScene,
