@@ -1,0 +1,230 @@
+using System;
+using System.Collections.Generic;
+using System.Threading;
+using System.Threading.Tasks;
+using ArBridge.V1;
+using Grpc.Core;
+
+namespace ArBridge.Client
+{
+    /// <summary>
+    /// One Converse stream: ask, interrupt, update the scene; replies arrive as
+    /// events. When the connection breaks (Wi-Fi handover, server restart) the
+    /// session reopens the stream with backoff and resends the dialogue so far,
+    /// so the conversation continues where it was. Replies that were streaming
+    /// at that moment end with an Error event for their turn.
+    ///
+    /// Events are raised on the SynchronizationContext that created the session
+    /// (Unity's main thread when created from a MonoBehaviour), one at a time.
+    /// </summary>
+    public sealed class DialogueSession : IDisposable
+    {
+        readonly ArBridgeClient client;
+        readonly ReconnectPolicy reconnect;
+        readonly ConverseStart start;
+        readonly SynchronizationContext context;
+        readonly CancellationTokenSource lifetime = new CancellationTokenSource();
+        readonly SemaphoreSlim writeLock = new SemaphoreSlim(1, 1);
+        readonly object gate = new object();
+        readonly List<DialogueTurn> history = new List<DialogueTurn>();
+        readonly Dictionary<uint, string> asked = new Dictionary<uint, string>();
+        SceneFeatures scene;
+        AsyncDuplexStreamingCall<ConverseRequest, ConverseResponse> call;
+        uint nextTurnId = 1;
+        Task readLoop;
+
+        /// <summary>(turn id, text) for every piece of a reply, in order.</summary>
+        public event Action<uint, string> TextChunk;
+        /// <summary>(turn id, completion) when a reply ends, however it ends.</summary>
+        public event Action<uint, Completion> ResponseComplete;
+        /// <summary>A failure: of one turn (turn id) or of the session (turn id 0).</summary>
+        public event Action<uint, Exception> Error;
+        /// <summary>(attempt, delay) before the stream is reopened.</summary>
+        public event Action<int, TimeSpan> Reconnecting;
+
+        internal DialogueSession(ArBridgeClient client, ConverseStart start, ReconnectPolicy reconnect)
+        {
+            this.client = client;
+            this.start = start ?? new ConverseStart();
+            this.reconnect = reconnect;
+            scene = this.start.Scene;
+            history.AddRange(this.start.History);
+            context = SynchronizationContext.Current;
+        }
+
+        /// <summary>True until the session is disposed or has given up reconnecting.</summary>
+        public bool IsOpen { get; private set; }
+
+        /// <summary>Opens the stream. Events start flowing after this.</summary>
+        public async Task StartAsync()
+        {
+            await OpenAsync();
+            IsOpen = true;
+            readLoop = ReadLoopAsync();
+        }
+
+        /// <summary>Sends a user turn (and a scene update first, when given). Returns its turn id.</summary>
+        public async Task<uint> AskAsync(string text, SceneFeatures sceneUpdate = null, SamplingParams sampling = null)
+        {
+            uint id;
+            lock (gate)
+            {
+                id = nextTurnId++;
+                asked[id] = text;
+                if (sceneUpdate != null) scene = sceneUpdate;
+            }
+            if (sceneUpdate != null) await WriteAsync(new ConverseRequest { SceneUpdate = sceneUpdate });
+            var turn = new UserTurn { TurnId = id, Text = text ?? "" };
+            if (sampling != null) turn.Sampling = sampling;
+            await WriteAsync(new ConverseRequest { UserTurn = turn });
+            return id;
+        }
+
+        /// <summary>Stops the reply in flight (it completes with FINISH_REASON_CANCELLED).</summary>
+        public Task InterruptAsync()
+        {
+            return WriteAsync(new ConverseRequest { Cancel = new CancelReply() });
+        }
+
+        /// <summary>Replaces the scene the next replies are grounded in.</summary>
+        public Task UpdateSceneAsync(SceneFeatures update)
+        {
+            lock (gate) scene = update;
+            return WriteAsync(new ConverseRequest { SceneUpdate = update });
+        }
+
+        /// <summary>Ends the session: the stream is cancelled and no more events come.</summary>
+        public void Dispose()
+        {
+            IsOpen = false;
+            if (!lifetime.IsCancellationRequested) lifetime.Cancel();
+            var current = call;
+            if (current != null) current.Dispose();
+        }
+
+        async Task OpenAsync()
+        {
+            var opening = start.Clone();
+            lock (gate)
+            {
+                opening.History.Clear();
+                opening.History.AddRange(history);
+                if (scene != null) opening.Scene = scene;
+            }
+            var fresh = client.Raw.Converse(client.CallOptions(null, lifetime.Token));
+            var previous = call;
+            call = fresh;
+            if (previous != null) previous.Dispose();
+            await WriteAsync(new ConverseRequest { Start = opening });
+        }
+
+        async Task WriteAsync(ConverseRequest request)
+        {
+            // gRPC allows one write at a time per stream.
+            await writeLock.WaitAsync(lifetime.Token);
+            try
+            {
+                await call.RequestStream.WriteAsync(request);
+            }
+            finally
+            {
+                writeLock.Release();
+            }
+        }
+
+        async Task ReadLoopAsync()
+        {
+            int failures = 0;
+            while (!lifetime.IsCancellationRequested)
+            {
+                try
+                {
+                    var stream = call.ResponseStream;
+                    while (await ArBridgeClient.MoveNext(stream, lifetime.Token))
+                    {
+                        failures = 0;
+                        Handle(stream.Current);
+                    }
+                    if (lifetime.IsCancellationRequested) break;
+                    // The server closed the stream (restart, connection age): reopen.
+                    throw new RpcException(new Status(StatusCode.Unavailable, "server ended the dialogue stream"));
+                }
+                catch (RpcException e) when (!lifetime.IsCancellationRequested
+                                             && ReconnectPolicy.IsTransient(e.StatusCode)
+                                             && failures < reconnect.MaxAttempts)
+                {
+                    FailTurnsInFlight(e);
+                    failures++;
+                    var delay = reconnect.DelayBefore(failures);
+                    Raise(() => { var h = Reconnecting; if (h != null) h(failures, delay); });
+                    try
+                    {
+                        await Task.Delay(delay, lifetime.Token);
+                        await OpenAsync();
+                    }
+                    catch (OperationCanceledException) { break; }
+                    catch (RpcException) { /* the next read reports it */ }
+                }
+                catch (OperationCanceledException) { break; }
+                catch (Exception e)
+                {
+                    if (!lifetime.IsCancellationRequested)
+                    {
+                        FailTurnsInFlight(e);
+                        Raise(() => { var h = Error; if (h != null) h(0, e); });
+                    }
+                    break;
+                }
+            }
+            IsOpen = false;
+        }
+
+        void Handle(ConverseResponse response)
+        {
+            uint id = response.TurnId;
+            if (response.EventCase == ConverseResponse.EventOneofCase.Chunk)
+            {
+                string text = response.Chunk.Text;
+                Raise(() => { var h = TextChunk; if (h != null) h(id, text); });
+            }
+            else if (response.EventCase == ConverseResponse.EventOneofCase.Completion)
+            {
+                var completion = response.Completion;
+                lock (gate)
+                {
+                    string question;
+                    if (asked.TryGetValue(id, out question))
+                    {
+                        asked.Remove(id);
+                        // Kept for a reconnect: the server is told the dialogue so far.
+                        history.Add(new DialogueTurn { Role = Role.User, Text = question });
+                        if (completion.Text.Length > 0)
+                            history.Add(new DialogueTurn { Role = Role.Assistant, Text = completion.Text });
+                    }
+                }
+                Raise(() => { var h = ResponseComplete; if (h != null) h(id, completion); });
+            }
+        }
+
+        void FailTurnsInFlight(Exception cause)
+        {
+            List<uint> lost;
+            lock (gate)
+            {
+                lost = new List<uint>(asked.Keys);
+                asked.Clear();
+            }
+            foreach (var id in lost)
+            {
+                uint turn = id;
+                Raise(() => { var h = Error; if (h != null) h(turn, cause); });
+            }
+        }
+
+        void Raise(Action action)
+        {
+            if (context != null) context.Post(_ => action(), null);
+            else action();
+        }
+    }
+}
