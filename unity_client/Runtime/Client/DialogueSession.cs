@@ -55,6 +55,9 @@ namespace ArBridge.Client
         /// <summary>True until the session is disposed or has given up reconnecting.</summary>
         public bool IsOpen { get; private set; }
 
+        /// <summary>Completes when the session has ended (disposed, or gave up).</summary>
+        public Task Closed { get { return readLoop ?? Task.FromResult(0); } }
+
         /// <summary>Opens the stream. Events start flowing after this.</summary>
         public async Task StartAsync()
         {

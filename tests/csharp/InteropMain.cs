@@ -1,0 +1,198 @@
+// TESTS ONLY. Runs the Unity package's plain C# layer under mono:
+//   interop.exe describe URL REQUEST.json  stream a caption over gRPC-Web, one line per event
+//   interop.exe cancel URL REQUEST.json    cancel after the first chunk
+//   interop.exe unit                       DialogueSession against a scripted server
+// Driven by tests/test_unity_client.py.
+using System;
+using System.Collections.Concurrent;
+using System.Collections.Generic;
+using System.Diagnostics;
+using System.IO;
+using System.Threading;
+using System.Threading.Tasks;
+using ArBridge.Client;
+using ArBridge.V1;
+using Google.Protobuf;
+using Grpc.Core;
+
+namespace ArBridge.Tests
+{
+    public static class InteropMain
+    {
+        public static int Main(string[] args)
+        {
+            try
+            {
+                switch (args[0])
+                {
+                    case "describe": return Describe(args[1], args[2]).GetAwaiter().GetResult();
+                    case "cancel": return Cancel(args[1], args[2]).GetAwaiter().GetResult();
+                    case "unit": return DialogueTests.Run().GetAwaiter().GetResult();
+                }
+                Console.Error.WriteLine("unknown mode " + args[0]);
+                return 2;
+            }
+            catch (RpcException e)
+            {
+                Console.WriteLine("ERROR " + (int)e.StatusCode + " " + e.Status.Detail);
+                return 1;
+            }
+        }
+
+        static DescribeSceneRequest Request(string path)
+        {
+            return JsonParser.Default.Parse<DescribeSceneRequest>(File.ReadAllText(path));
+        }
+
+        static async Task<int> Describe(string url, string requestPath)
+        {
+            var client = new ArBridgeClient(new GrpcWebCallInvoker(url),
+                new ArBridgeClientOptions { BearerToken = Environment.GetEnvironmentVariable("ARBRIDGE_TOKEN") });
+            var clock = Stopwatch.StartNew();
+            var completion = await client.DescribeSceneAsync(Request(requestPath), chunk =>
+                Console.WriteLine(clock.ElapsedMilliseconds + " chunk " + JsonFormatter.Default.Format(chunk)));
+            Console.WriteLine(clock.ElapsedMilliseconds + " completion " + JsonFormatter.Default.Format(completion));
+            return 0;
+        }
+
+        static async Task<int> Cancel(string url, string requestPath)
+        {
+            var client = new ArBridgeClient(new GrpcWebCallInvoker(url));
+            var cts = new CancellationTokenSource();
+            int chunks = 0;
+            try
+            {
+                await client.DescribeSceneAsync(Request(requestPath), chunk =>
+                {
+                    chunks++;
+                    cts.Cancel();
+                }, cts.Token);
+                Console.WriteLine("not cancelled");
+                return 1;
+            }
+            catch (OperationCanceledException)
+            {
+                Console.WriteLine("cancelled after " + chunks + " chunk(s)");
+                return 0;
+            }
+        }
+    }
+
+    /// <summary>DialogueSession: events, history resent on reconnect, giving up.</summary>
+    static class DialogueTests
+    {
+        static void Check(bool condition, string what)
+        {
+            if (!condition) throw new Exception("FAILED: " + what);
+        }
+
+        static async Task WaitFor(Func<bool> condition, string what)
+        {
+            for (int i = 0; i < 500 && !condition(); i++) await Task.Delay(10);
+            Check(condition(), what);
+        }
+
+        public static async Task<int> Run()
+        {
+            var server = new ScriptedInvoker();
+            var client = new ArBridgeClient(server);
+            var chunks = new List<string>();
+            var completions = new List<uint>();
+            var errors = new List<KeyValuePair<uint, Exception>>();
+            var reconnects = new List<int>();
+            var session = client.StartDialogue(new ConverseStart { SystemPrompt = "be brief" },
+                new ReconnectPolicy(seed: 1) { InitialDelay = TimeSpan.FromMilliseconds(20), MaxAttempts = 3 });
+            session.TextChunk += (id, text) => { lock (chunks) chunks.Add(id + ":" + text); };
+            session.ResponseComplete += (id, c) => { lock (completions) completions.Add(id); };
+            session.Error += (id, e) => { lock (errors) errors.Add(new KeyValuePair<uint, Exception>(id, e)); };
+            session.Reconnecting += (attempt, delay) => { lock (reconnects) reconnects.Add(attempt); };
+
+            await session.StartAsync();
+            var first = server.Calls[0];
+            Check(first.Sent[0].Start.SystemPrompt == "be brief" && first.Sent[0].Start.History.Count == 0, "start sent");
+
+            uint one = await session.AskAsync("hello", new SceneFeatures { LocationHint = "kitchen" });
+            Check(one == 1, "turn ids start at 1");
+            Check(first.Sent[1].SceneUpdate.LocationHint == "kitchen" && first.Sent[2].UserTurn.Text == "hello", "scene then turn");
+            first.Reply(new ConverseResponse { TurnId = 1, Chunk = new TokenChunk { Text = "Hi" } });
+            first.Reply(new ConverseResponse { TurnId = 1, Completion = new Completion { Text = "Hi there" } });
+            await WaitFor(() => completions.Contains(1), "turn 1 completes");
+            Check(chunks[0] == "1:Hi", "chunk event");
+
+            uint two = await session.AskAsync("and now?");
+            first.Reply(new ConverseResponse { TurnId = 2, Chunk = new TokenChunk { Text = "Par" } });
+            first.Fail(new RpcException(new Status(StatusCode.Unavailable, "wifi handover")));
+            await WaitFor(() => server.Calls.Count == 2 && server.Calls[1].Sent.Count == 1, "reopened");
+            Check(reconnects.Count == 1 && reconnects[0] == 1, "one reconnect event");
+            Check(errors.Count == 1 && errors[0].Key == two, "the reply in flight failed");
+            var reopened = server.Calls[1].Sent[0].Start;
+            Check(reopened.SystemPrompt == "be brief", "system prompt resent");
+            Check(reopened.History.Count == 2 && reopened.History[0].Text == "hello"
+                  && reopened.History[1].Role == Role.Assistant && reopened.History[1].Text == "Hi there", "history resent");
+            Check(reopened.Scene.LocationHint == "kitchen", "latest scene resent");
+
+            uint three = await session.AskAsync("third");
+            Check(three == 3 && server.Calls[1].Sent[1].UserTurn.TurnId == 3, "ids continue across reconnects");
+            server.Calls[1].Reply(new ConverseResponse { TurnId = 3, Completion = new Completion { Text = "ok" } });
+            await WaitFor(() => completions.Contains(3), "turn 3 completes");
+
+            await session.InterruptAsync();
+            Check(server.Calls[1].Sent[2].EventCase == ConverseRequest.EventOneofCase.Cancel, "interrupt sent");
+
+            // What the server meant (not a transport failure) ends the session.
+            server.Calls[1].Fail(new RpcException(new Status(StatusCode.InvalidArgument, "user_turn.text: too long")));
+            await session.Closed;
+            Check(!session.IsOpen && server.Calls.Count == 2, "no reconnect after INVALID_ARGUMENT");
+            Check(errors.Count == 2 && errors[1].Key == 0
+                  && ((RpcException)errors[1].Value).StatusCode == StatusCode.InvalidArgument, "session error");
+            session.Dispose();
+            Console.WriteLine("unit ok");
+            return 0;
+        }
+    }
+
+    /// <summary>A CallInvoker whose Converse calls the test scripts by hand.</summary>
+    sealed class ScriptedInvoker : CallInvoker
+    {
+        public readonly List<ScriptedDuplex> Calls = new List<ScriptedDuplex>();
+
+        public override AsyncDuplexStreamingCall<TRequest, TResponse> AsyncDuplexStreamingCall<TRequest, TResponse>(
+            Method<TRequest, TResponse> method, string host, CallOptions options)
+        {
+            var call = new ScriptedDuplex();
+            lock (Calls) Calls.Add(call);
+            return new AsyncDuplexStreamingCall<TRequest, TResponse>(
+                (IClientStreamWriter<TRequest>)(object)call, (IAsyncStreamReader<TResponse>)(object)call,
+                Task.FromResult(new Metadata()), () => Status.DefaultSuccess, () => new Metadata(), call.Dispose);
+        }
+
+        public override TResponse BlockingUnaryCall<TRequest, TResponse>(Method<TRequest, TResponse> m, string h, CallOptions o, TRequest r) { throw new NotSupportedException(); }
+        public override AsyncUnaryCall<TResponse> AsyncUnaryCall<TRequest, TResponse>(Method<TRequest, TResponse> m, string h, CallOptions o, TRequest r) { throw new NotSupportedException(); }
+        public override AsyncServerStreamingCall<TResponse> AsyncServerStreamingCall<TRequest, TResponse>(Method<TRequest, TResponse> m, string h, CallOptions o, TRequest r) { throw new NotSupportedException(); }
+        public override AsyncClientStreamingCall<TRequest, TResponse> AsyncClientStreamingCall<TRequest, TResponse>(Method<TRequest, TResponse> m, string h, CallOptions o) { throw new NotSupportedException(); }
+    }
+
+    sealed class ScriptedDuplex : IClientStreamWriter<ConverseRequest>, IAsyncStreamReader<ConverseResponse>
+    {
+        public readonly List<ConverseRequest> Sent = new List<ConverseRequest>();
+        readonly BlockingCollection<Func<ConverseResponse>> replies = new BlockingCollection<Func<ConverseResponse>>();
+
+        public void Reply(ConverseResponse response) { replies.Add(() => response); }
+        public void Fail(RpcException error) { replies.Add(() => { throw error; }); }
+        public void Dispose() { replies.Add(() => { throw new RpcException(new Status(StatusCode.Cancelled, "disposed")); }); }
+
+        public WriteOptions WriteOptions { get; set; }
+        public Task WriteAsync(ConverseRequest message) { lock (Sent) Sent.Add(message); return Task.FromResult(0); }
+        public Task CompleteAsync() { return Task.FromResult(0); }
+
+        public ConverseResponse Current { get; private set; }
+        public Task<bool> MoveNext(CancellationToken cancellationToken)
+        {
+            return Task.Run(() =>
+            {
+                Current = replies.Take(cancellationToken)();
+                return true;
+            });
+        }
+    }
+}
