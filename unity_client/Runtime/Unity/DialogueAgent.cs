@@ -1,0 +1,103 @@
+using System;
+using System.Threading.Tasks;
+using ArBridge.Client;
+using ArBridge.V1;
+using UnityEngine;
+using UnityEngine.Events;
+
+namespace ArBridge.Unity
+{
+    /// <summary>
+    /// A spoken or typed dialogue grounded in the scene (Converse). Ask() sends a
+    /// turn, Interrupt() stops the reply in flight (barge-in); replies arrive as
+    /// UnityEvents on the main thread. The session reconnects with backoff when
+    /// the network drops and is closed when the object is destroyed.
+    /// Needs HTTP/2 (native players): gRPC-Web cannot carry Converse.
+    /// </summary>
+    [AddComponentMenu("ArBridge/Dialogue Agent")]
+    public sealed class DialogueAgent : MonoBehaviour
+    {
+        public ArBridgeEndpoint endpoint;
+        [TextArea] public string systemPrompt = "";
+        [Range(1, 1024)] public int maxNewTokens = 96;
+
+        /// <summary>Each piece of the reply as it arrives.</summary>
+        public UnityEvent<string> onTextChunk = new UnityEvent<string>();
+        /// <summary>The whole reply, when it ends.</summary>
+        public UnityEvent<string> onResponseComplete = new UnityEvent<string>();
+        public UnityEvent<string> onError = new UnityEvent<string>();
+
+        DialogueSession session;
+        Task starting;
+
+        /// <summary>Sends a user turn (fire and forget, for UI buttons and speech results).</summary>
+        public async void Ask(string text)
+        {
+            try
+            {
+                await AskAsync(text);
+            }
+            catch (Exception e)
+            {
+                onError.Invoke(e.Message);
+            }
+        }
+
+        /// <summary>Sends a user turn, with a fresh scene when given. Returns the turn id.</summary>
+        public async Task<uint> AskAsync(string text, SceneFeatures scene = null)
+        {
+            await EnsureStartedAsync();
+            return await session.AskAsync(text, scene);
+        }
+
+        /// <summary>Stops the reply being spoken (it completes as cancelled).</summary>
+        public async void Interrupt()
+        {
+            try
+            {
+                if (session != null && session.IsOpen) await session.InterruptAsync();
+            }
+            catch (Exception e)
+            {
+                onError.Invoke(e.Message);
+            }
+        }
+
+        /// <summary>Grounds the next replies in a new scene.</summary>
+        public async void UpdateScene(SceneFeatures scene)
+        {
+            try
+            {
+                await EnsureStartedAsync();
+                await session.UpdateSceneAsync(scene);
+            }
+            catch (Exception e)
+            {
+                onError.Invoke(e.Message);
+            }
+        }
+
+        Task EnsureStartedAsync()
+        {
+            if (session != null && session.IsOpen && starting != null) return starting;
+            if (session != null) session.Dispose();
+            // Created on the main thread: the session raises its events there.
+            session = endpoint.Client.StartDialogue(new ConverseStart
+            {
+                SystemPrompt = systemPrompt,
+                Sampling = new SamplingParams { MaxNewTokens = (uint)maxNewTokens },
+            });
+            session.TextChunk += (turn, text) => onTextChunk.Invoke(text);
+            session.ResponseComplete += (turn, completion) => onResponseComplete.Invoke(completion.Text);
+            session.Error += (turn, error) => onError.Invoke(error.Message);
+            starting = session.StartAsync();
+            return starting;
+        }
+
+        void OnDestroy()
+        {
+            if (session != null) session.Dispose();
+            session = null;
+        }
+    }
+}
