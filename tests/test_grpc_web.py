@@ -145,7 +145,7 @@ async def test_converse_and_unknown_methods_are_unimplemented(web):
 async def test_broken_frames_are_invalid_argument(web):
     url = f"http://127.0.0.1:{web.server.grpc_web_port}{SERVICE}/Generate"
     async with httpx.AsyncClient() as client:
-        for body in (b"\x00\x00\x00\x00\x09abc", b"\x01\x00\x00\x00\x01x"):
+        for body in (b"\x00\x00\x00\x00\x09abc", b"\x01\x00\x00\x00\x01x", b"\x00\x00"):
             reply = await client.post(url, content=body,
                                       headers={"content-type": "application/grpc-web+proto"})
             frames = Frames()
@@ -243,3 +243,41 @@ def test_grpc_web_with_mtls_is_refused_at_start(tmp_path):
                         tls_client_ca=tmp_path / "ca.pem", grpc_web_port=0)
     with pytest.raises(SecurityConfigError, match="grpc-web-port"):
         server_credentials(settings)
+
+
+async def test_headers_that_are_not_valid_metadata_are_dropped_not_fatal(web):
+    # A non-ASCII value, a control character and a name gRPC refuses: without
+    # filtering, a unary native call would wait forever for its headers.
+    weird = {"x-note": "caf\u00e9".encode(), "x-tab": "a\tb", "x-bang!": "1", "grpc-status": "0"}
+    headers, frames = await asyncio.wait_for(
+        call(web, "GetModelInfo", spb.GetModelInfoRequest(), weird), 10)
+    assert frames.status == 0 and frames.messages
+
+
+async def test_client_leaving_is_not_logged_as_an_error(web, caplog):
+    url = f"http://127.0.0.1:{web.server.grpc_web_port}{SERVICE}/DescribeScene"
+    async with httpx.AsyncClient() as client:
+        async with client.stream("POST", url, content=framed(describe(60)),
+                                 headers={"content-type": "application/grpc-web+proto"}) as r:
+            async for _ in r.aiter_raw():
+                break
+    for _ in range(200):
+        if web.server.scheduler.load == (0, 0):
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.1)
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], \
+        [r.getMessage() for r in caplog.records]
+
+
+async def test_a_taken_grpc_web_port_fails_the_start_with_a_message(make_server, tiny_model_dir):
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        with pytest.raises(RuntimeError, match="cannot bind gRPC-Web port"):
+            await make_server(tiny_model_dir, grpc_web_port=taken.getsockname()[1])
+    finally:
+        taken.close()

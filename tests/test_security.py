@@ -195,6 +195,15 @@ def test_loud_warning_when_exposed_without_tls_or_auth(caplog):
     exposed = warn_if_exposed(Settings(host="127.0.0.1", grpc_web_port=8080,
                                        grpc_web_host="0.0.0.0"), tls=False, tokens=False)
     assert "0.0.0.0:8080" in exposed and "127.0.0.1" not in exposed
+    # gRPC-Web with CORS for any origin and no token: a warning even on loopback.
+    open_web = warn_if_exposed(Settings(host="127.0.0.1", grpc_web_port=8080),
+                               tls=False, tokens=False)
+    assert "any web origin" in open_web
+    assert warn_if_exposed(Settings(host="127.0.0.1", grpc_web_port=8080,
+                                    grpc_web_cors_origins=["https://game.example"]),
+                           tls=False, tokens=False) is None
+    assert warn_if_exposed(Settings(host="127.0.0.1", grpc_web_port=8080),
+                           tls=False, tokens=True) is None
 
 
 async def test_python_client_sends_its_token_over_plaintext_too(make_server, tiny_model_dir,

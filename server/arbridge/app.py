@@ -131,7 +131,11 @@ class ArBridgeServer:
         await server.start()
         self._server = server
         if s.grpc_web_port is not None:
-            await self._start_grpc_web(internal)
+            try:
+                await self._start_grpc_web(internal)
+            except BaseException:
+                await server.stop(0)  # no half-started server left listening
+                raise
         if s.metrics_port is not None:
             self.metrics_port = self.metrics.serve(s.metrics_host, s.metrics_port)
             log.info("Prometheus metrics on http://%s:%d/metrics", s.metrics_host,

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import re
 import secrets
+import socket
 import struct
 from urllib.parse import quote
 
@@ -42,8 +43,14 @@ _NOT_METADATA = {
     "accept-language", "user-agent", "origin", "referer", "te", "x-grpc-web", "x-user-agent",
     "grpc-timeout", "grpc-encoding", "grpc-accept-encoding", "keep-alive", "cookie",
     "sec-fetch-mode", "sec-fetch-site", "sec-fetch-dest", "pragma", "cache-control",
+    "transfer-encoding", "upgrade", "trailer", "proxy-connection", "proxy-authorization",
     GATEWAY_KEY_HEADER, FORWARDED_PEER_HEADER,
 }
+# What grpc accepts as metadata: anything else would fail the native call
+# (a unary call would even wait forever for its headers), so it is dropped.
+_METADATA_KEY = re.compile(r"^[0-9a-z_.-]+$")
+_METADATA_VALUE = re.compile(r"^[\x20-\x7e]*$")
+_BODY_TIMEOUT_S = 30.0  # a request body trickling in slower than this is dropped
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
 _EXPOSED = "grpc-status, grpc-message, x-request-id, retry-after-ms"
@@ -133,17 +140,29 @@ class GrpcWebGateway:
         self._channel = grpc.aio.insecure_channel(self.target, options=[
             ("grpc.max_send_message_length", limit),
             ("grpc.max_receive_message_length", -1)])
-        config = uvicorn.Config(self, host=host, port=port, lifespan="off", access_log=False,
-                                log_level="warning", ssl_certfile=tls_cert,
-                                ssl_keyfile=tls_key, timeout_graceful_shutdown=1)
+        # We bind the socket ourselves: on a bind error uvicorn would sys.exit()
+        # inside its task, taking the whole server down without a message.
+        try:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+        except OSError as exc:
+            raise RuntimeError(f"cannot bind gRPC-Web port {host}:{port}: {exc.strerror}") \
+                from exc
+        # proxy_headers off: X-Forwarded-For must not pick the address that
+        # the per-client stream limit counts.
+        config = uvicorn.Config(self, lifespan="off", access_log=False, log_level="warning",
+                                ssl_certfile=tls_cert, ssl_keyfile=tls_key,
+                                proxy_headers=False, timeout_graceful_shutdown=1)
         self._server = _NoSignalsServer(config)
-        self._task = asyncio.create_task(self._server.serve())
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:
             if self._task.done():
-                self._task.result()  # re-raise the bind error
+                self._task.result()
                 raise RuntimeError(f"gRPC-Web port {host}:{port} did not start")
             await asyncio.sleep(0.01)
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        self.port = sock.getsockname()[1]
         return self.port
 
     async def stop(self) -> None:
@@ -180,7 +199,12 @@ class GrpcWebGateway:
             await reply.finish(grpc.StatusCode.UNIMPLEMENTED, why)
             return
         try:
-            message = await self._read_message(receive, reply.text)
+            message = await asyncio.wait_for(self._read_message(receive, reply.text),
+                                             _BODY_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            await reply.finish(grpc.StatusCode.DEADLINE_EXCEEDED,
+                               f"request body not received within {_BODY_TIMEOUT_S:.0f} s")
+            return
         except ValueError as exc:
             await reply.finish(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             return
@@ -225,8 +249,10 @@ class GrpcWebGateway:
                 data = base64.b64decode(data, validate=True)
             except ValueError as exc:
                 raise ValueError(f"grpc-web-text body is not base64: {exc}") from None
+        if not data:
+            return b""  # no frame at all: the empty request
         if len(data) < 5:
-            return b""  # no message: the empty request
+            raise ValueError(f"request frame cut short: {len(data)} of 5 header bytes")
         flag, length = struct.unpack(">BI", data[:5])
         if flag != 0:
             raise ValueError("compressed or trailer frames are not accepted in requests")
@@ -238,15 +264,16 @@ class GrpcWebGateway:
     def _metadata(self, headers: dict[str, str], scope) -> list[tuple[str, str | bytes]]:
         out: list[tuple[str, str | bytes]] = []
         for key, value in headers.items():
-            if key in _NOT_METADATA or key.startswith(("access-control-", ":")):
+            if key in _NOT_METADATA or key.startswith(("access-control-", ":", "grpc-")) \
+                    or not _METADATA_KEY.match(key):
                 continue
             if key.endswith("-bin"):
                 try:
                     out.append((key, base64.b64decode(value)))
                 except ValueError:
                     continue
-            else:
-                out.append((key, value))
+            elif _METADATA_VALUE.match(value):
+                out.append((key, value.strip()))
         client = scope.get("client")
         if client:
             host = client[0]
@@ -277,8 +304,16 @@ class GrpcWebGateway:
             if not watcher.done():  # nobody to tell once the client has gone
                 await reply.finish(err.code(), err.details() or "",
                                    err.trailing_metadata() or ())
-        except OSError:  # the client's socket broke mid-write
+        except asyncio.CancelledError:
+            # grpc.aio raises this once the watcher cancelled the call: the
+            # client left, nothing to answer. Anything else is a real cancel.
+            if not watcher.done():
+                raise
+        except Exception:
+            log.exception("gRPC-Web call %s failed in the gateway", path)
             call.cancel()
+            if not watcher.done():
+                await reply.finish(grpc.StatusCode.INTERNAL, "gRPC-Web gateway error")
         finally:
             watcher.cancel()
 

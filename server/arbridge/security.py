@@ -107,6 +107,15 @@ def warn_if_exposed(settings: Settings, tls: bool, tokens: bool) -> str | None:
     if settings.grpc_web_port is not None:
         binds.append((settings.grpc_web_host or settings.host, settings.grpc_web_port))
     exposed = [f"{h}:{p}" for h, p in binds if not is_loopback(h)]
+    if settings.grpc_web_port is not None and "*" in settings.grpc_web_cors_origins \
+            and not tokens:
+        # Even on loopback: any web page the user opens may call this port.
+        message = ("SECURITY WARNING: gRPC-Web accepts calls from any web origin and token "
+                   "auth is off: any page open in a browser on a machine that can reach the "
+                   "port can use the model. Set grpc_web_cors_origins or token auth.")
+        log.warning(message)
+        if not exposed:
+            return message
     if not exposed or (tls and tokens):
         return None
     missing = " and ".join(m for m, on in (("TLS", tls), ("token auth", tokens)) if not on)
