@@ -19,9 +19,10 @@ from arbridge.fusion_demo import (
     LABELS,
     MATERIALS,
     encoder_text,
+    format_report,
     label_hits,
-    rates,
     run_fusion_demo,
+    score,
     synth_scenes,
 )
 from arbridge.sentence_encoder import SentenceEncoder
@@ -77,8 +78,9 @@ def test_label_hits_counts_distinct_labels_by_whole_words():
     assert label_hits("Two cats sit on the table; a cat again.", scene) == 2
     assert label_hits("A category of tables? No: tablecloth.", scene) == 1  # "tables" only
     assert label_hits("", scene) == 0
-    label_rate, any_rate = rates(["the lamp", "nothing here"], [scene, scene])
-    assert label_rate == pytest.approx(1 / 6) and any_rate == pytest.approx(0.5)
+    result = score(["the lamp and a sofa", "nothing here"], [scene, scene])
+    assert result.recall == pytest.approx(1 / 6) and result.any_label == pytest.approx(0.5)
+    assert result.precision == pytest.approx(1 / 2)  # lamp is in the scene, sofa is not
 
 
 def test_the_whole_demo_runs_and_reports_on_tiny_models(tiny_encoder_dir, tmp_path):
@@ -91,9 +93,10 @@ def test_the_whole_demo_runs_and_reports_on_tiny_models(tiny_encoder_dir, tmp_pa
                            max_new_tokens=6, progress=False)
     assert demo.train_scenes == 12 and demo.heldout_scenes == 4
     assert demo.heldout_loss_after < demo.heldout_loss_before
-    for value in (demo.trained_label_rate, demo.untrained_label_rate,
-                  demo.text_path_label_rate):
-        assert 0.0 <= value <= 1.0
+    assert set(demo.scores) == {"text path", "trained", "untrained", "shuffled"}
+    for row in demo.scores.values():
+        assert all(0.0 <= v <= 1.0 for v in (row.recall, row.any_label, row.precision))
+    assert 0 <= demo.unseen_label_sets <= 4
     pairs = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
     assert len(pairs) == 12 and len(pairs[0]["features"]) == 32
     trained = Projector.load(out / "projector-trained.safetensors")
@@ -101,5 +104,7 @@ def test_the_whole_demo_runs_and_reports_on_tiny_models(tiny_encoder_dir, tmp_pa
     assert (trained.spec.encoder, untrained.spec.encoder) == ("tiny", "tiny-untrained")
     assert not torch.equal(trained.net[0].weight, untrained.net[0].weight)
     report = json.loads((out / "report.json").read_text())
-    assert len(report["samples"]) == 4
+    assert len(report["samples"]) == 4 and set(report["scores"]["trained"]) == {
+        "recall", "any_label", "precision"}
+    assert "precision" in format_report(demo, "cmd", "tiny", "tiny")
     assert all(s["trained"] and s["untrained"] for s in report["samples"])

@@ -45,21 +45,23 @@ INSTRUCTION = "In one short sentence, name the objects you see."
 
 
 @dataclass
+class Score:
+    recall: float  # share of the scenes' labels that their captions mention
+    any_label: float  # share of captions that mention at least one of their labels
+    precision: float  # of the vocabulary labels captions mention, share in the scene
+
+
+@dataclass
 class DemoResult:
-    trained_label_rate: float
-    untrained_label_rate: float
-    text_path_label_rate: float
-    trained_any_rate: float
-    untrained_any_rate: float
-    text_path_any_rate: float
-    # Control: the trained projector fed *another* held-out scene's vector.
-    # What it still gets right comes from label frequency, not from the vector.
-    shuffled_label_rate: float
-    shuffled_any_rate: float
+    # Rows: "text path", "trained", "untrained", and the control "shuffled":
+    # the trained projector fed *another* held-out scene's vector, so what it
+    # still gets right comes from label frequencies, not from the vector.
+    scores: dict[str, Score]
     heldout_loss_before: float
     heldout_loss_after: float
     train_scenes: int
     heldout_scenes: int
+    unseen_label_sets: int  # held-out scenes whose set of labels no training scene has
     seconds: dict[str, float]
     samples: list[dict]
 
@@ -97,11 +99,22 @@ def label_hits(text: str, scene: pb.SceneFeatures) -> int:
     return len({obj.label for obj in scene.objects if obj.id in ids})
 
 
-def rates(texts: list[str], scenes: list[pb.SceneFeatures]) -> tuple[float, float]:
-    """(share of all labels mentioned, share of captions mentioning any label)."""
+_VOCABULARY = pb.SceneFeatures(objects=[pb.SceneObject(id=label, label=label)
+                                          for label in LABELS])
+
+
+def score(texts: list[str], scenes: list[pb.SceneFeatures]) -> Score:
+    """Recall and precision of label mentions, by the server's grounding rule."""
     hits = [label_hits(t, s) for t, s in zip(texts, scenes, strict=True)]
     total = sum(len({o.label for o in s.objects}) for s in scenes)
-    return sum(hits) / max(total, 1), sum(h > 0 for h in hits) / max(len(hits), 1)
+    mentioned = sum(label_hits(t, _VOCABULARY) for t in texts)
+    return Score(recall=sum(hits) / max(total, 1),
+                 any_label=sum(h > 0 for h in hits) / max(len(hits), 1),
+                 precision=sum(hits) / mentioned if mentioned else 0.0)
+
+
+def _label_set(scene: pb.SceneFeatures) -> frozenset[str]:
+    return frozenset(o.label for o in scene.objects)
 
 
 async def _caption_all(target: str, scenes: list[pb.SceneFeatures], max_new_tokens: int,
@@ -198,31 +211,34 @@ def run_fusion_demo(settings, out_dir: Path, *, encoder_path: Path, encoder_name
     both = settings.model_copy(update={"projectors": [trained_path, untrained_path]})
     held_vectors = vectors[n_train:]
     shuffled = np.roll(held_vectors, 1, axis=0)
-    generated = asyncio.run(_serve_and_caption(
-        both, _vector_only(held_vectors, encoder_name) +
-        _vector_only(held_vectors, untrained_name) + _vector_only(shuffled, encoder_name),
-        max_new_tokens))
-    from_trained = generated[:n_heldout]
-    from_untrained = generated[n_heldout:2 * n_heldout]
-    from_shuffled = generated[2 * n_heldout:]
+    # Interleaved per scene (trained, untrained, control), so the three kinds
+    # of request share the same batches.
+    requests = []
+    for i in range(n_heldout):
+        requests += (_vector_only(held_vectors[i:i + 1], encoder_name) +
+                     _vector_only(held_vectors[i:i + 1], untrained_name) +
+                     _vector_only(shuffled[i:i + 1], encoder_name))
+    generated = asyncio.run(_serve_and_caption(both, requests, max_new_tokens))
+    from_trained, from_untrained, from_shuffled = generated[0::3], generated[1::3], \
+        generated[2::3]
     lap("vector-only captions")
 
-    trained_rate, trained_any = rates(from_trained, held_scenes)
-    untrained_rate, untrained_any = rates(from_untrained, held_scenes)
-    text_rate, text_any = rates(captions[n_train:], held_scenes)
-    shuffled_rate, shuffled_any = rates(from_shuffled, held_scenes)
+    scores = {"text path": score(captions[n_train:], held_scenes),
+              "trained": score(from_trained, held_scenes),
+              "untrained": score(from_untrained, held_scenes),
+              "shuffled": score(from_shuffled, held_scenes)}
+    seen = {_label_set(s) for s in scenes[:n_train]}
     samples = [{"scene": encoder_text(s), "text_path": c, "trained": t, "untrained": u}
                for s, c, t, u in zip(held_scenes, captions[n_train:], from_trained,
                                      from_untrained, strict=True)]
     demo = DemoResult(
-        trained_label_rate=trained_rate, untrained_label_rate=untrained_rate,
-        text_path_label_rate=text_rate, trained_any_rate=trained_any,
-        untrained_any_rate=untrained_any, text_path_any_rate=text_any,
-        shuffled_label_rate=shuffled_rate, shuffled_any_rate=shuffled_any,
-        heldout_loss_before=result.heldout_loss_before,
+        scores=scores, heldout_loss_before=result.heldout_loss_before,
         heldout_loss_after=result.heldout_loss_after, train_scenes=n_train,
-        heldout_scenes=n_heldout, seconds=seconds, samples=samples)
-    (out_dir / "report.json").write_text(json.dumps(demo.__dict__, indent=1))
+        heldout_scenes=n_heldout,
+        unseen_label_sets=sum(_label_set(s) not in seen for s in held_scenes),
+        seconds=seconds, samples=samples)
+    report = {**demo.__dict__, "scores": {k: v.__dict__ for k, v in scores.items()}}
+    (out_dir / "report.json").write_text(json.dumps(report, indent=1))
     return demo
 
 
@@ -232,17 +248,23 @@ def format_report(demo: DemoResult, command: str, model: str, encoder: str) -> s
         f"model {model} (float32, frozen, greedy); encoder {encoder}; "
         f"{demo.train_scenes} training scenes, {demo.heldout_scenes} held-out scenes",
         f"projector held-out loss (training split): {demo.heldout_loss_before:.3f} -> "
-        f"{demo.heldout_loss_after:.3f}",
+        f"{demo.heldout_loss_after:.3f}; {demo.unseen_label_sets} of the held-out scenes "
+        "have a set of labels no training scene has",
         "",
-        "held-out scenes, captions mention ...      labels   any label",
-        f"  text path (objects listed in prompt)    {demo.text_path_label_rate:6.1%}   "
-        f"{demo.text_path_any_rate:6.1%}",
-        f"  vector only, trained projector          {demo.trained_label_rate:6.1%}   "
-        f"{demo.trained_any_rate:6.1%}",
-        f"  vector only, untrained projector        {demo.untrained_label_rate:6.1%}   "
-        f"{demo.untrained_any_rate:6.1%}",
-        f"  control: trained, another scene's vector{demo.shuffled_label_rate:6.1%}   "
-        f"{demo.shuffled_any_rate:6.1%}",
+        "held-out scenes                              recall  any label  precision",
+    ]
+    names = {"text path": "text path (objects listed in prompt)",
+             "trained": "vector only, trained projector",
+             "untrained": "vector only, untrained projector",
+             "shuffled": "control: trained, another scene's vector"}
+    for key, name in names.items():
+        row = demo.scores[key]
+        lines.append(f"  {name:<41}{row.recall:6.1%}   {row.any_label:6.1%}     "
+                     f"{row.precision:6.1%}")
+    lines += [
+        "",
+        "recall: share of a scene's labels its caption mentions; precision: of the "
+        f"{len(LABELS)} vocabulary labels a caption mentions, share that are in the scene",
         "",
         "time: " + ", ".join(f"{k} {v:.0f} s" for k, v in demo.seconds.items()),
         "",
