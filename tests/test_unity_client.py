@@ -169,6 +169,7 @@ def test_package_manifest_and_assembly_definitions():
     assert {"Google.Protobuf.dll", "Grpc.Core.Api.dll"} <= set(runtime["precompiledReferences"])
     unity = json.loads((PACKAGE / "Runtime" / "Unity" / "ArBridge.Client.Unity.asmdef")
                        .read_text())
-    assert "ArBridge.Client" in unity["references"]
+    # A custom asmdef sees only what it lists: uGUI's Text needs UnityEngine.UI.
+    assert {"ArBridge.Client", "UnityEngine.UI"} <= set(unity["references"])
     editor = json.loads((PACKAGE / "Editor" / "ArBridge.Client.Editor.asmdef").read_text())
     assert editor["includePlatforms"] == ["Editor"]

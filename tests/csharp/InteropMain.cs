@@ -146,6 +146,30 @@ namespace ArBridge.Tests
             Check(errors.Count == 2 && errors[1].Key == 0
                   && ((RpcException)errors[1].Value).StatusCode == StatusCode.InvalidArgument, "session error");
             session.Dispose();
+
+            // A server that shuts down cancels open streams: reconnect, and resend
+            // only the most recent MaxHistoryTurns turns.
+            var server2 = new ScriptedInvoker();
+            var session2 = new ArBridgeClient(server2).StartDialogue(new ConverseStart(),
+                new ReconnectPolicy(seed: 2) { InitialDelay = TimeSpan.FromMilliseconds(10) });
+            session2.MaxHistoryTurns = 2;
+            int reconnects2 = 0;
+            var done2 = new List<uint>();
+            session2.Reconnecting += (attempt, delay) => reconnects2++;
+            session2.ResponseComplete += (id, c) => { lock (done2) done2.Add(id); };
+            await session2.StartAsync();
+            foreach (var pair in new[] { new[] { "a", "A" }, new[] { "b", "B" } })
+            {
+                uint id = await session2.AskAsync(pair[0]);
+                server2.Calls[0].Reply(new ConverseResponse { TurnId = id, Completion = new Completion { Text = pair[1] } });
+                await WaitFor(() => { lock (done2) return done2.Contains(id); }, "reply " + pair[1]);
+            }
+            server2.Calls[0].Fail(new RpcException(new Status(StatusCode.Cancelled, "server shutting down")));
+            await WaitFor(() => server2.Calls.Count == 2 && server2.Calls[1].Sent.Count == 1, "reopened after CANCELLED");
+            var history2 = server2.Calls[1].Sent[0].Start.History;
+            Check(reconnects2 == 1, "one reconnect");
+            Check(history2.Count == 2 && history2[0].Text == "b" && history2[1].Text == "B", "history capped to the newest turns");
+            session2.Dispose();
             Console.WriteLine("unit ok");
             return 0;
         }

@@ -40,7 +40,9 @@ namespace ArBridge.Client
         /// <summary>
         /// Captions a scene. <paramref name="onChunk"/> runs for every piece of text as
         /// it arrives, on the caller's synchronization context (Unity's main thread
-        /// when called from a MonoBehaviour). Returns the final Completion of sequence 0;
+        /// when called from a MonoBehaviour); with num_return_sequences > 1 the chunks
+        /// of all sequences come through (see TokenChunk.SequenceIndex). Returns the
+        /// Completion of sequence 0;
         /// throws RpcException with the server's status on failure and
         /// OperationCanceledException when <paramref name="cancellationToken"/> fires.
         /// </summary>
@@ -58,7 +60,8 @@ namespace ArBridge.Client
                     {
                         if (onChunk != null) onChunk(response.Chunk);
                     }
-                    else if (response.EventCase == DescribeSceneResponse.EventOneofCase.Completion && first == null)
+                    else if (response.EventCase == DescribeSceneResponse.EventOneofCase.Completion
+                             && response.Completion.SequenceIndex == 0)
                     {
                         first = response.Completion;
                     }
@@ -82,7 +85,8 @@ namespace ArBridge.Client
                     {
                         if (onChunk != null) onChunk(response.Chunk);
                     }
-                    else if (response.EventCase == GenerateResponse.EventOneofCase.Completion && first == null)
+                    else if (response.EventCase == GenerateResponse.EventOneofCase.Completion
+                             && response.Completion.SequenceIndex == 0)
                     {
                         first = response.Completion;
                     }

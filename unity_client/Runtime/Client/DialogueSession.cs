@@ -42,6 +42,12 @@ namespace ArBridge.Client
         /// <summary>(attempt, delay) before the stream is reopened.</summary>
         public event Action<int, TimeSpan> Reconnecting;
 
+        /// <summary>
+        /// Dialogue turns kept for a reconnect (oldest dropped first). The server
+        /// refuses a history longer than its max_dialogue_turns (256 by default).
+        /// </summary>
+        public int MaxHistoryTurns = 256;
+
         internal DialogueSession(ArBridgeClient client, ConverseStart start, ReconnectPolicy reconnect)
         {
             this.client = client;
@@ -76,10 +82,18 @@ namespace ArBridge.Client
                 asked[id] = text;
                 if (sceneUpdate != null) scene = sceneUpdate;
             }
-            if (sceneUpdate != null) await WriteAsync(new ConverseRequest { SceneUpdate = sceneUpdate });
             var turn = new UserTurn { TurnId = id, Text = text ?? "" };
             if (sampling != null) turn.Sampling = sampling;
-            await WriteAsync(new ConverseRequest { UserTurn = turn });
+            try
+            {
+                if (sceneUpdate != null) await WriteAsync(new ConverseRequest { SceneUpdate = sceneUpdate });
+                await WriteAsync(new ConverseRequest { UserTurn = turn });
+            }
+            catch
+            {
+                lock (gate) asked.Remove(id);  // never sent: no reply will come for it
+                throw;
+            }
             return id;
         }
 
@@ -114,11 +128,20 @@ namespace ArBridge.Client
                 opening.History.AddRange(history);
                 if (scene != null) opening.Scene = scene;
             }
-            var fresh = client.Raw.Converse(client.CallOptions(null, lifetime.Token));
-            var previous = call;
-            call = fresh;
-            if (previous != null) previous.Dispose();
-            await WriteAsync(new ConverseRequest { Start = opening });
+            // Under the write lock: no user turn may reach the new stream before
+            // its ConverseStart, and no write is in progress on the old one.
+            await writeLock.WaitAsync(lifetime.Token);
+            try
+            {
+                var previous = call;
+                call = client.Raw.Converse(client.CallOptions(null, lifetime.Token));
+                if (previous != null) previous.Dispose();
+                await call.RequestStream.WriteAsync(new ConverseRequest { Start = opening });
+            }
+            finally
+            {
+                writeLock.Release();
+            }
         }
 
         async Task WriteAsync(ConverseRequest request)
@@ -136,6 +159,18 @@ namespace ArBridge.Client
         }
 
         async Task ReadLoopAsync()
+        {
+            try
+            {
+                await ReadUntilClosedAsync();
+            }
+            finally
+            {
+                IsOpen = false;
+            }
+        }
+
+        async Task ReadUntilClosedAsync()
         {
             int failures = 0;
             while (!lifetime.IsCancellationRequested)
@@ -179,7 +214,6 @@ namespace ArBridge.Client
                     break;
                 }
             }
-            IsOpen = false;
         }
 
         void Handle(ConverseResponse response)
@@ -187,12 +221,14 @@ namespace ArBridge.Client
             uint id = response.TurnId;
             if (response.EventCase == ConverseResponse.EventOneofCase.Chunk)
             {
+                if (response.Chunk.SequenceIndex != 0) return;  // alternatives: not part of the dialogue
                 string text = response.Chunk.Text;
                 Raise(() => { var h = TextChunk; if (h != null) h(id, text); });
             }
             else if (response.EventCase == ConverseResponse.EventOneofCase.Completion)
             {
                 var completion = response.Completion;
+                if (completion.SequenceIndex != 0) return;
                 lock (gate)
                 {
                     string question;
@@ -203,6 +239,8 @@ namespace ArBridge.Client
                         history.Add(new DialogueTurn { Role = Role.User, Text = question });
                         if (completion.Text.Length > 0)
                             history.Add(new DialogueTurn { Role = Role.Assistant, Text = completion.Text });
+                        if (history.Count > MaxHistoryTurns)
+                            history.RemoveRange(0, history.Count - MaxHistoryTurns);
                     }
                 }
                 Raise(() => { var h = ResponseComplete; if (h != null) h(id, completion); });
@@ -226,8 +264,11 @@ namespace ArBridge.Client
 
         void Raise(Action action)
         {
-            if (context != null) context.Post(_ => action(), null);
-            else action();
+            // Re-checked when the post runs: nothing is raised after Dispose.
+            if (context != null)
+                context.Post(_ => { if (!lifetime.IsCancellationRequested) action(); }, null);
+            else if (!lifetime.IsCancellationRequested)
+                action();
         }
     }
 }

@@ -36,12 +36,16 @@ namespace ArBridge.Client
 
         /// <summary>
         /// Statuses worth reconnecting after: the transport or server went away.
-        /// Anything the server meant (bad input, auth, limits) is reported instead.
+        /// Cancelled counts (the session's own cancellation is handled before this
+        /// is asked): a server shutting down cancels the streams still open when
+        /// its grace period ends. Anything the server meant (bad input, auth,
+        /// limits) is reported instead.
         /// </summary>
         public static bool IsTransient(StatusCode code)
         {
             return code == StatusCode.Unavailable || code == StatusCode.Internal
-                || code == StatusCode.Unknown || code == StatusCode.Aborted;
+                || code == StatusCode.Unknown || code == StatusCode.Aborted
+                || code == StatusCode.Cancelled;
         }
     }
 }

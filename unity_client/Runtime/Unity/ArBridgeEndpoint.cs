@@ -1,4 +1,5 @@
 using System;
+using System.Net.Http;
 using ArBridge.Client;
 using Grpc.Net.Client;
 using UnityEngine;
@@ -26,23 +27,47 @@ namespace ArBridge.Unity
         [Tooltip("Deadline of one caption, in seconds (0 = none).")]
         public float callTimeoutSeconds = 60f;
 
-        GrpcChannel channel;
-        ArBridgeClient client;
+        /// <summary>
+        /// Set from code before first use on WebGL with Unity older than 6.5: an
+        /// HttpMessageHandler that runs on the browser's fetch, under gRPC-Web.
+        /// </summary>
+        [NonSerialized] public HttpMessageHandler grpcWebInnerHandler;
 
-        /// <summary>The shared client, created on first use.</summary>
+        /// <summary>Trusted CA (PEM) for a server certificate from a private CA (HTTP/2 path).</summary>
+        [NonSerialized] public string rootCertificatesPem;
+
+        GrpcChannel channel;
+        string channelKey;
+        ArBridgeClient client;
+        string clientKey;
+
+        /// <summary>
+        /// The shared client. The channel is made on first use and again when the
+        /// address or transport changes; a new token or timeout (e.g. a refreshed
+        /// per-user token) applies to the calls started after it is set.
+        /// </summary>
         public ArBridgeClient Client
         {
             get
             {
-                if (client == null)
+                var chosen = automaticTransport ? ArBridgeChannels.DefaultForThisPlatform : transport;
+                string wantChannel = address + "|" + chosen;
+                if (channel == null || channelKey != wantChannel)
                 {
-                    var chosen = automaticTransport ? ArBridgeChannels.DefaultForThisPlatform : transport;
-                    channel = ArBridgeChannels.Create(address, chosen);
+                    if (channel != null) channel.Dispose();
+                    channel = ArBridgeChannels.Create(address, chosen, rootCertificatesPem, grpcWebInnerHandler);
+                    channelKey = wantChannel;
+                    client = null;
+                }
+                string wantClient = bearerToken + "|" + callTimeoutSeconds;
+                if (client == null || clientKey != wantClient)
+                {
                     client = new ArBridgeClient(channel.CreateCallInvoker(), new ArBridgeClientOptions
                     {
                         BearerToken = string.IsNullOrEmpty(bearerToken) ? null : bearerToken,
                         CallTimeout = callTimeoutSeconds > 0 ? TimeSpan.FromSeconds(callTimeoutSeconds) : (TimeSpan?)null,
                     });
+                    clientKey = wantClient;
                 }
                 return client;
             }

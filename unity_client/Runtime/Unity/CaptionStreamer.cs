@@ -55,7 +55,7 @@ namespace ArBridge.Unity
                 // Called from the main thread, so the chunk callback runs there too.
                 var completion = await endpoint.Client.DescribeSceneAsync(request, chunk =>
                 {
-                    if (mine.IsCancellationRequested) return;
+                    if (mine.IsCancellationRequested || chunk.SequenceIndex != 0) return;
                     text.Append(chunk.Text);
                     SetCaption(text.ToString());
                 }, mine.Token);

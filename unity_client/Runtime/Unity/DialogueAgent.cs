@@ -46,8 +46,8 @@ namespace ArBridge.Unity
         /// <summary>Sends a user turn, with a fresh scene when given. Returns the turn id.</summary>
         public async Task<uint> AskAsync(string text, SceneFeatures scene = null)
         {
-            await EnsureStartedAsync();
-            return await session.AskAsync(text, scene);
+            var current = await EnsureStartedAsync();
+            return await current.AskAsync(text, scene);
         }
 
         /// <summary>Stops the reply being spoken (it completes as cancelled).</summary>
@@ -55,7 +55,8 @@ namespace ArBridge.Unity
         {
             try
             {
-                if (session != null && session.IsOpen) await session.InterruptAsync();
+                var current = session;
+                if (current != null && current.IsOpen) await current.InterruptAsync();
             }
             catch (Exception e)
             {
@@ -68,8 +69,8 @@ namespace ArBridge.Unity
         {
             try
             {
-                await EnsureStartedAsync();
-                await session.UpdateSceneAsync(scene);
+                var current = await EnsureStartedAsync();
+                await current.UpdateSceneAsync(scene);
             }
             catch (Exception e)
             {
@@ -77,21 +78,28 @@ namespace ArBridge.Unity
             }
         }
 
-        Task EnsureStartedAsync()
+        /// <summary>The open session: the one being opened is reused, a closed one replaced.</summary>
+        async Task<DialogueSession> EnsureStartedAsync()
         {
-            if (session != null && session.IsOpen && starting != null) return starting;
-            if (session != null) session.Dispose();
-            // Created on the main thread: the session raises its events there.
-            session = endpoint.Client.StartDialogue(new ConverseStart
+            if (session == null || (starting.IsCompleted && !session.IsOpen))
             {
-                SystemPrompt = systemPrompt,
-                Sampling = new SamplingParams { MaxNewTokens = (uint)maxNewTokens },
-            });
-            session.TextChunk += (turn, text) => onTextChunk.Invoke(text);
-            session.ResponseComplete += (turn, completion) => onResponseComplete.Invoke(completion.Text);
-            session.Error += (turn, error) => onError.Invoke(error.Message);
-            starting = session.StartAsync();
-            return starting;
+                if (session != null) session.Dispose();
+                // Created on the main thread: the session raises its events there.
+                session = endpoint.Client.StartDialogue(new ConverseStart
+                {
+                    SystemPrompt = systemPrompt,
+                    Sampling = new SamplingParams { MaxNewTokens = (uint)maxNewTokens },
+                });
+                session.TextChunk += (turn, text) => onTextChunk.Invoke(text);
+                session.ResponseComplete += (turn, completion) => onResponseComplete.Invoke(completion.Text);
+                session.Error += (turn, error) => onError.Invoke(error.Message);
+                starting = session.StartAsync();
+            }
+            var current = session;
+            await starting;
+            if (current != session || current == null)
+                throw new OperationCanceledException("the dialogue was closed");
+            return current;
         }
 
         void OnDestroy()
