@@ -142,3 +142,41 @@ async def test_user_turn_needs_text(tiny_server):
         await s.close()
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details().startswith("request[0].user_turn.text:")
+
+
+async def test_drain_ends_an_idle_session_at_once_with_unavailable(tiny_model_dir, tmp_path):
+    from conftest import start_server
+
+    running = await start_server(tiny_model_dir, tmp_path, grace_seconds=20)
+    s = Session(running.stub)
+    await s.send(start=spb.ConverseStart(sampling=pb.SamplingParams(max_new_tokens=3)))
+    await s.send(user_turn=spb.UserTurn(turn_id=1, text="hi"))
+    await s.read_until_complete(1)  # now idle, waiting for the user
+    waited = await running.server.stop()
+    assert waited < 2.0, "an idle dialogue must not hold the shutdown for the grace period"
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in s.call:
+            pass
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    await running.channel.close()
+
+
+async def test_drain_lets_the_reply_in_flight_finish_first(tiny_model_dir, tmp_path):
+    from conftest import start_server
+
+    running = await start_server(tiny_model_dir, tmp_path, step_delay=0.02, grace_seconds=20)
+    s = Session(running.stub)
+    await s.send(start=spb.ConverseStart(sampling=pb.SamplingParams(max_new_tokens=40)))
+    await s.send(user_turn=spb.UserTurn(turn_id=1, text="tell me"))
+    async for response in s.call:  # the reply is streaming
+        s.responses.append(response)
+        break
+    stopping = asyncio.ensure_future(running.server.stop())
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for response in s.call:
+            s.responses.append(response)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    done = completion(s.responses, 1)
+    assert done.finish_reason == FR.FINISH_REASON_LENGTH and done.usage.completion_tokens == 40
+    assert await stopping < 10
+    await running.channel.close()

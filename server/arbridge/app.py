@@ -205,6 +205,7 @@ class ArBridgeServer:
         began = time.perf_counter()
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.interceptor.draining = True
+        self.servicer.draining.set()
         if self.interceptor.inflight:
             log.info("draining %d call(s) for up to %.1f s", self.interceptor.inflight, grace)
         drained = await self.interceptor.wait_idle(grace)

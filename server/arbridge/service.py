@@ -102,6 +102,10 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         self._prompts: PromptBuilder | None = None
         self._projectors: ProjectorSet | None = None
         self._encoders: dict[str, int] = {}  # encoder name -> projector input size
+        # Set when the server starts draining: idle Converse sessions end at once
+        # with UNAVAILABLE (the client reconnects elsewhere) instead of holding
+        # the shutdown for the whole grace period.
+        self.draining = asyncio.Event()
 
     def attach(self, backend: Backend) -> None:
         """Called once the model has loaded; until then calls get UNAVAILABLE."""
@@ -230,17 +234,37 @@ class _ConverseSession:
         self.reply_task: asyncio.Task | None = None
         self.reply_stream = None
 
+    def _replying(self) -> bool:
+        return self.reply_task is not None and not self.reply_task.done()
+
     async def run(self, requests) -> AsyncIterator[spb.ConverseResponse]:
         reader = asyncio.create_task(self._read(requests))
+        drain = asyncio.ensure_future(self.servicer.draining.wait())
         try:
             while True:
-                item = await self.outbox.get()
+                if drain.done() and not self._replying() and self.outbox.empty():
+                    # The reply in flight (if any) has been delivered whole.
+                    raise _Abort(grpc.StatusCode.UNAVAILABLE,
+                                 "server is shutting down; reconnect and resend the dialogue")
+                get = asyncio.ensure_future(self.outbox.get())
+                # Also wake when draining starts, or (draining) when the reply ends.
+                waits = {get}
+                if not drain.done():
+                    waits.add(drain)
+                elif self._replying():
+                    waits.add(self.reply_task)
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                if not get.done():
+                    get.cancel()
+                    continue
+                item = get.result()
                 if item is None:  # reader finished and the last reply is done
                     break
                 if isinstance(item, Exception):
                     raise item
                 yield item
         finally:
+            drain.cancel()
             reader.cancel()
             if self.reply_stream is not None:  # frees the slot even if the task never ran
                 self.reply_stream.cancel(FinishReason.CANCELLED)
