@@ -46,49 +46,43 @@ namespace ArBridge.Client
         /// throws RpcException with the server's status on failure and
         /// OperationCanceledException when <paramref name="cancellationToken"/> fires.
         /// </summary>
-        public async Task<Completion> DescribeSceneAsync(DescribeSceneRequest request, Action<TokenChunk> onChunk,
-                                                         CancellationToken cancellationToken = default(CancellationToken))
+        public Task<Completion> DescribeSceneAsync(DescribeSceneRequest request, Action<TokenChunk> onChunk,
+                                                   CancellationToken cancellationToken = default(CancellationToken))
         {
-            Completion first = null;
-            using (var call = Raw.DescribeScene(request, CallOptions(options.CallTimeout, cancellationToken)))
-            {
-                var stream = call.ResponseStream;
-                while (await MoveNext(stream, cancellationToken))
-                {
-                    var response = stream.Current;
-                    if (response.EventCase == DescribeSceneResponse.EventOneofCase.Chunk)
-                    {
-                        if (onChunk != null) onChunk(response.Chunk);
-                    }
-                    else if (response.EventCase == DescribeSceneResponse.EventOneofCase.Completion
-                             && response.Completion.SequenceIndex == 0)
-                    {
-                        first = response.Completion;
-                    }
-                }
-            }
-            return first;
+            var call = Raw.DescribeScene(request, CallOptions(options.CallTimeout, cancellationToken));
+            return ReadTextStreamAsync(call, r => r.Chunk, r => r.Completion, onChunk, cancellationToken);
         }
 
         /// <summary>Raw prompt completion, streamed like <see cref="DescribeSceneAsync"/>.</summary>
-        public async Task<Completion> GenerateAsync(GenerateRequest request, Action<TokenChunk> onChunk,
-                                                    CancellationToken cancellationToken = default(CancellationToken))
+        public Task<Completion> GenerateAsync(GenerateRequest request, Action<TokenChunk> onChunk,
+                                              CancellationToken cancellationToken = default(CancellationToken))
+        {
+            var call = Raw.Generate(request, CallOptions(options.CallTimeout, cancellationToken));
+            return ReadTextStreamAsync(call, r => r.Chunk, r => r.Completion, onChunk, cancellationToken);
+        }
+
+        // DescribeScene and Generate stream the same events: chunks, then one
+        // Completion per sequence (the accessors return null for the other case).
+        static async Task<Completion> ReadTextStreamAsync<TResponse>(
+            AsyncServerStreamingCall<TResponse> call, Func<TResponse, TokenChunk> chunkOf,
+            Func<TResponse, Completion> completionOf, Action<TokenChunk> onChunk,
+            CancellationToken cancellationToken)
         {
             Completion first = null;
-            using (var call = Raw.Generate(request, CallOptions(options.CallTimeout, cancellationToken)))
+            using (call)
             {
                 var stream = call.ResponseStream;
                 while (await MoveNext(stream, cancellationToken))
                 {
-                    var response = stream.Current;
-                    if (response.EventCase == GenerateResponse.EventOneofCase.Chunk)
+                    var chunk = chunkOf(stream.Current);
+                    var completion = completionOf(stream.Current);
+                    if (chunk != null)
                     {
-                        if (onChunk != null) onChunk(response.Chunk);
+                        if (onChunk != null) onChunk(chunk);
                     }
-                    else if (response.EventCase == GenerateResponse.EventOneofCase.Completion
-                             && response.Completion.SequenceIndex == 0)
+                    else if (completion != null && completion.SequenceIndex == 0)
                     {
-                        first = response.Completion;
+                        first = completion;
                     }
                 }
             }
