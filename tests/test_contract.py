@@ -52,6 +52,7 @@ def test_contract_names():
         "Converse": (True, True),
         "Generate": (False, True),
         "GetModelInfo": (False, False),
+        "Ask": (False, True),
     }
     reasons = set(types_pb2.FinishReason.keys())
     for name in ("LENGTH", "EOS", "STOP_SEQUENCE", "CANCELLED", "INTERRUPTED", "TIME_LIMIT",

@@ -137,7 +137,7 @@ async def test_bad_input_gets_the_same_status_as_native(web):
 
 async def test_converse_and_unknown_methods_are_unimplemented(web):
     _, frames = await call(web, "Converse", spb.ConverseRequest())
-    assert frames.status == 12 and "HTTP/2" in frames.message
+    assert frames.status == 12 and "use Ask" in frames.message
     _, frames = await call(web, "Nope", spb.GetModelInfoRequest())
     assert frames.status == 12
 
@@ -281,3 +281,16 @@ async def test_a_taken_grpc_web_port_fails_the_start_with_a_message(make_server,
             await make_server(tiny_model_dir, grpc_web_port=taken.getsockname()[1])
     finally:
         taken.close()
+
+
+async def test_dialogue_over_grpc_web_with_ask(web):
+    turn = spb.UserTurn(text="hello", sampling=pb.SamplingParams(max_new_tokens=5))
+    _, frames = await call(web, "Ask", spb.AskRequest(user_turn=turn))
+    assert frames.status == 0, frames.message
+    first = [spb.AskResponse.FromString(m) for _, m in frames.messages]
+    session = first[0].session_id
+    assert session and first[-1].completion.usage.completion_tokens == 5
+    _, frames = await call(web, "Ask", spb.AskRequest(session_id=session, user_turn=turn))
+    second = [spb.AskResponse.FromString(m) for _, m in frames.messages]
+    assert second[-1].turn_id == 2 and second[-1].session_id == session
+    assert second[-1].completion.usage.prompt_tokens > first[-1].completion.usage.prompt_tokens

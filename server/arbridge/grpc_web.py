@@ -11,8 +11,8 @@ the extra hop through another process.
 uvicorn (h11) speaks HTTP/1.1; this module only translates the framing: 5-byte
 frames (flag, big-endian length), trailers as a frame with flag 0x80, and
 base64 per frame for `application/grpc-web-text`. Unary and server-streaming
-methods are served; client and bidi streaming (Converse) cannot exist over
-gRPC-Web and get UNIMPLEMENTED.
+methods are served; Converse (bidirectional) cannot exist over gRPC-Web and
+gets UNIMPLEMENTED pointing to Ask, its one-turn-per-call twin.
 """
 
 from __future__ import annotations
@@ -193,8 +193,8 @@ class GrpcWebGateway:
                        cors=cors)
         path = scope["path"]
         if path not in self.methods:
-            why = ("client and bidirectional streaming (Converse) need HTTP/2 gRPC; "
-                   "gRPC-Web carries unary and server-streaming calls only"
+            why = ("Converse is bidirectional streaming, which gRPC-Web cannot carry: "
+                   "use Ask (one dialogue turn per call, same sessions and replies)"
                    if path.endswith("/Converse") else f"unknown method {path}")
             await reply.finish(grpc.StatusCode.UNIMPLEMENTED, why)
             return

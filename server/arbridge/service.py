@@ -30,6 +30,7 @@ from arbridge.engine.sampling import SamplingConfig
 from arbridge.engine.scheduler import QueueFull
 from arbridge.grounding import ground
 from arbridge.prompts import Prompt, PromptBuilder, PromptTooLong
+from arbridge.sessions import DialogueState, SessionStore
 from arbridge.streaming import Event
 from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import service_pb2_grpc
@@ -106,6 +107,7 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         # with UNAVAILABLE (the client reconnects elsewhere) instead of holding
         # the shutdown for the whole grace period.
         self.draining = asyncio.Event()
+        self._sessions = SessionStore(settings.max_ask_sessions, settings.ask_session_idle_s)
 
     def attach(self, backend: Backend) -> None:
         """Called once the model has loaded; until then calls get UNAVAILABLE."""
@@ -146,6 +148,41 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         for name, why in self._backend.unsupported(cfg):
             raise validation.Unsupported(f"{field}.{name}", why)
         return cfg
+
+    def _dialogue_state(self, start: spb.ConverseStart, field: str) -> DialogueState:
+        validation.dialogue(start.history, self.settings, f"{field}.history")
+        state = DialogueState(system_prompt=start.system_prompt, sampling=start.sampling,
+                              history=list(start.history))
+        if start.HasField("scene"):
+            validation.scene(start.scene, self.settings, f"{field}.scene", self._encoders)
+            state.scene = start.scene
+        self._sampling(start.sampling, f"{field}.sampling")
+        return state
+
+    def _turn(self, state: DialogueState, turn: spb.UserTurn, field: str):
+        """A user turn checked and turned into (text, sampling, prompt, scene objects)."""
+        text = turn.text.strip()
+        if turn.HasField("audio"):
+            validation.audio(turn.audio, self.settings, f"{field}.audio", self._encoders)
+            text = text or turn.audio.transcript.strip()
+        if not text:
+            raise validation.InvalidField(f"{field}.text", "needs text or audio.transcript")
+        if len(text) > validation.MAX_TEXT_CHARS_PER_TURN:
+            raise validation.InvalidField(f"{field}.text", "too long")
+        params = turn.sampling if turn.HasField("sampling") else state.sampling
+        cfg = self._sampling(params, f"{field}.sampling")
+        # Dense features: the scene's image features, then the turn's audio embedding.
+        scene = state.scene
+        features = [(fv.encoder, list(fv.values))
+                    for fv in (scene.image_features if scene is not None else ())]
+        if turn.HasField("audio") and turn.audio.HasField("embedding"):
+            features.append((turn.audio.embedding.encoder, list(turn.audio.embedding.values)))
+        prompt = self._prompt(
+            lambda budget: self._prompts.converse(scene, state.history, text, budget,
+                                                  state.system_prompt),
+            f"{field}.text", cfg, features)
+        objects = list(scene.objects) if scene is not None else []
+        return text, cfg, prompt, objects
 
     def _open(self, prompt: Prompt, cfg: SamplingConfig, context, arrived: float,
               objects=None) -> Generation:
@@ -188,6 +225,57 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
                                       objects=list(request.scene.objects)):
             yield _wrap(spb.DescribeSceneResponse, event)
 
+    @_rpc
+    async def Ask(self, request: spb.AskRequest, context):
+        arrived = time.perf_counter()
+        self._ready()
+        if not request.HasField("user_turn"):
+            raise validation.InvalidField("user_turn", "is required")
+        if request.session_id:
+            session = self._sessions.get(request.session_id)
+            if session is None:
+                raise _Abort(grpc.StatusCode.NOT_FOUND,
+                             "session_id: unknown or expired; start a new session with the "
+                             "dialogue so far in start.history")
+        else:
+            session = None
+            state = self._dialogue_state(request.start, "start")
+        if request.HasField("scene"):
+            validation.scene(request.scene, self.settings, "scene", self._encoders)
+        # Everything is checked before the session changes: a bad turn leaves it as it was.
+        trial = session.state if session is not None else state
+        if request.HasField("scene"):
+            trial = DialogueState(trial.system_prompt, trial.sampling, request.scene,
+                                  trial.history, trial.next_turn_id)
+        text, cfg, prompt, objects = self._turn(trial, request.user_turn, "user_turn")
+        if session is None:
+            session = self._sessions.create(state)
+        if request.HasField("scene"):
+            session.state.scene = request.scene
+        # Barge-in: this turn interrupts the session's reply still streaming.
+        while not session.idle.is_set():
+            if session.reply is not None:
+                session.reply.cancel(FinishReason.INTERRUPTED)
+            await session.idle.wait()
+        turn_id = session.state.take_turn_id(request.user_turn.turn_id)
+        generation = self._open(prompt, cfg, context, arrived, objects)
+        session.reply = generation
+        session.idle.clear()
+        reply_text = ""
+        try:
+            async for event in generation:
+                if isinstance(event, pb.Completion) and event.sequence_index == 0:
+                    reply_text = event.text
+                if isinstance(event, pb.TokenChunk):
+                    yield spb.AskResponse(session_id=session.id, turn_id=turn_id, chunk=event)
+                else:
+                    yield spb.AskResponse(session_id=session.id, turn_id=turn_id,
+                                          completion=event)
+            session.state.record(text, reply_text, self.settings.max_dialogue_turns)
+        finally:
+            session.reply = None
+            session.idle.set()
+
     async def GetModelInfo(self, request, context):
         if self._backend is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "model is still loading")
@@ -225,11 +313,7 @@ class _ConverseSession:
         self.settings = servicer.settings
         self.context = context
         self.started = False
-        self.system_prompt = ""
-        self.sampling = pb.SamplingParams()
-        self.scene: pb.SceneFeatures | None = None
-        self.history: list[pb.DialogueTurn] = []
-        self.next_turn_id = 1
+        self.state = DialogueState()
         self.outbox: asyncio.Queue = asyncio.Queue()
         self.reply_task: asyncio.Task | None = None
         self.reply_stream = None
@@ -295,20 +379,11 @@ class _ConverseSession:
             if self.started or index != 0:
                 raise validation.InvalidField(f"request[{index}].start",
                                               "only the first message may start the session")
-            s = req.start
-            validation.dialogue(s.history, self.settings, "start.history")
-            if s.HasField("scene"):
-                validation.scene(s.scene, self.settings, "start.scene",
-                                 self.servicer._encoders)
-                self.scene = s.scene
-            self.servicer._sampling(s.sampling, "start.sampling")
-            self.system_prompt = s.system_prompt
-            self.sampling = s.sampling
-            self.history = list(s.history)
+            self.state = self.servicer._dialogue_state(req.start, "start")
         elif kind == "scene_update":
             validation.scene(req.scene_update, self.settings, f"request[{index}].scene_update",
                              self.servicer._encoders)
-            self.scene = req.scene_update
+            self.state.scene = req.scene_update
         elif kind == "cancel":
             if self.reply_stream is not None:
                 self.reply_stream.cancel(FinishReason.CANCELLED)
@@ -317,34 +392,13 @@ class _ConverseSession:
         self.started = True
 
     async def _user_turn(self, turn: spb.UserTurn, field: str) -> None:
-        text = turn.text.strip()
-        if turn.HasField("audio"):
-            validation.audio(turn.audio, self.settings, f"{field}.audio",
-                             self.servicer._encoders)
-            text = text or turn.audio.transcript.strip()
-        if not text:
-            raise validation.InvalidField(f"{field}.text", "needs text or audio.transcript")
-        if len(text) > validation.MAX_TEXT_CHARS_PER_TURN:
-            raise validation.InvalidField(f"{field}.text", "too long")
-        params = turn.sampling if turn.HasField("sampling") else self.sampling
-        cfg = self.servicer._sampling(params, f"{field}.sampling")
+        arrived = time.perf_counter()
+        text, cfg, prompt, objects = self.servicer._turn(self.state, turn, field)
         # Barge-in: the new turn interrupts the reply in flight.
         if self.reply_task is not None and not self.reply_task.done():
             self.reply_stream.cancel(FinishReason.INTERRUPTED)
             await self.reply_task
-        turn_id = turn.turn_id or self.next_turn_id
-        self.next_turn_id = turn_id + 1
-        arrived = time.perf_counter()
-        # Dense features: the scene's image features, then the turn's audio embedding.
-        features = [(fv.encoder, list(fv.values))
-                    for fv in (self.scene.image_features if self.scene is not None else ())]
-        if turn.HasField("audio") and turn.audio.HasField("embedding"):
-            features.append((turn.audio.embedding.encoder, list(turn.audio.embedding.values)))
-        prompt = self.servicer._prompt(
-            lambda budget: self.servicer._prompts.converse(self.scene, self.history, text,
-                                                           budget, self.system_prompt),
-            f"{field}.text", cfg, features)
-        objects = list(self.scene.objects) if self.scene is not None else []
+        turn_id = self.state.take_turn_id(turn.turn_id)
         # Opened here, not in the task, so a barge-in can always reach it.
         self.reply_stream = self.servicer._open(prompt, cfg, self.context, arrived, objects)
         self.reply_task = asyncio.create_task(self._reply(turn_id, text, self.reply_stream))
@@ -359,11 +413,7 @@ class _ConverseSession:
         except Exception as exc:
             await self.outbox.put(exc)
             return
-        # What the user heard (even if interrupted) becomes history.
-        self.history.append(pb.DialogueTurn(role=pb.ROLE_USER, text=user_text))
-        self.history.append(pb.DialogueTurn(role=pb.ROLE_ASSISTANT, text=reply_text))
-        if len(self.history) > self.settings.max_dialogue_turns:
-            self.history = self.history[-self.settings.max_dialogue_turns:]
+        self.state.record(user_text, reply_text, self.settings.max_dialogue_turns)
 
 
 def _wrap_turn(turn_id: int, event: Event) -> spb.ConverseResponse:

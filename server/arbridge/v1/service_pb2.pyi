@@ -122,3 +122,27 @@ class GetModelInfoResponse(_message.Message):
     features: _containers.RepeatedScalarFieldContainer[str]
     max_new_tokens_limit: int
     def __init__(self, model_name: _Optional[str] = ..., architecture: _Optional[str] = ..., parameter_count: _Optional[int] = ..., context_length: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., source_format: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., vocab_size: _Optional[int] = ..., features: _Optional[_Iterable[str]] = ..., max_new_tokens_limit: _Optional[int] = ...) -> None: ...
+
+class AskRequest(_message.Message):
+    __slots__ = ("session_id", "start", "scene", "user_turn")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    SCENE_FIELD_NUMBER: _ClassVar[int]
+    USER_TURN_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    start: ConverseStart
+    scene: _types_pb2.SceneFeatures
+    user_turn: UserTurn
+    def __init__(self, session_id: _Optional[str] = ..., start: _Optional[_Union[ConverseStart, _Mapping]] = ..., scene: _Optional[_Union[_types_pb2.SceneFeatures, _Mapping]] = ..., user_turn: _Optional[_Union[UserTurn, _Mapping]] = ...) -> None: ...
+
+class AskResponse(_message.Message):
+    __slots__ = ("session_id", "turn_id", "chunk", "completion")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    turn_id: int
+    chunk: _types_pb2.TokenChunk
+    completion: _types_pb2.Completion
+    def __init__(self, session_id: _Optional[str] = ..., turn_id: _Optional[int] = ..., chunk: _Optional[_Union[_types_pb2.TokenChunk, _Mapping]] = ..., completion: _Optional[_Union[_types_pb2.Completion, _Mapping]] = ...) -> None: ...

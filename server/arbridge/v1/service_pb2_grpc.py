@@ -55,6 +55,11 @@ class ArBridgeServiceStub:
                 request_serializer=arbridge_dot_v1_dot_service__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=arbridge_dot_v1_dot_service__pb2.GetModelInfoResponse.FromString,
                 _registered_method=True)
+        self.Ask = channel.unary_stream(
+                '/arbridge.v1.ArBridgeService/Ask',
+                request_serializer=arbridge_dot_v1_dot_service__pb2.AskRequest.SerializeToString,
+                response_deserializer=arbridge_dot_v1_dot_service__pb2.AskResponse.FromString,
+                _registered_method=True)
 
 
 class ArBridgeServiceServicer:
@@ -93,6 +98,16 @@ class ArBridgeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Ask(self, request, context):
+        """Dialogue one turn per call, for clients without bidirectional streaming
+        (gRPC-Web: Unity WebGL, browsers). The server keeps the session (history,
+        scene, sampling) between calls under the id it returns. A turn on a
+        session interrupts that session's reply still streaming, as in Converse.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ArBridgeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -115,6 +130,11 @@ def add_ArBridgeServiceServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=arbridge_dot_v1_dot_service__pb2.GetModelInfoRequest.FromString,
                     response_serializer=arbridge_dot_v1_dot_service__pb2.GetModelInfoResponse.SerializeToString,
+            ),
+            'Ask': grpc.unary_stream_rpc_method_handler(
+                    servicer.Ask,
+                    request_deserializer=arbridge_dot_v1_dot_service__pb2.AskRequest.FromString,
+                    response_serializer=arbridge_dot_v1_dot_service__pb2.AskResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -226,6 +246,33 @@ class ArBridgeService:
             '/arbridge.v1.ArBridgeService/GetModelInfo',
             arbridge_dot_v1_dot_service__pb2.GetModelInfoRequest.SerializeToString,
             arbridge_dot_v1_dot_service__pb2.GetModelInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Ask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/arbridge.v1.ArBridgeService/Ask',
+            arbridge_dot_v1_dot_service__pb2.AskRequest.SerializeToString,
+            arbridge_dot_v1_dot_service__pb2.AskResponse.FromString,
             options,
             channel_credentials,
             insecure,

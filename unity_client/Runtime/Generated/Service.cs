@@ -57,15 +57,24 @@ namespace ArBridge.V1 {
             "KAkSDgoGZGV2aWNlGAYgASgJEhUKDXNvdXJjZV9mb3JtYXQYByABKAkSEgoK",
             "bnVtX2xheWVycxgIIAEoDRITCgtoaWRkZW5fc2l6ZRgJIAEoDRISCgp2b2Nh",
             "Yl9zaXplGAogASgNEhAKCGZlYXR1cmVzGAsgAygJEhwKFG1heF9uZXdfdG9r",
-            "ZW5zX2xpbWl0GAwgASgNMtgCCg9BckJyaWRnZVNlcnZpY2USWAoNRGVzY3Jp",
-            "YmVTY2VuZRIhLmFyYnJpZGdlLnYxLkRlc2NyaWJlU2NlbmVSZXF1ZXN0GiIu",
-            "YXJicmlkZ2UudjEuRGVzY3JpYmVTY2VuZVJlc3BvbnNlMAESSwoIQ29udmVy",
-            "c2USHC5hcmJyaWRnZS52MS5Db252ZXJzZVJlcXVlc3QaHS5hcmJyaWRnZS52",
-            "MS5Db252ZXJzZVJlc3BvbnNlKAEwARJJCghHZW5lcmF0ZRIcLmFyYnJpZGdl",
-            "LnYxLkdlbmVyYXRlUmVxdWVzdBodLmFyYnJpZGdlLnYxLkdlbmVyYXRlUmVz",
-            "cG9uc2UwARJTCgxHZXRNb2RlbEluZm8SIC5hcmJyaWRnZS52MS5HZXRNb2Rl",
-            "bEluZm9SZXF1ZXN0GiEuYXJicmlkZ2UudjEuR2V0TW9kZWxJbmZvUmVzcG9u",
-            "c2VCIQoPY29tLmFyYnJpZGdlLnYxUAGqAgtBckJyaWRnZS5WMWIGcHJvdG8z"));
+            "ZW5zX2xpbWl0GAwgASgNIqABCgpBc2tSZXF1ZXN0EhIKCnNlc3Npb25faWQY",
+            "ASABKAkSKQoFc3RhcnQYAiABKAsyGi5hcmJyaWRnZS52MS5Db252ZXJzZVN0",
+            "YXJ0EikKBXNjZW5lGAMgASgLMhouYXJicmlkZ2UudjEuU2NlbmVGZWF0dXJl",
+            "cxIoCgl1c2VyX3R1cm4YBCABKAsyFS5hcmJyaWRnZS52MS5Vc2VyVHVybiKU",
+            "AQoLQXNrUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgd0dXJuX2lk",
+            "GAIgASgNEigKBWNodW5rGAMgASgLMhcuYXJicmlkZ2UudjEuVG9rZW5DaHVu",
+            "a0gAEi0KCmNvbXBsZXRpb24YBCABKAsyFy5hcmJyaWRnZS52MS5Db21wbGV0",
+            "aW9uSABCBwoFZXZlbnQylAMKD0FyQnJpZGdlU2VydmljZRJYCg1EZXNjcmli",
+            "ZVNjZW5lEiEuYXJicmlkZ2UudjEuRGVzY3JpYmVTY2VuZVJlcXVlc3QaIi5h",
+            "cmJyaWRnZS52MS5EZXNjcmliZVNjZW5lUmVzcG9uc2UwARJLCghDb252ZXJz",
+            "ZRIcLmFyYnJpZGdlLnYxLkNvbnZlcnNlUmVxdWVzdBodLmFyYnJpZGdlLnYx",
+            "LkNvbnZlcnNlUmVzcG9uc2UoATABEkkKCEdlbmVyYXRlEhwuYXJicmlkZ2Uu",
+            "djEuR2VuZXJhdGVSZXF1ZXN0Gh0uYXJicmlkZ2UudjEuR2VuZXJhdGVSZXNw",
+            "b25zZTABElMKDEdldE1vZGVsSW5mbxIgLmFyYnJpZGdlLnYxLkdldE1vZGVs",
+            "SW5mb1JlcXVlc3QaIS5hcmJyaWRnZS52MS5HZXRNb2RlbEluZm9SZXNwb25z",
+            "ZRI6CgNBc2sSFy5hcmJyaWRnZS52MS5Bc2tSZXF1ZXN0GhguYXJicmlkZ2Uu",
+            "djEuQXNrUmVzcG9uc2UwAUIhCg9jb20uYXJicmlkZ2UudjFQAaoCC0FyQnJp",
+            "ZGdlLlYxYgZwcm90bzM="));
       descriptor = pbr::FileDescriptor.FromGeneratedCode(descriptorData,
           new pbr::FileDescriptor[] { global::ArBridge.V1.TypesReflection.Descriptor, },
           new pbr::GeneratedClrTypeInfo(null, null, new pbr::GeneratedClrTypeInfo[] {
@@ -79,7 +88,9 @@ namespace ArBridge.V1 {
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.GenerateRequest), global::ArBridge.V1.GenerateRequest.Parser, new[]{ "Prompt", "Sampling" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.GenerateResponse), global::ArBridge.V1.GenerateResponse.Parser, new[]{ "Chunk", "Completion" }, new[]{ "Event" }, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.GetModelInfoRequest), global::ArBridge.V1.GetModelInfoRequest.Parser, null, null, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.GetModelInfoResponse), global::ArBridge.V1.GetModelInfoResponse.Parser, new[]{ "ModelName", "Architecture", "ParameterCount", "ContextLength", "Dtype", "Device", "SourceFormat", "NumLayers", "HiddenSize", "VocabSize", "Features", "MaxNewTokensLimit" }, null, null, null, null)
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.GetModelInfoResponse), global::ArBridge.V1.GetModelInfoResponse.Parser, new[]{ "ModelName", "Architecture", "ParameterCount", "ContextLength", "Dtype", "Device", "SourceFormat", "NumLayers", "HiddenSize", "VocabSize", "Features", "MaxNewTokensLimit" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.AskRequest), global::ArBridge.V1.AskRequest.Parser, new[]{ "SessionId", "Start", "Scene", "UserTurn" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.AskResponse), global::ArBridge.V1.AskResponse.Parser, new[]{ "SessionId", "TurnId", "Chunk", "Completion" }, new[]{ "Event" }, null, null, null)
           }));
     }
     #endregion
@@ -3455,6 +3466,712 @@ namespace ArBridge.V1 {
           }
           case 96: {
             MaxNewTokensLimit = input.ReadUInt32();
+            break;
+          }
+        }
+      }
+    }
+    #endif
+
+  }
+
+  public sealed partial class AskRequest : pb::IMessage<AskRequest>
+  #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      , pb::IBufferMessage
+  #endif
+  {
+    private static readonly pb::MessageParser<AskRequest> _parser = new pb::MessageParser<AskRequest>(() => new AskRequest());
+    private pb::UnknownFieldSet _unknownFields;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pb::MessageParser<AskRequest> Parser { get { return _parser; } }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pbr::MessageDescriptor Descriptor {
+      get { return global::ArBridge.V1.ServiceReflection.Descriptor.MessageTypes[11]; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    pbr::MessageDescriptor pb::IMessage.Descriptor {
+      get { return Descriptor; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public AskRequest() {
+      OnConstruction();
+    }
+
+    partial void OnConstruction();
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public AskRequest(AskRequest other) : this() {
+      sessionId_ = other.sessionId_;
+      start_ = other.start_ != null ? other.start_.Clone() : null;
+      scene_ = other.scene_ != null ? other.scene_.Clone() : null;
+      userTurn_ = other.userTurn_ != null ? other.userTurn_.Clone() : null;
+      _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public AskRequest Clone() {
+      return new AskRequest(this);
+    }
+
+    /// <summary>Field number for the "session_id" field.</summary>
+    public const int SessionIdFieldNumber = 1;
+    private string sessionId_ = "";
+    /// <summary>
+    /// Empty to start a session; otherwise the id from an earlier AskResponse.
+    /// An unknown or expired id gets NOT_FOUND: start again with the dialogue so
+    /// far in start.history.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string SessionId {
+      get { return sessionId_; }
+      set {
+        sessionId_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+      }
+    }
+
+    /// <summary>Field number for the "start" field.</summary>
+    public const int StartFieldNumber = 2;
+    private global::ArBridge.V1.ConverseStart start_;
+    /// <summary>
+    /// Settings of a new session; read only when session_id is empty.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::ArBridge.V1.ConverseStart Start {
+      get { return start_; }
+      set {
+        start_ = value;
+      }
+    }
+
+    /// <summary>Field number for the "scene" field.</summary>
+    public const int SceneFieldNumber = 3;
+    private global::ArBridge.V1.SceneFeatures scene_;
+    /// <summary>
+    /// Replaces the session's scene before this turn, when set.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::ArBridge.V1.SceneFeatures Scene {
+      get { return scene_; }
+      set {
+        scene_ = value;
+      }
+    }
+
+    /// <summary>Field number for the "user_turn" field.</summary>
+    public const int UserTurnFieldNumber = 4;
+    private global::ArBridge.V1.UserTurn userTurn_;
+    /// <summary>
+    /// The user's utterance. Required.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::ArBridge.V1.UserTurn UserTurn {
+      get { return userTurn_; }
+      set {
+        userTurn_ = value;
+      }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override bool Equals(object other) {
+      return Equals(other as AskRequest);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public bool Equals(AskRequest other) {
+      if (ReferenceEquals(other, null)) {
+        return false;
+      }
+      if (ReferenceEquals(other, this)) {
+        return true;
+      }
+      if (SessionId != other.SessionId) return false;
+      if (!object.Equals(Start, other.Start)) return false;
+      if (!object.Equals(Scene, other.Scene)) return false;
+      if (!object.Equals(UserTurn, other.UserTurn)) return false;
+      return Equals(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override int GetHashCode() {
+      int hash = 1;
+      if (SessionId.Length != 0) hash ^= SessionId.GetHashCode();
+      if (start_ != null) hash ^= Start.GetHashCode();
+      if (scene_ != null) hash ^= Scene.GetHashCode();
+      if (userTurn_ != null) hash ^= UserTurn.GetHashCode();
+      if (_unknownFields != null) {
+        hash ^= _unknownFields.GetHashCode();
+      }
+      return hash;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override string ToString() {
+      return pb::JsonFormatter.ToDiagnosticString(this);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void WriteTo(pb::CodedOutputStream output) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      output.WriteRawMessage(this);
+    #else
+      if (SessionId.Length != 0) {
+        output.WriteRawTag(10);
+        output.WriteString(SessionId);
+      }
+      if (start_ != null) {
+        output.WriteRawTag(18);
+        output.WriteMessage(Start);
+      }
+      if (scene_ != null) {
+        output.WriteRawTag(26);
+        output.WriteMessage(Scene);
+      }
+      if (userTurn_ != null) {
+        output.WriteRawTag(34);
+        output.WriteMessage(UserTurn);
+      }
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(output);
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalWriteTo(ref pb::WriteContext output) {
+      if (SessionId.Length != 0) {
+        output.WriteRawTag(10);
+        output.WriteString(SessionId);
+      }
+      if (start_ != null) {
+        output.WriteRawTag(18);
+        output.WriteMessage(Start);
+      }
+      if (scene_ != null) {
+        output.WriteRawTag(26);
+        output.WriteMessage(Scene);
+      }
+      if (userTurn_ != null) {
+        output.WriteRawTag(34);
+        output.WriteMessage(UserTurn);
+      }
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(ref output);
+      }
+    }
+    #endif
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public int CalculateSize() {
+      int size = 0;
+      if (SessionId.Length != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(SessionId);
+      }
+      if (start_ != null) {
+        size += 1 + pb::CodedOutputStream.ComputeMessageSize(Start);
+      }
+      if (scene_ != null) {
+        size += 1 + pb::CodedOutputStream.ComputeMessageSize(Scene);
+      }
+      if (userTurn_ != null) {
+        size += 1 + pb::CodedOutputStream.ComputeMessageSize(UserTurn);
+      }
+      if (_unknownFields != null) {
+        size += _unknownFields.CalculateSize();
+      }
+      return size;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(AskRequest other) {
+      if (other == null) {
+        return;
+      }
+      if (other.SessionId.Length != 0) {
+        SessionId = other.SessionId;
+      }
+      if (other.start_ != null) {
+        if (start_ == null) {
+          Start = new global::ArBridge.V1.ConverseStart();
+        }
+        Start.MergeFrom(other.Start);
+      }
+      if (other.scene_ != null) {
+        if (scene_ == null) {
+          Scene = new global::ArBridge.V1.SceneFeatures();
+        }
+        Scene.MergeFrom(other.Scene);
+      }
+      if (other.userTurn_ != null) {
+        if (userTurn_ == null) {
+          UserTurn = new global::ArBridge.V1.UserTurn();
+        }
+        UserTurn.MergeFrom(other.UserTurn);
+      }
+      _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(pb::CodedInputStream input) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      input.ReadRawMessage(this);
+    #else
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, input);
+            break;
+          case 10: {
+            SessionId = input.ReadString();
+            break;
+          }
+          case 18: {
+            if (start_ == null) {
+              Start = new global::ArBridge.V1.ConverseStart();
+            }
+            input.ReadMessage(Start);
+            break;
+          }
+          case 26: {
+            if (scene_ == null) {
+              Scene = new global::ArBridge.V1.SceneFeatures();
+            }
+            input.ReadMessage(Scene);
+            break;
+          }
+          case 34: {
+            if (userTurn_ == null) {
+              UserTurn = new global::ArBridge.V1.UserTurn();
+            }
+            input.ReadMessage(UserTurn);
+            break;
+          }
+        }
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalMergeFrom(ref pb::ParseContext input) {
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, ref input);
+            break;
+          case 10: {
+            SessionId = input.ReadString();
+            break;
+          }
+          case 18: {
+            if (start_ == null) {
+              Start = new global::ArBridge.V1.ConverseStart();
+            }
+            input.ReadMessage(Start);
+            break;
+          }
+          case 26: {
+            if (scene_ == null) {
+              Scene = new global::ArBridge.V1.SceneFeatures();
+            }
+            input.ReadMessage(Scene);
+            break;
+          }
+          case 34: {
+            if (userTurn_ == null) {
+              UserTurn = new global::ArBridge.V1.UserTurn();
+            }
+            input.ReadMessage(UserTurn);
+            break;
+          }
+        }
+      }
+    }
+    #endif
+
+  }
+
+  public sealed partial class AskResponse : pb::IMessage<AskResponse>
+  #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      , pb::IBufferMessage
+  #endif
+  {
+    private static readonly pb::MessageParser<AskResponse> _parser = new pb::MessageParser<AskResponse>(() => new AskResponse());
+    private pb::UnknownFieldSet _unknownFields;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pb::MessageParser<AskResponse> Parser { get { return _parser; } }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pbr::MessageDescriptor Descriptor {
+      get { return global::ArBridge.V1.ServiceReflection.Descriptor.MessageTypes[12]; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    pbr::MessageDescriptor pb::IMessage.Descriptor {
+      get { return Descriptor; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public AskResponse() {
+      OnConstruction();
+    }
+
+    partial void OnConstruction();
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public AskResponse(AskResponse other) : this() {
+      sessionId_ = other.sessionId_;
+      turnId_ = other.turnId_;
+      switch (other.EventCase) {
+        case EventOneofCase.Chunk:
+          Chunk = other.Chunk.Clone();
+          break;
+        case EventOneofCase.Completion:
+          Completion = other.Completion.Clone();
+          break;
+      }
+
+      _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public AskResponse Clone() {
+      return new AskResponse(this);
+    }
+
+    /// <summary>Field number for the "session_id" field.</summary>
+    public const int SessionIdFieldNumber = 1;
+    private string sessionId_ = "";
+    /// <summary>
+    /// The session this reply belongs to: send it with the next turn.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string SessionId {
+      get { return sessionId_; }
+      set {
+        sessionId_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+      }
+    }
+
+    /// <summary>Field number for the "turn_id" field.</summary>
+    public const int TurnIdFieldNumber = 2;
+    private uint turnId_;
+    /// <summary>
+    /// The UserTurn.turn_id this reply answers.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public uint TurnId {
+      get { return turnId_; }
+      set {
+        turnId_ = value;
+      }
+    }
+
+    /// <summary>Field number for the "chunk" field.</summary>
+    public const int ChunkFieldNumber = 3;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::ArBridge.V1.TokenChunk Chunk {
+      get { return eventCase_ == EventOneofCase.Chunk ? (global::ArBridge.V1.TokenChunk) event_ : null; }
+      set {
+        event_ = value;
+        eventCase_ = value == null ? EventOneofCase.None : EventOneofCase.Chunk;
+      }
+    }
+
+    /// <summary>Field number for the "completion" field.</summary>
+    public const int CompletionFieldNumber = 4;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::ArBridge.V1.Completion Completion {
+      get { return eventCase_ == EventOneofCase.Completion ? (global::ArBridge.V1.Completion) event_ : null; }
+      set {
+        event_ = value;
+        eventCase_ = value == null ? EventOneofCase.None : EventOneofCase.Completion;
+      }
+    }
+
+    private object event_;
+    /// <summary>Enum of possible cases for the "event" oneof.</summary>
+    public enum EventOneofCase {
+      None = 0,
+      Chunk = 3,
+      Completion = 4,
+    }
+    private EventOneofCase eventCase_ = EventOneofCase.None;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public EventOneofCase EventCase {
+      get { return eventCase_; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void ClearEvent() {
+      eventCase_ = EventOneofCase.None;
+      event_ = null;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override bool Equals(object other) {
+      return Equals(other as AskResponse);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public bool Equals(AskResponse other) {
+      if (ReferenceEquals(other, null)) {
+        return false;
+      }
+      if (ReferenceEquals(other, this)) {
+        return true;
+      }
+      if (SessionId != other.SessionId) return false;
+      if (TurnId != other.TurnId) return false;
+      if (!object.Equals(Chunk, other.Chunk)) return false;
+      if (!object.Equals(Completion, other.Completion)) return false;
+      if (EventCase != other.EventCase) return false;
+      return Equals(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override int GetHashCode() {
+      int hash = 1;
+      if (SessionId.Length != 0) hash ^= SessionId.GetHashCode();
+      if (TurnId != 0) hash ^= TurnId.GetHashCode();
+      if (eventCase_ == EventOneofCase.Chunk) hash ^= Chunk.GetHashCode();
+      if (eventCase_ == EventOneofCase.Completion) hash ^= Completion.GetHashCode();
+      hash ^= (int) eventCase_;
+      if (_unknownFields != null) {
+        hash ^= _unknownFields.GetHashCode();
+      }
+      return hash;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override string ToString() {
+      return pb::JsonFormatter.ToDiagnosticString(this);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void WriteTo(pb::CodedOutputStream output) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      output.WriteRawMessage(this);
+    #else
+      if (SessionId.Length != 0) {
+        output.WriteRawTag(10);
+        output.WriteString(SessionId);
+      }
+      if (TurnId != 0) {
+        output.WriteRawTag(16);
+        output.WriteUInt32(TurnId);
+      }
+      if (eventCase_ == EventOneofCase.Chunk) {
+        output.WriteRawTag(26);
+        output.WriteMessage(Chunk);
+      }
+      if (eventCase_ == EventOneofCase.Completion) {
+        output.WriteRawTag(34);
+        output.WriteMessage(Completion);
+      }
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(output);
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalWriteTo(ref pb::WriteContext output) {
+      if (SessionId.Length != 0) {
+        output.WriteRawTag(10);
+        output.WriteString(SessionId);
+      }
+      if (TurnId != 0) {
+        output.WriteRawTag(16);
+        output.WriteUInt32(TurnId);
+      }
+      if (eventCase_ == EventOneofCase.Chunk) {
+        output.WriteRawTag(26);
+        output.WriteMessage(Chunk);
+      }
+      if (eventCase_ == EventOneofCase.Completion) {
+        output.WriteRawTag(34);
+        output.WriteMessage(Completion);
+      }
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(ref output);
+      }
+    }
+    #endif
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public int CalculateSize() {
+      int size = 0;
+      if (SessionId.Length != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(SessionId);
+      }
+      if (TurnId != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeUInt32Size(TurnId);
+      }
+      if (eventCase_ == EventOneofCase.Chunk) {
+        size += 1 + pb::CodedOutputStream.ComputeMessageSize(Chunk);
+      }
+      if (eventCase_ == EventOneofCase.Completion) {
+        size += 1 + pb::CodedOutputStream.ComputeMessageSize(Completion);
+      }
+      if (_unknownFields != null) {
+        size += _unknownFields.CalculateSize();
+      }
+      return size;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(AskResponse other) {
+      if (other == null) {
+        return;
+      }
+      if (other.SessionId.Length != 0) {
+        SessionId = other.SessionId;
+      }
+      if (other.TurnId != 0) {
+        TurnId = other.TurnId;
+      }
+      switch (other.EventCase) {
+        case EventOneofCase.Chunk:
+          if (Chunk == null) {
+            Chunk = new global::ArBridge.V1.TokenChunk();
+          }
+          Chunk.MergeFrom(other.Chunk);
+          break;
+        case EventOneofCase.Completion:
+          if (Completion == null) {
+            Completion = new global::ArBridge.V1.Completion();
+          }
+          Completion.MergeFrom(other.Completion);
+          break;
+      }
+
+      _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(pb::CodedInputStream input) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      input.ReadRawMessage(this);
+    #else
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, input);
+            break;
+          case 10: {
+            SessionId = input.ReadString();
+            break;
+          }
+          case 16: {
+            TurnId = input.ReadUInt32();
+            break;
+          }
+          case 26: {
+            global::ArBridge.V1.TokenChunk subBuilder = new global::ArBridge.V1.TokenChunk();
+            if (eventCase_ == EventOneofCase.Chunk) {
+              subBuilder.MergeFrom(Chunk);
+            }
+            input.ReadMessage(subBuilder);
+            Chunk = subBuilder;
+            break;
+          }
+          case 34: {
+            global::ArBridge.V1.Completion subBuilder = new global::ArBridge.V1.Completion();
+            if (eventCase_ == EventOneofCase.Completion) {
+              subBuilder.MergeFrom(Completion);
+            }
+            input.ReadMessage(subBuilder);
+            Completion = subBuilder;
+            break;
+          }
+        }
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalMergeFrom(ref pb::ParseContext input) {
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, ref input);
+            break;
+          case 10: {
+            SessionId = input.ReadString();
+            break;
+          }
+          case 16: {
+            TurnId = input.ReadUInt32();
+            break;
+          }
+          case 26: {
+            global::ArBridge.V1.TokenChunk subBuilder = new global::ArBridge.V1.TokenChunk();
+            if (eventCase_ == EventOneofCase.Chunk) {
+              subBuilder.MergeFrom(Chunk);
+            }
+            input.ReadMessage(subBuilder);
+            Chunk = subBuilder;
+            break;
+          }
+          case 34: {
+            global::ArBridge.V1.Completion subBuilder = new global::ArBridge.V1.Completion();
+            if (eventCase_ == EventOneofCase.Completion) {
+              subBuilder.MergeFrom(Completion);
+            }
+            input.ReadMessage(subBuilder);
+            Completion = subBuilder;
             break;
           }
         }

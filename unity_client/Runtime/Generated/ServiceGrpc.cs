@@ -66,6 +66,10 @@ namespace ArBridge.V1 {
     static readonly grpc::Marshaller<global::ArBridge.V1.GetModelInfoRequest> __Marshaller_arbridge_v1_GetModelInfoRequest = grpc::Marshallers.Create(__Helper_SerializeMessage, context => __Helper_DeserializeMessage(context, global::ArBridge.V1.GetModelInfoRequest.Parser));
     [global::System.CodeDom.Compiler.GeneratedCode("grpc_csharp_plugin", null)]
     static readonly grpc::Marshaller<global::ArBridge.V1.GetModelInfoResponse> __Marshaller_arbridge_v1_GetModelInfoResponse = grpc::Marshallers.Create(__Helper_SerializeMessage, context => __Helper_DeserializeMessage(context, global::ArBridge.V1.GetModelInfoResponse.Parser));
+    [global::System.CodeDom.Compiler.GeneratedCode("grpc_csharp_plugin", null)]
+    static readonly grpc::Marshaller<global::ArBridge.V1.AskRequest> __Marshaller_arbridge_v1_AskRequest = grpc::Marshallers.Create(__Helper_SerializeMessage, context => __Helper_DeserializeMessage(context, global::ArBridge.V1.AskRequest.Parser));
+    [global::System.CodeDom.Compiler.GeneratedCode("grpc_csharp_plugin", null)]
+    static readonly grpc::Marshaller<global::ArBridge.V1.AskResponse> __Marshaller_arbridge_v1_AskResponse = grpc::Marshallers.Create(__Helper_SerializeMessage, context => __Helper_DeserializeMessage(context, global::ArBridge.V1.AskResponse.Parser));
 
     [global::System.CodeDom.Compiler.GeneratedCode("grpc_csharp_plugin", null)]
     static readonly grpc::Method<global::ArBridge.V1.DescribeSceneRequest, global::ArBridge.V1.DescribeSceneResponse> __Method_DescribeScene = new grpc::Method<global::ArBridge.V1.DescribeSceneRequest, global::ArBridge.V1.DescribeSceneResponse>(
@@ -98,6 +102,14 @@ namespace ArBridge.V1 {
         "GetModelInfo",
         __Marshaller_arbridge_v1_GetModelInfoRequest,
         __Marshaller_arbridge_v1_GetModelInfoResponse);
+
+    [global::System.CodeDom.Compiler.GeneratedCode("grpc_csharp_plugin", null)]
+    static readonly grpc::Method<global::ArBridge.V1.AskRequest, global::ArBridge.V1.AskResponse> __Method_Ask = new grpc::Method<global::ArBridge.V1.AskRequest, global::ArBridge.V1.AskResponse>(
+        grpc::MethodType.ServerStreaming,
+        __ServiceName,
+        "Ask",
+        __Marshaller_arbridge_v1_AskRequest,
+        __Marshaller_arbridge_v1_AskResponse);
 
     /// <summary>Service descriptor</summary>
     public static global::Google.Protobuf.Reflection.ServiceDescriptor Descriptor
@@ -257,6 +269,36 @@ namespace ArBridge.V1 {
       public virtual grpc::AsyncUnaryCall<global::ArBridge.V1.GetModelInfoResponse> GetModelInfoAsync(global::ArBridge.V1.GetModelInfoRequest request, grpc::CallOptions options)
       {
         return CallInvoker.AsyncUnaryCall(__Method_GetModelInfo, null, options, request);
+      }
+      /// <summary>
+      /// Dialogue one turn per call, for clients without bidirectional streaming
+      /// (gRPC-Web: Unity WebGL, browsers). The server keeps the session (history,
+      /// scene, sampling) between calls under the id it returns. A turn on a
+      /// session interrupts that session's reply still streaming, as in Converse.
+      /// </summary>
+      /// <param name="request">The request to send to the server.</param>
+      /// <param name="headers">The initial metadata to send with the call. This parameter is optional.</param>
+      /// <param name="deadline">An optional deadline for the call. The call will be cancelled if deadline is hit.</param>
+      /// <param name="cancellationToken">An optional token for canceling the call.</param>
+      /// <returns>The call object.</returns>
+      [global::System.CodeDom.Compiler.GeneratedCode("grpc_csharp_plugin", null)]
+      public virtual grpc::AsyncServerStreamingCall<global::ArBridge.V1.AskResponse> Ask(global::ArBridge.V1.AskRequest request, grpc::Metadata headers = null, global::System.DateTime? deadline = null, global::System.Threading.CancellationToken cancellationToken = default(global::System.Threading.CancellationToken))
+      {
+        return Ask(request, new grpc::CallOptions(headers, deadline, cancellationToken));
+      }
+      /// <summary>
+      /// Dialogue one turn per call, for clients without bidirectional streaming
+      /// (gRPC-Web: Unity WebGL, browsers). The server keeps the session (history,
+      /// scene, sampling) between calls under the id it returns. A turn on a
+      /// session interrupts that session's reply still streaming, as in Converse.
+      /// </summary>
+      /// <param name="request">The request to send to the server.</param>
+      /// <param name="options">The options for the call.</param>
+      /// <returns>The call object.</returns>
+      [global::System.CodeDom.Compiler.GeneratedCode("grpc_csharp_plugin", null)]
+      public virtual grpc::AsyncServerStreamingCall<global::ArBridge.V1.AskResponse> Ask(global::ArBridge.V1.AskRequest request, grpc::CallOptions options)
+      {
+        return CallInvoker.AsyncServerStreamingCall(__Method_Ask, null, options, request);
       }
       /// <summary>Creates a new instance of client from given <c>ClientBaseConfiguration</c>.</summary>
       [global::System.CodeDom.Compiler.GeneratedCode("grpc_csharp_plugin", null)]

@@ -1,0 +1,112 @@
+"""Ask: dialogue one turn per call (the gRPC-Web door), with server-side sessions."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from arbridge.sessions import DialogueState, SessionStore
+from arbridge.v1 import service_pb2 as spb
+from arbridge.v1 import types_pb2 as pb
+
+from conftest import collect
+
+FR = pb.FinishReason
+
+
+def ask(text, session_id="", max_new_tokens=4, **kw):
+    return spb.AskRequest(session_id=session_id, user_turn=spb.UserTurn(
+        text=text, sampling=pb.SamplingParams(max_new_tokens=max_new_tokens)), **kw)
+
+
+async def test_a_session_carries_the_dialogue_between_calls(tiny_server):
+    stub = tiny_server.stub
+    first_chunks, first, events = await collect(stub.Ask(ask("hello there")))
+    session = events[0][2].session_id
+    assert session and all(e[2].session_id == session for e in events)
+    assert all(e[2].turn_id == 1 for e in events)
+    assert first[0].finish_reason == FR.FINISH_REASON_LENGTH
+    assert first[0].text == "".join(c.text for c in first_chunks)
+
+    _, second, events = await collect(stub.Ask(ask("and then?", session)))
+    assert {e[2].turn_id for e in events} == {2} and events[0][2].session_id == session
+    # The same words in a new session: the old one's prompt also holds turn 1.
+    _, fresh, _ = await collect(stub.Ask(ask("and then?")))
+    assert second[0].usage.prompt_tokens > fresh[0].usage.prompt_tokens
+
+
+async def test_start_settings_and_scene_updates_reach_the_prompt(tiny_server):
+    stub = tiny_server.stub
+    plain = (await collect(stub.Ask(ask("what is here?"))))[1][0].usage.prompt_tokens
+    scene = pb.SceneFeatures(objects=[pb.SceneObject(id="c1", label="chair")])
+    _, done, events = await collect(stub.Ask(ask(
+        "what is here?", start=spb.ConverseStart(system_prompt="Be terse.", scene=scene))))
+    assert done[0].usage.prompt_tokens != plain
+    session = events[0][2].session_id
+    bigger = pb.SceneFeatures(objects=[pb.SceneObject(id=f"o{i}", label=f"lamp {i}")
+                                       for i in range(5)])
+    _, later, _ = await collect(stub.Ask(ask("and now?", session, scene=bigger)))
+    _, same, _ = await collect(stub.Ask(ask("and now?", session)))  # the scene stays
+    assert later[0].usage.prompt_tokens > done[0].usage.prompt_tokens
+    assert same[0].usage.prompt_tokens > later[0].usage.prompt_tokens  # + one more exchange
+
+
+async def test_errors_name_the_field_and_leave_the_session_as_it_was(tiny_server):
+    stub = tiny_server.stub
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await collect(stub.Ask(ask("hi", "no-such-session")))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert err.value.details().startswith("session_id")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await collect(stub.Ask(spb.AskRequest()))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("user_turn")
+
+    _, _, events = await collect(stub.Ask(ask("hello")))
+    session = events[0][2].session_id
+    for bad in (ask("   ", session), ask("hi", session, max_new_tokens=10**6),
+                ask("hi", session, scene=pb.SceneFeatures(objects=[pb.SceneObject(id="x")]))):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await collect(stub.Ask(bad))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    _, _, events = await collect(stub.Ask(ask("again", session)))
+    assert events[0][2].turn_id == 2  # the failed turns took no id
+
+
+async def test_a_new_turn_interrupts_the_reply_still_streaming(make_server, tiny_model_dir):
+    running = await make_server(tiny_model_dir, step_delay=0.02)
+    stub = running.stub
+    _, _, events = await collect(stub.Ask(ask("hello")))
+    session = events[0][2].session_id
+    long_call = stub.Ask(ask("tell me a long story", session, max_new_tokens=100))
+    async for _ in long_call:  # streaming now
+        break
+    _, short, _ = await collect(stub.Ask(ask("stop", session)))
+    rest = [r async for r in long_call]
+    interrupted = [r.completion for r in rest if r.WhichOneof("event") == "completion"][0]
+    assert interrupted.finish_reason == FR.FINISH_REASON_INTERRUPTED
+    assert 0 < interrupted.usage.completion_tokens < 100
+    assert short[0].finish_reason == FR.FINISH_REASON_LENGTH
+    for _ in range(100):
+        if running.server.scheduler.load == (0, 0):
+            break
+        await asyncio.sleep(0.02)
+    assert running.server.scheduler.load == (0, 0)
+
+
+def test_store_forgets_idle_sessions_and_evicts_the_least_recent():
+    now = [0.0]
+    store = SessionStore(max_sessions=2, idle_seconds=60, clock=lambda: now[0])
+    a = store.create(DialogueState())
+    b = store.create(DialogueState())
+    assert store.get(a.id) is a  # a is now the most recent
+    c = store.create(DialogueState())
+    assert store.get(b.id) is None and store.get(a.id) is a and store.get(c.id) is c
+    now[0] = 61.0
+    assert store.get(a.id) is None and len(store) == 0
+    busy = store.create(DialogueState())
+    busy.idle.clear()  # a reply is streaming: not forgotten however long it takes
+    now[0] = 1000.0
+    assert store.get(busy.id) is busy
