@@ -173,3 +173,19 @@ def test_package_manifest_and_assembly_definitions():
     assert {"ArBridge.Client", "UnityEngine.UI"} <= set(unity["references"])
     editor = json.loads((PACKAGE / "Editor" / "ArBridge.Client.Editor.asmdef").read_text())
     assert editor["includePlatforms"] == ["Editor"]
+
+
+async def test_csharp_dialogue_over_grpc_web_with_ask(interop_exe, web):
+    url = f"http://127.0.0.1:{web.server.grpc_web_port}"
+    code, out, err = await run_mono(interop_exe, "ask", url)
+    assert code == 0, out + err
+    lines = out.splitlines()
+    assert not [line for line in lines if line.startswith("error")], out
+    done = [line.split(" ", 3) for line in lines if line.startswith("completion")]
+    assert [d[1] for d in done] == ["1", "2"]
+    sessions = {d[2] for d in done}
+    assert len(sessions) == 1 and "forgotten-session" not in sessions  # restarted once
+    first, second = (json.loads(d[3]) for d in done)
+    assert second["usage"]["promptTokens"] > first["usage"]["promptTokens"]  # history
+    assert lines.index("chunk 1") < lines.index(next(x for x in lines if x.startswith(
+        "completion 1")))

@@ -27,6 +27,7 @@ namespace ArBridge.Tests
                 {
                     case "describe": return Describe(args[1], args[2]).GetAwaiter().GetResult();
                     case "cancel": return Cancel(args[1], args[2]).GetAwaiter().GetResult();
+                    case "ask": return Ask(args[1]).GetAwaiter().GetResult();
                     case "unit": return DialogueTests.Run().GetAwaiter().GetResult();
                 }
                 Console.Error.WriteLine("unknown mode " + args[0]);
@@ -52,6 +53,24 @@ namespace ArBridge.Tests
             var completion = await client.DescribeSceneAsync(Request(requestPath), chunk =>
                 Console.WriteLine(clock.ElapsedMilliseconds + " chunk " + JsonFormatter.Default.Format(chunk)));
             Console.WriteLine(clock.ElapsedMilliseconds + " completion " + JsonFormatter.Default.Format(completion));
+            return 0;
+        }
+
+        // Dialogue over gRPC-Web: AskDialogue resumes a session the server does not
+        // know (NOT_FOUND), so it starts a new one, then carries it to a second turn.
+        static async Task<int> Ask(string url)
+        {
+            var client = new ArBridgeClient(new GrpcWebCallInvoker(url));
+            var dialogue = client.StartAskDialogue(new ConverseStart(), resumeSessionId: "forgotten-session");
+            var lines = new List<string>();
+            dialogue.TextChunk += (id, text) => lines.Add("chunk " + id);
+            dialogue.ResponseComplete += (id, c) =>
+                lines.Add("completion " + id + " " + dialogue.SessionId + " " + JsonFormatter.Default.Format(c));
+            dialogue.Error += (id, e) => lines.Add("error " + id + " " + e.Message);
+            var sampling = new SamplingParams { MaxNewTokens = 4 };
+            await dialogue.AskAsync("hello", null, sampling);
+            await dialogue.AskAsync("and then?", null, sampling);
+            foreach (var line in lines) Console.WriteLine(line);
             return 0;
         }
 

@@ -89,10 +89,19 @@ namespace ArBridge.Client
             return first;
         }
 
-        /// <summary>A dialogue session (Converse) that reconnects on transport failures.</summary>
+        /// <summary>A dialogue session (Converse) that reconnects on transport failures. Needs HTTP/2.</summary>
         public DialogueSession StartDialogue(ConverseStart start, ReconnectPolicy reconnect = null)
         {
             return new DialogueSession(this, start, reconnect ?? new ReconnectPolicy());
+        }
+
+        /// <summary>
+        /// A dialogue over Ask, one call per turn: for gRPC-Web (WebGL), where Converse
+        /// cannot run. <paramref name="resumeSessionId"/> continues a session kept from earlier.
+        /// </summary>
+        public AskDialogue StartAskDialogue(ConverseStart start, string resumeSessionId = null)
+        {
+            return new AskDialogue(this, start, resumeSessionId);
         }
 
         internal CallOptions CallOptions(TimeSpan? timeout, CancellationToken cancellationToken)

@@ -17,7 +17,7 @@ namespace ArBridge.Client
     /// Events are raised on the SynchronizationContext that created the session
     /// (Unity's main thread when created from a MonoBehaviour), one at a time.
     /// </summary>
-    public sealed class DialogueSession : IDisposable
+    public sealed class DialogueSession : IDialogue
     {
         readonly ArBridgeClient client;
         readonly ReconnectPolicy reconnect;
@@ -26,7 +26,7 @@ namespace ArBridge.Client
         readonly CancellationTokenSource lifetime = new CancellationTokenSource();
         readonly SemaphoreSlim writeLock = new SemaphoreSlim(1, 1);
         readonly object gate = new object();
-        readonly List<DialogueTurn> history = new List<DialogueTurn>();
+        readonly DialogueLog log = new DialogueLog();
         readonly Dictionary<uint, string> asked = new Dictionary<uint, string>();
         SceneFeatures scene;
         AsyncDuplexStreamingCall<ConverseRequest, ConverseResponse> call;
@@ -46,7 +46,7 @@ namespace ArBridge.Client
         /// Dialogue turns kept for a reconnect (oldest dropped first). The server
         /// refuses a history longer than its max_dialogue_turns (256 by default).
         /// </summary>
-        public int MaxHistoryTurns = 256;
+        public int MaxHistoryTurns { get { return log.MaxTurns; } set { log.MaxTurns = value; } }
 
         internal DialogueSession(ArBridgeClient client, ConverseStart start, ReconnectPolicy reconnect)
         {
@@ -54,7 +54,7 @@ namespace ArBridge.Client
             this.start = start ?? new ConverseStart();
             this.reconnect = reconnect;
             scene = this.start.Scene;
-            history.AddRange(this.start.History);
+            log.AddRange(this.start.History);
             context = SynchronizationContext.Current;
         }
 
@@ -125,7 +125,7 @@ namespace ArBridge.Client
             lock (gate)
             {
                 opening.History.Clear();
-                opening.History.AddRange(history);
+                opening.History.AddRange(log.Snapshot());
                 if (scene != null) opening.Scene = scene;
             }
             // Under the write lock: no user turn may reach the new stream before
@@ -236,11 +236,7 @@ namespace ArBridge.Client
                     {
                         asked.Remove(id);
                         // Kept for a reconnect: the server is told the dialogue so far.
-                        history.Add(new DialogueTurn { Role = Role.User, Text = question });
-                        if (completion.Text.Length > 0)
-                            history.Add(new DialogueTurn { Role = Role.Assistant, Text = completion.Text });
-                        if (history.Count > MaxHistoryTurns)
-                            history.RemoveRange(0, history.Count - MaxHistoryTurns);
+                        log.Record(question, completion.Text);
                     }
                 }
                 Raise(() => { var h = ResponseComplete; if (h != null) h(id, completion); });

@@ -41,6 +41,12 @@ namespace ArBridge.Unity
         ArBridgeClient client;
         string clientKey;
 
+        /// <summary>The transport the client uses (automatic: gRPC-Web on WebGL, HTTP/2 elsewhere).</summary>
+        public ArBridgeTransport ChosenTransport
+        {
+            get { return automaticTransport ? ArBridgeChannels.DefaultForThisPlatform : transport; }
+        }
+
         /// <summary>
         /// The shared client. The channel is made on first use and again when the
         /// address or transport changes; a new token or timeout (e.g. a refreshed
@@ -50,7 +56,7 @@ namespace ArBridge.Unity
         {
             get
             {
-                var chosen = automaticTransport ? ArBridgeChannels.DefaultForThisPlatform : transport;
+                var chosen = ChosenTransport;
                 string wantChannel = address + "|" + chosen;
                 if (channel == null || channelKey != wantChannel)
                 {

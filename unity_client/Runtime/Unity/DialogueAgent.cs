@@ -10,9 +10,10 @@ namespace ArBridge.Unity
     /// <summary>
     /// A spoken or typed dialogue grounded in the scene (Converse). Ask() sends a
     /// turn, Interrupt() stops the reply in flight (barge-in); replies arrive as
-    /// UnityEvents on the main thread. The session reconnects with backoff when
-    /// the network drops and is closed when the object is destroyed.
-    /// Needs HTTP/2 (native players): gRPC-Web cannot carry Converse.
+    /// UnityEvents on the main thread. Over HTTP/2 it is one Converse stream that
+    /// reconnects with backoff when the network drops; over gRPC-Web (WebGL) it
+    /// is one Ask call per turn, on a session the server keeps. Closed when the
+    /// object is destroyed.
     /// </summary>
     [AddComponentMenu("ArBridge/Dialogue Agent")]
     public sealed class DialogueAgent : MonoBehaviour
@@ -27,7 +28,7 @@ namespace ArBridge.Unity
         public UnityEvent<string> onResponseComplete = new UnityEvent<string>();
         public UnityEvent<string> onError = new UnityEvent<string>();
 
-        DialogueSession session;
+        IDialogue session;
         Task starting;
 
         /// <summary>Sends a user turn (fire and forget, for UI buttons and speech results).</summary>
@@ -79,17 +80,22 @@ namespace ArBridge.Unity
         }
 
         /// <summary>The open session: the one being opened is reused, a closed one replaced.</summary>
-        async Task<DialogueSession> EnsureStartedAsync()
+        async Task<IDialogue> EnsureStartedAsync()
         {
             if (session == null || (starting.IsCompleted && !session.IsOpen))
             {
                 if (session != null) session.Dispose();
                 // Created on the main thread: the session raises its events there.
-                session = endpoint.Client.StartDialogue(new ConverseStart
+                var start = new ConverseStart
                 {
                     SystemPrompt = systemPrompt,
                     Sampling = new SamplingParams { MaxNewTokens = (uint)maxNewTokens },
-                });
+                };
+                var client = endpoint.Client;
+                if (endpoint.ChosenTransport == ArBridgeTransport.GrpcWeb)
+                    session = client.StartAskDialogue(start);
+                else
+                    session = client.StartDialogue(start);
                 session.TextChunk += (turn, text) => onTextChunk.Invoke(text);
                 session.ResponseComplete += (turn, completion) => onResponseComplete.Invoke(completion.Text);
                 session.Error += (turn, error) => onError.Invoke(error.Message);
