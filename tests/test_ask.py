@@ -98,15 +98,70 @@ async def test_a_new_turn_interrupts_the_reply_still_streaming(make_server, tiny
 
 def test_store_forgets_idle_sessions_and_evicts_the_least_recent():
     now = [0.0]
-    store = SessionStore(max_sessions=2, idle_seconds=60, clock=lambda: now[0])
+    store = SessionStore(max_sessions=2, idle_seconds=60, max_bytes=1 << 20,
+                         clock=lambda: now[0])
     a = store.create(DialogueState())
     b = store.create(DialogueState())
     assert store.get(a.id) is a  # a is now the most recent
     c = store.create(DialogueState())
     assert store.get(b.id) is None and store.get(a.id) is a and store.get(c.id) is c
     now[0] = 61.0
-    assert store.get(a.id) is None and len(store) == 0
+    assert store.get(a.id) is None and len(store) == 0 and store.bytes == 0
     busy = store.create(DialogueState())
     busy.idle.clear()  # a reply is streaming: not forgotten however long it takes
+    idle = store.create(DialogueState())
     now[0] = 1000.0
+    assert store.get(idle.id) is None  # expired although an older busy one comes first
     assert store.get(busy.id) is busy
+
+
+def test_store_keeps_within_its_byte_budget():
+    store = SessionStore(max_sessions=100, idle_seconds=60, max_bytes=10_000)
+    first = store.create(DialogueState(system_prompt="x" * 4000))
+    second = store.create(DialogueState(system_prompt="y" * 4000))
+    third = store.create(DialogueState(system_prompt="z" * 4000))  # 12 kB > 10 kB
+    assert store.get(first.id) is None and store.get(second.id) is second
+    assert store.bytes <= 10_000
+    second.state.record("q" * 3000, "a" * 3000, max_turns=256)  # grows past the budget
+    store.touch(second)
+    assert store.get(third.id) is None and store.get(second.id) is second
+
+
+async def test_the_interrupting_turn_sees_the_reply_it_interrupted(make_server,
+                                                                   tiny_model_dir):
+    running = await make_server(tiny_model_dir, step_delay=0.02)
+    stub = running.stub
+
+    async def stop_prompt_tokens(interrupt: bool) -> int:
+        _, _, events = await collect(stub.Ask(ask("hello")))
+        session = events[0][2].session_id
+        if interrupt:
+            long_call = stub.Ask(ask("tell me a long story", session, max_new_tokens=100))
+            async for _ in long_call:
+                break
+        _, done, _ = await collect(stub.Ask(ask("stop", session)))
+        if interrupt:
+            [r async for r in long_call]
+        return done[0].usage.prompt_tokens
+
+    assert await stop_prompt_tokens(True) > await stop_prompt_tokens(False)
+
+
+async def test_a_client_leaving_mid_reply_frees_the_session_at_once(make_server,
+                                                                    tiny_model_dir):
+    running = await make_server(tiny_model_dir, step_delay=0.02)
+    stub = running.stub
+    _, _, events = await collect(stub.Ask(ask("hello")))
+    session = events[0][2].session_id
+    long_call = stub.Ask(ask("tell me a long story", session, max_new_tokens=100))
+    async for _ in long_call:
+        break
+    long_call.cancel()  # the client goes away without reading on
+    _, done, events = await asyncio.wait_for(collect(stub.Ask(ask("still there?", session))),
+                                             10)
+    assert events[0][2].turn_id == 3 and done[0].finish_reason == FR.FINISH_REASON_LENGTH
+    for _ in range(100):
+        if running.server.scheduler.load == (0, 0):
+            break
+        await asyncio.sleep(0.02)
+    assert running.server.scheduler.load == (0, 0)

@@ -180,3 +180,45 @@ async def test_drain_lets_the_reply_in_flight_finish_first(tiny_model_dir, tmp_p
     assert done.finish_reason == FR.FINISH_REASON_LENGTH and done.usage.completion_tokens == 40
     assert await stopping < 10
     await running.channel.close()
+
+
+async def test_the_interrupting_turn_sees_the_reply_it_interrupted(make_server, tiny_model_dir):
+    running = await make_server(tiny_model_dir, step_delay=0.02)
+
+    async def second_prompt_tokens(interrupt: bool) -> int:
+        s = Session(running.stub)
+        await s.send(start=spb.ConverseStart(sampling=pb.SamplingParams(max_new_tokens=100)))
+        if interrupt:
+            await s.send(user_turn=spb.UserTurn(turn_id=1, text="tell me a long story"))
+            async for response in s.call:
+                s.responses.append(response)
+                if response.WhichOneof("event") == "chunk":
+                    break
+        await s.send(user_turn=spb.UserTurn(turn_id=2, text="stop, what is that?",
+                                            sampling=pb.SamplingParams(max_new_tokens=3)))
+        await s.read_until_complete(2)
+        await s.close()
+        return completion(s.responses, 2).usage.prompt_tokens
+
+    assert await second_prompt_tokens(True) > await second_prompt_tokens(False)
+
+
+async def test_turns_during_drain_are_refused(tiny_model_dir, tmp_path):
+    from conftest import start_server
+
+    running = await start_server(tiny_model_dir, tmp_path, step_delay=0.02, grace_seconds=20)
+    s = Session(running.stub)
+    await s.send(start=spb.ConverseStart(sampling=pb.SamplingParams(max_new_tokens=30)))
+    await s.send(user_turn=spb.UserTurn(turn_id=1, text="tell me"))
+    async for response in s.call:
+        s.responses.append(response)
+        break
+    stopping = asyncio.ensure_future(running.server.stop())
+    await asyncio.sleep(0.05)
+    await s.send(user_turn=spb.UserTurn(turn_id=2, text="and more"))  # keeps talking
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for response in s.call:
+            s.responses.append(response)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert await stopping < 10
+    await running.channel.close()

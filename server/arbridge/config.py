@@ -122,6 +122,8 @@ class Settings(BaseSettings):
     # Ask sessions (one dialogue turn per call, for gRPC-Web clients)
     max_ask_sessions: int = Field(10000, ge=1, description="sessions kept; least recent go")
     ask_session_idle_s: float = Field(1800.0, gt=0, description="an idle session is forgotten")
+    max_ask_session_bytes: int = Field(
+        256 << 20, ge=1 << 20, description="text and scenes all sessions may hold together")
     max_prompt_chars: int = Field(200_000, ge=1)
     max_queue: int = Field(64, ge=1, description="requests waiting for a slot")
     max_active: int = Field(16, ge=1, description="requests generating at once")

@@ -107,7 +107,8 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         # with UNAVAILABLE (the client reconnects elsewhere) instead of holding
         # the shutdown for the whole grace period.
         self.draining = asyncio.Event()
-        self._sessions = SessionStore(settings.max_ask_sessions, settings.ask_session_idle_s)
+        self._sessions = SessionStore(settings.max_ask_sessions, settings.ask_session_idle_s,
+                                      settings.max_ask_session_bytes)
 
     def attach(self, backend: Backend) -> None:
         """Called once the model has loaded; until then calls get UNAVAILABLE."""
@@ -151,12 +152,18 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
 
     def _dialogue_state(self, start: spb.ConverseStart, field: str) -> DialogueState:
         validation.dialogue(start.history, self.settings, f"{field}.history")
-        state = DialogueState(system_prompt=start.system_prompt, sampling=start.sampling,
-                              history=list(start.history))
+        if len(start.system_prompt) > validation.MAX_TEXT_CHARS_PER_TURN:
+            raise validation.InvalidField(f"{field}.system_prompt", "too long")
+        self._sampling(start.sampling, f"{field}.sampling")
+        # Copies, so that a kept session does not keep the whole request alive.
+        state = DialogueState(system_prompt=start.system_prompt,
+                              history=[pb.DialogueTurn(role=t.role, text=t.text)
+                                       for t in start.history])
+        state.sampling.CopyFrom(start.sampling)
         if start.HasField("scene"):
             validation.scene(start.scene, self.settings, f"{field}.scene", self._encoders)
-            state.scene = start.scene
-        self._sampling(start.sampling, f"{field}.sampling")
+            state.scene = pb.SceneFeatures()
+            state.scene.CopyFrom(start.scene)
         return state
 
     def _turn(self, state: DialogueState, turn: spb.UserTurn, field: str):
@@ -227,54 +234,75 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
 
     @_rpc
     async def Ask(self, request: spb.AskRequest, context):
-        arrived = time.perf_counter()
         self._ready()
         if not request.HasField("user_turn"):
             raise validation.InvalidField("user_turn", "is required")
+        session = None
         if request.session_id:
             session = self._sessions.get(request.session_id)
             if session is None:
                 raise _Abort(grpc.StatusCode.NOT_FOUND,
                              "session_id: unknown or expired; start a new session with the "
                              "dialogue so far in start.history")
+            base = session.state
         else:
-            session = None
-            state = self._dialogue_state(request.start, "start")
+            base = self._dialogue_state(request.start, "start")
+        scene = base.scene
         if request.HasField("scene"):
             validation.scene(request.scene, self.settings, "scene", self._encoders)
-        # Everything is checked before the session changes: a bad turn leaves it as it was.
-        trial = session.state if session is not None else state
-        if request.HasField("scene"):
-            trial = DialogueState(trial.system_prompt, trial.sampling, request.scene,
-                                  trial.history, trial.next_turn_id)
-        text, cfg, prompt, objects = self._turn(trial, request.user_turn, "user_turn")
-        if session is None:
-            session = self._sessions.create(state)
-        if request.HasField("scene"):
-            session.state.scene = request.scene
-        # Barge-in: this turn interrupts the session's reply still streaming.
-        while not session.idle.is_set():
-            if session.reply is not None:
-                session.reply.cancel(FinishReason.INTERRUPTED)
-            await session.idle.wait()
-        turn_id = session.state.take_turn_id(request.user_turn.turn_id)
+            scene = pb.SceneFeatures()
+            scene.CopyFrom(request.scene)  # a copy: the request is not kept alive
+        # Checked before anything changes: a bad turn leaves the session as it was.
+        self._turn(base.with_scene(scene), request.user_turn, "user_turn")
+        if session is not None:
+            # Barge-in: this turn interrupts the session's reply still streaming.
+            while not session.idle.is_set():
+                if session.reply is not None:
+                    session.reply.cancel(FinishReason.INTERRUPTED)
+                await session.idle.wait()
+        arrived = time.perf_counter()
+        # Built now, so the prompt holds the reply this turn may have interrupted.
+        text, cfg, prompt, objects = self._turn(base.with_scene(scene), request.user_turn,
+                                                "user_turn")
         generation = self._open(prompt, cfg, context, arrived, objects)
+        # Opened: from here on the turn counts (a full queue changed nothing).
+        if session is None:
+            session = self._sessions.create(base)
+        state = session.state
+        state.scene = scene
+        turn_id = state.take_turn_id(request.user_turn.turn_id)
         session.reply = generation
         session.idle.clear()
-        reply_text = ""
-        try:
-            async for event in generation:
-                if isinstance(event, pb.Completion) and event.sequence_index == 0:
-                    reply_text = event.text
-                if isinstance(event, pb.TokenChunk):
-                    yield spb.AskResponse(session_id=session.id, turn_id=turn_id, chunk=event)
-                else:
-                    yield spb.AskResponse(session_id=session.id, turn_id=turn_id,
-                                          completion=event)
-            session.state.record(text, reply_text, self.settings.max_dialogue_turns)
-        finally:
+        heard: list[str] = []  # sequence 0 so far: what the user heard if the call ends early
+        finished = False
+
+        def finish(_context=None) -> None:
+            # Runs once, whether the reply ended, was interrupted, or the client left
+            # (grpc.aio may never resume a handler whose client went away).
+            nonlocal finished
+            if finished:
+                return
+            finished = True
+            generation.cancel(FinishReason.CANCELLED)
+            state.record(text, "".join(heard), self.settings.max_dialogue_turns)
             session.reply = None
             session.idle.set()
+            self._sessions.touch(session)
+
+        context.add_done_callback(finish)
+        try:
+            async for event in generation:
+                if isinstance(event, pb.TokenChunk):
+                    if event.sequence_index == 0:
+                        heard.append(event.text)
+                    yield spb.AskResponse(session_id=session.id, turn_id=turn_id, chunk=event)
+                else:
+                    if event.sequence_index == 0:
+                        heard = [event.text]
+                    yield spb.AskResponse(session_id=session.id, turn_id=turn_id,
+                                          completion=event)
+        finally:
+            finish()
 
     async def GetModelInfo(self, request, context):
         if self._backend is None:
@@ -392,12 +420,17 @@ class _ConverseSession:
         self.started = True
 
     async def _user_turn(self, turn: spb.UserTurn, field: str) -> None:
-        arrived = time.perf_counter()
-        text, cfg, prompt, objects = self.servicer._turn(self.state, turn, field)
+        if self.servicer.draining.is_set():
+            raise _Abort(grpc.StatusCode.UNAVAILABLE,
+                         "server is shutting down; reconnect and resend the dialogue")
+        self.servicer._turn(self.state, turn, field)  # checked before interrupting anything
         # Barge-in: the new turn interrupts the reply in flight.
         if self.reply_task is not None and not self.reply_task.done():
             self.reply_stream.cancel(FinishReason.INTERRUPTED)
             await self.reply_task
+        arrived = time.perf_counter()
+        # Built after the interrupted reply joined the history, so the model sees it.
+        text, cfg, prompt, objects = self.servicer._turn(self.state, turn, field)
         turn_id = self.state.take_turn_id(turn.turn_id)
         # Opened here, not in the task, so a barge-in can always reach it.
         self.reply_stream = self.servicer._open(prompt, cfg, self.context, arrived, objects)

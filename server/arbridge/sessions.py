@@ -25,6 +25,17 @@ class DialogueState:
     history: list[pb.DialogueTurn] = field(default_factory=list)
     next_turn_id: int = 1
 
+    def with_scene(self, scene: pb.SceneFeatures | None) -> DialogueState:
+        """The same dialogue seen with another scene (for checking a turn)."""
+        return DialogueState(self.system_prompt, self.sampling, scene, self.history,
+                             self.next_turn_id)
+
+    def byte_size(self) -> int:
+        """Roughly what it holds in memory, for the session store's budget."""
+        return (len(self.system_prompt) + self.sampling.ByteSize() +
+                (self.scene.ByteSize() if self.scene is not None else 0) +
+                sum(len(t.text) + 8 for t in self.history))
+
     def take_turn_id(self, asked: int) -> int:
         """The client's id when it chose one, else the next number."""
         turn_id = asked or self.next_turn_id
@@ -46,40 +57,64 @@ class AskSession:
         self.reply = None  # the Generation streaming now, for barge-in
         self.idle = asyncio.Event()  # set while no reply is streaming
         self.idle.set()
+        self.size = state.byte_size()
+        self.last_used = 0.0
 
 
 class SessionStore:
-    def __init__(self, max_sessions: int, idle_seconds: float, clock=time.monotonic):
+    """Sessions by id, least recently used first; bounded in count and bytes."""
+
+    def __init__(self, max_sessions: int, idle_seconds: float, max_bytes: int,
+                 clock=time.monotonic):
         self.max_sessions = max_sessions
         self.idle_seconds = idle_seconds
+        self.max_bytes = max_bytes
         self.clock = clock
-        self._sessions: collections.OrderedDict[str, tuple[AskSession, float]] = \
-            collections.OrderedDict()
+        self.bytes = 0
+        self._sessions: collections.OrderedDict[str, AskSession] = collections.OrderedDict()
 
     def __len__(self) -> int:
         return len(self._sessions)
 
     def create(self, state: DialogueState) -> AskSession:
-        self._expire()
-        while len(self._sessions) >= self.max_sessions:
-            self._sessions.popitem(last=False)  # the least recently used
         session = AskSession(secrets.token_urlsafe(18), state)
-        self._sessions[session.id] = (session, self.clock())
+        self._sessions[session.id] = session
+        self.bytes += session.size
+        self.touch(session)
         return session
 
     def get(self, session_id: str) -> AskSession | None:
         self._expire()
-        entry = self._sessions.get(session_id)
-        if entry is None:
-            return None
-        self._sessions[session_id] = (entry[0], self.clock())
-        self._sessions.move_to_end(session_id)
-        return entry[0]
+        session = self._sessions.get(session_id)
+        if session is not None:
+            self.touch(session)
+        return session
+
+    def touch(self, session: AskSession) -> None:
+        """Used now (its size may have changed): most recent, then enforce the bounds."""
+        if session.id not in self._sessions:
+            return  # evicted meanwhile: nothing to account
+        self.bytes += session.state.byte_size() - session.size
+        session.size = session.state.byte_size()
+        session.last_used = self.clock()
+        self._sessions.move_to_end(session.id)
+        self._expire()
+        # Over a bound: drop the least recently used sessions that are not replying
+        # (never the one just used).
+        for old in list(self._sessions.values()):
+            if len(self._sessions) <= self.max_sessions and self.bytes <= self.max_bytes:
+                break
+            if old is not session and old.idle.is_set():
+                self._drop(old)
+
+    def _drop(self, session: AskSession) -> None:
+        del self._sessions[session.id]
+        self.bytes -= session.size
 
     def _expire(self) -> None:
         cutoff = self.clock() - self.idle_seconds
-        while self._sessions:
-            _, (session, last) = next(iter(self._sessions.items()))
-            if last >= cutoff or not session.idle.is_set():
-                break
-            self._sessions.popitem(last=False)
+        for session in list(self._sessions.values()):
+            if session.last_used >= cutoff:
+                break  # the rest were used later
+            if session.idle.is_set():  # one replying stays, however long it takes
+                self._drop(session)
