@@ -182,10 +182,13 @@ async def test_csharp_dialogue_over_grpc_web_with_ask(interop_exe, web):
     lines = out.splitlines()
     assert not [line for line in lines if line.startswith("error")], out
     done = [line.split(" ", 3) for line in lines if line.startswith("completion")]
-    assert [d[1] for d in done] == ["1", "2"]
+    assert [d[1] for d in done] == ["1", "2", "3"]
     sessions = {d[2] for d in done}
     assert len(sessions) == 1 and "forgotten-session" not in sessions  # restarted once
-    first, second = (json.loads(d[3]) for d in done)
+    first, second, interrupted = (json.loads(d[3]) for d in done)
+    assert interrupted["finishReason"] == "FINISH_REASON_CANCELLED" and interrupted["text"]
+    # Two turns sent before any reply shared one session (the second waited for its id).
+    assert lines[-1] == "fresh sessions 1 completions 2", lines[-1]
     assert second["usage"]["promptTokens"] > first["usage"]["promptTokens"]  # history
     assert lines.index("chunk 1") < lines.index(next(x for x in lines if x.startswith(
         "completion 1")))

@@ -70,6 +70,23 @@ namespace ArBridge.Tests
             var sampling = new SamplingParams { MaxNewTokens = 4 };
             await dialogue.AskAsync("hello", null, sampling);
             await dialogue.AskAsync("and then?", null, sampling);
+
+            // Interrupt: the reply in flight completes as CANCELLED with what was heard.
+            var firstChunk = new TaskCompletionSource<bool>();
+            dialogue.TextChunk += (id, text) => { if (id == 3) firstChunk.TrySetResult(true); };
+            var longTurn = dialogue.AskAsync("tell me a long story", null, new SamplingParams { MaxNewTokens = 60 });
+            await firstChunk.Task;
+            await dialogue.InterruptAsync();
+            await longTurn;
+
+            // Two turns before the first reply: one session, not two.
+            var fresh = client.StartAskDialogue(new ConverseStart());
+            var sessions = new List<string>();
+            fresh.ResponseComplete += (id, c) => { lock (sessions) sessions.Add(fresh.SessionId); };
+            var a = fresh.AskAsync("one", null, sampling);
+            var b = fresh.AskAsync("two", null, sampling);
+            await Task.WhenAll(a, b);
+            lines.Add("fresh sessions " + new HashSet<string>(sessions).Count + " completions " + sessions.Count);
             foreach (var line in lines) Console.WriteLine(line);
             return 0;
         }

@@ -101,8 +101,11 @@ namespace ArBridge.Client
         /// </summary>
         public AskDialogue StartAskDialogue(ConverseStart start, string resumeSessionId = null)
         {
-            return new AskDialogue(this, start, resumeSessionId);
+            return new AskDialogue(() => this, start, resumeSessionId);
         }
+
+        /// <summary>The deadline each call gets (ArBridgeClientOptions.CallTimeout).</summary>
+        public TimeSpan? CallTimeout { get { return options.CallTimeout; } }
 
         internal CallOptions CallOptions(TimeSpan? timeout, CancellationToken cancellationToken)
         {

@@ -14,7 +14,7 @@ namespace ArBridge.Client
     /// </summary>
     public sealed class AskDialogue : IDialogue
     {
-        readonly ArBridgeClient client;
+        readonly Func<ArBridgeClient> clientOf;
         readonly ConverseStart start;
         readonly SynchronizationContext context;
         readonly CancellationTokenSource lifetime = new CancellationTokenSource();
@@ -23,16 +23,24 @@ namespace ArBridge.Client
         SceneFeatures scene;
         bool sceneChanged;
         CancellationTokenSource inFlight;
+        uint inFlightTurn;
+        string inFlightQuestion = "";
+        string inFlightText = "";
         uint nextTurnId = 1;
+        // Set while the first call of a session is waiting for the server's id:
+        // later turns wait for it instead of opening a second session.
+        TaskCompletionSource<bool> opening;
 
         public event Action<uint, string> TextChunk;
         public event Action<uint, Completion> ResponseComplete;
         public event Action<uint, Exception> Error;
 
+        /// <param name="clientOf">The client for each call (so a refreshed token or a new channel applies).</param>
         /// <param name="resumeSessionId">A session id kept from earlier (e.g. before the app was suspended).</param>
-        internal AskDialogue(ArBridgeClient client, ConverseStart start, string resumeSessionId)
+        public AskDialogue(Func<ArBridgeClient> clientOf, ConverseStart start, string resumeSessionId = null)
         {
-            this.client = client;
+            if (clientOf == null) throw new ArgumentNullException("clientOf");
+            this.clientOf = clientOf;
             this.start = start ?? new ConverseStart();
             scene = this.start.Scene;
             log.AddRange(this.start.History);
@@ -59,6 +67,9 @@ namespace ArBridge.Client
                 // The server interrupts the previous reply on this session by itself.
                 mine = CancellationTokenSource.CreateLinkedTokenSource(lifetime.Token);
                 inFlight = mine;
+                inFlightTurn = id;
+                inFlightQuestion = text ?? "";
+                inFlightText = "";
             }
             var turn = new UserTurn { TurnId = id, Text = text ?? "" };
             if (sampling != null) turn.Sampling = sampling;
@@ -68,15 +79,14 @@ namespace ArBridge.Client
                 {
                     await SendAsync(turn, mine.Token);
                 }
-                catch (RpcException e) when (e.StatusCode == StatusCode.NotFound && SessionId != null)
+                catch (RpcException e) when (e.StatusCode == StatusCode.NotFound)
                 {
-                    SessionId = null;  // forgotten by the server: start again with the dialogue so far
-                    await SendAsync(turn, mine.Token);
+                    await SendAsync(turn, mine.Token);  // SendAsync forgot the id: a new session
                 }
             }
             catch (OperationCanceledException)
             {
-                // Interrupted or disposed: nothing to report.
+                // Interrupted (InterruptAsync reported it) or disposed.
             }
             catch (Exception e)
             {
@@ -92,52 +102,129 @@ namespace ArBridge.Client
 
         async Task SendAsync(UserTurn turn, CancellationToken cancellationToken)
         {
+            // Another turn is opening the session: wait for its id rather than open a second.
+            while (true)
+            {
+                Task pending;
+                lock (gate)
+                {
+                    if (SessionId != null || opening == null) break;
+                    pending = opening.Task;
+                }
+                await pending;
+            }
             var request = new AskRequest { UserTurn = turn };
+            TaskCompletionSource<bool> mineOpening = null;
+            bool sentScene;
             lock (gate)
             {
                 if (SessionId == null)
                 {
-                    var opening = start.Clone();
-                    opening.History.Clear();
-                    opening.History.AddRange(log.Snapshot());
-                    if (scene != null) opening.Scene = scene;
-                    request.Start = opening;
+                    var start = this.start.Clone();
+                    start.History.Clear();
+                    start.History.AddRange(log.Snapshot());
+                    if (scene != null) start.Scene = scene;
+                    request.Start = start;
+                    mineOpening = opening = new TaskCompletionSource<bool>();
                 }
                 else
                 {
                     request.SessionId = SessionId;
                     if (sceneChanged && scene != null) request.Scene = scene;
                 }
+                sentScene = sceneChanged;
                 sceneChanged = false;
             }
-            using (var call = client.Raw.Ask(request, client.CallOptions(null, cancellationToken)))
+            var client = clientOf();
+            bool answered = false;
+            try
             {
-                var stream = call.ResponseStream;
-                while (await ArBridgeClient.MoveNext(stream, cancellationToken))
+                using (var call = client.Raw.Ask(request, client.CallOptions(client.CallTimeout, cancellationToken)))
                 {
-                    var response = stream.Current;
-                    SessionId = response.SessionId;
-                    uint id = response.TurnId;
-                    if (response.EventCase == AskResponse.EventOneofCase.Chunk && response.Chunk.SequenceIndex == 0)
+                    var stream = call.ResponseStream;
+                    while (await ArBridgeClient.MoveNext(stream, cancellationToken))
                     {
-                        string text = response.Chunk.Text;
-                        Raise(() => { var h = TextChunk; if (h != null) h(id, text); });
-                    }
-                    else if (response.EventCase == AskResponse.EventOneofCase.Completion
-                             && response.Completion.SequenceIndex == 0)
-                    {
-                        var completion = response.Completion;
-                        lock (gate) log.Record(turn.Text, completion.Text);
-                        Raise(() => { var h = ResponseComplete; if (h != null) h(id, completion); });
+                        var response = stream.Current;
+                        if (!answered)
+                        {
+                            answered = true;
+                            lock (gate) SessionId = response.SessionId;
+                            if (mineOpening != null) ReleaseOpening(mineOpening);
+                        }
+                        HandleResponse(turn, response);
                     }
                 }
             }
+            catch (RpcException e)
+            {
+                lock (gate)
+                {
+                    // Not sent after all: the scene goes with the next turn.
+                    if (!answered && sentScene) sceneChanged = true;
+                    // Forgotten by the server: the next call starts again with the dialogue so far.
+                    if (e.StatusCode == StatusCode.NotFound && SessionId == request.SessionId) SessionId = null;
+                }
+                throw;
+            }
+            finally
+            {
+                if (mineOpening != null) ReleaseOpening(mineOpening);
+            }
         }
 
-        /// <summary>Stops the reply in flight (its call is cancelled; the server frees the slot).</summary>
+        void ReleaseOpening(TaskCompletionSource<bool> mine)
+        {
+            lock (gate) if (opening == mine) opening = null;
+            mine.TrySetResult(true);
+        }
+
+        void HandleResponse(UserTurn turn, AskResponse response)
+        {
+            uint id = response.TurnId;
+            if (response.EventCase == AskResponse.EventOneofCase.Chunk && response.Chunk.SequenceIndex == 0)
+            {
+                string text = response.Chunk.Text;
+                lock (gate) if (inFlightTurn == turn.TurnId) inFlightText += text;
+                Raise(() => { var h = TextChunk; if (h != null) h(id, text); });
+            }
+            else if (response.EventCase == AskResponse.EventOneofCase.Completion
+                     && response.Completion.SequenceIndex == 0)
+            {
+                var completion = response.Completion;
+                lock (gate)
+                {
+                    log.Record(turn.Text, completion.Text);
+                    if (inFlightTurn == turn.TurnId) inFlightTurn = 0;
+                }
+                Raise(() => { var h = ResponseComplete; if (h != null) h(id, completion); });
+            }
+        }
+
+        /// <summary>
+        /// Stops the reply in flight: its call is cancelled (the server frees the slot
+        /// and keeps what was said in the session), and it completes here as
+        /// FINISH_REASON_CANCELLED with the text received so far.
+        /// </summary>
         public Task InterruptAsync()
         {
-            lock (gate) if (inFlight != null) inFlight.Cancel();
+            uint turn = 0;
+            string heard = "";
+            lock (gate)
+            {
+                if (inFlight != null && inFlightTurn != 0)
+                {
+                    turn = inFlightTurn;
+                    heard = inFlightText;
+                    inFlightTurn = 0;
+                    log.Record(inFlightQuestion, heard);  // the server keeps the same
+                    inFlight.Cancel();
+                }
+            }
+            if (turn != 0)
+            {
+                var completion = new Completion { FinishReason = FinishReason.Cancelled, Text = heard };
+                Raise(() => { var h = ResponseComplete; if (h != null) h(turn, completion); });
+            }
             return Task.FromResult(0);
         }
 

@@ -21,7 +21,11 @@ namespace ArBridge.Client
 
         bool IsOpen { get; }
         Task StartAsync();
-        /// <summary>Sends a user turn (after a scene update, when given); returns its turn id.</summary>
+        /// <summary>
+        /// Sends a user turn (after a scene update, when given); returns its turn id.
+        /// DialogueSession returns once the turn is sent and throws if it could not be;
+        /// AskDialogue returns when the reply has ended and reports failures as Error.
+        /// </summary>
         Task<uint> AskAsync(string text, SceneFeatures sceneUpdate = null, SamplingParams sampling = null);
         /// <summary>Stops the reply in flight.</summary>
         Task InterruptAsync();

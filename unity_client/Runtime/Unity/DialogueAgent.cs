@@ -91,11 +91,10 @@ namespace ArBridge.Unity
                     SystemPrompt = systemPrompt,
                     Sampling = new SamplingParams { MaxNewTokens = (uint)maxNewTokens },
                 };
-                var client = endpoint.Client;
                 if (endpoint.ChosenTransport == ArBridgeTransport.GrpcWeb)
-                    session = client.StartAskDialogue(start);
+                    session = new AskDialogue(() => endpoint.Client, start);  // a refreshed token applies
                 else
-                    session = client.StartDialogue(start);
+                    session = endpoint.Client.StartDialogue(start);
                 session.TextChunk += (turn, text) => onTextChunk.Invoke(text);
                 session.ResponseComplete += (turn, completion) => onResponseComplete.Invoke(completion.Text);
                 session.Error += (turn, error) => onError.Invoke(error.Message);
