@@ -165,3 +165,28 @@ async def test_a_client_leaving_mid_reply_frees_the_session_at_once(make_server,
             break
         await asyncio.sleep(0.02)
     assert running.server.scheduler.load == (0, 0)
+
+
+@pytest.mark.parametrize("request_, code, field", [
+    (ask("hi", start=spb.ConverseStart(system_prompt="x" * 20_001)),
+     grpc.StatusCode.INVALID_ARGUMENT, "start.system_prompt"),
+    (ask("hi", start=spb.ConverseStart(history=[pb.DialogueTurn(text="hi")])),
+     grpc.StatusCode.INVALID_ARGUMENT, "start.history[0].role"),
+    (ask("hi", start=spb.ConverseStart(sampling=pb.SamplingParams(top_p=7))),
+     grpc.StatusCode.INVALID_ARGUMENT, "start.sampling.top_p"),
+    (ask("hi", start=spb.ConverseStart(scene=pb.SceneFeatures(
+        objects=[pb.SceneObject(id="x")]))),
+     grpc.StatusCode.INVALID_ARGUMENT, "start.scene.objects[0].label"),
+    (spb.AskRequest(user_turn=spb.UserTurn(audio=pb.AudioFeatures(
+        transcript="hi", embedding=pb.FeatureVector(encoder="voice", dims=2,
+                                                    values=[0.1, 0.2])))),
+     grpc.StatusCode.FAILED_PRECONDITION, "user_turn.audio.embedding"),
+    (spb.AskRequest(user_turn=spb.UserTurn(text="x" * 20_001)),
+     grpc.StatusCode.INVALID_ARGUMENT, "user_turn.text"),
+], ids=["system-prompt-too-long", "history-role", "start-sampling", "start-scene",
+        "audio-encoder-without-projector", "text-too-long"])
+async def test_every_field_is_checked_with_its_own_status(tiny_server, request_, code, field):
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await collect(tiny_server.stub.Ask(request_))
+    assert err.value.code() == code
+    assert err.value.details().startswith(field), err.value.details()

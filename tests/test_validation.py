@@ -174,6 +174,8 @@ CONVERSE_INVALID = [
         text="hi", sampling=pb.SamplingParams(temperature=-1))),
      "request[0].user_turn.sampling.temperature"),
     ("empty request", spb.ConverseRequest(), "request[0].event"),
+    ("system prompt too long", spb.ConverseRequest(start=spb.ConverseStart(
+        system_prompt="x" * 20_001)), "start.system_prompt"),
 ]
 
 

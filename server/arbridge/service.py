@@ -252,18 +252,20 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
             validation.scene(request.scene, self.settings, "scene", self._encoders)
             scene = pb.SceneFeatures()
             scene.CopyFrom(request.scene)  # a copy: the request is not kept alive
-        # Checked before anything changes: a bad turn leaves the session as it was.
-        self._turn(base.with_scene(scene), request.user_turn, "user_turn")
-        if session is not None:
+        # Checked (and built) before anything changes: a bad turn leaves the session as
+        # it was.
+        text, cfg, prompt, objects = self._turn(base.with_scene(scene), request.user_turn,
+                                                "user_turn")
+        if session is not None and not session.idle.is_set():
             # Barge-in: this turn interrupts the session's reply still streaming.
             while not session.idle.is_set():
                 if session.reply is not None:
                     session.reply.cancel(FinishReason.INTERRUPTED)
                 await session.idle.wait()
+            # Built again: the interrupted reply has joined the history.
+            text, cfg, prompt, objects = self._turn(base.with_scene(scene), request.user_turn,
+                                                    "user_turn")
         arrived = time.perf_counter()
-        # Built now, so the prompt holds the reply this turn may have interrupted.
-        text, cfg, prompt, objects = self._turn(base.with_scene(scene), request.user_turn,
-                                                "user_turn")
         generation = self._open(prompt, cfg, context, arrived, objects)
         # Opened: from here on the turn counts (a full queue changed nothing).
         if session is None:
@@ -295,12 +297,9 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
                 if isinstance(event, pb.TokenChunk):
                     if event.sequence_index == 0:
                         heard.append(event.text)
-                    yield spb.AskResponse(session_id=session.id, turn_id=turn_id, chunk=event)
-                else:
-                    if event.sequence_index == 0:
-                        heard = [event.text]
-                    yield spb.AskResponse(session_id=session.id, turn_id=turn_id,
-                                          completion=event)
+                elif event.sequence_index == 0:
+                    heard = [event.text]
+                yield _wrap(spb.AskResponse, event, session_id=session.id, turn_id=turn_id)
         finally:
             finish()
 
@@ -323,10 +322,10 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
             yield response
 
 
-def _wrap(response_type, event: Event):
+def _wrap(response_type, event: Event, **fields):
     if isinstance(event, pb.TokenChunk):
-        return response_type(chunk=event)
-    return response_type(completion=event)
+        return response_type(chunk=event, **fields)
+    return response_type(completion=event, **fields)
 
 
 class _ConverseSession:
@@ -423,14 +422,15 @@ class _ConverseSession:
         if self.servicer.draining.is_set():
             raise _Abort(grpc.StatusCode.UNAVAILABLE,
                          "server is shutting down; reconnect and resend the dialogue")
-        self.servicer._turn(self.state, turn, field)  # checked before interrupting anything
+        # Checked (and built) before interrupting anything.
+        text, cfg, prompt, objects = self.servicer._turn(self.state, turn, field)
         # Barge-in: the new turn interrupts the reply in flight.
         if self.reply_task is not None and not self.reply_task.done():
             self.reply_stream.cancel(FinishReason.INTERRUPTED)
             await self.reply_task
+            # Built again: the interrupted reply has joined the history.
+            text, cfg, prompt, objects = self.servicer._turn(self.state, turn, field)
         arrived = time.perf_counter()
-        # Built after the interrupted reply joined the history, so the model sees it.
-        text, cfg, prompt, objects = self.servicer._turn(self.state, turn, field)
         turn_id = self.state.take_turn_id(turn.turn_id)
         # Opened here, not in the task, so a barge-in can always reach it.
         self.reply_stream = self.servicer._open(prompt, cfg, self.context, arrived, objects)
@@ -442,14 +442,9 @@ class _ConverseSession:
             async for event in generation:
                 if isinstance(event, pb.Completion) and event.sequence_index == 0:
                     reply_text = event.text
-                await self.outbox.put(_wrap_turn(turn_id, event))
+                await self.outbox.put(_wrap(spb.ConverseResponse, event, turn_id=turn_id))
         except Exception as exc:
             await self.outbox.put(exc)
             return
         self.state.record(user_text, reply_text, self.settings.max_dialogue_turns)
 
-
-def _wrap_turn(turn_id: int, event: Event) -> spb.ConverseResponse:
-    if isinstance(event, pb.TokenChunk):
-        return spb.ConverseResponse(turn_id=turn_id, chunk=event)
-    return spb.ConverseResponse(turn_id=turn_id, completion=event)

@@ -94,27 +94,38 @@ class SessionStore:
         """Used now (its size may have changed): most recent, then enforce the bounds."""
         if session.id not in self._sessions:
             return  # evicted meanwhile: nothing to account
-        self.bytes += session.state.byte_size() - session.size
-        session.size = session.state.byte_size()
+        size = session.state.byte_size()
+        self.bytes += size - session.size
+        session.size = size
         session.last_used = self.clock()
         self._sessions.move_to_end(session.id)
         self._expire()
+        if len(self._sessions) <= self.max_sessions and self.bytes <= self.max_bytes:
+            return
         # Over a bound: drop the least recently used sessions that are not replying
         # (never the one just used).
-        for old in list(self._sessions.values()):
-            if len(self._sessions) <= self.max_sessions and self.bytes <= self.max_bytes:
+        count, total, victims = len(self._sessions), self.bytes, []
+        for old in self._sessions.values():
+            if count <= self.max_sessions and total <= self.max_bytes:
                 break
             if old is not session and old.idle.is_set():
-                self._drop(old)
+                victims.append(old)
+                count, total = count - 1, total - old.size
+        for old in victims:
+            self._drop(old)
 
     def _drop(self, session: AskSession) -> None:
         del self._sessions[session.id]
         self.bytes -= session.size
 
     def _expire(self) -> None:
+        # Oldest first: the walk stops at the first session used recently enough.
         cutoff = self.clock() - self.idle_seconds
-        for session in list(self._sessions.values()):
+        expired = []
+        for session in self._sessions.values():
             if session.last_used >= cutoff:
-                break  # the rest were used later
+                break
             if session.idle.is_set():  # one replying stays, however long it takes
-                self._drop(session)
+                expired.append(session)
+        for session in expired:
+            self._drop(session)
