@@ -25,17 +25,24 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module", params=["gpt2", "llama"])
+@pytest.fixture(scope="module", params=["gpt2", "llama", "gpt2/transformers-forward",
+                                        "llama/transformers-forward"])
 def loaded(request, tiny_model_dir, tmp_path_factory):
-    if request.param == "gpt2":
+    """Both families, each through the fused decoder and through the model's
+    own forward (the path every other architecture takes)."""
+    family, _, forward = request.param.partition("/")
+    if family == "gpt2":
         path = tiny_model_dir
     else:
         path = build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
-    return load_model(str(path), cache_dir=tmp_path_factory.mktemp("cache"))
+    lm = load_model(str(path), cache_dir=tmp_path_factory.mktemp("cache"))
+    lm.fused_decoder = not forward
+    return lm
 
 
 class Engine:
     def __init__(self, loaded, **kwargs):
+        kwargs.setdefault("fused_decoder", loaded.fused_decoder)
         self.scheduler = Scheduler(loaded.model, loaded.tokenizer,
                                    context_length=loaded.info.context_length, **kwargs)
         self.tokenizer = loaded.tokenizer
@@ -44,6 +51,8 @@ class Engine:
 
     def __enter__(self):
         self.scheduler.start()
+        self.scheduler.call(lambda: None).result()  # the runner is prepared
+        assert (self.scheduler.runner.fused is not None) == self.scheduler.runner._want_fused
         return self
 
     def __exit__(self, *exc):
@@ -68,13 +77,12 @@ def reference_greedy(loaded, prompt: str, n: int) -> list[int]:
 
 async def test_concurrent_greedy_equals_each_alone(loaded):
     cfg = SamplingConfig(max_new_tokens=20)
-    forward = loaded.model.forward
-    slow_down(loaded.model, 0.005)  # so all six are admitted before the first finishes
+    undo = slow_down(loaded.model, 0.005)  # so all six are admitted before the first finishes
     try:
         with Engine(loaded, max_active=8) as eng:
             together = await asyncio.gather(*(eng.run(p, cfg) for p in PROMPTS))
     finally:
-        loaded.model.forward = forward
+        undo()
     assert max(eng.batch_sizes) >= 4  # really decoded in one batch
     for prompt, got in zip(PROMPTS, together, strict=True):
         assert got[0] == reference_greedy(loaded, prompt, 20), prompt
@@ -125,7 +133,9 @@ async def test_streams_join_and_leave_mid_flight(loaded):
 async def test_a_failing_step_ends_requests_with_error_and_the_engine_recovers(loaded):
     from arbridge.engine.requests import FinishReason
 
-    forward = loaded.model.forward
+    # The LM head runs in every forward pass, lean path or transformers'.
+    head = loaded.model.get_output_embeddings()
+    forward = head.forward
     calls = {"n": 0}
 
     @functools.wraps(forward)
@@ -135,7 +145,7 @@ async def test_a_failing_step_ends_requests_with_error_and_the_engine_recovers(l
             raise RuntimeError("simulated device failure")
         return forward(*args, **kwargs)
 
-    loaded.model.forward = flaky
+    head.forward = flaky
     try:
         with Engine(loaded) as eng:
             ids = loaded.tokenizer(PROMPTS[0]).input_ids
@@ -145,7 +155,7 @@ async def test_a_failing_step_ends_requests_with_error_and_the_engine_recovers(l
             assert reasons == [(FinishReason.ERROR, "RuntimeError: simulated device failure")]
             after = await eng.run(PROMPTS[2], SamplingConfig(max_new_tokens=5))
     finally:
-        loaded.model.forward = forward
+        head.forward = forward
     assert after[0] == reference_greedy(loaded, PROMPTS[2], 5)
 
 

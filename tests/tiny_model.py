@@ -94,13 +94,23 @@ def build_tiny_llama(out_dir: Path, *, seed: int = 0) -> Path:
 
 
 def slow_down(model, seconds: float):
-    """Make every forward pass take at least `seconds` (for timing tests)."""
-    original = model.forward
+    """Make every forward pass take at least `seconds` (for timing tests).
+
+    The delay sits in the LM head, which every pass runs once, whether the
+    engine uses its fused decoder or the model's own forward. Returns a
+    function that takes the delay out again.
+    """
+    head = model.get_output_embeddings()
+    original = head.forward
 
     @functools.wraps(original)
     def forward(*args, **kwargs):
         time.sleep(seconds)
         return original(*args, **kwargs)
 
-    model.forward = forward
-    return model
+    head.forward = forward
+
+    def undo():
+        head.forward = original
+
+    return undo

@@ -131,6 +131,10 @@ class Settings(BaseSettings):
         512, ge=16, description="prompt tokens prefilled per scheduler turn, all requests "
                                 "together; lower = first tokens sooner for some, higher = "
                                 "better prefill throughput")
+    fused_decoder: bool = Field(
+        True, description="run Llama- and GPT-2-shaped models through ArBridge's lean "
+                          "forward pass (fused projections, straight on the KV cache); "
+                          "false = the model's own transformers forward")
     deadline_margin_ms: float = Field(
         50.0, ge=0, description="stop this long before a call's deadline (TIME_LIMIT)")
 

@@ -11,12 +11,17 @@ import inspect
 
 import torch
 
+from arbridge.engine.fused_decoder import FusedDecoder
 from arbridge.engine.kv_cache import SlotKVCache
 
 
 class ModelRunner:
-    def __init__(self, model, context_length: int):
+    def __init__(self, model, context_length: int, fused: bool = True):
         self.model = model
+        self._want_fused = fused
+        # The lean path for Llama and GPT-2 shapes (None: model.forward); made
+        # by prepare(), on the thread that computes.
+        self.fused: FusedDecoder | None = None
         first = next(model.parameters())
         self.device, self.dtype = first.device, first.dtype
         self.context_length = context_length
@@ -27,6 +32,10 @@ class ModelRunner:
         # transformers renamed `past_key_values` to `cache` (5.2x); accept both.
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    def prepare(self) -> None:
+        if self._want_fused and self.fused is None:
+            self.fused = FusedDecoder.build(self.model)
 
     def new_cache(self, slots: int, capacity: int = 256) -> SlotKVCache:
         return SlotKVCache(self.num_layers, slots=slots, capacity=capacity,
@@ -55,6 +64,9 @@ class ModelRunner:
         # Query t of row b sees cached positions 0..starts[b]+t and nothing
         # after: that hides later padding and stale data from earlier tenants.
         allowed = kv[None, None, :] <= positions[:, :, None]
+        if self.fused is not None:
+            return self.fused.forward(cache, None if inputs_embeds is not None else input_ids,
+                                      inputs_embeds, positions, allowed, keep)
         mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
         inputs = {"input_ids": input_ids} if inputs_embeds is None else \

@@ -71,8 +71,9 @@ class _Request:
 
 class Scheduler:
     def __init__(self, model, tokenizer, *, context_length: int, max_active: int = 16,
-                 max_queue: int = 64, prefill_chunk_tokens: int = 512, projectors=None):
-        self.runner = ModelRunner(model, context_length)
+                 max_queue: int = 64, prefill_chunk_tokens: int = 512, projectors=None,
+                 fused_decoder: bool = True):
+        self.runner = ModelRunner(model, context_length, fused=fused_decoder)
         self.device = self.runner.device
         self.vocab_size = self.runner.vocab_size
         self.context_length = context_length
@@ -161,6 +162,7 @@ class Scheduler:
         # Cache buffers are created and edited in here only; inference mode
         # for the whole thread keeps them cheap (no autograd bookkeeping).
         with torch.inference_mode():
+            self.runner.prepare()
             self._run()
 
     def _run(self) -> None:

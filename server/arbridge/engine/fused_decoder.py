@@ -1,0 +1,205 @@
+"""A lean forward pass for the two model families ArBridge serves most.
+
+Megatron GPT checkpoints convert to GPT-2; SmolLM2 and Megatron-trained
+Llama-style models are Llama. For those, this module runs the decoder layers
+itself, straight on the slot KV cache, with the model's own weights:
+
+- q/k/v and gate/up projections fused into one matmul each (Llama; GPT-2
+  already stores them fused), so a decode step makes 4 matmuls per layer
+  instead of 7;
+- one rotary table and one boolean mask per pass, shared by every layer;
+- none of transformers' per-layer generality (output hooks, attention
+  dispatch, cache bookkeeping, mask conversion).
+
+At batch 1 on a 2-core CPU a decode step is mostly weight reads, and
+transformers' eager code adds about a quarter on top of them; this removes
+most of that (figures in `make bench`, rows engine vs engine-hf).
+
+The arithmetic is the same as transformers' (same ops, same order, same
+upcasts), so outputs match it to float rounding; tests compare the two on
+tiny models of both families. Anything else, or any config option this code
+does not implement, runs through the model's own forward instead.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# Rotary variants whose frequencies do not depend on the sequence length.
+_STATIC_ROPE = {"default", "linear", "llama3"}
+
+
+class FusedDecoder:
+    """forward(cache, ids or embeds, positions, allowed, keep) -> logits."""
+
+    family = ""
+
+    @staticmethod
+    def build(model) -> FusedDecoder | None:
+        """The lean path for `model`, or None (with the reason logged) when it
+        does not apply."""
+        kind = getattr(model.config, "model_type", "")
+        builder = {"llama": _LlamaDecoder, "gpt2": _GPT2Decoder}.get(kind)
+        if builder is None:
+            log.info("fused decoder: not for model type %r; using the model's forward", kind)
+            return None
+        reason = builder.unsupported(model)
+        if reason:
+            log.info("fused decoder: %s; using the model's forward", reason)
+            return None
+        return builder(model)
+
+    def forward(self, cache, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None,
+                positions: torch.Tensor, allowed: torch.Tensor,
+                keep: int | torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def _kept(hidden: torch.Tensor, keep: int | torch.Tensor) -> torch.Tensor:
+        """Only the query positions whose logits are wanted reach the LM head."""
+        if isinstance(keep, int):
+            return hidden[:, -keep:]
+        return hidden[:, keep]
+
+
+class _LlamaDecoder(FusedDecoder):
+    family = "llama"
+
+    @staticmethod
+    def unsupported(model) -> str:
+        c = model.config
+        if getattr(c, "hidden_act", "silu") != "silu":
+            return f"activation {c.hidden_act}"
+        if getattr(c, "pretraining_tp", 1) != 1:
+            return "pretraining_tp > 1"
+        rope_type = getattr(model.model.rotary_emb, "rope_type", "default")
+        if rope_type not in _STATIC_ROPE:
+            return f"rotary type {rope_type} (frequencies change with length)"
+        attn = model.model.layers[0].self_attn
+        if abs(attn.scaling - attn.head_dim ** -0.5) > 1e-12:
+            return "non-standard attention scaling"
+        return ""
+
+    def __init__(self, model):
+        self.model = model
+        body = model.model
+        c = model.config
+        attn = body.layers[0].self_attn
+        self.heads, self.kv_heads = c.num_attention_heads, c.num_key_value_heads
+        self.head_dim = attn.head_dim
+        self.eps = c.rms_norm_eps
+        self.inv_freq = body.rotary_emb.inv_freq
+        self.rope_scale = float(body.rotary_emb.attention_scaling)
+        self.layers = []
+        for layer in body.layers:
+            a, mlp = layer.self_attn, layer.mlp
+            self.layers.append((layer.input_layernorm.weight,
+                                _fuse(a.q_proj, a.k_proj, a.v_proj), a.o_proj,
+                                layer.post_attention_layernorm.weight,
+                                _fuse(mlp.gate_proj, mlp.up_proj), mlp.down_proj))
+
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        # LlamaRMSNorm: statistics in float32, scaled in the model dtype.
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return weight * h.to(x.dtype)
+
+    def forward(self, cache, input_ids, inputs_embeds, positions, allowed, keep):
+        body = self.model.model
+        x = body.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        batch, q_len, _ = x.shape
+        heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
+        # Rotary tables for every (row, position), computed once per pass.
+        freqs = positions[..., None].float() * self.inv_freq.float()
+        cos = (freqs.cos() * self.rope_scale).to(x.dtype)[:, :, None, :]
+        sin = (freqs.sin() * self.rope_scale).to(x.dtype)[:, :, None, :]
+        mask = allowed[:, None]
+        for index, (norm1, qkv, out, norm2, gate_up, down) in enumerate(self.layers):
+            fused = F.linear(self._norm(x, norm1), *qkv).view(batch, q_len,
+                                                                heads + 2 * kv_heads, dim)
+            # Rotate queries and keys together (transformers' rotate_half form).
+            first, second = fused[:, :, :heads + kv_heads].chunk(2, dim=-1)
+            rotated = torch.cat((first * cos - second * sin, second * cos + first * sin), -1)
+            query = rotated[:, :, :heads].transpose(1, 2)
+            key = rotated[:, :, heads:].transpose(1, 2)
+            value = fused[:, :, heads + kv_heads:].transpose(1, 2)
+            keys, values = cache.layers[index].update(key, value, index)
+            attended = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask,
+                                                      enable_gqa=heads != kv_heads)
+            x = x + F.linear(attended.transpose(1, 2).reshape(batch, q_len, heads * dim),
+                             out.weight, out.bias)
+            gate, up = F.linear(self._norm(x, norm2), *gate_up).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, down.weight, down.bias)
+        x = self._norm(self._kept(x, keep), body.norm.weight)
+        return self.model.lm_head(x)
+
+
+class _GPT2Decoder(FusedDecoder):
+    family = "gpt2"
+
+    @staticmethod
+    def unsupported(model) -> str:
+        c = model.config
+        if not c.scale_attn_weights or c.scale_attn_by_inverse_layer_idx:
+            return "non-standard attention scaling"
+        if c.reorder_and_upcast_attn:
+            return "reorder_and_upcast_attn"
+        if getattr(c, "add_cross_attention", False):
+            return "cross-attention"
+        return ""
+
+    def __init__(self, model):
+        self.model = model
+        body = model.transformer
+        self.heads = model.config.n_head
+        self.head_dim = model.config.n_embd // self.heads
+        self.layers = [(b.ln_1, b.attn.c_attn, b.attn.c_proj, b.ln_2, b.mlp.c_fc, b.mlp.act,
+                        b.mlp.c_proj) for b in body.h]
+
+    @staticmethod
+    def _conv1d(x: torch.Tensor, conv) -> torch.Tensor:
+        # transformers' Conv1D: weight is [in, out].
+        out = torch.addmm(conv.bias, x.reshape(-1, x.shape[-1]), conv.weight)
+        return out.view(*x.shape[:-1], -1)
+
+    def forward(self, cache, input_ids, inputs_embeds, positions, allowed, keep):
+        body = self.model.transformer
+        x = body.wte(input_ids) if inputs_embeds is None else inputs_embeds
+        x = x + body.wpe(positions)
+        batch, q_len, hidden = x.shape
+        heads, dim = self.heads, self.head_dim
+        mask = allowed[:, None]
+        for index, (ln1, c_attn, c_proj, ln2, c_fc, act, mlp_proj) in enumerate(self.layers):
+            fused = self._conv1d(ln1(x), c_attn).view(batch, q_len, 3, heads, dim)
+            query, key, value = (fused[:, :, i].transpose(1, 2) for i in range(3))
+            keys, values = cache.layers[index].update(key, value, index)
+            attended = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask)
+            x = x + self._conv1d(attended.transpose(1, 2).reshape(batch, q_len, hidden), c_proj)
+            x = x + self._conv1d(act(self._conv1d(ln2(x), c_fc)), mlp_proj)
+        return self.model.lm_head(body.ln_f(self._kept(x, keep)))
+
+
+def _fuse(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Concatenate projections into one (weight, bias) and make the modules'
+    parameters views into it, so the model's own forward still works and the
+    weights are not held twice."""
+    fused = []
+    for name in ("weight", "bias"):
+        parts = [getattr(lin, name) for lin in linears]
+        if parts[0] is None:
+            fused.append(None)
+            continue
+        whole = torch.cat([p.detach() for p in parts]).contiguous()
+        offset = 0
+        for lin, part in zip(linears, parts, strict=True):
+            rows = part.shape[0]
+            setattr(lin, name, nn.Parameter(whole[offset:offset + rows], requires_grad=False))
+            offset += rows
+        fused.append(whole)
+    return fused[0], fused[1]

@@ -1,0 +1,119 @@
+"""The fused decoder gives transformers' logits, and steps aside when it can't."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from arbridge.engine.fused_decoder import FusedDecoder
+from arbridge.engine.runner import ModelRunner
+
+
+def tiny_llama(**overrides) -> LlamaForCausalLM:
+    config = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    config.update(overrides)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**config)).eval()
+    with torch.no_grad():  # biases start at zero; make them count
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear) and module.bias is not None:
+                module.bias.normal_(0, 0.5)
+    return model
+
+
+def tiny_gpt2(**overrides) -> GPT2LMHeadModel:
+    config = dict(vocab_size=97, n_positions=128, n_embd=64, n_layer=2, n_head=4,
+                  activation_function="gelu_new")
+    config.update(overrides)
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(**config)).eval()
+
+
+MODELS = {
+    "llama": tiny_llama,
+    "llama-mha-biases": lambda: tiny_llama(num_key_value_heads=4, attention_bias=True,
+                                           mlp_bias=True),
+    "llama3-rope": lambda: tiny_llama(rope_parameters={
+        "rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 32}),
+    "gpt2": tiny_gpt2,
+    "gpt2-megatron-gelu": lambda: tiny_gpt2(activation_function="gelu"),
+}
+
+
+def run_passes(runner: ModelRunner) -> list[torch.Tensor]:
+    """A ragged chunked prefill of three rows, then decode steps at different
+    lengths, some with soft-prompt embeddings: every logit the engine would read."""
+    torch.manual_seed(1)
+    cache = runner.new_cache(slots=4, capacity=8)  # grows during the passes
+    for length in (0, 0, 0):
+        cache.add_row(length)
+    prompts = [torch.randint(0, 97, (n,)) for n in (11, 5, 8)]
+    outs = []
+    for begin in (0, 6):  # two prefill chunks of up to 6 tokens
+        chunks = [p[begin:begin + 6] for p in prompts]
+        width = max(len(c) for c in chunks)
+        ids = torch.zeros(3, width, dtype=torch.long)
+        for i, chunk in enumerate(chunks):
+            ids[i, :len(chunk)] = chunk
+        starts = [min(begin, len(p)) for p in prompts]
+        outs.append(runner.forward(cache, 0, ids, starts, keep=width))
+    lengths = [len(p) for p in prompts]
+    embeds = runner.embed(torch.randint(0, 97, (3, 1))) * 0.5  # soft-prompt-like rows
+    for step in range(4):
+        ids = torch.randint(0, 97, (3, 1))
+        outs.append(runner.forward(cache, 0, ids, lengths,
+                                   inputs_embeds=embeds if step == 2 else None))
+        lengths = [n + 1 for n in lengths]
+    return outs
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_fused_logits_equal_the_models_own_forward(name):
+    model = MODELS[name]()
+    with torch.inference_mode():
+        expected = run_passes(ModelRunner(model, context_length=128, fused=False))
+        runner = ModelRunner(model, context_length=128)
+        runner.prepare()
+        assert runner.fused is not None and runner.fused.family == name.split("-")[0].rstrip("3")
+        got = run_passes(runner)
+    assert len(got) == len(expected) == 6
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+        assert a.abs().max() > 0.1  # not trivially zero
+
+
+def test_fusing_keeps_the_models_own_forward_working_without_a_second_copy():
+    model = tiny_llama(attention_bias=True)
+    ids = torch.randint(0, 97, (2, 7))
+    with torch.inference_mode():
+        before = model(ids).logits
+        decoder = FusedDecoder.build(model)
+        after = model(ids).logits
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+    attn = model.model.layers[0].self_attn
+    qkv_weight, qkv_bias = decoder.layers[0][1]
+    # The module's weights now live inside the fused matrix.
+    assert attn.q_proj.weight.data_ptr() == qkv_weight.data_ptr()
+    assert attn.v_proj.bias.data_ptr() == qkv_bias[-attn.v_proj.bias.shape[0]:].data_ptr()
+
+
+@pytest.mark.parametrize("model, reason", [
+    (lambda: tiny_llama(hidden_act="gelu"), "activation"),
+    (lambda: tiny_llama(rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0,
+                                         "factor": 2.0}), "rotary type dynamic"),
+    (lambda: tiny_gpt2(scale_attn_by_inverse_layer_idx=True), "attention scaling"),
+    (lambda: tiny_gpt2(reorder_and_upcast_attn=True), "reorder_and_upcast_attn"),
+])
+def test_unsupported_configs_use_the_models_forward(model, reason, caplog):
+    model = model()
+    with caplog.at_level("INFO"):
+        assert FusedDecoder.build(model) is None
+    assert reason in caplog.text
+    runner = ModelRunner(model, context_length=128)
+    runner.prepare()
+    assert runner.fused is None
+    with torch.inference_mode():
+        assert len(run_passes(runner)) == 6  # still serves, through transformers
