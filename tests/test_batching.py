@@ -195,3 +195,37 @@ def test_a_burst_between_turns_fills_free_slots_before_the_queue(tiny_loaded):
     with pytest.raises(QueueFull) as err:
         scheduler.submit(handles[5])
     assert err.value.retry_after_s > 0
+
+
+# -- prompt-prefix reuse ---------------------------------------------------------------
+SHARED = "Objects in view, nearest first: chair, table, lamp, window, door. " * 3
+
+
+async def test_prompts_sharing_a_prefix_reuse_its_kv_and_give_the_same_text(loaded):
+    cfg = SamplingConfig(max_new_tokens=12)
+    questions = [SHARED + q for q in ("User: what is ahead?", "User: where is the lamp?",
+                                      "The red chair", SHARED)]
+    with Engine(loaded, prefix_cache_bytes=1 << 20) as eng:
+        first = await eng.run(questions[0], cfg)  # fills the cache
+        cache = eng.scheduler.prefix_cache
+        assert cache.reused_tokens == 0 and len(cache) > 0
+        rest = await asyncio.gather(*(eng.run(q, cfg) for q in questions[1:]))
+        again = await eng.run(questions[0], cfg)  # the whole prompt is cached now
+        shared_len = len(loaded.tokenizer(SHARED).input_ids)
+        # Each later prompt found at least the shared text's full blocks.
+        assert cache.reused_tokens >= 4 * (shared_len // cache.block * cache.block)
+    for prompt, got in zip(questions, [first, *rest], strict=True):
+        assert got[0] == reference_greedy(loaded, prompt, 12), prompt
+    assert again == first
+
+
+async def test_a_seeded_sample_is_the_same_with_and_without_prefix_reuse(loaded):
+    cfg = SamplingConfig(max_new_tokens=12, temperature=0.9, top_k=20, seed=5)
+    prompt = SHARED + "User: and behind me?"
+    with Engine(loaded) as eng:
+        plain = await eng.run(prompt, cfg)
+    with Engine(loaded, prefix_cache_bytes=1 << 20) as eng:
+        await eng.run(SHARED, SamplingConfig(max_new_tokens=2))
+        reused = await eng.run(prompt, cfg)
+        assert eng.scheduler.prefix_cache.reused_tokens > 0
+    assert reused == plain

@@ -80,3 +80,15 @@ async def test_json_access_log_carries_request_id_and_status(tiny_server, capsys
     assert access, lines
     assert access[0]["method"] == GENERATE and access[0]["code"] == "OK"
     assert access[0]["level"] == "INFO" and access[0]["duration_ms"] > 0
+
+
+async def test_metrics_show_prompt_tokens_the_prefix_cache_saved(make_server, tiny_model_dir):
+    s = await make_server(tiny_model_dir, metrics_port=0)
+    shared = "Objects in view, nearest first: chair, table, lamp, window, door. " * 3
+    for question in ("Where is the lamp?", "What is ahead?"):
+        await collect(s.stub.Generate(gen(shared + question, max_new_tokens=2)))
+    m = scrape(s)
+    reused = m[("arbridge_prompt_tokens_total", (("source", "prefix_cache"),))]
+    prefilled = m[("arbridge_prompt_tokens_total", (("source", "prefill"),))]
+    assert reused >= 16 and prefilled > 0  # the second prompt found the first's blocks
+    assert m[("arbridge_prefix_cache_bytes", ())] > 0

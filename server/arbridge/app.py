@@ -194,7 +194,8 @@ class ArBridgeServer:
                                    context_length=preloaded.info.context_length,
                                    max_active=s.max_active, max_queue=s.max_queue,
                                    prefill_chunk_tokens=s.prefill_chunk_tokens,
-                                   projectors=projectors, fused_decoder=s.fused_decoder)
+                                   projectors=projectors, fused_decoder=s.fused_decoder,
+                                   prefix_cache_bytes=s.prefix_cache_mb << 20)
         self.scheduler.start()
         return LocalBackend(self.scheduler, preloaded.tokenizer, preloaded.info, self.metrics,
                             projectors)

@@ -135,6 +135,10 @@ class Settings(BaseSettings):
         True, description="run Llama- and GPT-2-shaped models through ArBridge's lean "
                           "forward pass (fused projections, straight on the KV cache); "
                           "false = the model's own transformers forward")
+    prefix_cache_mb: int = Field(
+        256, ge=0, description="memory for the KV of recent prompt prefixes (system prompt, "
+                               "scene, dialogue so far), so a prompt that starts like an "
+                               "earlier one prefills only the rest; 0 = off")
     deadline_margin_ms: float = Field(
         50.0, ge=0, description="stop this long before a call's deadline (TIME_LIMIT)")
 

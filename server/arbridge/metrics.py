@@ -6,6 +6,7 @@ Exposed by prometheus-client's own HTTP server on --metrics-port.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
 
 # First tokens take a prefill (tens of ms to seconds on CPU); later ones one step.
@@ -42,6 +43,9 @@ class Metrics:
         """Active/queued gauges read the backend at scrape time."""
         self.active.set_function(lambda: backend.load[0])
         self.queued.set_function(lambda: backend.load[1])
+        cache = getattr(getattr(backend, "scheduler", None), "prefix_cache", None)
+        if cache is not None:
+            self.registry.register(_PrefixCacheCollector(cache))
 
     def serve(self, host: str, port: int) -> int:
         """Start the /metrics HTTP endpoint; returns the bound port."""
@@ -56,3 +60,21 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _PrefixCacheCollector:
+    """Reads the engine's prefix-cache counters at scrape time."""
+
+    def __init__(self, cache):
+        self.cache = cache
+
+    def collect(self):
+        tokens = CounterMetricFamily(
+            "arbridge_prompt_tokens", "Prompt tokens admitted, by where their KV came from",
+            labels=["source"])
+        reused = self.cache.reused_tokens
+        tokens.add_metric(["prefix_cache"], reused)
+        tokens.add_metric(["prefill"], self.cache.prompt_tokens - reused)
+        yield tokens
+        yield GaugeMetricFamily("arbridge_prefix_cache_bytes",
+                                "Memory held by cached prompt-prefix KV", value=self.cache.bytes)

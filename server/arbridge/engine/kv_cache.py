@@ -129,6 +129,23 @@ class SlotKVCache(Cache):
             mine.keys[dst, :, :length] = theirs.keys[src, :, :length]
             mine.values[dst, :, :length] = theirs.values[src, :, :length]
 
+    def write_row(self, row: int, kv: torch.Tensor) -> None:
+        """Fill positions 0..n-1 of `row` from kv [layers, 2, kv_heads, n, head_dim]."""
+        length = kv.shape[3]
+        self.reserve(self.rows, length + 1)
+        for layer, (keys, values) in zip(self.layers, kv, strict=True):
+            if not layer.is_initialized:
+                layer.lazy_initialization(keys[None], values[None])
+            layer._fit(self.slots, self.capacity)
+            layer.keys[row, :, :length] = keys
+            layer.values[row, :, :length] = values
+
+    def read_row(self, row: int, start: int, end: int) -> torch.Tensor:
+        """Positions start..end-1 of `row` as [layers, 2, kv_heads, n, head_dim]."""
+        return torch.stack([torch.stack((layer.keys[row, :, start:end],
+                                         layer.values[row, :, start:end]))
+                            for layer in self.layers])
+
     def remove_row(self, row: int) -> int | None:
         """Drop a row; the last row moves into its place. Returns the moved row's
         old index (now `row`), or None if the removed row was the last."""

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from arbridge.engine.prefix_cache import PrefixCache
 from arbridge.engine.requests import (
     FinishReason,
     RequestHandle,
@@ -72,8 +73,10 @@ class _Request:
 class Scheduler:
     def __init__(self, model, tokenizer, *, context_length: int, max_active: int = 16,
                  max_queue: int = 64, prefill_chunk_tokens: int = 512, projectors=None,
-                 fused_decoder: bool = True):
+                 fused_decoder: bool = True, prefix_cache_bytes: int = 0):
         self.runner = ModelRunner(model, context_length, fused=fused_decoder)
+        # Prompts that start like an earlier one prefill only the rest.
+        self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self.device = self.runner.device
         self.vocab_size = self.runner.vocab_size
         self.context_length = context_length
@@ -248,7 +251,10 @@ class Scheduler:
         handle.started = time.perf_counter()
         self._active.append(req)
         self._prefilling.append(req)
-        self._staging.add_row(0)
+        row = self._staging.add_row(0)
+        if self.prefix_cache is not None and not handle.features:
+            req.prefilled = self.prefix_cache.load(handle.prompt_ids, self._staging, row)
+            self._staging.lengths[row] = req.prefilled
 
     # -- leaving -------------------------------------------------------------------------
     def _retire_interrupted(self) -> None:
@@ -347,6 +353,8 @@ class Scheduler:
     def _start_decoding(self, req: _Request, last_logits: torch.Tensor) -> None:
         """Prompt done: sample the first tokens, move the request to decode rows."""
         staging_row = self._prefilling.index(req)
+        if self.prefix_cache is not None and not req.handle.features:
+            self.prefix_cache.store(req.handle.prompt_ids, self._staging, staging_row)
         next_ids, logprobs = sample(last_logits.expand(req.n, -1), req.handle.sampling,
                                     req.seen, req.generator)
         req.seen[torch.arange(req.n, device=self.device), next_ids] = True

@@ -1,0 +1,111 @@
+"""Prompt-prefix KV reuse: prefill only what a new prompt does not share.
+
+AR prompts repeat themselves: every caption request carries the same system
+prompt and often the same scene, and every dialogue turn's prompt extends
+the previous turn's. The keys and values of a token depend only on the
+tokens before it, so a prompt that starts like an earlier one can start
+from that prompt's cached KV and prefill only the rest.
+
+The cache is a tree of fixed-size token blocks: a block is found by its
+parent block's id and its own tokens (exact match, no hashing shortcuts),
+holds that block's keys and values for every layer, and is evicted least
+recently used once the byte budget is spent. A lookup touches a chain from
+its deepest block up, so parents always outlive their children.
+
+Requests with dense features skip it: their first positions are
+soft-prompt embeddings, not tokens, so equal ids do not mean equal KV.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+from dataclasses import dataclass
+
+import torch
+
+from arbridge.engine.kv_cache import SlotKVCache
+
+
+@dataclass(eq=False)
+class _Block:
+    id: int
+    kv: torch.Tensor  # [layers, 2, kv_heads, block, head_dim]
+
+
+class PrefixCache:
+    def __init__(self, budget_bytes: int, block_tokens: int = 16):
+        self.budget_bytes = budget_bytes
+        self.block = block_tokens
+        self.bytes = 0
+        self._blocks: collections.OrderedDict[tuple[int, tuple[int, ...]], _Block] = \
+            collections.OrderedDict()  # least recently used first
+        self._ids = itertools.count(1)
+        self.reused_tokens = 0  # statistics, for metrics and the bench
+        self.prompt_tokens = 0
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def _chain(self, ids: list[int]) -> list[tuple[tuple[int, tuple[int, ...]], _Block]]:
+        """The cached blocks that start `ids`, in order."""
+        chain, parent = [], 0
+        for start in range(0, len(ids) - self.block + 1, self.block):
+            key = (parent, tuple(ids[start:start + self.block]))
+            block = self._blocks.get(key)
+            if block is None:
+                break
+            chain.append((key, block))
+            parent = block.id
+        return chain
+
+    def load(self, ids: list[int], cache: SlotKVCache, row: int) -> int:
+        """Write the longest cached prefix of `ids` into `row` of `cache`.
+
+        Returns how many tokens it wrote: at most len(ids) - 1, because the
+        last prompt token must still run to give the first logits.
+        """
+        self.prompt_tokens += len(ids)
+        chain = self._chain(ids)
+        count = min(len(chain) * self.block, len(ids) - 1)
+        if count <= 0:
+            return 0
+        for key, _ in reversed(chain):  # deepest first: parents stay newer
+            self._blocks.move_to_end(key)
+        stacked = torch.cat([block.kv for _, block in chain], dim=3)[:, :, :, :count]
+        cache.write_row(row, stacked)
+        self.reused_tokens += count
+        return count
+
+    def store(self, ids: list[int], cache: SlotKVCache, row: int) -> None:
+        """Keep the full blocks of a prompt just prefilled in `row`."""
+        if self.budget_bytes <= 0:
+            return
+        chain = self._chain(ids)
+        for key, _ in reversed(chain):  # so eviction below spares the parents
+            self._blocks.move_to_end(key)
+        parent = chain[-1][1].id if chain else 0
+        first_new = len(chain) * self.block
+        full = len(ids) // self.block * self.block
+        if full <= first_new:
+            return
+        fresh = cache.read_row(row, first_new, full)  # [layers, 2, heads, n, dim]
+        for start in range(first_new, full, self.block):
+            kv = fresh[:, :, :, start - first_new:start - first_new + self.block].clone()
+            size = kv.numel() * kv.element_size()
+            if size > self.budget_bytes:
+                return
+            self._evict(self.budget_bytes - size)
+            block = _Block(next(self._ids), kv)
+            self._blocks[(parent, tuple(ids[start:start + self.block]))] = block
+            self.bytes += size
+            parent = block.id
+
+    def _evict(self, keep_bytes: int) -> None:
+        while self.bytes > keep_bytes and self._blocks:
+            _, block = self._blocks.popitem(last=False)
+            self.bytes -= block.kv.numel() * block.kv.element_size()
+
+    def clear(self) -> None:
+        self._blocks.clear()
+        self.bytes = 0
