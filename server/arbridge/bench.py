@@ -5,9 +5,13 @@ number of new tokens (greedy, EOS ignored):
 
   hf-sequential   transformers `model.generate`, one request after another
   hf-batch        transformers `model.generate` on one static padded batch
-  engine@N        ArBridge's scheduler in-process, N concurrent requests
+  engine@N        ArBridge's scheduler in-process, N concurrent requests, as
+                  served (fused decoder, prompt-prefix cache)
+  engine-noprefix without the prefix cache (every prompt prefilled in full)
+  engine-hf       without either: transformers' own forward, full prefill
   grpc@N          ArBridge over gRPC on loopback, N concurrent streams (the
                   client in its own process)
+  ts@1            `transformers serve` (one request at a time) on loopback
   ts-cb@N         `transformers serve --continuous-batching` on loopback, N
                   concurrent streams through its OpenAI-compatible API (when the
                   optional `bench` extra is installed). Its API cannot ignore EOS
@@ -17,6 +21,10 @@ number of new tokens (greedy, EOS ignored):
   bridge>ts-cb@N  ArBridge with `--backend openai` in front of that same
                   `transformers serve`: what the bridge costs when it only
                   forwards (prompting, streaming, statuses) to an upstream engine.
+
+The prefix cache starts warm for ArBridge, as on a server that has answered
+before: these prompts share their system prompt and scene. The ablation rows
+show what each part of the engine is worth.
 
 Time to first token (TTFT) is measured from submitting a request to its first
 token; inter-token latency (ITL) is the gap between consecutive tokens of one
@@ -195,14 +203,30 @@ async def _arbridge_part(settings: Settings, lm: LoadedModel, prompts, cfg, leve
         results = [scheduler.call(hf_sequential, lm, prompts, new).result(),
                    scheduler.call(hf_batch, lm, prompts, new).result()]
         engine = AsyncEngine(scheduler)
-        await engine_run(engine, prompts[:2], cfg, 2)  # warm-up
-        for n in levels:
-            results.append(await engine_run(engine, _cycle(prompts, max(n, 4)), cfg, n))
+        for name, fused, prefix in (("engine", True, True), ("engine-noprefix", True, False),
+                                    ("engine-hf", False, False)):
+            scheduler.call(_engine_variant, scheduler, fused,
+                           settings.prefix_cache_mb << 20 if prefix else 0).result()
+            await engine_run(engine, prompts[:2], cfg, 2)  # warm-up
+            for n in levels:
+                result = await engine_run(engine, _cycle(prompts, max(n, 4)), cfg, n)
+                result.name = name
+                results.append(result)
     finally:
         scheduler.stop()
 
     results += await _grpc_runs(settings, lm, cfg, levels, ignore_eos=True, name="grpc")
     return results
+
+
+def _engine_variant(scheduler, fused: bool, prefix_cache_bytes: int) -> None:
+    """Switch the engine's fused decoder and prefix cache (on the scheduler thread)."""
+    from arbridge.engine.fused_decoder import FusedDecoder
+    from arbridge.engine.prefix_cache import PrefixCache
+
+    runner = scheduler.runner
+    runner.fused = (runner.fused or FusedDecoder.build(runner.model)) if fused else None
+    scheduler.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes else None
 
 
 async def _grpc_runs(settings: Settings, lm: LoadedModel | None, cfg: SamplingConfig,
@@ -255,65 +279,90 @@ def _client_process(target: str, new_tokens: int, levels: tuple[int, ...]) -> li
     return asyncio.run(main())
 
 
-async def transformers_serve_run(model_dir: Path, messages: list[list[dict]], new_tokens: int,
-                                 levels: tuple[int, ...], settings: Settings) -> list[Result]:
-    """The peer: transformers' own server with continuous batching, same prompts;
-    then ArBridge forwarding to it (--backend openai)."""
-    import shutil
-    import socket
-    import subprocess
-    import sys
+class _TransformersServe:
+    """`transformers serve` on a loopback port, with an OpenAI client to it."""
 
-    try:
+    def __init__(self, model_dir: Path, dtype: str, continuous_batching: bool):
+        self.args = ["serve", "--host", "127.0.0.1", "--dtype", dtype, str(model_dir)]
+        if continuous_batching:
+            self.args.insert(1, "--continuous-batching")
+        self.model = str(model_dir)
+
+    async def __aenter__(self):
+        import shutil
+        import socket
+        import subprocess
+        import sys
+
         from openai import AsyncOpenAI
-    except ImportError:
-        print("ts-cb skipped: pip install -e '.[bench]' (transformers[serving], openai)")
-        return []
-    exe = shutil.which("transformers", path=str(Path(sys.executable).parent))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen([exe, "serve", "--continuous-batching", "--host", "127.0.0.1",
-                             "--port", str(port), str(model_dir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused",
-                         max_retries=0, timeout=600)
-    results = []
-    try:
+
+        exe = shutil.which("transformers", path=str(Path(sys.executable).parent))
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.proc = subprocess.Popen([exe, *self.args, "--port", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.client = AsyncOpenAI(base_url=f"http://127.0.0.1:{self.port}/v1",
+                                  api_key="unused", max_retries=0, timeout=600)
         for _ in range(240):  # until it answers
             try:
-                await client.models.list()
-                break
+                await self.client.models.list()
+                return self
             except Exception:
                 await asyncio.sleep(0.5)
+        await self.__aexit__()
+        raise RuntimeError("transformers serve did not start")
 
+    async def __aexit__(self, *exc):
+        await self.client.close()
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+    async def run(self, name: str, messages: list[list[dict]], new_tokens: int,
+                  concurrency: int) -> Result:
         async def one(msgs, result: Result):
             submitted = time.perf_counter()
             times = []
-            stream = await client.chat.completions.create(
-                model=str(model_dir), messages=msgs, max_tokens=new_tokens, temperature=0.0,
+            stream = await self.client.chat.completions.create(
+                model=self.model, messages=msgs, max_tokens=new_tokens, temperature=0.0,
                 stream=True)
             async for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta.content:
                     times.append(time.perf_counter())  # one chunk per token
             _record(result, times, submitted)
 
-        await one(messages[0], Result("warm-up", 1, 1, 0, 0.0))
+        result = Result(name, concurrency, max(concurrency, 4), 0, 0.0)
+        started = time.perf_counter()
+        await _bounded(_cycle(messages, max(concurrency, 4)), lambda m: one(m, result),
+                       concurrency)
+        result.wall_s = time.perf_counter() - started
+        return result
+
+
+async def transformers_serve_run(model_dir: Path, dtype: str, messages: list[list[dict]],
+                                 new_tokens: int, levels: tuple[int, ...],
+                                 settings: Settings) -> list[Result]:
+    """The peers: transformers' own server, plain at one stream and with
+    continuous batching at every level, same prompts and dtype; then ArBridge
+    forwarding to the latter (--backend openai)."""
+    try:
+        import openai  # noqa: F401
+    except ImportError:
+        print("ts skipped: pip install -e '.[bench]' (transformers[serving], openai)")
+        return []
+    results = []
+    async with _TransformersServe(model_dir, dtype, continuous_batching=False) as ts:
+        await ts.run("warm-up", messages[:1], new_tokens, 1)
+        results.append(await ts.run("ts", messages, new_tokens, levels[0]))
+    async with _TransformersServe(model_dir, dtype, continuous_batching=True) as ts:
+        await ts.run("warm-up", messages[:1], new_tokens, 1)
         for n in levels:
-            result = Result("ts-cb", n, max(n, 4), 0, 0.0)
-            started = time.perf_counter()
-            await _bounded(_cycle(messages, max(n, 4)), lambda m, r=result: one(m, r), n)
-            result.wall_s = time.perf_counter() - started
-            results.append(result)
+            results.append(await ts.run("ts-cb", messages, new_tokens, n))
         bridge = settings.model_copy(update={
-            "backend": "openai", "backend_url": f"http://127.0.0.1:{port}/v1",
-            "backend_model": str(model_dir), "tokenizer": str(model_dir)})
+            "backend": "openai", "backend_url": f"http://127.0.0.1:{ts.port}/v1",
+            "backend_model": ts.model, "tokenizer": ts.model})
         results += await _grpc_runs(bridge, None, SamplingConfig(max_new_tokens=new_tokens),
                                     levels, ignore_eos=False, name="bridge>ts-cb")
-    finally:
-        await client.close()
-        proc.terminate()
-        proc.wait(timeout=30)
     return results
 
 
@@ -340,8 +389,8 @@ def run_bench(settings: Settings, new_tokens: int = 64, levels: tuple[int, ...] 
         messages = [[{"role": "system", "content": system_text},
                      {"role": "user", "content": q}] for q in QUESTIONS]
         peer_results = asyncio.run(transformers_serve_run(Path(lm.model.name_or_path),
-                                                          messages, new_tokens, levels,
-                                                          settings))
+                                                          lm.info.dtype, messages,
+                                                          new_tokens, levels, settings))
         if peer_results:
             # The peer's API cannot ignore EOS: compare it with ArBridge also
             # stopping at EOS, so both generate the same greedy tokens.
@@ -360,6 +409,19 @@ def run_bench(settings: Settings, new_tokens: int = 64, levels: tuple[int, ...] 
     ratios[f"grpc@{mid} / hf-sequential"] = _ratio(grpc[mid], seq.tokens_per_s)
     ratios[f"grpc@{mid} / hf-batch({len(prompts)})"] = _ratio(grpc[mid], batch.tokens_per_s)
     ratios[f"grpc@{high} / grpc@{low}"] = _ratio(grpc[high], grpc[low])
+    for variant in ("engine-noprefix", "engine-hf"):
+        for n in levels:
+            ratios[f"engine@{n} / {variant}@{n}"] = _ratio(
+                engine[n], by[(variant, n)].tokens_per_s)
+    targets = [(f"gRPC overhead: grpc@{low} / engine@{low} >= 0.95", grpc[low] / engine[low],
+                0.95),
+               (f"grpc@{high} / grpc@{low} >= 8", grpc[high] / grpc[low], 8.0)]
+    plain = by.get(("ts", low))
+    if plain:
+        eos_low = by[("grpc-eos", low)].tokens_per_s
+        ratios[f"grpc-eos@{low} / ts@{low}"] = _ratio(eos_low, plain.tokens_per_s)
+        targets.insert(0, (f"grpc-eos@{low} / ts@{low} >= 1.3", eos_low / plain.tokens_per_s,
+                           1.3))
     ts = {r.concurrency: r for r in results if r.name == "ts-cb"}
     if ts:
         eos = {n: by[("grpc-eos", n)] for n in levels}
@@ -378,12 +440,18 @@ def run_bench(settings: Settings, new_tokens: int = 64, levels: tuple[int, ...] 
         ttft_us = eos[mid].pct(eos[mid].ttft_s, 0.5)
         if ttft_ts and ttft_us:
             ratios[f"TTFT p50 grpc-eos@{mid} / ts-cb@{mid}"] = _ratio(ttft_us, ttft_ts)
+        targets.insert(-1, (f"grpc-eos@{mid} / ts-cb@{mid} >= 2.0",
+                            eos[mid].tokens_per_s / ts[mid].tokens_per_s, 2.0))
+        if ttft_us:
+            targets.insert(-1, (f"TTFT p50 grpc-eos@{mid} <= 0.3 s", -ttft_us, -0.3))
     report = {
         "command": command,
         "model": lm.info.name, "dtype": lm.info.dtype, "device": lm.info.device,
         "threads": torch.get_num_threads(), "new_tokens": new_tokens,
         "prompt_tokens": [len(p) for p in prompts],
         "results": [r.summary() for r in results], "ratios": ratios,
+        # (what, value, met): values stored negated where lower is better.
+        "targets": [(what, abs(value), value >= bound) for what, value, bound in targets],
         "raw": [asdict(r) for r in results],
     }
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -414,6 +482,10 @@ def print_table(report: dict) -> None:
     print()
     for name, value in report["ratios"].items():
         print(f"  {name:<40} {value}")
+    if report.get("targets"):
+        print("\ntargets (issue #4), from this run:")
+        for what, value, met in report["targets"]:
+            print(f"  {'met   ' if met else 'MISSED'} {what:<40} {value:.2f}")
 
 
 def _plot(results: list[Result], path: Path, report: dict) -> None:
@@ -425,7 +497,7 @@ def _plot(results: list[Result], path: Path, report: dict) -> None:
     except ImportError:
         return
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for name in ("engine", "grpc", "ts-cb"):
+    for name in ("engine", "engine-hf", "grpc", "ts-cb"):
         rows = [r for r in results if r.name == name]
         if not rows:
             continue

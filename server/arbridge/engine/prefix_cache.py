@@ -34,7 +34,7 @@ class _Block:
 
 
 class PrefixCache:
-    def __init__(self, budget_bytes: int, block_tokens: int = 16):
+    def __init__(self, budget_bytes: int, block_tokens: int = 8):
         self.budget_bytes = budget_bytes
         self.block = block_tokens
         self.bytes = 0
