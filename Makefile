@@ -103,7 +103,8 @@ fuzz: $(VENV)/.installed
 
 bench: setup
 	$(PY) -m pip install --quiet -e '.[dev,bench]' $(TORCH)
-	$(ARB) bench
+	$(ARB) bench --dtype float32
+	$(ARB) bench --dtype bfloat16
 
 # Multimodal fusion, measured: a projector trained on all-MiniLM-L6-v2 scene
 # vectors vs the same projector untrained, on held-out scenes (~8 min on 2 cores).
