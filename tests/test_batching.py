@@ -133,8 +133,8 @@ async def test_streams_join_and_leave_mid_flight(loaded):
 async def test_a_failing_step_ends_requests_with_error_and_the_engine_recovers(loaded):
     from arbridge.engine.requests import FinishReason
 
-    # The LM head runs in every forward pass, lean path or transformers'.
-    head = loaded.model.get_output_embeddings()
+    # The input embedding runs in every forward pass, fused path or transformers'.
+    head = loaded.model.get_input_embeddings()
     forward = head.forward
     calls = {"n": 0}
 

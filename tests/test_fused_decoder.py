@@ -85,7 +85,7 @@ def test_fused_logits_equal_the_models_own_forward(name):
         assert a.abs().max() > 0.1  # not trivially zero
 
 
-def test_fusing_keeps_the_models_own_forward_working_without_a_second_copy():
+def test_fusing_keeps_the_models_own_forward_working_on_the_same_weights():
     model = tiny_llama(attention_bias=True)
     ids = torch.randint(0, 97, (2, 7))
     with torch.inference_mode():
@@ -94,10 +94,29 @@ def test_fusing_keeps_the_models_own_forward_working_without_a_second_copy():
         after = model(ids).logits
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
     attn = model.model.layers[0].self_attn
-    qkv_weight, qkv_bias = decoder.layers[0][1]
+    qkv = decoder.layers[0][1]
+    qkv_weight, qkv_bias = qkv.weight, qkv.bias
     # The module's weights now live inside the fused matrix.
     assert attn.q_proj.weight.data_ptr() == qkv_weight.data_ptr()
     assert attn.v_proj.bias.data_ptr() == qkv_bias[-attn.v_proj.bias.shape[0]:].data_ptr()
+    # Built inside inference mode, the weights are still normal tensors: the
+    # model can be trained through (projectors) after the decoder exists.
+    assert not attn.q_proj.weight.is_inference()
+    if torch.backends.mkldnn.is_available():  # CPU: also packed for oneDNN
+        assert qkv.packed is not None and decoder.lm_head.packed is not None
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_fused_logits_in_bfloat16_stay_close_to_the_models_own(name):
+    model = MODELS[name]().to(torch.bfloat16)
+    with torch.inference_mode():
+        expected = run_passes(ModelRunner(model, context_length=128, fused=False))
+        runner = ModelRunner(model, context_length=128)
+        runner.prepare()
+        got = run_passes(runner)
+    for a, b in zip(got, expected, strict=True):
+        assert a.dtype == torch.bfloat16
+        torch.testing.assert_close(a.float(), b.float(), rtol=0.02, atol=0.05)
 
 
 @pytest.mark.parametrize("model, reason", [

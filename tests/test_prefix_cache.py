@@ -50,24 +50,53 @@ def test_a_fully_cached_prompt_still_leaves_its_last_token_to_run():
     row = target.add_row(0)
     assert store.load(ids, target, row) == 7
     assert torch.equal(target.read_row(row, 0, 7), source.read_row(0, 0, 7))
-    assert store.reused_tokens == 7 and store.prompt_tokens == 8
+    assert store.reused_tokens == 7 and store.prefilled_tokens == 1
 
 
-def test_the_budget_evicts_least_recent_blocks_children_before_parents():
+def reachable(store: PrefixCache) -> bool:
+    """Every cached block hangs from the root or from another cached block."""
+    ids = {block.id for block in store._blocks.values()}
+    return all(parent == 0 or parent in ids for parent, _ in store._blocks)
+
+
+def test_the_budget_evicts_leaves_first_and_never_strands_a_block():
     block_bytes = LAYERS * 2 * HEADS * 4 * DIM * 4  # float32
     store = PrefixCache(budget_bytes=3 * block_bytes, block_tokens=4)
     cache = new_cache()
     a = list(range(1, 9))  # blocks a1, a2
     store.store(a, cache, filled_row(cache, a))
-    b = list(range(20, 28))  # blocks b1, b2: a1 goes first (least recent), then...
+    b = list(range(20, 28))  # b1, b2: room comes from a's leaf, not its root
     store.store(b, cache, filled_row(cache, b))
-    assert store.bytes <= store.budget_bytes and len(store) == 3
-    assert store.load(b, new_cache(), 0) == 7  # b survives whole
-    assert store.load(a, new_cache(), 0) == 0  # a lost its first block: a2 unreachable
-    c = list(range(40, 44))
-    store.store(c, cache, filled_row(cache, c))
-    # The orphan a2 was evicted before b's blocks, which a lookup touched.
+    assert store.bytes <= store.budget_bytes and len(store) == 3 and reachable(store)
     assert store.load(b, new_cache(), 0) == 7
+    assert store.load(a, new_cache(), 0) == 4  # a kept its first block
+    # A prompt longer than the budget keeps what fits and evicts other chains'
+    # leaves first; it never evicts the blocks it is extending.
+    long = list(range(20, 40))  # b1, b2 and three more
+    store.store(long, cache, filled_row(cache, long))
+    assert store.bytes <= store.budget_bytes and reachable(store)
+    assert store.load(long, new_cache(), 0) == 12
+
+
+def test_random_traffic_keeps_the_tree_whole_and_within_budget():
+    import random
+
+    rng = random.Random(0)
+    block_bytes = LAYERS * 2 * HEADS * 4 * DIM * 4
+    store = PrefixCache(budget_bytes=7 * block_bytes, block_tokens=4)
+    cache = SlotKVCache(LAYERS, slots=64, capacity=32)
+    for _ in range(60):
+        ids = [rng.choice((1, 2)) for _ in range(rng.randint(1, 24))]
+        target = new_cache()
+        target.add_row(0)
+        got = store.load(ids, target, 0)
+        if got:  # what came back is exactly what this prompt's KV would be
+            reference = new_cache()
+            assert torch.equal(target.read_row(0, 0, got),
+                               reference.read_row(filled_row(reference, ids), 0, got))
+        store.store(ids, cache, filled_row(cache, ids))
+        assert store.bytes <= store.budget_bytes and reachable(store)
+    assert store.reused_tokens > 0
 
 
 def test_nothing_is_kept_without_a_budget():

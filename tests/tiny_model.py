@@ -96,11 +96,11 @@ def build_tiny_llama(out_dir: Path, *, seed: int = 0) -> Path:
 def slow_down(model, seconds: float):
     """Make every forward pass take at least `seconds` (for timing tests).
 
-    The delay sits in the LM head, which every pass runs once, whether the
-    engine uses its fused decoder or the model's own forward. Returns a
-    function that takes the delay out again.
+    The delay sits in the input embedding, which every pass over token ids
+    runs once, whether the engine uses its fused decoder or the model's own
+    forward. Returns a function that takes the delay out again.
     """
-    head = model.get_output_embeddings()
+    head = model.get_input_embeddings()
     original = head.forward
 
     @functools.wraps(original)

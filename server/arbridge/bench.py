@@ -14,17 +14,17 @@ number of new tokens (greedy, EOS ignored):
   ts@1            `transformers serve` (one request at a time) on loopback
   ts-cb@N         `transformers serve --continuous-batching` on loopback, N
                   concurrent streams through its OpenAI-compatible API (when the
-                  optional `bench` extra is installed). Its API cannot ignore EOS
-                  (logit_bias fails in its continuous-batching mode), so it is
-                  compared with grpc-eos@N: ArBridge stopping at EOS too, which
-                  gives both the same greedy tokens (the table shows the counts).
+                  optional `bench` extra is installed). Both run to max_tokens
+                  through EOS (a request-level GenerationConfig whose EOS id no
+                  token has); token counts come from its usage report.
   bridge>ts-cb@N  ArBridge with `--backend openai` in front of that same
                   `transformers serve`: what the bridge costs when it only
                   forwards (prompting, streaming, statuses) to an upstream engine.
 
-The prefix cache starts warm for ArBridge, as on a server that has answered
-before: these prompts share their system prompt and scene. The ablation rows
-show what each part of the engine is worth.
+No prompt repeats: every request's question carries its own label, so
+ArBridge's prefix cache reuses only the system prompt and scene the prompts
+share (warm, as on a server that has answered before). The ablation rows show
+what each part of the engine is worth.
 
 Time to first token (TTFT) is measured from submitting a request to its first
 token; inter-token latency (ITL) is the gap between consecutive tokens of one
@@ -34,6 +34,7 @@ stream. Results go to bench/results/<time>.json and a PNG plot.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -57,6 +58,14 @@ QUESTIONS = [
     "What would you put on the table?",
     "How far away is the lamp?",
 ]
+
+
+def bench_questions(tag: str, count: int) -> list[str]:
+    """The questions of one run: QUESTIONS in turn, each made unique by a
+    request label, so no prompt ever repeats an earlier one and ArBridge's
+    prefix cache reuses only what the prompts really share (system prompt and
+    scene), as with a headset asking new questions about the same room."""
+    return [f"(request {tag}-{i + 1}) {QUESTIONS[i % len(QUESTIONS)]}" for i in range(count)]
 
 
 def bench_scene() -> pb.SceneFeatures:
@@ -125,11 +134,14 @@ def hf_batch(lm: LoadedModel, prompts: list[list[int]], new_tokens: int) -> Resu
 
 
 # -- ArBridge -----------------------------------------------------------------------------
-def _record(result: Result, times: list[float], submitted: float) -> None:
+def _record(result: Result, times: list[float], submitted: float,
+            tokens: int | None = None) -> None:
+    """One stream's chunk arrival times; `tokens` when the server counted them
+    (a chunk can carry several tokens, or none for a skipped special token)."""
     if times:
         result.ttft_s.append(times[0] - submitted)
         result.itl_s.extend(b - a for a, b in zip(times, times[1:], strict=False))
-    result.tokens += len(times)
+    result.tokens += tokens or len(times)
 
 
 async def engine_run(engine, prompts: list[list[int]], cfg: SamplingConfig,
@@ -159,13 +171,15 @@ async def grpc_run(stub, texts: list[str], cfg: SamplingConfig, concurrency: int
         scene, question = scene_and_question
         request = spb.DescribeSceneRequest(scene=scene, instruction=question, sampling=sampling)
         submitted = time.perf_counter()
-        times = []
+        times, tokens = [], None
         async for response in stub.DescribeScene(request):
             if response.WhichOneof("event") == "chunk":
                 # Upstream-backed chunks carry no ids: one streamed event each.
                 times.extend(time.perf_counter()
                              for _ in response.chunk.token_ids or [None])
-        _record(result, times, submitted)
+            elif response.WhichOneof("event") == "completion":
+                tokens = response.completion.usage.completion_tokens
+        _record(result, times, submitted, tokens)
 
     started = time.perf_counter()
     await _bounded(texts, one, concurrency)
@@ -193,15 +207,16 @@ def _unequal(ours: Result, peer: Result) -> str:
 
 
 def _paired(ours: Result, peer: Result) -> str:
-    """tok/s ratio of two runs that stop at EOS, flagged when their greedy
-    outputs differ in length (numerics can move EOS, e.g. in bfloat16)."""
+    """tok/s ratio, flagged when the two runs did not generate the same
+    number of tokens."""
     text = _ratio(ours.tokens_per_s, peer.tokens_per_s)
     if ours.tokens != peer.tokens:
         text += f" (NOT like for like: {ours.tokens} vs {peer.tokens} tokens; compare ITL/TTFT)"
     return text
 
 
-async def _arbridge_part(settings: Settings, lm: LoadedModel, prompts, cfg, levels) -> list:
+async def _arbridge_part(settings: Settings, lm: LoadedModel, prompt_ids, cfg,
+                         levels) -> list:
     from arbridge.engine.async_engine import AsyncEngine
     from arbridge.engine.scheduler import Scheduler
 
@@ -213,6 +228,7 @@ async def _arbridge_part(settings: Settings, lm: LoadedModel, prompts, cfg, leve
         # The baselines run on the scheduler's thread too: every contender
         # computes on the same thread (see Scheduler.call).
         new = cfg.max_new_tokens
+        prompts = prompt_ids("hf", len(QUESTIONS))
         results = [scheduler.call(hf_sequential, lm, prompts, new).result(),
                    scheduler.call(hf_batch, lm, prompts, new).result()]
         engine = AsyncEngine(scheduler)
@@ -220,9 +236,9 @@ async def _arbridge_part(settings: Settings, lm: LoadedModel, prompts, cfg, leve
                                     ("engine-hf", False, False)):
             scheduler.call(_engine_variant, scheduler, fused,
                            settings.prefix_cache_mb << 20 if prefix else 0).result()
-            await engine_run(engine, prompts[:2], cfg, 2)  # warm-up
+            await engine_run(engine, prompt_ids("warm-up", 2), cfg, 2)
             for n in levels:
-                result = await engine_run(engine, _cycle(prompts, max(n, 4)), cfg, n)
+                result = await engine_run(engine, prompt_ids(str(n), max(n, 4)), cfg, n)
                 result.name = name
                 results.append(result)
     finally:
@@ -284,12 +300,45 @@ def _client_process(target: str, new_tokens: int, levels: tuple[int, ...]) -> li
         cfg = SamplingConfig(max_new_tokens=new_tokens)
         async with grpc.aio.insecure_channel(target) as channel:
             stub = service_pb2_grpc.ArBridgeServiceStub(channel)
-            items = [(bench_scene(), q) for q in QUESTIONS]
-            await grpc_run(stub, items[:2], cfg, 2)  # warm-up
-            return [asdict(await grpc_run(stub, _cycle(items, max(n, 4)), cfg, n))
+            def items(tag: str, count: int):
+                return [(bench_scene(), q) for q in bench_questions(tag, count)]
+
+            await grpc_run(stub, items("warm-up", 2), cfg, 2)
+            return [asdict(await grpc_run(stub, items(str(n), max(n, 4)), cfg, n))
                     for n in levels]
 
     return asyncio.run(main())
+
+
+# No token has this id: an EOS that never comes.
+_NO_TOKEN = 1 << 40
+
+
+def _no_eos_body(new_tokens: int) -> dict:
+    """Request fields that make `transformers serve` run to max_tokens through
+    EOS, as ArBridge's bench mode does. It accepts a whole GenerationConfig as
+    JSON (its own extension; `logit_bias` is refused with continuous batching)."""
+    return {"generation_config": json.dumps(
+        {"do_sample": False, "eos_token_id": _NO_TOKEN, "max_new_tokens": new_tokens})}
+
+
+@contextlib.contextmanager
+def _bridge_ignores_eos(new_tokens: int):
+    """ArBridge's OpenAI backend asks its upstream to ignore EOS too (bench only)."""
+    from arbridge.backends.openai_compat import OpenAIBackend
+
+    original = OpenAIBackend.request_body
+
+    def request_body(self, prompt, cfg):
+        body = original(self, prompt, cfg)
+        body.setdefault("extra_body", {}).update(_no_eos_body(new_tokens))
+        return body
+
+    OpenAIBackend.request_body = request_body
+    try:
+        yield
+    finally:
+        OpenAIBackend.request_body = original
 
 
 class _TransformersServe:
@@ -333,28 +382,31 @@ class _TransformersServe:
 
     async def run(self, name: str, messages: list[list[dict]], new_tokens: int,
                   concurrency: int) -> Result:
+        """Stream `messages` (one request each), `concurrency` at a time."""
         async def one(msgs, result: Result):
             submitted = time.perf_counter()
             times = []
+            tokens = None
             stream = await self.client.chat.completions.create(
                 model=self.model, messages=msgs, max_tokens=new_tokens, temperature=0.0,
-                stream=True)
+                stream=True, stream_options={"include_usage": True},
+                extra_body=_no_eos_body(new_tokens))
             async for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta.content:
                     times.append(time.perf_counter())  # one chunk per token
-            _record(result, times, submitted)
+                if chunk.usage:
+                    tokens = chunk.usage.completion_tokens
+            _record(result, times, submitted, tokens)
 
-        result = Result(name, concurrency, max(concurrency, 4), 0, 0.0)
+        result = Result(name, concurrency, len(messages), 0, 0.0)
         started = time.perf_counter()
-        await _bounded(_cycle(messages, max(concurrency, 4)), lambda m: one(m, result),
-                       concurrency)
+        await _bounded(messages, lambda m: one(m, result), concurrency)
         result.wall_s = time.perf_counter() - started
         return result
 
 
-async def transformers_serve_run(model_dir: Path, dtype: str, messages: list[list[dict]],
-                                 new_tokens: int, levels: tuple[int, ...],
-                                 settings: Settings) -> list[Result]:
+async def transformers_serve_run(model_dir: Path, dtype: str, messages, new_tokens: int,
+                                 levels: tuple[int, ...], settings: Settings) -> list[Result]:
     """The peers: transformers' own server, plain at one stream and with
     continuous batching at every level, same prompts and dtype; then ArBridge
     forwarding to the latter (--backend openai)."""
@@ -365,22 +417,21 @@ async def transformers_serve_run(model_dir: Path, dtype: str, messages: list[lis
         return []
     results = []
     async with _TransformersServe(model_dir, dtype, continuous_batching=False) as ts:
-        await ts.run("warm-up", messages[:1], new_tokens, 1)
-        results.append(await ts.run("ts", messages, new_tokens, levels[0]))
+        await ts.run("warm-up", messages("warm-up", 1), new_tokens, 1)
+        results.append(await ts.run("ts", messages(str(levels[0]), max(levels[0], 4)),
+                                    new_tokens, levels[0]))
     async with _TransformersServe(model_dir, dtype, continuous_batching=True) as ts:
-        await ts.run("warm-up", messages[:1], new_tokens, 1)
+        await ts.run("warm-up", messages("warm-up", 1), new_tokens, 1)
         for n in levels:
-            results.append(await ts.run("ts-cb", messages, new_tokens, n))
+            results.append(await ts.run("ts-cb", messages(str(n), max(n, 4)), new_tokens, n))
         bridge = settings.model_copy(update={
             "backend": "openai", "backend_url": f"http://127.0.0.1:{ts.port}/v1",
             "backend_model": ts.model, "tokenizer": ts.model})
-        results += await _grpc_runs(bridge, None, SamplingConfig(max_new_tokens=new_tokens),
-                                    levels, ignore_eos=False, name="bridge>ts-cb")
+        with _bridge_ignores_eos(new_tokens):
+            results += await _grpc_runs(bridge, None,
+                                        SamplingConfig(max_new_tokens=new_tokens), levels,
+                                        ignore_eos=True, name="bridge>ts-cb")
     return results
-
-
-def _cycle(items: list, count: int) -> list:
-    return [items[i % len(items)] for i in range(count)]
 
 
 def run_bench(settings: Settings, new_tokens: int = 64, levels: tuple[int, ...] = (1, 8, 32),
@@ -390,26 +441,26 @@ def run_bench(settings: Settings, new_tokens: int = 64, levels: tuple[int, ...] 
                     dtype=settings.dtype)
     builder = PromptBuilder(lm.tokenizer, lm.info.context_length, settings.system_prompt)
     scene = bench_scene()
-    prompts = [builder.describe(scene, q, new_tokens).ids for q in QUESTIONS]
     cfg = SamplingConfig(max_new_tokens=new_tokens, ignore_eos=True, seed=1)
 
-    results = asyncio.run(_arbridge_part(settings, lm, prompts, cfg, levels))
+    def prompt_ids(tag: str, count: int) -> list[list[int]]:
+        return [builder.describe(scene, q, new_tokens).ids for q in bench_questions(tag, count)]
+
+    prompts = prompt_ids("hf", len(QUESTIONS))
+    results = asyncio.run(_arbridge_part(settings, lm, prompt_ids, cfg, levels))
     if peer:
         # The same chat messages ArBridge builds: system prompt + scene, question.
         from arbridge.scene_text import describe_scene
 
         system_text = f"{settings.system_prompt}\n\nScene: {describe_scene(scene)}"
-        messages = [[{"role": "system", "content": system_text},
-                     {"role": "user", "content": q}] for q in QUESTIONS]
+        def messages(tag: str, count: int) -> list[list[dict]]:
+            return [[{"role": "system", "content": system_text},
+                     {"role": "user", "content": q}] for q in bench_questions(tag, count)]
+
         peer_results = asyncio.run(transformers_serve_run(Path(lm.model.name_or_path),
                                                           lm.info.dtype, messages,
                                                           new_tokens, levels, settings))
-        if peer_results:
-            # The peer's API cannot ignore EOS: compare it with ArBridge also
-            # stopping at EOS, so both generate the same greedy tokens.
-            results += asyncio.run(_grpc_runs(settings, lm, cfg, levels, ignore_eos=False,
-                                              name="grpc-eos"))
-            results += peer_results
+        results += peer_results
     by = {(r.name, r.concurrency): r for r in results}
     seq, batch = by[("hf-sequential", 1)], by[("hf-batch", len(prompts))]
     ratios = {}
@@ -431,16 +482,14 @@ def run_bench(settings: Settings, new_tokens: int = 64, levels: tuple[int, ...] 
                (f"grpc@{high} / grpc@{low} >= 8", grpc[high] / grpc[low], 8.0)]
     plain = by.get(("ts", low))
     if plain:
-        eos_low = by[("grpc-eos", low)].tokens_per_s
-        ratios[f"grpc-eos@{low} / ts@{low}"] = _paired(by[("grpc-eos", low)], plain)
-        targets.insert(0, (f"grpc-eos@{low} / ts@{low} >= 1.3"
-                           + _unequal(by[("grpc-eos", low)], plain),
-                           eos_low / plain.tokens_per_s, 1.3))
+        ratios[f"grpc@{low} / ts@{low}"] = _paired(by[("grpc", low)], plain)
+        targets.insert(0, (f"grpc@{low} / ts@{low} >= 1.3" + _unequal(by[("grpc", low)], plain),
+                           grpc[low] / plain.tokens_per_s, 1.3))
     ts = {r.concurrency: r for r in results if r.name == "ts-cb"}
     if ts:
-        eos = {n: by[("grpc-eos", n)] for n in levels}
+        ours = {n: by[("grpc", n)] for n in levels}
         for n in (low, mid, high):
-            ratios[f"grpc-eos@{n} / ts-cb@{n}"] = _paired(eos[n], ts[n])
+            ratios[f"grpc@{n} / ts-cb@{n}"] = _paired(ours[n], ts[n])
         bridged = {r.concurrency: r for r in results if r.name == "bridge>ts-cb"}
         for n in (low, mid, high) if bridged else ():
             ratios[f"bridge>ts-cb@{n} / ts-cb@{n}"] = _ratio(bridged[n].tokens_per_s,
@@ -450,13 +499,13 @@ def run_bench(settings: Settings, new_tokens: int = 64, levels: tuple[int, ...] 
                      - ts[low].pct(ts[low].ttft_s, 0.5))
             ratios[f"TTFT p50 bridge>ts-cb@{low} - ts-cb@{low}"] = f"{added * 1e3:+.0f} ms"
         ttft_ts = ts[mid].pct(ts[mid].ttft_s, 0.5)
-        ttft_us = eos[mid].pct(eos[mid].ttft_s, 0.5)
+        ttft_us = ours[mid].pct(ours[mid].ttft_s, 0.5)
         if ttft_ts and ttft_us:
-            ratios[f"TTFT p50 grpc-eos@{mid} / ts-cb@{mid}"] = _ratio(ttft_us, ttft_ts)
-        targets.insert(-1, (f"grpc-eos@{mid} / ts-cb@{mid} >= 2.0" + _unequal(eos[mid], ts[mid]),
-                            eos[mid].tokens_per_s / ts[mid].tokens_per_s, 2.0))
-        if ttft_us:
-            targets.insert(-1, (f"TTFT p50 grpc-eos@{mid} <= 0.3 s", -ttft_us, -0.3))
+            ratios[f"TTFT p50 grpc@{mid} / ts-cb@{mid}"] = _ratio(ttft_us, ttft_ts)
+        targets.insert(-1, (f"grpc@{mid} / ts-cb@{mid} >= 2.0" + _unequal(ours[mid], ts[mid]),
+                            ours[mid].tokens_per_s / ts[mid].tokens_per_s, 2.0))
+    ttft_mid = by[("grpc", mid)].pct(by[("grpc", mid)].ttft_s, 0.5)
+    targets.insert(-1, (f"TTFT p50 grpc@{mid} <= 0.3 s", -ttft_mid, -0.3))
     report = {
         "command": command,
         "model": lm.info.name, "dtype": lm.info.dtype, "device": lm.info.device,

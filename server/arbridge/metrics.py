@@ -70,11 +70,10 @@ class _PrefixCacheCollector:
 
     def collect(self):
         tokens = CounterMetricFamily(
-            "arbridge_prompt_tokens", "Prompt tokens admitted, by where their KV came from",
-            labels=["source"])
-        reused = self.cache.reused_tokens
-        tokens.add_metric(["prefix_cache"], reused)
-        tokens.add_metric(["prefill"], self.cache.prompt_tokens - reused)
+            "arbridge_prompt_tokens",
+            "Prompt tokens of text-only requests, by where their KV came from", labels=["source"])
+        tokens.add_metric(["prefix_cache"], self.cache.reused_tokens)
+        tokens.add_metric(["prefill"], self.cache.prefilled_tokens)
         yield tokens
         yield GaugeMetricFamily("arbridge_prefix_cache_bytes",
                                 "Memory held by cached prompt-prefix KV", value=self.cache.bytes)

@@ -90,6 +90,7 @@ class Scheduler:
         self._row_owner: list[tuple[_Request, int]] = []  # decode row -> (request, seq)
         self._last_ids: list[int] = []  # decode row -> last sampled token
         self._prefilling: list[_Request] = []  # staging row i = self._prefilling[i]
+        self._to_load: list[_Request] = []  # admitted, cached prompt prefix not yet loaded
         self._active: list[_Request] = []
         self._waiting: collections.deque[RequestHandle] = collections.deque()
         self._calls: collections.deque = collections.deque()  # (fn, future) to run here
@@ -190,6 +191,7 @@ class Scheduler:
                     self._admit(self._waiting.popleft())
             began = time.perf_counter()
             try:
+                self._load_cached_prefixes()
                 self._retire_interrupted()
                 if self._prefilling:
                     self._prefill_turn()
@@ -216,6 +218,7 @@ class Scheduler:
                 req.handle.sink(StepOutput(finished=open_seqs))
         self._active.clear()
         self._prefilling.clear()
+        self._to_load.clear()
         self._row_owner.clear()
         self._last_ids.clear()
         self._decode = self.runner.new_cache(slots=max(4, self.max_active))
@@ -251,10 +254,18 @@ class Scheduler:
         handle.started = time.perf_counter()
         self._active.append(req)
         self._prefilling.append(req)
-        row = self._staging.add_row(0)
+        self._staging.add_row(0)
         if self.prefix_cache is not None and not handle.features:
-            req.prefilled = self.prefix_cache.load(handle.prompt_ids, self._staging, row)
-            self._staging.lengths[row] = req.prefilled
+            self._to_load.append(req)  # in the turn, where device errors are handled
+
+    def _load_cached_prefixes(self) -> None:
+        """Start newly admitted prompts from the longest prefix the cache holds."""
+        for req in self._to_load:
+            if req in self._prefilling:
+                row = self._prefilling.index(req)
+                req.prefilled = self.prefix_cache.load(req.handle.prompt_ids, self._staging, row)
+                self._staging.lengths[row] = req.prefilled
+        self._to_load.clear()
 
     # -- leaving -------------------------------------------------------------------------
     def _retire_interrupted(self) -> None:
