@@ -113,7 +113,8 @@ def hf_sequential(lm: LoadedModel, prompts: list[list[int]], new_tokens: int) ->
     started = time.perf_counter()
     for ids in prompts:
         with torch.inference_mode():
-            lm.model.generate(torch.tensor([ids]), max_new_tokens=new_tokens,
+            lm.model.generate(torch.tensor([ids], device=lm.model.device),
+                              max_new_tokens=new_tokens,
                               min_new_tokens=new_tokens, do_sample=False)
     return Result("hf-sequential", 1, len(prompts), new_tokens * len(prompts),
                   time.perf_counter() - started)
@@ -123,8 +124,9 @@ def hf_batch(lm: LoadedModel, prompts: list[list[int]], new_tokens: int) -> Resu
     width = max(len(p) for p in prompts)
     pad = lm.tokenizer.pad_token_id
     pad = pad if pad is not None else lm.tokenizer.eos_token_id
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])  # left padding
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    device = lm.model.device
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)  # left pad
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
     started = time.perf_counter()
     with torch.inference_mode():
         lm.model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens,

@@ -88,7 +88,8 @@ def cmd_bench(args) -> int:
     from arbridge.bench import run_bench
     from arbridge.config import load_settings
 
-    settings = load_settings(None, model=args.model, dtype=args.dtype, log_level="WARNING")
+    settings = load_settings(None, model=args.model, dtype=args.dtype, device=args.device,
+                             log_level="WARNING")
     _setup_logging(settings.log_level)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -384,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="throughput/latency ratios vs transformers (not a test)")
     p.add_argument("--model", help="default: SmolLM2-135M-Instruct")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--concurrency", default="1,8,32", help="comma-separated levels")
     p.add_argument("--threads", type=int)

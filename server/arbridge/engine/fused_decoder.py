@@ -165,7 +165,7 @@ class _LlamaDecoder(FusedDecoder):
         freqs = positions[..., None].float() * self.inv_freq.float()
         cos = (freqs.cos() * self.rope_scale).to(x.dtype)[:, :, None, :]
         sin = (freqs.sin() * self.rope_scale).to(x.dtype)[:, :, None, :]
-        mask = allowed[:, None]
+        mask = None if allowed is None else allowed[:, None]  # None: attend to all
         for index, (norm1, qkv, out, norm2, gate_up, down) in enumerate(self.layers):
             fused = qkv(self._norm(x, norm1)).view(batch, q_len, heads + 2 * kv_heads, dim)
             # Rotate queries and keys together (transformers' rotate_half form).
@@ -211,7 +211,7 @@ class _GPT2Decoder(FusedDecoder):
         x = x + body.wpe(positions)
         batch, q_len, hidden = x.shape
         heads, dim = self.heads, self.head_dim
-        mask = allowed[:, None]
+        mask = None if allowed is None else allowed[:, None]  # None: attend to all
         for index, (ln1, c_attn, c_proj, ln2, c_fc, act, mlp_proj) in enumerate(self.layers):
             fused = c_attn(ln1(x)).view(batch, q_len, 3, heads, dim)
             query, key, value = (fused[:, :, i].transpose(1, 2) for i in range(3))

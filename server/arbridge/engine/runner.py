@@ -56,6 +56,9 @@ class ModelRunner:
         """
         count, q_len = input_ids.shape
         read_length = min(max(starts) + q_len, self.context_length)  # host math: no sync
+        # One new token per row, every row at the same length: each query sees
+        # the whole cache read, so no mask is needed (always so at batch 1).
+        unmasked = q_len == 1 and min(starts) + 1 == read_length
         starts = torch.tensor(starts, device=self.device)
         cache.prepare(first, count, starts, q_len, read_length)
         positions = (starts[:, None] + torch.arange(q_len, device=self.device)[None, :]).clamp_(
@@ -66,7 +69,8 @@ class ModelRunner:
         allowed = kv[None, None, :] <= positions[:, :, None]
         if self.fused is not None:
             return self.fused.forward(cache, None if inputs_embeds is not None else input_ids,
-                                      inputs_embeds, positions, allowed, keep)
+                                      inputs_embeds, positions, None if unmasked else allowed,
+                                      keep)
         mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
         inputs = {"input_ids": input_ids} if inputs_embeds is None else \
