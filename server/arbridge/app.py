@@ -197,6 +197,9 @@ class ArBridgeServer:
                                    projectors=projectors, fused_decoder=s.fused_decoder,
                                    prefix_cache_bytes=s.prefix_cache_mb << 20)
         self.scheduler.start()
+        # SERVING only once the engine is warm: the first request must not
+        # wait for weight packing and cache allocation.
+        await asyncio.to_thread(self.scheduler.ready.wait)
         return LocalBackend(self.scheduler, preloaded.tokenizer, preloaded.info, self.metrics,
                             projectors)
 

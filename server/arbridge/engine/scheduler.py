@@ -97,6 +97,8 @@ class Scheduler:
         self._wake = threading.Condition()
         self._running = False
         self._thread: threading.Thread | None = None
+        # Set once the fused decoder is built and the warm-up pass has run.
+        self.ready = threading.Event()
         self._turn_seconds = 0.05  # moving average, for the retry hint
         self.last_batch_size = 0
         self.on_decode_step = None  # optional callback(batch rows), on this thread
@@ -166,8 +168,11 @@ class Scheduler:
         # Cache buffers are created and edited in here only; inference mode
         # for the whole thread keeps them cheap (no autograd bookkeeping).
         with torch.inference_mode():
-            self.runner.prepare()
-            self._warm_up()
+            try:
+                self.runner.prepare()
+                self._warm_up()
+            finally:
+                self.ready.set()
             self._run()
 
     def _warm_up(self) -> None:
