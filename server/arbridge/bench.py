@@ -205,16 +205,14 @@ def _ratio(a: float, b: float) -> str:
 
 
 def _unequal(ours: Result, peer: Result) -> str:
-    return "" if ours.tokens == peer.tokens else " [unequal token counts]"
+    return "" if ours.tokens == peer.tokens else \
+        f" [unequal token counts: {ours.tokens} vs {peer.tokens}; compare ITL/TTFT]"
 
 
 def _paired(ours: Result, peer: Result) -> str:
     """tok/s ratio, flagged when the two runs did not generate the same
     number of tokens."""
-    text = _ratio(ours.tokens_per_s, peer.tokens_per_s)
-    if ours.tokens != peer.tokens:
-        text += f" (NOT like for like: {ours.tokens} vs {peer.tokens} tokens; compare ITL/TTFT)"
-    return text
+    return _ratio(ours.tokens_per_s, peer.tokens_per_s) + _unequal(ours, peer)
 
 
 async def _arbridge_part(settings: Settings, lm: LoadedModel, prompt_ids, cfg,

@@ -63,14 +63,15 @@ class ModelRunner:
         cache.prepare(first, count, starts, q_len, read_length)
         positions = (starts[:, None] + torch.arange(q_len, device=self.device)[None, :]).clamp_(
             max=self.context_length - 1)
-        kv = torch.arange(cache.read_length, device=self.device)
-        # Query t of row b sees cached positions 0..starts[b]+t and nothing
-        # after: that hides later padding and stale data from earlier tenants.
-        allowed = kv[None, None, :] <= positions[:, :, None]
+        allowed = None
+        if not unmasked or self.fused is None:
+            kv = torch.arange(cache.read_length, device=self.device)
+            # Query t of row b sees cached positions 0..starts[b]+t and nothing
+            # after: that hides later padding and stale data from earlier tenants.
+            allowed = kv[None, None, :] <= positions[:, :, None]
         if self.fused is not None:
             return self.fused.forward(cache, None if inputs_embeds is not None else input_ids,
-                                      inputs_embeds, positions, None if unmasked else allowed,
-                                      keep)
+                                      inputs_embeds, positions, allowed, keep)
         mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
         inputs = {"input_ids": input_ids} if inputs_embeds is None else \
