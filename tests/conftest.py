@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -18,6 +22,7 @@ from arbridge.v1 import service_pb2_grpc
 from tiny_model import build_tiny_model, slow_down
 
 REPO = Path(__file__).resolve().parent.parent
+TESTS = REPO / "tests"
 
 
 @pytest.fixture(scope="session")
@@ -105,3 +110,23 @@ async def collect(call):
         else:
             completions.append(response.completion)
     return chunks, completions, events
+
+
+def start_server_process(model_dir: Path, tmp_path: Path, step_delay: float, grace: float,
+                         *extra: str, env: dict | None = None):
+    """`tests/drain_server.py` as a real process (signal handlers included), once it says
+    SERVING: (process, port, log path). Settings beyond these come from ARBRIDGE_* in env."""
+    log = tmp_path / "server.log"
+    env = dict(env or os.environ, PYTHONPATH=str(TESTS), XDG_CACHE_HOME=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, str(TESTS / "drain_server.py"), str(model_dir),
+                             str(step_delay), str(grace), *extra], stderr=log.open("w"), env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = log.read_text()
+        port = re.search(r"listening on 127\.0\.0\.1:(\d+)", text)
+        if port and "SERVING" in text.split("listening", 1)[1].replace("NOT_SERVING", ""):
+            return proc, int(port.group(1)), log
+        assert proc.poll() is None, text
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(log.read_text())

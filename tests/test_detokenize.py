@@ -44,6 +44,42 @@ def test_special_tokens_are_not_shown(tokenizer):
     assert "".join(detok.step(i) for i in ids) == "hi"
 
 
+@pytest.fixture(scope="module")
+def metaspace_tokenizer():
+    return train_tokenizer(metaspace=True)
+
+
+@pytest.mark.parametrize("prompt, continuation", [
+    ("The red", " chair stands to the left"),
+    ("A lamp is", " far to the right; the kitchen"),
+])
+def test_metaspace_continuation_keeps_its_first_space(metaspace_tokenizer, prompt,
+                                                      continuation):
+    tok = metaspace_tokenizer
+    prompt_ids = tok(prompt, add_special_tokens=False).input_ids
+    full_ids = tok(prompt + continuation, add_special_tokens=False).input_ids
+    assert full_ids[:len(prompt_ids)] == prompt_ids
+    new_ids = full_ids[len(prompt_ids):]
+    assert tok.convert_ids_to_tokens(new_ids[0]).startswith("▁")
+    # A cold stream treats the first new token as the start of a text and drops the
+    # space: the bug this guards against.
+    cold = IncrementalDetokenizer(tok)
+    assert "".join(cold.step(i) for i in new_ids) == continuation.lstrip()
+    primed = IncrementalDetokenizer(tok, prompt_ids)
+    deltas = [primed.step(i) for i in new_ids]
+    assert "".join(deltas) + primed.flush() == continuation
+    assert deltas[0].startswith(" ")
+
+
+def test_primed_flush_adds_only_an_unfinished_character(tokenizer):
+    prompt_ids = tokenizer("The red chair", add_special_tokens=False).input_ids
+    ids = tokenizer("🙂", add_special_tokens=False).input_ids
+    assert len(ids) > 1
+    detok = IncrementalDetokenizer(tokenizer, prompt_ids)
+    shown = "".join(detok.step(i) for i in ids[:-1])
+    assert shown == "" and detok.flush() == "\ufffd"
+
+
 def feed(stops, pieces):
     f = StopStringFilter(stops)
     shown = [f.push(p) for p in pieces]

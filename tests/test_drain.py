@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -18,24 +17,13 @@ from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import service_pb2_grpc
 from arbridge.v1 import types_pb2 as pb
 
+from conftest import start_server_process
+
 TESTS = Path(__file__).resolve().parent
 
 
 def start(model_dir: Path, tmp_path: Path, grace: float, *extra: str):
-    log = tmp_path / "server.log"
-    env = dict(os.environ, PYTHONPATH=str(TESTS), XDG_CACHE_HOME=str(tmp_path))
-    proc = subprocess.Popen([sys.executable, str(TESTS / "drain_server.py"), str(model_dir),
-                             "0.05", str(grace), *extra], stderr=log.open("w"), env=env)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        text = log.read_text()
-        port = re.search(r"listening on 127\.0\.0\.1:(\d+)", text)
-        if port and "SERVING" in text.split("listening", 1)[1].replace("NOT_SERVING", ""):
-            return proc, int(port.group(1)), log
-        assert proc.poll() is None, text
-        time.sleep(0.1)
-    proc.kill()
-    raise AssertionError(log.read_text())
+    return start_server_process(model_dir, tmp_path, 0.05, grace, *extra)
 
 
 def test_sigterm_drains_in_flight_stream_refuses_new_calls_exits_0(tiny_model_dir, tmp_path):

@@ -62,6 +62,20 @@ async def test_request_id_is_echoed_or_made(tiny_server):
     assert dict(err.value.initial_metadata())["x-request-id"] == "bad-1"
 
 
+async def test_scheduler_thread_logs_carry_the_calls_request_id(tiny_server, caplog):
+    # The scheduler runs on its own thread, outside the call's context: the id must
+    # travel with the request.
+    with caplog.at_level(logging.DEBUG, logger="arbridge.engine.scheduler"):
+        await collect(tiny_server.stub.Generate(gen(max_new_tokens=3),
+                                                metadata=(("x-request-id", "frame-99"),)))
+    mine = [r for r in caplog.records
+            if r.name == "arbridge.engine.scheduler" and r.request_id == "frame-99"]
+    messages = [r.getMessage() for r in mine]
+    assert any(m.startswith("admitted:") for m in messages), messages
+    assert any(m.startswith("finished") for m in messages), messages
+    assert all(r.threadName == "arbridge-scheduler" for r in mine)
+
+
 async def test_json_access_log_carries_request_id_and_status(tiny_server, capsys):
     root = logging.getLogger()
     saved = root.handlers[:], root.level

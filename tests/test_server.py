@@ -22,6 +22,31 @@ def gen(prompt="The red chair", **sampling):
     return spb.GenerateRequest(prompt=prompt, sampling=pb.SamplingParams(**sampling))
 
 
+async def test_generate_with_a_metaspace_tokenizer_keeps_the_continuations_space(
+        make_server, tmp_path_factory):
+    # SentencePiece-style tokenizers (Llama 2, Mistral) mark a word's space as "▁":
+    # the stream must continue the prompt ("The red" + " chair"), not start a text.
+    from transformers import AutoTokenizer
+
+    from tiny_model import build_tiny_model
+
+    model_dir = build_tiny_model(tmp_path_factory.mktemp("tiny-metaspace"), metaspace=True,
+                                 chat_template=False, whole_characters=True)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    s = await make_server(model_dir)
+    spaced = 0
+    for prompt in ("The red chair", "A lamp is far", "Objects in view"):
+        chunks, done, _ = await collect(s.stub.Generate(gen(prompt, max_new_tokens=12)))
+        ids = [i for c in chunks for i in c.token_ids]
+        prompt_ids = tok(prompt).input_ids
+        expected = tok.decode(prompt_ids + ids)[len(tok.decode(prompt_ids)):]
+        assert done[0].text == "".join(c.text for c in chunks) == expected
+        if tok.convert_ids_to_tokens(ids[0]).startswith("▁"):
+            spaced += 1
+            assert chunks[0].text.startswith(" ")
+    assert spaced  # at least one reply began with a new word
+
+
 async def test_health_serving_and_reflection_lists_the_service(tiny_server):
     health = health_pb2_grpc.HealthStub(tiny_server.channel)
     reply = await health.Check(health_pb2.HealthCheckRequest(service=""))

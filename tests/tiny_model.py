@@ -28,26 +28,37 @@ CORPUS = [
 ] * 20
 
 
-def train_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+def train_tokenizer(vocab_size: int = 400, metaspace: bool = False) -> PreTrainedTokenizerFast:
+    """Byte-level BPE (GPT-2 style), or with `metaspace` a SentencePiece-style BPE
+    whose words start with "▁" (Llama 2, Mistral, T5 tokenizers)."""
+    if metaspace:
+        tok = Tokenizer(models.BPE(unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS + ["<unk>"])
+    else:
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(CORPUS, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
                                    bos_token="<|endoftext|>", pad_token="<|endoftext|>")
 
 
 def build_tiny_model(out_dir: Path, *, chat_template: bool = True, eos_bias: float = -100.0,
-                     n_positions: int = 256, seed: int = 0) -> Path:
+                     n_positions: int = 256, seed: int = 0, metaspace: bool = False,
+                     whole_characters: bool = False) -> Path:
     """Save a 2-layer GPT-2 + tokenizer into out_dir and return it.
 
     `eos_bias` steers the EOS logit: very negative (default) makes EOS
     unreachable so sequence lengths are exact; very positive makes every
-    sequence end at once with EOS.
+    sequence end at once with EOS. `metaspace` gives it a SentencePiece-style tokenizer.
+    `whole_characters` makes tokens that decode to part of a character unreachable too,
+    so every generated token is a chunk of its own (timing tests count chunks).
     """
-    tokenizer = train_tokenizer()
+    tokenizer = train_tokenizer(metaspace=metaspace)
     if chat_template:
         tokenizer.chat_template = CHAT_TEMPLATE
     eos = tokenizer.eos_token_id
@@ -62,6 +73,11 @@ def build_tiny_model(out_dir: Path, *, chat_template: bool = True, eos_bias: flo
         model.transformer.ln_f.bias[0] = 10.0
         model.lm_head.weight[eos].zero_()
         model.lm_head.weight[eos, 0] = eos_bias / 10.0
+        if whole_characters:
+            for token in range(len(tokenizer)):
+                if token != eos and "\ufffd" in tokenizer.decode([token]):
+                    model.lm_head.weight[token].zero_()
+                    model.lm_head.weight[token, 0] = -10.0
     model.generation_config.eos_token_id = eos
     model.generation_config.pad_token_id = eos
     model.save_pretrained(out_dir)

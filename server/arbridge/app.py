@@ -222,6 +222,7 @@ class ArBridgeServer:
             await self.grpc_web.stop()
         if self.backend is not None:
             await self.backend.close()
+        self.servicer.close()
         self.metrics.close()
         return waited
 

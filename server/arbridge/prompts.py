@@ -4,6 +4,12 @@ With a chat template (instruct models) the conversation goes through it;
 without one (base models such as Megatron GPT-2) a plain "User:/Assistant:"
 transcript is used. History is trimmed from the oldest turns until the prompt
 plus the reply budget fits the context window.
+
+Cost is linear in what the prompt keeps, whatever the request holds: each
+turn is tokenized at most once, newest first, and the walk stops at the first
+turn that no longer fits; the template is rendered once over what is kept.
+Builders are called off the event loop (see `service.py`); tokenization goes
+through the batch API, which releases the GIL while it works.
 """
 
 from __future__ import annotations
@@ -15,14 +21,19 @@ from arbridge.v1 import types_pb2 as pb
 
 DESCRIBE_INSTRUCTION = "Describe what is around me in one or two short sentences."
 
+# No real tokenizer averages more characters per token over a whole prompt, so
+# text longer than context_length * this cannot fit and is refused untokenized.
+MAX_CHARS_PER_TOKEN = 64
+
 _ROLE_NAMES = {pb.ROLE_USER: "user", pb.ROLE_ASSISTANT: "assistant", pb.ROLE_SYSTEM: "system"}
 
 
 class PromptTooLong(ValueError):
     """Even with all history dropped the prompt does not fit."""
 
-    def __init__(self, prompt_tokens: int, budget: int):
-        super().__init__(f"prompt is {prompt_tokens} tokens; at most {budget} fit the context "
+    def __init__(self, prompt_tokens: int, budget: int, estimated: bool = False):
+        size = f"over {prompt_tokens}" if estimated else f"{prompt_tokens}"
+        super().__init__(f"prompt is {size} tokens; at most {budget} fit the context "
                          "window with the requested max_new_tokens")
         self.prompt_tokens = prompt_tokens
         self.budget = budget
@@ -53,10 +64,12 @@ class PromptBuilder:
         self.context_length = context_length
         self.system_prompt = system_prompt
         self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
+        self._turn_overhead: int | None = None  # template tokens around one turn
 
     # -- public ---------------------------------------------------------------
     def raw(self, text: str, max_new_tokens: int) -> Prompt:
-        ids = self.tokenizer(text, add_special_tokens=True).input_ids
+        self._check_chars(len(text), max_new_tokens)
+        ids = self._tokenize([text], special=True)[0]
         self._check_fits(len(ids), max_new_tokens)
         return Prompt(ids, text, special_tokens=True)
 
@@ -76,21 +89,55 @@ class PromptBuilder:
     # -- internals ---------------------------------------------------------
     def _fit(self, system: str, history: list[pb.DialogueTurn], user: str,
              max_new_tokens: int) -> Prompt:
-        dropped = 0
-        while True:
-            prompt = self._encode(system, history, user)
-            if len(prompt.ids) + max_new_tokens <= self.context_length or not history:
+        budget = self.context_length - max_new_tokens
+        self._check_chars(len(system) + len(user), max_new_tokens)
+        base = len(self._encode(system, [], user).ids)
+        self._check_fits(base, max_new_tokens)
+        # Newest turns first, each tokenized once, until the next one would not fit.
+        keep, used, chars = 0, base, 0
+        overhead = self._overhead()
+        for turn in reversed(history):
+            chars += len(turn.text)
+            if chars > budget * MAX_CHARS_PER_TOKEN:
                 break
-            history = history[1:]  # drop the oldest turn first
-            dropped += 1
+            used += len(self._tokenize([turn.text], special=False)[0]) + overhead
+            if used > budget:
+                break
+            keep += 1
+        kept = history[len(history) - keep:]
+        prompt = self._encode(system, kept, user)
+        # Counting turns apart can differ from the rendered whole by a token or two
+        # where they meet: drop more of the oldest until it really fits.
+        while len(prompt.ids) > budget and kept:
+            kept = kept[1:]
+            prompt = self._encode(system, kept, user)
         self._check_fits(len(prompt.ids), max_new_tokens)
-        prompt.dropped_turns = dropped
+        prompt.dropped_turns = len(history) - len(kept)
         return prompt
+
+    def _overhead(self) -> int:
+        """Tokens the template adds around one turn, beyond the turn's own text."""
+        if self._turn_overhead is None:
+            bare = len(self._encode("s", [], "u").ids)
+            one = len(self._encode("s", [pb.DialogueTurn(role=pb.ROLE_USER, text="x")],
+                                   "u").ids)
+            self._turn_overhead = max(one - bare - 1, 0)
+        return self._turn_overhead
+
+    def _check_chars(self, chars: int, max_new_tokens: int) -> None:
+        budget = max(self.context_length - max_new_tokens, 0)
+        if chars > budget * MAX_CHARS_PER_TOKEN:
+            raise PromptTooLong(chars // MAX_CHARS_PER_TOKEN, budget, estimated=True)
 
     def _check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
         budget = self.context_length - max_new_tokens
         if prompt_tokens > budget:
             raise PromptTooLong(prompt_tokens, max(budget, 0))
+
+    def _tokenize(self, texts: list[str], special: bool) -> list[list[int]]:
+        # The batch call: fast tokenizers release the GIL inside it (a single
+        # encode holds it, and would stall the event loop from a worker thread).
+        return self.tokenizer(texts, add_special_tokens=special).input_ids
 
     def _encode(self, system: str, history: list[pb.DialogueTurn], user: str) -> Prompt:
         # System turns from the history join the system prompt: many chat
@@ -106,10 +153,9 @@ class PromptBuilder:
             text = self.tokenizer.apply_chat_template(messages, tokenize=False,
                                                       add_generation_prompt=True)
             # The template writes any BOS itself.
-            return Prompt(self.tokenizer(text, add_special_tokens=False).input_ids, text,
-                          special_tokens=False)
+            return Prompt(self._tokenize([text], special=False)[0], text, special_tokens=False)
         lines = [system, ""]
         lines += [f"{r.capitalize()}: {c}" for r, c in turns]
         lines += [f"User: {user}", "Assistant:"]
         text = "\n".join(lines)
-        return Prompt(self.tokenizer(text, add_special_tokens=True).input_ids, text)
+        return Prompt(self._tokenize([text], special=True)[0], text)

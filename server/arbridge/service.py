@@ -7,6 +7,7 @@ turns the engine's outputs into messages (see streaming.py).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -109,6 +110,16 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         self.draining = asyncio.Event()
         self._sessions = SessionStore(settings.max_ask_sessions, settings.ask_session_idle_s,
                                       settings.max_ask_session_bytes)
+        # Prompt building (scene text, chat template, tokenization) runs here, never
+        # on the event loop: a huge request must not stall other streams. No torch
+        # work happens here (see the README's note on OpenMP teams). One thread: a
+        # prompt takes milliseconds, and on a small CPU a second one would take a core
+        # from the model's threads.
+        self._prompt_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="arbridge-prompt")
+
+    def close(self) -> None:
+        self._prompt_pool.shutdown(wait=False, cancel_futures=True)
 
     def attach(self, backend: Backend) -> None:
         """Called once the model has loaded; until then calls get UNAVAILABLE."""
@@ -129,13 +140,16 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
             return None
         return max(remaining - self.settings.deadline_margin_ms / 1e3, 0.0)
 
-    def _prompt(self, build: Callable[[int], Prompt], field: str, cfg: SamplingConfig,
-                features: list[tuple[str, list[float]]] = ()) -> Prompt:
+    async def _prompt(self, build: Callable[[int], Prompt], field: str, cfg: SamplingConfig,
+                      features: list[tuple[str, list[float]]] = ()) -> Prompt:
         """build(token budget for the reply) -> the prompt, with the soft-prompt prefix
-        of any dense features in front (it takes room in the context window too)."""
+        of any dense features in front (it takes room in the context window too).
+        `build` runs on the prompt threads: it must not touch state the loop mutates."""
         prefix_len = self._projectors.prefix_length(features) if features else 0
+        loop = asyncio.get_running_loop()
         try:
-            prompt = build(cfg.max_new_tokens + prefix_len)
+            prompt = await loop.run_in_executor(self._prompt_pool, build,
+                                                cfg.max_new_tokens + prefix_len)
         except PromptTooLong as exc:
             raise validation.InvalidField(field, str(exc)) from exc
         if not features:
@@ -166,7 +180,7 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
             state.scene.CopyFrom(start.scene)
         return state
 
-    def _turn(self, state: DialogueState, turn: spb.UserTurn, field: str):
+    async def _turn(self, state: DialogueState, turn: spb.UserTurn, field: str):
         """A user turn checked and turned into (text, sampling, prompt, scene objects)."""
         text = turn.text.strip()
         if turn.HasField("audio"):
@@ -184,9 +198,10 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
                     for fv in (scene.image_features if scene is not None else ())]
         if turn.HasField("audio") and turn.audio.HasField("embedding"):
             features.append((turn.audio.embedding.encoder, list(turn.audio.embedding.values)))
-        prompt = self._prompt(
-            lambda budget: self._prompts.converse(scene, state.history, text, budget,
-                                                  state.system_prompt),
+        history = list(state.history)  # a snapshot: replies append to it meanwhile
+        system_prompt = state.system_prompt
+        prompt = await self._prompt(
+            lambda budget: self._prompts.converse(scene, history, text, budget, system_prompt),
             f"{field}.text", cfg, features)
         objects = list(scene.objects) if scene is not None else []
         return text, cfg, prompt, objects
@@ -204,8 +219,8 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         self._ready()
         validation.prompt_text(request.prompt, self.settings)
         cfg = self._sampling(request.sampling, "sampling")
-        prompt = self._prompt(lambda budget: self._prompts.raw(request.prompt, budget),
-                              "prompt", cfg)
+        prompt = await self._prompt(lambda budget: self._prompts.raw(request.prompt, budget),
+                                    "prompt", cfg)
         async for event in self._open(prompt, cfg, context, arrived):
             yield _wrap(spb.GenerateResponse, event)
 
@@ -225,7 +240,7 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
             raise validation.InvalidField("instruction", "too long")
         cfg = self._sampling(request.sampling, "sampling")
         features = [(fv.encoder, list(fv.values)) for fv in request.scene.image_features]
-        prompt = self._prompt(
+        prompt = await self._prompt(
             lambda budget: self._prompts.describe(request.scene, request.instruction, budget),
             "scene", cfg, features)
         async for event in self._open(prompt, cfg, context, arrived,
@@ -254,17 +269,21 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
             scene.CopyFrom(request.scene)  # a copy: the request is not kept alive
         # Checked (and built) before anything changes: a bad turn leaves the session as
         # it was.
-        text, cfg, prompt, objects = self._turn(base.with_scene(scene), request.user_turn,
-                                                "user_turn")
-        if session is not None and not session.idle.is_set():
+        revision = base.revision
+        text, cfg, prompt, objects = await self._turn(base.with_scene(scene),
+                                                      request.user_turn, "user_turn")
+        while session is not None:
             # Barge-in: this turn interrupts the session's reply still streaming.
             while not session.idle.is_set():
                 if session.reply is not None:
                     session.reply.cancel(FinishReason.INTERRUPTED)
                 await session.idle.wait()
-            # Built again: the interrupted reply has joined the history.
-            text, cfg, prompt, objects = self._turn(base.with_scene(scene), request.user_turn,
-                                                    "user_turn")
+            if session.state.revision == revision:
+                break  # idle, and the prompt saw the whole history: no await until claimed
+            # Built again: a reply (interrupted or not) has joined the history meanwhile.
+            revision = session.state.revision
+            text, cfg, prompt, objects = await self._turn(base.with_scene(scene),
+                                                          request.user_turn, "user_turn")
         arrived = time.perf_counter()
         generation = self._open(prompt, cfg, context, arrived, objects)
         # Opened: from here on the turn counts (a full queue changed nothing).
@@ -423,13 +442,13 @@ class _ConverseSession:
             raise _Abort(grpc.StatusCode.UNAVAILABLE,
                          "server is shutting down; reconnect and resend the dialogue")
         # Checked (and built) before interrupting anything.
-        text, cfg, prompt, objects = self.servicer._turn(self.state, turn, field)
+        text, cfg, prompt, objects = await self.servicer._turn(self.state, turn, field)
         # Barge-in: the new turn interrupts the reply in flight.
         if self.reply_task is not None and not self.reply_task.done():
             self.reply_stream.cancel(FinishReason.INTERRUPTED)
             await self.reply_task
             # Built again: the interrupted reply has joined the history.
-            text, cfg, prompt, objects = self.servicer._turn(self.state, turn, field)
+            text, cfg, prompt, objects = await self.servicer._turn(self.state, turn, field)
         arrived = time.perf_counter()
         turn_id = self.state.take_turn_id(turn.turn_id)
         # Opened here, not in the task, so a barge-in can always reach it.

@@ -24,11 +24,12 @@ class DialogueState:
     scene: pb.SceneFeatures | None = None
     history: list[pb.DialogueTurn] = field(default_factory=list)
     next_turn_id: int = 1
+    revision: int = 0  # bumped whenever the history changes
 
     def with_scene(self, scene: pb.SceneFeatures | None) -> DialogueState:
         """The same dialogue seen with another scene (for checking a turn)."""
-        return DialogueState(self.system_prompt, self.sampling, scene, self.history,
-                             self.next_turn_id)
+        return DialogueState(self.system_prompt, self.sampling, scene, list(self.history),
+                             self.next_turn_id, self.revision)
 
     def byte_size(self) -> int:
         """Roughly what it holds in memory, for the session store's budget."""
@@ -48,6 +49,7 @@ class DialogueState:
         self.history.append(pb.DialogueTurn(role=pb.ROLE_ASSISTANT, text=reply_text))
         if len(self.history) > max_turns:
             self.history = self.history[-max_turns:]
+        self.revision += 1
 
 
 class AskSession:

@@ -43,7 +43,8 @@ class OutputProcessor:
         self._prompt_tokens = prompt_tokens
         self._seed = cfg.seed
         self._ground = ground
-        self._seqs = [SequenceOutput(i, IncrementalDetokenizer(tokenizer),
+        prompt_ids = stream.handle.prompt_ids
+        self._seqs = [SequenceOutput(i, IncrementalDetokenizer(tokenizer, prompt_ids),
                                      StopStringFilter(cfg.stop))
                       for i in range(cfg.num_return_sequences)]
 

@@ -12,6 +12,7 @@ from arbridge.engine.projector import ProjectorSet
 from arbridge.engine.requests import FinishReason
 from arbridge.engine.sampling import SamplingConfig
 from arbridge.engine.scheduler import Scheduler
+from arbridge.logs import REQUEST_ID
 from arbridge.metrics import Metrics
 from arbridge.prompts import Prompt
 from arbridge.streaming import Event, OutputProcessor
@@ -35,7 +36,8 @@ class LocalBackend:
     def open(self, prompt: Prompt, cfg: SamplingConfig, *, arrived: float,
              timeout_s: float | None, ground: Grounder | None) -> LocalGeneration:
         stream = self.engine.open(prompt.ids, cfg, timeout_s=timeout_s,
-                                  features=prompt.features, prefix_len=prompt.prefix_len)
+                                  features=prompt.features, prefix_len=prompt.prefix_len,
+                                  request_id=REQUEST_ID.get())
         processor = OutputProcessor(self.tokenizer, stream, arrived, len(prompt.ids), ground)
         return LocalGeneration(stream, processor, arrived, self.metrics)
 

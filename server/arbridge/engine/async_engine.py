@@ -22,7 +22,7 @@ class AsyncEngine:
     def open(self, prompt_ids: list[int], sampling: SamplingConfig,
              timeout_s: float | None = None,
              features: list[tuple[str, list[float]]] | None = None,
-             prefix_len: int = 0) -> RequestStream:
+             prefix_len: int = 0, request_id: str | None = None) -> RequestStream:
         """Queue a request (raises QueueFull) and return its output stream."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[StepOutput] = asyncio.Queue()
@@ -34,6 +34,8 @@ class AsyncEngine:
         handle = RequestHandle(prompt_ids=list(prompt_ids), sampling=sampling, sink=sink,
                                deadline=deadline, features=list(features or []),
                                prefix_len=prefix_len)
+        if request_id:
+            handle.request_id = request_id
         self.scheduler.submit(handle)
         return RequestStream(handle, queue)
 

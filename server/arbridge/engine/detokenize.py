@@ -12,13 +12,21 @@ from __future__ import annotations
 
 from tokenizers.decoders import DecodeStream
 
+# Prompt tokens the decoder is primed with (vLLM primes with 5): enough context
+# for a SentencePiece/Metaspace decoder to keep the first new token's leading
+# space, and for a byte-level one to finish a character split at the boundary.
+PRIME_TOKENS = 6
+
 
 class IncrementalDetokenizer:
-    def __init__(self, tokenizer, skip_special_tokens: bool = True):
+    def __init__(self, tokenizer, prompt_ids=(), skip_special_tokens: bool = True):
         # The Rust tokenizer behind a transformers "fast" tokenizer.
         self._backend = tokenizer.backend_tokenizer
         self._skip = skip_special_tokens
-        self._stream = DecodeStream(skip_special_tokens=skip_special_tokens)
+        # Primed with the prompt's tail: a cold stream decodes the first token as
+        # the start of a text, and Metaspace drops its space ("▁Paris" -> "Paris").
+        self._prefix = [int(i) for i in list(prompt_ids)[-PRIME_TOKENS:]]
+        self._stream = DecodeStream(ids=self._prefix, skip_special_tokens=skip_special_tokens)
         self._ids: list[int] = []
         self._emitted: list[str] = []
 
@@ -32,9 +40,12 @@ class IncrementalDetokenizer:
     def flush(self) -> str:
         """At the end of a sequence: bytes of an unfinished character, as U+FFFD.
 
-        Keeps the streamed text equal to decoding all ids at once.
+        Keeps the streamed text equal to decoding all ids at once (after the prompt).
         """
-        full = self._backend.decode(self._ids, skip_special_tokens=self._skip)
+        prefix = self._backend.decode(self._prefix, skip_special_tokens=self._skip)
+        full = self._backend.decode(self._prefix + self._ids, skip_special_tokens=self._skip)
+        if full.startswith(prefix):
+            full = full[len(prefix):]
         emitted = "".join(self._emitted)
         return full[len(emitted):] if full.startswith(emitted) else ""
 

@@ -56,7 +56,8 @@ class RequestHandle:
     sampling: SamplingConfig
     sink: Callable[[StepOutput], None]
     deadline: float | None = None  # time.perf_counter() value; None = none
-    request_id: int = field(default_factory=lambda: next(_ids))
+    # The call's id (x-request-id), so the scheduler thread's log lines name it.
+    request_id: str = field(default_factory=lambda: f"engine-{next(_ids)}")
     started: float | None = None  # set by the scheduler when prefill begins
     cancel_reason: FinishReason | None = None
     stopped_sequences: set[int] = field(default_factory=set)

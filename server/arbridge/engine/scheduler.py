@@ -42,6 +42,11 @@ from arbridge.engine.sampling import sample
 log = logging.getLogger(__name__)
 
 
+def _log(handle: RequestHandle, level: int, message: str, *args) -> None:
+    # This thread has no call context: the request's id travels on its handle.
+    log.log(level, message, *args, extra={"request_id": handle.request_id})
+
+
 class QueueFull(RuntimeError):
     """Admission refused: too many requests waiting."""
 
@@ -220,7 +225,9 @@ class Scheduler:
                 if self._row_owner:
                     self._decode_turn()
             except Exception as exc:  # a failing batch must not kill the scheduler
-                log.exception("model step failed; ending the requests in flight")
+                log.exception("model step failed; ending the %d request(s) in flight: %s",
+                              len(self._active),
+                              ", ".join(r.handle.request_id for r in self._active))
                 self._reset(f"{type(exc).__name__}: {exc}")
             self._turn_seconds = 0.9 * self._turn_seconds + 0.1 * (time.perf_counter() - began)
         for req in list(self._active):
@@ -236,6 +243,7 @@ class Scheduler:
         for req in self._active:
             open_seqs = [SequenceFinished(i, FinishReason.ERROR, error)
                          for i, d in enumerate(req.done) if not d]
+            _log(req.handle, logging.WARNING, "ended with an error: %s", error)
             if open_seqs:
                 req.handle.sink(StepOutput(finished=open_seqs))
         self._active.clear()
@@ -274,6 +282,8 @@ class Scheduler:
         if handle.features:  # projected here: all torch work stays on this thread
             req.prefix = self.projectors.embed(handle.features).to(self.runner.dtype)
         handle.started = time.perf_counter()
+        _log(handle, logging.DEBUG, "admitted: %d prompt tokens, %d sequence(s), %d active",
+             len(handle.prompt_ids), n, len(self._active) + 1)
         self._active.append(req)
         self._prefilling.append(req)
         self._staging.add_row(0)
@@ -287,6 +297,8 @@ class Scheduler:
                 row = self._prefilling.index(req)
                 req.prefilled = self.prefix_cache.load(req.handle.prompt_ids, self._staging, row)
                 self._staging.lengths[row] = req.prefilled
+                _log(req.handle, logging.DEBUG, "prefix cache: %d of %d prompt tokens",
+                     req.prefilled, req.prompt_len)
         self._to_load.clear()
 
     # -- leaving -------------------------------------------------------------------------
@@ -322,6 +334,8 @@ class Scheduler:
         if req in self._active:
             self._active.remove(req)
         if finished:
+            _log(req.handle, logging.DEBUG, "finished: %s after %d tokens", reason.name,
+                 req.generated)
             req.handle.sink(StepOutput(finished=finished))
 
     def _drop_row(self, req: _Request, index: int) -> None:
@@ -455,6 +469,7 @@ class Scheduler:
                     continue
             req.done[index] = True
             self._drop_row(req, index)
-        req.handle.sink(out)
         if all(req.done) and req in self._active:
             self._active.remove(req)
+            _log(req.handle, logging.DEBUG, "finished after %d tokens", req.generated)
+        req.handle.sink(out)
