@@ -180,9 +180,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 self._per_peer[peer] += 1
                 counted = True
             yield
-            code = _status_of(context) or grpc.StatusCode.OK
+            code = _call_code(context) or grpc.StatusCode.OK
         except grpc.aio.AbortError:
-            code = _status_of(context) or grpc.StatusCode.UNKNOWN
+            code = _call_code(context) or grpc.StatusCode.UNKNOWN
             raise
         except InvalidField as exc:  # undecodable bytes on a non-ArBridge stream
             code = grpc.StatusCode.INVALID_ARGUMENT
@@ -226,7 +226,7 @@ async def _checked_stream(requests):
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 
 
-def _status_of(context) -> grpc.StatusCode | None:
+def _call_code(context) -> grpc.StatusCode | None:
     code = context.code()
     if code is None or isinstance(code, grpc.StatusCode):
         return code

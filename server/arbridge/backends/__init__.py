@@ -52,7 +52,7 @@ class Backend(Protocol):
     def unsupported(self, cfg: SamplingConfig) -> list[tuple[str, str]]:
         """(sampling field, why) for each parameter this backend cannot honour."""
 
-    def open(self, prompt: Prompt, cfg: SamplingConfig, *, arrived: float,
+    def generate(self, prompt: Prompt, cfg: SamplingConfig, *, arrived: float,
              timeout_s: float | None, ground: Grounder | None) -> Generation:
         """Start generating (raises QueueFull / BackendBusy when full)."""
 

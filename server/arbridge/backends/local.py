@@ -33,7 +33,7 @@ class LocalBackend:
     def unsupported(self, cfg: SamplingConfig) -> list[tuple[str, str]]:
         return []
 
-    def open(self, prompt: Prompt, cfg: SamplingConfig, *, arrived: float,
+    def generate(self, prompt: Prompt, cfg: SamplingConfig, *, arrived: float,
              timeout_s: float | None, ground: Grounder | None) -> LocalGeneration:
         stream = self.engine.open(prompt.ids, cfg, timeout_s=timeout_s,
                                   features=prompt.features, prefix_len=prompt.prefix_len,

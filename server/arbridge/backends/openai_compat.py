@@ -157,7 +157,7 @@ class OpenAIBackend:
                 out.append(("num_return_sequences", hint))
         return out
 
-    def open(self, prompt: Prompt, cfg: SamplingConfig, *, arrived: float,
+    def generate(self, prompt: Prompt, cfg: SamplingConfig, *, arrived: float,
              timeout_s: float | None, ground: Grounder | None) -> OpenAIGeneration:
         return OpenAIGeneration(self, prompt, cfg, arrived, timeout_s, ground)
 

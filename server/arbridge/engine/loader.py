@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from arbridge.engine import megatron
-from arbridge.engine.model_cache import convert_gguf, ensure_default_model
+from arbridge.engine.model_cache import convert_gguf, ensure_default_model, is_complete
 
 # Never reach for a model hub: a missing file must be an error, not a download.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -87,7 +87,7 @@ def resolve_model_dir(model: str | None, cache_dir: Path, tokenizer: str | None 
         raise ModelLoadError(f"--model {model}: no such file or directory")
     if megatron.is_megatron_checkpoint(path):
         target = cache_dir / "converted" / f"megatron-{path.name}-{megatron.fingerprint(path)}"
-        if not (target / "config.json").exists():
+        if not is_complete(target):
             try:
                 megatron.convert(path, target, Path(tokenizer) if tokenizer else None, overrides)
             except megatron.MegatronFormatError as exc:
@@ -95,7 +95,7 @@ def resolve_model_dir(model: str | None, cache_dir: Path, tokenizer: str | None 
         return target, "megatron"
     if path.is_file() and path.suffix == ".gguf":
         target = _gguf_cache_dir(cache_dir, path)
-        if not (target / "config.json").exists():
+        if not is_complete(target):
             convert_gguf(path, target)
         return target, "gguf"
     if path.is_dir() and (path / "config.json").exists():

@@ -444,9 +444,10 @@ def convert(source: Path, out_dir: Path, tokenizer_dir: Path | None = None,
             overrides: Overrides | None = None) -> Path:
     """Megatron dir or zip -> safetensors GPT-2 directory with tokenizer files.
 
-    Written into a temporary sibling and renamed, so a failure never leaves a
-    directory that looks complete.
+    Published whole or not at all (`model_cache.publishing`).
     """
+    from arbridge.engine.model_cache import publishing
+
     overrides = overrides or Overrides()
     tokenizer = build_tokenizer(tokenizer_dir or (source.parent if source.is_file() else source))
     with tempfile.TemporaryDirectory(prefix="arbridge-megatron-") as tmp:
@@ -456,9 +457,7 @@ def convert(source: Path, out_dir: Path, tokenizer_dir: Path | None = None,
         log.info("merging %d Megatron shard(s) from %s", len(shards), folder)
         merged = merge_shards(shards, overrides.num_attention_heads)
     model = to_gpt2(merged, tokenizer, overrides)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
-    try:
+    with publishing(out_dir, f"converted from Megatron checkpoint {source}") as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         (staging / "arbridge_source.json").write_text(json.dumps({
@@ -468,11 +467,6 @@ def convert(source: Path, out_dir: Path, tokenizer_dir: Path | None = None,
             "pipeline_parallel": merged.pipeline_parallel,
             "iteration": merged.extra.get("iteration"),
         }, indent=2, default=str))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     params = sum(v.numel() for v in model.state_dict().values()) / 1e6
     log.info("converted Megatron checkpoint (TP=%d, PP=%d, %.1fM parameters) -> %s",
              merged.tensor_parallel, merged.pipeline_parallel, params, out_dir)

@@ -8,6 +8,7 @@ safetensors Hugging Face directory, which later loads in about a second.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -61,15 +63,26 @@ def download_wheel(requirement: str, dest: Path) -> Path:
     return next(dest.glob("*.whl"))
 
 
-def publish_dir(staging: Path, out_dir: Path, note: str) -> None:
-    """Mark a finished staging directory complete and rename it into place."""
-    (staging / _DONE_MARKER).write_text(note + "\n")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    staging.rename(out_dir)
+@contextlib.contextmanager
+def publishing(out_dir: Path, note: str) -> Iterator[Path]:
+    """A staging folder beside `out_dir` to write a converted model into. When the
+    block ends without an error it is marked complete and renamed into place; on an
+    error it is removed. A crash at any point leaves nothing `is_complete` accepts,
+    so the next start converts again instead of loading half a model."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
+    try:
+        yield staging
+        (staging / _DONE_MARKER).write_text(note + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def is_complete(path: Path) -> bool:
+    """Whether `path` was published whole by `publishing`."""
     return (path / _DONE_MARKER).exists()
 
 
@@ -78,7 +91,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
 
     transformers refuses save_pretrained on a GGUF-loaded model, so we build a
     fresh model from the GGUF's config, copy the state dict in and save that.
-    Written to a temporary sibling and renamed, so a crash leaves no half model.
+    Published whole or not at all (see `publishing`).
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -94,13 +107,8 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     if getattr(config, "tie_word_embeddings", False):
         fresh.tie_weights()
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
-    try:
+    with publishing(out_dir, f"converted from {name}") as staging:
         fresh.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        publish_dir(staging, out_dir, f"converted from {name}")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     log.info("converted in %.1f s -> %s", time.perf_counter() - started, out_dir)
     return out_dir

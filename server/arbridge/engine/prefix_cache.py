@@ -119,7 +119,3 @@ class PrefixCache:
         while self.bytes > keep_bytes and self._blocks:
             _, block = self._blocks.popitem(last=False)
             self.bytes -= block.kv.numel() * block.kv.element_size()
-
-    def clear(self) -> None:
-        self._blocks.clear()
-        self.bytes = 0

@@ -219,7 +219,7 @@ class Scheduler:
             began = time.perf_counter()
             try:
                 self._load_cached_prefixes()
-                self._retire_interrupted()
+                self._retire_leaving()
                 if self._prefilling:
                     self._prefill_turn()
                 if self._row_owner:
@@ -302,7 +302,9 @@ class Scheduler:
         self._to_load.clear()
 
     # -- leaving -------------------------------------------------------------------------
-    def _retire_interrupted(self) -> None:
+    def _retire_leaving(self) -> None:
+        """Free every request that ends before this turn: sequences the servicer
+        stopped (stop strings), cancelled or interrupted calls, deadlines."""
         now = time.perf_counter()
         for req in list(self._active):
             handle = req.handle
