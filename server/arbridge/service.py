@@ -103,7 +103,7 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         self._backend: Backend | None = None
         self._prompts: PromptBuilder | None = None
         self._projectors: ProjectorSet | None = None
-        self._encoders: dict[str, int] = {}  # encoder name -> projector input size
+        self.check: validation.RequestChecker | None = None  # once a backend is attached
         # Set when the server starts draining: idle Converse sessions end at once
         # with UNAVAILABLE (the client reconnects elsewhere) instead of holding
         # the shutdown for the whole grace period.
@@ -127,7 +127,9 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
                                       self.settings.system_prompt)
         self._backend = backend
         self._projectors = backend.projectors
-        self._encoders = backend.projectors.input_dims() if backend.projectors else {}
+        self.check = validation.RequestChecker(
+            self.settings, backend.projectors.input_dims() if backend.projectors else {},
+            backend.unsupported)
 
     def _ready(self) -> None:
         if self._backend is None:
@@ -158,53 +160,14 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         placeholder = tok.pad_token_id if tok.pad_token_id is not None else 0
         return prompt.with_prefix(features, prefix_len, placeholder)
 
-    def _sampling(self, params: pb.SamplingParams, field: str) -> SamplingConfig:
-        cfg = validation.sampling_config(params, self.settings, field)
-        for name, why in self._backend.unsupported(cfg):
-            raise validation.Unsupported(f"{field}.{name}", why)
-        return cfg
-
-    def _dialogue_state(self, start: spb.ConverseStart, field: str) -> DialogueState:
-        validation.dialogue(start.history, self.settings, f"{field}.history")
-        if len(start.system_prompt) > validation.MAX_TEXT_CHARS_PER_TURN:
-            raise validation.InvalidField(f"{field}.system_prompt", "too long")
-        self._sampling(start.sampling, f"{field}.sampling")
-        # Copies, so that a kept session does not keep the whole request alive.
-        state = DialogueState(system_prompt=start.system_prompt,
-                              history=[pb.DialogueTurn(role=t.role, text=t.text)
-                                       for t in start.history])
-        state.sampling.CopyFrom(start.sampling)
-        if start.HasField("scene"):
-            validation.scene(start.scene, self.settings, f"{field}.scene", self._encoders)
-            state.scene = pb.SceneFeatures()
-            state.scene.CopyFrom(start.scene)
-        return state
-
-    async def _turn(self, state: DialogueState, turn: spb.UserTurn, field: str):
-        """A user turn checked and turned into (text, sampling, prompt, scene objects)."""
-        text = turn.text.strip()
-        if turn.HasField("audio"):
-            validation.audio(turn.audio, self.settings, f"{field}.audio", self._encoders)
-            text = text or turn.audio.transcript.strip()
-        if not text:
-            raise validation.InvalidField(f"{field}.text", "needs text or audio.transcript")
-        if len(text) > validation.MAX_TEXT_CHARS_PER_TURN:
-            raise validation.InvalidField(f"{field}.text", "too long")
-        params = turn.sampling if turn.HasField("sampling") else state.sampling
-        cfg = self._sampling(params, f"{field}.sampling")
-        # Dense features: the scene's image features, then the turn's audio embedding.
-        scene = state.scene
-        features = [(fv.encoder, list(fv.values))
-                    for fv in (scene.image_features if scene is not None else ())]
-        if turn.HasField("audio") and turn.audio.HasField("embedding"):
-            features.append((turn.audio.embedding.encoder, list(turn.audio.embedding.values)))
+    async def _turn_prompt(self, state: DialogueState, turn: validation.TurnCall,
+                           field: str) -> Prompt:
         history = list(state.history)  # a snapshot: replies append to it meanwhile
         system_prompt = state.system_prompt
-        prompt = await self._prompt(
-            lambda budget: self._prompts.converse(scene, history, text, budget, system_prompt),
-            f"{field}.text", cfg, features)
-        objects = list(scene.objects) if scene is not None else []
-        return text, cfg, prompt, objects
+        return await self._prompt(
+            lambda budget: self._prompts.converse(turn.scene, history, turn.text, budget,
+                                                  system_prompt),
+            f"{field}.text", turn.sampling, turn.features)
 
     def _generate(self, prompt: Prompt, cfg: SamplingConfig, context, arrived: float,
               objects=None) -> Generation:
@@ -217,34 +180,22 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
     async def Generate(self, request: spb.GenerateRequest, context):
         arrived = time.perf_counter()
         self._ready()
-        validation.prompt_text(request.prompt, self.settings)
-        cfg = self._sampling(request.sampling, "sampling")
-        prompt = await self._prompt(lambda budget: self._prompts.raw(request.prompt, budget),
-                                    "prompt", cfg)
-        async for event in self._generate(prompt, cfg, context, arrived):
+        call = self.check.generate(request)
+        prompt = await self._prompt(lambda budget: self._prompts.raw(call.prompt, budget),
+                                    "prompt", call.sampling)
+        async for event in self._generate(prompt, call.sampling, context, arrived):
             yield _wrap(spb.GenerateResponse, event)
 
     @_rpc
     async def DescribeScene(self, request: spb.DescribeSceneRequest, context):
         arrived = time.perf_counter()
         self._ready()
-        if not request.HasField("scene"):
-            raise validation.InvalidField("scene", "is required")
-        validation.scene(request.scene, self.settings, encoders=self._encoders)
-        s = request.scene
-        if not s.objects and not s.location_hint.strip() and not s.image_features:
-            raise validation.InvalidField(
-                "scene.objects", "needs at least one object (or a location_hint, or "
-                                 "image_features)")
-        if len(request.instruction) > validation.MAX_TEXT_CHARS_PER_TURN:
-            raise validation.InvalidField("instruction", "too long")
-        cfg = self._sampling(request.sampling, "sampling")
-        features = [(fv.encoder, list(fv.values)) for fv in request.scene.image_features]
+        call = self.check.describe_scene(request)
         prompt = await self._prompt(
-            lambda budget: self._prompts.describe(request.scene, request.instruction, budget),
-            "scene", cfg, features)
-        async for event in self._generate(prompt, cfg, context, arrived,
-                                      objects=list(request.scene.objects)):
+            lambda budget: self._prompts.describe(call.scene, call.instruction, budget),
+            "scene", call.sampling, call.features)
+        async for event in self._generate(prompt, call.sampling, context, arrived,
+                                          objects=list(call.scene.objects)):
             yield _wrap(spb.DescribeSceneResponse, event)
 
     @_rpc
@@ -261,17 +212,14 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
                              "dialogue so far in start.history")
             base = session.state
         else:
-            base = self._dialogue_state(request.start, "start")
-        scene = base.scene
-        if request.HasField("scene"):
-            validation.scene(request.scene, self.settings, "scene", self._encoders)
-            scene = pb.SceneFeatures()
-            scene.CopyFrom(request.scene)  # a copy: the request is not kept alive
+            base = self.check.dialogue_start(request.start, "start")
+        scene = self.check.scene(request.scene, "scene") if request.HasField("scene") \
+            else base.scene
         # Checked (and built) before anything changes: a bad turn leaves the session as
         # it was.
         revision = base.revision
-        text, cfg, prompt, objects = await self._turn(base.with_scene(scene),
-                                                      request.user_turn, "user_turn")
+        turn = self.check.user_turn(request.user_turn, base.with_scene(scene), "user_turn")
+        prompt = await self._turn_prompt(base, turn, "user_turn")
         while session is not None:
             # Barge-in: this turn interrupts the session's reply still streaming.
             while not session.idle.is_set():
@@ -282,10 +230,9 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
                 break  # idle, and the prompt saw the whole history: no await until claimed
             # Built again: a reply (interrupted or not) has joined the history meanwhile.
             revision = session.state.revision
-            text, cfg, prompt, objects = await self._turn(base.with_scene(scene),
-                                                          request.user_turn, "user_turn")
+            prompt = await self._turn_prompt(base, turn, "user_turn")
         arrived = time.perf_counter()
-        generation = self._generate(prompt, cfg, context, arrived, objects)
+        generation = self._generate(prompt, turn.sampling, context, arrived, turn.objects)
         # Opened: from here on the turn counts (a full queue changed nothing).
         if session is None:
             session = self._sessions.create(base)
@@ -305,7 +252,7 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
                 return
             finished = True
             generation.cancel(FinishReason.CANCELLED)
-            state.record(text, "".join(heard), self.settings.max_dialogue_turns)
+            state.record(turn.text, "".join(heard), self.settings.max_dialogue_turns)
             session.reply = None
             session.idle.set()
             self._sessions.touch(session)
@@ -425,11 +372,10 @@ class _ConverseSession:
             if self.started or index != 0:
                 raise validation.InvalidField(f"request[{index}].start",
                                               "only the first message may start the session")
-            self.state = self.servicer._dialogue_state(req.start, "start")
+            self.state = self.servicer.check.dialogue_start(req.start, "start")
         elif kind == "scene_update":
-            validation.scene(req.scene_update, self.settings, f"request[{index}].scene_update",
-                             self.servicer._encoders)
-            self.state.scene = req.scene_update
+            self.state.scene = self.servicer.check.scene(req.scene_update,
+                                                         f"request[{index}].scene_update")
         elif kind == "cancel":
             if self.reply_stream is not None:
                 self.reply_stream.cancel(FinishReason.CANCELLED)
@@ -442,18 +388,21 @@ class _ConverseSession:
             raise _Abort(grpc.StatusCode.UNAVAILABLE,
                          "server is shutting down; reconnect and resend the dialogue")
         # Checked (and built) before interrupting anything.
-        text, cfg, prompt, objects = await self.servicer._turn(self.state, turn, field)
+        checked = self.servicer.check.user_turn(turn, self.state, field)
+        prompt = await self.servicer._turn_prompt(self.state, checked, field)
         # Barge-in: the new turn interrupts the reply in flight.
         if self.reply_task is not None and not self.reply_task.done():
             self.reply_stream.cancel(FinishReason.INTERRUPTED)
             await self.reply_task
             # Built again: the interrupted reply has joined the history.
-            text, cfg, prompt, objects = await self.servicer._turn(self.state, turn, field)
+            prompt = await self.servicer._turn_prompt(self.state, checked, field)
         arrived = time.perf_counter()
         turn_id = self.state.take_turn_id(turn.turn_id)
         # Opened here, not in the task, so a barge-in can always reach it.
-        self.reply_stream = self.servicer._generate(prompt, cfg, self.context, arrived, objects)
-        self.reply_task = asyncio.create_task(self._reply(turn_id, text, self.reply_stream))
+        self.reply_stream = self.servicer._generate(prompt, checked.sampling, self.context,
+                                                    arrived, checked.objects)
+        self.reply_task = asyncio.create_task(self._reply(turn_id, checked.text,
+                                                          self.reply_stream))
 
     async def _reply(self, turn_id: int, user_text: str, generation: Generation) -> None:
         reply_text = ""

@@ -3,15 +3,23 @@
 Validation happens before anything is queued, so a bad request costs nothing
 and never reaches the model. `InvalidField` maps to INVALID_ARGUMENT,
 `Unsupported` to FAILED_PRECONDITION (valid, but this server can't serve it).
+
+`RequestChecker` checks a whole request in one pass and returns the checked,
+typed values the servicer works with (copies where they outlive the call); the
+functions below it check one message each.
 """
 
 from __future__ import annotations
 
 import math
 import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from arbridge.config import Settings
 from arbridge.engine.sampling import SamplingConfig
+from arbridge.sessions import DialogueState
+from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import types_pb2 as pb
 
 MAX_LABEL_CHARS = 200
@@ -178,3 +186,111 @@ def prompt_text(text: str, settings: Settings, field: str = "prompt") -> None:
         raise InvalidField(field, "must not be empty")
     if len(text) > settings.max_prompt_chars:
         raise InvalidField(field, f"{len(text)} characters; at most {settings.max_prompt_chars}")
+
+
+Features = list[tuple[str, list[float]]]  # (encoder, vector), in prompt order
+
+
+def _features(vectors) -> Features:
+    return [(fv.encoder, list(fv.values)) for fv in vectors]
+
+
+@dataclass
+class GenerateCall:
+    prompt: str
+    sampling: SamplingConfig
+
+
+@dataclass
+class DescribeCall:
+    scene: pb.SceneFeatures
+    instruction: str
+    sampling: SamplingConfig
+    features: Features
+
+
+@dataclass
+class TurnCall:
+    """One user turn, checked against the dialogue it joins."""
+
+    text: str
+    sampling: SamplingConfig
+    scene: pb.SceneFeatures | None
+    features: Features = field(default_factory=list)  # scene images, then audio
+
+    @property
+    def objects(self) -> list[pb.SceneObject]:
+        return list(self.scene.objects) if self.scene is not None else []
+
+
+class RequestChecker:
+    """One pass over each request; errors name the field (see the module doc)."""
+
+    def __init__(self, settings: Settings, encoders: dict[str, int],
+                 unsupported: Callable[[SamplingConfig], list[tuple[str, str]]]):
+        self.settings = settings
+        self.encoders = encoders  # encoder name -> projector input size
+        self.unsupported = unsupported  # what the backend cannot honour
+
+    def sampling(self, params: pb.SamplingParams, field: str) -> SamplingConfig:
+        cfg = sampling_config(params, self.settings, field)
+        for name, why in self.unsupported(cfg):
+            raise Unsupported(f"{field}.{name}", why)
+        return cfg
+
+    def scene(self, s: pb.SceneFeatures, field: str) -> pb.SceneFeatures:
+        """The scene checked, as a copy (kept in sessions, not the request)."""
+        scene(s, self.settings, field, self.encoders)
+        copy = pb.SceneFeatures()
+        copy.CopyFrom(s)
+        return copy
+
+    def generate(self, request: spb.GenerateRequest) -> GenerateCall:
+        prompt_text(request.prompt, self.settings)
+        return GenerateCall(request.prompt, self.sampling(request.sampling, "sampling"))
+
+    def describe_scene(self, request: spb.DescribeSceneRequest) -> DescribeCall:
+        if not request.HasField("scene"):
+            raise InvalidField("scene", "is required")
+        s = request.scene
+        scene(s, self.settings, "scene", self.encoders)
+        if not s.objects and not s.location_hint.strip() and not s.image_features:
+            raise InvalidField("scene.objects", "needs at least one object (or a "
+                                                "location_hint, or image_features)")
+        if len(request.instruction) > MAX_TEXT_CHARS_PER_TURN:
+            raise InvalidField("instruction", "too long")
+        return DescribeCall(s, request.instruction, self.sampling(request.sampling, "sampling"),
+                            _features(s.image_features))
+
+    def dialogue_start(self, start: spb.ConverseStart, field: str) -> DialogueState:
+        """A new dialogue's state, copied out of the request."""
+        dialogue(start.history, self.settings, f"{field}.history")
+        if len(start.system_prompt) > MAX_TEXT_CHARS_PER_TURN:
+            raise InvalidField(f"{field}.system_prompt", "too long")
+        self.sampling(start.sampling, f"{field}.sampling")
+        state = DialogueState(system_prompt=start.system_prompt,
+                              history=[pb.DialogueTurn(role=t.role, text=t.text)
+                                       for t in start.history])
+        state.sampling.CopyFrom(start.sampling)
+        if start.HasField("scene"):
+            state.scene = self.scene(start.scene, f"{field}.scene")
+        return state
+
+    def user_turn(self, turn: spb.UserTurn, state: DialogueState, field: str) -> TurnCall:
+        """A turn of `state`'s dialogue: its text (or transcript), sampling (the turn's
+        own, else the dialogue's) and dense features."""
+        text = turn.text.strip()
+        if turn.HasField("audio"):
+            audio(turn.audio, self.settings, f"{field}.audio", self.encoders)
+            text = text or turn.audio.transcript.strip()
+        if not text:
+            raise InvalidField(f"{field}.text", "needs text or audio.transcript")
+        if len(text) > MAX_TEXT_CHARS_PER_TURN:
+            raise InvalidField(f"{field}.text", "too long")
+        params = turn.sampling if turn.HasField("sampling") else state.sampling
+        call = TurnCall(text, self.sampling(params, f"{field}.sampling"), state.scene)
+        if state.scene is not None:
+            call.features = _features(state.scene.image_features)
+        if turn.HasField("audio") and turn.audio.HasField("embedding"):
+            call.features += _features([turn.audio.embedding])
+        return call
