@@ -78,7 +78,7 @@ async def test_mixed_batch_equals_each_alone_and_hf_generate(tiny_model_dir, tmp
 
     async def run(engine, ids, features, prefix):
         tokens = []
-        async for out in engine.open(ids, cfg, features=features, prefix_len=prefix):
+        async for out in engine.submit(ids, cfg, features=features, prefix_len=prefix):
             tokens += [t for _, t, _ in out.tokens]
         return tokens
 

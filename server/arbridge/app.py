@@ -170,11 +170,11 @@ class ArBridgeServer:
         if s.backend == "openai":
             from arbridge.backends.openai_compat import OpenAIBackend
 
-            self.backend = await OpenAIBackend.connect(s, self.metrics)
+            self.backend = await OpenAIBackend.connect(s)
         else:
             self.backend = await self._load_local(preloaded)
         self.metrics.watch(self.backend)
-        self.servicer.attach(self.backend)
+        self.servicer.attach(self.backend, self.metrics)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("SERVING %s on %s:%d", self.backend.info.name, s.host, self.port)
 

@@ -153,7 +153,7 @@ async def engine_run(engine, prompts: list[list[int]], cfg: SamplingConfig,
     async def one(ids):
         submitted = time.perf_counter()
         times = []
-        async for out in engine.open(ids, cfg):
+        async for out in engine.submit(ids, cfg):
             times.extend(out.at for _ in out.tokens)
         _record(result, times, submitted)
 

@@ -22,17 +22,16 @@ from arbridge.backends import (
     BackendBusy,
     BackendRefused,
     BackendUnavailable,
-    Generation,
 )
 from arbridge.config import Settings
 from arbridge.engine.projector import ProjectorSet
 from arbridge.engine.requests import FinishReason
 from arbridge.engine.sampling import SamplingConfig
-from arbridge.engine.scheduler import QueueFull
 from arbridge.grounding import ground
+from arbridge.metrics import Metrics
 from arbridge.prompts import Prompt, PromptBuilder, PromptTooLong
 from arbridge.sessions import DialogueState, SessionStore
-from arbridge.streaming import Event
+from arbridge.streaming import Event, OutputProcessor, Reply
 from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import service_pb2_grpc
 from arbridge.v1 import types_pb2 as pb
@@ -68,7 +67,7 @@ def _error_status(exc: Exception) -> _Abort | None:
         return _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     if isinstance(exc, validation.Unsupported):
         return _Abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-    if isinstance(exc, (QueueFull, BackendBusy)):
+    if isinstance(exc, BackendBusy):
         retry_ms = str(int(exc.retry_after_s * 1000))
         return _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                       f"{exc}; retry after {retry_ms} ms", (("retry-after-ms", retry_ms),))
@@ -121,8 +120,9 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
     def close(self) -> None:
         self._prompt_pool.shutdown(wait=False, cancel_futures=True)
 
-    def attach(self, backend: Backend) -> None:
+    def attach(self, backend: Backend, metrics: Metrics) -> None:
         """Called once the model has loaded; until then calls get UNAVAILABLE."""
+        self._metrics = metrics
         self._prompts = PromptBuilder(backend.tokenizer, backend.info.context_length,
                                       self.settings.system_prompt)
         self._backend = backend
@@ -170,10 +170,13 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
             f"{field}.text", turn.sampling, turn.features)
 
     def _generate(self, prompt: Prompt, cfg: SamplingConfig, context, arrived: float,
-              objects=None) -> Generation:
+                  objects: list[pb.SceneObject] | None = None) -> Reply:
+        """Start generating; the reply's Completions are grounded in `objects` if given."""
+        generation = self._backend.generate(prompt, cfg, timeout_s=self._timeout(context))
+        processor = OutputProcessor(self._backend.tokenizer, prompt.ids, cfg.stop,
+                                    cfg.num_return_sequences, cfg.seed, arrived, self._metrics)
         grounder = functools.partial(ground, objects=objects) if objects is not None else None
-        return self._backend.generate(prompt, cfg, arrived=arrived,
-                                  timeout_s=self._timeout(context), ground=grounder)
+        return Reply(generation, processor, grounder)
 
     # -- RPCs -----------------------------------------------------------------
     @_rpc
@@ -404,7 +407,7 @@ class _ConverseSession:
         self.reply_task = asyncio.create_task(self._reply(turn_id, checked.text,
                                                           self.reply_stream))
 
-    async def _reply(self, turn_id: int, user_text: str, generation: Generation) -> None:
+    async def _reply(self, turn_id: int, user_text: str, generation: Reply) -> None:
         reply_text = ""
         try:
             async for event in generation:

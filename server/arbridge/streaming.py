@@ -1,31 +1,35 @@
-"""Scheduler step outputs -> TokenChunk and Completion messages.
+"""Backend outputs -> TokenChunk and Completion messages, for every backend.
 
-One `SequenceOutput` per sequence does the text work the scheduler must not:
-incremental detokenization, stop strings (which end the sequence early), and
-the Completion with usage and timings.
+One `OutputProcessor` per request does the text work neither the scheduler nor
+an upstream engine should: incremental detokenization of token ids (UTF-8
+safe, primed with the prompt), stop strings (which end a sequence early), the
+latency and token metrics, and each sequence's Completion with usage and
+timings. `Reply` ties it to a running `Generation` and adds grounding.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
-from arbridge.engine.async_engine import RequestStream
+from arbridge.backends import Generation, Outputs
 from arbridge.engine.detokenize import IncrementalDetokenizer, StopStringFilter
-from arbridge.engine.requests import FinishReason, StepOutput
+from arbridge.engine.requests import FinishReason
+from arbridge.metrics import Metrics
 from arbridge.v1 import types_pb2 as pb
 
 REASONS = {r: pb.FinishReason.Value(f"FINISH_REASON_{r.name}") for r in FinishReason}
 
 Event = pb.TokenChunk | pb.Completion
+Grounder = Callable[[str], list[pb.GroundedSpan]]
 
 
 @dataclass
-class SequenceOutput:
+class _Sequence:
     index: int
-    detokenizer: IncrementalDetokenizer
     stops: StopStringFilter
+    detokenizer: IncrementalDetokenizer | None = None  # made on the first token id
     text: list[str] = field(default_factory=list)
     pending_ids: list[int] = field(default_factory=list)
     pending_logprob: float | None = None
@@ -35,46 +39,61 @@ class SequenceOutput:
 
 
 class OutputProcessor:
-    def __init__(self, tokenizer, stream: RequestStream, arrived: float, prompt_tokens: int,
-                 ground: Callable[[str], list[pb.GroundedSpan]] | None = None):
-        cfg = stream.handle.sampling
-        self._stream = stream
+    def __init__(self, tokenizer, prompt_ids: list[int], stop: tuple[str, ...], n: int,
+                 seed: int, arrived: float, metrics: Metrics):
+        self._tokenizer = tokenizer
+        self._prompt_ids = prompt_ids
         self._arrived = arrived
-        self._prompt_tokens = prompt_tokens
-        self._seed = cfg.seed
-        self._ground = ground
-        prompt_ids = stream.handle.prompt_ids
-        self._seqs = [SequenceOutput(i, IncrementalDetokenizer(tokenizer, prompt_ids),
-                                     StopStringFilter(cfg.stop))
-                      for i in range(cfg.num_return_sequences)]
+        self._seed = seed
+        self._metrics = metrics
+        self._last_output_at: float | None = None
+        self._seqs = [_Sequence(i, StopStringFilter(stop)) for i in range(n)]
 
-    def process(self, out: StepOutput) -> Iterator[Event]:
-        for index, token, logprob in out.tokens:
-            seq = self._seqs[index]
+    def process(self, out: Outputs, generation: Generation) -> Iterator[Event]:
+        m = self._metrics
+        if out.deltas:  # latencies per step (local) or upstream chunk, as the bridge sees them
+            if self._last_output_at is None:
+                m.ttft.observe(out.at - self._arrived)
+            else:
+                m.itl.observe(out.at - self._last_output_at)
+            self._last_output_at = out.at
+        for delta in out.deltas:
+            seq = self._seqs[delta.index]
             if seq.done:
                 continue
             seq.tokens += 1
             if seq.first_token_at is None:
                 seq.first_token_at = out.at
-            seq.pending_ids.append(token)
-            if logprob is not None:
-                seq.pending_logprob = (seq.pending_logprob or 0.0) + logprob
-            shown = seq.stops.push(seq.detokenizer.step(token))
+            if delta.token_id is not None:
+                seq.pending_ids.append(delta.token_id)
+                text = self._detokenizer(seq).step(delta.token_id)
+            else:
+                text = delta.text or ""
+            if delta.logprob is not None:
+                seq.pending_logprob = (seq.pending_logprob or 0.0) + delta.logprob
+            shown = seq.stops.push(text)
             if shown:
                 yield self._chunk(seq, shown)
             if seq.stops.matched is not None:
-                self._stream.finish_sequence(index)
-                yield self._complete(seq, FinishReason.STOP_SEQUENCE)
-        for fin in out.finished:
-            seq = self._seqs[fin.sequence_index]
+                generation.stop_sequence(seq.index)
+                yield self._complete(seq, FinishReason.STOP_SEQUENCE, generation.started)
+        for end in out.ends:
+            seq = self._seqs[end.index]
             if seq.done:
                 continue
-            rest = seq.stops.push(seq.detokenizer.flush()) + seq.stops.flush()
+            held = seq.detokenizer.flush() if seq.detokenizer is not None else ""
+            rest = seq.stops.push(held) + seq.stops.flush()
             if rest:
                 yield self._chunk(seq, rest)
-            yield self._complete(seq, fin.reason, fin.error)
+            yield self._complete(seq, end.reason, generation.started, end.error,
+                                 end.completion_tokens)
 
-    def _chunk(self, seq: SequenceOutput, text: str) -> pb.TokenChunk:
+    def _detokenizer(self, seq: _Sequence) -> IncrementalDetokenizer:
+        if seq.detokenizer is None:
+            seq.detokenizer = IncrementalDetokenizer(self._tokenizer, self._prompt_ids)
+        return seq.detokenizer
+
+    def _chunk(self, seq: _Sequence, text: str) -> pb.TokenChunk:
         seq.text.append(text)
         chunk = pb.TokenChunk(sequence_index=seq.index, text=text, token_ids=seq.pending_ids)
         if seq.pending_logprob is not None:
@@ -82,33 +101,42 @@ class OutputProcessor:
         seq.pending_ids, seq.pending_logprob = [], None
         return chunk
 
-    def _complete(self, seq: SequenceOutput, reason: FinishReason,
-                  error: str = "") -> pb.Completion:
+    def _complete(self, seq: _Sequence, reason: FinishReason, started: float | None,
+                  error: str = "", completion_tokens: int | None = None) -> pb.Completion:
         seq.done = True
-        return build_completion(
-            seq.index, reason, "".join(seq.text), prompt_tokens=self._prompt_tokens,
-            completion_tokens=seq.tokens, seed=self._seed, arrived=self._arrived,
-            started=self._stream.handle.started, first_token_at=seq.first_token_at,
-            error=error, ground=self._ground)
+        tokens = seq.tokens if completion_tokens is None else completion_tokens
+        self._metrics.tokens.inc(tokens)
+        self._metrics.completions.labels(f"FINISH_REASON_{reason.name}").inc()
+        now = time.perf_counter()
+        first = seq.first_token_at or now
+        return pb.Completion(
+            sequence_index=seq.index,
+            finish_reason=REASONS[reason],
+            usage=pb.Usage(prompt_tokens=len(self._prompt_ids), completion_tokens=tokens),
+            seed=self._seed,
+            timings=pb.Timings(queue_ms=((started or now) - self._arrived) * 1e3,
+                               time_to_first_token_ms=(first - self._arrived) * 1e3,
+                               total_ms=(now - self._arrived) * 1e3),
+            text="".join(seq.text),
+            error_message=error)
 
 
-def build_completion(index: int, reason: FinishReason, text: str, *, prompt_tokens: int,
-                     completion_tokens: int, seed: int, arrived: float, started: float | None,
-                     first_token_at: float | None, error: str = "",
-                     ground: Callable[[str], list[pb.GroundedSpan]] | None = None
-                     ) -> pb.Completion:
-    """The final message of one sequence, whichever backend generated it."""
-    now = time.perf_counter()
-    return pb.Completion(
-        sequence_index=index,
-        finish_reason=REASONS[reason],
-        usage=pb.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens),
-        seed=seed,
-        timings=pb.Timings(
-            queue_ms=((started or now) - arrived) * 1e3,
-            time_to_first_token_ms=((first_token_at or now) - arrived) * 1e3,
-            total_ms=(now - arrived) * 1e3),
-        text=text,
-        error_message=error,
-        grounding=ground(text) if ground else [],
-    )
+class Reply:
+    """A running generation as the messages a client receives; grounding (which scene
+    objects the text mentions) is added to each Completion when `ground` is given."""
+
+    def __init__(self, generation: Generation, processor: OutputProcessor,
+                 ground: Grounder | None = None):
+        self._generation = generation
+        self._processor = processor
+        self._ground = ground
+
+    def cancel(self, reason: FinishReason = FinishReason.CANCELLED) -> None:
+        self._generation.cancel(reason)
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        async for out in self._generation:
+            for event in self._processor.process(out, self._generation):
+                if isinstance(event, pb.Completion) and self._ground is not None:
+                    event.grounding.extend(self._ground(event.text))
+                yield event

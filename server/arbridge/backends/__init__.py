@@ -1,14 +1,19 @@
 """What generates the text: the local engine, or an upstream engine over HTTP.
 
 The servicer builds the prompt and validates; a backend turns a prompt into a
-`Generation`: an async iterator of TokenChunk / Completion messages that can
-be cancelled (barge-in, client gone) at any time. Backends raise the errors
-below; the servicer maps them to gRPC statuses.
+`Generation`: an async iterator of backend-neutral `Outputs` (new token ids or
+text per sequence, and sequence ends) that can be cancelled (barge-in, client
+gone) at any time. Text work (detokenizing, stop strings), metrics and the
+protobuf messages are the servicer's (`streaming.OutputProcessor`), the same
+for every backend. Backends raise the errors below; the servicer maps them to
+gRPC statuses.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from arbridge.engine.loader import ModelInfo
@@ -16,10 +21,6 @@ from arbridge.engine.projector import ProjectorSet
 from arbridge.engine.requests import FinishReason
 from arbridge.engine.sampling import SamplingConfig
 from arbridge.prompts import Prompt
-from arbridge.streaming import Event
-from arbridge.v1 import types_pb2 as pb
-
-Grounder = Callable[[str], list[pb.GroundedSpan]]
 
 
 class BackendUnavailable(RuntimeError):
@@ -27,7 +28,8 @@ class BackendUnavailable(RuntimeError):
 
 
 class BackendBusy(RuntimeError):
-    """The upstream engine is overloaded (RESOURCE_EXHAUSTED with a retry hint)."""
+    """The backend is full: the local queue or an overloaded upstream
+    (RESOURCE_EXHAUSTED with a retry hint)."""
 
     def __init__(self, message: str, retry_after_s: float):
         super().__init__(message)
@@ -38,10 +40,43 @@ class BackendRefused(RuntimeError):
     """The upstream engine refused the request as configured (FAILED_PRECONDITION)."""
 
 
+@dataclass
+class Delta:
+    """New output of one sequence: a token id (local engine) or text (upstream)."""
+
+    index: int
+    token_id: int | None = None
+    text: str | None = None
+    logprob: float | None = None
+
+
+@dataclass
+class SequenceEnd:
+    index: int
+    reason: FinishReason
+    error: str = ""
+    # Set when the backend knows the count better than one per delta (upstream usage).
+    completion_tokens: int | None = None
+
+
+@dataclass
+class Outputs:
+    """What one step (local) or one upstream chunk produced for a request."""
+
+    deltas: list[Delta] = field(default_factory=list)
+    ends: list[SequenceEnd] = field(default_factory=list)
+    at: float = field(default_factory=time.perf_counter)
+
+
 class Generation(Protocol):
+    started: float | None  # when generating began (after any queueing)
+
     def cancel(self, reason: FinishReason = FinishReason.CANCELLED) -> None: ...
 
-    def __aiter__(self) -> AsyncIterator[Event]: ...
+    def stop_sequence(self, index: int) -> None:
+        """The output processor ended this sequence (a stop string matched)."""
+
+    def __aiter__(self) -> AsyncIterator[Outputs]: ...
 
 
 class Backend(Protocol):
@@ -52,9 +87,9 @@ class Backend(Protocol):
     def unsupported(self, cfg: SamplingConfig) -> list[tuple[str, str]]:
         """(sampling field, why) for each parameter this backend cannot honour."""
 
-    def generate(self, prompt: Prompt, cfg: SamplingConfig, *, arrived: float,
-             timeout_s: float | None, ground: Grounder | None) -> Generation:
-        """Start generating (raises QueueFull / BackendBusy when full)."""
+    def generate(self, prompt: Prompt, cfg: SamplingConfig, *,
+                 timeout_s: float | None) -> Generation:
+        """Start generating (raises BackendBusy when full)."""
 
     @property
     def load(self) -> tuple[int, int]:

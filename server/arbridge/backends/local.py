@@ -1,22 +1,20 @@
-"""The local engine as a backend: scheduler token ids -> messages."""
+"""The local engine as a backend: scheduler step outputs -> neutral `Outputs`."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
 
-from arbridge.backends import Grounder
+from arbridge.backends import BackendBusy, Delta, Outputs, SequenceEnd
 from arbridge.engine.async_engine import AsyncEngine, RequestStream
 from arbridge.engine.loader import ModelInfo
 from arbridge.engine.projector import ProjectorSet
 from arbridge.engine.requests import FinishReason
 from arbridge.engine.sampling import SamplingConfig
-from arbridge.engine.scheduler import Scheduler
+from arbridge.engine.scheduler import QueueFull, Scheduler
 from arbridge.logs import REQUEST_ID
 from arbridge.metrics import Metrics
 from arbridge.prompts import Prompt
-from arbridge.streaming import Event, OutputProcessor
-from arbridge.v1 import types_pb2 as pb
 
 
 class LocalBackend:
@@ -27,19 +25,20 @@ class LocalBackend:
         self.engine = AsyncEngine(scheduler)
         self.tokenizer = tokenizer
         self.info = info
-        self.metrics = metrics
         scheduler.on_decode_step = metrics.batch_size.observe
 
     def unsupported(self, cfg: SamplingConfig) -> list[tuple[str, str]]:
         return []
 
-    def generate(self, prompt: Prompt, cfg: SamplingConfig, *, arrived: float,
-             timeout_s: float | None, ground: Grounder | None) -> LocalGeneration:
-        stream = self.engine.open(prompt.ids, cfg, timeout_s=timeout_s,
-                                  features=prompt.features, prefix_len=prompt.prefix_len,
-                                  request_id=REQUEST_ID.get())
-        processor = OutputProcessor(self.tokenizer, stream, arrived, len(prompt.ids), ground)
-        return LocalGeneration(stream, processor, arrived, self.metrics)
+    def generate(self, prompt: Prompt, cfg: SamplingConfig, *,
+                 timeout_s: float | None) -> LocalGeneration:
+        try:
+            stream = self.engine.submit(prompt.ids, cfg, timeout_s=timeout_s,
+                                        features=prompt.features, prefix_len=prompt.prefix_len,
+                                        request_id=REQUEST_ID.get())
+        except QueueFull as exc:
+            raise BackendBusy(str(exc), exc.retry_after_s) from exc
+        return LocalGeneration(stream)
 
     @property
     def load(self) -> tuple[int, int]:
@@ -50,28 +49,22 @@ class LocalBackend:
 
 
 class LocalGeneration:
-    def __init__(self, stream: RequestStream, processor: OutputProcessor, arrived: float,
-                 metrics: Metrics):
+    def __init__(self, stream: RequestStream):
         self._stream = stream
-        self._processor = processor
-        self._arrived = arrived
-        self._metrics = metrics
+
+    @property
+    def started(self) -> float | None:
+        return self._stream.handle.started
 
     def cancel(self, reason: FinishReason = FinishReason.CANCELLED) -> None:
         self._stream.cancel(reason)
 
-    async def __aiter__(self) -> AsyncIterator[Event]:
-        m = self._metrics
-        last_step_at = None
+    def stop_sequence(self, index: int) -> None:
+        self._stream.finish_sequence(index)
+
+    async def __aiter__(self) -> AsyncIterator[Outputs]:
         async for step in self._stream:
-            if step.tokens:  # latencies per decode step, as the engine sees them
-                m.tokens.inc(len(step.tokens))
-                if last_step_at is None:
-                    m.ttft.observe(step.at - self._arrived)
-                else:
-                    m.itl.observe(step.at - last_step_at)
-                last_step_at = step.at
-            for event in self._processor.process(step):
-                if isinstance(event, pb.Completion):
-                    m.completions.labels(pb.FinishReason.Name(event.finish_reason)).inc()
-                yield event
+            yield Outputs([Delta(index, token_id=token, logprob=logprob)
+                           for index, token, logprob in step.tokens],
+                          [SequenceEnd(f.sequence_index, f.reason, f.error)
+                           for f in step.finished], step.at)

@@ -16,21 +16,24 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import openai
 
-from arbridge.backends import BackendBusy, BackendRefused, BackendUnavailable, Grounder
+from arbridge.backends import (
+    BackendBusy,
+    BackendRefused,
+    BackendUnavailable,
+    Delta,
+    Outputs,
+    SequenceEnd,
+)
 from arbridge.config import Settings
-from arbridge.engine.detokenize import StopStringFilter
 from arbridge.engine.loader import ModelInfo
 from arbridge.engine.requests import FinishReason
 from arbridge.engine.sampling import SamplingConfig
-from arbridge.metrics import Metrics
 from arbridge.prompts import Prompt
-from arbridge.streaming import Event, build_completion
-from arbridge.v1 import types_pb2 as pb
 
 try:  # the HTTP library openai is built on (httpx2 in openai >= 3)
     import httpx2 as httpx
@@ -85,13 +88,12 @@ def _read_model_files(path: str, context_length: int | None):
 
 class OpenAIBackend:
     def __init__(self, client: openai.AsyncOpenAI, settings: Settings, tokenizer,
-                 info: ModelInfo, metrics: Metrics):
+                 info: ModelInfo):
         self.client = client
         self.settings = settings
         self.model = settings.backend_model
         self.tokenizer = tokenizer
         self.info = info
-        self.metrics = metrics
         self.projectors = None  # text only: dense features are refused upstream
         self.active = 0
 
@@ -109,7 +111,7 @@ class OpenAIBackend:
                 "--tokenizer DIR (or --model DIR; its weights are not loaded)")
 
     @classmethod
-    async def connect(cls, settings: Settings, metrics: Metrics) -> OpenAIBackend:
+    async def connect(cls, settings: Settings) -> OpenAIBackend:
         cls.check_settings(settings)
         source = settings.tokenizer or settings.model
         tokenizer, config, context = await asyncio.to_thread(
@@ -128,7 +130,7 @@ class OpenAIBackend:
             dtype="upstream", device=settings.backend_url,
             has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
             features=["upstream"] + (["chat_template"] if tokenizer.chat_template else []))
-        backend = cls(client, settings, tokenizer, info, metrics)
+        backend = cls(client, settings, tokenizer, info)
         try:
             models = await client.models.list()
             served = [m.id for m in models.data]
@@ -157,9 +159,9 @@ class OpenAIBackend:
                 out.append(("num_return_sequences", hint))
         return out
 
-    def generate(self, prompt: Prompt, cfg: SamplingConfig, *, arrived: float,
-             timeout_s: float | None, ground: Grounder | None) -> OpenAIGeneration:
-        return OpenAIGeneration(self, prompt, cfg, arrived, timeout_s, ground)
+    def generate(self, prompt: Prompt, cfg: SamplingConfig, *,
+                 timeout_s: float | None) -> OpenAIGeneration:
+        return OpenAIGeneration(self, prompt, cfg, timeout_s)
 
     def request_body(self, prompt: Prompt, cfg: SamplingConfig) -> dict:
         body = dict(model=self.model, prompt=prompt.text, max_tokens=cfg.max_new_tokens,
@@ -197,34 +199,30 @@ async def _next(iterator):
 
 @dataclass
 class _Sequence:
-    stops: StopStringFilter
-    text: list[str] = field(default_factory=list)
     chunks: int = 0
-    first_at: float | None = None
-    last_at: float | None = None
     finish: FinishReason | None = None
-    done: bool = False
+    done: bool = False  # ended: a finish reason arrived and was reported, or stopped
 
 
 class OpenAIGeneration:
     def __init__(self, backend: OpenAIBackend, prompt: Prompt, cfg: SamplingConfig,
-                 arrived: float, timeout_s: float | None, ground: Grounder | None):
+                 timeout_s: float | None):
         self._backend = backend
         self._prompt = prompt
         self._cfg = cfg
-        self._arrived = arrived
         self._deadline = time.perf_counter() + timeout_s if timeout_s is not None else None
-        self._ground = ground
         # Resolved with the reason by cancel(); awaited beside each upstream read.
         self._stop: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._seqs = [_Sequence(StopStringFilter(cfg.stop))
-                      for _ in range(cfg.num_return_sequences)]
-        self._started: float | None = None
+        self._seqs = [_Sequence() for _ in range(cfg.num_return_sequences)]
+        self.started: float | None = None
         self._usage_tokens: int | None = None
 
     def cancel(self, reason: FinishReason = FinishReason.CANCELLED) -> None:
         if not self._stop.done():
             self._stop.set_result(reason)
+
+    def stop_sequence(self, index: int) -> None:
+        self._seqs[index].done = True
 
     async def _until(self, awaitable):
         """Await the upstream, unless cancelled or the deadline comes first (_Stopped)."""
@@ -244,7 +242,7 @@ class OpenAIGeneration:
                 with contextlib.suppress(BaseException):
                     await task
 
-    async def __aiter__(self) -> AsyncIterator[Event]:
+    async def __aiter__(self) -> AsyncIterator[Outputs]:
         backend = self._backend
         backend.active += 1
         stream = None
@@ -253,7 +251,7 @@ class OpenAIGeneration:
             try:
                 stream = await self._until(backend.client.completions.create(
                     **backend.request_body(self._prompt, self._cfg)))
-                self._started = time.perf_counter()
+                self.started = time.perf_counter()
                 chunks = stream.__aiter__()
                 # Read to the end even after every finish_reason: the usage
                 # chunk may come last (vLLM). Stop strings end it early.
@@ -261,8 +259,9 @@ class OpenAIGeneration:
                     chunk = await self._until(_next(chunks))
                     if chunk is _END:
                         break
-                    for event in self._chunk(chunk):
-                        yield event
+                    out = self._outputs(chunk)
+                    if out.deltas:
+                        yield out
             except _Stopped as stop:
                 stopped = stop.reason
             except openai.APITimeoutError:
@@ -272,18 +271,15 @@ class OpenAIGeneration:
                 if mapped is exc:
                     raise
                 raise mapped from exc
-            for event in self._finish_all(stopped):
-                yield event
+            yield self._ends(stopped)
         finally:
             backend.active -= 1
             if stream is not None:  # closes the HTTP response: the upstream stops too
                 with contextlib.suppress(Exception):
                     await stream.close()
 
-    def _chunk(self, chunk) -> list[Event]:
-        events: list[Event] = []
-        now = time.perf_counter()
-        m = self._backend.metrics
+    def _outputs(self, chunk) -> Outputs:
+        out = Outputs()
         if getattr(chunk, "usage", None) is not None:
             self._usage_tokens = chunk.usage.completion_tokens
         for choice in chunk.choices or ():
@@ -294,51 +290,24 @@ class OpenAIGeneration:
                 continue
             if choice.text:
                 seq.chunks += 1
-                if seq.first_at is None:
-                    seq.first_at = now
-                    m.ttft.observe(now - self._arrived)
-                else:
-                    m.itl.observe(now - seq.last_at)
-                seq.last_at = now
-                shown = seq.stops.push(choice.text)
-                if shown:
-                    events.append(self._text(choice.index, shown))
-                if seq.stops.matched is not None:
-                    events.append(self._complete(choice.index, FinishReason.STOP_SEQUENCE))
-                    continue
+                out.deltas.append(Delta(choice.index, text=choice.text))
             if choice.finish_reason:
                 seq.finish = _FINISH.get(choice.finish_reason, FinishReason.EOS)
-        return events
+        return out
 
-    def _finish_all(self, stopped: FinishReason | None) -> list[Event]:
-        events: list[Event] = []
+    def _ends(self, stopped: FinishReason | None) -> Outputs:
+        """Every sequence not stopped by the processor ends: with the upstream's finish
+        reason, else why reading stopped."""
+        out = Outputs()
         for index, seq in enumerate(self._seqs):
             if seq.done:
                 continue
             reason = seq.finish or stopped
             if reason is None:
                 raise BackendUnavailable("the upstream ended the stream before finishing")
-            rest = seq.stops.flush()
-            if rest:
-                events.append(self._text(index, rest))
-            events.append(self._complete(index, reason))
-        return events
-
-    def _text(self, index: int, text: str) -> pb.TokenChunk:
-        self._seqs[index].text.append(text)
-        return pb.TokenChunk(sequence_index=index, text=text)
-
-    def _complete(self, index: int, reason: FinishReason) -> pb.Completion:
-        seq = self._seqs[index]
-        seq.done = True
-        tokens = seq.chunks
-        if self._usage_tokens is not None and len(self._seqs) == 1 and \
-                reason in (FinishReason.LENGTH, FinishReason.EOS):
-            tokens = self._usage_tokens
-        m = self._backend.metrics
-        m.tokens.inc(tokens)
-        m.completions.labels(f"FINISH_REASON_{reason.name}").inc()
-        return build_completion(
-            index, reason, "".join(seq.text), prompt_tokens=len(self._prompt.ids),
-            completion_tokens=tokens, seed=self._cfg.seed, arrived=self._arrived,
-            started=self._started, first_token_at=seq.first_at, ground=self._ground)
+            tokens = seq.chunks
+            if self._usage_tokens is not None and len(self._seqs) == 1 and \
+                    reason in (FinishReason.LENGTH, FinishReason.EOS):
+                tokens = self._usage_tokens
+            out.ends.append(SequenceEnd(index, reason, completion_tokens=tokens))
+        return out

@@ -19,7 +19,7 @@ class AsyncEngine:
     def __init__(self, scheduler: Scheduler):
         self.scheduler = scheduler
 
-    def open(self, prompt_ids: list[int], sampling: SamplingConfig,
+    def submit(self, prompt_ids: list[int], sampling: SamplingConfig,
              timeout_s: float | None = None,
              features: list[tuple[str, list[float]]] | None = None,
              prefix_len: int = 0, request_id: str | None = None) -> RequestStream:
