@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from arbridge.engine.loader import load_model
 from arbridge.engine.sampling import SamplingConfig
 from arbridge.engine.scheduler import Scheduler
 
+from conftest import wait_for, wait_idle
 from tiny_model import build_tiny_llama, slow_down
 
 PROMPTS = [
@@ -61,7 +63,7 @@ class Engine:
     async def run(self, prompt: str, cfg: SamplingConfig) -> dict[int, list[int]]:
         ids = self.tokenizer(prompt).input_ids
         tokens: dict[int, list[int]] = {i: [] for i in range(cfg.num_return_sequences)}
-        async for out in self.engine.open(ids, cfg):
+        async for out in self.engine.submit(ids, cfg):
             self.batch_sizes.append(self.scheduler.last_batch_size)
             for index, token, _ in out.tokens:
                 tokens[index].append(token)
@@ -114,20 +116,39 @@ async def test_long_prompt_prefilled_in_chunks_gives_the_same_text(loaded):
 
 async def test_streams_join_and_leave_mid_flight(loaded):
     """A request arriving while others decode starts at once and changes nothing."""
-    with Engine(loaded, max_active=4) as eng:
-        long = asyncio.ensure_future(eng.run(PROMPTS[1], SamplingConfig(max_new_tokens=40)))
-        await asyncio.sleep(0.05)
-        short = await eng.run(PROMPTS[2], SamplingConfig(max_new_tokens=5))
-        late = await eng.run(PROMPTS[3], SamplingConfig(max_new_tokens=10))
-        long_tokens = await long
-        for _ in range(100):  # the last request leaves at the scheduler's next turn
-            if eng.scheduler.load == (0, 0):
-                break
-            await asyncio.sleep(0.01)
-        assert eng.scheduler.load == (0, 0)
+    undo = slow_down(loaded.model, 0.01)  # the long stream decodes for >= 0.4 s
+    try:
+        with Engine(loaded, max_active=4) as eng:
+            long_times: list[float] = []  # when each of its tokens arrived
+
+            async def run_long() -> list[int]:
+                tokens = []
+                ids = loaded.tokenizer(PROMPTS[1]).input_ids
+                async for out in eng.engine.submit(ids, SamplingConfig(max_new_tokens=40)):
+                    for _, token, _ in out.tokens:
+                        long_times.append(time.perf_counter())
+                        tokens.append(token)
+                return tokens
+
+            long = asyncio.ensure_future(run_long())
+            await wait_for(lambda: long_times, 10, "the long stream's first token")
+            joined = time.perf_counter()
+            short = await eng.run(PROMPTS[2], SamplingConfig(max_new_tokens=5))
+            late = await eng.run(PROMPTS[3], SamplingConfig(max_new_tokens=10))
+            left = time.perf_counter()
+            long_tokens = await long
+            await wait_idle(eng.scheduler)  # the last request leaves at the next turn
+    finally:
+        undo()
+    # The long stream was decoding before the others joined and went on after they
+    # left, and meanwhile they shared its forward passes.
+    before = sum(t < joined for t in long_times)
+    after = sum(t > left for t in long_times)
+    assert before >= 1 and after >= 5, (before, after, len(long_times))
+    assert max(eng.batch_sizes) >= 2, eng.batch_sizes
     assert short[0] == reference_greedy(loaded, PROMPTS[2], 5)
     assert late[0] == reference_greedy(loaded, PROMPTS[3], 10)
-    assert long_tokens[0] == reference_greedy(loaded, PROMPTS[1], 40)
+    assert long_tokens == reference_greedy(loaded, PROMPTS[1], 40)
 
 
 async def test_a_failing_step_ends_requests_with_error_and_the_engine_recovers(loaded):
@@ -150,7 +171,7 @@ async def test_a_failing_step_ends_requests_with_error_and_the_engine_recovers(l
         with Engine(loaded) as eng:
             ids = loaded.tokenizer(PROMPTS[0]).input_ids
             reasons = []
-            async for out in eng.engine.open(ids, SamplingConfig(max_new_tokens=10)):
+            async for out in eng.engine.submit(ids, SamplingConfig(max_new_tokens=10)):
                 reasons += [(f.reason, f.error) for f in out.finished]
             assert reasons == [(FinishReason.ERROR, "RuntimeError: simulated device failure")]
             after = await eng.run(PROMPTS[2], SamplingConfig(max_new_tokens=5))

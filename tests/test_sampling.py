@@ -2,12 +2,16 @@ from __future__ import annotations
 
 import torch
 
+from arbridge.engine.requests import FinishReason
 from arbridge.engine.sampling import (
+    SamplingBatch,
     SamplingConfig,
     apply_repetition_penalty,
     logits_to_probs,
     sample,
+    sample_batch,
 )
+from arbridge.engine.stopping import stop_reason
 
 
 def _no_seen(batch=1, vocab=6):
@@ -65,3 +69,49 @@ def test_logprobs_are_of_the_raw_distribution():
                       _no_seen(1, 3), None)
     assert ids.tolist() == [2]
     assert torch.isclose(lps[0], logits.log_softmax(-1)[0, 2])
+
+
+def test_one_batched_call_equals_each_request_alone():
+    # Rows of requests with different parameters, sampled together, match each request
+    # sampled alone with the same seed: per-row parameters, per-request noise.
+    torch.manual_seed(0)
+    configs = [SamplingConfig(temperature=0.0),
+               SamplingConfig(temperature=0.7, top_k=5, seed=1),
+               SamplingConfig(temperature=1.3, top_p=0.8, repetition_penalty=1.5, seed=2),
+               SamplingConfig(temperature=1.0, top_k=50, top_p=0.5, logprobs=True, seed=3)]
+    sizes = [1, 3, 2, 2]
+    logits = torch.randn(sum(sizes), 300)
+    seen = torch.rand(sum(sizes), 300) < 0.1
+
+    def generators():
+        return [torch.Generator().manual_seed(c.seed) for c in configs]
+
+    batch = SamplingBatch([(c, g, n) for c, g, n in zip(configs, generators(), sizes,
+                                                       strict=True)])
+    ids, lps = sample_batch(logits, batch, seen)
+    alone, start = [], 0
+    for c, g, n in zip(configs, generators(), sizes, strict=True):
+        alone += sample(logits[start:start + n], c, seen[start:start + n], g)[0].tolist()
+        start += n
+    assert ids.tolist() == alone
+    assert lps is not None and torch.allclose(
+        lps, logits.log_softmax(-1).gather(-1, ids[:, None]).squeeze(-1))
+
+
+def test_sampled_tokens_follow_the_filtered_distribution():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).expand(4000, -1)
+    cfg = SamplingConfig(temperature=1.0, top_k=3, seed=0)
+    ids, _ = sample(logits, cfg, _no_seen(4000, 4), torch.Generator().manual_seed(0))
+    counts = torch.bincount(ids, minlength=4).float() / 4000
+    assert counts[3] == 0  # outside the top 3
+    expected = torch.tensor([0.5, 0.3, 0.15]) / 0.95
+    assert torch.allclose(counts[:3], expected, atol=0.03)
+
+
+def test_stop_reason():
+    cfg = SamplingConfig(max_new_tokens=3)
+    assert stop_reason(7, 1, 10, cfg, {7}, 100) is FinishReason.EOS
+    assert stop_reason(7, 1, 10, SamplingConfig(ignore_eos=True), {7}, 100) is None
+    assert stop_reason(5, 2, 10, cfg, {7}, 100) is None
+    assert stop_reason(5, 3, 10, cfg, {7}, 100) is FinishReason.LENGTH
+    assert stop_reason(5, 1, 99, cfg, {7}, 100) is FinishReason.LENGTH  # window full

@@ -33,51 +33,122 @@ class SamplingConfig:
         return self.temperature == 0.0
 
 
+class SamplingBatch:
+    """The sampling parameters of a batch of rows, grouped by request.
+
+    Rows of one request are contiguous and share its RNG; the parameters become
+    per-row tensors so one call samples every row of a decode step. What decides
+    the work (any top-k? any top-p? all greedy?) is read here, on the host, so
+    sampling itself never waits on the device.
+    """
+
+    def __init__(self, groups: list[tuple[SamplingConfig, torch.Generator | None, int]],
+                 device: torch.device | str = "cpu"):
+        self.groups = groups  # (config, generator, rows), in row order
+        per_row = [(cfg, n) for cfg, _, n in groups]
+
+        def column(get, dtype):
+            return torch.tensor([get(cfg) for cfg, n in per_row for _ in range(n)],
+                                dtype=dtype, device=device)
+
+        self.rows = sum(n for _, n in per_row)
+        self.temperature = column(lambda c: c.temperature, torch.float32)
+        self.top_k = column(lambda c: c.top_k, torch.long)
+        self.top_p = column(lambda c: c.top_p, torch.float32)
+        self.penalty = column(lambda c: c.repetition_penalty, torch.float32)
+        self.all_greedy = all(cfg.greedy for cfg, _ in per_row)
+        self.any_greedy = any(cfg.greedy for cfg, _ in per_row)
+        self.any_penalty = any(cfg.repetition_penalty != 1.0 for cfg, _ in per_row)
+        self.max_top_k = max((cfg.top_k for cfg, _ in per_row if not cfg.greedy), default=0)
+        self.any_top_p = any(cfg.top_p < 1.0 for cfg, _ in per_row if not cfg.greedy)
+        self.any_logprobs = any(cfg.logprobs for cfg, _ in per_row)
+
+
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor,
-                             penalty: float) -> torch.Tensor:
+                             penalty: float | torch.Tensor) -> torch.Tensor:
     """CTRL-style penalty: shrink the logits of tokens already in the sequence.
 
-    `seen` is a [batch, vocab] bool mask of tokens in the prompt or output.
+    `seen` is a [batch, vocab] bool mask of tokens in the prompt or output;
+    `penalty` one number or one per row.
     """
-    if penalty == 1.0:
-        return logits
-    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    if isinstance(penalty, float):
+        if penalty == 1.0:
+            return logits
+        penalty = torch.full((logits.shape[0],), penalty, device=logits.device)
+    p = penalty[:, None]
+    penalised = torch.where(logits > 0, logits / p, logits * p)
     return torch.where(seen, penalised, logits)
 
 
-def logits_to_probs(logits: torch.Tensor, temperature: float, top_k: int,
-                    top_p: float) -> torch.Tensor:
-    """Temperature, then top-k, then nucleus (top-p) filtering; returns probs."""
-    logits = logits / max(temperature, 1e-5)
-    if 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+def _filtered_probs(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """Temperature, then top-k, then nucleus (top-p) filtering, per row; returns probs."""
+    logits = logits / batch.temperature.clamp(min=1e-5)[:, None]
+    vocab = logits.shape[-1]
+    if batch.max_top_k > 0:
+        k = batch.top_k
+        on = (k > 0) & (k < vocab)
+        kmax = min(batch.max_top_k, vocab)
+        top = torch.topk(logits, kmax, dim=-1).values
+        kth = top.gather(-1, (k.clamp(1, kmax) - 1)[:, None])
+        kth = torch.where(on[:, None], kth, torch.full_like(kth, float("-inf")))
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
+    if batch.any_top_p:
+        top_p = torch.where(batch.top_p < 1.0, batch.top_p,
+                            torch.full_like(batch.top_p, float("inf")))
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        sorted_probs = sorted_logits.softmax(dim=-1)
         # Drop a token when the mass before it already reaches top_p; the most
         # likely token always stays.
-        drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
+        drop_sorted = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p[:, None]
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits.softmax(dim=-1)
 
 
-def sample(logits: torch.Tensor, cfg: SamplingConfig, seen: torch.Tensor,
-           generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Pick the next token of every row. Returns (ids [batch], logprobs or None).
+def logits_to_probs(logits: torch.Tensor, temperature: float, top_k: int,
+                    top_p: float) -> torch.Tensor:
+    """The filtered distribution of every row under one set of parameters."""
+    cfg = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
+    return _filtered_probs(logits.float(), SamplingBatch([(cfg, None, logits.shape[0])],
+                                                         logits.device))
 
-    Log-probabilities are those of the model's raw distribution, before any
+
+def sample_batch(logits: torch.Tensor, batch: SamplingBatch, seen: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Pick the next token of every row. Returns (ids [rows], logprobs [rows] or None).
+
+    Sampled rows draw with the exponential-race trick (argmax of probs / Exp(1)
+    noise, as gpt-fast does): the same distribution as torch.multinomial without
+    its device sync, and each request's noise comes from its own generator, so a
+    seeded request samples the same tokens whatever else is in the batch.
+    Log-probabilities are of the model's raw distribution, before any penalty,
     temperature or filtering, so clients can compare them across settings.
     """
     logits = logits.float()
-    processed = apply_repetition_penalty(logits, seen, cfg.repetition_penalty)
-    if cfg.greedy:
+    processed = logits
+    if batch.any_penalty and seen is not None:
+        processed = apply_repetition_penalty(logits, seen, batch.penalty)
+    if batch.all_greedy:
         next_ids = processed.argmax(dim=-1)
     else:
-        probs = logits_to_probs(processed, cfg.temperature, cfg.top_k, cfg.top_p)
-        next_ids = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        probs = _filtered_probs(processed, batch)
+        noise = torch.empty_like(probs)
+        start = 0
+        for cfg, generator, n in batch.groups:
+            if not cfg.greedy:
+                noise[start:start + n].exponential_(1.0, generator=generator)
+            start += n
+        next_ids = (probs / noise.clamp_(min=1e-20)).argmax(dim=-1)
+        if batch.any_greedy:
+            next_ids = torch.where(batch.temperature == 0.0, processed.argmax(dim=-1), next_ids)
     logprobs = None
-    if cfg.logprobs:
+    if batch.any_logprobs:
         logprobs = logits.log_softmax(dim=-1).gather(-1, next_ids[:, None]).squeeze(-1)
     return next_ids, logprobs
+
+
+def sample(logits: torch.Tensor, cfg: SamplingConfig, seen: torch.Tensor,
+           generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The rows of one request (see `sample_batch`)."""
+    return sample_batch(logits, SamplingBatch([(cfg, generator, logits.shape[0])],
+                                              logits.device), seen)

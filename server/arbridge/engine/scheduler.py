@@ -36,8 +36,10 @@ from arbridge.engine.requests import (
     SequenceFinished,
     StepOutput,
 )
+from arbridge.engine.rows import RowTable
 from arbridge.engine.runner import ModelRunner
-from arbridge.engine.sampling import sample
+from arbridge.engine.sampling import SamplingBatch, sample_batch
+from arbridge.engine.stopping import stop_reason
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,7 @@ class _Request:
     prefilled: int = 0  # prompt tokens already in the staging cache
     generated: int = 0  # tokens generated per sequence so far
     done: list[bool] = field(default_factory=list)
-    rows: dict[int, int] = field(default_factory=dict)  # sequence index -> decode row
+    slots: dict[int, _Slot] = field(default_factory=dict)  # sequence index -> decode slot
     prefix: torch.Tensor | None = None  # [prefix_len, hidden] soft-prompt embeddings
 
     @property
@@ -73,6 +75,15 @@ class _Request:
     @property
     def prompt_len(self) -> int:
         return len(self.handle.prompt_ids)
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One decode row's sequence: which request and sequence, and its last token."""
+
+    req: _Request
+    index: int
+    last_id: int = 0
 
 
 class Scheduler:
@@ -90,11 +101,10 @@ class Scheduler:
         self.prefill_chunk_tokens = prefill_chunk_tokens
         self.projectors = projectors  # ProjectorSet, for requests with dense features
         self.eos_ids = self._eos_ids(model, tokenizer)
-        self._decode = self.runner.new_cache(slots=max(4, max_active))
-        self._staging = self.runner.new_cache(slots=max(4, max_active))
-        self._row_owner: list[tuple[_Request, int]] = []  # decode row -> (request, seq)
-        self._last_ids: list[int] = []  # decode row -> last sampled token
-        self._prefilling: list[_Request] = []  # staging row i = self._prefilling[i]
+        # Prompts being read live in staging rows, one per request; decoding sequences
+        # in decode rows, one per returned sequence.
+        self._prefilling: RowTable[_Request] = RowTable(self._new_cache())
+        self._decoding: RowTable[_Slot] = RowTable(self._new_cache())
         self._to_load: list[_Request] = []  # admitted, cached prompt prefix not yet loaded
         self._active: list[_Request] = []
         self._waiting: collections.deque[RequestHandle] = collections.deque()
@@ -185,7 +195,7 @@ class Scheduler:
         allocated (and their memory touched) at full size and the kernels set
         up now, not while the first burst of requests waits for its first
         tokens (measured: 0.5 s on the first 32-request burst, fp32 CPU)."""
-        for cache in (self._staging, self._decode):
+        for cache in (self._prefilling.cache, self._decoding.cache):
             try:
                 row = cache.add_row(0)
                 self.runner.forward(cache, row, torch.zeros(1, 1, dtype=torch.long,
@@ -222,7 +232,7 @@ class Scheduler:
                 self._retire_leaving()
                 if self._prefilling:
                     self._prefill_turn()
-                if self._row_owner:
+                if self._decoding:
                     self._decode_turn()
             except Exception as exc:  # a failing batch must not kill the scheduler
                 log.exception("model step failed; ending the %d request(s) in flight: %s",
@@ -247,12 +257,12 @@ class Scheduler:
             if open_seqs:
                 req.handle.sink(StepOutput(finished=open_seqs))
         self._active.clear()
-        self._prefilling.clear()
         self._to_load.clear()
-        self._row_owner.clear()
-        self._last_ids.clear()
-        self._decode = self.runner.new_cache(slots=max(4, self.max_active))
-        self._staging = self.runner.new_cache(slots=max(4, self.max_active))
+        self._prefilling = RowTable(self._new_cache())
+        self._decoding = RowTable(self._new_cache())
+
+    def _new_cache(self):
+        return self.runner.new_cache(slots=max(4, self.max_active))
 
     def _drop_cancelled_waiting(self) -> None:
         """A request cancelled while queued, or whose deadline comes before it could
@@ -285,8 +295,7 @@ class Scheduler:
         _log(handle, logging.DEBUG, "admitted: %d prompt tokens, %d sequence(s), %d active",
              len(handle.prompt_ids), n, len(self._active) + 1)
         self._active.append(req)
-        self._prefilling.append(req)
-        self._staging.add_row(0)
+        self._prefilling.add(req, 0)
         if self.prefix_cache is not None and not handle.features:
             self._to_load.append(req)  # in the turn, where device errors are handled
 
@@ -294,9 +303,10 @@ class Scheduler:
         """Start newly admitted prompts from the longest prefix the cache holds."""
         for req in self._to_load:
             if req in self._prefilling:
-                row = self._prefilling.index(req)
-                req.prefilled = self.prefix_cache.load(req.handle.prompt_ids, self._staging, row)
-                self._staging.lengths[row] = req.prefilled
+                row = self._prefilling.row_of(req)
+                staging = self._prefilling.cache
+                req.prefilled = self.prefix_cache.load(req.handle.prompt_ids, staging, row)
+                staging.lengths[row] = req.prefilled
                 _log(req.handle, logging.DEBUG, "prefix cache: %d of %d prompt tokens",
                      req.prefilled, req.prompt_len)
         self._to_load.clear()
@@ -311,7 +321,7 @@ class Scheduler:
             for index in handle.stopped_snapshot():
                 if not req.done[index]:
                     req.done[index] = True  # the servicer already sent its completion
-                    self._drop_row(req, index)
+                    self._drop_slot(req, index)
             if all(req.done):
                 self._finish(req, FinishReason.CANCELLED)
             elif handle.cancel_reason is not None:
@@ -325,14 +335,10 @@ class Scheduler:
         """End every open sequence of a request and free all it holds."""
         finished = [SequenceFinished(i, reason, error) for i, d in enumerate(req.done) if not d]
         req.done = [True] * req.n
-        for index in list(req.rows):
-            self._drop_row(req, index)
+        for index in list(req.slots):
+            self._drop_slot(req, index)
         if req in self._prefilling:
-            row = self._prefilling.index(req)
-            self._staging.remove_row(row)
-            self._prefilling.pop(row)
-            if row < len(self._prefilling):  # the last staging row moved into `row`
-                self._prefilling.insert(row, self._prefilling.pop())
+            self._prefilling.remove(self._prefilling.row_of(req))
         if req in self._active:
             self._active.remove(req)
         if finished:
@@ -340,16 +346,10 @@ class Scheduler:
                  req.generated)
             req.handle.sink(StepOutput(finished=finished))
 
-    def _drop_row(self, req: _Request, index: int) -> None:
-        row = req.rows.pop(index, None)
-        if row is None:
-            return
-        moved = self._decode.remove_row(row)
-        last_owner, last_id = self._row_owner.pop(), self._last_ids.pop()
-        if moved is not None:  # the last row now lives at `row`
-            self._row_owner[row], self._last_ids[row] = last_owner, last_id
-            owner, seq = last_owner
-            owner.rows[seq] = row
+    def _drop_slot(self, req: _Request, index: int) -> None:
+        slot = req.slots.pop(index, None)
+        if slot is not None:
+            self._decoding.remove(self._decoding.row_of(slot))
 
     # -- prefill ------------------------------------------------------------------------
     def _prefill_turn(self) -> None:
@@ -374,12 +374,13 @@ class Scheduler:
                       if req.prefilled + len(c) == req.prompt_len]
         keep = sorted({len(chunks[i]) - 1 for i in completing}) or [q_len - 1]
         embeds = self._prefix_embeddings(batch, ids, starts)
-        logits = self.runner.forward(self._staging, 0, ids, starts,
+        staging = self._prefilling.cache
+        logits = self.runner.forward(staging, 0, ids, starts,
                                      keep=torch.tensor(keep, device=self.device),
                                      inputs_embeds=embeds)
         for req, chunk in zip(batch, chunks, strict=True):
             req.prefilled += len(chunk)
-            self._staging.lengths[self._prefilling.index(req)] = req.prefilled
+            staging.lengths[self._prefilling.row_of(req)] = req.prefilled
         for i in completing:
             req = batch[i]
             last = logits[i, keep.index(len(chunks[i]) - 1)]
@@ -401,77 +402,93 @@ class Scheduler:
 
     def _start_decoding(self, req: _Request, last_logits: torch.Tensor) -> None:
         """Prompt done: sample the first tokens, move the request to decode rows."""
-        staging_row = self._prefilling.index(req)
+        staging_row = self._prefilling.row_of(req)
+        staging = self._prefilling.cache
         if self.prefix_cache is not None and not req.handle.features:
-            self.prefix_cache.store(req.handle.prompt_ids, self._staging, staging_row)
-        next_ids, logprobs = sample(last_logits.expand(req.n, -1), req.handle.sampling,
-                                    req.seen, req.generator)
+            self.prefix_cache.store(req.handle.prompt_ids, staging, staging_row)
+        cfg = req.handle.sampling
+        next_ids, logprobs = sample_batch(last_logits.expand(req.n, -1),
+                                          SamplingBatch([(cfg, req.generator, req.n)],
+                                                        self.device), req.seen)
         req.seen[torch.arange(req.n, device=self.device), next_ids] = True
         for index in range(req.n):
-            row = self._decode.add_row(req.prompt_len)
-            self._decode.copy_row_from(self._staging, staging_row, row, req.prompt_len)
-            req.rows[index] = row
-            self._row_owner.append((req, index))
-            self._last_ids.append(0)
-        self._staging.remove_row(staging_row)
-        self._prefilling.pop(staging_row)
-        if staging_row < len(self._prefilling):
-            self._prefilling.insert(staging_row, self._prefilling.pop())
-        self._emit(req, next_ids.tolist(),
-                   logprobs.tolist() if logprobs is not None else [None] * req.n)
+            slot = _Slot(req, index)
+            row = self._decoding.add(slot, req.prompt_len)
+            self._decoding.cache.copy_row_from(staging, staging_row, row, req.prompt_len)
+            req.slots[index] = slot
+        self._prefilling.remove(staging_row)
+        ids, lps = _to_host(next_ids, logprobs)
+        self._emit(req, list(range(req.n)), ids, lps)
 
     # -- decode -------------------------------------------------------------------------
     def _decode_turn(self) -> None:
-        rows = len(self._row_owner)
+        rows = len(self._decoding)
         self.last_batch_size = rows
         if self.on_decode_step is not None:
             self.on_decode_step(rows)
-        ids = torch.tensor(self._last_ids, device=self.device)[:, None]
-        logits = self.runner.forward(self._decode, 0, ids, list(self._decode.lengths))[:, -1, :]
+        cache = self._decoding.cache
+        ids = torch.tensor([slot.last_id for slot in self._decoding], device=self.device)
+        logits = self.runner.forward(cache, 0, ids[:, None], list(cache.lengths))[:, -1, :]
         for row in range(rows):
-            self._decode.lengths[row] += 1
+            cache.lengths[row] += 1
+        # Rows grouped by request (each samples with its own RNG), sampled in one call.
         by_request: dict[_Request, list[tuple[int, int]]] = {}
-        for row, (req, index) in enumerate(self._row_owner):
-            by_request.setdefault(req, []).append((index, row))
-        sampled = []
+        for row, slot in enumerate(self._decoding):
+            by_request.setdefault(slot.req, []).append((slot.index, row))
+        order, groups = [], []
         for req, members in by_request.items():
             members.sort()
-            row_ids = torch.tensor([row for _, row in members], device=self.device)
-            seq_ids = torch.tensor([index for index, _ in members], device=self.device)
-            next_ids, logprobs = sample(logits[row_ids], req.handle.sampling, req.seen[seq_ids],
-                                        req.generator)
-            req.seen[seq_ids, next_ids] = True
-            sampled.append((req, [index for index, _ in members], next_ids, logprobs))
-        # One device->host copy for the whole batch (the only sync per turn).
-        flat = torch.cat([ids for _, _, ids, _ in sampled]).tolist()
+            order += [row for _, row in members]
+            groups.append((req.handle.sampling, req.generator, len(members)))
+        batch = SamplingBatch(groups, self.device)
+        order_t = torch.tensor(order, device=self.device)
+        seen = None
+        if batch.any_penalty:
+            seen = torch.cat([req.seen[torch.tensor([i for i, _ in members],
+                                                    device=self.device)]
+                              for req, members in by_request.items()])
+        next_ids, logprobs = sample_batch(logits[order_t], batch, seen)
         offset = 0
-        for req, indices, _, logprobs in sampled:
-            ids = flat[offset: offset + len(indices)]
-            offset += len(indices)
-            lps = logprobs.tolist() if logprobs is not None else [None] * len(ids)
-            self._emit(req, ids, lps, indices)
+        for req, members in by_request.items():
+            seq_ids = torch.tensor([i for i, _ in members], device=self.device)
+            req.seen[seq_ids, next_ids[offset:offset + len(members)]] = True
+            offset += len(members)
+        flat_ids, flat_lps = _to_host(next_ids, logprobs)  # the only sync per turn
+        offset = 0
+        for req, members in by_request.items():
+            end = offset + len(members)
+            self._emit(req, [i for i, _ in members], flat_ids[offset:end], flat_lps[offset:end])
+            offset = end
 
-    def _emit(self, req: _Request, ids: list[int], lps: list[float | None],
-              indices: list[int] | None = None) -> None:
-        indices = indices if indices is not None else list(range(req.n))
+    def _emit(self, req: _Request, indices: list[int], ids: list[int],
+              lps: list[float | None]) -> None:
         req.generated += 1
+        cfg = req.handle.sampling
         out = StepOutput()
-        out_of_room = req.prompt_len + req.generated >= self.context_length
         for index, token, lp in zip(indices, ids, lps, strict=True):
             if req.done[index]:
                 continue
-            if token in self.eos_ids and not req.handle.sampling.ignore_eos:
-                out.finished.append(SequenceFinished(index, FinishReason.EOS))
-            else:
-                out.tokens.append((index, token, lp))
-                if req.generated >= req.handle.sampling.max_new_tokens or out_of_room:
-                    out.finished.append(SequenceFinished(index, FinishReason.LENGTH))
-                else:
-                    self._last_ids[req.rows[index]] = token
-                    continue
+            reason = stop_reason(token, req.generated, req.prompt_len, cfg, self.eos_ids,
+                                 self.context_length)
+            if reason is not FinishReason.EOS:
+                out.tokens.append((index, token, lp if cfg.logprobs else None))
+            if reason is None:
+                req.slots[index].last_id = token
+                continue
+            out.finished.append(SequenceFinished(index, reason))
             req.done[index] = True
-            self._drop_row(req, index)
+            self._drop_slot(req, index)
         if all(req.done) and req in self._active:
             self._active.remove(req)
             _log(req.handle, logging.DEBUG, "finished after %d tokens", req.generated)
         req.handle.sink(out)
+
+
+def _to_host(ids: torch.Tensor, logprobs: torch.Tensor | None
+             ) -> tuple[list[int], list[float | None]]:
+    """Sampled ids (and log-probabilities) in one device->host copy."""
+    if logprobs is None:
+        host = ids.tolist()
+        return host, [None] * len(host)
+    both = torch.stack((ids.to(torch.float64), logprobs.to(torch.float64))).tolist()
+    return [int(i) for i in both[0]], both[1]
