@@ -80,10 +80,12 @@ def _in_daemon_thread(fn, *args, **kwargs) -> asyncio.Future:
 
 
 class ArBridgeServer:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, *, ignore_eos: bool = False):
+        """`ignore_eos` is for `arbridge bench` only: every reply runs to max_new_tokens
+        through EOS, so every contender generates the same number of tokens."""
         self.settings = settings
         self.metrics = Metrics()
-        self.servicer = ArBridgeServicer(settings)
+        self.servicer = ArBridgeServicer(settings, ignore_eos)
         self.health = health.aio.HealthServicer()
         # Fails fast (SecurityConfigError) on unreadable files or half a key pair.
         self.credentials = server_credentials(settings)

@@ -272,8 +272,7 @@ async def _grpc_runs(settings: Settings, lm: LoadedModel | None, cfg: SamplingCo
     from arbridge.app import ArBridgeServer
 
     server = ArBridgeServer(settings.model_copy(update={
-        "port": 0, "max_active": max(levels), "max_queue": 1024,
-        "bench_ignore_eos": ignore_eos}))
+        "port": 0, "max_active": max(levels), "max_queue": 1024}), ignore_eos=ignore_eos)
     await server.start()
     await server.load(preloaded=lm)
     try:

@@ -42,34 +42,20 @@ def _print_chunk(chunk) -> None:
 # -- commands -------------------------------------------------------------------
 def cmd_serve(args) -> int:
     import torch
+    from pydantic import ValidationError
 
     from arbridge.app import ArBridgeServer
     from arbridge.backends.openai_compat import BackendConfigError
     from arbridge.config import load_settings
     from arbridge.security import SecurityConfigError
 
-    settings = load_settings(args.config, model=args.model, tokenizer=args.tokenizer,
-                             host=args.host, port=args.port, device=args.device,
-                             dtype=args.dtype, max_new_tokens_limit=args.max_new_tokens_limit,
-                             max_active=args.max_active, max_queue=args.max_queue,
-                             torch_threads=args.threads, log_level=args.log_level,
-                             grace_seconds=args.grace, projectors=args.projectors,
-                             tls_cert=args.tls_cert,
-                             tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
-                             auth_tokens_file=args.auth_tokens_file,
-                             public_health=args.public_health or None,
-                             metrics_port=args.metrics_port, metrics_host=args.metrics_host,
-                             grpc_web_port=args.grpc_web_port,
-                             grpc_web_host=args.grpc_web_host,
-                             log_format=args.log_format,
-                             max_streams_per_peer=args.max_streams_per_peer,
-                             max_message_bytes=args.max_message_bytes,
-                             backend=args.backend, backend_url=args.backend_url,
-                             backend_model=args.backend_model,
-                             backend_api_key_file=args.backend_api_key_file,
-                             backend_extended_sampling=args.backend_extended_sampling or None,
-                             backend_context_length=args.backend_context_length,
-                             **_megatron_flags(args))
+    try:
+        settings = load_settings(args.config, cli=args.settings_flags(parsed_args=args))
+    except ValidationError as exc:
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            print(f"arbridge serve: {where}: {error['msg']}", file=sys.stderr)
+        return 2
     _setup_logging(settings.log_level, settings.log_format)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
@@ -153,6 +139,16 @@ def cmd_fusion_demo(args) -> int:
     (out / "report.txt").write_text(report + "\n")
     print(report)
     return 0
+
+
+def _settings_flags(parser):
+    """One flag per setting, made from the Settings fields (names, types, help)."""
+    from pydantic_settings import CliSettingsSource
+
+    from arbridge.config import Settings
+
+    return CliSettingsSource(Settings, root_parser=parser, cli_kebab_case=True,
+                             cli_implicit_flags=True)
 
 
 def _megatron_flags(args) -> dict:
@@ -308,51 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int)
         p.add_argument("--stop", action="append", help="stop string (repeatable)")
 
-    p = sub.add_parser("serve", help="run the gRPC server")
-    p.add_argument("--model", help="HF model dir or .gguf file (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--tokenizer", help="tokenizer directory, when not beside the model")
-    p.add_argument("--host", default=None)
-    p.add_argument("--port", type=int, default=None)
-    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--max-new-tokens-limit", type=int)
-    p.add_argument("--max-active", type=int, help="requests generating at once")
-    p.add_argument("--max-queue", type=int, help="requests waiting for a slot")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--projector", action="append", dest="projectors",
-                   help="projector file for dense features (repeatable, one per encoder)")
-    p.add_argument("--grace", type=float, help="seconds in-flight calls get at shutdown")
-    p.add_argument("--max-streams-per-peer", type=int,
-                   help="concurrent streams from one client address")
-    p.add_argument("--max-message-bytes", type=int, help="largest request message")
-    p.add_argument("--config", help="TOML settings file")
-    p.add_argument("--log-level", default=None)
-    p.add_argument("--log-format", choices=["text", "json"])
-    p.add_argument("--grpc-web-port", type=int,
-                   help="also serve gRPC-Web (Unity WebGL, HTTP/1.1) on this port")
-    p.add_argument("--grpc-web-host", help="gRPC-Web bind address (default: --host)")
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
-    p.add_argument("--metrics-host", help="metrics bind address (default: 127.0.0.1)")
-    g = p.add_argument_group("security")
-    g.add_argument("--tls-cert", help="server certificate chain (PEM); TLS with --tls-key")
-    g.add_argument("--tls-key", help="server private key (PEM)")
-    g.add_argument("--tls-client-ca", help="require client certificates from this CA (mTLS)")
-    g.add_argument("--auth-tokens-file",
-                   help="accepted bearer tokens, one per line (also ARBRIDGE_AUTH_TOKENS)")
-    g.add_argument("--public-health", action="store_true",
-                   help="health and reflection answer without a token")
-    g = p.add_argument_group("upstream backend (generation forwarded to vLLM, TGI, ...)")
-    g.add_argument("--backend", choices=["local", "openai"],
-                   help="local engine (default) or an OpenAI-compatible upstream")
-    g.add_argument("--backend-url", help="upstream base URL, e.g. http://vllm:8000/v1")
-    g.add_argument("--backend-model", help="model name the upstream serves")
-    g.add_argument("--backend-api-key-file", help="file holding the upstream API key")
-    g.add_argument("--backend-extended-sampling", action="store_true",
-                   help="forward top_k, repetition_penalty and n (vLLM, TGI)")
-    g.add_argument("--backend-context-length", type=int,
-                   help="upstream context window (default: from --tokenizer's config)")
-    _add_megatron_flags(p)
-    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser(
+        "serve", help="run the gRPC server",
+        description="Every setting is a flag (below), an ARBRIDGE_* environment variable or "
+                    "a key in the --config TOML file, in that order of precedence.")
+    p.add_argument("--config", help="TOML settings file (also ARBRIDGE_CONFIG)")
+    p.set_defaults(func=cmd_serve, settings_flags=_settings_flags(p))
 
     p = sub.add_parser("convert", help="Megatron checkpoint or GGUF -> HF safetensors dir")
     p.add_argument("source", help="Megatron-LM checkpoint dir or zip, or a .gguf file")

@@ -1,7 +1,9 @@
-"""One settings object for the whole server.
+"""One settings object for the whole server, defined in groups.
 
 Precedence: command-line flags > environment (ARBRIDGE_*) > TOML file
-(--config or ARBRIDGE_CONFIG) > the defaults below.
+(--config or ARBRIDGE_CONFIG) > the defaults below. `arbridge serve`'s flags
+are generated from these fields (pydantic-settings' CLI source), so each
+setting is declared once, with its help text.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
+    CliSuppress,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -29,10 +32,9 @@ def default_cache_dir() -> Path:
     return Path(base) / "arbridge"
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ARBRIDGE_", extra="forbid")
+class ModelSettings(BaseSettings):
+    """What is served: the model, where it runs, its projectors."""
 
-    # Model
     model: str | None = Field(None, description="HF dir, GGUF file or Megatron checkpoint; "
                                                 "unset = the default SmolLM2-135M-Instruct")
     tokenizer: str | None = Field(None, description="tokenizer dir when not beside the model")
@@ -41,17 +43,20 @@ class Settings(BaseSettings):
         "auto", description="auto = bfloat16 on CUDA, float32 on CPU")
     cache_dir: Path = Field(default_factory=default_cache_dir)
     torch_threads: int = Field(0, ge=0, description="0 = torch's default")
-    # Megatron checkpoints saved without `args`: hyper-parameters by hand.
     projectors: list[Path] = Field(
         default_factory=list, description="projector files (one per encoder) that let "
                                           "dense feature vectors condition the model")
+    # Megatron checkpoints saved without `args`: hyper-parameters by hand.
     megatron_num_layers: int | None = Field(None, ge=1)
     megatron_hidden_size: int | None = Field(None, ge=1)
     megatron_num_attention_heads: int | None = Field(None, ge=1)
     megatron_max_position_embeddings: int | None = Field(None, ge=1)
 
-    # Backend: the local engine, or an upstream OpenAI-compatible server (vLLM,
-    # TGI, TensorRT-LLM's trtllm-serve, `transformers serve`) doing the generation.
+
+class BackendSettings(BaseSettings):
+    """The local engine, or an upstream OpenAI-compatible server (vLLM, TGI,
+    TensorRT-LLM's trtllm-serve, `transformers serve`) doing the generation."""
+
     backend: Literal["local", "openai"] = "local"
     backend_url: str | None = Field(None, description="e.g. http://vllm:8000/v1")
     backend_model: str | None = Field(None, description="model name the upstream serves")
@@ -64,7 +69,10 @@ class Settings(BaseSettings):
     backend_context_length: int | None = Field(
         None, ge=16, description="upstream context window; default: from the tokenizer dir")
 
-    # Network
+
+class NetworkSettings(BaseSettings):
+    """Where the server listens, how long a drain lasts, keepalive, message size."""
+
     host: str = Field("127.0.0.1", description="bind address; 0.0.0.0 / :: = all interfaces")
     port: int = Field(50051, ge=0, le=65535)
     grace_seconds: float = Field(
@@ -84,18 +92,23 @@ class Settings(BaseSettings):
     max_connection_age_s: float = Field(3600.0, gt=0)
     max_connection_age_grace_s: float = Field(300.0, ge=0)
 
-    # Security (see security.py). TLS when both cert and key are set; mTLS when
-    # a client CA is set too. Bearer tokens from a file (one per line) and/or
-    # ARBRIDGE_AUTH_TOKENS (comma-separated).
+
+class SecuritySettings(BaseSettings):
+    """TLS (cert + key), mTLS (+ client CA), bearer tokens (see security.py)."""
+
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = Field(None, description="require client certs from this CA")
     auth_tokens_file: Path | None = None
-    auth_tokens: SecretStr | None = None
+    # Environment or file only: a secret on a command line shows in `ps`.
+    auth_tokens: CliSuppress[SecretStr | None] = None
     public_health: bool = Field(
         False, description="health and reflection answer without a token")
 
-    # gRPC-Web (Unity WebGL, HTTP/1.1-only networks), on a port of its own
+
+class GrpcWebSettings(BaseSettings):
+    """gRPC-Web (Unity WebGL, HTTP/1.1-only networks), on a port of its own."""
+
     grpc_web_port: int | None = Field(
         None, ge=0, le=65535, description="gRPC-Web port; unset = off")
     grpc_web_host: str | None = Field(None, description="gRPC-Web bind address (default: host)")
@@ -103,13 +116,23 @@ class Settings(BaseSettings):
         default_factory=lambda: ["*"],
         description="browser origins allowed to call gRPC-Web ('*' = any; [] = no CORS)")
 
-    # Observability
+
+class ObservabilitySettings(BaseSettings):
+    """Prometheus metrics and logs."""
+
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Prometheus /metrics port; unset = off")
     metrics_host: str = Field("127.0.0.1", description="metrics bind address (loopback: "
                                                        "scrape through a sidecar or set it)")
 
-    # Generation defaults and limits
+    log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+
+class LimitSettings(BaseSettings):
+    """Generation defaults, and the limits every request is checked against
+    (validation.py): a request past one gets INVALID_ARGUMENT naming the field."""
+
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     default_max_new_tokens: int = Field(96, ge=1)
     max_new_tokens_limit: int = Field(1024, ge=1)
@@ -119,12 +142,28 @@ class Settings(BaseSettings):
     max_scene_objects: int = Field(256, ge=1)
     max_feature_values: int = Field(4096, ge=1, description="floats per feature vector")
     max_dialogue_turns: int = Field(256, ge=1)
-    # Ask sessions (one dialogue turn per call, for gRPC-Web clients)
+    max_prompt_chars: int = Field(200_000, ge=1)
+    max_label_chars: int = Field(200, ge=1, description="object labels, attribute keys and "
+                                                      "values, encoder names, location hint")
+    max_turn_chars: int = Field(20_000, ge=1, description="one dialogue turn, instruction, "
+                                                           "system prompt or transcript")
+    max_temperature: float = Field(100.0, gt=0)
+    deadline_margin_ms: float = Field(
+        50.0, ge=0, description="stop this long before a call's deadline (TIME_LIMIT)")
+
+
+class SessionSettings(BaseSettings):
+    """Ask sessions (one dialogue turn per call, for gRPC-Web clients)."""
+
     max_ask_sessions: int = Field(10000, ge=1, description="sessions kept; least recent go")
     ask_session_idle_s: float = Field(1800.0, gt=0, description="an idle session is forgotten")
     max_ask_session_bytes: int = Field(
         256 << 20, ge=1 << 20, description="text and scenes all sessions may hold together")
-    max_prompt_chars: int = Field(200_000, ge=1)
+
+
+class EngineSettings(BaseSettings):
+    """The local engine's scheduler, caches and forward path."""
+
     max_queue: int = Field(64, ge=1, description="requests waiting for a slot")
     max_active: int = Field(16, ge=1, description="requests generating at once")
     prefill_chunk_tokens: int = Field(
@@ -139,13 +178,18 @@ class Settings(BaseSettings):
         256, ge=0, description="memory for the KV of recent prompt prefixes (system prompt, "
                                "scene, dialogue so far), so a prompt that starts like an "
                                "earlier one prefills only the rest; 0 = off")
-    deadline_margin_ms: float = Field(
-        50.0, ge=0, description="stop this long before a call's deadline (TIME_LIMIT)")
 
-    log_level: str = "INFO"
-    log_format: Literal["text", "json"] = "text"
-    # For `arbridge bench` only: every reply runs to max_new_tokens through EOS.
-    bench_ignore_eos: bool = False
+
+# Bases in reverse: pydantic lists the fields (and so the flags) from the last base on.
+class Settings(EngineSettings, SessionSettings, LimitSettings, ObservabilitySettings,
+               GrpcWebSettings, SecuritySettings, NetworkSettings, BackendSettings,
+               ModelSettings):
+    """Every setting, flat: `ARBRIDGE_<NAME>` in the environment, `<name> = ...` in the
+    TOML file, `--<name-with-dashes>` on `arbridge serve` (flags are made from these
+    fields, so a new setting is a new flag)."""
+
+    model_config = SettingsConfigDict(env_prefix="ARBRIDGE_", extra="forbid",
+                                      cli_kebab_case=True, cli_implicit_flags=True)
 
     @classmethod
     def settings_customise_sources(
@@ -172,8 +216,23 @@ def megatron_overrides(settings: Settings):
                      max_position_embeddings=settings.megatron_max_position_embeddings)
 
 
-def load_settings(config_file: str | None = None, **overrides: Any) -> Settings:
-    """Settings from flags (`overrides`, None = not given), env and a TOML file."""
-    if config_file:
-        os.environ["ARBRIDGE_CONFIG"] = config_file
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+def load_settings(config_file: str | None = None, cli=None, **overrides: Any) -> Settings:
+    """Settings from `arbridge serve`'s flags (`cli`, a parsed CliSettingsSource) or
+    keyword overrides (None = not given), then the environment, then the TOML file
+    (`config_file`, else ARBRIDGE_CONFIG), then the defaults."""
+    config_file = config_file or os.environ.get("ARBRIDGE_CONFIG")
+
+    class _WithFile(Settings):  # this load's sources; nothing global is changed
+        @classmethod
+        def settings_customise_sources(cls, settings_cls, init_settings, env_settings,
+                                       dotenv_settings, file_secret_settings):
+            sources = [init_settings, env_settings]
+            if config_file:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+            return tuple(sources)
+
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if cli is not None:
+        given["_cli_settings_source"] = cli
+    loaded = _WithFile(**given)
+    return Settings.model_construct(_fields_set=loaded.model_fields_set, **dict(loaded))

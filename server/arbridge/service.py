@@ -97,8 +97,9 @@ def _rpc(method):
 
 
 class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, ignore_eos: bool = False):
         self.settings = settings
+        self._ignore_eos = ignore_eos  # `arbridge bench` only: every reply to max_new_tokens
         self._backend: Backend | None = None
         self._prompts: PromptBuilder | None = None
         self._projectors: ProjectorSet | None = None
@@ -129,7 +130,7 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         self._projectors = backend.projectors
         self.check = validation.RequestChecker(
             self.settings, backend.projectors.input_dims() if backend.projectors else {},
-            backend.unsupported)
+            backend.unsupported, self._ignore_eos)
 
     def _ready(self) -> None:
         if self._backend is None:

@@ -22,10 +22,6 @@ from arbridge.sessions import DialogueState
 from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import types_pb2 as pb
 
-MAX_LABEL_CHARS = 200
-MAX_TEXT_CHARS_PER_TURN = 20_000
-MAX_TEMPERATURE = 100.0
-
 
 class InvalidField(ValueError):
     def __init__(self, field: str, problem: str):
@@ -45,17 +41,17 @@ def _finite(value: float, field: str) -> float:
     return value
 
 
-def sampling_config(params: pb.SamplingParams, settings: Settings,
-                    field: str = "sampling") -> SamplingConfig:
+def sampling_config(params: pb.SamplingParams, settings: Settings, field: str = "sampling",
+                    ignore_eos: bool = False) -> SamplingConfig:
     max_new = params.max_new_tokens or settings.default_max_new_tokens
     if max_new > settings.max_new_tokens_limit:
         raise InvalidField(f"{field}.max_new_tokens",
                            f"{max_new} is above this server's limit of "
                            f"{settings.max_new_tokens_limit}")
     temperature = _finite(params.temperature, f"{field}.temperature")
-    if not 0.0 <= temperature <= MAX_TEMPERATURE:
-        raise InvalidField(f"{field}.temperature",
-                           f"must be in [0, {MAX_TEMPERATURE:g}] (0 = greedy), got {temperature}")
+    if not 0.0 <= temperature <= settings.max_temperature:
+        raise InvalidField(f"{field}.temperature", f"must be in [0, {settings.max_temperature:g}]"
+                                                   f" (0 = greedy), got {temperature}")
     top_p = _finite(params.top_p, f"{field}.top_p")
     if top_p == 0.0:
         top_p = 1.0
@@ -85,7 +81,7 @@ def sampling_config(params: pb.SamplingParams, settings: Settings,
         max_new_tokens=max_new, temperature=temperature, top_k=params.top_k, top_p=top_p,
         repetition_penalty=penalty, seed=seed, stop=tuple(params.stop),
         num_return_sequences=n, logprobs=params.logprobs,
-        ignore_eos=settings.bench_ignore_eos)
+        ignore_eos=ignore_eos)
 
 
 def _vec3(v: pb.Vec3, field: str) -> None:
@@ -111,8 +107,9 @@ def feature_vector(fv: pb.FeatureVector, settings: Settings, field: str,
     input size). No projector for the encoder: FAILED_PRECONDITION."""
     if not fv.encoder:
         raise InvalidField(f"{field}.encoder", "must name the encoder")
-    if len(fv.encoder) > MAX_LABEL_CHARS:
-        raise InvalidField(f"{field}.encoder", f"longer than {MAX_LABEL_CHARS} characters")
+    if len(fv.encoder) > settings.max_label_chars:
+        raise InvalidField(f"{field}.encoder",
+                           f"longer than {settings.max_label_chars} characters")
     if len(fv.values) > settings.max_feature_values:
         raise InvalidField(f"{field}.values", f"{len(fv.values)} values; at most "
                                               f"{settings.max_feature_values}")
@@ -140,8 +137,9 @@ def scene(s: pb.SceneFeatures, settings: Settings, field: str = "scene",
         f = f"{field}.objects[{i}]"
         if not obj.label.strip():
             raise InvalidField(f"{f}.label", "must not be empty")
-        if len(obj.label) > MAX_LABEL_CHARS:
-            raise InvalidField(f"{f}.label", f"longer than {MAX_LABEL_CHARS} characters")
+        if len(obj.label) > settings.max_label_chars:
+            raise InvalidField(f"{f}.label",
+                               f"longer than {settings.max_label_chars} characters")
         _unit_interval(obj.confidence, f"{f}.confidence")
         _pose(obj.pose, f"{f}.pose")
         _vec3(obj.extents, f"{f}.extents")
@@ -149,11 +147,12 @@ def scene(s: pb.SceneFeatures, settings: Settings, field: str = "scene",
             if getattr(obj.extents, axis) < 0:
                 raise InvalidField(f"{f}.extents.{axis}", "must be >= 0")
         for key, value in obj.attributes.items():
-            if len(key) > MAX_LABEL_CHARS or len(value) > MAX_LABEL_CHARS:
-                raise InvalidField(f"{f}.attributes[{key[:40]!r}]",
-                                   f"keys and values are limited to {MAX_LABEL_CHARS} chars")
-    if len(s.location_hint) > MAX_LABEL_CHARS:
-        raise InvalidField(f"{field}.location_hint", f"longer than {MAX_LABEL_CHARS} characters")
+            if len(key) > settings.max_label_chars or len(value) > settings.max_label_chars:
+                raise InvalidField(f"{f}.attributes[{key[:40]!r}]", "keys and values are limited "
+                                   f"to {settings.max_label_chars} chars")
+    if len(s.location_hint) > settings.max_label_chars:
+        raise InvalidField(f"{field}.location_hint",
+                           f"longer than {settings.max_label_chars} characters")
     for i, fv in enumerate(s.image_features):
         feature_vector(fv, settings, f"{field}.image_features[{i}]", encoders or {})
 
@@ -161,9 +160,9 @@ def scene(s: pb.SceneFeatures, settings: Settings, field: str = "scene",
 def audio(a: pb.AudioFeatures, settings: Settings, field: str = "audio",
           encoders: dict[str, int] | None = None) -> None:
     _unit_interval(a.confidence, f"{field}.confidence")
-    if len(a.transcript) > MAX_TEXT_CHARS_PER_TURN:
+    if len(a.transcript) > settings.max_turn_chars:
         raise InvalidField(f"{field}.transcript",
-                           f"longer than {MAX_TEXT_CHARS_PER_TURN} characters")
+                           f"longer than {settings.max_turn_chars} characters")
     if a.HasField("embedding"):
         feature_vector(a.embedding, settings, f"{field}.embedding", encoders or {})
 
@@ -176,9 +175,9 @@ def dialogue(turns, settings: Settings, field: str = "history") -> None:
             name = "ROLE_UNSPECIFIED" if turn.role == 0 else f"unknown value {turn.role}"
             raise InvalidField(f"{field}[{i}].role", f"must be USER, ASSISTANT or SYSTEM, "
                                                      f"got {name}")
-        if len(turn.text) > MAX_TEXT_CHARS_PER_TURN:
+        if len(turn.text) > settings.max_turn_chars:
             raise InvalidField(f"{field}[{i}].text",
-                               f"longer than {MAX_TEXT_CHARS_PER_TURN} characters")
+                               f"longer than {settings.max_turn_chars} characters")
 
 
 def prompt_text(text: str, settings: Settings, field: str = "prompt") -> None:
@@ -227,13 +226,15 @@ class RequestChecker:
     """One pass over each request; errors name the field (see the module doc)."""
 
     def __init__(self, settings: Settings, encoders: dict[str, int],
-                 unsupported: Callable[[SamplingConfig], list[tuple[str, str]]]):
+                 unsupported: Callable[[SamplingConfig], list[tuple[str, str]]],
+                 ignore_eos: bool = False):
         self.settings = settings
+        self.ignore_eos = ignore_eos  # `arbridge bench` only: equal token counts
         self.encoders = encoders  # encoder name -> projector input size
         self.unsupported = unsupported  # what the backend cannot honour
 
     def sampling(self, params: pb.SamplingParams, field: str) -> SamplingConfig:
-        cfg = sampling_config(params, self.settings, field)
+        cfg = sampling_config(params, self.settings, field, self.ignore_eos)
         for name, why in self.unsupported(cfg):
             raise Unsupported(f"{field}.{name}", why)
         return cfg
@@ -257,7 +258,7 @@ class RequestChecker:
         if not s.objects and not s.location_hint.strip() and not s.image_features:
             raise InvalidField("scene.objects", "needs at least one object (or a "
                                                 "location_hint, or image_features)")
-        if len(request.instruction) > MAX_TEXT_CHARS_PER_TURN:
+        if len(request.instruction) > self.settings.max_turn_chars:
             raise InvalidField("instruction", "too long")
         return DescribeCall(s, request.instruction, self.sampling(request.sampling, "sampling"),
                             _features(s.image_features))
@@ -265,7 +266,7 @@ class RequestChecker:
     def dialogue_start(self, start: spb.ConverseStart, field: str) -> DialogueState:
         """A new dialogue's state, copied out of the request."""
         dialogue(start.history, self.settings, f"{field}.history")
-        if len(start.system_prompt) > MAX_TEXT_CHARS_PER_TURN:
+        if len(start.system_prompt) > self.settings.max_turn_chars:
             raise InvalidField(f"{field}.system_prompt", "too long")
         self.sampling(start.sampling, f"{field}.sampling")
         state = DialogueState(system_prompt=start.system_prompt,
@@ -285,7 +286,7 @@ class RequestChecker:
             text = text or turn.audio.transcript.strip()
         if not text:
             raise InvalidField(f"{field}.text", "needs text or audio.transcript")
-        if len(text) > MAX_TEXT_CHARS_PER_TURN:
+        if len(text) > self.settings.max_turn_chars:
             raise InvalidField(f"{field}.text", "too long")
         params = turn.sampling if turn.HasField("sampling") else state.sampling
         call = TurnCall(text, self.sampling(params, f"{field}.sampling"), state.scene)
