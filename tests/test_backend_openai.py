@@ -18,7 +18,7 @@ from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import service_pb2_grpc
 from arbridge.v1 import types_pb2 as pb
 
-from conftest import collect
+from conftest import collect, gen, wait_for
 from upstream import TcpProxy, TransformersServe
 
 FR = pb.FinishReason
@@ -32,10 +32,6 @@ SCENE = pb.SceneFeatures(objects=[
 
 def describe(**sampling):
     return spb.DescribeSceneRequest(scene=SCENE, sampling=pb.SamplingParams(**sampling))
-
-
-def gen(prompt="The red chair", **sampling):
-    return spb.GenerateRequest(prompt=prompt, sampling=pb.SamplingParams(**sampling))
 
 
 @pytest.fixture(scope="module")
@@ -149,12 +145,10 @@ async def test_client_cancel_closes_the_upstream_request(upstream, bridge):
                 break
         assert proxy.open_connections == 1
         call.cancel()
-        for _ in range(100):
-            if proxy.open_connections == 0 and b.server.backend.load == (0, 0):
-                break
-            await asyncio.sleep(0.02)
-        assert proxy.open_connections == 0, "the upstream request was left open"
-        assert b.server.backend.load == (0, 0)
+        await wait_for(lambda: proxy.open_connections == 0 and b.server.backend.load == (0, 0),
+                       2, lambda: f"the upstream request was left open: "
+                                  f"{proxy.open_connections} connection(s), "
+                                  f"load {b.server.backend.load}")
     finally:
         await proxy.close()
 
@@ -197,7 +191,7 @@ async def test_upstream_killed_mid_stream(tiny_model_dir, tmp_path, bridge):
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         # Nothing leaks: no generation counted as open, no upstream connection.
         assert b.server.backend.load == (0, 0)
-        assert b.server.interceptor.inflight == 0
+        assert b.server.drain.inflight == 0
         assert proxy.open_connections == 0
     finally:
         await proxy.close()

@@ -107,14 +107,14 @@ async def test_chaos_leaves_no_slot_behind_and_undisturbed_streams_complete(make
     for _ in range(500):
         metrics = scrape(s)
         if (metrics[("arbridge_active_requests", ())], metrics[("arbridge_queued_requests", ())],
-                s.server.interceptor.inflight) == (0, 0, 0):
+                s.server.drain.inflight) == (0, 0, 0):
             break
         await asyncio.sleep(0.02)
     assert metrics[("arbridge_active_requests", ())] == 0, "leaked batch slots"
     assert metrics[("arbridge_queued_requests", ())] == 0
     assert metrics[("arbridge_open_rpcs", (("method", "/arbridge.v1.ArBridgeService/Generate"),))
                    ] == 0
-    assert s.server.interceptor.inflight == 0 and not s.server.interceptor._per_peer
+    assert s.server.drain.inflight == 0 and not s.server.interceptors.peers.open
     for proxy in VANISHED:
         await proxy.close()
     codes = {dict(k[1])["code"]: int(v) for k, v in metrics.items()

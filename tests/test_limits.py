@@ -10,27 +10,15 @@ import pytest
 from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import types_pb2 as pb
 
-from conftest import collect, scrape
+from conftest import collect, gen, scrape, wait_for, wait_idle
 
 FR = pb.FinishReason
-
-
-def gen(prompt="The red chair", **sampling):
-    return spb.GenerateRequest(prompt=prompt, sampling=pb.SamplingParams(**sampling))
 
 
 async def status_of(call) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await collect(call)
     return err.value
-
-
-async def wait_for(predicate, timeout=5.0):
-    for _ in range(int(timeout / 0.02)):
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached")
 
 
 async def test_oversized_message_is_resource_exhausted(make_server, tiny_model_dir):
@@ -56,7 +44,7 @@ async def test_streams_per_peer_limit(make_server, tiny_model_dir):
     s = await make_server(tiny_model_dir, step_delay=0.02, max_streams_per_peer=2)
     busy = [s.stub.Generate(gen(max_new_tokens=40)) for _ in range(2)]
     readers = [asyncio.ensure_future(collect(c)) for c in busy]
-    await wait_for(lambda: s.server.interceptor.inflight == 2)
+    await wait_for(lambda: s.server.drain.inflight == 2)
     err = await status_of(s.stub.Generate(gen(max_new_tokens=2)))
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "at most 2 per client" in err.details()
@@ -86,7 +74,7 @@ async def test_load_fills_the_queue_then_recovers_fully(make_server, tiny_model_
         assert int(dict(err.trailing_metadata())["retry-after-ms"]) > 0
     for _, done, _ in served:
         assert done[0].usage.completion_tokens == 30
-    await wait_for(lambda: s.server.scheduler.load == (0, 0))
+    await wait_idle(s.server.scheduler)
     metrics = scrape(s)
     assert metrics[("arbridge_active_requests", ())] == 0
     assert metrics[("arbridge_queued_requests", ())] == 0

@@ -19,13 +19,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from arbridge import interceptors
 from arbridge.backends import Backend
 from arbridge.backends.local import LocalBackend
 from arbridge.config import Settings, megatron_overrides
 from arbridge.engine.loader import LoadedModel, load_model
 from arbridge.engine.projector import ProjectorSet
 from arbridge.engine.scheduler import Scheduler
-from arbridge.interceptors import CallInterceptor
 from arbridge.metrics import Metrics
 from arbridge.security import TokenChecker, load_tokens, server_credentials, warn_if_exposed
 from arbridge.service import ArBridgeServicer
@@ -93,10 +93,11 @@ class ArBridgeServer:
             from arbridge.backends.openai_compat import OpenAIBackend
 
             OpenAIBackend.check_settings(settings)  # BackendConfigError
-        self.interceptor = CallInterceptor(
+        self.interceptors = interceptors.chain(
             TokenChecker(load_tokens(settings)), self.metrics,
             public_infra=settings.public_health,
             max_streams_per_peer=settings.max_streams_per_peer)
+        self.drain = self.interceptors.drain
         self.scheduler: Scheduler | None = None  # the local backend's
         self.backend: Backend | None = None
         self.loaded: LoadedModel | None = None
@@ -110,8 +111,9 @@ class ArBridgeServer:
         """Open the port (health NOT_SERVING). Returns the bound port."""
         s = self.settings
         warn_if_exposed(s, tls=self.credentials is not None,
-                        tokens=self.interceptor.tokens.enabled)
-        server = grpc.aio.server(interceptors=[self.interceptor], options=server_options(s))
+                        tokens=self.interceptors.auth.tokens.enabled)
+        server = grpc.aio.server(interceptors=self.interceptors.chain,
+                                 options=server_options(s))
         service_pb2_grpc.add_ArBridgeServiceServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -146,7 +148,7 @@ class ArBridgeServer:
                  s.host, self.port,
                  "plaintext" if self.credentials is None
                  else "mTLS" if s.tls_client_ca is not None else "TLS",
-                 ", token auth" if self.interceptor.tokens.enabled else "")
+                 ", token auth" if self.interceptors.auth.tokens.enabled else "")
         return self.port
 
     async def _start_grpc_web(self, internal_port: int) -> None:
@@ -154,7 +156,7 @@ class ArBridgeServer:
 
         s = self.settings
         key = new_gateway_key()
-        self.interceptor.gateway_key = key
+        self.interceptors.peers.gateway_key = key
         self.grpc_web = GrpcWebGateway(f"127.0.0.1:{internal_port}", gateway_key=key,
                                        cors_origins=s.grpc_web_cors_origins,
                                        max_message_bytes=s.max_message_bytes)
@@ -210,14 +212,14 @@ class ArBridgeServer:
         grace = self.settings.grace_seconds if grace is None else grace
         began = time.perf_counter()
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.interceptor.draining = True
+        self.drain.draining = True
         self.servicer.draining.set()
-        if self.interceptor.inflight:
-            log.info("draining %d call(s) for up to %.1f s", self.interceptor.inflight, grace)
-        drained = await self.interceptor.wait_idle(grace)
+        if self.drain.inflight:
+            log.info("draining %d call(s) for up to %.1f s", self.drain.inflight, grace)
+        drained = await self.drain.wait_idle(grace)
         waited = time.perf_counter() - began
         if not drained:
-            log.warning("grace period over: cancelling %d call(s)", self.interceptor.inflight)
+            log.warning("grace period over: cancelling %d call(s)", self.drain.inflight)
         if self._server is not None:
             await self._server.stop(0.5)
         if self.grpc_web is not None:
