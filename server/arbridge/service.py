@@ -30,7 +30,7 @@ from arbridge.engine.sampling import SamplingConfig
 from arbridge.grounding import ground
 from arbridge.metrics import Metrics
 from arbridge.prompts import Prompt, PromptBuilder, PromptTooLong
-from arbridge.sessions import DialogueState, SessionStore
+from arbridge.sessions import Dialogue, DialogueState, Heard, SessionStore
 from arbridge.streaming import Event, OutputProcessor, Reply
 from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import service_pb2_grpc
@@ -163,6 +163,7 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
 
     async def _turn_prompt(self, state: DialogueState, turn: validation.TurnCall,
                            field: str) -> Prompt:
+        """The prompt of `turn` in `state`'s dialogue, built on the prompt thread."""
         history = list(state.history)  # a snapshot: replies append to it meanwhile
         system_prompt = state.system_prompt
         return await self._prompt(
@@ -214,38 +215,25 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
                 raise _Abort(grpc.StatusCode.NOT_FOUND,
                              "session_id: unknown or expired; start a new session with the "
                              "dialogue so far in start.history")
-            base = session.state
+            dialogue = session
         else:
-            base = self.check.dialogue_start(request.start, "start")
+            dialogue = Dialogue(self.check.dialogue_start(request.start, "start"))
         scene = self.check.scene(request.scene, "scene") if request.HasField("scene") \
-            else base.scene
-        # Checked (and built) before anything changes: a bad turn leaves the session as
-        # it was.
-        revision = base.revision
-        turn = self.check.user_turn(request.user_turn, base.with_scene(scene), "user_turn")
-        prompt = await self._turn_prompt(base, turn, "user_turn")
-        while session is not None:
-            # Barge-in: this turn interrupts the session's reply still streaming.
-            while not session.idle.is_set():
-                if session.reply is not None:
-                    session.reply.cancel(FinishReason.INTERRUPTED)
-                await session.idle.wait()
-            if session.state.revision == revision:
-                break  # idle, and the prompt saw the whole history: no await until claimed
-            # Built again: a reply (interrupted or not) has joined the history meanwhile.
-            revision = session.state.revision
-            prompt = await self._turn_prompt(base, turn, "user_turn")
-        arrived = time.perf_counter()
-        generation = self._generate(prompt, turn.sampling, context, arrived, turn.objects)
-        # Opened: from here on the turn counts (a full queue changed nothing).
+            else dialogue.state.scene
+        # Checked before anything changes: a bad turn leaves the session as it was.
+        turn = self.check.user_turn(request.user_turn, dialogue.state.with_scene(scene),
+                                    "user_turn")
+        reply = await dialogue.begin_turn(
+            lambda state: self._turn_prompt(state, turn, "user_turn"),
+            lambda prompt: self._generate(prompt, turn.sampling, context, time.perf_counter(),
+                                          turn.objects))
+        # Started: from here on the turn counts (a full queue changed nothing).
         if session is None:
-            session = self._sessions.create(base)
+            session = self._sessions.create(dialogue)
         state = session.state
         state.scene = scene
         turn_id = state.take_turn_id(request.user_turn.turn_id)
-        session.reply = generation
-        session.idle.clear()
-        heard: list[str] = []  # sequence 0 so far: what the user heard if the call ends early
+        heard = Heard()
         finished = False
 
         def finish(_context=None) -> None:
@@ -255,20 +243,14 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
             if finished:
                 return
             finished = True
-            generation.cancel(FinishReason.CANCELLED)
-            state.record(turn.text, "".join(heard), self.settings.max_dialogue_turns)
-            session.reply = None
-            session.idle.set()
+            reply.cancel(FinishReason.CANCELLED)
+            session.end_turn(turn.text, heard.text, self.settings.max_dialogue_turns)
             self._sessions.touch(session)
 
         context.add_done_callback(finish)
         try:
-            async for event in generation:
-                if isinstance(event, pb.TokenChunk):
-                    if event.sequence_index == 0:
-                        heard.append(event.text)
-                elif event.sequence_index == 0:
-                    heard = [event.text]
+            async for event in reply:
+                heard.add(event)
                 yield _wrap(spb.AskResponse, event, session_id=session.id, turn_id=turn_id)
         finally:
             finish()
@@ -302,7 +284,8 @@ class _ConverseSession:
     """One Converse stream: a reader task feeds requests, replies run one at a time.
 
     A user turn arriving mid-reply cancels the reply in flight with
-    INTERRUPTED, waits for its Completion to be sent, then starts the next.
+    INTERRUPTED, waits for its Completion to be sent, then starts the next
+    (`Dialogue.begin_turn`, as Ask does).
     """
 
     def __init__(self, servicer: ArBridgeServicer, context):
@@ -310,7 +293,7 @@ class _ConverseSession:
         self.settings = servicer.settings
         self.context = context
         self.started = False
-        self.state = DialogueState()
+        self.dialogue = Dialogue(DialogueState())
         self.outbox: asyncio.Queue = asyncio.Queue()
         self.reply_task: asyncio.Task | None = None
         self.reply_stream = None
@@ -376,10 +359,10 @@ class _ConverseSession:
             if self.started or index != 0:
                 raise validation.InvalidField(f"request[{index}].start",
                                               "only the first message may start the session")
-            self.state = self.servicer.check.dialogue_start(req.start, "start")
+            self.dialogue = Dialogue(self.servicer.check.dialogue_start(req.start, "start"))
         elif kind == "scene_update":
-            self.state.scene = self.servicer.check.scene(req.scene_update,
-                                                         f"request[{index}].scene_update")
+            self.dialogue.state.scene = self.servicer.check.scene(
+                req.scene_update, f"request[{index}].scene_update")
         elif kind == "cancel":
             if self.reply_stream is not None:
                 self.reply_stream.cancel(FinishReason.CANCELLED)
@@ -391,32 +374,22 @@ class _ConverseSession:
         if self.servicer.draining.is_set():
             raise _Abort(grpc.StatusCode.UNAVAILABLE,
                          "server is shutting down; reconnect and resend the dialogue")
-        # Checked (and built) before interrupting anything.
-        checked = self.servicer.check.user_turn(turn, self.state, field)
-        prompt = await self.servicer._turn_prompt(self.state, checked, field)
-        # Barge-in: the new turn interrupts the reply in flight.
-        if self.reply_task is not None and not self.reply_task.done():
-            self.reply_stream.cancel(FinishReason.INTERRUPTED)
-            await self.reply_task
-            # Built again: the interrupted reply has joined the history.
-            prompt = await self.servicer._turn_prompt(self.state, checked, field)
-        arrived = time.perf_counter()
-        turn_id = self.state.take_turn_id(turn.turn_id)
-        # Opened here, not in the task, so a barge-in can always reach it.
-        self.reply_stream = self.servicer._generate(prompt, checked.sampling, self.context,
-                                                    arrived, checked.objects)
+        checked = self.servicer.check.user_turn(turn, self.dialogue.state, field)
+        self.reply_stream = await self.dialogue.begin_turn(
+            lambda state: self.servicer._turn_prompt(state, checked, field),
+            lambda prompt: self.servicer._generate(prompt, checked.sampling, self.context,
+                                                   time.perf_counter(), checked.objects))
+        turn_id = self.dialogue.state.take_turn_id(turn.turn_id)
         self.reply_task = asyncio.create_task(self._reply(turn_id, checked.text,
                                                           self.reply_stream))
 
-    async def _reply(self, turn_id: int, user_text: str, generation: Reply) -> None:
-        reply_text = ""
+    async def _reply(self, turn_id: int, user_text: str, reply: Reply) -> None:
+        heard = Heard()
         try:
-            async for event in generation:
-                if isinstance(event, pb.Completion) and event.sequence_index == 0:
-                    reply_text = event.text
+            async for event in reply:
+                heard.add(event)
                 await self.outbox.put(_wrap(spb.ConverseResponse, event, turn_id=turn_id))
         except Exception as exc:
             await self.outbox.put(exc)
-            return
-        self.state.record(user_text, reply_text, self.settings.max_dialogue_turns)
-
+        finally:
+            self.dialogue.end_turn(user_text, heard.text, self.settings.max_dialogue_turns)

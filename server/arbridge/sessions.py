@@ -1,9 +1,11 @@
-"""Dialogue state, and the sessions that keep it between Ask calls.
+"""Dialogues: their state, the turn runner both dialogue RPCs share, and the
+sessions that keep a dialogue between Ask calls.
 
-Converse keeps a DialogueState for as long as its stream lives. Ask (one turn
-per call, for gRPC-Web clients) keeps one per session id in a SessionStore:
-bounded in number (least recently used go first) and forgotten after a while
-idle, so abandoned browser tabs cannot grow the server without limit.
+Converse keeps a `Dialogue` for as long as its stream lives. Ask (one turn per
+call, for gRPC-Web clients) keeps one per session id in a SessionStore: bounded
+in number (least recently used go first) and forgotten after a while idle, so
+abandoned browser tabs cannot grow the server without limit. Barge-in (a new
+turn interrupting the reply in flight) is `Dialogue.begin_turn`, for both.
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ import asyncio
 import collections
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
+from arbridge.engine.requests import FinishReason
 from arbridge.v1 import types_pb2 as pb
 
 
@@ -52,14 +57,83 @@ class DialogueState:
         self.revision += 1
 
 
-class AskSession:
-    def __init__(self, session_id: str, state: DialogueState):
-        self.id = session_id
+class _Cancellable(Protocol):
+    def cancel(self, reason: FinishReason = FinishReason.CANCELLED) -> None: ...
+
+
+class Dialogue:
+    """One dialogue's state and the reply streaming now, if any."""
+
+    def __init__(self, state: DialogueState):
         self.state = state
-        self.reply = None  # the Generation streaming now, for barge-in
+        self.reply: _Cancellable | None = None
         self.idle = asyncio.Event()  # set while no reply is streaming
         self.idle.set()
-        self.size = state.byte_size()
+
+    async def begin_turn(self, build: Callable[[DialogueState], Awaitable[object]],
+                         start: Callable[[object], _Cancellable]) -> _Cancellable:
+        """Start a user turn's reply: `build(state)` makes its prompt, `start(prompt)`
+        the reply (it may raise, e.g. a full queue: then nothing has changed).
+
+        The first build happens before anything is interrupted, so a turn that fails
+        to build leaves the dialogue as it was. A reply in flight is then cancelled
+        as INTERRUPTED (barge-in) and awaited until `end_turn` has recorded it; the
+        prompt is built again whenever the history changed meanwhile.
+
+        Invariant: from seeing the dialogue idle with a prompt built on its current
+        history to claiming it (`idle.clear()`) there is no await, so two turns
+        arriving together can never both start, nor one miss the other's reply.
+        """
+        revision = self.state.revision
+        prompt = await build(self.state)
+        while True:
+            while not self.idle.is_set():
+                if self.reply is not None:
+                    self.reply.cancel(FinishReason.INTERRUPTED)
+                await self.idle.wait()
+            if self.state.revision == revision:
+                break
+            revision = self.state.revision
+            prompt = await build(self.state)
+        reply = start(prompt)
+        self.reply = reply
+        self.idle.clear()
+        return reply
+
+    def end_turn(self, user_text: str, heard: str, max_turns: int) -> None:
+        """The reply ended (completed, interrupted, or the client left): what the user
+        heard of it joins the history, and the next turn may start."""
+        self.state.record(user_text, heard, max_turns)
+        self.reply = None
+        self.idle.set()
+
+
+class Heard:
+    """What the user has received of a reply's first sequence: the chunks so far,
+    or the Completion's text once it came."""
+
+    def __init__(self):
+        self._parts: list[str] = []
+
+    def add(self, event) -> None:
+        if event.sequence_index != 0:
+            return
+        if isinstance(event, pb.TokenChunk):
+            self._parts.append(event.text)
+        else:
+            self._parts = [event.text]
+
+    @property
+    def text(self) -> str:
+        return "".join(self._parts)
+
+
+class AskSession(Dialogue):
+    def __init__(self, session_id: str, dialogue: Dialogue):
+        super().__init__(dialogue.state)
+        self.reply, self.idle = dialogue.reply, dialogue.idle
+        self.id = session_id
+        self.size = self.state.byte_size()
         self.last_used = 0.0
 
 
@@ -78,8 +152,11 @@ class SessionStore:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def create(self, state: DialogueState) -> AskSession:
-        session = AskSession(secrets.token_urlsafe(18), state)
+    def create(self, dialogue: Dialogue | DialogueState) -> AskSession:
+        """Keep `dialogue` (its reply may already be streaming) under a fresh id."""
+        if isinstance(dialogue, DialogueState):
+            dialogue = Dialogue(dialogue)
+        session = AskSession(secrets.token_urlsafe(18), dialogue)
         self._sessions[session.id] = session
         self.bytes += session.size
         self.touch(session)
