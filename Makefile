@@ -20,7 +20,7 @@ APT_PACKAGES := libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-co
 DEB_SRC := /etc/apt/sources.list.d/arbridge-deb-src.sources
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages cpp-client unity-stubs run serve test test-fast fuzz bench fusion-demo protos check-protos lint model clean
+.PHONY: setup system-packages cpp-client unity-stubs run serve test test-fast fuzz bench fusion-demo protos check-protos contract-release lint model clean
 
 setup: $(VENV)/.installed $(BUF) model system-packages
 
@@ -114,6 +114,11 @@ fusion-demo: setup
 # Regenerate the Python code for protos/ into server/arbridge/v1/.
 protos: $(VENV)/.installed
 	$(PY) tools/gen_protos.py server
+
+# Record the contract as released: later changes must pass `buf breaking` against it
+# (tests/test_contract.py). Run when tagging a release, never to silence a failure.
+contract-release: $(BUF)
+	$(BUF) build -o contract/arbridge-v1.released.json
 
 lint: $(VENV)/.installed $(BUF)
 	$(BUF) lint

@@ -41,21 +41,28 @@ def test_generated_python_is_up_to_date(tmp_path):
     assert not mismatch and not errors, f"stale generated code {mismatch + errors}: make protos"
 
 
-def test_contract_names():
-    from arbridge.v1 import service_pb2, types_pb2
+RELEASED = REPO / "contract" / "arbridge-v1.released.json"
 
-    service = service_pb2.DESCRIPTOR.services_by_name["ArBridgeService"]
-    assert service.full_name == "arbridge.v1.ArBridgeService"
-    methods = {m.name: (m.client_streaming, m.server_streaming) for m in service.methods}
-    assert methods == {
-        "DescribeScene": (False, True),
-        "Converse": (True, True),
-        "Generate": (False, True),
-        "GetModelInfo": (False, False),
-        "Ask": (False, True),
-    }
-    reasons = set(types_pb2.FinishReason.keys())
-    for name in ("LENGTH", "EOS", "STOP_SEQUENCE", "CANCELLED", "INTERRUPTED", "TIME_LIMIT",
-                 "ERROR"):
-        assert f"FINISH_REASON_{name}" in reasons
-    assert types_pb2.DESCRIPTOR.GetOptions().csharp_namespace == "ArBridge.V1"
+
+def _breaking(workdir) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BUF), "breaking", "--against", str(RELEASED)], cwd=workdir,
+                          capture_output=True, text=True)
+
+
+def test_contract_keeps_compatibility_with_the_released_one():
+    # Field numbers, names, types and methods of the released contract (the image
+    # `make contract-release` wrote) still mean the same; clients built on it work.
+    result = _breaking(REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_breaking_change_is_caught(tmp_path):
+    shutil.copytree(REPO / "protos", tmp_path / "protos")
+    shutil.copy(REPO / "buf.yaml", tmp_path / "buf.yaml")
+    types = tmp_path / "protos" / "arbridge" / "v1" / "types.proto"
+    text = types.read_text()
+    assert "string label = " in text
+    types.write_text(text.replace("string label = ", "bytes label = ", 1))
+    result = _breaking(tmp_path)
+    assert result.returncode != 0
+    assert "label" in result.stdout + result.stderr
