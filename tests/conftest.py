@@ -17,7 +17,9 @@ import pytest
 from arbridge.app import ArBridgeServer
 from arbridge.config import Settings, megatron_overrides
 from arbridge.engine.loader import load_model
+from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import service_pb2_grpc
+from arbridge.v1 import types_pb2 as pb
 
 from tiny_model import build_tiny_model, slow_down
 
@@ -96,6 +98,29 @@ def scrape(running: RunningServer) -> dict[tuple[str, tuple], float]:
         text = reply.read().decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def gen(prompt: str = "The red chair", **sampling) -> spb.GenerateRequest:
+    """A Generate request: the prompt, and SamplingParams fields as keywords."""
+    return spb.GenerateRequest(prompt=prompt, sampling=pb.SamplingParams(**sampling))
+
+
+async def wait_for(predicate, timeout: float = 5.0, what="condition") -> None:
+    """Poll predicate() every 20 ms until it is true; AssertionError after `timeout` s.
+    `what` names the condition in the error (a callable is called then, for a state)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what() if callable(what) else what}: "
+                                 f"not reached within {timeout} s")
+        await asyncio.sleep(0.02)
+
+
+async def wait_idle(engine, timeout: float = 5.0) -> None:
+    """Until nothing is running or queued: `engine.load` (a Scheduler's, a backend's)
+    is (0, 0). A request that ended leaves at the scheduler's next turn."""
+    await wait_for(lambda: engine.load == (0, 0), timeout,
+                   lambda: f"load (running, queued) still {engine.load}")
 
 
 async def collect(call):

@@ -11,7 +11,7 @@ from arbridge.sessions import DialogueState, SessionStore
 from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import types_pb2 as pb
 
-from conftest import collect
+from conftest import collect, wait_idle
 
 FR = pb.FinishReason
 
@@ -89,11 +89,7 @@ async def test_a_new_turn_interrupts_the_reply_still_streaming(make_server, tiny
     assert interrupted.finish_reason == FR.FINISH_REASON_INTERRUPTED
     assert 0 < interrupted.usage.completion_tokens < 100
     assert short[0].finish_reason == FR.FINISH_REASON_LENGTH
-    for _ in range(100):
-        if running.server.scheduler.load == (0, 0):
-            break
-        await asyncio.sleep(0.02)
-    assert running.server.scheduler.load == (0, 0)
+    await wait_idle(running.server.scheduler)
 
 
 def test_store_forgets_idle_sessions_and_evicts_the_least_recent():
@@ -131,20 +127,32 @@ async def test_the_interrupting_turn_sees_the_reply_it_interrupted(make_server,
                                                                    tiny_model_dir):
     running = await make_server(tiny_model_dir, step_delay=0.02)
     stub = running.stub
+    story = "tell me a long story"
+    _, hello, events = await collect(stub.Ask(ask("hello")))
+    session = events[0][2].session_id
+    long_call = stub.Ask(ask(story, session, max_new_tokens=100))
+    async for _ in long_call:  # streaming now
+        break
+    _, stop, _ = await collect(stub.Ask(ask("stop", session)))
+    interrupted = [r.completion for r in [r async for r in long_call]
+                   if r.WhichOneof("event") == "completion"][0]
+    assert interrupted.finish_reason == FR.FINISH_REASON_INTERRUPTED
+    assert interrupted.text.strip()  # the user heard part of the story
 
-    async def stop_prompt_tokens(interrupt: bool) -> int:
-        _, _, events = await collect(stub.Ask(ask("hello")))
-        session = events[0][2].session_id
-        if interrupt:
-            long_call = stub.Ask(ask("tell me a long story", session, max_new_tokens=100))
-            async for _ in long_call:
-                break
-        _, done, _ = await collect(stub.Ask(ask("stop", session)))
-        if interrupt:
-            [r async for r in long_call]
+    async def stop_prompt_tokens(reply: str) -> int:
+        """"stop" in a new session given the same dialogue, with `reply` for the story."""
+        history = [pb.DialogueTurn(role=pb.ROLE_USER, text="hello"),
+                   pb.DialogueTurn(role=pb.ROLE_ASSISTANT, text=hello[0].text),
+                   pb.DialogueTurn(role=pb.ROLE_USER, text=story),
+                   pb.DialogueTurn(role=pb.ROLE_ASSISTANT, text=reply)]
+        _, done, _ = await collect(stub.Ask(ask("stop", start=spb.ConverseStart(
+            history=history))))
         return done[0].usage.prompt_tokens
 
-    assert await stop_prompt_tokens(True) > await stop_prompt_tokens(False)
+    with_reply, without_reply = (await stop_prompt_tokens(interrupted.text),
+                                 await stop_prompt_tokens(""))
+    assert stop[0].usage.prompt_tokens == with_reply > without_reply, (
+        stop[0].usage.prompt_tokens, with_reply, without_reply)
 
 
 async def test_a_client_leaving_mid_reply_frees_the_session_at_once(make_server,
@@ -160,11 +168,7 @@ async def test_a_client_leaving_mid_reply_frees_the_session_at_once(make_server,
     _, done, events = await asyncio.wait_for(collect(stub.Ask(ask("still there?", session))),
                                              10)
     assert events[0][2].turn_id == 3 and done[0].finish_reason == FR.FINISH_REASON_LENGTH
-    for _ in range(100):
-        if running.server.scheduler.load == (0, 0):
-            break
-        await asyncio.sleep(0.02)
-    assert running.server.scheduler.load == (0, 0)
+    await wait_idle(running.server.scheduler)
 
 
 @pytest.mark.parametrize("request_, code, field", [

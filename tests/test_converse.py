@@ -10,6 +10,8 @@ import pytest
 from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import types_pb2 as pb
 
+from conftest import wait_for, wait_idle
+
 FR = pb.FinishReason
 
 
@@ -108,7 +110,7 @@ async def test_new_turn_interrupts_the_reply_in_flight(make_server, tiny_model_d
     # Turn 1 is complete (its Completion) before turn 2 starts streaming.
     order = [(r.turn_id, r.WhichOneof("event")) for r in s.responses]
     assert order.index((1, "completion")) < order.index((2, "chunk"))
-    assert running.server.scheduler.load == (0, 0)
+    await wait_idle(running.server.scheduler)
 
 
 async def test_cancel_message_stops_the_reply(make_server, tiny_model_dir):
@@ -184,23 +186,40 @@ async def test_drain_lets_the_reply_in_flight_finish_first(tiny_model_dir, tmp_p
 
 async def test_the_interrupting_turn_sees_the_reply_it_interrupted(make_server, tiny_model_dir):
     running = await make_server(tiny_model_dir, step_delay=0.02)
+    story, stop = "tell me a long story", "stop, what is that?"
 
-    async def second_prompt_tokens(interrupt: bool) -> int:
+    async def stop_prompt_tokens(history=(), interrupt=False) -> tuple[int, str]:
+        """Turn 2's prompt tokens, and the text turn 1 was interrupted at (if any)."""
         s = Session(running.stub)
-        await s.send(start=spb.ConverseStart(sampling=pb.SamplingParams(max_new_tokens=100)))
+        await s.send(start=spb.ConverseStart(history=history,
+                                             sampling=pb.SamplingParams(max_new_tokens=100)))
         if interrupt:
-            await s.send(user_turn=spb.UserTurn(turn_id=1, text="tell me a long story"))
+            await s.send(user_turn=spb.UserTurn(turn_id=1, text=story))
             async for response in s.call:
                 s.responses.append(response)
                 if response.WhichOneof("event") == "chunk":
                     break
-        await s.send(user_turn=spb.UserTurn(turn_id=2, text="stop, what is that?",
+        await s.send(user_turn=spb.UserTurn(turn_id=2, text=stop,
                                             sampling=pb.SamplingParams(max_new_tokens=3)))
         await s.read_until_complete(2)
         await s.close()
-        return completion(s.responses, 2).usage.prompt_tokens
+        heard = ""
+        if interrupt:
+            first = completion(s.responses, 1)
+            assert first.finish_reason == FR.FINISH_REASON_INTERRUPTED
+            heard = first.text
+        return completion(s.responses, 2).usage.prompt_tokens, heard
 
-    assert await second_prompt_tokens(True) > await second_prompt_tokens(False)
+    interrupted, heard = await stop_prompt_tokens(interrupt=True)
+    assert heard.strip()  # the user heard part of the story
+    # The same dialogue given as history: the user's turn *and* the reply so far.
+    with_reply, _ = await stop_prompt_tokens(history=[
+        pb.DialogueTurn(role=pb.ROLE_USER, text=story),
+        pb.DialogueTurn(role=pb.ROLE_ASSISTANT, text=heard)])
+    without_reply, _ = await stop_prompt_tokens(history=[
+        pb.DialogueTurn(role=pb.ROLE_USER, text=story),
+        pb.DialogueTurn(role=pb.ROLE_ASSISTANT, text="")])
+    assert interrupted == with_reply > without_reply, (interrupted, with_reply, without_reply)
 
 
 async def test_turns_during_drain_are_refused(tiny_model_dir, tmp_path):
@@ -214,11 +233,14 @@ async def test_turns_during_drain_are_refused(tiny_model_dir, tmp_path):
         s.responses.append(response)
         break
     stopping = asyncio.ensure_future(running.server.stop())
-    await asyncio.sleep(0.05)
+    await wait_for(running.server.servicer.draining.is_set, what="draining")
     await s.send(user_turn=spb.UserTurn(turn_id=2, text="and more"))  # keeps talking
     with pytest.raises(grpc.aio.AioRpcError) as err:
         async for response in s.call:
             s.responses.append(response)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    # Refused, not answered: nothing of turn 2 came back, only turn 1's reply.
+    assert {r.turn_id for r in s.responses} == {1}, [(r.turn_id, r.WhichOneof("event"))
+                                                     for r in s.responses]
     assert await stopping < 10
     await running.channel.close()

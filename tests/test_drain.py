@@ -51,10 +51,15 @@ def test_sigterm_drains_in_flight_stream_refuses_new_calls_exits_0(tiny_model_di
         assert first_chunk.wait(30)
         signalled = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
-                                                          timeout=5)
-        assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        health = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + 10
+        while True:  # the signal is handled on the server's loop: poll until it was
+            status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+            if status != health_pb2.HealthCheckResponse.SERVING or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert not result, "the stream finished before the drain was seen: nothing was drained"
         try:
             list(stub.Generate(request, timeout=5))
             raise AssertionError("a new call was accepted during the drain")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import struct
 import time
 from urllib.parse import unquote
@@ -18,7 +19,7 @@ import pytest
 from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import types_pb2 as pb
 
-from conftest import collect
+from conftest import collect, wait_for, wait_idle
 
 SERVICE = "/arbridge.v1.ArBridgeService"
 
@@ -173,11 +174,8 @@ async def test_stream_limit_counts_the_browser_and_the_key_cannot_be_forged(make
     s = await make_server(tiny_model_dir, grpc_web_port=0, step_delay=0.05,
                           max_streams_per_peer=1)
     holder = asyncio.ensure_future(call(s, "DescribeScene", describe(60)))
-    for _ in range(200):
-        if s.server.scheduler.load[0] == 1:
-            break
-        await asyncio.sleep(0.02)
-    assert s.server.scheduler.load[0] == 1
+    await wait_for(lambda: s.server.scheduler.load[0] == 1, 4,
+                   lambda: f"one stream running: load {s.server.scheduler.load}")
     # The same browser (127.0.0.1) again: over its limit.
     _, frames = await call(s, "DescribeScene", describe(4))
     assert frames.status == 8, frames.trailers  # RESOURCE_EXHAUSTED
@@ -199,11 +197,7 @@ async def test_client_leaving_cancels_the_generation(web):
             async for _ in r.aiter_raw():
                 break  # first bytes arrived: the request is generating
             assert web.server.scheduler.load[0] == 1, web.server.scheduler.load
-    for _ in range(200):  # the connection closed above
-        if web.server.scheduler.load == (0, 0):
-            break
-        await asyncio.sleep(0.02)
-    assert web.server.scheduler.load == (0, 0)
+    await wait_idle(web.server.scheduler)  # the connection closed above
 
 
 async def test_cors_preflight_and_headers(web):
@@ -255,17 +249,25 @@ async def test_headers_that_are_not_valid_metadata_are_dropped_not_fatal(web):
 
 
 async def test_client_leaving_is_not_logged_as_an_error(web, caplog):
+    caplog.set_level(logging.INFO, logger="arbridge.access")
     url = f"http://127.0.0.1:{web.server.grpc_web_port}{SERVICE}/DescribeScene"
     async with httpx.AsyncClient() as client:
         async with client.stream("POST", url, content=framed(describe(60)),
                                  headers={"content-type": "application/grpc-web+proto"}) as r:
             async for _ in r.aiter_raw():
                 break
-    for _ in range(200):
-        if web.server.scheduler.load == (0, 0):
-            break
-        await asyncio.sleep(0.02)
-    await asyncio.sleep(0.1)
+    # Everything that could log is done: the native call ended (its access line is
+    # the last thing it logs), the engine is idle, and the gateway's HTTP handler
+    # (uvicorn's task for the request) has returned.
+    http_tasks = web.server.grpc_web._server.server_state.tasks
+
+    def ended() -> bool:
+        return (any(getattr(r, "method", "") == f"{SERVICE}/DescribeScene"
+                    for r in caplog.records if r.name == "arbridge.access")
+                and web.server.scheduler.load == (0, 0) and not http_tasks)
+
+    await wait_for(ended, 5, lambda: f"call still open: load {web.server.scheduler.load}, "
+                                     f"{len(http_tasks)} HTTP task(s)")
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], \
         [r.getMessage() for r in caplog.records]
 

@@ -10,16 +10,10 @@ import grpc
 import pytest
 
 from arbridge.logs import setup_logging
-from arbridge.v1 import service_pb2 as spb
-from arbridge.v1 import types_pb2 as pb
 
-from conftest import collect, scrape
+from conftest import collect, gen, scrape, wait_for
 
 GENERATE = "/arbridge.v1.ArBridgeService/Generate"
-
-
-def gen(prompt="The red chair", **sampling):
-    return spb.GenerateRequest(prompt=prompt, sampling=pb.SamplingParams(**sampling))
 
 
 async def test_metrics_count_calls_tokens_latency_and_batches(make_server, tiny_model_dir):
@@ -84,14 +78,19 @@ async def test_json_access_log_carries_request_id_and_status(tiny_server, capsys
         call = tiny_server.stub.Generate(gen(max_new_tokens=2),
                                          metadata=(("x-request-id", "trace-7"),))
         await collect(call)
-        await asyncio.sleep(0.05)
+        lines, access = [], []
+
+        def logged() -> bool:  # the access record is written once the call has ended
+            lines.extend(json.loads(line) for line in capsys.readouterr().err.splitlines()
+                         if line.startswith("{"))
+            access[:] = [r for r in lines if r.get("request_id") == "trace-7" and
+                         r.get("method")]
+            return bool(access)
+
+        await wait_for(logged, 5, lambda: f"no access record in {lines}")
     finally:
         root.handlers[:], level = saved
         root.setLevel(level)
-    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()
-             if line.startswith("{")]
-    access = [r for r in lines if r.get("request_id") == "trace-7" and r.get("method")]
-    assert access, lines
     assert access[0]["method"] == GENERATE and access[0]["code"] == "OK"
     assert access[0]["level"] == "INFO" and access[0]["duration_ms"] > 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 
 import grpc
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import types_pb2 as pb
 
-from conftest import collect
+from conftest import collect, wait_for
 
 NAN = math.nan
 
@@ -144,21 +145,39 @@ async def test_too_many_history_turns(tiny_server):
     assert err.value.details().startswith("start.history:")
 
 
-async def test_bad_requests_do_not_disturb_a_running_stream(tiny_server):
-    good = asyncio.ensure_future(collect(tiny_server.stub.Generate(
-        spb.GenerateRequest(prompt="The table", sampling=pb.SamplingParams(max_new_tokens=60)))))
+async def test_bad_requests_do_not_disturb_a_running_stream(make_server, tiny_model_dir):
+    s = await make_server(tiny_model_dir, step_delay=0.02)  # 60 tokens: >= 1.2 s
+    chunk_times: list[float] = []
+
+    async def read_good():
+        call = s.stub.Generate(spb.GenerateRequest(
+            prompt="The table", sampling=pb.SamplingParams(max_new_tokens=60)))
+        async for response in call:
+            if response.WhichOneof("event") == "chunk":
+                chunk_times.append(time.perf_counter())
+            else:
+                return response.completion
+
+    good = asyncio.ensure_future(read_good())
+    await wait_for(lambda: chunk_times, 10, "the good stream's first chunk")
+    first_bad = time.perf_counter()
     errors = 0
     for _ in range(20):
         for _, method, request_msg, _ in INVALID[:8]:
             try:
-                await collect(getattr(tiny_server.stub, method)(request_msg))
+                await collect(getattr(s.stub, method)(request_msg))
             except grpc.aio.AioRpcError as exc:
                 assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT
                 errors += 1
-    chunks, done, _ = await good
+    last_bad = time.perf_counter()
+    done = await good
     assert errors == 160
-    assert done[0].finish_reason == pb.FINISH_REASON_LENGTH
-    assert done[0].usage.completion_tokens == 60
+    # The stream was flowing before the first bad request and still after the last:
+    # all 160 arrived while it ran.
+    assert chunk_times[0] < first_bad and chunk_times[-1] > last_bad, (
+        chunk_times[0] - first_bad, chunk_times[-1] - last_bad)
+    assert done.finish_reason == pb.FINISH_REASON_LENGTH
+    assert done.usage.completion_tokens == 60
 
 
 CONVERSE_INVALID = [
