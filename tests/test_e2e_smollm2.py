@@ -24,8 +24,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def smollm2_server():
+def start_smollm2() -> tuple[str, subprocess.Popen]:
+    """`arbridge serve` with the default model, once it says SERVING."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "arbridge.cli", "serve", "--host",
                              "127.0.0.1", "--port", str(port)], cwd=REPO,
@@ -33,6 +33,17 @@ def smollm2_server():
     target = f"127.0.0.1:{port}"
     try:
         wait_until_serving(target, timeout_s=900, should_continue=lambda: proc.poll() is None)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return target, proc
+
+
+@pytest.fixture(scope="module")
+def smollm2_server():
+    target, proc = start_smollm2()
+    try:
         yield target, proc
     finally:
         if proc.poll() is None:
@@ -70,7 +81,13 @@ def test_caption_cli_streams_to_the_terminal(smollm2_server):
     assert "12 tokens" in out.stderr and "first token after" in out.stderr
 
 
-def test_sigterm_exits_cleanly(smollm2_server):
-    _, proc = smollm2_server
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 0
+def test_sigterm_exits_cleanly():
+    # A server of its own: the shared one stays up whatever order the tests run in.
+    _, proc = start_smollm2()
+    try:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
