@@ -16,7 +16,7 @@ import pytest
 
 from arbridge.app import ArBridgeServer
 from arbridge.config import Settings, megatron_overrides
-from arbridge.engine.loader import load_model
+from arbridge.models.loader import load_model
 from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import service_pb2_grpc
 from arbridge.v1 import types_pb2 as pb

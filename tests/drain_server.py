@@ -12,8 +12,8 @@ import time
 from arbridge import app
 from arbridge.app import ArBridgeServer
 from arbridge.config import Settings
-from arbridge.engine.loader import load_model
 from arbridge.logs import setup_logging
+from arbridge.models.loader import load_model
 
 from tiny_model import slow_down
 

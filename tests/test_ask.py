@@ -7,7 +7,7 @@ import asyncio
 import grpc
 import pytest
 
-from arbridge.sessions import DialogueState, SessionStore
+from arbridge.serving.sessions import DialogueState, SessionStore
 from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import types_pb2 as pb
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from arbridge.engine.async_engine import AsyncEngine
-from arbridge.engine.loader import load_model
 from arbridge.engine.sampling import SamplingConfig
 from arbridge.engine.scheduler import Scheduler
+from arbridge.models.loader import load_model
 
 from conftest import wait_for, wait_idle
 from tiny_model import build_tiny_llama, slow_down

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from arbridge.engine.detokenize import IncrementalDetokenizer, StopStringFilter
+from arbridge.serving.detokenize import IncrementalDetokenizer, StopStringFilter
 
 from tiny_model import train_tokenizer
 

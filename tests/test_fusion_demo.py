@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from arbridge.config import Settings
-from arbridge.engine.loader import load_model
 from arbridge.engine.projector import Projector
-from arbridge.fusion_demo import (
+from arbridge.models.loader import load_model
+from arbridge.tools.fusion_demo import (
     COLORS,
     INSTRUCTION,
     LABELS,
@@ -27,8 +27,8 @@ from arbridge.fusion_demo import (
     score,
     synth_scenes,
 )
-from arbridge.sentence_encoder import SentenceEncoder
-from arbridge.training import PairBatcher, describe_prompt_ids
+from arbridge.tools.sentence_encoder import SentenceEncoder
+from arbridge.tools.training import PairBatcher, describe_prompt_ids
 from arbridge.v1 import types_pb2 as pb
 
 from tiny_model import build_tiny_model

@@ -146,8 +146,8 @@ async def test_status_messages_stay_small_whatever_the_input(tiny_server):
 
 
 def test_any_status_message_is_capped():
-    from arbridge.service import MAX_STATUS_MESSAGE_CHARS, _client_status
-    from arbridge.validation import InvalidField
+    from arbridge.serving.service import MAX_STATUS_MESSAGE_CHARS, _client_status
+    from arbridge.serving.validation import InvalidField
 
     status = _client_status(InvalidField("prompt", "x" * 50_000))
     assert len(status.message) == MAX_STATUS_MESSAGE_CHARS

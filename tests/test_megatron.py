@@ -14,8 +14,8 @@ import torch
 from megatron_export import export
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
-from arbridge.engine.loader import ModelLoadError, load_model
-from arbridge.engine.megatron import MegatronFormatError, Overrides, convert
+from arbridge.models.loader import ModelLoadError, load_model
+from arbridge.models.megatron import MegatronFormatError, Overrides, convert
 from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import types_pb2 as pb
 
@@ -184,7 +184,7 @@ async def test_greedy_generation_through_the_server_matches(source, tmp_path, na
     shutil.copy(ckpt / "vocab.json", hf_dir)
     shutil.copy(ckpt / "merges.txt", hf_dir)
     # The reference serves the source model with the same GPT-2 tokenizer files.
-    from arbridge.engine.megatron import build_tokenizer
+    from arbridge.models.megatron import build_tokenizer
     build_tokenizer(tok_dir).save_pretrained(hf_dir)
 
     texts = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from arbridge.engine.model_cache import is_complete, publishing
+from arbridge.models.publish import is_complete, publishing
 
 
 def test_a_failed_conversion_leaves_nothing_behind(tmp_path):

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from arbridge.engine.async_engine import AsyncEngine
-from arbridge.engine.loader import load_model
 from arbridge.engine.projector import Projector, ProjectorError, ProjectorSet, ProjectorSpec
 from arbridge.engine.sampling import SamplingConfig
 from arbridge.engine.scheduler import Scheduler
-from arbridge.grounding import ground
-from arbridge.training import describe_prompt_ids, load_pairs, train_projector
+from arbridge.models.loader import load_model
+from arbridge.serving.grounding import ground
+from arbridge.tools.training import describe_prompt_ids, load_pairs, train_projector
 from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import types_pb2 as pb
 
@@ -166,7 +166,7 @@ async def test_statuses_for_feature_vectors(make_server, tiny_model_dir, project
 def test_serving_prompt_for_training_is_the_describe_prompt(tiny_model_dir, tmp_path):
     """What the projector is trained behind is what DescribeScene builds for a scene
     holding only image features."""
-    from arbridge.prompts import PromptBuilder
+    from arbridge.serving.prompts import PromptBuilder
 
     lm = load_model(str(tiny_model_dir), cache_dir=tmp_path)
     builder = PromptBuilder(lm.tokenizer, lm.info.context_length, "Sys.")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from arbridge.prompts import PromptBuilder, PromptTooLong
+from arbridge.serving.prompts import PromptBuilder, PromptTooLong
 from arbridge.v1 import types_pb2 as pb
 
 from tiny_model import CHAT_TEMPLATE, train_tokenizer

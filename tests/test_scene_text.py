@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import math
 
-from arbridge.scene_text import describe_scene, place
+from arbridge.serving.scene_text import describe_scene, place
 from arbridge.v1 import types_pb2 as pb
 
 

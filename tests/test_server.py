@@ -10,7 +10,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from arbridge.grounding import ground
+from arbridge.serving.grounding import ground
 from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import types_pb2 as pb
 
@@ -255,7 +255,7 @@ async def test_queue_full_is_resource_exhausted_with_retry_hint(make_server, tin
 async def test_health_not_serving_while_loading(tiny_model_dir, tmp_path):
     from arbridge.app import ArBridgeServer
     from arbridge.config import Settings
-    from arbridge.engine.loader import load_model
+    from arbridge.models.loader import load_model
 
     server = ArBridgeServer(Settings(host="127.0.0.1", port=0, cache_dir=tmp_path))
     await server.start()

@@ -54,7 +54,7 @@ def step_export(work: Path, tp: int) -> dict:
 
 
 def step_convert(work: Path) -> dict:
-    from arbridge.engine import megatron
+    from arbridge.models import megatron
 
     megatron.convert(work / "megatron-345m", work / "converted")
     size = sum(p.stat().st_size for p in (work / "converted").iterdir()) / 2**20
@@ -64,7 +64,7 @@ def step_convert(work: Path) -> dict:
 def step_load_and_decode(work: Path) -> dict:
     import torch
 
-    from arbridge.engine.loader import load_model
+    from arbridge.models.loader import load_model
 
     started = time.perf_counter()
     lm = load_model(str(work / "converted"), cache_dir=work, dtype="float32")

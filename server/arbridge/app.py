@@ -19,16 +19,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from arbridge import interceptors
 from arbridge.backends import Backend
 from arbridge.backends.local import LocalBackend
 from arbridge.config import Settings, megatron_overrides
-from arbridge.engine.loader import LoadedModel, load_model
 from arbridge.engine.projector import ProjectorSet
 from arbridge.engine.scheduler import Scheduler
 from arbridge.metrics import Metrics
+from arbridge.models.loader import LoadedModel, load_model
 from arbridge.security import TokenChecker, load_tokens, server_credentials, warn_if_exposed
-from arbridge.service import ArBridgeServicer
+from arbridge.serving import interceptors
+from arbridge.serving.service import ArBridgeServicer
 from arbridge.v1 import service_pb2, service_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ class ArBridgeServer:
         return self.port
 
     async def _start_grpc_web(self, internal_port: int) -> None:
-        from arbridge.grpc_web import GrpcWebGateway, new_gateway_key
+        from arbridge.serving.grpc_web import GrpcWebGateway, new_gateway_key
 
         s = self.settings
         key = new_gateway_key()

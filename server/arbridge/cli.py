@@ -71,8 +71,8 @@ def cmd_serve(args) -> int:
 def cmd_bench(args) -> int:
     import torch
 
-    from arbridge.bench import run_bench
     from arbridge.config import load_settings
+    from arbridge.tools.bench import run_bench
 
     settings = load_settings(None, model=args.model, dtype=args.dtype, device=args.device,
                              log_level="WARNING")
@@ -88,8 +88,8 @@ def cmd_bench(args) -> int:
 def cmd_train_projector(args) -> int:
     """Train a projector (feature vector -> soft prompt) against the frozen model."""
     from arbridge.config import load_settings
-    from arbridge.engine.loader import load_model
-    from arbridge.training import describe_prompt_ids, load_pairs, train_projector
+    from arbridge.models.loader import load_model
+    from arbridge.tools.training import describe_prompt_ids, load_pairs, train_projector
 
     settings = load_settings(None, model=args.model)
     _setup_logging(settings.log_level)
@@ -117,8 +117,8 @@ def cmd_fusion_demo(args) -> int:
     from pathlib import Path
 
     from arbridge.config import load_settings
-    from arbridge.fusion_demo import format_report, run_fusion_demo
-    from arbridge.sentence_encoder import MINILM_NAME, ensure_minilm
+    from arbridge.tools.fusion_demo import format_report, run_fusion_demo
+    from arbridge.tools.sentence_encoder import MINILM_NAME, ensure_minilm
 
     settings = load_settings(None, model=args.model, dtype="float32", max_active=32,
                              log_level="WARNING")
@@ -169,8 +169,8 @@ def cmd_convert(args) -> int:
     from pathlib import Path
 
     from arbridge.config import load_settings, megatron_overrides
-    from arbridge.engine import megatron
-    from arbridge.engine.model_cache import convert_gguf
+    from arbridge.models import megatron
+    from arbridge.models.gguf import convert_gguf
 
     settings = load_settings(None, **_megatron_flags(args))
     _setup_logging(settings.log_level)
@@ -245,7 +245,7 @@ def cmd_info(args) -> int:
 
 def cmd_fetch_model(args) -> int:
     from arbridge.config import load_settings
-    from arbridge.engine.model_cache import ensure_default_model
+    from arbridge.models.default_model import ensure_default_model
 
     settings = load_settings(args.config)
     _setup_logging(settings.log_level)

@@ -208,7 +208,7 @@ class Settings(EngineSettings, SessionSettings, LimitSettings, ObservabilitySett
 
 
 def megatron_overrides(settings: Settings):
-    from arbridge.engine.megatron import Overrides
+    from arbridge.models.megatron import Overrides
 
     return Overrides(num_layers=settings.megatron_num_layers,
                      hidden_size=settings.megatron_hidden_size,

@@ -16,11 +16,31 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from arbridge.engine.loader import ModelInfo
 from arbridge.engine.projector import ProjectorSet
 from arbridge.engine.requests import FinishReason
 from arbridge.engine.sampling import SamplingConfig
-from arbridge.prompts import Prompt
+from arbridge.models.loader import ModelInfo
+
+
+@dataclass
+class Prompt:
+    """What a backend is asked to continue (built by serving/prompts.py)."""
+
+    ids: list[int]
+    # The text the ids were made from, for backends that take text (upstream
+    # engines); `special_tokens` says whether the tokenizer added BOS etc.
+    text: str = ""
+    special_tokens: bool = True
+    dropped_turns: int = 0
+    # Dense features (encoder, vector) whose projections take the first
+    # `prefix_len` positions; `ids` starts with that many placeholders.
+    features: list[tuple[str, list[float]]] = field(default_factory=list)
+    prefix_len: int = 0
+
+    def with_prefix(self, features: list[tuple[str, list[float]]], prefix_len: int,
+                    placeholder: int) -> Prompt:
+        return Prompt([placeholder] * prefix_len + self.ids, self.text, self.special_tokens,
+                      self.dropped_turns, list(features), prefix_len)
 
 
 class BackendUnavailable(RuntimeError):

@@ -5,16 +5,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from arbridge.backends import BackendBusy, Delta, Outputs, SequenceEnd
+from arbridge.backends import BackendBusy, Delta, Outputs, Prompt, SequenceEnd
 from arbridge.engine.async_engine import AsyncEngine, RequestStream
-from arbridge.engine.loader import ModelInfo
 from arbridge.engine.projector import ProjectorSet
 from arbridge.engine.requests import FinishReason
 from arbridge.engine.sampling import SamplingConfig
 from arbridge.engine.scheduler import QueueFull, Scheduler
 from arbridge.logs import REQUEST_ID
 from arbridge.metrics import Metrics
-from arbridge.prompts import Prompt
+from arbridge.models.loader import ModelInfo
 
 
 class LocalBackend:

@@ -27,13 +27,13 @@ from arbridge.backends import (
     BackendUnavailable,
     Delta,
     Outputs,
+    Prompt,
     SequenceEnd,
 )
 from arbridge.config import Settings
-from arbridge.engine.loader import ModelInfo
 from arbridge.engine.requests import FinishReason
 from arbridge.engine.sampling import SamplingConfig
-from arbridge.prompts import Prompt
+from arbridge.models.loader import ModelInfo
 
 try:  # the HTTP library openai is built on (httpx2 in openai >= 3)
     import httpx2 as httpx

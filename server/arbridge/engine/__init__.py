@@ -1,1 +1,1 @@
-"""The engine: model loading, scheduling, sampling and detokenization."""
+"""The engine: one scheduler thread owning the model; batching, caches, sampling."""

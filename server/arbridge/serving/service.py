@@ -16,22 +16,23 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 
-from arbridge import validation
 from arbridge.backends import (
     Backend,
     BackendBusy,
     BackendRefused,
     BackendUnavailable,
+    Prompt,
 )
 from arbridge.config import Settings
 from arbridge.engine.projector import ProjectorSet
 from arbridge.engine.requests import FinishReason
 from arbridge.engine.sampling import SamplingConfig
-from arbridge.grounding import ground
 from arbridge.metrics import Metrics
-from arbridge.prompts import Prompt, PromptBuilder, PromptTooLong
-from arbridge.sessions import Dialogue, DialogueState, Heard, SessionStore
-from arbridge.streaming import Event, OutputProcessor, Reply
+from arbridge.serving import validation
+from arbridge.serving.grounding import ground
+from arbridge.serving.output import Event, OutputProcessor, Reply
+from arbridge.serving.prompts import PromptBuilder, PromptTooLong
+from arbridge.serving.sessions import Dialogue, DialogueState, Heard, SessionStore
 from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import service_pb2_grpc
 from arbridge.v1 import types_pb2 as pb

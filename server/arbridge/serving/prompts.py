@@ -14,9 +14,8 @@ through the batch API, which releases the GIL while it works.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from arbridge.scene_text import describe_scene
+from arbridge.backends import Prompt
+from arbridge.serving.scene_text import describe_scene
 from arbridge.v1 import types_pb2 as pb
 
 DESCRIBE_INSTRUCTION = "Describe what is around me in one or two short sentences."
@@ -37,25 +36,6 @@ class PromptTooLong(ValueError):
                          "window with the requested max_new_tokens")
         self.prompt_tokens = prompt_tokens
         self.budget = budget
-
-
-@dataclass
-class Prompt:
-    ids: list[int]
-    # The text the ids were made from, for backends that take text (upstream
-    # engines); `special_tokens` says whether the tokenizer added BOS etc.
-    text: str = ""
-    special_tokens: bool = True
-    dropped_turns: int = 0
-    # Dense features (encoder, vector) whose projections take the first
-    # `prefix_len` positions; `ids` starts with that many placeholders.
-    features: list[tuple[str, list[float]]] = field(default_factory=list)
-    prefix_len: int = 0
-
-    def with_prefix(self, features: list[tuple[str, list[float]]], prefix_len: int,
-                    placeholder: int) -> Prompt:
-        return Prompt([placeholder] * prefix_len + self.ids, self.text, self.special_tokens,
-                      self.dropped_turns, list(features), prefix_len)
 
 
 class PromptBuilder:

