@@ -1,4 +1,4 @@
-"""`arbridge` command line: serve, caption, generate, info, demo, fetch-model."""
+"""`arbridge` command line: the server, its clients, conversion, bench and demos."""
 
 from __future__ import annotations
 
