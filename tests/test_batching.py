@@ -49,7 +49,8 @@ class Engine:
                                    context_length=loaded.info.context_length, **kwargs)
         self.tokenizer = loaded.tokenizer
         self.engine = AsyncEngine(self.scheduler)
-        self.batch_sizes: list[int] = []
+        self.batch_sizes: list[int] = []  # rows of every decode pass, as the metric sees it
+        self.scheduler.on_decode_step = self.batch_sizes.append
 
     def __enter__(self):
         self.scheduler.start()
@@ -64,7 +65,6 @@ class Engine:
         ids = self.tokenizer(prompt).input_ids
         tokens: dict[int, list[int]] = {i: [] for i in range(cfg.num_return_sequences)}
         async for out in self.engine.submit(ids, cfg):
-            self.batch_sizes.append(self.scheduler.last_batch_size)
             for index, token, _ in out.tokens:
                 tokens[index].append(token)
         return tokens

@@ -7,11 +7,16 @@ from arbridge.engine.sampling import (
     SamplingBatch,
     SamplingConfig,
     apply_repetition_penalty,
-    logits_to_probs,
+    filtered_probs,
     sample,
     sample_batch,
 )
 from arbridge.engine.stopping import stop_reason
+
+
+def logits_to_probs(logits, temperature, top_k, top_p):
+    cfg = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
+    return filtered_probs(logits, SamplingBatch([(cfg, None, logits.shape[0])]))
 
 
 def _no_seen(batch=1, vocab=6):

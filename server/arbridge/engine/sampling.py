@@ -80,7 +80,7 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor,
     return torch.where(seen, penalised, logits)
 
 
-def _filtered_probs(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+def filtered_probs(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     """Temperature, then top-k, then nucleus (top-p) filtering, per row; returns probs."""
     logits = logits / batch.temperature.clamp(min=1e-5)[:, None]
     vocab = logits.shape[-1]
@@ -105,14 +105,6 @@ def _filtered_probs(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     return logits.softmax(dim=-1)
 
 
-def logits_to_probs(logits: torch.Tensor, temperature: float, top_k: int,
-                    top_p: float) -> torch.Tensor:
-    """The filtered distribution of every row under one set of parameters."""
-    cfg = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
-    return _filtered_probs(logits.float(), SamplingBatch([(cfg, None, logits.shape[0])],
-                                                         logits.device))
-
-
 def sample_batch(logits: torch.Tensor, batch: SamplingBatch, seen: torch.Tensor | None
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Pick the next token of every row. Returns (ids [rows], logprobs [rows] or None).
@@ -131,7 +123,7 @@ def sample_batch(logits: torch.Tensor, batch: SamplingBatch, seen: torch.Tensor 
     if batch.all_greedy:
         next_ids = processed.argmax(dim=-1)
     else:
-        probs = _filtered_probs(processed, batch)
+        probs = filtered_probs(processed, batch)
         noise = torch.empty_like(probs)
         start = 0
         for cfg, generator, n in batch.groups:

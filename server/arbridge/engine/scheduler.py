@@ -115,7 +115,6 @@ class Scheduler:
         # Set once the fused decoder is built and the warm-up pass has run.
         self.ready = threading.Event()
         self._turn_seconds = 0.05  # moving average, for the retry hint
-        self.last_batch_size = 0
         self.on_decode_step = None  # optional callback(batch rows), on this thread
 
     @staticmethod
@@ -423,7 +422,6 @@ class Scheduler:
     # -- decode -------------------------------------------------------------------------
     def _decode_turn(self) -> None:
         rows = len(self._decoding)
-        self.last_batch_size = rows
         if self.on_decode_step is not None:
             self.on_decode_step(rows)
         cache = self._decoding.cache
