@@ -194,3 +194,26 @@ async def test_every_field_is_checked_with_its_own_status(tiny_server, request_,
         await collect(tiny_server.stub.Ask(request_))
     assert err.value.code() == code
     assert err.value.details().startswith(field), err.value.details()
+
+
+async def test_the_newest_of_turns_arriving_together_is_answered(make_server, tiny_model_dir):
+    # A reply streams; two more turns arrive at once. Whatever the prompt thread's timing,
+    # the newest is answered in full and the one between ends INTERRUPTED: an older turn
+    # never interrupts a newer one.
+    running = await make_server(tiny_model_dir, step_delay=0.02)
+    stub = running.stub
+    _, _, events = await collect(stub.Ask(ask("hello")))
+    session = events[0][2].session_id
+    first = stub.Ask(ask("tell me a long story", session, max_new_tokens=100))
+    async for _ in first:
+        break  # streaming now
+    middle = asyncio.ensure_future(collect(stub.Ask(ask("wait", session, max_new_tokens=30))))
+    newest = asyncio.ensure_future(collect(stub.Ask(ask("stop", session, max_new_tokens=6))))
+    _, middle_done, _ = await middle
+    _, newest_done, _ = await newest
+    async for _ in first:
+        pass
+    assert middle_done[0].finish_reason == FR.FINISH_REASON_INTERRUPTED
+    assert newest_done[0].finish_reason == FR.FINISH_REASON_LENGTH
+    assert newest_done[0].usage.completion_tokens == 6
+    await wait_idle(running.server.scheduler)

@@ -85,6 +85,25 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    """Caption and dialogue quality through a real server, beside a plain-prompt baseline."""
+    from pathlib import Path
+
+    from arbridge.config import load_settings
+    from arbridge.tools.caption_eval import format_table, run_eval
+
+    settings = load_settings(None, model=args.model, dtype=args.dtype, log_level="WARNING")
+    _setup_logging(settings.log_level)
+    result = asyncio.run(run_eval(settings, count=args.scenes, seed=args.seed,
+                                  dialogue=args.dialogue, out=Path(args.out)))
+    print(f"arbridge eval {' '.join(sys.argv[2:])}  (model {result['model']}, "
+          f"dtype {result['dtype']}, greedy, {result['scenes']} scenes; held-out = scenes "
+          f"{result['held_out_from']}+)")
+    print(format_table(result))
+    print(f"JSON: {args.out}")
+    return 0
+
+
 def cmd_train_projector(args) -> int:
     """Train a projector (feature vector -> soft prompt) against the frozen model."""
     from arbridge.config import load_settings
@@ -349,6 +368,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-peer", action="store_true",
                    help="skip `transformers serve --continuous-batching`")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("eval", help="caption/dialogue quality vs a plain prompt (not a test)")
+    p.add_argument("--model", help="default: SmolLM2-135M-Instruct")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--scenes", type=int, default=300, help="scenes (the first 100 tune)")
+    p.add_argument("--dialogue", type=int, default=60, help="held-out scenes asked about")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="bench/results/eval.json")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("train-projector",
                        help="train a feature-vector projector with the model frozen")

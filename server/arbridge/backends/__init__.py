@@ -4,7 +4,7 @@ The servicer builds the prompt and validates; a backend turns a prompt into a
 `Generation`: an async iterator of backend-neutral `Outputs` (new token ids or
 text per sequence, and sequence ends) that can be cancelled (barge-in, client
 gone) at any time. Text work (detokenizing, stop strings), metrics and the
-protobuf messages are the servicer's (`streaming.OutputProcessor`), the same
+protobuf messages are the servicer's (`serving.output.OutputProcessor`), the same
 for every backend. Backends raise the errors below; the servicer maps them to
 gRPC statuses.
 """
@@ -103,6 +103,7 @@ class Backend(Protocol):
     info: ModelInfo
     tokenizer: object
     projectors: ProjectorSet | None  # what dense features this backend can take
+    constraints: bool  # applies SamplingConfig.banned / no_repeat_ngram (local engine)
 
     def unsupported(self, cfg: SamplingConfig) -> list[tuple[str, str]]:
         """(sampling field, why) for each parameter this backend cannot honour."""

@@ -24,6 +24,9 @@ class LocalBackend:
         self.engine = AsyncEngine(scheduler)
         self.tokenizer = tokenizer
         self.info = info
+        self.constraints = True  # scene-constrained decoding, no-repeat n-grams
+        if "scene_constraint" not in info.features:
+            info.features.append("scene_constraint")
         scheduler.on_decode_step = metrics.batch_size.observe
 
     def unsupported(self, cfg: SamplingConfig) -> list[tuple[str, str]]:

@@ -95,6 +95,7 @@ class OpenAIBackend:
         self.tokenizer = tokenizer
         self.info = info
         self.projectors = None  # text only: dense features are refused upstream
+        self.constraints = False  # no scene-constrained decoding upstream
         self.active = 0
 
     @staticmethod
@@ -148,6 +149,11 @@ class OpenAIBackend:
         out = []
         if cfg.logprobs:
             out.append(("logprobs", "not available through the upstream backend"))
+        if cfg.scene_constraint:
+            out.append(("scene_constraint", "needs the local engine (the upstream decodes "
+                                            "without the bridge's logit rules)"))
+        if cfg.no_repeat_ngram > 1:
+            out.append(("no_repeat_ngram", "needs the local engine"))
         if not self.settings.backend_extended_sampling:
             hint = ("the upstream's OpenAI API has no such parameter (start the bridge with "
                     "--backend-extended-sampling for vLLM or TGI)")

@@ -27,6 +27,19 @@ class SamplingConfig:
     # Benchmarks only (not in the contract): run to max_new_tokens through EOS,
     # so every contender generates the same number of tokens.
     ignore_eos: bool = False
+    no_repeat_ngram: int = 0  # 0/1 = off (see constraints.py)
+    banned: object = None  # constraints.BannedWords, or None
+    # What the request asked for (None = the server's default); the servicer turns it
+    # into `banned` for the request's scene.
+    scene_constraint: float | None = None
+    # End each sequence after this many sentences (0 = no limit): captions stay short,
+    # before a small model starts re-listing the scene. Applied to the text by the
+    # servicer's output processor, like stop strings.
+    max_sentences: int = 0
+
+    @property
+    def constrained(self) -> bool:
+        return self.no_repeat_ngram > 1 or self.banned is not None
 
     @property
     def greedy(self) -> bool:
@@ -43,7 +56,7 @@ class SamplingBatch:
     """
 
     def __init__(self, groups: list[tuple[SamplingConfig, torch.Generator | None, int]],
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", vocab_size: int = 1 << 31):
         self.groups = groups  # (config, generator, rows), in row order
         per_row = [(cfg, n) for cfg, _, n in groups]
 
@@ -51,7 +64,6 @@ class SamplingBatch:
             return torch.tensor([get(cfg) for cfg, n in per_row for _ in range(n)],
                                 dtype=dtype, device=device)
 
-        self.rows = sum(n for _, n in per_row)
         self.temperature = column(lambda c: c.temperature, torch.float32)
         self.top_k = column(lambda c: c.top_k, torch.long)
         self.top_p = column(lambda c: c.top_p, torch.float32)
@@ -59,8 +71,12 @@ class SamplingBatch:
         self.all_greedy = all(cfg.greedy for cfg, _ in per_row)
         self.any_greedy = any(cfg.greedy for cfg, _ in per_row)
         self.any_penalty = any(cfg.repetition_penalty != 1.0 for cfg, _ in per_row)
-        self.max_top_k = max((cfg.top_k for cfg, _ in per_row if not cfg.greedy), default=0)
-        self.any_top_p = any(cfg.top_p < 1.0 for cfg, _ in per_row if not cfg.greedy)
+        # The rows each filter applies to (host lists: no device work to decide).
+        rows = [cfg for cfg, n in per_row for _ in range(n)]
+        self.top_k_rows = [i for i, cfg in enumerate(rows)
+                           if not cfg.greedy and 0 < cfg.top_k < vocab_size]
+        self.top_k_values = [rows[i].top_k for i in self.top_k_rows]
+        self.top_p_rows = [i for i, cfg in enumerate(rows) if not cfg.greedy and cfg.top_p < 1.0]
         self.any_logprobs = any(cfg.logprobs for cfg, _ in per_row)
 
 
@@ -81,31 +97,36 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor,
 
 
 def filtered_probs(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
-    """Temperature, then top-k, then nucleus (top-p) filtering, per row; returns probs."""
+    """Temperature, then top-k, then nucleus (top-p) filtering, per row; returns probs.
+
+    Only the rows that ask for a filter pay for it: a full-vocabulary sort for one
+    request's top_p must not slow every stream it is batched with."""
     logits = logits / batch.temperature.clamp(min=1e-5)[:, None]
     vocab = logits.shape[-1]
-    if batch.max_top_k > 0:
-        k = batch.top_k
-        on = (k > 0) & (k < vocab)
-        kmax = min(batch.max_top_k, vocab)
-        top = torch.topk(logits, kmax, dim=-1).values
-        kth = top.gather(-1, (k.clamp(1, kmax) - 1)[:, None])
-        kth = torch.where(on[:, None], kth, torch.full_like(kth, float("-inf")))
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if batch.any_top_p:
-        top_p = torch.where(batch.top_p < 1.0, batch.top_p,
-                            torch.full_like(batch.top_p, float("inf")))
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    k_rows = [(i, k) for i, k in zip(batch.top_k_rows, batch.top_k_values, strict=True)
+              if k < vocab]  # top_k >= vocab keeps everything: nothing to do
+    if k_rows:
+        rows = torch.tensor([i for i, _ in k_rows], device=logits.device)
+        sub = logits[rows]
+        k = batch.top_k[rows]
+        top = torch.topk(sub, max(k for _, k in k_rows), dim=-1).values
+        kth = top.gather(-1, (k - 1)[:, None])
+        logits[rows] = sub.masked_fill(sub < kth, float("-inf"))
+    if batch.top_p_rows:
+        rows = torch.tensor(batch.top_p_rows, device=logits.device)
+        sub = logits[rows]
+        sorted_logits, order = torch.sort(sub, descending=True, dim=-1)
         sorted_probs = sorted_logits.softmax(dim=-1)
         # Drop a token when the mass before it already reaches top_p; the most
         # likely token always stays.
-        drop_sorted = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p[:, None]
+        drop_sorted = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= batch.top_p[rows][:, None]
         drop = drop_sorted.scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
+        logits[rows] = sub.masked_fill(drop, float("-inf"))
     return logits.softmax(dim=-1)
 
 
-def sample_batch(logits: torch.Tensor, batch: SamplingBatch, seen: torch.Tensor | None
+def sample_batch(logits: torch.Tensor, batch: SamplingBatch, seen: torch.Tensor | None,
+                 bans: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Pick the next token of every row. Returns (ids [rows], logprobs [rows] or None).
 
@@ -113,6 +134,8 @@ def sample_batch(logits: torch.Tensor, batch: SamplingBatch, seen: torch.Tensor 
     noise, as gpt-fast does): the same distribution as torch.multinomial without
     its device sync, and each request's noise comes from its own generator, so a
     seeded request samples the same tokens whatever else is in the batch.
+    `bans` (rows, tokens, penalties) lowers those tokens' logits first (inf = never):
+    the constraints of engine/constraints.py.
     Log-probabilities are of the model's raw distribution, before any penalty,
     temperature or filtering, so clients can compare them across settings.
     """
@@ -120,6 +143,10 @@ def sample_batch(logits: torch.Tensor, batch: SamplingBatch, seen: torch.Tensor 
     processed = logits
     if batch.any_penalty and seen is not None:
         processed = apply_repetition_penalty(logits, seen, batch.penalty)
+    if bans is not None:
+        rows, tokens, penalties = bans
+        processed = processed.clone() if processed is logits else processed
+        processed[rows, tokens] -= penalties
     if batch.all_greedy:
         next_ids = processed.argmax(dim=-1)
     else:
@@ -143,4 +170,4 @@ def sample(logits: torch.Tensor, cfg: SamplingConfig, seen: torch.Tensor,
            generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The rows of one request (see `sample_batch`)."""
     return sample_batch(logits, SamplingBatch([(cfg, generator, logits.shape[0])],
-                                              logits.device), seen)
+                                              logits.device, logits.shape[-1]), seen)

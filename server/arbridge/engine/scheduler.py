@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from arbridge.engine.constraints import repeated_ngram_tokens
 from arbridge.engine.prefix_cache import PrefixCache
 from arbridge.engine.requests import (
     FinishReason,
@@ -38,7 +39,7 @@ from arbridge.engine.requests import (
 )
 from arbridge.engine.rows import RowTable
 from arbridge.engine.runner import ModelRunner
-from arbridge.engine.sampling import SamplingBatch, sample_batch
+from arbridge.engine.sampling import SamplingBatch, SamplingConfig, sample_batch
 from arbridge.engine.stopping import stop_reason
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class _Slot:
     req: _Request
     index: int
     last_id: int = 0
+    generated: list[int] = field(default_factory=list)  # the reply's tokens so far
 
 
 class Scheduler:
@@ -406,9 +408,11 @@ class Scheduler:
         if self.prefix_cache is not None and not req.handle.features:
             self.prefix_cache.store(req.handle.prompt_ids, staging, staging_row)
         cfg = req.handle.sampling
+        bans = _bans([(cfg, [])] * req.n, self.device) if cfg.constrained else None
         next_ids, logprobs = sample_batch(last_logits.expand(req.n, -1),
                                           SamplingBatch([(cfg, req.generator, req.n)],
-                                                        self.device), req.seen)
+                                                        self.device, self.vocab_size),
+                                          req.seen, bans)
         req.seen[torch.arange(req.n, device=self.device), next_ids] = True
         for index in range(req.n):
             slot = _Slot(req, index)
@@ -433,25 +437,30 @@ class Scheduler:
         by_request: dict[_Request, list[tuple[int, int]]] = {}
         for row, slot in enumerate(self._decoding):
             by_request.setdefault(slot.req, []).append((slot.index, row))
-        order, groups = [], []
+        order, groups, histories = [], [], []
         for req, members in by_request.items():
             members.sort()
             order += [row for _, row in members]
             groups.append((req.handle.sampling, req.generator, len(members)))
-        batch = SamplingBatch(groups, self.device)
+            histories += [(req.handle.sampling, req.slots[index].generated)
+                          for index, _ in members]
+        batch = SamplingBatch(groups, self.device, self.vocab_size)
         order_t = torch.tensor(order, device=self.device)
         seen = None
         if batch.any_penalty:
             seen = torch.cat([req.seen[torch.tensor([i for i, _ in members],
                                                     device=self.device)]
                               for req, members in by_request.items()])
-        next_ids, logprobs = sample_batch(logits[order_t], batch, seen)
+        bans = None
+        if any(cfg.constrained for cfg, _, _ in groups):
+            bans = _bans(histories, self.device)
+        next_ids, logprobs = sample_batch(logits[order_t], batch, seen, bans)
         offset = 0
         for req, members in by_request.items():
             seq_ids = torch.tensor([i for i, _ in members], device=self.device)
             req.seen[seq_ids, next_ids[offset:offset + len(members)]] = True
             offset += len(members)
-        flat_ids, flat_lps = _to_host(next_ids, logprobs)  # the only sync per turn
+        flat_ids, flat_lps = _to_host(next_ids, logprobs)  # one copy for ids and logprobs
         offset = 0
         for req, members in by_request.items():
             end = offset + len(members)
@@ -471,7 +480,10 @@ class Scheduler:
             if reason is not FinishReason.EOS:
                 out.tokens.append((index, token, lp if cfg.logprobs else None))
             if reason is None:
-                req.slots[index].last_id = token
+                slot = req.slots[index]
+                slot.last_id = token
+                if cfg.constrained:
+                    slot.generated.append(token)
                 continue
             out.finished.append(SequenceFinished(index, reason))
             req.done[index] = True
@@ -480,6 +492,27 @@ class Scheduler:
             self._active.remove(req)
             _log(req.handle, logging.DEBUG, "finished after %d tokens", req.generated)
         req.handle.sink(out)
+
+
+def _bans(rows: list[tuple[SamplingConfig, list[int]]], device
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(row, token, penalty) triples for every token a row may not produce next
+    (constraints.py); None when there are none."""
+    row_ids, token_ids, penalties = [], [], []
+    for row, (cfg, generated) in enumerate(rows):
+        for token in repeated_ngram_tokens(generated, cfg.no_repeat_ngram):
+            row_ids.append(row)
+            token_ids.append(token)
+            penalties.append(float("inf"))
+        if cfg.banned is not None:
+            for token in cfg.banned.next_banned(generated):
+                row_ids.append(row)
+                token_ids.append(token)
+                penalties.append(cfg.banned.penalty)
+    if not row_ids:
+        return None
+    return (torch.tensor(row_ids, device=device), torch.tensor(token_ids, device=device),
+            torch.tensor(penalties, device=device))
 
 
 def _to_host(ids: torch.Tensor, logprobs: torch.Tensor | None

@@ -95,3 +95,27 @@ class StopStringFilter:
                     best = k
                     break
         return best
+
+
+class SentenceCounter:
+    """Counts finished sentences in streamed text: a '.', '!' or '?' after anything but
+    a digit ends one ("1.3 m" does not; "6.1 m." does)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.count = 0
+        self._last = ""
+
+    def cut(self, text: str) -> tuple[str, bool]:
+        """(the part of `text` up to and including the limit's sentence end, reached?)"""
+        if not self.limit:
+            return text, False
+        for i, ch in enumerate(text):
+            before = text[i - 1] if i else self._last
+            if ch in ".!?" and not before.isdigit() and before not in ".!?":
+                self.count += 1
+                if self.count >= self.limit:
+                    return text[:i + 1], True
+        if text:
+            self._last = text[-1]
+        return text, False

@@ -16,7 +16,11 @@ from dataclasses import dataclass, field
 from arbridge.backends import Generation, Outputs
 from arbridge.engine.requests import FinishReason
 from arbridge.metrics import Metrics
-from arbridge.serving.detokenize import IncrementalDetokenizer, StopStringFilter
+from arbridge.serving.detokenize import (
+    IncrementalDetokenizer,
+    SentenceCounter,
+    StopStringFilter,
+)
 from arbridge.v1 import types_pb2 as pb
 
 REASONS = {r: pb.FinishReason.Value(f"FINISH_REASON_{r.name}") for r in FinishReason}
@@ -29,6 +33,7 @@ Grounder = Callable[[str], list[pb.GroundedSpan]]
 class _Sequence:
     index: int
     stops: StopStringFilter
+    sentences: SentenceCounter
     detokenizer: IncrementalDetokenizer | None = None  # made on the first token id
     text: list[str] = field(default_factory=list)
     pending_ids: list[int] = field(default_factory=list)
@@ -40,14 +45,20 @@ class _Sequence:
 
 class OutputProcessor:
     def __init__(self, tokenizer, prompt_ids: list[int], stop: tuple[str, ...], n: int,
-                 seed: int, arrived: float, metrics: Metrics):
+                 seed: int, arrived: float, metrics: Metrics, max_sentences: int = 0,
+                 continues_prompt: bool = False):
+        """`continues_prompt`: the reply continues the prompt's text (Generate), so the
+        detokenizer is primed with its tail (a Metaspace "▁Paris" after "is" keeps its
+        space); a chat reply starts a message of its own and is not primed."""
         self._tokenizer = tokenizer
         self._prompt_ids = prompt_ids
+        self._prime = list(prompt_ids) if continues_prompt else []
         self._arrived = arrived
         self._seed = seed
         self._metrics = metrics
         self._last_output_at: float | None = None
-        self._seqs = [_Sequence(i, StopStringFilter(stop)) for i in range(n)]
+        self._seqs = [_Sequence(i, StopStringFilter(stop), SentenceCounter(max_sentences))
+                      for i in range(n)]
 
     def process(self, out: Outputs, generation: Generation) -> Iterator[Event]:
         m = self._metrics
@@ -62,6 +73,7 @@ class OutputProcessor:
             if seq.done:
                 continue
             seq.tokens += 1
+            m.tokens.inc()  # as they come: a cancelled stream's tokens count too
             if seq.first_token_at is None:
                 seq.first_token_at = out.at
             if delta.token_id is not None:
@@ -71,10 +83,13 @@ class OutputProcessor:
                 text = delta.text or ""
             if delta.logprob is not None:
                 seq.pending_logprob = (seq.pending_logprob or 0.0) + delta.logprob
-            shown = seq.stops.push(text)
+            shown, enough = seq.sentences.cut(seq.stops.push(text))
             if shown:
                 yield self._chunk(seq, shown)
-            if seq.stops.matched is not None:
+            if enough:  # the last sentence allowed has ended
+                generation.stop_sequence(seq.index)
+                yield self._complete(seq, FinishReason.STOP_SEQUENCE, generation.started)
+            elif seq.stops.matched is not None:
                 generation.stop_sequence(seq.index)
                 yield self._complete(seq, FinishReason.STOP_SEQUENCE, generation.started)
         for end in out.ends:
@@ -90,7 +105,7 @@ class OutputProcessor:
 
     def _detokenizer(self, seq: _Sequence) -> IncrementalDetokenizer:
         if seq.detokenizer is None:
-            seq.detokenizer = IncrementalDetokenizer(self._tokenizer, self._prompt_ids)
+            seq.detokenizer = IncrementalDetokenizer(self._tokenizer, self._prime)
         return seq.detokenizer
 
     def _chunk(self, seq: _Sequence, text: str) -> pb.TokenChunk:
@@ -105,7 +120,8 @@ class OutputProcessor:
                   error: str = "", completion_tokens: int | None = None) -> pb.Completion:
         seq.done = True
         tokens = seq.tokens if completion_tokens is None else completion_tokens
-        self._metrics.tokens.inc(tokens)
+        if tokens > seq.tokens:  # the upstream's usage knows tokens its text chunks merged
+            self._metrics.tokens.inc(tokens - seq.tokens)
         self._metrics.completions.labels(f"FINISH_REASON_{reason.name}").inc()
         now = time.perf_counter()
         first = seq.first_token_at or now

@@ -20,6 +20,39 @@ from arbridge.v1 import types_pb2 as pb
 
 DESCRIBE_INSTRUCTION = "Describe what is around me in one or two short sentences."
 
+# Captions get a prompt of their own (measured with `arbridge eval`): small models
+# otherwise answer as the wearer ("I'm sitting...") and invent surroundings. The
+# system prompt and the worked examples are the same for every scene, so the
+# prefix cache keeps their keys and values; only the scene and instruction are new.
+CAPTION_SYSTEM_PROMPT = (
+    "You are the voice of the user's augmented-reality glasses. The glasses list the "
+    "objects they see. Tell the user, as \"you\", what is around them in one sentence: "
+    "name every listed object once, with where it is (ahead, to the left, to the right, "
+    "behind you). Mention nothing that is not listed.")
+
+
+def _example_scene(location: str, objects: list[tuple[str, dict, float, float]]
+                   ) -> pb.SceneFeatures:
+    """A worked example: (label, attributes, x, z) per object, camera at the origin."""
+    scene = pb.SceneFeatures(location_hint=location,
+                             camera_pose=pb.Pose(rotation=pb.Quaternion(w=1.0)))
+    for label, attributes, x, z in objects:
+        obj = scene.objects.add(label=label, confidence=0.9,
+                                pose=pb.Pose(position=pb.Vec3(x=x, y=0.0, z=z)))
+        obj.attributes.update(attributes)
+    return scene
+
+
+CAPTION_EXAMPLES = [
+    (_example_scene("a workshop", [("ladder", {"color": "yellow"}, 0.1, 1.0),
+                                   ("toolbox", {}, -2.0, 1.5)]),
+     "A yellow ladder is ahead, near you, and a toolbox is to the left."),
+    (_example_scene("", [("statue", {"material": "stone"}, 4.0, 3.0),
+                         ("kite", {}, 0.3, -1.2), ("fence", {}, 0.0, 3.0)]),
+     "A kite is behind you, a fence is ahead, and a stone statue is far away to the "
+     "right."),
+]
+
 # No real tokenizer averages more characters per token over a whole prompt, so
 # text longer than context_length * this cannot fit and is refused untokenized.
 MAX_CHARS_PER_TOKEN = 64
@@ -38,6 +71,11 @@ class PromptTooLong(ValueError):
         self.budget = budget
 
 
+def _caption_request(scene: pb.SceneFeatures, instruction: str) -> str:
+    seen = describe_scene(scene) or "Nothing is detected."
+    return f"The glasses see: {seen}\n{instruction}"
+
+
 class PromptBuilder:
     def __init__(self, tokenizer, context_length: int, system_prompt: str):
         self.tokenizer = tokenizer
@@ -54,9 +92,20 @@ class PromptBuilder:
         return Prompt(ids, text, special_tokens=True)
 
     def describe(self, scene: pb.SceneFeatures, instruction: str, max_new_tokens: int) -> Prompt:
-        # A caption is a one-turn conversation about the scene.
-        return self.converse(scene, [], instruction.strip() or DESCRIBE_INSTRUCTION,
-                             max_new_tokens)
+        """A caption: the caption system prompt, the worked examples as earlier turns,
+        then this scene and the instruction as the user's turn."""
+        instruction = instruction.strip() or DESCRIBE_INSTRUCTION
+        examples = []
+        for example, caption in CAPTION_EXAMPLES:
+            examples += [pb.DialogueTurn(role=pb.ROLE_USER,
+                                         text=_caption_request(example, DESCRIBE_INSTRUCTION)),
+                         pb.DialogueTurn(role=pb.ROLE_ASSISTANT, text=caption)]
+        request = _caption_request(scene, instruction)
+        try:
+            return self._fit(CAPTION_SYSTEM_PROMPT, examples, request, max_new_tokens)
+        except PromptTooLong:
+            # A small context window: the short system prompt, no examples.
+            return self._fit(self.system_prompt, [], request, max_new_tokens)
 
     def converse(self, scene: pb.SceneFeatures | None, history: list[pb.DialogueTurn],
                  user_text: str, max_new_tokens: int, system_prompt: str = "") -> Prompt:

@@ -1,7 +1,7 @@
 """The ArBridgeService servicer: validate -> build prompt -> submit -> stream.
 
-The servicer never touches tensors: it hands token ids to the engine and
-turns the engine's outputs into messages (see streaming.py).
+The servicer never touches tensors: it hands prompts to a backend and turns
+its outputs into messages (see output.py).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from arbridge.serving import validation
 from arbridge.serving.grounding import ground
 from arbridge.serving.output import Event, OutputProcessor, Reply
 from arbridge.serving.prompts import PromptBuilder, PromptTooLong
+from arbridge.serving.scene_constraint import SceneConstraint
 from arbridge.serving.sessions import Dialogue, DialogueState, Heard, SessionStore
 from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import service_pb2_grpc
@@ -129,6 +130,13 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
                                       self.settings.system_prompt)
         self._backend = backend
         self._projectors = backend.projectors
+        backend_tokenizer = getattr(backend.tokenizer, "backend_tokenizer", None)
+        if backend_tokenizer is not None:
+            # Shared by the prompt thread and the event loop: no call may reconfigure
+            # it (a tokenizer.json with truncation or padding would, on first use).
+            backend_tokenizer.no_truncation()
+            backend_tokenizer.no_padding()
+        self._constraint = SceneConstraint(backend.tokenizer)
         self.check = validation.RequestChecker(
             self.settings, backend.projectors.input_dims() if backend.projectors else {},
             backend.unsupported, self._ignore_eos)
@@ -173,11 +181,13 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
             f"{field}.text", turn.sampling, turn.features)
 
     def _generate(self, prompt: Prompt, cfg: SamplingConfig, context, arrived: float,
-                  objects: list[pb.SceneObject] | None = None) -> Reply:
+                  objects: list[pb.SceneObject] | None = None,
+                  continues_prompt: bool = False) -> Reply:
         """Start generating; the reply's Completions are grounded in `objects` if given."""
         generation = self._backend.generate(prompt, cfg, timeout_s=self._timeout(context))
         processor = OutputProcessor(self._backend.tokenizer, prompt.ids, cfg.stop,
-                                    cfg.num_return_sequences, cfg.seed, arrived, self._metrics)
+                                    cfg.num_return_sequences, cfg.seed, arrived, self._metrics,
+                                    cfg.max_sentences, continues_prompt)
         grounder = functools.partial(ground, objects=objects) if objects is not None else None
         return Reply(generation, processor, grounder)
 
@@ -189,7 +199,8 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         call = self.check.generate(request)
         prompt = await self._prompt(lambda budget: self._prompts.raw(call.prompt, budget),
                                     "prompt", call.sampling)
-        async for event in self._generate(prompt, call.sampling, context, arrived):
+        async for event in self._generate(prompt, call.sampling, context, arrived,
+                                          continues_prompt=True):
             yield _wrap(spb.GenerateResponse, event)
 
     @_rpc
@@ -197,10 +208,12 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         arrived = time.perf_counter()
         self._ready()
         call = self.check.describe_scene(request)
+        cfg = self._constraint.apply(call.sampling, call.scene, caption=True,
+                                     supported=self._backend.constraints)
         prompt = await self._prompt(
             lambda budget: self._prompts.describe(call.scene, call.instruction, budget),
-            "scene", call.sampling, call.features)
-        async for event in self._generate(prompt, call.sampling, context, arrived,
+            "scene", cfg, call.features)
+        async for event in self._generate(prompt, cfg, context, arrived,
                                           objects=list(call.scene.objects)):
             yield _wrap(spb.DescribeSceneResponse, event)
 
@@ -224,10 +237,17 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         # Checked before anything changes: a bad turn leaves the session as it was.
         turn = self.check.user_turn(request.user_turn, dialogue.state.with_scene(scene),
                                     "user_turn")
+        turn.sampling = self._constraint.apply(turn.sampling, turn.scene, caption=False,
+                                               supported=self._backend.constraints)
         reply = await dialogue.begin_turn(
             lambda state: self._turn_prompt(state, turn, "user_turn"),
             lambda prompt: self._generate(prompt, turn.sampling, context, time.perf_counter(),
                                           turn.objects))
+        if reply is None:  # a newer turn of this session came first: it is answered
+            dialogue.state.record(turn.text, "", self.settings.max_dialogue_turns)
+            yield spb.AskResponse(session_id=session.id, completion=pb.Completion(
+                finish_reason=pb.FINISH_REASON_INTERRUPTED))
+            return
         # Started: from here on the turn counts (a full queue changed nothing).
         if session is None:
             session = self._sessions.create(dialogue)
@@ -376,6 +396,9 @@ class _ConverseSession:
             raise _Abort(grpc.StatusCode.UNAVAILABLE,
                          "server is shutting down; reconnect and resend the dialogue")
         checked = self.servicer.check.user_turn(turn, self.dialogue.state, field)
+        checked.sampling = self.servicer._constraint.apply(
+            checked.sampling, checked.scene, caption=False,
+            supported=self.servicer._backend.constraints)
         self.reply_stream = await self.dialogue.begin_turn(
             lambda state: self.servicer._turn_prompt(state, checked, field),
             lambda prompt: self.servicer._generate(prompt, checked.sampling, self.context,

@@ -69,28 +69,39 @@ class Dialogue:
         self.reply: _Cancellable | None = None
         self.idle = asyncio.Event()  # set while no reply is streaming
         self.idle.set()
+        self._turns = 0  # turns begun: a ticket per turn, so the newest one wins
 
     async def begin_turn(self, build: Callable[[DialogueState], Awaitable[object]],
-                         start: Callable[[object], _Cancellable]) -> _Cancellable:
+                         start: Callable[[object], _Cancellable]) -> _Cancellable | None:
         """Start a user turn's reply: `build(state)` makes its prompt, `start(prompt)`
-        the reply (it may raise, e.g. a full queue: then nothing has changed).
+        the reply (it may raise, e.g. a full queue).
 
         The first build happens before anything is interrupted, so a turn that fails
         to build leaves the dialogue as it was. A reply in flight is then cancelled
         as INTERRUPTED (barge-in) and awaited until `end_turn` has recorded it; the
-        prompt is built again whenever the history changed meanwhile.
+        prompt is built again whenever the history changed meanwhile. If `start`
+        raises after a barge-in, the interrupted reply stays recorded as heard.
+
+        The newest turn wins: a turn overtaken by a later one while it waited returns
+        None without starting (the caller reports it as interrupted).
 
         Invariant: from seeing the dialogue idle with a prompt built on its current
         history to claiming it (`idle.clear()`) there is no await, so two turns
         arriving together can never both start, nor one miss the other's reply.
         """
+        self._turns += 1
+        ticket = self._turns
         revision = self.state.revision
         prompt = await build(self.state)
         while True:
             while not self.idle.is_set():
+                if self._turns != ticket:
+                    return None
                 if self.reply is not None:
                     self.reply.cancel(FinishReason.INTERRUPTED)
                 await self.idle.wait()
+            if self._turns != ticket:
+                return None
             if self.state.revision == revision:
                 break
             revision = self.state.revision
@@ -131,7 +142,7 @@ class Heard:
 class AskSession(Dialogue):
     def __init__(self, session_id: str, dialogue: Dialogue):
         super().__init__(dialogue.state)
-        self.reply, self.idle = dialogue.reply, dialogue.idle
+        self.reply, self.idle, self._turns = dialogue.reply, dialogue.idle, dialogue._turns
         self.id = session_id
         self.size = self.state.byte_size()
         self.last_used = 0.0

@@ -35,6 +35,9 @@ class Unsupported(ValueError):
         self.field = field
 
 
+MAX_NO_REPEAT_NGRAM = 64
+
+
 def _finite(value: float, field: str) -> float:
     if not math.isfinite(value):
         raise InvalidField(field, f"must be a finite number, got {value}")
@@ -76,12 +79,22 @@ def sampling_config(params: pb.SamplingParams, settings: Settings, field: str = 
         if len(s) > settings.max_stop_string_chars:
             raise InvalidField(f"{field}.stop[{i}]",
                                f"longer than {settings.max_stop_string_chars} characters")
+    constraint = None
+    if params.HasField("scene_constraint"):
+        constraint = _finite(params.scene_constraint, f"{field}.scene_constraint")
+        if constraint < 0:
+            raise InvalidField(f"{field}.scene_constraint", f"must be >= 0 (0 = off), got "
+                                                            f"{constraint}")
+    if params.no_repeat_ngram > MAX_NO_REPEAT_NGRAM:
+        raise InvalidField(f"{field}.no_repeat_ngram",
+                           f"at most {MAX_NO_REPEAT_NGRAM}, got {params.no_repeat_ngram}")
     seed = params.seed if params.HasField("seed") else secrets.randbits(63)
     return SamplingConfig(
         max_new_tokens=max_new, temperature=temperature, top_k=params.top_k, top_p=top_p,
         repetition_penalty=penalty, seed=seed, stop=tuple(params.stop),
         num_return_sequences=n, logprobs=params.logprobs,
-        ignore_eos=ignore_eos)
+        ignore_eos=ignore_eos, no_repeat_ngram=params.no_repeat_ngram,
+        scene_constraint=constraint)
 
 
 def _vec3(v: pb.Vec3, field: str) -> None:

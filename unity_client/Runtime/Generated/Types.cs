@@ -44,32 +44,34 @@ namespace ArBridge.V1 {
             "IAEoCRIQCghsYW5ndWFnZRgCIAEoCRISCgpjb25maWRlbmNlGAMgASgCEi0K",
             "CWVtYmVkZGluZxgEIAEoCzIaLmFyYnJpZGdlLnYxLkZlYXR1cmVWZWN0b3Ii",
             "PQoMRGlhbG9ndWVUdXJuEh8KBHJvbGUYASABKA4yES5hcmJyaWRnZS52MS5S",
-            "b2xlEgwKBHRleHQYAiABKAki0QEKDlNhbXBsaW5nUGFyYW1zEhYKDm1heF9u",
+            "b2xlEgwKBHRleHQYAiABKAkingIKDlNhbXBsaW5nUGFyYW1zEhYKDm1heF9u",
             "ZXdfdG9rZW5zGAEgASgNEhMKC3RlbXBlcmF0dXJlGAIgASgCEg0KBXRvcF9r",
             "GAMgASgNEg0KBXRvcF9wGAQgASgCEhoKEnJlcGV0aXRpb25fcGVuYWx0eRgF",
             "IAEoAhIRCgRzZWVkGAYgASgESACIAQESDAoEc3RvcBgHIAMoCRIcChRudW1f",
-            "cmV0dXJuX3NlcXVlbmNlcxgIIAEoDRIQCghsb2dwcm9icxgJIAEoCEIHCgVf",
-            "c2VlZCJnCgpUb2tlbkNodW5rEhYKDnNlcXVlbmNlX2luZGV4GAEgASgNEgwK",
-            "BHRleHQYAiABKAkSEQoJdG9rZW5faWRzGAMgAygNEhQKB2xvZ3Byb2IYBCAB",
-            "KAJIAIgBAUIKCghfbG9ncHJvYiI5CgVVc2FnZRIVCg1wcm9tcHRfdG9rZW5z",
-            "GAEgASgNEhkKEWNvbXBsZXRpb25fdG9rZW5zGAIgASgNIk0KB1RpbWluZ3MS",
-            "EAoIcXVldWVfbXMYASABKAESHgoWdGltZV90b19maXJzdF90b2tlbl9tcxgC",
-            "IAEoARIQCgh0b3RhbF9tcxgDIAEoASI9CgxHcm91bmRlZFNwYW4SEQoJb2Jq",
-            "ZWN0X2lkGAEgASgJEg0KBXN0YXJ0GAIgASgNEgsKA2VuZBgDIAEoDSKBAgoK",
-            "Q29tcGxldGlvbhIWCg5zZXF1ZW5jZV9pbmRleBgBIAEoDRIwCg1maW5pc2hf",
-            "cmVhc29uGAIgASgOMhkuYXJicmlkZ2UudjEuRmluaXNoUmVhc29uEiEKBXVz",
-            "YWdlGAMgASgLMhIuYXJicmlkZ2UudjEuVXNhZ2USDAoEc2VlZBgEIAEoBBIl",
-            "Cgd0aW1pbmdzGAUgASgLMhQuYXJicmlkZ2UudjEuVGltaW5ncxIMCgR0ZXh0",
-            "GAYgASgJEhUKDWVycm9yX21lc3NhZ2UYByABKAkSLAoJZ3JvdW5kaW5nGAgg",
-            "AygLMhkuYXJicmlkZ2UudjEuR3JvdW5kZWRTcGFuKlAKBFJvbGUSFAoQUk9M",
-            "RV9VTlNQRUNJRklFRBAAEg0KCVJPTEVfVVNFUhABEhIKDlJPTEVfQVNTSVNU",
-            "QU5UEAISDwoLUk9MRV9TWVNURU0QAyryAQoMRmluaXNoUmVhc29uEh0KGUZJ",
-            "TklTSF9SRUFTT05fVU5TUEVDSUZJRUQQABIYChRGSU5JU0hfUkVBU09OX0xF",
-            "TkdUSBABEhUKEUZJTklTSF9SRUFTT05fRU9TEAISHwobRklOSVNIX1JFQVNP",
-            "Tl9TVE9QX1NFUVVFTkNFEAMSGwoXRklOSVNIX1JFQVNPTl9DQU5DRUxMRUQQ",
-            "BBIdChlGSU5JU0hfUkVBU09OX0lOVEVSUlVQVEVEEAUSHAoYRklOSVNIX1JF",
-            "QVNPTl9USU1FX0xJTUlUEAYSFwoTRklOSVNIX1JFQVNPTl9FUlJPUhAHQiEK",
-            "D2NvbS5hcmJyaWRnZS52MVABqgILQXJCcmlkZ2UuVjFiBnByb3RvMw=="));
+            "cmV0dXJuX3NlcXVlbmNlcxgIIAEoDRIQCghsb2dwcm9icxgJIAEoCBIdChBz",
+            "Y2VuZV9jb25zdHJhaW50GAogASgCSAGIAQESFwoPbm9fcmVwZWF0X25ncmFt",
+            "GAsgASgNQgcKBV9zZWVkQhMKEV9zY2VuZV9jb25zdHJhaW50ImcKClRva2Vu",
+            "Q2h1bmsSFgoOc2VxdWVuY2VfaW5kZXgYASABKA0SDAoEdGV4dBgCIAEoCRIR",
+            "Cgl0b2tlbl9pZHMYAyADKA0SFAoHbG9ncHJvYhgEIAEoAkgAiAEBQgoKCF9s",
+            "b2dwcm9iIjkKBVVzYWdlEhUKDXByb21wdF90b2tlbnMYASABKA0SGQoRY29t",
+            "cGxldGlvbl90b2tlbnMYAiABKA0iTQoHVGltaW5ncxIQCghxdWV1ZV9tcxgB",
+            "IAEoARIeChZ0aW1lX3RvX2ZpcnN0X3Rva2VuX21zGAIgASgBEhAKCHRvdGFs",
+            "X21zGAMgASgBIj0KDEdyb3VuZGVkU3BhbhIRCglvYmplY3RfaWQYASABKAkS",
+            "DQoFc3RhcnQYAiABKA0SCwoDZW5kGAMgASgNIoECCgpDb21wbGV0aW9uEhYK",
+            "DnNlcXVlbmNlX2luZGV4GAEgASgNEjAKDWZpbmlzaF9yZWFzb24YAiABKA4y",
+            "GS5hcmJyaWRnZS52MS5GaW5pc2hSZWFzb24SIQoFdXNhZ2UYAyABKAsyEi5h",
+            "cmJyaWRnZS52MS5Vc2FnZRIMCgRzZWVkGAQgASgEEiUKB3RpbWluZ3MYBSAB",
+            "KAsyFC5hcmJyaWRnZS52MS5UaW1pbmdzEgwKBHRleHQYBiABKAkSFQoNZXJy",
+            "b3JfbWVzc2FnZRgHIAEoCRIsCglncm91bmRpbmcYCCADKAsyGS5hcmJyaWRn",
+            "ZS52MS5Hcm91bmRlZFNwYW4qUAoEUm9sZRIUChBST0xFX1VOU1BFQ0lGSUVE",
+            "EAASDQoJUk9MRV9VU0VSEAESEgoOUk9MRV9BU1NJU1RBTlQQAhIPCgtST0xF",
+            "X1NZU1RFTRADKvIBCgxGaW5pc2hSZWFzb24SHQoZRklOSVNIX1JFQVNPTl9V",
+            "TlNQRUNJRklFRBAAEhgKFEZJTklTSF9SRUFTT05fTEVOR1RIEAESFQoRRklO",
+            "SVNIX1JFQVNPTl9FT1MQAhIfChtGSU5JU0hfUkVBU09OX1NUT1BfU0VRVUVO",
+            "Q0UQAxIbChdGSU5JU0hfUkVBU09OX0NBTkNFTExFRBAEEh0KGUZJTklTSF9S",
+            "RUFTT05fSU5URVJSVVBURUQQBRIcChhGSU5JU0hfUkVBU09OX1RJTUVfTElN",
+            "SVQQBhIXChNGSU5JU0hfUkVBU09OX0VSUk9SEAdCIQoPY29tLmFyYnJpZGdl",
+            "LnYxUAGqAgtBckJyaWRnZS5WMWIGcHJvdG8z"));
       descriptor = pbr::FileDescriptor.FromGeneratedCode(descriptorData,
           new pbr::FileDescriptor[] { },
           new pbr::GeneratedClrTypeInfo(new[] {typeof(global::ArBridge.V1.Role), typeof(global::ArBridge.V1.FinishReason), }, null, new pbr::GeneratedClrTypeInfo[] {
@@ -81,7 +83,7 @@ namespace ArBridge.V1 {
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.SceneFeatures), global::ArBridge.V1.SceneFeatures.Parser, new[]{ "Objects", "CameraPose", "ImageFeatures", "LocationHint", "TimestampMs" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.AudioFeatures), global::ArBridge.V1.AudioFeatures.Parser, new[]{ "Transcript", "Language", "Confidence", "Embedding" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.DialogueTurn), global::ArBridge.V1.DialogueTurn.Parser, new[]{ "Role", "Text" }, null, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.SamplingParams), global::ArBridge.V1.SamplingParams.Parser, new[]{ "MaxNewTokens", "Temperature", "TopK", "TopP", "RepetitionPenalty", "Seed", "Stop", "NumReturnSequences", "Logprobs" }, new[]{ "Seed" }, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.SamplingParams), global::ArBridge.V1.SamplingParams.Parser, new[]{ "MaxNewTokens", "Temperature", "TopK", "TopP", "RepetitionPenalty", "Seed", "Stop", "NumReturnSequences", "Logprobs", "SceneConstraint", "NoRepeatNgram" }, new[]{ "Seed", "SceneConstraint" }, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.TokenChunk), global::ArBridge.V1.TokenChunk.Parser, new[]{ "SequenceIndex", "Text", "TokenIds", "Logprob" }, new[]{ "Logprob" }, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.Usage), global::ArBridge.V1.Usage.Parser, new[]{ "PromptTokens", "CompletionTokens" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.Timings), global::ArBridge.V1.Timings.Parser, new[]{ "QueueMs", "TimeToFirstTokenMs", "TotalMs" }, null, null, null, null),
@@ -2569,6 +2571,8 @@ namespace ArBridge.V1 {
       stop_ = other.stop_.Clone();
       numReturnSequences_ = other.numReturnSequences_;
       logprobs_ = other.logprobs_;
+      sceneConstraint_ = other.sceneConstraint_;
+      noRepeatNgram_ = other.noRepeatNgram_;
       _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
     }
 
@@ -2726,6 +2730,56 @@ namespace ArBridge.V1 {
       }
     }
 
+    /// <summary>Field number for the "scene_constraint" field.</summary>
+    public const int SceneConstraintFieldNumber = 10;
+    private float sceneConstraint_;
+    /// <summary>
+    /// Scene-constrained decoding, for requests that carry a scene (DescribeScene, and
+    /// Ask/Converse turns with one): object nouns of the server's lexicon that the
+    /// scene does not hold are penalised by this much in the logits, so the reply
+    /// cannot name a sofa that is not there. Unset = the server's default (a hard
+    /// mask for captions, off for dialogue); 0 = off; > 0 = a soft penalty; a very
+    /// large value is a hard mask. Ignored without a scene.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public float SceneConstraint {
+      get { if ((_hasBits0 & 2) != 0) { return sceneConstraint_; } else { return 0F; } }
+      set {
+        _hasBits0 |= 2;
+        sceneConstraint_ = value;
+      }
+    }
+    /// <summary>Gets whether the "scene_constraint" field is set</summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public bool HasSceneConstraint {
+      get { return (_hasBits0 & 2) != 0; }
+    }
+    /// <summary>Clears the value of the "scene_constraint" field</summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void ClearSceneConstraint() {
+      _hasBits0 &= ~2;
+    }
+
+    /// <summary>Field number for the "no_repeat_ngram" field.</summary>
+    public const int NoRepeatNgramFieldNumber = 11;
+    private uint noRepeatNgram_;
+    /// <summary>
+    /// Never repeat a run of this many tokens within the reply (caption loops such
+    /// as "a window with a window with a window"); 0 = the server's default (on for
+    /// captions), 1 = off.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public uint NoRepeatNgram {
+      get { return noRepeatNgram_; }
+      set {
+        noRepeatNgram_ = value;
+      }
+    }
+
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public override bool Equals(object other) {
@@ -2750,6 +2804,8 @@ namespace ArBridge.V1 {
       if(!stop_.Equals(other.stop_)) return false;
       if (NumReturnSequences != other.NumReturnSequences) return false;
       if (Logprobs != other.Logprobs) return false;
+      if (!pbc::ProtobufEqualityComparers.BitwiseSingleEqualityComparer.Equals(SceneConstraint, other.SceneConstraint)) return false;
+      if (NoRepeatNgram != other.NoRepeatNgram) return false;
       return Equals(_unknownFields, other._unknownFields);
     }
 
@@ -2766,6 +2822,8 @@ namespace ArBridge.V1 {
       hash ^= stop_.GetHashCode();
       if (NumReturnSequences != 0) hash ^= NumReturnSequences.GetHashCode();
       if (Logprobs != false) hash ^= Logprobs.GetHashCode();
+      if (HasSceneConstraint) hash ^= pbc::ProtobufEqualityComparers.BitwiseSingleEqualityComparer.GetHashCode(SceneConstraint);
+      if (NoRepeatNgram != 0) hash ^= NoRepeatNgram.GetHashCode();
       if (_unknownFields != null) {
         hash ^= _unknownFields.GetHashCode();
       }
@@ -2817,6 +2875,14 @@ namespace ArBridge.V1 {
         output.WriteRawTag(72);
         output.WriteBool(Logprobs);
       }
+      if (HasSceneConstraint) {
+        output.WriteRawTag(85);
+        output.WriteFloat(SceneConstraint);
+      }
+      if (NoRepeatNgram != 0) {
+        output.WriteRawTag(88);
+        output.WriteUInt32(NoRepeatNgram);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -2860,6 +2926,14 @@ namespace ArBridge.V1 {
         output.WriteRawTag(72);
         output.WriteBool(Logprobs);
       }
+      if (HasSceneConstraint) {
+        output.WriteRawTag(85);
+        output.WriteFloat(SceneConstraint);
+      }
+      if (NoRepeatNgram != 0) {
+        output.WriteRawTag(88);
+        output.WriteUInt32(NoRepeatNgram);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -2894,6 +2968,12 @@ namespace ArBridge.V1 {
       }
       if (Logprobs != false) {
         size += 1 + 1;
+      }
+      if (HasSceneConstraint) {
+        size += 1 + 4;
+      }
+      if (NoRepeatNgram != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeUInt32Size(NoRepeatNgram);
       }
       if (_unknownFields != null) {
         size += _unknownFields.CalculateSize();
@@ -2931,6 +3011,12 @@ namespace ArBridge.V1 {
       }
       if (other.Logprobs != false) {
         Logprobs = other.Logprobs;
+      }
+      if (other.HasSceneConstraint) {
+        SceneConstraint = other.SceneConstraint;
+      }
+      if (other.NoRepeatNgram != 0) {
+        NoRepeatNgram = other.NoRepeatNgram;
       }
       _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
     }
@@ -2983,6 +3069,14 @@ namespace ArBridge.V1 {
             Logprobs = input.ReadBool();
             break;
           }
+          case 85: {
+            SceneConstraint = input.ReadFloat();
+            break;
+          }
+          case 88: {
+            NoRepeatNgram = input.ReadUInt32();
+            break;
+          }
         }
       }
     #endif
@@ -3032,6 +3126,14 @@ namespace ArBridge.V1 {
           }
           case 72: {
             Logprobs = input.ReadBool();
+            break;
+          }
+          case 85: {
+            SceneConstraint = input.ReadFloat();
+            break;
+          }
+          case 88: {
+            NoRepeatNgram = input.ReadUInt32();
             break;
           }
         }
