@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from arbridge.engine.constraints import BannedWords, repeated_ngram_tokens
+from arbridge.engine.constraints import BannedWords, ObjectRules, repeated_ngram_tokens
 from arbridge.engine.sampling import SamplingConfig
 from arbridge.models.loader import load_model
 from arbridge.serving.scene_constraint import SceneConstraint
@@ -94,3 +94,37 @@ def test_scene_constraint_bans_only_absent_objects(loaded):
     assert off.banned is None
     dialogue = constraint.apply(SamplingConfig(), scene, caption=False)
     assert dialogue.banned is None and dialogue.no_repeat_ngram == 0
+
+
+def test_object_rules_mask_false_places_and_early_ends():
+    # Object 0 is named by (1,) or (2, 3); object 1 by (4,). After naming object 0 the
+    # token 10 ("right", false for it) is masked for `window` tokens; 99 (a sentence end)
+    # until both are named; 7 (a digit) always.
+    names = {(1,): 0, (2, 3): 0, (4,): 1}
+    wrong = (frozenset({10}), frozenset({11}))
+    rules = ObjectRules(names, wrong, until_all=frozenset({99}), never=frozenset({7}),
+                        window=2, once=False)
+    assert rules.next_banned([]) == {99, 7}
+    assert rules.next_banned([5, 2, 3]) == {10, 99, 7}
+    assert rules.next_banned([2, 3, 5, 5]) == {99, 7}  # the mention is out of the window
+    assert rules.next_banned([1, 4]) == {11, 7}  # the latest mention decides; all named
+    # `once`: object 0, named, may not be named again (in either of its forms).
+    once = ObjectRules(names, wrong, window=2)
+    assert once.next_banned([1, 5, 5]) == {1}
+    assert once.next_banned([1, 5, 2]) == {1, 3}
+
+
+def test_caption_rules_follow_the_geometry(loaded):
+    constraint = SceneConstraint(loaded.tokenizer)
+    tok = loaded.tokenizer
+    scene = pb.SceneFeatures(camera_pose=pb.Pose(rotation=pb.Quaternion(w=1.0)), objects=[
+        pb.SceneObject(label="lamp", pose=pb.Pose(position=pb.Vec3(x=-2.0, z=1.0)))])
+    rules = constraint.object_rules(scene)
+    after_lamp = rules.next_banned(tok(" lamp", add_special_tokens=False).input_ids)
+    for word in (" right", " ahead", " behind"):
+        ids = tok(word, add_special_tokens=False).input_ids
+        if len(ids) == 1:  # the tiny tokenizer splits some words; SmolLM2's does not
+            assert ids[0] in after_lamp, word
+    left = tok(" left", add_special_tokens=False).input_ids
+    assert len(left) > 1 or left[0] not in after_lamp
+    assert tok.eos_token_id in rules.next_banned([])  # the lamp is not named yet

@@ -114,3 +114,21 @@ def test_earliest_of_several_stops_wins_and_cjk_stops_work():
 def test_no_stops_pass_through():
     f, shown = feed([], ["a", "b"])
     assert shown == ["a", "b"] and f.flush() == ""
+
+
+def test_sentence_counter_ends_at_a_full_stop_not_a_decimal_point():
+    from arbridge.serving.detokenize import SentenceCounter
+
+    counter = SentenceCounter(1)
+    assert counter.cut("A lamp is 1") == ("A lamp is 1", False)
+    assert counter.cut(".5 m away. Then more") == (".5 m away.", True)
+    assert SentenceCounter(0).cut("One. Two.") == ("One. Two.", False)
+
+
+def test_caption_end_cuts_at_the_first_break_once_all_are_named():
+    from arbridge.serving.detokenize import CaptionEnd
+
+    end = CaptionEnd([{"chair", "chairs"}, {"lamp", "lamps"}])
+    assert end.cut("A chair is ahead, ") == ("A chair is ahead, ", False)  # lamp unnamed
+    assert end.cut("a lamp is to the left") == ("a lamp is to the left", False)
+    assert end.cut(" of you, and a chair") == (" of you.", True)

@@ -51,3 +51,57 @@ def repeated_ngram_tokens(generated: list[int], n: int) -> set[int]:
     prefix = tuple(generated[len(generated) - (n - 1):])
     return {generated[i + n - 1] for i in range(len(generated) - n + 1)
             if tuple(generated[i:i + n - 1]) == prefix}
+
+
+@dataclass(frozen=True, eq=False)
+class ObjectRules:
+    """What a reply may say right after naming a scene object, and that it names them all.
+
+    `names` maps each token sequence that names an object to the object's index.
+    After the most recent mention (within `window` tokens), the tokens in
+    `wrong_after[object]` (the directions and distances that are false for it) are
+    masked; while some object is still unnamed, the `until_all` tokens (sentence
+    ends, end of sequence) are masked, so a caption does not stop before it has
+    named everything; with `once`, an object's names are masked after its first
+    mention, which steers the reply to the objects not yet named instead of back
+    to the first ones; the `never` tokens are masked throughout.
+    """
+
+    names: dict[tuple[int, ...], int]
+    wrong_after: tuple[frozenset[int], ...]
+    until_all: frozenset[int] = frozenset()
+    never: frozenset[int] = frozenset()  # tokens the reply may not hold at all
+    window: int = 8
+    once: bool = True  # an object named once may not be named again (no re-listing)
+
+    @property
+    def longest(self) -> int:
+        return max((len(k) for k in self.names), default=0)
+
+    def _mentions(self, generated: list[int]) -> list[tuple[int, int]]:
+        """(end position, object) for every naming sequence in `generated`."""
+        found, longest = [], self.longest
+        for end in range(len(generated)):
+            for k in range(1, min(longest, end + 1) + 1):
+                obj = self.names.get(tuple(generated[end - k + 1:end + 1]))
+                if obj is not None:
+                    found.append((end, obj))
+        return found
+
+    def next_banned(self, generated: list[int]) -> set[int]:
+        mentions = self._mentions(generated)
+        out: set[int] = set(self.never)
+        if mentions:
+            end, obj = max(mentions)
+            if len(generated) - 1 - end < self.window:
+                out |= self.wrong_after[obj]
+        named = {obj for _, obj in mentions}
+        if len(named) < len(self.wrong_after):
+            out |= self.until_all
+        if self.once and named:
+            out |= self._names_of(named).next_banned(generated)
+        return out
+
+    def _names_of(self, objects: set[int]) -> BannedWords:
+        return BannedWords.of([seq for seq, obj in self.names.items() if obj in objects],
+                              float("inf"))

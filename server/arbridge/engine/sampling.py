@@ -29,6 +29,7 @@ class SamplingConfig:
     ignore_eos: bool = False
     no_repeat_ngram: int = 0  # 0/1 = off (see constraints.py)
     banned: object = None  # constraints.BannedWords, or None
+    object_rules: object = None  # constraints.ObjectRules, or None
     # What the request asked for (None = the server's default); the servicer turns it
     # into `banned` for the request's scene.
     scene_constraint: float | None = None
@@ -39,7 +40,8 @@ class SamplingConfig:
 
     @property
     def constrained(self) -> bool:
-        return self.no_repeat_ngram > 1 or self.banned is not None
+        return (self.no_repeat_ngram > 1 or self.banned is not None
+                or self.object_rules is not None)
 
     @property
     def greedy(self) -> bool:

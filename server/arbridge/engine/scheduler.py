@@ -509,6 +509,11 @@ def _bans(rows: list[tuple[SamplingConfig, list[int]]], device
                 row_ids.append(row)
                 token_ids.append(token)
                 penalties.append(cfg.banned.penalty)
+        if cfg.object_rules is not None:
+            for token in cfg.object_rules.next_banned(generated):
+                row_ids.append(row)
+                token_ids.append(token)
+                penalties.append(float("inf"))
     if not row_ids:
         return None
     return (torch.tensor(row_ids, device=device), torch.tensor(token_ids, device=device),

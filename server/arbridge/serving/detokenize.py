@@ -10,6 +10,8 @@ Two layers per sequence:
 
 from __future__ import annotations
 
+import re
+
 from tokenizers.decoders import DecodeStream
 
 # Prompt tokens the decoder is primed with (vLLM primes with 5): enough context
@@ -119,3 +121,40 @@ class SentenceCounter:
         if text:
             self._last = text[-1]
         return text, False
+
+
+class CaptionEnd:
+    """Ends a caption at the first clause break once every scene object is named:
+    the break (",", ";", a new line) becomes the caption's full stop. A small model
+    that has listed everything otherwise goes on re-listing it, with the places
+    getting worse each time."""
+
+    _BREAK = re.compile(r"[,;\n]")
+
+    def __init__(self, names: list[set[str]]):
+        self._names = [sorted(n, key=len, reverse=True) for n in names]  # per object
+        self._text = ""
+
+    def _all_named(self, text: str) -> int:
+        """Where the text has named every object (the end of the last first mention),
+        or -1."""
+        end = 0
+        for forms in self._names:
+            hits = [m.end() for f in forms
+                    for m in re.finditer(rf"\b{re.escape(f)}\b", text, re.IGNORECASE)]
+            if not hits:
+                return -1
+            end = max(end, min(hits))
+        return end
+
+    def cut(self, text: str) -> tuple[str, bool]:
+        """(what to show of `text`, the caption ended?)"""
+        before = len(self._text)
+        self._text += text
+        named_at = self._all_named(self._text)
+        if named_at < 0:
+            return text, False
+        brk = self._BREAK.search(self._text, max(named_at, before))
+        if brk is None:
+            return text, False
+        return self._text[before:brk.start()].rstrip() + ".", True

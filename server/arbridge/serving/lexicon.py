@@ -98,7 +98,8 @@ NOUNS: dict[str, tuple[str, ...]] = {
     "sheep": (), "pig": (), "chicken": (), "duck": (), "goose": (), "fish": (),
     "rabbit": ("bunny",), "squirrel": (), "butterfly": (),
     "bee": (), "spider": (), "elephant": (), "giraffe": (), "zebra": (), "lion": (),
-    "bear": (), "monkey": (), "deer": (),
+    "bear": (), "monkey": (), "deer": (), "whale": (), "shark": (), "dolphin": (),
+    "crab": (), "seagull": (), "turtle": (), "frog": (), "snake": (), "owl": (),
     # people
     "person": ("man", "woman", "people", "child", "kid", "boy", "girl"),
     # misc

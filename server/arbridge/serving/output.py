@@ -17,6 +17,7 @@ from arbridge.backends import Generation, Outputs
 from arbridge.engine.requests import FinishReason
 from arbridge.metrics import Metrics
 from arbridge.serving.detokenize import (
+    CaptionEnd,
     IncrementalDetokenizer,
     SentenceCounter,
     StopStringFilter,
@@ -34,6 +35,7 @@ class _Sequence:
     index: int
     stops: StopStringFilter
     sentences: SentenceCounter
+    caption_end: CaptionEnd | None = None
     detokenizer: IncrementalDetokenizer | None = None  # made on the first token id
     text: list[str] = field(default_factory=list)
     pending_ids: list[int] = field(default_factory=list)
@@ -46,7 +48,7 @@ class _Sequence:
 class OutputProcessor:
     def __init__(self, tokenizer, prompt_ids: list[int], stop: tuple[str, ...], n: int,
                  seed: int, arrived: float, metrics: Metrics, max_sentences: int = 0,
-                 continues_prompt: bool = False):
+                 continues_prompt: bool = False, caption_names: list[set[str]] | None = None):
         """`continues_prompt`: the reply continues the prompt's text (Generate), so the
         detokenizer is primed with its tail (a Metaspace "▁Paris" after "is" keeps its
         space); a chat reply starts a message of its own and is not primed."""
@@ -57,7 +59,8 @@ class OutputProcessor:
         self._seed = seed
         self._metrics = metrics
         self._last_output_at: float | None = None
-        self._seqs = [_Sequence(i, StopStringFilter(stop), SentenceCounter(max_sentences))
+        self._seqs = [_Sequence(i, StopStringFilter(stop), SentenceCounter(max_sentences),
+                                CaptionEnd(caption_names) if caption_names else None)
                       for i in range(n)]
 
     def process(self, out: Outputs, generation: Generation) -> Iterator[Event]:
@@ -84,6 +87,8 @@ class OutputProcessor:
             if delta.logprob is not None:
                 seq.pending_logprob = (seq.pending_logprob or 0.0) + delta.logprob
             shown, enough = seq.sentences.cut(seq.stops.push(text))
+            if seq.caption_end is not None and not enough:
+                shown, enough = seq.caption_end.cut(shown)
             if shown:
                 yield self._chunk(seq, shown)
             if enough:  # the last sentence allowed has ended

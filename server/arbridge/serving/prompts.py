@@ -72,7 +72,9 @@ class PromptTooLong(ValueError):
 
 
 def _caption_request(scene: pb.SceneFeatures, instruction: str) -> str:
-    seen = describe_scene(scene) or "Nothing is detected."
+    # Places in words only: a caption says "far away", and a small model that sees
+    # metres starts reeling off numbers.
+    seen = describe_scene(scene, metres=False) or "Nothing is detected."
     return f"The glasses see: {seen}\n{instruction}"
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from arbridge.engine.constraints import BannedWords
+from arbridge.engine.constraints import BannedWords, ObjectRules
 from arbridge.engine.sampling import SamplingConfig
 from arbridge.serving.lexicon import all_object_words, names_of
+from arbridge.serving.scene_text import place
 from arbridge.v1 import types_pb2 as pb
 
 HARD = float("inf")
@@ -24,8 +25,30 @@ CAPTION_NO_REPEAT_NGRAM = 4
 CAPTION_MAX_SENTENCES = 1
 
 
+# What each placement makes false to say right after naming the object.
+_DIRECTION_WORDS = {"to the left": ("left",), "to the right": ("right",),
+                    "ahead": ("ahead", "front"), "behind": ("behind",)}
+_DISTANCE_WORDS = {"near": ("near", "close"), "far": ("far", "distant")}
+
+
 class SceneConstraint:
     def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+        self._word_ids = {}  # spatial word -> its one-token forms
+        for words in (*_DIRECTION_WORDS.values(), *_DISTANCE_WORDS.values()):
+            for word in words:
+                ids = tokenizer([f" {word}", f" {word.capitalize()}"],
+                                add_special_tokens=False).input_ids
+                self._word_ids[word] = {seq[0] for seq in ids if len(seq) == 1}
+        # Tokens that end a sentence or the reply: held back until all objects are named.
+        decoded = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        self._enders = frozenset(
+            [i for i, text in enumerate(decoded) if any(c in text for c in ".!?\n")] +
+            [i for i in (tokenizer.eos_token_id,) if i is not None])
+        # A caption says where things are in words; copying the scene text's metres
+        # is where a small model starts reeling off numbers.
+        self._digits = frozenset(i for i, text in enumerate(decoded)
+                                 if any(c.isnumeric() for c in text))
         forms = sorted(all_object_words())
         variants = [(form, v) for form in forms
                     for v in {f" {form}", form, f" {form.capitalize()}", form.capitalize()}]
@@ -42,6 +65,37 @@ class SceneConstraint:
                      for seq in seqs]
         return BannedWords.of(sequences, HARD if penalty >= HARD_FROM else penalty)
 
+    def object_rules(self, scene: pb.SceneFeatures) -> ObjectRules | None:
+        """Directions and distances that are false for each named object, and no
+        sentence end before every object is named (objects that share a label count
+        once, and only what is false for all of them is masked)."""
+        groups: dict[str, list[pb.SceneObject]] = {}
+        for obj in scene.objects:
+            groups.setdefault(obj.label.strip().lower(), []).append(obj)
+        if not groups:
+            return None
+        names: dict[tuple[int, ...], int] = {}
+        wrong: list[frozenset[int]] = []
+        for index, (label, objects) in enumerate(groups.items()):
+            forms = sorted(names_of(label))
+            variants = [v for f in forms for v in (f" {f}", f" {f.capitalize()}")]
+            for seq in self._tokenizer(variants, add_special_tokens=False).input_ids:
+                names[tuple(seq)] = index
+            false_for_all = None
+            for obj in objects:
+                false = set()
+                if obj.HasField("pose"):
+                    p = place(obj.pose, scene.camera_pose)
+                    for direction, words in _DIRECTION_WORDS.items():
+                        if direction != p.direction:
+                            false |= {t for w in words for t in self._word_ids[w]}
+                    for band, words in _DISTANCE_WORDS.items():
+                        if band != p.distance_band:
+                            false |= {t for w in words for t in self._word_ids[w]}
+                false_for_all = false if false_for_all is None else false_for_all & false
+            wrong.append(frozenset(false_for_all or ()))
+        return ObjectRules(names, tuple(wrong), self._enders, self._digits)
+
     def apply(self, cfg: SamplingConfig, scene: pb.SceneFeatures | None,
               caption: bool, supported: bool = True) -> SamplingConfig:
         """`cfg` with the request's constraints resolved: a caption defaults to a hard
@@ -55,4 +109,7 @@ class SceneConstraint:
             penalty = HARD if caption else 0.0
         banned = self.banned(scene, penalty) if scene is not None and penalty > 0 else None
         sentences = cfg.max_sentences or (CAPTION_MAX_SENTENCES if caption else 0)
-        return replace(cfg, no_repeat_ngram=no_repeat, banned=banned, max_sentences=sentences)
+        rules = (self.object_rules(scene)
+                 if caption and scene is not None and penalty >= HARD_FROM else None)
+        return replace(cfg, no_repeat_ngram=no_repeat, banned=banned, max_sentences=sentences,
+                       object_rules=rules)

@@ -69,8 +69,9 @@ def _article(word: str) -> str:
     return "An" if word[:1].lower() in "aeiou" else "A"
 
 
-def describe_object(obj: pb.SceneObject, camera: pb.Pose) -> str:
-    """One sentence, e.g. 'A red wood chair is to the left, 1.6 m away.'"""
+def describe_object(obj: pb.SceneObject, camera: pb.Pose, metres: bool = True) -> str:
+    """One sentence, e.g. 'A red wood chair is to the left, 1.6 m away.' Without
+    `metres` the distance is said in words only ('A red wood chair is to the left.')."""
     adjectives = [obj.attributes[k].strip() for k in sorted(obj.attributes)
                   if obj.attributes[k].strip()]
     noun = " ".join([*adjectives, obj.label.strip()])
@@ -80,6 +81,9 @@ def describe_object(obj: pb.SceneObject, camera: pb.Pose) -> str:
         return f"{_article(noun)} {noun} is somewhere nearby."
     p = place(obj.pose, camera)
     direction = "behind you" if p.direction == "behind" else p.direction
+    if not metres:
+        where = {"near": ", near you", "far": ", far away"}.get(p.distance_band, "")
+        return f"{_article(noun)} {noun} is {direction}{where}."
     if p.distance_band == "near":
         where = f"near you, {p.distance_m:.1f} m away"
     elif p.distance_band == "far":
@@ -94,12 +98,12 @@ def _sort_key(obj: pb.SceneObject, camera: pb.Pose) -> tuple:
     return (distance, obj.label, obj.id)
 
 
-def describe_scene(scene: pb.SceneFeatures) -> str:
+def describe_scene(scene: pb.SceneFeatures, metres: bool = True) -> str:
     """The scene as a few short sentences, nearest object first ('' if empty)."""
     sentences = []
     if scene.location_hint.strip():
         sentences.append(f"You are in {scene.location_hint.strip()}.")
     camera = scene.camera_pose
     for obj in sorted(scene.objects, key=lambda o: _sort_key(o, camera)):
-        sentences.append(describe_object(obj, camera))
+        sentences.append(describe_object(obj, camera, metres))
     return " ".join(sentences)

@@ -30,6 +30,7 @@ from arbridge.engine.sampling import SamplingConfig
 from arbridge.metrics import Metrics
 from arbridge.serving import validation
 from arbridge.serving.grounding import ground
+from arbridge.serving.lexicon import names_of
 from arbridge.serving.output import Event, OutputProcessor, Reply
 from arbridge.serving.prompts import PromptBuilder, PromptTooLong
 from arbridge.serving.scene_constraint import SceneConstraint
@@ -182,12 +183,14 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
 
     def _generate(self, prompt: Prompt, cfg: SamplingConfig, context, arrived: float,
                   objects: list[pb.SceneObject] | None = None,
-                  continues_prompt: bool = False) -> Reply:
+                  continues_prompt: bool = False, caption: bool = False) -> Reply:
         """Start generating; the reply's Completions are grounded in `objects` if given."""
         generation = self._backend.generate(prompt, cfg, timeout_s=self._timeout(context))
         processor = OutputProcessor(self._backend.tokenizer, prompt.ids, cfg.stop,
                                     cfg.num_return_sequences, cfg.seed, arrived, self._metrics,
-                                    cfg.max_sentences, continues_prompt)
+                                    cfg.max_sentences, continues_prompt,
+                                    _caption_names(objects) if caption and cfg.object_rules
+                                    else None)
         grounder = functools.partial(ground, objects=objects) if objects is not None else None
         return Reply(generation, processor, grounder)
 
@@ -214,7 +217,7 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
             lambda budget: self._prompts.describe(call.scene, call.instruction, budget),
             "scene", cfg, call.features)
         async for event in self._generate(prompt, cfg, context, arrived,
-                                          objects=list(call.scene.objects)):
+                                          objects=list(call.scene.objects), caption=True):
             yield _wrap(spb.DescribeSceneResponse, event)
 
     @_rpc
@@ -293,6 +296,12 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         session = _ConverseSession(self, context)
         async for response in session.run(request_iterator):
             yield response
+
+
+def _caption_names(objects) -> list[set[str]]:
+    """Each distinct label's names, for ending a caption once all are named."""
+    labels = sorted({o.label.strip().lower() for o in objects or ()})
+    return [names_of(label) for label in labels]
 
 
 def _wrap(response_type, event: Event, **fields):

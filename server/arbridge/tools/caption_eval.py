@@ -21,6 +21,7 @@ import grpc
 
 from arbridge.config import Settings
 from arbridge.serving.lexicon import NOUNS, names_of
+from arbridge.serving.prompts import DESCRIBE_INSTRUCTION, PromptBuilder
 from arbridge.serving.scene_text import place
 from arbridge.tools.caption_score import score_caption, summarize
 from arbridge.tools.scenes import TUNE_SCENES, scenes, split
@@ -41,6 +42,12 @@ def plain_prompt(tokenizer, scene: pb.SceneFeatures) -> str:
     line = f"Describe this scene in one or two sentences: {', '.join(things)}."
     return tokenizer.apply_chat_template([{"role": "user", "content": line}], tokenize=False,
                                          add_generation_prompt=True)
+
+
+def previous_prompt(builder, scene: pb.SceneFeatures) -> str:
+    """ArBridge's caption prompt before `arbridge eval` existed (the scene appended to
+    the dialogue system prompt, the instruction as the user's turn), for the record."""
+    return builder.converse(scene, [], DESCRIBE_INSTRUCTION, MAX_NEW_TOKENS).text
 
 
 # -- dialogue questions with checkable answers ---------------------------------------
@@ -127,6 +134,12 @@ async def run_eval(settings: Settings, count: int = 300, seed: int = 0, dialogue
                 lambda s=s: stub.DescribeScene(spb.DescribeSceneRequest(scene=s,
                                                                         sampling=sampling))
                 for s in all_scenes], CONCURRENCY)
+            builder = PromptBuilder(tokenizer, server.backend.info.context_length,
+                                    settings.system_prompt)
+            before = await _bounded([
+                lambda s=s: stub.Generate(spb.GenerateRequest(
+                    prompt=previous_prompt(builder, s), sampling=sampling))
+                for s in all_scenes], CONCURRENCY)
             plain = await _bounded([
                 lambda s=s: stub.Generate(spb.GenerateRequest(
                     prompt=plain_prompt(tokenizer, s), sampling=sampling))
@@ -150,7 +163,8 @@ async def run_eval(settings: Settings, count: int = 300, seed: int = 0, dialogue
 
     tune, held = split(list(range(count)))
     table = {}
-    for name, results in (("arbridge", bridge), ("plain prompt", plain)):
+    for name, results in (("arbridge", bridge), ("arbridge before", before),
+                          ("plain prompt", plain)):
         for split_name, subset in (("tune", tune), ("held-out", held)):
             table[(name, split_name)] = report(results, subset)
     by_kind: dict[str, list[bool]] = {}
@@ -168,7 +182,7 @@ async def run_eval(settings: Settings, count: int = 300, seed: int = 0, dialogue
         "dialogue_all": round(sum(r["correct"] for r in dialogue_rows) / max(len(
             dialogue_rows), 1), 3),
         "samples": [{"scene": i, "split": "tune" if i < TUNE_SCENES else "held-out",
-                     "arbridge": bridge[i][0], "plain": plain[i][0],
+                     "arbridge": bridge[i][0], "before": before[i][0], "plain": plain[i][0],
                      "arbridge_score": asdict(score_caption(bridge[i][0], all_scenes[i]))}
                     for i in range(count)],
         "dialogue_answers": dialogue_rows,
