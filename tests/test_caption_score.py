@@ -44,6 +44,9 @@ def test_first_person_and_loops():
     assert not score_caption("You have a sofa on your left.", scene()).first_person
     assert has_loop("a window with a window with a window with a".split())
     assert not has_loop("a sofa on your left and a lamp on your right".split())
+    assert not has_loop("a dog is behind you, a cat is behind you, a tree is behind you"
+                        .replace(",", "").split())
+    assert has_loop("a red sofa is on your left and a red sofa is on your left".split())
 
 
 def test_summary():

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from test_batching import Engine
 
 from arbridge.engine.constraints import BannedWords, ObjectRules, repeated_ngram_tokens
 from arbridge.engine.sampling import SamplingConfig
 from arbridge.models.loader import load_model
 from arbridge.serving.scene_constraint import SceneConstraint
 from arbridge.v1 import types_pb2 as pb
-
-from test_batching import Engine
 
 
 def test_banned_words_table():

@@ -55,3 +55,30 @@ def test_too_long_even_without_history(chat_tokenizer):
         builder.converse(None, [], "q", 10)
     with pytest.raises(PromptTooLong):
         builder.raw("word " * 50, 10)
+
+
+@pytest.mark.parametrize("template", [True, False])
+def test_trimming_keeps_the_longest_suffix_that_fits_tokenizing_each_turn_once(template):
+    tok = train_tokenizer()
+    if template:
+        tok.chat_template = CHAT_TEMPLATE
+    roles = [pb.ROLE_USER, pb.ROLE_ASSISTANT, pb.ROLE_SYSTEM]
+    history = [pb.DialogueTurn(role=roles[i % 3], text=f"turn {i}: " + "the red chair " * (i % 7))
+               for i in range(200)]
+    builder = PromptBuilder(tok, 1024, "SYSTEM")
+    builder.converse(None, history[:3], "warm", 64)  # measures each role's overhead once
+    calls = []
+    tokenize = builder._tokenize
+    builder._tokenize = lambda texts, special: calls.append(len(texts)) or tokenize(texts,
+                                                                                   special)
+    prompt = builder.converse(None, history, "what now?", 64)
+    kept = len(history) - prompt.dropped_turns
+    assert len(prompt.ids) + 64 <= 1024
+    # Linear: each kept turn tokenized once (plus the base, the walk's last turn and a
+    # full render or two), not once per dropped turn.
+    assert len(calls) <= kept + 8
+    # The longest suffix that fits, by brute force over whole renders.
+    fits = [n for n in range(len(history) + 1)
+            if len(builder._encode("SYSTEM", history[len(history) - n:], "what now?").ids)
+            + 64 <= 1024]
+    assert kept == max(fits)

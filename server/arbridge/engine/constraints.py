@@ -73,6 +73,9 @@ class ObjectRules:
     never: frozenset[int] = frozenset()  # tokens the reply may not hold at all
     window: int = 8
     once: bool = True  # an object named once may not be named again (no re-listing)
+    # The reply may end this many tokens after it last named a new object, named or
+    # not: a model that cannot find the word for an object must not be held forever.
+    patience: int = 12
 
     @property
     def longest(self) -> int:
@@ -96,7 +99,9 @@ class ObjectRules:
             if len(generated) - 1 - end < self.window:
                 out |= self.wrong_after[obj]
         named = {obj for _, obj in mentions}
-        if len(named) < len(self.wrong_after):
+        first_ends = [min(end for end, o in mentions if o == obj) for obj in named]
+        last_new = max(first_ends, default=-1)
+        if len(named) < len(self.wrong_after) and len(generated) - 1 - last_new < self.patience:
             out |= self.until_all
         if self.once and named:
             out |= self._names_of(named).next_banned(generated)

@@ -72,9 +72,9 @@ class PromptTooLong(ValueError):
 
 
 def _caption_request(scene: pb.SceneFeatures, instruction: str) -> str:
-    # Places in words only: a caption says "far away", and a small model that sees
-    # metres starts reeling off numbers.
-    seen = describe_scene(scene, metres=False) or "Nothing is detected."
+    # With metres (measured: fewer false places than words alone); the caption's digits
+    # are masked, so it says them in words.
+    seen = describe_scene(scene) or "Nothing is detected."
     return f"The glasses see: {seen}\n{instruction}"
 
 
@@ -84,7 +84,7 @@ class PromptBuilder:
         self.context_length = context_length
         self.system_prompt = system_prompt
         self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
-        self._turn_overhead: int | None = None  # template tokens around one turn
+        self._turn_overhead: dict[int, int] = {}  # role -> template tokens around a turn
 
     # -- public ---------------------------------------------------------------
     def raw(self, text: str, max_new_tokens: int) -> Prompt:
@@ -125,35 +125,49 @@ class PromptBuilder:
         base = len(self._encode(system, [], user).ids)
         self._check_fits(base, max_new_tokens)
         # Newest turns first, each tokenized once, until the next one would not fit.
-        keep, used, chars = 0, base, 0
-        overhead = self._overhead()
+        costs: list[int] = []  # counted tokens of the kept turns, newest first
+        used, chars = base, 0
         for turn in reversed(history):
             chars += len(turn.text)
             if chars > budget * MAX_CHARS_PER_TOKEN:
                 break
-            used += len(self._tokenize([turn.text], special=False)[0]) + overhead
-            if used > budget:
+            cost = len(self._tokenize([turn.text], special=False)[0]) + self._overhead(turn.role)
+            if used + cost > budget:
                 break
-            keep += 1
-        kept = history[len(history) - keep:]
+            used += cost
+            costs.append(cost)
+        kept = history[len(history) - len(costs):]
         prompt = self._encode(system, kept, user)
         # Counting turns apart can differ from the rendered whole by a token or two
-        # where they meet: drop more of the oldest until it really fits.
+        # where they meet: drop the oldest kept turns that cover the overshoot.
         while len(prompt.ids) > budget and kept:
-            kept = kept[1:]
+            over, drop = len(prompt.ids) - budget, 0
+            while drop < len(kept) and over > 0:
+                over -= costs[len(kept) - 1 - drop]
+                drop += 1
+            kept = kept[drop:]
             prompt = self._encode(system, kept, user)
+        # And the other way: counting apart may have overestimated; take back up to a
+        # few older turns that the rendered whole still has room for.
+        for _ in range(4):
+            if len(kept) == len(history):
+                break
+            wider = self._encode(system, history[len(history) - len(kept) - 1:], user)
+            if len(wider.ids) > budget:
+                break
+            kept, prompt = history[len(history) - len(kept) - 1:], wider
         self._check_fits(len(prompt.ids), max_new_tokens)
         prompt.dropped_turns = len(history) - len(kept)
         return prompt
 
-    def _overhead(self) -> int:
-        """Tokens the template adds around one turn, beyond the turn's own text."""
-        if self._turn_overhead is None:
+    def _overhead(self, role: int) -> int:
+        """Tokens the template adds around one turn of this role, beyond its text (a
+        system turn joins the system prompt, so costs only its separator)."""
+        if role not in self._turn_overhead:
             bare = len(self._encode("s", [], "u").ids)
-            one = len(self._encode("s", [pb.DialogueTurn(role=pb.ROLE_USER, text="x")],
-                                   "u").ids)
-            self._turn_overhead = max(one - bare - 1, 0)
-        return self._turn_overhead
+            one = len(self._encode("s", [pb.DialogueTurn(role=role, text="x")], "u").ids)
+            self._turn_overhead[role] = max(one - bare - 1, 0)
+        return self._turn_overhead[role]
 
     def _check_chars(self, chars: int, max_new_tokens: int) -> None:
         budget = max(self.context_length - max_new_tokens, 0)

@@ -6,7 +6,8 @@
 - spatial claims: each left / right / ahead / behind / near / far said about a
   named object, checked against the geometry in the frame the prompt uses;
 - perspective: the wearer is "you" (or the caption is neutral), never "I"/"my";
-- degeneration: repeated word n-grams (a loop), and the length.
+- degeneration: a loop (a span repeated three times in a row, or 6 words twice),
+  and the length.
 """
 
 from __future__ import annotations
@@ -70,14 +71,21 @@ def _mentions(words: list[str], names: set[str]) -> list[int]:
 
 
 def has_loop(words: list[str]) -> bool:
-    """A 3-gram three times or a 5-gram twice: the caption repeats itself."""
-    for n, times in ((3, 3), (5, 2)):
-        seen: dict[tuple[str, ...], int] = {}
-        for i in range(len(words) - n + 1):
-            gram = tuple(words[i:i + n])
-            seen[gram] = seen.get(gram, 0) + 1
-            if seen[gram] >= times:
+    """The caption repeats itself: a span of 1-8 words three times in a row ("a window
+    with a window with a window"), or any 6 words twice. A list that says "is behind
+    you" of three different objects is not a loop."""
+    for period in range(1, 9):
+        for i in range(len(words) - 3 * period + 1):
+            span = words[i:i + period]
+            if span == words[i + period:i + 2 * period] == words[i + 2 * period:
+                                                                  i + 3 * period]:
                 return True
+    seen: set[tuple[str, ...]] = set()
+    for i in range(len(words) - 5):
+        gram = tuple(words[i:i + 6])
+        if gram in seen:
+            return True
+        seen.add(gram)
     return False
 
 
