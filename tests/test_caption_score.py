@@ -56,3 +56,20 @@ def test_summary():
     assert row["captions"] == 2 and row["hallucination_rate"] == 0.5
     assert row["first_person_rate"] == 0.5 and row["claims_correct"] == 1.0
     assert row["coverage"] == 0.125
+
+
+def test_dialogue_answers_are_checked():
+    from arbridge.tools.caption_eval import answer_correct, questions
+
+    s = scene()
+    asked = {kind: expected for kind, _, expected in questions(s, 0)}
+    assert [o.label for o in asked["left"]] == ["sofa"]
+    assert answer_correct("left", "A sofa is on your left.", asked["left"], s)
+    assert not answer_correct("left", "The lamp and the sofa.", asked["left"], s)
+    lamp = [q for q in questions(s, 1) if q[0] == "distance"][0]
+    assert lamp[1] == "How far away is the lamp?" and abs(lamp[2] - 6.0) < 0.01
+    assert answer_correct("distance", "About 6 m away.", lamp[2], s)
+    assert not answer_correct("distance", "It is 2.5 m away.", lamp[2], s)
+    assert answer_correct("exists", "The sofa is on your left.", ("sofa", True), s)
+    assert answer_correct("exists", "No, I see no piano.", ("piano", False), s)
+    assert not answer_correct("exists", "Yes, a piano.", ("piano", False), s)

@@ -8,10 +8,15 @@ from arbridge.engine.sampling import (
     SamplingConfig,
     apply_repetition_penalty,
     filtered_probs,
-    sample,
     sample_batch,
 )
 from arbridge.engine.stopping import stop_reason
+
+
+def sample(logits, cfg, seen, generator):
+    """The rows of one request, sampled as the scheduler samples a batch."""
+    return sample_batch(logits, SamplingBatch([(cfg, generator, logits.shape[0])],
+                                              logits.device, logits.shape[-1]), seen)
 
 
 def logits_to_probs(logits, temperature, top_k, top_p):

@@ -76,6 +76,7 @@ class ObjectRules:
     # The reply may end this many tokens after it last named a new object, named or
     # not: a model that cannot find the word for an object must not be held forever.
     patience: int = 12
+    _named_tables: dict = field(default_factory=dict, repr=False)  # objects -> BannedWords
 
     @property
     def longest(self) -> int:
@@ -108,5 +109,10 @@ class ObjectRules:
         return out
 
     def _names_of(self, objects: set[int]) -> BannedWords:
-        return BannedWords.of([seq for seq, obj in self.names.items() if obj in objects],
-                              float("inf"))
+        key = frozenset(objects)
+        table = self._named_tables.get(key)
+        if table is None:  # built once per set of named objects, not once per step
+            table = BannedWords.of([seq for seq, obj in self.names.items() if obj in key],
+                                   float("inf"))
+            self._named_tables[key] = table
+        return table

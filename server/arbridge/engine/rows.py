@@ -38,9 +38,6 @@ class RowTable(Generic[Owner]):
     def row_of(self, owner: Owner) -> int:
         return self._owners.index(owner)
 
-    def owner(self, row: int) -> Owner:
-        return self._owners[row]
-
     def __len__(self) -> int:
         return len(self._owners)
 

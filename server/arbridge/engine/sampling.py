@@ -166,10 +166,3 @@ def sample_batch(logits: torch.Tensor, batch: SamplingBatch, seen: torch.Tensor 
     if batch.any_logprobs:
         logprobs = logits.log_softmax(dim=-1).gather(-1, next_ids[:, None]).squeeze(-1)
     return next_ids, logprobs
-
-
-def sample(logits: torch.Tensor, cfg: SamplingConfig, seen: torch.Tensor,
-           generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The rows of one request (see `sample_batch`)."""
-    return sample_batch(logits, SamplingBatch([(cfg, generator, logits.shape[0])],
-                                              logits.device, logits.shape[-1]), seen)

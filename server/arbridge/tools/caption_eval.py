@@ -66,12 +66,12 @@ def questions(scene: pb.SceneFeatures, index: int) -> list[tuple[str, str, objec
     present = index % 2 == 0 and placed
     if present:
         obj = placed[(index // 2) % len(placed)][0]
-        out.append(("exists", f"Is there a {obj.label} here?", True))
+        out.append(("exists", f"Is there a {obj.label} here?", (obj.label, True)))
     else:
         labels = {o.label for o in scene.objects}
         absent = sorted(n for n in NOUNS if n not in labels and " " not in n)
         noun = absent[(index * 7919) % len(absent)]
-        out.append(("exists", f"Is there a {noun} here?", False))
+        out.append(("exists", f"Is there a {noun} here?", (noun, False)))
     return out
 
 
@@ -88,9 +88,11 @@ def answer_correct(kind: str, answer: str, expected, scene: pb.SceneFeatures) ->
         numbers = [float(x) for x in re.findall(r"\d+(?:\.\d+)?", text)]
         return any(abs(x - expected) <= max(0.5, 0.2 * expected) for x in numbers)
     if kind == "exists":
-        yes = bool(re.search(r"\byes\b|\bthere is\b|\bthere's\b", text)) and not re.search(
-            r"\bno\b|\bnot\b|\bisn't\b|\bthere is no\b", text)
-        return yes == expected
+        noun, present = expected
+        # Yes: says yes or speaks of the object as there, with no negation; no: says no.
+        negated = bool(re.search(r"\bno\b|\bnot\b|n't\b|\bnothing\b", text))
+        affirmed = bool(re.search(r"\byes\b", text)) or bool(names_of(noun) & words)
+        return (affirmed and not negated) == present
     raise ValueError(kind)
 
 
