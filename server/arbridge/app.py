@@ -179,6 +179,8 @@ class ArBridgeServer:
             self.backend = await self._load_local(preloaded)
         self.metrics.watch(self.backend)
         self.servicer.attach(self.backend, self.metrics)
+        if s.backend == "local":
+            await self.servicer.warm_up()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("SERVING %s on %s:%d", self.backend.info.name, s.host, self.port)
 

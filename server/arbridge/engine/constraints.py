@@ -37,8 +37,13 @@ class BannedWords:
         return cls({k: frozenset(v) for k, v in table.items()}, penalty,
                    max((len(k) for k in table), default=0))
 
-    def next_banned(self, generated: list[int]) -> set[int]:
-        out: set[int] = set(self.by_prefix.get((), ()))
+    @property
+    def always(self) -> frozenset[int]:
+        """The one-token words: banned at every step, whatever came before."""
+        return self.by_prefix.get((), frozenset())
+
+    def next_banned(self, generated: list[int], with_always: bool = True) -> set[int]:
+        out: set[int] = set(self.always) if with_always else set()
         for k in range(1, min(self.longest_prefix, len(generated)) + 1):
             out |= self.by_prefix.get(tuple(generated[-k:]), frozenset())
         return out

@@ -497,27 +497,42 @@ class Scheduler:
 def _bans(rows: list[tuple[SamplingConfig, list[int]]], device
           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """(row, token, penalty) triples for every token a row may not produce next
-    (constraints.py); None when there are none."""
-    row_ids, token_ids, penalties = [], [], []
+    (constraints.py); None when there are none. The words banned at every step come
+    from a tensor made once per request; only what depends on the reply so far is
+    looked up here."""
+    row_ids, token_ids, penalties, static = [], [], [], []
     for row, (cfg, generated) in enumerate(rows):
+        dynamic: dict[int, float] = {}
         for token in repeated_ngram_tokens(generated, cfg.no_repeat_ngram):
-            row_ids.append(row)
-            token_ids.append(token)
-            penalties.append(float("inf"))
+            dynamic[token] = float("inf")
         if cfg.banned is not None:
-            for token in cfg.banned.next_banned(generated):
-                row_ids.append(row)
-                token_ids.append(token)
-                penalties.append(cfg.banned.penalty)
+            static.append((row, _always_tensor(cfg.banned, device), cfg.banned.penalty))
+            for token in cfg.banned.next_banned(generated, with_always=False):
+                dynamic.setdefault(token, cfg.banned.penalty)
         if cfg.object_rules is not None:
             for token in cfg.object_rules.next_banned(generated):
-                row_ids.append(row)
-                token_ids.append(token)
-                penalties.append(float("inf"))
-    if not row_ids:
+                dynamic[token] = float("inf")
+        row_ids += [row] * len(dynamic)
+        token_ids += list(dynamic)
+        penalties += list(dynamic.values())
+    parts = [(torch.tensor(row_ids, dtype=torch.long, device=device),
+              torch.tensor(token_ids, dtype=torch.long, device=device),
+              torch.tensor(penalties, device=device))] if row_ids else []
+    for row, tokens, penalty in static:
+        parts.append((torch.full_like(tokens, row), tokens,
+                      torch.full(tokens.shape, penalty, device=device)))
+    if not parts:
         return None
-    return (torch.tensor(row_ids, device=device), torch.tensor(token_ids, device=device),
-            torch.tensor(penalties, device=device))
+    return tuple(torch.cat(column) for column in zip(*parts, strict=True))
+
+
+def _always_tensor(banned, device) -> torch.Tensor:
+    """The one-token words of a request's BannedWords, as a device tensor (made once)."""
+    cached = getattr(banned, "_tensor", None)
+    if cached is None or cached.device != torch.device(device):
+        cached = torch.tensor(sorted(banned.always), dtype=torch.long, device=device)
+        object.__setattr__(banned, "_tensor", cached)
+    return cached
 
 
 def _to_host(ids: torch.Tensor, logprobs: torch.Tensor | None

@@ -46,9 +46,11 @@ class SceneConstraint:
             [i for i, text in enumerate(decoded) if any(c in text for c in ".!?\n")] +
             [i for i in (tokenizer.eos_token_id,) if i is not None])
         # A caption says where things are in words; copying the scene text's metres
-        # is where a small model starts reeling off numbers.
-        self._digits = frozenset(i for i, text in enumerate(decoded)
-                                 if any(c.isnumeric() for c in text))
+        # is where a small model starts reeling off numbers. Bare whitespace tokens are
+        # what it writes instead once digits are masked (", , and").
+        self._never = frozenset(i for i, text in enumerate(decoded)
+                                if any(c.isnumeric() for c in text)
+                                or (text and not text.strip() and "\n" not in text))
         forms = sorted(all_object_words())
         variants = [(form, v) for form in forms
                     for v in {f" {form}", form, f" {form.capitalize()}", form.capitalize()}]
@@ -94,7 +96,7 @@ class SceneConstraint:
                             false |= {t for w in words for t in self._word_ids[w]}
                 false_for_all = false if false_for_all is None else false_for_all & false
             wrong.append(frozenset(false_for_all or ()))
-        return ObjectRules(names, tuple(wrong), self._enders, self._digits)
+        return ObjectRules(names, tuple(wrong), self._enders, self._never)
 
     def apply(self, cfg: SamplingConfig, scene: pb.SceneFeatures | None,
               caption: bool, supported: bool = True) -> SamplingConfig:

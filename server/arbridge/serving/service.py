@@ -142,6 +142,19 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
             self.settings, backend.projectors.input_dims() if backend.projectors else {},
             backend.unsupported, self._ignore_eos)
 
+    async def warm_up(self) -> None:
+        """Prefill the caption prompt's fixed part (system prompt, worked examples) once,
+        so the prefix cache already holds it for the first caption a headset asks for."""
+        scene = pb.SceneFeatures(objects=[pb.SceneObject(label="chair", confidence=1.0)])
+        cfg = SamplingConfig(max_new_tokens=1, seed=0)
+        try:
+            prompt = await self._prompt(
+                lambda budget: self._prompts.describe(scene, "", budget), "scene", cfg)
+            async for _ in self._backend.generate(prompt, cfg, timeout_s=60.0):
+                pass
+        except Exception:  # the first caption pays instead
+            log.warning("caption warm-up failed", exc_info=True)
+
     def _ready(self) -> None:
         if self._backend is None:
             raise _Abort(grpc.StatusCode.UNAVAILABLE, "model is still loading; retry shortly")
