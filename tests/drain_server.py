@@ -5,7 +5,6 @@ included) on a port chosen by the OS, with a slowed-down model so a stream is
 still in flight when the test sends SIGTERM. Logs 'listening on HOST:PORT'.
 """
 
-import asyncio
 import sys
 import time
 
@@ -29,11 +28,11 @@ def main() -> int:
             return load_model(*args, **kwargs)
 
         app.load_model = slow_load
-        asyncio.run(ArBridgeServer(settings).serve_forever())
+        ArBridgeServer(settings).run_until_stopped()
         return 0
     loaded = load_model(model_dir, cache_dir=settings.cache_dir)
     slow_down(loaded.model, delay)
-    asyncio.run(ArBridgeServer(settings).serve_forever(preloaded=loaded))
+    ArBridgeServer(settings).run_until_stopped(preloaded=loaded)
     return 0
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import sys
 import threading
 import time
 
@@ -235,6 +237,21 @@ class ArBridgeServer:
     async def _set_health(self, status) -> None:
         await self.health.set("", status)
         await self.health.set(SERVICE_NAME, status)
+
+    def run_until_stopped(self, preloaded: LoadedModel | None = None) -> None:
+        """`serve_forever` in its own event loop, then leave the process at once.
+
+        By the time it returns, every call has drained and everything the server
+        started has stopped; native threads it does not own (grpc's pollers, OpenMP
+        and tokenizers' pools) can still crash interpreter teardown (seen once in
+        CI as SIGSEGV after a clean drain), which would turn a clean stop into a
+        failed exit for a supervisor. So logs are flushed and the process exits 0.
+        """
+        asyncio.run(self.serve_forever(preloaded))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
     async def serve_forever(self, preloaded: LoadedModel | None = None) -> None:
         """Start, load, and run until SIGINT/SIGTERM, then drain and stop."""

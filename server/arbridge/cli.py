@@ -64,7 +64,7 @@ def cmd_serve(args) -> int:
     except (SecurityConfigError, BackendConfigError) as exc:
         print(f"arbridge serve: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(server.serve_forever())
+    server.run_until_stopped()  # exits the process when the drain is done
     return 0
 
 

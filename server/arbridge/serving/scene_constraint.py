@@ -23,6 +23,11 @@ HARD_FROM = 1e4
 # Captions get these unless the request says otherwise (`arbridge eval` measured them).
 CAPTION_NO_REPEAT_NGRAM = 4
 CAPTION_MAX_SENTENCES = 1
+# The place rules are for scenes a sentence can name: beyond this many distinct
+# labels, or names longer than this many tokens, the noun mask alone applies (the
+# rules' per-step work grows with both, and every stream in the batch would wait).
+MAX_RULE_LABELS = 24
+MAX_NAME_TOKENS = 8
 
 
 # What each placement makes false to say right after naming the object.
@@ -74,7 +79,7 @@ class SceneConstraint:
         groups: dict[str, list[pb.SceneObject]] = {}
         for obj in scene.objects:
             groups.setdefault(obj.label.strip().lower(), []).append(obj)
-        if not groups:
+        if not groups or len(groups) > MAX_RULE_LABELS:
             return None
         names: dict[tuple[int, ...], int] = {}
         wrong: list[frozenset[int]] = []
@@ -82,7 +87,8 @@ class SceneConstraint:
             forms = sorted(names_of(label))
             variants = [v for f in forms for v in (f" {f}", f" {f.capitalize()}")]
             for seq in self._tokenizer(variants, add_special_tokens=False).input_ids:
-                names[tuple(seq)] = index
+                if len(seq) <= MAX_NAME_TOKENS:
+                    names[tuple(seq)] = index
             false_for_all = None
             for obj in objects:
                 false = set()

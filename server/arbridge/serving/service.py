@@ -166,6 +166,11 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
             return None
         return max(remaining - self.settings.deadline_margin_ms / 1e3, 0.0)
 
+    async def _off_loop(self, fn, *args):
+        """fn(*args) on the prompt thread: work that grows with the request (a scene's
+        names to tokenize) must not hold the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._prompt_pool, fn, *args)
+
     async def _prompt(self, build: Callable[[int], Prompt], field: str, cfg: SamplingConfig,
                       features: list[tuple[str, list[float]]] = ()) -> Prompt:
         """build(token budget for the reply) -> the prompt, with the soft-prompt prefix
@@ -224,11 +229,12 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         arrived = time.perf_counter()
         self._ready()
         call = self.check.describe_scene(request)
-        cfg = self._constraint.apply(call.sampling, call.scene, caption=True,
-                                     supported=self._backend.constraints)
         prompt = await self._prompt(
             lambda budget: self._prompts.describe(call.scene, call.instruction, budget),
-            "scene", cfg, call.features)
+            "scene", call.sampling, call.features)
+        # After the prompt: a request refused for its size costs no constraint work.
+        cfg = await self._off_loop(self._constraint.apply, call.sampling, call.scene, True,
+                                   self._backend.constraints)
         async for event in self._generate(prompt, cfg, context, arrived,
                                           objects=list(call.scene.objects), caption=True):
             yield _wrap(spb.DescribeSceneResponse, event)
@@ -253,8 +259,8 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         # Checked before anything changes: a bad turn leaves the session as it was.
         turn = self.check.user_turn(request.user_turn, dialogue.state.with_scene(scene),
                                     "user_turn")
-        turn.sampling = self._constraint.apply(turn.sampling, turn.scene, caption=False,
-                                               supported=self._backend.constraints)
+        turn.sampling = await self._off_loop(self._constraint.apply, turn.sampling, turn.scene,
+                                             False, self._backend.constraints)
         reply = await dialogue.begin_turn(
             lambda state: self._turn_prompt(state, turn, "user_turn"),
             lambda prompt: self._generate(prompt, turn.sampling, context, time.perf_counter(),
@@ -418,9 +424,9 @@ class _ConverseSession:
             raise _Abort(grpc.StatusCode.UNAVAILABLE,
                          "server is shutting down; reconnect and resend the dialogue")
         checked = self.servicer.check.user_turn(turn, self.dialogue.state, field)
-        checked.sampling = self.servicer._constraint.apply(
-            checked.sampling, checked.scene, caption=False,
-            supported=self.servicer._backend.constraints)
+        checked.sampling = await self.servicer._off_loop(
+            self.servicer._constraint.apply, checked.sampling, checked.scene, False,
+            self.servicer._backend.constraints)
         self.reply_stream = await self.dialogue.begin_turn(
             lambda state: self.servicer._turn_prompt(state, checked, field),
             lambda prompt: self.servicer._generate(prompt, checked.sampling, self.context,
