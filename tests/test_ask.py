@@ -75,14 +75,20 @@ async def test_errors_name_the_field_and_leave_the_session_as_it_was(tiny_server
     assert events[0][2].turn_id == 2  # the failed turns took no id
 
 
-async def test_a_new_turn_interrupts_the_reply_still_streaming(make_server, tiny_model_dir):
-    running = await make_server(tiny_model_dir, step_delay=0.02)
-    stub = running.stub
+async def streaming_session(stub):
+    """A session whose second reply (100 tokens) is streaming now: (id, that call)."""
     _, _, events = await collect(stub.Ask(ask("hello")))
     session = events[0][2].session_id
     long_call = stub.Ask(ask("tell me a long story", session, max_new_tokens=100))
     async for _ in long_call:  # streaming now
         break
+    return session, long_call
+
+
+async def test_a_new_turn_interrupts_the_reply_still_streaming(make_server, tiny_model_dir):
+    running = await make_server(tiny_model_dir, step_delay=0.02)
+    stub = running.stub
+    session, long_call = await streaming_session(stub)
     _, short, _ = await collect(stub.Ask(ask("stop", session)))
     rest = [r async for r in long_call]
     interrupted = [r.completion for r in rest if r.WhichOneof("event") == "completion"][0]
@@ -202,11 +208,7 @@ async def test_the_newest_of_turns_arriving_together_is_answered(make_server, ti
     # never interrupts a newer one.
     running = await make_server(tiny_model_dir, step_delay=0.02)
     stub = running.stub
-    _, _, events = await collect(stub.Ask(ask("hello")))
-    session = events[0][2].session_id
-    first = stub.Ask(ask("tell me a long story", session, max_new_tokens=100))
-    async for _ in first:
-        break  # streaming now
+    session, first = await streaming_session(stub)
     middle = asyncio.ensure_future(collect(stub.Ask(ask("wait", session, max_new_tokens=30))))
     newest = asyncio.ensure_future(collect(stub.Ask(ask("stop", session, max_new_tokens=6))))
     _, middle_done, _ = await middle
