@@ -114,7 +114,9 @@ async def test_parameters_the_upstream_cannot_honour_are_refused(upstream, bridg
     for sampling, field in (({"top_k": 5}, "sampling.top_k"),
                             ({"repetition_penalty": 1.3}, "sampling.repetition_penalty"),
                             ({"num_return_sequences": 2}, "sampling.num_return_sequences"),
-                            ({"logprobs": True}, "sampling.logprobs")):
+                            ({"logprobs": True}, "sampling.logprobs"),
+                            ({"scene_constraint": 5.0}, "sampling.scene_constraint"),
+                            ({"no_repeat_ngram": 3}, "sampling.no_repeat_ngram")):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await collect(b.stub.Generate(gen(**sampling)))
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION

@@ -437,13 +437,11 @@ class Scheduler:
         by_request: dict[_Request, list[tuple[int, int]]] = {}
         for row, slot in enumerate(self._decoding):
             by_request.setdefault(slot.req, []).append((slot.index, row))
-        order, groups, histories = [], [], []
+        order, groups = [], []
         for req, members in by_request.items():
             members.sort()
             order += [row for _, row in members]
             groups.append((req.handle.sampling, req.generator, len(members)))
-            histories += [(req.handle.sampling, req.slots[index].generated)
-                          for index, _ in members]
         batch = SamplingBatch(groups, self.device, self.vocab_size)
         order_t = torch.tensor(order, device=self.device)
         seen = None
@@ -452,8 +450,10 @@ class Scheduler:
                                                     device=self.device)]
                               for req, members in by_request.items()])
         bans = None
-        if any(cfg.constrained for cfg, _, _ in groups):
-            bans = _bans(histories, self.device)
+        if any(cfg.constrained for cfg, _, _ in groups):  # else no per-row work at all
+            bans = _bans([(req.handle.sampling, req.slots[index].generated)
+                          for req, members in by_request.items() for index, _ in members],
+                         self.device)
         next_ids, logprobs = sample_batch(logits[order_t], batch, seen, bans)
         offset = 0
         for req, members in by_request.items():
