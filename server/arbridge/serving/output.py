@@ -91,10 +91,8 @@ class OutputProcessor:
                 shown, enough = seq.caption_end.cut(shown)
             if shown:
                 yield self._chunk(seq, shown)
-            if enough:  # the last sentence allowed has ended
-                generation.stop_sequence(seq.index)
-                yield self._complete(seq, FinishReason.STOP_SEQUENCE, generation.started)
-            elif seq.stops.matched is not None:
+            # A stop string, the last sentence allowed, or the caption's end.
+            if enough or seq.stops.matched is not None:
                 generation.stop_sequence(seq.index)
                 yield self._complete(seq, FinishReason.STOP_SEQUENCE, generation.started)
         for end in out.ends:

@@ -166,6 +166,12 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
             return None
         return max(remaining - self.settings.deadline_margin_ms / 1e3, 0.0)
 
+    @property
+    def _constraints_on(self) -> bool:
+        # `arbridge bench` (ignore_eos) measures the engine on equal token counts: no
+        # caption rules there, which end replies early on purpose.
+        return self._backend.constraints and not self._ignore_eos
+
     async def _off_loop(self, fn, *args):
         """fn(*args) on the prompt thread: work that grows with the request (a scene's
         names to tokenize) must not hold the event loop."""
@@ -175,12 +181,10 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
                       features: list[tuple[str, list[float]]] = ()) -> Prompt:
         """build(token budget for the reply) -> the prompt, with the soft-prompt prefix
         of any dense features in front (it takes room in the context window too).
-        `build` runs on the prompt threads: it must not touch state the loop mutates."""
+        `build` runs on the prompt thread: it must not touch state the loop mutates."""
         prefix_len = self._projectors.prefix_length(features) if features else 0
-        loop = asyncio.get_running_loop()
         try:
-            prompt = await loop.run_in_executor(self._prompt_pool, build,
-                                                cfg.max_new_tokens + prefix_len)
+            prompt = await self._off_loop(build, cfg.max_new_tokens + prefix_len)
         except PromptTooLong as exc:
             raise validation.InvalidField(field, str(exc)) from exc
         if not features:
@@ -234,7 +238,7 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
             "scene", call.sampling, call.features)
         # After the prompt: a request refused for its size costs no constraint work.
         cfg = await self._off_loop(self._constraint.apply, call.sampling, call.scene, True,
-                                   self._backend.constraints)
+                                   self._constraints_on)
         async for event in self._generate(prompt, cfg, context, arrived,
                                           objects=list(call.scene.objects), caption=True):
             yield _wrap(spb.DescribeSceneResponse, event)
@@ -260,7 +264,7 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         turn = self.check.user_turn(request.user_turn, dialogue.state.with_scene(scene),
                                     "user_turn")
         turn.sampling = await self._off_loop(self._constraint.apply, turn.sampling, turn.scene,
-                                             False, self._backend.constraints)
+                                             False, self._constraints_on)
         reply = await dialogue.begin_turn(
             lambda state: self._turn_prompt(state, turn, "user_turn"),
             lambda prompt: self._generate(prompt, turn.sampling, context, time.perf_counter(),
@@ -426,7 +430,7 @@ class _ConverseSession:
         checked = self.servicer.check.user_turn(turn, self.dialogue.state, field)
         checked.sampling = await self.servicer._off_loop(
             self.servicer._constraint.apply, checked.sampling, checked.scene, False,
-            self.servicer._backend.constraints)
+            self.servicer._constraints_on)
         self.reply_stream = await self.dialogue.begin_turn(
             lambda state: self.servicer._turn_prompt(state, checked, field),
             lambda prompt: self.servicer._generate(prompt, checked.sampling, self.context,
