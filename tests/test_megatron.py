@@ -70,7 +70,7 @@ def test_layout_converts_logits_exact(source, tmp_path, name):
     layout = LAYOUTS[name]
     ckpt = write_checkpoint(source, tmp_path / "ckpt", **layout)
     overrides = Overrides(num_attention_heads=4) if not layout.get("with_args", True) else None
-    out = convert(ckpt, tmp_path / "hf", overrides=overrides)
+    out = convert(ckpt, tmp_path / "hf", overrides=overrides).out_dir
     converted = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     assert converted.config.vocab_size == source[0].config.vocab_size  # padding trimmed
     assert_same_logits(source[0], converted)

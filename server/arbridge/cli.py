@@ -196,8 +196,9 @@ def cmd_convert(args) -> int:
     src, out = Path(args.source), Path(args.out)
     try:
         if megatron.is_megatron_checkpoint(src):
-            megatron.convert(src, out, Path(args.tokenizer) if args.tokenizer else None,
-                             megatron_overrides(settings))
+            report = megatron.convert(src, out, Path(args.tokenizer) if args.tokenizer else None,
+                                      megatron_overrides(settings))
+            print("\n".join(report.lines()))
         elif src.suffix == ".gguf" and src.is_file():
             convert_gguf(src, out)
         else:
@@ -333,8 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="Megatron checkpoint or GGUF -> HF safetensors dir")
     p.add_argument("source", help="Megatron-LM checkpoint dir or zip, or a .gguf file")
     p.add_argument("out", help="output directory")
-    p.add_argument("--tokenizer", help="dir with vocab.json + merges.txt (default: beside "
-                                       "the checkpoint)")
+    p.add_argument("--tokenizer", help="tokenizer folder: tokenizer.json, vocab.json + "
+                                       "merges.txt or a SentencePiece .model (default: what "
+                                       "the checkpoint's args name, or files beside it)")
     _add_megatron_flags(p)
     p.set_defaults(func=cmd_convert)
 

@@ -1,155 +1,33 @@
-"""Megatron-LM GPT checkpoints -> a Hugging Face GPT-2 model, in-process.
+"""Megatron-LM's pre-Megatron-Core GPT layout (2019-2022) -> Hugging Face GPT-2.
 
-Reads the layout Megatron-LM writes:
-
-    CKPT/latest_checkpointed_iteration.txt       "release" or an iteration number
-    CKPT/release/ or CKPT/iter_0001000/
-        mp_rank_00/model_optim_rng.pt            tensor-parallel rank 00 (no pipeline)
-        mp_rank_01_003/model_optim_rng.pt        tensor rank 01, pipeline stage 003
-                                                 (model_rng.pt is accepted too)
-
-or NVIDIA's released zip (member release/mp_rank_00/model_optim_rng.pt).
-Shards are merged the way Megatron split them: column-parallel weights
-(QKV, dense_h_to_4h, word embeddings) along dim 0, row-parallel weights
-(attention dense, dense_4h_to_h) along dim 1; layer norms, row-parallel
-biases and position embeddings come from tensor rank 0; pipeline stages
-hold consecutive layers.
-
-Pickles are loaded with torch.load(weights_only=True). Megatron pickles its
-argparse namespace (and enums inside it) next to the weights; those globals
-are allowed, mapped to inert stand-ins, and nothing else is: a checkpoint
-that needs any other global is refused with that global's name.
+Shards hold `model.language_model.{embedding, encoder|transformer}` with
+`layers.N.attention.query_key_value` and friends. They are merged the way
+Megatron split them: column-parallel weights (QKV, dense_h_to_4h, word
+embeddings) along dim 0, row-parallel weights (attention dense, dense_4h_to_h)
+along dim 1; layer norms, row-parallel biases and position embeddings come from
+tensor rank 0; pipeline stages hold consecutive layers. The fused QKV rows are
+laid out by `checkpoint_version`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import pickle
 import re
-import shutil
-import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-log = logging.getLogger(__name__)
+from arbridge.models.megatron.layout import check_declared_grid
+from arbridge.models.megatron.pickles import MegatronFormatError, load_pickle
+from arbridge.models.megatron.tokenizers import GPT2_EOS
 
-SHARD_FILES = ("model_optim_rng.pt", "model_rng.pt")
-_SHARD_DIR = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?$")
 _LAYER_KEY = re.compile(r"^layers\.(\d+)\.(.+)$")
-_EOS = "<|endoftext|>"
 
 
-class MegatronFormatError(ValueError):
-    """The checkpoint cannot be read; the message names the problem."""
-
-
-class _MegatronEnum:
-    """Inert stand-in for an enum Megatron pickles inside `args`."""
-
-    def __init__(self, value=None):
-        self.value = value
-
-    def __repr__(self) -> str:
-        return f"<megatron enum {self.value!r}>"
-
-
-# Enums that Megatron-LM versions store in their `args` namespace.
-_MEGATRON_ENUMS = [
-    f"{module}.{name}"
-    for module in ("megatron.model.enums", "megatron.core.enums",
-                   "megatron.core.transformer.enums", "megatron.core.model_parallel_config")
-    for name in ("LayerType", "AttnType", "AttnMaskType", "PositionEmbeddingType", "ModelType",
-                 "AttnBackend")
-]
-SAFE_GLOBALS = [argparse.Namespace, *[(_MegatronEnum, name) for name in _MEGATRON_ENUMS]]
-
-
-def load_pickle(source, where: str) -> dict:
-    """torch.load with the allow-list; refuses anything else by name."""
-    try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            return torch.load(source, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # torch words it "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y".
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        if found is None:
-            reason = re.search(r"WeightsUnpickler error: \s*(.+)", str(exc))
-            raise MegatronFormatError(f"{where}: refusing to unpickle it: "
-                                      f"{reason.group(1) if reason else 'unsupported pickle'}"
-                                      ) from None
-        raise MegatronFormatError(
-            f"{where}: refusing to unpickle global '{found.group(1)}': only argparse.Namespace "
-            "and Megatron's enums may appear in a checkpoint (no code runs from checkpoints)"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile) as exc:
-        raise MegatronFormatError(f"{where}: not a readable torch checkpoint ({exc})") from None
-
-
-# -- finding the shards -------------------------------------------------------------
-def is_megatron_checkpoint(path: Path) -> bool:
-    if path.is_file():
-        return path.suffix == ".zip" and _zip_shard_members(path) != []
-    if not path.is_dir():
-        return False
-    if (path / "latest_checkpointed_iteration.txt").exists() or (path / "release").is_dir():
-        return True
-    if any(p.is_dir() and p.name.startswith("iter_") for p in path.iterdir()):
-        return True
-    return any(_SHARD_DIR.match(p.name) for p in path.iterdir() if p.is_dir())
-
-
-def _zip_shard_members(path: Path) -> list[str]:
-    with zipfile.ZipFile(path) as zf:
-        return [n for n in zf.namelist()
-                if n.rsplit("/", 1)[-1] in SHARD_FILES
-                and _SHARD_DIR.match(n.rstrip("/").split("/")[-2] if "/" in n else "")]
-
-
-def iteration_dir(root: Path) -> Path:
-    """The folder holding the mp_rank_* shards."""
-    tracker = root / "latest_checkpointed_iteration.txt"
-    if tracker.exists():
-        value = tracker.read_text().strip()
-        folder = root / ("release" if value == "release" else f"iter_{int(value):07d}")
-        if not folder.is_dir():
-            raise MegatronFormatError(f"{tracker} names '{value}' but {folder} does not exist")
-        return folder
-    if (root / "release").is_dir():
-        return root / "release"
-    iters = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("iter_"))
-    if iters:
-        return iters[-1]
-    return root
-
-
-def find_shards(folder: Path) -> dict[tuple[int, int], Path]:
-    """{(tensor rank, pipeline stage): shard file}, checked to be a full grid."""
-    shards: dict[tuple[int, int], Path] = {}
-    for sub in sorted(folder.iterdir()):
-        m = _SHARD_DIR.match(sub.name)
-        if not (sub.is_dir() and m):
-            continue
-        files = [sub / f for f in SHARD_FILES if (sub / f).exists()]
-        if not files:
-            raise MegatronFormatError(f"missing shard: {sub} has none of {', '.join(SHARD_FILES)}")
-        shards[(int(m.group(1)), int(m.group(2) or 0))] = files[0]
-    if not shards:
-        raise MegatronFormatError(f"unknown layout: no mp_rank_XX folders in {folder}")
-    tp = max(t for t, _ in shards) + 1
-    pp = max(p for _, p in shards) + 1
-    piped = any(_SHARD_DIR.match(f.parent.name).group(2) for f in shards.values())
-    for t in range(tp):
-        for p in range(pp):
-            if (t, p) not in shards:
-                name = f"mp_rank_{t:02d}" + (f"_{p:03d}" if piped else "")
-                raise MegatronFormatError(f"missing shard: {folder / name} (expected a "
-                                          f"{tp} x {pp} tensor x pipeline grid)")
-    return shards
+def is_legacy_gpt2(shard: dict) -> bool:
+    model = shard.get("model")
+    return isinstance(model, dict) and "language_model" in model
 
 
 # -- merging ----------------------------------------------------------------------
@@ -213,17 +91,7 @@ def merge_shards(shards: dict[tuple[int, int], Path], heads: int | None) -> Merg
     pp = max(p for _, p in shards) + 1
     first = load_pickle(shards[(0, 0)], str(shards[(0, 0)]))
     args = first.get("args")
-    declared = (getattr(args, "tensor_model_parallel_size", None) or tp,
-                getattr(args, "pipeline_model_parallel_size", None) or pp)
-    if declared != (tp, pp):
-        folder = shards[(0, 0)].parent.parent
-        absent = [f"mp_rank_{t:02d}" + (f"_{p:03d}" if declared[1] > 1 else "")
-                  for t in range(declared[0]) for p in range(declared[1])
-                  if (t, p) not in shards]
-        raise MegatronFormatError(
-            f"missing shard: {', '.join(absent) or 'none'} in {folder}: the checkpoint's args "
-            f"say {declared[0]} tensor x {declared[1]} pipeline ranks, the folder holds "
-            f"{tp} x {pp}")
+    check_declared_grid(args, shards)
     version = float(first.get("checkpoint_version", 0))
     heads = heads or getattr(args, "num_attention_heads", None)
     tensors: dict[str, torch.Tensor] = {}
@@ -301,28 +169,6 @@ class Overrides:
     max_position_embeddings: int | None = None
 
 
-def build_tokenizer(folder: Path):
-    """GPT-2 byte-level BPE from local vocab.json + merges.txt (or a tokenizer dir)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    if (folder / "tokenizer.json").exists() or (folder / "tokenizer_config.json").exists():
-        return AutoTokenizer.from_pretrained(folder)
-    vocab, merges = folder / "vocab.json", folder / "merges.txt"
-    if not (vocab.exists() and merges.exists()):
-        raise MegatronFormatError(
-            f"no GPT-2 tokenizer: put vocab.json and merges.txt in {folder} or pass "
-            "--tokenizer DIR (ArBridge never downloads one)")
-    tok = Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    if tok.token_to_id(_EOS) is not None:
-        tok.add_special_tokens([_EOS])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=_EOS, bos_token=_EOS,
-                                   unk_token=_EOS)
-
-
 def _hyper(merged: MergedCheckpoint, overrides: Overrides) -> dict[str, int]:
     args = merged.args
     word = merged.tensors["word_embeddings"]
@@ -388,7 +234,7 @@ def to_gpt2(merged: MergedCheckpoint, tokenizer, overrides: Overrides | None = N
                                   f"the checkpoint only {t['word_embeddings'].shape[0]} rows")
     eps = float(getattr(merged.args, "layernorm_epsilon", 1e-5) or 1e-5)
     ffn = t["layers.0.mlp.dense_h_to_4h.weight"].shape[0]
-    eos = tokenizer.convert_tokens_to_ids(_EOS)
+    eos = tokenizer.convert_tokens_to_ids(GPT2_EOS)
     config = GPT2Config(
         vocab_size=vocab, n_positions=hyper["max_position_embeddings"], n_embd=h,
         n_layer=hyper["num_layers"], n_head=hyper["num_attention_heads"], n_inner=ffn,
@@ -424,65 +270,4 @@ def to_gpt2(merged: MergedCheckpoint, tokenizer, overrides: Overrides | None = N
     model.generation_config.pad_token_id = eos
     return model.eval()
 
-
-# -- the whole conversion ------------------------------------------------------------
-def _extract_zip(path: Path, into: Path) -> Path:
-    members = _zip_shard_members(path)
-    if not members:
-        raise MegatronFormatError(f"{path}: no mp_rank_XX/model_optim_rng.pt member")
-    with zipfile.ZipFile(path) as zf:
-        for name in members:
-            target = into / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(name) as src, target.open("wb") as dst:
-                shutil.copyfileobj(src, dst)
-    parent = (into / members[0]).parent.parent  # the folder holding mp_rank_XX
-    return parent
-
-
-def convert(source: Path, out_dir: Path, tokenizer_dir: Path | None = None,
-            overrides: Overrides | None = None) -> Path:
-    """Megatron dir or zip -> safetensors GPT-2 directory with tokenizer files.
-
-    Published whole or not at all (`models.publish.publishing`).
-    """
-    from arbridge.models.publish import publishing
-
-    overrides = overrides or Overrides()
-    tokenizer = build_tokenizer(tokenizer_dir or (source.parent if source.is_file() else source))
-    with tempfile.TemporaryDirectory(prefix="arbridge-megatron-") as tmp:
-        folder = (_extract_zip(source, Path(tmp)) if source.is_file()
-                  else iteration_dir(source))
-        shards = find_shards(folder)
-        log.info("merging %d Megatron shard(s) from %s", len(shards), folder)
-        merged = merge_shards(shards, overrides.num_attention_heads)
-    model = to_gpt2(merged, tokenizer, overrides)
-    with publishing(out_dir, f"converted from Megatron checkpoint {source}") as staging:
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        (staging / "arbridge_source.json").write_text(json.dumps({
-            "source": str(source), "format": "megatron",
-            "checkpoint_version": merged.checkpoint_version,
-            "tensor_parallel": merged.tensor_parallel,
-            "pipeline_parallel": merged.pipeline_parallel,
-            "iteration": merged.extra.get("iteration"),
-        }, indent=2, default=str))
-    params = sum(v.numel() for v in model.state_dict().values()) / 1e6
-    log.info("converted Megatron checkpoint (TP=%d, PP=%d, %.1fM parameters) -> %s",
-             merged.tensor_parallel, merged.pipeline_parallel, params, out_dir)
-    return out_dir
-
-
-def fingerprint(source: Path) -> str:
-    """Changes whenever a shard file changes (for the conversion cache)."""
-    import hashlib
-
-    h = hashlib.sha256(str(source.resolve()).encode())
-    files = [source] if source.is_file() else sorted(
-        p for p in source.rglob("*") if p.is_file() and (p.name in SHARD_FILES or p.suffix
-                                                         in (".txt", ".json")))
-    for p in files:
-        st = p.stat()
-        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:16]
 

@@ -1,0 +1,330 @@
+"""Megatron-Core GPT weights, read tensor by tensor, as one TP=1, PP=1 model sees them.
+
+Two formats, one view. Every name is Megatron-Core's with Transformer-Engine
+norm names (`self_attention.linear_qkv.layer_norm_weight`,
+`mlp.linear_fc1.layer_norm_weight`), whatever layer implementation trained it:
+
+- `TorchDistSource` (`--ckpt-format torch_dist`): the tensors are stored global
+  (the format reshards), layers stacked on a leading axis; read with
+  torch.distributed.checkpoint's public reader in this one process, one tensor
+  per call, so optimizer moments, `_extra_state` and RNG objects are never read.
+- `LegacyCoreSource` (`--ckpt-format torch`): one pickle per (tensor rank,
+  pipeline stage), memory-mapped, merged exactly as megatron-core split them:
+  `linear_qkv` rows are whole query groups `[q heads | k | v]` per rank (plain
+  concatenation); SwiGLU `linear_fc1` is `[gate_r; up_r]` on rank r, so the
+  halves are joined separately; `linear_proj`/`linear_fc2` split input columns;
+  embeddings and `output_layer` split (padded) vocabulary rows; norms and
+  row-parallel biases are replicated. Pipeline stages number their layers from
+  0, and virtual-pipeline chunks (`model0`, `model1`, ...) interleave: chunk c of
+  stage p is global chunk c * PP + p.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import torch
+
+from arbridge.models.megatron.layout import check_declared_grid
+from arbridge.models.megatron.pickles import MegatronFormatError, load_pickle
+
+WORD_EMBEDDINGS = "embedding.word_embeddings.weight"
+POSITION_EMBEDDINGS = "embedding.position_embeddings.weight"
+FINAL_NORM = ("decoder.final_layernorm.weight", "decoder.final_layernorm.bias")
+OUTPUT_LAYER = "output_layer.weight"
+GLOBAL_NAMES = (WORD_EMBEDDINGS, POSITION_EMBEDDINGS, *FINAL_NORM, OUTPUT_LAYER)
+
+QKV = "self_attention.linear_qkv"
+PROJ = "self_attention.linear_proj"
+FC1 = "mlp.linear_fc1"
+FC2 = "mlp.linear_fc2"
+LAYER_SUFFIXES = (
+    f"{QKV}.layer_norm_weight", f"{QKV}.layer_norm_bias", f"{QKV}.weight", f"{QKV}.bias",
+    f"{PROJ}.weight", f"{PROJ}.bias",
+    f"{FC1}.layer_norm_weight", f"{FC1}.layer_norm_bias", f"{FC1}.weight", f"{FC1}.bias",
+    f"{FC2}.weight", f"{FC2}.bias",
+)
+# The local (non-Transformer-Engine) spec names its norms apart; one name for both.
+_LOCAL_NORMS = {"input_layernorm.weight": f"{QKV}.layer_norm_weight",
+                "input_layernorm.bias": f"{QKV}.layer_norm_bias",
+                "pre_mlp_layernorm.weight": f"{FC1}.layer_norm_weight",
+                "pre_mlp_layernorm.bias": f"{FC1}.layer_norm_bias"}
+_STACKED_PREFIX = "decoder.layers."
+_LAYER_KEY = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
+
+
+def _skipped(name: str) -> bool:
+    """Entries that are not weights: TE/FP8 metadata."""
+    return name.endswith("_extra_state") or "._extra_state/" in name
+
+
+def _unsupported(name: str, where: str) -> MegatronFormatError:
+    return MegatronFormatError(
+        f"unsupported tensor '{name}' in {where}: ArBridge converts dense GPT models (no MoE, "
+        "MLA, qk-layernorm, multi-token prediction)")
+
+
+class CoreSource:
+    """What a converter needs; see the two implementations below."""
+
+    format: str
+    args: object
+    tensor_parallel: int
+    pipeline_parallel: int
+    virtual_stages: int
+    iteration: object
+    num_layers: int
+    dtype: torch.dtype
+
+    def has(self, name: str) -> bool:
+        raise NotImplementedError
+
+    def tensor(self, name: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def has_layer(self, suffix: str) -> bool:
+        raise NotImplementedError
+
+    def layers(self, suffix: str) -> list[torch.Tensor]:
+        """One global tensor per layer, layer 0 first."""
+        raise NotImplementedError
+
+
+# -- torch_dist ----------------------------------------------------------------------
+class TorchDistSource(CoreSource):
+    format = "torch_dist"
+
+    def __init__(self, folder: Path):
+        from torch.distributed.checkpoint import FileSystemReader
+        from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+        self.folder = folder
+        for name in (".metadata", "common.pt"):
+            if not (folder / name).is_file():
+                raise MegatronFormatError(f"missing file: {folder / name} (a torch_dist "
+                                          "checkpoint has metadata.json, .metadata, *.distcp "
+                                          "and common.pt)")
+        try:
+            self._metadata = FileSystemReader(str(folder)).read_metadata()
+        except Exception as exc:  # noqa: BLE001 - any failure here means a broken file
+            raise MegatronFormatError(f"{folder / '.metadata'}: not readable torch.distributed."
+                                      f"checkpoint metadata ({type(exc).__name__}: {exc})"
+                                      ) from None
+        self._check_data_files()
+        common = load_pickle(folder / "common.pt", str(folder / "common.pt"))
+        self.args = common.get("args") if isinstance(common, dict) else None
+        if self.args is None:
+            raise MegatronFormatError(f"{folder / 'common.pt'} holds no 'args': ArBridge reads "
+                                      "the architecture from them")
+        self.iteration = common.get("iteration", "release")
+        self.tensor_parallel = int(getattr(self.args, "tensor_model_parallel_size", 1) or 1)
+        self.pipeline_parallel = int(getattr(self.args, "pipeline_model_parallel_size", 1) or 1)
+        self.virtual_stages = int(
+            getattr(self.args, "virtual_pipeline_model_parallel_size", None) or 1)
+        self._tensors = {}
+        for name, meta in self._metadata.state_dict_metadata.items():
+            if name.startswith(("optimizer.", "rng_state")) or _skipped(name):
+                continue
+            if not isinstance(meta, TensorStorageMetadata):
+                continue
+            if not (name in GLOBAL_NAMES or name.removeprefix(_STACKED_PREFIX)
+                    in LAYER_SUFFIXES):
+                raise _unsupported(name, str(folder))
+            self._tensors[name] = meta
+        qkv = self._tensors.get(_STACKED_PREFIX + f"{QKV}.weight")
+        if qkv is None:
+            raise MegatronFormatError(f"unknown layout: {folder} has no "
+                                      f"'{_STACKED_PREFIX}{QKV}.weight' (not a Megatron-Core GPT "
+                                      "checkpoint)")
+        self.num_layers = int(qkv.size[0])
+        self.dtype = qkv.properties.dtype
+
+    def _check_data_files(self) -> None:
+        """Every .distcp the metadata points into exists and is long enough: a missing or
+        truncated file is named before anything is read."""
+        needed: dict[str, int] = {}
+        for info in self._metadata.storage_data.values():
+            end = info.offset + info.length
+            needed[info.relative_path] = max(needed.get(info.relative_path, 0), end)
+        for name, end in sorted(needed.items()):
+            path = self.folder / name
+            if not path.is_file():
+                raise MegatronFormatError(f"missing file: {path} (named by "
+                                          f"{self.folder / '.metadata'})")
+            size = path.stat().st_size
+            if size < end:
+                raise MegatronFormatError(f"truncated file: {path} has {size} bytes, the "
+                                          f"metadata needs {end}")
+
+    def has(self, name: str) -> bool:
+        return name in self._tensors
+
+    def has_layer(self, suffix: str) -> bool:
+        return _STACKED_PREFIX + suffix in self._tensors
+
+    def tensor(self, name: str) -> torch.Tensor:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint import FileSystemReader
+
+        meta = self._tensors.get(name)
+        if meta is None:
+            raise MegatronFormatError(f"missing tensor: {name} in {self.folder}")
+        out = torch.empty(tuple(meta.size), dtype=meta.properties.dtype)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "no process group: loading without one"
+                dcp.load({name: out}, storage_reader=FileSystemReader(str(self.folder)))
+        except Exception as exc:  # noqa: BLE001 - a broken file surfaces as anything
+            raise MegatronFormatError(f"{self.folder}: cannot read '{name}' "
+                                      f"({type(exc).__name__}: {str(exc)[:300]})") from None
+        return out
+
+    def layers(self, suffix: str) -> list[torch.Tensor]:
+        stacked = self.tensor(_STACKED_PREFIX + suffix)
+        if stacked.shape[0] != self.num_layers:
+            raise MegatronFormatError(f"mismatched shapes: {_STACKED_PREFIX}{suffix} stacks "
+                                      f"{stacked.shape[0]} layers, not {self.num_layers}")
+        return list(stacked.unbind(0))
+
+
+# -- legacy torch ----------------------------------------------------------------------
+def _cat(parts: list[torch.Tensor], dim: int, key: str) -> torch.Tensor:
+    other = {tuple(p.shape) for p in parts}
+    if len(other) != 1:
+        raise MegatronFormatError(f"mismatched shapes: {key} differs across tensor ranks "
+                                  f"({', '.join(str(list(s)) for s in sorted(other))})")
+    return parts[0].clone() if len(parts) == 1 else torch.cat(parts, dim=dim)
+
+
+class LegacyCoreSource(CoreSource):
+    format = "torch"
+
+    def __init__(self, shards: dict[tuple[int, int], Path]):
+        self._shards = shards
+        self.tensor_parallel = max(t for t, _ in shards) + 1
+        self.pipeline_parallel = max(p for _, p in shards) + 1
+        self._files = {key: load_pickle(path, str(path), mmap=True)
+                       for key, path in sorted(shards.items())}
+        first = self._files[(0, 0)]
+        self.args = first.get("args")
+        if self.args is None:
+            raise MegatronFormatError(f"{shards[(0, 0)]} holds no 'args': ArBridge reads the "
+                                      "architecture from them")
+        check_declared_grid(self.args, shards)
+        self.iteration = first.get("iteration", "release")
+        self._swiglu = bool(getattr(self.args, "swiglu", False))
+        chunk_names = sorted((k for k in first if re.fullmatch(r"model\d*", k)),
+                             key=lambda k: int(k[5:] or 0))
+        if not chunk_names:
+            raise MegatronFormatError(f"unknown layout: {shards[(0, 0)]} has no 'model'")
+        self.virtual_stages = len(chunk_names)
+        # (chunk, stage) in global order -> its per-tensor-rank state dicts
+        self._chunks: dict[tuple[int, int], list[dict]] = {}
+        for c, chunk in enumerate(chunk_names):
+            for p in range(self.pipeline_parallel):
+                dicts = []
+                for t in range(self.tensor_parallel):
+                    sd = self._files[(t, p)].get(chunk)
+                    if not isinstance(sd, dict):
+                        raise MegatronFormatError(f"missing tensor: {shards[(t, p)]} has no "
+                                                  f"'{chunk}'")
+                    dicts.append(sd)
+                self._chunks[(c, p)] = dicts
+        self._layer_at: list[tuple[tuple[int, int], int]] = []
+        self._globals: dict[str, tuple[int, int]] = {}
+        for c in range(self.virtual_stages):
+            for p in range(self.pipeline_parallel):
+                self._index_chunk((c, p))
+        self.num_layers = len(self._layer_at)
+        if self.num_layers == 0:
+            raise MegatronFormatError(f"unknown layout: no decoder.layers.* in {shards[(0, 0)]} "
+                                      "(not a Megatron-Core GPT checkpoint)")
+        self.dtype = self.layers_dtype()
+
+    def _where(self, chunk: tuple[int, int], t: int = 0) -> str:
+        name = f"model{chunk[0]}" if self.virtual_stages > 1 else "model"
+        return f"{self._shards[(t, chunk[1])]} [{name}]"
+
+    def _index_chunk(self, chunk: tuple[int, int]) -> None:
+        local: dict[int, set[str]] = {}
+        for key in self._chunks[chunk][0]:
+            if _skipped(key):
+                continue
+            m = _LAYER_KEY.match(key)
+            if m is None:
+                if key not in GLOBAL_NAMES:
+                    raise _unsupported(key, self._where(chunk))
+                self._globals.setdefault(key, chunk)
+                if key in (*FINAL_NORM, OUTPUT_LAYER):
+                    self._globals[key] = chunk  # the last stage's copy
+                continue
+            suffix = _LOCAL_NORMS.get(m.group(2), m.group(2))
+            if suffix not in LAYER_SUFFIXES:
+                raise _unsupported(key, self._where(chunk))
+            local.setdefault(int(m.group(1)), set()).add(key)
+        if sorted(local) != list(range(len(local))):
+            raise MegatronFormatError(f"missing layers in {self._where(chunk)}: found "
+                                      f"{sorted(local)}")
+        self._layer_at.extend((chunk, i) for i in range(len(local)))
+
+    def layers_dtype(self) -> torch.dtype:
+        return self._layer_parts(0, f"{QKV}.weight")[0].dtype
+
+    def _find(self, sd: dict, layer: int, suffix: str):
+        for local_name, canonical in _LOCAL_NORMS.items():
+            if canonical == suffix and f"decoder.layers.{layer}.{local_name}" in sd:
+                return sd[f"decoder.layers.{layer}.{local_name}"]
+        return sd.get(f"decoder.layers.{layer}.{suffix}")
+
+    def _layer_parts(self, i: int, suffix: str) -> list[torch.Tensor] | None:
+        chunk, local = self._layer_at[i]
+        parts = [self._find(sd, local, suffix) for sd in self._chunks[chunk]]
+        if all(p is None for p in parts):
+            return None
+        for t, part in enumerate(parts):
+            if part is None:
+                raise MegatronFormatError(f"missing tensor: decoder.layers.{local}.{suffix} in "
+                                          f"{self._where(chunk, t)}")
+        return parts
+
+    def has(self, name: str) -> bool:
+        return name in self._globals
+
+    def has_layer(self, suffix: str) -> bool:
+        return self._layer_parts(0, suffix) is not None
+
+    def tensor(self, name: str) -> torch.Tensor:
+        chunk = self._globals.get(name)
+        if chunk is None:
+            raise MegatronFormatError(f"missing tensor: {name} in {self._shards[(0, 0)].parent}")
+        parts = []
+        for t, sd in enumerate(self._chunks[chunk]):
+            if name not in sd:
+                raise MegatronFormatError(f"missing tensor: {name} in {self._where(chunk, t)}")
+            parts.append(sd[name])
+        if name in (WORD_EMBEDDINGS, OUTPUT_LAYER):
+            return _cat(parts, 0, name)
+        return parts[0].clone()  # replicated
+
+    def layers(self, suffix: str) -> list[torch.Tensor]:
+        out = []
+        for i in range(self.num_layers):
+            parts = self._layer_parts(i, suffix)
+            if parts is None:
+                raise MegatronFormatError(f"missing tensor: layer {i} has no {suffix}")
+            out.append(self._merge(parts, suffix, i))
+        return out
+
+    def _merge(self, parts: list[torch.Tensor], suffix: str, i: int) -> torch.Tensor:
+        key = f"decoder.layers.{i}.{suffix}"
+        if "layer_norm" in suffix or suffix in (f"{PROJ}.bias", f"{FC2}.bias"):
+            return parts[0].clone()  # replicated
+        if suffix in (f"{PROJ}.weight", f"{FC2}.weight"):
+            return _cat(parts, 1, key)  # row-parallel: input columns
+        if suffix.startswith(FC1) and self._swiglu:
+            halves = [p.chunk(2, dim=0) for p in parts]  # rank r: [gate_r; up_r]
+            return torch.cat([_cat([g for g, _ in halves], 0, key),
+                              _cat([u for _, u in halves], 0, key)], dim=0)
+        return _cat(parts, 0, key)  # column-parallel: output rows (whole query groups)

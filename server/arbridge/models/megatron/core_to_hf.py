@@ -1,0 +1,274 @@
+"""Megatron-Core GPT -> the Hugging Face model that computes the same function.
+
+The architecture is read from the checkpoint's `args`, never guessed from names:
+
+- RoPE + RMSNorm + SwiGLU (Llama-style, what Megatron-LM trains today) ->
+  `LlamaForCausalLM` (grouped-query attention, `kv_channels`, `rotary_base`,
+  `layernorm_epsilon`, tied or untied output; `add_bias_linear` -> biases on every
+  linear layer); with `add_qkv_bias` alone -> `Qwen2ForCausalLM`;
+- learned absolute positions + LayerNorm + GeLU (GPT-2-style) -> `GPT2LMHeadModel`,
+  with the tanh GeLU when `bias_gelu_fusion` (or `openai_gelu`) trained it and the
+  exact erf GeLU otherwise;
+- anything else is refused before serving, naming the argument (`REFUSED`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+
+import torch
+
+from arbridge.models.megatron.core_sources import (
+    FC1,
+    FC2,
+    FINAL_NORM,
+    OUTPUT_LAYER,
+    POSITION_EMBEDDINGS,
+    PROJ,
+    QKV,
+    WORD_EMBEDDINGS,
+    CoreSource,
+)
+from arbridge.models.megatron.pickles import MegatronFormatError
+
+# (argument, predicate on its value -> refused, what it is). Checked first, in order.
+REFUSED = [
+    ("num_experts", lambda v: bool(v), "mixture of experts"),
+    ("multi_latent_attention", bool, "multi-latent attention (MLA)"),
+    ("qk_layernorm", bool, "layer norm on queries and keys"),
+    ("qk_l2_norm", bool, "L2 norm on queries and keys"),
+    ("mtp_num_layers", lambda v: bool(v), "multi-token prediction layers"),
+    ("heterogeneous_layers_config_path", lambda v: bool(v), "heterogeneous layers"),
+    ("hybrid_override_pattern", lambda v: bool(v), "hybrid Mamba layers"),
+    ("apply_layernorm_1p", bool, "zero-centred (1 + gamma) layer norm"),
+    ("apply_residual_connection_post_layernorm", bool, "post-norm residuals"),
+    ("squared_relu", bool, "squared-ReLU activation"),
+    ("rotary_interleaved", bool, "interleaved rotary embeddings"),
+    ("use_rope_scaling", bool, "Llama-3.1 rope scaling"),
+    ("rotary_seq_len_interpolation_factor", lambda v: v not in (None, 1, 1.0),
+     "rope sequence-length interpolation"),
+    ("window_size", lambda v: v is not None, "sliding-window attention"),
+]
+SUPPORTED_ARGS = (
+    "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
+    "group_query_attention", "num_query_groups", "kv_channels", "max_position_embeddings",
+    "position_embedding_type (rope | learned_absolute)", "rotary_base", "rotary_percent (1.0)",
+    "normalization (RMSNorm | LayerNorm)", "layernorm_epsilon", "swiglu", "add_bias_linear",
+    "add_qkv_bias", "bias_gelu_fusion", "openai_gelu", "untie_embeddings_and_output_weights",
+    "padded_vocab_size", "tensor/pipeline/virtual-pipeline sizes", "params_dtype / bf16 / fp16",
+    "tokenizer_type", "vocab_file", "merge_file", "tokenizer_model",
+)
+
+
+@dataclass
+class Architecture:
+    name: str  # the HF class
+    config: dict
+    tied: bool
+    biases: dict = field(default_factory=dict)
+
+
+def _arg(args, name, default=None):
+    value = getattr(args, name, None)
+    return default if value is None else value
+
+
+def plan_architecture(args: argparse.Namespace, source: CoreSource) -> Architecture:
+    """The HF architecture for these args, or MegatronFormatError naming the argument."""
+    for name, refused, what in REFUSED:
+        value = getattr(args, name, None)
+        if value is not None and refused(value):
+            raise MegatronFormatError(f"unsupported: args.{name}={value!r} ({what}) has no "
+                                      "Hugging Face equivalent ArBridge can serve")
+    position = _arg(args, "position_embedding_type", "learned_absolute")
+    if position not in ("rope", "learned_absolute"):
+        raise MegatronFormatError(f"unsupported: args.position_embedding_type={position!r} "
+                                  "(only rope and learned_absolute)")
+    if position == "rope" and float(_arg(args, "rotary_percent", 1.0)) != 1.0:
+        raise MegatronFormatError(f"unsupported: args.rotary_percent={args.rotary_percent} "
+                                  "(partial rotary embeddings); only 1.0")
+    norm = _arg(args, "normalization", "LayerNorm")
+    if norm not in ("LayerNorm", "RMSNorm"):
+        raise MegatronFormatError(f"unsupported: args.normalization={norm!r}")
+    swiglu = bool(_arg(args, "swiglu", False))
+
+    hidden = int(args.hidden_size)
+    heads = int(args.num_attention_heads)
+    groups = int(_arg(args, "num_query_groups", heads)) if _arg(
+        args, "group_query_attention", False) else heads
+    head_dim = int(_arg(args, "kv_channels", hidden // heads))
+    ffn = int(_arg(args, "ffn_hidden_size", 4 * hidden))
+    eps = float(_arg(args, "layernorm_epsilon", 1e-5))
+    positions = int(_arg(args, "max_position_embeddings", 0) or _arg(args, "seq_length", 2048))
+    tied = not bool(_arg(args, "untie_embeddings_and_output_weights", False))
+    if int(args.num_layers) != source.num_layers:
+        raise MegatronFormatError(f"mismatched shapes: args.num_layers={args.num_layers} but "
+                                  f"the checkpoint holds {source.num_layers} layers")
+    if heads % groups:
+        raise MegatronFormatError(f"mismatched shapes: args.num_attention_heads={heads} is not "
+                                  f"a multiple of args.num_query_groups={groups}")
+    biases = {name: source.has_layer(f"{name}.bias") for name in (QKV, PROJ, FC1, FC2)}
+    common = dict(num_hidden_layers=source.num_layers, hidden_size=hidden,
+                  num_attention_heads=heads, max_position_embeddings=positions,
+                  tie_word_embeddings=tied)
+
+    if position == "rope" and norm == "RMSNorm" and swiglu:
+        llama = dict(common, intermediate_size=ffn, num_key_value_heads=groups,
+                     rms_norm_eps=eps, rope_theta=float(_arg(args, "rotary_base", 10000)),
+                     hidden_act="silu")
+        if all(biases.values()) or not any(biases.values()):
+            return Architecture("LlamaForCausalLM", dict(
+                llama, head_dim=head_dim, attention_bias=biases[QKV], mlp_bias=biases[FC1]),
+                tied, biases)
+        if biases[QKV] and not (biases[PROJ] or biases[FC1] or biases[FC2]):
+            if head_dim * heads != hidden:
+                raise MegatronFormatError(
+                    f"unsupported: args.add_qkv_bias with args.kv_channels={head_dim} != "
+                    f"hidden_size / num_attention_heads ({hidden // heads})")
+            return Architecture("Qwen2ForCausalLM", dict(llama, use_sliding_window=False),
+                                tied, biases)
+        raise MegatronFormatError(f"unsupported: biases on {[k for k, v in biases.items() if v]}"
+                                  " only (args.add_bias_linear / args.add_qkv_bias)")
+    if position == "learned_absolute" and norm == "LayerNorm" and not swiglu:
+        if not all(biases.values()):
+            raise MegatronFormatError("unsupported: a GPT-2-style model without biases "
+                                      "(args.add_bias_linear=False)")
+        if groups != heads or head_dim * heads != hidden:
+            raise MegatronFormatError(
+                "unsupported: a GPT-2-style model with grouped-query attention or "
+                f"args.kv_channels={head_dim} != hidden_size / num_attention_heads")
+        tanh = bool(_arg(args, "bias_gelu_fusion", False)) or bool(_arg(args, "openai_gelu",
+                                                                          False))
+        return Architecture("GPT2LMHeadModel", dict(
+            n_layer=source.num_layers, n_embd=hidden, n_head=heads, n_positions=positions,
+            n_inner=ffn, layer_norm_epsilon=eps, tie_word_embeddings=tied,
+            activation_function="gelu_new" if tanh else "gelu"), tied, biases)
+    raise MegatronFormatError(
+        f"unsupported: args.position_embedding_type={position!r} with args.normalization="
+        f"{norm!r} and args.swiglu={swiglu} (ArBridge serves rope + RMSNorm + SwiGLU, "
+        "Llama-style, and learned_absolute + LayerNorm + GeLU, GPT-2-style)")
+
+
+# -- weights ---------------------------------------------------------------------------
+def _split_qkv(w: torch.Tensor, groups: int, per_group: int, head_dim: int):
+    """Megatron-Core's fused rows, per query group `[q heads | k | v]` -> q, k, v."""
+    rest = w.shape[1:]
+    if w.shape[0] != groups * (per_group + 2) * head_dim:
+        raise MegatronFormatError(
+            f"mismatched shapes: linear_qkv has {w.shape[0]} rows, the args say {groups} "
+            f"groups x ({per_group} + 2) heads x {head_dim}")
+    g = w.reshape(groups, per_group + 2, head_dim, *rest)
+    q = g[:, :per_group].reshape(groups * per_group * head_dim, *rest)
+    k = g[:, per_group].reshape(groups * head_dim, *rest)
+    v = g[:, per_group + 1].reshape(groups * head_dim, *rest)
+    return q.contiguous(), k.contiguous(), v.contiguous()
+
+
+def _vocab_rows(t: torch.Tensor, vocab: int, name: str) -> torch.Tensor:
+    if vocab > t.shape[0]:
+        raise MegatronFormatError(f"mismatched shapes: the tokenizer has {vocab} tokens but "
+                                  f"{name} only {t.shape[0]} rows")
+    return t[:vocab].clone()  # drop the padded vocabulary (and its memory)
+
+
+def _llama_weights(source: CoreSource, arch: Architecture, vocab: int) -> dict:
+    cfg = arch.config
+    heads, groups = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+    sd = {"model.embed_tokens.weight": _vocab_rows(source.tensor(WORD_EMBEDDINGS), vocab,
+                                                   WORD_EMBEDDINGS),
+          "model.norm.weight": source.tensor(FINAL_NORM[0])}
+    if not arch.tied:
+        sd["lm_head.weight"] = _vocab_rows(source.tensor(OUTPUT_LAYER), vocab, OUTPUT_LAYER)
+    pre = "model.layers.{}."
+    simple = [(f"{QKV}.layer_norm_weight", "input_layernorm.weight"),
+              (f"{PROJ}.weight", "self_attn.o_proj.weight"),
+              (f"{FC1}.layer_norm_weight", "post_attention_layernorm.weight"),
+              (f"{FC2}.weight", "mlp.down_proj.weight")]
+    if arch.biases[PROJ]:
+        simple += [(f"{PROJ}.bias", "self_attn.o_proj.bias"), (f"{FC2}.bias", "mlp.down_proj.bias")]
+    for suffix, hf in simple:
+        for i, t in enumerate(source.layers(suffix)):
+            sd[pre.format(i) + hf] = t
+    for kind in ("weight", "bias") if arch.biases[QKV] else ("weight",):
+        for i, t in enumerate(source.layers(f"{QKV}.{kind}")):
+            q, k, v = _split_qkv(t, groups, heads // groups, head_dim)
+            for name, part in (("q", q), ("k", k), ("v", v)):
+                sd[pre.format(i) + f"self_attn.{name}_proj.{kind}"] = part
+    for kind in ("weight", "bias") if arch.biases[FC1] else ("weight",):
+        for i, t in enumerate(source.layers(f"{FC1}.{kind}")):
+            gate, up = t.chunk(2, dim=0)  # global SwiGLU layout: [gate; up]
+            sd[pre.format(i) + f"mlp.gate_proj.{kind}"] = gate.contiguous()
+            sd[pre.format(i) + f"mlp.up_proj.{kind}"] = up.contiguous()
+    return sd
+
+
+def _gpt2_weights(source: CoreSource, arch: Architecture, vocab: int) -> dict:
+    cfg = arch.config
+    heads, hidden = cfg["n_head"], cfg["n_embd"]
+    sd = {"transformer.wte.weight": _vocab_rows(source.tensor(WORD_EMBEDDINGS), vocab,
+                                                WORD_EMBEDDINGS),
+          "transformer.wpe.weight": source.tensor(POSITION_EMBEDDINGS),
+          "transformer.ln_f.weight": source.tensor(FINAL_NORM[0]),
+          "transformer.ln_f.bias": source.tensor(FINAL_NORM[1])}
+    if not arch.tied:
+        sd["lm_head.weight"] = _vocab_rows(source.tensor(OUTPUT_LAYER), vocab, OUTPUT_LAYER)
+    pre = "transformer.h.{}."
+    # (Megatron suffix, HF name, a Linear weight HF's Conv1D stores as [in, out])
+    names = [(f"{QKV}.layer_norm_weight", "ln_1.weight", False),
+             (f"{QKV}.layer_norm_bias", "ln_1.bias", False),
+             (f"{PROJ}.weight", "attn.c_proj.weight", True), (f"{PROJ}.bias", "attn.c_proj.bias",
+                                                              False),
+             (f"{FC1}.layer_norm_weight", "ln_2.weight", False),
+             (f"{FC1}.layer_norm_bias", "ln_2.bias", False),
+             (f"{FC1}.weight", "mlp.c_fc.weight", True), (f"{FC1}.bias", "mlp.c_fc.bias", False),
+             (f"{FC2}.weight", "mlp.c_proj.weight", True), (f"{FC2}.bias", "mlp.c_proj.bias",
+                                                            False)]
+    for suffix, hf, conv in names:
+        for i, t in enumerate(source.layers(suffix)):
+            sd[pre.format(i) + hf] = t.T.contiguous() if conv else t
+    for kind in ("weight", "bias"):
+        for i, t in enumerate(source.layers(f"{QKV}.{kind}")):
+            q, k, v = _split_qkv(t, heads, 1, hidden // heads)
+            fused = torch.cat([q, k, v], dim=0)  # HF: all q, then all k, then all v
+            sd[pre.format(i) + f"attn.c_attn.{kind}"] = fused.T.contiguous() if kind == \
+                "weight" else fused
+    return sd
+
+
+def build_model(source: CoreSource, arch: Architecture, tokenizer):
+    """The HF model holding the checkpoint's weights (in their stored dtype). Each
+    tensor is read, reshaped and handed over once; nothing is held twice."""
+    import transformers
+
+    vocab = len(tokenizer)
+    eos = tokenizer.eos_token_id
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
+    config_class = {"LlamaForCausalLM": transformers.LlamaConfig,
+                    "Qwen2ForCausalLM": transformers.Qwen2Config,
+                    "GPT2LMHeadModel": transformers.GPT2Config}[arch.name]
+    config = config_class(vocab_size=vocab, bos_token_id=bos, eos_token_id=eos,
+                          architectures=[arch.name], **arch.config)
+    weights = (_gpt2_weights if arch.name == "GPT2LMHeadModel" else _llama_weights)(
+        source, arch, vocab)
+    with torch.device("meta"):
+        model = getattr(transformers, arch.name)(config)
+    expected = model.state_dict()
+    for key, value in weights.items():
+        if key not in expected:
+            raise MegatronFormatError(f"internal: {key} is not a {arch.name} weight")
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise MegatronFormatError(f"mismatched shapes: {key} is {list(value.shape)}, the "
+                                      f"args make it {list(expected[key].shape)}")
+    model.load_state_dict(weights, strict=False, assign=True)
+    del weights
+    if arch.tied:
+        model.tie_weights()
+    missing = [k for k, v in model.state_dict().items() if v.is_meta]
+    if missing:
+        raise MegatronFormatError(f"missing tensor(s) for {', '.join(missing[:5])}")
+    model.config.dtype = source.dtype
+    model.generation_config.eos_token_id = eos
+    model.generation_config.pad_token_id = eos
+    return model.eval()

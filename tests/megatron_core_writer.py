@@ -1,0 +1,299 @@
+"""Real Megatron-Core checkpoints for the tests, written by NVIDIA's own code.
+
+    python tests/megatron_core_writer.py SPEC.json OUT
+
+builds a `megatron.core` GPTModel on `tp x pp` gloo processes (CPU), gives every
+weight seeded random values (so a wrong norm, bias or split shows in the logits),
+and saves it the way Megatron-LM's `save_checkpoint` does:
+
+- `OUT/torch_dist/`: `latest_checkpointed_iteration.txt` + `iter_XXXXXXX/` (or
+  `release/`) written by `megatron.core.dist_checkpointing.save`, with `args`,
+  optimizer moments, scheduler and RNG state beside the model, as training leaves;
+- `OUT/torch/`: the legacy format, `mp_rank_TT[_PPP]/model_optim_rng.pt` holding
+  `model.state_dict_for_save_checkpoint()` and the same companions.
+
+The oracle is Megatron's own forward: one more process loads `OUT/torch_dist` into a
+TP=1, PP=1 GPTModel with `dist_checkpointing.load` (the format reshards) and writes
+its logits for fixed token ids to `OUT/reference.pt`. bf16 checkpoints are
+compared the way a float32 server runs them: Megatron's forward on the bf16
+weights upcast to float32.
+
+Only a test helper: the product never imports megatron.core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import socket
+import sys
+import warnings
+import zlib
+from pathlib import Path
+
+warnings.filterwarnings("ignore")
+
+REFERENCE_IDS_SHAPE = (2, 12)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cpu_patches():
+    """megatron-core asks CUDA for things a CPU run does not have (see the design notes)."""
+    import torch
+
+    torch.cuda.synchronize = lambda *a, **k: None
+    torch.cuda.current_device = lambda: "cpu"
+    torch.cuda.get_rng_state = lambda *a, **k: torch.get_rng_state()
+
+
+def megatron_args(spec: dict, tp: int, pp: int):
+    """The `args` namespace Megatron-LM pickles: the fields a loader reads, their real
+    names and types (signal.Signals, torch.dtype and Megatron enums included)."""
+    import torch
+    from megatron.core.transformer.enums import AttnBackend
+
+    llama = spec["arch"] == "llama"
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[spec["dtype"]]
+    heads = spec["heads"]
+    groups = spec.get("groups", heads)
+    return argparse.Namespace(
+        num_layers=spec["layers"], hidden_size=spec["hidden"],
+        ffn_hidden_size=spec["ffn"], num_attention_heads=heads,
+        group_query_attention=groups != heads, num_query_groups=groups,
+        kv_channels=spec["hidden"] // heads, max_position_embeddings=spec["positions"],
+        seq_length=spec["positions"], encoder_seq_length=spec["positions"],
+        position_embedding_type="rope" if llama else "learned_absolute",
+        add_position_embedding=True,  # True even for RoPE models, as in Megatron-LM
+        use_rotary_position_embeddings=llama, rotary_base=spec.get("rotary_base", 10000),
+        rotary_percent=1.0, rotary_interleaved=False, rotary_seq_len_interpolation_factor=None,
+        use_rope_scaling=False, rope_scaling_factor=8.0,
+        normalization="RMSNorm" if llama else "LayerNorm", layernorm_epsilon=spec["eps"],
+        apply_layernorm_1p=False, swiglu=llama, squared_relu=False,
+        bias_gelu_fusion=spec.get("bias_gelu_fusion", False), bias_swiglu_fusion=llama,
+        add_bias_linear=not llama, add_qkv_bias=not llama,
+        untie_embeddings_and_output_weights=spec.get("untied", False),
+        padded_vocab_size=spec["padded_vocab"], make_vocab_size_divisible_by=128,
+        qk_layernorm=False, num_experts=None, moe_router_topk=2, multi_latent_attention=False,
+        mtp_num_layers=None, apply_residual_connection_post_layernorm=False,
+        openai_gelu=False, onnx_safe=None, window_size=None, heterogeneous_layers_config_path=None,
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+        virtual_pipeline_model_parallel_size=None, context_parallel_size=1,
+        expert_model_parallel_size=1, sequence_parallel=False,
+        params_dtype=dtype, bf16=dtype == torch.bfloat16, fp16=False,
+        tokenizer_type=spec["tokenizer_type"], vocab_file=spec.get("vocab_file"),
+        merge_file=spec.get("merge_file"), tokenizer_model=spec.get("tokenizer_model"),
+        attention_backend=AttnBackend.auto, exit_signal=signal.SIGTERM,
+        ckpt_format=spec.get("format", "torch_dist"), use_dist_ckpt=True, iteration=spec["iteration"],
+        save=None, load=None, seed=spec["seed"], micro_batch_size=1, global_batch_size=8,
+        lr=3e-4, min_lr=3e-5, train_iters=spec["iteration"] or 100, world_size=tp * pp,
+        data_parallel_size=1, rank=0,
+    )
+
+
+def _build(spec: dict, tp: int, pp: int, *, pre: bool, post: bool):
+    import torch
+    import torch.nn.functional as F
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+    from megatron.core.transformer.module import Float16Module
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    llama = spec["arch"] == "llama"
+    bf16 = spec["dtype"] == "bf16"
+    config = TransformerConfig(
+        num_layers=spec["layers"], hidden_size=spec["hidden"], ffn_hidden_size=spec["ffn"],
+        num_attention_heads=spec["heads"], num_query_groups=spec.get("groups", spec["heads"]),
+        normalization="RMSNorm" if llama else "LayerNorm", layernorm_epsilon=spec["eps"],
+        gated_linear_unit=llama, activation_func=F.silu if llama else F.gelu,
+        bias_activation_fusion=llama or spec.get("bias_gelu_fusion", False),
+        add_bias_linear=not llama, add_qkv_bias=not llama,
+        hidden_dropout=0.0, attention_dropout=0.0,
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+        pipeline_dtype=torch.bfloat16 if bf16 else torch.float32, bf16=bf16,
+        params_dtype=torch.bfloat16 if bf16 else torch.float32,
+        use_cpu_initialization=True, persist_layer_norm=False,
+        gradient_accumulation_fusion=False, masked_softmax_fusion=False,
+        bias_dropout_fusion=False, apply_rope_fusion=False,
+    )
+    real_cuda = torch.Tensor.cuda
+    torch.Tensor.cuda = lambda self, *a, **k: self  # tied embeddings with PP > 1
+    try:
+        model = GPTModel(
+            config, get_gpt_layer_local_spec(normalization=config.normalization),
+            vocab_size=spec["padded_vocab"], max_sequence_length=spec["positions"],
+            pre_process=pre, post_process=post, parallel_output=False,
+            share_embeddings_and_output_weights=not spec.get("untied", False),
+            position_embedding_type="rope" if llama else "learned_absolute",
+            rotary_base=spec.get("rotary_base", 10000))
+    finally:
+        torch.Tensor.cuda = real_cuda
+    if bf16:
+        model = Float16Module(config, model)
+    return model
+
+
+def _randomize(model, stage: int, tp_rank: int, seed: int) -> None:
+    """Seeded values for every parameter; a tensor-parallel shard gets its rank's values,
+    a replicated one the same values on every rank, the tied output layer the embedding's."""
+    import torch
+
+    for name, p in model.named_parameters():
+        name = name.removeprefix("module.")
+        shared = name in ("embedding.word_embeddings.weight", "output_layer.weight")
+        key = "shared-embedding" if shared else f"{stage}:{name}"
+        rank = tp_rank if getattr(p, "tensor_model_parallel", False) else 0
+        g = torch.Generator().manual_seed(seed * 7919 + zlib.crc32(f"{key}|{rank}".encode()))
+        with torch.no_grad():
+            if name.endswith("layer_norm_weight") or "layernorm.weight" in name:
+                value = 1 + 0.2 * torch.randn(p.shape, generator=g)
+            elif name.endswith("bias"):
+                value = 0.1 * torch.randn(p.shape, generator=g)
+            elif p.dim() == 2 and "embeddings" not in name and not shared:
+                value = torch.randn(p.shape, generator=g) / p.shape[1] ** 0.5
+            else:
+                value = torch.randn(p.shape, generator=g)
+            p.copy_(value.to(p.dtype))
+
+
+def _optimizer_moments(model_sd: dict) -> dict:
+    """Adam moments as Megatron's optimizer saves them in torch_dist: one ShardedTensor
+    per parameter under `optimizer.state.exp_avg.<key>` (a loader must skip them)."""
+    import dataclasses
+
+    import torch
+    from megatron.core.dist_checkpointing import ShardedTensor
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+
+    state: dict = {"exp_avg": [], "exp_avg_sq": []}
+    for sh in nested_values(model_sd):
+        if not isinstance(sh, ShardedTensor):
+            continue
+        for moment in state:
+            state[moment].append(dataclasses.replace(
+                sh, key=f"optimizer.state.{moment}.{sh.key}",
+                data=torch.full_like(sh.data, 0.5, dtype=torch.float32)))
+    return {"state": state, "param_groups": [{"lr": 3e-4, "weight_decay": 0.1}]}
+
+
+def _rank_main(rank: int, spec: dict, out: str, port: int) -> None:
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+    from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
+
+    _cpu_patches()
+    tp, pp = spec["tp"], spec["pp"]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=tp * pp)
+    parallel_state.initialize_model_parallel(tp, pp)
+    torch.manual_seed(spec["seed"])
+    tensor_parallel.random.model_parallel_cuda_manual_seed(
+        spec["seed"], inference_rng_tracker=True, force_reset_rng=True)
+    stage = parallel_state.get_pipeline_model_parallel_rank()
+    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    model = _build(spec, tp, pp, pre=stage == 0, post=stage == pp - 1)
+    _randomize(model, stage, tp_rank, spec["seed"])
+    args = megatron_args(spec, tp, pp)
+    release = spec["iteration"] is None
+    folder = "release" if release else f"iter_{spec['iteration']:07d}"
+    rng_state = {"random_rng_state": random.getstate(), "np_rng_state": np.random.get_state(),
+                 "torch_rng_state": torch.get_rng_state(),
+                 "cuda_rng_state": torch.get_rng_state(),
+                 "rng_tracker_states": tensor_parallel.get_cuda_rng_tracker().get_states()}
+    companions = {"checkpoint_version": 3.0, "opt_param_scheduler": {
+        "max_lr": 3e-4, "num_steps": 800, "decay_style": "cosine"},
+        "num_floating_point_operations_so_far": 1.5e12}
+    if not release:
+        companions["iteration"] = spec["iteration"]
+
+    # torch_dist, the default --ckpt-format.
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    root = Path(out) / "torch_dist"
+    model_sd = model.sharded_state_dict()
+    state = {"args": args, "model": model_sd, **companions,
+             "optimizer": _optimizer_moments(model_sd),
+             "rng_state": ShardedObject("rng_state", [rng_state], (pp, tp), (stage, tp_rank),
+                                        replica_id=0)}
+    if rank == 0:
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    dist_checkpointing.save(state, str(root / folder))
+    dist.barrier()
+
+    # The legacy torch format: one pickle per (tensor rank, pipeline stage).
+    legacy = Path(out) / "torch"
+    name = f"mp_rank_{tp_rank:02d}" + (f"_{stage:03d}" if pp > 1 else "")
+    adam = torch.optim.Adam([p for p in model.parameters()], lr=3e-4)
+    torch.save({"args": megatron_args({**spec, "format": "torch"}, tp, pp),
+                "model": model.state_dict_for_save_checkpoint(), **companions,
+                "optimizer": {"optimizer": adam.state_dict(), "grad_scaler": None},
+                "rng_state": [rng_state]},
+               _mkdir(legacy / folder / name) / "model_optim_rng.pt")
+    dist.barrier()
+    if rank == 0:
+        for r in (root, legacy):
+            (r / "latest_checkpointed_iteration.txt").write_text(
+                "release" if release else str(spec["iteration"]))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _mkdir(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _reference_main(rank: int, spec: dict, out: str, port: int) -> None:
+    """Megatron's forward of the saved weights (TP=1, PP=1, float32 arithmetic)."""
+    import torch
+    import torch.distributed as dist
+    from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
+
+    _cpu_patches()
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    parallel_state.initialize_model_parallel(1, 1)
+    torch.manual_seed(0)
+    tensor_parallel.random.model_parallel_cuda_manual_seed(
+        0, inference_rng_tracker=True, force_reset_rng=True)
+    model = _build(spec, 1, 1, pre=True, post=True)
+    root = Path(out) / "torch_dist"
+    value = (root / "latest_checkpointed_iteration.txt").read_text().strip()
+    folder = root / ("release" if value == "release" else f"iter_{int(value):07d}")
+    loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(folder))
+    model.load_state_dict(loaded["model"])
+    inner = model.module if hasattr(model, "module") else model
+    inner.float().eval()
+    g = torch.Generator().manual_seed(11)
+    ids = torch.randint(0, spec["vocab"], REFERENCE_IDS_SHAPE, generator=g)
+    positions = torch.arange(ids.shape[1]).unsqueeze(0).expand_as(ids)
+    mask = torch.triu(torch.ones(1, 1, ids.shape[1], ids.shape[1], dtype=torch.bool), 1)
+    with torch.no_grad():
+        logits = inner(ids, positions, mask)
+    torch.save({"input_ids": ids, "logits": logits.float()[..., :spec["vocab"]]},
+               Path(out) / "reference.pt")
+    dist.destroy_process_group()
+
+
+def main() -> int:
+    import torch.multiprocessing as mp
+
+    spec_path, out = sys.argv[1], sys.argv[2]
+    spec = json.loads(Path(spec_path).read_text())
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    mp.spawn(_rank_main, args=(spec, out, _free_port()), nprocs=spec["tp"] * spec["pp"])
+    mp.spawn(_reference_main, args=(spec, out, _free_port()), nprocs=1)
+    (Path(out) / "spec.json").write_text(json.dumps(spec, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
