@@ -54,6 +54,14 @@ def _cpu_patches():
     torch.cuda.get_rng_state = lambda *a, **k: torch.get_rng_state()
 
 
+def _bias(spec: dict) -> bool:
+    return spec.get("bias", spec["arch"] != "llama")
+
+
+def _qkv_bias(spec: dict) -> bool:
+    return spec.get("qkv_bias", _bias(spec))
+
+
 def megatron_args(spec: dict, tp: int, pp: int):
     """The `args` namespace Megatron-LM pickles: the fields a loader reads, their real
     names and types (signal.Signals, torch.dtype and Megatron enums included)."""
@@ -78,14 +86,14 @@ def megatron_args(spec: dict, tp: int, pp: int):
         normalization="RMSNorm" if llama else "LayerNorm", layernorm_epsilon=spec["eps"],
         apply_layernorm_1p=False, swiglu=llama, squared_relu=False,
         bias_gelu_fusion=spec.get("bias_gelu_fusion", False), bias_swiglu_fusion=llama,
-        add_bias_linear=not llama, add_qkv_bias=not llama,
+        add_bias_linear=_bias(spec), add_qkv_bias=_qkv_bias(spec),
         untie_embeddings_and_output_weights=spec.get("untied", False),
         padded_vocab_size=spec["padded_vocab"], make_vocab_size_divisible_by=128,
         qk_layernorm=False, num_experts=None, moe_router_topk=2, multi_latent_attention=False,
         mtp_num_layers=None, apply_residual_connection_post_layernorm=False,
         openai_gelu=False, onnx_safe=None, window_size=None, heterogeneous_layers_config_path=None,
         tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-        virtual_pipeline_model_parallel_size=None, context_parallel_size=1,
+        virtual_pipeline_model_parallel_size=spec.get("vp"), context_parallel_size=1,
         expert_model_parallel_size=1, sequence_parallel=False,
         params_dtype=dtype, bf16=dtype == torch.bfloat16, fp16=False,
         tokenizer_type=spec["tokenizer_type"], vocab_file=spec.get("vocab_file"),
@@ -98,7 +106,7 @@ def megatron_args(spec: dict, tp: int, pp: int):
     )
 
 
-def _build(spec: dict, tp: int, pp: int, *, pre: bool, post: bool):
+def _build(spec: dict, tp: int, pp: int, *, pre: bool, post: bool, vp_stage: int | None = None):
     import torch
     import torch.nn.functional as F
     from megatron.core.models.gpt import GPTModel
@@ -114,7 +122,7 @@ def _build(spec: dict, tp: int, pp: int, *, pre: bool, post: bool):
         normalization="RMSNorm" if llama else "LayerNorm", layernorm_epsilon=spec["eps"],
         gated_linear_unit=llama, activation_func=F.silu if llama else F.gelu,
         bias_activation_fusion=llama or spec.get("bias_gelu_fusion", False),
-        add_bias_linear=not llama, add_qkv_bias=not llama,
+        add_bias_linear=_bias(spec), add_qkv_bias=_qkv_bias(spec),
         hidden_dropout=0.0, attention_dropout=0.0,
         tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
         pipeline_dtype=torch.bfloat16 if bf16 else torch.float32, bf16=bf16,
@@ -122,6 +130,7 @@ def _build(spec: dict, tp: int, pp: int, *, pre: bool, post: bool):
         use_cpu_initialization=True, persist_layer_norm=False,
         gradient_accumulation_fusion=False, masked_softmax_fusion=False,
         bias_dropout_fusion=False, apply_rope_fusion=False,
+        virtual_pipeline_model_parallel_size=spec.get("vp") if vp_stage is not None else None,
     )
     real_cuda = torch.Tensor.cuda
     torch.Tensor.cuda = lambda self, *a, **k: self  # tied embeddings with PP > 1
@@ -132,7 +141,7 @@ def _build(spec: dict, tp: int, pp: int, *, pre: bool, post: bool):
             pre_process=pre, post_process=post, parallel_output=False,
             share_embeddings_and_output_weights=not spec.get("untied", False),
             position_embedding_type="rope" if llama else "learned_absolute",
-            rotary_base=spec.get("rotary_base", 10000))
+            rotary_base=spec.get("rotary_base", 10000), vp_stage=vp_stage)
     finally:
         torch.Tensor.cuda = real_cuda
     if bf16:
@@ -178,7 +187,7 @@ def _optimizer_moments(model_sd: dict) -> dict:
             continue
         for moment in state:
             state[moment].append(dataclasses.replace(
-                sh, key=f"optimizer.state.{moment}.{sh.key}",
+                sh, key=f"optimizer.state.{moment}.{sh.key}", dtype=torch.float32,
                 data=torch.full_like(sh.data, 0.5, dtype=torch.float32)))
     return {"state": state, "param_groups": [{"lr": 3e-4, "weight_decay": 0.1}]}
 
@@ -193,14 +202,22 @@ def _rank_main(rank: int, spec: dict, out: str, port: int) -> None:
     tp, pp = spec["tp"], spec["pp"]
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=tp * pp)
-    parallel_state.initialize_model_parallel(tp, pp)
+    vp = spec.get("vp")
+    parallel_state.initialize_model_parallel(tp, pp, virtual_pipeline_model_parallel_size=vp)
     torch.manual_seed(spec["seed"])
     tensor_parallel.random.model_parallel_cuda_manual_seed(
         spec["seed"], inference_rng_tracker=True, force_reset_rng=True)
     stage = parallel_state.get_pipeline_model_parallel_rank()
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
-    model = _build(spec, tp, pp, pre=stage == 0, post=stage == pp - 1)
-    _randomize(model, stage, tp_rank, spec["seed"])
+    # One model chunk per virtual stage, as Megatron-LM's get_model builds them.
+    chunks = []
+    for c in range(vp or 1):
+        chunk = _build(spec, tp, pp, pre=stage == 0 and c == 0,
+                       post=stage == pp - 1 and c == (vp or 1) - 1,
+                       vp_stage=c if vp else None)
+        _randomize(chunk, stage * 100 + c, tp_rank, spec["seed"])
+        chunks.append(chunk)
+    keys = [f"model{c}" for c in range(len(chunks))] if vp else ["model"]
     args = megatron_args(spec, tp, pp)
     release = spec["iteration"] is None
     folder = "release" if release else f"iter_{spec['iteration']:07d}"
@@ -218,9 +235,9 @@ def _rank_main(rank: int, spec: dict, out: str, port: int) -> None:
     from megatron.core.dist_checkpointing.mapping import ShardedObject
 
     root = Path(out) / "torch_dist"
-    model_sd = model.sharded_state_dict()
-    state = {"args": args, "model": model_sd, **companions,
-             "optimizer": _optimizer_moments(model_sd),
+    model_sds = {key: chunk.sharded_state_dict() for key, chunk in zip(keys, chunks)}
+    state = {"args": args, **model_sds, **companions,
+             "optimizer": _optimizer_moments(model_sds),
              "rng_state": ShardedObject("rng_state", [rng_state], (pp, tp), (stage, tp_rank),
                                         replica_id=0)}
     if rank == 0:
@@ -232,9 +249,10 @@ def _rank_main(rank: int, spec: dict, out: str, port: int) -> None:
     # The legacy torch format: one pickle per (tensor rank, pipeline stage).
     legacy = Path(out) / "torch"
     name = f"mp_rank_{tp_rank:02d}" + (f"_{stage:03d}" if pp > 1 else "")
-    adam = torch.optim.Adam([p for p in model.parameters()], lr=3e-4)
+    adam = torch.optim.Adam([p for chunk in chunks for p in chunk.parameters()], lr=3e-4)
     torch.save({"args": megatron_args({**spec, "format": "torch"}, tp, pp),
-                "model": model.state_dict_for_save_checkpoint(), **companions,
+                **{key: chunk.state_dict_for_save_checkpoint()
+                   for key, chunk in zip(keys, chunks)}, **companions,
                 "optimizer": {"optimizer": adam.state_dict(), "grad_scaler": None},
                 "rng_state": [rng_state]},
                _mkdir(legacy / folder / name) / "model_optim_rng.pt")
@@ -270,8 +288,12 @@ def _reference_main(rank: int, spec: dict, out: str, port: int) -> None:
     folder = root / ("release" if value == "release" else f"iter_{int(value):07d}")
     loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(folder))
     model.load_state_dict(loaded["model"])
-    inner = model.module if hasattr(model, "module") else model
-    inner.float().eval()
+    stored = model.module if hasattr(model, "module") else model
+    # float32 arithmetic on the stored (possibly bf16) weights, upcast exactly
+    inner = _build({**spec, "dtype": "fp32"}, 1, 1, pre=True, post=True)
+    inner.load_state_dict({k: v.float() if torch.is_tensor(v) else v
+                           for k, v in stored.state_dict().items()})
+    inner.eval()
     g = torch.Generator().manual_seed(11)
     ids = torch.randint(0, spec["vocab"], REFERENCE_IDS_SHAPE, generator=g)
     positions = torch.arange(ids.shape[1]).unsqueeze(0).expand_as(ids)
