@@ -99,6 +99,15 @@ def _write(name: str, root: Path) -> Path:
     return out
 
 
+@pytest.fixture(autouse=True)
+def _only_our_allow_list():
+    """Importing megatron.core (the tests unpickle its enums freely) registers its own safe
+    globals with torch for the whole process; the converter must not lean on them."""
+    torch.serialization.clear_safe_globals()
+    yield
+    torch.serialization.clear_safe_globals()
+
+
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("megatron-core")
@@ -145,3 +154,300 @@ def test_the_reference_is_sensitive(checkpoints, tmp_path):
     save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
     reference = checkpoints["llama-gqa-tp2-pp2-untied"] / "reference.pt"
     assert _max_logit_error(out, reference) > 1e-2
+
+
+# -- refused architectures: by argument name, before anything is served ------------------
+def _copy(checkpoints, name: str, fmt: str, tmp_path: Path) -> Path:
+    dst = tmp_path / f"{name}-{fmt}"
+    shutil.copytree(checkpoints[name] / fmt, dst)
+    return dst
+
+
+def _pickles(ckpt: Path) -> list[Path]:
+    return sorted(ckpt.rglob("common.pt")) + sorted(ckpt.rglob("model_optim_rng.pt"))
+
+
+def _edit_args(ckpt: Path, **changes) -> Path:
+    """Rewrites `args` in every pickle of the checkpoint (the test may unpickle freely)."""
+    for path in _pickles(ckpt):
+        sd = torch.load(path, weights_only=False)
+        for key, value in changes.items():
+            setattr(sd["args"], key, value)
+        torch.save(sd, path)
+    return ckpt
+
+
+REFUSALS = {
+    "num_experts": 8, "multi_latent_attention": True, "qk_layernorm": True,
+    "qk_l2_norm": True, "mtp_num_layers": 1, "heterogeneous_layers_config_path": "layers.json",
+    "hybrid_override_pattern": "M-M-", "apply_layernorm_1p": True,
+    "apply_residual_connection_post_layernorm": True, "squared_relu": True,
+    "rotary_interleaved": True, "use_rope_scaling": True,
+    "rotary_seq_len_interpolation_factor": 4, "window_size": (64, 0),
+    "position_embedding_type": "yarn", "rotary_percent": 0.5, "normalization": "L2Norm",
+    "swiglu": False,
+}
+
+
+@pytest.mark.parametrize("arg", REFUSALS)
+def test_unsupported_features_are_refused_by_name(checkpoints, tmp_path, arg):
+    ckpt = _edit_args(_copy(checkpoints, "llama-gqa-tp1-pp1", "torch_dist", tmp_path),
+                      **{arg: REFUSALS[arg]})
+    with pytest.raises(MegatronFormatError, match=rf"args\.{arg}=") as err:
+        convert(ckpt, tmp_path / "hf")
+    assert "unsupported" in str(err.value)
+    assert not (tmp_path / "hf").exists()
+
+
+def test_legacy_refusal_and_args_that_disagree_with_the_tensors(checkpoints, tmp_path):
+    moe = _edit_args(_copy(checkpoints, "gpt2-tanh-gelu-tp2", "torch", tmp_path), num_experts=4)
+    with pytest.raises(MegatronFormatError, match=r"args\.num_experts=4 \(mixture of experts\)"):
+        convert(moe, tmp_path / "hf")
+    layers = _edit_args(_copy(checkpoints, "llama-gqa-tp1-pp1", "torch", tmp_path), num_layers=6)
+    with pytest.raises(MegatronFormatError, match=r"args\.num_layers=6 but the checkpoint "
+                                                  r"holds 4 layers"):
+        convert(layers, tmp_path / "hf2")
+    groups = _edit_args(_copy(checkpoints, "llama-gqa-tp2-pp2-untied", "torch_dist", tmp_path),
+                        num_query_groups=4)
+    with pytest.raises(MegatronFormatError, match=r"mismatched shapes: linear_qkv has"):
+        convert(groups, tmp_path / "hf3")
+
+
+def test_a_tensor_the_args_do_not_explain_is_refused(checkpoints, tmp_path):
+    """Args that lie (no qk_layernorm) cannot sneak a tensor past the converter."""
+    ckpt = _copy(checkpoints, "llama-gqa-tp1-pp1", "torch", tmp_path)
+    shard = next(ckpt.rglob("model_optim_rng.pt"))
+    sd = torch.load(shard, weights_only=False)
+    sd["model"]["decoder.layers.0.self_attention.q_layernorm.weight"] = torch.ones(16)
+    torch.save(sd, shard)
+    with pytest.raises(MegatronFormatError, match=r"unsupported tensor 'decoder\.layers\.0\."
+                                                  r"self_attention\.q_layernorm\.weight'"):
+        convert(ckpt, tmp_path / "hf")
+
+
+def test_serve_refuses_before_serving(checkpoints, tmp_path):
+    ckpt = _edit_args(_copy(checkpoints, "llama-gqa-tp1-pp1", "torch_dist", tmp_path),
+                      multi_latent_attention=True)
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "arbridge.cli", "serve", "--model", str(ckpt),
+                           "--port", "0"], capture_output=True, text=True, timeout=180, env=env,
+                          cwd=REPO)
+    assert proc.returncode != 0
+    assert "args.multi_latent_attention=True" in proc.stderr
+    assert "SERVING" not in proc.stderr.replace("NOT_SERVING", "")
+    assert not list((tmp_path / "cache").rglob("config.json"))
+
+
+# -- broken checkpoints: every failure names the file or tensor ---------------------------
+def _iter_dir(ckpt: Path) -> Path:
+    return next(p for p in ckpt.iterdir() if p.is_dir() and p.name != "tokenizer")
+
+
+def test_torch_dist_missing_and_truncated_files(checkpoints, tmp_path):
+    missing = _copy(checkpoints, "llama-gqa-tp2-pp2-untied", "torch_dist", tmp_path)
+    victim = sorted(_iter_dir(missing).glob("*.distcp"))[-1]
+    victim.unlink()
+    with pytest.raises(MegatronFormatError, match=rf"missing file: .*{victim.name}"):
+        convert(missing, tmp_path / "hf")
+
+    cut = _copy(checkpoints, "gpt2-tanh-gelu-tp2", "torch_dist", tmp_path)
+    victim = max(_iter_dir(cut).glob("*.distcp"), key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    with pytest.raises(MegatronFormatError, match=rf"truncated file: .*{victim.name} has"):
+        convert(cut, tmp_path / "hf")
+
+    common = _copy(checkpoints, "llama-gqa-tp1-pp1", "torch_dist", tmp_path)
+    (_iter_dir(common) / "common.pt").unlink()
+    with pytest.raises(MegatronFormatError, match=r"missing file: .*common\.pt"):
+        convert(common, tmp_path / "hf")
+
+
+def test_torch_dist_wrong_metadata(checkpoints, tmp_path):
+    garbled = _copy(checkpoints, "llama-gqa-tp1-pp1", "torch_dist", tmp_path / "a")
+    (_iter_dir(garbled) / ".metadata").write_bytes(b"\x80\x04not a pickle at all")
+    with pytest.raises(MegatronFormatError, match=r"\.metadata: not readable"):
+        convert(garbled, tmp_path / "hf")
+
+    zarr = _copy(checkpoints, "llama-gqa-tp1-pp1", "torch_dist", tmp_path / "b")
+    (_iter_dir(zarr) / "metadata.json").write_text(json.dumps({"sharded_backend": "zarr"}))
+    with pytest.raises(MegatronFormatError, match=r"sharded_backend 'zarr' is not supported"):
+        convert(zarr, tmp_path / "hf")
+
+    not_json = _copy(checkpoints, "llama-gqa-tp1-pp1", "torch_dist", tmp_path / "c")
+    (_iter_dir(not_json) / "metadata.json").write_text("{oops")
+    with pytest.raises(MegatronFormatError, match=r"metadata\.json is not"):
+        convert(not_json, tmp_path / "hf")
+
+    tracker = _copy(checkpoints, "llama-gqa-tp1-pp1", "torch_dist", tmp_path / "d")
+    (tracker / "latest_checkpointed_iteration.txt").write_text("200")
+    with pytest.raises(MegatronFormatError, match=r"names '200' but .*iter_0000200 does not"):
+        convert(tracker, tmp_path / "hf")
+
+
+def test_legacy_missing_shard_missing_tensor_and_mismatched_shapes(checkpoints, tmp_path):
+    ckpt = _copy(checkpoints, "llama-gqa-tp2-pp2-untied", "torch", tmp_path / "a")
+    shutil.rmtree(_iter_dir(ckpt) / "mp_rank_01_001")
+    with pytest.raises(MegatronFormatError, match=r"missing shard: .*mp_rank_01_001"):
+        convert(ckpt, tmp_path / "hf")
+
+    ckpt = _copy(checkpoints, "llama-gqa-tp2-pp2-untied", "torch", tmp_path / "b")
+    for sub in ("mp_rank_01_000", "mp_rank_01_001"):
+        shutil.rmtree(_iter_dir(ckpt) / sub)
+    with pytest.raises(MegatronFormatError, match=r"args say 2 tensor x 2 pipeline ranks, the "
+                                                  r"folder holds 1 x 2"):
+        convert(ckpt, tmp_path / "hf")
+
+    ckpt = _copy(checkpoints, "gpt2-tanh-gelu-tp2", "torch", tmp_path / "c")
+    shard = _iter_dir(ckpt) / "mp_rank_01" / "model_optim_rng.pt"
+    sd = torch.load(shard, weights_only=False)
+    del sd["model"]["decoder.layers.2.mlp.linear_fc1.weight"]
+    torch.save(sd, shard)
+    with pytest.raises(MegatronFormatError, match=r"missing tensor: decoder\.layers\.2\.mlp\."
+                                                  r"linear_fc1\.weight in .*mp_rank_01"):
+        convert(ckpt, tmp_path / "hf")
+
+    ckpt = _copy(checkpoints, "gpt2-tanh-gelu-tp2", "torch", tmp_path / "d")
+    shard = _iter_dir(ckpt) / "mp_rank_01" / "model_optim_rng.pt"
+    sd = torch.load(shard, weights_only=False)
+    w = sd["model"]["decoder.layers.1.self_attention.linear_proj.weight"]
+    sd["model"]["decoder.layers.1.self_attention.linear_proj.weight"] = w[:, :-1].clone()
+    torch.save(sd, shard)
+    with pytest.raises(MegatronFormatError, match=r"mismatched shapes: decoder\.layers\.1\."
+                                                  r"self_attention\.linear_proj\.weight differs"):
+        convert(ckpt, tmp_path / "hf")
+
+    ckpt = _copy(checkpoints, "gpt2-tanh-gelu-tp2", "torch", tmp_path / "e")
+    shard = _iter_dir(ckpt) / "mp_rank_00" / "model_optim_rng.pt"
+    shard.write_bytes(shard.read_bytes()[:4096])
+    with pytest.raises(MegatronFormatError, match=r"mp_rank_00.*not a readable torch checkpoint"):
+        convert(ckpt, tmp_path / "hf")
+
+
+class _Payload:
+    """Unpickling this would run a shell command."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_malicious_pickle_is_refused_and_runs_nothing(checkpoints, tmp_path, fmt):
+    ckpt = _copy(checkpoints, "llama-gqa-tp1-pp1", fmt, tmp_path)
+    marker = tmp_path / "pwned"
+    path = _pickles(ckpt)[0]
+    sd = torch.load(path, weights_only=False)
+    sd["args"].evil = _Payload(marker)
+    torch.save(sd, path)
+    with pytest.raises(MegatronFormatError, match=r"refusing to unpickle global '(posix|os)\."):
+        convert(ckpt, tmp_path / "hf")
+    assert not marker.exists()
+
+
+def test_the_inert_globals_real_checkpoints_carry_are_all_there(checkpoints):
+    """What the allow-list exists for: megatron-core's own pickles hold these."""
+    found = set()
+    for name in CHECKPOINTS:
+        for fmt in FORMATS:
+            for path in _pickles(checkpoints[name] / fmt):
+                found |= set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    assert {"signal.Signals", "argparse.Namespace",
+            "megatron.core.transformer.enums.AttnBackend", "numpy.ndarray"} <= found
+    from arbridge.models.megatron.pickles import SAFE_GLOBALS
+    allowed = {g if isinstance(g, str) else getattr(g, "__module__", "") + "." + g.__qualname__
+               for g in (x[1] if isinstance(x, tuple) else x for x in SAFE_GLOBALS)}
+    assert found <= allowed, found - allowed
+
+
+# -- tokenizers -----------------------------------------------------------------------------
+TOKENIZER_SOURCES = {"hf-beside": "Hugging Face tokenizer", "hf-args": "Hugging Face tokenizer",
+                     "sentencepiece": "SentencePiece", "gpt2-bpe": "GPT-2 BPE"}
+
+
+@pytest.mark.parametrize("name", ["llama-gqa-tp1-pp1", "llama-gqa-tp2-pp2-untied",
+                                  "llama-tp2-bf16-release", "gpt2-tanh-gelu-tp2"])
+def test_tokenizer_from_args_gives_the_training_ids(checkpoints, tmp_path, name):
+    from transformers import AutoTokenizer
+
+    kind = CHECKPOINTS[name][1]
+    report = convert(checkpoints[name] / "torch_dist", tmp_path / "hf")
+    assert report.tokenizer.startswith(TOKENIZER_SOURCES[kind])
+    served = AutoTokenizer.from_pretrained(report.out_dir)
+    text = "the red chair is near the far left window"
+    files = checkpoints[name] / "tokenizer-files"
+    if kind == "sentencepiece":
+        import sentencepiece as spm
+        expected = spm.SentencePieceProcessor(model_file=str(files / "spm.model")).encode(text)
+    elif kind == "gpt2-bpe":
+        from arbridge.models.megatron.tokenizers import gpt2_bpe
+        expected = gpt2_bpe(files / "vocab.json", files / "merges.txt").encode(text)
+    else:
+        expected = AutoTokenizer.from_pretrained(files).encode(text, add_special_tokens=False)
+    assert served.encode(text, add_special_tokens=False) == expected
+
+
+def test_missing_and_unsupported_tokenizers_are_clear(checkpoints, tmp_path):
+    ckpt = _copy(checkpoints, "llama-gqa-tp1-pp1", "torch_dist", tmp_path / "a")
+    shutil.rmtree(ckpt / "tokenizer")
+    with pytest.raises(MegatronFormatError, match=r"no Hugging Face tokenizer \(args\."
+                                                  r"tokenizer_type=HuggingFaceTokenizer, args\."
+                                                  r"tokenizer_model='meta-llama/.*--tokenizer"):
+        convert(ckpt, tmp_path / "hf")
+    # --tokenizer DIR wins over everything
+    report = convert(ckpt, tmp_path / "hf", checkpoints["llama-gqa-tp1-pp1"] / "tokenizer-files")
+    assert report.tokenizer.startswith("Hugging Face tokenizer")
+
+    bpe = _copy(checkpoints, "gpt2-tanh-gelu-tp2", "torch", tmp_path / "b")
+    (bpe / "merges.txt").unlink()
+    with pytest.raises(MegatronFormatError, match=r"no GPT-2 tokenizer \(args\.tokenizer_type="
+                                                  r"GPT2BPETokenizer\): put vocab\.json and "
+                                                  r"merges\.txt"):
+        convert(bpe, tmp_path / "hf2")
+
+    null = _edit_args(_copy(checkpoints, "llama-gqa-tp1-pp1", "torch", tmp_path / "c"),
+                      tokenizer_type="NullTokenizer")
+    with pytest.raises(MegatronFormatError, match=r"args\.tokenizer_type=NullTokenizer is not "
+                                                  r"supported: pass --tokenizer DIR"):
+        convert(null, tmp_path / "hf3")
+
+
+# -- the CLI and the server ---------------------------------------------------------------
+def test_convert_cli_reports_what_it_found(checkpoints, tmp_path):
+    out = tmp_path / "converted"
+    proc = subprocess.run([sys.executable, "-m", "arbridge.cli", "convert",
+                           str(checkpoints["llama-tp2-bf16-release"] / "torch_dist"), str(out)],
+                          capture_output=True, text=True, timeout=180, cwd=REPO, check=True)
+    assert "format:       Megatron-Core torch_dist, iteration release, TP=2 x PP=1" in proc.stdout
+    assert "architecture: LlamaForCausalLM" in proc.stdout and "bfloat16" in proc.stdout
+    assert "tokenizer:    SentencePiece" in proc.stdout
+    assert "steps:        read index" in proc.stdout and "write safetensors" in proc.stdout
+    assert (out / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("name,fmt", [("llama-gqa-tp2-pp2-untied", "torch_dist"),
+                                      ("gpt2-erf-gelu-tp2-pp2-bf16", "torch")])
+async def test_serve_greedy_equals_transformers_on_the_converted_model(checkpoints, tmp_path,
+                                                                       name, fmt):
+    from transformers import AutoTokenizer
+
+    ckpt = checkpoints[name] / fmt
+    running = await start_server(ckpt, tmp_path / "cache")
+    try:
+        request = spb.GenerateRequest(prompt="the red chair is near",
+                                      sampling=pb.SamplingParams(max_new_tokens=20))
+        _, done, _ = await collect(running.stub.Generate(request))
+        info = await running.stub.GetModelInfo(spb.GetModelInfoRequest())
+    finally:
+        await running.close()
+    assert info.source_format == "megatron"
+    converted = next(p for p in (tmp_path / "cache").rglob("config.json")).parent
+    tok = AutoTokenizer.from_pretrained(converted)
+    model = AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32).eval()
+    ids = tok("the red chair is near", return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=20, do_sample=False)
+    expected = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    assert done[0].usage.completion_tokens == out.shape[1] - ids.shape[1] > 0
+    assert done[0].text == expected

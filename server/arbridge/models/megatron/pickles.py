@@ -11,8 +11,10 @@ numpy's or Megatron's constructors run. Anything else is refused by name.
 from __future__ import annotations
 
 import argparse
+import os
 import pickle
 import re
+import types
 import zipfile
 
 import torch
@@ -40,19 +42,34 @@ class MegatronEnum(_Inert):
     """An enum member from Megatron's `args` (AttnBackend.auto, ModelType...)."""
 
 
+class StoredPath(str):
+    """A pathlib path pickled in `args` (e.g. a tokenizer path), kept as its string."""
+
+    def __new__(cls, *parts):
+        return str.__new__(cls, os.path.join(*map(str, parts)) if parts else "")
+
+
 # Enums Megatron-LM and Megatron-Core versions store in `args`.
 _ENUM_MODULES = ("megatron.model.enums", "megatron.legacy.model.enums", "megatron.core.enums",
                  "megatron.core.transformer.enums", "megatron.core.model_parallel_config")
 _ENUM_NAMES = ("LayerType", "AttnType", "AttnMaskType", "PositionEmbeddingType", "ModelType",
                "AttnBackend", "CudaGraphScope", "CudaGraphModule", "InferenceCudaGraphScope",
                "Fp8Recipe", "Fp4Recipe")
-# Inert globals beside them: the exit signal in args, numpy's RNG state.
-_INERT = ("signal.Signals", "numpy.ndarray", "numpy.dtype",
-          "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct")
+# Inert globals beside them: the exit signal in args, numpy's RNG state, Transformer
+# Engine's `_extra_state` buffers, the rerun state machine and optimizer config that
+# Megatron-Core itself registers as safe (megatron/core/safe_globals.py).
+_INERT = ("signal.Signals", "numpy.ndarray", "numpy.dtype", "numpy.dtypes.UInt32DType",
+          "numpy.dtypes.Int64DType", "numpy.dtypes.Float64DType",
+          "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
+          "io.BytesIO", "megatron.core.optimizer.OptimizerConfig",
+          "megatron.core.optimizer.optimizer_config.OptimizerConfig",
+          *[f"megatron.core.rerun_state_machine.{n}"
+            for n in ("RerunDiagnostic", "RerunMode", "RerunState")])
 
-SAFE_GLOBALS = [argparse.Namespace,
+SAFE_GLOBALS = [argparse.Namespace, types.SimpleNamespace,
                 *[(MegatronEnum, f"{m}.{n}") for m in _ENUM_MODULES for n in _ENUM_NAMES],
-                *[(_Inert, name) for name in _INERT]]
+                *[(_Inert, name) for name in _INERT],
+                *[(StoredPath, f"pathlib.{n}") for n in ("PosixPath", "Path", "PurePosixPath")]]
 
 
 def load_pickle(source, where: str, *, mmap: bool = False) -> dict:
@@ -76,7 +93,7 @@ def load_pickle(source, where: str, *, mmap: bool = False) -> dict:
                                       ) from None
         raise MegatronFormatError(
             f"{where}: refusing to unpickle global '{found.group(1)}': only argparse.Namespace, "
-            "Megatron's enums, signal.Signals and numpy RNG state may appear in a checkpoint "
-            "(no code runs from checkpoints)") from None
+            "Megatron's enums, signal.Signals, paths and numpy RNG state may appear in a "
+            "checkpoint (no code runs from checkpoints)") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as exc:
         raise MegatronFormatError(f"{where}: not a readable torch checkpoint ({exc})") from None
