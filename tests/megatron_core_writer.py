@@ -99,7 +99,8 @@ def megatron_args(spec: dict, tp: int, pp: int):
         tokenizer_type=spec["tokenizer_type"], vocab_file=spec.get("vocab_file"),
         merge_file=spec.get("merge_file"), tokenizer_model=spec.get("tokenizer_model"),
         attention_backend=AttnBackend.auto, exit_signal=signal.SIGTERM,
-        ckpt_format=spec.get("format", "torch_dist"), use_dist_ckpt=True, iteration=spec["iteration"],
+        ckpt_format=spec.get("format", "torch_dist"), use_dist_ckpt=True,
+        iteration=spec["iteration"],
         save=None, load=None, seed=spec["seed"], micro_batch_size=1, global_batch_size=8,
         lr=3e-4, min_lr=3e-5, train_iters=spec["iteration"] or 100, world_size=tp * pp,
         data_parallel_size=1, rank=0,
@@ -235,7 +236,8 @@ def _rank_main(rank: int, spec: dict, out: str, port: int) -> None:
     from megatron.core.dist_checkpointing.mapping import ShardedObject
 
     root = Path(out) / "torch_dist"
-    model_sds = {key: chunk.sharded_state_dict() for key, chunk in zip(keys, chunks)}
+    model_sds = {key: chunk.sharded_state_dict()
+                 for key, chunk in zip(keys, chunks, strict=True)}
     state = {"args": args, **model_sds, **companions,
              "optimizer": _optimizer_moments(model_sds),
              "rng_state": ShardedObject("rng_state", [rng_state], (pp, tp), (stage, tp_rank),
@@ -252,7 +254,7 @@ def _rank_main(rank: int, spec: dict, out: str, port: int) -> None:
     adam = torch.optim.Adam([p for chunk in chunks for p in chunk.parameters()], lr=3e-4)
     torch.save({"args": megatron_args({**spec, "format": "torch"}, tp, pp),
                 **{key: chunk.state_dict_for_save_checkpoint()
-                   for key, chunk in zip(keys, chunks)}, **companions,
+                   for key, chunk in zip(keys, chunks, strict=True)}, **companions,
                 "optimizer": {"optimizer": adam.state_dict(), "grad_scaler": None},
                 "rng_state": [rng_state]},
                _mkdir(legacy / folder / name) / "model_optim_rng.pt")

@@ -112,7 +112,8 @@ def _only_our_allow_list():
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("megatron-core")
     with ThreadPoolExecutor(2) as pool:  # the writer is mostly process start-up
-        return dict(zip(CHECKPOINTS, pool.map(lambda n: _write(n, root), CHECKPOINTS)))
+        return dict(zip(CHECKPOINTS, pool.map(lambda n: _write(n, root), CHECKPOINTS),
+                        strict=True))
 
 
 def _max_logit_error(converted_dir: Path, reference: Path) -> float:
@@ -149,8 +150,8 @@ def test_the_reference_is_sensitive(checkpoints, tmp_path):
 
     out = convert(checkpoints["llama-gqa-tp2-pp2-untied"] / "torch", tmp_path / "hf").out_dir
     weights = load_file(out / "model.safetensors")
-    weights["model.layers.1.mlp.gate_proj.weight"], weights["model.layers.1.mlp.up_proj.weight"] \
-        = weights["model.layers.1.mlp.up_proj.weight"], weights["model.layers.1.mlp.gate_proj.weight"]
+    gate, up = "model.layers.1.mlp.gate_proj.weight", "model.layers.1.mlp.up_proj.weight"
+    weights[gate], weights[up] = weights[up], weights[gate]
     save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
     reference = checkpoints["llama-gqa-tp2-pp2-untied"] / "reference.pt"
     assert _max_logit_error(out, reference) > 1e-2

@@ -2,7 +2,8 @@
 
 Three layouts, told apart by their files and keys:
 
-- Megatron-Core `torch_dist` (Megatron-LM's default `--ckpt-format`): `core_sources.TorchDistSource`;
+- Megatron-Core `torch_dist` (Megatron-LM's default `--ckpt-format`):
+  `core_sources.TorchDistSource`;
 - Megatron-Core legacy `torch` (`mp_rank_*/model_optim_rng.pt` with `decoder.layers.*`):
   `core_sources.LegacyCoreSource`;
   both converted by `core_to_hf` to Llama / Qwen2 / GPT-2 as their `args` say;
