@@ -18,6 +18,10 @@ its logits for fixed token ids to `OUT/reference.pt`. bf16 checkpoints are
 compared the way a float32 server runs them: Megatron's forward on the bf16
 weights upcast to float32.
 
+Spec keys beyond the shape (tests/test_megatron_core.py has examples): `formats`,
+`reference`, `optimizer` and `randomize` (all on by default) let
+tools/megatron_core_memory_probe.py write a large checkpoint quickly.
+
 Only a test helper: the product never imports megatron.core.
 """
 
@@ -216,7 +220,8 @@ def _rank_main(rank: int, spec: dict, out: str, port: int) -> None:
         chunk = _build(spec, tp, pp, pre=stage == 0 and c == 0,
                        post=stage == pp - 1 and c == (vp or 1) - 1,
                        vp_stage=c if vp else None)
-        _randomize(chunk, stage * 100 + c, tp_rank, spec["seed"])
+        if spec.get("randomize", True):
+            _randomize(chunk, stage * 100 + c, tp_rank, spec["seed"])
         chunks.append(chunk)
     keys = [f"model{c}" for c in range(len(chunks))] if vp else ["model"]
     args = megatron_args(spec, tp, pp)
@@ -239,7 +244,7 @@ def _rank_main(rank: int, spec: dict, out: str, port: int) -> None:
     model_sds = {key: chunk.sharded_state_dict()
                  for key, chunk in zip(keys, chunks, strict=True)}
     state = {"args": args, **model_sds, **companions,
-             "optimizer": _optimizer_moments(model_sds),
+             "optimizer": _optimizer_moments(model_sds) if spec.get("optimizer", True) else None,
              "rng_state": ShardedObject("rng_state", [rng_state], (pp, tp), (stage, tp_rank),
                                         replica_id=0)}
     if rank == 0:
@@ -250,6 +255,13 @@ def _rank_main(rank: int, spec: dict, out: str, port: int) -> None:
 
     # The legacy torch format: one pickle per (tensor rank, pipeline stage).
     legacy = Path(out) / "torch"
+    if "torch" not in spec.get("formats", ["torch_dist", "torch"]):
+        if rank == 0:
+            (root / "latest_checkpointed_iteration.txt").write_text(
+                "release" if release else str(spec["iteration"]))
+        dist.barrier()
+        dist.destroy_process_group()
+        return
     name = f"mp_rank_{tp_rank:02d}" + (f"_{stage:03d}" if pp > 1 else "")
     adam = torch.optim.Adam([p for chunk in chunks for p in chunk.parameters()], lr=3e-4)
     torch.save({"args": megatron_args({**spec, "format": "torch"}, tp, pp),
@@ -314,7 +326,8 @@ def main() -> int:
     spec = json.loads(Path(spec_path).read_text())
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     mp.spawn(_rank_main, args=(spec, out, _free_port()), nprocs=spec["tp"] * spec["pp"])
-    mp.spawn(_reference_main, args=(spec, out, _free_port()), nprocs=1)
+    if spec.get("reference", True):
+        mp.spawn(_reference_main, args=(spec, out, _free_port()), nprocs=1)
     (Path(out) / "spec.json").write_text(json.dumps(spec, indent=1))
     return 0
 

@@ -96,6 +96,18 @@ def _core_source(folder: Path):
     return LegacyCoreSource(shards)
 
 
+def _write_source_note(folder: Path, report: ConversionReport, written=None) -> None:
+    if written is not None:
+        report.architecture, report.dtype, report.parameters = (
+            written.architecture, written.dtype, written.parameters)
+    (folder / "arbridge_source.json").write_text(json.dumps({
+        "source": report.source, "format": report.format, "iteration": report.iteration,
+        "tensor_parallel": report.tensor_parallel, "pipeline_parallel": report.pipeline_parallel,
+        "virtual_stages": report.virtual_stages, "architecture": report.architecture,
+        "dtype": report.dtype, "parameters": report.parameters, "tokenizer": report.tokenizer,
+    }, indent=2, default=str))
+
+
 def convert(source: Path, out_dir: Path, tokenizer_dir: Path | None = None,
             overrides: Overrides | None = None) -> ConversionReport:
     """Megatron dir or zip -> safetensors HF directory with tokenizer files."""
@@ -121,33 +133,35 @@ def convert(source: Path, out_dir: Path, tokenizer_dir: Path | None = None,
             report.tensor_parallel, report.pipeline_parallel = (merged.tensor_parallel,
                                                                 merged.pipeline_parallel)
         else:
-            from arbridge.models.megatron.core_to_hf import build_model, plan_architecture
+            from arbridge.models.megatron.core_to_hf import plan_architecture, write_model
 
             arch = plan_architecture(core.args, core)
             found = find_tokenizer(core.args, beside, tokenizer_dir)
             timer.step("tokenizer")
-            model = build_model(core, arch, found.tokenizer)
             report.format = f"Megatron-Core {core.format}"
             report.iteration = core.iteration
             report.tensor_parallel, report.pipeline_parallel = (core.tensor_parallel,
                                                                 core.pipeline_parallel)
             report.virtual_stages = core.virtual_stages
-            del core
-        timer.step("weights")
+            report.tokenizer = found.description
+            with publishing(out_dir, f"converted from Megatron checkpoint {source}") as staging:
+                written = write_model(core, arch, found.tokenizer, staging)
+                found.tokenizer.save_pretrained(staging)
+                _write_source_note(staging, report, written)
+                timer.step("weights (read, convert, write)")
+            for line in report.lines():
+                log.info("megatron conversion: %s", line)
+            return report
+    # The pre-Megatron-Core GPT-2 layout: small models, saved through transformers.
     report.architecture = type(model).__name__
     report.dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     report.parameters = sum(p.numel() for p in model.parameters())
     report.tokenizer = found.description
+    timer.step("weights")
     with publishing(out_dir, f"converted from Megatron checkpoint {source}") as staging:
         model.save_pretrained(staging, safe_serialization=True)
         found.tokenizer.save_pretrained(staging)
-        (staging / "arbridge_source.json").write_text(json.dumps({
-            "source": str(source), "format": report.format, "iteration": report.iteration,
-            "tensor_parallel": report.tensor_parallel,
-            "pipeline_parallel": report.pipeline_parallel,
-            "virtual_stages": report.virtual_stages, "architecture": report.architecture,
-            "dtype": report.dtype, "tokenizer": report.tokenizer,
-        }, indent=2, default=str))
+        _write_source_note(staging, report)
         timer.step("write safetensors")
     for line in report.lines():
         log.info("megatron conversion: %s", line)

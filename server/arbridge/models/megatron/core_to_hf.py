@@ -15,7 +15,10 @@ The architecture is read from the checkpoint's `args`, never guessed from names:
 from __future__ import annotations
 
 import argparse
+import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -172,15 +175,16 @@ def _vocab_rows(t: torch.Tensor, vocab: int, name: str) -> torch.Tensor:
     return t[:vocab].clone()  # drop the padded vocabulary (and its memory)
 
 
-def _llama_weights(source: CoreSource, arch: Architecture, vocab: int) -> dict:
+def _llama_weights(source: CoreSource, arch: Architecture, vocab: int) -> Iterator:
+    """(HF name, tensor) pairs, one Megatron parameter (all layers) at a time."""
     cfg = arch.config
     heads, groups = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
-    sd = {"model.embed_tokens.weight": _vocab_rows(source.tensor(WORD_EMBEDDINGS), vocab,
-                                                   WORD_EMBEDDINGS),
-          "model.norm.weight": source.tensor(FINAL_NORM[0])}
+    yield "model.embed_tokens.weight", _vocab_rows(source.tensor(WORD_EMBEDDINGS), vocab,
+                                                   WORD_EMBEDDINGS)
+    yield "model.norm.weight", source.tensor(FINAL_NORM[0])
     if not arch.tied:
-        sd["lm_head.weight"] = _vocab_rows(source.tensor(OUTPUT_LAYER), vocab, OUTPUT_LAYER)
+        yield "lm_head.weight", _vocab_rows(source.tensor(OUTPUT_LAYER), vocab, OUTPUT_LAYER)
     pre = "model.layers.{}."
     simple = [(f"{QKV}.layer_norm_weight", "input_layernorm.weight"),
               (f"{PROJ}.weight", "self_attn.o_proj.weight"),
@@ -190,56 +194,108 @@ def _llama_weights(source: CoreSource, arch: Architecture, vocab: int) -> dict:
         simple += [(f"{PROJ}.bias", "self_attn.o_proj.bias"), (f"{FC2}.bias", "mlp.down_proj.bias")]
     for suffix, hf in simple:
         for i, t in enumerate(source.layers(suffix)):
-            sd[pre.format(i) + hf] = t
+            yield pre.format(i) + hf, t
     for kind in ("weight", "bias") if arch.biases[QKV] else ("weight",):
         for i, t in enumerate(source.layers(f"{QKV}.{kind}")):
             q, k, v = _split_qkv(t, groups, heads // groups, head_dim)
             for name, part in (("q", q), ("k", k), ("v", v)):
-                sd[pre.format(i) + f"self_attn.{name}_proj.{kind}"] = part
+                yield pre.format(i) + f"self_attn.{name}_proj.{kind}", part
     for kind in ("weight", "bias") if arch.biases[FC1] else ("weight",):
         for i, t in enumerate(source.layers(f"{FC1}.{kind}")):
-            gate, up = t.chunk(2, dim=0)  # global SwiGLU layout: [gate; up]
-            sd[pre.format(i) + f"mlp.gate_proj.{kind}"] = gate.contiguous()
-            sd[pre.format(i) + f"mlp.up_proj.{kind}"] = up.contiguous()
-    return sd
+            gate, up = t.chunk(2, dim=0)  # global SwiGLU layout: [gate; up] (views, no copy)
+            yield pre.format(i) + f"mlp.gate_proj.{kind}", gate
+            yield pre.format(i) + f"mlp.up_proj.{kind}", up
 
 
-def _gpt2_weights(source: CoreSource, arch: Architecture, vocab: int) -> dict:
+def _gpt2_weights(source: CoreSource, arch: Architecture, vocab: int) -> Iterator:
     cfg = arch.config
     heads, hidden = cfg["n_head"], cfg["n_embd"]
-    sd = {"transformer.wte.weight": _vocab_rows(source.tensor(WORD_EMBEDDINGS), vocab,
-                                                WORD_EMBEDDINGS),
-          "transformer.wpe.weight": source.tensor(POSITION_EMBEDDINGS),
-          "transformer.ln_f.weight": source.tensor(FINAL_NORM[0]),
-          "transformer.ln_f.bias": source.tensor(FINAL_NORM[1])}
+    yield "transformer.wte.weight", _vocab_rows(source.tensor(WORD_EMBEDDINGS), vocab,
+                                                WORD_EMBEDDINGS)
+    yield "transformer.wpe.weight", source.tensor(POSITION_EMBEDDINGS)
+    yield "transformer.ln_f.weight", source.tensor(FINAL_NORM[0])
+    yield "transformer.ln_f.bias", source.tensor(FINAL_NORM[1])
     if not arch.tied:
-        sd["lm_head.weight"] = _vocab_rows(source.tensor(OUTPUT_LAYER), vocab, OUTPUT_LAYER)
+        yield "lm_head.weight", _vocab_rows(source.tensor(OUTPUT_LAYER), vocab, OUTPUT_LAYER)
     pre = "transformer.h.{}."
     # (Megatron suffix, HF name, a Linear weight HF's Conv1D stores as [in, out])
     names = [(f"{QKV}.layer_norm_weight", "ln_1.weight", False),
              (f"{QKV}.layer_norm_bias", "ln_1.bias", False),
-             (f"{PROJ}.weight", "attn.c_proj.weight", True), (f"{PROJ}.bias", "attn.c_proj.bias",
-                                                              False),
+             (f"{PROJ}.weight", "attn.c_proj.weight", True),
+             (f"{PROJ}.bias", "attn.c_proj.bias", False),
              (f"{FC1}.layer_norm_weight", "ln_2.weight", False),
              (f"{FC1}.layer_norm_bias", "ln_2.bias", False),
              (f"{FC1}.weight", "mlp.c_fc.weight", True), (f"{FC1}.bias", "mlp.c_fc.bias", False),
-             (f"{FC2}.weight", "mlp.c_proj.weight", True), (f"{FC2}.bias", "mlp.c_proj.bias",
-                                                            False)]
+             (f"{FC2}.weight", "mlp.c_proj.weight", True),
+             (f"{FC2}.bias", "mlp.c_proj.bias", False)]
     for suffix, hf, conv in names:
         for i, t in enumerate(source.layers(suffix)):
-            sd[pre.format(i) + hf] = t.T.contiguous() if conv else t
+            yield pre.format(i) + hf, t.T.contiguous() if conv else t
     for kind in ("weight", "bias"):
         for i, t in enumerate(source.layers(f"{QKV}.{kind}")):
             q, k, v = _split_qkv(t, heads, 1, hidden // heads)
             fused = torch.cat([q, k, v], dim=0)  # HF: all q, then all k, then all v
-            sd[pre.format(i) + f"attn.c_attn.{kind}"] = fused.T.contiguous() if kind == \
-                "weight" else fused
-    return sd
+            yield pre.format(i) + f"attn.c_attn.{kind}", (fused.T.contiguous()
+                                                          if kind == "weight" else fused)
 
 
-def build_model(source: CoreSource, arch: Architecture, tokenizer):
-    """The HF model holding the checkpoint's weights (in their stored dtype). Each
-    tensor is read, reshaped and handed over once; nothing is held twice."""
+class _ShardWriter:
+    """Safetensors shards written as tensors arrive, so the converted model is never in
+    memory whole (transformers' save_pretrained would hold it, and more, at once)."""
+
+    def __init__(self, out_dir: Path, shard_bytes: int):
+        self.out_dir, self.shard_bytes = out_dir, shard_bytes
+        self.pending: dict[str, torch.Tensor] = {}
+        self.pending_bytes = 0
+        self.files: list[tuple[str, list[str]]] = []
+        self.total = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        self.pending[name] = tensor.contiguous()
+        size = tensor.numel() * tensor.element_size()
+        self.pending_bytes += size
+        self.total += size
+        if self.pending_bytes >= self.shard_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        from safetensors.torch import save_file
+
+        if not self.pending:
+            return
+        name = f"part-{len(self.files):05d}.safetensors"
+        save_file(self.pending, self.out_dir / name, metadata={"format": "pt"})
+        self.files.append((name, list(self.pending)))
+        self.pending, self.pending_bytes = {}, 0
+
+    def close(self) -> None:
+        self.flush()
+        if len(self.files) == 1:
+            (self.out_dir / self.files[0][0]).rename(self.out_dir / "model.safetensors")
+            return
+        weight_map = {}
+        n = len(self.files)
+        for i, (old, names) in enumerate(self.files):
+            new = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+            (self.out_dir / old).rename(self.out_dir / new)
+            weight_map.update(dict.fromkeys(names, new))
+        (self.out_dir / "model.safetensors.index.json").write_text(json.dumps(
+            {"metadata": {"total_size": self.total}, "weight_map": weight_map}, indent=2))
+
+
+@dataclass
+class WrittenModel:
+    architecture: str
+    dtype: str
+    parameters: int
+
+
+def write_model(source: CoreSource, arch: Architecture, tokenizer, out_dir: Path,
+                shard_bytes: int = 512 << 20) -> WrittenModel:
+    """Writes the HF model (config, generation config, safetensors shards) into `out_dir`,
+    in the checkpoint's dtype. Each tensor is read, reshaped, checked against the shape
+    the HF class expects and written; at most one stacked parameter and one shard are in
+    memory at a time."""
     import transformers
 
     vocab = len(tokenizer)
@@ -250,25 +306,29 @@ def build_model(source: CoreSource, arch: Architecture, tokenizer):
                     "GPT2LMHeadModel": transformers.GPT2Config}[arch.name]
     config = config_class(vocab_size=vocab, bos_token_id=bos, eos_token_id=eos,
                           architectures=[arch.name], **arch.config)
+    config.dtype = source.dtype
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape)
+                    for k, v in getattr(transformers, arch.name)(config).state_dict().items()}
+    if arch.tied:
+        expected.pop("lm_head.weight", None)  # tied to the embedding when loaded
     weights = (_gpt2_weights if arch.name == "GPT2LMHeadModel" else _llama_weights)(
         source, arch, vocab)
-    with torch.device("meta"):
-        model = getattr(transformers, arch.name)(config)
-    expected = model.state_dict()
-    for key, value in weights.items():
+    writer = _ShardWriter(out_dir, shard_bytes)
+    parameters = 0
+    for key, value in weights:
         if key not in expected:
             raise MegatronFormatError(f"internal: {key} is not a {arch.name} weight")
-        if tuple(value.shape) != tuple(expected[key].shape):
+        if tuple(value.shape) != expected[key]:
             raise MegatronFormatError(f"mismatched shapes: {key} is {list(value.shape)}, the "
-                                      f"args make it {list(expected[key].shape)}")
-    model.load_state_dict(weights, strict=False, assign=True)
-    del weights
-    if arch.tied:
-        model.tie_weights()
-    missing = [k for k, v in model.state_dict().items() if v.is_meta]
-    if missing:
-        raise MegatronFormatError(f"missing tensor(s) for {', '.join(missing[:5])}")
-    model.config.dtype = source.dtype
-    model.generation_config.eos_token_id = eos
-    model.generation_config.pad_token_id = eos
-    return model.eval()
+                                      f"args make it {list(expected.pop(key))}")
+        expected.pop(key)
+        parameters += value.numel()
+        writer.add(key, value)
+    if expected:
+        raise MegatronFormatError(f"missing tensor(s) for {', '.join(sorted(expected)[:5])}")
+    writer.close()
+    config.save_pretrained(out_dir)
+    transformers.GenerationConfig(bos_token_id=bos, eos_token_id=eos,
+                                  pad_token_id=eos).save_pretrained(out_dir)
+    return WrittenModel(arch.name, str(source.dtype).removeprefix("torch."), parameters)
