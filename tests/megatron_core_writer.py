@@ -12,10 +12,10 @@ and saves it the way Megatron-LM's `save_checkpoint` does:
 - `OUT/torch/`: the legacy format, `mp_rank_TT[_PPP]/model_optim_rng.pt` holding
   `model.state_dict_for_save_checkpoint()` and the same companions.
 
-The oracle is Megatron's own forward: one more process loads `OUT/torch_dist` into a
-TP=1, PP=1 GPTModel with `dist_checkpointing.load` (the format reshards) and writes
-its logits for fixed token ids to `OUT/reference.pt`. bf16 checkpoints are
-compared the way a float32 server runs them: Megatron's forward on the bf16
+The oracle is Megatron's own forward: the same processes, regrouped as TP=1, PP=1,
+load `OUT/torch_dist` into a TP=1, PP=1 GPTModel with `dist_checkpointing.load` (the
+format reshards) and write its logits for fixed token ids to `OUT/reference.pt`.
+bf16 checkpoints are compared the way a float32 server runs them: Megatron's forward on the bf16
 weights upcast to float32.
 
 Spec keys beyond the shape (tests/test_megatron_core.py has examples): `formats`,
@@ -276,6 +276,11 @@ def _rank_main(rank: int, spec: dict, out: str, port: int) -> None:
             (r / "latest_checkpointed_iteration.txt").write_text(
                 "release" if release else str(spec["iteration"]))
     dist.barrier()
+    if spec.get("reference", True):
+        # The same processes, regrouped as TP=1, PP=1 data-parallel replicas (no new
+        # interpreters to start); every rank loads, rank 0 writes the logits.
+        parallel_state.destroy_model_parallel()
+        _reference(spec, out, write=rank == 0)
     dist.destroy_process_group()
 
 
@@ -284,14 +289,11 @@ def _mkdir(p: Path) -> Path:
     return p
 
 
-def _reference_main(rank: int, spec: dict, out: str, port: int) -> None:
+def _reference(spec: dict, out: str, write: bool) -> None:
     """Megatron's forward of the saved weights (TP=1, PP=1, float32 arithmetic)."""
     import torch
-    import torch.distributed as dist
     from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 
-    _cpu_patches()
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
     parallel_state.initialize_model_parallel(1, 1)
     torch.manual_seed(0)
     tensor_parallel.random.model_parallel_cuda_manual_seed(
@@ -314,9 +316,9 @@ def _reference_main(rank: int, spec: dict, out: str, port: int) -> None:
     mask = torch.triu(torch.ones(1, 1, ids.shape[1], ids.shape[1], dtype=torch.bool), 1)
     with torch.no_grad():
         logits = inner(ids, positions, mask)
-    torch.save({"input_ids": ids, "logits": logits.float()[..., :spec["vocab"]]},
-               Path(out) / "reference.pt")
-    dist.destroy_process_group()
+    if write:
+        torch.save({"input_ids": ids, "logits": logits.float()[..., :spec["vocab"]]},
+                   Path(out) / "reference.pt")
 
 
 def main() -> int:
@@ -326,8 +328,6 @@ def main() -> int:
     spec = json.loads(Path(spec_path).read_text())
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     mp.spawn(_rank_main, args=(spec, out, _free_port()), nprocs=spec["tp"] * spec["pp"])
-    if spec.get("reference", True):
-        mp.spawn(_reference_main, args=(spec, out, _free_port()), nprocs=1)
     (Path(out) / "spec.json").write_text(json.dumps(spec, indent=1))
     return 0
 

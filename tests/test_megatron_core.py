@@ -144,6 +144,27 @@ def test_converts_to_megatrons_own_logits(checkpoints, tmp_path, name, fmt):
     assert report.iteration == (spec["iteration"] or "release")
 
 
+def test_legacy_shards_with_transformer_engine_norm_names(checkpoints, tmp_path):
+    """Trained with the Transformer-Engine spec, legacy shards name their norms after the
+    fused linear layers (`linear_qkv.layer_norm_weight`); the same model must come out."""
+    name = "gpt2-tanh-gelu-tp2"
+    ckpt = _copy(checkpoints, name, "torch", tmp_path)
+    renames = {"input_layernorm.": "self_attention.linear_qkv.layer_norm_",
+               "pre_mlp_layernorm.": "mlp.linear_fc1.layer_norm_"}
+    for shard in ckpt.rglob("model_optim_rng.pt"):
+        sd = torch.load(shard, weights_only=False)
+        model = {}
+        for key, value in sd["model"].items():
+            for old, new in renames.items():
+                key = key.replace(old, new)
+            model[key] = value
+        assert any("linear_qkv.layer_norm_bias" in k for k in model)
+        sd["model"] = model
+        torch.save(sd, shard)
+    out = convert(ckpt, tmp_path / "hf").out_dir
+    assert _max_logit_error(out, checkpoints[name] / "reference.pt") < 1e-4
+
+
 def test_the_reference_is_sensitive(checkpoints, tmp_path):
     """The oracle catches a wrong split: swap SwiGLU's gate and up halves and it fails."""
     from safetensors.torch import load_file, save_file
