@@ -24,6 +24,10 @@ def _fake_megatron_enum():
     """An enum pickled under Megatron's module name, as real checkpoints hold."""
     module_name = "megatron.model.enums"
     if module_name not in sys.modules:
+        try:  # megatron-core's real package when installed (other tests unpickle from it)
+            import megatron  # noqa: F401
+        except ImportError:
+            pass
         for name in ("megatron", "megatron.model", module_name):
             sys.modules.setdefault(name, types.ModuleType(name))
 

@@ -16,6 +16,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import megatron.core  # noqa: F401 - see below
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -26,6 +27,11 @@ from arbridge.v1 import types_pb2 as pb
 
 from conftest import REPO, TESTS, collect, start_server
 from tiny_model import train_tokenizer
+
+# Importing megatron.core registers its own safe globals with torch for the whole process
+# (the tests unpickle its enums freely); the converter must not lean on them, so they are
+# dropped here, once it is imported, and before every test (`_only_our_allow_list`).
+torch.serialization.clear_safe_globals()
 
 WRITER = TESTS / "megatron_core_writer.py"
 _BASE = dict(layers=4, hidden=64, ffn=96, heads=4, positions=128, eps=1e-5, padded_vocab=384,
@@ -101,8 +107,6 @@ def _write(name: str, root: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _only_our_allow_list():
-    """Importing megatron.core (the tests unpickle its enums freely) registers its own safe
-    globals with torch for the whole process; the converter must not lean on them."""
     torch.serialization.clear_safe_globals()
     yield
     torch.serialization.clear_safe_globals()
