@@ -20,7 +20,7 @@ APT_PACKAGES := libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-co
 DEB_SRC := /etc/apt/sources.list.d/arbridge-deb-src.sources
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages cpp-client unity-stubs run serve test test-fast fuzz bench eval fusion-demo protos check-protos contract-release lint model clean
+.PHONY: setup system-packages cpp-client unity-stubs unity-meta run serve test test-fast fuzz bench eval fusion-demo protos check-protos contract-release lint model clean
 
 setup: $(VENV)/.installed $(BUF) model system-packages
 
@@ -51,10 +51,16 @@ $(CSHARP)/.built: tools/csharp/build_toolchain.sh tools/csharp/Unsafe.il | syste
 # The Unity package's C#, generated from protos/ by protoc and gRPC's plugin.
 # Committed (Unity runs no code generators); a test fails when it is stale.
 unity-stubs: $(CSHARP)/.built
-	rm -rf $(UNITY_GENERATED) && mkdir -p $(UNITY_GENERATED)
+	rm -rf $(UNITY_GENERATED)/*.cs && mkdir -p $(UNITY_GENERATED)
 	protoc -I protos --csharp_out=$(UNITY_GENERATED) \
 	  --grpc_out=no_server:$(UNITY_GENERATED) \
 	  --plugin=protoc-gen-grpc=$(CSHARP)/grpc_csharp_plugin protos/arbridge/v1/*.proto
+	$(PYTHON) tools/unity_meta.py
+
+# A stable .meta for every asset of the Unity package (GUIDs derived from the path;
+# Unity ignores assets without one in git/registry packages). A test checks them.
+unity-meta:
+	$(PYTHON) tools/unity_meta.py
 
 # The Unreal-style C++ example client (examples/cpp), built from protos/.
 cpp-client: $(CPP_CLIENT)
