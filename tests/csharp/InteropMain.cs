@@ -206,8 +206,58 @@ namespace ArBridge.Tests
             Check(reconnects2 == 1, "one reconnect");
             Check(history2.Count == 2 && history2[0].Text == "b" && history2[1].Text == "B", "history capped to the newest turns");
             session2.Dispose();
+
+            await DefectTests();
             Console.WriteLine("unit ok");
             return 0;
+        }
+
+        static async Task<Exception> Throws(Func<Task> action)
+        {
+            try { await action(); }
+            catch (Exception e) { return e; }
+            return null;
+        }
+
+        // The runtime defects of issue #16, each failing on the code before the fix.
+        static async Task DefectTests()
+        {
+            // AskAsync before StartAsync: a clear InvalidOperationException, not a NullReferenceException.
+            var early = new ArBridgeClient(new ScriptedInvoker()).StartDialogue(new ConverseStart());
+            var thrown = await Throws(() => early.AskAsync("too soon"));
+            Check(thrown is InvalidOperationException && thrown.Message.Contains("StartAsync"),
+                  "AskAsync before StartAsync: " + thrown);
+            early.Dispose();
+            Check(await Throws(() => early.AskAsync("after dispose")) is ObjectDisposedException,
+                  "AskAsync after Dispose: ObjectDisposedException");
+
+            // The channel is disposed while the session reconnects (an endpoint swapped its
+            // address): the reopen throws ObjectDisposedException. The session must end with
+            // an Error event, not a silently faulted read loop.
+            var server = new ScriptedInvoker();
+            var session = new ArBridgeClient(server).StartDialogue(new ConverseStart(),
+                new ReconnectPolicy(seed: 3) { InitialDelay = TimeSpan.FromMilliseconds(10) });
+            var errors = new List<Exception>();
+            session.Error += (id, e) => { lock (errors) errors.Add(e); };
+            await session.StartAsync();
+            server.OpenFails = () => new ObjectDisposedException("GrpcChannel");
+            server.Calls[0].Fail(new RpcException(new Status(StatusCode.Unavailable, "connection reset")));
+            var closed = await Task.WhenAny(session.Closed, Task.Delay(5000));
+            Check(closed == session.Closed, "the session ends");
+            Check(!session.Closed.IsFaulted, "the read loop does not fault: " + session.Closed.Exception);
+            await WaitFor(() => { lock (errors) return errors.Exists(e => e is ObjectDisposedException); },
+                          "an Error event carries the ObjectDisposedException");
+            Check(!session.IsOpen, "closed after the failed reopen");
+
+            // Dispose releases the session's CancellationTokenSource once its loop is done.
+            session.Dispose();
+            await session.Closed;
+            await Task.Delay(50);
+            var field = typeof(DialogueSession).GetField("lifetime",
+                System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Instance);
+            var cts = (CancellationTokenSource)field.GetValue(session);
+            Check(await Throws(() => { var unused = cts.Token; return Task.FromResult(0); })
+                  is ObjectDisposedException, "the session's CancellationTokenSource is disposed");
         }
     }
 
@@ -215,10 +265,13 @@ namespace ArBridge.Tests
     sealed class ScriptedInvoker : CallInvoker
     {
         public readonly List<ScriptedDuplex> Calls = new List<ScriptedDuplex>();
+        /// <summary>When set, opening a stream throws what it returns (a disposed channel).</summary>
+        public Func<Exception> OpenFails;
 
         public override AsyncDuplexStreamingCall<TRequest, TResponse> AsyncDuplexStreamingCall<TRequest, TResponse>(
             Method<TRequest, TResponse> method, string host, CallOptions options)
         {
+            if (OpenFails != null) throw OpenFails();
             var call = new ScriptedDuplex();
             lock (Calls) Calls.Add(call);
             return new AsyncDuplexStreamingCall<TRequest, TResponse>(

@@ -32,6 +32,7 @@ namespace ArBridge.Client
         AsyncDuplexStreamingCall<ConverseRequest, ConverseResponse> call;
         uint nextTurnId = 1;
         Task readLoop;
+        bool disposed;
 
         /// <summary>(turn id, text) for every piece of a reply, in order.</summary>
         public event Action<uint, string> TextChunk;
@@ -67,6 +68,7 @@ namespace ArBridge.Client
         /// <summary>Opens the stream. Events start flowing after this.</summary>
         public async Task StartAsync()
         {
+            if (disposed) throw new ObjectDisposedException("DialogueSession");
             await OpenAsync();
             IsOpen = true;
             readLoop = ReadLoopAsync();
@@ -113,10 +115,16 @@ namespace ArBridge.Client
         /// <summary>Ends the session: the stream is cancelled and no more events come.</summary>
         public void Dispose()
         {
+            if (disposed) return;
+            disposed = true;
             IsOpen = false;
-            if (!lifetime.IsCancellationRequested) lifetime.Cancel();
+            lifetime.Cancel();
             var current = call;
             if (current != null) current.Dispose();
+            // The token source goes once nothing can read its token any more.
+            var loop = readLoop;
+            if (loop == null) lifetime.Dispose();
+            else loop.ContinueWith(_ => lifetime.Dispose(), TaskScheduler.Default);
         }
 
         async Task OpenAsync()
@@ -146,6 +154,9 @@ namespace ArBridge.Client
 
         async Task WriteAsync(ConverseRequest request)
         {
+            if (disposed) throw new ObjectDisposedException("DialogueSession");
+            if (call == null)
+                throw new InvalidOperationException("DialogueSession: call StartAsync() before sending turns");
             // gRPC allows one write at a time per stream.
             await writeLock.WaitAsync(lifetime.Token);
             try
@@ -202,6 +213,14 @@ namespace ArBridge.Client
                     }
                     catch (OperationCanceledException) { break; }
                     catch (RpcException) { /* the next read reports it */ }
+                    catch (Exception reopenFailed)
+                    {
+                        // Not a transport hiccup (a disposed channel, a broken handler):
+                        // the session ends, and says why, instead of faulting unseen.
+                        if (!lifetime.IsCancellationRequested)
+                            Raise(() => { var h = Error; if (h != null) h(0, reopenFailed); });
+                        break;
+                    }
                 }
                 catch (OperationCanceledException) { break; }
                 catch (Exception e)
