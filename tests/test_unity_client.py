@@ -2,7 +2,7 @@
 
 No Unity, NuGet or dotnet here: mono's mcs compiles the generated messages and
 the plain client layer against Google.Protobuf built from Debian's source
-package, and the generated *Grpc.cs against tests/csharp/GrpcCoreApiShim.cs
+package, and the generated *Grpc.cs against tests/csharp/standins/Grpc.Core.Api.cs
 (tests only). `make test` builds that toolchain first (tools/csharp/).
 """
 
@@ -34,6 +34,7 @@ def interop_exe(tmp_path_factory):
     for dll in TOOLCHAIN.glob("*.dll"):
         shutil.copy(dll, out)
     sources = sorted(str(p) for p in [*(REPO / "tests" / "csharp").glob("*.cs"),
+                                      REPO / "tests" / "csharp" / "standins" / "Grpc.Core.Api.cs",
                                       *GENERATED.glob("*.cs"),
                                       *(PACKAGE / "Runtime" / "Client").glob("*.cs")])
     result = subprocess.run(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
 
 import pytest
+from unity_build import BuildError, Scenario, build, build_samples
 
 from conftest import REPO
 
@@ -73,3 +75,114 @@ def test_a_duplicate_or_malformed_meta_fails(copy):
     assert result.returncode == 1
     assert "duplicate guid" in result.stderr and "DialogueSession.cs.meta" in result.stderr
     assert "malformed: package.json.meta is not the PackageManifestImporter" in result.stderr
+
+
+# -- compiled as Unity compiles it: one assembly per asmdef ---------------------------------
+ALL = {"com.unity.ugui": "1.0.0", "com.unity.textmeshpro": "3.0.6",
+       "com.cysharp.yetanotherhttphandler": "1.11.5"}
+UNITY6 = {"com.unity.ugui": "2.0.0"}  # TextMeshPro ships inside uGUI 2.x
+SCENARIOS = {
+    "2021.3-desktop-all-packages": Scenario("2021.3", "StandaloneLinux64", packages=ALL),
+    "2021.3-android-no-optional-packages": Scenario("2021.3", "Android",
+                                                    packages={"com.unity.ugui": "1.0.0"}),
+    "2021.3-editor": Scenario("2021.3", "StandaloneLinux64", editor=True, packages=ALL),
+    "2022.3-ios": Scenario("2022.3", "iOS", packages=ALL),
+    "6000.0-webgl": Scenario("6000.0", "WebGL", packages=UNITY6),
+    "6000.5-webgl": Scenario("6000.5", "WebGL", packages=UNITY6),
+    "6000.5-editor-webgl": Scenario("6000.5", "WebGL", editor=True,
+                                    packages={**UNITY6, "com.cysharp.yetanotherhttphandler":
+                                              "1.11.5"}),
+}
+
+
+@pytest.fixture(scope="module")
+def toolchain():
+    from unity_build import TOOLCHAIN
+    assert (TOOLCHAIN / "Google.Protobuf.dll").exists(), "run `make test` (builds build/csharp)"
+    return TOOLCHAIN
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_each_asmdef_compiles_as_its_own_assembly(toolchain, tmp_path, name):
+    scenario = SCENARIOS[name]
+    result = build(scenario, tmp_path)
+    expected = {"ArBridge.Client", "ArBridge.Client.Unity"} | (
+        {"ArBridge.Client.Editor"} if scenario.editor else set())
+    assert set(result.built) == expected, result.skipped
+    # Only the optional packages (HTTP/2, TextMeshPro) may be absent; the rest must resolve.
+    lost = {r for refs in result.dropped.values() for r in refs}
+    assert lost <= {"Cysharp.Net.Http.YetAnotherHttpHandler", "Unity.TextMeshPro"}, result.dropped
+    assert ("Cysharp.Net.Http.YetAnotherHttpHandler" in lost) == (
+        "com.cysharp.yetanotherhttphandler" not in scenario.packages)
+    assert ("Unity.TextMeshPro" in lost) == ("Unity.TextMeshPro"
+                                             not in scenario.installed_assemblies())
+    build_samples(result, tmp_path)  # the sample compiles in the user's Assembly-CSharp
+
+
+def test_a_wrong_assembly_reference_fails_the_build(toolchain, tmp_path):
+    """The old asmdef named "YetAnotherHttpHandler": Unity drops the unknown name while
+    versionDefines still turn ARBRIDGE_YAHH on, and the project stops compiling."""
+    package = tmp_path / "unity_client"
+    shutil.copytree(PACKAGE, package)
+    asmdef = package / "Runtime" / "Unity" / "ArBridge.Client.Unity.asmdef"
+    asmdef.write_text(asmdef.read_text().replace('"Cysharp.Net.Http.YetAnotherHttpHandler"',
+                                                 '"YetAnotherHttpHandler"'))
+    with pytest.raises(BuildError, match=r"(?s)CS0246.*Cysharp"):
+        build(SCENARIOS["2021.3-desktop-all-packages"], tmp_path / "out", package)
+
+
+def test_the_client_assembly_sees_no_engine(toolchain, tmp_path):
+    package = tmp_path / "unity_client"
+    shutil.copytree(PACKAGE, package)
+    (package / "Runtime" / "Client" / "Leak.cs").write_text(
+        "namespace ArBridge.Client { class Leak { UnityEngine.Object o; } }\n")
+    with pytest.raises(BuildError, match=r"(?s)ArBridge\.Client\.dll.*CS0246.*UnityEngine"):
+        build(SCENARIOS["2021.3-desktop-all-packages"], tmp_path / "out", package)
+
+
+def test_every_conditional_branch_is_compiled_both_ways():
+    symbols = set()
+    for source in PACKAGE.rglob("*.cs"):
+        if "Generated" in source.parts:
+            continue
+        for line in source.read_text().splitlines():
+            if line.strip().startswith(("#if", "#elif")):
+                symbols |= set(re.findall(r"[A-Z][A-Z0-9_]+", line))
+    assert symbols, "no #if found"
+    for symbol in sorted(symbols):
+        on = [n for n, s in SCENARIOS.items() if symbol in s.defines() + _version_defines_of(s)]
+        assert on and len(on) < len(SCENARIOS), f"{symbol} is never {'on' if not on else 'off'}"
+
+
+def _version_defines_of(scenario):
+    from unity_build import _version_defines, asmdefs
+    return [d for a in asmdefs(PACKAGE) for d in _version_defines(a.spec, scenario)]
+
+
+LAYER_RUNS = {"desktop": "2022.3-ios", "webgl": "6000.0-webgl", "webgl65": "6000.5-webgl",
+              "editor": "2021.3-editor"}
+
+
+@pytest.mark.parametrize("kind", LAYER_RUNS)
+def test_unity_components_lifecycle_and_transports(toolchain, tmp_path, kind):
+    scenario = SCENARIOS[LAYER_RUNS[kind]]
+    if kind == "desktop":
+        scenario = Scenario("2022.3", "StandaloneLinux64", packages=ALL)
+    out = tmp_path / "bin"
+    result = build(scenario, out)
+    for dll in toolchain.glob("*.dll"):
+        shutil.copy(dll, out)
+    exe = out / "UnityLayerTests.exe"
+    refs = [*result.built.values(), *result.standins.values(),
+            toolchain / "System.Runtime.CompilerServices.Unsafe.dll"]
+    compiled = subprocess.run(
+        ["mcs", "-langversion:7.2", "-target:exe", "-r:System.Net.Http",
+         *(f"-define:{d}" for d in scenario.defines()), *(f"-r:{r}" for r in refs),
+         f"-out:{exe}", str(REPO / "tests" / "csharp" / "unity_layer" / "UnityLayerTests.cs")],
+        capture_output=True, text=True)
+    assert compiled.returncode == 0, compiled.stdout + compiled.stderr
+    work = tmp_path / "project" / "Assets"  # the linker writes ../Temp from Application.dataPath
+    work.mkdir(parents=True)
+    run = subprocess.run(["mono", str(exe), kind], capture_output=True, text=True, timeout=60,
+                         cwd=work)
+    assert run.returncode == 0 and "unity layer ok" in run.stdout, run.stdout + run.stderr

@@ -26,7 +26,9 @@ namespace ArBridge.Editor
             {
                 writer.WriteLine("<linker>");
                 foreach (var assembly in Preserved)
-                    writer.WriteLine("  <assembly fullname=\"" + assembly + "\" preserve=\"all\"/>");
+                    // ignoreIfMissing: an assembly a project does not have (Grpc.Net.Client.Web
+                    // without gRPC-Web, say) must not fail the build.
+                    writer.WriteLine("  <assembly fullname=\"" + assembly + "\" preserve=\"all\" ignoreIfMissing=\"1\"/>");
                 writer.WriteLine("</linker>");
             }
             return path;

@@ -9,7 +9,7 @@ namespace ArBridge.Unity
 {
     public enum ArBridgeTransport
     {
-        /// <summary>Native gRPC over HTTP/2 (YetAnotherHttpHandler): desktop, Android, iOS, visionOS.</summary>
+        /// <summary>Native gRPC over HTTP/2 (YetAnotherHttpHandler): Windows, macOS, Linux, Android, iOS.</summary>
         Http2,
         /// <summary>gRPC-Web over HTTP/1.1 to the server's --grpc-web-port: WebGL, or networks that block HTTP/2.</summary>
         GrpcWeb,
@@ -17,64 +17,104 @@ namespace ArBridge.Unity
 
     public static class ArBridgeChannels
     {
-        /// <summary>gRPC-Web on WebGL (browsers cannot speak gRPC's HTTP/2), HTTP/2 elsewhere.</summary>
-        public static ArBridgeTransport DefaultForThisPlatform
+        /// <summary>True in a WebGL player: no sockets, no threads, the browser's fetch only.</summary>
+        public static bool RunsInBrowser
         {
             get
             {
 #if UNITY_WEBGL && !UNITY_EDITOR
-                return ArBridgeTransport.GrpcWeb;
+                return true;
 #else
-                return ArBridgeTransport.Http2;
+                return false;
 #endif
             }
+        }
+
+        /// <summary>gRPC-Web on WebGL (browsers cannot speak gRPC's HTTP/2), HTTP/2 elsewhere.</summary>
+        public static ArBridgeTransport DefaultForThisPlatform
+        {
+            get { return RunsInBrowser ? ArBridgeTransport.GrpcWeb : ArBridgeTransport.Http2; }
+        }
+
+        /// <summary>
+        /// grpc-dotnet: "Base64 encoding is required for gRPC-Web server streaming calls to stream
+        /// correctly in browser apps", so a browser gets grpc-web-text; elsewhere binary frames
+        /// are a third smaller. The server speaks both.
+        /// </summary>
+        public static GrpcWebMode GrpcWebModeForThisPlatform
+        {
+            get { return RunsInBrowser ? GrpcWebMode.GrpcWebText : GrpcWebMode.GrpcWeb; }
         }
 
         /// <summary>
         /// A channel to <paramref name="address"/> ("http://host:50051" for plaintext h2c,
         /// "https://..." for TLS; for gRPC-Web the --grpc-web-port). <paramref name="rootCertificatesPem"/>
         /// trusts a private CA on the HTTP/2 path. <paramref name="grpcWebInner"/> replaces the
-        /// HTTP handler under gRPC-Web (on WebGL, one that runs on the browser's fetch).
+        /// HTTP handler under gRPC-Web; it stays the caller's: disposing the channel leaves it
+        /// usable for the next channel.
         /// </summary>
         public static GrpcChannel Create(string address, ArBridgeTransport transport,
                                          string rootCertificatesPem = null, HttpMessageHandler grpcWebInner = null)
         {
             if (string.IsNullOrEmpty(address)) throw new ArgumentException("address is empty");
-            HttpMessageHandler handler;
-            if (transport == ArBridgeTransport.Http2)
-            {
-#if ARBRIDGE_YAHH
-                var http2 = new Cysharp.Net.Http.YetAnotherHttpHandler();
-                // Plaintext needs HTTP/2 "prior knowledge" (h2c): there is no TLS ALPN to negotiate it.
-                http2.Http2Only = address.StartsWith("http://", StringComparison.OrdinalIgnoreCase);
-                if (!string.IsNullOrEmpty(rootCertificatesPem)) http2.RootCertificates = rootCertificatesPem;
-                handler = http2;
-#else
-                throw new InvalidOperationException(
-                    "ArBridgeTransport.Http2 needs the YetAnotherHttpHandler package (see the package README)");
-#endif
-            }
-            else
-            {
-                var inner = grpcWebInner ?? DefaultGrpcWebInner();
-                handler = new GrpcWebHandler(GrpcWebMode.GrpcWeb, inner);
-            }
             return GrpcChannel.ForAddress(address, new GrpcChannelOptions
             {
-                HttpHandler = handler,
+                HttpHandler = CreateHandler(address, transport, rootCertificatesPem, grpcWebInner),
+                // The channel owns the handler made here (and disposes it); a caller's inner
+                // handler sits behind KeepOpen, so it survives.
                 DisposeHttpClient = true,
                 MaxReceiveMessageSize = 4 * 1024 * 1024,
             });
         }
 
+        /// <summary>The HTTP handler <see cref="Create"/> gives the channel.</summary>
+        public static HttpMessageHandler CreateHandler(string address, ArBridgeTransport transport,
+                                                       string rootCertificatesPem = null,
+                                                       HttpMessageHandler grpcWebInner = null)
+        {
+            if (transport == ArBridgeTransport.Http2)
+            {
+                if (RunsInBrowser)
+                    throw new PlatformNotSupportedException(
+                        "ArBridgeTransport.Http2 cannot run in a browser: use ArBridgeTransport.GrpcWeb on WebGL");
+#if ARBRIDGE_YAHH
+                var http2 = new Cysharp.Net.Http.YetAnotherHttpHandler();
+                // Plaintext needs HTTP/2 "prior knowledge" (h2c): there is no TLS ALPN to negotiate it.
+                http2.Http2Only = address.StartsWith("http://", StringComparison.OrdinalIgnoreCase);
+                if (!string.IsNullOrEmpty(rootCertificatesPem)) http2.RootCertificates = rootCertificatesPem;
+                return http2;
+#else
+                throw new InvalidOperationException(
+                    "ArBridgeTransport.Http2 needs the YetAnotherHttpHandler package (see the package README)");
+#endif
+            }
+            var inner = grpcWebInner != null ? new KeepOpen(grpcWebInner) : DefaultGrpcWebInner();
+            return new GrpcWebHandler(GrpcWebModeForThisPlatform, inner);
+        }
+
         static HttpMessageHandler DefaultGrpcWebInner()
         {
 #if UNITY_6000_5_OR_NEWER
-            // UnityWebRequest underneath: works in WebGL builds.
+            // UnityWebRequest underneath: the one handler that works in WebGL builds and everywhere else.
             return new UnityEngine.Networking.UnityHttpMessageHandler();
 #else
+            if (RunsInBrowser)
+                throw new PlatformNotSupportedException(
+                    "gRPC-Web on WebGL before Unity 6.5 needs a fetch-based HttpMessageHandler: set " +
+                    "ArBridgeEndpoint.grpcWebInnerHandler (HttpClientHandler cannot open sockets in a browser)");
             return new HttpClientHandler();
 #endif
+        }
+
+        /// <summary>Passes requests through; disposing it leaves the inner handler alone.</summary>
+        sealed class KeepOpen : DelegatingHandler
+        {
+            public KeepOpen(HttpMessageHandler inner) : base(inner) { }
+
+            protected override void Dispose(bool disposing)
+            {
+                // DelegatingHandler.Dispose would dispose the inner handler, which is the app's.
+            }
         }
     }
 }

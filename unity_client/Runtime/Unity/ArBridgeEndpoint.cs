@@ -24,7 +24,7 @@ namespace ArBridge.Unity
                  "fetch a per-user token at run time and set it from code.")]
         public string bearerToken = "";
 
-        [Tooltip("Deadline of one caption, in seconds (0 = none).")]
+        [Tooltip("Deadline of one caption, in seconds (0 = none; none on WebGL, see EffectiveCallTimeout).")]
         public float callTimeoutSeconds = 60f;
 
         /// <summary>
@@ -35,6 +35,13 @@ namespace ArBridge.Unity
 
         /// <summary>Trusted CA (PEM) for a server certificate from a private CA (HTTP/2 path).</summary>
         [NonSerialized] public string rootCertificatesPem;
+
+        /// <summary>
+        /// A transport of your own instead of a channel made here (e.g. Cysharp's
+        /// GrpcWebSocketBridge on WebGL before Unity 6.5, or a test double). Set it from code
+        /// before the first call; the token and timeout settings still apply.
+        /// </summary>
+        [NonSerialized] public Grpc.Core.CallInvoker callInvoker;
 
         GrpcChannel channel;
         string channelKey;
@@ -57,25 +64,39 @@ namespace ArBridge.Unity
             get
             {
                 var chosen = ChosenTransport;
-                string wantChannel = address + "|" + chosen;
-                if (channel == null || channelKey != wantChannel)
+                string wantChannel = callInvoker != null ? "custom" : address + "|" + chosen;
+                if (callInvoker == null && (channel == null || channelKey != wantChannel))
                 {
                     if (channel != null) channel.Dispose();
                     channel = ArBridgeChannels.Create(address, chosen, rootCertificatesPem, grpcWebInnerHandler);
                     channelKey = wantChannel;
                     client = null;
                 }
-                string wantClient = bearerToken + "|" + callTimeoutSeconds;
+                string wantClient = wantChannel + "|" + bearerToken + "|" + callTimeoutSeconds;
                 if (client == null || clientKey != wantClient)
                 {
-                    client = new ArBridgeClient(channel.CreateCallInvoker(), new ArBridgeClientOptions
+                    client = new ArBridgeClient(callInvoker ?? channel.CreateCallInvoker(), new ArBridgeClientOptions
                     {
                         BearerToken = string.IsNullOrEmpty(bearerToken) ? null : bearerToken,
-                        CallTimeout = callTimeoutSeconds > 0 ? TimeSpan.FromSeconds(callTimeoutSeconds) : (TimeSpan?)null,
+                        CallTimeout = EffectiveCallTimeout,
                     });
                     clientKey = wantClient;
                 }
                 return client;
+            }
+        }
+
+        /// <summary>
+        /// The deadline each call gets. None in a WebGL player: Grpc.Net.Client runs deadlines on
+        /// System.Threading timers, which a browser build without threads does not fire; cancel
+        /// from code there (CaptionStreamer.Cancel, DialogueAgent.Interrupt) instead.
+        /// </summary>
+        public TimeSpan? EffectiveCallTimeout
+        {
+            get
+            {
+                if (ArBridgeChannels.RunsInBrowser || callTimeoutSeconds <= 0) return null;
+                return TimeSpan.FromSeconds(callTimeoutSeconds);
             }
         }
 

@@ -37,8 +37,11 @@ namespace ArBridge.Unity
         public string Caption { get; private set; } = "";
 
         /// <summary>Captions <paramref name="scene"/>, replacing any caption in flight.</summary>
+        bool destroyed;
+
         public async void Describe(SceneFeatures scene)
         {
+            if (destroyed) return;
             if (current != null) current.Cancel();
             var mine = CancellationTokenSource.CreateLinkedTokenSource(lifetime.Token);
             current = mine;
@@ -93,9 +96,17 @@ namespace ArBridge.Unity
             onCaptionChanged.Invoke(value);
         }
 
+        // A disabled streamer stops writing captions; Describe starts again after OnEnable.
+        void OnDisable()
+        {
+            Cancel();
+        }
+
         void OnDestroy()
         {
+            destroyed = true;
             lifetime.Cancel();
+            lifetime.Dispose();
         }
     }
 }

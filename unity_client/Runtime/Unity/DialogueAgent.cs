@@ -30,17 +30,22 @@ namespace ArBridge.Unity
 
         IDialogue session;
         Task starting;
+        int closedCount;
 
         /// <summary>Sends a user turn (fire and forget, for UI buttons and speech results).</summary>
         public async void Ask(string text)
         {
+            int generation = closedCount;
             try
             {
                 await AskAsync(text);
             }
+            catch (OperationCanceledException) { }
             catch (Exception e)
             {
-                onError.Invoke(e.Message);
+                // A dialogue closed by OnDisable/OnDestroy meanwhile fails its pending calls
+                // (cancelled stream, disposed session): that is not an error to show.
+                if (generation == closedCount) onError.Invoke(e.Message);
             }
         }
 
@@ -59,6 +64,8 @@ namespace ArBridge.Unity
                 var current = session;
                 if (current != null && current.IsOpen) await current.InterruptAsync();
             }
+            catch (OperationCanceledException) { }
+            catch (ObjectDisposedException) { }  // the session closed meanwhile
             catch (Exception e)
             {
                 onError.Invoke(e.Message);
@@ -73,6 +80,7 @@ namespace ArBridge.Unity
                 var current = await EnsureStartedAsync();
                 await current.UpdateSceneAsync(scene);
             }
+            catch (OperationCanceledException) { }
             catch (Exception e)
             {
                 onError.Invoke(e.Message);
@@ -82,7 +90,7 @@ namespace ArBridge.Unity
         /// <summary>The open session: the one being opened is reused, a closed one replaced.</summary>
         async Task<IDialogue> EnsureStartedAsync()
         {
-            if (session == null || (starting.IsCompleted && !session.IsOpen))
+            if (session == null || starting == null || (starting.IsCompleted && !session.IsOpen))
             {
                 if (session != null) session.Dispose();
                 // Created on the main thread: the session raises its events there.
@@ -107,10 +115,25 @@ namespace ArBridge.Unity
             return current;
         }
 
+        // Disabled or destroyed, the agent closes its dialogue: no stream is left open and no
+        // event reaches a component that is gone. The next Ask opens a new one.
+        void OnDisable()
+        {
+            Close();
+        }
+
         void OnDestroy()
         {
-            if (session != null) session.Dispose();
+            Close();
+        }
+
+        void Close()
+        {
+            closedCount++;
+            var current = session;
             session = null;
+            starting = null;
+            if (current != null) current.Dispose();
         }
     }
 }

@@ -1,8 +1,10 @@
-// TESTS ONLY, never shipped. A stand-in for the part of Grpc.Core.Api that
-// the generated ServiceGrpc.cs and the package's client layer use, with the
-// same names and signatures, so that mono's mcs can compile and run them on a
-// machine without NuGet. Unity projects get the real Grpc.Core.Api (with
-// Grpc.Net.Client) from the package's declared dependencies.
+// assembly: Grpc.Core.Api
+// TESTS ONLY, never shipped. A stand-in for the part of Grpc.Core.Api (grpc-dotnet
+// v2.59.0, src/Grpc.Core.Api) that the generated ServiceGrpc.cs and the package use,
+// written from its public declarations: same names, signatures, defaults, and the
+// behaviour the package can meet (Metadata.Empty is frozen, Metadata.Entry validates
+// keys), so that mono's mcs can compile and run them on a machine without NuGet.
+// Unity projects get the real Grpc.Core.Api from the package's declared dependencies.
 using System;
 using System.Buffers;
 using System.Collections;
@@ -23,19 +25,34 @@ namespace Grpc.Core
     public struct Status
     {
         public static readonly Status DefaultSuccess = new Status(StatusCode.OK, "");
-        public Status(StatusCode statusCode, string detail) { StatusCode = statusCode; Detail = detail; }
+        public static readonly Status DefaultCancelled = new Status(StatusCode.Cancelled, "");
+        public Status(StatusCode statusCode, string detail) : this(statusCode, detail, null) { }
+        public Status(StatusCode statusCode, string detail, Exception debugException)
+        {
+            StatusCode = statusCode; Detail = detail; DebugException = debugException;
+        }
         public StatusCode StatusCode { get; }
         public string Detail { get; }
-        public override string ToString() { return "Status(StatusCode=\"" + StatusCode + "\", Detail=\"" + Detail + "\")"; }
+        public Exception DebugException { get; }
+        public override string ToString()
+        {
+            var text = "Status(StatusCode=\"" + StatusCode + "\", Detail=\"" + Detail + "\"";
+            if (DebugException != null)
+                text += ", DebugException=\"" + DebugException.GetType() + ": " + DebugException.Message + "\"";
+            return text + ")";
+        }
     }
 
     public class RpcException : Exception
     {
-        public RpcException(Status status) : this(status, Metadata.Empty) { }
-        public RpcException(Status status, Metadata trailers) : base(status.ToString())
+        public RpcException(Status status) : this(status, Metadata.Empty, status.ToString()) { }
+        public RpcException(Status status, string message) : this(status, Metadata.Empty, message) { }
+        public RpcException(Status status, Metadata trailers) : this(status, trailers, status.ToString()) { }
+        public RpcException(Status status, Metadata trailers, string message) : base(message, status.DebugException)
         {
+            if (trailers == null) throw new ArgumentNullException("trailers");
             Status = status;
-            Trailers = trailers ?? Metadata.Empty;
+            Trailers = trailers;
         }
         public Status Status { get; }
         public StatusCode StatusCode { get { return Status.StatusCode; } }
@@ -44,30 +61,41 @@ namespace Grpc.Core
 
     public sealed class Metadata : IList<Metadata.Entry>
     {
-        public static readonly Metadata Empty = new Metadata();
+        public const string BinaryHeaderSuffix = "-bin";
+        /// <summary>A read-only instance: adding to it throws InvalidOperationException.</summary>
+        public static readonly Metadata Empty = new Metadata().Freeze();
         readonly List<Entry> entries = new List<Entry>();
+        bool readOnly;
 
-        public void Add(string key, string value) { entries.Add(new Entry(key, value)); }
-        public void Add(string key, byte[] valueBytes) { entries.Add(new Entry(key, valueBytes)); }
-        public void Add(Entry item) { entries.Add(item); }
+        public Metadata() { }
+        internal Metadata Freeze() { readOnly = true; return this; }
+        void CheckWriteable() { if (readOnly) throw new InvalidOperationException("Object is read only"); }
+
         public Entry Get(string key)
         {
             for (int i = entries.Count - 1; i >= 0; i--)
-                if (entries[i].Key == key.ToLowerInvariant()) return entries[i];
+                if (string.Equals(entries[i].Key, key, StringComparison.OrdinalIgnoreCase)) return entries[i];
             return null;
         }
         public string GetValue(string key) { var e = Get(key); return e == null ? null : e.Value; }
-
-        public Entry this[int index] { get { return entries[index]; } set { entries[index] = value; } }
-        public int Count { get { return entries.Count; } }
-        public bool IsReadOnly { get { return false; } }
+        public byte[] GetValueBytes(string key) { var e = Get(key); return e == null ? null : e.ValueBytes; }
+        public IEnumerable<Entry> GetAll(string key)
+        {
+            foreach (var e in entries) if (string.Equals(e.Key, key, StringComparison.OrdinalIgnoreCase)) yield return e;
+        }
+        public void Add(string key, string value) { Add(new Entry(key, value)); }
+        public void Add(string key, byte[] valueBytes) { Add(new Entry(key, valueBytes)); }
         public int IndexOf(Entry item) { return entries.IndexOf(item); }
-        public void Insert(int index, Entry item) { entries.Insert(index, item); }
-        public void RemoveAt(int index) { entries.RemoveAt(index); }
-        public void Clear() { entries.Clear(); }
+        public void Insert(int index, Entry item) { CheckWriteable(); entries.Insert(index, item); }
+        public void RemoveAt(int index) { CheckWriteable(); entries.RemoveAt(index); }
+        public Entry this[int index] { get { return entries[index]; } set { CheckWriteable(); entries[index] = value; } }
+        public void Add(Entry item) { CheckWriteable(); entries.Add(item); }
+        public void Clear() { CheckWriteable(); entries.Clear(); }
         public bool Contains(Entry item) { return entries.Contains(item); }
         public void CopyTo(Entry[] array, int arrayIndex) { entries.CopyTo(array, arrayIndex); }
-        public bool Remove(Entry item) { return entries.Remove(item); }
+        public int Count { get { return entries.Count; } }
+        public bool IsReadOnly { get { return readOnly; } }
+        public bool Remove(Entry item) { CheckWriteable(); return entries.Remove(item); }
         public IEnumerator<Entry> GetEnumerator() { return entries.GetEnumerator(); }
         IEnumerator IEnumerable.GetEnumerator() { return entries.GetEnumerator(); }
 
@@ -75,32 +103,108 @@ namespace Grpc.Core
         {
             readonly string value;
             readonly byte[] valueBytes;
-            public Entry(string key, string value) { Key = key.ToLowerInvariant(); this.value = value; }
-            public Entry(string key, byte[] valueBytes) { Key = key.ToLowerInvariant(); this.valueBytes = valueBytes; }
+
+            public Entry(string key, byte[] valueBytes)
+            {
+                Key = NormalizeKey(key);
+                if (!Key.EndsWith(BinaryHeaderSuffix, StringComparison.Ordinal))
+                    throw new ArgumentException("Key for binary valued metadata entry needs to have '-bin' suffix indicating binary value.");
+                if (valueBytes == null) throw new ArgumentNullException("valueBytes");
+                this.valueBytes = (byte[])valueBytes.Clone();
+            }
+
+            public Entry(string key, string value)
+            {
+                Key = NormalizeKey(key);
+                if (Key.EndsWith(BinaryHeaderSuffix, StringComparison.Ordinal))
+                    throw new ArgumentException("Key for ASCII valued metadata entry cannot have suffix indicating binary value.");
+                if (value == null) throw new ArgumentNullException("value");
+                this.value = value;
+            }
+
+            static string NormalizeKey(string key)
+            {
+                if (key == null) throw new ArgumentNullException("key");
+                foreach (char c in key)
+                {
+                    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')
+                              || c == '.' || c == '_' || c == '-';
+                    if (!ok)
+                        throw new ArgumentException("Metadata entry key not valid. Keys can only contain lowercase alphanumeric characters, underscores, hyphens and dots.");
+                }
+                return key.ToLowerInvariant();
+            }
+
             public string Key { get; }
-            public string Value { get { return value; } }
-            public byte[] ValueBytes { get { return valueBytes; } }
-            public bool IsBinary { get { return valueBytes != null; } }
+            public byte[] ValueBytes
+            {
+                get { return valueBytes != null ? (byte[])valueBytes.Clone() : System.Text.Encoding.ASCII.GetBytes(value); }
+            }
+            public string Value
+            {
+                get
+                {
+                    if (valueBytes != null) throw new InvalidOperationException("Cannot access string value of a binary metadata entry");
+                    return value;
+                }
+            }
+            public bool IsBinary { get { return value == null; } }
+            public override string ToString()
+            {
+                return IsBinary ? "[Entry: key=" + Key + ", valueBytes=" + valueBytes + "]" : "[Entry: key=" + Key + ", value=" + value + "]";
+            }
         }
     }
 
-    public class WriteOptions { }
+    [Flags] public enum WriteFlags { BufferHint = 0x1, NoCompress = 0x2 }
+
+    public class WriteOptions
+    {
+        public static readonly WriteOptions Default = new WriteOptions();
+        public WriteOptions(WriteFlags flags = default(WriteFlags)) { Flags = flags; }
+        public WriteFlags Flags { get; }
+    }
+
+    public abstract class ContextPropagationToken
+    {
+        internal ContextPropagationToken() { }
+    }
+
+    public abstract class CallCredentials
+    {
+        internal CallCredentials() { }
+    }
+
+    public abstract class ChannelCredentials
+    {
+        public ChannelCredentials() { }
+    }
 
     public struct CallOptions
     {
         public CallOptions(Metadata headers = null, DateTime? deadline = null,
-                           CancellationToken cancellationToken = default(CancellationToken))
+                           CancellationToken cancellationToken = default(CancellationToken),
+                           WriteOptions writeOptions = null, ContextPropagationToken propagationToken = null,
+                           CallCredentials credentials = null)
         {
-            Headers = headers;
-            Deadline = deadline;
-            CancellationToken = cancellationToken;
+            Headers = headers; Deadline = deadline; CancellationToken = cancellationToken;
+            WriteOptions = writeOptions; PropagationToken = propagationToken; Credentials = credentials;
+            IsWaitForReady = false;
         }
-        public Metadata Headers { get; }
-        public DateTime? Deadline { get; }
-        public CancellationToken CancellationToken { get; }
-        public CallOptions WithHeaders(Metadata headers) { return new CallOptions(headers, Deadline, CancellationToken); }
-        public CallOptions WithDeadline(DateTime deadline) { return new CallOptions(Headers, deadline, CancellationToken); }
-        public CallOptions WithCancellationToken(CancellationToken token) { return new CallOptions(Headers, Deadline, token); }
+        public Metadata Headers { get; private set; }
+        public DateTime? Deadline { get; private set; }
+        public CancellationToken CancellationToken { get; private set; }
+        public WriteOptions WriteOptions { get; private set; }
+        public ContextPropagationToken PropagationToken { get; private set; }
+        public CallCredentials Credentials { get; private set; }
+        public bool IsWaitForReady { get; private set; }
+        public CallOptions WithHeaders(Metadata headers) { var o = this; o.Headers = headers; return o; }
+        public CallOptions WithDeadline(DateTime deadline) { var o = this; o.Deadline = deadline; return o; }
+        public CallOptions WithCancellationToken(CancellationToken cancellationToken) { var o = this; o.CancellationToken = cancellationToken; return o; }
+        public CallOptions WithWriteOptions(WriteOptions writeOptions) { var o = this; o.WriteOptions = writeOptions; return o; }
+        public CallOptions WithPropagationToken(ContextPropagationToken propagationToken) { var o = this; o.PropagationToken = propagationToken; return o; }
+        public CallOptions WithCredentials(CallCredentials credentials) { var o = this; o.Credentials = credentials; return o; }
+        public CallOptions WithWaitForReady(bool waitForReady = true) { var o = this; o.IsWaitForReady = waitForReady; return o; }
     }
 
     public enum MethodType { Unary, ClientStreaming, ServerStreaming, DuplexStreaming }
@@ -275,9 +379,15 @@ namespace Grpc.Core
 
     public abstract class ChannelBase
     {
-        protected ChannelBase(string target) { Target = target; }
+        protected ChannelBase(string target)
+        {
+            if (target == null) throw new ArgumentNullException("target");
+            Target = target;
+        }
         public string Target { get; }
         public abstract CallInvoker CreateCallInvoker();
+        public Task ShutdownAsync() { return ShutdownAsyncCore(); }
+        protected virtual Task ShutdownAsyncCore() { return Task.FromResult(0); }
     }
 
     public abstract class ClientBase
