@@ -138,44 +138,6 @@ async def test_csharp_cancel_frees_the_slot(interop_exe, web, tmp_path):
     assert web.server.scheduler.load == (0, 0)
 
 
-@pytest.mark.parametrize("defines", [["ARBRIDGE_YAHH", "ARBRIDGE_TMP"], []],
-                         ids=["all-optional-packages", "none"])
-def test_unity_side_scripts_compile_against_api_stand_ins(tmp_path, defines):
-    """MonoBehaviours, transport, editor hook and sample: well-formed C# 7.2 that
-    uses the Unity / Grpc.Net / YetAnotherHttpHandler names the way they are
-    declared in tests/csharp/unity/ (a Unity build is the real proof)."""
-    sources = [*(REPO / "tests" / "csharp" / "unity").glob("*.cs"),
-               REPO / "tests" / "csharp" / "GrpcCoreApiShim.cs", *GENERATED.glob("*.cs"),
-               *(PACKAGE / "Runtime" / "Client").glob("*.cs"),
-               *(PACKAGE / "Runtime" / "Unity").glob("*.cs"), *(PACKAGE / "Editor").glob("*.cs"),
-               *(PACKAGE / "Samples~").rglob("*.cs")]
-    result = subprocess.run(
-        ["mcs", "-langversion:7.2", "-target:library", "-nowarn:1591",
-         *(f"-define:{d}" for d in defines), f"-r:{TOOLCHAIN / 'Google.Protobuf.dll'}",
-         f"-r:{TOOLCHAIN / 'System.Runtime.CompilerServices.Unsafe.dll'}",
-         "-r:System.Net.Http", f"-out:{tmp_path / 'unity.dll'}", *map(str, sources)],
-        capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_package_manifest_and_assembly_definitions():
-    manifest = json.loads((PACKAGE / "package.json").read_text())
-    assert manifest["name"] == "com.arbridge.client" and manifest["unity"] == "2021.3"
-    for dep in ("org.nuget.google.protobuf", "org.nuget.grpc.net.client",
-                "org.nuget.grpc.net.client.web"):
-        assert dep in manifest["dependencies"]
-    assert all((PACKAGE / s["path"]).is_dir() for s in manifest["samples"])
-    runtime = json.loads((PACKAGE / "Runtime" / "ArBridge.Client.asmdef").read_text())
-    assert runtime["noEngineReferences"] is True
-    assert {"Google.Protobuf.dll", "Grpc.Core.Api.dll"} <= set(runtime["precompiledReferences"])
-    unity = json.loads((PACKAGE / "Runtime" / "Unity" / "ArBridge.Client.Unity.asmdef")
-                       .read_text())
-    # A custom asmdef sees only what it lists: uGUI's Text needs UnityEngine.UI.
-    assert {"ArBridge.Client", "UnityEngine.UI"} <= set(unity["references"])
-    editor = json.loads((PACKAGE / "Editor" / "ArBridge.Client.Editor.asmdef").read_text())
-    assert editor["includePlatforms"] == ["Editor"]
-
-
 async def test_csharp_dialogue_over_grpc_web_with_ask(interop_exe, web):
     url = f"http://127.0.0.1:{web.server.grpc_web_port}"
     code, out, err = await run_mono(interop_exe, "ask", url)

@@ -37,9 +37,11 @@ PLATFORM_DEFINES = {"StandaloneLinux64": ["UNITY_STANDALONE", "UNITY_STANDALONE_
                     "Android": ["UNITY_ANDROID"], "iOS": ["UNITY_IOS"],
                     "WebGL": ["UNITY_WEBGL"]}
 # Packages whose assemblies a scenario can have installed: package -> stand-in assemblies.
-PACKAGE_ASSEMBLIES = {"com.unity.ugui": ["UnityEngine.UI"],
-                      "com.unity.textmeshpro": ["Unity.TextMeshPro"],
-                      "com.cysharp.yetanotherhttphandler": ["Cysharp.Net.Http.YetAnotherHttpHandler"]}
+PACKAGE_ASSEMBLIES = {
+    "com.unity.ugui": ["UnityEngine.UI"],
+    "com.unity.textmeshpro": ["Unity.TextMeshPro"],
+    "com.cysharp.yetanotherhttphandler": ["Cysharp.Net.Http.YetAnotherHttpHandler"],
+}
 # In Unity 6, TextMeshPro ships inside com.unity.ugui 2.x (same assembly name).
 UGUI_WITH_TMP = "2.0.0"
 # Precompiled DLLs from the NuGet dependencies (UnityNuGet puts them in the project).

@@ -59,6 +59,63 @@ namespace UnityEngine
     public sealed class RangeAttribute : PropertyAttribute { public RangeAttribute(float min, float max) { } }
     [AttributeUsage(AttributeTargets.Field, Inherited = true, AllowMultiple = false)]
     public sealed class SerializeField : Attribute { }
+
+    public enum RuntimeInitializeLoadType
+    {
+        AfterSceneLoad = 0, BeforeSceneLoad = 1, AfterAssembliesLoaded = 2, BeforeSplashScreen = 3,
+        SubsystemRegistration = 4,
+    }
+    [AttributeUsage(AttributeTargets.Method, AllowMultiple = false)]
+    public class RuntimeInitializeOnLoadMethodAttribute : Scripting.PreserveAttribute
+    {
+        public RuntimeInitializeOnLoadMethodAttribute() { loadType = RuntimeInitializeLoadType.AfterSceneLoad; }
+        public RuntimeInitializeOnLoadMethodAttribute(RuntimeInitializeLoadType loadType) { this.loadType = loadType; }
+        public RuntimeInitializeLoadType loadType { get; private set; }
+    }
+    public sealed class Debug
+    {
+        public static void Log(object message) { Console.WriteLine(message); }
+        public static void LogWarning(object message) { Console.WriteLine(message); }
+        public static void LogError(object message) { Console.Error.WriteLine(message); }
+    }
+}
+
+namespace UnityEngine.Scripting
+{
+    [AttributeUsage(AttributeTargets.Assembly | AttributeTargets.Class | AttributeTargets.Struct | AttributeTargets.Enum |
+                    AttributeTargets.Constructor | AttributeTargets.Method | AttributeTargets.Property | AttributeTargets.Field |
+                    AttributeTargets.Event | AttributeTargets.Interface | AttributeTargets.Delegate, Inherited = false)]
+    public class PreserveAttribute : Attribute { }
+}
+
+// Runtime/Export/PlayerLoop/PlayerLoop.bindings.cs (2021.3.9f1)
+namespace UnityEngine.PlayerLoop
+{
+    public struct Update { }
+}
+
+namespace UnityEngine.LowLevel
+{
+    public struct PlayerLoopSystem
+    {
+        public Type type;
+        public PlayerLoopSystem[] subSystemList;
+        public UpdateFunction updateDelegate;
+        public IntPtr updateFunction;
+        public IntPtr loopConditionFunction;
+        public delegate void UpdateFunction();
+    }
+    public class PlayerLoop
+    {
+        // Stand-in state: a root with an empty Update phase, and the loop last set (tests read it).
+        internal static PlayerLoopSystem current = new PlayerLoopSystem
+        {
+            subSystemList = new[] { new PlayerLoopSystem { type = typeof(UnityEngine.PlayerLoop.Update), subSystemList = new PlayerLoopSystem[0] } },
+        };
+        public static PlayerLoopSystem GetDefaultPlayerLoop() { return current; }
+        public static PlayerLoopSystem GetCurrentPlayerLoop() { return current; }
+        public static void SetPlayerLoop(PlayerLoopSystem loop) { current = loop; }
+    }
 }
 
 namespace UnityEngine.Events

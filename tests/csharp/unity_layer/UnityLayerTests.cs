@@ -46,6 +46,7 @@ static class UnityLayerTests
             Timeouts(kind);
             AgentLifecycle().Wait();
             StreamerLifecycle().Wait();
+            if (kind != "desktop") ThreadPoolPump();
         }
         Console.WriteLine(failures == 0 ? "unity layer ok" : failures + " failure(s)");
         return failures == 0 ? 0 : 1;
@@ -239,6 +240,22 @@ static class UnityLayerTests
         var cts = (CancellationTokenSource)field.GetValue(streamer);
         Check(Throws(() => { var unused = cts.Token; }) is ObjectDisposedException, "OnDestroy disposes its token source");
         Check(Throws(() => streamer.Describe(new SceneFeatures())) == null, "Describe after destroy is a no-op");
+    }
+
+    // In a WebGL player the package hooks a thread-pool pump into the Update phase.
+    static void ThreadPoolPump()
+    {
+        var pump = Type.GetType("ArBridge.Unity.WebGLThreadPoolPump, ArBridge.Client.Unity");
+        Check(pump != null, "WebGL builds carry the thread-pool pump");
+        if (pump == null) return;
+        pump.GetMethod("Install", BindingFlags.Static | BindingFlags.NonPublic).Invoke(null, null);
+        var update = UnityEngine.LowLevel.PlayerLoop.GetCurrentPlayerLoop().subSystemList[0];
+        Check(update.subSystemList.Length == 1 && update.subSystemList[0].updateDelegate != null,
+              "the pump runs in the Update phase");
+        var ran = new ManualResetEventSlim();
+        ThreadPool.QueueUserWorkItem(_ => ran.Set());
+        for (int frame = 0; frame < 50 && !ran.IsSet; frame++) update.subSystemList[0].updateDelegate();
+        Check(Throws(() => update.subSystemList[0].updateDelegate()) == null, "a frame's pump does not throw");
     }
 
     // -- editor -------------------------------------------------------------------------
