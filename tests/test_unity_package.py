@@ -186,3 +186,55 @@ def test_unity_components_lifecycle_and_transports(toolchain, tmp_path, kind):
     run = subprocess.run(["mono", str(exe), kind], capture_output=True, text=True, timeout=60,
                          cwd=work)
     assert run.returncode == 0 and "unity layer ok" in run.stdout, run.stdout + run.stderr
+
+
+# -- the manifest and the documented install route ----------------------------------------
+def test_manifest_follows_the_package_validation_rules_that_apply():
+    """com.unity.package-validation-suite's manifest rules for a third-party package."""
+    import json
+
+    manifest = json.loads((PACKAGE / "package.json").read_text())
+    assert re.fullmatch(r"com(\.[a-z0-9][a-z0-9-]*){2,}", manifest["name"])
+    assert len(manifest["name"]) <= 214
+    assert re.fullmatch(r"\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?", manifest["version"])
+    assert re.fullmatch(r"\d{4}\.\d+", manifest["unity"]) and manifest["unity"] >= "2021.3"
+    assert 0 < len(manifest["displayName"]) <= 50 and manifest["description"]
+    for name, version in manifest["dependencies"].items():
+        assert name.startswith(("com.unity.", "org.nuget.")), name
+        assert re.fullmatch(r"\d+\.\d+\.\d+", version), f"{name}: exact version, not {version}"
+    assert "com.unity.modules.unitywebrequest" in manifest["dependencies"]  # Unity 6.5 WebGL
+    for sample in manifest["samples"]:
+        assert sample["path"].startswith("Samples~/") and (PACKAGE / sample["path"]).is_dir()
+
+
+def _documented_manifest() -> dict:
+    import json
+
+    readme = (PACKAGE / "README.md").read_text()
+    blocks = re.findall(r"```json\n(.*?)```", readme, re.S)
+    found = [json.loads(b) for b in blocks if '"scopedRegistries"' in b]
+    assert len(found) == 1, "the README shows one manifest.json to merge"
+    return found[0]
+
+
+def test_the_documented_manifest_resolves_every_dependency():
+    import json
+
+    documented = _documented_manifest()
+    manifest = json.loads((PACKAGE / "package.json").read_text())
+    registry = documented["scopedRegistries"][0]
+    assert registry["url"] == "https://unitynuget-registry.azurewebsites.net"  # UnityNuGet's README
+    nuget = [d for d in manifest["dependencies"] if not d.startswith("com.unity.")]
+    assert all(any(d.startswith(scope + ".") for scope in registry["scopes"]) for d in nuget)
+    deps = documented["dependencies"]
+    # YetAnotherHttpHandler pinned to a release tag, with its own dependencies package.
+    for name, path in (("com.cysharp.yetanotherhttphandler", "src/YetAnotherHttpHandler"),
+                       ("com.cysharp.yetanotherhttphandler.dependencies",
+                        "src/YetAnotherHttpHandler.Dependencies")):
+        assert re.fullmatch(rf"https://github\.com/Cysharp/YetAnotherHttpHandler\.git\?path="
+                            rf"{re.escape(path)}#\d+\.\d+\.\d+", deps[name]), deps[name]
+    assert deps["com.arbridge.client"].endswith("?path=unity_client")
+    # The asmdef's versionDefines watch the package the README installs.
+    unity = json.loads((PACKAGE / "Runtime" / "Unity" / "ArBridge.Client.Unity.asmdef").read_text())
+    assert {"com.cysharp.yetanotherhttphandler", "com.unity.ugui"} <= {
+        v["name"] for v in unity["versionDefines"]}
