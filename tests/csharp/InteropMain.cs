@@ -258,6 +258,15 @@ namespace ArBridge.Tests
             var cts = (CancellationTokenSource)field.GetValue(session);
             Check(await Throws(() => { var unused = cts.Token; return Task.FromResult(0); })
                   is ObjectDisposedException, "the session's CancellationTokenSource is disposed");
+
+            var ask = new AskDialogue(() => new ArBridgeClient(new ScriptedInvoker()), new ConverseStart());
+            ask.Dispose();
+            var askCts = (CancellationTokenSource)typeof(AskDialogue).GetField("lifetime",
+                System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Instance).GetValue(ask);
+            Check(await Throws(() => { var unused = askCts.Token; return Task.FromResult(0); })
+                  is ObjectDisposedException, "AskDialogue's CancellationTokenSource is disposed");
+            Check(await Throws(() => ask.AskAsync("after dispose")) is ObjectDisposedException,
+                  "AskDialogue.AskAsync after Dispose: ObjectDisposedException");
         }
     }
 

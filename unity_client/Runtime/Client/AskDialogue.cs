@@ -18,6 +18,7 @@ namespace ArBridge.Client
         readonly ConverseStart start;
         readonly SynchronizationContext context;
         readonly CancellationTokenSource lifetime = new CancellationTokenSource();
+        bool disposed;
         readonly DialogueLog log = new DialogueLog();
         readonly object gate = new object();
         SceneFeatures scene;
@@ -235,9 +236,13 @@ namespace ArBridge.Client
             return Task.FromResult(0);
         }
 
+        /// <summary>Cancels the turn in flight; later calls throw ObjectDisposedException.</summary>
         public void Dispose()
         {
-            if (!lifetime.IsCancellationRequested) lifetime.Cancel();
+            if (disposed) return;
+            disposed = true;
+            lifetime.Cancel();
+            lifetime.Dispose();  // linked sources made from it are disposed by their own turns
         }
 
         void Raise(Action action)
