@@ -190,15 +190,20 @@ def test_unity_components_lifecycle_and_transports(toolchain, tmp_path, kind):
 
 # -- the manifest and the documented install route ----------------------------------------
 def test_manifest_follows_the_package_validation_rules_that_apply():
-    """com.unity.package-validation-suite's manifest rules for a third-party package."""
+    """com.unity.package-validation-suite's manifest rules that apply to a third-party
+    package (US0006 naming, US0007 manifest, ManifestValidation: display name length,
+    semver dependencies, an author for non-Unity packages)."""
     import json
 
     manifest = json.loads((PACKAGE / "package.json").read_text())
-    assert re.fullmatch(r"com(\.[a-z0-9][a-z0-9-]*){2,}", manifest["name"])
-    assert len(manifest["name"]) <= 214
+    assert re.fullmatch(r"[a-z0-9][a-z0-9-._]{0,213}", manifest["name"])  # US0006
+    assert manifest["name"].startswith("com.") and not manifest["name"].startswith("com.unity.")
+    assert re.fullmatch(r"[a-zA-Z0-9 ]+", manifest["displayName"])  # US0006
+    assert len(manifest["displayName"]) <= 50  # ManifestValidation.MaxDisplayNameLength
+    assert re.fullmatch(r"[0-9]{4}\.[0-9]+", manifest["unity"]) and len(manifest["unity"]) <= 6
+    assert manifest["unity"] >= "2021.3"  # YetAnotherHttpHandler's floor
     assert re.fullmatch(r"\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?", manifest["version"])
-    assert re.fullmatch(r"\d{4}\.\d+", manifest["unity"]) and manifest["unity"] >= "2021.3"
-    assert 0 < len(manifest["displayName"]) <= 50 and manifest["description"]
+    assert manifest["description"] and manifest["author"]["name"]
     for name, version in manifest["dependencies"].items():
         assert name.startswith(("com.unity.", "org.nuget.")), name
         assert re.fullmatch(r"\d+\.\d+\.\d+", version), f"{name}: exact version, not {version}"
