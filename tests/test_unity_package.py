@@ -154,13 +154,21 @@ def test_every_conditional_branch_is_compiled_both_ways():
         assert on and len(on) < len(SCENARIOS), f"{symbol} is never {'on' if not on else 'off'}"
 
 
+def test_version_define_expressions():
+    from unity_build import version_matches
+    assert version_matches("1.0.0", "1.11.5") and not version_matches("2.0.0", "1.11.5")
+    assert version_matches("[1.0,2.0)", "1.5.0") and not version_matches("[1.0,2.0)", "2.0.0")
+    assert version_matches("[1.0]", "1.0.0") and not version_matches("[1.0]", "1.5.0")
+    assert version_matches("(1.0,]", "1.0.1") and not version_matches("(1.0,]", "1.0.0")
+
+
 def _version_defines_of(scenario):
     from unity_build import _version_defines, asmdefs
     return [d for a in asmdefs(PACKAGE) for d in _version_defines(a.spec, scenario)]
 
 
 LAYER_RUNS = {"desktop": "2022.3-ios", "webgl": "6000.0-webgl", "webgl65": "6000.5-webgl",
-              "editor": "2021.3-editor"}
+              "editor": "6000.5-editor-webgl"}
 
 
 @pytest.mark.parametrize("kind", LAYER_RUNS)
@@ -228,7 +236,8 @@ def test_the_documented_manifest_resolves_every_dependency():
     documented = _documented_manifest()
     manifest = json.loads((PACKAGE / "package.json").read_text())
     registry = documented["scopedRegistries"][0]
-    assert registry["url"] == "https://unitynuget-registry.azurewebsites.net"  # UnityNuGet's README
+    # UnityNuGet's feed since its Azure one was shut down (March 2025).
+    assert registry["url"] == "https://unitynuget-registry.openupm.com"
     nuget = [d for d in manifest["dependencies"] if not d.startswith("com.unity.")]
     assert all(any(d.startswith(scope + ".") for scope in registry["scopes"]) for d in nuget)
     deps = documented["dependencies"]

@@ -82,12 +82,16 @@ class Scenario:
 
 
 def _version(text: str) -> tuple:
-    return tuple(int(x) for x in re.findall(r"\d+", text)[:3])
+    parts = [int(x) for x in re.findall(r"\d+", text)[:3]]
+    return tuple(parts + [0] * (3 - len(parts)))
 
 
 def version_matches(expression: str, version: str) -> bool:
     """Unity's versionDefines expression: "1.0.0" means >= 1.0.0; "[1.0,2.0)" ranges."""
     v = _version(version)
+    exact = re.fullmatch(r"\s*\[\s*([^,\]]+?)\s*\]\s*", expression)
+    if exact:  # "[1.0]": exactly that version
+        return v == _version(exact.group(1))
     m = re.fullmatch(r"\s*([\[(])\s*([^,]*)\s*,\s*([^\])]*)\s*([\])])\s*", expression)
     if m is None:
         return v >= _version(expression)
@@ -255,9 +259,9 @@ def _excluded(spec: dict, scenario: Scenario, defines: list[str]) -> str | None:
     if platform in exclude:
         return f"excludePlatforms has {platform}"
     for constraint in spec.get("defineConstraints", []):
-        negated = constraint.startswith("!")
-        symbol = constraint.lstrip("!")
-        if (symbol in defines) == negated:
+        # Every constraint must hold; one may be "A || !B" (any alternative holds).
+        alternatives = [a.strip() for a in constraint.split("||")]
+        if not any((a.lstrip("!") in defines) != a.startswith("!") for a in alternatives):
             return f"defineConstraints: {constraint}"
     return None
 

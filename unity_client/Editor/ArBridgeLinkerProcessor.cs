@@ -29,6 +29,10 @@ namespace ArBridge.Editor
                     // ignoreIfMissing: an assembly a project does not have (Grpc.Net.Client.Web
                     // without gRPC-Web, say) must not fail the build.
                     writer.WriteLine("  <assembly fullname=\"" + assembly + "\" preserve=\"all\" ignoreIfMissing=\"1\"/>");
+                // The WebGL thread-pool pump reaches this by reflection (WebGLThreadPoolPump.cs).
+                writer.WriteLine("  <assembly fullname=\"mscorlib\">");
+                writer.WriteLine("    <type fullname=\"System.Threading._ThreadPoolWaitCallback\" preserve=\"all\"/>");
+                writer.WriteLine("  </assembly>");
                 writer.WriteLine("</linker>");
             }
             return path;

@@ -39,7 +39,13 @@ static class UnityLayerTests
     static int Main(string[] args)
     {
         string kind = args[0];
-        if (kind == "editor") Linker();
+        if (kind == "editor")
+        {
+            Linker();
+            // The Editor with WebGL as build target: gRPC-Web in Play mode, but not a browser.
+            Check(ArBridgeChannels.DefaultForThisPlatform == ArBridgeTransport.GrpcWeb
+                  && !ArBridgeChannels.RunsInBrowser, "WebGL target in the Editor uses gRPC-Web");
+        }
         else
         {
             Handlers(kind);
@@ -70,6 +76,8 @@ static class UnityLayerTests
     {
         bool browser = kind != "desktop";
         Check(ArBridgeChannels.RunsInBrowser == browser, "RunsInBrowser in " + kind);
+        Check(ArBridgeChannels.DefaultForThisPlatform == (browser ? ArBridgeTransport.GrpcWeb : ArBridgeTransport.Http2),
+              "default transport in " + kind);
         // The app's inner handler stays the app's: a channel made with it, then disposed (the
         // endpoint swaps address or transport), must leave it usable for the next channel.
         var inner = new AppHandler();
@@ -220,6 +228,15 @@ static class UnityLayerTests
         await agent2.AskAsync("again");
         Check(fast.Calls.Count == 2, "the next Ask opens a new dialogue");
         Call(agent2, "OnDestroy");
+        agent2.Ask("a late speech callback");
+        await Task.Delay(50);
+        Check(fast.Calls.Count == 2, "a destroyed agent opens no new dialogue");
+        Check(errors2.Count == 0, "nor reports one: " + string.Join(" | ", errors2));
+
+        var endpoint = Endpoint(fast);
+        Call(endpoint, "OnDestroy");
+        Check(Throws(() => { var c = endpoint.Client; }) is ObjectDisposedException,
+              "a destroyed endpoint makes no new channel");
     }
 
     static async Task StreamerLifecycle()
@@ -270,6 +287,8 @@ static class UnityLayerTests
         foreach (var name in new[] { "Google.Protobuf", "Grpc.Core.Api", "Grpc.Net.Client", "Grpc.Net.Client.Web" })
             Check(xml.Contains("fullname=\"" + name + "\" preserve=\"all\" ignoreIfMissing=\"1\""),
                   "link.xml preserves " + name + " with ignoreIfMissing");
+        Check(xml.Contains("<type fullname=\"System.Threading._ThreadPoolWaitCallback\" preserve=\"all\"/>"),
+              "link.xml keeps what the WebGL pump reaches by reflection");
 #else
         Check(false, "the linker test runs in an editor build");
 #endif

@@ -30,10 +30,20 @@ namespace ArBridge.Unity
             }
         }
 
-        /// <summary>gRPC-Web on WebGL (browsers cannot speak gRPC's HTTP/2), HTTP/2 elsewhere.</summary>
+        /// <summary>
+        /// gRPC-Web for WebGL (browsers cannot speak gRPC's HTTP/2), HTTP/2 elsewhere. The Editor
+        /// with WebGL as its build target uses gRPC-Web too, so Play mode talks to the same port.
+        /// </summary>
         public static ArBridgeTransport DefaultForThisPlatform
         {
-            get { return RunsInBrowser ? ArBridgeTransport.GrpcWeb : ArBridgeTransport.Http2; }
+            get
+            {
+#if UNITY_WEBGL
+                return ArBridgeTransport.GrpcWeb;
+#else
+                return ArBridgeTransport.Http2;
+#endif
+            }
         }
 
         /// <summary>

@@ -1,5 +1,6 @@
 using System;
 using System.Net.Http;
+using System.Runtime.CompilerServices;
 using ArBridge.Client;
 using Grpc.Net.Client;
 using UnityEngine;
@@ -63,12 +64,19 @@ namespace ArBridge.Unity
         {
             get
             {
+                if (destroyed) throw new ObjectDisposedException("ArBridgeEndpoint");
                 var chosen = ChosenTransport;
-                string wantChannel = callInvoker != null ? "custom" : address + "|" + chosen;
-                if (callInvoker == null && (channel == null || channelKey != wantChannel))
+                // Any setting the channel is made from: changing one makes a new channel.
+                string wantChannel = callInvoker != null
+                    ? "invoker:" + RuntimeHelpers.GetHashCode(callInvoker)
+                    : address + "|" + chosen + "|" + rootCertificatesPem + "|"
+                      + (grpcWebInnerHandler == null ? 0 : RuntimeHelpers.GetHashCode(grpcWebInnerHandler));
+                if (channelKey != wantChannel)
                 {
                     if (channel != null) channel.Dispose();
-                    channel = ArBridgeChannels.Create(address, chosen, rootCertificatesPem, grpcWebInnerHandler);
+                    channel = callInvoker == null
+                        ? ArBridgeChannels.Create(address, chosen, rootCertificatesPem, grpcWebInnerHandler)
+                        : null;
                     channelKey = wantChannel;
                     client = null;
                 }
@@ -100,8 +108,11 @@ namespace ArBridge.Unity
             }
         }
 
+        bool destroyed;
+
         void OnDestroy()
         {
+            destroyed = true;
             if (channel != null) channel.Dispose();
             channel = null;
             client = null;

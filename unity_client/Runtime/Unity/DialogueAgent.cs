@@ -31,10 +31,12 @@ namespace ArBridge.Unity
         IDialogue session;
         Task starting;
         int closedCount;
+        bool destroyed;
 
         /// <summary>Sends a user turn (fire and forget, for UI buttons and speech results).</summary>
         public async void Ask(string text)
         {
+            if (destroyed) return;  // a late UI or speech callback: the agent is gone
             int generation = closedCount;
             try
             {
@@ -52,6 +54,7 @@ namespace ArBridge.Unity
         /// <summary>Sends a user turn, with a fresh scene when given. Returns the turn id.</summary>
         public async Task<uint> AskAsync(string text, SceneFeatures scene = null)
         {
+            if (destroyed) throw new ObjectDisposedException("DialogueAgent");
             var current = await EnsureStartedAsync();
             return await current.AskAsync(text, scene);
         }
@@ -75,6 +78,8 @@ namespace ArBridge.Unity
         /// <summary>Grounds the next replies in a new scene.</summary>
         public async void UpdateScene(SceneFeatures scene)
         {
+            if (destroyed) return;
+            int generation = closedCount;
             try
             {
                 var current = await EnsureStartedAsync();
@@ -83,7 +88,7 @@ namespace ArBridge.Unity
             catch (OperationCanceledException) { }
             catch (Exception e)
             {
-                onError.Invoke(e.Message);
+                if (generation == closedCount) onError.Invoke(e.Message);
             }
         }
 
@@ -124,6 +129,7 @@ namespace ArBridge.Unity
 
         void OnDestroy()
         {
+            destroyed = true;
             Close();
         }
 
