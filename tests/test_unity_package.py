@@ -211,7 +211,7 @@ def test_manifest_follows_the_package_validation_rules_that_apply():
     assert re.fullmatch(r"[0-9]{4}\.[0-9]+", manifest["unity"]) and len(manifest["unity"]) <= 6
     assert manifest["unity"] >= "2021.3"  # YetAnotherHttpHandler's floor
     assert re.fullmatch(r"\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?", manifest["version"])
-    assert manifest["description"] and manifest["author"]["name"]
+    assert len(manifest["description"]) >= 50 and manifest["author"]["name"]
     for name, version in manifest["dependencies"].items():
         assert name.startswith(("com.unity.", "org.nuget.")), name
         assert re.fullmatch(r"\d+\.\d+\.\d+", version), f"{name}: exact version, not {version}"
