@@ -91,8 +91,13 @@ def test_scene_constraint_bans_only_absent_objects(loaded):
     assert cfg.banned is not None and cfg.no_repeat_ngram == 4
     off = constraint.apply(SamplingConfig(scene_constraint=0.0), scene, caption=True)
     assert off.banned is None
+    # Dialogue about a scene: the noun mask, but none of the caption-only rules.
     dialogue = constraint.apply(SamplingConfig(), scene, caption=False)
-    assert dialogue.banned is None and dialogue.no_repeat_ngram == 0
+    assert dialogue.banned is not None and dialogue.no_repeat_ngram == 0
+    assert dialogue.object_rules is None and dialogue.max_sentences == 0
+    chat = constraint.apply(SamplingConfig(scene_constraint=0.0), scene, caption=False)
+    assert chat.banned is None
+    assert constraint.apply(SamplingConfig(), None, caption=False).banned is None
 
 
 def test_object_rules_mask_false_places_and_early_ends():

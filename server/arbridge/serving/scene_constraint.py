@@ -107,14 +107,18 @@ class SceneConstraint:
     def apply(self, cfg: SamplingConfig, scene: pb.SceneFeatures | None,
               caption: bool, supported: bool = True) -> SamplingConfig:
         """`cfg` with the request's constraints resolved: a caption defaults to a hard
-        mask and no repeated 4-grams, a dialogue turn to neither; a backend without
-        them (`supported` False) gets none (an explicit ask was refused earlier)."""
+        mask of absent nouns and no repeated 4-grams, a dialogue turn about a scene to the
+        hard mask only (its place rules are caption rules); a backend without them
+        (`supported` False) gets none (an explicit ask was refused earlier)."""
         if not supported:
             return cfg
         no_repeat = cfg.no_repeat_ngram or (CAPTION_NO_REPEAT_NGRAM if caption else 0)
         penalty = cfg.scene_constraint
         if penalty is None:
-            penalty = HARD if caption else 0.0
+            # Both captions and dialogue about a scene: measured on Ask questions, masking
+            # absent nouns took "is there a ...?" answers from 65 % to 95 % right (tune
+            # split). A request sets scene_constraint 0 to talk about anything.
+            penalty = HARD
         banned = self.banned(scene, penalty) if scene is not None and penalty > 0 else None
         sentences = cfg.max_sentences or (CAPTION_MAX_SENTENCES if caption else 0)
         rules = (self.object_rules(scene)
