@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import math
 
-from arbridge.serving.scene_text import describe_scene, place
+from arbridge.serving.scene_text import describe_scene, place, side_hint
 from arbridge.v1 import types_pb2 as pb
 
 
@@ -68,3 +68,19 @@ def test_far_objects_behind_and_articles():
 
 def test_empty_scene_is_empty_text():
     assert describe_scene(pb.SceneFeatures()) == ""
+
+
+def test_side_hint_answers_from_the_geometry():
+    scene = pb.SceneFeatures(camera_pose=pose(5, 0, 5, yaw_deg=90), objects=[
+        pb.SceneObject(id="a", label="lamp", pose=pose(5, 0, 8)),     # left, 3 m
+        pb.SceneObject(id="b", label="cup", pose=pose(5, 0, 6)),      # left, 1 m
+        pb.SceneObject(id="c", label="door", pose=pose(9, 0, 5)),     # ahead
+        pb.SceneObject(id="d", label="plant", pose=pose(2, 0, 5)),    # behind
+        pb.SceneObject(id="e", label="ghost")])                       # no pose: not placed
+    assert side_hint(scene, "What is on my left?") == "On your left: the cup, the lamp."
+    assert side_hint(scene, "anything to the left of me") == "On your left: the cup, the lamp."
+    assert side_hint(scene, "What's in front of me?") == "Ahead of you: the door."
+    assert side_hint(scene, "Is something behind me?") == "Behind you: the plant."
+    assert side_hint(scene, "What is on my right?") == "Nothing is on your right."
+    assert side_hint(scene, "How far away is the lamp?") == ""
+    assert side_hint(scene, "I left my keys somewhere") == ""

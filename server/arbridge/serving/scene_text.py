@@ -13,6 +13,7 @@ Coordinates follow Unity: metres, +X right, +Y up, +Z forward.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from arbridge.v1 import types_pb2 as pb
@@ -107,3 +108,31 @@ def describe_scene(scene: pb.SceneFeatures, metres: bool = True) -> str:
     for obj in sorted(scene.objects, key=lambda o: _sort_key(o, camera)):
         sentences.append(describe_object(obj, camera, metres))
     return " ".join(sentences)
+
+
+# "on my left", "to the right of me", "behind me", "in front of me" -> a Placement direction
+_SIDE_WORDS = [
+    (re.compile(r"\b(on|to) (my|the) left\b|\bleft of me\b", re.I), "to the left"),
+    (re.compile(r"\b(on|to) (my|the) right\b|\bright of me\b", re.I), "to the right"),
+    (re.compile(r"\bbehind (me|us)\b", re.I), "behind"),
+    (re.compile(r"\b(in front of (me|us)|ahead( of (me|us))?)\b", re.I), "ahead"),
+]
+_SIDE_NAMES = {"to the left": "on your left", "to the right": "on your right",
+               "behind": "behind you", "ahead": "ahead of you"}
+
+
+def side_hint(scene: pb.SceneFeatures, question: str) -> str:
+    """For a question about one side of the wearer, what the geometry puts there, in
+    words ("On your left: the lamp."); '' for any other question."""
+    camera = scene.camera_pose
+    for pattern, direction in _SIDE_WORDS:
+        if pattern.search(question):
+            nearest_first = sorted(scene.objects, key=lambda o: _sort_key(o, camera))
+            labels = [o.label.strip() for o in nearest_first
+                      if o.HasField("pose") and o.label.strip()
+                      and place(o.pose, camera).direction == direction]
+            where = _SIDE_NAMES[direction]
+            if not labels:
+                return f"Nothing is {where}."
+            return f"{where[0].upper()}{where[1:]}: " + ", ".join(f"the {x}" for x in labels) + "."
+    return ""
