@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import math
 
-from arbridge.serving.scene_text import describe_scene, place, side_hint
+from arbridge.serving.scene_text import describe_scene, mention_hint, place, side_hint
 from arbridge.v1 import types_pb2 as pb
 
 
@@ -84,3 +84,17 @@ def test_side_hint_answers_from_the_geometry():
     assert side_hint(scene, "What is on my right?") == "Nothing is on your right."
     assert side_hint(scene, "How far away is the lamp?") == ""
     assert side_hint(scene, "I left my keys somewhere") == ""
+
+
+def test_mention_hint_gives_the_places_of_the_objects_a_question_names():
+    scene = pb.SceneFeatures(camera_pose=pose(0, 0, 0), objects=[
+        pb.SceneObject(id="a", label="lamp", pose=pose(-2, 0, 1)),
+        pb.SceneObject(id="b", label="traffic light", pose=pose(0, 0, 5)),
+        pb.SceneObject(id="c", label="cup", pose=pose(1, 0, 1))])
+    lamp = mention_hint(scene, "How far away is the lamp?")
+    assert lamp.startswith("A lamp is to the left") and "2.2 m" in lamp
+    assert mention_hint(scene, "Are the traffic lights on?").startswith("A traffic light is ahead")
+    both = mention_hint(scene, "Is the cup closer than the lamp?")
+    assert both.index("cup") < both.index("lamp")  # nearest first, as in the scene text
+    assert mention_hint(scene, "Is there a cupboard here?") == ""  # whole words only
+    assert mention_hint(scene, "What time is it?") == ""

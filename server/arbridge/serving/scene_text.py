@@ -136,3 +136,21 @@ def side_hint(scene: pb.SceneFeatures, question: str) -> str:
                 return f"Nothing is {where}."
             return f"{where[0].upper()}{where[1:]}: " + ", ".join(f"the {x}" for x in labels) + "."
     return ""
+
+
+def mention_hint(scene: pb.SceneFeatures, question: str) -> str:
+    """For the scene objects a question names ("how far is the lamp?"), their place,
+    as the scene text says it ("A lamp is to the left, near you, 1.5 m away.")."""
+    words = set(re.findall(r"[a-z]+", question.lower()))
+    text = " " + " ".join(re.findall(r"[a-z]+", question.lower())) + " "
+    camera = scene.camera_pose
+    out = []
+    for obj in sorted(scene.objects, key=lambda o: _sort_key(o, camera)):
+        label = obj.label.strip().lower()
+        if not label or not obj.HasField("pose"):
+            continue
+        named = (f" {label} " in text or f" {label}s " in text or f" {label}es " in text
+                 if " " in label else label in words or f"{label}s" in words)
+        if named:
+            out.append(describe_object(obj, camera))
+    return " ".join(out)
