@@ -44,6 +44,8 @@ PACKAGE_ASSEMBLIES = {
 }
 # In Unity 6, TextMeshPro ships inside com.unity.ugui 2.x (same assembly name).
 UGUI_WITH_TMP = "2.0.0"
+# Google.Protobuf's own NuGet dependency, which UnityNuGet installs beside it.
+_UNSAFE = TOOLCHAIN / "System.Runtime.CompilerServices.Unsafe.dll"
 # Precompiled DLLs from the NuGet dependencies (UnityNuGet puts them in the project).
 PRECOMPILED = ["Google.Protobuf.dll", "Grpc.Core.Api.dll", "Grpc.Net.Client.dll",
                "Grpc.Net.Client.Web.dll", "Grpc.Net.Common.dll"]
@@ -179,7 +181,7 @@ def build(scenario: Scenario, out: Path, package: Path = PACKAGE) -> BuildResult
             return available[name]
         path, refs = standins[name]
         dll = out / f"{name}.dll"
-        _mcs(dll, [path], [standin(r) for r in refs] + _protobuf_refs(name), defines)
+        _mcs(dll, [path], [standin(r) for r in refs] + [_UNSAFE], defines)
         available[name] = dll
         return dll
 
@@ -223,7 +225,7 @@ def build(scenario: Scenario, out: Path, package: Path = PACKAGE) -> BuildResult
             else:
                 refs += list(precompiled.values())
             dll = out / f"{asm.name}.dll"
-            _mcs(dll, asm.sources, refs + _protobuf_refs(asm.name), asm_defines)
+            _mcs(dll, asm.sources, refs + [_UNSAFE], asm_defines)
             built[asm.name] = dll
         if not progressed:
             raise BuildError(f"reference cycle among {[a.name for a in pending]}")
@@ -238,17 +240,12 @@ def build_samples(result: BuildResult, out: Path, package: Path = PACKAGE) -> Pa
             if _spec(package, name).get("autoReferenced", True)]
     refs += list(result.standins.values())
     dll = out / "Assembly-CSharp.dll"
-    _mcs(dll, sources, refs + _protobuf_refs(""), result.scenario.defines())
+    _mcs(dll, sources, refs + [_UNSAFE], result.scenario.defines())
     return dll
 
 
 def _spec(package: Path, name: str) -> dict:
     return next(a.spec for a in asmdefs(package) if a.name == name)
-
-
-def _protobuf_refs(name: str) -> list[Path]:
-    del name
-    return [TOOLCHAIN / "System.Runtime.CompilerServices.Unsafe.dll"]
 
 
 def _excluded(spec: dict, scenario: Scenario, defines: list[str]) -> str | None:

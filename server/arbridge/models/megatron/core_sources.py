@@ -190,7 +190,8 @@ class TorchDistSource(CoreSource):
 
 
 # -- legacy torch ----------------------------------------------------------------------
-def _cat(parts: list[torch.Tensor], dim: int, key: str) -> torch.Tensor:
+def cat_shards(parts: list[torch.Tensor], dim: int, key: str) -> torch.Tensor:
+    """Tensor-parallel shards joined on `dim`; shards of different shapes are named."""
     other = {tuple(p.shape) for p in parts}
     if len(other) != 1:
         raise MegatronFormatError(f"mismatched shapes: {key} differs across tensor ranks "
@@ -305,7 +306,7 @@ class LegacyCoreSource(CoreSource):
                 raise MegatronFormatError(f"missing tensor: {name} in {self._where(chunk, t)}")
             parts.append(sd[name])
         if name in (WORD_EMBEDDINGS, OUTPUT_LAYER):
-            return _cat(parts, 0, name)
+            return cat_shards(parts, 0, name)
         return parts[0].clone()  # replicated
 
     def layers(self, suffix: str) -> list[torch.Tensor]:
@@ -322,9 +323,9 @@ class LegacyCoreSource(CoreSource):
         if "layer_norm" in suffix or suffix in (f"{PROJ}.bias", f"{FC2}.bias"):
             return parts[0].clone()  # replicated
         if suffix in (f"{PROJ}.weight", f"{FC2}.weight"):
-            return _cat(parts, 1, key)  # row-parallel: input columns
+            return cat_shards(parts, 1, key)  # row-parallel: input columns
         if suffix.startswith(FC1) and self._swiglu:
             halves = [p.chunk(2, dim=0) for p in parts]  # rank r: [gate_r; up_r]
-            return torch.cat([_cat([g for g, _ in halves], 0, key),
-                              _cat([u for _, u in halves], 0, key)], dim=0)
-        return _cat(parts, 0, key)  # column-parallel: output rows (whole query groups)
+            return torch.cat([cat_shards([g for g, _ in halves], 0, key),
+                              cat_shards([u for _, u in halves], 0, key)], dim=0)
+        return cat_shards(parts, 0, key)  # column-parallel: output rows (whole query groups)

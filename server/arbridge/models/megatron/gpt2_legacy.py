@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from arbridge.models.megatron.core_sources import cat_shards
 from arbridge.models.megatron.layout import check_declared_grid
 from arbridge.models.megatron.pickles import MegatronFormatError, load_pickle
 from arbridge.models.megatron.tokenizers import GPT2_EOS
@@ -71,14 +72,6 @@ def _canonical_qkv(t: torch.Tensor, heads: int, version: float, where: str) -> t
     return t.view(heads, 3, head_dim, *rest).movedim(1, 0)  # [np * 3 * hn]
 
 
-def _cat(parts: list[torch.Tensor], dim: int, key: str) -> torch.Tensor:
-    shapes = {tuple(p.shape) for p in parts}
-    if len(shapes) != 1:
-        raise MegatronFormatError(f"mismatched shapes: {key} differs across tensor ranks "
-                                  f"({', '.join(str(list(s)) for s in shapes)})")
-    return torch.cat(parts, dim=dim)
-
-
 _COLUMN_PARALLEL = ("mlp.dense_h_to_4h.weight", "mlp.dense_h_to_4h.bias")
 _ROW_PARALLEL = ("attention.dense.weight", "mlp.dense_4h_to_h.weight")
 _REPLICATED = ("input_layernorm.weight", "input_layernorm.bias", "post_attention_layernorm.weight",
@@ -105,7 +98,7 @@ def merge_shards(shards: dict[tuple[int, int], Path], heads: int | None) -> Merg
         bodies = [b for _, b in parts]
         if stage == 0:
             try:
-                tensors["word_embeddings"] = _cat(
+                tensors["word_embeddings"] = cat_shards(
                     [e["word_embeddings"]["weight"] for e in embeddings], 0, "word_embeddings")
                 tensors["position_embeddings"] = embeddings[0]["position_embeddings"]["weight"]
             except (KeyError, TypeError):
@@ -131,9 +124,9 @@ def merge_shards(shards: dict[tuple[int, int], Path], heads: int | None) -> Merg
             if name in _REPLICATED:
                 tensors[out_key] = ranks[0]
             elif name in _COLUMN_PARALLEL:
-                tensors[out_key] = _cat(ranks, 0, out_key)
+                tensors[out_key] = cat_shards(ranks, 0, out_key)
             elif name in _ROW_PARALLEL:
-                tensors[out_key] = _cat(ranks, 1, out_key)
+                tensors[out_key] = cat_shards(ranks, 1, out_key)
             elif name in _QKV:
                 if heads is None:
                     raise MegatronFormatError("the checkpoint has no args: pass "
@@ -143,7 +136,7 @@ def merge_shards(shards: dict[tuple[int, int], Path], heads: int | None) -> Merg
                                               f"over {tp} tensor ranks")
                 canon = [_canonical_qkv(r, heads // tp, version, f"{out_key} rank {t}")
                          for t, r in enumerate(ranks)]
-                merged = _cat(canon, 1, out_key)  # heads are dim 1
+                merged = cat_shards(canon, 1, out_key)  # heads are dim 1
                 tensors[out_key] = merged.reshape(-1, *merged.shape[3:])
             else:
                 raise MegatronFormatError(f"unknown layout: unexpected key '{key}'")
