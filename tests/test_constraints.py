@@ -60,6 +60,25 @@ async def test_a_banned_word_never_appears_and_nothing_else_changes(loaded):
     assert constrained[:3] == free[:3] and constrained[3] != one
 
 
+async def test_a_begun_phrase_is_completed_inside_the_batch(loaded):
+    plain = SamplingConfig(max_new_tokens=12, ignore_eos=True)
+    with Engine(loaded) as engine:
+        free = await _tokens(engine, "The red chair", plain)
+        # Make the free run's third token an "article", and (100, 101) the only phrase:
+        # 100 is also a banned word, which a scene phrase under way overrides.
+        article = free[2]
+        phrase = tuple(t for t in (100, 101, 102) if t != article)[:2]
+        rules = ObjectRules({phrase[1:]: 0}, (frozenset(),), once=False, no_stutter=False,
+                            phrases=(((phrase, False),),), articles=frozenset({article}))
+        cfg = SamplingConfig(max_new_tokens=12, ignore_eos=True, object_rules=rules,
+                             banned=BannedWords.of([phrase[:1]], float("inf")))
+        constrained, mate = await asyncio.gather(
+            _tokens(engine, "The red chair", cfg), _tokens(engine, "The red chair", plain))
+    assert mate == free  # batch-mates are unaffected
+    assert constrained[:5] == [*free[:3], *phrase]
+    assert phrase[0] not in constrained[5:]  # the ban holds again once the phrase is done
+
+
 async def test_no_repeat_ngram_stops_a_loop(loaded):
     with Engine(loaded) as engine:
         free = await _tokens(engine, "lamp lamp lamp", SamplingConfig(max_new_tokens=40,
@@ -107,15 +126,49 @@ def test_object_rules_mask_false_places_and_early_ends():
     names = {(1,): 0, (2, 3): 0, (4,): 1}
     wrong = (frozenset({10}), frozenset({11}))
     rules = ObjectRules(names, wrong, until_all=frozenset({99}), never=frozenset({7}),
-                        window=2, once=False)
+                        window=2, once=False, no_stutter=False)
     assert rules.next_banned([]) == {99, 7}
     assert rules.next_banned([5, 2, 3]) == {10, 99, 7}
     assert rules.next_banned([2, 3, 5, 5]) == {99, 7}  # the mention is out of the window
     assert rules.next_banned([1, 4]) == {11, 7}  # the latest mention decides; all named
     # `once`: object 0, named, may not be named again (in either of its forms).
-    once = ObjectRules(names, wrong, window=2)
+    once = ObjectRules(names, wrong, window=2, no_stutter=False)
     assert once.next_banned([1, 5, 5]) == {1}
     assert once.next_banned([1, 5, 2]) == {1, 3}
+    # No stutter: the last token may not come again at once, and only at once.
+    stutter = ObjectRules(names, wrong, window=2, once=False)
+    assert stutter.next_banned([5, 6]) == {6}
+    assert 5 not in stutter.next_banned([5, 6])
+
+
+def test_object_rules_say_each_place_once_per_mention():
+    # 20/21 are directions, 30 a distance: after naming object 0 and saying 20, no
+    # direction may follow until the next mention; the distance still may.
+    names = {(1,): 0, (4,): 1}
+    rules = ObjectRules(names, (frozenset(), frozenset()), once=False, no_stutter=False,
+                        once_per_mention=(frozenset({20, 21}), frozenset({30})))
+    assert rules.next_banned([1, 5]) == set()
+    assert rules.next_banned([1, 20, 5]) == {20, 21}
+    assert rules.next_banned([1, 20, 5, 30, 5]) == {20, 21, 30}
+    assert rules.next_banned([1, 20, 30, 4, 5]) == set()  # a new mention starts afresh
+
+
+def test_object_rules_complete_a_phrase_of_an_unnamed_object():
+    # Article 50 ("a") and 51 ("an"). Object 0's phrases: (60, 61, 62) "red wood chair"
+    # and (62,) "chair"; object 1's: (70, 71) "open box", vowel-initial.
+    names = {(62,): 0, (71,): 1}
+    phrases = ((((60, 61, 62), False), ((62,), False)), (((70, 71), True),))
+    rules = ObjectRules(names, (frozenset(), frozenset()), once=False, no_stutter=False,
+                        phrases=phrases, articles=frozenset({50, 51}),
+                        vowel_articles=frozenset({51}))
+    assert rules.step([]).allowed is None  # nothing under way
+    assert rules.step([50]).allowed == {60, 62}  # "a" -> a consonant phrase
+    assert rules.step([51]).allowed == {70}  # "an" -> the vowel one
+    assert rules.step([50, 60]).allowed == {61}
+    assert rules.step([50, 60, 61, 62]).allowed is None  # complete: free again
+    assert rules.step([50, 62, 8, 50]).allowed == {70}  # the chair is named: the box
+    assert rules.step([50, 62, 8, 51, 70, 71, 9, 50]).allowed is None  # all named
+    assert rules.step([50, 9]).allowed is None  # written without the rule: left alone
 
 
 def test_caption_rules_follow_the_geometry(loaded):

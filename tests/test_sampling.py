@@ -4,6 +4,7 @@ import torch
 
 from arbridge.engine.requests import FinishReason
 from arbridge.engine.sampling import (
+    LogitRules,
     SamplingBatch,
     SamplingConfig,
     apply_repetition_penalty,
@@ -125,3 +126,14 @@ def test_stop_reason():
     assert stop_reason(5, 2, 10, cfg, {7}, 100) is None
     assert stop_reason(5, 3, 10, cfg, {7}, 100) is FinishReason.LENGTH
     assert stop_reason(5, 1, 99, cfg, {7}, 100) is FinishReason.LENGTH  # window full
+
+
+def test_logit_rules_ban_and_allow_per_row():
+    logits = torch.tensor([[5.0, 4.0, 3.0, 0.0], [5.0, 4.0, 3.0, 0.0], [5.0, 4.0, 3.0, 0.0]])
+    cfg = SamplingConfig()
+    batch = SamplingBatch([(cfg, None, 3)], "cpu", 4)
+    # Row 0: token 0 banned. Row 1: only tokens 2 and 3 allowed. Row 2: untouched.
+    rules = LogitRules(bans=(torch.tensor([0]), torch.tensor([0]), torch.tensor([float("inf")])),
+                       allow=(torch.tensor([1]), torch.tensor([0, 0]), torch.tensor([2, 3])))
+    ids, _ = sample_batch(logits.clone(), batch, None, rules)
+    assert ids.tolist() == [1, 2, 0]

@@ -58,6 +58,15 @@ def repeated_ngram_tokens(generated: list[int], n: int) -> set[int]:
             if tuple(generated[i:i + n - 1]) == prefix}
 
 
+@dataclass(frozen=True)
+class RuleStep:
+    """What a request's ObjectRules say about one row's next token."""
+
+    banned: set[int]  # few tokens, looked up for this step
+    static: list[frozenset[int]]  # large fixed sets (made into tensors once)
+    allowed: frozenset[int] | None = None  # when set, only these may follow
+
+
 @dataclass(frozen=True, eq=False)
 class ObjectRules:
     """What a reply may say right after naming a scene object, and that it names them all.
@@ -69,7 +78,17 @@ class ObjectRules:
     ends, end of sequence) are masked, so a caption does not stop before it has
     named everything; with `once`, an object's names are masked after its first
     mention, which steers the reply to the objects not yet named instead of back
-    to the first ones; the `never` tokens are masked throughout.
+    to the first ones; the `never` tokens are masked throughout, and with
+    `no_stutter` no token follows itself ("far far away").
+
+    `phrases[object]` are the object's noun phrases as the scene text words them
+    (" red wood nightstand", " nightstand"). Right after an indefinite article
+    (`articles`; `vowel_articles` is "an"), the reply must go on with a phrase of
+    an object it has not named yet, in the article's form ("an" before a vowel)
+    where one fits: a small model otherwise half-writes a long name ("a full
+    dressed room" for "a full dresser") or invents attributes, and never gets to
+    the objects late in the list. The model still picks which object, and when.
+    Each `once_per_mention` group may be said once after a mention.
     """
 
     names: dict[tuple[int, ...], int]
@@ -81,11 +100,22 @@ class ObjectRules:
     # The reply may end this many tokens after it last named a new object, named or
     # not: a model that cannot find the word for an object must not be held forever.
     patience: int = 12
+    phrases: tuple[tuple[tuple[tuple[int, ...], bool], ...], ...] = ()  # (ids, vowel)
+    articles: frozenset[int] = frozenset()
+    vowel_articles: frozenset[int] = frozenset()
+    # Word groups (directions, distances) said at most once per mention: "far away,
+    # far away to the left to the right" is where a caption stalls instead of going on.
+    once_per_mention: tuple[frozenset[int], ...] = ()
+    no_stutter: bool = True  # no token right after itself
     _named_tables: dict = field(default_factory=dict, repr=False)  # objects -> BannedWords
 
     @property
     def longest(self) -> int:
         return max((len(k) for k in self.names), default=0)
+
+    @property
+    def longest_phrase(self) -> int:
+        return max((len(ids) for group in self.phrases for ids, _ in group), default=0)
 
     def _mentions(self, generated: list[int]) -> list[tuple[int, int]]:
         """(end position, object) for every naming sequence in `generated`."""
@@ -98,20 +128,58 @@ class ObjectRules:
         return found
 
     def next_banned(self, generated: list[int]) -> set[int]:
+        """Every token masked next (the union of `step`'s parts; `allowed` aside)."""
+        step = self.step(generated)
+        return step.banned.union(*step.static)
+
+    def step(self, generated: list[int]) -> RuleStep:
         mentions = self._mentions(generated)
-        out: set[int] = set(self.never)
+        banned: set[int] = set()
+        static = [self.never] if self.never else []
+        if generated and self.no_stutter:
+            banned.add(generated[-1])
         if mentions:
             end, obj = max(mentions)
             if len(generated) - 1 - end < self.window:
-                out |= self.wrong_after[obj]
+                banned |= self.wrong_after[obj]
+            since = set(generated[end + 1:])
+            for group in self.once_per_mention:
+                if not since.isdisjoint(group):
+                    static.append(group)
         named = {obj for _, obj in mentions}
         first_ends = [min(end for end, o in mentions if o == obj) for obj in named]
         last_new = max(first_ends, default=-1)
         if len(named) < len(self.wrong_after) and len(generated) - 1 - last_new < self.patience:
-            out |= self.until_all
+            static.append(self.until_all)
         if self.once and named:
-            out |= self._names_of(named).next_banned(generated)
-        return out
+            banned |= self._names_of(named).next_banned(generated)
+        return RuleStep(banned, static, self._phrase_tokens(generated, mentions))
+
+    def _phrase_tokens(self, generated: list[int], mentions: list[tuple[int, int]]
+                       ) -> frozenset[int] | None:
+        """The tokens that continue a phrase of an unnamed object after the latest
+        article, or None where no phrase is under way (none begun, one finished)."""
+        if not self.phrases or not self.articles:
+            return None
+        start = len(generated) - 1
+        stop = max(len(generated) - 1 - self.longest_phrase, -1)
+        while start > stop and generated[start] not in self.articles:
+            start -= 1
+        if start <= stop:
+            return None
+        named_before = {obj for end, obj in mentions if end < start}
+        candidates = [(ids, vowel) for obj, group in enumerate(self.phrases)
+                      if obj not in named_before for ids, vowel in group]
+        want_vowel = generated[start] in self.vowel_articles
+        agreeing = [ids for ids, vowel in candidates if vowel == want_vowel]
+        after = generated[start + 1:]
+        allowed = set()
+        for ids in agreeing or [ids for ids, _ in candidates]:
+            if len(ids) == len(after) and list(ids) == after:
+                return None  # a phrase is complete: the reply goes on freely
+            if len(ids) > len(after) and list(ids[:len(after)]) == after:
+                allowed.add(ids[len(after)])
+        return frozenset(allowed) or None
 
     def _names_of(self, objects: set[int]) -> BannedWords:
         key = frozenset(objects)

@@ -127,8 +127,20 @@ def filtered_probs(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     return logits.softmax(dim=-1)
 
 
+@dataclass(frozen=True)
+class LogitRules:
+    """Per-row constraints on a step's logits (engine/constraints.py).
+
+    `bans` (rows, tokens, penalties): those logits are lowered (inf = never);
+    `allow` (rows, entry rows, tokens): for each listed row, every token but its
+    entries is masked (entry row i refers to rows[i])."""
+
+    bans: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    allow: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+
 def sample_batch(logits: torch.Tensor, batch: SamplingBatch, seen: torch.Tensor | None,
-                 bans: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+                 rules: LogitRules | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Pick the next token of every row. Returns (ids [rows], logprobs [rows] or None).
 
@@ -136,8 +148,7 @@ def sample_batch(logits: torch.Tensor, batch: SamplingBatch, seen: torch.Tensor 
     noise, as gpt-fast does): the same distribution as torch.multinomial without
     its device sync, and each request's noise comes from its own generator, so a
     seeded request samples the same tokens whatever else is in the batch.
-    `bans` (rows, tokens, penalties) lowers those tokens' logits first (inf = never):
-    the constraints of engine/constraints.py.
+    `rules` lower or mask logits first: the constraints of engine/constraints.py.
     Log-probabilities are of the model's raw distribution, before any penalty,
     temperature or filtering, so clients can compare them across settings.
     """
@@ -145,10 +156,17 @@ def sample_batch(logits: torch.Tensor, batch: SamplingBatch, seen: torch.Tensor 
     processed = logits
     if batch.any_penalty and seen is not None:
         processed = apply_repetition_penalty(logits, seen, batch.penalty)
-    if bans is not None:
-        rows, tokens, penalties = bans
+    if rules is not None:
         processed = processed.clone() if processed is logits else processed
-        processed[rows, tokens] -= penalties
+        if rules.bans is not None:
+            rows, tokens, penalties = rules.bans
+            processed[rows, tokens] -= penalties
+        if rules.allow is not None:
+            rows, entries, tokens = rules.allow
+            keep = torch.zeros(len(rows), processed.shape[-1], dtype=torch.bool,
+                               device=processed.device)
+            keep[entries, tokens] = True
+            processed[rows] = processed[rows].masked_fill(~keep, float("-inf"))
     if batch.all_greedy:
         next_ids = processed.argmax(dim=-1)
     else:

@@ -39,7 +39,7 @@ from arbridge.engine.requests import (
 )
 from arbridge.engine.rows import RowTable
 from arbridge.engine.runner import ModelRunner
-from arbridge.engine.sampling import SamplingBatch, SamplingConfig, sample_batch
+from arbridge.engine.sampling import LogitRules, SamplingBatch, SamplingConfig, sample_batch
 from arbridge.engine.stopping import stop_reason
 
 log = logging.getLogger(__name__)
@@ -408,11 +408,11 @@ class Scheduler:
         if self.prefix_cache is not None and not req.handle.features:
             self.prefix_cache.store(req.handle.prompt_ids, staging, staging_row)
         cfg = req.handle.sampling
-        bans = _bans([(cfg, [])] * req.n, self.device) if cfg.constrained else None
+        rules = _logit_rules([(cfg, [])] * req.n, self.device) if cfg.constrained else None
         next_ids, logprobs = sample_batch(last_logits.expand(req.n, -1),
                                           SamplingBatch([(cfg, req.generator, req.n)],
                                                         self.device, self.vocab_size),
-                                          req.seen, bans)
+                                          req.seen, rules)
         req.seen[torch.arange(req.n, device=self.device), next_ids] = True
         for index in range(req.n):
             slot = _Slot(req, index)
@@ -449,12 +449,12 @@ class Scheduler:
             seen = torch.cat([req.seen[torch.tensor([i for i, _ in members],
                                                     device=self.device)]
                               for req, members in by_request.items()])
-        bans = None
+        rules = None
         if any(cfg.constrained for cfg, _, _ in groups):  # else no per-row work at all
-            bans = _bans([(req.handle.sampling, req.slots[index].generated)
+            rules = _logit_rules([(req.handle.sampling, req.slots[index].generated)
                           for req, members in by_request.items() for index, _ in members],
                          self.device)
-        next_ids, logprobs = sample_batch(logits[order_t], batch, seen, bans)
+        next_ids, logprobs = sample_batch(logits[order_t], batch, seen, rules)
         offset = 0
         for req, members in by_request.items():
             seq_ids = torch.tensor([i for i, _ in members], device=self.device)
@@ -494,24 +494,34 @@ class Scheduler:
         req.handle.sink(out)
 
 
-def _bans(rows: list[tuple[SamplingConfig, list[int]]], device
-          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """(row, token, penalty) triples for every token a row may not produce next
-    (constraints.py); None when there are none. The words banned at every step come
-    from a tensor made once per request; only what depends on the reply so far is
-    looked up here."""
+def _logit_rules(rows: list[tuple[SamplingConfig, list[int]]], device) -> LogitRules | None:
+    """The masks and penalties for every row's next token (constraints.py); None when
+    there are none. Fixed token sets (words banned at every step, sentence ends, digits)
+    become device tensors once per request; only what depends on the reply so far is
+    looked up here. A row whose rules allow only a few tokens (a scene phrase under
+    way) gets just that: its other rules have nothing left to mask."""
     row_ids, token_ids, penalties, static = [], [], [], []
+    allow_rows, allow_sets = [], []
     for row, (cfg, generated) in enumerate(rows):
+        step = cfg.object_rules.step(generated) if cfg.object_rules is not None else None
+        if step is not None and step.allowed is not None:
+            allow_rows.append(row)
+            allow_sets.append(step.allowed)
+            continue
         dynamic: dict[int, float] = {}
         for token in repeated_ngram_tokens(generated, cfg.no_repeat_ngram):
             dynamic[token] = float("inf")
         if cfg.banned is not None:
-            static.append((row, _always_tensor(cfg.banned, device), cfg.banned.penalty))
+            static.append((row, _set_tensor(cfg.banned, cfg.banned.always, device),
+                           cfg.banned.penalty))
             for token in cfg.banned.next_banned(generated, with_always=False):
                 dynamic.setdefault(token, cfg.banned.penalty)
-        if cfg.object_rules is not None:
-            for token in cfg.object_rules.next_banned(generated):
+        if step is not None:
+            for token in step.banned:
                 dynamic[token] = float("inf")
+            for tokens in step.static:
+                static.append((row, _set_tensor(cfg.object_rules, tokens, device),
+                               float("inf")))
         row_ids += [row] * len(dynamic)
         token_ids += list(dynamic)
         penalties += list(dynamic.values())
@@ -521,18 +531,25 @@ def _bans(rows: list[tuple[SamplingConfig, list[int]]], device
     for row, tokens, penalty in static:
         parts.append((torch.full_like(tokens, row), tokens,
                       torch.full(tokens.shape, penalty, device=device)))
-    if not parts:
+    if not parts and not allow_rows:
         return None
-    return tuple(torch.cat(column) for column in zip(*parts, strict=True))
+    bans = tuple(torch.cat(column) for column in zip(*parts, strict=True)) if parts else None
+    allow = None
+    if allow_rows:
+        flat = [(i, t) for i, tokens in enumerate(allow_sets) for t in tokens]
+        allow = (torch.tensor(allow_rows, dtype=torch.long, device=device),
+                 torch.tensor([i for i, _ in flat], dtype=torch.long, device=device),
+                 torch.tensor([t for _, t in flat], dtype=torch.long, device=device))
+    return LogitRules(bans, allow)
 
 
-def _always_tensor(banned, device) -> torch.Tensor:
-    """The one-token words of a request's BannedWords, as a device tensor (made once)."""
-    cached = getattr(banned, "_tensor", None)
-    if cached is None or cached.device != torch.device(device):
-        cached = torch.tensor(sorted(banned.always), dtype=torch.long, device=device)
-        object.__setattr__(banned, "_tensor", cached)
-    return cached
+def _set_tensor(owner, tokens: frozenset[int], device) -> torch.Tensor:
+    """A fixed token set of a request's rules as a device tensor, made once."""
+    cache = owner.__dict__.setdefault("_tensors", {})
+    key = (id(tokens), str(device))
+    if key not in cache:
+        cache[key] = (tokens, torch.tensor(sorted(tokens), dtype=torch.long, device=device))
+    return cache[key][1]
 
 
 def _to_host(ids: torch.Tensor, logprobs: torch.Tensor | None

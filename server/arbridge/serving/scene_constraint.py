@@ -14,7 +14,7 @@ from dataclasses import replace
 from arbridge.engine.constraints import BannedWords, ObjectRules
 from arbridge.engine.sampling import SamplingConfig
 from arbridge.serving.lexicon import all_object_words, names_of
-from arbridge.serving.scene_text import place
+from arbridge.serving.scene_text import noun_phrase, place
 from arbridge.v1 import types_pb2 as pb
 
 HARD = float("inf")
@@ -28,11 +28,12 @@ CAPTION_MAX_SENTENCES = 1
 # rules' per-step work grows with both, and every stream in the batch would wait).
 MAX_RULE_LABELS = 24
 MAX_NAME_TOKENS = 8
+MAX_PHRASE_TOKENS = 16
 
 
 # What each placement makes false to say right after naming the object.
 _DIRECTION_WORDS = {"to the left": ("left",), "to the right": ("right",),
-                    "ahead": ("ahead", "front"), "behind": ("behind",)}
+                    "ahead": ("ahead", "front"), "behind": ("behind", "rear", "back")}
 _DISTANCE_WORDS = {"near": ("near", "close"), "far": ("far", "distant")}
 
 
@@ -42,7 +43,7 @@ class SceneConstraint:
         self._word_ids = {}  # spatial word -> its one-token forms
         for words in (*_DIRECTION_WORDS.values(), *_DISTANCE_WORDS.values()):
             for word in words:
-                ids = tokenizer([f" {word}", f" {word.capitalize()}"],
+                ids = tokenizer([f" {word}", f" {word.capitalize()}", f" {word.upper()}"],
                                 add_special_tokens=False).input_ids
                 self._word_ids[word] = {seq[0] for seq in ids if len(seq) == 1}
         # Tokens that end a sentence or the reply: held back until all objects are named.
@@ -53,9 +54,24 @@ class SceneConstraint:
         # A caption says where things are in words; copying the scene text's metres
         # is where a small model starts reeling off numbers. Bare whitespace tokens are
         # what it writes instead once digits are masked (", , and").
+        # Compass words are no place in the wearer's frame ("to the east").
+        compass = {seq[0] for seq in tokenizer(
+            [f"{s}{w}" for w in ("north", "south", "east", "west") for s in ("", " ")],
+            add_special_tokens=False).input_ids if len(seq) == 1}
         self._never = frozenset(i for i, text in enumerate(decoded)
                                 if any(c.isnumeric() for c in text)
-                                or (text and not text.strip() and "\n" not in text))
+                                or (text and not text.strip() and "\n" not in text)
+                                or i in compass)
+        self._claims = tuple(
+            frozenset(t for words in table.values() for w in words for t in self._word_ids[w])
+            for table in (_DIRECTION_WORDS, _DISTANCE_WORDS))
+        # The indefinite articles that open a phrase naming an object.
+        articles = {word: {seq[0] for seq in tokenizer([word, f" {word}"],
+                                                       add_special_tokens=False).input_ids
+                           if len(seq) == 1}
+                    for word in ("a", "A", "an", "An")}
+        self._articles = frozenset().union(*articles.values())
+        self._vowel_articles = frozenset(articles["an"] | articles["An"])
         forms = sorted(all_object_words())
         variants = [(form, v) for form in forms
                     for v in {f" {form}", form, f" {form.capitalize()}", form.capitalize()}]
@@ -83,7 +99,14 @@ class SceneConstraint:
             return None
         names: dict[tuple[int, ...], int] = {}
         wrong: list[frozenset[int]] = []
+        phrases = []
         for index, (label, objects) in enumerate(groups.items()):
+            # The phrases the scene text uses for these objects, and the bare label.
+            texts = sorted({noun_phrase(o).lower() for o in objects} | {label})
+            ids = self._tokenizer([f" {t}" for t in texts], add_special_tokens=False).input_ids
+            phrases.append(tuple((tuple(seq), t[:1] in "aeiou")
+                                 for t, seq in zip(texts, ids, strict=True)
+                                 if 0 < len(seq) <= MAX_PHRASE_TOKENS))
             forms = sorted(names_of(label))
             variants = [v for f in forms for v in (f" {f}", f" {f.capitalize()}")]
             for seq in self._tokenizer(variants, add_special_tokens=False).input_ids:
@@ -102,7 +125,10 @@ class SceneConstraint:
                             false |= {t for w in words for t in self._word_ids[w]}
                 false_for_all = false if false_for_all is None else false_for_all & false
             wrong.append(frozenset(false_for_all or ()))
-        return ObjectRules(names, tuple(wrong), self._enders, self._never)
+        return ObjectRules(names, tuple(wrong), self._enders, self._never,
+                           phrases=tuple(phrases), articles=self._articles,
+                           vowel_articles=self._vowel_articles,
+                           once_per_mention=self._claims)
 
     def apply(self, cfg: SamplingConfig, scene: pb.SceneFeatures | None,
               caption: bool, supported: bool = True) -> SamplingConfig:

@@ -70,12 +70,18 @@ def _article(word: str) -> str:
     return "An" if word[:1].lower() in "aeiou" else "A"
 
 
+def noun_phrase(obj: pb.SceneObject) -> str:
+    """The object's attribute values as adjectives (in key order), then its label:
+    'red wood chair'."""
+    adjectives = [obj.attributes[k].strip() for k in sorted(obj.attributes)
+                  if obj.attributes[k].strip()]
+    return " ".join([*adjectives, obj.label.strip()])
+
+
 def describe_object(obj: pb.SceneObject, camera: pb.Pose, metres: bool = True) -> str:
     """One sentence, e.g. 'A red wood chair is to the left, 1.6 m away.' Without
     `metres` the distance is said in words only ('A red wood chair is to the left.')."""
-    adjectives = [obj.attributes[k].strip() for k in sorted(obj.attributes)
-                  if obj.attributes[k].strip()]
-    noun = " ".join([*adjectives, obj.label.strip()])
+    noun = noun_phrase(obj)
     if 0.0 < obj.confidence < LOW_CONFIDENCE:
         noun += " (uncertain)"
     if not obj.HasField("pose"):

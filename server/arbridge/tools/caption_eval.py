@@ -31,6 +31,9 @@ from arbridge.v1 import types_pb2 as pb
 
 MAX_NEW_TOKENS = 60
 CONCURRENCY = 8
+# Time to first token alone: fresh scenes (not in the scored set, so no contender finds
+# its whole prompt cached), one request at a time, the contenders taking turns.
+TTFT_SCENES = 40
 
 
 def plain_prompt(tokenizer, scene: pb.SceneFeatures) -> str:
@@ -153,6 +156,18 @@ async def run_eval(settings: Settings, count: int = 300, seed: int = 0, dialogue
                     start=spb.ConverseStart(scene=all_scenes[i]),
                     user_turn=spb.UserTurn(text=q, sampling=sampling)))
                 for i, _, question, _ in asks], CONCURRENCY)
+            first_token = pb.SamplingParams(max_new_tokens=1, temperature=0.0)
+            alone: dict[str, list[float]] = {"arbridge": [], "arbridge before": [],
+                                             "plain prompt": []}
+            for scene in scenes(TTFT_SCENES, seed + 1):
+                for name, make_call in (
+                        ("arbridge", lambda scene=scene: stub.DescribeScene(
+                            spb.DescribeSceneRequest(scene=scene, sampling=first_token))),
+                        ("arbridge before", lambda scene=scene: stub.Generate(spb.GenerateRequest(
+                            prompt=previous_prompt(builder, scene), sampling=first_token))),
+                        ("plain prompt", lambda scene=scene: stub.Generate(spb.GenerateRequest(
+                            prompt=plain_prompt(tokenizer, scene), sampling=first_token)))):
+                    alone[name].append((await _text(make_call()))[1])
     finally:
         await server.stop(grace=1)
 
@@ -181,6 +196,8 @@ async def run_eval(settings: Settings, count: int = 300, seed: int = 0, dialogue
         "scenes": count, "seed": seed, "held_out_from": TUNE_SCENES,
         "captions": {f"{n}/{s}": row for (n, s), (row, _) in table.items()},
         "dialogue": {k: round(sum(v) / len(v), 3) for k, v in by_kind.items()},
+        "ttft_alone_p50_ms": {name: round(sorted(v)[len(v) // 2], 1)
+                              for name, v in alone.items()},
         "dialogue_all": round(sum(r["correct"] for r in dialogue_rows) / max(len(
             dialogue_rows), 1), 3),
         "samples": [{"scene": i, "split": "tune" if i < TUNE_SCENES else "held-out",
@@ -204,4 +221,8 @@ def format_table(result: dict) -> str:
         lines.append(f"{name:24}" + "".join(f"{row[c]:>13}" for c in cols))
     dialogue = ", ".join(f"{k} {v:.0%}" for k, v in result["dialogue"].items())
     lines.append(f"dialogue (Ask, held-out): {result['dialogue_all']:.0%} correct ({dialogue})")
+    alone = ", ".join(f"{k} {v} ms" for k, v in result.get("ttft_alone_p50_ms", {}).items())
+    if alone:
+        lines.append(f"time to first token, one request at a time ({TTFT_SCENES} fresh "
+                     f"scenes, p50): {alone}")
     return "\n".join(lines)
