@@ -14,13 +14,14 @@ CPP_CLIENT := build/cpp/describe_scene
 CSHARP := build/csharp
 UNITY_GENERATED := unity_client/Runtime/Generated
 # Debian packages the interop clients need: C++ gRPC and protoc; mono (mcs)
-# and libprotoc-dev for the C# toolchain built from Debian's source packages.
+# and libprotoc-dev for the C# toolchain built from Debian's source packages;
+# chromium for the playground's browser tests (driven by playwright-core).
 APT_PACKAGES := libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler \
-  pkg-config libprotoc-dev mono-devel
+  pkg-config libprotoc-dev mono-devel chromium
 DEB_SRC := /etc/apt/sources.list.d/arbridge-deb-src.sources
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages cpp-client unity-stubs unity-meta run serve test test-fast fuzz bench eval fusion-demo protos check-protos contract-release lint model clean
+.PHONY: setup system-packages cpp-client unity-stubs unity-meta web run serve test test-fast fuzz bench eval fusion-demo protos check-protos contract-release lint model clean
 
 setup: $(VENV)/.installed $(BUF) model system-packages
 
@@ -125,6 +126,15 @@ fusion-demo: setup
 # Regenerate the Python code for protos/ into server/arbridge/v1/.
 protos: $(VENV)/.installed
 	$(PY) tools/gen_protos.py server
+
+# The browser client's code from protos/ (protoc-gen-es) and the playground's bundle
+# (esbuild), both committed: the server ships them, no build step at run time. A
+# test fails when either is stale.
+WEB_BUNDLE := server/arbridge/playground/playground.js
+web: $(BUF)
+	$(BUF) generate
+	node_modules/.bin/esbuild web/src/playground.js --bundle --format=esm --target=es2020 \
+	  --outfile=$(WEB_BUNDLE) --log-level=warning
 
 # Record the contract as released: later changes must pass `buf breaking` against it
 # (tests/test_contract.py). Run when tagging a release, never to silence a failure.

@@ -296,3 +296,21 @@ async def test_dialogue_over_grpc_web_with_ask(web):
     second = [spb.AskResponse.FromString(m) for _, m in frames.messages]
     assert second[-1].turn_id == 2 and second[-1].session_id == session
     assert second[-1].completion.usage.prompt_tokens > first[-1].completion.usage.prompt_tokens
+
+
+async def test_the_playground_is_served_on_get(web, make_server, tiny_model_dir):
+    base = f"http://127.0.0.1:{web.server.grpc_web_port}"
+    async with httpx.AsyncClient() as client:
+        page = await client.get(f"{base}/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert 'src="playground.js"' in page.text
+        script = await client.get(f"{base}/playground.js")
+        assert script.headers["content-type"].startswith("text/javascript")
+        assert "createGrpcWebTransport" in script.text
+        head = await client.head(f"{base}/playground.css")
+        assert head.status_code == 200 and head.content == b""
+        assert (await client.get(f"{base}/../pyproject.toml")).status_code == 405
+    off = await make_server(tiny_model_dir, grpc_web_port=0, grpc_web_playground=False)
+    async with httpx.AsyncClient() as client:
+        reply = await client.get(f"http://127.0.0.1:{off.server.grpc_web_port}/")
+        assert reply.status_code == 405

@@ -161,14 +161,19 @@ class ArBridgeServer:
         self.interceptors.peers.gateway_key = key
         self.grpc_web = GrpcWebGateway(f"127.0.0.1:{internal_port}", gateway_key=key,
                                        cors_origins=s.grpc_web_cors_origins,
-                                       max_message_bytes=s.max_message_bytes)
+                                       max_message_bytes=s.max_message_bytes,
+                                       playground=s.grpc_web_playground)
         host = s.grpc_web_host or s.host
         self.grpc_web_port = await self.grpc_web.start(
             host, s.grpc_web_port,
             tls_cert=str(s.tls_cert) if s.tls_cert else None,
             tls_key=str(s.tls_key) if s.tls_key else None)
+        scheme = "https" if s.tls_cert else "http"
         log.info("gRPC-Web on %s://%s:%d (unary and server-streaming methods)",
-                 "https" if s.tls_cert else "http", host, self.grpc_web_port)
+                 scheme, host, self.grpc_web_port)
+        if s.grpc_web_playground:
+            shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+            log.info("playground: %s://%s:%d/", scheme, shown, self.grpc_web_port)
 
     async def load(self, preloaded: LoadedModel | None = None) -> None:
         """Load the model (off the event loop) or connect upstream, then go SERVING."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -278,19 +279,29 @@ def cmd_demo(args) -> int:
     from arbridge.client import wait_until_serving
 
     target = f"{args.host}:{args.port}"
+    web_port = args.port + 1  # gRPC-Web and the browser playground
     serve = [sys.executable, "-m", "arbridge.cli", "serve", "--host", args.host,
-             "--port", str(args.port)]
+             "--port", str(args.port), "--grpc-web-port", str(web_port)]
     if args.model:
         serve += ["--model", args.model]
     print(f"== starting the server: {' '.join(serve[2:])}", file=sys.stderr)
     started = time.perf_counter()
     server = subprocess.Popen(serve, env=os.environ.copy())
+    playground = f"http://{args.host}:{web_port}/"
     try:
         wait_until_serving(target, should_continue=lambda: server.poll() is None)
         print(f"== server SERVING after {time.perf_counter() - started:.1f} s; "
-              f"streaming the caption of {args.scene}:\n", file=sys.stderr)
+              f"playground: {playground}\n== streaming the caption of {args.scene}:\n",
+              file=sys.stderr)
         args.server = target
-        return cmd_caption(args)
+        status = cmd_caption(args)
+        if status == 0 and sys.stdin.isatty():
+            # A person at a terminal: keep serving for the playground until Ctrl-C.
+            print(f"\n== the server keeps running: open {playground} in a browser; "
+                  "Ctrl-C stops it", file=sys.stderr)
+            with contextlib.suppress(KeyboardInterrupt):
+                server.wait()
+        return status
     finally:
         server.terminate()
         server.wait(timeout=60)

@@ -115,6 +115,8 @@ class GrpcWebSettings(BaseSettings):
     grpc_web_cors_origins: list[str] = Field(
         default_factory=lambda: ["*"],
         description="browser origins allowed to call gRPC-Web ('*' = any; [] = no CORS)")
+    grpc_web_playground: bool = Field(
+        True, description="serve the browser playground at / of the gRPC-Web port")
 
 
 class ObservabilitySettings(BaseSettings):

@@ -13,6 +13,10 @@ frames (flag, big-endian length), trailers as a frame with flag 0x80, and
 base64 per frame for `application/grpc-web-text`. Unary and server-streaming
 methods are served; Converse (bidirectional) cannot exist over gRPC-Web and
 gets UNIMPLEMENTED pointing to Ask, its one-turn-per-call twin.
+
+GET on the same port serves the browser playground (`arbridge/playground/`: a
+page and its bundled script, built by `make web`), so it calls gRPC-Web from its
+own origin and needs no CORS.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import re
 import secrets
 import socket
 import struct
+from importlib import resources
 from urllib.parse import quote
 
 import grpc
@@ -54,6 +59,11 @@ _BODY_TIMEOUT_S = 30.0  # a request body trickling in slower than this is droppe
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
 _EXPOSED = "grpc-status, grpc-message, x-request-id, retry-after-ms"
+# The playground's files: URL path -> (file in arbridge/playground, content type).
+_PLAYGROUND = {"/": ("index.html", b"text/html; charset=utf-8"),
+               "/index.html": ("index.html", b"text/html; charset=utf-8"),
+               "/playground.js": ("playground.js", b"text/javascript; charset=utf-8"),
+               "/playground.css": ("playground.css", b"text/css; charset=utf-8")}
 
 
 def _methods() -> dict[str, bool]:
@@ -122,8 +132,9 @@ class GrpcWebGateway:
     """ASGI app: gRPC-Web in, native gRPC to `target` out."""
 
     def __init__(self, target: str, *, gateway_key: str, cors_origins: list[str],
-                 max_message_bytes: int):
+                 max_message_bytes: int, playground: bool = False):
         self.target = target
+        self.playground = playground
         self.gateway_key = gateway_key
         self.cors_origins = cors_origins
         self.max_message_bytes = max_message_bytes
@@ -182,6 +193,10 @@ class GrpcWebGateway:
         cors = self._cors_headers(headers.get("origin"))
         if scope["method"] == "OPTIONS":
             await self._preflight(send, headers, cors)
+            return
+        if scope["method"] in ("GET", "HEAD") and self.playground \
+                and scope["path"] in _PLAYGROUND:
+            await _static(send, scope["path"], head=scope["method"] == "HEAD")
             return
         content_type = headers.get("content-type", "")
         if scope["method"] != "POST" or not content_type.startswith("application/grpc-web"):
@@ -334,6 +349,15 @@ async def _plain(send, status: int, body: bytes, cors) -> None:
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"text/plain"), *cors]})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _static(send, path: str, head: bool) -> None:
+    name, kind = _PLAYGROUND[path]
+    body = resources.files("arbridge.playground").joinpath(name).read_bytes()
+    await send({"type": "http.response.start", "status": 200, "headers": [
+        (b"content-type", kind), (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-cache"), (b"x-content-type-options", b"nosniff")]})
+    await send({"type": "http.response.body", "body": b"" if head else body})
 
 
 def new_gateway_key() -> str:

@@ -1,0 +1,167 @@
+// The playground in a real browser: Debian's chromium, headless, driven by
+// playwright-core, against a real ArBridge server on loopback (started by
+// tests/test_playground.py, which passes the addresses in the environment).
+//
+//   ARBRIDGE_PAGE      the playground on the server's gRPC-Web port
+//   ARBRIDGE_METRICS   the server's Prometheus endpoint
+//   ARBRIDGE_TOKEN     the bearer token the server requires
+//   ARBRIDGE_ALLOWED   the playground served from another origin the server allows
+//   ARBRIDGE_REFUSED   the same files from an origin it does not allow
+//   ARBRIDGE_SCENE     examples/scene.json
+//   ARBRIDGE_SHOTS     where screenshots go (a CI artifact)
+
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { chromium } from "playwright-core";
+
+const env = process.env;
+const PAGE = env.ARBRIDGE_PAGE;
+let browser;
+
+before(async () => {
+  browser = await chromium.launch({
+    executablePath: env.CHROMIUM || "/usr/bin/chromium",
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+});
+
+async function open(url = PAGE, { token = env.ARBRIDGE_TOKEN } = {}) {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e));
+  await page.goto(url);
+  await page.waitForFunction(() => window.arbridgePlayground !== undefined);
+  if (token) await page.fill("#token", token);
+  page.scriptErrors = errors;
+  return page;
+}
+
+// Click a button and wait for the reply to end (done, error or cancelled).
+async function reply(page, button = "#describe") {
+  await page.click(button);
+  await page.waitForFunction(() => document.body.dataset.reply !== "streaming");
+  return {
+    state: await page.evaluate(() => document.body.dataset.reply),
+    text: await page.textContent("#reply"),
+    error: await page.textContent("#error"),
+    events: await page.evaluate(() => window.arbridgePlayground.state.events),
+  };
+}
+
+async function metric(name) {
+  const text = await (await fetch(env.ARBRIDGE_METRICS)).text();
+  const line = text.split("\n").find((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`));
+  return line ? Number(line.split(" ").pop()) : NaN;
+}
+
+test("a caption streams in chunks, with its grounding and timings", async () => {
+  const page = await open();
+  const r = await reply(page);
+  assert.equal(r.state, "done", r.error);
+  const chunks = r.events.filter((e) => e.kind === "chunk");
+  const completion = r.events.findIndex((e) => e.kind === "completion");
+  assert.ok(chunks.length >= 3, `only ${chunks.length} chunks`);
+  assert.ok(completion > 3, "the completion came before several chunks");
+  assert.ok(chunks[chunks.length - 1].at > chunks[0].at, "all chunks arrived at once");
+  // The chair (left of the camera) and the lamp are named and highlighted in both places.
+  assert.match(r.text, /chair/i);
+  const marked = await page.$$eval("#reply mark", (ms) => ms.map((m) => m.dataset.objectId));
+  assert.ok(marked.includes("obj-1"), `marks: ${marked}`);
+  assert.ok(await page.$('g.object.mentioned[data-id="obj-1"]'));
+  assert.match(await page.textContent("#status"), /finish: (EOS|STOP_SEQUENCE|LENGTH) .* tok\/s/);
+  await page.screenshot({ path: `${env.ARBRIDGE_SHOTS}/playground.png` });
+  assert.deepEqual(page.scriptErrors, []);
+  await page.close();
+});
+
+test("dragging an object changes the caption's direction words", async () => {
+  const page = await open();
+  const before = await reply(page);
+  assert.match(before.text, /chair[^,.]*\bleft\b/i);
+  // Drag the chair from the camera's left (x = -1.2 m) to its right (x = +2 m).
+  const box = await (await page.$('g.object[data-id="obj-1"] rect')).boundingBox();
+  await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+  await page.mouse.down();
+  await page.mouse.move(box.x + box.width / 2 + 3.2 * 48, box.y + box.height / 2, { steps: 8 });
+  await page.mouse.up();
+  const x = await page.evaluate(() => window.arbridgePlayground.state.scene.objects
+    .find((o) => o.id === "obj-1").pose.position.x);
+  assert.ok(x > 1.5, `the chair is at x = ${x}`);
+  const afterDrag = await reply(page);
+  assert.equal(afterDrag.state, "done", afterDrag.error);
+  assert.match(afterDrag.text, /chair[^,.]*\bright\b/i);
+  await page.close();
+});
+
+test("an invalid scene shows INVALID_ARGUMENT naming the field", async () => {
+  const page = await open();
+  await page.click('g.object[data-id="obj-2"] rect');
+  await page.fill("#obj-label", "");
+  await page.dispatchEvent("#obj-label", "change");
+  const r = await reply(page);
+  assert.equal(r.state, "error");
+  assert.match(r.error, /^INVALID_ARGUMENT: scene\.objects\[1\]\.label/);
+  await page.close();
+});
+
+test("examples/scene.json opens as is and is captioned", async () => {
+  const page = await open();
+  await page.setInputFiles("#load", env.ARBRIDGE_SCENE);
+  const ids = await page.evaluate(() => window.arbridgePlayground.state.scene.objects
+    .map((o) => o.id));
+  assert.deepEqual(ids, ["obj-1", "obj-2", "obj-3"]);
+  assert.equal(await page.inputValue("#location"), "a small kitchen");
+  const r = await reply(page);
+  assert.equal(r.state, "done", r.error);
+  assert.match(r.text, /table/i);
+  await page.close();
+});
+
+test("cancelling mid-reply frees the server's slot", async () => {
+  const page = await open();
+  await page.fill("#max-tokens", "400");
+  await page.fill("#scene-constraint", "0");
+  await page.fill("#question", "Tell me a long story about this room and everything in it.");
+  await page.click("#ask");
+  await page.waitForFunction(() => window.arbridgePlayground.state.events.length >= 2);
+  assert.equal(await metric("arbridge_active_requests"), 1);
+  await page.click("#cancel");
+  await page.waitForFunction(() => document.body.dataset.reply === "cancelled");
+  const deadline = Date.now() + 5000;
+  let active = await metric("arbridge_active_requests");
+  while (active !== 0 && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 100));
+    active = await metric("arbridge_active_requests");
+  }
+  assert.equal(active, 0, "the cancelled reply still holds a slot");
+  await page.close();
+});
+
+test("a required token is enforced", async () => {
+  const page = await open(PAGE, { token: "" });
+  const r = await reply(page);
+  assert.equal(r.state, "error");
+  assert.match(r.error, /^UNAUTHENTICATED: /);
+  await page.fill("#token", "not-the-token");
+  const wrong = await reply(page);
+  assert.match(wrong.error, /^UNAUTHENTICATED: /);
+  await page.close();
+});
+
+test("another origin works only as the server's CORS setting allows", async () => {
+  const allowed = await open(env.ARBRIDGE_ALLOWED);
+  const ok = await reply(allowed);
+  assert.equal(ok.state, "done", ok.error);
+  assert.match(ok.text, /chair/i);
+  await allowed.close();
+  const refused = await open(env.ARBRIDGE_REFUSED);
+  const r = await reply(refused);
+  assert.equal(r.state, "error");
+  assert.doesNotMatch(r.error, /^INVALID_ARGUMENT|^UNAUTHENTICATED/);
+  await refused.close();
+});

@@ -1,0 +1,96 @@
+"""The browser playground and its gRPC-Web client, in a real browser.
+
+Debian's chromium, headless, driven by playwright-core from npm
+(tests/browser/playground.test.mjs), against `arbridge serve` with the default
+model, a required token and CORS allowed for one other origin. Screenshots go to
+build/playground/ (a CI artifact). Also: the generated client code and the
+committed bundle are what `make web` makes from the current sources.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+from test_e2e_smollm2 import free_port
+
+from arbridge.client import wait_until_serving
+
+from conftest import REPO
+
+PLAYGROUND = REPO / "server" / "arbridge" / "playground"
+NODE_BIN = REPO / "node_modules" / ".bin"
+TOKEN = "playground-test-token"
+
+
+def _static_server(directory) -> http.server.ThreadingHTTPServer:
+    """The playground's files from another origin (another port), as a web app would."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.e2e
+def test_the_playground_in_chromium(tmp_path):
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    allowed_site, refused_site = _static_server(PLAYGROUND), _static_server(PLAYGROUND)
+    allowed = f"http://127.0.0.1:{allowed_site.server_address[1]}"
+    port, web, metrics = free_port(), free_port(), free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "ARBRIDGE_AUTH_TOKENS": TOKEN,
+           "ARBRIDGE_GRPC_WEB_CORS_ORIGINS": f'["{allowed}"]'}
+    proc = subprocess.Popen([sys.executable, "-m", "arbridge.cli", "serve", "--host",
+                             "127.0.0.1", "--port", str(port), "--grpc-web-port", str(web),
+                             "--metrics-port", str(metrics), "--public-health"],
+                            cwd=REPO, env=env)  # open health: wait_until_serving has no token
+    shots = REPO / "build" / "playground"
+    shots.mkdir(parents=True, exist_ok=True)
+    try:
+        wait_until_serving(f"127.0.0.1:{port}", timeout_s=900,
+                           should_continue=lambda: proc.poll() is None)
+        gateway = f"http://127.0.0.1:{web}"
+        refused = f"http://127.0.0.1:{refused_site.server_address[1]}"
+        run = subprocess.run(
+            ["node", "--test", "--test-timeout=120000", "--test-reporter=spec",
+             "tests/browser/playground.test.mjs"],
+            cwd=REPO, capture_output=True, text=True, timeout=600, env={
+                **os.environ, "CHROMIUM": chromium, "ARBRIDGE_PAGE": f"{gateway}/",
+                "ARBRIDGE_METRICS": f"http://127.0.0.1:{metrics}/metrics",
+                "ARBRIDGE_TOKEN": TOKEN,
+                "ARBRIDGE_ALLOWED": f"{allowed}/index.html?server={gateway}",
+                "ARBRIDGE_REFUSED": f"{refused}/index.html?server={gateway}",
+                "ARBRIDGE_SCENE": str(REPO / "examples" / "scene.json"),
+                "ARBRIDGE_SHOTS": str(shots)})
+        print(run.stdout[-6000:], run.stderr[-3000:])
+        assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
+        assert (shots / "playground.png").stat().st_size > 10_000
+    finally:
+        allowed_site.shutdown()
+        refused_site.shutdown()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+
+
+def test_generated_client_and_bundle_are_current(tmp_path):
+    """`make web`'s outputs, made again into tmp_path, equal the committed ones."""
+    subprocess.run([str(NODE_BIN / "buf"), "generate", "-o", str(tmp_path)], cwd=REPO,
+                   check=True)
+    for made in sorted((tmp_path / "web" / "gen").rglob("*")):
+        if made.is_file():
+            committed = REPO / made.relative_to(tmp_path)
+            assert committed.read_bytes() == made.read_bytes(), f"{committed}: run make web"
+    bundle = tmp_path / "playground.js"
+    subprocess.run([str(NODE_BIN / "esbuild"), "web/src/playground.js", "--bundle",
+                    "--format=esm", "--target=es2020", f"--outfile={bundle}",
+                    "--log-level=warning"], cwd=REPO, check=True)
+    assert (PLAYGROUND / "playground.js").read_bytes() == bundle.read_bytes(), \
+        "server/arbridge/playground/playground.js is stale: run make web"
