@@ -112,6 +112,9 @@ test("an invalid scene shows INVALID_ARGUMENT naming the field", async () => {
 test("examples/scene.json opens as is and is captioned", async () => {
   const page = await open();
   await page.setInputFiles("#load", env.ARBRIDGE_SCENE);
+  // The file is read asynchronously after the change event.
+  await page.waitForFunction(() =>
+    window.arbridgePlayground.state.scene.locationHint === "a small kitchen");
   const ids = await page.evaluate(() => window.arbridgePlayground.state.scene.objects
     .map((o) => o.id));
   assert.deepEqual(ids, ["obj-1", "obj-2", "obj-3"]);
