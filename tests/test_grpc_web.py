@@ -309,7 +309,9 @@ async def test_the_playground_is_served_on_get(web, make_server, tiny_model_dir)
         assert "createGrpcWebTransport" in script.text
         head = await client.head(f"{base}/playground.css")
         assert head.status_code == 200 and head.content == b""
-        assert (await client.get(f"{base}/../pyproject.toml")).status_code == 405
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        # Only the listed paths: an encoded ".." reaches the server as "/../..." and is refused.
+        assert (await client.get(f"{base}/%2e%2e/pyproject.toml")).status_code == 405
     off = await make_server(tiny_model_dir, grpc_web_port=0, grpc_web_playground=False)
     async with httpx.AsyncClient() as client:
         reply = await client.get(f"http://127.0.0.1:{off.server.grpc_web_port}/")

@@ -73,11 +73,16 @@ def test_the_playground_in_chromium(tmp_path):
         assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
         assert (shots / "playground.png").stat().st_size > 10_000
     finally:
-        allowed_site.shutdown()
-        refused_site.shutdown()
+        for site in (allowed_site, refused_site):
+            site.shutdown()
+            site.server_close()
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def test_generated_client_and_bundle_are_current(tmp_path):

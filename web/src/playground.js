@@ -1,8 +1,8 @@
 // The scene playground served at `/` of the gRPC-Web port: a top-down scene editor,
 // captions and dialogue streaming through ./client.js, sampling controls, timings.
 
-import { ArBridge, ConnectError, DescribeSceneRequestSchema, FinishReason, fromJson, statusName,
-  toJson } from "./client.js";
+import { ArBridge, Code, ConnectError, DescribeSceneRequestSchema, FinishReason, fromJson,
+  statusName, toJson } from "./client.js";
 
 const PX_PER_M = 48; // view scale
 const DEFAULT_EXTENT = 0.2; // half-extent drawn when an object has none (metres)
@@ -22,6 +22,7 @@ const state = {
     ],
   },
   instruction: "",
+  sampling: {}, // a loaded file's sampling fields
   selected: null, // object id
   mentioned: new Set(),
   sessionId: "",
@@ -32,9 +33,14 @@ const state = {
 // -- geometry -------------------------------------------------------------------
 function yawOf(q) {
   // Heading of the +Z axis rotated by q, in degrees clockwise from +Z (seen from above).
-  const { x = 0, y = 0, z = 0, w = 1 } = q || {};
-  const fx = 2 * (x * z + w * y);
-  const fz = 1 - 2 * (x * x + y * y);
+  // As the server reads it: a field the JSON mapping left out is 0, an all-zero
+  // quaternion is no rotation, and q is normalised first.
+  if (!q) return 0;
+  const { x = 0, y = 0, z = 0, w = 0 } = q;
+  const norm2 = x * x + y * y + z * z + w * w;
+  if (norm2 === 0) return 0;
+  const fx = (2 * (x * z + w * y)) / norm2;
+  const fz = 1 - (2 * (x * x + y * y)) / norm2;
   return (Math.atan2(fx, fz) * 180) / Math.PI;
 }
 
@@ -111,7 +117,9 @@ function startDrag(event, obj) {
   select(obj.id);
   const svg = $("view");
   svg.setPointerCapture(event.pointerId);
+  let moved = false;
   const move = (e) => {
+    moved = true;
     const box = svg.getBoundingClientRect();
     const [x, z] = toWorld(e.clientX - box.left, e.clientY - box.top);
     obj.pose = obj.pose || {};
@@ -122,7 +130,7 @@ function startDrag(event, obj) {
   const up = () => {
     svg.removeEventListener("pointermove", move);
     svg.removeEventListener("pointerup", up);
-    sceneChanged();
+    if (moved) sceneChanged();
   };
   svg.addEventListener("pointermove", move);
   svg.addEventListener("pointerup", up);
@@ -166,8 +174,11 @@ function editObject() {
     if (k.trim() && v.join("=").trim()) attributes[k.trim()] = v.join("=").trim();
   }
   obj.attributes = attributes;
-  obj.pose = obj.pose || { position: { x: 0, y: 0, z: 1 } };
-  obj.pose.rotation = yawQuaternion(Number($("obj-yaw").value) || 0);
+  const yaw = Number($("obj-yaw").value) || 0;
+  if (Math.round(yawOf(obj.pose?.rotation)) !== yaw) {
+    obj.pose = obj.pose || { position: { x: 0, y: 0, z: 1 } };
+    obj.pose.rotation = yawQuaternion(yaw);
+  }
   drawView();
   sceneChanged();
 }
@@ -192,7 +203,7 @@ function deleteObject() {
 }
 
 function sceneChanged() {
-  state.sessionId = ""; // a new scene starts a new dialogue
+  // The dialogue goes on: the next Ask carries the edited scene (AskRequest.scene).
   $("camera-yaw").value = Math.round(camera().yaw);
   $("location").value = state.scene.locationHint || "";
 }
@@ -206,7 +217,7 @@ function loadJson(text) {
   state.scene = { objects: [], ...normal.scene };
   state.instruction = normal.instruction || "";
   $("instruction").value = state.instruction;
-  if (normal.sampling) setSampling(normal.sampling);
+  setSampling(normal.sampling || {});
   state.mentioned = new Set();
   select(null);
   sceneChanged();
@@ -224,20 +235,25 @@ function saveJson() {
 
 // -- sampling ----------------------------------------------------------------------
 function sampling() {
-  const out = { maxNewTokens: Number($("max-tokens").value) || 0,
+  // A loaded file's other fields (topK, stop, ...) are kept; the form's win.
+  const out = { ...state.sampling, maxNewTokens: Number($("max-tokens").value) || 0,
     temperature: Number($("temperature").value) || 0,
     topP: Number($("top-p").value) || 0 };
+  delete out.seed;
+  delete out.sceneConstraint;
   if ($("seed").value !== "") out.seed = $("seed").value;
   if ($("scene-constraint").value !== "") out.sceneConstraint = Number($("scene-constraint").value);
   return out;
 }
 
 function setSampling(s) {
-  if (s.maxNewTokens !== undefined) $("max-tokens").value = s.maxNewTokens;
-  if (s.temperature !== undefined) $("temperature").value = s.temperature;
-  if (s.topP !== undefined) $("top-p").value = s.topP;
-  if (s.seed !== undefined) $("seed").value = s.seed;
-  if (s.sceneConstraint !== undefined) $("scene-constraint").value = s.sceneConstraint;
+  // The JSON mapping leaves zero values out: a missing field is 0 (or unset).
+  state.sampling = { ...s };
+  $("max-tokens").value = s.maxNewTokens ?? 0;
+  $("temperature").value = s.temperature ?? 0;
+  $("top-p").value = s.topP ?? 0;
+  $("seed").value = s.seed ?? "";
+  $("scene-constraint").value = s.sceneConstraint ?? "";
 }
 
 function requestJson() {
@@ -275,8 +291,9 @@ async function run(kind) {
         { signal: abort.signal });
     } else {
       const question = $("question").value.trim();
-      stream = api.ask({ sessionId: state.sessionId,
-        start: { scene: state.scene }, text: question, sampling: sampling() }, { signal: abort.signal });
+      stream = api.ask({ sessionId: state.sessionId, start: { scene: state.scene },
+        scene: state.sessionId ? state.scene : undefined, text: question,
+        sampling: sampling() }, { signal: abort.signal });
       appendTurn("you", question);
     }
     for await (const event of stream) {
@@ -292,18 +309,23 @@ async function run(kind) {
         if (kind === "ask") appendTurn("assistant", event.completion.text);
       }
     }
-    document.body.dataset.reply = "done";
+    if (state.abort === abort) document.body.dataset.reply = "done";
   } catch (err) {
     const e = ConnectError.from(err);
-    if (abort.signal.aborted) {
+    if (state.abort !== abort && abort.signal.aborted) {
+      // A newer reply replaced this one: the page is that reply's now.
+    } else if (abort.signal.aborted) {
       $("status").textContent = "cancelled";
       document.body.dataset.reply = "cancelled";
     } else {
+      if (e.code === Code.NotFound && kind === "ask") state.sessionId = ""; // expired
       showError(e);
     }
   } finally {
-    if (state.abort === abort) state.abort = null;
-    $("cancel").disabled = true;
+    if (state.abort === abort) {
+      state.abort = null;
+      $("cancel").disabled = true;
+    }
   }
 }
 
@@ -319,6 +341,8 @@ function finished(completion, text, started, first) {
       .toFixed(0)} ms (server), ${first ? (first - started).toFixed(0) : "–"} ms (here) · ` +
     `${rate} tok/s`;
   highlight(completion.text || text, completion.grounding || []);
+  if (completion.errorMessage) showError({ code: Code.Internal, rawMessage:
+    `${reason}: ${completion.errorMessage}` });
 }
 
 function finishName(value) {

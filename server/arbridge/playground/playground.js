@@ -6908,6 +6908,8 @@ var state = {
     ]
   },
   instruction: "",
+  sampling: {},
+  // a loaded file's sampling fields
   selected: null,
   // object id
   mentioned: /* @__PURE__ */ new Set(),
@@ -6917,9 +6919,12 @@ var state = {
   // {kind, at, text?}: what the last reply streamed (read by the browser tests)
 };
 function yawOf(q) {
-  const { x = 0, y = 0, z = 0, w = 1 } = q || {};
-  const fx = 2 * (x * z + w * y);
-  const fz = 1 - 2 * (x * x + y * y);
+  if (!q) return 0;
+  const { x = 0, y = 0, z = 0, w = 0 } = q;
+  const norm2 = x * x + y * y + z * z + w * w;
+  if (norm2 === 0) return 0;
+  const fx = 2 * (x * z + w * y) / norm2;
+  const fz = 1 - 2 * (x * x + y * y) / norm2;
   return Math.atan2(fx, fz) * 180 / Math.PI;
 }
 function yawQuaternion(deg) {
@@ -6998,7 +7003,9 @@ function startDrag(event2, obj) {
   select(obj.id);
   const svg = $("view");
   svg.setPointerCapture(event2.pointerId);
+  let moved = false;
   const move = (e) => {
+    moved = true;
     const box = svg.getBoundingClientRect();
     const [x, z] = toWorld(e.clientX - box.left, e.clientY - box.top);
     obj.pose = obj.pose || {};
@@ -7009,7 +7016,7 @@ function startDrag(event2, obj) {
   const up = () => {
     svg.removeEventListener("pointermove", move);
     svg.removeEventListener("pointerup", up);
-    sceneChanged();
+    if (moved) sceneChanged();
   };
   svg.addEventListener("pointermove", move);
   svg.addEventListener("pointerup", up);
@@ -7046,8 +7053,11 @@ function editObject() {
     if (k.trim() && v.join("=").trim()) attributes[k.trim()] = v.join("=").trim();
   }
   obj.attributes = attributes;
-  obj.pose = obj.pose || { position: { x: 0, y: 0, z: 1 } };
-  obj.pose.rotation = yawQuaternion(Number($("obj-yaw").value) || 0);
+  const yaw = Number($("obj-yaw").value) || 0;
+  if (Math.round(yawOf(obj.pose?.rotation)) !== yaw) {
+    obj.pose = obj.pose || { position: { x: 0, y: 0, z: 1 } };
+    obj.pose.rotation = yawQuaternion(yaw);
+  }
   drawView();
   sceneChanged();
 }
@@ -7076,7 +7086,6 @@ function deleteObject() {
   sceneChanged();
 }
 function sceneChanged() {
-  state.sessionId = "";
   $("camera-yaw").value = Math.round(camera().yaw);
   $("location").value = state.scene.locationHint || "";
 }
@@ -7087,7 +7096,7 @@ function loadJson(text) {
   state.scene = { objects: [], ...normal.scene };
   state.instruction = normal.instruction || "";
   $("instruction").value = state.instruction;
-  if (normal.sampling) setSampling(normal.sampling);
+  setSampling(normal.sampling || {});
   state.mentioned = /* @__PURE__ */ new Set();
   select(null);
   sceneChanged();
@@ -7103,20 +7112,24 @@ function saveJson() {
 }
 function sampling() {
   const out = {
+    ...state.sampling,
     maxNewTokens: Number($("max-tokens").value) || 0,
     temperature: Number($("temperature").value) || 0,
     topP: Number($("top-p").value) || 0
   };
+  delete out.seed;
+  delete out.sceneConstraint;
   if ($("seed").value !== "") out.seed = $("seed").value;
   if ($("scene-constraint").value !== "") out.sceneConstraint = Number($("scene-constraint").value);
   return out;
 }
 function setSampling(s) {
-  if (s.maxNewTokens !== void 0) $("max-tokens").value = s.maxNewTokens;
-  if (s.temperature !== void 0) $("temperature").value = s.temperature;
-  if (s.topP !== void 0) $("top-p").value = s.topP;
-  if (s.seed !== void 0) $("seed").value = s.seed;
-  if (s.sceneConstraint !== void 0) $("scene-constraint").value = s.sceneConstraint;
+  state.sampling = { ...s };
+  $("max-tokens").value = s.maxNewTokens ?? 0;
+  $("temperature").value = s.temperature ?? 0;
+  $("top-p").value = s.topP ?? 0;
+  $("seed").value = s.seed ?? "";
+  $("scene-constraint").value = s.sceneConstraint ?? "";
 }
 function requestJson() {
   return { scene: state.scene, instruction: $("instruction").value, sampling: sampling() };
@@ -7155,6 +7168,7 @@ async function run(kind) {
       stream = api.ask({
         sessionId: state.sessionId,
         start: { scene: state.scene },
+        scene: state.sessionId ? state.scene : void 0,
         text: question,
         sampling: sampling()
       }, { signal: abort.signal });
@@ -7173,18 +7187,22 @@ async function run(kind) {
         if (kind === "ask") appendTurn("assistant", event2.completion.text);
       }
     }
-    document.body.dataset.reply = "done";
+    if (state.abort === abort) document.body.dataset.reply = "done";
   } catch (err) {
     const e = ConnectError.from(err);
-    if (abort.signal.aborted) {
+    if (state.abort !== abort && abort.signal.aborted) {
+    } else if (abort.signal.aborted) {
       $("status").textContent = "cancelled";
       document.body.dataset.reply = "cancelled";
     } else {
+      if (e.code === Code.NotFound && kind === "ask") state.sessionId = "";
       showError(e);
     }
   } finally {
-    if (state.abort === abort) state.abort = null;
-    $("cancel").disabled = true;
+    if (state.abort === abort) {
+      state.abort = null;
+      $("cancel").disabled = true;
+    }
   }
 }
 function finished(completion, text, started, first) {
@@ -7195,6 +7213,7 @@ function finished(completion, text, started, first) {
   const rate = usage.completionTokens > 1 && seconds > 0 ? ((usage.completionTokens - 1) / seconds).toFixed(1) : "\u2013";
   $("status").textContent = `finish: ${reason} \xB7 ${usage.promptTokens ?? 0} prompt + ${usage.completionTokens ?? 0} tokens \xB7 first token ${(timings.timeToFirstTokenMs ?? 0).toFixed(0)} ms (server), ${first ? (first - started).toFixed(0) : "\u2013"} ms (here) \xB7 ${rate} tok/s`;
   highlight(completion.text || text, completion.grounding || []);
+  if (completion.errorMessage) showError({ code: Code.Internal, rawMessage: `${reason}: ${completion.errorMessage}` });
 }
 function finishName(value) {
   return FinishReason[value] ?? String(value);

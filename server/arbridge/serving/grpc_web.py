@@ -356,7 +356,10 @@ async def _static(send, path: str, head: bool) -> None:
     body = resources.files("arbridge.playground").joinpath(name).read_bytes()
     await send({"type": "http.response.start", "status": 200, "headers": [
         (b"content-type", kind), (b"content-length", str(len(body)).encode()),
-        (b"cache-control", b"no-cache"), (b"x-content-type-options", b"nosniff")]})
+        (b"cache-control", b"no-cache"), (b"x-content-type-options", b"nosniff"),
+        # Its own files only, never framed; calls may go to any gRPC-Web server (?server=).
+        (b"content-security-policy",
+         b"default-src 'self'; connect-src *; frame-ancestors 'none'")]})
     await send({"type": "http.response.body", "body": b"" if head else body})
 
 
