@@ -130,11 +130,12 @@ protos: $(VENV)/.installed
 # The browser client's code from protos/ (protoc-gen-es) and the playground's bundle
 # (esbuild), both committed: the server ships them, no build step at run time. A
 # test fails when either is stale.
-WEB_BUNDLE := server/arbridge/playground/playground.js
+# WEB_OUT: where the outputs go (the test that checks them builds into a temp dir).
+WEB_OUT ?= .
 web: $(BUF)
-	$(BUF) generate
+	$(BUF) generate -o $(WEB_OUT)
 	node_modules/.bin/esbuild web/src/playground.js --bundle --format=esm --target=es2020 \
-	  --outfile=$(WEB_BUNDLE) --log-level=warning
+	  --outfile=$(WEB_OUT)/server/arbridge/playground/playground.js --log-level=warning
 
 # Record the contract as released: later changes must pass `buf breaking` against it
 # (tests/test_contract.py). Run when tagging a release, never to silence a failure.

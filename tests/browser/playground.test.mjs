@@ -53,21 +53,17 @@ async function reply(page, button = "#describe") {
   };
 }
 
-async function metric(name) {
-  // `name` is a sample as /metrics writes it, labels included: arbridge_x{reason="..."}.
+// The sum of the server's /metrics samples whose line passes `keep`.
+async function metricSum(keep) {
   const text = await (await fetch(env.ARBRIDGE_METRICS)).text();
-  const line = text.split("\n").find((l) => l.startsWith(`${name} `) ||
-    (!name.includes("{") && l.startsWith(`${name}{`)));
-  return line ? Number(line.split(" ").pop()) : 0;
-}
-
-// Ask calls the server finished as CANCELLED (the client went away mid-reply).
-async function cancelledAsks() {
-  const text = await (await fetch(env.ARBRIDGE_METRICS)).text();
-  return text.split("\n").filter((l) => l.startsWith("arbridge_rpcs_total{") &&
-    l.includes('code="CANCELLED"') && l.includes("Ask"))
+  return text.split("\n").filter((l) => !l.startsWith("#") && keep(l))
     .reduce((sum, l) => sum + Number(l.split(" ").pop()), 0);
 }
+
+const activeRequests = () => metricSum((l) => l.startsWith("arbridge_active_requests "));
+// Ask calls the server finished as CANCELLED (the client went away mid-reply).
+const cancelledAsks = () => metricSum((l) => l.startsWith("arbridge_rpcs_total{") &&
+  l.includes('code="CANCELLED"') && l.includes("Ask"));
 
 test("a caption streams in chunks, with its grounding and timings", async () => {
   const page = await open();
@@ -153,14 +149,14 @@ test("cancelling mid-reply frees the server's slot", async () => {
   const cancelledBefore = await cancelledAsks();
   await page.click("#ask");
   await page.waitForFunction(() => window.arbridgePlayground.state.events.length >= 2);
-  assert.equal(await metric("arbridge_active_requests"), 1);
+  assert.equal(await activeRequests(), 1);
   await page.click("#cancel", { timeout: 5000 });
   await page.waitForFunction(() => document.body.dataset.reply === "cancelled");
   const deadline = Date.now() + 5000;
-  let active = await metric("arbridge_active_requests");
+  let active = await activeRequests();
   while (active !== 0 && Date.now() < deadline) {
     await new Promise((r) => setTimeout(r, 100));
-    active = await metric("arbridge_active_requests");
+    active = await activeRequests();
   }
   assert.equal(active, 0, "the cancelled reply still holds a slot");
   // Freed by the cancel, not by the reply ending on its own.
