@@ -171,6 +171,52 @@ def test_object_rules_complete_a_phrase_of_an_unnamed_object():
     assert rules.step([50, 9]).allowed is None  # written without the rule: left alone
 
 
+def test_object_rules_let_to_the_go_on_only_with_a_true_side():
+    # 1 names object 0 (on the left: 41 "right" is false for it). 40/41/42 are the
+    # sides "left"/"right"/"front" (one direction group with 43 "ahead"), 30 a distance;
+    # (9, 10) is " to the".
+    names = {(1,): 0}
+    rules = ObjectRules(names, (frozenset({41, 42}),), once=False, no_stutter=False,
+                        once_per_mention=(frozenset({40, 41, 42, 43}), frozenset({30})),
+                        place_lead=(9, 10), place_words=frozenset({40, 41, 42}))
+    assert rules.step([1, 9, 10]).allowed == {40}  # not "to the far", not "to the right"
+    assert rules.step([1, 30, 9, 10]).allowed == {40}  # a distance first changes nothing
+    assert rules.step([9, 10]).allowed == {40, 41, 42}  # before any mention: any side
+    assert rules.step([1, 9]).allowed is None  # "to" alone is free
+    # Once the direction is said ("ahead" too), "to the" may not start again.
+    assert 9 in rules.step([1, 40, 8]).banned
+    assert 9 in rules.step([1, 43]).banned
+    assert 9 not in rules.step([1, 30]).banned
+    assert 9 not in rules.step([1, 40, 8, 1]).banned  # a new mention starts afresh
+
+
+def test_object_rules_say_no_six_words_twice_punctuation_aside():
+    # 7 is a comma: "5 6 2 3 4 , 8" then "5 6 2 3 4" may not go on with 8.
+    rules = ObjectRules({}, (), once=False, no_stutter=False, repeat_words=6,
+                        punctuation=frozenset({7}))
+    said = [5, 6, 2, 3, 4, 7, 8, 11]
+    assert 8 in rules.step(said + [5, 6, 2, 3, 4]).banned
+    assert 8 in rules.step(said + [5, 6, 7, 2, 3, 4]).banned  # a comma hides nothing
+    assert 8 not in rules.step(said + [6, 6, 2, 3, 4]).banned  # five words differ
+
+
+def test_allowed_tokens_avoid_a_repeat_where_another_is_left():
+    from arbridge.engine.scheduler import _logit_rules
+    names = {(1,): 0}
+    rules = ObjectRules(names, (frozenset(),), once=False, no_stutter=False,
+                        place_lead=(9, 10), place_words=frozenset({40, 41}))
+    cfg = SamplingConfig(no_repeat_ngram=3, object_rules=rules)
+    # "to the 40" was said: after "to the" again, 41 is left; where 41 is the only
+    # side allowed, the repeat is the lesser harm and stays allowed.
+    out = _logit_rules([(cfg, [1, 9, 10, 40, 1, 9, 10])], "cpu")
+    assert out.allow[2].tolist() == [41]
+    only_40 = ObjectRules(names, (frozenset({41}),), once=False, no_stutter=False,
+                          place_lead=(9, 10), place_words=frozenset({40, 41}))
+    out = _logit_rules([(SamplingConfig(no_repeat_ngram=3, object_rules=only_40),
+                         [1, 9, 10, 40, 1, 9, 10])], "cpu")
+    assert out.allow[2].tolist() == [40]
+
+
 def test_caption_rules_follow_the_geometry(loaded):
     constraint = SceneConstraint(loaded.tokenizer)
     tok = loaded.tokenizer

@@ -89,6 +89,11 @@ class ObjectRules:
     dressed room" for "a full dresser") or invents attributes, and never gets to
     the objects late in the list. The model still picks which object, and when.
     Each `once_per_mention` group may be said once after a mention.
+
+    After `place_lead` (" to the") only a `place_words` token (a side) may follow, of
+    those not masked already, and once a direction was said for the latest mention the
+    lead may not start again: without it a small model goes on "to the far away", "to the
+    next", "to the side, to the corner, to the top", where a caption turns into a loop.
     """
 
     names: dict[tuple[int, ...], int]
@@ -107,6 +112,12 @@ class ObjectRules:
     # far away to the left to the right" is where a caption stalls instead of going on.
     once_per_mention: tuple[frozenset[int], ...] = ()
     no_stutter: bool = True  # no token right after itself
+    place_lead: tuple[int, ...] = ()
+    place_words: frozenset[int] = frozenset()
+    # No `repeat_words`-gram of the reply's words said twice, punctuation aside: a list
+    # repeating "is to the right, and a" is a loop to a reader.
+    repeat_words: int = 0
+    punctuation: frozenset[int] = frozenset()
     _named_tables: dict = field(default_factory=dict, repr=False)  # objects -> BannedWords
 
     @property
@@ -146,6 +157,8 @@ class ObjectRules:
             for group in self.once_per_mention:
                 if not since.isdisjoint(group):
                     static.append(group)
+                    if self.place_lead and not group.isdisjoint(self.place_words):
+                        banned.add(self.place_lead[0])  # its side is said: no "to the"
         named = {obj for _, obj in mentions}
         first_ends = [min(end for end, o in mentions if o == obj) for obj in named]
         last_new = max(first_ends, default=-1)
@@ -153,7 +166,14 @@ class ObjectRules:
             static.append(self.until_all)
         if self.once and named:
             banned |= self._names_of(named).next_banned(generated)
-        return RuleStep(banned, static, self._phrase_tokens(generated, mentions))
+        if self.repeat_words > 1:
+            words = [t for t in generated if t not in self.punctuation]
+            banned |= repeated_ngram_tokens(words, self.repeat_words)
+        allowed = self._phrase_tokens(generated, mentions)
+        lead = self.place_lead
+        if allowed is None and lead and tuple(generated[-len(lead):]) == lead:
+            allowed = frozenset(self.place_words - banned).difference(*static) or None
+        return RuleStep(banned, static, allowed)
 
     def _phrase_tokens(self, generated: list[int], mentions: list[tuple[int, int]]
                        ) -> frozenset[int] | None:

@@ -506,7 +506,9 @@ def _logit_rules(rows: list[tuple[SamplingConfig, list[int]]], device) -> LogitR
         step = cfg.object_rules.step(generated) if cfg.object_rules is not None else None
         if step is not None and step.allowed is not None:
             allow_rows.append(row)
-            allow_sets.append(step.allowed)
+            # A repeat is avoided where the allowed tokens leave another way.
+            repeats = repeated_ngram_tokens(generated, cfg.no_repeat_ngram)
+            allow_sets.append(step.allowed - repeats or step.allowed)
             continue
         dynamic: dict[int, float] = {}
         for token in repeated_ngram_tokens(generated, cfg.no_repeat_ngram):

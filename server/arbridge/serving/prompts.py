@@ -74,8 +74,10 @@ class PromptTooLong(ValueError):
 def _caption_request(scene: pb.SceneFeatures, instruction: str) -> str:
     # With metres (measured: fewer false places than words alone); the caption's digits
     # are masked, so it says them in words.
+    # The instruction first: it is the same for every scene, so the prefix cache holds
+    # it with the system prompt and only the scene is prefilled (time to first token).
     seen = describe_scene(scene) or "Nothing is detected."
-    return f"The glasses see: {seen}\n{instruction}"
+    return f"{instruction}\nThe glasses see: {seen}"
 
 
 class PromptBuilder:

@@ -23,6 +23,7 @@ HARD_FROM = 1e4
 # Captions get these unless the request says otherwise (`arbridge eval` measured them).
 CAPTION_NO_REPEAT_NGRAM = 4
 CAPTION_MAX_SENTENCES = 1
+CAPTION_REPEAT_WORDS = 6  # the scorer's loop: any 6 words twice (tools/caption_score.py)
 # The place rules are for scenes a sentence can name: beyond this many distinct
 # labels, or names longer than this many tokens, the noun mask alone applies (the
 # rules' per-step work grows with both, and every stream in the batch would wait).
@@ -65,6 +66,16 @@ class SceneConstraint:
         self._claims = tuple(
             frozenset(t for words in table.values() for w in words for t in self._word_ids[w])
             for table in (_DIRECTION_WORDS, _DISTANCE_WORDS))
+        self._punctuation = frozenset(i for i, text in enumerate(decoded)
+                                      if text.strip() and all(not c.isalnum() and
+                                                              not c.isspace() for c in text))
+        # " to the" must go on with a side ("to the left"), in lower case.
+        lead = tokenizer(" to the", add_special_tokens=False).input_ids
+        self._place_lead = tuple(lead) if len(lead) == 2 else ()
+        self._place_words = frozenset(
+            seq[0] for seq in tokenizer([f" {w}" for w in ("left", "right", "front", "rear",
+                                                           "back")],
+                                        add_special_tokens=False).input_ids if len(seq) == 1)
         # The indefinite articles that open a phrase naming an object.
         articles = {word: {seq[0] for seq in tokenizer([word, f" {word}"],
                                                        add_special_tokens=False).input_ids
@@ -128,7 +139,9 @@ class SceneConstraint:
         return ObjectRules(names, tuple(wrong), self._enders, self._never,
                            phrases=tuple(phrases), articles=self._articles,
                            vowel_articles=self._vowel_articles,
-                           once_per_mention=self._claims)
+                           once_per_mention=self._claims, place_lead=self._place_lead,
+                           place_words=self._place_words,
+                           repeat_words=CAPTION_REPEAT_WORDS, punctuation=self._punctuation)
 
     def apply(self, cfg: SamplingConfig, scene: pb.SceneFeatures | None,
               caption: bool, supported: bool = True) -> SamplingConfig:
