@@ -90,14 +90,26 @@ class SceneConstraint:
         self._sequences: dict[str, list[tuple[int, ...]]] = {}
         for (form, _), seq in zip(variants, ids, strict=True):
             self._sequences.setdefault(form, []).append(tuple(seq))
+        # Every form banned; a request takes its scene's names out of a copy (faster
+        # than building the table anew: it is on the way to the first token).
+        self._all = BannedWords.of([seq for seqs in self._sequences.values() for seq in seqs],
+                                   HARD)
 
     def banned(self, scene: pb.SceneFeatures, penalty: float) -> BannedWords:
         allowed: set[str] = set()
         for obj in scene.objects:
             allowed |= names_of(obj.label)
-        sequences = [seq for form, seqs in self._sequences.items() if form not in allowed
-                     for seq in seqs]
-        return BannedWords.of(sequences, HARD if penalty >= HARD_FROM else penalty)
+        table = dict(self._all.by_prefix)
+        for form in allowed & self._sequences.keys():
+            for seq in self._sequences[form]:
+                prefix = seq[:-1]
+                rest = table.get(prefix, frozenset()) - {seq[-1]}
+                if rest:
+                    table[prefix] = rest
+                else:
+                    table.pop(prefix, None)
+        return BannedWords(table, HARD if penalty >= HARD_FROM else penalty,
+                           self._all.longest_prefix)
 
     def object_rules(self, scene: pb.SceneFeatures) -> ObjectRules | None:
         """Directions and distances that are false for each named object, and no
