@@ -112,6 +112,7 @@ bench: setup
 	$(PY) -m pip install --quiet -e '.[dev,bench]' $(TORCH)
 	$(ARB) bench --dtype float32
 	$(ARB) bench --dtype bfloat16
+	$(ARB) resume-bench --dtype float32
 
 # Caption and dialogue quality through a real server, beside a plain-prompt
 # baseline, on seeded scenes (held-out split reported apart; a few minutes).

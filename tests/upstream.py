@@ -74,6 +74,7 @@ class TcpProxy:
         self._released = asyncio.Event()
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> TcpProxy:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -106,6 +107,7 @@ class TcpProxy:
             with contextlib.suppress(Exception):
                 writer.close()
 
+        self._writers.update((client_w, up_w))
         tasks = [asyncio.create_task(pump(client_r, up_w, 0.0)),
                  asyncio.create_task(pump(up_r, client_w, self.delay_s))]
         self._tasks.update(tasks)
@@ -120,6 +122,13 @@ class TcpProxy:
                     w.close()
             self.open_connections -= 1
             self._tasks.difference_update(tasks)
+            self._writers.difference_update((client_w, up_w))
+
+    def cut(self) -> None:
+        """Reset every open connection (both sides see it drop at once, as when a
+        headset changes networks); new connections still get through."""
+        for writer in list(self._writers):
+            writer.transport.abort()
 
     def blackhole(self) -> None:
         """From now on behave like a peer that walked out of Wi-Fi: silence."""

@@ -88,6 +88,7 @@ class ArBridgeServer:
         self.settings = settings
         self.metrics = Metrics()
         self.servicer = ArBridgeServicer(settings, ignore_eos)
+        self.metrics.watch_streams(self.servicer.streams)
         self.health = health.aio.HealthServicer()
         # Fails fast (SecurityConfigError) on unreadable files or half a key pair.
         self.credentials = server_credentials(settings)

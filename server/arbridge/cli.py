@@ -86,6 +86,17 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_resume_bench(args) -> int:
+    """What a dropped connection costs a resumable reply (not a test)."""
+    from arbridge.config import load_settings
+    from arbridge.tools.resume_bench import format_report, run_resume_bench
+
+    settings = load_settings(None, model=args.model, dtype=args.dtype, log_level="WARNING")
+    _setup_logging(settings.log_level)
+    print(format_report(asyncio.run(run_resume_bench(settings, streams=args.streams))))
+    return 0
+
+
 def cmd_eval(args) -> int:
     """Caption and dialogue quality through a real server, beside a plain-prompt baseline."""
     from pathlib import Path
@@ -390,6 +401,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench/results/eval.json")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("resume-bench",
+                       help="tokens regenerated and latency of resumed replies (not a test)")
+    p.add_argument("--model", help="default: SmolLM2-135M-Instruct")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--streams", type=int, default=32)
+    p.set_defaults(func=cmd_resume_bench)
 
     p = sub.add_parser("train-projector",
                        help="train a feature-vector projector with the model frozen")

@@ -163,6 +163,18 @@ class SessionSettings(BaseSettings):
         256 << 20, ge=1 << 20, description="text and scenes all sessions may hold together")
 
 
+class StreamSettings(BaseSettings):
+    """Resumable replies (StreamOptions.resumable; serving/streams.py)."""
+
+    resume_grace_s: float = Field(
+        30.0, gt=0, description="a resumable reply nobody follows runs and is kept this long")
+    resume_stream_bytes: int = Field(
+        1 << 20, ge=4096, description="one reply's kept events; past it the reply stops")
+    resume_total_bytes: int = Field(
+        64 << 20, ge=1 << 20, description="all replies' kept events; past it, unfollowed "
+                                          "replies are dropped, longest unfollowed first")
+
+
 class EngineSettings(BaseSettings):
     """The local engine's scheduler, caches and forward path."""
 
@@ -183,9 +195,9 @@ class EngineSettings(BaseSettings):
 
 
 # Bases in reverse: pydantic lists the fields (and so the flags) from the last base on.
-class Settings(EngineSettings, SessionSettings, LimitSettings, ObservabilitySettings,
-               GrpcWebSettings, SecuritySettings, NetworkSettings, BackendSettings,
-               ModelSettings):
+class Settings(EngineSettings, StreamSettings, SessionSettings, LimitSettings,
+               ObservabilitySettings, GrpcWebSettings, SecuritySettings, NetworkSettings,
+               BackendSettings, ModelSettings):
     """Every setting, flat: `ARBRIDGE_<NAME>` in the environment, `<name> = ...` in the
     TOML file, `--<name-with-dashes>` on `arbridge serve` (flags are made from these
     fields, so a new setting is a new flag)."""

@@ -47,6 +47,10 @@ class Metrics:
         if cache is not None:
             self.registry.register(_PrefixCacheCollector(cache))
 
+    def watch_streams(self, store) -> None:
+        """Resumable replies held, their buffers, and resumes (read at scrape time)."""
+        self.registry.register(_StreamCollector(store))
+
     def serve(self, host: str, port: int) -> int:
         """Start the /metrics HTTP endpoint; returns the bound port."""
         self._http, _ = start_http_server(port, addr=host, registry=self.registry)
@@ -74,3 +78,19 @@ class _PrefixCacheCollector:
         yield tokens
         yield GaugeMetricFamily("arbridge_prefix_cache_bytes",
                                 "Memory held by cached prompt-prefix KV", value=self.cache.bytes)
+
+
+class _StreamCollector:
+    """Reads the resumable-stream store (serving/streams.py) at scrape time."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def collect(self):
+        yield GaugeMetricFamily("arbridge_resumable_streams",
+                                "Resumable replies held, followed or not", value=len(self.store))
+        yield GaugeMetricFamily("arbridge_resume_buffer_bytes",
+                                "Bytes of events kept for resumable replies",
+                                value=self.store.bytes)
+        yield CounterMetricFamily("arbridge_resumed_streams",
+                                  "Resume calls that found their stream", value=self.store.resumed)

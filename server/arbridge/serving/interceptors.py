@@ -137,6 +137,10 @@ class AccessLog(_Guarded):
     async def guard(self, call: Call):
         started = time.perf_counter()
         code = grpc.StatusCode.OK
+        # Read while the call is alive: grpc 1.85's context.peer() crashed the process
+        # (SIGSEGV) for a call whose connection had been reset while its handler waited
+        # (tests/test_resume.py's 64 cut streams, before this).
+        peer = self.peers.peer_of(call)
         self.metrics.open_rpcs.labels(call.method).inc()
         try:
             yield
@@ -157,7 +161,6 @@ class AccessLog(_Guarded):
             self.metrics.open_rpcs.labels(call.method).dec()
             self.metrics.rpcs.labels(call.method, code.name).inc()
             ms = (time.perf_counter() - started) * 1e3
-            peer = self.peers.peer_of(call)
             log.log(logging.DEBUG if call.infra else logging.INFO, "%s %s %.1f ms %s",
                     call.method, code.name, ms, peer,
                     extra={"method": call.method, "code": code.name,

@@ -63,6 +63,10 @@ class OutputProcessor:
                                 CaptionEnd(caption_names) if caption_names else None)
                       for i in range(n)]
 
+    @property
+    def sequences(self) -> int:
+        return len(self._seqs)
+
     def process(self, out: Outputs, generation: Generation) -> Iterator[Event]:
         m = self._metrics
         if out.deltas:  # latencies per step (local) or upstream chunk, as the bridge sees them
@@ -145,10 +149,12 @@ class Reply:
     objects the text mentions) is added to each Completion when `ground` is given."""
 
     def __init__(self, generation: Generation, processor: OutputProcessor,
-                 ground: Grounder | None = None):
+                 ground: Grounder | None = None, scene_version: int = 0):
         self._generation = generation
         self._processor = processor
         self._ground = ground
+        self._scene_version = scene_version
+        self.sequences = processor.sequences
 
     def cancel(self, reason: FinishReason = FinishReason.CANCELLED) -> None:
         self._generation.cancel(reason)
@@ -156,6 +162,8 @@ class Reply:
     async def __aiter__(self) -> AsyncIterator[Event]:
         async for out in self._generation:
             for event in self._processor.process(out, self._generation):
-                if isinstance(event, pb.Completion) and self._ground is not None:
-                    event.grounding.extend(self._ground(event.text))
+                if isinstance(event, pb.Completion):
+                    if self._ground is not None:
+                        event.grounding.extend(self._ground(event.text))
+                    event.scene_version = self._scene_version
                 yield event

@@ -35,6 +35,13 @@ from arbridge.serving.output import Event, OutputProcessor, Reply
 from arbridge.serving.prompts import PromptBuilder, PromptTooLong
 from arbridge.serving.scene_constraint import SceneConstraint
 from arbridge.serving.sessions import Dialogue, DialogueState, Heard, SessionStore
+from arbridge.serving.streams import (
+    StreamForbidden,
+    StreamNotFound,
+    StreamStore,
+    caller_of,
+    resumable,
+)
 from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import service_pb2_grpc
 from arbridge.v1 import types_pb2 as pb
@@ -50,6 +57,9 @@ class _Abort(Exception):
         super().__init__(message)
         self.code, self.message, self.trailers = code, message, trailers
 
+
+# What the servicer adds whatever the backend (GetModelInfo.features).
+SERVICE_FEATURES = ("resumable_streams", "scene_versions", "scene_delta")
 
 # Status messages travel in a trailer; clients drop trailers over 8-16 KiB, so a
 # message echoing a huge field must not grow with it.
@@ -78,6 +88,13 @@ def _error_status(exc: Exception) -> _Abort | None:
         return _Abort(grpc.StatusCode.UNAVAILABLE, str(exc))
     if isinstance(exc, BackendRefused):
         return _Abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    if isinstance(exc, StreamNotFound):
+        return _Abort(grpc.StatusCode.NOT_FOUND,
+                      "stream_id: unknown or expired (a reply is kept "
+                      "resume_grace_s after its client leaves); ask again")
+    if isinstance(exc, StreamForbidden):
+        return _Abort(grpc.StatusCode.PERMISSION_DENIED,
+                      "stream_id: the stream belongs to another caller")
     return None
 
 
@@ -113,6 +130,8 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         self.draining = asyncio.Event()
         self._sessions = SessionStore(settings.max_ask_sessions, settings.ask_session_idle_s,
                                       settings.max_ask_session_bytes)
+        self.streams = StreamStore(settings.resume_grace_s, settings.resume_stream_bytes,
+                                   settings.resume_total_bytes)
         # Prompt building (scene text, chat template, tokenization) runs here, never
         # on the event loop: a huge request must not stall other streams. No torch
         # work happens here (see the README's note on OpenMP teams). One thread: a
@@ -122,6 +141,7 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
             max_workers=1, thread_name_prefix="arbridge-prompt")
 
     def close(self) -> None:
+        self.streams.close()
         self._prompt_pool.shutdown(wait=False, cancel_futures=True)
 
     def attach(self, backend: Backend, metrics: Metrics) -> None:
@@ -205,7 +225,8 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
 
     def _generate(self, prompt: Prompt, cfg: SamplingConfig, context, arrived: float,
                   objects: list[pb.SceneObject] | None = None,
-                  continues_prompt: bool = False, caption: bool = False) -> Reply:
+                  continues_prompt: bool = False, caption: bool = False,
+                  scene_version: int = 0) -> Reply:
         """Start generating; the reply's Completions are grounded in `objects` if given."""
         generation = self._backend.generate(prompt, cfg, timeout_s=self._timeout(context))
         processor = OutputProcessor(self._backend.tokenizer, prompt.ids, cfg.stop,
@@ -214,7 +235,26 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
                                     _caption_names(objects) if caption and cfg.object_rules
                                     else None)
         grounder = functools.partial(ground, objects=objects) if objects is not None else None
-        return Reply(generation, processor, grounder)
+        return Reply(generation, processor, grounder, scene_version)
+
+    async def _deliver(self, response_type, reply: Reply, context, options,
+                       on_done=None, **fields):
+        """The reply's events as `response_type` messages numbered by seq; a resumable
+        one runs in the stream store (it outlives this call) and is followed here."""
+        if not resumable(options):
+            seq = 0
+            async for event in reply:
+                seq += 1
+                yield _wrap(response_type, event, seq=seq, **fields)
+            return
+        stream = self.streams.open(caller_of(context.invocation_metadata()), reply,
+                                   reply.sequences, fields.get("session_id", ""),
+                                   fields.get("turn_id", 0), on_done)
+        first = True
+        async for seq, event in self.streams.follow(stream, 0):
+            yield _wrap(response_type, event, seq=seq, stream_id=stream.id if first else "",
+                        **fields)
+            first = False
 
     # -- RPCs -----------------------------------------------------------------
     @_rpc
@@ -224,9 +264,10 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         call = self.check.generate(request)
         prompt = await self._prompt(lambda budget: self._prompts.raw(call.prompt, budget),
                                     "prompt", call.sampling)
-        async for event in self._generate(prompt, call.sampling, context, arrived,
-                                          continues_prompt=True):
-            yield _wrap(spb.GenerateResponse, event)
+        reply = self._generate(prompt, call.sampling, context, arrived, continues_prompt=True)
+        async for response in self._deliver(spb.GenerateResponse, reply, context,
+                                            request.stream):
+            yield response
 
     @_rpc
     async def DescribeScene(self, request: spb.DescribeSceneRequest, context):
@@ -239,9 +280,40 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         # After the prompt: a request refused for its size costs no constraint work.
         cfg = await self._off_loop(self._constraint.apply, call.sampling, call.scene, True,
                                    self._constraints_on)
-        async for event in self._generate(prompt, cfg, context, arrived,
-                                          objects=list(call.scene.objects), caption=True):
-            yield _wrap(spb.DescribeSceneResponse, event)
+        reply = self._generate(prompt, cfg, context, arrived, objects=list(call.scene.objects),
+                               caption=True, scene_version=call.scene.scene_version)
+        async for response in self._deliver(spb.DescribeSceneResponse, reply, context,
+                                            request.stream):
+            yield response
+
+    @_rpc
+    async def Resume(self, request: spb.ResumeRequest, context):
+        if not request.stream_id:
+            raise validation.InvalidField("stream_id", "is required")
+        stream = self.streams.get(request.stream_id, caller_of(context.invocation_metadata()))
+        if request.after_seq > len(stream.events):
+            raise validation.InvalidField(
+                "after_seq", f"{request.after_seq} is past the stream's last event "
+                             f"({len(stream.events)})")
+        self.streams.resumed += 1
+        first = True
+        async for seq, event in self.streams.follow(stream, request.after_seq):
+            yield _wrap(spb.ResumeResponse, event, seq=seq,
+                        stream_id=stream.id if first else "", session_id=stream.session_id,
+                        turn_id=stream.turn_id)
+            first = False
+
+    async def CancelStream(self, request: spb.CancelStreamRequest, context):
+        try:
+            if not request.stream_id:
+                raise validation.InvalidField("stream_id", "is required")
+            self.streams.cancel(request.stream_id, caller_of(context.invocation_metadata()))
+        except Exception as exc:
+            status = _client_status(exc)
+            if status is None:
+                raise
+            await context.abort(status.code, status.message)
+        return spb.CancelStreamResponse()
 
     @_rpc
     async def Ask(self, request: spb.AskRequest, context):
@@ -260,15 +332,18 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
             dialogue = Dialogue(self.check.dialogue_start(request.start, "start"))
         scene = self.check.scene(request.scene, "scene") if request.HasField("scene") \
             else dialogue.state.scene
+        if request.HasField("scene_delta"):
+            scene = self.check.scene_delta(scene, request.scene_delta, "scene_delta")
         # Checked before anything changes: a bad turn leaves the session as it was.
         turn = self.check.user_turn(request.user_turn, dialogue.state.with_scene(scene),
                                     "user_turn")
         turn.sampling = await self._off_loop(self._constraint.apply, turn.sampling, turn.scene,
                                              False, self._constraints_on)
+        scene_version = turn.scene.scene_version if turn.scene is not None else 0
         reply = await dialogue.begin_turn(
             lambda state: self._turn_prompt(state, turn, "user_turn"),
             lambda prompt: self._generate(prompt, turn.sampling, context, time.perf_counter(),
-                                          turn.objects))
+                                          turn.objects, scene_version=scene_version))
         if reply is None:  # a newer turn of this session came first: it is answered
             dialogue.state.record(turn.text, "", self.settings.max_dialogue_turns)
             yield spb.AskResponse(session_id=session.id, completion=pb.Completion(
@@ -280,6 +355,20 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         state = session.state
         state.scene = scene
         turn_id = state.take_turn_id(request.user_turn.turn_id)
+        if resumable(request.stream):
+            # The reply runs on if the client goes; the session hears it all at its end.
+            def done(events) -> None:
+                heard = Heard()
+                for event in events:
+                    heard.add(event)
+                session.end_turn(turn.text, heard.text, self.settings.max_dialogue_turns)
+                self._sessions.touch(session)
+
+            async for response in self._deliver(spb.AskResponse, reply, context,
+                                                request.stream, done, session_id=session.id,
+                                                turn_id=turn_id):
+                yield response
+            return
         heard = Heard()
         finished = False
 
@@ -296,9 +385,12 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
 
         context.add_done_callback(finish)
         try:
+            seq = 0
             async for event in reply:
                 heard.add(event)
-                yield _wrap(spb.AskResponse, event, session_id=session.id, turn_id=turn_id)
+                seq += 1
+                yield _wrap(spb.AskResponse, event, seq=seq, session_id=session.id,
+                            turn_id=turn_id)
         finally:
             finish()
 
@@ -310,7 +402,7 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
             model_name=i.name, architecture=i.architecture, parameter_count=i.parameter_count,
             context_length=i.context_length, dtype=i.dtype, device=i.device,
             source_format=i.source_format, num_layers=i.num_layers, hidden_size=i.hidden_size,
-            vocab_size=i.vocab_size, features=i.features,
+            vocab_size=i.vocab_size, features=[*i.features, *SERVICE_FEATURES],
             max_new_tokens_limit=self.settings.max_new_tokens_limit)
 
     @_rpc
@@ -350,6 +442,7 @@ class _ConverseSession:
         self.outbox: asyncio.Queue = asyncio.Queue()
         self.reply_task: asyncio.Task | None = None
         self.reply_stream = None
+        self.resumable = False  # ConverseStart.stream: every reply outlives the stream
 
     def _replying(self) -> bool:
         return self.reply_task is not None and not self.reply_task.done()
@@ -383,8 +476,8 @@ class _ConverseSession:
         finally:
             drain.cancel()
             reader.cancel()
-            if self.reply_stream is not None:  # frees the slot even if the task never ran
-                self.reply_stream.cancel(FinishReason.CANCELLED)
+            if self.reply_stream is not None and not self.resumable:
+                self.reply_stream.cancel(FinishReason.CANCELLED)  # even if the task never ran
             if self.reply_task is not None:
                 self.reply_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -413,9 +506,13 @@ class _ConverseSession:
                 raise validation.InvalidField(f"request[{index}].start",
                                               "only the first message may start the session")
             self.dialogue = Dialogue(self.servicer.check.dialogue_start(req.start, "start"))
+            self.resumable = resumable(req.start.stream)
         elif kind == "scene_update":
             self.dialogue.state.scene = self.servicer.check.scene(
                 req.scene_update, f"request[{index}].scene_update")
+        elif kind == "scene_delta":
+            self.dialogue.state.scene = self.servicer.check.scene_delta(
+                self.dialogue.state.scene, req.scene_delta, f"request[{index}].scene_delta")
         elif kind == "cancel":
             if self.reply_stream is not None:
                 self.reply_stream.cancel(FinishReason.CANCELLED)
@@ -431,21 +528,34 @@ class _ConverseSession:
         checked.sampling = await self.servicer._off_loop(
             self.servicer._constraint.apply, checked.sampling, checked.scene, False,
             self.servicer._constraints_on)
+        version = checked.scene.scene_version if checked.scene is not None else 0
         self.reply_stream = await self.dialogue.begin_turn(
             lambda state: self.servicer._turn_prompt(state, checked, field),
             lambda prompt: self.servicer._generate(prompt, checked.sampling, self.context,
-                                                   time.perf_counter(), checked.objects))
+                                                   time.perf_counter(), checked.objects,
+                                                   scene_version=version))
         turn_id = self.dialogue.state.take_turn_id(turn.turn_id)
         self.reply_task = asyncio.create_task(self._reply(turn_id, checked.text,
                                                           self.reply_stream))
 
     async def _reply(self, turn_id: int, user_text: str, reply: Reply) -> None:
         heard = Heard()
-        try:
-            async for event in reply:
+
+        def done(events) -> None:
+            for event in events:
                 heard.add(event)
-                await self.outbox.put(_wrap(spb.ConverseResponse, event, turn_id=turn_id))
+            self.dialogue.end_turn(user_text, heard.text, self.settings.max_dialogue_turns)
+
+        options = pb.StreamOptions(resumable=self.resumable)
+        try:
+            async for response in self.servicer._deliver(
+                    spb.ConverseResponse, reply, self.context, options,
+                    done if self.resumable else None, turn_id=turn_id):
+                if not self.resumable:
+                    heard.add(getattr(response, response.WhichOneof("event")))
+                await self.outbox.put(response)
         except Exception as exc:
             await self.outbox.put(exc)
         finally:
-            self.dialogue.end_turn(user_text, heard.text, self.settings.max_dialogue_turns)
+            if not self.resumable:
+                self.dialogue.end_turn(user_text, heard.text, self.settings.max_dialogue_turns)

@@ -147,27 +147,75 @@ def scene(s: pb.SceneFeatures, settings: Settings, field: str = "scene",
                            f"{len(s.objects)} objects; at most {settings.max_scene_objects}")
     _pose(s.camera_pose, f"{field}.camera_pose")
     for i, obj in enumerate(s.objects):
-        f = f"{field}.objects[{i}]"
-        if not obj.label.strip():
-            raise InvalidField(f"{f}.label", "must not be empty")
-        if len(obj.label) > settings.max_label_chars:
-            raise InvalidField(f"{f}.label",
-                               f"longer than {settings.max_label_chars} characters")
-        _unit_interval(obj.confidence, f"{f}.confidence")
-        _pose(obj.pose, f"{f}.pose")
-        _vec3(obj.extents, f"{f}.extents")
-        for axis in ("x", "y", "z"):
-            if getattr(obj.extents, axis) < 0:
-                raise InvalidField(f"{f}.extents.{axis}", "must be >= 0")
-        for key, value in obj.attributes.items():
-            if len(key) > settings.max_label_chars or len(value) > settings.max_label_chars:
-                raise InvalidField(f"{f}.attributes[{key[:40]!r}]", "keys and values are limited "
-                                   f"to {settings.max_label_chars} chars")
-    if len(s.location_hint) > settings.max_label_chars:
-        raise InvalidField(f"{field}.location_hint",
-                           f"longer than {settings.max_label_chars} characters")
+        scene_object(obj, settings, f"{field}.objects[{i}]")
+    _location_hint(s.location_hint, settings, f"{field}.location_hint")
     for i, fv in enumerate(s.image_features):
         feature_vector(fv, settings, f"{field}.image_features[{i}]", encoders or {})
+
+
+def scene_object(obj: pb.SceneObject, settings: Settings, f: str) -> None:
+    if not obj.label.strip():
+        raise InvalidField(f"{f}.label", "must not be empty")
+    if len(obj.label) > settings.max_label_chars:
+        raise InvalidField(f"{f}.label",
+                           f"longer than {settings.max_label_chars} characters")
+    _unit_interval(obj.confidence, f"{f}.confidence")
+    _pose(obj.pose, f"{f}.pose")
+    _vec3(obj.extents, f"{f}.extents")
+    for axis in ("x", "y", "z"):
+        if getattr(obj.extents, axis) < 0:
+            raise InvalidField(f"{f}.extents.{axis}", "must be >= 0")
+    for key, value in obj.attributes.items():
+        if len(key) > settings.max_label_chars or len(value) > settings.max_label_chars:
+            raise InvalidField(f"{f}.attributes[{key[:40]!r}]", "keys and values are limited "
+                               f"to {settings.max_label_chars} chars")
+
+
+def _location_hint(hint: str, settings: Settings, field: str) -> None:
+    if len(hint) > settings.max_label_chars:
+        raise InvalidField(field, f"longer than {settings.max_label_chars} characters")
+
+
+def apply_scene_delta(base: pb.SceneFeatures, delta: pb.SceneDelta, settings: Settings,
+                      field: str) -> pb.SceneFeatures:
+    """`base` changed by `delta` (objects matched by id), as a new checked scene."""
+    present = {obj.id for obj in base.objects}
+    removed = set()
+    for i, object_id in enumerate(delta.remove_ids):
+        if object_id not in present:
+            raise InvalidField(f"{field}.remove_ids[{i}]",
+                               f"no object {object_id[:80]!r} in the session's scene")
+        removed.add(object_id)
+    upserts: dict[str, pb.SceneObject] = {}
+    for i, obj in enumerate(delta.upsert):
+        if not obj.id:
+            raise InvalidField(f"{field}.upsert[{i}].id",
+                               "is required: changes find their object by id")
+        if obj.id in removed:
+            raise InvalidField(f"{field}.upsert[{i}].id",
+                               f"{obj.id[:80]!r} is also in remove_ids")
+        scene_object(obj, settings, f"{field}.upsert[{i}]")
+        upserts[obj.id] = obj
+    if delta.HasField("camera_pose"):
+        _pose(delta.camera_pose, f"{field}.camera_pose")
+    _location_hint(delta.location_hint, settings, f"{field}.location_hint")
+    out = pb.SceneFeatures()
+    out.CopyFrom(base)
+    del out.objects[:]
+    for obj in base.objects:  # the order of the scene is kept: moved objects stay put
+        if obj.id not in removed:
+            out.objects.append(upserts.pop(obj.id, obj))
+    out.objects.extend(upserts.values())
+    if len(out.objects) > settings.max_scene_objects:
+        raise InvalidField(f"{field}.upsert", f"the scene would hold {len(out.objects)} "
+                           f"objects; at most {settings.max_scene_objects}")
+    if delta.HasField("camera_pose"):
+        out.camera_pose.CopyFrom(delta.camera_pose)
+    if delta.location_hint:
+        out.location_hint = delta.location_hint
+    if delta.scene_version:
+        out.scene_version = delta.scene_version
+    return out
 
 
 def audio(a: pb.AudioFeatures, settings: Settings, field: str = "audio",
@@ -258,6 +306,10 @@ class RequestChecker:
         copy = pb.SceneFeatures()
         copy.CopyFrom(s)
         return copy
+
+    def scene_delta(self, base: pb.SceneFeatures | None, delta: pb.SceneDelta,
+                    field: str) -> pb.SceneFeatures:
+        return apply_scene_delta(base or pb.SceneFeatures(), delta, self.settings, field)
 
     def generate(self, request: spb.GenerateRequest) -> GenerateCall:
         prompt_text(request.prompt, self.settings)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from arbridge.v1 import types_pb2 as arbridge_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61rbridge/v1/service.proto\x12\x0b\x61rbridge.v1\x1a\x17\x61rbridge/v1/types.proto\"\x85\x01\n\x14\x44\x65scribeSceneRequest\x12)\n\x05scene\x18\x01 \x01(\x0b\x32\x1a.arbridge.v1.SceneFeatures\x12\x13\n\x0binstruction\x18\x02 \x01(\t\x12-\n\x08sampling\x18\x03 \x01(\x0b\x32\x1b.arbridge.v1.SamplingParams\"y\n\x15\x44\x65scribeSceneResponse\x12(\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x17.arbridge.v1.TokenChunkH\x00\x12-\n\ncompletion\x18\x02 \x01(\x0b\x32\x17.arbridge.v1.CompletionH\x00\x42\x07\n\x05\x65vent\"\xac\x01\n\rConverseStart\x12\x15\n\rsystem_prompt\x18\x01 \x01(\t\x12*\n\x07history\x18\x02 \x03(\x0b\x32\x19.arbridge.v1.DialogueTurn\x12)\n\x05scene\x18\x03 \x01(\x0b\x32\x1a.arbridge.v1.SceneFeatures\x12-\n\x08sampling\x18\x04 \x01(\x0b\x32\x1b.arbridge.v1.SamplingParams\"\x83\x01\n\x08UserTurn\x12\x0f\n\x07turn_id\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12)\n\x05\x61udio\x18\x03 \x01(\x0b\x32\x1a.arbridge.v1.AudioFeatures\x12-\n\x08sampling\x18\x04 \x01(\x0b\x32\x1b.arbridge.v1.SamplingParams\"\r\n\x0b\x43\x61ncelReply\"\xd3\x01\n\x0f\x43onverseRequest\x12+\n\x05start\x18\x01 \x01(\x0b\x32\x1a.arbridge.v1.ConverseStartH\x00\x12\x32\n\x0cscene_update\x18\x02 \x01(\x0b\x32\x1a.arbridge.v1.SceneFeaturesH\x00\x12*\n\tuser_turn\x18\x03 \x01(\x0b\x32\x15.arbridge.v1.UserTurnH\x00\x12*\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x18.arbridge.v1.CancelReplyH\x00\x42\x07\n\x05\x65vent\"\x85\x01\n\x10\x43onverseResponse\x12\x0f\n\x07turn_id\x18\x01 \x01(\r\x12(\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x17.arbridge.v1.TokenChunkH\x00\x12-\n\ncompletion\x18\x03 \x01(\x0b\x32\x17.arbridge.v1.CompletionH\x00\x42\x07\n\x05\x65vent\"P\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12-\n\x08sampling\x18\x02 \x01(\x0b\x32\x1b.arbridge.v1.SamplingParams\"t\n\x10GenerateResponse\x12(\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x17.arbridge.v1.TokenChunkH\x00\x12-\n\ncompletion\x18\x02 \x01(\x0b\x32\x17.arbridge.v1.CompletionH\x00\x42\x07\n\x05\x65vent\"\x15\n\x13GetModelInfoRequest\"\x94\x02\n\x14GetModelInfoResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x17\n\x0fparameter_count\x18\x03 \x01(\x04\x12\x16\n\x0e\x63ontext_length\x18\x04 \x01(\r\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\x15\n\rsource_format\x18\x07 \x01(\t\x12\x12\n\nnum_layers\x18\x08 \x01(\r\x12\x13\n\x0bhidden_size\x18\t \x01(\r\x12\x12\n\nvocab_size\x18\n \x01(\r\x12\x10\n\x08\x66\x65\x61tures\x18\x0b \x03(\t\x12\x1c\n\x14max_new_tokens_limit\x18\x0c \x01(\r\"\xa0\x01\n\nAskRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12)\n\x05start\x18\x02 \x01(\x0b\x32\x1a.arbridge.v1.ConverseStart\x12)\n\x05scene\x18\x03 \x01(\x0b\x32\x1a.arbridge.v1.SceneFeatures\x12(\n\tuser_turn\x18\x04 \x01(\x0b\x32\x15.arbridge.v1.UserTurn\"\x94\x01\n\x0b\x41skResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07turn_id\x18\x02 \x01(\r\x12(\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x17.arbridge.v1.TokenChunkH\x00\x12-\n\ncompletion\x18\x04 \x01(\x0b\x32\x17.arbridge.v1.CompletionH\x00\x42\x07\n\x05\x65vent2\x94\x03\n\x0f\x41rBridgeService\x12X\n\rDescribeScene\x12!.arbridge.v1.DescribeSceneRequest\x1a\".arbridge.v1.DescribeSceneResponse0\x01\x12K\n\x08\x43onverse\x12\x1c.arbridge.v1.ConverseRequest\x1a\x1d.arbridge.v1.ConverseResponse(\x01\x30\x01\x12I\n\x08Generate\x12\x1c.arbridge.v1.GenerateRequest\x1a\x1d.arbridge.v1.GenerateResponse0\x01\x12S\n\x0cGetModelInfo\x12 .arbridge.v1.GetModelInfoRequest\x1a!.arbridge.v1.GetModelInfoResponse\x12:\n\x03\x41sk\x12\x17.arbridge.v1.AskRequest\x1a\x18.arbridge.v1.AskResponse0\x01\x42!\n\x0f\x63om.arbridge.v1P\x01\xaa\x02\x0b\x41rBridge.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61rbridge/v1/service.proto\x12\x0b\x61rbridge.v1\x1a\x17\x61rbridge/v1/types.proto\"5\n\rResumeRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\"\xb7\x01\n\x0eResumeResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x11\n\tstream_id\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x0f\n\x07turn_id\x18\x04 \x01(\r\x12(\n\x05\x63hunk\x18\x05 \x01(\x0b\x32\x17.arbridge.v1.TokenChunkH\x00\x12-\n\ncompletion\x18\x06 \x01(\x0b\x32\x17.arbridge.v1.CompletionH\x00\x42\x07\n\x05\x65vent\"(\n\x13\x43\x61ncelStreamRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\"\x16\n\x14\x43\x61ncelStreamResponse\"\xb1\x01\n\x14\x44\x65scribeSceneRequest\x12)\n\x05scene\x18\x01 \x01(\x0b\x32\x1a.arbridge.v1.SceneFeatures\x12\x13\n\x0binstruction\x18\x02 \x01(\t\x12-\n\x08sampling\x18\x03 \x01(\x0b\x32\x1b.arbridge.v1.SamplingParams\x12*\n\x06stream\x18\x04 \x01(\x0b\x32\x1a.arbridge.v1.StreamOptions\"\x99\x01\n\x15\x44\x65scribeSceneResponse\x12(\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x17.arbridge.v1.TokenChunkH\x00\x12-\n\ncompletion\x18\x02 \x01(\x0b\x32\x17.arbridge.v1.CompletionH\x00\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x11\n\tstream_id\x18\x04 \x01(\tB\x07\n\x05\x65vent\"\xd8\x01\n\rConverseStart\x12\x15\n\rsystem_prompt\x18\x01 \x01(\t\x12*\n\x07history\x18\x02 \x03(\x0b\x32\x19.arbridge.v1.DialogueTurn\x12)\n\x05scene\x18\x03 \x01(\x0b\x32\x1a.arbridge.v1.SceneFeatures\x12-\n\x08sampling\x18\x04 \x01(\x0b\x32\x1b.arbridge.v1.SamplingParams\x12*\n\x06stream\x18\x05 \x01(\x0b\x32\x1a.arbridge.v1.StreamOptions\"\x83\x01\n\x08UserTurn\x12\x0f\n\x07turn_id\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12)\n\x05\x61udio\x18\x03 \x01(\x0b\x32\x1a.arbridge.v1.AudioFeatures\x12-\n\x08sampling\x18\x04 \x01(\x0b\x32\x1b.arbridge.v1.SamplingParams\"\r\n\x0b\x43\x61ncelReply\"\x83\x02\n\x0f\x43onverseRequest\x12+\n\x05start\x18\x01 \x01(\x0b\x32\x1a.arbridge.v1.ConverseStartH\x00\x12\x32\n\x0cscene_update\x18\x02 \x01(\x0b\x32\x1a.arbridge.v1.SceneFeaturesH\x00\x12*\n\tuser_turn\x18\x03 \x01(\x0b\x32\x15.arbridge.v1.UserTurnH\x00\x12*\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x18.arbridge.v1.CancelReplyH\x00\x12.\n\x0bscene_delta\x18\x05 \x01(\x0b\x32\x17.arbridge.v1.SceneDeltaH\x00\x42\x07\n\x05\x65vent\"\xa5\x01\n\x10\x43onverseResponse\x12\x0f\n\x07turn_id\x18\x01 \x01(\r\x12(\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x17.arbridge.v1.TokenChunkH\x00\x12-\n\ncompletion\x18\x03 \x01(\x0b\x32\x17.arbridge.v1.CompletionH\x00\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12\x11\n\tstream_id\x18\x05 \x01(\tB\x07\n\x05\x65vent\"|\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12-\n\x08sampling\x18\x02 \x01(\x0b\x32\x1b.arbridge.v1.SamplingParams\x12*\n\x06stream\x18\x03 \x01(\x0b\x32\x1a.arbridge.v1.StreamOptions\"\x94\x01\n\x10GenerateResponse\x12(\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x17.arbridge.v1.TokenChunkH\x00\x12-\n\ncompletion\x18\x02 \x01(\x0b\x32\x17.arbridge.v1.CompletionH\x00\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x11\n\tstream_id\x18\x04 \x01(\tB\x07\n\x05\x65vent\"\x15\n\x13GetModelInfoRequest\"\x94\x02\n\x14GetModelInfoResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x17\n\x0fparameter_count\x18\x03 \x01(\x04\x12\x16\n\x0e\x63ontext_length\x18\x04 \x01(\r\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\x15\n\rsource_format\x18\x07 \x01(\t\x12\x12\n\nnum_layers\x18\x08 \x01(\r\x12\x13\n\x0bhidden_size\x18\t \x01(\r\x12\x12\n\nvocab_size\x18\n \x01(\r\x12\x10\n\x08\x66\x65\x61tures\x18\x0b \x03(\t\x12\x1c\n\x14max_new_tokens_limit\x18\x0c \x01(\r\"\xfa\x01\n\nAskRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12)\n\x05start\x18\x02 \x01(\x0b\x32\x1a.arbridge.v1.ConverseStart\x12)\n\x05scene\x18\x03 \x01(\x0b\x32\x1a.arbridge.v1.SceneFeatures\x12(\n\tuser_turn\x18\x04 \x01(\x0b\x32\x15.arbridge.v1.UserTurn\x12*\n\x06stream\x18\x05 \x01(\x0b\x32\x1a.arbridge.v1.StreamOptions\x12,\n\x0bscene_delta\x18\x06 \x01(\x0b\x32\x17.arbridge.v1.SceneDelta\"\xb4\x01\n\x0b\x41skResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07turn_id\x18\x02 \x01(\r\x12(\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x17.arbridge.v1.TokenChunkH\x00\x12-\n\ncompletion\x18\x04 \x01(\x0b\x32\x17.arbridge.v1.CompletionH\x00\x12\x0b\n\x03seq\x18\x05 \x01(\x04\x12\x11\n\tstream_id\x18\x06 \x01(\tB\x07\n\x05\x65vent2\xae\x04\n\x0f\x41rBridgeService\x12X\n\rDescribeScene\x12!.arbridge.v1.DescribeSceneRequest\x1a\".arbridge.v1.DescribeSceneResponse0\x01\x12K\n\x08\x43onverse\x12\x1c.arbridge.v1.ConverseRequest\x1a\x1d.arbridge.v1.ConverseResponse(\x01\x30\x01\x12I\n\x08Generate\x12\x1c.arbridge.v1.GenerateRequest\x1a\x1d.arbridge.v1.GenerateResponse0\x01\x12S\n\x0cGetModelInfo\x12 .arbridge.v1.GetModelInfoRequest\x1a!.arbridge.v1.GetModelInfoResponse\x12:\n\x03\x41sk\x12\x17.arbridge.v1.AskRequest\x1a\x18.arbridge.v1.AskResponse0\x01\x12\x43\n\x06Resume\x12\x1a.arbridge.v1.ResumeRequest\x1a\x1b.arbridge.v1.ResumeResponse0\x01\x12S\n\x0c\x43\x61ncelStream\x12 .arbridge.v1.CancelStreamRequest\x1a!.arbridge.v1.CancelStreamResponseB!\n\x0f\x63om.arbridge.v1P\x01\xaa\x02\x0b\x41rBridge.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,32 +33,40 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'arbridge.v1.service_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017com.arbridge.v1P\001\252\002\013ArBridge.V1'
-  _globals['_DESCRIBESCENEREQUEST']._serialized_start=68
-  _globals['_DESCRIBESCENEREQUEST']._serialized_end=201
-  _globals['_DESCRIBESCENERESPONSE']._serialized_start=203
-  _globals['_DESCRIBESCENERESPONSE']._serialized_end=324
-  _globals['_CONVERSESTART']._serialized_start=327
-  _globals['_CONVERSESTART']._serialized_end=499
-  _globals['_USERTURN']._serialized_start=502
-  _globals['_USERTURN']._serialized_end=633
-  _globals['_CANCELREPLY']._serialized_start=635
-  _globals['_CANCELREPLY']._serialized_end=648
-  _globals['_CONVERSEREQUEST']._serialized_start=651
-  _globals['_CONVERSEREQUEST']._serialized_end=862
-  _globals['_CONVERSERESPONSE']._serialized_start=865
-  _globals['_CONVERSERESPONSE']._serialized_end=998
-  _globals['_GENERATEREQUEST']._serialized_start=1000
-  _globals['_GENERATEREQUEST']._serialized_end=1080
-  _globals['_GENERATERESPONSE']._serialized_start=1082
-  _globals['_GENERATERESPONSE']._serialized_end=1198
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1200
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1221
-  _globals['_GETMODELINFORESPONSE']._serialized_start=1224
-  _globals['_GETMODELINFORESPONSE']._serialized_end=1500
-  _globals['_ASKREQUEST']._serialized_start=1503
-  _globals['_ASKREQUEST']._serialized_end=1663
-  _globals['_ASKRESPONSE']._serialized_start=1666
-  _globals['_ASKRESPONSE']._serialized_end=1814
-  _globals['_ARBRIDGESERVICE']._serialized_start=1817
-  _globals['_ARBRIDGESERVICE']._serialized_end=2221
+  _globals['_RESUMEREQUEST']._serialized_start=67
+  _globals['_RESUMEREQUEST']._serialized_end=120
+  _globals['_RESUMERESPONSE']._serialized_start=123
+  _globals['_RESUMERESPONSE']._serialized_end=306
+  _globals['_CANCELSTREAMREQUEST']._serialized_start=308
+  _globals['_CANCELSTREAMREQUEST']._serialized_end=348
+  _globals['_CANCELSTREAMRESPONSE']._serialized_start=350
+  _globals['_CANCELSTREAMRESPONSE']._serialized_end=372
+  _globals['_DESCRIBESCENEREQUEST']._serialized_start=375
+  _globals['_DESCRIBESCENEREQUEST']._serialized_end=552
+  _globals['_DESCRIBESCENERESPONSE']._serialized_start=555
+  _globals['_DESCRIBESCENERESPONSE']._serialized_end=708
+  _globals['_CONVERSESTART']._serialized_start=711
+  _globals['_CONVERSESTART']._serialized_end=927
+  _globals['_USERTURN']._serialized_start=930
+  _globals['_USERTURN']._serialized_end=1061
+  _globals['_CANCELREPLY']._serialized_start=1063
+  _globals['_CANCELREPLY']._serialized_end=1076
+  _globals['_CONVERSEREQUEST']._serialized_start=1079
+  _globals['_CONVERSEREQUEST']._serialized_end=1338
+  _globals['_CONVERSERESPONSE']._serialized_start=1341
+  _globals['_CONVERSERESPONSE']._serialized_end=1506
+  _globals['_GENERATEREQUEST']._serialized_start=1508
+  _globals['_GENERATEREQUEST']._serialized_end=1632
+  _globals['_GENERATERESPONSE']._serialized_start=1635
+  _globals['_GENERATERESPONSE']._serialized_end=1783
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1785
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1806
+  _globals['_GETMODELINFORESPONSE']._serialized_start=1809
+  _globals['_GETMODELINFORESPONSE']._serialized_end=2085
+  _globals['_ASKREQUEST']._serialized_start=2088
+  _globals['_ASKREQUEST']._serialized_end=2338
+  _globals['_ASKRESPONSE']._serialized_start=2341
+  _globals['_ASKRESPONSE']._serialized_end=2521
+  _globals['_ARBRIDGESERVICE']._serialized_start=2524
+  _globals['_ARBRIDGESERVICE']._serialized_end=3082
 # @@protoc_insertion_point(module_scope)

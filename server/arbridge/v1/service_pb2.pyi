@@ -7,35 +7,77 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ResumeRequest(_message.Message):
+    __slots__ = ("stream_id", "after_seq")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    after_seq: int
+    def __init__(self, stream_id: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
+
+class ResumeResponse(_message.Message):
+    __slots__ = ("seq", "stream_id", "session_id", "turn_id", "chunk", "completion")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    stream_id: str
+    session_id: str
+    turn_id: int
+    chunk: _types_pb2.TokenChunk
+    completion: _types_pb2.Completion
+    def __init__(self, seq: _Optional[int] = ..., stream_id: _Optional[str] = ..., session_id: _Optional[str] = ..., turn_id: _Optional[int] = ..., chunk: _Optional[_Union[_types_pb2.TokenChunk, _Mapping]] = ..., completion: _Optional[_Union[_types_pb2.Completion, _Mapping]] = ...) -> None: ...
+
+class CancelStreamRequest(_message.Message):
+    __slots__ = ("stream_id",)
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    def __init__(self, stream_id: _Optional[str] = ...) -> None: ...
+
+class CancelStreamResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class DescribeSceneRequest(_message.Message):
-    __slots__ = ("scene", "instruction", "sampling")
+    __slots__ = ("scene", "instruction", "sampling", "stream")
     SCENE_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
     scene: _types_pb2.SceneFeatures
     instruction: str
     sampling: _types_pb2.SamplingParams
-    def __init__(self, scene: _Optional[_Union[_types_pb2.SceneFeatures, _Mapping]] = ..., instruction: _Optional[str] = ..., sampling: _Optional[_Union[_types_pb2.SamplingParams, _Mapping]] = ...) -> None: ...
+    stream: _types_pb2.StreamOptions
+    def __init__(self, scene: _Optional[_Union[_types_pb2.SceneFeatures, _Mapping]] = ..., instruction: _Optional[str] = ..., sampling: _Optional[_Union[_types_pb2.SamplingParams, _Mapping]] = ..., stream: _Optional[_Union[_types_pb2.StreamOptions, _Mapping]] = ...) -> None: ...
 
 class DescribeSceneResponse(_message.Message):
-    __slots__ = ("chunk", "completion")
+    __slots__ = ("chunk", "completion", "seq", "stream_id")
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     chunk: _types_pb2.TokenChunk
     completion: _types_pb2.Completion
-    def __init__(self, chunk: _Optional[_Union[_types_pb2.TokenChunk, _Mapping]] = ..., completion: _Optional[_Union[_types_pb2.Completion, _Mapping]] = ...) -> None: ...
+    seq: int
+    stream_id: str
+    def __init__(self, chunk: _Optional[_Union[_types_pb2.TokenChunk, _Mapping]] = ..., completion: _Optional[_Union[_types_pb2.Completion, _Mapping]] = ..., seq: _Optional[int] = ..., stream_id: _Optional[str] = ...) -> None: ...
 
 class ConverseStart(_message.Message):
-    __slots__ = ("system_prompt", "history", "scene", "sampling")
+    __slots__ = ("system_prompt", "history", "scene", "sampling", "stream")
     SYSTEM_PROMPT_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     SCENE_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
     system_prompt: str
     history: _containers.RepeatedCompositeFieldContainer[_types_pb2.DialogueTurn]
     scene: _types_pb2.SceneFeatures
     sampling: _types_pb2.SamplingParams
-    def __init__(self, system_prompt: _Optional[str] = ..., history: _Optional[_Iterable[_Union[_types_pb2.DialogueTurn, _Mapping]]] = ..., scene: _Optional[_Union[_types_pb2.SceneFeatures, _Mapping]] = ..., sampling: _Optional[_Union[_types_pb2.SamplingParams, _Mapping]] = ...) -> None: ...
+    stream: _types_pb2.StreamOptions
+    def __init__(self, system_prompt: _Optional[str] = ..., history: _Optional[_Iterable[_Union[_types_pb2.DialogueTurn, _Mapping]]] = ..., scene: _Optional[_Union[_types_pb2.SceneFeatures, _Mapping]] = ..., sampling: _Optional[_Union[_types_pb2.SamplingParams, _Mapping]] = ..., stream: _Optional[_Union[_types_pb2.StreamOptions, _Mapping]] = ...) -> None: ...
 
 class UserTurn(_message.Message):
     __slots__ = ("turn_id", "text", "audio", "sampling")
@@ -54,42 +96,54 @@ class CancelReply(_message.Message):
     def __init__(self) -> None: ...
 
 class ConverseRequest(_message.Message):
-    __slots__ = ("start", "scene_update", "user_turn", "cancel")
+    __slots__ = ("start", "scene_update", "user_turn", "cancel", "scene_delta")
     START_FIELD_NUMBER: _ClassVar[int]
     SCENE_UPDATE_FIELD_NUMBER: _ClassVar[int]
     USER_TURN_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    SCENE_DELTA_FIELD_NUMBER: _ClassVar[int]
     start: ConverseStart
     scene_update: _types_pb2.SceneFeatures
     user_turn: UserTurn
     cancel: CancelReply
-    def __init__(self, start: _Optional[_Union[ConverseStart, _Mapping]] = ..., scene_update: _Optional[_Union[_types_pb2.SceneFeatures, _Mapping]] = ..., user_turn: _Optional[_Union[UserTurn, _Mapping]] = ..., cancel: _Optional[_Union[CancelReply, _Mapping]] = ...) -> None: ...
+    scene_delta: _types_pb2.SceneDelta
+    def __init__(self, start: _Optional[_Union[ConverseStart, _Mapping]] = ..., scene_update: _Optional[_Union[_types_pb2.SceneFeatures, _Mapping]] = ..., user_turn: _Optional[_Union[UserTurn, _Mapping]] = ..., cancel: _Optional[_Union[CancelReply, _Mapping]] = ..., scene_delta: _Optional[_Union[_types_pb2.SceneDelta, _Mapping]] = ...) -> None: ...
 
 class ConverseResponse(_message.Message):
-    __slots__ = ("turn_id", "chunk", "completion")
+    __slots__ = ("turn_id", "chunk", "completion", "seq", "stream_id")
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     turn_id: int
     chunk: _types_pb2.TokenChunk
     completion: _types_pb2.Completion
-    def __init__(self, turn_id: _Optional[int] = ..., chunk: _Optional[_Union[_types_pb2.TokenChunk, _Mapping]] = ..., completion: _Optional[_Union[_types_pb2.Completion, _Mapping]] = ...) -> None: ...
+    seq: int
+    stream_id: str
+    def __init__(self, turn_id: _Optional[int] = ..., chunk: _Optional[_Union[_types_pb2.TokenChunk, _Mapping]] = ..., completion: _Optional[_Union[_types_pb2.Completion, _Mapping]] = ..., seq: _Optional[int] = ..., stream_id: _Optional[str] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "sampling")
+    __slots__ = ("prompt", "sampling", "stream")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     sampling: _types_pb2.SamplingParams
-    def __init__(self, prompt: _Optional[str] = ..., sampling: _Optional[_Union[_types_pb2.SamplingParams, _Mapping]] = ...) -> None: ...
+    stream: _types_pb2.StreamOptions
+    def __init__(self, prompt: _Optional[str] = ..., sampling: _Optional[_Union[_types_pb2.SamplingParams, _Mapping]] = ..., stream: _Optional[_Union[_types_pb2.StreamOptions, _Mapping]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("chunk", "completion")
+    __slots__ = ("chunk", "completion", "seq", "stream_id")
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     chunk: _types_pb2.TokenChunk
     completion: _types_pb2.Completion
-    def __init__(self, chunk: _Optional[_Union[_types_pb2.TokenChunk, _Mapping]] = ..., completion: _Optional[_Union[_types_pb2.Completion, _Mapping]] = ...) -> None: ...
+    seq: int
+    stream_id: str
+    def __init__(self, chunk: _Optional[_Union[_types_pb2.TokenChunk, _Mapping]] = ..., completion: _Optional[_Union[_types_pb2.Completion, _Mapping]] = ..., seq: _Optional[int] = ..., stream_id: _Optional[str] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
     __slots__ = ()
@@ -124,25 +178,33 @@ class GetModelInfoResponse(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., architecture: _Optional[str] = ..., parameter_count: _Optional[int] = ..., context_length: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., source_format: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., vocab_size: _Optional[int] = ..., features: _Optional[_Iterable[str]] = ..., max_new_tokens_limit: _Optional[int] = ...) -> None: ...
 
 class AskRequest(_message.Message):
-    __slots__ = ("session_id", "start", "scene", "user_turn")
+    __slots__ = ("session_id", "start", "scene", "user_turn", "stream", "scene_delta")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     SCENE_FIELD_NUMBER: _ClassVar[int]
     USER_TURN_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    SCENE_DELTA_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     start: ConverseStart
     scene: _types_pb2.SceneFeatures
     user_turn: UserTurn
-    def __init__(self, session_id: _Optional[str] = ..., start: _Optional[_Union[ConverseStart, _Mapping]] = ..., scene: _Optional[_Union[_types_pb2.SceneFeatures, _Mapping]] = ..., user_turn: _Optional[_Union[UserTurn, _Mapping]] = ...) -> None: ...
+    stream: _types_pb2.StreamOptions
+    scene_delta: _types_pb2.SceneDelta
+    def __init__(self, session_id: _Optional[str] = ..., start: _Optional[_Union[ConverseStart, _Mapping]] = ..., scene: _Optional[_Union[_types_pb2.SceneFeatures, _Mapping]] = ..., user_turn: _Optional[_Union[UserTurn, _Mapping]] = ..., stream: _Optional[_Union[_types_pb2.StreamOptions, _Mapping]] = ..., scene_delta: _Optional[_Union[_types_pb2.SceneDelta, _Mapping]] = ...) -> None: ...
 
 class AskResponse(_message.Message):
-    __slots__ = ("session_id", "turn_id", "chunk", "completion")
+    __slots__ = ("session_id", "turn_id", "chunk", "completion", "seq", "stream_id")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     turn_id: int
     chunk: _types_pb2.TokenChunk
     completion: _types_pb2.Completion
-    def __init__(self, session_id: _Optional[str] = ..., turn_id: _Optional[int] = ..., chunk: _Optional[_Union[_types_pb2.TokenChunk, _Mapping]] = ..., completion: _Optional[_Union[_types_pb2.Completion, _Mapping]] = ...) -> None: ...
+    seq: int
+    stream_id: str
+    def __init__(self, session_id: _Optional[str] = ..., turn_id: _Optional[int] = ..., chunk: _Optional[_Union[_types_pb2.TokenChunk, _Mapping]] = ..., completion: _Optional[_Union[_types_pb2.Completion, _Mapping]] = ..., seq: _Optional[int] = ..., stream_id: _Optional[str] = ...) -> None: ...

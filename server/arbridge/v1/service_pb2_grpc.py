@@ -60,6 +60,16 @@ class ArBridgeServiceStub:
                 request_serializer=arbridge_dot_v1_dot_service__pb2.AskRequest.SerializeToString,
                 response_deserializer=arbridge_dot_v1_dot_service__pb2.AskResponse.FromString,
                 _registered_method=True)
+        self.Resume = channel.unary_stream(
+                '/arbridge.v1.ArBridgeService/Resume',
+                request_serializer=arbridge_dot_v1_dot_service__pb2.ResumeRequest.SerializeToString,
+                response_deserializer=arbridge_dot_v1_dot_service__pb2.ResumeResponse.FromString,
+                _registered_method=True)
+        self.CancelStream = channel.unary_unary(
+                '/arbridge.v1.ArBridgeService/CancelStream',
+                request_serializer=arbridge_dot_v1_dot_service__pb2.CancelStreamRequest.SerializeToString,
+                response_deserializer=arbridge_dot_v1_dot_service__pb2.CancelStreamResponse.FromString,
+                _registered_method=True)
 
 
 class ArBridgeServiceServicer:
@@ -108,6 +118,24 @@ class ArBridgeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Resume(self, request, context):
+        """Continue a resumable reply (StreamOptions.resumable) after a dropped
+        connection: replays the events after `after_seq`, then streams the rest
+        live, each exactly once and in order. NOT_FOUND when the stream expired or
+        never existed, PERMISSION_DENIED for another caller's stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelStream(self, request, context):
+        """End a resumable reply now and free what it holds (a cancelled call only
+        detaches it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ArBridgeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -135,6 +163,16 @@ def add_ArBridgeServiceServicer_to_server(servicer, server):
                     servicer.Ask,
                     request_deserializer=arbridge_dot_v1_dot_service__pb2.AskRequest.FromString,
                     response_serializer=arbridge_dot_v1_dot_service__pb2.AskResponse.SerializeToString,
+            ),
+            'Resume': grpc.unary_stream_rpc_method_handler(
+                    servicer.Resume,
+                    request_deserializer=arbridge_dot_v1_dot_service__pb2.ResumeRequest.FromString,
+                    response_serializer=arbridge_dot_v1_dot_service__pb2.ResumeResponse.SerializeToString,
+            ),
+            'CancelStream': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelStream,
+                    request_deserializer=arbridge_dot_v1_dot_service__pb2.CancelStreamRequest.FromString,
+                    response_serializer=arbridge_dot_v1_dot_service__pb2.CancelStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -273,6 +311,60 @@ class ArBridgeService:
             '/arbridge.v1.ArBridgeService/Ask',
             arbridge_dot_v1_dot_service__pb2.AskRequest.SerializeToString,
             arbridge_dot_v1_dot_service__pb2.AskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/arbridge.v1.ArBridgeService/Resume',
+            arbridge_dot_v1_dot_service__pb2.ResumeRequest.SerializeToString,
+            arbridge_dot_v1_dot_service__pb2.ResumeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/arbridge.v1.ArBridgeService/CancelStream',
+            arbridge_dot_v1_dot_service__pb2.CancelStreamRequest.SerializeToString,
+            arbridge_dot_v1_dot_service__pb2.CancelStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -101,18 +101,40 @@ class FeatureVector(_message.Message):
     def __init__(self, encoder: _Optional[str] = ..., dims: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class SceneFeatures(_message.Message):
-    __slots__ = ("objects", "camera_pose", "image_features", "location_hint", "timestamp_ms")
+    __slots__ = ("objects", "camera_pose", "image_features", "location_hint", "timestamp_ms", "scene_version")
     OBJECTS_FIELD_NUMBER: _ClassVar[int]
     CAMERA_POSE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FEATURES_FIELD_NUMBER: _ClassVar[int]
     LOCATION_HINT_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    SCENE_VERSION_FIELD_NUMBER: _ClassVar[int]
     objects: _containers.RepeatedCompositeFieldContainer[SceneObject]
     camera_pose: Pose
     image_features: _containers.RepeatedCompositeFieldContainer[FeatureVector]
     location_hint: str
     timestamp_ms: int
-    def __init__(self, objects: _Optional[_Iterable[_Union[SceneObject, _Mapping]]] = ..., camera_pose: _Optional[_Union[Pose, _Mapping]] = ..., image_features: _Optional[_Iterable[_Union[FeatureVector, _Mapping]]] = ..., location_hint: _Optional[str] = ..., timestamp_ms: _Optional[int] = ...) -> None: ...
+    scene_version: int
+    def __init__(self, objects: _Optional[_Iterable[_Union[SceneObject, _Mapping]]] = ..., camera_pose: _Optional[_Union[Pose, _Mapping]] = ..., image_features: _Optional[_Iterable[_Union[FeatureVector, _Mapping]]] = ..., location_hint: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., scene_version: _Optional[int] = ...) -> None: ...
+
+class SceneDelta(_message.Message):
+    __slots__ = ("upsert", "remove_ids", "camera_pose", "location_hint", "scene_version")
+    UPSERT_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_IDS_FIELD_NUMBER: _ClassVar[int]
+    CAMERA_POSE_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_HINT_FIELD_NUMBER: _ClassVar[int]
+    SCENE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    upsert: _containers.RepeatedCompositeFieldContainer[SceneObject]
+    remove_ids: _containers.RepeatedScalarFieldContainer[str]
+    camera_pose: Pose
+    location_hint: str
+    scene_version: int
+    def __init__(self, upsert: _Optional[_Iterable[_Union[SceneObject, _Mapping]]] = ..., remove_ids: _Optional[_Iterable[str]] = ..., camera_pose: _Optional[_Union[Pose, _Mapping]] = ..., location_hint: _Optional[str] = ..., scene_version: _Optional[int] = ...) -> None: ...
+
+class StreamOptions(_message.Message):
+    __slots__ = ("resumable",)
+    RESUMABLE_FIELD_NUMBER: _ClassVar[int]
+    resumable: bool
+    def __init__(self, resumable: _Optional[bool] = ...) -> None: ...
 
 class AudioFeatures(_message.Message):
     __slots__ = ("transcript", "language", "confidence", "embedding")
@@ -201,7 +223,7 @@ class GroundedSpan(_message.Message):
     def __init__(self, object_id: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
 
 class Completion(_message.Message):
-    __slots__ = ("sequence_index", "finish_reason", "usage", "seed", "timings", "text", "error_message", "grounding")
+    __slots__ = ("sequence_index", "finish_reason", "usage", "seed", "timings", "text", "error_message", "grounding", "scene_version")
     SEQUENCE_INDEX_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
@@ -210,6 +232,7 @@ class Completion(_message.Message):
     TEXT_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     GROUNDING_FIELD_NUMBER: _ClassVar[int]
+    SCENE_VERSION_FIELD_NUMBER: _ClassVar[int]
     sequence_index: int
     finish_reason: FinishReason
     usage: Usage
@@ -218,4 +241,5 @@ class Completion(_message.Message):
     text: str
     error_message: str
     grounding: _containers.RepeatedCompositeFieldContainer[GroundedSpan]
-    def __init__(self, sequence_index: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., seed: _Optional[int] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., text: _Optional[str] = ..., error_message: _Optional[str] = ..., grounding: _Optional[_Iterable[_Union[GroundedSpan, _Mapping]]] = ...) -> None: ...
+    scene_version: int
+    def __init__(self, sequence_index: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., seed: _Optional[int] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., text: _Optional[str] = ..., error_message: _Optional[str] = ..., grounding: _Optional[_Iterable[_Union[GroundedSpan, _Mapping]]] = ..., scene_version: _Optional[int] = ...) -> None: ...

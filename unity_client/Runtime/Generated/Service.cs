@@ -25,78 +25,1115 @@ namespace ArBridge.V1 {
       byte[] descriptorData = global::System.Convert.FromBase64String(
           string.Concat(
             "ChlhcmJyaWRnZS92MS9zZXJ2aWNlLnByb3RvEgthcmJyaWRnZS52MRoXYXJi",
-            "cmlkZ2UvdjEvdHlwZXMucHJvdG8ihQEKFERlc2NyaWJlU2NlbmVSZXF1ZXN0",
-            "EikKBXNjZW5lGAEgASgLMhouYXJicmlkZ2UudjEuU2NlbmVGZWF0dXJlcxIT",
-            "CgtpbnN0cnVjdGlvbhgCIAEoCRItCghzYW1wbGluZxgDIAEoCzIbLmFyYnJp",
-            "ZGdlLnYxLlNhbXBsaW5nUGFyYW1zInkKFURlc2NyaWJlU2NlbmVSZXNwb25z",
-            "ZRIoCgVjaHVuaxgBIAEoCzIXLmFyYnJpZGdlLnYxLlRva2VuQ2h1bmtIABIt",
-            "Cgpjb21wbGV0aW9uGAIgASgLMhcuYXJicmlkZ2UudjEuQ29tcGxldGlvbkgA",
-            "QgcKBWV2ZW50IqwBCg1Db252ZXJzZVN0YXJ0EhUKDXN5c3RlbV9wcm9tcHQY",
-            "ASABKAkSKgoHaGlzdG9yeRgCIAMoCzIZLmFyYnJpZGdlLnYxLkRpYWxvZ3Vl",
-            "VHVybhIpCgVzY2VuZRgDIAEoCzIaLmFyYnJpZGdlLnYxLlNjZW5lRmVhdHVy",
-            "ZXMSLQoIc2FtcGxpbmcYBCABKAsyGy5hcmJyaWRnZS52MS5TYW1wbGluZ1Bh",
-            "cmFtcyKDAQoIVXNlclR1cm4SDwoHdHVybl9pZBgBIAEoDRIMCgR0ZXh0GAIg",
-            "ASgJEikKBWF1ZGlvGAMgASgLMhouYXJicmlkZ2UudjEuQXVkaW9GZWF0dXJl",
-            "cxItCghzYW1wbGluZxgEIAEoCzIbLmFyYnJpZGdlLnYxLlNhbXBsaW5nUGFy",
-            "YW1zIg0KC0NhbmNlbFJlcGx5ItMBCg9Db252ZXJzZVJlcXVlc3QSKwoFc3Rh",
-            "cnQYASABKAsyGi5hcmJyaWRnZS52MS5Db252ZXJzZVN0YXJ0SAASMgoMc2Nl",
-            "bmVfdXBkYXRlGAIgASgLMhouYXJicmlkZ2UudjEuU2NlbmVGZWF0dXJlc0gA",
-            "EioKCXVzZXJfdHVybhgDIAEoCzIVLmFyYnJpZGdlLnYxLlVzZXJUdXJuSAAS",
-            "KgoGY2FuY2VsGAQgASgLMhguYXJicmlkZ2UudjEuQ2FuY2VsUmVwbHlIAEIH",
-            "CgVldmVudCKFAQoQQ29udmVyc2VSZXNwb25zZRIPCgd0dXJuX2lkGAEgASgN",
-            "EigKBWNodW5rGAIgASgLMhcuYXJicmlkZ2UudjEuVG9rZW5DaHVua0gAEi0K",
-            "CmNvbXBsZXRpb24YAyABKAsyFy5hcmJyaWRnZS52MS5Db21wbGV0aW9uSABC",
-            "BwoFZXZlbnQiUAoPR2VuZXJhdGVSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCRIt",
-            "CghzYW1wbGluZxgCIAEoCzIbLmFyYnJpZGdlLnYxLlNhbXBsaW5nUGFyYW1z",
-            "InQKEEdlbmVyYXRlUmVzcG9uc2USKAoFY2h1bmsYASABKAsyFy5hcmJyaWRn",
-            "ZS52MS5Ub2tlbkNodW5rSAASLQoKY29tcGxldGlvbhgCIAEoCzIXLmFyYnJp",
-            "ZGdlLnYxLkNvbXBsZXRpb25IAEIHCgVldmVudCIVChNHZXRNb2RlbEluZm9S",
+            "cmlkZ2UvdjEvdHlwZXMucHJvdG8iNQoNUmVzdW1lUmVxdWVzdBIRCglzdHJl",
+            "YW1faWQYASABKAkSEQoJYWZ0ZXJfc2VxGAIgASgEIrcBCg5SZXN1bWVSZXNw",
+            "b25zZRILCgNzZXEYASABKAQSEQoJc3RyZWFtX2lkGAIgASgJEhIKCnNlc3Np",
+            "b25faWQYAyABKAkSDwoHdHVybl9pZBgEIAEoDRIoCgVjaHVuaxgFIAEoCzIX",
+            "LmFyYnJpZGdlLnYxLlRva2VuQ2h1bmtIABItCgpjb21wbGV0aW9uGAYgASgL",
+            "MhcuYXJicmlkZ2UudjEuQ29tcGxldGlvbkgAQgcKBWV2ZW50IigKE0NhbmNl",
+            "bFN0cmVhbVJlcXVlc3QSEQoJc3RyZWFtX2lkGAEgASgJIhYKFENhbmNlbFN0",
+            "cmVhbVJlc3BvbnNlIrEBChREZXNjcmliZVNjZW5lUmVxdWVzdBIpCgVzY2Vu",
+            "ZRgBIAEoCzIaLmFyYnJpZGdlLnYxLlNjZW5lRmVhdHVyZXMSEwoLaW5zdHJ1",
+            "Y3Rpb24YAiABKAkSLQoIc2FtcGxpbmcYAyABKAsyGy5hcmJyaWRnZS52MS5T",
+            "YW1wbGluZ1BhcmFtcxIqCgZzdHJlYW0YBCABKAsyGi5hcmJyaWRnZS52MS5T",
+            "dHJlYW1PcHRpb25zIpkBChVEZXNjcmliZVNjZW5lUmVzcG9uc2USKAoFY2h1",
+            "bmsYASABKAsyFy5hcmJyaWRnZS52MS5Ub2tlbkNodW5rSAASLQoKY29tcGxl",
+            "dGlvbhgCIAEoCzIXLmFyYnJpZGdlLnYxLkNvbXBsZXRpb25IABILCgNzZXEY",
+            "AyABKAQSEQoJc3RyZWFtX2lkGAQgASgJQgcKBWV2ZW50ItgBCg1Db252ZXJz",
+            "ZVN0YXJ0EhUKDXN5c3RlbV9wcm9tcHQYASABKAkSKgoHaGlzdG9yeRgCIAMo",
+            "CzIZLmFyYnJpZGdlLnYxLkRpYWxvZ3VlVHVybhIpCgVzY2VuZRgDIAEoCzIa",
+            "LmFyYnJpZGdlLnYxLlNjZW5lRmVhdHVyZXMSLQoIc2FtcGxpbmcYBCABKAsy",
+            "Gy5hcmJyaWRnZS52MS5TYW1wbGluZ1BhcmFtcxIqCgZzdHJlYW0YBSABKAsy",
+            "Gi5hcmJyaWRnZS52MS5TdHJlYW1PcHRpb25zIoMBCghVc2VyVHVybhIPCgd0",
+            "dXJuX2lkGAEgASgNEgwKBHRleHQYAiABKAkSKQoFYXVkaW8YAyABKAsyGi5h",
+            "cmJyaWRnZS52MS5BdWRpb0ZlYXR1cmVzEi0KCHNhbXBsaW5nGAQgASgLMhsu",
+            "YXJicmlkZ2UudjEuU2FtcGxpbmdQYXJhbXMiDQoLQ2FuY2VsUmVwbHkigwIK",
+            "D0NvbnZlcnNlUmVxdWVzdBIrCgVzdGFydBgBIAEoCzIaLmFyYnJpZGdlLnYx",
+            "LkNvbnZlcnNlU3RhcnRIABIyCgxzY2VuZV91cGRhdGUYAiABKAsyGi5hcmJy",
+            "aWRnZS52MS5TY2VuZUZlYXR1cmVzSAASKgoJdXNlcl90dXJuGAMgASgLMhUu",
+            "YXJicmlkZ2UudjEuVXNlclR1cm5IABIqCgZjYW5jZWwYBCABKAsyGC5hcmJy",
+            "aWRnZS52MS5DYW5jZWxSZXBseUgAEi4KC3NjZW5lX2RlbHRhGAUgASgLMhcu",
+            "YXJicmlkZ2UudjEuU2NlbmVEZWx0YUgAQgcKBWV2ZW50IqUBChBDb252ZXJz",
+            "ZVJlc3BvbnNlEg8KB3R1cm5faWQYASABKA0SKAoFY2h1bmsYAiABKAsyFy5h",
+            "cmJyaWRnZS52MS5Ub2tlbkNodW5rSAASLQoKY29tcGxldGlvbhgDIAEoCzIX",
+            "LmFyYnJpZGdlLnYxLkNvbXBsZXRpb25IABILCgNzZXEYBCABKAQSEQoJc3Ry",
+            "ZWFtX2lkGAUgASgJQgcKBWV2ZW50InwKD0dlbmVyYXRlUmVxdWVzdBIOCgZw",
+            "cm9tcHQYASABKAkSLQoIc2FtcGxpbmcYAiABKAsyGy5hcmJyaWRnZS52MS5T",
+            "YW1wbGluZ1BhcmFtcxIqCgZzdHJlYW0YAyABKAsyGi5hcmJyaWRnZS52MS5T",
+            "dHJlYW1PcHRpb25zIpQBChBHZW5lcmF0ZVJlc3BvbnNlEigKBWNodW5rGAEg",
+            "ASgLMhcuYXJicmlkZ2UudjEuVG9rZW5DaHVua0gAEi0KCmNvbXBsZXRpb24Y",
+            "AiABKAsyFy5hcmJyaWRnZS52MS5Db21wbGV0aW9uSAASCwoDc2VxGAMgASgE",
+            "EhEKCXN0cmVhbV9pZBgEIAEoCUIHCgVldmVudCIVChNHZXRNb2RlbEluZm9S",
             "ZXF1ZXN0IpQCChRHZXRNb2RlbEluZm9SZXNwb25zZRISCgptb2RlbF9uYW1l",
             "GAEgASgJEhQKDGFyY2hpdGVjdHVyZRgCIAEoCRIXCg9wYXJhbWV0ZXJfY291",
             "bnQYAyABKAQSFgoOY29udGV4dF9sZW5ndGgYBCABKA0SDQoFZHR5cGUYBSAB",
             "KAkSDgoGZGV2aWNlGAYgASgJEhUKDXNvdXJjZV9mb3JtYXQYByABKAkSEgoK",
             "bnVtX2xheWVycxgIIAEoDRITCgtoaWRkZW5fc2l6ZRgJIAEoDRISCgp2b2Nh",
             "Yl9zaXplGAogASgNEhAKCGZlYXR1cmVzGAsgAygJEhwKFG1heF9uZXdfdG9r",
-            "ZW5zX2xpbWl0GAwgASgNIqABCgpBc2tSZXF1ZXN0EhIKCnNlc3Npb25faWQY",
+            "ZW5zX2xpbWl0GAwgASgNIvoBCgpBc2tSZXF1ZXN0EhIKCnNlc3Npb25faWQY",
             "ASABKAkSKQoFc3RhcnQYAiABKAsyGi5hcmJyaWRnZS52MS5Db252ZXJzZVN0",
             "YXJ0EikKBXNjZW5lGAMgASgLMhouYXJicmlkZ2UudjEuU2NlbmVGZWF0dXJl",
-            "cxIoCgl1c2VyX3R1cm4YBCABKAsyFS5hcmJyaWRnZS52MS5Vc2VyVHVybiKU",
+            "cxIoCgl1c2VyX3R1cm4YBCABKAsyFS5hcmJyaWRnZS52MS5Vc2VyVHVybhIq",
+            "CgZzdHJlYW0YBSABKAsyGi5hcmJyaWRnZS52MS5TdHJlYW1PcHRpb25zEiwK",
+            "C3NjZW5lX2RlbHRhGAYgASgLMhcuYXJicmlkZ2UudjEuU2NlbmVEZWx0YSK0",
             "AQoLQXNrUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgd0dXJuX2lk",
             "GAIgASgNEigKBWNodW5rGAMgASgLMhcuYXJicmlkZ2UudjEuVG9rZW5DaHVu",
             "a0gAEi0KCmNvbXBsZXRpb24YBCABKAsyFy5hcmJyaWRnZS52MS5Db21wbGV0",
-            "aW9uSABCBwoFZXZlbnQylAMKD0FyQnJpZGdlU2VydmljZRJYCg1EZXNjcmli",
-            "ZVNjZW5lEiEuYXJicmlkZ2UudjEuRGVzY3JpYmVTY2VuZVJlcXVlc3QaIi5h",
-            "cmJyaWRnZS52MS5EZXNjcmliZVNjZW5lUmVzcG9uc2UwARJLCghDb252ZXJz",
-            "ZRIcLmFyYnJpZGdlLnYxLkNvbnZlcnNlUmVxdWVzdBodLmFyYnJpZGdlLnYx",
-            "LkNvbnZlcnNlUmVzcG9uc2UoATABEkkKCEdlbmVyYXRlEhwuYXJicmlkZ2Uu",
-            "djEuR2VuZXJhdGVSZXF1ZXN0Gh0uYXJicmlkZ2UudjEuR2VuZXJhdGVSZXNw",
-            "b25zZTABElMKDEdldE1vZGVsSW5mbxIgLmFyYnJpZGdlLnYxLkdldE1vZGVs",
-            "SW5mb1JlcXVlc3QaIS5hcmJyaWRnZS52MS5HZXRNb2RlbEluZm9SZXNwb25z",
-            "ZRI6CgNBc2sSFy5hcmJyaWRnZS52MS5Bc2tSZXF1ZXN0GhguYXJicmlkZ2Uu",
-            "djEuQXNrUmVzcG9uc2UwAUIhCg9jb20uYXJicmlkZ2UudjFQAaoCC0FyQnJp",
-            "ZGdlLlYxYgZwcm90bzM="));
+            "aW9uSAASCwoDc2VxGAUgASgEEhEKCXN0cmVhbV9pZBgGIAEoCUIHCgVldmVu",
+            "dDKuBAoPQXJCcmlkZ2VTZXJ2aWNlElgKDURlc2NyaWJlU2NlbmUSIS5hcmJy",
+            "aWRnZS52MS5EZXNjcmliZVNjZW5lUmVxdWVzdBoiLmFyYnJpZGdlLnYxLkRl",
+            "c2NyaWJlU2NlbmVSZXNwb25zZTABEksKCENvbnZlcnNlEhwuYXJicmlkZ2Uu",
+            "djEuQ29udmVyc2VSZXF1ZXN0Gh0uYXJicmlkZ2UudjEuQ29udmVyc2VSZXNw",
+            "b25zZSgBMAESSQoIR2VuZXJhdGUSHC5hcmJyaWRnZS52MS5HZW5lcmF0ZVJl",
+            "cXVlc3QaHS5hcmJyaWRnZS52MS5HZW5lcmF0ZVJlc3BvbnNlMAESUwoMR2V0",
+            "TW9kZWxJbmZvEiAuYXJicmlkZ2UudjEuR2V0TW9kZWxJbmZvUmVxdWVzdBoh",
+            "LmFyYnJpZGdlLnYxLkdldE1vZGVsSW5mb1Jlc3BvbnNlEjoKA0FzaxIXLmFy",
+            "YnJpZGdlLnYxLkFza1JlcXVlc3QaGC5hcmJyaWRnZS52MS5Bc2tSZXNwb25z",
+            "ZTABEkMKBlJlc3VtZRIaLmFyYnJpZGdlLnYxLlJlc3VtZVJlcXVlc3QaGy5h",
+            "cmJyaWRnZS52MS5SZXN1bWVSZXNwb25zZTABElMKDENhbmNlbFN0cmVhbRIg",
+            "LmFyYnJpZGdlLnYxLkNhbmNlbFN0cmVhbVJlcXVlc3QaIS5hcmJyaWRnZS52",
+            "MS5DYW5jZWxTdHJlYW1SZXNwb25zZUIhCg9jb20uYXJicmlkZ2UudjFQAaoC",
+            "C0FyQnJpZGdlLlYxYgZwcm90bzM="));
       descriptor = pbr::FileDescriptor.FromGeneratedCode(descriptorData,
           new pbr::FileDescriptor[] { global::ArBridge.V1.TypesReflection.Descriptor, },
           new pbr::GeneratedClrTypeInfo(null, null, new pbr::GeneratedClrTypeInfo[] {
-            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.DescribeSceneRequest), global::ArBridge.V1.DescribeSceneRequest.Parser, new[]{ "Scene", "Instruction", "Sampling" }, null, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.DescribeSceneResponse), global::ArBridge.V1.DescribeSceneResponse.Parser, new[]{ "Chunk", "Completion" }, new[]{ "Event" }, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.ConverseStart), global::ArBridge.V1.ConverseStart.Parser, new[]{ "SystemPrompt", "History", "Scene", "Sampling" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.ResumeRequest), global::ArBridge.V1.ResumeRequest.Parser, new[]{ "StreamId", "AfterSeq" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.ResumeResponse), global::ArBridge.V1.ResumeResponse.Parser, new[]{ "Seq", "StreamId", "SessionId", "TurnId", "Chunk", "Completion" }, new[]{ "Event" }, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.CancelStreamRequest), global::ArBridge.V1.CancelStreamRequest.Parser, new[]{ "StreamId" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.CancelStreamResponse), global::ArBridge.V1.CancelStreamResponse.Parser, null, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.DescribeSceneRequest), global::ArBridge.V1.DescribeSceneRequest.Parser, new[]{ "Scene", "Instruction", "Sampling", "Stream" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.DescribeSceneResponse), global::ArBridge.V1.DescribeSceneResponse.Parser, new[]{ "Chunk", "Completion", "Seq", "StreamId" }, new[]{ "Event" }, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.ConverseStart), global::ArBridge.V1.ConverseStart.Parser, new[]{ "SystemPrompt", "History", "Scene", "Sampling", "Stream" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.UserTurn), global::ArBridge.V1.UserTurn.Parser, new[]{ "TurnId", "Text", "Audio", "Sampling" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.CancelReply), global::ArBridge.V1.CancelReply.Parser, null, null, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.ConverseRequest), global::ArBridge.V1.ConverseRequest.Parser, new[]{ "Start", "SceneUpdate", "UserTurn", "Cancel" }, new[]{ "Event" }, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.ConverseResponse), global::ArBridge.V1.ConverseResponse.Parser, new[]{ "TurnId", "Chunk", "Completion" }, new[]{ "Event" }, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.GenerateRequest), global::ArBridge.V1.GenerateRequest.Parser, new[]{ "Prompt", "Sampling" }, null, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.GenerateResponse), global::ArBridge.V1.GenerateResponse.Parser, new[]{ "Chunk", "Completion" }, new[]{ "Event" }, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.ConverseRequest), global::ArBridge.V1.ConverseRequest.Parser, new[]{ "Start", "SceneUpdate", "UserTurn", "Cancel", "SceneDelta" }, new[]{ "Event" }, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.ConverseResponse), global::ArBridge.V1.ConverseResponse.Parser, new[]{ "TurnId", "Chunk", "Completion", "Seq", "StreamId" }, new[]{ "Event" }, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.GenerateRequest), global::ArBridge.V1.GenerateRequest.Parser, new[]{ "Prompt", "Sampling", "Stream" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.GenerateResponse), global::ArBridge.V1.GenerateResponse.Parser, new[]{ "Chunk", "Completion", "Seq", "StreamId" }, new[]{ "Event" }, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.GetModelInfoRequest), global::ArBridge.V1.GetModelInfoRequest.Parser, null, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.GetModelInfoResponse), global::ArBridge.V1.GetModelInfoResponse.Parser, new[]{ "ModelName", "Architecture", "ParameterCount", "ContextLength", "Dtype", "Device", "SourceFormat", "NumLayers", "HiddenSize", "VocabSize", "Features", "MaxNewTokensLimit" }, null, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.AskRequest), global::ArBridge.V1.AskRequest.Parser, new[]{ "SessionId", "Start", "Scene", "UserTurn" }, null, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.AskResponse), global::ArBridge.V1.AskResponse.Parser, new[]{ "SessionId", "TurnId", "Chunk", "Completion" }, new[]{ "Event" }, null, null, null)
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.AskRequest), global::ArBridge.V1.AskRequest.Parser, new[]{ "SessionId", "Start", "Scene", "UserTurn", "Stream", "SceneDelta" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.AskResponse), global::ArBridge.V1.AskResponse.Parser, new[]{ "SessionId", "TurnId", "Chunk", "Completion", "Seq", "StreamId" }, new[]{ "Event" }, null, null, null)
           }));
     }
     #endregion
 
   }
   #region Messages
+  /// <summary>
+  /// Where a response sits in its stream. Every response of a reply carries a
+  /// seq (1, 2, 3, ...); the first response of a resumable reply also carries its
+  /// stream_id.
+  /// </summary>
+  public sealed partial class ResumeRequest : pb::IMessage<ResumeRequest>
+  #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      , pb::IBufferMessage
+  #endif
+  {
+    private static readonly pb::MessageParser<ResumeRequest> _parser = new pb::MessageParser<ResumeRequest>(() => new ResumeRequest());
+    private pb::UnknownFieldSet _unknownFields;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pb::MessageParser<ResumeRequest> Parser { get { return _parser; } }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pbr::MessageDescriptor Descriptor {
+      get { return global::ArBridge.V1.ServiceReflection.Descriptor.MessageTypes[0]; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    pbr::MessageDescriptor pb::IMessage.Descriptor {
+      get { return Descriptor; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ResumeRequest() {
+      OnConstruction();
+    }
+
+    partial void OnConstruction();
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ResumeRequest(ResumeRequest other) : this() {
+      streamId_ = other.streamId_;
+      afterSeq_ = other.afterSeq_;
+      _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ResumeRequest Clone() {
+      return new ResumeRequest(this);
+    }
+
+    /// <summary>Field number for the "stream_id" field.</summary>
+    public const int StreamIdFieldNumber = 1;
+    private string streamId_ = "";
+    /// <summary>
+    /// The stream_id from the reply's first response.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string StreamId {
+      get { return streamId_; }
+      set {
+        streamId_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+      }
+    }
+
+    /// <summary>Field number for the "after_seq" field.</summary>
+    public const int AfterSeqFieldNumber = 2;
+    private ulong afterSeq_;
+    /// <summary>
+    /// The last seq the client received (0: from the start).
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ulong AfterSeq {
+      get { return afterSeq_; }
+      set {
+        afterSeq_ = value;
+      }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override bool Equals(object other) {
+      return Equals(other as ResumeRequest);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public bool Equals(ResumeRequest other) {
+      if (ReferenceEquals(other, null)) {
+        return false;
+      }
+      if (ReferenceEquals(other, this)) {
+        return true;
+      }
+      if (StreamId != other.StreamId) return false;
+      if (AfterSeq != other.AfterSeq) return false;
+      return Equals(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override int GetHashCode() {
+      int hash = 1;
+      if (StreamId.Length != 0) hash ^= StreamId.GetHashCode();
+      if (AfterSeq != 0UL) hash ^= AfterSeq.GetHashCode();
+      if (_unknownFields != null) {
+        hash ^= _unknownFields.GetHashCode();
+      }
+      return hash;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override string ToString() {
+      return pb::JsonFormatter.ToDiagnosticString(this);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void WriteTo(pb::CodedOutputStream output) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      output.WriteRawMessage(this);
+    #else
+      if (StreamId.Length != 0) {
+        output.WriteRawTag(10);
+        output.WriteString(StreamId);
+      }
+      if (AfterSeq != 0UL) {
+        output.WriteRawTag(16);
+        output.WriteUInt64(AfterSeq);
+      }
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(output);
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalWriteTo(ref pb::WriteContext output) {
+      if (StreamId.Length != 0) {
+        output.WriteRawTag(10);
+        output.WriteString(StreamId);
+      }
+      if (AfterSeq != 0UL) {
+        output.WriteRawTag(16);
+        output.WriteUInt64(AfterSeq);
+      }
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(ref output);
+      }
+    }
+    #endif
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public int CalculateSize() {
+      int size = 0;
+      if (StreamId.Length != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(StreamId);
+      }
+      if (AfterSeq != 0UL) {
+        size += 1 + pb::CodedOutputStream.ComputeUInt64Size(AfterSeq);
+      }
+      if (_unknownFields != null) {
+        size += _unknownFields.CalculateSize();
+      }
+      return size;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(ResumeRequest other) {
+      if (other == null) {
+        return;
+      }
+      if (other.StreamId.Length != 0) {
+        StreamId = other.StreamId;
+      }
+      if (other.AfterSeq != 0UL) {
+        AfterSeq = other.AfterSeq;
+      }
+      _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(pb::CodedInputStream input) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      input.ReadRawMessage(this);
+    #else
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, input);
+            break;
+          case 10: {
+            StreamId = input.ReadString();
+            break;
+          }
+          case 16: {
+            AfterSeq = input.ReadUInt64();
+            break;
+          }
+        }
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalMergeFrom(ref pb::ParseContext input) {
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, ref input);
+            break;
+          case 10: {
+            StreamId = input.ReadString();
+            break;
+          }
+          case 16: {
+            AfterSeq = input.ReadUInt64();
+            break;
+          }
+        }
+      }
+    }
+    #endif
+
+  }
+
+  public sealed partial class ResumeResponse : pb::IMessage<ResumeResponse>
+  #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      , pb::IBufferMessage
+  #endif
+  {
+    private static readonly pb::MessageParser<ResumeResponse> _parser = new pb::MessageParser<ResumeResponse>(() => new ResumeResponse());
+    private pb::UnknownFieldSet _unknownFields;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pb::MessageParser<ResumeResponse> Parser { get { return _parser; } }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pbr::MessageDescriptor Descriptor {
+      get { return global::ArBridge.V1.ServiceReflection.Descriptor.MessageTypes[1]; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    pbr::MessageDescriptor pb::IMessage.Descriptor {
+      get { return Descriptor; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ResumeResponse() {
+      OnConstruction();
+    }
+
+    partial void OnConstruction();
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ResumeResponse(ResumeResponse other) : this() {
+      seq_ = other.seq_;
+      streamId_ = other.streamId_;
+      sessionId_ = other.sessionId_;
+      turnId_ = other.turnId_;
+      switch (other.EventCase) {
+        case EventOneofCase.Chunk:
+          Chunk = other.Chunk.Clone();
+          break;
+        case EventOneofCase.Completion:
+          Completion = other.Completion.Clone();
+          break;
+      }
+
+      _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ResumeResponse Clone() {
+      return new ResumeResponse(this);
+    }
+
+    /// <summary>Field number for the "seq" field.</summary>
+    public const int SeqFieldNumber = 1;
+    private ulong seq_;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ulong Seq {
+      get { return seq_; }
+      set {
+        seq_ = value;
+      }
+    }
+
+    /// <summary>Field number for the "stream_id" field.</summary>
+    public const int StreamIdFieldNumber = 2;
+    private string streamId_ = "";
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string StreamId {
+      get { return streamId_; }
+      set {
+        streamId_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+      }
+    }
+
+    /// <summary>Field number for the "session_id" field.</summary>
+    public const int SessionIdFieldNumber = 3;
+    private string sessionId_ = "";
+    /// <summary>
+    /// As in the original reply (AskResponse, ConverseResponse), else empty/0.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string SessionId {
+      get { return sessionId_; }
+      set {
+        sessionId_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+      }
+    }
+
+    /// <summary>Field number for the "turn_id" field.</summary>
+    public const int TurnIdFieldNumber = 4;
+    private uint turnId_;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public uint TurnId {
+      get { return turnId_; }
+      set {
+        turnId_ = value;
+      }
+    }
+
+    /// <summary>Field number for the "chunk" field.</summary>
+    public const int ChunkFieldNumber = 5;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::ArBridge.V1.TokenChunk Chunk {
+      get { return eventCase_ == EventOneofCase.Chunk ? (global::ArBridge.V1.TokenChunk) event_ : null; }
+      set {
+        event_ = value;
+        eventCase_ = value == null ? EventOneofCase.None : EventOneofCase.Chunk;
+      }
+    }
+
+    /// <summary>Field number for the "completion" field.</summary>
+    public const int CompletionFieldNumber = 6;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::ArBridge.V1.Completion Completion {
+      get { return eventCase_ == EventOneofCase.Completion ? (global::ArBridge.V1.Completion) event_ : null; }
+      set {
+        event_ = value;
+        eventCase_ = value == null ? EventOneofCase.None : EventOneofCase.Completion;
+      }
+    }
+
+    private object event_;
+    /// <summary>Enum of possible cases for the "event" oneof.</summary>
+    public enum EventOneofCase {
+      None = 0,
+      Chunk = 5,
+      Completion = 6,
+    }
+    private EventOneofCase eventCase_ = EventOneofCase.None;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public EventOneofCase EventCase {
+      get { return eventCase_; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void ClearEvent() {
+      eventCase_ = EventOneofCase.None;
+      event_ = null;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override bool Equals(object other) {
+      return Equals(other as ResumeResponse);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public bool Equals(ResumeResponse other) {
+      if (ReferenceEquals(other, null)) {
+        return false;
+      }
+      if (ReferenceEquals(other, this)) {
+        return true;
+      }
+      if (Seq != other.Seq) return false;
+      if (StreamId != other.StreamId) return false;
+      if (SessionId != other.SessionId) return false;
+      if (TurnId != other.TurnId) return false;
+      if (!object.Equals(Chunk, other.Chunk)) return false;
+      if (!object.Equals(Completion, other.Completion)) return false;
+      if (EventCase != other.EventCase) return false;
+      return Equals(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override int GetHashCode() {
+      int hash = 1;
+      if (Seq != 0UL) hash ^= Seq.GetHashCode();
+      if (StreamId.Length != 0) hash ^= StreamId.GetHashCode();
+      if (SessionId.Length != 0) hash ^= SessionId.GetHashCode();
+      if (TurnId != 0) hash ^= TurnId.GetHashCode();
+      if (eventCase_ == EventOneofCase.Chunk) hash ^= Chunk.GetHashCode();
+      if (eventCase_ == EventOneofCase.Completion) hash ^= Completion.GetHashCode();
+      hash ^= (int) eventCase_;
+      if (_unknownFields != null) {
+        hash ^= _unknownFields.GetHashCode();
+      }
+      return hash;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override string ToString() {
+      return pb::JsonFormatter.ToDiagnosticString(this);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void WriteTo(pb::CodedOutputStream output) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      output.WriteRawMessage(this);
+    #else
+      if (Seq != 0UL) {
+        output.WriteRawTag(8);
+        output.WriteUInt64(Seq);
+      }
+      if (StreamId.Length != 0) {
+        output.WriteRawTag(18);
+        output.WriteString(StreamId);
+      }
+      if (SessionId.Length != 0) {
+        output.WriteRawTag(26);
+        output.WriteString(SessionId);
+      }
+      if (TurnId != 0) {
+        output.WriteRawTag(32);
+        output.WriteUInt32(TurnId);
+      }
+      if (eventCase_ == EventOneofCase.Chunk) {
+        output.WriteRawTag(42);
+        output.WriteMessage(Chunk);
+      }
+      if (eventCase_ == EventOneofCase.Completion) {
+        output.WriteRawTag(50);
+        output.WriteMessage(Completion);
+      }
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(output);
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalWriteTo(ref pb::WriteContext output) {
+      if (Seq != 0UL) {
+        output.WriteRawTag(8);
+        output.WriteUInt64(Seq);
+      }
+      if (StreamId.Length != 0) {
+        output.WriteRawTag(18);
+        output.WriteString(StreamId);
+      }
+      if (SessionId.Length != 0) {
+        output.WriteRawTag(26);
+        output.WriteString(SessionId);
+      }
+      if (TurnId != 0) {
+        output.WriteRawTag(32);
+        output.WriteUInt32(TurnId);
+      }
+      if (eventCase_ == EventOneofCase.Chunk) {
+        output.WriteRawTag(42);
+        output.WriteMessage(Chunk);
+      }
+      if (eventCase_ == EventOneofCase.Completion) {
+        output.WriteRawTag(50);
+        output.WriteMessage(Completion);
+      }
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(ref output);
+      }
+    }
+    #endif
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public int CalculateSize() {
+      int size = 0;
+      if (Seq != 0UL) {
+        size += 1 + pb::CodedOutputStream.ComputeUInt64Size(Seq);
+      }
+      if (StreamId.Length != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(StreamId);
+      }
+      if (SessionId.Length != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(SessionId);
+      }
+      if (TurnId != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeUInt32Size(TurnId);
+      }
+      if (eventCase_ == EventOneofCase.Chunk) {
+        size += 1 + pb::CodedOutputStream.ComputeMessageSize(Chunk);
+      }
+      if (eventCase_ == EventOneofCase.Completion) {
+        size += 1 + pb::CodedOutputStream.ComputeMessageSize(Completion);
+      }
+      if (_unknownFields != null) {
+        size += _unknownFields.CalculateSize();
+      }
+      return size;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(ResumeResponse other) {
+      if (other == null) {
+        return;
+      }
+      if (other.Seq != 0UL) {
+        Seq = other.Seq;
+      }
+      if (other.StreamId.Length != 0) {
+        StreamId = other.StreamId;
+      }
+      if (other.SessionId.Length != 0) {
+        SessionId = other.SessionId;
+      }
+      if (other.TurnId != 0) {
+        TurnId = other.TurnId;
+      }
+      switch (other.EventCase) {
+        case EventOneofCase.Chunk:
+          if (Chunk == null) {
+            Chunk = new global::ArBridge.V1.TokenChunk();
+          }
+          Chunk.MergeFrom(other.Chunk);
+          break;
+        case EventOneofCase.Completion:
+          if (Completion == null) {
+            Completion = new global::ArBridge.V1.Completion();
+          }
+          Completion.MergeFrom(other.Completion);
+          break;
+      }
+
+      _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(pb::CodedInputStream input) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      input.ReadRawMessage(this);
+    #else
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, input);
+            break;
+          case 8: {
+            Seq = input.ReadUInt64();
+            break;
+          }
+          case 18: {
+            StreamId = input.ReadString();
+            break;
+          }
+          case 26: {
+            SessionId = input.ReadString();
+            break;
+          }
+          case 32: {
+            TurnId = input.ReadUInt32();
+            break;
+          }
+          case 42: {
+            global::ArBridge.V1.TokenChunk subBuilder = new global::ArBridge.V1.TokenChunk();
+            if (eventCase_ == EventOneofCase.Chunk) {
+              subBuilder.MergeFrom(Chunk);
+            }
+            input.ReadMessage(subBuilder);
+            Chunk = subBuilder;
+            break;
+          }
+          case 50: {
+            global::ArBridge.V1.Completion subBuilder = new global::ArBridge.V1.Completion();
+            if (eventCase_ == EventOneofCase.Completion) {
+              subBuilder.MergeFrom(Completion);
+            }
+            input.ReadMessage(subBuilder);
+            Completion = subBuilder;
+            break;
+          }
+        }
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalMergeFrom(ref pb::ParseContext input) {
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, ref input);
+            break;
+          case 8: {
+            Seq = input.ReadUInt64();
+            break;
+          }
+          case 18: {
+            StreamId = input.ReadString();
+            break;
+          }
+          case 26: {
+            SessionId = input.ReadString();
+            break;
+          }
+          case 32: {
+            TurnId = input.ReadUInt32();
+            break;
+          }
+          case 42: {
+            global::ArBridge.V1.TokenChunk subBuilder = new global::ArBridge.V1.TokenChunk();
+            if (eventCase_ == EventOneofCase.Chunk) {
+              subBuilder.MergeFrom(Chunk);
+            }
+            input.ReadMessage(subBuilder);
+            Chunk = subBuilder;
+            break;
+          }
+          case 50: {
+            global::ArBridge.V1.Completion subBuilder = new global::ArBridge.V1.Completion();
+            if (eventCase_ == EventOneofCase.Completion) {
+              subBuilder.MergeFrom(Completion);
+            }
+            input.ReadMessage(subBuilder);
+            Completion = subBuilder;
+            break;
+          }
+        }
+      }
+    }
+    #endif
+
+  }
+
+  public sealed partial class CancelStreamRequest : pb::IMessage<CancelStreamRequest>
+  #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      , pb::IBufferMessage
+  #endif
+  {
+    private static readonly pb::MessageParser<CancelStreamRequest> _parser = new pb::MessageParser<CancelStreamRequest>(() => new CancelStreamRequest());
+    private pb::UnknownFieldSet _unknownFields;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pb::MessageParser<CancelStreamRequest> Parser { get { return _parser; } }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pbr::MessageDescriptor Descriptor {
+      get { return global::ArBridge.V1.ServiceReflection.Descriptor.MessageTypes[2]; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    pbr::MessageDescriptor pb::IMessage.Descriptor {
+      get { return Descriptor; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public CancelStreamRequest() {
+      OnConstruction();
+    }
+
+    partial void OnConstruction();
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public CancelStreamRequest(CancelStreamRequest other) : this() {
+      streamId_ = other.streamId_;
+      _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public CancelStreamRequest Clone() {
+      return new CancelStreamRequest(this);
+    }
+
+    /// <summary>Field number for the "stream_id" field.</summary>
+    public const int StreamIdFieldNumber = 1;
+    private string streamId_ = "";
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string StreamId {
+      get { return streamId_; }
+      set {
+        streamId_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+      }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override bool Equals(object other) {
+      return Equals(other as CancelStreamRequest);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public bool Equals(CancelStreamRequest other) {
+      if (ReferenceEquals(other, null)) {
+        return false;
+      }
+      if (ReferenceEquals(other, this)) {
+        return true;
+      }
+      if (StreamId != other.StreamId) return false;
+      return Equals(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override int GetHashCode() {
+      int hash = 1;
+      if (StreamId.Length != 0) hash ^= StreamId.GetHashCode();
+      if (_unknownFields != null) {
+        hash ^= _unknownFields.GetHashCode();
+      }
+      return hash;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override string ToString() {
+      return pb::JsonFormatter.ToDiagnosticString(this);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void WriteTo(pb::CodedOutputStream output) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      output.WriteRawMessage(this);
+    #else
+      if (StreamId.Length != 0) {
+        output.WriteRawTag(10);
+        output.WriteString(StreamId);
+      }
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(output);
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalWriteTo(ref pb::WriteContext output) {
+      if (StreamId.Length != 0) {
+        output.WriteRawTag(10);
+        output.WriteString(StreamId);
+      }
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(ref output);
+      }
+    }
+    #endif
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public int CalculateSize() {
+      int size = 0;
+      if (StreamId.Length != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(StreamId);
+      }
+      if (_unknownFields != null) {
+        size += _unknownFields.CalculateSize();
+      }
+      return size;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(CancelStreamRequest other) {
+      if (other == null) {
+        return;
+      }
+      if (other.StreamId.Length != 0) {
+        StreamId = other.StreamId;
+      }
+      _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(pb::CodedInputStream input) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      input.ReadRawMessage(this);
+    #else
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, input);
+            break;
+          case 10: {
+            StreamId = input.ReadString();
+            break;
+          }
+        }
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalMergeFrom(ref pb::ParseContext input) {
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, ref input);
+            break;
+          case 10: {
+            StreamId = input.ReadString();
+            break;
+          }
+        }
+      }
+    }
+    #endif
+
+  }
+
+  public sealed partial class CancelStreamResponse : pb::IMessage<CancelStreamResponse>
+  #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      , pb::IBufferMessage
+  #endif
+  {
+    private static readonly pb::MessageParser<CancelStreamResponse> _parser = new pb::MessageParser<CancelStreamResponse>(() => new CancelStreamResponse());
+    private pb::UnknownFieldSet _unknownFields;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pb::MessageParser<CancelStreamResponse> Parser { get { return _parser; } }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pbr::MessageDescriptor Descriptor {
+      get { return global::ArBridge.V1.ServiceReflection.Descriptor.MessageTypes[3]; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    pbr::MessageDescriptor pb::IMessage.Descriptor {
+      get { return Descriptor; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public CancelStreamResponse() {
+      OnConstruction();
+    }
+
+    partial void OnConstruction();
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public CancelStreamResponse(CancelStreamResponse other) : this() {
+      _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public CancelStreamResponse Clone() {
+      return new CancelStreamResponse(this);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override bool Equals(object other) {
+      return Equals(other as CancelStreamResponse);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public bool Equals(CancelStreamResponse other) {
+      if (ReferenceEquals(other, null)) {
+        return false;
+      }
+      if (ReferenceEquals(other, this)) {
+        return true;
+      }
+      return Equals(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override int GetHashCode() {
+      int hash = 1;
+      if (_unknownFields != null) {
+        hash ^= _unknownFields.GetHashCode();
+      }
+      return hash;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override string ToString() {
+      return pb::JsonFormatter.ToDiagnosticString(this);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void WriteTo(pb::CodedOutputStream output) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      output.WriteRawMessage(this);
+    #else
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(output);
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalWriteTo(ref pb::WriteContext output) {
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(ref output);
+      }
+    }
+    #endif
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public int CalculateSize() {
+      int size = 0;
+      if (_unknownFields != null) {
+        size += _unknownFields.CalculateSize();
+      }
+      return size;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(CancelStreamResponse other) {
+      if (other == null) {
+        return;
+      }
+      _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(pb::CodedInputStream input) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      input.ReadRawMessage(this);
+    #else
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, input);
+            break;
+        }
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalMergeFrom(ref pb::ParseContext input) {
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, ref input);
+            break;
+        }
+      }
+    }
+    #endif
+
+  }
+
   public sealed partial class DescribeSceneRequest : pb::IMessage<DescribeSceneRequest>
   #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
       , pb::IBufferMessage
@@ -111,7 +1148,7 @@ namespace ArBridge.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::ArBridge.V1.ServiceReflection.Descriptor.MessageTypes[0]; }
+      get { return global::ArBridge.V1.ServiceReflection.Descriptor.MessageTypes[4]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -134,6 +1171,7 @@ namespace ArBridge.V1 {
       scene_ = other.scene_ != null ? other.scene_.Clone() : null;
       instruction_ = other.instruction_;
       sampling_ = other.sampling_ != null ? other.sampling_.Clone() : null;
+      stream_ = other.stream_ != null ? other.stream_.Clone() : null;
       _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
     }
 
@@ -185,6 +1223,18 @@ namespace ArBridge.V1 {
       }
     }
 
+    /// <summary>Field number for the "stream" field.</summary>
+    public const int StreamFieldNumber = 4;
+    private global::ArBridge.V1.StreamOptions stream_;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::ArBridge.V1.StreamOptions Stream {
+      get { return stream_; }
+      set {
+        stream_ = value;
+      }
+    }
+
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public override bool Equals(object other) {
@@ -203,6 +1253,7 @@ namespace ArBridge.V1 {
       if (!object.Equals(Scene, other.Scene)) return false;
       if (Instruction != other.Instruction) return false;
       if (!object.Equals(Sampling, other.Sampling)) return false;
+      if (!object.Equals(Stream, other.Stream)) return false;
       return Equals(_unknownFields, other._unknownFields);
     }
 
@@ -213,6 +1264,7 @@ namespace ArBridge.V1 {
       if (scene_ != null) hash ^= Scene.GetHashCode();
       if (Instruction.Length != 0) hash ^= Instruction.GetHashCode();
       if (sampling_ != null) hash ^= Sampling.GetHashCode();
+      if (stream_ != null) hash ^= Stream.GetHashCode();
       if (_unknownFields != null) {
         hash ^= _unknownFields.GetHashCode();
       }
@@ -243,6 +1295,10 @@ namespace ArBridge.V1 {
         output.WriteRawTag(26);
         output.WriteMessage(Sampling);
       }
+      if (stream_ != null) {
+        output.WriteRawTag(34);
+        output.WriteMessage(Stream);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -265,6 +1321,10 @@ namespace ArBridge.V1 {
         output.WriteRawTag(26);
         output.WriteMessage(Sampling);
       }
+      if (stream_ != null) {
+        output.WriteRawTag(34);
+        output.WriteMessage(Stream);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -283,6 +1343,9 @@ namespace ArBridge.V1 {
       }
       if (sampling_ != null) {
         size += 1 + pb::CodedOutputStream.ComputeMessageSize(Sampling);
+      }
+      if (stream_ != null) {
+        size += 1 + pb::CodedOutputStream.ComputeMessageSize(Stream);
       }
       if (_unknownFields != null) {
         size += _unknownFields.CalculateSize();
@@ -310,6 +1373,12 @@ namespace ArBridge.V1 {
           Sampling = new global::ArBridge.V1.SamplingParams();
         }
         Sampling.MergeFrom(other.Sampling);
+      }
+      if (other.stream_ != null) {
+        if (stream_ == null) {
+          Stream = new global::ArBridge.V1.StreamOptions();
+        }
+        Stream.MergeFrom(other.Stream);
       }
       _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
     }
@@ -342,6 +1411,13 @@ namespace ArBridge.V1 {
               Sampling = new global::ArBridge.V1.SamplingParams();
             }
             input.ReadMessage(Sampling);
+            break;
+          }
+          case 34: {
+            if (stream_ == null) {
+              Stream = new global::ArBridge.V1.StreamOptions();
+            }
+            input.ReadMessage(Stream);
             break;
           }
         }
@@ -377,6 +1453,13 @@ namespace ArBridge.V1 {
             input.ReadMessage(Sampling);
             break;
           }
+          case 34: {
+            if (stream_ == null) {
+              Stream = new global::ArBridge.V1.StreamOptions();
+            }
+            input.ReadMessage(Stream);
+            break;
+          }
         }
       }
     }
@@ -398,7 +1481,7 @@ namespace ArBridge.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::ArBridge.V1.ServiceReflection.Descriptor.MessageTypes[1]; }
+      get { return global::ArBridge.V1.ServiceReflection.Descriptor.MessageTypes[5]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -418,6 +1501,8 @@ namespace ArBridge.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public DescribeSceneResponse(DescribeSceneResponse other) : this() {
+      seq_ = other.seq_;
+      streamId_ = other.streamId_;
       switch (other.EventCase) {
         case EventOneofCase.Chunk:
           Chunk = other.Chunk.Clone();
@@ -460,6 +1545,33 @@ namespace ArBridge.V1 {
       }
     }
 
+    /// <summary>Field number for the "seq" field.</summary>
+    public const int SeqFieldNumber = 3;
+    private ulong seq_;
+    /// <summary>
+    /// Position in the stream (see ResumeRequest).
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ulong Seq {
+      get { return seq_; }
+      set {
+        seq_ = value;
+      }
+    }
+
+    /// <summary>Field number for the "stream_id" field.</summary>
+    public const int StreamIdFieldNumber = 4;
+    private string streamId_ = "";
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string StreamId {
+      get { return streamId_; }
+      set {
+        streamId_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+      }
+    }
+
     private object event_;
     /// <summary>Enum of possible cases for the "event" oneof.</summary>
     public enum EventOneofCase {
@@ -498,6 +1610,8 @@ namespace ArBridge.V1 {
       }
       if (!object.Equals(Chunk, other.Chunk)) return false;
       if (!object.Equals(Completion, other.Completion)) return false;
+      if (Seq != other.Seq) return false;
+      if (StreamId != other.StreamId) return false;
       if (EventCase != other.EventCase) return false;
       return Equals(_unknownFields, other._unknownFields);
     }
@@ -508,6 +1622,8 @@ namespace ArBridge.V1 {
       int hash = 1;
       if (eventCase_ == EventOneofCase.Chunk) hash ^= Chunk.GetHashCode();
       if (eventCase_ == EventOneofCase.Completion) hash ^= Completion.GetHashCode();
+      if (Seq != 0UL) hash ^= Seq.GetHashCode();
+      if (StreamId.Length != 0) hash ^= StreamId.GetHashCode();
       hash ^= (int) eventCase_;
       if (_unknownFields != null) {
         hash ^= _unknownFields.GetHashCode();
@@ -535,6 +1651,14 @@ namespace ArBridge.V1 {
         output.WriteRawTag(18);
         output.WriteMessage(Completion);
       }
+      if (Seq != 0UL) {
+        output.WriteRawTag(24);
+        output.WriteUInt64(Seq);
+      }
+      if (StreamId.Length != 0) {
+        output.WriteRawTag(34);
+        output.WriteString(StreamId);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -553,6 +1677,14 @@ namespace ArBridge.V1 {
         output.WriteRawTag(18);
         output.WriteMessage(Completion);
       }
+      if (Seq != 0UL) {
+        output.WriteRawTag(24);
+        output.WriteUInt64(Seq);
+      }
+      if (StreamId.Length != 0) {
+        output.WriteRawTag(34);
+        output.WriteString(StreamId);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -569,6 +1701,12 @@ namespace ArBridge.V1 {
       if (eventCase_ == EventOneofCase.Completion) {
         size += 1 + pb::CodedOutputStream.ComputeMessageSize(Completion);
       }
+      if (Seq != 0UL) {
+        size += 1 + pb::CodedOutputStream.ComputeUInt64Size(Seq);
+      }
+      if (StreamId.Length != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(StreamId);
+      }
       if (_unknownFields != null) {
         size += _unknownFields.CalculateSize();
       }
@@ -580,6 +1718,12 @@ namespace ArBridge.V1 {
     public void MergeFrom(DescribeSceneResponse other) {
       if (other == null) {
         return;
+      }
+      if (other.Seq != 0UL) {
+        Seq = other.Seq;
+      }
+      if (other.StreamId.Length != 0) {
+        StreamId = other.StreamId;
       }
       switch (other.EventCase) {
         case EventOneofCase.Chunk:
@@ -629,6 +1773,14 @@ namespace ArBridge.V1 {
             Completion = subBuilder;
             break;
           }
+          case 24: {
+            Seq = input.ReadUInt64();
+            break;
+          }
+          case 34: {
+            StreamId = input.ReadString();
+            break;
+          }
         }
       }
     #endif
@@ -662,6 +1814,14 @@ namespace ArBridge.V1 {
             Completion = subBuilder;
             break;
           }
+          case 24: {
+            Seq = input.ReadUInt64();
+            break;
+          }
+          case 34: {
+            StreamId = input.ReadString();
+            break;
+          }
         }
       }
     }
@@ -686,7 +1846,7 @@ namespace ArBridge.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::ArBridge.V1.ServiceReflection.Descriptor.MessageTypes[2]; }
+      get { return global::ArBridge.V1.ServiceReflection.Descriptor.MessageTypes[6]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -710,6 +1870,7 @@ namespace ArBridge.V1 {
       history_ = other.history_.Clone();
       scene_ = other.scene_ != null ? other.scene_.Clone() : null;
       sampling_ = other.sampling_ != null ? other.sampling_.Clone() : null;
+      stream_ = other.stream_ != null ? other.stream_.Clone() : null;
       _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
     }
 
@@ -779,6 +1940,23 @@ namespace ArBridge.V1 {
       }
     }
 
+    /// <summary>Field number for the "stream" field.</summary>
+    public const int StreamFieldNumber = 5;
+    private global::ArBridge.V1.StreamOptions stream_;
+    /// <summary>
+    /// For every reply of the session: a resumable reply outlives the Converse
+    /// stream by the grace time (the session itself does not: reconnect with
+    /// the dialogue so far in history).
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::ArBridge.V1.StreamOptions Stream {
+      get { return stream_; }
+      set {
+        stream_ = value;
+      }
+    }
+
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public override bool Equals(object other) {
@@ -798,6 +1976,7 @@ namespace ArBridge.V1 {
       if(!history_.Equals(other.history_)) return false;
       if (!object.Equals(Scene, other.Scene)) return false;
       if (!object.Equals(Sampling, other.Sampling)) return false;
+      if (!object.Equals(Stream, other.Stream)) return false;
       return Equals(_unknownFields, other._unknownFields);
     }
 
@@ -809,6 +1988,7 @@ namespace ArBridge.V1 {
       hash ^= history_.GetHashCode();
       if (scene_ != null) hash ^= Scene.GetHashCode();
       if (sampling_ != null) hash ^= Sampling.GetHashCode();
+      if (stream_ != null) hash ^= Stream.GetHashCode();
       if (_unknownFields != null) {
         hash ^= _unknownFields.GetHashCode();
       }
@@ -840,6 +2020,10 @@ namespace ArBridge.V1 {
         output.WriteRawTag(34);
         output.WriteMessage(Sampling);
       }
+      if (stream_ != null) {
+        output.WriteRawTag(42);
+        output.WriteMessage(Stream);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -863,6 +2047,10 @@ namespace ArBridge.V1 {
         output.WriteRawTag(34);
         output.WriteMessage(Sampling);
       }
+      if (stream_ != null) {
+        output.WriteRawTag(42);
+        output.WriteMessage(Stream);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -882,6 +2070,9 @@ namespace ArBridge.V1 {
       }
       if (sampling_ != null) {
         size += 1 + pb::CodedOutputStream.ComputeMessageSize(Sampling);
+      }
+      if (stream_ != null) {
+        size += 1 + pb::CodedOutputStream.ComputeMessageSize(Stream);
       }
       if (_unknownFields != null) {
         size += _unknownFields.CalculateSize();
@@ -910,6 +2101,12 @@ namespace ArBridge.V1 {
           Sampling = new global::ArBridge.V1.SamplingParams();
         }
         Sampling.MergeFrom(other.Sampling);
+      }
+      if (other.stream_ != null) {
+        if (stream_ == null) {
+          Stream = new global::ArBridge.V1.StreamOptions();
+        }
+        Stream.MergeFrom(other.Stream);
       }
       _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
     }
@@ -946,6 +2143,13 @@ namespace ArBridge.V1 {
               Sampling = new global::ArBridge.V1.SamplingParams();
             }
             input.ReadMessage(Sampling);
+            break;
+          }
+          case 42: {
+            if (stream_ == null) {
+              Stream = new global::ArBridge.V1.StreamOptions();
+            }
+            input.ReadMessage(Stream);
             break;
           }
         }
@@ -985,6 +2189,13 @@ namespace ArBridge.V1 {
             input.ReadMessage(Sampling);
             break;
           }
+          case 42: {
+            if (stream_ == null) {
+              Stream = new global::ArBridge.V1.StreamOptions();
+            }
+            input.ReadMessage(Stream);
+            break;
+          }
         }
       }
     }
@@ -1009,7 +2220,7 @@ namespace ArBridge.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::ArBridge.V1.ServiceReflection.Descriptor.MessageTypes[3]; }
+      get { return global::ArBridge.V1.ServiceReflection.Descriptor.MessageTypes[7]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -1337,7 +2548,7 @@ namespace ArBridge.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::ArBridge.V1.ServiceReflection.Descriptor.MessageTypes[4]; }
+      get { return global::ArBridge.V1.ServiceReflection.Descriptor.MessageTypes[8]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -1489,7 +2700,7 @@ namespace ArBridge.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::ArBridge.V1.ServiceReflection.Descriptor.MessageTypes[5]; }
+      get { return global::ArBridge.V1.ServiceReflection.Descriptor.MessageTypes[9]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -1521,6 +2732,9 @@ namespace ArBridge.V1 {
           break;
         case EventOneofCase.Cancel:
           Cancel = other.Cancel.Clone();
+          break;
+        case EventOneofCase.SceneDelta:
+          SceneDelta = other.SceneDelta.Clone();
           break;
       }
 
@@ -1581,6 +2795,21 @@ namespace ArBridge.V1 {
       }
     }
 
+    /// <summary>Field number for the "scene_delta" field.</summary>
+    public const int SceneDeltaFieldNumber = 5;
+    /// <summary>
+    /// Changes the session's scene in place (scene_update replaces it).
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::ArBridge.V1.SceneDelta SceneDelta {
+      get { return eventCase_ == EventOneofCase.SceneDelta ? (global::ArBridge.V1.SceneDelta) event_ : null; }
+      set {
+        event_ = value;
+        eventCase_ = value == null ? EventOneofCase.None : EventOneofCase.SceneDelta;
+      }
+    }
+
     private object event_;
     /// <summary>Enum of possible cases for the "event" oneof.</summary>
     public enum EventOneofCase {
@@ -1589,6 +2818,7 @@ namespace ArBridge.V1 {
       SceneUpdate = 2,
       UserTurn = 3,
       Cancel = 4,
+      SceneDelta = 5,
     }
     private EventOneofCase eventCase_ = EventOneofCase.None;
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -1623,6 +2853,7 @@ namespace ArBridge.V1 {
       if (!object.Equals(SceneUpdate, other.SceneUpdate)) return false;
       if (!object.Equals(UserTurn, other.UserTurn)) return false;
       if (!object.Equals(Cancel, other.Cancel)) return false;
+      if (!object.Equals(SceneDelta, other.SceneDelta)) return false;
       if (EventCase != other.EventCase) return false;
       return Equals(_unknownFields, other._unknownFields);
     }
@@ -1635,6 +2866,7 @@ namespace ArBridge.V1 {
       if (eventCase_ == EventOneofCase.SceneUpdate) hash ^= SceneUpdate.GetHashCode();
       if (eventCase_ == EventOneofCase.UserTurn) hash ^= UserTurn.GetHashCode();
       if (eventCase_ == EventOneofCase.Cancel) hash ^= Cancel.GetHashCode();
+      if (eventCase_ == EventOneofCase.SceneDelta) hash ^= SceneDelta.GetHashCode();
       hash ^= (int) eventCase_;
       if (_unknownFields != null) {
         hash ^= _unknownFields.GetHashCode();
@@ -1670,6 +2902,10 @@ namespace ArBridge.V1 {
         output.WriteRawTag(34);
         output.WriteMessage(Cancel);
       }
+      if (eventCase_ == EventOneofCase.SceneDelta) {
+        output.WriteRawTag(42);
+        output.WriteMessage(SceneDelta);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -1696,6 +2932,10 @@ namespace ArBridge.V1 {
         output.WriteRawTag(34);
         output.WriteMessage(Cancel);
       }
+      if (eventCase_ == EventOneofCase.SceneDelta) {
+        output.WriteRawTag(42);
+        output.WriteMessage(SceneDelta);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -1717,6 +2957,9 @@ namespace ArBridge.V1 {
       }
       if (eventCase_ == EventOneofCase.Cancel) {
         size += 1 + pb::CodedOutputStream.ComputeMessageSize(Cancel);
+      }
+      if (eventCase_ == EventOneofCase.SceneDelta) {
+        size += 1 + pb::CodedOutputStream.ComputeMessageSize(SceneDelta);
       }
       if (_unknownFields != null) {
         size += _unknownFields.CalculateSize();
@@ -1754,6 +2997,12 @@ namespace ArBridge.V1 {
             Cancel = new global::ArBridge.V1.CancelReply();
           }
           Cancel.MergeFrom(other.Cancel);
+          break;
+        case EventOneofCase.SceneDelta:
+          if (SceneDelta == null) {
+            SceneDelta = new global::ArBridge.V1.SceneDelta();
+          }
+          SceneDelta.MergeFrom(other.SceneDelta);
           break;
       }
 
@@ -1808,6 +3057,15 @@ namespace ArBridge.V1 {
             Cancel = subBuilder;
             break;
           }
+          case 42: {
+            global::ArBridge.V1.SceneDelta subBuilder = new global::ArBridge.V1.SceneDelta();
+            if (eventCase_ == EventOneofCase.SceneDelta) {
+              subBuilder.MergeFrom(SceneDelta);
+            }
+            input.ReadMessage(subBuilder);
+            SceneDelta = subBuilder;
+            break;
+          }
         }
       }
     #endif
@@ -1859,6 +3117,15 @@ namespace ArBridge.V1 {
             Cancel = subBuilder;
             break;
           }
+          case 42: {
+            global::ArBridge.V1.SceneDelta subBuilder = new global::ArBridge.V1.SceneDelta();
+            if (eventCase_ == EventOneofCase.SceneDelta) {
+              subBuilder.MergeFrom(SceneDelta);
+            }
+            input.ReadMessage(subBuilder);
+            SceneDelta = subBuilder;
+            break;
+          }
         }
       }
     }
@@ -1880,7 +3147,7 @@ namespace ArBridge.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::ArBridge.V1.ServiceReflection.Descriptor.MessageTypes[6]; }
+      get { return global::ArBridge.V1.ServiceReflection.Descriptor.MessageTypes[10]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -1901,6 +3168,8 @@ namespace ArBridge.V1 {
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public ConverseResponse(ConverseResponse other) : this() {
       turnId_ = other.turnId_;
+      seq_ = other.seq_;
+      streamId_ = other.streamId_;
       switch (other.EventCase) {
         case EventOneofCase.Chunk:
           Chunk = other.Chunk.Clone();
@@ -1958,6 +3227,33 @@ namespace ArBridge.V1 {
       }
     }
 
+    /// <summary>Field number for the "seq" field.</summary>
+    public const int SeqFieldNumber = 4;
+    private ulong seq_;
+    /// <summary>
+    /// Position in this reply's stream (each reply counts from 1).
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ulong Seq {
+      get { return seq_; }
+      set {
+        seq_ = value;
+      }
+    }
+
+    /// <summary>Field number for the "stream_id" field.</summary>
+    public const int StreamIdFieldNumber = 5;
+    private string streamId_ = "";
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string StreamId {
+      get { return streamId_; }
+      set {
+        streamId_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+      }
+    }
+
     private object event_;
     /// <summary>Enum of possible cases for the "event" oneof.</summary>
     public enum EventOneofCase {
@@ -1997,6 +3293,8 @@ namespace ArBridge.V1 {
       if (TurnId != other.TurnId) return false;
       if (!object.Equals(Chunk, other.Chunk)) return false;
       if (!object.Equals(Completion, other.Completion)) return false;
+      if (Seq != other.Seq) return false;
+      if (StreamId != other.StreamId) return false;
       if (EventCase != other.EventCase) return false;
       return Equals(_unknownFields, other._unknownFields);
     }
@@ -2008,6 +3306,8 @@ namespace ArBridge.V1 {
       if (TurnId != 0) hash ^= TurnId.GetHashCode();
       if (eventCase_ == EventOneofCase.Chunk) hash ^= Chunk.GetHashCode();
       if (eventCase_ == EventOneofCase.Completion) hash ^= Completion.GetHashCode();
+      if (Seq != 0UL) hash ^= Seq.GetHashCode();
+      if (StreamId.Length != 0) hash ^= StreamId.GetHashCode();
       hash ^= (int) eventCase_;
       if (_unknownFields != null) {
         hash ^= _unknownFields.GetHashCode();
@@ -2039,6 +3339,14 @@ namespace ArBridge.V1 {
         output.WriteRawTag(26);
         output.WriteMessage(Completion);
       }
+      if (Seq != 0UL) {
+        output.WriteRawTag(32);
+        output.WriteUInt64(Seq);
+      }
+      if (StreamId.Length != 0) {
+        output.WriteRawTag(42);
+        output.WriteString(StreamId);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -2061,6 +3369,14 @@ namespace ArBridge.V1 {
         output.WriteRawTag(26);
         output.WriteMessage(Completion);
       }
+      if (Seq != 0UL) {
+        output.WriteRawTag(32);
+        output.WriteUInt64(Seq);
+      }
+      if (StreamId.Length != 0) {
+        output.WriteRawTag(42);
+        output.WriteString(StreamId);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -2080,6 +3396,12 @@ namespace ArBridge.V1 {
       if (eventCase_ == EventOneofCase.Completion) {
         size += 1 + pb::CodedOutputStream.ComputeMessageSize(Completion);
       }
+      if (Seq != 0UL) {
+        size += 1 + pb::CodedOutputStream.ComputeUInt64Size(Seq);
+      }
+      if (StreamId.Length != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(StreamId);
+      }
       if (_unknownFields != null) {
         size += _unknownFields.CalculateSize();
       }
@@ -2094,6 +3416,12 @@ namespace ArBridge.V1 {
       }
       if (other.TurnId != 0) {
         TurnId = other.TurnId;
+      }
+      if (other.Seq != 0UL) {
+        Seq = other.Seq;
+      }
+      if (other.StreamId.Length != 0) {
+        StreamId = other.StreamId;
       }
       switch (other.EventCase) {
         case EventOneofCase.Chunk:
@@ -2147,6 +3475,14 @@ namespace ArBridge.V1 {
             Completion = subBuilder;
             break;
           }
+          case 32: {
+            Seq = input.ReadUInt64();
+            break;
+          }
+          case 42: {
+            StreamId = input.ReadString();
+            break;
+          }
         }
       }
     #endif
@@ -2184,6 +3520,14 @@ namespace ArBridge.V1 {
             Completion = subBuilder;
             break;
           }
+          case 32: {
+            Seq = input.ReadUInt64();
+            break;
+          }
+          case 42: {
+            StreamId = input.ReadString();
+            break;
+          }
         }
       }
     }
@@ -2205,7 +3549,7 @@ namespace ArBridge.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::ArBridge.V1.ServiceReflection.Descriptor.MessageTypes[7]; }
+      get { return global::ArBridge.V1.ServiceReflection.Descriptor.MessageTypes[11]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -2227,6 +3571,7 @@ namespace ArBridge.V1 {
     public GenerateRequest(GenerateRequest other) : this() {
       prompt_ = other.prompt_;
       sampling_ = other.sampling_ != null ? other.sampling_.Clone() : null;
+      stream_ = other.stream_ != null ? other.stream_.Clone() : null;
       _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
     }
 
@@ -2263,6 +3608,18 @@ namespace ArBridge.V1 {
       }
     }
 
+    /// <summary>Field number for the "stream" field.</summary>
+    public const int StreamFieldNumber = 3;
+    private global::ArBridge.V1.StreamOptions stream_;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::ArBridge.V1.StreamOptions Stream {
+      get { return stream_; }
+      set {
+        stream_ = value;
+      }
+    }
+
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public override bool Equals(object other) {
@@ -2280,6 +3637,7 @@ namespace ArBridge.V1 {
       }
       if (Prompt != other.Prompt) return false;
       if (!object.Equals(Sampling, other.Sampling)) return false;
+      if (!object.Equals(Stream, other.Stream)) return false;
       return Equals(_unknownFields, other._unknownFields);
     }
 
@@ -2289,6 +3647,7 @@ namespace ArBridge.V1 {
       int hash = 1;
       if (Prompt.Length != 0) hash ^= Prompt.GetHashCode();
       if (sampling_ != null) hash ^= Sampling.GetHashCode();
+      if (stream_ != null) hash ^= Stream.GetHashCode();
       if (_unknownFields != null) {
         hash ^= _unknownFields.GetHashCode();
       }
@@ -2315,6 +3674,10 @@ namespace ArBridge.V1 {
         output.WriteRawTag(18);
         output.WriteMessage(Sampling);
       }
+      if (stream_ != null) {
+        output.WriteRawTag(26);
+        output.WriteMessage(Stream);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -2333,6 +3696,10 @@ namespace ArBridge.V1 {
         output.WriteRawTag(18);
         output.WriteMessage(Sampling);
       }
+      if (stream_ != null) {
+        output.WriteRawTag(26);
+        output.WriteMessage(Stream);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -2348,6 +3715,9 @@ namespace ArBridge.V1 {
       }
       if (sampling_ != null) {
         size += 1 + pb::CodedOutputStream.ComputeMessageSize(Sampling);
+      }
+      if (stream_ != null) {
+        size += 1 + pb::CodedOutputStream.ComputeMessageSize(Stream);
       }
       if (_unknownFields != null) {
         size += _unknownFields.CalculateSize();
@@ -2369,6 +3739,12 @@ namespace ArBridge.V1 {
           Sampling = new global::ArBridge.V1.SamplingParams();
         }
         Sampling.MergeFrom(other.Sampling);
+      }
+      if (other.stream_ != null) {
+        if (stream_ == null) {
+          Stream = new global::ArBridge.V1.StreamOptions();
+        }
+        Stream.MergeFrom(other.Stream);
       }
       _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
     }
@@ -2394,6 +3770,13 @@ namespace ArBridge.V1 {
               Sampling = new global::ArBridge.V1.SamplingParams();
             }
             input.ReadMessage(Sampling);
+            break;
+          }
+          case 26: {
+            if (stream_ == null) {
+              Stream = new global::ArBridge.V1.StreamOptions();
+            }
+            input.ReadMessage(Stream);
             break;
           }
         }
@@ -2422,6 +3805,13 @@ namespace ArBridge.V1 {
             input.ReadMessage(Sampling);
             break;
           }
+          case 26: {
+            if (stream_ == null) {
+              Stream = new global::ArBridge.V1.StreamOptions();
+            }
+            input.ReadMessage(Stream);
+            break;
+          }
         }
       }
     }
@@ -2443,7 +3833,7 @@ namespace ArBridge.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::ArBridge.V1.ServiceReflection.Descriptor.MessageTypes[8]; }
+      get { return global::ArBridge.V1.ServiceReflection.Descriptor.MessageTypes[12]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -2463,6 +3853,8 @@ namespace ArBridge.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public GenerateResponse(GenerateResponse other) : this() {
+      seq_ = other.seq_;
+      streamId_ = other.streamId_;
       switch (other.EventCase) {
         case EventOneofCase.Chunk:
           Chunk = other.Chunk.Clone();
@@ -2505,6 +3897,33 @@ namespace ArBridge.V1 {
       }
     }
 
+    /// <summary>Field number for the "seq" field.</summary>
+    public const int SeqFieldNumber = 3;
+    private ulong seq_;
+    /// <summary>
+    /// Position in the stream (see ResumeRequest).
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ulong Seq {
+      get { return seq_; }
+      set {
+        seq_ = value;
+      }
+    }
+
+    /// <summary>Field number for the "stream_id" field.</summary>
+    public const int StreamIdFieldNumber = 4;
+    private string streamId_ = "";
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string StreamId {
+      get { return streamId_; }
+      set {
+        streamId_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+      }
+    }
+
     private object event_;
     /// <summary>Enum of possible cases for the "event" oneof.</summary>
     public enum EventOneofCase {
@@ -2543,6 +3962,8 @@ namespace ArBridge.V1 {
       }
       if (!object.Equals(Chunk, other.Chunk)) return false;
       if (!object.Equals(Completion, other.Completion)) return false;
+      if (Seq != other.Seq) return false;
+      if (StreamId != other.StreamId) return false;
       if (EventCase != other.EventCase) return false;
       return Equals(_unknownFields, other._unknownFields);
     }
@@ -2553,6 +3974,8 @@ namespace ArBridge.V1 {
       int hash = 1;
       if (eventCase_ == EventOneofCase.Chunk) hash ^= Chunk.GetHashCode();
       if (eventCase_ == EventOneofCase.Completion) hash ^= Completion.GetHashCode();
+      if (Seq != 0UL) hash ^= Seq.GetHashCode();
+      if (StreamId.Length != 0) hash ^= StreamId.GetHashCode();
       hash ^= (int) eventCase_;
       if (_unknownFields != null) {
         hash ^= _unknownFields.GetHashCode();
@@ -2580,6 +4003,14 @@ namespace ArBridge.V1 {
         output.WriteRawTag(18);
         output.WriteMessage(Completion);
       }
+      if (Seq != 0UL) {
+        output.WriteRawTag(24);
+        output.WriteUInt64(Seq);
+      }
+      if (StreamId.Length != 0) {
+        output.WriteRawTag(34);
+        output.WriteString(StreamId);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -2598,6 +4029,14 @@ namespace ArBridge.V1 {
         output.WriteRawTag(18);
         output.WriteMessage(Completion);
       }
+      if (Seq != 0UL) {
+        output.WriteRawTag(24);
+        output.WriteUInt64(Seq);
+      }
+      if (StreamId.Length != 0) {
+        output.WriteRawTag(34);
+        output.WriteString(StreamId);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -2614,6 +4053,12 @@ namespace ArBridge.V1 {
       if (eventCase_ == EventOneofCase.Completion) {
         size += 1 + pb::CodedOutputStream.ComputeMessageSize(Completion);
       }
+      if (Seq != 0UL) {
+        size += 1 + pb::CodedOutputStream.ComputeUInt64Size(Seq);
+      }
+      if (StreamId.Length != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(StreamId);
+      }
       if (_unknownFields != null) {
         size += _unknownFields.CalculateSize();
       }
@@ -2625,6 +4070,12 @@ namespace ArBridge.V1 {
     public void MergeFrom(GenerateResponse other) {
       if (other == null) {
         return;
+      }
+      if (other.Seq != 0UL) {
+        Seq = other.Seq;
+      }
+      if (other.StreamId.Length != 0) {
+        StreamId = other.StreamId;
       }
       switch (other.EventCase) {
         case EventOneofCase.Chunk:
@@ -2674,6 +4125,14 @@ namespace ArBridge.V1 {
             Completion = subBuilder;
             break;
           }
+          case 24: {
+            Seq = input.ReadUInt64();
+            break;
+          }
+          case 34: {
+            StreamId = input.ReadString();
+            break;
+          }
         }
       }
     #endif
@@ -2707,6 +4166,14 @@ namespace ArBridge.V1 {
             Completion = subBuilder;
             break;
           }
+          case 24: {
+            Seq = input.ReadUInt64();
+            break;
+          }
+          case 34: {
+            StreamId = input.ReadString();
+            break;
+          }
         }
       }
     }
@@ -2728,7 +4195,7 @@ namespace ArBridge.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::ArBridge.V1.ServiceReflection.Descriptor.MessageTypes[9]; }
+      get { return global::ArBridge.V1.ServiceReflection.Descriptor.MessageTypes[13]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -2880,7 +4347,7 @@ namespace ArBridge.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::ArBridge.V1.ServiceReflection.Descriptor.MessageTypes[10]; }
+      get { return global::ArBridge.V1.ServiceReflection.Descriptor.MessageTypes[14]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -3489,7 +4956,7 @@ namespace ArBridge.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::ArBridge.V1.ServiceReflection.Descriptor.MessageTypes[11]; }
+      get { return global::ArBridge.V1.ServiceReflection.Descriptor.MessageTypes[15]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -3513,6 +4980,8 @@ namespace ArBridge.V1 {
       start_ = other.start_ != null ? other.start_.Clone() : null;
       scene_ = other.scene_ != null ? other.scene_.Clone() : null;
       userTurn_ = other.userTurn_ != null ? other.userTurn_.Clone() : null;
+      stream_ = other.stream_ != null ? other.stream_.Clone() : null;
+      sceneDelta_ = other.sceneDelta_ != null ? other.sceneDelta_.Clone() : null;
       _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
     }
 
@@ -3584,6 +5053,33 @@ namespace ArBridge.V1 {
       }
     }
 
+    /// <summary>Field number for the "stream" field.</summary>
+    public const int StreamFieldNumber = 5;
+    private global::ArBridge.V1.StreamOptions stream_;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::ArBridge.V1.StreamOptions Stream {
+      get { return stream_; }
+      set {
+        stream_ = value;
+      }
+    }
+
+    /// <summary>Field number for the "scene_delta" field.</summary>
+    public const int SceneDeltaFieldNumber = 6;
+    private global::ArBridge.V1.SceneDelta sceneDelta_;
+    /// <summary>
+    /// Changes the session's scene before this turn (after `scene`, if both).
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::ArBridge.V1.SceneDelta SceneDelta {
+      get { return sceneDelta_; }
+      set {
+        sceneDelta_ = value;
+      }
+    }
+
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public override bool Equals(object other) {
@@ -3603,6 +5099,8 @@ namespace ArBridge.V1 {
       if (!object.Equals(Start, other.Start)) return false;
       if (!object.Equals(Scene, other.Scene)) return false;
       if (!object.Equals(UserTurn, other.UserTurn)) return false;
+      if (!object.Equals(Stream, other.Stream)) return false;
+      if (!object.Equals(SceneDelta, other.SceneDelta)) return false;
       return Equals(_unknownFields, other._unknownFields);
     }
 
@@ -3614,6 +5112,8 @@ namespace ArBridge.V1 {
       if (start_ != null) hash ^= Start.GetHashCode();
       if (scene_ != null) hash ^= Scene.GetHashCode();
       if (userTurn_ != null) hash ^= UserTurn.GetHashCode();
+      if (stream_ != null) hash ^= Stream.GetHashCode();
+      if (sceneDelta_ != null) hash ^= SceneDelta.GetHashCode();
       if (_unknownFields != null) {
         hash ^= _unknownFields.GetHashCode();
       }
@@ -3648,6 +5148,14 @@ namespace ArBridge.V1 {
         output.WriteRawTag(34);
         output.WriteMessage(UserTurn);
       }
+      if (stream_ != null) {
+        output.WriteRawTag(42);
+        output.WriteMessage(Stream);
+      }
+      if (sceneDelta_ != null) {
+        output.WriteRawTag(50);
+        output.WriteMessage(SceneDelta);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -3674,6 +5182,14 @@ namespace ArBridge.V1 {
         output.WriteRawTag(34);
         output.WriteMessage(UserTurn);
       }
+      if (stream_ != null) {
+        output.WriteRawTag(42);
+        output.WriteMessage(Stream);
+      }
+      if (sceneDelta_ != null) {
+        output.WriteRawTag(50);
+        output.WriteMessage(SceneDelta);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -3695,6 +5211,12 @@ namespace ArBridge.V1 {
       }
       if (userTurn_ != null) {
         size += 1 + pb::CodedOutputStream.ComputeMessageSize(UserTurn);
+      }
+      if (stream_ != null) {
+        size += 1 + pb::CodedOutputStream.ComputeMessageSize(Stream);
+      }
+      if (sceneDelta_ != null) {
+        size += 1 + pb::CodedOutputStream.ComputeMessageSize(SceneDelta);
       }
       if (_unknownFields != null) {
         size += _unknownFields.CalculateSize();
@@ -3728,6 +5250,18 @@ namespace ArBridge.V1 {
           UserTurn = new global::ArBridge.V1.UserTurn();
         }
         UserTurn.MergeFrom(other.UserTurn);
+      }
+      if (other.stream_ != null) {
+        if (stream_ == null) {
+          Stream = new global::ArBridge.V1.StreamOptions();
+        }
+        Stream.MergeFrom(other.Stream);
+      }
+      if (other.sceneDelta_ != null) {
+        if (sceneDelta_ == null) {
+          SceneDelta = new global::ArBridge.V1.SceneDelta();
+        }
+        SceneDelta.MergeFrom(other.SceneDelta);
       }
       _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
     }
@@ -3767,6 +5301,20 @@ namespace ArBridge.V1 {
               UserTurn = new global::ArBridge.V1.UserTurn();
             }
             input.ReadMessage(UserTurn);
+            break;
+          }
+          case 42: {
+            if (stream_ == null) {
+              Stream = new global::ArBridge.V1.StreamOptions();
+            }
+            input.ReadMessage(Stream);
+            break;
+          }
+          case 50: {
+            if (sceneDelta_ == null) {
+              SceneDelta = new global::ArBridge.V1.SceneDelta();
+            }
+            input.ReadMessage(SceneDelta);
             break;
           }
         }
@@ -3809,6 +5357,20 @@ namespace ArBridge.V1 {
             input.ReadMessage(UserTurn);
             break;
           }
+          case 42: {
+            if (stream_ == null) {
+              Stream = new global::ArBridge.V1.StreamOptions();
+            }
+            input.ReadMessage(Stream);
+            break;
+          }
+          case 50: {
+            if (sceneDelta_ == null) {
+              SceneDelta = new global::ArBridge.V1.SceneDelta();
+            }
+            input.ReadMessage(SceneDelta);
+            break;
+          }
         }
       }
     }
@@ -3830,7 +5392,7 @@ namespace ArBridge.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::ArBridge.V1.ServiceReflection.Descriptor.MessageTypes[12]; }
+      get { return global::ArBridge.V1.ServiceReflection.Descriptor.MessageTypes[16]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -3852,6 +5414,8 @@ namespace ArBridge.V1 {
     public AskResponse(AskResponse other) : this() {
       sessionId_ = other.sessionId_;
       turnId_ = other.turnId_;
+      seq_ = other.seq_;
+      streamId_ = other.streamId_;
       switch (other.EventCase) {
         case EventOneofCase.Chunk:
           Chunk = other.Chunk.Clone();
@@ -3924,6 +5488,30 @@ namespace ArBridge.V1 {
       }
     }
 
+    /// <summary>Field number for the "seq" field.</summary>
+    public const int SeqFieldNumber = 5;
+    private ulong seq_;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ulong Seq {
+      get { return seq_; }
+      set {
+        seq_ = value;
+      }
+    }
+
+    /// <summary>Field number for the "stream_id" field.</summary>
+    public const int StreamIdFieldNumber = 6;
+    private string streamId_ = "";
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string StreamId {
+      get { return streamId_; }
+      set {
+        streamId_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+      }
+    }
+
     private object event_;
     /// <summary>Enum of possible cases for the "event" oneof.</summary>
     public enum EventOneofCase {
@@ -3964,6 +5552,8 @@ namespace ArBridge.V1 {
       if (TurnId != other.TurnId) return false;
       if (!object.Equals(Chunk, other.Chunk)) return false;
       if (!object.Equals(Completion, other.Completion)) return false;
+      if (Seq != other.Seq) return false;
+      if (StreamId != other.StreamId) return false;
       if (EventCase != other.EventCase) return false;
       return Equals(_unknownFields, other._unknownFields);
     }
@@ -3976,6 +5566,8 @@ namespace ArBridge.V1 {
       if (TurnId != 0) hash ^= TurnId.GetHashCode();
       if (eventCase_ == EventOneofCase.Chunk) hash ^= Chunk.GetHashCode();
       if (eventCase_ == EventOneofCase.Completion) hash ^= Completion.GetHashCode();
+      if (Seq != 0UL) hash ^= Seq.GetHashCode();
+      if (StreamId.Length != 0) hash ^= StreamId.GetHashCode();
       hash ^= (int) eventCase_;
       if (_unknownFields != null) {
         hash ^= _unknownFields.GetHashCode();
@@ -4011,6 +5603,14 @@ namespace ArBridge.V1 {
         output.WriteRawTag(34);
         output.WriteMessage(Completion);
       }
+      if (Seq != 0UL) {
+        output.WriteRawTag(40);
+        output.WriteUInt64(Seq);
+      }
+      if (StreamId.Length != 0) {
+        output.WriteRawTag(50);
+        output.WriteString(StreamId);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -4037,6 +5637,14 @@ namespace ArBridge.V1 {
         output.WriteRawTag(34);
         output.WriteMessage(Completion);
       }
+      if (Seq != 0UL) {
+        output.WriteRawTag(40);
+        output.WriteUInt64(Seq);
+      }
+      if (StreamId.Length != 0) {
+        output.WriteRawTag(50);
+        output.WriteString(StreamId);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -4059,6 +5667,12 @@ namespace ArBridge.V1 {
       if (eventCase_ == EventOneofCase.Completion) {
         size += 1 + pb::CodedOutputStream.ComputeMessageSize(Completion);
       }
+      if (Seq != 0UL) {
+        size += 1 + pb::CodedOutputStream.ComputeUInt64Size(Seq);
+      }
+      if (StreamId.Length != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(StreamId);
+      }
       if (_unknownFields != null) {
         size += _unknownFields.CalculateSize();
       }
@@ -4076,6 +5690,12 @@ namespace ArBridge.V1 {
       }
       if (other.TurnId != 0) {
         TurnId = other.TurnId;
+      }
+      if (other.Seq != 0UL) {
+        Seq = other.Seq;
+      }
+      if (other.StreamId.Length != 0) {
+        StreamId = other.StreamId;
       }
       switch (other.EventCase) {
         case EventOneofCase.Chunk:
@@ -4133,6 +5753,14 @@ namespace ArBridge.V1 {
             Completion = subBuilder;
             break;
           }
+          case 40: {
+            Seq = input.ReadUInt64();
+            break;
+          }
+          case 50: {
+            StreamId = input.ReadString();
+            break;
+          }
         }
       }
     #endif
@@ -4172,6 +5800,14 @@ namespace ArBridge.V1 {
             }
             input.ReadMessage(subBuilder);
             Completion = subBuilder;
+            break;
+          }
+          case 40: {
+            Seq = input.ReadUInt64();
+            break;
+          }
+          case 50: {
+            StreamId = input.ReadString();
             break;
           }
         }

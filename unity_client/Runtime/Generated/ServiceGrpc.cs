@@ -70,6 +70,14 @@ namespace ArBridge.V1 {
     static readonly grpc::Marshaller<global::ArBridge.V1.AskRequest> __Marshaller_arbridge_v1_AskRequest = grpc::Marshallers.Create(__Helper_SerializeMessage, context => __Helper_DeserializeMessage(context, global::ArBridge.V1.AskRequest.Parser));
     [global::System.CodeDom.Compiler.GeneratedCode("grpc_csharp_plugin", null)]
     static readonly grpc::Marshaller<global::ArBridge.V1.AskResponse> __Marshaller_arbridge_v1_AskResponse = grpc::Marshallers.Create(__Helper_SerializeMessage, context => __Helper_DeserializeMessage(context, global::ArBridge.V1.AskResponse.Parser));
+    [global::System.CodeDom.Compiler.GeneratedCode("grpc_csharp_plugin", null)]
+    static readonly grpc::Marshaller<global::ArBridge.V1.ResumeRequest> __Marshaller_arbridge_v1_ResumeRequest = grpc::Marshallers.Create(__Helper_SerializeMessage, context => __Helper_DeserializeMessage(context, global::ArBridge.V1.ResumeRequest.Parser));
+    [global::System.CodeDom.Compiler.GeneratedCode("grpc_csharp_plugin", null)]
+    static readonly grpc::Marshaller<global::ArBridge.V1.ResumeResponse> __Marshaller_arbridge_v1_ResumeResponse = grpc::Marshallers.Create(__Helper_SerializeMessage, context => __Helper_DeserializeMessage(context, global::ArBridge.V1.ResumeResponse.Parser));
+    [global::System.CodeDom.Compiler.GeneratedCode("grpc_csharp_plugin", null)]
+    static readonly grpc::Marshaller<global::ArBridge.V1.CancelStreamRequest> __Marshaller_arbridge_v1_CancelStreamRequest = grpc::Marshallers.Create(__Helper_SerializeMessage, context => __Helper_DeserializeMessage(context, global::ArBridge.V1.CancelStreamRequest.Parser));
+    [global::System.CodeDom.Compiler.GeneratedCode("grpc_csharp_plugin", null)]
+    static readonly grpc::Marshaller<global::ArBridge.V1.CancelStreamResponse> __Marshaller_arbridge_v1_CancelStreamResponse = grpc::Marshallers.Create(__Helper_SerializeMessage, context => __Helper_DeserializeMessage(context, global::ArBridge.V1.CancelStreamResponse.Parser));
 
     [global::System.CodeDom.Compiler.GeneratedCode("grpc_csharp_plugin", null)]
     static readonly grpc::Method<global::ArBridge.V1.DescribeSceneRequest, global::ArBridge.V1.DescribeSceneResponse> __Method_DescribeScene = new grpc::Method<global::ArBridge.V1.DescribeSceneRequest, global::ArBridge.V1.DescribeSceneResponse>(
@@ -110,6 +118,22 @@ namespace ArBridge.V1 {
         "Ask",
         __Marshaller_arbridge_v1_AskRequest,
         __Marshaller_arbridge_v1_AskResponse);
+
+    [global::System.CodeDom.Compiler.GeneratedCode("grpc_csharp_plugin", null)]
+    static readonly grpc::Method<global::ArBridge.V1.ResumeRequest, global::ArBridge.V1.ResumeResponse> __Method_Resume = new grpc::Method<global::ArBridge.V1.ResumeRequest, global::ArBridge.V1.ResumeResponse>(
+        grpc::MethodType.ServerStreaming,
+        __ServiceName,
+        "Resume",
+        __Marshaller_arbridge_v1_ResumeRequest,
+        __Marshaller_arbridge_v1_ResumeResponse);
+
+    [global::System.CodeDom.Compiler.GeneratedCode("grpc_csharp_plugin", null)]
+    static readonly grpc::Method<global::ArBridge.V1.CancelStreamRequest, global::ArBridge.V1.CancelStreamResponse> __Method_CancelStream = new grpc::Method<global::ArBridge.V1.CancelStreamRequest, global::ArBridge.V1.CancelStreamResponse>(
+        grpc::MethodType.Unary,
+        __ServiceName,
+        "CancelStream",
+        __Marshaller_arbridge_v1_CancelStreamRequest,
+        __Marshaller_arbridge_v1_CancelStreamResponse);
 
     /// <summary>Service descriptor</summary>
     public static global::Google.Protobuf.Reflection.ServiceDescriptor Descriptor
@@ -299,6 +323,88 @@ namespace ArBridge.V1 {
       public virtual grpc::AsyncServerStreamingCall<global::ArBridge.V1.AskResponse> Ask(global::ArBridge.V1.AskRequest request, grpc::CallOptions options)
       {
         return CallInvoker.AsyncServerStreamingCall(__Method_Ask, null, options, request);
+      }
+      /// <summary>
+      /// Continue a resumable reply (StreamOptions.resumable) after a dropped
+      /// connection: replays the events after `after_seq`, then streams the rest
+      /// live, each exactly once and in order. NOT_FOUND when the stream expired or
+      /// never existed, PERMISSION_DENIED for another caller's stream.
+      /// </summary>
+      /// <param name="request">The request to send to the server.</param>
+      /// <param name="headers">The initial metadata to send with the call. This parameter is optional.</param>
+      /// <param name="deadline">An optional deadline for the call. The call will be cancelled if deadline is hit.</param>
+      /// <param name="cancellationToken">An optional token for canceling the call.</param>
+      /// <returns>The call object.</returns>
+      [global::System.CodeDom.Compiler.GeneratedCode("grpc_csharp_plugin", null)]
+      public virtual grpc::AsyncServerStreamingCall<global::ArBridge.V1.ResumeResponse> Resume(global::ArBridge.V1.ResumeRequest request, grpc::Metadata headers = null, global::System.DateTime? deadline = null, global::System.Threading.CancellationToken cancellationToken = default(global::System.Threading.CancellationToken))
+      {
+        return Resume(request, new grpc::CallOptions(headers, deadline, cancellationToken));
+      }
+      /// <summary>
+      /// Continue a resumable reply (StreamOptions.resumable) after a dropped
+      /// connection: replays the events after `after_seq`, then streams the rest
+      /// live, each exactly once and in order. NOT_FOUND when the stream expired or
+      /// never existed, PERMISSION_DENIED for another caller's stream.
+      /// </summary>
+      /// <param name="request">The request to send to the server.</param>
+      /// <param name="options">The options for the call.</param>
+      /// <returns>The call object.</returns>
+      [global::System.CodeDom.Compiler.GeneratedCode("grpc_csharp_plugin", null)]
+      public virtual grpc::AsyncServerStreamingCall<global::ArBridge.V1.ResumeResponse> Resume(global::ArBridge.V1.ResumeRequest request, grpc::CallOptions options)
+      {
+        return CallInvoker.AsyncServerStreamingCall(__Method_Resume, null, options, request);
+      }
+      /// <summary>
+      /// End a resumable reply now and free what it holds (a cancelled call only
+      /// detaches it).
+      /// </summary>
+      /// <param name="request">The request to send to the server.</param>
+      /// <param name="headers">The initial metadata to send with the call. This parameter is optional.</param>
+      /// <param name="deadline">An optional deadline for the call. The call will be cancelled if deadline is hit.</param>
+      /// <param name="cancellationToken">An optional token for canceling the call.</param>
+      /// <returns>The response received from the server.</returns>
+      [global::System.CodeDom.Compiler.GeneratedCode("grpc_csharp_plugin", null)]
+      public virtual global::ArBridge.V1.CancelStreamResponse CancelStream(global::ArBridge.V1.CancelStreamRequest request, grpc::Metadata headers = null, global::System.DateTime? deadline = null, global::System.Threading.CancellationToken cancellationToken = default(global::System.Threading.CancellationToken))
+      {
+        return CancelStream(request, new grpc::CallOptions(headers, deadline, cancellationToken));
+      }
+      /// <summary>
+      /// End a resumable reply now and free what it holds (a cancelled call only
+      /// detaches it).
+      /// </summary>
+      /// <param name="request">The request to send to the server.</param>
+      /// <param name="options">The options for the call.</param>
+      /// <returns>The response received from the server.</returns>
+      [global::System.CodeDom.Compiler.GeneratedCode("grpc_csharp_plugin", null)]
+      public virtual global::ArBridge.V1.CancelStreamResponse CancelStream(global::ArBridge.V1.CancelStreamRequest request, grpc::CallOptions options)
+      {
+        return CallInvoker.BlockingUnaryCall(__Method_CancelStream, null, options, request);
+      }
+      /// <summary>
+      /// End a resumable reply now and free what it holds (a cancelled call only
+      /// detaches it).
+      /// </summary>
+      /// <param name="request">The request to send to the server.</param>
+      /// <param name="headers">The initial metadata to send with the call. This parameter is optional.</param>
+      /// <param name="deadline">An optional deadline for the call. The call will be cancelled if deadline is hit.</param>
+      /// <param name="cancellationToken">An optional token for canceling the call.</param>
+      /// <returns>The call object.</returns>
+      [global::System.CodeDom.Compiler.GeneratedCode("grpc_csharp_plugin", null)]
+      public virtual grpc::AsyncUnaryCall<global::ArBridge.V1.CancelStreamResponse> CancelStreamAsync(global::ArBridge.V1.CancelStreamRequest request, grpc::Metadata headers = null, global::System.DateTime? deadline = null, global::System.Threading.CancellationToken cancellationToken = default(global::System.Threading.CancellationToken))
+      {
+        return CancelStreamAsync(request, new grpc::CallOptions(headers, deadline, cancellationToken));
+      }
+      /// <summary>
+      /// End a resumable reply now and free what it holds (a cancelled call only
+      /// detaches it).
+      /// </summary>
+      /// <param name="request">The request to send to the server.</param>
+      /// <param name="options">The options for the call.</param>
+      /// <returns>The call object.</returns>
+      [global::System.CodeDom.Compiler.GeneratedCode("grpc_csharp_plugin", null)]
+      public virtual grpc::AsyncUnaryCall<global::ArBridge.V1.CancelStreamResponse> CancelStreamAsync(global::ArBridge.V1.CancelStreamRequest request, grpc::CallOptions options)
+      {
+        return CallInvoker.AsyncUnaryCall(__Method_CancelStream, null, options, request);
       }
       /// <summary>Creates a new instance of client from given <c>ClientBaseConfiguration</c>.</summary>
       [global::System.CodeDom.Compiler.GeneratedCode("grpc_csharp_plugin", null)]

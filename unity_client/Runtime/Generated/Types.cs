@@ -35,43 +35,49 @@ namespace ArBridge.V1 {
             "CmF0dHJpYnV0ZXMYBiADKAsyKC5hcmJyaWRnZS52MS5TY2VuZU9iamVjdC5B",
             "dHRyaWJ1dGVzRW50cnkaMQoPQXR0cmlidXRlc0VudHJ5EgsKA2tleRgBIAEo",
             "CRINCgV2YWx1ZRgCIAEoCToCOAEiPgoNRmVhdHVyZVZlY3RvchIPCgdlbmNv",
-            "ZGVyGAEgASgJEgwKBGRpbXMYAiABKA0SDgoGdmFsdWVzGAMgAygCIsMBCg1T",
+            "ZGVyGAEgASgJEgwKBGRpbXMYAiABKA0SDgoGdmFsdWVzGAMgAygCItoBCg1T",
             "Y2VuZUZlYXR1cmVzEikKB29iamVjdHMYASADKAsyGC5hcmJyaWRnZS52MS5T",
             "Y2VuZU9iamVjdBImCgtjYW1lcmFfcG9zZRgCIAEoCzIRLmFyYnJpZGdlLnYx",
             "LlBvc2USMgoOaW1hZ2VfZmVhdHVyZXMYAyADKAsyGi5hcmJyaWRnZS52MS5G",
             "ZWF0dXJlVmVjdG9yEhUKDWxvY2F0aW9uX2hpbnQYBCABKAkSFAoMdGltZXN0",
-            "YW1wX21zGAUgASgDIngKDUF1ZGlvRmVhdHVyZXMSEgoKdHJhbnNjcmlwdBgB",
-            "IAEoCRIQCghsYW5ndWFnZRgCIAEoCRISCgpjb25maWRlbmNlGAMgASgCEi0K",
-            "CWVtYmVkZGluZxgEIAEoCzIaLmFyYnJpZGdlLnYxLkZlYXR1cmVWZWN0b3Ii",
-            "PQoMRGlhbG9ndWVUdXJuEh8KBHJvbGUYASABKA4yES5hcmJyaWRnZS52MS5S",
-            "b2xlEgwKBHRleHQYAiABKAkingIKDlNhbXBsaW5nUGFyYW1zEhYKDm1heF9u",
-            "ZXdfdG9rZW5zGAEgASgNEhMKC3RlbXBlcmF0dXJlGAIgASgCEg0KBXRvcF9r",
-            "GAMgASgNEg0KBXRvcF9wGAQgASgCEhoKEnJlcGV0aXRpb25fcGVuYWx0eRgF",
-            "IAEoAhIRCgRzZWVkGAYgASgESACIAQESDAoEc3RvcBgHIAMoCRIcChRudW1f",
-            "cmV0dXJuX3NlcXVlbmNlcxgIIAEoDRIQCghsb2dwcm9icxgJIAEoCBIdChBz",
-            "Y2VuZV9jb25zdHJhaW50GAogASgCSAGIAQESFwoPbm9fcmVwZWF0X25ncmFt",
-            "GAsgASgNQgcKBV9zZWVkQhMKEV9zY2VuZV9jb25zdHJhaW50ImcKClRva2Vu",
-            "Q2h1bmsSFgoOc2VxdWVuY2VfaW5kZXgYASABKA0SDAoEdGV4dBgCIAEoCRIR",
-            "Cgl0b2tlbl9pZHMYAyADKA0SFAoHbG9ncHJvYhgEIAEoAkgAiAEBQgoKCF9s",
-            "b2dwcm9iIjkKBVVzYWdlEhUKDXByb21wdF90b2tlbnMYASABKA0SGQoRY29t",
-            "cGxldGlvbl90b2tlbnMYAiABKA0iTQoHVGltaW5ncxIQCghxdWV1ZV9tcxgB",
-            "IAEoARIeChZ0aW1lX3RvX2ZpcnN0X3Rva2VuX21zGAIgASgBEhAKCHRvdGFs",
-            "X21zGAMgASgBIj0KDEdyb3VuZGVkU3BhbhIRCglvYmplY3RfaWQYASABKAkS",
-            "DQoFc3RhcnQYAiABKA0SCwoDZW5kGAMgASgNIoECCgpDb21wbGV0aW9uEhYK",
-            "DnNlcXVlbmNlX2luZGV4GAEgASgNEjAKDWZpbmlzaF9yZWFzb24YAiABKA4y",
-            "GS5hcmJyaWRnZS52MS5GaW5pc2hSZWFzb24SIQoFdXNhZ2UYAyABKAsyEi5h",
-            "cmJyaWRnZS52MS5Vc2FnZRIMCgRzZWVkGAQgASgEEiUKB3RpbWluZ3MYBSAB",
-            "KAsyFC5hcmJyaWRnZS52MS5UaW1pbmdzEgwKBHRleHQYBiABKAkSFQoNZXJy",
-            "b3JfbWVzc2FnZRgHIAEoCRIsCglncm91bmRpbmcYCCADKAsyGS5hcmJyaWRn",
-            "ZS52MS5Hcm91bmRlZFNwYW4qUAoEUm9sZRIUChBST0xFX1VOU1BFQ0lGSUVE",
-            "EAASDQoJUk9MRV9VU0VSEAESEgoOUk9MRV9BU1NJU1RBTlQQAhIPCgtST0xF",
-            "X1NZU1RFTRADKvIBCgxGaW5pc2hSZWFzb24SHQoZRklOSVNIX1JFQVNPTl9V",
-            "TlNQRUNJRklFRBAAEhgKFEZJTklTSF9SRUFTT05fTEVOR1RIEAESFQoRRklO",
-            "SVNIX1JFQVNPTl9FT1MQAhIfChtGSU5JU0hfUkVBU09OX1NUT1BfU0VRVUVO",
-            "Q0UQAxIbChdGSU5JU0hfUkVBU09OX0NBTkNFTExFRBAEEh0KGUZJTklTSF9S",
-            "RUFTT05fSU5URVJSVVBURUQQBRIcChhGSU5JU0hfUkVBU09OX1RJTUVfTElN",
-            "SVQQBhIXChNGSU5JU0hfUkVBU09OX0VSUk9SEAdCIQoPY29tLmFyYnJpZGdl",
-            "LnYxUAGqAgtBckJyaWRnZS5WMWIGcHJvdG8z"));
+            "YW1wX21zGAUgASgDEhUKDXNjZW5lX3ZlcnNpb24YBiABKAQioAEKClNjZW5l",
+            "RGVsdGESKAoGdXBzZXJ0GAEgAygLMhguYXJicmlkZ2UudjEuU2NlbmVPYmpl",
+            "Y3QSEgoKcmVtb3ZlX2lkcxgCIAMoCRImCgtjYW1lcmFfcG9zZRgDIAEoCzIR",
+            "LmFyYnJpZGdlLnYxLlBvc2USFQoNbG9jYXRpb25faGludBgEIAEoCRIVCg1z",
+            "Y2VuZV92ZXJzaW9uGAUgASgEIiIKDVN0cmVhbU9wdGlvbnMSEQoJcmVzdW1h",
+            "YmxlGAEgASgIIngKDUF1ZGlvRmVhdHVyZXMSEgoKdHJhbnNjcmlwdBgBIAEo",
+            "CRIQCghsYW5ndWFnZRgCIAEoCRISCgpjb25maWRlbmNlGAMgASgCEi0KCWVt",
+            "YmVkZGluZxgEIAEoCzIaLmFyYnJpZGdlLnYxLkZlYXR1cmVWZWN0b3IiPQoM",
+            "RGlhbG9ndWVUdXJuEh8KBHJvbGUYASABKA4yES5hcmJyaWRnZS52MS5Sb2xl",
+            "EgwKBHRleHQYAiABKAkingIKDlNhbXBsaW5nUGFyYW1zEhYKDm1heF9uZXdf",
+            "dG9rZW5zGAEgASgNEhMKC3RlbXBlcmF0dXJlGAIgASgCEg0KBXRvcF9rGAMg",
+            "ASgNEg0KBXRvcF9wGAQgASgCEhoKEnJlcGV0aXRpb25fcGVuYWx0eRgFIAEo",
+            "AhIRCgRzZWVkGAYgASgESACIAQESDAoEc3RvcBgHIAMoCRIcChRudW1fcmV0",
+            "dXJuX3NlcXVlbmNlcxgIIAEoDRIQCghsb2dwcm9icxgJIAEoCBIdChBzY2Vu",
+            "ZV9jb25zdHJhaW50GAogASgCSAGIAQESFwoPbm9fcmVwZWF0X25ncmFtGAsg",
+            "ASgNQgcKBV9zZWVkQhMKEV9zY2VuZV9jb25zdHJhaW50ImcKClRva2VuQ2h1",
+            "bmsSFgoOc2VxdWVuY2VfaW5kZXgYASABKA0SDAoEdGV4dBgCIAEoCRIRCgl0",
+            "b2tlbl9pZHMYAyADKA0SFAoHbG9ncHJvYhgEIAEoAkgAiAEBQgoKCF9sb2dw",
+            "cm9iIjkKBVVzYWdlEhUKDXByb21wdF90b2tlbnMYASABKA0SGQoRY29tcGxl",
+            "dGlvbl90b2tlbnMYAiABKA0iTQoHVGltaW5ncxIQCghxdWV1ZV9tcxgBIAEo",
+            "ARIeChZ0aW1lX3RvX2ZpcnN0X3Rva2VuX21zGAIgASgBEhAKCHRvdGFsX21z",
+            "GAMgASgBIj0KDEdyb3VuZGVkU3BhbhIRCglvYmplY3RfaWQYASABKAkSDQoF",
+            "c3RhcnQYAiABKA0SCwoDZW5kGAMgASgNIpgCCgpDb21wbGV0aW9uEhYKDnNl",
+            "cXVlbmNlX2luZGV4GAEgASgNEjAKDWZpbmlzaF9yZWFzb24YAiABKA4yGS5h",
+            "cmJyaWRnZS52MS5GaW5pc2hSZWFzb24SIQoFdXNhZ2UYAyABKAsyEi5hcmJy",
+            "aWRnZS52MS5Vc2FnZRIMCgRzZWVkGAQgASgEEiUKB3RpbWluZ3MYBSABKAsy",
+            "FC5hcmJyaWRnZS52MS5UaW1pbmdzEgwKBHRleHQYBiABKAkSFQoNZXJyb3Jf",
+            "bWVzc2FnZRgHIAEoCRIsCglncm91bmRpbmcYCCADKAsyGS5hcmJyaWRnZS52",
+            "MS5Hcm91bmRlZFNwYW4SFQoNc2NlbmVfdmVyc2lvbhgJIAEoBCpQCgRSb2xl",
+            "EhQKEFJPTEVfVU5TUEVDSUZJRUQQABINCglST0xFX1VTRVIQARISCg5ST0xF",
+            "X0FTU0lTVEFOVBACEg8KC1JPTEVfU1lTVEVNEAMq8gEKDEZpbmlzaFJlYXNv",
+            "bhIdChlGSU5JU0hfUkVBU09OX1VOU1BFQ0lGSUVEEAASGAoURklOSVNIX1JF",
+            "QVNPTl9MRU5HVEgQARIVChFGSU5JU0hfUkVBU09OX0VPUxACEh8KG0ZJTklT",
+            "SF9SRUFTT05fU1RPUF9TRVFVRU5DRRADEhsKF0ZJTklTSF9SRUFTT05fQ0FO",
+            "Q0VMTEVEEAQSHQoZRklOSVNIX1JFQVNPTl9JTlRFUlJVUFRFRBAFEhwKGEZJ",
+            "TklTSF9SRUFTT05fVElNRV9MSU1JVBAGEhcKE0ZJTklTSF9SRUFTT05fRVJS",
+            "T1IQB0IhCg9jb20uYXJicmlkZ2UudjFQAaoCC0FyQnJpZGdlLlYxYgZwcm90",
+            "bzM="));
       descriptor = pbr::FileDescriptor.FromGeneratedCode(descriptorData,
           new pbr::FileDescriptor[] { },
           new pbr::GeneratedClrTypeInfo(new[] {typeof(global::ArBridge.V1.Role), typeof(global::ArBridge.V1.FinishReason), }, null, new pbr::GeneratedClrTypeInfo[] {
@@ -80,7 +86,9 @@ namespace ArBridge.V1 {
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.Pose), global::ArBridge.V1.Pose.Parser, new[]{ "Position", "Rotation" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.SceneObject), global::ArBridge.V1.SceneObject.Parser, new[]{ "Id", "Label", "Confidence", "Pose", "Extents", "Attributes" }, null, null, null, new pbr::GeneratedClrTypeInfo[] { null, }),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.FeatureVector), global::ArBridge.V1.FeatureVector.Parser, new[]{ "Encoder", "Dims", "Values" }, null, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.SceneFeatures), global::ArBridge.V1.SceneFeatures.Parser, new[]{ "Objects", "CameraPose", "ImageFeatures", "LocationHint", "TimestampMs" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.SceneFeatures), global::ArBridge.V1.SceneFeatures.Parser, new[]{ "Objects", "CameraPose", "ImageFeatures", "LocationHint", "TimestampMs", "SceneVersion" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.SceneDelta), global::ArBridge.V1.SceneDelta.Parser, new[]{ "Upsert", "RemoveIds", "CameraPose", "LocationHint", "SceneVersion" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.StreamOptions), global::ArBridge.V1.StreamOptions.Parser, new[]{ "Resumable" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.AudioFeatures), global::ArBridge.V1.AudioFeatures.Parser, new[]{ "Transcript", "Language", "Confidence", "Embedding" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.DialogueTurn), global::ArBridge.V1.DialogueTurn.Parser, new[]{ "Role", "Text" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.SamplingParams), global::ArBridge.V1.SamplingParams.Parser, new[]{ "MaxNewTokens", "Temperature", "TopK", "TopP", "RepetitionPenalty", "Seed", "Stop", "NumReturnSequences", "Logprobs", "SceneConstraint", "NoRepeatNgram" }, new[]{ "Seed", "SceneConstraint" }, null, null, null),
@@ -88,7 +96,7 @@ namespace ArBridge.V1 {
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.Usage), global::ArBridge.V1.Usage.Parser, new[]{ "PromptTokens", "CompletionTokens" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.Timings), global::ArBridge.V1.Timings.Parser, new[]{ "QueueMs", "TimeToFirstTokenMs", "TotalMs" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.GroundedSpan), global::ArBridge.V1.GroundedSpan.Parser, new[]{ "ObjectId", "Start", "End" }, null, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.Completion), global::ArBridge.V1.Completion.Parser, new[]{ "SequenceIndex", "FinishReason", "Usage", "Seed", "Timings", "Text", "ErrorMessage", "Grounding" }, null, null, null, null)
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.Completion), global::ArBridge.V1.Completion.Parser, new[]{ "SequenceIndex", "FinishReason", "Usage", "Seed", "Timings", "Text", "ErrorMessage", "Grounding", "SceneVersion" }, null, null, null, null)
           }));
     }
     #endregion
@@ -1670,6 +1678,7 @@ namespace ArBridge.V1 {
       imageFeatures_ = other.imageFeatures_.Clone();
       locationHint_ = other.locationHint_;
       timestampMs_ = other.timestampMs_;
+      sceneVersion_ = other.sceneVersion_;
       _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
     }
 
@@ -1752,6 +1761,23 @@ namespace ArBridge.V1 {
       }
     }
 
+    /// <summary>Field number for the "scene_version" field.</summary>
+    public const int SceneVersionFieldNumber = 6;
+    private ulong sceneVersion_;
+    /// <summary>
+    /// The app's version of this scene (0: none). Each Completion generated from
+    /// the scene echoes it, so an app can drop an answer about a scene the wearer
+    /// has since turned away from.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ulong SceneVersion {
+      get { return sceneVersion_; }
+      set {
+        sceneVersion_ = value;
+      }
+    }
+
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public override bool Equals(object other) {
@@ -1772,6 +1798,7 @@ namespace ArBridge.V1 {
       if(!imageFeatures_.Equals(other.imageFeatures_)) return false;
       if (LocationHint != other.LocationHint) return false;
       if (TimestampMs != other.TimestampMs) return false;
+      if (SceneVersion != other.SceneVersion) return false;
       return Equals(_unknownFields, other._unknownFields);
     }
 
@@ -1784,6 +1811,7 @@ namespace ArBridge.V1 {
       hash ^= imageFeatures_.GetHashCode();
       if (LocationHint.Length != 0) hash ^= LocationHint.GetHashCode();
       if (TimestampMs != 0L) hash ^= TimestampMs.GetHashCode();
+      if (SceneVersion != 0UL) hash ^= SceneVersion.GetHashCode();
       if (_unknownFields != null) {
         hash ^= _unknownFields.GetHashCode();
       }
@@ -1816,6 +1844,10 @@ namespace ArBridge.V1 {
         output.WriteRawTag(40);
         output.WriteInt64(TimestampMs);
       }
+      if (SceneVersion != 0UL) {
+        output.WriteRawTag(48);
+        output.WriteUInt64(SceneVersion);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -1840,6 +1872,10 @@ namespace ArBridge.V1 {
         output.WriteRawTag(40);
         output.WriteInt64(TimestampMs);
       }
+      if (SceneVersion != 0UL) {
+        output.WriteRawTag(48);
+        output.WriteUInt64(SceneVersion);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -1860,6 +1896,9 @@ namespace ArBridge.V1 {
       }
       if (TimestampMs != 0L) {
         size += 1 + pb::CodedOutputStream.ComputeInt64Size(TimestampMs);
+      }
+      if (SceneVersion != 0UL) {
+        size += 1 + pb::CodedOutputStream.ComputeUInt64Size(SceneVersion);
       }
       if (_unknownFields != null) {
         size += _unknownFields.CalculateSize();
@@ -1886,6 +1925,9 @@ namespace ArBridge.V1 {
       }
       if (other.TimestampMs != 0L) {
         TimestampMs = other.TimestampMs;
+      }
+      if (other.SceneVersion != 0UL) {
+        SceneVersion = other.SceneVersion;
       }
       _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
     }
@@ -1923,6 +1965,10 @@ namespace ArBridge.V1 {
           }
           case 40: {
             TimestampMs = input.ReadInt64();
+            break;
+          }
+          case 48: {
+            SceneVersion = input.ReadUInt64();
             break;
           }
         }
@@ -1963,6 +2009,552 @@ namespace ArBridge.V1 {
             TimestampMs = input.ReadInt64();
             break;
           }
+          case 48: {
+            SceneVersion = input.ReadUInt64();
+            break;
+          }
+        }
+      }
+    }
+    #endif
+
+  }
+
+  /// <summary>
+  /// A change to a dialogue session's scene (Converse.scene_delta, Ask.scene_delta):
+  /// only what changed travels, and the prompt is rebuilt from the result.
+  /// </summary>
+  public sealed partial class SceneDelta : pb::IMessage<SceneDelta>
+  #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      , pb::IBufferMessage
+  #endif
+  {
+    private static readonly pb::MessageParser<SceneDelta> _parser = new pb::MessageParser<SceneDelta>(() => new SceneDelta());
+    private pb::UnknownFieldSet _unknownFields;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pb::MessageParser<SceneDelta> Parser { get { return _parser; } }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pbr::MessageDescriptor Descriptor {
+      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[6]; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    pbr::MessageDescriptor pb::IMessage.Descriptor {
+      get { return Descriptor; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public SceneDelta() {
+      OnConstruction();
+    }
+
+    partial void OnConstruction();
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public SceneDelta(SceneDelta other) : this() {
+      upsert_ = other.upsert_.Clone();
+      removeIds_ = other.removeIds_.Clone();
+      cameraPose_ = other.cameraPose_ != null ? other.cameraPose_.Clone() : null;
+      locationHint_ = other.locationHint_;
+      sceneVersion_ = other.sceneVersion_;
+      _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public SceneDelta Clone() {
+      return new SceneDelta(this);
+    }
+
+    /// <summary>Field number for the "upsert" field.</summary>
+    public const int UpsertFieldNumber = 1;
+    private static readonly pb::FieldCodec<global::ArBridge.V1.SceneObject> _repeated_upsert_codec
+        = pb::FieldCodec.ForMessage(10, global::ArBridge.V1.SceneObject.Parser);
+    private readonly pbc::RepeatedField<global::ArBridge.V1.SceneObject> upsert_ = new pbc::RepeatedField<global::ArBridge.V1.SceneObject>();
+    /// <summary>
+    /// Objects added, or replacing the session scene's object with the same id
+    /// (moved, relabelled). Each needs an id.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public pbc::RepeatedField<global::ArBridge.V1.SceneObject> Upsert {
+      get { return upsert_; }
+    }
+
+    /// <summary>Field number for the "remove_ids" field.</summary>
+    public const int RemoveIdsFieldNumber = 2;
+    private static readonly pb::FieldCodec<string> _repeated_removeIds_codec
+        = pb::FieldCodec.ForString(18);
+    private readonly pbc::RepeatedField<string> removeIds_ = new pbc::RepeatedField<string>();
+    /// <summary>
+    /// Ids of objects that left the scene; each must be in the session's scene.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public pbc::RepeatedField<string> RemoveIds {
+      get { return removeIds_; }
+    }
+
+    /// <summary>Field number for the "camera_pose" field.</summary>
+    public const int CameraPoseFieldNumber = 3;
+    private global::ArBridge.V1.Pose cameraPose_;
+    /// <summary>
+    /// The new camera pose, when set.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::ArBridge.V1.Pose CameraPose {
+      get { return cameraPose_; }
+      set {
+        cameraPose_ = value;
+      }
+    }
+
+    /// <summary>Field number for the "location_hint" field.</summary>
+    public const int LocationHintFieldNumber = 4;
+    private string locationHint_ = "";
+    /// <summary>
+    /// The new location hint, when set (an empty string keeps the old one).
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string LocationHint {
+      get { return locationHint_; }
+      set {
+        locationHint_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+      }
+    }
+
+    /// <summary>Field number for the "scene_version" field.</summary>
+    public const int SceneVersionFieldNumber = 5;
+    private ulong sceneVersion_;
+    /// <summary>
+    /// The scene's version after this change (0 keeps the old version).
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ulong SceneVersion {
+      get { return sceneVersion_; }
+      set {
+        sceneVersion_ = value;
+      }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override bool Equals(object other) {
+      return Equals(other as SceneDelta);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public bool Equals(SceneDelta other) {
+      if (ReferenceEquals(other, null)) {
+        return false;
+      }
+      if (ReferenceEquals(other, this)) {
+        return true;
+      }
+      if(!upsert_.Equals(other.upsert_)) return false;
+      if(!removeIds_.Equals(other.removeIds_)) return false;
+      if (!object.Equals(CameraPose, other.CameraPose)) return false;
+      if (LocationHint != other.LocationHint) return false;
+      if (SceneVersion != other.SceneVersion) return false;
+      return Equals(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override int GetHashCode() {
+      int hash = 1;
+      hash ^= upsert_.GetHashCode();
+      hash ^= removeIds_.GetHashCode();
+      if (cameraPose_ != null) hash ^= CameraPose.GetHashCode();
+      if (LocationHint.Length != 0) hash ^= LocationHint.GetHashCode();
+      if (SceneVersion != 0UL) hash ^= SceneVersion.GetHashCode();
+      if (_unknownFields != null) {
+        hash ^= _unknownFields.GetHashCode();
+      }
+      return hash;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override string ToString() {
+      return pb::JsonFormatter.ToDiagnosticString(this);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void WriteTo(pb::CodedOutputStream output) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      output.WriteRawMessage(this);
+    #else
+      upsert_.WriteTo(output, _repeated_upsert_codec);
+      removeIds_.WriteTo(output, _repeated_removeIds_codec);
+      if (cameraPose_ != null) {
+        output.WriteRawTag(26);
+        output.WriteMessage(CameraPose);
+      }
+      if (LocationHint.Length != 0) {
+        output.WriteRawTag(34);
+        output.WriteString(LocationHint);
+      }
+      if (SceneVersion != 0UL) {
+        output.WriteRawTag(40);
+        output.WriteUInt64(SceneVersion);
+      }
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(output);
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalWriteTo(ref pb::WriteContext output) {
+      upsert_.WriteTo(ref output, _repeated_upsert_codec);
+      removeIds_.WriteTo(ref output, _repeated_removeIds_codec);
+      if (cameraPose_ != null) {
+        output.WriteRawTag(26);
+        output.WriteMessage(CameraPose);
+      }
+      if (LocationHint.Length != 0) {
+        output.WriteRawTag(34);
+        output.WriteString(LocationHint);
+      }
+      if (SceneVersion != 0UL) {
+        output.WriteRawTag(40);
+        output.WriteUInt64(SceneVersion);
+      }
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(ref output);
+      }
+    }
+    #endif
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public int CalculateSize() {
+      int size = 0;
+      size += upsert_.CalculateSize(_repeated_upsert_codec);
+      size += removeIds_.CalculateSize(_repeated_removeIds_codec);
+      if (cameraPose_ != null) {
+        size += 1 + pb::CodedOutputStream.ComputeMessageSize(CameraPose);
+      }
+      if (LocationHint.Length != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(LocationHint);
+      }
+      if (SceneVersion != 0UL) {
+        size += 1 + pb::CodedOutputStream.ComputeUInt64Size(SceneVersion);
+      }
+      if (_unknownFields != null) {
+        size += _unknownFields.CalculateSize();
+      }
+      return size;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(SceneDelta other) {
+      if (other == null) {
+        return;
+      }
+      upsert_.Add(other.upsert_);
+      removeIds_.Add(other.removeIds_);
+      if (other.cameraPose_ != null) {
+        if (cameraPose_ == null) {
+          CameraPose = new global::ArBridge.V1.Pose();
+        }
+        CameraPose.MergeFrom(other.CameraPose);
+      }
+      if (other.LocationHint.Length != 0) {
+        LocationHint = other.LocationHint;
+      }
+      if (other.SceneVersion != 0UL) {
+        SceneVersion = other.SceneVersion;
+      }
+      _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(pb::CodedInputStream input) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      input.ReadRawMessage(this);
+    #else
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, input);
+            break;
+          case 10: {
+            upsert_.AddEntriesFrom(input, _repeated_upsert_codec);
+            break;
+          }
+          case 18: {
+            removeIds_.AddEntriesFrom(input, _repeated_removeIds_codec);
+            break;
+          }
+          case 26: {
+            if (cameraPose_ == null) {
+              CameraPose = new global::ArBridge.V1.Pose();
+            }
+            input.ReadMessage(CameraPose);
+            break;
+          }
+          case 34: {
+            LocationHint = input.ReadString();
+            break;
+          }
+          case 40: {
+            SceneVersion = input.ReadUInt64();
+            break;
+          }
+        }
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalMergeFrom(ref pb::ParseContext input) {
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, ref input);
+            break;
+          case 10: {
+            upsert_.AddEntriesFrom(ref input, _repeated_upsert_codec);
+            break;
+          }
+          case 18: {
+            removeIds_.AddEntriesFrom(ref input, _repeated_removeIds_codec);
+            break;
+          }
+          case 26: {
+            if (cameraPose_ == null) {
+              CameraPose = new global::ArBridge.V1.Pose();
+            }
+            input.ReadMessage(CameraPose);
+            break;
+          }
+          case 34: {
+            LocationHint = input.ReadString();
+            break;
+          }
+          case 40: {
+            SceneVersion = input.ReadUInt64();
+            break;
+          }
+        }
+      }
+    }
+    #endif
+
+  }
+
+  /// <summary>
+  /// How a reply survives a dropped connection (see Resume in service.proto).
+  /// </summary>
+  public sealed partial class StreamOptions : pb::IMessage<StreamOptions>
+  #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      , pb::IBufferMessage
+  #endif
+  {
+    private static readonly pb::MessageParser<StreamOptions> _parser = new pb::MessageParser<StreamOptions>(() => new StreamOptions());
+    private pb::UnknownFieldSet _unknownFields;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pb::MessageParser<StreamOptions> Parser { get { return _parser; } }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pbr::MessageDescriptor Descriptor {
+      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[7]; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    pbr::MessageDescriptor pb::IMessage.Descriptor {
+      get { return Descriptor; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public StreamOptions() {
+      OnConstruction();
+    }
+
+    partial void OnConstruction();
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public StreamOptions(StreamOptions other) : this() {
+      resumable_ = other.resumable_;
+      _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public StreamOptions Clone() {
+      return new StreamOptions(this);
+    }
+
+    /// <summary>Field number for the "resumable" field.</summary>
+    public const int ResumableFieldNumber = 1;
+    private bool resumable_;
+    /// <summary>
+    /// Keep generating for a grace time when the client disappears, and keep the
+    /// output, so the client can Resume the reply by its stream_id. An explicit
+    /// cancel is then CancelStream (or Converse's CancelReply): the transport
+    /// cannot tell a lost connection from a cancelled call.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public bool Resumable {
+      get { return resumable_; }
+      set {
+        resumable_ = value;
+      }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override bool Equals(object other) {
+      return Equals(other as StreamOptions);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public bool Equals(StreamOptions other) {
+      if (ReferenceEquals(other, null)) {
+        return false;
+      }
+      if (ReferenceEquals(other, this)) {
+        return true;
+      }
+      if (Resumable != other.Resumable) return false;
+      return Equals(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override int GetHashCode() {
+      int hash = 1;
+      if (Resumable != false) hash ^= Resumable.GetHashCode();
+      if (_unknownFields != null) {
+        hash ^= _unknownFields.GetHashCode();
+      }
+      return hash;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override string ToString() {
+      return pb::JsonFormatter.ToDiagnosticString(this);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void WriteTo(pb::CodedOutputStream output) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      output.WriteRawMessage(this);
+    #else
+      if (Resumable != false) {
+        output.WriteRawTag(8);
+        output.WriteBool(Resumable);
+      }
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(output);
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalWriteTo(ref pb::WriteContext output) {
+      if (Resumable != false) {
+        output.WriteRawTag(8);
+        output.WriteBool(Resumable);
+      }
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(ref output);
+      }
+    }
+    #endif
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public int CalculateSize() {
+      int size = 0;
+      if (Resumable != false) {
+        size += 1 + 1;
+      }
+      if (_unknownFields != null) {
+        size += _unknownFields.CalculateSize();
+      }
+      return size;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(StreamOptions other) {
+      if (other == null) {
+        return;
+      }
+      if (other.Resumable != false) {
+        Resumable = other.Resumable;
+      }
+      _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(pb::CodedInputStream input) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      input.ReadRawMessage(this);
+    #else
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, input);
+            break;
+          case 8: {
+            Resumable = input.ReadBool();
+            break;
+          }
+        }
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalMergeFrom(ref pb::ParseContext input) {
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, ref input);
+            break;
+          case 8: {
+            Resumable = input.ReadBool();
+            break;
+          }
         }
       }
     }
@@ -1987,7 +2579,7 @@ namespace ArBridge.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[6]; }
+      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[8]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -2311,7 +2903,7 @@ namespace ArBridge.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[7]; }
+      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[9]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -2541,7 +3133,7 @@ namespace ArBridge.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[8]; }
+      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[10]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -3161,7 +3753,7 @@ namespace ArBridge.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[9]; }
+      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[11]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -3482,7 +4074,7 @@ namespace ArBridge.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[10]; }
+      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[12]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -3711,7 +4303,7 @@ namespace ArBridge.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[11]; }
+      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[13]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -3986,7 +4578,7 @@ namespace ArBridge.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[12]; }
+      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[14]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -4259,7 +4851,7 @@ namespace ArBridge.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[13]; }
+      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[15]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -4287,6 +4879,7 @@ namespace ArBridge.V1 {
       text_ = other.text_;
       errorMessage_ = other.errorMessage_;
       grounding_ = other.grounding_.Clone();
+      sceneVersion_ = other.sceneVersion_;
       _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
     }
 
@@ -4403,6 +4996,21 @@ namespace ArBridge.V1 {
       get { return grounding_; }
     }
 
+    /// <summary>Field number for the "scene_version" field.</summary>
+    public const int SceneVersionFieldNumber = 9;
+    private ulong sceneVersion_;
+    /// <summary>
+    /// The scene_version of the scene this sequence was generated from.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ulong SceneVersion {
+      get { return sceneVersion_; }
+      set {
+        sceneVersion_ = value;
+      }
+    }
+
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public override bool Equals(object other) {
@@ -4426,6 +5034,7 @@ namespace ArBridge.V1 {
       if (Text != other.Text) return false;
       if (ErrorMessage != other.ErrorMessage) return false;
       if(!grounding_.Equals(other.grounding_)) return false;
+      if (SceneVersion != other.SceneVersion) return false;
       return Equals(_unknownFields, other._unknownFields);
     }
 
@@ -4441,6 +5050,7 @@ namespace ArBridge.V1 {
       if (Text.Length != 0) hash ^= Text.GetHashCode();
       if (ErrorMessage.Length != 0) hash ^= ErrorMessage.GetHashCode();
       hash ^= grounding_.GetHashCode();
+      if (SceneVersion != 0UL) hash ^= SceneVersion.GetHashCode();
       if (_unknownFields != null) {
         hash ^= _unknownFields.GetHashCode();
       }
@@ -4488,6 +5098,10 @@ namespace ArBridge.V1 {
         output.WriteString(ErrorMessage);
       }
       grounding_.WriteTo(output, _repeated_grounding_codec);
+      if (SceneVersion != 0UL) {
+        output.WriteRawTag(72);
+        output.WriteUInt64(SceneVersion);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -4527,6 +5141,10 @@ namespace ArBridge.V1 {
         output.WriteString(ErrorMessage);
       }
       grounding_.WriteTo(ref output, _repeated_grounding_codec);
+      if (SceneVersion != 0UL) {
+        output.WriteRawTag(72);
+        output.WriteUInt64(SceneVersion);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -4559,6 +5177,9 @@ namespace ArBridge.V1 {
         size += 1 + pb::CodedOutputStream.ComputeStringSize(ErrorMessage);
       }
       size += grounding_.CalculateSize(_repeated_grounding_codec);
+      if (SceneVersion != 0UL) {
+        size += 1 + pb::CodedOutputStream.ComputeUInt64Size(SceneVersion);
+      }
       if (_unknownFields != null) {
         size += _unknownFields.CalculateSize();
       }
@@ -4599,6 +5220,9 @@ namespace ArBridge.V1 {
         ErrorMessage = other.ErrorMessage;
       }
       grounding_.Add(other.grounding_);
+      if (other.SceneVersion != 0UL) {
+        SceneVersion = other.SceneVersion;
+      }
       _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
     }
 
@@ -4652,6 +5276,10 @@ namespace ArBridge.V1 {
             grounding_.AddEntriesFrom(input, _repeated_grounding_codec);
             break;
           }
+          case 72: {
+            SceneVersion = input.ReadUInt64();
+            break;
+          }
         }
       }
     #endif
@@ -4703,6 +5331,10 @@ namespace ArBridge.V1 {
           }
           case 66: {
             grounding_.AddEntriesFrom(ref input, _repeated_grounding_codec);
+            break;
+          }
+          case 72: {
+            SceneVersion = input.ReadUInt64();
             break;
           }
         }

@@ -6,12 +6,119 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
-import type { AudioFeatures, Completion, DialogueTurn, SamplingParams, SceneFeatures, TokenChunk } from "./types_pb.js";
+import type { AudioFeatures, Completion, DialogueTurn, SamplingParams, SceneDelta, SceneFeatures, StreamOptions, TokenChunk } from "./types_pb.js";
 
 /**
  * Describes the file arbridge/v1/service.proto.
  */
 export declare const file_arbridge_v1_service: GenFile;
+
+/**
+ * Where a response sits in its stream. Every response of a reply carries a
+ * seq (1, 2, 3, ...); the first response of a resumable reply also carries its
+ * stream_id.
+ *
+ * @generated from message arbridge.v1.ResumeRequest
+ */
+export declare type ResumeRequest = Message<"arbridge.v1.ResumeRequest"> & {
+  /**
+   * The stream_id from the reply's first response.
+   *
+   * @generated from field: string stream_id = 1;
+   */
+  streamId: string;
+
+  /**
+   * The last seq the client received (0: from the start).
+   *
+   * @generated from field: uint64 after_seq = 2;
+   */
+  afterSeq: bigint;
+};
+
+/**
+ * Describes the message arbridge.v1.ResumeRequest.
+ * Use `create(ResumeRequestSchema)` to create a new message.
+ */
+export declare const ResumeRequestSchema: GenMessage<ResumeRequest>;
+
+/**
+ * @generated from message arbridge.v1.ResumeResponse
+ */
+export declare type ResumeResponse = Message<"arbridge.v1.ResumeResponse"> & {
+  /**
+   * @generated from field: uint64 seq = 1;
+   */
+  seq: bigint;
+
+  /**
+   * @generated from field: string stream_id = 2;
+   */
+  streamId: string;
+
+  /**
+   * As in the original reply (AskResponse, ConverseResponse), else empty/0.
+   *
+   * @generated from field: string session_id = 3;
+   */
+  sessionId: string;
+
+  /**
+   * @generated from field: uint32 turn_id = 4;
+   */
+  turnId: number;
+
+  /**
+   * @generated from oneof arbridge.v1.ResumeResponse.event
+   */
+  event: {
+    /**
+     * @generated from field: arbridge.v1.TokenChunk chunk = 5;
+     */
+    value: TokenChunk;
+    case: "chunk";
+  } | {
+    /**
+     * @generated from field: arbridge.v1.Completion completion = 6;
+     */
+    value: Completion;
+    case: "completion";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message arbridge.v1.ResumeResponse.
+ * Use `create(ResumeResponseSchema)` to create a new message.
+ */
+export declare const ResumeResponseSchema: GenMessage<ResumeResponse>;
+
+/**
+ * @generated from message arbridge.v1.CancelStreamRequest
+ */
+export declare type CancelStreamRequest = Message<"arbridge.v1.CancelStreamRequest"> & {
+  /**
+   * @generated from field: string stream_id = 1;
+   */
+  streamId: string;
+};
+
+/**
+ * Describes the message arbridge.v1.CancelStreamRequest.
+ * Use `create(CancelStreamRequestSchema)` to create a new message.
+ */
+export declare const CancelStreamRequestSchema: GenMessage<CancelStreamRequest>;
+
+/**
+ * @generated from message arbridge.v1.CancelStreamResponse
+ */
+export declare type CancelStreamResponse = Message<"arbridge.v1.CancelStreamResponse"> & {
+};
+
+/**
+ * Describes the message arbridge.v1.CancelStreamResponse.
+ * Use `create(CancelStreamResponseSchema)` to create a new message.
+ */
+export declare const CancelStreamResponseSchema: GenMessage<CancelStreamResponse>;
 
 /**
  * @generated from message arbridge.v1.DescribeSceneRequest
@@ -35,6 +142,11 @@ export declare type DescribeSceneRequest = Message<"arbridge.v1.DescribeSceneReq
    * @generated from field: arbridge.v1.SamplingParams sampling = 3;
    */
   sampling?: SamplingParams | undefined;
+
+  /**
+   * @generated from field: arbridge.v1.StreamOptions stream = 4;
+   */
+  stream?: StreamOptions | undefined;
 };
 
 /**
@@ -63,6 +175,18 @@ export declare type DescribeSceneResponse = Message<"arbridge.v1.DescribeSceneRe
     value: Completion;
     case: "completion";
   } | { case: undefined; value?: undefined };
+
+  /**
+   * Position in the stream (see ResumeRequest).
+   *
+   * @generated from field: uint64 seq = 3;
+   */
+  seq: bigint;
+
+  /**
+   * @generated from field: string stream_id = 4;
+   */
+  streamId: string;
 };
 
 /**
@@ -105,6 +229,15 @@ export declare type ConverseStart = Message<"arbridge.v1.ConverseStart"> & {
    * @generated from field: arbridge.v1.SamplingParams sampling = 4;
    */
   sampling?: SamplingParams | undefined;
+
+  /**
+   * For every reply of the session: a resumable reply outlives the Converse
+   * stream by the grace time (the session itself does not: reconnect with
+   * the dialogue so far in history).
+   *
+   * @generated from field: arbridge.v1.StreamOptions stream = 5;
+   */
+  stream?: StreamOptions | undefined;
 };
 
 /**
@@ -196,6 +329,14 @@ export declare type ConverseRequest = Message<"arbridge.v1.ConverseRequest"> & {
      */
     value: CancelReply;
     case: "cancel";
+  } | {
+    /**
+     * Changes the session's scene in place (scene_update replaces it).
+     *
+     * @generated from field: arbridge.v1.SceneDelta scene_delta = 5;
+     */
+    value: SceneDelta;
+    case: "sceneDelta";
   } | { case: undefined; value?: undefined };
 };
 
@@ -232,6 +373,18 @@ export declare type ConverseResponse = Message<"arbridge.v1.ConverseResponse"> &
     value: Completion;
     case: "completion";
   } | { case: undefined; value?: undefined };
+
+  /**
+   * Position in this reply's stream (each reply counts from 1).
+   *
+   * @generated from field: uint64 seq = 4;
+   */
+  seq: bigint;
+
+  /**
+   * @generated from field: string stream_id = 5;
+   */
+  streamId: string;
 };
 
 /**
@@ -255,6 +408,11 @@ export declare type GenerateRequest = Message<"arbridge.v1.GenerateRequest"> & {
    * @generated from field: arbridge.v1.SamplingParams sampling = 2;
    */
   sampling?: SamplingParams | undefined;
+
+  /**
+   * @generated from field: arbridge.v1.StreamOptions stream = 3;
+   */
+  stream?: StreamOptions | undefined;
 };
 
 /**
@@ -283,6 +441,18 @@ export declare type GenerateResponse = Message<"arbridge.v1.GenerateResponse"> &
     value: Completion;
     case: "completion";
   } | { case: undefined; value?: undefined };
+
+  /**
+   * Position in the stream (see ResumeRequest).
+   *
+   * @generated from field: uint64 seq = 3;
+   */
+  seq: bigint;
+
+  /**
+   * @generated from field: string stream_id = 4;
+   */
+  streamId: string;
 };
 
 /**
@@ -423,6 +593,18 @@ export declare type AskRequest = Message<"arbridge.v1.AskRequest"> & {
    * @generated from field: arbridge.v1.UserTurn user_turn = 4;
    */
   userTurn?: UserTurn | undefined;
+
+  /**
+   * @generated from field: arbridge.v1.StreamOptions stream = 5;
+   */
+  stream?: StreamOptions | undefined;
+
+  /**
+   * Changes the session's scene before this turn (after `scene`, if both).
+   *
+   * @generated from field: arbridge.v1.SceneDelta scene_delta = 6;
+   */
+  sceneDelta?: SceneDelta | undefined;
 };
 
 /**
@@ -465,6 +647,16 @@ export declare type AskResponse = Message<"arbridge.v1.AskResponse"> & {
     value: Completion;
     case: "completion";
   } | { case: undefined; value?: undefined };
+
+  /**
+   * @generated from field: uint64 seq = 5;
+   */
+  seq: bigint;
+
+  /**
+   * @generated from field: string stream_id = 6;
+   */
+  streamId: string;
 };
 
 /**
@@ -535,6 +727,30 @@ export declare const ArBridgeService: GenService<{
     methodKind: "server_streaming";
     input: typeof AskRequestSchema;
     output: typeof AskResponseSchema;
+  },
+  /**
+   * Continue a resumable reply (StreamOptions.resumable) after a dropped
+   * connection: replays the events after `after_seq`, then streams the rest
+   * live, each exactly once and in order. NOT_FOUND when the stream expired or
+   * never existed, PERMISSION_DENIED for another caller's stream.
+   *
+   * @generated from rpc arbridge.v1.ArBridgeService.Resume
+   */
+  resume: {
+    methodKind: "server_streaming";
+    input: typeof ResumeRequestSchema;
+    output: typeof ResumeResponseSchema;
+  },
+  /**
+   * End a resumable reply now and free what it holds (a cancelled call only
+   * detaches it).
+   *
+   * @generated from rpc arbridge.v1.ArBridgeService.CancelStream
+   */
+  cancelStream: {
+    methodKind: "unary";
+    input: typeof CancelStreamRequestSchema;
+    output: typeof CancelStreamResponseSchema;
   },
 }>;
 

@@ -11,98 +11,126 @@ import { file_arbridge_v1_types } from "./types_pb.js";
  * Describes the file arbridge/v1/service.proto.
  */
 export const file_arbridge_v1_service = /*@__PURE__*/
-  fileDesc("ChlhcmJyaWRnZS92MS9zZXJ2aWNlLnByb3RvEgthcmJyaWRnZS52MSKFAQoURGVzY3JpYmVTY2VuZVJlcXVlc3QSKQoFc2NlbmUYASABKAsyGi5hcmJyaWRnZS52MS5TY2VuZUZlYXR1cmVzEhMKC2luc3RydWN0aW9uGAIgASgJEi0KCHNhbXBsaW5nGAMgASgLMhsuYXJicmlkZ2UudjEuU2FtcGxpbmdQYXJhbXMieQoVRGVzY3JpYmVTY2VuZVJlc3BvbnNlEigKBWNodW5rGAEgASgLMhcuYXJicmlkZ2UudjEuVG9rZW5DaHVua0gAEi0KCmNvbXBsZXRpb24YAiABKAsyFy5hcmJyaWRnZS52MS5Db21wbGV0aW9uSABCBwoFZXZlbnQirAEKDUNvbnZlcnNlU3RhcnQSFQoNc3lzdGVtX3Byb21wdBgBIAEoCRIqCgdoaXN0b3J5GAIgAygLMhkuYXJicmlkZ2UudjEuRGlhbG9ndWVUdXJuEikKBXNjZW5lGAMgASgLMhouYXJicmlkZ2UudjEuU2NlbmVGZWF0dXJlcxItCghzYW1wbGluZxgEIAEoCzIbLmFyYnJpZGdlLnYxLlNhbXBsaW5nUGFyYW1zIoMBCghVc2VyVHVybhIPCgd0dXJuX2lkGAEgASgNEgwKBHRleHQYAiABKAkSKQoFYXVkaW8YAyABKAsyGi5hcmJyaWRnZS52MS5BdWRpb0ZlYXR1cmVzEi0KCHNhbXBsaW5nGAQgASgLMhsuYXJicmlkZ2UudjEuU2FtcGxpbmdQYXJhbXMiDQoLQ2FuY2VsUmVwbHki0wEKD0NvbnZlcnNlUmVxdWVzdBIrCgVzdGFydBgBIAEoCzIaLmFyYnJpZGdlLnYxLkNvbnZlcnNlU3RhcnRIABIyCgxzY2VuZV91cGRhdGUYAiABKAsyGi5hcmJyaWRnZS52MS5TY2VuZUZlYXR1cmVzSAASKgoJdXNlcl90dXJuGAMgASgLMhUuYXJicmlkZ2UudjEuVXNlclR1cm5IABIqCgZjYW5jZWwYBCABKAsyGC5hcmJyaWRnZS52MS5DYW5jZWxSZXBseUgAQgcKBWV2ZW50IoUBChBDb252ZXJzZVJlc3BvbnNlEg8KB3R1cm5faWQYASABKA0SKAoFY2h1bmsYAiABKAsyFy5hcmJyaWRnZS52MS5Ub2tlbkNodW5rSAASLQoKY29tcGxldGlvbhgDIAEoCzIXLmFyYnJpZGdlLnYxLkNvbXBsZXRpb25IAEIHCgVldmVudCJQCg9HZW5lcmF0ZVJlcXVlc3QSDgoGcHJvbXB0GAEgASgJEi0KCHNhbXBsaW5nGAIgASgLMhsuYXJicmlkZ2UudjEuU2FtcGxpbmdQYXJhbXMidAoQR2VuZXJhdGVSZXNwb25zZRIoCgVjaHVuaxgBIAEoCzIXLmFyYnJpZGdlLnYxLlRva2VuQ2h1bmtIABItCgpjb21wbGV0aW9uGAIgASgLMhcuYXJicmlkZ2UudjEuQ29tcGxldGlvbkgAQgcKBWV2ZW50IhUKE0dldE1vZGVsSW5mb1JlcXVlc3QilAIKFEdldE1vZGVsSW5mb1Jlc3BvbnNlEhIKCm1vZGVsX25hbWUYASABKAkSFAoMYXJjaGl0ZWN0dXJlGAIgASgJEhcKD3BhcmFtZXRlcl9jb3VudBgDIAEoBBIWCg5jb250ZXh0X2xlbmd0aBgEIAEoDRINCgVkdHlwZRgFIAEoCRIOCgZkZXZpY2UYBiABKAkSFQoNc291cmNlX2Zvcm1hdBgHIAEoCRISCgpudW1fbGF5ZXJzGAggASgNEhMKC2hpZGRlbl9zaXplGAkgASgNEhIKCnZvY2FiX3NpemUYCiABKA0SEAoIZmVhdHVyZXMYCyADKAkSHAoUbWF4X25ld190b2tlbnNfbGltaXQYDCABKA0ioAEKCkFza1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIpCgVzdGFydBgCIAEoCzIaLmFyYnJpZGdlLnYxLkNvbnZlcnNlU3RhcnQSKQoFc2NlbmUYAyABKAsyGi5hcmJyaWRnZS52MS5TY2VuZUZlYXR1cmVzEigKCXVzZXJfdHVybhgEIAEoCzIVLmFyYnJpZGdlLnYxLlVzZXJUdXJuIpQBCgtBc2tSZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3R1cm5faWQYAiABKA0SKAoFY2h1bmsYAyABKAsyFy5hcmJyaWRnZS52MS5Ub2tlbkNodW5rSAASLQoKY29tcGxldGlvbhgEIAEoCzIXLmFyYnJpZGdlLnYxLkNvbXBsZXRpb25IAEIHCgVldmVudDKUAwoPQXJCcmlkZ2VTZXJ2aWNlElgKDURlc2NyaWJlU2NlbmUSIS5hcmJyaWRnZS52MS5EZXNjcmliZVNjZW5lUmVxdWVzdBoiLmFyYnJpZGdlLnYxLkRlc2NyaWJlU2NlbmVSZXNwb25zZTABEksKCENvbnZlcnNlEhwuYXJicmlkZ2UudjEuQ29udmVyc2VSZXF1ZXN0Gh0uYXJicmlkZ2UudjEuQ29udmVyc2VSZXNwb25zZSgBMAESSQoIR2VuZXJhdGUSHC5hcmJyaWRnZS52MS5HZW5lcmF0ZVJlcXVlc3QaHS5hcmJyaWRnZS52MS5HZW5lcmF0ZVJlc3BvbnNlMAESUwoMR2V0TW9kZWxJbmZvEiAuYXJicmlkZ2UudjEuR2V0TW9kZWxJbmZvUmVxdWVzdBohLmFyYnJpZGdlLnYxLkdldE1vZGVsSW5mb1Jlc3BvbnNlEjoKA0FzaxIXLmFyYnJpZGdlLnYxLkFza1JlcXVlc3QaGC5hcmJyaWRnZS52MS5Bc2tSZXNwb25zZTABQiEKD2NvbS5hcmJyaWRnZS52MVABqgILQXJCcmlkZ2UuVjFiBnByb3RvMw", [file_arbridge_v1_types]);
+  fileDesc("ChlhcmJyaWRnZS92MS9zZXJ2aWNlLnByb3RvEgthcmJyaWRnZS52MSI1Cg1SZXN1bWVSZXF1ZXN0EhEKCXN0cmVhbV9pZBgBIAEoCRIRCglhZnRlcl9zZXEYAiABKAQitwEKDlJlc3VtZVJlc3BvbnNlEgsKA3NlcRgBIAEoBBIRCglzdHJlYW1faWQYAiABKAkSEgoKc2Vzc2lvbl9pZBgDIAEoCRIPCgd0dXJuX2lkGAQgASgNEigKBWNodW5rGAUgASgLMhcuYXJicmlkZ2UudjEuVG9rZW5DaHVua0gAEi0KCmNvbXBsZXRpb24YBiABKAsyFy5hcmJyaWRnZS52MS5Db21wbGV0aW9uSABCBwoFZXZlbnQiKAoTQ2FuY2VsU3RyZWFtUmVxdWVzdBIRCglzdHJlYW1faWQYASABKAkiFgoUQ2FuY2VsU3RyZWFtUmVzcG9uc2UisQEKFERlc2NyaWJlU2NlbmVSZXF1ZXN0EikKBXNjZW5lGAEgASgLMhouYXJicmlkZ2UudjEuU2NlbmVGZWF0dXJlcxITCgtpbnN0cnVjdGlvbhgCIAEoCRItCghzYW1wbGluZxgDIAEoCzIbLmFyYnJpZGdlLnYxLlNhbXBsaW5nUGFyYW1zEioKBnN0cmVhbRgEIAEoCzIaLmFyYnJpZGdlLnYxLlN0cmVhbU9wdGlvbnMimQEKFURlc2NyaWJlU2NlbmVSZXNwb25zZRIoCgVjaHVuaxgBIAEoCzIXLmFyYnJpZGdlLnYxLlRva2VuQ2h1bmtIABItCgpjb21wbGV0aW9uGAIgASgLMhcuYXJicmlkZ2UudjEuQ29tcGxldGlvbkgAEgsKA3NlcRgDIAEoBBIRCglzdHJlYW1faWQYBCABKAlCBwoFZXZlbnQi2AEKDUNvbnZlcnNlU3RhcnQSFQoNc3lzdGVtX3Byb21wdBgBIAEoCRIqCgdoaXN0b3J5GAIgAygLMhkuYXJicmlkZ2UudjEuRGlhbG9ndWVUdXJuEikKBXNjZW5lGAMgASgLMhouYXJicmlkZ2UudjEuU2NlbmVGZWF0dXJlcxItCghzYW1wbGluZxgEIAEoCzIbLmFyYnJpZGdlLnYxLlNhbXBsaW5nUGFyYW1zEioKBnN0cmVhbRgFIAEoCzIaLmFyYnJpZGdlLnYxLlN0cmVhbU9wdGlvbnMigwEKCFVzZXJUdXJuEg8KB3R1cm5faWQYASABKA0SDAoEdGV4dBgCIAEoCRIpCgVhdWRpbxgDIAEoCzIaLmFyYnJpZGdlLnYxLkF1ZGlvRmVhdHVyZXMSLQoIc2FtcGxpbmcYBCABKAsyGy5hcmJyaWRnZS52MS5TYW1wbGluZ1BhcmFtcyINCgtDYW5jZWxSZXBseSKDAgoPQ29udmVyc2VSZXF1ZXN0EisKBXN0YXJ0GAEgASgLMhouYXJicmlkZ2UudjEuQ29udmVyc2VTdGFydEgAEjIKDHNjZW5lX3VwZGF0ZRgCIAEoCzIaLmFyYnJpZGdlLnYxLlNjZW5lRmVhdHVyZXNIABIqCgl1c2VyX3R1cm4YAyABKAsyFS5hcmJyaWRnZS52MS5Vc2VyVHVybkgAEioKBmNhbmNlbBgEIAEoCzIYLmFyYnJpZGdlLnYxLkNhbmNlbFJlcGx5SAASLgoLc2NlbmVfZGVsdGEYBSABKAsyFy5hcmJyaWRnZS52MS5TY2VuZURlbHRhSABCBwoFZXZlbnQipQEKEENvbnZlcnNlUmVzcG9uc2USDwoHdHVybl9pZBgBIAEoDRIoCgVjaHVuaxgCIAEoCzIXLmFyYnJpZGdlLnYxLlRva2VuQ2h1bmtIABItCgpjb21wbGV0aW9uGAMgASgLMhcuYXJicmlkZ2UudjEuQ29tcGxldGlvbkgAEgsKA3NlcRgEIAEoBBIRCglzdHJlYW1faWQYBSABKAlCBwoFZXZlbnQifAoPR2VuZXJhdGVSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCRItCghzYW1wbGluZxgCIAEoCzIbLmFyYnJpZGdlLnYxLlNhbXBsaW5nUGFyYW1zEioKBnN0cmVhbRgDIAEoCzIaLmFyYnJpZGdlLnYxLlN0cmVhbU9wdGlvbnMilAEKEEdlbmVyYXRlUmVzcG9uc2USKAoFY2h1bmsYASABKAsyFy5hcmJyaWRnZS52MS5Ub2tlbkNodW5rSAASLQoKY29tcGxldGlvbhgCIAEoCzIXLmFyYnJpZGdlLnYxLkNvbXBsZXRpb25IABILCgNzZXEYAyABKAQSEQoJc3RyZWFtX2lkGAQgASgJQgcKBWV2ZW50IhUKE0dldE1vZGVsSW5mb1JlcXVlc3QilAIKFEdldE1vZGVsSW5mb1Jlc3BvbnNlEhIKCm1vZGVsX25hbWUYASABKAkSFAoMYXJjaGl0ZWN0dXJlGAIgASgJEhcKD3BhcmFtZXRlcl9jb3VudBgDIAEoBBIWCg5jb250ZXh0X2xlbmd0aBgEIAEoDRINCgVkdHlwZRgFIAEoCRIOCgZkZXZpY2UYBiABKAkSFQoNc291cmNlX2Zvcm1hdBgHIAEoCRISCgpudW1fbGF5ZXJzGAggASgNEhMKC2hpZGRlbl9zaXplGAkgASgNEhIKCnZvY2FiX3NpemUYCiABKA0SEAoIZmVhdHVyZXMYCyADKAkSHAoUbWF4X25ld190b2tlbnNfbGltaXQYDCABKA0i+gEKCkFza1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIpCgVzdGFydBgCIAEoCzIaLmFyYnJpZGdlLnYxLkNvbnZlcnNlU3RhcnQSKQoFc2NlbmUYAyABKAsyGi5hcmJyaWRnZS52MS5TY2VuZUZlYXR1cmVzEigKCXVzZXJfdHVybhgEIAEoCzIVLmFyYnJpZGdlLnYxLlVzZXJUdXJuEioKBnN0cmVhbRgFIAEoCzIaLmFyYnJpZGdlLnYxLlN0cmVhbU9wdGlvbnMSLAoLc2NlbmVfZGVsdGEYBiABKAsyFy5hcmJyaWRnZS52MS5TY2VuZURlbHRhIrQBCgtBc2tSZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3R1cm5faWQYAiABKA0SKAoFY2h1bmsYAyABKAsyFy5hcmJyaWRnZS52MS5Ub2tlbkNodW5rSAASLQoKY29tcGxldGlvbhgEIAEoCzIXLmFyYnJpZGdlLnYxLkNvbXBsZXRpb25IABILCgNzZXEYBSABKAQSEQoJc3RyZWFtX2lkGAYgASgJQgcKBWV2ZW50Mq4ECg9BckJyaWRnZVNlcnZpY2USWAoNRGVzY3JpYmVTY2VuZRIhLmFyYnJpZGdlLnYxLkRlc2NyaWJlU2NlbmVSZXF1ZXN0GiIuYXJicmlkZ2UudjEuRGVzY3JpYmVTY2VuZVJlc3BvbnNlMAESSwoIQ29udmVyc2USHC5hcmJyaWRnZS52MS5Db252ZXJzZVJlcXVlc3QaHS5hcmJyaWRnZS52MS5Db252ZXJzZVJlc3BvbnNlKAEwARJJCghHZW5lcmF0ZRIcLmFyYnJpZGdlLnYxLkdlbmVyYXRlUmVxdWVzdBodLmFyYnJpZGdlLnYxLkdlbmVyYXRlUmVzcG9uc2UwARJTCgxHZXRNb2RlbEluZm8SIC5hcmJyaWRnZS52MS5HZXRNb2RlbEluZm9SZXF1ZXN0GiEuYXJicmlkZ2UudjEuR2V0TW9kZWxJbmZvUmVzcG9uc2USOgoDQXNrEhcuYXJicmlkZ2UudjEuQXNrUmVxdWVzdBoYLmFyYnJpZGdlLnYxLkFza1Jlc3BvbnNlMAESQwoGUmVzdW1lEhouYXJicmlkZ2UudjEuUmVzdW1lUmVxdWVzdBobLmFyYnJpZGdlLnYxLlJlc3VtZVJlc3BvbnNlMAESUwoMQ2FuY2VsU3RyZWFtEiAuYXJicmlkZ2UudjEuQ2FuY2VsU3RyZWFtUmVxdWVzdBohLmFyYnJpZGdlLnYxLkNhbmNlbFN0cmVhbVJlc3BvbnNlQiEKD2NvbS5hcmJyaWRnZS52MVABqgILQXJCcmlkZ2UuVjFiBnByb3RvMw", [file_arbridge_v1_types]);
+
+/**
+ * Describes the message arbridge.v1.ResumeRequest.
+ * Use `create(ResumeRequestSchema)` to create a new message.
+ */
+export const ResumeRequestSchema = /*@__PURE__*/
+  messageDesc(file_arbridge_v1_service, 0);
+
+/**
+ * Describes the message arbridge.v1.ResumeResponse.
+ * Use `create(ResumeResponseSchema)` to create a new message.
+ */
+export const ResumeResponseSchema = /*@__PURE__*/
+  messageDesc(file_arbridge_v1_service, 1);
+
+/**
+ * Describes the message arbridge.v1.CancelStreamRequest.
+ * Use `create(CancelStreamRequestSchema)` to create a new message.
+ */
+export const CancelStreamRequestSchema = /*@__PURE__*/
+  messageDesc(file_arbridge_v1_service, 2);
+
+/**
+ * Describes the message arbridge.v1.CancelStreamResponse.
+ * Use `create(CancelStreamResponseSchema)` to create a new message.
+ */
+export const CancelStreamResponseSchema = /*@__PURE__*/
+  messageDesc(file_arbridge_v1_service, 3);
 
 /**
  * Describes the message arbridge.v1.DescribeSceneRequest.
  * Use `create(DescribeSceneRequestSchema)` to create a new message.
  */
 export const DescribeSceneRequestSchema = /*@__PURE__*/
-  messageDesc(file_arbridge_v1_service, 0);
+  messageDesc(file_arbridge_v1_service, 4);
 
 /**
  * Describes the message arbridge.v1.DescribeSceneResponse.
  * Use `create(DescribeSceneResponseSchema)` to create a new message.
  */
 export const DescribeSceneResponseSchema = /*@__PURE__*/
-  messageDesc(file_arbridge_v1_service, 1);
+  messageDesc(file_arbridge_v1_service, 5);
 
 /**
  * Describes the message arbridge.v1.ConverseStart.
  * Use `create(ConverseStartSchema)` to create a new message.
  */
 export const ConverseStartSchema = /*@__PURE__*/
-  messageDesc(file_arbridge_v1_service, 2);
+  messageDesc(file_arbridge_v1_service, 6);
 
 /**
  * Describes the message arbridge.v1.UserTurn.
  * Use `create(UserTurnSchema)` to create a new message.
  */
 export const UserTurnSchema = /*@__PURE__*/
-  messageDesc(file_arbridge_v1_service, 3);
+  messageDesc(file_arbridge_v1_service, 7);
 
 /**
  * Describes the message arbridge.v1.CancelReply.
  * Use `create(CancelReplySchema)` to create a new message.
  */
 export const CancelReplySchema = /*@__PURE__*/
-  messageDesc(file_arbridge_v1_service, 4);
+  messageDesc(file_arbridge_v1_service, 8);
 
 /**
  * Describes the message arbridge.v1.ConverseRequest.
  * Use `create(ConverseRequestSchema)` to create a new message.
  */
 export const ConverseRequestSchema = /*@__PURE__*/
-  messageDesc(file_arbridge_v1_service, 5);
+  messageDesc(file_arbridge_v1_service, 9);
 
 /**
  * Describes the message arbridge.v1.ConverseResponse.
  * Use `create(ConverseResponseSchema)` to create a new message.
  */
 export const ConverseResponseSchema = /*@__PURE__*/
-  messageDesc(file_arbridge_v1_service, 6);
+  messageDesc(file_arbridge_v1_service, 10);
 
 /**
  * Describes the message arbridge.v1.GenerateRequest.
  * Use `create(GenerateRequestSchema)` to create a new message.
  */
 export const GenerateRequestSchema = /*@__PURE__*/
-  messageDesc(file_arbridge_v1_service, 7);
+  messageDesc(file_arbridge_v1_service, 11);
 
 /**
  * Describes the message arbridge.v1.GenerateResponse.
  * Use `create(GenerateResponseSchema)` to create a new message.
  */
 export const GenerateResponseSchema = /*@__PURE__*/
-  messageDesc(file_arbridge_v1_service, 8);
+  messageDesc(file_arbridge_v1_service, 12);
 
 /**
  * Describes the message arbridge.v1.GetModelInfoRequest.
  * Use `create(GetModelInfoRequestSchema)` to create a new message.
  */
 export const GetModelInfoRequestSchema = /*@__PURE__*/
-  messageDesc(file_arbridge_v1_service, 9);
+  messageDesc(file_arbridge_v1_service, 13);
 
 /**
  * Describes the message arbridge.v1.GetModelInfoResponse.
  * Use `create(GetModelInfoResponseSchema)` to create a new message.
  */
 export const GetModelInfoResponseSchema = /*@__PURE__*/
-  messageDesc(file_arbridge_v1_service, 10);
+  messageDesc(file_arbridge_v1_service, 14);
 
 /**
  * Describes the message arbridge.v1.AskRequest.
  * Use `create(AskRequestSchema)` to create a new message.
  */
 export const AskRequestSchema = /*@__PURE__*/
-  messageDesc(file_arbridge_v1_service, 11);
+  messageDesc(file_arbridge_v1_service, 15);
 
 /**
  * Describes the message arbridge.v1.AskResponse.
  * Use `create(AskResponseSchema)` to create a new message.
  */
 export const AskResponseSchema = /*@__PURE__*/
-  messageDesc(file_arbridge_v1_service, 12);
+  messageDesc(file_arbridge_v1_service, 16);
 
 /**
  * Streams text from the hosted language model to AR clients.

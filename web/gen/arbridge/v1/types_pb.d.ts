@@ -231,6 +231,15 @@ export declare type SceneFeatures = Message<"arbridge.v1.SceneFeatures"> & {
    * @generated from field: int64 timestamp_ms = 5;
    */
   timestampMs: bigint;
+
+  /**
+   * The app's version of this scene (0: none). Each Completion generated from
+   * the scene echoes it, so an app can drop an answer about a scene the wearer
+   * has since turned away from.
+   *
+   * @generated from field: uint64 scene_version = 6;
+   */
+  sceneVersion: bigint;
 };
 
 /**
@@ -238,6 +247,79 @@ export declare type SceneFeatures = Message<"arbridge.v1.SceneFeatures"> & {
  * Use `create(SceneFeaturesSchema)` to create a new message.
  */
 export declare const SceneFeaturesSchema: GenMessage<SceneFeatures>;
+
+/**
+ * A change to a dialogue session's scene (Converse.scene_delta, Ask.scene_delta):
+ * only what changed travels, and the prompt is rebuilt from the result.
+ *
+ * @generated from message arbridge.v1.SceneDelta
+ */
+export declare type SceneDelta = Message<"arbridge.v1.SceneDelta"> & {
+  /**
+   * Objects added, or replacing the session scene's object with the same id
+   * (moved, relabelled). Each needs an id.
+   *
+   * @generated from field: repeated arbridge.v1.SceneObject upsert = 1;
+   */
+  upsert: SceneObject[];
+
+  /**
+   * Ids of objects that left the scene; each must be in the session's scene.
+   *
+   * @generated from field: repeated string remove_ids = 2;
+   */
+  removeIds: string[];
+
+  /**
+   * The new camera pose, when set.
+   *
+   * @generated from field: arbridge.v1.Pose camera_pose = 3;
+   */
+  cameraPose?: Pose | undefined;
+
+  /**
+   * The new location hint, when set (an empty string keeps the old one).
+   *
+   * @generated from field: string location_hint = 4;
+   */
+  locationHint: string;
+
+  /**
+   * The scene's version after this change (0 keeps the old version).
+   *
+   * @generated from field: uint64 scene_version = 5;
+   */
+  sceneVersion: bigint;
+};
+
+/**
+ * Describes the message arbridge.v1.SceneDelta.
+ * Use `create(SceneDeltaSchema)` to create a new message.
+ */
+export declare const SceneDeltaSchema: GenMessage<SceneDelta>;
+
+/**
+ * How a reply survives a dropped connection (see Resume in service.proto).
+ *
+ * @generated from message arbridge.v1.StreamOptions
+ */
+export declare type StreamOptions = Message<"arbridge.v1.StreamOptions"> & {
+  /**
+   * Keep generating for a grace time when the client disappears, and keep the
+   * output, so the client can Resume the reply by its stream_id. An explicit
+   * cancel is then CancelStream (or Converse's CancelReply): the transport
+   * cannot tell a lost connection from a cancelled call.
+   *
+   * @generated from field: bool resumable = 1;
+   */
+  resumable: boolean;
+};
+
+/**
+ * Describes the message arbridge.v1.StreamOptions.
+ * Use `create(StreamOptionsSchema)` to create a new message.
+ */
+export declare const StreamOptionsSchema: GenMessage<StreamOptions>;
 
 /**
  * What the user said, as the app's speech stack heard it.
@@ -586,6 +668,13 @@ export declare type Completion = Message<"arbridge.v1.Completion"> & {
    * @generated from field: repeated arbridge.v1.GroundedSpan grounding = 8;
    */
   grounding: GroundedSpan[];
+
+  /**
+   * The scene_version of the scene this sequence was generated from.
+   *
+   * @generated from field: uint64 scene_version = 9;
+   */
+  sceneVersion: bigint;
 };
 
 /**
