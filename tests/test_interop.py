@@ -136,3 +136,36 @@ def _json_objects(text: str):
             continue
         obj, i = decoder.raw_decode(text, i)
         yield json.dumps(obj)
+
+
+@pytest.mark.parametrize("client", ["cpp", "node"])
+async def test_examples_resume_a_caption_cut_mid_stream(served, tmp_path, client):
+    """The connection drops after the first chunk (a proxy resets it); the example
+    Resumes and prints the uncut caption, each event once."""
+    from upstream import TcpProxy
+
+    _, done, _ = await collect(served.stub.DescribeScene(native_request(24)))
+    proxy = await TcpProxy(served.server.port).start()
+    argv = ([CPP_CLIENT] if client == "cpp" else ["node", NODE_CLIENT]) + [
+        f"127.0.0.1:{proxy.port}", scene_file(tmp_path, max_new_tokens=24)]
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *map(str, argv), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            cwd=REPO)
+        lines = []
+        while line := (await asyncio.wait_for(proc.stdout.readline(), 60)).decode():
+            lines.append(line)
+            if len(lines) == 1:
+                proxy.cut()
+        err = (await proc.stderr.read()).decode()
+        assert await proc.wait() == 0, "".join(lines) + err
+    finally:
+        await proxy.close()
+    assert proxy.connections >= 2, lines
+    events = [json.loads(ln.partition(" ")[2] if client == "cpp" else ln) for ln in lines]
+    chunks = [e["chunk"] if client == "node" else e["chunk"]["text"]
+              for e in events if "chunk" in e]
+    completion = events[-1]["completion"]
+    assert "".join(chunks) == completion["text"] == done[0].text
+    seqs = [int(e["seq"]) for e in events if "seq" in e]
+    assert seqs == sorted(set(seqs))  # each event once, in order (the C++ lines show seq)

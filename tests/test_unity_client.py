@@ -155,3 +155,61 @@ async def test_csharp_dialogue_over_grpc_web_with_ask(interop_exe, web):
     assert second["usage"]["promptTokens"] > first["usage"]["promptTokens"]  # history
     assert lines.index("chunk 1") < lines.index(next(x for x in lines if x.startswith(
         "completion 1")))
+
+
+async def test_csharp_resumes_a_caption_cut_mid_stream(interop_exe, web, tmp_path):
+    """The network drops under the C# client (a proxy resets the connection after the
+    first chunk): it Resumes over gRPC-Web and the caption it shows is the uncut one,
+    no chunk lost or twice, no token generated twice."""
+    from upstream import TcpProxy
+
+    native = spb.DescribeSceneRequest(
+        scene=pb.SceneFeatures(objects=[pb.SceneObject(
+            id="c1", label="chair", pose=pb.Pose(position=pb.Vec3(x=0.5, z=1.0)))]),
+        sampling=pb.SamplingParams(max_new_tokens=24))
+    _, done, _ = await collect(web.stub.DescribeScene(native))
+    proxy = await TcpProxy(web.server.grpc_web_port).start()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "mono", str(interop_exe), "describe", f"http://127.0.0.1:{proxy.port}",
+            str(request_file(tmp_path, max_new_tokens=24)),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        lines = []
+        while line := (await asyncio.wait_for(proc.stdout.readline(), 60)).decode():
+            lines.append(line)
+            if len(lines) == 2:
+                proxy.cut()  # two chunks shown: the headset changes networks
+        err = (await proc.stderr.read()).decode()
+        assert await proc.wait() == 0, "".join(lines) + err
+    finally:
+        await proxy.close()
+    assert proxy.connections >= 2  # it came back on a new connection
+    chunks = [json.loads(ln.split(" ", 2)[2])["text"] for ln in lines if " chunk " in ln]
+    completion = json.loads(lines[-1].split(" ", 2)[2])
+    assert "".join(chunks) == completion["text"] == done[0].text
+    assert completion["usage"]["completionTokens"] == 24
+
+
+async def test_csharp_ask_dialogue_resumes_a_cut_reply(interop_exe, web):
+    """AskDialogue over gRPC-Web: the network drops after the first chunk; the turn
+    completes with every chunk once, and the session recorded the whole reply."""
+    from upstream import TcpProxy
+
+    proxy = await TcpProxy(web.server.grpc_web_port).start()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "mono", str(interop_exe), "ask-one", f"http://127.0.0.1:{proxy.port}",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        lines = []
+        while line := (await asyncio.wait_for(proc.stdout.readline(), 60)).decode():
+            lines.append(line)
+            if len(lines) == 1:
+                proxy.cut()
+        err = (await proc.stderr.read()).decode()
+        assert await proc.wait() == 0, "".join(lines) + err
+    finally:
+        await proxy.close()
+    assert proxy.connections >= 2 and not any(ln.startswith("error") for ln in lines), lines
+    chunks = [json.loads(ln.split(" ", 1)[1])["text"] for ln in lines if ln.startswith("chunk")]
+    completion = json.loads(lines[-1].split(" ", 1)[1])
+    assert "".join(chunks) == completion["text"] and completion["usage"]["completionTokens"] == 24

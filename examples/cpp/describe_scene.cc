@@ -16,6 +16,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
@@ -42,28 +43,56 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  // A resumable reply: if the connection drops mid-caption (the headset changed
+  // networks), Resume continues after the last seq received, nothing shown twice.
+  request.mutable_stream()->set_resumable(true);
   auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
   auto stub = v1::ArBridgeService::NewStub(channel);
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-  if (const char* token = std::getenv("ARBRIDGE_TOKEN")) {
-    context.AddMetadata("authorization", std::string("Bearer ") + token);
-  }
-
+  const char* token = std::getenv("ARBRIDGE_TOKEN");
   const auto start = std::chrono::steady_clock::now();
-  std::unique_ptr<grpc::ClientReader<v1::DescribeSceneResponse>> reader(
-      stub->DescribeScene(&context, request));
-  v1::DescribeSceneResponse response;
   google::protobuf::util::JsonPrintOptions options;
-  while (reader->Read(&response)) {
+  std::string stream_id;
+  uint64_t last_seq = 0;
+  bool finished = false;
+
+  // Prints an event once (by seq); the same for the first call and each Resume.
+  auto show = [&](const auto& response) {
+    if (!response.stream_id().empty()) stream_id = response.stream_id();
+    if (response.seq() <= last_seq) return;
+    last_seq = response.seq();
+    finished = finished || response.has_completion();
     const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
         std::chrono::steady_clock::now() - start).count();
     std::string line;
     (void)google::protobuf::util::MessageToJsonString(response, &line, options);
     std::cout << ms << " " << line << std::endl;  // flushed: a caption shows as it grows
+  };
+
+  grpc::Status status;
+  for (int attempt = 0; attempt <= 5; ++attempt) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    if (token) context.AddMetadata("authorization", std::string("Bearer ") + token);
+    if (attempt == 0) {
+      auto reader = stub->DescribeScene(&context, request);
+      v1::DescribeSceneResponse response;
+      while (reader->Read(&response)) show(response);
+      status = reader->Finish();
+    } else {
+      v1::ResumeRequest resume;
+      resume.set_stream_id(stream_id);
+      resume.set_after_seq(last_seq);
+      auto reader = stub->Resume(&context, resume);
+      v1::ResumeResponse response;
+      while (reader->Read(&response)) show(response);
+      status = reader->Finish();
+    }
+    const bool transient = status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                           status.error_code() == grpc::StatusCode::INTERNAL;
+    if (status.ok() || finished || stream_id.empty() || !transient) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(250 << attempt));  // backoff
   }
-  grpc::Status status = reader->Finish();
-  if (!status.ok()) {
+  if (!status.ok() && !finished) {
     std::cerr << "ERROR " << status.error_code() << " " << status.error_message() << "\n";
     return 1;
   }

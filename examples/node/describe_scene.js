@@ -5,8 +5,9 @@
 //   node examples/node/describe_scene.js [host:port] [scene.json]
 //
 // Prints one JSON line per event as it arrives: {"t": ms, "chunk": "..."},
-// then {"t": ms, "completion": {...}}; on an error {"code": N, "details": "..."}
-// and exit status 1. ARBRIDGE_TOKEN, when set, is sent as a bearer token.
+// then {"t": ms, "completion": {...}}; {"t": ms, "resuming_after": seq} when a
+// dropped connection is resumed; on an error {"code": N, "details": "..."} and
+// exit status 1. ARBRIDGE_TOKEN, when set, is sent as a bearer token.
 "use strict";
 
 const path = require("path");
@@ -34,19 +35,46 @@ if (process.env.ARBRIDGE_TOKEN) {
   metadata.set("authorization", `Bearer ${process.env.ARBRIDGE_TOKEN}`);
 }
 
+// Asked for as a resumable reply: when the connection drops mid-caption (the
+// headset changed networks), Resume picks it up after the last seq received,
+// so no text is lost or shown twice and nothing is generated again.
+request.stream = { resumable: true };
+const TRANSIENT = new Set([grpc.status.UNAVAILABLE, grpc.status.INTERNAL,
+                           grpc.status.UNKNOWN, grpc.status.CANCELLED]);
 const started = Date.now();
-const deadline = new Date(Date.now() + 60000);
-const call = client.describeScene(request, metadata, { deadline });
-call.on("data", (event) => {
-  const t = Date.now() - started;
-  if (event.chunk) {
-    console.log(JSON.stringify({ t, chunk: event.chunk.text }));
-  } else if (event.completion) {
-    console.log(JSON.stringify({ t, completion: event.completion }));
-  }
-});
-call.on("error", (err) => {
-  console.log(JSON.stringify({ code: err.code, details: err.details }));
-  process.exitCode = 1;
-});
-call.on("end", () => client.close());
+let streamId = "";
+let lastSeq = 0;
+let finished = false;
+let attempts = 0;
+
+function follow(call) {
+  call.on("data", (event) => {
+    const t = Date.now() - started;
+    if (event.streamId) streamId = event.streamId;
+    if (event.seq <= lastSeq) return;  // never shown twice
+    lastSeq = event.seq;
+    if (event.chunk) {
+      console.log(JSON.stringify({ t, chunk: event.chunk.text }));
+    } else if (event.completion) {
+      finished = true;
+      console.log(JSON.stringify({ t, completion: event.completion }));
+    }
+  });
+  call.on("error", (err) => {
+    if (!finished && streamId && TRANSIENT.has(err.code) && attempts < 5) {
+      attempts += 1;
+      const delay = 250 * 2 ** (attempts - 1);
+      console.log(JSON.stringify({ t: Date.now() - started, resuming_after: lastSeq }));
+      setTimeout(() => follow(client.resume({ streamId, afterSeq: lastSeq }, metadata,
+                                            { deadline: new Date(Date.now() + 60000) })),
+                 delay);
+      return;
+    }
+    console.log(JSON.stringify({ code: err.code, details: err.details }));
+    process.exitCode = 1;
+    client.close();
+  });
+  call.on("end", () => { if (finished) client.close(); });
+}
+
+follow(client.describeScene(request, metadata, { deadline: new Date(Date.now() + 60000) }));

@@ -28,6 +28,7 @@ namespace ArBridge.Tests
                     case "describe": return Describe(args[1], args[2]).GetAwaiter().GetResult();
                     case "cancel": return Cancel(args[1], args[2]).GetAwaiter().GetResult();
                     case "ask": return Ask(args[1]).GetAwaiter().GetResult();
+                    case "ask-one": return AskOne(args[1]).GetAwaiter().GetResult();
                     case "unit": return DialogueTests.Run().GetAwaiter().GetResult();
                 }
                 Console.Error.WriteLine("unknown mode " + args[0]);
@@ -88,6 +89,19 @@ namespace ArBridge.Tests
             await Task.WhenAll(a, b);
             lines.Add("fresh sessions " + new HashSet<string>(sessions).Count + " completions " + sessions.Count);
             foreach (var line in lines) Console.WriteLine(line);
+            return 0;
+        }
+
+        // One dialogue turn, each event printed as it comes (a test cuts the network under it).
+        static async Task<int> AskOne(string url)
+        {
+            var client = new ArBridgeClient(new GrpcWebCallInvoker(url));
+            var dialogue = client.StartAskDialogue(new ConverseStart());
+            dialogue.TextChunk += (id, text) => Console.WriteLine("chunk " + JsonFormatter.ToDiagnosticString(
+                new TokenChunk { Text = text }));
+            dialogue.ResponseComplete += (id, c) => Console.WriteLine("completion " + JsonFormatter.Default.Format(c));
+            dialogue.Error += (id, e) => Console.WriteLine("error " + e.Message);
+            await dialogue.AskAsync("tell me about the room", null, new SamplingParams { MaxNewTokens = 24 });
             return 0;
         }
 

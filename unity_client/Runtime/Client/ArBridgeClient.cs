@@ -16,6 +16,23 @@ namespace ArBridge.Client
 
         /// <summary>Deadline of a caption or generation call; null = none.</summary>
         public TimeSpan? CallTimeout = TimeSpan.FromSeconds(60);
+
+        /// <summary>
+        /// When set, captions and generations are asked for as resumable replies
+        /// (StreamOptions.resumable): a transient failure mid-reply (the headset
+        /// changed networks) is followed, after this policy's backoff, by a Resume
+        /// from the last response received, so the text goes on without a word
+        /// lost or repeated and nothing is generated twice. null = off.
+        /// </summary>
+        public ReconnectPolicy Resume = new ReconnectPolicy();
+    }
+
+    /// <summary>Where a reply's stream stands: its id and the last seq received.</summary>
+    sealed class StreamProgress
+    {
+        public string StreamId = "";
+        public ulong LastSeq;
+        public Completion First;
     }
 
     /// <summary>
@@ -49,44 +66,168 @@ namespace ArBridge.Client
         public Task<Completion> DescribeSceneAsync(DescribeSceneRequest request, Action<TokenChunk> onChunk,
                                                    CancellationToken cancellationToken = default(CancellationToken))
         {
+            if (options.Resume != null)
+            {
+                request = request.Clone();
+                request.Stream = new StreamOptions { Resumable = true };
+            }
             var call = Raw.DescribeScene(request, CallOptions(options.CallTimeout, cancellationToken));
-            return ReadTextStreamAsync(call, r => r.Chunk, r => r.Completion, onChunk, cancellationToken);
+            return ReadResumingAsync(call, r => r.Chunk, r => r.Completion, r => r.Seq, r => r.StreamId,
+                                     onChunk, cancellationToken);
         }
 
         /// <summary>Raw prompt completion, streamed like <see cref="DescribeSceneAsync"/>.</summary>
         public Task<Completion> GenerateAsync(GenerateRequest request, Action<TokenChunk> onChunk,
                                               CancellationToken cancellationToken = default(CancellationToken))
         {
+            if (options.Resume != null)
+            {
+                request = request.Clone();
+                request.Stream = new StreamOptions { Resumable = true };
+            }
             var call = Raw.Generate(request, CallOptions(options.CallTimeout, cancellationToken));
-            return ReadTextStreamAsync(call, r => r.Chunk, r => r.Completion, onChunk, cancellationToken);
+            return ReadResumingAsync(call, r => r.Chunk, r => r.Completion, r => r.Seq, r => r.StreamId,
+                                     onChunk, cancellationToken);
         }
 
-        // DescribeScene and Generate stream the same events: chunks, then one
-        // Completion per sequence (the accessors return null for the other case).
-        static async Task<Completion> ReadTextStreamAsync<TResponse>(
+        // Reads the reply; after a transient failure, Resumes it from the last seq
+        // received (with the Resume policy's backoff) until it ends or the server no
+        // longer holds it (NOT_FOUND, passed on as the caller's error).
+        async Task<Completion> ReadResumingAsync<TResponse>(
             AsyncServerStreamingCall<TResponse> call, Func<TResponse, TokenChunk> chunkOf,
-            Func<TResponse, Completion> completionOf, Action<TokenChunk> onChunk,
+            Func<TResponse, Completion> completionOf, Func<TResponse, ulong> seqOf,
+            Func<TResponse, string> streamIdOf, Action<TokenChunk> onChunk,
             CancellationToken cancellationToken)
         {
-            Completion first = null;
+            var progress = new StreamProgress();
+            RpcException failure;
+            try
+            {
+                await ReadTextStreamAsync(call, chunkOf, completionOf, seqOf, streamIdOf, onChunk, progress,
+                                          cancellationToken);
+                return progress.First;
+            }
+            catch (RpcException e) when (CanResume(e, progress, cancellationToken))
+            {
+                failure = e;
+            }
+            catch (OperationCanceledException)
+            {
+                CancelOnServer(progress);
+                throw;
+            }
+            try
+            {
+                await ResumeAsync(progress, r =>
+                {
+                    if (r.Chunk != null) { if (onChunk != null) onChunk(r.Chunk); }
+                    else if (r.Completion != null && r.Completion.SequenceIndex == 0) progress.First = r.Completion;
+                }, failure, cancellationToken);
+            }
+            catch (OperationCanceledException)
+            {
+                CancelOnServer(progress);
+                throw;
+            }
+            return progress.First;
+        }
+
+        /// <summary>The Resume policy in force (ArBridgeClientOptions.Resume), or null.</summary>
+        internal ReconnectPolicy ResumePolicy { get { return options.Resume; } }
+
+        // Resumes `progress`'s stream after `failure`, with the policy's backoff, each
+        // response newer than the last seq handed to `take`, until the reply ends.
+        // Throws the last transient failure when the tries run out, and any other
+        // status (NOT_FOUND: the server no longer holds the reply) at once.
+        internal async Task ResumeAsync(StreamProgress progress, Action<ResumeResponse> take,
+                                        RpcException failure, CancellationToken cancellationToken)
+        {
+            for (int attempt = 1; attempt <= options.Resume.MaxAttempts; attempt++)
+            {
+                ulong before = progress.LastSeq;
+                try
+                {
+                    await Task.Delay(options.Resume.DelayBefore(attempt), cancellationToken);
+                    var call = Raw.Resume(new ResumeRequest { StreamId = progress.StreamId, AfterSeq = progress.LastSeq },
+                                          CallOptions(options.CallTimeout, cancellationToken));
+                    using (call)
+                    {
+                        var stream = call.ResponseStream;
+                        while (await MoveNext(stream, cancellationToken))
+                        {
+                            var response = stream.Current;
+                            if (response.Seq <= progress.LastSeq) continue;  // never shown twice
+                            progress.LastSeq = response.Seq;
+                            take(response);
+                        }
+                    }
+                    return;
+                }
+                catch (RpcException e) when (CanResume(e, progress, cancellationToken))
+                {
+                    failure = e;
+                    if (progress.LastSeq > before) attempt = 0;  // it moved on: a fresh series of tries
+                }
+            }
+            throw failure;
+        }
+
+        bool CanResume(RpcException e, StreamProgress progress, CancellationToken cancellationToken)
+        {
+            return options.Resume != null && progress.StreamId.Length > 0 && progress.First == null
+                && !cancellationToken.IsCancellationRequested && ReconnectPolicy.IsTransient(e.StatusCode);
+        }
+
+        // The caller gave up: a resumable reply would otherwise run on for the
+        // server's grace time (a cancelled call only detaches it).
+        internal void CancelOnServer(StreamProgress progress)
+        {
+            if (options.Resume == null || progress.StreamId.Length == 0 || progress.First != null) return;
+            try
+            {
+                var cancel = Raw.CancelStreamAsync(new CancelStreamRequest { StreamId = progress.StreamId },
+                                                   CallOptions(TimeSpan.FromSeconds(10), CancellationToken.None));
+                cancel.ResponseAsync.ContinueWith(t => { var ignored = t.Exception; },
+                                                  TaskContinuationOptions.OnlyOnFaulted);
+            }
+            catch (RpcException) { }
+        }
+
+        // DescribeScene, Generate and Resume stream the same events: chunks, then one
+        // Completion per sequence (the accessors return null for the other case). An
+        // event at or before the last seq seen is never shown twice.
+        static async Task ReadTextStreamAsync<TResponse>(
+            AsyncServerStreamingCall<TResponse> call, Func<TResponse, TokenChunk> chunkOf,
+            Func<TResponse, Completion> completionOf, Func<TResponse, ulong> seqOf,
+            Func<TResponse, string> streamIdOf, Action<TokenChunk> onChunk, StreamProgress progress,
+            CancellationToken cancellationToken)
+        {
             using (call)
             {
                 var stream = call.ResponseStream;
                 while (await MoveNext(stream, cancellationToken))
                 {
-                    var chunk = chunkOf(stream.Current);
-                    var completion = completionOf(stream.Current);
+                    var response = stream.Current;
+                    var id = streamIdOf(response);
+                    if (!string.IsNullOrEmpty(id)) progress.StreamId = id;
+                    var seq = seqOf(response);
+                    if (seq != 0)
+                    {
+                        if (seq <= progress.LastSeq) continue;
+                        progress.LastSeq = seq;
+                    }
+                    var chunk = chunkOf(response);
+                    var completion = completionOf(response);
                     if (chunk != null)
                     {
                         if (onChunk != null) onChunk(chunk);
                     }
                     else if (completion != null && completion.SequenceIndex == 0)
                     {
-                        first = completion;
+                        progress.First = completion;
                     }
                 }
             }
-            return first;
         }
 
         /// <summary>A dialogue session (Converse) that reconnects on transport failures. Needs HTTP/2.</summary>

@@ -137,24 +137,61 @@ namespace ArBridge.Client
                 sceneChanged = false;
             }
             var client = clientOf();
+            var resume = client.ResumePolicy;
+            if (resume != null) request.Stream = new StreamOptions { Resumable = true };
             bool answered = false;
+            var progress = new StreamProgress();
             try
             {
-                using (var call = client.Raw.Ask(request, client.CallOptions(client.CallTimeout, cancellationToken)))
+                Action<AskResponse> handle = response =>
                 {
-                    var stream = call.ResponseStream;
-                    while (await ArBridgeClient.MoveNext(stream, cancellationToken))
+                    if (!answered)
                     {
-                        var response = stream.Current;
-                        if (!answered)
-                        {
-                            answered = true;
-                            lock (gate) SessionId = response.SessionId;
-                            if (mineOpening != null) ReleaseOpening(mineOpening);
-                        }
-                        HandleResponse(turn, response);
+                        answered = true;
+                        lock (gate) SessionId = response.SessionId;
+                        if (mineOpening != null) ReleaseOpening(mineOpening);
+                    }
+                    if (response.EventCase == AskResponse.EventOneofCase.Completion
+                        && response.Completion.SequenceIndex == 0) progress.First = response.Completion;
+                    HandleResponse(turn, response);
+                };
+                Action<AskResponse> take = response =>
+                {
+                    if (!string.IsNullOrEmpty(response.StreamId)) progress.StreamId = response.StreamId;
+                    if (response.Seq != 0)
+                    {
+                        if (response.Seq <= progress.LastSeq) return;  // never shown twice
+                        progress.LastSeq = response.Seq;
+                    }
+                    handle(response);
+                };
+                try
+                {
+                    using (var call = client.Raw.Ask(request, client.CallOptions(client.CallTimeout, cancellationToken)))
+                    {
+                        var stream = call.ResponseStream;
+                        while (await ArBridgeClient.MoveNext(stream, cancellationToken)) take(stream.Current);
                     }
                 }
+                catch (RpcException e) when (resume != null && progress.StreamId.Length > 0 && progress.First == null
+                                             && !cancellationToken.IsCancellationRequested
+                                             && ReconnectPolicy.IsTransient(e.StatusCode))
+                {
+                    // The connection dropped mid-reply: the server kept the reply going.
+                    await client.ResumeAsync(progress, r =>
+                    {
+                        var response = new AskResponse { SessionId = r.SessionId, TurnId = r.TurnId, Seq = r.Seq };
+                        // One of the two (assigning null to the other would clear the oneof).
+                        if (r.Chunk != null) response.Chunk = r.Chunk;
+                        else response.Completion = r.Completion;
+                        handle(response);
+                    }, e, cancellationToken);
+                }
+            }
+            catch (OperationCanceledException)
+            {
+                client.CancelOnServer(progress);  // an interrupted reply stops on the server too
+                throw;
             }
             catch (RpcException e)
             {

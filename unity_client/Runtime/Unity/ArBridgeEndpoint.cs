@@ -28,6 +28,10 @@ namespace ArBridge.Unity
         [Tooltip("Deadline of one caption, in seconds (0 = none; none on WebGL, see EffectiveCallTimeout).")]
         public float callTimeoutSeconds = 60f;
 
+        [Tooltip("Captions survive a dropped connection: the client resumes the reply where it broke " +
+                 "(the server keeps it for its resume_grace_s).")]
+        public bool resumeDroppedReplies = true;
+
         /// <summary>
         /// Set from code before first use on WebGL with Unity older than 6.5: an
         /// HttpMessageHandler that runs on the browser's fetch, under gRPC-Web.
@@ -80,13 +84,15 @@ namespace ArBridge.Unity
                     channelKey = wantChannel;
                     client = null;
                 }
-                string wantClient = wantChannel + "|" + bearerToken + "|" + callTimeoutSeconds;
+                string wantClient = wantChannel + "|" + bearerToken + "|" + callTimeoutSeconds + "|" +
+                                    resumeDroppedReplies;
                 if (client == null || clientKey != wantClient)
                 {
                     client = new ArBridgeClient(callInvoker ?? channel.CreateCallInvoker(), new ArBridgeClientOptions
                     {
                         BearerToken = string.IsNullOrEmpty(bearerToken) ? null : bearerToken,
                         CallTimeout = EffectiveCallTimeout,
+                        Resume = resumeDroppedReplies ? new ReconnectPolicy() : null,
                     });
                     clientKey = wantClient;
                 }
