@@ -166,6 +166,4 @@ async def test_examples_resume_a_caption_cut_mid_stream(served, tmp_path, client
     chunks = [e["chunk"] if client == "node" else e["chunk"]["text"]
               for e in events if "chunk" in e]
     completion = events[-1]["completion"]
-    assert "".join(chunks) == completion["text"] == done[0].text
-    seqs = [int(e["seq"]) for e in events if "seq" in e]
-    assert seqs == sorted(set(seqs))  # each event once, in order (the C++ lines show seq)
+    assert "".join(chunks) == completion["text"] == done[0].text  # nothing lost or twice

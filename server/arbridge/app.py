@@ -101,6 +101,9 @@ class ArBridgeServer:
             public_infra=settings.public_health,
             max_streams_per_peer=settings.max_streams_per_peer)
         self.drain = self.interceptors.drain
+        peers = self.interceptors.peers
+        self.servicer.peer_of = lambda context: peers.peer_of(
+            interceptors.Call("", context, False, True))
         self.scheduler: Scheduler | None = None  # the local backend's
         self.backend: Backend | None = None
         self.loaded: LoadedModel | None = None

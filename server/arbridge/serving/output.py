@@ -153,7 +153,7 @@ class Reply:
         self._generation = generation
         self._processor = processor
         self._ground = ground
-        self._scene_version = scene_version
+        self.scene_version = scene_version
         self.sequences = processor.sequences
 
     def cancel(self, reason: FinishReason = FinishReason.CANCELLED) -> None:
@@ -165,5 +165,5 @@ class Reply:
                 if isinstance(event, pb.Completion):
                     if self._ground is not None:
                         event.grounding.extend(self._ground(event.text))
-                    event.scene_version = self._scene_version
+                    event.scene_version = self.scene_version
                 yield event

@@ -131,7 +131,10 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         self._sessions = SessionStore(settings.max_ask_sessions, settings.ask_session_idle_s,
                                       settings.max_ask_session_bytes)
         self.streams = StreamStore(settings.resume_grace_s, settings.resume_stream_bytes,
-                                   settings.resume_total_bytes)
+                                   settings.resume_total_bytes, settings.max_streams_per_peer)
+        # context -> the client's address as the stream limits see it (set by the app,
+        # which knows the gRPC-Web gateway's forwarding); the peer gRPC reports without.
+        self.peer_of: Callable[[object], str] = lambda context: context.peer() or ""
         # Prompt building (scene text, chat template, tokenization) runs here, never
         # on the event loop: a huge request must not stall other streams. No torch
         # work happens here (see the README's note on OpenMP teams). One thread: a
@@ -247,11 +250,19 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
                 seq += 1
                 yield _wrap(response_type, event, seq=seq, **fields)
             return
-        stream = self.streams.open(caller_of(context.invocation_metadata()), reply,
-                                   reply.sequences, fields.get("session_id", ""),
-                                   fields.get("turn_id", 0), on_done)
+        stream = self._open_stream(reply, context, on_done, **fields)
+        async for response in self._follow(response_type, stream, **fields):
+            yield response
+
+    def _open_stream(self, reply: Reply, context, on_done=None, session_id: str = "",
+                     turn_id: int = 0):
+        return self.streams.open(caller_of(context.invocation_metadata()), reply,
+                                 reply.sequences, session_id, turn_id, on_done,
+                                 peer=self.peer_of(context))
+
+    async def _follow(self, response_type, stream, after_seq: int = 0, **fields):
         first = True
-        async for seq, event in self.streams.follow(stream, 0):
+        async for seq, event in self.streams.follow(stream, after_seq):
             yield _wrap(response_type, event, seq=seq, stream_id=stream.id if first else "",
                         **fields)
             first = False
@@ -296,12 +307,10 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
                 "after_seq", f"{request.after_seq} is past the stream's last event "
                              f"({len(stream.events)})")
         self.streams.resumed += 1
-        first = True
-        async for seq, event in self.streams.follow(stream, request.after_seq):
-            yield _wrap(spb.ResumeResponse, event, seq=seq,
-                        stream_id=stream.id if first else "", session_id=stream.session_id,
-                        turn_id=stream.turn_id)
-            first = False
+        async for response in self._follow(spb.ResumeResponse, stream, request.after_seq,
+                                           session_id=stream.session_id,
+                                           turn_id=stream.turn_id):
+            yield response
 
     async def CancelStream(self, request: spb.CancelStreamRequest, context):
         try:
@@ -346,7 +355,7 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
                                           turn.objects, scene_version=scene_version))
         if reply is None:  # a newer turn of this session came first: it is answered
             dialogue.state.record(turn.text, "", self.settings.max_dialogue_turns)
-            yield spb.AskResponse(session_id=session.id, completion=pb.Completion(
+            yield spb.AskResponse(session_id=session.id, seq=1, completion=pb.Completion(
                 finish_reason=pb.FINISH_REASON_INTERRUPTED))
             return
         # Started: from here on the turn counts (a full queue changed nothing).
@@ -535,27 +544,35 @@ class _ConverseSession:
                                                    time.perf_counter(), checked.objects,
                                                    scene_version=version))
         turn_id = self.dialogue.state.take_turn_id(turn.turn_id)
+        stream = None
+        if self.resumable:  # opened here: the reply is owned even if the task never runs
+            stream = self.servicer._open_stream(
+                self.reply_stream, self.context,
+                functools.partial(self._record, checked.text), turn_id=turn_id)
         self.reply_task = asyncio.create_task(self._reply(turn_id, checked.text,
-                                                          self.reply_stream))
+                                                          self.reply_stream, stream))
 
-    async def _reply(self, turn_id: int, user_text: str, reply: Reply) -> None:
+    def _record(self, user_text: str, events) -> None:
+        """A resumable reply's end: the session hears all of it."""
         heard = Heard()
+        for event in events:
+            heard.add(event)
+        self.dialogue.end_turn(user_text, heard.text, self.settings.max_dialogue_turns)
 
-        def done(events) -> None:
-            for event in events:
-                heard.add(event)
-            self.dialogue.end_turn(user_text, heard.text, self.settings.max_dialogue_turns)
-
-        options = pb.StreamOptions(resumable=self.resumable)
+    async def _reply(self, turn_id: int, user_text: str, reply: Reply, stream=None) -> None:
+        heard = Heard()
         try:
+            if stream is not None:
+                async for response in self.servicer._follow(spb.ConverseResponse, stream,
+                                                            turn_id=turn_id):
+                    await self.outbox.put(response)
+                return
             async for response in self.servicer._deliver(
-                    spb.ConverseResponse, reply, self.context, options,
-                    done if self.resumable else None, turn_id=turn_id):
-                if not self.resumable:
-                    heard.add(getattr(response, response.WhichOneof("event")))
+                    spb.ConverseResponse, reply, self.context, None, turn_id=turn_id):
+                heard.add(getattr(response, response.WhichOneof("event")))
                 await self.outbox.put(response)
         except Exception as exc:
             await self.outbox.put(exc)
         finally:
-            if not self.resumable:
+            if stream is None:
                 self.dialogue.end_turn(user_text, heard.text, self.settings.max_dialogue_turns)

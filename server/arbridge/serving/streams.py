@@ -48,10 +48,11 @@ class StreamForbidden(PermissionError):
 
 def caller_of(metadata) -> str:
     """Who is calling, as far as streams care: a digest of the bearer token (the auth
-    interceptor has already accepted it), '' without one."""
+    interceptor has already accepted it; read the way it reads it), '' without one."""
     for key, value in metadata or ():
         if key == "authorization":
-            return hashlib.sha256(str(value).encode("utf-8")).hexdigest()
+            _, _, token = str(value).partition(" ")
+            return hashlib.sha256(token.strip().encode("utf-8")).hexdigest()
     return ""
 
 
@@ -66,7 +67,11 @@ class ResumableStream:
     events: list[tuple[int, Event]] = field(default_factory=list)  # (seq, event)
     bytes: int = 0
     done: bool = False
-    followers: int = 0
+    peer: str = ""  # where it was opened from (the per-client cap of unfollowed streams)
+    scene_version: int = 0
+    followed: bool = False  # its newest follower is still reading
+    delivered: bool = False  # some follower was handed its first event (the stream_id)
+    error: Exception | None = None  # the reply failed before any event: a status to send
     left_at: float = 0.0  # when the last follower went (or it opened, unfollowed)
     task: asyncio.Task | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -78,19 +83,20 @@ class ResumableStream:
         self.bytes += event.ByteSize()
         self._changed.set()
 
-    async def follow(self, after_seq: int) -> AsyncIterator[tuple[int, Event]]:
+    async def follow(self, after_seq: int, mine: int) -> AsyncIterator[tuple[int, Event]]:
         """(seq, event) after `after_seq`: what is buffered, then live, to the end.
-        A newer follower takes over: an older one (a connection not yet known dead)
-        stops."""
-        self._taken_over += 1
-        mine = self._taken_over
+        A newer follower (`_taken_over` past `mine`) takes over: an older one (a
+        connection not yet known dead) stops."""
         next_index = after_seq
         while True:
             while next_index < len(self.events):
                 if self._taken_over != mine:
                     return
+                self.delivered = True
                 yield self.events[next_index]
                 next_index += 1
+            if self.error is not None and not self.events:
+                raise self.error
             if self.done or self._taken_over != mine:
                 return
             self._changed.clear()
@@ -98,10 +104,14 @@ class ResumableStream:
 
 
 class StreamStore:
-    def __init__(self, grace_s: float, stream_bytes: int, total_bytes: int):
+    def __init__(self, grace_s: float, stream_bytes: int, total_bytes: int,
+                 unfollowed_per_peer: int = 16):
         self.grace_s = grace_s
         self.stream_bytes = stream_bytes
         self.total_bytes = total_bytes
+        # A client that opens and drops resumable replies in a loop must not hold the
+        # engine with them: past this many of its own unfollowed, its oldest goes.
+        self.unfollowed_per_peer = unfollowed_per_peer
         self._streams: dict[str, ResumableStream] = {}
         self.bytes = 0
         self.resumed = 0  # Resume calls that found their stream (for /metrics)
@@ -110,11 +120,18 @@ class StreamStore:
         return len(self._streams)
 
     def open(self, owner: str, reply: Reply, sequences: int, session_id: str = "",
-             turn_id: int = 0, on_done: Callable[[list[Event]], None] | None = None
-             ) -> ResumableStream:
+             turn_id: int = 0, on_done: Callable[[list[Event]], None] | None = None,
+             peer: str = "") -> ResumableStream:
         """Start `reply` in a task of its own; it runs to its end or its expiry."""
         stream = ResumableStream(secrets.token_urlsafe(16), owner, reply, sequences,
-                                 session_id, turn_id)
+                                 session_id, turn_id, peer=peer,
+                                 scene_version=getattr(reply, "scene_version", 0))
+        idle = sorted((s for s in self._streams.values() if s.peer == peer and not s.followed),
+                      key=lambda s: s.left_at)
+        for old in idle[:max(0, len(idle) - self.unfollowed_per_peer + 1)]:
+            log.info("%s holds %d unfollowed resumable replies: dropping %s", peer or "a client",
+                     len(idle), old.id)
+            self._drop(old)
         self._streams[stream.id] = stream
         stream.task = asyncio.create_task(self._produce(stream, on_done))
         self._unfollowed(stream)  # until its caller follows it
@@ -137,18 +154,26 @@ class StreamStore:
 
     async def follow(self, stream: ResumableStream, after_seq: int
                      ) -> AsyncIterator[tuple[int, Event]]:
-        """Follow `stream`, counting this caller as its follower while it does."""
-        stream.followers += 1
+        """Follow `stream` as its newest follower (an older one stops at its next event
+        and no longer counts: its connection is as good as gone)."""
+        stream._taken_over += 1
+        mine = stream._taken_over
+        stream.followed = True
         if stream._expiry is not None:
             stream._expiry.cancel()
             stream._expiry = None
         try:
-            async for item in stream.follow(after_seq):
+            async for item in stream.follow(after_seq, mine):
                 yield item
         finally:
-            stream.followers -= 1
-            if stream.followers == 0 and stream.id in self._streams:
-                self._unfollowed(stream)
+            if stream._taken_over == mine and stream.id in self._streams:
+                stream.followed = False
+                if not stream.delivered:
+                    # Gone before its first event: nobody has the stream_id to resume
+                    # with, so this was a cancel as far as anyone can tell.
+                    self._drop(stream)
+                else:
+                    self._unfollowed(stream)
 
     def _unfollowed(self, stream: ResumableStream) -> None:
         stream.left_at = time.monotonic()
@@ -168,10 +193,13 @@ class StreamStore:
         except asyncio.CancelledError:
             self._end_open_sequences(stream, "stream dropped")
             raise
-        except Exception as exc:  # a failing reply ends its sequences with an error
-            log.exception("resumable stream %s failed", stream.id)
-            self._end_open_sequences(stream, f"{type(exc).__name__}: {exc}",
-                                     pb.FINISH_REASON_ERROR)
+        except Exception as exc:
+            if not stream.events:  # its follower turns it into the gRPC status (busy, ...)
+                stream.error = exc
+            else:  # too late for a status: the open sequences end with an error
+                log.exception("resumable stream %s failed", stream.id)
+                self._end_open_sequences(stream, f"{type(exc).__name__}: {exc}",
+                                         pb.FINISH_REASON_ERROR)
         finally:
             stream.done = True
             stream._changed.set()
@@ -190,14 +218,17 @@ class StreamStore:
                             reason: int = pb.FINISH_REASON_CANCELLED) -> None:
         ended = {e.sequence_index for _, e in stream.events if isinstance(e, pb.Completion)}
         for index in range(stream.sequences):
-            if index not in ended:
+            if index not in ended:  # with the text so far: a session records it
+                text = "".join(e.text for _, e in stream.events
+                               if isinstance(e, pb.TokenChunk) and e.sequence_index == index)
                 self._add(stream, pb.Completion(sequence_index=index, finish_reason=reason,
-                                                error_message=why))
+                                                error_message=why, text=text,
+                                                scene_version=stream.scene_version))
 
     def _make_room(self, keep: ResumableStream) -> None:
         """Drop unfollowed streams, longest unfollowed first, until under budget."""
         idle = sorted((s for s in self._streams.values()
-                       if s.followers == 0 and s is not keep),
+                       if not s.followed and s is not keep),
                       key=lambda s: s.left_at)
         for stream in idle:
             if self.bytes <= self.total_bytes:
@@ -207,7 +238,7 @@ class StreamStore:
             self._drop(stream)
 
     def _expire(self, stream: ResumableStream) -> None:
-        if stream.followers == 0:
+        if not stream.followed:
             self._drop(stream)
 
     def _drop(self, stream: ResumableStream) -> None:
