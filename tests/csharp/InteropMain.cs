@@ -222,6 +222,7 @@ namespace ArBridge.Tests
             session2.Dispose();
 
             await DefectTests();
+            await ResumeTests();
             Console.WriteLine("unit ok");
             return 0;
         }
@@ -234,6 +235,43 @@ namespace ArBridge.Tests
         }
 
         // The runtime defects of issue #16, each failing on the code before the fix.
+        // The reply streaming when the connection breaks is resumed from its last seq
+        // (a duplicate replayed by the server is not shown twice), its turn does not fail.
+        static async Task ResumeTests()
+        {
+            var server = new ScriptedInvoker();
+            var client = new ArBridgeClient(server, new ArBridgeClientOptions
+            {
+                Resume = new ReconnectPolicy(seed: 3) { InitialDelay = TimeSpan.FromMilliseconds(10) },
+            });
+            var chunks = new List<string>();
+            var completions = new List<string>();
+            var errors = new List<uint>();
+            var session = client.StartDialogue(new ConverseStart(),
+                new ReconnectPolicy(seed: 4) { InitialDelay = TimeSpan.FromMilliseconds(10) });
+            session.TextChunk += (id, text) => { lock (chunks) chunks.Add(id + ":" + text); };
+            session.ResponseComplete += (id, c) => { lock (completions) completions.Add(id + ":" + c.Text); };
+            session.Error += (id, e) => { lock (errors) errors.Add(id); };
+            await session.StartAsync();
+            var first = server.Calls[0];
+            Check(first.Sent[0].Start.Stream.Resumable, "replies asked for as resumable");
+            await session.AskAsync("hello");
+            first.Reply(new ConverseResponse { TurnId = 1, Seq = 1, StreamId = "s-1", Chunk = new TokenChunk { Text = "Hel" } });
+            first.Reply(new ConverseResponse { TurnId = 1, Seq = 2, Chunk = new TokenChunk { Text = "lo" } });
+            server.ResumeScript.Add(new ResumeResponse { Seq = 2, StreamId = "s-1", TurnId = 1, Chunk = new TokenChunk { Text = "lo" } });
+            server.ResumeScript.Add(new ResumeResponse { Seq = 3, TurnId = 1, Chunk = new TokenChunk { Text = " you" } });
+            server.ResumeScript.Add(new ResumeResponse { Seq = 4, TurnId = 1, Completion = new Completion { Text = "Hello you" } });
+            await WaitFor(() => { lock (chunks) return chunks.Count == 2; }, "two chunks before the break");
+            first.Fail(new RpcException(new Status(StatusCode.Unavailable, "wifi handover")));
+            await WaitFor(() => { lock (completions) return completions.Count == 1; }, "resumed reply completes");
+            Check(server.Resumes.Count == 1 && server.Resumes[0].StreamId == "s-1" && server.Resumes[0].AfterSeq == 2,
+                  "resumed after the last seq received");
+            Check(string.Join("|", chunks) == "1:Hel|1:lo|1: you", "each chunk once: " + string.Join("|", chunks));
+            Check(completions[0] == "1:Hello you" && errors.Count == 0, "the turn completes, no error");
+            await WaitFor(() => server.Calls.Count == 2, "the stream reopened beside it");
+            session.Dispose();
+        }
+
         static async Task DefectTests()
         {
             // AskAsync before StartAsync: a clear InvalidOperationException, not a NullReferenceException.
@@ -304,8 +342,32 @@ namespace ArBridge.Tests
 
         public override TResponse BlockingUnaryCall<TRequest, TResponse>(Method<TRequest, TResponse> m, string h, CallOptions o, TRequest r) { throw new NotSupportedException(); }
         public override AsyncUnaryCall<TResponse> AsyncUnaryCall<TRequest, TResponse>(Method<TRequest, TResponse> m, string h, CallOptions o, TRequest r) { throw new NotSupportedException(); }
-        public override AsyncServerStreamingCall<TResponse> AsyncServerStreamingCall<TRequest, TResponse>(Method<TRequest, TResponse> m, string h, CallOptions o, TRequest r) { throw new NotSupportedException(); }
+        public readonly List<ResumeRequest> Resumes = new List<ResumeRequest>();
+        public readonly List<ResumeResponse> ResumeScript = new List<ResumeResponse>();
+
+        public override AsyncServerStreamingCall<TResponse> AsyncServerStreamingCall<TRequest, TResponse>(Method<TRequest, TResponse> m, string h, CallOptions o, TRequest r)
+        {
+            if (!m.FullName.EndsWith("/Resume")) throw new NotSupportedException();
+            lock (Resumes) Resumes.Add((ResumeRequest)(object)r);
+            var reader = new ListReader<ResumeResponse>(new List<ResumeResponse>(ResumeScript));
+            return new AsyncServerStreamingCall<TResponse>((IAsyncStreamReader<TResponse>)(object)reader,
+                Task.FromResult(new Metadata()), () => Status.DefaultSuccess, () => new Metadata(), () => { });
+        }
         public override AsyncClientStreamingCall<TRequest, TResponse> AsyncClientStreamingCall<TRequest, TResponse>(Method<TRequest, TResponse> m, string h, CallOptions o) { throw new NotSupportedException(); }
+    }
+
+    sealed class ListReader<T> : IAsyncStreamReader<T>
+    {
+        readonly List<T> items;
+        int next;
+        public ListReader(List<T> items) { this.items = items; }
+        public T Current { get; private set; }
+        public Task<bool> MoveNext(CancellationToken cancellationToken)
+        {
+            if (next >= items.Count) return Task.FromResult(false);
+            Current = items[next++];
+            return Task.FromResult(true);
+        }
     }
 
     sealed class ScriptedDuplex : IClientStreamWriter<ConverseRequest>, IAsyncStreamReader<ConverseResponse>

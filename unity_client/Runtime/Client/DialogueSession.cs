@@ -11,8 +11,10 @@ namespace ArBridge.Client
     /// One Converse stream: ask, interrupt, update the scene; replies arrive as
     /// events. When the connection breaks (Wi-Fi handover, server restart) the
     /// session reopens the stream with backoff and resends the dialogue so far,
-    /// so the conversation continues where it was. Replies that were streaming
-    /// at that moment end with an Error event for their turn.
+    /// so the conversation continues where it was. The reply that was streaming
+    /// at that moment is resumed where it broke (its text goes on, nothing twice)
+    /// when the client's Resume policy is on; otherwise, or when the server no
+    /// longer holds it, its turn ends with an Error event.
     ///
     /// Events are raised on the SynchronizationContext that created the session
     /// (Unity's main thread when created from a MonoBehaviour), one at a time.
@@ -31,6 +33,9 @@ namespace ArBridge.Client
         SceneFeatures scene;
         AsyncDuplexStreamingCall<ConverseRequest, ConverseResponse> call;
         uint nextTurnId = 1;
+        StreamProgress replying;  // the resumable reply streaming now, and its turn
+        uint replyingTurn;
+        StreamProgress resuming;  // a reply being resumed after a break
         Task readLoop;
         bool disposed;
 
@@ -102,6 +107,9 @@ namespace ArBridge.Client
         /// <summary>Stops the reply in flight (it completes with FINISH_REASON_CANCELLED).</summary>
         public Task InterruptAsync()
         {
+            StreamProgress resumed;
+            lock (gate) resumed = resuming;
+            if (resumed != null) client.CancelOnServer(resumed);  // a resumed reply runs apart
             return WriteAsync(new ConverseRequest { Cancel = new CancelReply() });
         }
 
@@ -136,6 +144,7 @@ namespace ArBridge.Client
                 opening.History.AddRange(log.Snapshot());
                 if (scene != null) opening.Scene = scene;
             }
+            if (client.ResumePolicy != null) opening.Stream = new StreamOptions { Resumable = true };
             // Under the write lock: no user turn may reach the new stream before
             // its ConverseStart, and no write is in progress on the old one.
             await writeLock.WaitAsync(lifetime.Token);
@@ -192,6 +201,7 @@ namespace ArBridge.Client
                     while (await ArBridgeClient.MoveNext(stream, lifetime.Token))
                     {
                         failures = 0;
+                        Track(stream.Current);
                         Handle(stream.Current);
                     }
                     if (lifetime.IsCancellationRequested) break;
@@ -202,7 +212,16 @@ namespace ArBridge.Client
                                              && ReconnectPolicy.IsTransient(e.StatusCode)
                                              && failures < reconnect.MaxAttempts)
                 {
-                    FailTurnsInFlight(e);
+                    StreamProgress lost;
+                    uint lostTurn;
+                    lock (gate)
+                    {
+                        lost = client.ResumePolicy != null ? replying : null;
+                        lostTurn = replyingTurn;
+                        replying = null;
+                    }
+                    FailTurnsInFlight(e, lost != null ? lostTurn : 0);
+                    if (lost != null) { var resumed = ResumeReplyAsync(lost, lostTurn, e); }
                     failures++;
                     var delay = reconnect.DelayBefore(failures);
                     Raise(() => { var h = Reconnecting; if (h != null) h(failures, delay); });
@@ -235,6 +254,53 @@ namespace ArBridge.Client
             }
         }
 
+        // Where the reply streaming now stands (its stream_id comes with its first response).
+        void Track(ConverseResponse response)
+        {
+            lock (gate)
+            {
+                if (!string.IsNullOrEmpty(response.StreamId))
+                {
+                    replying = new StreamProgress { StreamId = response.StreamId };
+                    replyingTurn = response.TurnId;
+                }
+                if (replying == null || response.TurnId != replyingTurn) return;
+                if (response.Seq > replying.LastSeq) replying.LastSeq = response.Seq;
+                if (response.EventCase == ConverseResponse.EventOneofCase.Completion
+                    && response.Completion.SequenceIndex == 0) replying = null;
+            }
+        }
+
+        // The reply that was streaming when the connection broke goes on, from the
+        // server that kept it, beside the reopened stream.
+        async Task ResumeReplyAsync(StreamProgress progress, uint turn, RpcException failure)
+        {
+            lock (gate) resuming = progress;
+            try
+            {
+                await client.ResumeAsync(progress, r =>
+                {
+                    var response = new ConverseResponse { TurnId = turn, Seq = r.Seq };
+                    // One of the two (assigning null to the other would clear the oneof).
+                    if (r.Chunk != null) response.Chunk = r.Chunk;
+                    else response.Completion = r.Completion;
+                    if (r.Completion != null && r.Completion.SequenceIndex == 0) progress.First = r.Completion;
+                    Handle(response);
+                }, failure, lifetime.Token);
+            }
+            catch (OperationCanceledException) { }
+            catch (Exception e)
+            {
+                bool pending;
+                lock (gate) pending = asked.Remove(turn);
+                if (pending) Raise(() => { var h = Error; if (h != null) h(turn, e); });
+            }
+            finally
+            {
+                lock (gate) if (resuming == progress) resuming = null;
+            }
+        }
+
         void Handle(ConverseResponse response)
         {
             uint id = response.TurnId;
@@ -262,13 +328,14 @@ namespace ArBridge.Client
             }
         }
 
-        void FailTurnsInFlight(Exception cause)
+        void FailTurnsInFlight(Exception cause, uint resumed = 0)
         {
             List<uint> lost;
             lock (gate)
             {
                 lost = new List<uint>(asked.Keys);
-                asked.Clear();
+                lost.Remove(resumed);
+                foreach (var id in lost) asked.Remove(id);
             }
             foreach (var id in lost)
             {
