@@ -142,25 +142,12 @@ def _json_objects(text: str):
 async def test_examples_resume_a_caption_cut_mid_stream(served, tmp_path, client):
     """The connection drops after the first chunk (a proxy resets it); the example
     Resumes and prints the uncut caption, each event once."""
-    from upstream import TcpProxy
+    from upstream import run_cut_after
 
     _, done, _ = await collect(served.stub.DescribeScene(native_request(24)))
-    proxy = await TcpProxy(served.server.port).start()
     argv = ([CPP_CLIENT] if client == "cpp" else ["node", NODE_CLIENT]) + [
-        f"127.0.0.1:{proxy.port}", scene_file(tmp_path, max_new_tokens=24)]
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *map(str, argv), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            cwd=REPO)
-        lines = []
-        while line := (await asyncio.wait_for(proc.stdout.readline(), 60)).decode():
-            lines.append(line)
-            if len(lines) == 1:
-                proxy.cut()
-        err = (await proc.stderr.read()).decode()
-        assert await proc.wait() == 0, "".join(lines) + err
-    finally:
-        await proxy.close()
+        "{target}", scene_file(tmp_path, max_new_tokens=24)]
+    lines, proxy = await run_cut_after(argv, served.server.port, 1, cwd=REPO)
     assert proxy.connections >= 2, lines
     events = [json.loads(ln.partition(" ")[2] if client == "cpp" else ln) for ln in lines]
     chunks = [e["chunk"] if client == "node" else e["chunk"]["text"]

@@ -125,13 +125,16 @@ async def test_a_cut_reply_resumes_to_the_uncut_text(slow, sampling):
     assert tokens == NEW_TOKENS
 
 
-async def test_resume_over_grpc_web_replays_and_goes_on_live(make_server, tiny_model_dir):
+@pytest.mark.parametrize("sampling", [dict(temperature=0.0), dict(temperature=1.0, seed=11)],
+                         ids=["greedy", "seeded"])
+async def test_resume_over_grpc_web_replays_and_goes_on_live(make_server, tiny_model_dir,
+                                                             sampling):
     from test_grpc_web import call as web_call
 
     s = await make_server(tiny_model_dir, step_delay=0.03, grpc_web_port=0)
-    _, done, _ = await collect(s.stub.Generate(generate()))
+    _, done, _ = await collect(s.stub.Generate(generate(**sampling)))
     follower = Follower()
-    call = s.stub.Generate(generate())
+    call = s.stub.Generate(generate(**sampling))
     async for response in call:  # the native client leaves after two events...
         follower.add(response)
         if len(follower.responses) == 2:

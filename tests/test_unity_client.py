@@ -161,28 +161,16 @@ async def test_csharp_resumes_a_caption_cut_mid_stream(interop_exe, web, tmp_pat
     """The network drops under the C# client (a proxy resets the connection after the
     first chunk): it Resumes over gRPC-Web and the caption it shows is the uncut one,
     no chunk lost or twice (tests/test_resume.py counts the tokens generated)."""
-    from upstream import TcpProxy
+    from upstream import run_cut_after
 
     native = spb.DescribeSceneRequest(
         scene=pb.SceneFeatures(objects=[pb.SceneObject(
             id="c1", label="chair", pose=pb.Pose(position=pb.Vec3(x=0.5, z=1.0)))]),
         sampling=pb.SamplingParams(max_new_tokens=24))
     _, done, _ = await collect(web.stub.DescribeScene(native))
-    proxy = await TcpProxy(web.server.grpc_web_port).start()
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            "mono", str(interop_exe), "describe", f"http://127.0.0.1:{proxy.port}",
-            str(request_file(tmp_path, max_new_tokens=24)),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        lines = []
-        while line := (await asyncio.wait_for(proc.stdout.readline(), 60)).decode():
-            lines.append(line)
-            if len(lines) == 2:
-                proxy.cut()  # two chunks shown: the headset changes networks
-        err = (await proc.stderr.read()).decode()
-        assert await proc.wait() == 0, "".join(lines) + err
-    finally:
-        await proxy.close()
+    lines, proxy = await run_cut_after(
+        ["mono", interop_exe, "describe", "http://{target}",
+         request_file(tmp_path, max_new_tokens=24)], web.server.grpc_web_port, 2)
     assert proxy.connections >= 2  # it came back on a new connection
     chunks = [json.loads(ln.split(" ", 2)[2])["text"] for ln in lines if " chunk " in ln]
     completion = json.loads(lines[-1].split(" ", 2)[2])
@@ -193,22 +181,10 @@ async def test_csharp_resumes_a_caption_cut_mid_stream(interop_exe, web, tmp_pat
 async def test_csharp_ask_dialogue_resumes_a_cut_reply(interop_exe, web):
     """AskDialogue over gRPC-Web: the network drops after the first chunk; the turn
     completes with every chunk once."""
-    from upstream import TcpProxy
+    from upstream import run_cut_after
 
-    proxy = await TcpProxy(web.server.grpc_web_port).start()
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            "mono", str(interop_exe), "ask-one", f"http://127.0.0.1:{proxy.port}",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        lines = []
-        while line := (await asyncio.wait_for(proc.stdout.readline(), 60)).decode():
-            lines.append(line)
-            if len(lines) == 1:
-                proxy.cut()
-        err = (await proc.stderr.read()).decode()
-        assert await proc.wait() == 0, "".join(lines) + err
-    finally:
-        await proxy.close()
+    lines, proxy = await run_cut_after(["mono", interop_exe, "ask-one", "http://{target}"],
+                                       web.server.grpc_web_port, 1)
     assert proxy.connections >= 2 and not any(ln.startswith("error") for ln in lines), lines
     chunks = [json.loads(ln.split(" ", 1)[1])["text"] for ln in lines if ln.startswith("chunk")]
     completion = json.loads(lines[-1].split(" ", 1)[1])

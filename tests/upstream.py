@@ -140,3 +140,25 @@ class TcpProxy:
         for t in list(self._tasks):
             t.cancel()
         await asyncio.sleep(0)
+
+
+async def run_cut_after(argv, target_port: int, lines_before_cut: int, cwd=None
+                        ) -> tuple[list[str], TcpProxy]:
+    """Run a client program through a proxy to `target_port` (`{target}` in argv
+    becomes the proxy's host:port), reset the connection once the program printed
+    `lines_before_cut` lines, and return its lines (it must exit 0) and the proxy."""
+    proxy = await TcpProxy(target_port).start()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *(str(a).replace("{target}", f"127.0.0.1:{proxy.port}") for a in argv),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=cwd)
+        lines = []
+        while line := (await asyncio.wait_for(proc.stdout.readline(), 60)).decode():
+            lines.append(line)
+            if len(lines) == lines_before_cut:
+                proxy.cut()  # the headset changes networks
+        err = (await proc.stderr.read()).decode()
+        assert await proc.wait() == 0, "".join(lines) + err
+    finally:
+        await proxy.close()
+    return lines, proxy
