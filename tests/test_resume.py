@@ -386,3 +386,25 @@ async def test_over_the_total_the_longest_unfollowed_streams_go_first():
     assert store.bytes == first.bytes + live.bytes <= 10_000
     store.close()
     assert len(store) == 0 and store.bytes == 0
+
+
+async def test_bad_cancel_stream_requests(make_server, tiny_model_dir, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("alice-token\nbob-token\n")
+    s = await make_server(tiny_model_dir, step_delay=0.02, auth_tokens_file=tokens)
+    alice = (("authorization", "Bearer alice-token"),)
+    bob = (("authorization", "Bearer bob-token"),)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await s.stub.CancelStream(spb.CancelStreamRequest(), metadata=alice)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("stream_id")
+    call = s.stub.Generate(generate(max_new_tokens=100), metadata=alice)
+    stream_id = (await call.read()).stream_id
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await s.stub.CancelStream(spb.CancelStreamRequest(stream_id=stream_id), metadata=bob)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    await s.stub.CancelStream(spb.CancelStreamRequest(stream_id=stream_id), metadata=alice)
+    last = None  # the follower gets the reply's end
+    while (response := await call.read()) != grpc.aio.EOF:
+        last = response
+    assert last.completion.finish_reason == pb.FINISH_REASON_CANCELLED

@@ -367,10 +367,8 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         if resumable(request.stream):
             # The reply runs on if the client goes; the session hears it all at its end.
             def done(events) -> None:
-                heard = Heard()
-                for event in events:
-                    heard.add(event)
-                session.end_turn(turn.text, heard.text, self.settings.max_dialogue_turns)
+                session.end_turn(turn.text, Heard.of(events).text,
+                                 self.settings.max_dialogue_turns)
                 self._sessions.touch(session)
 
             async for response in self._deliver(spb.AskResponse, reply, context,
@@ -554,10 +552,8 @@ class _ConverseSession:
 
     def _record(self, user_text: str, events) -> None:
         """A resumable reply's end: the session hears all of it."""
-        heard = Heard()
-        for event in events:
-            heard.add(event)
-        self.dialogue.end_turn(user_text, heard.text, self.settings.max_dialogue_turns)
+        self.dialogue.end_turn(user_text, Heard.of(events).text,
+                               self.settings.max_dialogue_turns)
 
     async def _reply(self, turn_id: int, user_text: str, reply: Reply, stream=None) -> None:
         heard = Heard()

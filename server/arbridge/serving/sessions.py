@@ -126,6 +126,14 @@ class Heard:
     def __init__(self):
         self._parts: list[str] = []
 
+    @classmethod
+    def of(cls, events) -> Heard:
+        """What a whole reply said (a resumable reply, recorded at its end)."""
+        heard = cls()
+        for event in events:
+            heard.add(event)
+        return heard
+
     def add(self, event) -> None:
         if event.sequence_index != 0:
             return

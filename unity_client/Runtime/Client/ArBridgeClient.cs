@@ -33,6 +33,17 @@ namespace ArBridge.Client
         public string StreamId = "";
         public ulong LastSeq;
         public Completion First;
+
+        /// <summary>Notes a response's stream id and seq; false for one already seen
+        /// (a resumed stream never shows an event twice). Seq 0: not numbered.</summary>
+        public bool Accept(ulong seq, string streamId)
+        {
+            if (!string.IsNullOrEmpty(streamId)) StreamId = streamId;
+            if (seq == 0) return true;
+            if (seq <= LastSeq) return false;
+            LastSeq = seq;
+            return true;
+        }
     }
 
     /// <summary>
@@ -155,10 +166,7 @@ namespace ArBridge.Client
                         var stream = call.ResponseStream;
                         while (await MoveNext(stream, cancellationToken))
                         {
-                            var response = stream.Current;
-                            if (response.Seq <= progress.LastSeq) continue;  // never shown twice
-                            progress.LastSeq = response.Seq;
-                            take(response);
+                            if (progress.Accept(stream.Current.Seq, stream.Current.StreamId)) take(stream.Current);
                         }
                     }
                     return;
@@ -208,14 +216,7 @@ namespace ArBridge.Client
                 while (await MoveNext(stream, cancellationToken))
                 {
                     var response = stream.Current;
-                    var id = streamIdOf(response);
-                    if (!string.IsNullOrEmpty(id)) progress.StreamId = id;
-                    var seq = seqOf(response);
-                    if (seq != 0)
-                    {
-                        if (seq <= progress.LastSeq) continue;
-                        progress.LastSeq = seq;
-                    }
+                    if (!progress.Accept(seqOf(response), streamIdOf(response))) continue;
                     var chunk = chunkOf(response);
                     var completion = completionOf(response);
                     if (chunk != null)

@@ -157,13 +157,7 @@ namespace ArBridge.Client
                 };
                 Action<AskResponse> take = response =>
                 {
-                    if (!string.IsNullOrEmpty(response.StreamId)) progress.StreamId = response.StreamId;
-                    if (response.Seq != 0)
-                    {
-                        if (response.Seq <= progress.LastSeq) return;  // never shown twice
-                        progress.LastSeq = response.Seq;
-                    }
-                    handle(response);
+                    if (progress.Accept(response.Seq, response.StreamId)) handle(response);
                 };
                 try
                 {

@@ -265,7 +265,7 @@ namespace ArBridge.Client
                     replyingTurn = response.TurnId;
                 }
                 if (replying == null || response.TurnId != replyingTurn) return;
-                if (response.Seq > replying.LastSeq) replying.LastSeq = response.Seq;
+                replying.Accept(response.Seq, null);
                 if (response.EventCase == ConverseResponse.EventOneofCase.Completion
                     && response.Completion.SequenceIndex == 0) replying = null;
             }
