@@ -25,8 +25,10 @@ class LocalBackend:
         self.tokenizer = tokenizer
         self.info = info
         self.constraints = True  # scene-constrained decoding, no-repeat n-grams
-        if "scene_constraint" not in info.features:
-            info.features.append("scene_constraint")
+        self.grammars = True  # response_format and actions (grammar-constrained decoding)
+        for feature in ("scene_constraint", "response_format", "scene_actions"):
+            if feature not in info.features:
+                info.features.append(feature)
         scheduler.on_decode_step = metrics.batch_size.observe
 
     def unsupported(self, cfg: SamplingConfig) -> list[tuple[str, str]]:

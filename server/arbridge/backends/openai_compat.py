@@ -154,6 +154,9 @@ class OpenAIBackend:
                                             "without the bridge's logit rules)"))
         if cfg.no_repeat_ngram > 1:
             out.append(("no_repeat_ngram", "needs the local engine"))
+        if cfg.response_format is not None:
+            out.append(("response_format", "needs the local engine (the upstream decodes "
+                                           "without the bridge's grammar)"))
         if not self.settings.backend_extended_sampling:
             hint = ("the upstream's OpenAI API has no such parameter (start the bridge with "
                     "--backend-extended-sampling for vLLM or TGI)")

@@ -37,11 +37,17 @@ class SamplingConfig:
     # before a small model starts re-listing the scene. Applied to the text by the
     # servicer's output processor, like stop strings.
     max_sentences: int = 0
+    # (kind, source) of SamplingParams.response_format ("json_schema" or "regex"), or
+    # None; the servicer compiles it into `grammar`.
+    response_format: tuple[str, str] | None = None
+    # engine.grammar.TokenGrammar: grammar-constrained decoding (response_format,
+    # actions), or None.
+    grammar: object = None
 
     @property
     def constrained(self) -> bool:
         return (self.no_repeat_ngram > 1 or self.banned is not None
-                or self.object_rules is not None)
+                or self.object_rules is not None or self.grammar is not None)
 
     @property
     def greedy(self) -> bool:
@@ -133,10 +139,14 @@ class LogitRules:
 
     `bans` (rows, tokens, penalties): those logits are lowered (inf = never);
     `allow` (rows, entry rows, tokens): for each listed row, every token but its
-    entries is masked (entry row i refers to rows[i])."""
+    entries is masked (entry row i refers to rows[i]);
+    `grammar` (rows, allowed [len(rows), vocab] bool): only a row's grammar's tokens
+    may follow. The grammar has the last word: where the other rules leave it nothing
+    (a banned word that the grammar's next literal needs), it alone applies."""
 
     bans: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     allow: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    grammar: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def sample_batch(logits: torch.Tensor, batch: SamplingBatch, seen: torch.Tensor | None,
@@ -167,6 +177,14 @@ def sample_batch(logits: torch.Tensor, batch: SamplingBatch, seen: torch.Tensor 
                                device=processed.device)
             keep[entries, tokens] = True
             processed[rows] = processed[rows].masked_fill(~keep, float("-inf"))
+        if rules.grammar is not None:
+            rows, allowed = rules.grammar
+            masked = processed[rows].masked_fill(~allowed, float("-inf"))
+            stuck = torch.isneginf(masked).all(dim=-1, keepdim=True)
+            if bool(stuck.any()):
+                masked = torch.where(stuck, logits[rows].masked_fill(~allowed, float("-inf")),
+                                     masked)
+            processed[rows] = masked
     if batch.all_greedy:
         next_ids = processed.argmax(dim=-1)
     else:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from arbridge.engine.constraints import repeated_ngram_tokens
+from arbridge.engine.grammar import allocate_bitmask, unpack_bitmask
 from arbridge.engine.prefix_cache import PrefixCache
 from arbridge.engine.requests import (
     FinishReason,
@@ -408,7 +409,8 @@ class Scheduler:
         if self.prefix_cache is not None and not req.handle.features:
             self.prefix_cache.store(req.handle.prompt_ids, staging, staging_row)
         cfg = req.handle.sampling
-        rules = _logit_rules([(cfg, [])] * req.n, self.device) if cfg.constrained else None
+        rules = (_logit_rules([(cfg, index, []) for index in range(req.n)], self.device,
+                              self.vocab_size) if cfg.constrained else None)
         next_ids, logprobs = sample_batch(last_logits.expand(req.n, -1),
                                           SamplingBatch([(cfg, req.generator, req.n)],
                                                         self.device, self.vocab_size),
@@ -451,9 +453,9 @@ class Scheduler:
                               for req, members in by_request.items()])
         rules = None
         if any(cfg.constrained for cfg, _, _ in groups):  # else no per-row work at all
-            rules = _logit_rules([(req.handle.sampling, req.slots[index].generated)
-                          for req, members in by_request.items() for index, _ in members],
-                         self.device)
+            rules = _logit_rules([(req.handle.sampling, index, req.slots[index].generated)
+                                  for req, members in by_request.items()
+                                  for index, _ in members], self.device, self.vocab_size)
         next_ids, logprobs = sample_batch(logits[order_t], batch, seen, rules)
         offset = 0
         for req, members in by_request.items():
@@ -479,13 +481,17 @@ class Scheduler:
                                  self.context_length)
             if reason is not FinishReason.EOS:
                 out.tokens.append((index, token, lp if cfg.logprobs else None))
+            error = ""
+            if reason is None and cfg.grammar is not None and not cfg.grammar.accept(index,
+                                                                                     token):
+                reason, error = FinishReason.ERROR, cfg.grammar.error(index)  # never expected
             if reason is None:
                 slot = req.slots[index]
                 slot.last_id = token
                 if cfg.constrained:
                     slot.generated.append(token)
                 continue
-            out.finished.append(SequenceFinished(index, reason))
+            out.finished.append(SequenceFinished(index, reason, error))
             req.done[index] = True
             self._drop_slot(req, index)
         if all(req.done) and req in self._active:
@@ -494,7 +500,8 @@ class Scheduler:
         req.handle.sink(out)
 
 
-def _logit_rules(rows: list[tuple[SamplingConfig, list[int]]], device) -> LogitRules | None:
+def _logit_rules(rows: list[tuple[SamplingConfig, int, list[int]]], device,
+                 vocab_size: int) -> LogitRules | None:
     """The masks and penalties for every row's next token (constraints.py); None when
     there are none. Fixed token sets (words banned at every step, sentence ends, digits)
     become device tensors once per request; only what depends on the reply so far is
@@ -502,7 +509,9 @@ def _logit_rules(rows: list[tuple[SamplingConfig, list[int]]], device) -> LogitR
     way) gets just that: its other rules have nothing left to mask."""
     row_ids, token_ids, penalties, static = [], [], [], []
     allow_rows, allow_sets = [], []
-    for row, (cfg, generated) in enumerate(rows):
+    grammar_rows = [(row, cfg.grammar, index) for row, (cfg, index, _) in enumerate(rows)
+                    if cfg.grammar is not None]
+    for row, (cfg, _index, generated) in enumerate(rows):
         step = cfg.object_rules.step(generated) if cfg.object_rules is not None else None
         if step is not None and step.allowed is not None:
             allow_rows.append(row)
@@ -533,7 +542,14 @@ def _logit_rules(rows: list[tuple[SamplingConfig, list[int]]], device) -> LogitR
     for row, tokens, penalty in static:
         parts.append((torch.full_like(tokens, row), tokens,
                       torch.full(tokens.shape, penalty, device=device)))
-    if not parts and not allow_rows:
+    grammar = None
+    if grammar_rows:
+        bitmask = allocate_bitmask(len(grammar_rows), vocab_size)
+        for i, (_, rules, index) in enumerate(grammar_rows):
+            rules.fill_bitmask(index, bitmask, i)
+        grammar = (torch.tensor([row for row, _, _ in grammar_rows], device=device),
+                   unpack_bitmask(bitmask, vocab_size).to(device))
+    if not parts and not allow_rows and grammar is None:
         return None
     bans = tuple(torch.cat(column) for column in zip(*parts, strict=True)) if parts else None
     allow = None
@@ -542,7 +558,7 @@ def _logit_rules(rows: list[tuple[SamplingConfig, list[int]]], device) -> LogitR
         allow = (torch.tensor(allow_rows, dtype=torch.long, device=device),
                  torch.tensor([i for i, _ in flat], dtype=torch.long, device=device),
                  torch.tensor([t for _, t in flat], dtype=torch.long, device=device))
-    return LogitRules(bans, allow)
+    return LogitRules(bans, allow, grammar)
 
 
 def _set_tensor(owner, tokens: frozenset[int], device) -> torch.Tensor:

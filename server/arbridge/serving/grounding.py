@@ -12,8 +12,12 @@ import re
 from arbridge.v1 import types_pb2 as pb
 
 
+def utf16_len(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
 def _utf16_offset(text: str, index: int) -> int:
-    return len(text[:index].encode("utf-16-le")) // 2
+    return utf16_len(text[:index])
 
 
 def ground(text: str, objects) -> list[pb.GroundedSpan]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from arbridge.backends import Generation, Outputs
 from arbridge.engine.requests import FinishReason
 from arbridge.metrics import Metrics
+from arbridge.serving.actions import ActionSet, ActionSplitter
 from arbridge.serving.detokenize import (
     CaptionEnd,
     IncrementalDetokenizer,
@@ -26,7 +27,7 @@ from arbridge.v1 import types_pb2 as pb
 
 REASONS = {r: pb.FinishReason.Value(f"FINISH_REASON_{r.name}") for r in FinishReason}
 
-Event = pb.TokenChunk | pb.Completion
+Event = pb.TokenChunk | pb.Completion | pb.ActionCall
 Grounder = Callable[[str], list[pb.GroundedSpan]]
 
 
@@ -36,6 +37,7 @@ class _Sequence:
     stops: StopStringFilter
     sentences: SentenceCounter
     caption_end: CaptionEnd | None = None
+    actions: ActionSplitter | None = None  # a reply that may call scene actions
     detokenizer: IncrementalDetokenizer | None = None  # made on the first token id
     text: list[str] = field(default_factory=list)
     pending_ids: list[int] = field(default_factory=list)
@@ -48,7 +50,8 @@ class _Sequence:
 class OutputProcessor:
     def __init__(self, tokenizer, prompt_ids: list[int], stop: tuple[str, ...], n: int,
                  seed: int, arrived: float, metrics: Metrics, max_sentences: int = 0,
-                 continues_prompt: bool = False, caption_names: list[set[str]] | None = None):
+                 continues_prompt: bool = False, caption_names: list[set[str]] | None = None,
+                 actions: ActionSet | None = None):
         """`continues_prompt`: the reply continues the prompt's text (Generate), so the
         detokenizer is primed with its tail (a Metaspace "▁Paris" after "is" keeps its
         space); a chat reply starts a message of its own and is not primed."""
@@ -60,7 +63,8 @@ class OutputProcessor:
         self._metrics = metrics
         self._last_output_at: float | None = None
         self._seqs = [_Sequence(i, StopStringFilter(stop), SentenceCounter(max_sentences),
-                                CaptionEnd(caption_names) if caption_names else None)
+                                CaptionEnd(caption_names) if caption_names else None,
+                                ActionSplitter(actions, i) if actions is not None else None)
                       for i in range(n)]
 
     @property
@@ -90,21 +94,40 @@ class OutputProcessor:
                 text = delta.text or ""
             if delta.logprob is not None:
                 seq.pending_logprob = (seq.pending_logprob or 0.0) + delta.logprob
-            shown, enough = seq.sentences.cut(seq.stops.push(text))
-            if seq.caption_end is not None and not enough:
-                shown, enough = seq.caption_end.cut(shown)
-            if shown:
-                yield self._chunk(seq, shown)
-            # A stop string, the last sentence allowed, or the caption's end.
-            if enough or seq.stops.matched is not None:
-                generation.stop_sequence(seq.index)
-                yield self._complete(seq, FinishReason.STOP_SEQUENCE, generation.started)
+            pieces = [text] if seq.actions is None else \
+                seq.actions.push(text, "".join(seq.text))
+            for piece in pieces:
+                if isinstance(piece, pb.ActionCall):
+                    yield piece
+                    continue
+                shown, enough = seq.sentences.cut(seq.stops.push(piece))
+                if seq.caption_end is not None and not enough:
+                    shown, enough = seq.caption_end.cut(shown)
+                if shown:
+                    yield self._chunk(seq, shown)
+                # A stop string, the last sentence allowed, or the caption's end.
+                if enough or seq.stops.matched is not None:
+                    generation.stop_sequence(seq.index)
+                    yield self._complete(seq, FinishReason.STOP_SEQUENCE, generation.started)
+                    break
         for end in out.ends:
             seq = self._seqs[end.index]
             if seq.done:
                 continue
             held = seq.detokenizer.flush() if seq.detokenizer is not None else ""
-            rest = seq.stops.push(held) + seq.stops.flush()
+            # A call cut short (max_new_tokens) is dropped with its text.
+            pieces = [held] if seq.actions is None else \
+                seq.actions.push(held, "".join(seq.text))
+            rest = ""
+            for piece in pieces:
+                if isinstance(piece, pb.ActionCall):
+                    if rest:
+                        yield self._chunk(seq, rest)
+                        rest = ""
+                    yield piece
+                else:
+                    rest += seq.stops.push(piece)
+            rest += seq.stops.flush()
             if rest:
                 yield self._chunk(seq, rest)
             yield self._complete(seq, end.reason, generation.started, end.error,
@@ -141,7 +164,8 @@ class OutputProcessor:
                                time_to_first_token_ms=(first - self._arrived) * 1e3,
                                total_ms=(now - self._arrived) * 1e3),
             text="".join(seq.text),
-            error_message=error)
+            error_message=error,
+            actions=seq.actions.calls if seq.actions is not None else ())
 
 
 class Reply:
@@ -149,11 +173,13 @@ class Reply:
     objects the text mentions) is added to each Completion when `ground` is given."""
 
     def __init__(self, generation: Generation, processor: OutputProcessor,
-                 ground: Grounder | None = None, scene_version: int = 0):
+                 ground: Grounder | None = None, scene_version: int = 0,
+                 referents: list[pb.Referent] = ()):
         self._generation = generation
         self._processor = processor
         self._ground = ground
         self.scene_version = scene_version
+        self.referents = list(referents)
         self.sequences = processor.sequences
 
     def cancel(self, reason: FinishReason = FinishReason.CANCELLED) -> None:
@@ -166,4 +192,5 @@ class Reply:
                     if self._ground is not None:
                         event.grounding.extend(self._ground(event.text))
                     event.scene_version = self.scene_version
+                    event.referents.extend(self.referents)
                 yield event

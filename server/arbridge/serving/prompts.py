@@ -15,6 +15,8 @@ through the batch API, which releases the GIL while it works.
 from __future__ import annotations
 
 from arbridge.backends import Prompt
+from arbridge.serving.actions import ActionSet
+from arbridge.serving.referents import referent_hint
 from arbridge.serving.scene_text import describe_scene, mention_hint, side_hint
 from arbridge.v1 import types_pb2 as pb
 
@@ -112,19 +114,30 @@ class PromptBuilder:
             return self._fit(self.system_prompt, [], request, max_new_tokens)
 
     def converse(self, scene: pb.SceneFeatures | None, history: list[pb.DialogueTurn],
-                 user_text: str, max_new_tokens: int, system_prompt: str = "") -> Prompt:
+                 user_text: str, max_new_tokens: int, system_prompt: str = "",
+                 referents: list[pb.Referent] = (), actions: ActionSet | None = None
+                 ) -> Prompt:
         system = system_prompt.strip() or self.system_prompt
+        examples: list[pb.DialogueTurn] = []
+        if actions is not None:
+            # Before the scene: the same for the whole session, so the prefix cache keeps
+            # it; the worked turns go first in the history (trimmed last).
+            system = f"{system}\n\n{actions.instructions()}"
+            examples = actions.examples()
         scene_text = describe_scene(scene) if scene is not None else ""
         if scene_text:
             system = f"{system}\n\nScene: {scene_text}"
-            # The question's referents, resolved here, next to it: a question about one
-            # side of the wearer gets what the geometry puts there, one that names scene
-            # objects gets their places (measured on the tune split: "what is on my
-            # left?" 33 % -> 61 % right, "how far is ...?" 78 % -> 95 %).
-            hint = side_hint(scene, user_text) or mention_hint(scene, user_text)
+        if scene is not None:
+            # The question's referents, resolved here, next to it: what the wearer points
+            # at, the objects on the side a question asks about, or those it names
+            # (measured on the tune split: "what is on my left?" 33 % -> 61 % right,
+            # "how far is ...?" 78 % -> 95 %).
+            hints = [referent_hint(list(referents), scene),
+                     side_hint(scene, user_text) or mention_hint(scene, user_text)]
+            hint = " ".join(h for h in hints if h)
             if hint:
                 user_text = f"{user_text}\n({hint})"
-        return self._fit(system, list(history), user_text, max_new_tokens)
+        return self._fit(system, examples + list(history), user_text, max_new_tokens)
 
     # -- internals ---------------------------------------------------------
     def _fit(self, system: str, history: list[pb.DialogueTurn], user: str,

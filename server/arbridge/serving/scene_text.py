@@ -31,7 +31,7 @@ class Placement:
     distance_m: float
 
 
-def _rotate_inverse(q: pb.Quaternion, v: tuple[float, float, float]) -> tuple[float, ...]:
+def rotate_inverse(q: pb.Quaternion, v: tuple[float, float, float]) -> tuple[float, ...]:
     """Rotate v by the inverse of unit quaternion q (world -> camera frame)."""
     x, y, z, w = q.x, q.y, q.z, q.w
     norm = math.sqrt(x * x + y * y + z * z + w * w)
@@ -51,7 +51,7 @@ def place(obj_pose: pb.Pose, camera: pb.Pose) -> Placement:
     rel = (obj_pose.position.x - camera.position.x,
            obj_pose.position.y - camera.position.y,
            obj_pose.position.z - camera.position.z)
-    x, y, z = _rotate_inverse(camera.rotation, rel)
+    x, y, z = rotate_inverse(camera.rotation, rel)
     distance = math.sqrt(x * x + y * y + z * z)
     azimuth = math.degrees(math.atan2(x, z))  # 0 = straight ahead, + = right
     if abs(azimuth) <= AHEAD_DEG:

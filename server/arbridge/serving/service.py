@@ -29,6 +29,7 @@ from arbridge.engine.requests import FinishReason
 from arbridge.engine.sampling import SamplingConfig
 from arbridge.metrics import Metrics
 from arbridge.serving import validation
+from arbridge.serving.actions import ActionSet
 from arbridge.serving.grounding import ground
 from arbridge.serving.lexicon import names_of
 from arbridge.serving.output import Event, OutputProcessor, Reply
@@ -42,6 +43,7 @@ from arbridge.serving.streams import (
     caller_of,
     resumable,
 )
+from arbridge.serving.structured import GrammarCompiler
 from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import service_pb2_grpc
 from arbridge.v1 import types_pb2 as pb
@@ -59,7 +61,7 @@ class _Abort(Exception):
 
 
 # What the servicer adds whatever the backend (GetModelInfo.features).
-SERVICE_FEATURES = ("resumable_streams", "scene_versions", "scene_delta")
+SERVICE_FEATURES = ("resumable_streams", "scene_versions", "scene_delta", "referents")
 
 # Status messages travel in a trailer; clients drop trailers over 8-16 KiB, so a
 # message echoing a huge field must not grow with it.
@@ -161,6 +163,8 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
             backend_tokenizer.no_truncation()
             backend_tokenizer.no_padding()
         self._constraint = SceneConstraint(backend.tokenizer)
+        self._grammars = (GrammarCompiler(backend.tokenizer, backend.info.vocab_size)
+                          if getattr(backend, "grammars", False) else None)
         self.check = validation.RequestChecker(
             self.settings, backend.projectors.input_dims() if backend.projectors else {},
             backend.unsupported, self._ignore_eos)
@@ -200,6 +204,21 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         names to tokenize) must not hold the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._prompt_pool, fn, *args)
 
+    def _rules(self, cfg: SamplingConfig, scene: pb.SceneFeatures | None, caption: bool,
+               actions: ActionSet | None = None, field: str = "sampling") -> SamplingConfig:
+        """`cfg` with its scene constraint and grammar (on the prompt thread)."""
+        cfg = self._constraint.apply(cfg, scene, caption, self._constraints_on)
+        if self._grammars is not None:
+            cfg = self._grammars.apply(cfg, actions, field)
+        return cfg
+
+    def _dialogue_start(self, start: spb.ConverseStart, field: str) -> DialogueState:
+        state = self.check.dialogue_start(start, field)
+        if state.actions and self._grammars is None:
+            raise validation.Unsupported(f"{field}.actions", "needs the local engine (the "
+                                         "upstream decodes without the bridge's grammar)")
+        return state
+
     async def _prompt(self, build: Callable[[int], Prompt], field: str, cfg: SamplingConfig,
                       features: list[tuple[str, list[float]]] = ()) -> Prompt:
         """build(token budget for the reply) -> the prompt, with the soft-prompt prefix
@@ -223,22 +242,25 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         system_prompt = state.system_prompt
         return await self._prompt(
             lambda budget: self._prompts.converse(turn.scene, history, turn.text, budget,
-                                                  system_prompt),
+                                                  system_prompt, turn.referents,
+                                                  turn.actions),
             f"{field}.text", turn.sampling, turn.features)
 
     def _generate(self, prompt: Prompt, cfg: SamplingConfig, context, arrived: float,
                   objects: list[pb.SceneObject] | None = None,
                   continues_prompt: bool = False, caption: bool = False,
-                  scene_version: int = 0) -> Reply:
-        """Start generating; the reply's Completions are grounded in `objects` if given."""
+                  scene_version: int = 0, referents: list[pb.Referent] = (),
+                  actions: ActionSet | None = None) -> Reply:
+        """Start generating; the reply's Completions are grounded in `objects` if given
+        and report `referents`; `actions` split the reply's calls from its text."""
         generation = self._backend.generate(prompt, cfg, timeout_s=self._timeout(context))
         processor = OutputProcessor(self._backend.tokenizer, prompt.ids, cfg.stop,
                                     cfg.num_return_sequences, cfg.seed, arrived, self._metrics,
                                     cfg.max_sentences, continues_prompt,
                                     _caption_names(objects) if caption and cfg.object_rules
-                                    else None)
+                                    else None, actions)
         grounder = functools.partial(ground, objects=objects) if objects is not None else None
-        return Reply(generation, processor, grounder, scene_version)
+        return Reply(generation, processor, grounder, scene_version, list(referents))
 
     async def _deliver(self, response_type, reply: Reply, context, options,
                        on_done=None, **fields):
@@ -275,7 +297,10 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         call = self.check.generate(request)
         prompt = await self._prompt(lambda budget: self._prompts.raw(call.prompt, budget),
                                     "prompt", call.sampling)
-        reply = self._generate(prompt, call.sampling, context, arrived, continues_prompt=True)
+        cfg = call.sampling
+        if cfg.response_format is not None and self._grammars is not None:
+            cfg = await self._off_loop(self._grammars.apply, cfg)
+        reply = self._generate(prompt, cfg, context, arrived, continues_prompt=True)
         async for response in self._deliver(spb.GenerateResponse, reply, context,
                                             request.stream):
             yield response
@@ -289,10 +314,10 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
             lambda budget: self._prompts.describe(call.scene, call.instruction, budget),
             "scene", call.sampling, call.features)
         # After the prompt: a request refused for its size costs no constraint work.
-        cfg = await self._off_loop(self._constraint.apply, call.sampling, call.scene, True,
-                                   self._constraints_on)
+        cfg = await self._off_loop(self._rules, call.sampling, call.scene, True)
         reply = self._generate(prompt, cfg, context, arrived, objects=list(call.scene.objects),
-                               caption=True, scene_version=call.scene.scene_version)
+                               caption=True, scene_version=call.scene.scene_version,
+                               referents=call.referents)
         async for response in self._deliver(spb.DescribeSceneResponse, reply, context,
                                             request.stream):
             yield response
@@ -338,7 +363,7 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
                              "dialogue so far in start.history")
             dialogue = session
         else:
-            dialogue = Dialogue(self.check.dialogue_start(request.start, "start"))
+            dialogue = Dialogue(self._dialogue_start(request.start, "start"))
         scene = self.check.scene(request.scene, "scene") if request.HasField("scene") \
             else dialogue.state.scene
         if request.HasField("scene_delta"):
@@ -346,13 +371,14 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         # Checked before anything changes: a bad turn leaves the session as it was.
         turn = self.check.user_turn(request.user_turn, dialogue.state.with_scene(scene),
                                     "user_turn")
-        turn.sampling = await self._off_loop(self._constraint.apply, turn.sampling, turn.scene,
-                                             False, self._constraints_on)
+        turn.sampling = await self._off_loop(self._rules, turn.sampling, turn.scene, False,
+                                             turn.actions, "user_turn.sampling")
         scene_version = turn.scene.scene_version if turn.scene is not None else 0
         reply = await dialogue.begin_turn(
             lambda state: self._turn_prompt(state, turn, "user_turn"),
             lambda prompt: self._generate(prompt, turn.sampling, context, time.perf_counter(),
-                                          turn.objects, scene_version=scene_version))
+                                          turn.objects, scene_version=scene_version,
+                                          referents=turn.referents, actions=turn.actions))
         if reply is None:  # a newer turn of this session came first: it is answered
             dialogue.state.record(turn.text, "", self.settings.max_dialogue_turns)
             yield spb.AskResponse(session_id=session.id, seq=1, completion=pb.Completion(
@@ -429,6 +455,8 @@ def _caption_names(objects) -> list[set[str]]:
 def _wrap(response_type, event: Event, **fields):
     if isinstance(event, pb.TokenChunk):
         return response_type(chunk=event, **fields)
+    if isinstance(event, pb.ActionCall):
+        return response_type(action=event, **fields)
     return response_type(completion=event, **fields)
 
 
@@ -512,7 +540,7 @@ class _ConverseSession:
             if self.started or index != 0:
                 raise validation.InvalidField(f"request[{index}].start",
                                               "only the first message may start the session")
-            self.dialogue = Dialogue(self.servicer.check.dialogue_start(req.start, "start"))
+            self.dialogue = Dialogue(self.servicer._dialogue_start(req.start, "start"))
             self.resumable = resumable(req.start.stream)
         elif kind == "scene_update":
             self.dialogue.state.scene = self.servicer.check.scene(
@@ -533,14 +561,16 @@ class _ConverseSession:
                          "server is shutting down; reconnect and resend the dialogue")
         checked = self.servicer.check.user_turn(turn, self.dialogue.state, field)
         checked.sampling = await self.servicer._off_loop(
-            self.servicer._constraint.apply, checked.sampling, checked.scene, False,
-            self.servicer._constraints_on)
+            self.servicer._rules, checked.sampling, checked.scene, False, checked.actions,
+            f"{field}.sampling")
         version = checked.scene.scene_version if checked.scene is not None else 0
         self.reply_stream = await self.dialogue.begin_turn(
             lambda state: self.servicer._turn_prompt(state, checked, field),
             lambda prompt: self.servicer._generate(prompt, checked.sampling, self.context,
                                                    time.perf_counter(), checked.objects,
-                                                   scene_version=version))
+                                                   scene_version=version,
+                                                   referents=checked.referents,
+                                                   actions=checked.actions))
         turn_id = self.dialogue.state.take_turn_id(turn.turn_id)
         stream = None
         if self.resumable:  # opened here: the reply is owned even if the task never runs

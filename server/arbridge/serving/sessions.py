@@ -30,17 +30,20 @@ class DialogueState:
     history: list[pb.DialogueTurn] = field(default_factory=list)
     next_turn_id: int = 1
     revision: int = 0  # bumped whenever the history changes
+    actions: list[pb.ActionDefinition] = field(default_factory=list)  # ConverseStart.actions
+    action_mode: int = pb.ACTION_MODE_UNSPECIFIED
 
     def with_scene(self, scene: pb.SceneFeatures | None) -> DialogueState:
         """The same dialogue seen with another scene (for checking a turn)."""
         return DialogueState(self.system_prompt, self.sampling, scene, list(self.history),
-                             self.next_turn_id, self.revision)
+                             self.next_turn_id, self.revision, self.actions, self.action_mode)
 
     def byte_size(self) -> int:
         """Roughly what it holds in memory, for the session store's budget."""
         return (len(self.system_prompt) + self.sampling.ByteSize() +
                 (self.scene.ByteSize() if self.scene is not None else 0) +
-                sum(len(t.text) + 8 for t in self.history))
+                sum(len(t.text) + 8 for t in self.history) +
+                sum(a.ByteSize() for a in self.actions))
 
     def take_turn_id(self, asked: int) -> int:
         """The client's id when it chose one, else the next number."""
@@ -139,7 +142,7 @@ class Heard:
             return
         if isinstance(event, pb.TokenChunk):
             self._parts.append(event.text)
-        else:
+        elif isinstance(event, pb.Completion):
             self._parts = [event.text]
 
     @property

@@ -11,13 +11,17 @@ functions below it check one message each.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from arbridge.config import Settings
 from arbridge.engine.sampling import SamplingConfig
+from arbridge.serving.actions import ActionSet, object_names
+from arbridge.serving.referents import current_rays, resolve_all
 from arbridge.serving.sessions import DialogueState
 from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import types_pb2 as pb
@@ -36,6 +40,12 @@ class Unsupported(ValueError):
 
 
 MAX_NO_REPEAT_NGRAM = 64
+MAX_RESPONSE_FORMAT_CHARS = 16384
+MAX_ACTIONS = 32
+MAX_ACTION_PARAMETERS = 8
+MAX_ACTION_CHOICES = 32
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_RAY_SOURCES = (pb.RAY_SOURCE_GAZE, pb.RAY_SOURCE_LEFT_HAND, pb.RAY_SOURCE_RIGHT_HAND)
 
 
 def _finite(value: float, field: str) -> float:
@@ -89,12 +99,100 @@ def sampling_config(params: pb.SamplingParams, settings: Settings, field: str = 
         raise InvalidField(f"{field}.no_repeat_ngram",
                            f"at most {MAX_NO_REPEAT_NGRAM}, got {params.no_repeat_ngram}")
     seed = params.seed if params.HasField("seed") else secrets.randbits(63)
-    return SamplingConfig(
+    return SamplingConfig(response_format=response_format(params.response_format,
+                                                          f"{field}.response_format"),
         max_new_tokens=max_new, temperature=temperature, top_k=params.top_k, top_p=top_p,
         repetition_penalty=penalty, seed=seed, stop=tuple(params.stop),
         num_return_sequences=n, logprobs=params.logprobs,
         ignore_eos=ignore_eos, no_repeat_ngram=params.no_repeat_ngram,
         scene_constraint=constraint)
+
+
+def response_format(fmt: pb.ResponseFormat, field: str) -> tuple[str, str] | None:
+    """(kind, source) of the reply's required shape, or None; the grammar library's
+    own check (a schema it cannot compile) follows in serving/structured.py."""
+    kind = fmt.WhichOneof("format")
+    if kind is None:
+        return None
+    source = getattr(fmt, kind)
+    if not source.strip():
+        raise InvalidField(f"{field}.{kind}", "must not be empty")
+    if len(source) > MAX_RESPONSE_FORMAT_CHARS:
+        raise InvalidField(f"{field}.{kind}", f"{len(source)} characters; at most "
+                                              f"{MAX_RESPONSE_FORMAT_CHARS}")
+    if kind == "json_schema":
+        try:
+            schema = json.loads(source)
+        except ValueError as exc:
+            raise InvalidField(f"{field}.json_schema", f"is not JSON: {exc}") from exc
+        if not isinstance(schema, (dict, bool)):
+            raise InvalidField(f"{field}.json_schema", "must be a JSON object (a schema)")
+    return kind, source
+
+
+def rays(items, field: str) -> None:
+    sources = set()
+    for i, ray in enumerate(items):
+        f = f"{field}[{i}]"
+        if ray.source not in _RAY_SOURCES:
+            raise InvalidField(f"{f}.source", "must be GAZE, LEFT_HAND or RIGHT_HAND")
+        if ray.source in sources:
+            raise InvalidField(f"{f}.source", "a second ray of the same source")
+        sources.add(ray.source)
+        _vec3(ray.origin, f"{f}.origin")
+        _vec3(ray.direction, f"{f}.direction")
+        d = ray.direction
+        if math.sqrt(d.x * d.x + d.y * d.y + d.z * d.z) < 1e-6:
+            raise InvalidField(f"{f}.direction", "must not be zero: a ray needs a direction")
+
+
+def action_definitions(definitions, settings: Settings, field: str) -> None:
+    if len(definitions) > MAX_ACTIONS:
+        raise InvalidField(field, f"{len(definitions)} actions; at most {MAX_ACTIONS}")
+    names = set()
+    for i, d in enumerate(definitions):
+        f = f"{field}[{i}]"
+        if not _IDENTIFIER.fullmatch(d.name):
+            raise InvalidField(f"{f}.name", "must be an identifier (letters, digits, _; "
+                                            "not starting with a digit; at most 64)")
+        if d.name in names:
+            raise InvalidField(f"{f}.name", f"{d.name!r} is declared twice")
+        names.add(d.name)
+        if len(d.description) > settings.max_label_chars:
+            raise InvalidField(f"{f}.description",
+                               f"longer than {settings.max_label_chars} characters")
+        if len(d.parameters) > MAX_ACTION_PARAMETERS:
+            raise InvalidField(f"{f}.parameters", f"{len(d.parameters)} parameters; at "
+                                                  f"most {MAX_ACTION_PARAMETERS}")
+        params = set()
+        for j, p in enumerate(d.parameters):
+            action_parameter(p, settings, f"{f}.parameters[{j}]", params)
+
+
+def action_parameter(p: pb.ActionParameter, settings: Settings, f: str, names: set) -> None:
+    if not _IDENTIFIER.fullmatch(p.name):
+        raise InvalidField(f"{f}.name", "must be an identifier")
+    if p.name in names:
+        raise InvalidField(f"{f}.name", f"{p.name!r} is declared twice")
+    names.add(p.name)
+    if not pb.PARAMETER_TYPE_STRING <= p.type <= pb.PARAMETER_TYPE_OBJECT:
+        raise InvalidField(f"{f}.type", "must be STRING, NUMBER, INTEGER, BOOLEAN or OBJECT")
+    if len(p.description) > settings.max_label_chars:
+        raise InvalidField(f"{f}.description",
+                           f"longer than {settings.max_label_chars} characters")
+    if p.choices and p.type != pb.PARAMETER_TYPE_STRING:
+        raise InvalidField(f"{f}.choices", "only a STRING parameter has choices")
+    if len(p.choices) > MAX_ACTION_CHOICES:
+        raise InvalidField(f"{f}.choices", f"at most {MAX_ACTION_CHOICES}")
+    for k, choice in enumerate(p.choices):
+        if not choice or len(choice) > 60 or re.search(r'["\]\\\n]', choice):
+            raise InvalidField(f"{f}.choices[{k}]", 'must be 1-60 characters without ", ], '
+                                                   "\\ or a line break")
+
+
+def _action_mode(mode: int, field: str) -> None:
+    if mode not in pb.ActionMode.values():
+        raise InvalidField(field, f"unknown value {mode}")
 
 
 def _vec3(v: pb.Vec3, field: str) -> None:
@@ -149,6 +247,7 @@ def scene(s: pb.SceneFeatures, settings: Settings, field: str = "scene",
     for i, obj in enumerate(s.objects):
         scene_object(obj, settings, f"{field}.objects[{i}]")
     _location_hint(s.location_hint, settings, f"{field}.location_hint")
+    rays(s.rays, f"{field}.rays")
     for i, fv in enumerate(s.image_features):
         feature_vector(fv, settings, f"{field}.image_features[{i}]", encoders or {})
 
@@ -267,6 +366,7 @@ class DescribeCall:
     instruction: str
     sampling: SamplingConfig
     features: Features
+    referents: list[pb.Referent] = field(default_factory=list)
 
 
 @dataclass
@@ -277,10 +377,18 @@ class TurnCall:
     sampling: SamplingConfig
     scene: pb.SceneFeatures | None
     features: Features = field(default_factory=list)  # scene images, then audio
+    referents: list[pb.Referent] = field(default_factory=list)  # of the turn's rays
+    actions: ActionSet | None = None  # what the reply may call, when it may
 
     @property
     def objects(self) -> list[pb.SceneObject]:
         return list(self.scene.objects) if self.scene is not None else []
+
+
+def _copy(kind, message):
+    copy = kind()
+    copy.CopyFrom(message)
+    return copy
 
 
 class RequestChecker:
@@ -326,7 +434,8 @@ class RequestChecker:
         if len(request.instruction) > self.settings.max_turn_chars:
             raise InvalidField("instruction", "too long")
         return DescribeCall(s, request.instruction, self.sampling(request.sampling, "sampling"),
-                            _features(s.image_features))
+                            _features(s.image_features),
+                            resolve_all(current_rays(s), s.objects))
 
     def dialogue_start(self, start: spb.ConverseStart, field: str) -> DialogueState:
         """A new dialogue's state, copied out of the request."""
@@ -334,9 +443,13 @@ class RequestChecker:
         if len(start.system_prompt) > self.settings.max_turn_chars:
             raise InvalidField(f"{field}.system_prompt", "too long")
         self.sampling(start.sampling, f"{field}.sampling")
+        action_definitions(start.actions, self.settings, f"{field}.actions")
+        _action_mode(start.action_mode, f"{field}.action_mode")
         state = DialogueState(system_prompt=start.system_prompt,
                               history=[pb.DialogueTurn(role=t.role, text=t.text)
-                                       for t in start.history])
+                                       for t in start.history],
+                              actions=[_copy(pb.ActionDefinition, a) for a in start.actions],
+                              action_mode=start.action_mode)
         state.sampling.CopyFrom(start.sampling)
         if start.HasField("scene"):
             state.scene = self.scene(start.scene, f"{field}.scene")
@@ -354,7 +467,27 @@ class RequestChecker:
         if len(text) > self.settings.max_turn_chars:
             raise InvalidField(f"{field}.text", "too long")
         params = turn.sampling if turn.HasField("sampling") else state.sampling
+        rays(turn.rays, f"{field}.rays")
+        _action_mode(turn.action_mode, f"{field}.action_mode")
+        mode = turn.action_mode or state.action_mode or pb.ACTION_MODE_AUTO
         call = TurnCall(text, self.sampling(params, f"{field}.sampling"), state.scene)
+        call.referents = resolve_all(current_rays(state.scene, turn.rays), call.objects)
+        if mode == pb.ACTION_MODE_REQUIRED and not state.actions:
+            raise InvalidField(f"{field}.action_mode",
+                               "is REQUIRED but the session declares no actions")
+        if state.actions and mode != pb.ACTION_MODE_NONE:
+            if call.sampling.response_format is not None:
+                raise InvalidField(f"{field}.sampling.response_format",
+                                   "a reply that may call actions has their format; set "
+                                   "action_mode NONE for this one")
+            actions = ActionSet(state.actions, mode,
+                                object_names(state.scene or pb.SceneFeatures()))
+            if not actions.active:
+                if mode == pb.ACTION_MODE_REQUIRED:
+                    raise Unsupported(f"{field}.action_mode", "is REQUIRED but no action can "
+                                      "be called: each needs an object and the scene has none")
+            else:
+                call.actions = actions
         if state.scene is not None:
             call.features = _features(state.scene.image_features)
         if turn.HasField("audio") and turn.audio.HasField("embedding"):

@@ -16,20 +16,22 @@ class ResumeRequest(_message.Message):
     def __init__(self, stream_id: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
 
 class ResumeResponse(_message.Message):
-    __slots__ = ("seq", "stream_id", "session_id", "turn_id", "chunk", "completion")
+    __slots__ = ("seq", "stream_id", "session_id", "turn_id", "chunk", "completion", "action")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
     seq: int
     stream_id: str
     session_id: str
     turn_id: int
     chunk: _types_pb2.TokenChunk
     completion: _types_pb2.Completion
-    def __init__(self, seq: _Optional[int] = ..., stream_id: _Optional[str] = ..., session_id: _Optional[str] = ..., turn_id: _Optional[int] = ..., chunk: _Optional[_Union[_types_pb2.TokenChunk, _Mapping]] = ..., completion: _Optional[_Union[_types_pb2.Completion, _Mapping]] = ...) -> None: ...
+    action: _types_pb2.ActionCall
+    def __init__(self, seq: _Optional[int] = ..., stream_id: _Optional[str] = ..., session_id: _Optional[str] = ..., turn_id: _Optional[int] = ..., chunk: _Optional[_Union[_types_pb2.TokenChunk, _Mapping]] = ..., completion: _Optional[_Union[_types_pb2.Completion, _Mapping]] = ..., action: _Optional[_Union[_types_pb2.ActionCall, _Mapping]] = ...) -> None: ...
 
 class CancelStreamRequest(_message.Message):
     __slots__ = ("stream_id",)
@@ -66,30 +68,38 @@ class DescribeSceneResponse(_message.Message):
     def __init__(self, chunk: _Optional[_Union[_types_pb2.TokenChunk, _Mapping]] = ..., completion: _Optional[_Union[_types_pb2.Completion, _Mapping]] = ..., seq: _Optional[int] = ..., stream_id: _Optional[str] = ...) -> None: ...
 
 class ConverseStart(_message.Message):
-    __slots__ = ("system_prompt", "history", "scene", "sampling", "stream")
+    __slots__ = ("system_prompt", "history", "scene", "sampling", "stream", "actions", "action_mode")
     SYSTEM_PROMPT_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     SCENE_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    ACTION_MODE_FIELD_NUMBER: _ClassVar[int]
     system_prompt: str
     history: _containers.RepeatedCompositeFieldContainer[_types_pb2.DialogueTurn]
     scene: _types_pb2.SceneFeatures
     sampling: _types_pb2.SamplingParams
     stream: _types_pb2.StreamOptions
-    def __init__(self, system_prompt: _Optional[str] = ..., history: _Optional[_Iterable[_Union[_types_pb2.DialogueTurn, _Mapping]]] = ..., scene: _Optional[_Union[_types_pb2.SceneFeatures, _Mapping]] = ..., sampling: _Optional[_Union[_types_pb2.SamplingParams, _Mapping]] = ..., stream: _Optional[_Union[_types_pb2.StreamOptions, _Mapping]] = ...) -> None: ...
+    actions: _containers.RepeatedCompositeFieldContainer[_types_pb2.ActionDefinition]
+    action_mode: _types_pb2.ActionMode
+    def __init__(self, system_prompt: _Optional[str] = ..., history: _Optional[_Iterable[_Union[_types_pb2.DialogueTurn, _Mapping]]] = ..., scene: _Optional[_Union[_types_pb2.SceneFeatures, _Mapping]] = ..., sampling: _Optional[_Union[_types_pb2.SamplingParams, _Mapping]] = ..., stream: _Optional[_Union[_types_pb2.StreamOptions, _Mapping]] = ..., actions: _Optional[_Iterable[_Union[_types_pb2.ActionDefinition, _Mapping]]] = ..., action_mode: _Optional[_Union[_types_pb2.ActionMode, str]] = ...) -> None: ...
 
 class UserTurn(_message.Message):
-    __slots__ = ("turn_id", "text", "audio", "sampling")
+    __slots__ = ("turn_id", "text", "audio", "sampling", "rays", "action_mode")
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     AUDIO_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    RAYS_FIELD_NUMBER: _ClassVar[int]
+    ACTION_MODE_FIELD_NUMBER: _ClassVar[int]
     turn_id: int
     text: str
     audio: _types_pb2.AudioFeatures
     sampling: _types_pb2.SamplingParams
-    def __init__(self, turn_id: _Optional[int] = ..., text: _Optional[str] = ..., audio: _Optional[_Union[_types_pb2.AudioFeatures, _Mapping]] = ..., sampling: _Optional[_Union[_types_pb2.SamplingParams, _Mapping]] = ...) -> None: ...
+    rays: _containers.RepeatedCompositeFieldContainer[_types_pb2.Ray]
+    action_mode: _types_pb2.ActionMode
+    def __init__(self, turn_id: _Optional[int] = ..., text: _Optional[str] = ..., audio: _Optional[_Union[_types_pb2.AudioFeatures, _Mapping]] = ..., sampling: _Optional[_Union[_types_pb2.SamplingParams, _Mapping]] = ..., rays: _Optional[_Iterable[_Union[_types_pb2.Ray, _Mapping]]] = ..., action_mode: _Optional[_Union[_types_pb2.ActionMode, str]] = ...) -> None: ...
 
 class CancelReply(_message.Message):
     __slots__ = ()
@@ -110,18 +120,20 @@ class ConverseRequest(_message.Message):
     def __init__(self, start: _Optional[_Union[ConverseStart, _Mapping]] = ..., scene_update: _Optional[_Union[_types_pb2.SceneFeatures, _Mapping]] = ..., user_turn: _Optional[_Union[UserTurn, _Mapping]] = ..., cancel: _Optional[_Union[CancelReply, _Mapping]] = ..., scene_delta: _Optional[_Union[_types_pb2.SceneDelta, _Mapping]] = ...) -> None: ...
 
 class ConverseResponse(_message.Message):
-    __slots__ = ("turn_id", "chunk", "completion", "seq", "stream_id")
+    __slots__ = ("turn_id", "chunk", "completion", "action", "seq", "stream_id")
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     turn_id: int
     chunk: _types_pb2.TokenChunk
     completion: _types_pb2.Completion
+    action: _types_pb2.ActionCall
     seq: int
     stream_id: str
-    def __init__(self, turn_id: _Optional[int] = ..., chunk: _Optional[_Union[_types_pb2.TokenChunk, _Mapping]] = ..., completion: _Optional[_Union[_types_pb2.Completion, _Mapping]] = ..., seq: _Optional[int] = ..., stream_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, turn_id: _Optional[int] = ..., chunk: _Optional[_Union[_types_pb2.TokenChunk, _Mapping]] = ..., completion: _Optional[_Union[_types_pb2.Completion, _Mapping]] = ..., action: _Optional[_Union[_types_pb2.ActionCall, _Mapping]] = ..., seq: _Optional[int] = ..., stream_id: _Optional[str] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("prompt", "sampling", "stream")
@@ -194,17 +206,19 @@ class AskRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., start: _Optional[_Union[ConverseStart, _Mapping]] = ..., scene: _Optional[_Union[_types_pb2.SceneFeatures, _Mapping]] = ..., user_turn: _Optional[_Union[UserTurn, _Mapping]] = ..., stream: _Optional[_Union[_types_pb2.StreamOptions, _Mapping]] = ..., scene_delta: _Optional[_Union[_types_pb2.SceneDelta, _Mapping]] = ...) -> None: ...
 
 class AskResponse(_message.Message):
-    __slots__ = ("session_id", "turn_id", "chunk", "completion", "seq", "stream_id")
+    __slots__ = ("session_id", "turn_id", "chunk", "completion", "action", "seq", "stream_id")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     turn_id: int
     chunk: _types_pb2.TokenChunk
     completion: _types_pb2.Completion
+    action: _types_pb2.ActionCall
     seq: int
     stream_id: str
-    def __init__(self, session_id: _Optional[str] = ..., turn_id: _Optional[int] = ..., chunk: _Optional[_Union[_types_pb2.TokenChunk, _Mapping]] = ..., completion: _Optional[_Union[_types_pb2.Completion, _Mapping]] = ..., seq: _Optional[int] = ..., stream_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., turn_id: _Optional[int] = ..., chunk: _Optional[_Union[_types_pb2.TokenChunk, _Mapping]] = ..., completion: _Optional[_Union[_types_pb2.Completion, _Mapping]] = ..., action: _Optional[_Union[_types_pb2.ActionCall, _Mapping]] = ..., seq: _Optional[int] = ..., stream_id: _Optional[str] = ...) -> None: ...

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61rbridge/v1/types.proto\x12\x0b\x61rbridge.v1\"\'\n\x04Vec3\x12\t\n\x01x\x18\x01 \x01(\x02\x12\t\n\x01y\x18\x02 \x01(\x02\x12\t\n\x01z\x18\x03 \x01(\x02\"8\n\nQuaternion\x12\t\n\x01x\x18\x01 \x01(\x02\x12\t\n\x01y\x18\x02 \x01(\x02\x12\t\n\x01z\x18\x03 \x01(\x02\x12\t\n\x01w\x18\x04 \x01(\x02\"V\n\x04Pose\x12#\n\x08position\x18\x01 \x01(\x0b\x32\x11.arbridge.v1.Vec3\x12)\n\x08rotation\x18\x02 \x01(\x0b\x32\x17.arbridge.v1.Quaternion\"\xf2\x01\n\x0bSceneObject\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x02\x12\x1f\n\x04pose\x18\x04 \x01(\x0b\x32\x11.arbridge.v1.Pose\x12\"\n\x07\x65xtents\x18\x05 \x01(\x0b\x32\x11.arbridge.v1.Vec3\x12<\n\nattributes\x18\x06 \x03(\x0b\x32(.arbridge.v1.SceneObject.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\">\n\rFeatureVector\x12\x0f\n\x07\x65ncoder\x18\x01 \x01(\t\x12\x0c\n\x04\x64ims\x18\x02 \x01(\r\x12\x0e\n\x06values\x18\x03 \x03(\x02\"\xda\x01\n\rSceneFeatures\x12)\n\x07objects\x18\x01 \x03(\x0b\x32\x18.arbridge.v1.SceneObject\x12&\n\x0b\x63\x61mera_pose\x18\x02 \x01(\x0b\x32\x11.arbridge.v1.Pose\x12\x32\n\x0eimage_features\x18\x03 \x03(\x0b\x32\x1a.arbridge.v1.FeatureVector\x12\x15\n\rlocation_hint\x18\x04 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x05 \x01(\x03\x12\x15\n\rscene_version\x18\x06 \x01(\x04\"\xa0\x01\n\nSceneDelta\x12(\n\x06upsert\x18\x01 \x03(\x0b\x32\x18.arbridge.v1.SceneObject\x12\x12\n\nremove_ids\x18\x02 \x03(\t\x12&\n\x0b\x63\x61mera_pose\x18\x03 \x01(\x0b\x32\x11.arbridge.v1.Pose\x12\x15\n\rlocation_hint\x18\x04 \x01(\t\x12\x15\n\rscene_version\x18\x05 \x01(\x04\"\"\n\rStreamOptions\x12\x11\n\tresumable\x18\x01 \x01(\x08\"x\n\rAudioFeatures\x12\x12\n\ntranscript\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x02\x12-\n\tembedding\x18\x04 \x01(\x0b\x32\x1a.arbridge.v1.FeatureVector\"=\n\x0c\x44ialogueTurn\x12\x1f\n\x04role\x18\x01 \x01(\x0e\x32\x11.arbridge.v1.Role\x12\x0c\n\x04text\x18\x02 \x01(\t\"\x9e\x02\n\x0eSamplingParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\r\n\x05top_p\x18\x04 \x01(\x02\x12\x1a\n\x12repetition_penalty\x18\x05 \x01(\x02\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x1c\n\x14num_return_sequences\x18\x08 \x01(\r\x12\x10\n\x08logprobs\x18\t \x01(\x08\x12\x1d\n\x10scene_constraint\x18\n \x01(\x02H\x01\x88\x01\x01\x12\x17\n\x0fno_repeat_ngram\x18\x0b \x01(\rB\x07\n\x05_seedB\x13\n\x11_scene_constraint\"g\n\nTokenChunk\x12\x16\n\x0esequence_index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x14\n\x07logprob\x18\x04 \x01(\x02H\x00\x88\x01\x01\x42\n\n\x08_logprob\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"M\n\x07Timings\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x1e\n\x16time_to_first_token_ms\x18\x02 \x01(\x01\x12\x10\n\x08total_ms\x18\x03 \x01(\x01\"=\n\x0cGroundedSpan\x12\x11\n\tobject_id\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\r\x12\x0b\n\x03\x65nd\x18\x03 \x01(\r\"\x98\x02\n\nCompletion\x12\x16\n\x0esequence_index\x18\x01 \x01(\r\x12\x30\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x19.arbridge.v1.FinishReason\x12!\n\x05usage\x18\x03 \x01(\x0b\x32\x12.arbridge.v1.Usage\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12%\n\x07timings\x18\x05 \x01(\x0b\x32\x14.arbridge.v1.Timings\x12\x0c\n\x04text\x18\x06 \x01(\t\x12\x15\n\rerror_message\x18\x07 \x01(\t\x12,\n\tgrounding\x18\x08 \x03(\x0b\x32\x19.arbridge.v1.GroundedSpan\x12\x15\n\rscene_version\x18\t \x01(\x04*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x12\n\x0eROLE_ASSISTANT\x10\x02\x12\x0f\n\x0bROLE_SYSTEM\x10\x03*\xf2\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x02\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x12\x1d\n\x19\x46INISH_REASON_INTERRUPTED\x10\x05\x12\x1c\n\x18\x46INISH_REASON_TIME_LIMIT\x10\x06\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x07\x42!\n\x0f\x63om.arbridge.v1P\x01\xaa\x02\x0b\x41rBridge.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61rbridge/v1/types.proto\x12\x0b\x61rbridge.v1\"\'\n\x04Vec3\x12\t\n\x01x\x18\x01 \x01(\x02\x12\t\n\x01y\x18\x02 \x01(\x02\x12\t\n\x01z\x18\x03 \x01(\x02\"8\n\nQuaternion\x12\t\n\x01x\x18\x01 \x01(\x02\x12\t\n\x01y\x18\x02 \x01(\x02\x12\t\n\x01z\x18\x03 \x01(\x02\x12\t\n\x01w\x18\x04 \x01(\x02\"V\n\x04Pose\x12#\n\x08position\x18\x01 \x01(\x0b\x32\x11.arbridge.v1.Vec3\x12)\n\x08rotation\x18\x02 \x01(\x0b\x32\x17.arbridge.v1.Quaternion\"\xf2\x01\n\x0bSceneObject\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x02\x12\x1f\n\x04pose\x18\x04 \x01(\x0b\x32\x11.arbridge.v1.Pose\x12\"\n\x07\x65xtents\x18\x05 \x01(\x0b\x32\x11.arbridge.v1.Vec3\x12<\n\nattributes\x18\x06 \x03(\x0b\x32(.arbridge.v1.SceneObject.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\">\n\rFeatureVector\x12\x0f\n\x07\x65ncoder\x18\x01 \x01(\t\x12\x0c\n\x04\x64ims\x18\x02 \x01(\r\x12\x0e\n\x06values\x18\x03 \x03(\x02\"\xfa\x01\n\rSceneFeatures\x12)\n\x07objects\x18\x01 \x03(\x0b\x32\x18.arbridge.v1.SceneObject\x12&\n\x0b\x63\x61mera_pose\x18\x02 \x01(\x0b\x32\x11.arbridge.v1.Pose\x12\x32\n\x0eimage_features\x18\x03 \x03(\x0b\x32\x1a.arbridge.v1.FeatureVector\x12\x15\n\rlocation_hint\x18\x04 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x05 \x01(\x03\x12\x15\n\rscene_version\x18\x06 \x01(\x04\x12\x1e\n\x04rays\x18\x07 \x03(\x0b\x32\x10.arbridge.v1.Ray\"\x8c\x01\n\x03Ray\x12&\n\x06source\x18\x01 \x01(\x0e\x32\x16.arbridge.v1.RaySource\x12!\n\x06origin\x18\x02 \x01(\x0b\x32\x11.arbridge.v1.Vec3\x12$\n\tdirection\x18\x03 \x01(\x0b\x32\x11.arbridge.v1.Vec3\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\"\xad\x01\n\x08Referent\x12&\n\x06source\x18\x01 \x01(\x0e\x32\x16.arbridge.v1.RaySource\x12)\n\x05match\x18\x02 \x01(\x0e\x32\x1a.arbridge.v1.ReferentMatch\x12\x11\n\tobject_id\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\x02\x12\x10\n\x08\x64istance\x18\x05 \x01(\x02\x12\x15\n\rcandidate_ids\x18\x06 \x03(\t\"o\n\x0f\x41\x63tionParameter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x04type\x18\x02 \x01(\x0e\x32\x1a.arbridge.v1.ParameterType\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0f\n\x07\x63hoices\x18\x04 \x03(\t\"g\n\x10\x41\x63tionDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x30\n\nparameters\x18\x03 \x03(\x0b\x32\x1c.arbridge.v1.ActionParameter\"\x9b\x01\n\x0e\x41\x63tionArgument\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0cstring_value\x18\x02 \x01(\tH\x00\x12\x16\n\x0cnumber_value\x18\x03 \x01(\x01H\x00\x12\x17\n\rinteger_value\x18\x04 \x01(\x03H\x00\x12\x14\n\nbool_value\x18\x05 \x01(\x08H\x00\x12\x13\n\tobject_id\x18\x06 \x01(\tH\x00\x42\x07\n\x05value\"\x8b\x01\n\nActionCall\x12\x16\n\x0esequence_index\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12.\n\targuments\x18\x03 \x03(\x0b\x32\x1b.arbridge.v1.ActionArgument\x12\x12\n\nobject_ids\x18\x04 \x03(\t\x12\x13\n\x0btext_offset\x18\x05 \x01(\r\"B\n\x0eResponseFormat\x12\x15\n\x0bjson_schema\x18\x01 \x01(\tH\x00\x12\x0f\n\x05regex\x18\x02 \x01(\tH\x00\x42\x08\n\x06\x66ormat\"\xa0\x01\n\nSceneDelta\x12(\n\x06upsert\x18\x01 \x03(\x0b\x32\x18.arbridge.v1.SceneObject\x12\x12\n\nremove_ids\x18\x02 \x03(\t\x12&\n\x0b\x63\x61mera_pose\x18\x03 \x01(\x0b\x32\x11.arbridge.v1.Pose\x12\x15\n\rlocation_hint\x18\x04 \x01(\t\x12\x15\n\rscene_version\x18\x05 \x01(\x04\"\"\n\rStreamOptions\x12\x11\n\tresumable\x18\x01 \x01(\x08\"x\n\rAudioFeatures\x12\x12\n\ntranscript\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x02\x12-\n\tembedding\x18\x04 \x01(\x0b\x32\x1a.arbridge.v1.FeatureVector\"=\n\x0c\x44ialogueTurn\x12\x1f\n\x04role\x18\x01 \x01(\x0e\x32\x11.arbridge.v1.Role\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xd4\x02\n\x0eSamplingParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\r\n\x05top_p\x18\x04 \x01(\x02\x12\x1a\n\x12repetition_penalty\x18\x05 \x01(\x02\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x1c\n\x14num_return_sequences\x18\x08 \x01(\r\x12\x10\n\x08logprobs\x18\t \x01(\x08\x12\x1d\n\x10scene_constraint\x18\n \x01(\x02H\x01\x88\x01\x01\x12\x17\n\x0fno_repeat_ngram\x18\x0b \x01(\r\x12\x34\n\x0fresponse_format\x18\x0c \x01(\x0b\x32\x1b.arbridge.v1.ResponseFormatB\x07\n\x05_seedB\x13\n\x11_scene_constraint\"g\n\nTokenChunk\x12\x16\n\x0esequence_index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x14\n\x07logprob\x18\x04 \x01(\x02H\x00\x88\x01\x01\x42\n\n\x08_logprob\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"M\n\x07Timings\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x1e\n\x16time_to_first_token_ms\x18\x02 \x01(\x01\x12\x10\n\x08total_ms\x18\x03 \x01(\x01\"=\n\x0cGroundedSpan\x12\x11\n\tobject_id\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\r\x12\x0b\n\x03\x65nd\x18\x03 \x01(\r\"\xec\x02\n\nCompletion\x12\x16\n\x0esequence_index\x18\x01 \x01(\r\x12\x30\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x19.arbridge.v1.FinishReason\x12!\n\x05usage\x18\x03 \x01(\x0b\x32\x12.arbridge.v1.Usage\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12%\n\x07timings\x18\x05 \x01(\x0b\x32\x14.arbridge.v1.Timings\x12\x0c\n\x04text\x18\x06 \x01(\t\x12\x15\n\rerror_message\x18\x07 \x01(\t\x12,\n\tgrounding\x18\x08 \x03(\x0b\x32\x19.arbridge.v1.GroundedSpan\x12\x15\n\rscene_version\x18\t \x01(\x04\x12(\n\treferents\x18\n \x03(\x0b\x32\x15.arbridge.v1.Referent\x12(\n\x07\x61\x63tions\x18\x0b \x03(\x0b\x32\x17.arbridge.v1.ActionCall*q\n\tRaySource\x12\x1a\n\x16RAY_SOURCE_UNSPECIFIED\x10\x00\x12\x13\n\x0fRAY_SOURCE_GAZE\x10\x01\x12\x18\n\x14RAY_SOURCE_LEFT_HAND\x10\x02\x12\x19\n\x15RAY_SOURCE_RIGHT_HAND\x10\x03*\x97\x01\n\rReferentMatch\x12\x1e\n\x1aREFERENT_MATCH_UNSPECIFIED\x10\x00\x12\x16\n\x12REFERENT_MATCH_HIT\x10\x01\x12\x17\n\x13REFERENT_MATCH_NEAR\x10\x02\x12\x1c\n\x18REFERENT_MATCH_AMBIGUOUS\x10\x03\x12\x17\n\x13REFERENT_MATCH_NONE\x10\x04*\xb8\x01\n\rParameterType\x12\x1e\n\x1aPARAMETER_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15PARAMETER_TYPE_STRING\x10\x01\x12\x19\n\x15PARAMETER_TYPE_NUMBER\x10\x02\x12\x1a\n\x16PARAMETER_TYPE_INTEGER\x10\x03\x12\x1a\n\x16PARAMETER_TYPE_BOOLEAN\x10\x04\x12\x19\n\x15PARAMETER_TYPE_OBJECT\x10\x05*o\n\nActionMode\x12\x1b\n\x17\x41\x43TION_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41\x43TION_MODE_AUTO\x10\x01\x12\x18\n\x14\x41\x43TION_MODE_REQUIRED\x10\x02\x12\x14\n\x10\x41\x43TION_MODE_NONE\x10\x03*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x12\n\x0eROLE_ASSISTANT\x10\x02\x12\x0f\n\x0bROLE_SYSTEM\x10\x03*\xf2\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x02\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x12\x1d\n\x19\x46INISH_REASON_INTERRUPTED\x10\x05\x12\x1c\n\x18\x46INISH_REASON_TIME_LIMIT\x10\x06\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x07\x42!\n\x0f\x63om.arbridge.v1P\x01\xaa\x02\x0b\x41rBridge.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,10 +34,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\017com.arbridge.v1P\001\252\002\013ArBridge.V1'
   _globals['_SCENEOBJECT_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_SCENEOBJECT_ATTRIBUTESENTRY']._serialized_options = b'8\001'
-  _globals['_ROLE']._serialized_start=2019
-  _globals['_ROLE']._serialized_end=2099
-  _globals['_FINISHREASON']._serialized_start=2102
-  _globals['_FINISHREASON']._serialized_end=2344
+  _globals['_RAYSOURCE']._serialized_start=3094
+  _globals['_RAYSOURCE']._serialized_end=3207
+  _globals['_REFERENTMATCH']._serialized_start=3210
+  _globals['_REFERENTMATCH']._serialized_end=3361
+  _globals['_PARAMETERTYPE']._serialized_start=3364
+  _globals['_PARAMETERTYPE']._serialized_end=3548
+  _globals['_ACTIONMODE']._serialized_start=3550
+  _globals['_ACTIONMODE']._serialized_end=3661
+  _globals['_ROLE']._serialized_start=3663
+  _globals['_ROLE']._serialized_end=3743
+  _globals['_FINISHREASON']._serialized_start=3746
+  _globals['_FINISHREASON']._serialized_end=3988
   _globals['_VEC3']._serialized_start=40
   _globals['_VEC3']._serialized_end=79
   _globals['_QUATERNION']._serialized_start=81
@@ -51,25 +59,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FEATUREVECTOR']._serialized_start=472
   _globals['_FEATUREVECTOR']._serialized_end=534
   _globals['_SCENEFEATURES']._serialized_start=537
-  _globals['_SCENEFEATURES']._serialized_end=755
-  _globals['_SCENEDELTA']._serialized_start=758
-  _globals['_SCENEDELTA']._serialized_end=918
-  _globals['_STREAMOPTIONS']._serialized_start=920
-  _globals['_STREAMOPTIONS']._serialized_end=954
-  _globals['_AUDIOFEATURES']._serialized_start=956
-  _globals['_AUDIOFEATURES']._serialized_end=1076
-  _globals['_DIALOGUETURN']._serialized_start=1078
-  _globals['_DIALOGUETURN']._serialized_end=1139
-  _globals['_SAMPLINGPARAMS']._serialized_start=1142
-  _globals['_SAMPLINGPARAMS']._serialized_end=1428
-  _globals['_TOKENCHUNK']._serialized_start=1430
-  _globals['_TOKENCHUNK']._serialized_end=1533
-  _globals['_USAGE']._serialized_start=1535
-  _globals['_USAGE']._serialized_end=1592
-  _globals['_TIMINGS']._serialized_start=1594
-  _globals['_TIMINGS']._serialized_end=1671
-  _globals['_GROUNDEDSPAN']._serialized_start=1673
-  _globals['_GROUNDEDSPAN']._serialized_end=1734
-  _globals['_COMPLETION']._serialized_start=1737
-  _globals['_COMPLETION']._serialized_end=2017
+  _globals['_SCENEFEATURES']._serialized_end=787
+  _globals['_RAY']._serialized_start=790
+  _globals['_RAY']._serialized_end=930
+  _globals['_REFERENT']._serialized_start=933
+  _globals['_REFERENT']._serialized_end=1106
+  _globals['_ACTIONPARAMETER']._serialized_start=1108
+  _globals['_ACTIONPARAMETER']._serialized_end=1219
+  _globals['_ACTIONDEFINITION']._serialized_start=1221
+  _globals['_ACTIONDEFINITION']._serialized_end=1324
+  _globals['_ACTIONARGUMENT']._serialized_start=1327
+  _globals['_ACTIONARGUMENT']._serialized_end=1482
+  _globals['_ACTIONCALL']._serialized_start=1485
+  _globals['_ACTIONCALL']._serialized_end=1624
+  _globals['_RESPONSEFORMAT']._serialized_start=1626
+  _globals['_RESPONSEFORMAT']._serialized_end=1692
+  _globals['_SCENEDELTA']._serialized_start=1695
+  _globals['_SCENEDELTA']._serialized_end=1855
+  _globals['_STREAMOPTIONS']._serialized_start=1857
+  _globals['_STREAMOPTIONS']._serialized_end=1891
+  _globals['_AUDIOFEATURES']._serialized_start=1893
+  _globals['_AUDIOFEATURES']._serialized_end=2013
+  _globals['_DIALOGUETURN']._serialized_start=2015
+  _globals['_DIALOGUETURN']._serialized_end=2076
+  _globals['_SAMPLINGPARAMS']._serialized_start=2079
+  _globals['_SAMPLINGPARAMS']._serialized_end=2419
+  _globals['_TOKENCHUNK']._serialized_start=2421
+  _globals['_TOKENCHUNK']._serialized_end=2524
+  _globals['_USAGE']._serialized_start=2526
+  _globals['_USAGE']._serialized_end=2583
+  _globals['_TIMINGS']._serialized_start=2585
+  _globals['_TIMINGS']._serialized_end=2662
+  _globals['_GROUNDEDSPAN']._serialized_start=2664
+  _globals['_GROUNDEDSPAN']._serialized_end=2725
+  _globals['_COMPLETION']._serialized_start=2728
+  _globals['_COMPLETION']._serialized_end=3092
 # @@protoc_insertion_point(module_scope)

@@ -26,94 +26,101 @@ namespace ArBridge.V1 {
           string.Concat(
             "ChlhcmJyaWRnZS92MS9zZXJ2aWNlLnByb3RvEgthcmJyaWRnZS52MRoXYXJi",
             "cmlkZ2UvdjEvdHlwZXMucHJvdG8iNQoNUmVzdW1lUmVxdWVzdBIRCglzdHJl",
-            "YW1faWQYASABKAkSEQoJYWZ0ZXJfc2VxGAIgASgEIrcBCg5SZXN1bWVSZXNw",
+            "YW1faWQYASABKAkSEQoJYWZ0ZXJfc2VxGAIgASgEIuIBCg5SZXN1bWVSZXNw",
             "b25zZRILCgNzZXEYASABKAQSEQoJc3RyZWFtX2lkGAIgASgJEhIKCnNlc3Np",
             "b25faWQYAyABKAkSDwoHdHVybl9pZBgEIAEoDRIoCgVjaHVuaxgFIAEoCzIX",
             "LmFyYnJpZGdlLnYxLlRva2VuQ2h1bmtIABItCgpjb21wbGV0aW9uGAYgASgL",
-            "MhcuYXJicmlkZ2UudjEuQ29tcGxldGlvbkgAQgcKBWV2ZW50IigKE0NhbmNl",
-            "bFN0cmVhbVJlcXVlc3QSEQoJc3RyZWFtX2lkGAEgASgJIhYKFENhbmNlbFN0",
-            "cmVhbVJlc3BvbnNlIrEBChREZXNjcmliZVNjZW5lUmVxdWVzdBIpCgVzY2Vu",
-            "ZRgBIAEoCzIaLmFyYnJpZGdlLnYxLlNjZW5lRmVhdHVyZXMSEwoLaW5zdHJ1",
-            "Y3Rpb24YAiABKAkSLQoIc2FtcGxpbmcYAyABKAsyGy5hcmJyaWRnZS52MS5T",
-            "YW1wbGluZ1BhcmFtcxIqCgZzdHJlYW0YBCABKAsyGi5hcmJyaWRnZS52MS5T",
-            "dHJlYW1PcHRpb25zIpkBChVEZXNjcmliZVNjZW5lUmVzcG9uc2USKAoFY2h1",
-            "bmsYASABKAsyFy5hcmJyaWRnZS52MS5Ub2tlbkNodW5rSAASLQoKY29tcGxl",
-            "dGlvbhgCIAEoCzIXLmFyYnJpZGdlLnYxLkNvbXBsZXRpb25IABILCgNzZXEY",
-            "AyABKAQSEQoJc3RyZWFtX2lkGAQgASgJQgcKBWV2ZW50ItgBCg1Db252ZXJz",
-            "ZVN0YXJ0EhUKDXN5c3RlbV9wcm9tcHQYASABKAkSKgoHaGlzdG9yeRgCIAMo",
-            "CzIZLmFyYnJpZGdlLnYxLkRpYWxvZ3VlVHVybhIpCgVzY2VuZRgDIAEoCzIa",
-            "LmFyYnJpZGdlLnYxLlNjZW5lRmVhdHVyZXMSLQoIc2FtcGxpbmcYBCABKAsy",
-            "Gy5hcmJyaWRnZS52MS5TYW1wbGluZ1BhcmFtcxIqCgZzdHJlYW0YBSABKAsy",
-            "Gi5hcmJyaWRnZS52MS5TdHJlYW1PcHRpb25zIoMBCghVc2VyVHVybhIPCgd0",
-            "dXJuX2lkGAEgASgNEgwKBHRleHQYAiABKAkSKQoFYXVkaW8YAyABKAsyGi5h",
-            "cmJyaWRnZS52MS5BdWRpb0ZlYXR1cmVzEi0KCHNhbXBsaW5nGAQgASgLMhsu",
-            "YXJicmlkZ2UudjEuU2FtcGxpbmdQYXJhbXMiDQoLQ2FuY2VsUmVwbHkigwIK",
-            "D0NvbnZlcnNlUmVxdWVzdBIrCgVzdGFydBgBIAEoCzIaLmFyYnJpZGdlLnYx",
-            "LkNvbnZlcnNlU3RhcnRIABIyCgxzY2VuZV91cGRhdGUYAiABKAsyGi5hcmJy",
-            "aWRnZS52MS5TY2VuZUZlYXR1cmVzSAASKgoJdXNlcl90dXJuGAMgASgLMhUu",
-            "YXJicmlkZ2UudjEuVXNlclR1cm5IABIqCgZjYW5jZWwYBCABKAsyGC5hcmJy",
-            "aWRnZS52MS5DYW5jZWxSZXBseUgAEi4KC3NjZW5lX2RlbHRhGAUgASgLMhcu",
-            "YXJicmlkZ2UudjEuU2NlbmVEZWx0YUgAQgcKBWV2ZW50IqUBChBDb252ZXJz",
-            "ZVJlc3BvbnNlEg8KB3R1cm5faWQYASABKA0SKAoFY2h1bmsYAiABKAsyFy5h",
-            "cmJyaWRnZS52MS5Ub2tlbkNodW5rSAASLQoKY29tcGxldGlvbhgDIAEoCzIX",
-            "LmFyYnJpZGdlLnYxLkNvbXBsZXRpb25IABILCgNzZXEYBCABKAQSEQoJc3Ry",
-            "ZWFtX2lkGAUgASgJQgcKBWV2ZW50InwKD0dlbmVyYXRlUmVxdWVzdBIOCgZw",
-            "cm9tcHQYASABKAkSLQoIc2FtcGxpbmcYAiABKAsyGy5hcmJyaWRnZS52MS5T",
-            "YW1wbGluZ1BhcmFtcxIqCgZzdHJlYW0YAyABKAsyGi5hcmJyaWRnZS52MS5T",
-            "dHJlYW1PcHRpb25zIpQBChBHZW5lcmF0ZVJlc3BvbnNlEigKBWNodW5rGAEg",
-            "ASgLMhcuYXJicmlkZ2UudjEuVG9rZW5DaHVua0gAEi0KCmNvbXBsZXRpb24Y",
-            "AiABKAsyFy5hcmJyaWRnZS52MS5Db21wbGV0aW9uSAASCwoDc2VxGAMgASgE",
-            "EhEKCXN0cmVhbV9pZBgEIAEoCUIHCgVldmVudCIVChNHZXRNb2RlbEluZm9S",
-            "ZXF1ZXN0IpQCChRHZXRNb2RlbEluZm9SZXNwb25zZRISCgptb2RlbF9uYW1l",
-            "GAEgASgJEhQKDGFyY2hpdGVjdHVyZRgCIAEoCRIXCg9wYXJhbWV0ZXJfY291",
-            "bnQYAyABKAQSFgoOY29udGV4dF9sZW5ndGgYBCABKA0SDQoFZHR5cGUYBSAB",
-            "KAkSDgoGZGV2aWNlGAYgASgJEhUKDXNvdXJjZV9mb3JtYXQYByABKAkSEgoK",
-            "bnVtX2xheWVycxgIIAEoDRITCgtoaWRkZW5fc2l6ZRgJIAEoDRISCgp2b2Nh",
-            "Yl9zaXplGAogASgNEhAKCGZlYXR1cmVzGAsgAygJEhwKFG1heF9uZXdfdG9r",
-            "ZW5zX2xpbWl0GAwgASgNIvoBCgpBc2tSZXF1ZXN0EhIKCnNlc3Npb25faWQY",
-            "ASABKAkSKQoFc3RhcnQYAiABKAsyGi5hcmJyaWRnZS52MS5Db252ZXJzZVN0",
-            "YXJ0EikKBXNjZW5lGAMgASgLMhouYXJicmlkZ2UudjEuU2NlbmVGZWF0dXJl",
-            "cxIoCgl1c2VyX3R1cm4YBCABKAsyFS5hcmJyaWRnZS52MS5Vc2VyVHVybhIq",
-            "CgZzdHJlYW0YBSABKAsyGi5hcmJyaWRnZS52MS5TdHJlYW1PcHRpb25zEiwK",
-            "C3NjZW5lX2RlbHRhGAYgASgLMhcuYXJicmlkZ2UudjEuU2NlbmVEZWx0YSK0",
-            "AQoLQXNrUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgd0dXJuX2lk",
-            "GAIgASgNEigKBWNodW5rGAMgASgLMhcuYXJicmlkZ2UudjEuVG9rZW5DaHVu",
-            "a0gAEi0KCmNvbXBsZXRpb24YBCABKAsyFy5hcmJyaWRnZS52MS5Db21wbGV0",
-            "aW9uSAASCwoDc2VxGAUgASgEEhEKCXN0cmVhbV9pZBgGIAEoCUIHCgVldmVu",
-            "dDKuBAoPQXJCcmlkZ2VTZXJ2aWNlElgKDURlc2NyaWJlU2NlbmUSIS5hcmJy",
-            "aWRnZS52MS5EZXNjcmliZVNjZW5lUmVxdWVzdBoiLmFyYnJpZGdlLnYxLkRl",
-            "c2NyaWJlU2NlbmVSZXNwb25zZTABEksKCENvbnZlcnNlEhwuYXJicmlkZ2Uu",
-            "djEuQ29udmVyc2VSZXF1ZXN0Gh0uYXJicmlkZ2UudjEuQ29udmVyc2VSZXNw",
-            "b25zZSgBMAESSQoIR2VuZXJhdGUSHC5hcmJyaWRnZS52MS5HZW5lcmF0ZVJl",
-            "cXVlc3QaHS5hcmJyaWRnZS52MS5HZW5lcmF0ZVJlc3BvbnNlMAESUwoMR2V0",
-            "TW9kZWxJbmZvEiAuYXJicmlkZ2UudjEuR2V0TW9kZWxJbmZvUmVxdWVzdBoh",
-            "LmFyYnJpZGdlLnYxLkdldE1vZGVsSW5mb1Jlc3BvbnNlEjoKA0FzaxIXLmFy",
-            "YnJpZGdlLnYxLkFza1JlcXVlc3QaGC5hcmJyaWRnZS52MS5Bc2tSZXNwb25z",
-            "ZTABEkMKBlJlc3VtZRIaLmFyYnJpZGdlLnYxLlJlc3VtZVJlcXVlc3QaGy5h",
-            "cmJyaWRnZS52MS5SZXN1bWVSZXNwb25zZTABElMKDENhbmNlbFN0cmVhbRIg",
-            "LmFyYnJpZGdlLnYxLkNhbmNlbFN0cmVhbVJlcXVlc3QaIS5hcmJyaWRnZS52",
-            "MS5DYW5jZWxTdHJlYW1SZXNwb25zZUIhCg9jb20uYXJicmlkZ2UudjFQAaoC",
-            "C0FyQnJpZGdlLlYxYgZwcm90bzM="));
+            "MhcuYXJicmlkZ2UudjEuQ29tcGxldGlvbkgAEikKBmFjdGlvbhgHIAEoCzIX",
+            "LmFyYnJpZGdlLnYxLkFjdGlvbkNhbGxIAEIHCgVldmVudCIoChNDYW5jZWxT",
+            "dHJlYW1SZXF1ZXN0EhEKCXN0cmVhbV9pZBgBIAEoCSIWChRDYW5jZWxTdHJl",
+            "YW1SZXNwb25zZSKxAQoURGVzY3JpYmVTY2VuZVJlcXVlc3QSKQoFc2NlbmUY",
+            "ASABKAsyGi5hcmJyaWRnZS52MS5TY2VuZUZlYXR1cmVzEhMKC2luc3RydWN0",
+            "aW9uGAIgASgJEi0KCHNhbXBsaW5nGAMgASgLMhsuYXJicmlkZ2UudjEuU2Ft",
+            "cGxpbmdQYXJhbXMSKgoGc3RyZWFtGAQgASgLMhouYXJicmlkZ2UudjEuU3Ry",
+            "ZWFtT3B0aW9ucyKZAQoVRGVzY3JpYmVTY2VuZVJlc3BvbnNlEigKBWNodW5r",
+            "GAEgASgLMhcuYXJicmlkZ2UudjEuVG9rZW5DaHVua0gAEi0KCmNvbXBsZXRp",
+            "b24YAiABKAsyFy5hcmJyaWRnZS52MS5Db21wbGV0aW9uSAASCwoDc2VxGAMg",
+            "ASgEEhEKCXN0cmVhbV9pZBgEIAEoCUIHCgVldmVudCK2AgoNQ29udmVyc2VT",
+            "dGFydBIVCg1zeXN0ZW1fcHJvbXB0GAEgASgJEioKB2hpc3RvcnkYAiADKAsy",
+            "GS5hcmJyaWRnZS52MS5EaWFsb2d1ZVR1cm4SKQoFc2NlbmUYAyABKAsyGi5h",
+            "cmJyaWRnZS52MS5TY2VuZUZlYXR1cmVzEi0KCHNhbXBsaW5nGAQgASgLMhsu",
+            "YXJicmlkZ2UudjEuU2FtcGxpbmdQYXJhbXMSKgoGc3RyZWFtGAUgASgLMhou",
+            "YXJicmlkZ2UudjEuU3RyZWFtT3B0aW9ucxIuCgdhY3Rpb25zGAYgAygLMh0u",
+            "YXJicmlkZ2UudjEuQWN0aW9uRGVmaW5pdGlvbhIsCgthY3Rpb25fbW9kZRgH",
+            "IAEoDjIXLmFyYnJpZGdlLnYxLkFjdGlvbk1vZGUi0QEKCFVzZXJUdXJuEg8K",
+            "B3R1cm5faWQYASABKA0SDAoEdGV4dBgCIAEoCRIpCgVhdWRpbxgDIAEoCzIa",
+            "LmFyYnJpZGdlLnYxLkF1ZGlvRmVhdHVyZXMSLQoIc2FtcGxpbmcYBCABKAsy",
+            "Gy5hcmJyaWRnZS52MS5TYW1wbGluZ1BhcmFtcxIeCgRyYXlzGAUgAygLMhAu",
+            "YXJicmlkZ2UudjEuUmF5EiwKC2FjdGlvbl9tb2RlGAYgASgOMhcuYXJicmlk",
+            "Z2UudjEuQWN0aW9uTW9kZSINCgtDYW5jZWxSZXBseSKDAgoPQ29udmVyc2VS",
+            "ZXF1ZXN0EisKBXN0YXJ0GAEgASgLMhouYXJicmlkZ2UudjEuQ29udmVyc2VT",
+            "dGFydEgAEjIKDHNjZW5lX3VwZGF0ZRgCIAEoCzIaLmFyYnJpZGdlLnYxLlNj",
+            "ZW5lRmVhdHVyZXNIABIqCgl1c2VyX3R1cm4YAyABKAsyFS5hcmJyaWRnZS52",
+            "MS5Vc2VyVHVybkgAEioKBmNhbmNlbBgEIAEoCzIYLmFyYnJpZGdlLnYxLkNh",
+            "bmNlbFJlcGx5SAASLgoLc2NlbmVfZGVsdGEYBSABKAsyFy5hcmJyaWRnZS52",
+            "MS5TY2VuZURlbHRhSABCBwoFZXZlbnQi0AEKEENvbnZlcnNlUmVzcG9uc2US",
+            "DwoHdHVybl9pZBgBIAEoDRIoCgVjaHVuaxgCIAEoCzIXLmFyYnJpZGdlLnYx",
+            "LlRva2VuQ2h1bmtIABItCgpjb21wbGV0aW9uGAMgASgLMhcuYXJicmlkZ2Uu",
+            "djEuQ29tcGxldGlvbkgAEikKBmFjdGlvbhgGIAEoCzIXLmFyYnJpZGdlLnYx",
+            "LkFjdGlvbkNhbGxIABILCgNzZXEYBCABKAQSEQoJc3RyZWFtX2lkGAUgASgJ",
+            "QgcKBWV2ZW50InwKD0dlbmVyYXRlUmVxdWVzdBIOCgZwcm9tcHQYASABKAkS",
+            "LQoIc2FtcGxpbmcYAiABKAsyGy5hcmJyaWRnZS52MS5TYW1wbGluZ1BhcmFt",
+            "cxIqCgZzdHJlYW0YAyABKAsyGi5hcmJyaWRnZS52MS5TdHJlYW1PcHRpb25z",
+            "IpQBChBHZW5lcmF0ZVJlc3BvbnNlEigKBWNodW5rGAEgASgLMhcuYXJicmlk",
+            "Z2UudjEuVG9rZW5DaHVua0gAEi0KCmNvbXBsZXRpb24YAiABKAsyFy5hcmJy",
+            "aWRnZS52MS5Db21wbGV0aW9uSAASCwoDc2VxGAMgASgEEhEKCXN0cmVhbV9p",
+            "ZBgEIAEoCUIHCgVldmVudCIVChNHZXRNb2RlbEluZm9SZXF1ZXN0IpQCChRH",
+            "ZXRNb2RlbEluZm9SZXNwb25zZRISCgptb2RlbF9uYW1lGAEgASgJEhQKDGFy",
+            "Y2hpdGVjdHVyZRgCIAEoCRIXCg9wYXJhbWV0ZXJfY291bnQYAyABKAQSFgoO",
+            "Y29udGV4dF9sZW5ndGgYBCABKA0SDQoFZHR5cGUYBSABKAkSDgoGZGV2aWNl",
+            "GAYgASgJEhUKDXNvdXJjZV9mb3JtYXQYByABKAkSEgoKbnVtX2xheWVycxgI",
+            "IAEoDRITCgtoaWRkZW5fc2l6ZRgJIAEoDRISCgp2b2NhYl9zaXplGAogASgN",
+            "EhAKCGZlYXR1cmVzGAsgAygJEhwKFG1heF9uZXdfdG9rZW5zX2xpbWl0GAwg",
+            "ASgNIvoBCgpBc2tSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSKQoFc3Rh",
+            "cnQYAiABKAsyGi5hcmJyaWRnZS52MS5Db252ZXJzZVN0YXJ0EikKBXNjZW5l",
+            "GAMgASgLMhouYXJicmlkZ2UudjEuU2NlbmVGZWF0dXJlcxIoCgl1c2VyX3R1",
+            "cm4YBCABKAsyFS5hcmJyaWRnZS52MS5Vc2VyVHVybhIqCgZzdHJlYW0YBSAB",
+            "KAsyGi5hcmJyaWRnZS52MS5TdHJlYW1PcHRpb25zEiwKC3NjZW5lX2RlbHRh",
+            "GAYgASgLMhcuYXJicmlkZ2UudjEuU2NlbmVEZWx0YSLfAQoLQXNrUmVzcG9u",
+            "c2USEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgd0dXJuX2lkGAIgASgNEigKBWNo",
+            "dW5rGAMgASgLMhcuYXJicmlkZ2UudjEuVG9rZW5DaHVua0gAEi0KCmNvbXBs",
+            "ZXRpb24YBCABKAsyFy5hcmJyaWRnZS52MS5Db21wbGV0aW9uSAASKQoGYWN0",
+            "aW9uGAcgASgLMhcuYXJicmlkZ2UudjEuQWN0aW9uQ2FsbEgAEgsKA3NlcRgF",
+            "IAEoBBIRCglzdHJlYW1faWQYBiABKAlCBwoFZXZlbnQyrgQKD0FyQnJpZGdl",
+            "U2VydmljZRJYCg1EZXNjcmliZVNjZW5lEiEuYXJicmlkZ2UudjEuRGVzY3Jp",
+            "YmVTY2VuZVJlcXVlc3QaIi5hcmJyaWRnZS52MS5EZXNjcmliZVNjZW5lUmVz",
+            "cG9uc2UwARJLCghDb252ZXJzZRIcLmFyYnJpZGdlLnYxLkNvbnZlcnNlUmVx",
+            "dWVzdBodLmFyYnJpZGdlLnYxLkNvbnZlcnNlUmVzcG9uc2UoATABEkkKCEdl",
+            "bmVyYXRlEhwuYXJicmlkZ2UudjEuR2VuZXJhdGVSZXF1ZXN0Gh0uYXJicmlk",
+            "Z2UudjEuR2VuZXJhdGVSZXNwb25zZTABElMKDEdldE1vZGVsSW5mbxIgLmFy",
+            "YnJpZGdlLnYxLkdldE1vZGVsSW5mb1JlcXVlc3QaIS5hcmJyaWRnZS52MS5H",
+            "ZXRNb2RlbEluZm9SZXNwb25zZRI6CgNBc2sSFy5hcmJyaWRnZS52MS5Bc2tS",
+            "ZXF1ZXN0GhguYXJicmlkZ2UudjEuQXNrUmVzcG9uc2UwARJDCgZSZXN1bWUS",
+            "Gi5hcmJyaWRnZS52MS5SZXN1bWVSZXF1ZXN0GhsuYXJicmlkZ2UudjEuUmVz",
+            "dW1lUmVzcG9uc2UwARJTCgxDYW5jZWxTdHJlYW0SIC5hcmJyaWRnZS52MS5D",
+            "YW5jZWxTdHJlYW1SZXF1ZXN0GiEuYXJicmlkZ2UudjEuQ2FuY2VsU3RyZWFt",
+            "UmVzcG9uc2VCIQoPY29tLmFyYnJpZGdlLnYxUAGqAgtBckJyaWRnZS5WMWIG",
+            "cHJvdG8z"));
       descriptor = pbr::FileDescriptor.FromGeneratedCode(descriptorData,
           new pbr::FileDescriptor[] { global::ArBridge.V1.TypesReflection.Descriptor, },
           new pbr::GeneratedClrTypeInfo(null, null, new pbr::GeneratedClrTypeInfo[] {
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.ResumeRequest), global::ArBridge.V1.ResumeRequest.Parser, new[]{ "StreamId", "AfterSeq" }, null, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.ResumeResponse), global::ArBridge.V1.ResumeResponse.Parser, new[]{ "Seq", "StreamId", "SessionId", "TurnId", "Chunk", "Completion" }, new[]{ "Event" }, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.ResumeResponse), global::ArBridge.V1.ResumeResponse.Parser, new[]{ "Seq", "StreamId", "SessionId", "TurnId", "Chunk", "Completion", "Action" }, new[]{ "Event" }, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.CancelStreamRequest), global::ArBridge.V1.CancelStreamRequest.Parser, new[]{ "StreamId" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.CancelStreamResponse), global::ArBridge.V1.CancelStreamResponse.Parser, null, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.DescribeSceneRequest), global::ArBridge.V1.DescribeSceneRequest.Parser, new[]{ "Scene", "Instruction", "Sampling", "Stream" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.DescribeSceneResponse), global::ArBridge.V1.DescribeSceneResponse.Parser, new[]{ "Chunk", "Completion", "Seq", "StreamId" }, new[]{ "Event" }, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.ConverseStart), global::ArBridge.V1.ConverseStart.Parser, new[]{ "SystemPrompt", "History", "Scene", "Sampling", "Stream" }, null, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.UserTurn), global::ArBridge.V1.UserTurn.Parser, new[]{ "TurnId", "Text", "Audio", "Sampling" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.ConverseStart), global::ArBridge.V1.ConverseStart.Parser, new[]{ "SystemPrompt", "History", "Scene", "Sampling", "Stream", "Actions", "ActionMode" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.UserTurn), global::ArBridge.V1.UserTurn.Parser, new[]{ "TurnId", "Text", "Audio", "Sampling", "Rays", "ActionMode" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.CancelReply), global::ArBridge.V1.CancelReply.Parser, null, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.ConverseRequest), global::ArBridge.V1.ConverseRequest.Parser, new[]{ "Start", "SceneUpdate", "UserTurn", "Cancel", "SceneDelta" }, new[]{ "Event" }, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.ConverseResponse), global::ArBridge.V1.ConverseResponse.Parser, new[]{ "TurnId", "Chunk", "Completion", "Seq", "StreamId" }, new[]{ "Event" }, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.ConverseResponse), global::ArBridge.V1.ConverseResponse.Parser, new[]{ "TurnId", "Chunk", "Completion", "Action", "Seq", "StreamId" }, new[]{ "Event" }, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.GenerateRequest), global::ArBridge.V1.GenerateRequest.Parser, new[]{ "Prompt", "Sampling", "Stream" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.GenerateResponse), global::ArBridge.V1.GenerateResponse.Parser, new[]{ "Chunk", "Completion", "Seq", "StreamId" }, new[]{ "Event" }, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.GetModelInfoRequest), global::ArBridge.V1.GetModelInfoRequest.Parser, null, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.GetModelInfoResponse), global::ArBridge.V1.GetModelInfoResponse.Parser, new[]{ "ModelName", "Architecture", "ParameterCount", "ContextLength", "Dtype", "Device", "SourceFormat", "NumLayers", "HiddenSize", "VocabSize", "Features", "MaxNewTokensLimit" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.AskRequest), global::ArBridge.V1.AskRequest.Parser, new[]{ "SessionId", "Start", "Scene", "UserTurn", "Stream", "SceneDelta" }, null, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.AskResponse), global::ArBridge.V1.AskResponse.Parser, new[]{ "SessionId", "TurnId", "Chunk", "Completion", "Seq", "StreamId" }, new[]{ "Event" }, null, null, null)
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.AskResponse), global::ArBridge.V1.AskResponse.Parser, new[]{ "SessionId", "TurnId", "Chunk", "Completion", "Action", "Seq", "StreamId" }, new[]{ "Event" }, null, null, null)
           }));
     }
     #endregion
@@ -402,6 +409,9 @@ namespace ArBridge.V1 {
         case EventOneofCase.Completion:
           Completion = other.Completion.Clone();
           break;
+        case EventOneofCase.Action:
+          Action = other.Action.Clone();
+          break;
       }
 
       _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
@@ -488,12 +498,25 @@ namespace ArBridge.V1 {
       }
     }
 
+    /// <summary>Field number for the "action" field.</summary>
+    public const int ActionFieldNumber = 7;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::ArBridge.V1.ActionCall Action {
+      get { return eventCase_ == EventOneofCase.Action ? (global::ArBridge.V1.ActionCall) event_ : null; }
+      set {
+        event_ = value;
+        eventCase_ = value == null ? EventOneofCase.None : EventOneofCase.Action;
+      }
+    }
+
     private object event_;
     /// <summary>Enum of possible cases for the "event" oneof.</summary>
     public enum EventOneofCase {
       None = 0,
       Chunk = 5,
       Completion = 6,
+      Action = 7,
     }
     private EventOneofCase eventCase_ = EventOneofCase.None;
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -530,6 +553,7 @@ namespace ArBridge.V1 {
       if (TurnId != other.TurnId) return false;
       if (!object.Equals(Chunk, other.Chunk)) return false;
       if (!object.Equals(Completion, other.Completion)) return false;
+      if (!object.Equals(Action, other.Action)) return false;
       if (EventCase != other.EventCase) return false;
       return Equals(_unknownFields, other._unknownFields);
     }
@@ -544,6 +568,7 @@ namespace ArBridge.V1 {
       if (TurnId != 0) hash ^= TurnId.GetHashCode();
       if (eventCase_ == EventOneofCase.Chunk) hash ^= Chunk.GetHashCode();
       if (eventCase_ == EventOneofCase.Completion) hash ^= Completion.GetHashCode();
+      if (eventCase_ == EventOneofCase.Action) hash ^= Action.GetHashCode();
       hash ^= (int) eventCase_;
       if (_unknownFields != null) {
         hash ^= _unknownFields.GetHashCode();
@@ -587,6 +612,10 @@ namespace ArBridge.V1 {
         output.WriteRawTag(50);
         output.WriteMessage(Completion);
       }
+      if (eventCase_ == EventOneofCase.Action) {
+        output.WriteRawTag(58);
+        output.WriteMessage(Action);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -621,6 +650,10 @@ namespace ArBridge.V1 {
         output.WriteRawTag(50);
         output.WriteMessage(Completion);
       }
+      if (eventCase_ == EventOneofCase.Action) {
+        output.WriteRawTag(58);
+        output.WriteMessage(Action);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -648,6 +681,9 @@ namespace ArBridge.V1 {
       }
       if (eventCase_ == EventOneofCase.Completion) {
         size += 1 + pb::CodedOutputStream.ComputeMessageSize(Completion);
+      }
+      if (eventCase_ == EventOneofCase.Action) {
+        size += 1 + pb::CodedOutputStream.ComputeMessageSize(Action);
       }
       if (_unknownFields != null) {
         size += _unknownFields.CalculateSize();
@@ -685,6 +721,12 @@ namespace ArBridge.V1 {
             Completion = new global::ArBridge.V1.Completion();
           }
           Completion.MergeFrom(other.Completion);
+          break;
+        case EventOneofCase.Action:
+          if (Action == null) {
+            Action = new global::ArBridge.V1.ActionCall();
+          }
+          Action.MergeFrom(other.Action);
           break;
       }
 
@@ -737,6 +779,15 @@ namespace ArBridge.V1 {
             Completion = subBuilder;
             break;
           }
+          case 58: {
+            global::ArBridge.V1.ActionCall subBuilder = new global::ArBridge.V1.ActionCall();
+            if (eventCase_ == EventOneofCase.Action) {
+              subBuilder.MergeFrom(Action);
+            }
+            input.ReadMessage(subBuilder);
+            Action = subBuilder;
+            break;
+          }
         }
       }
     #endif
@@ -784,6 +835,15 @@ namespace ArBridge.V1 {
             }
             input.ReadMessage(subBuilder);
             Completion = subBuilder;
+            break;
+          }
+          case 58: {
+            global::ArBridge.V1.ActionCall subBuilder = new global::ArBridge.V1.ActionCall();
+            if (eventCase_ == EventOneofCase.Action) {
+              subBuilder.MergeFrom(Action);
+            }
+            input.ReadMessage(subBuilder);
+            Action = subBuilder;
             break;
           }
         }
@@ -1871,6 +1931,8 @@ namespace ArBridge.V1 {
       scene_ = other.scene_ != null ? other.scene_.Clone() : null;
       sampling_ = other.sampling_ != null ? other.sampling_.Clone() : null;
       stream_ = other.stream_ != null ? other.stream_.Clone() : null;
+      actions_ = other.actions_.Clone();
+      actionMode_ = other.actionMode_;
       _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
     }
 
@@ -1957,6 +2019,37 @@ namespace ArBridge.V1 {
       }
     }
 
+    /// <summary>Field number for the "actions" field.</summary>
+    public const int ActionsFieldNumber = 6;
+    private static readonly pb::FieldCodec<global::ArBridge.V1.ActionDefinition> _repeated_actions_codec
+        = pb::FieldCodec.ForMessage(50, global::ArBridge.V1.ActionDefinition.Parser);
+    private readonly pbc::RepeatedField<global::ArBridge.V1.ActionDefinition> actions_ = new pbc::RepeatedField<global::ArBridge.V1.ActionDefinition>();
+    /// <summary>
+    /// Actions the replies may call (dialogue in the scene: "highlight the red
+    /// chair" -> highlight(obj-3)). The session's scene is what OBJECT arguments
+    /// may name, at the time of each reply.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public pbc::RepeatedField<global::ArBridge.V1.ActionDefinition> Actions {
+      get { return actions_; }
+    }
+
+    /// <summary>Field number for the "action_mode" field.</summary>
+    public const int ActionModeFieldNumber = 7;
+    private global::ArBridge.V1.ActionMode actionMode_ = global::ArBridge.V1.ActionMode.Unspecified;
+    /// <summary>
+    /// When replies call them (UserTurn.action_mode overrides it per turn).
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::ArBridge.V1.ActionMode ActionMode {
+      get { return actionMode_; }
+      set {
+        actionMode_ = value;
+      }
+    }
+
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public override bool Equals(object other) {
@@ -1977,6 +2070,8 @@ namespace ArBridge.V1 {
       if (!object.Equals(Scene, other.Scene)) return false;
       if (!object.Equals(Sampling, other.Sampling)) return false;
       if (!object.Equals(Stream, other.Stream)) return false;
+      if(!actions_.Equals(other.actions_)) return false;
+      if (ActionMode != other.ActionMode) return false;
       return Equals(_unknownFields, other._unknownFields);
     }
 
@@ -1989,6 +2084,8 @@ namespace ArBridge.V1 {
       if (scene_ != null) hash ^= Scene.GetHashCode();
       if (sampling_ != null) hash ^= Sampling.GetHashCode();
       if (stream_ != null) hash ^= Stream.GetHashCode();
+      hash ^= actions_.GetHashCode();
+      if (ActionMode != global::ArBridge.V1.ActionMode.Unspecified) hash ^= ActionMode.GetHashCode();
       if (_unknownFields != null) {
         hash ^= _unknownFields.GetHashCode();
       }
@@ -2024,6 +2121,11 @@ namespace ArBridge.V1 {
         output.WriteRawTag(42);
         output.WriteMessage(Stream);
       }
+      actions_.WriteTo(output, _repeated_actions_codec);
+      if (ActionMode != global::ArBridge.V1.ActionMode.Unspecified) {
+        output.WriteRawTag(56);
+        output.WriteEnum((int) ActionMode);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -2051,6 +2153,11 @@ namespace ArBridge.V1 {
         output.WriteRawTag(42);
         output.WriteMessage(Stream);
       }
+      actions_.WriteTo(ref output, _repeated_actions_codec);
+      if (ActionMode != global::ArBridge.V1.ActionMode.Unspecified) {
+        output.WriteRawTag(56);
+        output.WriteEnum((int) ActionMode);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -2073,6 +2180,10 @@ namespace ArBridge.V1 {
       }
       if (stream_ != null) {
         size += 1 + pb::CodedOutputStream.ComputeMessageSize(Stream);
+      }
+      size += actions_.CalculateSize(_repeated_actions_codec);
+      if (ActionMode != global::ArBridge.V1.ActionMode.Unspecified) {
+        size += 1 + pb::CodedOutputStream.ComputeEnumSize((int) ActionMode);
       }
       if (_unknownFields != null) {
         size += _unknownFields.CalculateSize();
@@ -2107,6 +2218,10 @@ namespace ArBridge.V1 {
           Stream = new global::ArBridge.V1.StreamOptions();
         }
         Stream.MergeFrom(other.Stream);
+      }
+      actions_.Add(other.actions_);
+      if (other.ActionMode != global::ArBridge.V1.ActionMode.Unspecified) {
+        ActionMode = other.ActionMode;
       }
       _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
     }
@@ -2152,6 +2267,14 @@ namespace ArBridge.V1 {
             input.ReadMessage(Stream);
             break;
           }
+          case 50: {
+            actions_.AddEntriesFrom(input, _repeated_actions_codec);
+            break;
+          }
+          case 56: {
+            ActionMode = (global::ArBridge.V1.ActionMode) input.ReadEnum();
+            break;
+          }
         }
       }
     #endif
@@ -2194,6 +2317,14 @@ namespace ArBridge.V1 {
               Stream = new global::ArBridge.V1.StreamOptions();
             }
             input.ReadMessage(Stream);
+            break;
+          }
+          case 50: {
+            actions_.AddEntriesFrom(ref input, _repeated_actions_codec);
+            break;
+          }
+          case 56: {
+            ActionMode = (global::ArBridge.V1.ActionMode) input.ReadEnum();
             break;
           }
         }
@@ -2244,6 +2375,8 @@ namespace ArBridge.V1 {
       text_ = other.text_;
       audio_ = other.audio_ != null ? other.audio_.Clone() : null;
       sampling_ = other.sampling_ != null ? other.sampling_.Clone() : null;
+      rays_ = other.rays_.Clone();
+      actionMode_ = other.actionMode_;
       _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
     }
 
@@ -2308,6 +2441,36 @@ namespace ArBridge.V1 {
       }
     }
 
+    /// <summary>Field number for the "rays" field.</summary>
+    public const int RaysFieldNumber = 5;
+    private static readonly pb::FieldCodec<global::ArBridge.V1.Ray> _repeated_rays_codec
+        = pb::FieldCodec.ForMessage(42, global::ArBridge.V1.Ray.Parser);
+    private readonly pbc::RepeatedField<global::ArBridge.V1.Ray> rays_ = new pbc::RepeatedField<global::ArBridge.V1.Ray>();
+    /// <summary>
+    /// Where the wearer looked and pointed while speaking; replaces the scene's
+    /// rays of the same source for this reply.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public pbc::RepeatedField<global::ArBridge.V1.Ray> Rays {
+      get { return rays_; }
+    }
+
+    /// <summary>Field number for the "action_mode" field.</summary>
+    public const int ActionModeFieldNumber = 6;
+    private global::ArBridge.V1.ActionMode actionMode_ = global::ArBridge.V1.ActionMode.Unspecified;
+    /// <summary>
+    /// Overrides ConverseStart.action_mode for this reply when set.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::ArBridge.V1.ActionMode ActionMode {
+      get { return actionMode_; }
+      set {
+        actionMode_ = value;
+      }
+    }
+
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public override bool Equals(object other) {
@@ -2327,6 +2490,8 @@ namespace ArBridge.V1 {
       if (Text != other.Text) return false;
       if (!object.Equals(Audio, other.Audio)) return false;
       if (!object.Equals(Sampling, other.Sampling)) return false;
+      if(!rays_.Equals(other.rays_)) return false;
+      if (ActionMode != other.ActionMode) return false;
       return Equals(_unknownFields, other._unknownFields);
     }
 
@@ -2338,6 +2503,8 @@ namespace ArBridge.V1 {
       if (Text.Length != 0) hash ^= Text.GetHashCode();
       if (audio_ != null) hash ^= Audio.GetHashCode();
       if (sampling_ != null) hash ^= Sampling.GetHashCode();
+      hash ^= rays_.GetHashCode();
+      if (ActionMode != global::ArBridge.V1.ActionMode.Unspecified) hash ^= ActionMode.GetHashCode();
       if (_unknownFields != null) {
         hash ^= _unknownFields.GetHashCode();
       }
@@ -2372,6 +2539,11 @@ namespace ArBridge.V1 {
         output.WriteRawTag(34);
         output.WriteMessage(Sampling);
       }
+      rays_.WriteTo(output, _repeated_rays_codec);
+      if (ActionMode != global::ArBridge.V1.ActionMode.Unspecified) {
+        output.WriteRawTag(48);
+        output.WriteEnum((int) ActionMode);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -2398,6 +2570,11 @@ namespace ArBridge.V1 {
         output.WriteRawTag(34);
         output.WriteMessage(Sampling);
       }
+      rays_.WriteTo(ref output, _repeated_rays_codec);
+      if (ActionMode != global::ArBridge.V1.ActionMode.Unspecified) {
+        output.WriteRawTag(48);
+        output.WriteEnum((int) ActionMode);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -2419,6 +2596,10 @@ namespace ArBridge.V1 {
       }
       if (sampling_ != null) {
         size += 1 + pb::CodedOutputStream.ComputeMessageSize(Sampling);
+      }
+      size += rays_.CalculateSize(_repeated_rays_codec);
+      if (ActionMode != global::ArBridge.V1.ActionMode.Unspecified) {
+        size += 1 + pb::CodedOutputStream.ComputeEnumSize((int) ActionMode);
       }
       if (_unknownFields != null) {
         size += _unknownFields.CalculateSize();
@@ -2449,6 +2630,10 @@ namespace ArBridge.V1 {
           Sampling = new global::ArBridge.V1.SamplingParams();
         }
         Sampling.MergeFrom(other.Sampling);
+      }
+      rays_.Add(other.rays_);
+      if (other.ActionMode != global::ArBridge.V1.ActionMode.Unspecified) {
+        ActionMode = other.ActionMode;
       }
       _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
     }
@@ -2487,6 +2672,14 @@ namespace ArBridge.V1 {
             input.ReadMessage(Sampling);
             break;
           }
+          case 42: {
+            rays_.AddEntriesFrom(input, _repeated_rays_codec);
+            break;
+          }
+          case 48: {
+            ActionMode = (global::ArBridge.V1.ActionMode) input.ReadEnum();
+            break;
+          }
         }
       }
     #endif
@@ -2522,6 +2715,14 @@ namespace ArBridge.V1 {
               Sampling = new global::ArBridge.V1.SamplingParams();
             }
             input.ReadMessage(Sampling);
+            break;
+          }
+          case 42: {
+            rays_.AddEntriesFrom(ref input, _repeated_rays_codec);
+            break;
+          }
+          case 48: {
+            ActionMode = (global::ArBridge.V1.ActionMode) input.ReadEnum();
             break;
           }
         }
@@ -3177,6 +3378,9 @@ namespace ArBridge.V1 {
         case EventOneofCase.Completion:
           Completion = other.Completion.Clone();
           break;
+        case EventOneofCase.Action:
+          Action = other.Action.Clone();
+          break;
       }
 
       _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
@@ -3227,6 +3431,18 @@ namespace ArBridge.V1 {
       }
     }
 
+    /// <summary>Field number for the "action" field.</summary>
+    public const int ActionFieldNumber = 6;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::ArBridge.V1.ActionCall Action {
+      get { return eventCase_ == EventOneofCase.Action ? (global::ArBridge.V1.ActionCall) event_ : null; }
+      set {
+        event_ = value;
+        eventCase_ = value == null ? EventOneofCase.None : EventOneofCase.Action;
+      }
+    }
+
     /// <summary>Field number for the "seq" field.</summary>
     public const int SeqFieldNumber = 4;
     private ulong seq_;
@@ -3260,6 +3476,7 @@ namespace ArBridge.V1 {
       None = 0,
       Chunk = 2,
       Completion = 3,
+      Action = 6,
     }
     private EventOneofCase eventCase_ = EventOneofCase.None;
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -3293,6 +3510,7 @@ namespace ArBridge.V1 {
       if (TurnId != other.TurnId) return false;
       if (!object.Equals(Chunk, other.Chunk)) return false;
       if (!object.Equals(Completion, other.Completion)) return false;
+      if (!object.Equals(Action, other.Action)) return false;
       if (Seq != other.Seq) return false;
       if (StreamId != other.StreamId) return false;
       if (EventCase != other.EventCase) return false;
@@ -3306,6 +3524,7 @@ namespace ArBridge.V1 {
       if (TurnId != 0) hash ^= TurnId.GetHashCode();
       if (eventCase_ == EventOneofCase.Chunk) hash ^= Chunk.GetHashCode();
       if (eventCase_ == EventOneofCase.Completion) hash ^= Completion.GetHashCode();
+      if (eventCase_ == EventOneofCase.Action) hash ^= Action.GetHashCode();
       if (Seq != 0UL) hash ^= Seq.GetHashCode();
       if (StreamId.Length != 0) hash ^= StreamId.GetHashCode();
       hash ^= (int) eventCase_;
@@ -3347,6 +3566,10 @@ namespace ArBridge.V1 {
         output.WriteRawTag(42);
         output.WriteString(StreamId);
       }
+      if (eventCase_ == EventOneofCase.Action) {
+        output.WriteRawTag(50);
+        output.WriteMessage(Action);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -3377,6 +3600,10 @@ namespace ArBridge.V1 {
         output.WriteRawTag(42);
         output.WriteString(StreamId);
       }
+      if (eventCase_ == EventOneofCase.Action) {
+        output.WriteRawTag(50);
+        output.WriteMessage(Action);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -3395,6 +3622,9 @@ namespace ArBridge.V1 {
       }
       if (eventCase_ == EventOneofCase.Completion) {
         size += 1 + pb::CodedOutputStream.ComputeMessageSize(Completion);
+      }
+      if (eventCase_ == EventOneofCase.Action) {
+        size += 1 + pb::CodedOutputStream.ComputeMessageSize(Action);
       }
       if (Seq != 0UL) {
         size += 1 + pb::CodedOutputStream.ComputeUInt64Size(Seq);
@@ -3435,6 +3665,12 @@ namespace ArBridge.V1 {
             Completion = new global::ArBridge.V1.Completion();
           }
           Completion.MergeFrom(other.Completion);
+          break;
+        case EventOneofCase.Action:
+          if (Action == null) {
+            Action = new global::ArBridge.V1.ActionCall();
+          }
+          Action.MergeFrom(other.Action);
           break;
       }
 
@@ -3483,6 +3719,15 @@ namespace ArBridge.V1 {
             StreamId = input.ReadString();
             break;
           }
+          case 50: {
+            global::ArBridge.V1.ActionCall subBuilder = new global::ArBridge.V1.ActionCall();
+            if (eventCase_ == EventOneofCase.Action) {
+              subBuilder.MergeFrom(Action);
+            }
+            input.ReadMessage(subBuilder);
+            Action = subBuilder;
+            break;
+          }
         }
       }
     #endif
@@ -3526,6 +3771,15 @@ namespace ArBridge.V1 {
           }
           case 42: {
             StreamId = input.ReadString();
+            break;
+          }
+          case 50: {
+            global::ArBridge.V1.ActionCall subBuilder = new global::ArBridge.V1.ActionCall();
+            if (eventCase_ == EventOneofCase.Action) {
+              subBuilder.MergeFrom(Action);
+            }
+            input.ReadMessage(subBuilder);
+            Action = subBuilder;
             break;
           }
         }
@@ -5423,6 +5677,9 @@ namespace ArBridge.V1 {
         case EventOneofCase.Completion:
           Completion = other.Completion.Clone();
           break;
+        case EventOneofCase.Action:
+          Action = other.Action.Clone();
+          break;
       }
 
       _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
@@ -5488,6 +5745,18 @@ namespace ArBridge.V1 {
       }
     }
 
+    /// <summary>Field number for the "action" field.</summary>
+    public const int ActionFieldNumber = 7;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::ArBridge.V1.ActionCall Action {
+      get { return eventCase_ == EventOneofCase.Action ? (global::ArBridge.V1.ActionCall) event_ : null; }
+      set {
+        event_ = value;
+        eventCase_ = value == null ? EventOneofCase.None : EventOneofCase.Action;
+      }
+    }
+
     /// <summary>Field number for the "seq" field.</summary>
     public const int SeqFieldNumber = 5;
     private ulong seq_;
@@ -5518,6 +5787,7 @@ namespace ArBridge.V1 {
       None = 0,
       Chunk = 3,
       Completion = 4,
+      Action = 7,
     }
     private EventOneofCase eventCase_ = EventOneofCase.None;
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -5552,6 +5822,7 @@ namespace ArBridge.V1 {
       if (TurnId != other.TurnId) return false;
       if (!object.Equals(Chunk, other.Chunk)) return false;
       if (!object.Equals(Completion, other.Completion)) return false;
+      if (!object.Equals(Action, other.Action)) return false;
       if (Seq != other.Seq) return false;
       if (StreamId != other.StreamId) return false;
       if (EventCase != other.EventCase) return false;
@@ -5566,6 +5837,7 @@ namespace ArBridge.V1 {
       if (TurnId != 0) hash ^= TurnId.GetHashCode();
       if (eventCase_ == EventOneofCase.Chunk) hash ^= Chunk.GetHashCode();
       if (eventCase_ == EventOneofCase.Completion) hash ^= Completion.GetHashCode();
+      if (eventCase_ == EventOneofCase.Action) hash ^= Action.GetHashCode();
       if (Seq != 0UL) hash ^= Seq.GetHashCode();
       if (StreamId.Length != 0) hash ^= StreamId.GetHashCode();
       hash ^= (int) eventCase_;
@@ -5611,6 +5883,10 @@ namespace ArBridge.V1 {
         output.WriteRawTag(50);
         output.WriteString(StreamId);
       }
+      if (eventCase_ == EventOneofCase.Action) {
+        output.WriteRawTag(58);
+        output.WriteMessage(Action);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -5645,6 +5921,10 @@ namespace ArBridge.V1 {
         output.WriteRawTag(50);
         output.WriteString(StreamId);
       }
+      if (eventCase_ == EventOneofCase.Action) {
+        output.WriteRawTag(58);
+        output.WriteMessage(Action);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -5666,6 +5946,9 @@ namespace ArBridge.V1 {
       }
       if (eventCase_ == EventOneofCase.Completion) {
         size += 1 + pb::CodedOutputStream.ComputeMessageSize(Completion);
+      }
+      if (eventCase_ == EventOneofCase.Action) {
+        size += 1 + pb::CodedOutputStream.ComputeMessageSize(Action);
       }
       if (Seq != 0UL) {
         size += 1 + pb::CodedOutputStream.ComputeUInt64Size(Seq);
@@ -5709,6 +5992,12 @@ namespace ArBridge.V1 {
             Completion = new global::ArBridge.V1.Completion();
           }
           Completion.MergeFrom(other.Completion);
+          break;
+        case EventOneofCase.Action:
+          if (Action == null) {
+            Action = new global::ArBridge.V1.ActionCall();
+          }
+          Action.MergeFrom(other.Action);
           break;
       }
 
@@ -5761,6 +6050,15 @@ namespace ArBridge.V1 {
             StreamId = input.ReadString();
             break;
           }
+          case 58: {
+            global::ArBridge.V1.ActionCall subBuilder = new global::ArBridge.V1.ActionCall();
+            if (eventCase_ == EventOneofCase.Action) {
+              subBuilder.MergeFrom(Action);
+            }
+            input.ReadMessage(subBuilder);
+            Action = subBuilder;
+            break;
+          }
         }
       }
     #endif
@@ -5808,6 +6106,15 @@ namespace ArBridge.V1 {
           }
           case 50: {
             StreamId = input.ReadString();
+            break;
+          }
+          case 58: {
+            global::ArBridge.V1.ActionCall subBuilder = new global::ArBridge.V1.ActionCall();
+            if (eventCase_ == EventOneofCase.Action) {
+              subBuilder.MergeFrom(Action);
+            }
+            input.ReadMessage(subBuilder);
+            Action = subBuilder;
             break;
           }
         }

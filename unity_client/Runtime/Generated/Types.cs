@@ -35,74 +35,193 @@ namespace ArBridge.V1 {
             "CmF0dHJpYnV0ZXMYBiADKAsyKC5hcmJyaWRnZS52MS5TY2VuZU9iamVjdC5B",
             "dHRyaWJ1dGVzRW50cnkaMQoPQXR0cmlidXRlc0VudHJ5EgsKA2tleRgBIAEo",
             "CRINCgV2YWx1ZRgCIAEoCToCOAEiPgoNRmVhdHVyZVZlY3RvchIPCgdlbmNv",
-            "ZGVyGAEgASgJEgwKBGRpbXMYAiABKA0SDgoGdmFsdWVzGAMgAygCItoBCg1T",
+            "ZGVyGAEgASgJEgwKBGRpbXMYAiABKA0SDgoGdmFsdWVzGAMgAygCIvoBCg1T",
             "Y2VuZUZlYXR1cmVzEikKB29iamVjdHMYASADKAsyGC5hcmJyaWRnZS52MS5T",
             "Y2VuZU9iamVjdBImCgtjYW1lcmFfcG9zZRgCIAEoCzIRLmFyYnJpZGdlLnYx",
             "LlBvc2USMgoOaW1hZ2VfZmVhdHVyZXMYAyADKAsyGi5hcmJyaWRnZS52MS5G",
             "ZWF0dXJlVmVjdG9yEhUKDWxvY2F0aW9uX2hpbnQYBCABKAkSFAoMdGltZXN0",
-            "YW1wX21zGAUgASgDEhUKDXNjZW5lX3ZlcnNpb24YBiABKAQioAEKClNjZW5l",
-            "RGVsdGESKAoGdXBzZXJ0GAEgAygLMhguYXJicmlkZ2UudjEuU2NlbmVPYmpl",
-            "Y3QSEgoKcmVtb3ZlX2lkcxgCIAMoCRImCgtjYW1lcmFfcG9zZRgDIAEoCzIR",
-            "LmFyYnJpZGdlLnYxLlBvc2USFQoNbG9jYXRpb25faGludBgEIAEoCRIVCg1z",
-            "Y2VuZV92ZXJzaW9uGAUgASgEIiIKDVN0cmVhbU9wdGlvbnMSEQoJcmVzdW1h",
-            "YmxlGAEgASgIIngKDUF1ZGlvRmVhdHVyZXMSEgoKdHJhbnNjcmlwdBgBIAEo",
-            "CRIQCghsYW5ndWFnZRgCIAEoCRISCgpjb25maWRlbmNlGAMgASgCEi0KCWVt",
-            "YmVkZGluZxgEIAEoCzIaLmFyYnJpZGdlLnYxLkZlYXR1cmVWZWN0b3IiPQoM",
-            "RGlhbG9ndWVUdXJuEh8KBHJvbGUYASABKA4yES5hcmJyaWRnZS52MS5Sb2xl",
-            "EgwKBHRleHQYAiABKAkingIKDlNhbXBsaW5nUGFyYW1zEhYKDm1heF9uZXdf",
-            "dG9rZW5zGAEgASgNEhMKC3RlbXBlcmF0dXJlGAIgASgCEg0KBXRvcF9rGAMg",
-            "ASgNEg0KBXRvcF9wGAQgASgCEhoKEnJlcGV0aXRpb25fcGVuYWx0eRgFIAEo",
-            "AhIRCgRzZWVkGAYgASgESACIAQESDAoEc3RvcBgHIAMoCRIcChRudW1fcmV0",
-            "dXJuX3NlcXVlbmNlcxgIIAEoDRIQCghsb2dwcm9icxgJIAEoCBIdChBzY2Vu",
-            "ZV9jb25zdHJhaW50GAogASgCSAGIAQESFwoPbm9fcmVwZWF0X25ncmFtGAsg",
-            "ASgNQgcKBV9zZWVkQhMKEV9zY2VuZV9jb25zdHJhaW50ImcKClRva2VuQ2h1",
-            "bmsSFgoOc2VxdWVuY2VfaW5kZXgYASABKA0SDAoEdGV4dBgCIAEoCRIRCgl0",
-            "b2tlbl9pZHMYAyADKA0SFAoHbG9ncHJvYhgEIAEoAkgAiAEBQgoKCF9sb2dw",
-            "cm9iIjkKBVVzYWdlEhUKDXByb21wdF90b2tlbnMYASABKA0SGQoRY29tcGxl",
-            "dGlvbl90b2tlbnMYAiABKA0iTQoHVGltaW5ncxIQCghxdWV1ZV9tcxgBIAEo",
-            "ARIeChZ0aW1lX3RvX2ZpcnN0X3Rva2VuX21zGAIgASgBEhAKCHRvdGFsX21z",
-            "GAMgASgBIj0KDEdyb3VuZGVkU3BhbhIRCglvYmplY3RfaWQYASABKAkSDQoF",
-            "c3RhcnQYAiABKA0SCwoDZW5kGAMgASgNIpgCCgpDb21wbGV0aW9uEhYKDnNl",
-            "cXVlbmNlX2luZGV4GAEgASgNEjAKDWZpbmlzaF9yZWFzb24YAiABKA4yGS5h",
-            "cmJyaWRnZS52MS5GaW5pc2hSZWFzb24SIQoFdXNhZ2UYAyABKAsyEi5hcmJy",
-            "aWRnZS52MS5Vc2FnZRIMCgRzZWVkGAQgASgEEiUKB3RpbWluZ3MYBSABKAsy",
-            "FC5hcmJyaWRnZS52MS5UaW1pbmdzEgwKBHRleHQYBiABKAkSFQoNZXJyb3Jf",
-            "bWVzc2FnZRgHIAEoCRIsCglncm91bmRpbmcYCCADKAsyGS5hcmJyaWRnZS52",
-            "MS5Hcm91bmRlZFNwYW4SFQoNc2NlbmVfdmVyc2lvbhgJIAEoBCpQCgRSb2xl",
-            "EhQKEFJPTEVfVU5TUEVDSUZJRUQQABINCglST0xFX1VTRVIQARISCg5ST0xF",
-            "X0FTU0lTVEFOVBACEg8KC1JPTEVfU1lTVEVNEAMq8gEKDEZpbmlzaFJlYXNv",
-            "bhIdChlGSU5JU0hfUkVBU09OX1VOU1BFQ0lGSUVEEAASGAoURklOSVNIX1JF",
-            "QVNPTl9MRU5HVEgQARIVChFGSU5JU0hfUkVBU09OX0VPUxACEh8KG0ZJTklT",
-            "SF9SRUFTT05fU1RPUF9TRVFVRU5DRRADEhsKF0ZJTklTSF9SRUFTT05fQ0FO",
-            "Q0VMTEVEEAQSHQoZRklOSVNIX1JFQVNPTl9JTlRFUlJVUFRFRBAFEhwKGEZJ",
-            "TklTSF9SRUFTT05fVElNRV9MSU1JVBAGEhcKE0ZJTklTSF9SRUFTT05fRVJS",
-            "T1IQB0IhCg9jb20uYXJicmlkZ2UudjFQAaoCC0FyQnJpZGdlLlYxYgZwcm90",
-            "bzM="));
+            "YW1wX21zGAUgASgDEhUKDXNjZW5lX3ZlcnNpb24YBiABKAQSHgoEcmF5cxgH",
+            "IAMoCzIQLmFyYnJpZGdlLnYxLlJheSKMAQoDUmF5EiYKBnNvdXJjZRgBIAEo",
+            "DjIWLmFyYnJpZGdlLnYxLlJheVNvdXJjZRIhCgZvcmlnaW4YAiABKAsyES5h",
+            "cmJyaWRnZS52MS5WZWMzEiQKCWRpcmVjdGlvbhgDIAEoCzIRLmFyYnJpZGdl",
+            "LnYxLlZlYzMSFAoMdGltZXN0YW1wX21zGAQgASgDIq0BCghSZWZlcmVudBIm",
+            "CgZzb3VyY2UYASABKA4yFi5hcmJyaWRnZS52MS5SYXlTb3VyY2USKQoFbWF0",
+            "Y2gYAiABKA4yGi5hcmJyaWRnZS52MS5SZWZlcmVudE1hdGNoEhEKCW9iamVj",
+            "dF9pZBgDIAEoCRISCgpjb25maWRlbmNlGAQgASgCEhAKCGRpc3RhbmNlGAUg",
+            "ASgCEhUKDWNhbmRpZGF0ZV9pZHMYBiADKAkibwoPQWN0aW9uUGFyYW1ldGVy",
+            "EgwKBG5hbWUYASABKAkSKAoEdHlwZRgCIAEoDjIaLmFyYnJpZGdlLnYxLlBh",
+            "cmFtZXRlclR5cGUSEwoLZGVzY3JpcHRpb24YAyABKAkSDwoHY2hvaWNlcxgE",
+            "IAMoCSJnChBBY3Rpb25EZWZpbml0aW9uEgwKBG5hbWUYASABKAkSEwoLZGVz",
+            "Y3JpcHRpb24YAiABKAkSMAoKcGFyYW1ldGVycxgDIAMoCzIcLmFyYnJpZGdl",
+            "LnYxLkFjdGlvblBhcmFtZXRlciKbAQoOQWN0aW9uQXJndW1lbnQSDAoEbmFt",
+            "ZRgBIAEoCRIWCgxzdHJpbmdfdmFsdWUYAiABKAlIABIWCgxudW1iZXJfdmFs",
+            "dWUYAyABKAFIABIXCg1pbnRlZ2VyX3ZhbHVlGAQgASgDSAASFAoKYm9vbF92",
+            "YWx1ZRgFIAEoCEgAEhMKCW9iamVjdF9pZBgGIAEoCUgAQgcKBXZhbHVlIosB",
+            "CgpBY3Rpb25DYWxsEhYKDnNlcXVlbmNlX2luZGV4GAEgASgNEgwKBG5hbWUY",
+            "AiABKAkSLgoJYXJndW1lbnRzGAMgAygLMhsuYXJicmlkZ2UudjEuQWN0aW9u",
+            "QXJndW1lbnQSEgoKb2JqZWN0X2lkcxgEIAMoCRITCgt0ZXh0X29mZnNldBgF",
+            "IAEoDSJCCg5SZXNwb25zZUZvcm1hdBIVCgtqc29uX3NjaGVtYRgBIAEoCUgA",
+            "Eg8KBXJlZ2V4GAIgASgJSABCCAoGZm9ybWF0IqABCgpTY2VuZURlbHRhEigK",
+            "BnVwc2VydBgBIAMoCzIYLmFyYnJpZGdlLnYxLlNjZW5lT2JqZWN0EhIKCnJl",
+            "bW92ZV9pZHMYAiADKAkSJgoLY2FtZXJhX3Bvc2UYAyABKAsyES5hcmJyaWRn",
+            "ZS52MS5Qb3NlEhUKDWxvY2F0aW9uX2hpbnQYBCABKAkSFQoNc2NlbmVfdmVy",
+            "c2lvbhgFIAEoBCIiCg1TdHJlYW1PcHRpb25zEhEKCXJlc3VtYWJsZRgBIAEo",
+            "CCJ4Cg1BdWRpb0ZlYXR1cmVzEhIKCnRyYW5zY3JpcHQYASABKAkSEAoIbGFu",
+            "Z3VhZ2UYAiABKAkSEgoKY29uZmlkZW5jZRgDIAEoAhItCgllbWJlZGRpbmcY",
+            "BCABKAsyGi5hcmJyaWRnZS52MS5GZWF0dXJlVmVjdG9yIj0KDERpYWxvZ3Vl",
+            "VHVybhIfCgRyb2xlGAEgASgOMhEuYXJicmlkZ2UudjEuUm9sZRIMCgR0ZXh0",
+            "GAIgASgJItQCCg5TYW1wbGluZ1BhcmFtcxIWCg5tYXhfbmV3X3Rva2VucxgB",
+            "IAEoDRITCgt0ZW1wZXJhdHVyZRgCIAEoAhINCgV0b3BfaxgDIAEoDRINCgV0",
+            "b3BfcBgEIAEoAhIaChJyZXBldGl0aW9uX3BlbmFsdHkYBSABKAISEQoEc2Vl",
+            "ZBgGIAEoBEgAiAEBEgwKBHN0b3AYByADKAkSHAoUbnVtX3JldHVybl9zZXF1",
+            "ZW5jZXMYCCABKA0SEAoIbG9ncHJvYnMYCSABKAgSHQoQc2NlbmVfY29uc3Ry",
+            "YWludBgKIAEoAkgBiAEBEhcKD25vX3JlcGVhdF9uZ3JhbRgLIAEoDRI0Cg9y",
+            "ZXNwb25zZV9mb3JtYXQYDCABKAsyGy5hcmJyaWRnZS52MS5SZXNwb25zZUZv",
+            "cm1hdEIHCgVfc2VlZEITChFfc2NlbmVfY29uc3RyYWludCJnCgpUb2tlbkNo",
+            "dW5rEhYKDnNlcXVlbmNlX2luZGV4GAEgASgNEgwKBHRleHQYAiABKAkSEQoJ",
+            "dG9rZW5faWRzGAMgAygNEhQKB2xvZ3Byb2IYBCABKAJIAIgBAUIKCghfbG9n",
+            "cHJvYiI5CgVVc2FnZRIVCg1wcm9tcHRfdG9rZW5zGAEgASgNEhkKEWNvbXBs",
+            "ZXRpb25fdG9rZW5zGAIgASgNIk0KB1RpbWluZ3MSEAoIcXVldWVfbXMYASAB",
+            "KAESHgoWdGltZV90b19maXJzdF90b2tlbl9tcxgCIAEoARIQCgh0b3RhbF9t",
+            "cxgDIAEoASI9CgxHcm91bmRlZFNwYW4SEQoJb2JqZWN0X2lkGAEgASgJEg0K",
+            "BXN0YXJ0GAIgASgNEgsKA2VuZBgDIAEoDSLsAgoKQ29tcGxldGlvbhIWCg5z",
+            "ZXF1ZW5jZV9pbmRleBgBIAEoDRIwCg1maW5pc2hfcmVhc29uGAIgASgOMhku",
+            "YXJicmlkZ2UudjEuRmluaXNoUmVhc29uEiEKBXVzYWdlGAMgASgLMhIuYXJi",
+            "cmlkZ2UudjEuVXNhZ2USDAoEc2VlZBgEIAEoBBIlCgd0aW1pbmdzGAUgASgL",
+            "MhQuYXJicmlkZ2UudjEuVGltaW5ncxIMCgR0ZXh0GAYgASgJEhUKDWVycm9y",
+            "X21lc3NhZ2UYByABKAkSLAoJZ3JvdW5kaW5nGAggAygLMhkuYXJicmlkZ2Uu",
+            "djEuR3JvdW5kZWRTcGFuEhUKDXNjZW5lX3ZlcnNpb24YCSABKAQSKAoJcmVm",
+            "ZXJlbnRzGAogAygLMhUuYXJicmlkZ2UudjEuUmVmZXJlbnQSKAoHYWN0aW9u",
+            "cxgLIAMoCzIXLmFyYnJpZGdlLnYxLkFjdGlvbkNhbGwqcQoJUmF5U291cmNl",
+            "EhoKFlJBWV9TT1VSQ0VfVU5TUEVDSUZJRUQQABITCg9SQVlfU09VUkNFX0dB",
+            "WkUQARIYChRSQVlfU09VUkNFX0xFRlRfSEFORBACEhkKFVJBWV9TT1VSQ0Vf",
+            "UklHSFRfSEFORBADKpcBCg1SZWZlcmVudE1hdGNoEh4KGlJFRkVSRU5UX01B",
+            "VENIX1VOU1BFQ0lGSUVEEAASFgoSUkVGRVJFTlRfTUFUQ0hfSElUEAESFwoT",
+            "UkVGRVJFTlRfTUFUQ0hfTkVBUhACEhwKGFJFRkVSRU5UX01BVENIX0FNQklH",
+            "VU9VUxADEhcKE1JFRkVSRU5UX01BVENIX05PTkUQBCq4AQoNUGFyYW1ldGVy",
+            "VHlwZRIeChpQQVJBTUVURVJfVFlQRV9VTlNQRUNJRklFRBAAEhkKFVBBUkFN",
+            "RVRFUl9UWVBFX1NUUklORxABEhkKFVBBUkFNRVRFUl9UWVBFX05VTUJFUhAC",
+            "EhoKFlBBUkFNRVRFUl9UWVBFX0lOVEVHRVIQAxIaChZQQVJBTUVURVJfVFlQ",
+            "RV9CT09MRUFOEAQSGQoVUEFSQU1FVEVSX1RZUEVfT0JKRUNUEAUqbwoKQWN0",
+            "aW9uTW9kZRIbChdBQ1RJT05fTU9ERV9VTlNQRUNJRklFRBAAEhQKEEFDVElP",
+            "Tl9NT0RFX0FVVE8QARIYChRBQ1RJT05fTU9ERV9SRVFVSVJFRBACEhQKEEFD",
+            "VElPTl9NT0RFX05PTkUQAypQCgRSb2xlEhQKEFJPTEVfVU5TUEVDSUZJRUQQ",
+            "ABINCglST0xFX1VTRVIQARISCg5ST0xFX0FTU0lTVEFOVBACEg8KC1JPTEVf",
+            "U1lTVEVNEAMq8gEKDEZpbmlzaFJlYXNvbhIdChlGSU5JU0hfUkVBU09OX1VO",
+            "U1BFQ0lGSUVEEAASGAoURklOSVNIX1JFQVNPTl9MRU5HVEgQARIVChFGSU5J",
+            "U0hfUkVBU09OX0VPUxACEh8KG0ZJTklTSF9SRUFTT05fU1RPUF9TRVFVRU5D",
+            "RRADEhsKF0ZJTklTSF9SRUFTT05fQ0FOQ0VMTEVEEAQSHQoZRklOSVNIX1JF",
+            "QVNPTl9JTlRFUlJVUFRFRBAFEhwKGEZJTklTSF9SRUFTT05fVElNRV9MSU1J",
+            "VBAGEhcKE0ZJTklTSF9SRUFTT05fRVJST1IQB0IhCg9jb20uYXJicmlkZ2Uu",
+            "djFQAaoCC0FyQnJpZGdlLlYxYgZwcm90bzM="));
       descriptor = pbr::FileDescriptor.FromGeneratedCode(descriptorData,
           new pbr::FileDescriptor[] { },
-          new pbr::GeneratedClrTypeInfo(new[] {typeof(global::ArBridge.V1.Role), typeof(global::ArBridge.V1.FinishReason), }, null, new pbr::GeneratedClrTypeInfo[] {
+          new pbr::GeneratedClrTypeInfo(new[] {typeof(global::ArBridge.V1.RaySource), typeof(global::ArBridge.V1.ReferentMatch), typeof(global::ArBridge.V1.ParameterType), typeof(global::ArBridge.V1.ActionMode), typeof(global::ArBridge.V1.Role), typeof(global::ArBridge.V1.FinishReason), }, null, new pbr::GeneratedClrTypeInfo[] {
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.Vec3), global::ArBridge.V1.Vec3.Parser, new[]{ "X", "Y", "Z" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.Quaternion), global::ArBridge.V1.Quaternion.Parser, new[]{ "X", "Y", "Z", "W" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.Pose), global::ArBridge.V1.Pose.Parser, new[]{ "Position", "Rotation" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.SceneObject), global::ArBridge.V1.SceneObject.Parser, new[]{ "Id", "Label", "Confidence", "Pose", "Extents", "Attributes" }, null, null, null, new pbr::GeneratedClrTypeInfo[] { null, }),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.FeatureVector), global::ArBridge.V1.FeatureVector.Parser, new[]{ "Encoder", "Dims", "Values" }, null, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.SceneFeatures), global::ArBridge.V1.SceneFeatures.Parser, new[]{ "Objects", "CameraPose", "ImageFeatures", "LocationHint", "TimestampMs", "SceneVersion" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.SceneFeatures), global::ArBridge.V1.SceneFeatures.Parser, new[]{ "Objects", "CameraPose", "ImageFeatures", "LocationHint", "TimestampMs", "SceneVersion", "Rays" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.Ray), global::ArBridge.V1.Ray.Parser, new[]{ "Source", "Origin", "Direction", "TimestampMs" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.Referent), global::ArBridge.V1.Referent.Parser, new[]{ "Source", "Match", "ObjectId", "Confidence", "Distance", "CandidateIds" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.ActionParameter), global::ArBridge.V1.ActionParameter.Parser, new[]{ "Name", "Type", "Description", "Choices" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.ActionDefinition), global::ArBridge.V1.ActionDefinition.Parser, new[]{ "Name", "Description", "Parameters" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.ActionArgument), global::ArBridge.V1.ActionArgument.Parser, new[]{ "Name", "StringValue", "NumberValue", "IntegerValue", "BoolValue", "ObjectId" }, new[]{ "Value" }, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.ActionCall), global::ArBridge.V1.ActionCall.Parser, new[]{ "SequenceIndex", "Name", "Arguments", "ObjectIds", "TextOffset" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.ResponseFormat), global::ArBridge.V1.ResponseFormat.Parser, new[]{ "JsonSchema", "Regex" }, new[]{ "Format" }, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.SceneDelta), global::ArBridge.V1.SceneDelta.Parser, new[]{ "Upsert", "RemoveIds", "CameraPose", "LocationHint", "SceneVersion" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.StreamOptions), global::ArBridge.V1.StreamOptions.Parser, new[]{ "Resumable" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.AudioFeatures), global::ArBridge.V1.AudioFeatures.Parser, new[]{ "Transcript", "Language", "Confidence", "Embedding" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.DialogueTurn), global::ArBridge.V1.DialogueTurn.Parser, new[]{ "Role", "Text" }, null, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.SamplingParams), global::ArBridge.V1.SamplingParams.Parser, new[]{ "MaxNewTokens", "Temperature", "TopK", "TopP", "RepetitionPenalty", "Seed", "Stop", "NumReturnSequences", "Logprobs", "SceneConstraint", "NoRepeatNgram" }, new[]{ "Seed", "SceneConstraint" }, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.SamplingParams), global::ArBridge.V1.SamplingParams.Parser, new[]{ "MaxNewTokens", "Temperature", "TopK", "TopP", "RepetitionPenalty", "Seed", "Stop", "NumReturnSequences", "Logprobs", "SceneConstraint", "NoRepeatNgram", "ResponseFormat" }, new[]{ "Seed", "SceneConstraint" }, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.TokenChunk), global::ArBridge.V1.TokenChunk.Parser, new[]{ "SequenceIndex", "Text", "TokenIds", "Logprob" }, new[]{ "Logprob" }, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.Usage), global::ArBridge.V1.Usage.Parser, new[]{ "PromptTokens", "CompletionTokens" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.Timings), global::ArBridge.V1.Timings.Parser, new[]{ "QueueMs", "TimeToFirstTokenMs", "TotalMs" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.GroundedSpan), global::ArBridge.V1.GroundedSpan.Parser, new[]{ "ObjectId", "Start", "End" }, null, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.Completion), global::ArBridge.V1.Completion.Parser, new[]{ "SequenceIndex", "FinishReason", "Usage", "Seed", "Timings", "Text", "ErrorMessage", "Grounding", "SceneVersion" }, null, null, null, null)
+            new pbr::GeneratedClrTypeInfo(typeof(global::ArBridge.V1.Completion), global::ArBridge.V1.Completion.Parser, new[]{ "SequenceIndex", "FinishReason", "Usage", "Seed", "Timings", "Text", "ErrorMessage", "Grounding", "SceneVersion", "Referents", "Actions" }, null, null, null, null)
           }));
     }
     #endregion
 
   }
   #region Enums
+  /// <summary>
+  /// What casts a ray.
+  /// </summary>
+  public enum RaySource {
+    [pbr::OriginalName("RAY_SOURCE_UNSPECIFIED")] Unspecified = 0,
+    /// <summary>
+    /// The eye-gaze (or head-gaze) ray.
+    /// </summary>
+    [pbr::OriginalName("RAY_SOURCE_GAZE")] Gaze = 1,
+    [pbr::OriginalName("RAY_SOURCE_LEFT_HAND")] LeftHand = 2,
+    [pbr::OriginalName("RAY_SOURCE_RIGHT_HAND")] RightHand = 3,
+  }
+
+  /// <summary>
+  /// How a ray's referent was chosen.
+  /// </summary>
+  public enum ReferentMatch {
+    [pbr::OriginalName("REFERENT_MATCH_UNSPECIFIED")] Unspecified = 0,
+    /// <summary>
+    /// The ray passes through the object's box (pose + extents); the nearest box
+    /// along the ray wins, as a closer object hides a farther one.
+    /// </summary>
+    [pbr::OriginalName("REFERENT_MATCH_HIT")] Hit = 1,
+    /// <summary>
+    /// No box is hit: the object closest to the ray, within a cone around it.
+    /// </summary>
+    [pbr::OriginalName("REFERENT_MATCH_NEAR")] Near = 2,
+    /// <summary>
+    /// Two or more objects are about equally likely (candidate_ids); the reply asks
+    /// which one the wearer means.
+    /// </summary>
+    [pbr::OriginalName("REFERENT_MATCH_AMBIGUOUS")] Ambiguous = 3,
+    /// <summary>
+    /// Nothing in the scene is there.
+    /// </summary>
+    [pbr::OriginalName("REFERENT_MATCH_NONE")] None = 4,
+  }
+
+  /// <summary>
+  /// The type of an action's parameter.
+  /// </summary>
+  public enum ParameterType {
+    [pbr::OriginalName("PARAMETER_TYPE_UNSPECIFIED")] Unspecified = 0,
+    /// <summary>
+    /// Free text (at most 60 characters), or one of `choices` when given.
+    /// </summary>
+    [pbr::OriginalName("PARAMETER_TYPE_STRING")] String = 1,
+    [pbr::OriginalName("PARAMETER_TYPE_NUMBER")] Number = 2,
+    [pbr::OriginalName("PARAMETER_TYPE_INTEGER")] Integer = 3,
+    [pbr::OriginalName("PARAMETER_TYPE_BOOLEAN")] Boolean = 4,
+    /// <summary>
+    /// An object of the current scene: the reply can only name objects that are in
+    /// it, and the call carries the object's id.
+    /// </summary>
+    [pbr::OriginalName("PARAMETER_TYPE_OBJECT")] Object = 5,
+  }
+
+  /// <summary>
+  /// When a reply calls actions.
+  /// </summary>
+  public enum ActionMode {
+    /// <summary>
+    /// The model decides (the session's mode; AUTO when no mode is set anywhere).
+    /// </summary>
+    [pbr::OriginalName("ACTION_MODE_UNSPECIFIED")] Unspecified = 0,
+    [pbr::OriginalName("ACTION_MODE_AUTO")] Auto = 1,
+    /// <summary>
+    /// The reply starts with at least one action.
+    /// </summary>
+    [pbr::OriginalName("ACTION_MODE_REQUIRED")] Required = 2,
+    /// <summary>
+    /// No action in this reply.
+    /// </summary>
+    [pbr::OriginalName("ACTION_MODE_NONE")] None = 3,
+  }
+
   /// <summary>
   /// Who spoke a dialogue turn.
   /// </summary>
@@ -1679,6 +1798,7 @@ namespace ArBridge.V1 {
       locationHint_ = other.locationHint_;
       timestampMs_ = other.timestampMs_;
       sceneVersion_ = other.sceneVersion_;
+      rays_ = other.rays_.Clone();
       _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
     }
 
@@ -1778,6 +1898,22 @@ namespace ArBridge.V1 {
       }
     }
 
+    /// <summary>Field number for the "rays" field.</summary>
+    public const int RaysFieldNumber = 7;
+    private static readonly pb::FieldCodec<global::ArBridge.V1.Ray> _repeated_rays_codec
+        = pb::FieldCodec.ForMessage(58, global::ArBridge.V1.Ray.Parser);
+    private readonly pbc::RepeatedField<global::ArBridge.V1.Ray> rays_ = new pbc::RepeatedField<global::ArBridge.V1.Ray>();
+    /// <summary>
+    /// Where the wearer is looking and pointing at this moment (at most one ray per
+    /// source). "This" and "that" in a question are resolved against them, and
+    /// every Completion reports what they hit (Completion.referents).
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public pbc::RepeatedField<global::ArBridge.V1.Ray> Rays {
+      get { return rays_; }
+    }
+
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public override bool Equals(object other) {
@@ -1799,6 +1935,7 @@ namespace ArBridge.V1 {
       if (LocationHint != other.LocationHint) return false;
       if (TimestampMs != other.TimestampMs) return false;
       if (SceneVersion != other.SceneVersion) return false;
+      if(!rays_.Equals(other.rays_)) return false;
       return Equals(_unknownFields, other._unknownFields);
     }
 
@@ -1812,6 +1949,7 @@ namespace ArBridge.V1 {
       if (LocationHint.Length != 0) hash ^= LocationHint.GetHashCode();
       if (TimestampMs != 0L) hash ^= TimestampMs.GetHashCode();
       if (SceneVersion != 0UL) hash ^= SceneVersion.GetHashCode();
+      hash ^= rays_.GetHashCode();
       if (_unknownFields != null) {
         hash ^= _unknownFields.GetHashCode();
       }
@@ -1848,6 +1986,7 @@ namespace ArBridge.V1 {
         output.WriteRawTag(48);
         output.WriteUInt64(SceneVersion);
       }
+      rays_.WriteTo(output, _repeated_rays_codec);
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -1876,6 +2015,7 @@ namespace ArBridge.V1 {
         output.WriteRawTag(48);
         output.WriteUInt64(SceneVersion);
       }
+      rays_.WriteTo(ref output, _repeated_rays_codec);
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -1900,6 +2040,7 @@ namespace ArBridge.V1 {
       if (SceneVersion != 0UL) {
         size += 1 + pb::CodedOutputStream.ComputeUInt64Size(SceneVersion);
       }
+      size += rays_.CalculateSize(_repeated_rays_codec);
       if (_unknownFields != null) {
         size += _unknownFields.CalculateSize();
       }
@@ -1929,6 +2070,7 @@ namespace ArBridge.V1 {
       if (other.SceneVersion != 0UL) {
         SceneVersion = other.SceneVersion;
       }
+      rays_.Add(other.rays_);
       _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
     }
 
@@ -1969,6 +2111,10 @@ namespace ArBridge.V1 {
           }
           case 48: {
             SceneVersion = input.ReadUInt64();
+            break;
+          }
+          case 58: {
+            rays_.AddEntriesFrom(input, _repeated_rays_codec);
             break;
           }
         }
@@ -2013,6 +2159,2295 @@ namespace ArBridge.V1 {
             SceneVersion = input.ReadUInt64();
             break;
           }
+          case 58: {
+            rays_.AddEntriesFrom(ref input, _repeated_rays_codec);
+            break;
+          }
+        }
+      }
+    }
+    #endif
+
+  }
+
+  /// <summary>
+  /// A gaze or pointing ray, in the same world frame as the objects.
+  /// </summary>
+  public sealed partial class Ray : pb::IMessage<Ray>
+  #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      , pb::IBufferMessage
+  #endif
+  {
+    private static readonly pb::MessageParser<Ray> _parser = new pb::MessageParser<Ray>(() => new Ray());
+    private pb::UnknownFieldSet _unknownFields;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pb::MessageParser<Ray> Parser { get { return _parser; } }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pbr::MessageDescriptor Descriptor {
+      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[6]; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    pbr::MessageDescriptor pb::IMessage.Descriptor {
+      get { return Descriptor; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public Ray() {
+      OnConstruction();
+    }
+
+    partial void OnConstruction();
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public Ray(Ray other) : this() {
+      source_ = other.source_;
+      origin_ = other.origin_ != null ? other.origin_.Clone() : null;
+      direction_ = other.direction_ != null ? other.direction_.Clone() : null;
+      timestampMs_ = other.timestampMs_;
+      _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public Ray Clone() {
+      return new Ray(this);
+    }
+
+    /// <summary>Field number for the "source" field.</summary>
+    public const int SourceFieldNumber = 1;
+    private global::ArBridge.V1.RaySource source_ = global::ArBridge.V1.RaySource.Unspecified;
+    /// <summary>
+    /// Required; a pointing hand outranks the gaze when both hit something.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::ArBridge.V1.RaySource Source {
+      get { return source_; }
+      set {
+        source_ = value;
+      }
+    }
+
+    /// <summary>Field number for the "origin" field.</summary>
+    public const int OriginFieldNumber = 2;
+    private global::ArBridge.V1.Vec3 origin_;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::ArBridge.V1.Vec3 Origin {
+      get { return origin_; }
+      set {
+        origin_ = value;
+      }
+    }
+
+    /// <summary>Field number for the "direction" field.</summary>
+    public const int DirectionFieldNumber = 3;
+    private global::ArBridge.V1.Vec3 direction_;
+    /// <summary>
+    /// Need not be unit length; must be finite and not zero.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::ArBridge.V1.Vec3 Direction {
+      get { return direction_; }
+      set {
+        direction_ = value;
+      }
+    }
+
+    /// <summary>Field number for the "timestamp_ms" field.</summary>
+    public const int TimestampMsFieldNumber = 4;
+    private long timestampMs_;
+    /// <summary>
+    /// Capture time in milliseconds since the Unix epoch (informational).
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public long TimestampMs {
+      get { return timestampMs_; }
+      set {
+        timestampMs_ = value;
+      }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override bool Equals(object other) {
+      return Equals(other as Ray);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public bool Equals(Ray other) {
+      if (ReferenceEquals(other, null)) {
+        return false;
+      }
+      if (ReferenceEquals(other, this)) {
+        return true;
+      }
+      if (Source != other.Source) return false;
+      if (!object.Equals(Origin, other.Origin)) return false;
+      if (!object.Equals(Direction, other.Direction)) return false;
+      if (TimestampMs != other.TimestampMs) return false;
+      return Equals(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override int GetHashCode() {
+      int hash = 1;
+      if (Source != global::ArBridge.V1.RaySource.Unspecified) hash ^= Source.GetHashCode();
+      if (origin_ != null) hash ^= Origin.GetHashCode();
+      if (direction_ != null) hash ^= Direction.GetHashCode();
+      if (TimestampMs != 0L) hash ^= TimestampMs.GetHashCode();
+      if (_unknownFields != null) {
+        hash ^= _unknownFields.GetHashCode();
+      }
+      return hash;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override string ToString() {
+      return pb::JsonFormatter.ToDiagnosticString(this);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void WriteTo(pb::CodedOutputStream output) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      output.WriteRawMessage(this);
+    #else
+      if (Source != global::ArBridge.V1.RaySource.Unspecified) {
+        output.WriteRawTag(8);
+        output.WriteEnum((int) Source);
+      }
+      if (origin_ != null) {
+        output.WriteRawTag(18);
+        output.WriteMessage(Origin);
+      }
+      if (direction_ != null) {
+        output.WriteRawTag(26);
+        output.WriteMessage(Direction);
+      }
+      if (TimestampMs != 0L) {
+        output.WriteRawTag(32);
+        output.WriteInt64(TimestampMs);
+      }
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(output);
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalWriteTo(ref pb::WriteContext output) {
+      if (Source != global::ArBridge.V1.RaySource.Unspecified) {
+        output.WriteRawTag(8);
+        output.WriteEnum((int) Source);
+      }
+      if (origin_ != null) {
+        output.WriteRawTag(18);
+        output.WriteMessage(Origin);
+      }
+      if (direction_ != null) {
+        output.WriteRawTag(26);
+        output.WriteMessage(Direction);
+      }
+      if (TimestampMs != 0L) {
+        output.WriteRawTag(32);
+        output.WriteInt64(TimestampMs);
+      }
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(ref output);
+      }
+    }
+    #endif
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public int CalculateSize() {
+      int size = 0;
+      if (Source != global::ArBridge.V1.RaySource.Unspecified) {
+        size += 1 + pb::CodedOutputStream.ComputeEnumSize((int) Source);
+      }
+      if (origin_ != null) {
+        size += 1 + pb::CodedOutputStream.ComputeMessageSize(Origin);
+      }
+      if (direction_ != null) {
+        size += 1 + pb::CodedOutputStream.ComputeMessageSize(Direction);
+      }
+      if (TimestampMs != 0L) {
+        size += 1 + pb::CodedOutputStream.ComputeInt64Size(TimestampMs);
+      }
+      if (_unknownFields != null) {
+        size += _unknownFields.CalculateSize();
+      }
+      return size;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(Ray other) {
+      if (other == null) {
+        return;
+      }
+      if (other.Source != global::ArBridge.V1.RaySource.Unspecified) {
+        Source = other.Source;
+      }
+      if (other.origin_ != null) {
+        if (origin_ == null) {
+          Origin = new global::ArBridge.V1.Vec3();
+        }
+        Origin.MergeFrom(other.Origin);
+      }
+      if (other.direction_ != null) {
+        if (direction_ == null) {
+          Direction = new global::ArBridge.V1.Vec3();
+        }
+        Direction.MergeFrom(other.Direction);
+      }
+      if (other.TimestampMs != 0L) {
+        TimestampMs = other.TimestampMs;
+      }
+      _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(pb::CodedInputStream input) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      input.ReadRawMessage(this);
+    #else
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, input);
+            break;
+          case 8: {
+            Source = (global::ArBridge.V1.RaySource) input.ReadEnum();
+            break;
+          }
+          case 18: {
+            if (origin_ == null) {
+              Origin = new global::ArBridge.V1.Vec3();
+            }
+            input.ReadMessage(Origin);
+            break;
+          }
+          case 26: {
+            if (direction_ == null) {
+              Direction = new global::ArBridge.V1.Vec3();
+            }
+            input.ReadMessage(Direction);
+            break;
+          }
+          case 32: {
+            TimestampMs = input.ReadInt64();
+            break;
+          }
+        }
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalMergeFrom(ref pb::ParseContext input) {
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, ref input);
+            break;
+          case 8: {
+            Source = (global::ArBridge.V1.RaySource) input.ReadEnum();
+            break;
+          }
+          case 18: {
+            if (origin_ == null) {
+              Origin = new global::ArBridge.V1.Vec3();
+            }
+            input.ReadMessage(Origin);
+            break;
+          }
+          case 26: {
+            if (direction_ == null) {
+              Direction = new global::ArBridge.V1.Vec3();
+            }
+            input.ReadMessage(Direction);
+            break;
+          }
+          case 32: {
+            TimestampMs = input.ReadInt64();
+            break;
+          }
+        }
+      }
+    }
+    #endif
+
+  }
+
+  /// <summary>
+  /// What one ray points at, as the server resolved it for this reply.
+  /// </summary>
+  public sealed partial class Referent : pb::IMessage<Referent>
+  #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      , pb::IBufferMessage
+  #endif
+  {
+    private static readonly pb::MessageParser<Referent> _parser = new pb::MessageParser<Referent>(() => new Referent());
+    private pb::UnknownFieldSet _unknownFields;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pb::MessageParser<Referent> Parser { get { return _parser; } }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pbr::MessageDescriptor Descriptor {
+      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[7]; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    pbr::MessageDescriptor pb::IMessage.Descriptor {
+      get { return Descriptor; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public Referent() {
+      OnConstruction();
+    }
+
+    partial void OnConstruction();
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public Referent(Referent other) : this() {
+      source_ = other.source_;
+      match_ = other.match_;
+      objectId_ = other.objectId_;
+      confidence_ = other.confidence_;
+      distance_ = other.distance_;
+      candidateIds_ = other.candidateIds_.Clone();
+      _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public Referent Clone() {
+      return new Referent(this);
+    }
+
+    /// <summary>Field number for the "source" field.</summary>
+    public const int SourceFieldNumber = 1;
+    private global::ArBridge.V1.RaySource source_ = global::ArBridge.V1.RaySource.Unspecified;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::ArBridge.V1.RaySource Source {
+      get { return source_; }
+      set {
+        source_ = value;
+      }
+    }
+
+    /// <summary>Field number for the "match" field.</summary>
+    public const int MatchFieldNumber = 2;
+    private global::ArBridge.V1.ReferentMatch match_ = global::ArBridge.V1.ReferentMatch.Unspecified;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::ArBridge.V1.ReferentMatch Match {
+      get { return match_; }
+      set {
+        match_ = value;
+      }
+    }
+
+    /// <summary>Field number for the "object_id" field.</summary>
+    public const int ObjectIdFieldNumber = 3;
+    private string objectId_ = "";
+    /// <summary>
+    /// The object (HIT, NEAR), the likeliest candidate (AMBIGUOUS), empty (NONE).
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string ObjectId {
+      get { return objectId_; }
+      set {
+        objectId_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+      }
+    }
+
+    /// <summary>Field number for the "confidence" field.</summary>
+    public const int ConfidenceFieldNumber = 4;
+    private float confidence_;
+    /// <summary>
+    /// In [0, 1]: 1 for a hit, falling with the angle off the ray for NEAR,
+    /// 1 / candidates for AMBIGUOUS, 0 for NONE.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public float Confidence {
+      get { return confidence_; }
+      set {
+        confidence_ = value;
+      }
+    }
+
+    /// <summary>Field number for the "distance" field.</summary>
+    public const int DistanceFieldNumber = 5;
+    private float distance_;
+    /// <summary>
+    /// Metres from the ray's origin: to where it enters the box (HIT), or along
+    /// the ray to the object's centre (NEAR, AMBIGUOUS).
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public float Distance {
+      get { return distance_; }
+      set {
+        distance_ = value;
+      }
+    }
+
+    /// <summary>Field number for the "candidate_ids" field.</summary>
+    public const int CandidateIdsFieldNumber = 6;
+    private static readonly pb::FieldCodec<string> _repeated_candidateIds_codec
+        = pb::FieldCodec.ForString(50);
+    private readonly pbc::RepeatedField<string> candidateIds_ = new pbc::RepeatedField<string>();
+    /// <summary>
+    /// AMBIGUOUS: every candidate, likeliest first.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public pbc::RepeatedField<string> CandidateIds {
+      get { return candidateIds_; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override bool Equals(object other) {
+      return Equals(other as Referent);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public bool Equals(Referent other) {
+      if (ReferenceEquals(other, null)) {
+        return false;
+      }
+      if (ReferenceEquals(other, this)) {
+        return true;
+      }
+      if (Source != other.Source) return false;
+      if (Match != other.Match) return false;
+      if (ObjectId != other.ObjectId) return false;
+      if (!pbc::ProtobufEqualityComparers.BitwiseSingleEqualityComparer.Equals(Confidence, other.Confidence)) return false;
+      if (!pbc::ProtobufEqualityComparers.BitwiseSingleEqualityComparer.Equals(Distance, other.Distance)) return false;
+      if(!candidateIds_.Equals(other.candidateIds_)) return false;
+      return Equals(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override int GetHashCode() {
+      int hash = 1;
+      if (Source != global::ArBridge.V1.RaySource.Unspecified) hash ^= Source.GetHashCode();
+      if (Match != global::ArBridge.V1.ReferentMatch.Unspecified) hash ^= Match.GetHashCode();
+      if (ObjectId.Length != 0) hash ^= ObjectId.GetHashCode();
+      if (Confidence != 0F) hash ^= pbc::ProtobufEqualityComparers.BitwiseSingleEqualityComparer.GetHashCode(Confidence);
+      if (Distance != 0F) hash ^= pbc::ProtobufEqualityComparers.BitwiseSingleEqualityComparer.GetHashCode(Distance);
+      hash ^= candidateIds_.GetHashCode();
+      if (_unknownFields != null) {
+        hash ^= _unknownFields.GetHashCode();
+      }
+      return hash;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override string ToString() {
+      return pb::JsonFormatter.ToDiagnosticString(this);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void WriteTo(pb::CodedOutputStream output) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      output.WriteRawMessage(this);
+    #else
+      if (Source != global::ArBridge.V1.RaySource.Unspecified) {
+        output.WriteRawTag(8);
+        output.WriteEnum((int) Source);
+      }
+      if (Match != global::ArBridge.V1.ReferentMatch.Unspecified) {
+        output.WriteRawTag(16);
+        output.WriteEnum((int) Match);
+      }
+      if (ObjectId.Length != 0) {
+        output.WriteRawTag(26);
+        output.WriteString(ObjectId);
+      }
+      if (Confidence != 0F) {
+        output.WriteRawTag(37);
+        output.WriteFloat(Confidence);
+      }
+      if (Distance != 0F) {
+        output.WriteRawTag(45);
+        output.WriteFloat(Distance);
+      }
+      candidateIds_.WriteTo(output, _repeated_candidateIds_codec);
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(output);
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalWriteTo(ref pb::WriteContext output) {
+      if (Source != global::ArBridge.V1.RaySource.Unspecified) {
+        output.WriteRawTag(8);
+        output.WriteEnum((int) Source);
+      }
+      if (Match != global::ArBridge.V1.ReferentMatch.Unspecified) {
+        output.WriteRawTag(16);
+        output.WriteEnum((int) Match);
+      }
+      if (ObjectId.Length != 0) {
+        output.WriteRawTag(26);
+        output.WriteString(ObjectId);
+      }
+      if (Confidence != 0F) {
+        output.WriteRawTag(37);
+        output.WriteFloat(Confidence);
+      }
+      if (Distance != 0F) {
+        output.WriteRawTag(45);
+        output.WriteFloat(Distance);
+      }
+      candidateIds_.WriteTo(ref output, _repeated_candidateIds_codec);
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(ref output);
+      }
+    }
+    #endif
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public int CalculateSize() {
+      int size = 0;
+      if (Source != global::ArBridge.V1.RaySource.Unspecified) {
+        size += 1 + pb::CodedOutputStream.ComputeEnumSize((int) Source);
+      }
+      if (Match != global::ArBridge.V1.ReferentMatch.Unspecified) {
+        size += 1 + pb::CodedOutputStream.ComputeEnumSize((int) Match);
+      }
+      if (ObjectId.Length != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(ObjectId);
+      }
+      if (Confidence != 0F) {
+        size += 1 + 4;
+      }
+      if (Distance != 0F) {
+        size += 1 + 4;
+      }
+      size += candidateIds_.CalculateSize(_repeated_candidateIds_codec);
+      if (_unknownFields != null) {
+        size += _unknownFields.CalculateSize();
+      }
+      return size;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(Referent other) {
+      if (other == null) {
+        return;
+      }
+      if (other.Source != global::ArBridge.V1.RaySource.Unspecified) {
+        Source = other.Source;
+      }
+      if (other.Match != global::ArBridge.V1.ReferentMatch.Unspecified) {
+        Match = other.Match;
+      }
+      if (other.ObjectId.Length != 0) {
+        ObjectId = other.ObjectId;
+      }
+      if (other.Confidence != 0F) {
+        Confidence = other.Confidence;
+      }
+      if (other.Distance != 0F) {
+        Distance = other.Distance;
+      }
+      candidateIds_.Add(other.candidateIds_);
+      _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(pb::CodedInputStream input) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      input.ReadRawMessage(this);
+    #else
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, input);
+            break;
+          case 8: {
+            Source = (global::ArBridge.V1.RaySource) input.ReadEnum();
+            break;
+          }
+          case 16: {
+            Match = (global::ArBridge.V1.ReferentMatch) input.ReadEnum();
+            break;
+          }
+          case 26: {
+            ObjectId = input.ReadString();
+            break;
+          }
+          case 37: {
+            Confidence = input.ReadFloat();
+            break;
+          }
+          case 45: {
+            Distance = input.ReadFloat();
+            break;
+          }
+          case 50: {
+            candidateIds_.AddEntriesFrom(input, _repeated_candidateIds_codec);
+            break;
+          }
+        }
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalMergeFrom(ref pb::ParseContext input) {
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, ref input);
+            break;
+          case 8: {
+            Source = (global::ArBridge.V1.RaySource) input.ReadEnum();
+            break;
+          }
+          case 16: {
+            Match = (global::ArBridge.V1.ReferentMatch) input.ReadEnum();
+            break;
+          }
+          case 26: {
+            ObjectId = input.ReadString();
+            break;
+          }
+          case 37: {
+            Confidence = input.ReadFloat();
+            break;
+          }
+          case 45: {
+            Distance = input.ReadFloat();
+            break;
+          }
+          case 50: {
+            candidateIds_.AddEntriesFrom(ref input, _repeated_candidateIds_codec);
+            break;
+          }
+        }
+      }
+    }
+    #endif
+
+  }
+
+  public sealed partial class ActionParameter : pb::IMessage<ActionParameter>
+  #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      , pb::IBufferMessage
+  #endif
+  {
+    private static readonly pb::MessageParser<ActionParameter> _parser = new pb::MessageParser<ActionParameter>(() => new ActionParameter());
+    private pb::UnknownFieldSet _unknownFields;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pb::MessageParser<ActionParameter> Parser { get { return _parser; } }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pbr::MessageDescriptor Descriptor {
+      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[8]; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    pbr::MessageDescriptor pb::IMessage.Descriptor {
+      get { return Descriptor; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ActionParameter() {
+      OnConstruction();
+    }
+
+    partial void OnConstruction();
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ActionParameter(ActionParameter other) : this() {
+      name_ = other.name_;
+      type_ = other.type_;
+      description_ = other.description_;
+      choices_ = other.choices_.Clone();
+      _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ActionParameter Clone() {
+      return new ActionParameter(this);
+    }
+
+    /// <summary>Field number for the "name" field.</summary>
+    public const int NameFieldNumber = 1;
+    private string name_ = "";
+    /// <summary>
+    /// An identifier: letters, digits and _, not starting with a digit.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string Name {
+      get { return name_; }
+      set {
+        name_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+      }
+    }
+
+    /// <summary>Field number for the "type" field.</summary>
+    public const int TypeFieldNumber = 2;
+    private global::ArBridge.V1.ParameterType type_ = global::ArBridge.V1.ParameterType.Unspecified;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::ArBridge.V1.ParameterType Type {
+      get { return type_; }
+      set {
+        type_ = value;
+      }
+    }
+
+    /// <summary>Field number for the "description" field.</summary>
+    public const int DescriptionFieldNumber = 3;
+    private string description_ = "";
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string Description {
+      get { return description_; }
+      set {
+        description_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+      }
+    }
+
+    /// <summary>Field number for the "choices" field.</summary>
+    public const int ChoicesFieldNumber = 4;
+    private static readonly pb::FieldCodec<string> _repeated_choices_codec
+        = pb::FieldCodec.ForString(34);
+    private readonly pbc::RepeatedField<string> choices_ = new pbc::RepeatedField<string>();
+    /// <summary>
+    /// STRING only: the values the argument may take (empty = any short text).
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public pbc::RepeatedField<string> Choices {
+      get { return choices_; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override bool Equals(object other) {
+      return Equals(other as ActionParameter);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public bool Equals(ActionParameter other) {
+      if (ReferenceEquals(other, null)) {
+        return false;
+      }
+      if (ReferenceEquals(other, this)) {
+        return true;
+      }
+      if (Name != other.Name) return false;
+      if (Type != other.Type) return false;
+      if (Description != other.Description) return false;
+      if(!choices_.Equals(other.choices_)) return false;
+      return Equals(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override int GetHashCode() {
+      int hash = 1;
+      if (Name.Length != 0) hash ^= Name.GetHashCode();
+      if (Type != global::ArBridge.V1.ParameterType.Unspecified) hash ^= Type.GetHashCode();
+      if (Description.Length != 0) hash ^= Description.GetHashCode();
+      hash ^= choices_.GetHashCode();
+      if (_unknownFields != null) {
+        hash ^= _unknownFields.GetHashCode();
+      }
+      return hash;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override string ToString() {
+      return pb::JsonFormatter.ToDiagnosticString(this);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void WriteTo(pb::CodedOutputStream output) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      output.WriteRawMessage(this);
+    #else
+      if (Name.Length != 0) {
+        output.WriteRawTag(10);
+        output.WriteString(Name);
+      }
+      if (Type != global::ArBridge.V1.ParameterType.Unspecified) {
+        output.WriteRawTag(16);
+        output.WriteEnum((int) Type);
+      }
+      if (Description.Length != 0) {
+        output.WriteRawTag(26);
+        output.WriteString(Description);
+      }
+      choices_.WriteTo(output, _repeated_choices_codec);
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(output);
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalWriteTo(ref pb::WriteContext output) {
+      if (Name.Length != 0) {
+        output.WriteRawTag(10);
+        output.WriteString(Name);
+      }
+      if (Type != global::ArBridge.V1.ParameterType.Unspecified) {
+        output.WriteRawTag(16);
+        output.WriteEnum((int) Type);
+      }
+      if (Description.Length != 0) {
+        output.WriteRawTag(26);
+        output.WriteString(Description);
+      }
+      choices_.WriteTo(ref output, _repeated_choices_codec);
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(ref output);
+      }
+    }
+    #endif
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public int CalculateSize() {
+      int size = 0;
+      if (Name.Length != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(Name);
+      }
+      if (Type != global::ArBridge.V1.ParameterType.Unspecified) {
+        size += 1 + pb::CodedOutputStream.ComputeEnumSize((int) Type);
+      }
+      if (Description.Length != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(Description);
+      }
+      size += choices_.CalculateSize(_repeated_choices_codec);
+      if (_unknownFields != null) {
+        size += _unknownFields.CalculateSize();
+      }
+      return size;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(ActionParameter other) {
+      if (other == null) {
+        return;
+      }
+      if (other.Name.Length != 0) {
+        Name = other.Name;
+      }
+      if (other.Type != global::ArBridge.V1.ParameterType.Unspecified) {
+        Type = other.Type;
+      }
+      if (other.Description.Length != 0) {
+        Description = other.Description;
+      }
+      choices_.Add(other.choices_);
+      _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(pb::CodedInputStream input) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      input.ReadRawMessage(this);
+    #else
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, input);
+            break;
+          case 10: {
+            Name = input.ReadString();
+            break;
+          }
+          case 16: {
+            Type = (global::ArBridge.V1.ParameterType) input.ReadEnum();
+            break;
+          }
+          case 26: {
+            Description = input.ReadString();
+            break;
+          }
+          case 34: {
+            choices_.AddEntriesFrom(input, _repeated_choices_codec);
+            break;
+          }
+        }
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalMergeFrom(ref pb::ParseContext input) {
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, ref input);
+            break;
+          case 10: {
+            Name = input.ReadString();
+            break;
+          }
+          case 16: {
+            Type = (global::ArBridge.V1.ParameterType) input.ReadEnum();
+            break;
+          }
+          case 26: {
+            Description = input.ReadString();
+            break;
+          }
+          case 34: {
+            choices_.AddEntriesFrom(ref input, _repeated_choices_codec);
+            break;
+          }
+        }
+      }
+    }
+    #endif
+
+  }
+
+  /// <summary>
+  /// An action the app can perform, declared like a tool of a chat API. The reply
+  /// calls it with every parameter, in order.
+  /// </summary>
+  public sealed partial class ActionDefinition : pb::IMessage<ActionDefinition>
+  #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      , pb::IBufferMessage
+  #endif
+  {
+    private static readonly pb::MessageParser<ActionDefinition> _parser = new pb::MessageParser<ActionDefinition>(() => new ActionDefinition());
+    private pb::UnknownFieldSet _unknownFields;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pb::MessageParser<ActionDefinition> Parser { get { return _parser; } }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pbr::MessageDescriptor Descriptor {
+      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[9]; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    pbr::MessageDescriptor pb::IMessage.Descriptor {
+      get { return Descriptor; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ActionDefinition() {
+      OnConstruction();
+    }
+
+    partial void OnConstruction();
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ActionDefinition(ActionDefinition other) : this() {
+      name_ = other.name_;
+      description_ = other.description_;
+      parameters_ = other.parameters_.Clone();
+      _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ActionDefinition Clone() {
+      return new ActionDefinition(this);
+    }
+
+    /// <summary>Field number for the "name" field.</summary>
+    public const int NameFieldNumber = 1;
+    private string name_ = "";
+    /// <summary>
+    /// An identifier, unique among the request's actions, e.g. "highlight".
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string Name {
+      get { return name_; }
+      set {
+        name_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+      }
+    }
+
+    /// <summary>Field number for the "description" field.</summary>
+    public const int DescriptionFieldNumber = 2;
+    private string description_ = "";
+    /// <summary>
+    /// What it does, in words the model reads, e.g. "make an object glow".
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string Description {
+      get { return description_; }
+      set {
+        description_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+      }
+    }
+
+    /// <summary>Field number for the "parameters" field.</summary>
+    public const int ParametersFieldNumber = 3;
+    private static readonly pb::FieldCodec<global::ArBridge.V1.ActionParameter> _repeated_parameters_codec
+        = pb::FieldCodec.ForMessage(26, global::ArBridge.V1.ActionParameter.Parser);
+    private readonly pbc::RepeatedField<global::ArBridge.V1.ActionParameter> parameters_ = new pbc::RepeatedField<global::ArBridge.V1.ActionParameter>();
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public pbc::RepeatedField<global::ArBridge.V1.ActionParameter> Parameters {
+      get { return parameters_; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override bool Equals(object other) {
+      return Equals(other as ActionDefinition);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public bool Equals(ActionDefinition other) {
+      if (ReferenceEquals(other, null)) {
+        return false;
+      }
+      if (ReferenceEquals(other, this)) {
+        return true;
+      }
+      if (Name != other.Name) return false;
+      if (Description != other.Description) return false;
+      if(!parameters_.Equals(other.parameters_)) return false;
+      return Equals(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override int GetHashCode() {
+      int hash = 1;
+      if (Name.Length != 0) hash ^= Name.GetHashCode();
+      if (Description.Length != 0) hash ^= Description.GetHashCode();
+      hash ^= parameters_.GetHashCode();
+      if (_unknownFields != null) {
+        hash ^= _unknownFields.GetHashCode();
+      }
+      return hash;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override string ToString() {
+      return pb::JsonFormatter.ToDiagnosticString(this);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void WriteTo(pb::CodedOutputStream output) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      output.WriteRawMessage(this);
+    #else
+      if (Name.Length != 0) {
+        output.WriteRawTag(10);
+        output.WriteString(Name);
+      }
+      if (Description.Length != 0) {
+        output.WriteRawTag(18);
+        output.WriteString(Description);
+      }
+      parameters_.WriteTo(output, _repeated_parameters_codec);
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(output);
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalWriteTo(ref pb::WriteContext output) {
+      if (Name.Length != 0) {
+        output.WriteRawTag(10);
+        output.WriteString(Name);
+      }
+      if (Description.Length != 0) {
+        output.WriteRawTag(18);
+        output.WriteString(Description);
+      }
+      parameters_.WriteTo(ref output, _repeated_parameters_codec);
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(ref output);
+      }
+    }
+    #endif
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public int CalculateSize() {
+      int size = 0;
+      if (Name.Length != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(Name);
+      }
+      if (Description.Length != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(Description);
+      }
+      size += parameters_.CalculateSize(_repeated_parameters_codec);
+      if (_unknownFields != null) {
+        size += _unknownFields.CalculateSize();
+      }
+      return size;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(ActionDefinition other) {
+      if (other == null) {
+        return;
+      }
+      if (other.Name.Length != 0) {
+        Name = other.Name;
+      }
+      if (other.Description.Length != 0) {
+        Description = other.Description;
+      }
+      parameters_.Add(other.parameters_);
+      _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(pb::CodedInputStream input) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      input.ReadRawMessage(this);
+    #else
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, input);
+            break;
+          case 10: {
+            Name = input.ReadString();
+            break;
+          }
+          case 18: {
+            Description = input.ReadString();
+            break;
+          }
+          case 26: {
+            parameters_.AddEntriesFrom(input, _repeated_parameters_codec);
+            break;
+          }
+        }
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalMergeFrom(ref pb::ParseContext input) {
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, ref input);
+            break;
+          case 10: {
+            Name = input.ReadString();
+            break;
+          }
+          case 18: {
+            Description = input.ReadString();
+            break;
+          }
+          case 26: {
+            parameters_.AddEntriesFrom(ref input, _repeated_parameters_codec);
+            break;
+          }
+        }
+      }
+    }
+    #endif
+
+  }
+
+  /// <summary>
+  /// One argument of an ActionCall, typed as its parameter.
+  /// </summary>
+  public sealed partial class ActionArgument : pb::IMessage<ActionArgument>
+  #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      , pb::IBufferMessage
+  #endif
+  {
+    private static readonly pb::MessageParser<ActionArgument> _parser = new pb::MessageParser<ActionArgument>(() => new ActionArgument());
+    private pb::UnknownFieldSet _unknownFields;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pb::MessageParser<ActionArgument> Parser { get { return _parser; } }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pbr::MessageDescriptor Descriptor {
+      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[10]; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    pbr::MessageDescriptor pb::IMessage.Descriptor {
+      get { return Descriptor; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ActionArgument() {
+      OnConstruction();
+    }
+
+    partial void OnConstruction();
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ActionArgument(ActionArgument other) : this() {
+      name_ = other.name_;
+      switch (other.ValueCase) {
+        case ValueOneofCase.StringValue:
+          StringValue = other.StringValue;
+          break;
+        case ValueOneofCase.NumberValue:
+          NumberValue = other.NumberValue;
+          break;
+        case ValueOneofCase.IntegerValue:
+          IntegerValue = other.IntegerValue;
+          break;
+        case ValueOneofCase.BoolValue:
+          BoolValue = other.BoolValue;
+          break;
+        case ValueOneofCase.ObjectId:
+          ObjectId = other.ObjectId;
+          break;
+      }
+
+      _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ActionArgument Clone() {
+      return new ActionArgument(this);
+    }
+
+    /// <summary>Field number for the "name" field.</summary>
+    public const int NameFieldNumber = 1;
+    private string name_ = "";
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string Name {
+      get { return name_; }
+      set {
+        name_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+      }
+    }
+
+    /// <summary>Field number for the "string_value" field.</summary>
+    public const int StringValueFieldNumber = 2;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string StringValue {
+      get { return valueCase_ == ValueOneofCase.StringValue ? (string) value_ : ""; }
+      set {
+        value_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+        valueCase_ = ValueOneofCase.StringValue;
+      }
+    }
+
+    /// <summary>Field number for the "number_value" field.</summary>
+    public const int NumberValueFieldNumber = 3;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public double NumberValue {
+      get { return valueCase_ == ValueOneofCase.NumberValue ? (double) value_ : 0D; }
+      set {
+        value_ = value;
+        valueCase_ = ValueOneofCase.NumberValue;
+      }
+    }
+
+    /// <summary>Field number for the "integer_value" field.</summary>
+    public const int IntegerValueFieldNumber = 4;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public long IntegerValue {
+      get { return valueCase_ == ValueOneofCase.IntegerValue ? (long) value_ : 0L; }
+      set {
+        value_ = value;
+        valueCase_ = ValueOneofCase.IntegerValue;
+      }
+    }
+
+    /// <summary>Field number for the "bool_value" field.</summary>
+    public const int BoolValueFieldNumber = 5;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public bool BoolValue {
+      get { return valueCase_ == ValueOneofCase.BoolValue ? (bool) value_ : false; }
+      set {
+        value_ = value;
+        valueCase_ = ValueOneofCase.BoolValue;
+      }
+    }
+
+    /// <summary>Field number for the "object_id" field.</summary>
+    public const int ObjectIdFieldNumber = 6;
+    /// <summary>
+    /// PARAMETER_TYPE_OBJECT: the SceneObject.id.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string ObjectId {
+      get { return valueCase_ == ValueOneofCase.ObjectId ? (string) value_ : ""; }
+      set {
+        value_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+        valueCase_ = ValueOneofCase.ObjectId;
+      }
+    }
+
+    private object value_;
+    /// <summary>Enum of possible cases for the "value" oneof.</summary>
+    public enum ValueOneofCase {
+      None = 0,
+      StringValue = 2,
+      NumberValue = 3,
+      IntegerValue = 4,
+      BoolValue = 5,
+      ObjectId = 6,
+    }
+    private ValueOneofCase valueCase_ = ValueOneofCase.None;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ValueOneofCase ValueCase {
+      get { return valueCase_; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void ClearValue() {
+      valueCase_ = ValueOneofCase.None;
+      value_ = null;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override bool Equals(object other) {
+      return Equals(other as ActionArgument);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public bool Equals(ActionArgument other) {
+      if (ReferenceEquals(other, null)) {
+        return false;
+      }
+      if (ReferenceEquals(other, this)) {
+        return true;
+      }
+      if (Name != other.Name) return false;
+      if (StringValue != other.StringValue) return false;
+      if (!pbc::ProtobufEqualityComparers.BitwiseDoubleEqualityComparer.Equals(NumberValue, other.NumberValue)) return false;
+      if (IntegerValue != other.IntegerValue) return false;
+      if (BoolValue != other.BoolValue) return false;
+      if (ObjectId != other.ObjectId) return false;
+      if (ValueCase != other.ValueCase) return false;
+      return Equals(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override int GetHashCode() {
+      int hash = 1;
+      if (Name.Length != 0) hash ^= Name.GetHashCode();
+      if (valueCase_ == ValueOneofCase.StringValue) hash ^= StringValue.GetHashCode();
+      if (valueCase_ == ValueOneofCase.NumberValue) hash ^= pbc::ProtobufEqualityComparers.BitwiseDoubleEqualityComparer.GetHashCode(NumberValue);
+      if (valueCase_ == ValueOneofCase.IntegerValue) hash ^= IntegerValue.GetHashCode();
+      if (valueCase_ == ValueOneofCase.BoolValue) hash ^= BoolValue.GetHashCode();
+      if (valueCase_ == ValueOneofCase.ObjectId) hash ^= ObjectId.GetHashCode();
+      hash ^= (int) valueCase_;
+      if (_unknownFields != null) {
+        hash ^= _unknownFields.GetHashCode();
+      }
+      return hash;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override string ToString() {
+      return pb::JsonFormatter.ToDiagnosticString(this);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void WriteTo(pb::CodedOutputStream output) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      output.WriteRawMessage(this);
+    #else
+      if (Name.Length != 0) {
+        output.WriteRawTag(10);
+        output.WriteString(Name);
+      }
+      if (valueCase_ == ValueOneofCase.StringValue) {
+        output.WriteRawTag(18);
+        output.WriteString(StringValue);
+      }
+      if (valueCase_ == ValueOneofCase.NumberValue) {
+        output.WriteRawTag(25);
+        output.WriteDouble(NumberValue);
+      }
+      if (valueCase_ == ValueOneofCase.IntegerValue) {
+        output.WriteRawTag(32);
+        output.WriteInt64(IntegerValue);
+      }
+      if (valueCase_ == ValueOneofCase.BoolValue) {
+        output.WriteRawTag(40);
+        output.WriteBool(BoolValue);
+      }
+      if (valueCase_ == ValueOneofCase.ObjectId) {
+        output.WriteRawTag(50);
+        output.WriteString(ObjectId);
+      }
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(output);
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalWriteTo(ref pb::WriteContext output) {
+      if (Name.Length != 0) {
+        output.WriteRawTag(10);
+        output.WriteString(Name);
+      }
+      if (valueCase_ == ValueOneofCase.StringValue) {
+        output.WriteRawTag(18);
+        output.WriteString(StringValue);
+      }
+      if (valueCase_ == ValueOneofCase.NumberValue) {
+        output.WriteRawTag(25);
+        output.WriteDouble(NumberValue);
+      }
+      if (valueCase_ == ValueOneofCase.IntegerValue) {
+        output.WriteRawTag(32);
+        output.WriteInt64(IntegerValue);
+      }
+      if (valueCase_ == ValueOneofCase.BoolValue) {
+        output.WriteRawTag(40);
+        output.WriteBool(BoolValue);
+      }
+      if (valueCase_ == ValueOneofCase.ObjectId) {
+        output.WriteRawTag(50);
+        output.WriteString(ObjectId);
+      }
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(ref output);
+      }
+    }
+    #endif
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public int CalculateSize() {
+      int size = 0;
+      if (Name.Length != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(Name);
+      }
+      if (valueCase_ == ValueOneofCase.StringValue) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(StringValue);
+      }
+      if (valueCase_ == ValueOneofCase.NumberValue) {
+        size += 1 + 8;
+      }
+      if (valueCase_ == ValueOneofCase.IntegerValue) {
+        size += 1 + pb::CodedOutputStream.ComputeInt64Size(IntegerValue);
+      }
+      if (valueCase_ == ValueOneofCase.BoolValue) {
+        size += 1 + 1;
+      }
+      if (valueCase_ == ValueOneofCase.ObjectId) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(ObjectId);
+      }
+      if (_unknownFields != null) {
+        size += _unknownFields.CalculateSize();
+      }
+      return size;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(ActionArgument other) {
+      if (other == null) {
+        return;
+      }
+      if (other.Name.Length != 0) {
+        Name = other.Name;
+      }
+      switch (other.ValueCase) {
+        case ValueOneofCase.StringValue:
+          StringValue = other.StringValue;
+          break;
+        case ValueOneofCase.NumberValue:
+          NumberValue = other.NumberValue;
+          break;
+        case ValueOneofCase.IntegerValue:
+          IntegerValue = other.IntegerValue;
+          break;
+        case ValueOneofCase.BoolValue:
+          BoolValue = other.BoolValue;
+          break;
+        case ValueOneofCase.ObjectId:
+          ObjectId = other.ObjectId;
+          break;
+      }
+
+      _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(pb::CodedInputStream input) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      input.ReadRawMessage(this);
+    #else
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, input);
+            break;
+          case 10: {
+            Name = input.ReadString();
+            break;
+          }
+          case 18: {
+            StringValue = input.ReadString();
+            break;
+          }
+          case 25: {
+            NumberValue = input.ReadDouble();
+            break;
+          }
+          case 32: {
+            IntegerValue = input.ReadInt64();
+            break;
+          }
+          case 40: {
+            BoolValue = input.ReadBool();
+            break;
+          }
+          case 50: {
+            ObjectId = input.ReadString();
+            break;
+          }
+        }
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalMergeFrom(ref pb::ParseContext input) {
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, ref input);
+            break;
+          case 10: {
+            Name = input.ReadString();
+            break;
+          }
+          case 18: {
+            StringValue = input.ReadString();
+            break;
+          }
+          case 25: {
+            NumberValue = input.ReadDouble();
+            break;
+          }
+          case 32: {
+            IntegerValue = input.ReadInt64();
+            break;
+          }
+          case 40: {
+            BoolValue = input.ReadBool();
+            break;
+          }
+          case 50: {
+            ObjectId = input.ReadString();
+            break;
+          }
+        }
+      }
+    }
+    #endif
+
+  }
+
+  /// <summary>
+  /// An action the reply calls, streamed as soon as the call is complete.
+  /// </summary>
+  public sealed partial class ActionCall : pb::IMessage<ActionCall>
+  #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      , pb::IBufferMessage
+  #endif
+  {
+    private static readonly pb::MessageParser<ActionCall> _parser = new pb::MessageParser<ActionCall>(() => new ActionCall());
+    private pb::UnknownFieldSet _unknownFields;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pb::MessageParser<ActionCall> Parser { get { return _parser; } }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pbr::MessageDescriptor Descriptor {
+      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[11]; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    pbr::MessageDescriptor pb::IMessage.Descriptor {
+      get { return Descriptor; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ActionCall() {
+      OnConstruction();
+    }
+
+    partial void OnConstruction();
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ActionCall(ActionCall other) : this() {
+      sequenceIndex_ = other.sequenceIndex_;
+      name_ = other.name_;
+      arguments_ = other.arguments_.Clone();
+      objectIds_ = other.objectIds_.Clone();
+      textOffset_ = other.textOffset_;
+      _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ActionCall Clone() {
+      return new ActionCall(this);
+    }
+
+    /// <summary>Field number for the "sequence_index" field.</summary>
+    public const int SequenceIndexFieldNumber = 1;
+    private uint sequenceIndex_;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public uint SequenceIndex {
+      get { return sequenceIndex_; }
+      set {
+        sequenceIndex_ = value;
+      }
+    }
+
+    /// <summary>Field number for the "name" field.</summary>
+    public const int NameFieldNumber = 2;
+    private string name_ = "";
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string Name {
+      get { return name_; }
+      set {
+        name_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+      }
+    }
+
+    /// <summary>Field number for the "arguments" field.</summary>
+    public const int ArgumentsFieldNumber = 3;
+    private static readonly pb::FieldCodec<global::ArBridge.V1.ActionArgument> _repeated_arguments_codec
+        = pb::FieldCodec.ForMessage(26, global::ArBridge.V1.ActionArgument.Parser);
+    private readonly pbc::RepeatedField<global::ArBridge.V1.ActionArgument> arguments_ = new pbc::RepeatedField<global::ArBridge.V1.ActionArgument>();
+    /// <summary>
+    /// One per parameter, in the definition's order.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public pbc::RepeatedField<global::ArBridge.V1.ActionArgument> Arguments {
+      get { return arguments_; }
+    }
+
+    /// <summary>Field number for the "object_ids" field.</summary>
+    public const int ObjectIdsFieldNumber = 4;
+    private static readonly pb::FieldCodec<string> _repeated_objectIds_codec
+        = pb::FieldCodec.ForString(34);
+    private readonly pbc::RepeatedField<string> objectIds_ = new pbc::RepeatedField<string>();
+    /// <summary>
+    /// The scene objects the call names (its OBJECT arguments), in order.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public pbc::RepeatedField<string> ObjectIds {
+      get { return objectIds_; }
+    }
+
+    /// <summary>Field number for the "text_offset" field.</summary>
+    public const int TextOffsetFieldNumber = 5;
+    private uint textOffset_;
+    /// <summary>
+    /// Where in the sequence's text the call was made (UTF-16 code units).
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public uint TextOffset {
+      get { return textOffset_; }
+      set {
+        textOffset_ = value;
+      }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override bool Equals(object other) {
+      return Equals(other as ActionCall);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public bool Equals(ActionCall other) {
+      if (ReferenceEquals(other, null)) {
+        return false;
+      }
+      if (ReferenceEquals(other, this)) {
+        return true;
+      }
+      if (SequenceIndex != other.SequenceIndex) return false;
+      if (Name != other.Name) return false;
+      if(!arguments_.Equals(other.arguments_)) return false;
+      if(!objectIds_.Equals(other.objectIds_)) return false;
+      if (TextOffset != other.TextOffset) return false;
+      return Equals(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override int GetHashCode() {
+      int hash = 1;
+      if (SequenceIndex != 0) hash ^= SequenceIndex.GetHashCode();
+      if (Name.Length != 0) hash ^= Name.GetHashCode();
+      hash ^= arguments_.GetHashCode();
+      hash ^= objectIds_.GetHashCode();
+      if (TextOffset != 0) hash ^= TextOffset.GetHashCode();
+      if (_unknownFields != null) {
+        hash ^= _unknownFields.GetHashCode();
+      }
+      return hash;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override string ToString() {
+      return pb::JsonFormatter.ToDiagnosticString(this);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void WriteTo(pb::CodedOutputStream output) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      output.WriteRawMessage(this);
+    #else
+      if (SequenceIndex != 0) {
+        output.WriteRawTag(8);
+        output.WriteUInt32(SequenceIndex);
+      }
+      if (Name.Length != 0) {
+        output.WriteRawTag(18);
+        output.WriteString(Name);
+      }
+      arguments_.WriteTo(output, _repeated_arguments_codec);
+      objectIds_.WriteTo(output, _repeated_objectIds_codec);
+      if (TextOffset != 0) {
+        output.WriteRawTag(40);
+        output.WriteUInt32(TextOffset);
+      }
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(output);
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalWriteTo(ref pb::WriteContext output) {
+      if (SequenceIndex != 0) {
+        output.WriteRawTag(8);
+        output.WriteUInt32(SequenceIndex);
+      }
+      if (Name.Length != 0) {
+        output.WriteRawTag(18);
+        output.WriteString(Name);
+      }
+      arguments_.WriteTo(ref output, _repeated_arguments_codec);
+      objectIds_.WriteTo(ref output, _repeated_objectIds_codec);
+      if (TextOffset != 0) {
+        output.WriteRawTag(40);
+        output.WriteUInt32(TextOffset);
+      }
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(ref output);
+      }
+    }
+    #endif
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public int CalculateSize() {
+      int size = 0;
+      if (SequenceIndex != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeUInt32Size(SequenceIndex);
+      }
+      if (Name.Length != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(Name);
+      }
+      size += arguments_.CalculateSize(_repeated_arguments_codec);
+      size += objectIds_.CalculateSize(_repeated_objectIds_codec);
+      if (TextOffset != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeUInt32Size(TextOffset);
+      }
+      if (_unknownFields != null) {
+        size += _unknownFields.CalculateSize();
+      }
+      return size;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(ActionCall other) {
+      if (other == null) {
+        return;
+      }
+      if (other.SequenceIndex != 0) {
+        SequenceIndex = other.SequenceIndex;
+      }
+      if (other.Name.Length != 0) {
+        Name = other.Name;
+      }
+      arguments_.Add(other.arguments_);
+      objectIds_.Add(other.objectIds_);
+      if (other.TextOffset != 0) {
+        TextOffset = other.TextOffset;
+      }
+      _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(pb::CodedInputStream input) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      input.ReadRawMessage(this);
+    #else
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, input);
+            break;
+          case 8: {
+            SequenceIndex = input.ReadUInt32();
+            break;
+          }
+          case 18: {
+            Name = input.ReadString();
+            break;
+          }
+          case 26: {
+            arguments_.AddEntriesFrom(input, _repeated_arguments_codec);
+            break;
+          }
+          case 34: {
+            objectIds_.AddEntriesFrom(input, _repeated_objectIds_codec);
+            break;
+          }
+          case 40: {
+            TextOffset = input.ReadUInt32();
+            break;
+          }
+        }
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalMergeFrom(ref pb::ParseContext input) {
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, ref input);
+            break;
+          case 8: {
+            SequenceIndex = input.ReadUInt32();
+            break;
+          }
+          case 18: {
+            Name = input.ReadString();
+            break;
+          }
+          case 26: {
+            arguments_.AddEntriesFrom(ref input, _repeated_arguments_codec);
+            break;
+          }
+          case 34: {
+            objectIds_.AddEntriesFrom(ref input, _repeated_objectIds_codec);
+            break;
+          }
+          case 40: {
+            TextOffset = input.ReadUInt32();
+            break;
+          }
+        }
+      }
+    }
+    #endif
+
+  }
+
+  /// <summary>
+  /// The shape a reply must take, enforced token by token (grammar-constrained
+  /// decoding). Exclusive with actions.
+  /// </summary>
+  public sealed partial class ResponseFormat : pb::IMessage<ResponseFormat>
+  #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      , pb::IBufferMessage
+  #endif
+  {
+    private static readonly pb::MessageParser<ResponseFormat> _parser = new pb::MessageParser<ResponseFormat>(() => new ResponseFormat());
+    private pb::UnknownFieldSet _unknownFields;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pb::MessageParser<ResponseFormat> Parser { get { return _parser; } }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pbr::MessageDescriptor Descriptor {
+      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[12]; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    pbr::MessageDescriptor pb::IMessage.Descriptor {
+      get { return Descriptor; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ResponseFormat() {
+      OnConstruction();
+    }
+
+    partial void OnConstruction();
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ResponseFormat(ResponseFormat other) : this() {
+      switch (other.FormatCase) {
+        case FormatOneofCase.JsonSchema:
+          JsonSchema = other.JsonSchema;
+          break;
+        case FormatOneofCase.Regex:
+          Regex = other.Regex;
+          break;
+      }
+
+      _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ResponseFormat Clone() {
+      return new ResponseFormat(this);
+    }
+
+    /// <summary>Field number for the "json_schema" field.</summary>
+    public const int JsonSchemaFieldNumber = 1;
+    /// <summary>
+    /// A JSON Schema, as JSON text: the reply is one JSON value it accepts.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string JsonSchema {
+      get { return formatCase_ == FormatOneofCase.JsonSchema ? (string) format_ : ""; }
+      set {
+        format_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+        formatCase_ = FormatOneofCase.JsonSchema;
+      }
+    }
+
+    /// <summary>Field number for the "regex" field.</summary>
+    public const int RegexFieldNumber = 2;
+    /// <summary>
+    /// A regular expression the whole reply matches.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string Regex {
+      get { return formatCase_ == FormatOneofCase.Regex ? (string) format_ : ""; }
+      set {
+        format_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+        formatCase_ = FormatOneofCase.Regex;
+      }
+    }
+
+    private object format_;
+    /// <summary>Enum of possible cases for the "format" oneof.</summary>
+    public enum FormatOneofCase {
+      None = 0,
+      JsonSchema = 1,
+      Regex = 2,
+    }
+    private FormatOneofCase formatCase_ = FormatOneofCase.None;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public FormatOneofCase FormatCase {
+      get { return formatCase_; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void ClearFormat() {
+      formatCase_ = FormatOneofCase.None;
+      format_ = null;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override bool Equals(object other) {
+      return Equals(other as ResponseFormat);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public bool Equals(ResponseFormat other) {
+      if (ReferenceEquals(other, null)) {
+        return false;
+      }
+      if (ReferenceEquals(other, this)) {
+        return true;
+      }
+      if (JsonSchema != other.JsonSchema) return false;
+      if (Regex != other.Regex) return false;
+      if (FormatCase != other.FormatCase) return false;
+      return Equals(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override int GetHashCode() {
+      int hash = 1;
+      if (formatCase_ == FormatOneofCase.JsonSchema) hash ^= JsonSchema.GetHashCode();
+      if (formatCase_ == FormatOneofCase.Regex) hash ^= Regex.GetHashCode();
+      hash ^= (int) formatCase_;
+      if (_unknownFields != null) {
+        hash ^= _unknownFields.GetHashCode();
+      }
+      return hash;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override string ToString() {
+      return pb::JsonFormatter.ToDiagnosticString(this);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void WriteTo(pb::CodedOutputStream output) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      output.WriteRawMessage(this);
+    #else
+      if (formatCase_ == FormatOneofCase.JsonSchema) {
+        output.WriteRawTag(10);
+        output.WriteString(JsonSchema);
+      }
+      if (formatCase_ == FormatOneofCase.Regex) {
+        output.WriteRawTag(18);
+        output.WriteString(Regex);
+      }
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(output);
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalWriteTo(ref pb::WriteContext output) {
+      if (formatCase_ == FormatOneofCase.JsonSchema) {
+        output.WriteRawTag(10);
+        output.WriteString(JsonSchema);
+      }
+      if (formatCase_ == FormatOneofCase.Regex) {
+        output.WriteRawTag(18);
+        output.WriteString(Regex);
+      }
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(ref output);
+      }
+    }
+    #endif
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public int CalculateSize() {
+      int size = 0;
+      if (formatCase_ == FormatOneofCase.JsonSchema) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(JsonSchema);
+      }
+      if (formatCase_ == FormatOneofCase.Regex) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(Regex);
+      }
+      if (_unknownFields != null) {
+        size += _unknownFields.CalculateSize();
+      }
+      return size;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(ResponseFormat other) {
+      if (other == null) {
+        return;
+      }
+      switch (other.FormatCase) {
+        case FormatOneofCase.JsonSchema:
+          JsonSchema = other.JsonSchema;
+          break;
+        case FormatOneofCase.Regex:
+          Regex = other.Regex;
+          break;
+      }
+
+      _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(pb::CodedInputStream input) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      input.ReadRawMessage(this);
+    #else
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, input);
+            break;
+          case 10: {
+            JsonSchema = input.ReadString();
+            break;
+          }
+          case 18: {
+            Regex = input.ReadString();
+            break;
+          }
+        }
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalMergeFrom(ref pb::ParseContext input) {
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, ref input);
+            break;
+          case 10: {
+            JsonSchema = input.ReadString();
+            break;
+          }
+          case 18: {
+            Regex = input.ReadString();
+            break;
+          }
         }
       }
     }
@@ -2038,7 +4473,7 @@ namespace ArBridge.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[6]; }
+      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[13]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -2381,7 +4816,7 @@ namespace ArBridge.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[7]; }
+      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[14]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -2579,7 +5014,7 @@ namespace ArBridge.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[8]; }
+      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[15]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -2903,7 +5338,7 @@ namespace ArBridge.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[9]; }
+      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[16]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -3133,7 +5568,7 @@ namespace ArBridge.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[10]; }
+      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[17]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -3165,6 +5600,7 @@ namespace ArBridge.V1 {
       logprobs_ = other.logprobs_;
       sceneConstraint_ = other.sceneConstraint_;
       noRepeatNgram_ = other.noRepeatNgram_;
+      responseFormat_ = other.responseFormat_ != null ? other.responseFormat_.Clone() : null;
       _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
     }
 
@@ -3372,6 +5808,22 @@ namespace ArBridge.V1 {
       }
     }
 
+    /// <summary>Field number for the "response_format" field.</summary>
+    public const int ResponseFormatFieldNumber = 12;
+    private global::ArBridge.V1.ResponseFormat responseFormat_;
+    /// <summary>
+    /// The reply's shape (JSON schema or regex). Scene captions give up their
+    /// caption rules (sentence and naming limits) for it; the scene constraint stays.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::ArBridge.V1.ResponseFormat ResponseFormat {
+      get { return responseFormat_; }
+      set {
+        responseFormat_ = value;
+      }
+    }
+
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public override bool Equals(object other) {
@@ -3398,6 +5850,7 @@ namespace ArBridge.V1 {
       if (Logprobs != other.Logprobs) return false;
       if (!pbc::ProtobufEqualityComparers.BitwiseSingleEqualityComparer.Equals(SceneConstraint, other.SceneConstraint)) return false;
       if (NoRepeatNgram != other.NoRepeatNgram) return false;
+      if (!object.Equals(ResponseFormat, other.ResponseFormat)) return false;
       return Equals(_unknownFields, other._unknownFields);
     }
 
@@ -3416,6 +5869,7 @@ namespace ArBridge.V1 {
       if (Logprobs != false) hash ^= Logprobs.GetHashCode();
       if (HasSceneConstraint) hash ^= pbc::ProtobufEqualityComparers.BitwiseSingleEqualityComparer.GetHashCode(SceneConstraint);
       if (NoRepeatNgram != 0) hash ^= NoRepeatNgram.GetHashCode();
+      if (responseFormat_ != null) hash ^= ResponseFormat.GetHashCode();
       if (_unknownFields != null) {
         hash ^= _unknownFields.GetHashCode();
       }
@@ -3475,6 +5929,10 @@ namespace ArBridge.V1 {
         output.WriteRawTag(88);
         output.WriteUInt32(NoRepeatNgram);
       }
+      if (responseFormat_ != null) {
+        output.WriteRawTag(98);
+        output.WriteMessage(ResponseFormat);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -3526,6 +5984,10 @@ namespace ArBridge.V1 {
         output.WriteRawTag(88);
         output.WriteUInt32(NoRepeatNgram);
       }
+      if (responseFormat_ != null) {
+        output.WriteRawTag(98);
+        output.WriteMessage(ResponseFormat);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -3566,6 +6028,9 @@ namespace ArBridge.V1 {
       }
       if (NoRepeatNgram != 0) {
         size += 1 + pb::CodedOutputStream.ComputeUInt32Size(NoRepeatNgram);
+      }
+      if (responseFormat_ != null) {
+        size += 1 + pb::CodedOutputStream.ComputeMessageSize(ResponseFormat);
       }
       if (_unknownFields != null) {
         size += _unknownFields.CalculateSize();
@@ -3609,6 +6074,12 @@ namespace ArBridge.V1 {
       }
       if (other.NoRepeatNgram != 0) {
         NoRepeatNgram = other.NoRepeatNgram;
+      }
+      if (other.responseFormat_ != null) {
+        if (responseFormat_ == null) {
+          ResponseFormat = new global::ArBridge.V1.ResponseFormat();
+        }
+        ResponseFormat.MergeFrom(other.ResponseFormat);
       }
       _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
     }
@@ -3667,6 +6138,13 @@ namespace ArBridge.V1 {
           }
           case 88: {
             NoRepeatNgram = input.ReadUInt32();
+            break;
+          }
+          case 98: {
+            if (responseFormat_ == null) {
+              ResponseFormat = new global::ArBridge.V1.ResponseFormat();
+            }
+            input.ReadMessage(ResponseFormat);
             break;
           }
         }
@@ -3728,6 +6206,13 @@ namespace ArBridge.V1 {
             NoRepeatNgram = input.ReadUInt32();
             break;
           }
+          case 98: {
+            if (responseFormat_ == null) {
+              ResponseFormat = new global::ArBridge.V1.ResponseFormat();
+            }
+            input.ReadMessage(ResponseFormat);
+            break;
+          }
         }
       }
     }
@@ -3753,7 +6238,7 @@ namespace ArBridge.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[11]; }
+      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[18]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -4074,7 +6559,7 @@ namespace ArBridge.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[12]; }
+      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[19]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -4303,7 +6788,7 @@ namespace ArBridge.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[13]; }
+      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[20]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -4578,7 +7063,7 @@ namespace ArBridge.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[14]; }
+      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[21]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -4851,7 +7336,7 @@ namespace ArBridge.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[15]; }
+      get { return global::ArBridge.V1.TypesReflection.Descriptor.MessageTypes[22]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -4880,6 +7365,8 @@ namespace ArBridge.V1 {
       errorMessage_ = other.errorMessage_;
       grounding_ = other.grounding_.Clone();
       sceneVersion_ = other.sceneVersion_;
+      referents_ = other.referents_.Clone();
+      actions_ = other.actions_.Clone();
       _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
     }
 
@@ -5011,6 +7498,34 @@ namespace ArBridge.V1 {
       }
     }
 
+    /// <summary>Field number for the "referents" field.</summary>
+    public const int ReferentsFieldNumber = 10;
+    private static readonly pb::FieldCodec<global::ArBridge.V1.Referent> _repeated_referents_codec
+        = pb::FieldCodec.ForMessage(82, global::ArBridge.V1.Referent.Parser);
+    private readonly pbc::RepeatedField<global::ArBridge.V1.Referent> referents_ = new pbc::RepeatedField<global::ArBridge.V1.Referent>();
+    /// <summary>
+    /// What the request's rays point at (one per ray, hands first).
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public pbc::RepeatedField<global::ArBridge.V1.Referent> Referents {
+      get { return referents_; }
+    }
+
+    /// <summary>Field number for the "actions" field.</summary>
+    public const int ActionsFieldNumber = 11;
+    private static readonly pb::FieldCodec<global::ArBridge.V1.ActionCall> _repeated_actions_codec
+        = pb::FieldCodec.ForMessage(90, global::ArBridge.V1.ActionCall.Parser);
+    private readonly pbc::RepeatedField<global::ArBridge.V1.ActionCall> actions_ = new pbc::RepeatedField<global::ArBridge.V1.ActionCall>();
+    /// <summary>
+    /// Every action the sequence called (each was also streamed on its own).
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public pbc::RepeatedField<global::ArBridge.V1.ActionCall> Actions {
+      get { return actions_; }
+    }
+
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public override bool Equals(object other) {
@@ -5035,6 +7550,8 @@ namespace ArBridge.V1 {
       if (ErrorMessage != other.ErrorMessage) return false;
       if(!grounding_.Equals(other.grounding_)) return false;
       if (SceneVersion != other.SceneVersion) return false;
+      if(!referents_.Equals(other.referents_)) return false;
+      if(!actions_.Equals(other.actions_)) return false;
       return Equals(_unknownFields, other._unknownFields);
     }
 
@@ -5051,6 +7568,8 @@ namespace ArBridge.V1 {
       if (ErrorMessage.Length != 0) hash ^= ErrorMessage.GetHashCode();
       hash ^= grounding_.GetHashCode();
       if (SceneVersion != 0UL) hash ^= SceneVersion.GetHashCode();
+      hash ^= referents_.GetHashCode();
+      hash ^= actions_.GetHashCode();
       if (_unknownFields != null) {
         hash ^= _unknownFields.GetHashCode();
       }
@@ -5102,6 +7621,8 @@ namespace ArBridge.V1 {
         output.WriteRawTag(72);
         output.WriteUInt64(SceneVersion);
       }
+      referents_.WriteTo(output, _repeated_referents_codec);
+      actions_.WriteTo(output, _repeated_actions_codec);
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -5145,6 +7666,8 @@ namespace ArBridge.V1 {
         output.WriteRawTag(72);
         output.WriteUInt64(SceneVersion);
       }
+      referents_.WriteTo(ref output, _repeated_referents_codec);
+      actions_.WriteTo(ref output, _repeated_actions_codec);
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -5180,6 +7703,8 @@ namespace ArBridge.V1 {
       if (SceneVersion != 0UL) {
         size += 1 + pb::CodedOutputStream.ComputeUInt64Size(SceneVersion);
       }
+      size += referents_.CalculateSize(_repeated_referents_codec);
+      size += actions_.CalculateSize(_repeated_actions_codec);
       if (_unknownFields != null) {
         size += _unknownFields.CalculateSize();
       }
@@ -5223,6 +7748,8 @@ namespace ArBridge.V1 {
       if (other.SceneVersion != 0UL) {
         SceneVersion = other.SceneVersion;
       }
+      referents_.Add(other.referents_);
+      actions_.Add(other.actions_);
       _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
     }
 
@@ -5280,6 +7807,14 @@ namespace ArBridge.V1 {
             SceneVersion = input.ReadUInt64();
             break;
           }
+          case 82: {
+            referents_.AddEntriesFrom(input, _repeated_referents_codec);
+            break;
+          }
+          case 90: {
+            actions_.AddEntriesFrom(input, _repeated_actions_codec);
+            break;
+          }
         }
       }
     #endif
@@ -5335,6 +7870,14 @@ namespace ArBridge.V1 {
           }
           case 72: {
             SceneVersion = input.ReadUInt64();
+            break;
+          }
+          case 82: {
+            referents_.AddEntriesFrom(ref input, _repeated_referents_codec);
+            break;
+          }
+          case 90: {
+            actions_.AddEntriesFrom(ref input, _repeated_actions_codec);
             break;
           }
         }

@@ -6,7 +6,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
-import type { AudioFeatures, Completion, DialogueTurn, SamplingParams, SceneDelta, SceneFeatures, StreamOptions, TokenChunk } from "./types_pb.js";
+import type { ActionCall, ActionDefinition, ActionMode, AudioFeatures, Completion, DialogueTurn, Ray, SamplingParams, SceneDelta, SceneFeatures, StreamOptions, TokenChunk } from "./types_pb.js";
 
 /**
  * Describes the file arbridge/v1/service.proto.
@@ -83,6 +83,12 @@ export declare type ResumeResponse = Message<"arbridge.v1.ResumeResponse"> & {
      */
     value: Completion;
     case: "completion";
+  } | {
+    /**
+     * @generated from field: arbridge.v1.ActionCall action = 7;
+     */
+    value: ActionCall;
+    case: "action";
   } | { case: undefined; value?: undefined };
 };
 
@@ -238,6 +244,22 @@ export declare type ConverseStart = Message<"arbridge.v1.ConverseStart"> & {
    * @generated from field: arbridge.v1.StreamOptions stream = 5;
    */
   stream?: StreamOptions | undefined;
+
+  /**
+   * Actions the replies may call (dialogue in the scene: "highlight the red
+   * chair" -> highlight(obj-3)). The session's scene is what OBJECT arguments
+   * may name, at the time of each reply.
+   *
+   * @generated from field: repeated arbridge.v1.ActionDefinition actions = 6;
+   */
+  actions: ActionDefinition[];
+
+  /**
+   * When replies call them (UserTurn.action_mode overrides it per turn).
+   *
+   * @generated from field: arbridge.v1.ActionMode action_mode = 7;
+   */
+  actionMode: ActionMode;
 };
 
 /**
@@ -276,6 +298,21 @@ export declare type UserTurn = Message<"arbridge.v1.UserTurn"> & {
    * @generated from field: arbridge.v1.SamplingParams sampling = 4;
    */
   sampling?: SamplingParams | undefined;
+
+  /**
+   * Where the wearer looked and pointed while speaking; replaces the scene's
+   * rays of the same source for this reply.
+   *
+   * @generated from field: repeated arbridge.v1.Ray rays = 5;
+   */
+  rays: Ray[];
+
+  /**
+   * Overrides ConverseStart.action_mode for this reply when set.
+   *
+   * @generated from field: arbridge.v1.ActionMode action_mode = 6;
+   */
+  actionMode: ActionMode;
 };
 
 /**
@@ -372,6 +409,12 @@ export declare type ConverseResponse = Message<"arbridge.v1.ConverseResponse"> &
      */
     value: Completion;
     case: "completion";
+  } | {
+    /**
+     * @generated from field: arbridge.v1.ActionCall action = 6;
+     */
+    value: ActionCall;
+    case: "action";
   } | { case: undefined; value?: undefined };
 
   /**
@@ -646,6 +689,12 @@ export declare type AskResponse = Message<"arbridge.v1.AskResponse"> & {
      */
     value: Completion;
     case: "completion";
+  } | {
+    /**
+     * @generated from field: arbridge.v1.ActionCall action = 7;
+     */
+    value: ActionCall;
+    case: "action";
   } | { case: undefined; value?: undefined };
 
   /**

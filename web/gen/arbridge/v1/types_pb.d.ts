@@ -240,6 +240,15 @@ export declare type SceneFeatures = Message<"arbridge.v1.SceneFeatures"> & {
    * @generated from field: uint64 scene_version = 6;
    */
   sceneVersion: bigint;
+
+  /**
+   * Where the wearer is looking and pointing at this moment (at most one ray per
+   * source). "This" and "that" in a question are resolved against them, and
+   * every Completion reports what they hit (Completion.referents).
+   *
+   * @generated from field: repeated arbridge.v1.Ray rays = 7;
+   */
+  rays: Ray[];
 };
 
 /**
@@ -247,6 +256,300 @@ export declare type SceneFeatures = Message<"arbridge.v1.SceneFeatures"> & {
  * Use `create(SceneFeaturesSchema)` to create a new message.
  */
 export declare const SceneFeaturesSchema: GenMessage<SceneFeatures>;
+
+/**
+ * A gaze or pointing ray, in the same world frame as the objects.
+ *
+ * @generated from message arbridge.v1.Ray
+ */
+export declare type Ray = Message<"arbridge.v1.Ray"> & {
+  /**
+   * Required; a pointing hand outranks the gaze when both hit something.
+   *
+   * @generated from field: arbridge.v1.RaySource source = 1;
+   */
+  source: RaySource;
+
+  /**
+   * @generated from field: arbridge.v1.Vec3 origin = 2;
+   */
+  origin?: Vec3 | undefined;
+
+  /**
+   * Need not be unit length; must be finite and not zero.
+   *
+   * @generated from field: arbridge.v1.Vec3 direction = 3;
+   */
+  direction?: Vec3 | undefined;
+
+  /**
+   * Capture time in milliseconds since the Unix epoch (informational).
+   *
+   * @generated from field: int64 timestamp_ms = 4;
+   */
+  timestampMs: bigint;
+};
+
+/**
+ * Describes the message arbridge.v1.Ray.
+ * Use `create(RaySchema)` to create a new message.
+ */
+export declare const RaySchema: GenMessage<Ray>;
+
+/**
+ * What one ray points at, as the server resolved it for this reply.
+ *
+ * @generated from message arbridge.v1.Referent
+ */
+export declare type Referent = Message<"arbridge.v1.Referent"> & {
+  /**
+   * @generated from field: arbridge.v1.RaySource source = 1;
+   */
+  source: RaySource;
+
+  /**
+   * @generated from field: arbridge.v1.ReferentMatch match = 2;
+   */
+  match: ReferentMatch;
+
+  /**
+   * The object (HIT, NEAR), the likeliest candidate (AMBIGUOUS), empty (NONE).
+   *
+   * @generated from field: string object_id = 3;
+   */
+  objectId: string;
+
+  /**
+   * In [0, 1]: 1 for a hit, falling with the angle off the ray for NEAR,
+   * 1 / candidates for AMBIGUOUS, 0 for NONE.
+   *
+   * @generated from field: float confidence = 4;
+   */
+  confidence: number;
+
+  /**
+   * Metres from the ray's origin: to where it enters the box (HIT), or along
+   * the ray to the object's centre (NEAR, AMBIGUOUS).
+   *
+   * @generated from field: float distance = 5;
+   */
+  distance: number;
+
+  /**
+   * AMBIGUOUS: every candidate, likeliest first.
+   *
+   * @generated from field: repeated string candidate_ids = 6;
+   */
+  candidateIds: string[];
+};
+
+/**
+ * Describes the message arbridge.v1.Referent.
+ * Use `create(ReferentSchema)` to create a new message.
+ */
+export declare const ReferentSchema: GenMessage<Referent>;
+
+/**
+ * @generated from message arbridge.v1.ActionParameter
+ */
+export declare type ActionParameter = Message<"arbridge.v1.ActionParameter"> & {
+  /**
+   * An identifier: letters, digits and _, not starting with a digit.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * @generated from field: arbridge.v1.ParameterType type = 2;
+   */
+  type: ParameterType;
+
+  /**
+   * @generated from field: string description = 3;
+   */
+  description: string;
+
+  /**
+   * STRING only: the values the argument may take (empty = any short text).
+   *
+   * @generated from field: repeated string choices = 4;
+   */
+  choices: string[];
+};
+
+/**
+ * Describes the message arbridge.v1.ActionParameter.
+ * Use `create(ActionParameterSchema)` to create a new message.
+ */
+export declare const ActionParameterSchema: GenMessage<ActionParameter>;
+
+/**
+ * An action the app can perform, declared like a tool of a chat API. The reply
+ * calls it with every parameter, in order.
+ *
+ * @generated from message arbridge.v1.ActionDefinition
+ */
+export declare type ActionDefinition = Message<"arbridge.v1.ActionDefinition"> & {
+  /**
+   * An identifier, unique among the request's actions, e.g. "highlight".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * What it does, in words the model reads, e.g. "make an object glow".
+   *
+   * @generated from field: string description = 2;
+   */
+  description: string;
+
+  /**
+   * @generated from field: repeated arbridge.v1.ActionParameter parameters = 3;
+   */
+  parameters: ActionParameter[];
+};
+
+/**
+ * Describes the message arbridge.v1.ActionDefinition.
+ * Use `create(ActionDefinitionSchema)` to create a new message.
+ */
+export declare const ActionDefinitionSchema: GenMessage<ActionDefinition>;
+
+/**
+ * One argument of an ActionCall, typed as its parameter.
+ *
+ * @generated from message arbridge.v1.ActionArgument
+ */
+export declare type ActionArgument = Message<"arbridge.v1.ActionArgument"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * @generated from oneof arbridge.v1.ActionArgument.value
+   */
+  value: {
+    /**
+     * @generated from field: string string_value = 2;
+     */
+    value: string;
+    case: "stringValue";
+  } | {
+    /**
+     * @generated from field: double number_value = 3;
+     */
+    value: number;
+    case: "numberValue";
+  } | {
+    /**
+     * @generated from field: int64 integer_value = 4;
+     */
+    value: bigint;
+    case: "integerValue";
+  } | {
+    /**
+     * @generated from field: bool bool_value = 5;
+     */
+    value: boolean;
+    case: "boolValue";
+  } | {
+    /**
+     * PARAMETER_TYPE_OBJECT: the SceneObject.id.
+     *
+     * @generated from field: string object_id = 6;
+     */
+    value: string;
+    case: "objectId";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message arbridge.v1.ActionArgument.
+ * Use `create(ActionArgumentSchema)` to create a new message.
+ */
+export declare const ActionArgumentSchema: GenMessage<ActionArgument>;
+
+/**
+ * An action the reply calls, streamed as soon as the call is complete.
+ *
+ * @generated from message arbridge.v1.ActionCall
+ */
+export declare type ActionCall = Message<"arbridge.v1.ActionCall"> & {
+  /**
+   * @generated from field: uint32 sequence_index = 1;
+   */
+  sequenceIndex: number;
+
+  /**
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * One per parameter, in the definition's order.
+   *
+   * @generated from field: repeated arbridge.v1.ActionArgument arguments = 3;
+   */
+  arguments: ActionArgument[];
+
+  /**
+   * The scene objects the call names (its OBJECT arguments), in order.
+   *
+   * @generated from field: repeated string object_ids = 4;
+   */
+  objectIds: string[];
+
+  /**
+   * Where in the sequence's text the call was made (UTF-16 code units).
+   *
+   * @generated from field: uint32 text_offset = 5;
+   */
+  textOffset: number;
+};
+
+/**
+ * Describes the message arbridge.v1.ActionCall.
+ * Use `create(ActionCallSchema)` to create a new message.
+ */
+export declare const ActionCallSchema: GenMessage<ActionCall>;
+
+/**
+ * The shape a reply must take, enforced token by token (grammar-constrained
+ * decoding). Exclusive with actions.
+ *
+ * @generated from message arbridge.v1.ResponseFormat
+ */
+export declare type ResponseFormat = Message<"arbridge.v1.ResponseFormat"> & {
+  /**
+   * @generated from oneof arbridge.v1.ResponseFormat.format
+   */
+  format: {
+    /**
+     * A JSON Schema, as JSON text: the reply is one JSON value it accepts.
+     *
+     * @generated from field: string json_schema = 1;
+     */
+    value: string;
+    case: "jsonSchema";
+  } | {
+    /**
+     * A regular expression the whole reply matches.
+     *
+     * @generated from field: string regex = 2;
+     */
+    value: string;
+    case: "regex";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message arbridge.v1.ResponseFormat.
+ * Use `create(ResponseFormatSchema)` to create a new message.
+ */
+export declare const ResponseFormatSchema: GenMessage<ResponseFormat>;
 
 /**
  * A change to a dialogue session's scene (Converse.scene_delta, Ask.scene_delta):
@@ -475,6 +778,14 @@ export declare type SamplingParams = Message<"arbridge.v1.SamplingParams"> & {
    * @generated from field: uint32 no_repeat_ngram = 11;
    */
   noRepeatNgram: number;
+
+  /**
+   * The reply's shape (JSON schema or regex). Scene captions give up their
+   * caption rules (sentence and naming limits) for it; the scene constraint stays.
+   *
+   * @generated from field: arbridge.v1.ResponseFormat response_format = 12;
+   */
+  responseFormat?: ResponseFormat | undefined;
 };
 
 /**
@@ -675,6 +986,20 @@ export declare type Completion = Message<"arbridge.v1.Completion"> & {
    * @generated from field: uint64 scene_version = 9;
    */
   sceneVersion: bigint;
+
+  /**
+   * What the request's rays point at (one per ray, hands first).
+   *
+   * @generated from field: repeated arbridge.v1.Referent referents = 10;
+   */
+  referents: Referent[];
+
+  /**
+   * Every action the sequence called (each was also streamed on its own).
+   *
+   * @generated from field: repeated arbridge.v1.ActionCall actions = 11;
+   */
+  actions: ActionCall[];
 };
 
 /**
@@ -682,6 +1007,172 @@ export declare type Completion = Message<"arbridge.v1.Completion"> & {
  * Use `create(CompletionSchema)` to create a new message.
  */
 export declare const CompletionSchema: GenMessage<Completion>;
+
+/**
+ * What casts a ray.
+ *
+ * @generated from enum arbridge.v1.RaySource
+ */
+export enum RaySource {
+  /**
+   * @generated from enum value: RAY_SOURCE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The eye-gaze (or head-gaze) ray.
+   *
+   * @generated from enum value: RAY_SOURCE_GAZE = 1;
+   */
+  GAZE = 1,
+
+  /**
+   * @generated from enum value: RAY_SOURCE_LEFT_HAND = 2;
+   */
+  LEFT_HAND = 2,
+
+  /**
+   * @generated from enum value: RAY_SOURCE_RIGHT_HAND = 3;
+   */
+  RIGHT_HAND = 3,
+}
+
+/**
+ * Describes the enum arbridge.v1.RaySource.
+ */
+export declare const RaySourceSchema: GenEnum<RaySource>;
+
+/**
+ * How a ray's referent was chosen.
+ *
+ * @generated from enum arbridge.v1.ReferentMatch
+ */
+export enum ReferentMatch {
+  /**
+   * @generated from enum value: REFERENT_MATCH_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The ray passes through the object's box (pose + extents); the nearest box
+   * along the ray wins, as a closer object hides a farther one.
+   *
+   * @generated from enum value: REFERENT_MATCH_HIT = 1;
+   */
+  HIT = 1,
+
+  /**
+   * No box is hit: the object closest to the ray, within a cone around it.
+   *
+   * @generated from enum value: REFERENT_MATCH_NEAR = 2;
+   */
+  NEAR = 2,
+
+  /**
+   * Two or more objects are about equally likely (candidate_ids); the reply asks
+   * which one the wearer means.
+   *
+   * @generated from enum value: REFERENT_MATCH_AMBIGUOUS = 3;
+   */
+  AMBIGUOUS = 3,
+
+  /**
+   * Nothing in the scene is there.
+   *
+   * @generated from enum value: REFERENT_MATCH_NONE = 4;
+   */
+  NONE = 4,
+}
+
+/**
+ * Describes the enum arbridge.v1.ReferentMatch.
+ */
+export declare const ReferentMatchSchema: GenEnum<ReferentMatch>;
+
+/**
+ * The type of an action's parameter.
+ *
+ * @generated from enum arbridge.v1.ParameterType
+ */
+export enum ParameterType {
+  /**
+   * @generated from enum value: PARAMETER_TYPE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Free text (at most 60 characters), or one of `choices` when given.
+   *
+   * @generated from enum value: PARAMETER_TYPE_STRING = 1;
+   */
+  STRING = 1,
+
+  /**
+   * @generated from enum value: PARAMETER_TYPE_NUMBER = 2;
+   */
+  NUMBER = 2,
+
+  /**
+   * @generated from enum value: PARAMETER_TYPE_INTEGER = 3;
+   */
+  INTEGER = 3,
+
+  /**
+   * @generated from enum value: PARAMETER_TYPE_BOOLEAN = 4;
+   */
+  BOOLEAN = 4,
+
+  /**
+   * An object of the current scene: the reply can only name objects that are in
+   * it, and the call carries the object's id.
+   *
+   * @generated from enum value: PARAMETER_TYPE_OBJECT = 5;
+   */
+  OBJECT = 5,
+}
+
+/**
+ * Describes the enum arbridge.v1.ParameterType.
+ */
+export declare const ParameterTypeSchema: GenEnum<ParameterType>;
+
+/**
+ * When a reply calls actions.
+ *
+ * @generated from enum arbridge.v1.ActionMode
+ */
+export enum ActionMode {
+  /**
+   * The model decides (the session's mode; AUTO when no mode is set anywhere).
+   *
+   * @generated from enum value: ACTION_MODE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: ACTION_MODE_AUTO = 1;
+   */
+  AUTO = 1,
+
+  /**
+   * The reply starts with at least one action.
+   *
+   * @generated from enum value: ACTION_MODE_REQUIRED = 2;
+   */
+  REQUIRED = 2,
+
+  /**
+   * No action in this reply.
+   *
+   * @generated from enum value: ACTION_MODE_NONE = 3;
+   */
+  NONE = 3,
+}
+
+/**
+ * Describes the enum arbridge.v1.ActionMode.
+ */
+export declare const ActionModeSchema: GenEnum<ActionMode>;
 
 /**
  * Who spoke a dialogue turn.

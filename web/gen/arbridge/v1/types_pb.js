@@ -15,7 +15,7 @@ import { enumDesc, fileDesc, messageDesc, tsEnum } from "@bufbuild/protobuf/code
  * Describes the file arbridge/v1/types.proto.
  */
 export const file_arbridge_v1_types = /*@__PURE__*/
-  fileDesc("ChdhcmJyaWRnZS92MS90eXBlcy5wcm90bxILYXJicmlkZ2UudjEiJwoEVmVjMxIJCgF4GAEgASgCEgkKAXkYAiABKAISCQoBehgDIAEoAiI4CgpRdWF0ZXJuaW9uEgkKAXgYASABKAISCQoBeRgCIAEoAhIJCgF6GAMgASgCEgkKAXcYBCABKAIiVgoEUG9zZRIjCghwb3NpdGlvbhgBIAEoCzIRLmFyYnJpZGdlLnYxLlZlYzMSKQoIcm90YXRpb24YAiABKAsyFy5hcmJyaWRnZS52MS5RdWF0ZXJuaW9uIvIBCgtTY2VuZU9iamVjdBIKCgJpZBgBIAEoCRINCgVsYWJlbBgCIAEoCRISCgpjb25maWRlbmNlGAMgASgCEh8KBHBvc2UYBCABKAsyES5hcmJyaWRnZS52MS5Qb3NlEiIKB2V4dGVudHMYBSABKAsyES5hcmJyaWRnZS52MS5WZWMzEjwKCmF0dHJpYnV0ZXMYBiADKAsyKC5hcmJyaWRnZS52MS5TY2VuZU9iamVjdC5BdHRyaWJ1dGVzRW50cnkaMQoPQXR0cmlidXRlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiPgoNRmVhdHVyZVZlY3RvchIPCgdlbmNvZGVyGAEgASgJEgwKBGRpbXMYAiABKA0SDgoGdmFsdWVzGAMgAygCItoBCg1TY2VuZUZlYXR1cmVzEikKB29iamVjdHMYASADKAsyGC5hcmJyaWRnZS52MS5TY2VuZU9iamVjdBImCgtjYW1lcmFfcG9zZRgCIAEoCzIRLmFyYnJpZGdlLnYxLlBvc2USMgoOaW1hZ2VfZmVhdHVyZXMYAyADKAsyGi5hcmJyaWRnZS52MS5GZWF0dXJlVmVjdG9yEhUKDWxvY2F0aW9uX2hpbnQYBCABKAkSFAoMdGltZXN0YW1wX21zGAUgASgDEhUKDXNjZW5lX3ZlcnNpb24YBiABKAQioAEKClNjZW5lRGVsdGESKAoGdXBzZXJ0GAEgAygLMhguYXJicmlkZ2UudjEuU2NlbmVPYmplY3QSEgoKcmVtb3ZlX2lkcxgCIAMoCRImCgtjYW1lcmFfcG9zZRgDIAEoCzIRLmFyYnJpZGdlLnYxLlBvc2USFQoNbG9jYXRpb25faGludBgEIAEoCRIVCg1zY2VuZV92ZXJzaW9uGAUgASgEIiIKDVN0cmVhbU9wdGlvbnMSEQoJcmVzdW1hYmxlGAEgASgIIngKDUF1ZGlvRmVhdHVyZXMSEgoKdHJhbnNjcmlwdBgBIAEoCRIQCghsYW5ndWFnZRgCIAEoCRISCgpjb25maWRlbmNlGAMgASgCEi0KCWVtYmVkZGluZxgEIAEoCzIaLmFyYnJpZGdlLnYxLkZlYXR1cmVWZWN0b3IiPQoMRGlhbG9ndWVUdXJuEh8KBHJvbGUYASABKA4yES5hcmJyaWRnZS52MS5Sb2xlEgwKBHRleHQYAiABKAkingIKDlNhbXBsaW5nUGFyYW1zEhYKDm1heF9uZXdfdG9rZW5zGAEgASgNEhMKC3RlbXBlcmF0dXJlGAIgASgCEg0KBXRvcF9rGAMgASgNEg0KBXRvcF9wGAQgASgCEhoKEnJlcGV0aXRpb25fcGVuYWx0eRgFIAEoAhIRCgRzZWVkGAYgASgESACIAQESDAoEc3RvcBgHIAMoCRIcChRudW1fcmV0dXJuX3NlcXVlbmNlcxgIIAEoDRIQCghsb2dwcm9icxgJIAEoCBIdChBzY2VuZV9jb25zdHJhaW50GAogASgCSAGIAQESFwoPbm9fcmVwZWF0X25ncmFtGAsgASgNQgcKBV9zZWVkQhMKEV9zY2VuZV9jb25zdHJhaW50ImcKClRva2VuQ2h1bmsSFgoOc2VxdWVuY2VfaW5kZXgYASABKA0SDAoEdGV4dBgCIAEoCRIRCgl0b2tlbl9pZHMYAyADKA0SFAoHbG9ncHJvYhgEIAEoAkgAiAEBQgoKCF9sb2dwcm9iIjkKBVVzYWdlEhUKDXByb21wdF90b2tlbnMYASABKA0SGQoRY29tcGxldGlvbl90b2tlbnMYAiABKA0iTQoHVGltaW5ncxIQCghxdWV1ZV9tcxgBIAEoARIeChZ0aW1lX3RvX2ZpcnN0X3Rva2VuX21zGAIgASgBEhAKCHRvdGFsX21zGAMgASgBIj0KDEdyb3VuZGVkU3BhbhIRCglvYmplY3RfaWQYASABKAkSDQoFc3RhcnQYAiABKA0SCwoDZW5kGAMgASgNIpgCCgpDb21wbGV0aW9uEhYKDnNlcXVlbmNlX2luZGV4GAEgASgNEjAKDWZpbmlzaF9yZWFzb24YAiABKA4yGS5hcmJyaWRnZS52MS5GaW5pc2hSZWFzb24SIQoFdXNhZ2UYAyABKAsyEi5hcmJyaWRnZS52MS5Vc2FnZRIMCgRzZWVkGAQgASgEEiUKB3RpbWluZ3MYBSABKAsyFC5hcmJyaWRnZS52MS5UaW1pbmdzEgwKBHRleHQYBiABKAkSFQoNZXJyb3JfbWVzc2FnZRgHIAEoCRIsCglncm91bmRpbmcYCCADKAsyGS5hcmJyaWRnZS52MS5Hcm91bmRlZFNwYW4SFQoNc2NlbmVfdmVyc2lvbhgJIAEoBCpQCgRSb2xlEhQKEFJPTEVfVU5TUEVDSUZJRUQQABINCglST0xFX1VTRVIQARISCg5ST0xFX0FTU0lTVEFOVBACEg8KC1JPTEVfU1lTVEVNEAMq8gEKDEZpbmlzaFJlYXNvbhIdChlGSU5JU0hfUkVBU09OX1VOU1BFQ0lGSUVEEAASGAoURklOSVNIX1JFQVNPTl9MRU5HVEgQARIVChFGSU5JU0hfUkVBU09OX0VPUxACEh8KG0ZJTklTSF9SRUFTT05fU1RPUF9TRVFVRU5DRRADEhsKF0ZJTklTSF9SRUFTT05fQ0FOQ0VMTEVEEAQSHQoZRklOSVNIX1JFQVNPTl9JTlRFUlJVUFRFRBAFEhwKGEZJTklTSF9SRUFTT05fVElNRV9MSU1JVBAGEhcKE0ZJTklTSF9SRUFTT05fRVJST1IQB0IhCg9jb20uYXJicmlkZ2UudjFQAaoCC0FyQnJpZGdlLlYxYgZwcm90bzM");
+  fileDesc("ChdhcmJyaWRnZS92MS90eXBlcy5wcm90bxILYXJicmlkZ2UudjEiJwoEVmVjMxIJCgF4GAEgASgCEgkKAXkYAiABKAISCQoBehgDIAEoAiI4CgpRdWF0ZXJuaW9uEgkKAXgYASABKAISCQoBeRgCIAEoAhIJCgF6GAMgASgCEgkKAXcYBCABKAIiVgoEUG9zZRIjCghwb3NpdGlvbhgBIAEoCzIRLmFyYnJpZGdlLnYxLlZlYzMSKQoIcm90YXRpb24YAiABKAsyFy5hcmJyaWRnZS52MS5RdWF0ZXJuaW9uIvIBCgtTY2VuZU9iamVjdBIKCgJpZBgBIAEoCRINCgVsYWJlbBgCIAEoCRISCgpjb25maWRlbmNlGAMgASgCEh8KBHBvc2UYBCABKAsyES5hcmJyaWRnZS52MS5Qb3NlEiIKB2V4dGVudHMYBSABKAsyES5hcmJyaWRnZS52MS5WZWMzEjwKCmF0dHJpYnV0ZXMYBiADKAsyKC5hcmJyaWRnZS52MS5TY2VuZU9iamVjdC5BdHRyaWJ1dGVzRW50cnkaMQoPQXR0cmlidXRlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiPgoNRmVhdHVyZVZlY3RvchIPCgdlbmNvZGVyGAEgASgJEgwKBGRpbXMYAiABKA0SDgoGdmFsdWVzGAMgAygCIvoBCg1TY2VuZUZlYXR1cmVzEikKB29iamVjdHMYASADKAsyGC5hcmJyaWRnZS52MS5TY2VuZU9iamVjdBImCgtjYW1lcmFfcG9zZRgCIAEoCzIRLmFyYnJpZGdlLnYxLlBvc2USMgoOaW1hZ2VfZmVhdHVyZXMYAyADKAsyGi5hcmJyaWRnZS52MS5GZWF0dXJlVmVjdG9yEhUKDWxvY2F0aW9uX2hpbnQYBCABKAkSFAoMdGltZXN0YW1wX21zGAUgASgDEhUKDXNjZW5lX3ZlcnNpb24YBiABKAQSHgoEcmF5cxgHIAMoCzIQLmFyYnJpZGdlLnYxLlJheSKMAQoDUmF5EiYKBnNvdXJjZRgBIAEoDjIWLmFyYnJpZGdlLnYxLlJheVNvdXJjZRIhCgZvcmlnaW4YAiABKAsyES5hcmJyaWRnZS52MS5WZWMzEiQKCWRpcmVjdGlvbhgDIAEoCzIRLmFyYnJpZGdlLnYxLlZlYzMSFAoMdGltZXN0YW1wX21zGAQgASgDIq0BCghSZWZlcmVudBImCgZzb3VyY2UYASABKA4yFi5hcmJyaWRnZS52MS5SYXlTb3VyY2USKQoFbWF0Y2gYAiABKA4yGi5hcmJyaWRnZS52MS5SZWZlcmVudE1hdGNoEhEKCW9iamVjdF9pZBgDIAEoCRISCgpjb25maWRlbmNlGAQgASgCEhAKCGRpc3RhbmNlGAUgASgCEhUKDWNhbmRpZGF0ZV9pZHMYBiADKAkibwoPQWN0aW9uUGFyYW1ldGVyEgwKBG5hbWUYASABKAkSKAoEdHlwZRgCIAEoDjIaLmFyYnJpZGdlLnYxLlBhcmFtZXRlclR5cGUSEwoLZGVzY3JpcHRpb24YAyABKAkSDwoHY2hvaWNlcxgEIAMoCSJnChBBY3Rpb25EZWZpbml0aW9uEgwKBG5hbWUYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkSMAoKcGFyYW1ldGVycxgDIAMoCzIcLmFyYnJpZGdlLnYxLkFjdGlvblBhcmFtZXRlciKbAQoOQWN0aW9uQXJndW1lbnQSDAoEbmFtZRgBIAEoCRIWCgxzdHJpbmdfdmFsdWUYAiABKAlIABIWCgxudW1iZXJfdmFsdWUYAyABKAFIABIXCg1pbnRlZ2VyX3ZhbHVlGAQgASgDSAASFAoKYm9vbF92YWx1ZRgFIAEoCEgAEhMKCW9iamVjdF9pZBgGIAEoCUgAQgcKBXZhbHVlIosBCgpBY3Rpb25DYWxsEhYKDnNlcXVlbmNlX2luZGV4GAEgASgNEgwKBG5hbWUYAiABKAkSLgoJYXJndW1lbnRzGAMgAygLMhsuYXJicmlkZ2UudjEuQWN0aW9uQXJndW1lbnQSEgoKb2JqZWN0X2lkcxgEIAMoCRITCgt0ZXh0X29mZnNldBgFIAEoDSJCCg5SZXNwb25zZUZvcm1hdBIVCgtqc29uX3NjaGVtYRgBIAEoCUgAEg8KBXJlZ2V4GAIgASgJSABCCAoGZm9ybWF0IqABCgpTY2VuZURlbHRhEigKBnVwc2VydBgBIAMoCzIYLmFyYnJpZGdlLnYxLlNjZW5lT2JqZWN0EhIKCnJlbW92ZV9pZHMYAiADKAkSJgoLY2FtZXJhX3Bvc2UYAyABKAsyES5hcmJyaWRnZS52MS5Qb3NlEhUKDWxvY2F0aW9uX2hpbnQYBCABKAkSFQoNc2NlbmVfdmVyc2lvbhgFIAEoBCIiCg1TdHJlYW1PcHRpb25zEhEKCXJlc3VtYWJsZRgBIAEoCCJ4Cg1BdWRpb0ZlYXR1cmVzEhIKCnRyYW5zY3JpcHQYASABKAkSEAoIbGFuZ3VhZ2UYAiABKAkSEgoKY29uZmlkZW5jZRgDIAEoAhItCgllbWJlZGRpbmcYBCABKAsyGi5hcmJyaWRnZS52MS5GZWF0dXJlVmVjdG9yIj0KDERpYWxvZ3VlVHVybhIfCgRyb2xlGAEgASgOMhEuYXJicmlkZ2UudjEuUm9sZRIMCgR0ZXh0GAIgASgJItQCCg5TYW1wbGluZ1BhcmFtcxIWCg5tYXhfbmV3X3Rva2VucxgBIAEoDRITCgt0ZW1wZXJhdHVyZRgCIAEoAhINCgV0b3BfaxgDIAEoDRINCgV0b3BfcBgEIAEoAhIaChJyZXBldGl0aW9uX3BlbmFsdHkYBSABKAISEQoEc2VlZBgGIAEoBEgAiAEBEgwKBHN0b3AYByADKAkSHAoUbnVtX3JldHVybl9zZXF1ZW5jZXMYCCABKA0SEAoIbG9ncHJvYnMYCSABKAgSHQoQc2NlbmVfY29uc3RyYWludBgKIAEoAkgBiAEBEhcKD25vX3JlcGVhdF9uZ3JhbRgLIAEoDRI0Cg9yZXNwb25zZV9mb3JtYXQYDCABKAsyGy5hcmJyaWRnZS52MS5SZXNwb25zZUZvcm1hdEIHCgVfc2VlZEITChFfc2NlbmVfY29uc3RyYWludCJnCgpUb2tlbkNodW5rEhYKDnNlcXVlbmNlX2luZGV4GAEgASgNEgwKBHRleHQYAiABKAkSEQoJdG9rZW5faWRzGAMgAygNEhQKB2xvZ3Byb2IYBCABKAJIAIgBAUIKCghfbG9ncHJvYiI5CgVVc2FnZRIVCg1wcm9tcHRfdG9rZW5zGAEgASgNEhkKEWNvbXBsZXRpb25fdG9rZW5zGAIgASgNIk0KB1RpbWluZ3MSEAoIcXVldWVfbXMYASABKAESHgoWdGltZV90b19maXJzdF90b2tlbl9tcxgCIAEoARIQCgh0b3RhbF9tcxgDIAEoASI9CgxHcm91bmRlZFNwYW4SEQoJb2JqZWN0X2lkGAEgASgJEg0KBXN0YXJ0GAIgASgNEgsKA2VuZBgDIAEoDSLsAgoKQ29tcGxldGlvbhIWCg5zZXF1ZW5jZV9pbmRleBgBIAEoDRIwCg1maW5pc2hfcmVhc29uGAIgASgOMhkuYXJicmlkZ2UudjEuRmluaXNoUmVhc29uEiEKBXVzYWdlGAMgASgLMhIuYXJicmlkZ2UudjEuVXNhZ2USDAoEc2VlZBgEIAEoBBIlCgd0aW1pbmdzGAUgASgLMhQuYXJicmlkZ2UudjEuVGltaW5ncxIMCgR0ZXh0GAYgASgJEhUKDWVycm9yX21lc3NhZ2UYByABKAkSLAoJZ3JvdW5kaW5nGAggAygLMhkuYXJicmlkZ2UudjEuR3JvdW5kZWRTcGFuEhUKDXNjZW5lX3ZlcnNpb24YCSABKAQSKAoJcmVmZXJlbnRzGAogAygLMhUuYXJicmlkZ2UudjEuUmVmZXJlbnQSKAoHYWN0aW9ucxgLIAMoCzIXLmFyYnJpZGdlLnYxLkFjdGlvbkNhbGwqcQoJUmF5U291cmNlEhoKFlJBWV9TT1VSQ0VfVU5TUEVDSUZJRUQQABITCg9SQVlfU09VUkNFX0dBWkUQARIYChRSQVlfU09VUkNFX0xFRlRfSEFORBACEhkKFVJBWV9TT1VSQ0VfUklHSFRfSEFORBADKpcBCg1SZWZlcmVudE1hdGNoEh4KGlJFRkVSRU5UX01BVENIX1VOU1BFQ0lGSUVEEAASFgoSUkVGRVJFTlRfTUFUQ0hfSElUEAESFwoTUkVGRVJFTlRfTUFUQ0hfTkVBUhACEhwKGFJFRkVSRU5UX01BVENIX0FNQklHVU9VUxADEhcKE1JFRkVSRU5UX01BVENIX05PTkUQBCq4AQoNUGFyYW1ldGVyVHlwZRIeChpQQVJBTUVURVJfVFlQRV9VTlNQRUNJRklFRBAAEhkKFVBBUkFNRVRFUl9UWVBFX1NUUklORxABEhkKFVBBUkFNRVRFUl9UWVBFX05VTUJFUhACEhoKFlBBUkFNRVRFUl9UWVBFX0lOVEVHRVIQAxIaChZQQVJBTUVURVJfVFlQRV9CT09MRUFOEAQSGQoVUEFSQU1FVEVSX1RZUEVfT0JKRUNUEAUqbwoKQWN0aW9uTW9kZRIbChdBQ1RJT05fTU9ERV9VTlNQRUNJRklFRBAAEhQKEEFDVElPTl9NT0RFX0FVVE8QARIYChRBQ1RJT05fTU9ERV9SRVFVSVJFRBACEhQKEEFDVElPTl9NT0RFX05PTkUQAypQCgRSb2xlEhQKEFJPTEVfVU5TUEVDSUZJRUQQABINCglST0xFX1VTRVIQARISCg5ST0xFX0FTU0lTVEFOVBACEg8KC1JPTEVfU1lTVEVNEAMq8gEKDEZpbmlzaFJlYXNvbhIdChlGSU5JU0hfUkVBU09OX1VOU1BFQ0lGSUVEEAASGAoURklOSVNIX1JFQVNPTl9MRU5HVEgQARIVChFGSU5JU0hfUkVBU09OX0VPUxACEh8KG0ZJTklTSF9SRUFTT05fU1RPUF9TRVFVRU5DRRADEhsKF0ZJTklTSF9SRUFTT05fQ0FOQ0VMTEVEEAQSHQoZRklOSVNIX1JFQVNPTl9JTlRFUlJVUFRFRBAFEhwKGEZJTklTSF9SRUFTT05fVElNRV9MSU1JVBAGEhcKE0ZJTklTSF9SRUFTT05fRVJST1IQB0IhCg9jb20uYXJicmlkZ2UudjFQAaoCC0FyQnJpZGdlLlYxYgZwcm90bzM");
 
 /**
  * Describes the message arbridge.v1.Vec3.
@@ -60,80 +60,185 @@ export const SceneFeaturesSchema = /*@__PURE__*/
   messageDesc(file_arbridge_v1_types, 5);
 
 /**
+ * Describes the message arbridge.v1.Ray.
+ * Use `create(RaySchema)` to create a new message.
+ */
+export const RaySchema = /*@__PURE__*/
+  messageDesc(file_arbridge_v1_types, 6);
+
+/**
+ * Describes the message arbridge.v1.Referent.
+ * Use `create(ReferentSchema)` to create a new message.
+ */
+export const ReferentSchema = /*@__PURE__*/
+  messageDesc(file_arbridge_v1_types, 7);
+
+/**
+ * Describes the message arbridge.v1.ActionParameter.
+ * Use `create(ActionParameterSchema)` to create a new message.
+ */
+export const ActionParameterSchema = /*@__PURE__*/
+  messageDesc(file_arbridge_v1_types, 8);
+
+/**
+ * Describes the message arbridge.v1.ActionDefinition.
+ * Use `create(ActionDefinitionSchema)` to create a new message.
+ */
+export const ActionDefinitionSchema = /*@__PURE__*/
+  messageDesc(file_arbridge_v1_types, 9);
+
+/**
+ * Describes the message arbridge.v1.ActionArgument.
+ * Use `create(ActionArgumentSchema)` to create a new message.
+ */
+export const ActionArgumentSchema = /*@__PURE__*/
+  messageDesc(file_arbridge_v1_types, 10);
+
+/**
+ * Describes the message arbridge.v1.ActionCall.
+ * Use `create(ActionCallSchema)` to create a new message.
+ */
+export const ActionCallSchema = /*@__PURE__*/
+  messageDesc(file_arbridge_v1_types, 11);
+
+/**
+ * Describes the message arbridge.v1.ResponseFormat.
+ * Use `create(ResponseFormatSchema)` to create a new message.
+ */
+export const ResponseFormatSchema = /*@__PURE__*/
+  messageDesc(file_arbridge_v1_types, 12);
+
+/**
  * Describes the message arbridge.v1.SceneDelta.
  * Use `create(SceneDeltaSchema)` to create a new message.
  */
 export const SceneDeltaSchema = /*@__PURE__*/
-  messageDesc(file_arbridge_v1_types, 6);
+  messageDesc(file_arbridge_v1_types, 13);
 
 /**
  * Describes the message arbridge.v1.StreamOptions.
  * Use `create(StreamOptionsSchema)` to create a new message.
  */
 export const StreamOptionsSchema = /*@__PURE__*/
-  messageDesc(file_arbridge_v1_types, 7);
+  messageDesc(file_arbridge_v1_types, 14);
 
 /**
  * Describes the message arbridge.v1.AudioFeatures.
  * Use `create(AudioFeaturesSchema)` to create a new message.
  */
 export const AudioFeaturesSchema = /*@__PURE__*/
-  messageDesc(file_arbridge_v1_types, 8);
+  messageDesc(file_arbridge_v1_types, 15);
 
 /**
  * Describes the message arbridge.v1.DialogueTurn.
  * Use `create(DialogueTurnSchema)` to create a new message.
  */
 export const DialogueTurnSchema = /*@__PURE__*/
-  messageDesc(file_arbridge_v1_types, 9);
+  messageDesc(file_arbridge_v1_types, 16);
 
 /**
  * Describes the message arbridge.v1.SamplingParams.
  * Use `create(SamplingParamsSchema)` to create a new message.
  */
 export const SamplingParamsSchema = /*@__PURE__*/
-  messageDesc(file_arbridge_v1_types, 10);
+  messageDesc(file_arbridge_v1_types, 17);
 
 /**
  * Describes the message arbridge.v1.TokenChunk.
  * Use `create(TokenChunkSchema)` to create a new message.
  */
 export const TokenChunkSchema = /*@__PURE__*/
-  messageDesc(file_arbridge_v1_types, 11);
+  messageDesc(file_arbridge_v1_types, 18);
 
 /**
  * Describes the message arbridge.v1.Usage.
  * Use `create(UsageSchema)` to create a new message.
  */
 export const UsageSchema = /*@__PURE__*/
-  messageDesc(file_arbridge_v1_types, 12);
+  messageDesc(file_arbridge_v1_types, 19);
 
 /**
  * Describes the message arbridge.v1.Timings.
  * Use `create(TimingsSchema)` to create a new message.
  */
 export const TimingsSchema = /*@__PURE__*/
-  messageDesc(file_arbridge_v1_types, 13);
+  messageDesc(file_arbridge_v1_types, 20);
 
 /**
  * Describes the message arbridge.v1.GroundedSpan.
  * Use `create(GroundedSpanSchema)` to create a new message.
  */
 export const GroundedSpanSchema = /*@__PURE__*/
-  messageDesc(file_arbridge_v1_types, 14);
+  messageDesc(file_arbridge_v1_types, 21);
 
 /**
  * Describes the message arbridge.v1.Completion.
  * Use `create(CompletionSchema)` to create a new message.
  */
 export const CompletionSchema = /*@__PURE__*/
-  messageDesc(file_arbridge_v1_types, 15);
+  messageDesc(file_arbridge_v1_types, 22);
+
+/**
+ * Describes the enum arbridge.v1.RaySource.
+ */
+export const RaySourceSchema = /*@__PURE__*/
+  enumDesc(file_arbridge_v1_types, 0);
+
+/**
+ * What casts a ray.
+ *
+ * @generated from enum arbridge.v1.RaySource
+ */
+export const RaySource = /*@__PURE__*/
+  tsEnum(RaySourceSchema);
+
+/**
+ * Describes the enum arbridge.v1.ReferentMatch.
+ */
+export const ReferentMatchSchema = /*@__PURE__*/
+  enumDesc(file_arbridge_v1_types, 1);
+
+/**
+ * How a ray's referent was chosen.
+ *
+ * @generated from enum arbridge.v1.ReferentMatch
+ */
+export const ReferentMatch = /*@__PURE__*/
+  tsEnum(ReferentMatchSchema);
+
+/**
+ * Describes the enum arbridge.v1.ParameterType.
+ */
+export const ParameterTypeSchema = /*@__PURE__*/
+  enumDesc(file_arbridge_v1_types, 2);
+
+/**
+ * The type of an action's parameter.
+ *
+ * @generated from enum arbridge.v1.ParameterType
+ */
+export const ParameterType = /*@__PURE__*/
+  tsEnum(ParameterTypeSchema);
+
+/**
+ * Describes the enum arbridge.v1.ActionMode.
+ */
+export const ActionModeSchema = /*@__PURE__*/
+  enumDesc(file_arbridge_v1_types, 3);
+
+/**
+ * When a reply calls actions.
+ *
+ * @generated from enum arbridge.v1.ActionMode
+ */
+export const ActionMode = /*@__PURE__*/
+  tsEnum(ActionModeSchema);
 
 /**
  * Describes the enum arbridge.v1.Role.
  */
 export const RoleSchema = /*@__PURE__*/
-  enumDesc(file_arbridge_v1_types, 0);
+  enumDesc(file_arbridge_v1_types, 4);
 
 /**
  * Who spoke a dialogue turn.
@@ -147,7 +252,7 @@ export const Role = /*@__PURE__*/
  * Describes the enum arbridge.v1.FinishReason.
  */
 export const FinishReasonSchema = /*@__PURE__*/
-  enumDesc(file_arbridge_v1_types, 1);
+  enumDesc(file_arbridge_v1_types, 5);
 
 /**
  * Why a sequence ended.

@@ -1,0 +1,243 @@
+"""Scene actions: the app's action definitions -> a grammar, a prompt, and ActionCalls.
+
+A reply that may act is text with calls in square brackets, e.g.
+
+    [highlight(red chair)] The red chair is glowing.
+
+Objects are named as the scene text names them ("red chair"), not by id: a small
+model copies a name from the prompt reliably, an opaque id it mostly does not
+(SmolLM2-135M, 30 scenes of 4 objects: 30/30 right by name, 10/30 by id, same
+prompt). The grammar (llguidance, engine/grammar.py) lets an OBJECT argument be
+only one of the current scene's names, each name is one object's, and the call
+reports that object's id: an action cannot name an object that is not there.
+Arguments are positional, typed by their parameter; text may not hold "[" (it
+opens a call).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+from arbridge.serving.grounding import utf16_len
+from arbridge.serving.scene_text import noun_phrase, place
+from arbridge.v1 import types_pb2 as pb
+
+MAX_STRING_ARG_CHARS = 60
+_NUMBER = r"-?[0-9]{1,9}(\.[0-9]{1,6})?"
+_INTEGER = r"-?[0-9]{1,12}"
+_STRING = r'"[^"\]\n\\]{0,' + str(MAX_STRING_ARG_CHARS) + '}"'
+
+# The worked example's objects (not the scene's: the example only shows the syntax).
+_EXAMPLE_OBJECTS = ("green mug", "white box")
+
+
+def object_names(scene: pb.SceneFeatures) -> dict[str, str]:
+    """A name per object, unique in the scene: its noun phrase, else the phrase and
+    its side ("chair to the left"), else the phrase and its id. name -> object id."""
+    phrase = {obj.id: _plain(noun_phrase(obj).lower()) for obj in scene.objects}
+    count = Counter(phrase.values())
+    sided = {}
+    for obj in scene.objects:
+        name = phrase[obj.id]
+        if count[name] > 1 and obj.HasField("pose"):
+            name = f"{name} {place(obj.pose, scene.camera_pose).direction}"
+        sided[obj.id] = name
+    count = Counter(sided.values())
+    out: dict[str, str] = {}
+    for i, obj in enumerate(scene.objects):
+        name = sided[obj.id]
+        if count[name] > 1 or not name:
+            name = _plain(f"{phrase[obj.id]} {obj.id}")
+        if name in out or not name:  # ids alike once cleaned: numbered
+            name = f"{name} {i + 1}".strip()
+        out[name] = obj.id
+    return out
+
+
+def _plain(name: str) -> str:
+    """Without the characters the call syntax uses."""
+    return " ".join(re.sub(r'[\[\]()",\\]', " ", name).split())
+
+
+@dataclass
+class ActionSet:
+    """One reply's actions: what it may call, in `mode`, on the objects named `names`."""
+
+    definitions: list[pb.ActionDefinition]
+    mode: int  # pb.ActionMode
+    names: dict[str, str]  # object name -> id
+    callable: list[pb.ActionDefinition] = field(init=False)
+
+    def __post_init__(self):
+        # An action with an OBJECT parameter cannot be called on an empty scene.
+        self.callable = [d for d in self.definitions
+                         if self.names or all(p.type != pb.PARAMETER_TYPE_OBJECT
+                                              for p in d.parameters)]
+
+    @property
+    def active(self) -> bool:
+        return self.mode != pb.ACTION_MODE_NONE and bool(self.callable)
+
+    # -- grammar -------------------------------------------------------------------
+    def lark(self) -> str:
+        """The reply's grammar in llguidance's Lark dialect."""
+        if self.mode == pb.ACTION_MODE_REQUIRED:
+            lines = ["start: action (action)* text (action text)*"]
+        else:
+            lines = ["start: text (action text)*"]
+        lines += ['text: /[^\\[]*/', 'action: "[" call "]"',
+                  "call: " + " | ".join(f"call_{i}" for i in range(len(self.callable)))]
+        for i, definition in enumerate(self.callable):
+            args = ' ", " '.join(self._argument(p) for p in definition.parameters)
+            lines.append(f'call_{i}: {json.dumps(definition.name + "(")} {args} ")"'
+                         if args else f'call_{i}: {json.dumps(definition.name + "()")}')
+        lines.append("OBJECT: " + " | ".join(json.dumps(n) for n in sorted(self.names))
+                     if self.names else 'OBJECT: "-"')
+        return "\n".join(lines) + "\n"
+
+    @staticmethod
+    def _argument(p: pb.ActionParameter) -> str:
+        if p.type == pb.PARAMETER_TYPE_OBJECT:
+            return "OBJECT"
+        if p.type == pb.PARAMETER_TYPE_STRING and p.choices:
+            return "(" + " | ".join(json.dumps(json.dumps(c)) for c in p.choices) + ")"
+        regex = {pb.PARAMETER_TYPE_STRING: _STRING, pb.PARAMETER_TYPE_NUMBER: _NUMBER,
+                 pb.PARAMETER_TYPE_INTEGER: _INTEGER,
+                 pb.PARAMETER_TYPE_BOOLEAN: "(true|false)"}[p.type]
+        return f"/{regex}/"
+
+    # -- prompt --------------------------------------------------------------------
+    def instructions(self) -> str:
+        """The actions in the system prompt, before the scene (the same for a session,
+        so the prefix cache keeps them)."""
+        lines = ["You can act in the scene with these actions:"]
+        for d in self.callable:
+            params = ", ".join(p.name for p in d.parameters)
+            about = f": {d.description.strip()}" if d.description.strip() else ""
+            lines.append(f"- {d.name}({params}){about}")
+        example = self._example_call(self.callable[0], 0)
+        lines.append(f"To act, write the action in square brackets, naming objects as the "
+                     f"scene names them, e.g. [{example}], then say what you did.")
+        if self.mode == pb.ACTION_MODE_REQUIRED:
+            lines.append("Start your reply with an action.")
+        return "\n".join(lines)
+
+    def examples(self) -> list[pb.DialogueTurn]:
+        """Worked turns, one per action (up to two): a small model copies the syntax
+        from a turn far more reliably than from a description."""
+        turns = []
+        for i, d in enumerate(self.callable[:2]):
+            call = self._example_call(d, i)
+            obj = _EXAMPLE_OBJECTS[i % len(_EXAMPLE_OBJECTS)]
+            words = d.name.replace("_", " ")
+            ask = f"Please {words} the {obj}." if any(
+                p.type == pb.PARAMETER_TYPE_OBJECT for p in d.parameters) else f"Please {words}."
+            turns += [pb.DialogueTurn(role=pb.ROLE_USER, text=ask),
+                      pb.DialogueTurn(role=pb.ROLE_ASSISTANT, text=f"[{call}] Okay, done.")]
+        return turns
+
+    @staticmethod
+    def _example_call(d: pb.ActionDefinition, i: int) -> str:
+        values = []
+        for p in d.parameters:
+            if p.type == pb.PARAMETER_TYPE_OBJECT:
+                values.append(_EXAMPLE_OBJECTS[i % len(_EXAMPLE_OBJECTS)])
+            elif p.type == pb.PARAMETER_TYPE_STRING:
+                values.append(json.dumps(p.choices[0] if p.choices else "note"))
+            else:
+                values.append({pb.PARAMETER_TYPE_NUMBER: "1.5", pb.PARAMETER_TYPE_INTEGER: "2",
+                               pb.PARAMETER_TYPE_BOOLEAN: "true"}[p.type])
+        return f"{d.name}({', '.join(values)})"
+
+    # -- output --------------------------------------------------------------------
+    def parse(self, call: str, sequence_index: int, text_offset: int) -> pb.ActionCall | None:
+        """'highlight(red chair)' -> its ActionCall; None for a call the grammar would
+        not allow (a reply cut short mid-call never gets here)."""
+        for d in self.callable:
+            if not call.startswith(d.name + "(") or not call.endswith(")"):
+                continue
+            rest = call[len(d.name) + 1:-1]
+            out = pb.ActionCall(sequence_index=sequence_index, name=d.name,
+                                text_offset=text_offset)
+            for k, p in enumerate(d.parameters):
+                if k:
+                    if not rest.startswith(", "):
+                        break
+                    rest = rest[2:]
+                taken = self._take(p, rest, out)
+                if taken is None:
+                    break
+                rest = rest[taken:]
+            else:
+                if not rest:
+                    return out
+        return None
+
+    def _take(self, p: pb.ActionParameter, rest: str, out: pb.ActionCall) -> int | None:
+        """Reads `p`'s argument off the front of `rest` into `out`; its length."""
+        arg = out.arguments.add(name=p.name)
+        if p.type == pb.PARAMETER_TYPE_OBJECT:
+            # Longest name first: "red chair" before "red chair to the left" is a prefix.
+            for name in sorted(self.names, key=len, reverse=True):
+                if rest.startswith(name):
+                    arg.object_id = self.names[name]
+                    out.object_ids.append(arg.object_id)
+                    return len(name)
+            return None
+        pattern = {pb.PARAMETER_TYPE_STRING: _STRING, pb.PARAMETER_TYPE_NUMBER: _NUMBER,
+                   pb.PARAMETER_TYPE_INTEGER: _INTEGER,
+                   pb.PARAMETER_TYPE_BOOLEAN: "true|false"}[p.type]
+        m = re.match(pattern, rest)
+        if m is None:
+            return None
+        value = m.group(0)
+        if p.type == pb.PARAMETER_TYPE_STRING:
+            arg.string_value = json.loads(value)
+        elif p.type == pb.PARAMETER_TYPE_NUMBER:
+            arg.number_value = float(value)
+        elif p.type == pb.PARAMETER_TYPE_INTEGER:
+            arg.integer_value = int(value)
+        else:
+            arg.bool_value = value == "true"
+        return len(value)
+
+
+class ActionSplitter:
+    """A sequence's streamed text -> spoken text and ActionCalls, in order: a call is
+    held until its "]" arrives, then emitted whole; the text around it streams on."""
+
+    def __init__(self, actions: ActionSet, sequence_index: int):
+        self.actions = actions
+        self.index = sequence_index
+        self._call: list[str] | None = None  # inside "[...", the call so far
+        self.calls: list[pb.ActionCall] = []
+
+    def push(self, text: str, shown_so_far: str) -> list[str | pb.ActionCall]:
+        """`text` split into pieces; `shown_so_far` is the spoken text before it (for
+        the calls' offsets and to drop the space after a call that starts a line)."""
+        pieces: list[str | pb.ActionCall] = []
+        spoken = shown_so_far
+        while text:
+            if self._call is None:
+                head, bracket, text = text.partition("[")
+                if head:
+                    if spoken == "" or spoken.endswith((" ", "\n")):
+                        head = head.lstrip(" ")
+                    if head:
+                        pieces.append(head)
+                        spoken += head
+                if bracket:
+                    self._call = []
+                continue
+            body, bracket, text = text.partition("]")
+            self._call.append(body)
+            if bracket:
+                call = self.actions.parse("".join(self._call), self.index, utf16_len(spoken))
+                self._call = None
+                if call is not None:
+                    self.calls.append(call)
+                    pieces.append(call)
+        return pieces

@@ -1,0 +1,159 @@
+"""What the wearer means by "this": the scene object a gaze or hand ray points at.
+
+Deterministic geometry, in the objects' world frame:
+
+* a ray HITs an object when it passes through the object's box (pose + half-extents,
+  rotated with the object); of several boxes on the ray the nearest entry wins (the
+  closer object hides the farther one), and two entries within `TIE_M` of each other
+  are AMBIGUOUS (the reply asks which);
+* with no box hit, the object NEAR the ray wins: the smallest angle between the ray
+  and the object (its centre, or the edge of its bounding sphere when it has
+  extents), within `CONE_DEG`; two within `AMBIGUOUS_DEG` of each other are AMBIGUOUS;
+* otherwise NONE: nothing there, said so rather than guessed.
+
+Objects behind the ray's origin are never candidates, nor a box the origin is inside
+(the wearer standing on a rug does not point at it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from arbridge.serving.scene_text import noun_phrase, place, rotate_inverse
+from arbridge.v1 import types_pb2 as pb
+
+CONE_DEG = 10.0  # how far off the ray an object may still be what it points at
+AMBIGUOUS_DEG = 2.0  # closer than this in angle: two candidates, not one
+TIE_M = 0.05  # box entries closer than this along the ray: a tie
+# Hands first: a gesture is a deliberate choice, a glance may wander.
+PRIORITY = (pb.RAY_SOURCE_RIGHT_HAND, pb.RAY_SOURCE_LEFT_HAND, pb.RAY_SOURCE_GAZE)
+
+_VERBS = {pb.RAY_SOURCE_GAZE: "looking at", pb.RAY_SOURCE_LEFT_HAND: "pointing at",
+          pb.RAY_SOURCE_RIGHT_HAND: "pointing at"}
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    obj: pb.SceneObject
+    distance: float  # along the ray: box entry (hits) or the centre's projection
+    angle: float  # degrees off the ray (0 for hits)
+
+
+def _sub(a: pb.Vec3, b: pb.Vec3) -> tuple[float, float, float]:
+    return (a.x - b.x, a.y - b.y, a.z - b.z)
+
+
+def _dot(a, b) -> float:
+    return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+
+
+def _unit(v: pb.Vec3) -> tuple[float, float, float]:
+    norm = math.sqrt(v.x * v.x + v.y * v.y + v.z * v.z)
+    return (v.x / norm, v.y / norm, v.z / norm)
+
+
+def _box_entry(obj: pb.SceneObject, origin: pb.Vec3, direction) -> float | None:
+    """Distance along the ray to where it enters the object's box; None when it misses,
+    when the box is behind the origin, or when the origin is inside it (slab test in
+    the object's own frame)."""
+    extents = (abs(obj.extents.x), abs(obj.extents.y), abs(obj.extents.z))
+    rotation = obj.pose.rotation
+    o = rotate_inverse(rotation, _sub(origin, obj.pose.position))
+    d = rotate_inverse(rotation, direction)
+    t_enter, t_exit = -math.inf, math.inf
+    for axis in range(3):
+        if abs(d[axis]) < 1e-12:  # parallel to this slab: inside it or never
+            if abs(o[axis]) > extents[axis]:
+                return None
+            continue
+        t1 = (-extents[axis] - o[axis]) / d[axis]
+        t2 = (extents[axis] - o[axis]) / d[axis]
+        t_enter, t_exit = max(t_enter, min(t1, t2)), min(t_exit, max(t1, t2))
+    if t_enter > t_exit or t_enter < 0.0:  # a miss, behind, or the origin is inside
+        return None
+    return t_enter
+
+
+def _off_ray(obj: pb.SceneObject, origin: pb.Vec3, direction) -> _Candidate | None:
+    """The object's angle off the ray, to its centre less its bounding sphere's
+    angular radius; None when it is behind the origin."""
+    to_centre = _sub(obj.pose.position, origin)
+    along = _dot(to_centre, direction)
+    if along <= 0.0:
+        return None
+    across = math.sqrt(max(_dot(to_centre, to_centre) - along * along, 0.0))
+    radius = math.sqrt(obj.extents.x ** 2 + obj.extents.y ** 2 + obj.extents.z ** 2)
+    angle = math.degrees(math.atan2(across, along) - math.atan2(radius, along))
+    return _Candidate(obj, along, max(angle, 0.0))
+
+
+def resolve(ray: pb.Ray, objects) -> pb.Referent:
+    """The referent of one (validated) ray among the scene's objects."""
+    direction = _unit(ray.direction)
+    hits = []
+    for obj in objects:
+        if obj.extents.x or obj.extents.y or obj.extents.z:
+            entry = _box_entry(obj, ray.origin, direction)
+            if entry is not None:
+                hits.append(_Candidate(obj, entry, 0.0))
+    if hits:
+        hits.sort(key=lambda c: (c.distance, c.obj.id))
+        tied = [c for c in hits if c.distance - hits[0].distance < TIE_M]
+        if len(tied) > 1:
+            return _ambiguous(ray.source, tied)
+        return pb.Referent(source=ray.source, match=pb.REFERENT_MATCH_HIT,
+                           object_id=hits[0].obj.id, confidence=1.0,
+                           distance=hits[0].distance)
+    near = [c for c in (_off_ray(obj, ray.origin, direction) for obj in objects)
+            if c is not None and c.angle <= CONE_DEG]
+    if not near:
+        return pb.Referent(source=ray.source, match=pb.REFERENT_MATCH_NONE)
+    near.sort(key=lambda c: (c.angle, c.distance, c.obj.id))
+    tied = [c for c in near if c.angle - near[0].angle < AMBIGUOUS_DEG]
+    if len(tied) > 1:
+        return _ambiguous(ray.source, tied)
+    best = near[0]
+    return pb.Referent(source=ray.source, match=pb.REFERENT_MATCH_NEAR, object_id=best.obj.id,
+                       confidence=1.0 - best.angle / CONE_DEG, distance=best.distance)
+
+
+def _ambiguous(source: int, tied: list[_Candidate]) -> pb.Referent:
+    return pb.Referent(source=source, match=pb.REFERENT_MATCH_AMBIGUOUS,
+                       object_id=tied[0].obj.id, confidence=1.0 / len(tied),
+                       distance=tied[0].distance, candidate_ids=[c.obj.id for c in tied])
+
+
+def current_rays(scene: pb.SceneFeatures | None, turn_rays=()) -> list[pb.Ray]:
+    """The rays a reply is about: the turn's (said while looking there), else the
+    scene's, one per source."""
+    by_source = {ray.source: ray for ray in (scene.rays if scene is not None else ())}
+    by_source.update({ray.source: ray for ray in turn_rays})
+    return [by_source[s] for s in PRIORITY if s in by_source]
+
+
+def resolve_all(rays: list[pb.Ray], objects) -> list[pb.Referent]:
+    return [resolve(ray, objects) for ray in rays]
+
+
+def referent_hint(referents: list[pb.Referent], scene: pb.SceneFeatures) -> str:
+    """The referent in plain words, for the prompt: the first gesture that points at
+    something, else the first ray's miss."""
+    if not referents:
+        return ""
+    chosen = next((r for r in referents if r.match != pb.REFERENT_MATCH_NONE), referents[0])
+    verb = _VERBS[chosen.source]
+    by_id = {obj.id: obj for obj in scene.objects}
+    if chosen.match == pb.REFERENT_MATCH_NONE:
+        return (f"The user is {verb} something the glasses cannot see; say you do not "
+                "know what it is.")
+    if chosen.match == pb.REFERENT_MATCH_AMBIGUOUS:
+        names = [f"the {noun_phrase(by_id[i])}" for i in chosen.candidate_ids]
+        either = ", ".join(names[:-1]) + " or " + names[-1]
+        return f"The user is {verb} {either}; ask which one they mean."
+    obj = by_id[chosen.object_id]
+    where = place(obj.pose, scene.camera_pose)
+    direction = "ahead of you" if where.direction == "ahead" else \
+        "behind you" if where.direction == "behind" else where.direction
+    return (f"The user is {verb} the {noun_phrase(obj)} ({direction}). \"This\" and "
+            f"\"that\" mean the {noun_phrase(obj)}.")
