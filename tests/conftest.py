@@ -124,7 +124,8 @@ async def wait_idle(engine, timeout: float = 5.0) -> None:
 
 
 async def collect(call):
-    """Read a streaming call: (chunks, completions, arrival times of each event)."""
+    """Read a streaming call: (chunks, completions, (kind, arrival time, response) of
+    each event, actions included)."""
     chunks, completions, events = [], [], []
     start = time.perf_counter()
     async for response in call:
@@ -132,7 +133,7 @@ async def collect(call):
         events.append((kind, time.perf_counter() - start, response))
         if kind == "chunk":
             chunks.append(response.chunk)
-        else:
+        elif kind == "completion":
             completions.append(response.completion)
     return chunks, completions, events
 
