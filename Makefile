@@ -113,6 +113,7 @@ bench: setup
 	$(ARB) bench --dtype float32
 	$(ARB) bench --dtype bfloat16
 	$(ARB) resume-bench --dtype float32
+	$(ARB) grammar-bench --dtype float32
 
 # Caption and dialogue quality through a real server, beside a plain-prompt
 # baseline, on seeded scenes (held-out split reported apart; a few minutes).

@@ -39,6 +39,12 @@ def tiny_eos_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def wide_model_dir(tmp_path_factory) -> Path:
+    """The tiny model with room for a scene-action prompt (its BPE spends many tokens)."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-wide"), n_positions=1024)
+
+
+@pytest.fixture(scope="session")
 def tiny_loaded(tiny_model_dir, tmp_path_factory):
     return load_model(str(tiny_model_dir), cache_dir=tmp_path_factory.mktemp("cache"))
 

@@ -8,6 +8,7 @@ import re
 
 import grpc
 import pytest
+from test_grpc_web import call as web_call
 
 from arbridge.engine.sampling import SamplingConfig
 from arbridge.serving.actions import ActionSet, ActionSplitter, object_names
@@ -16,8 +17,7 @@ from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import types_pb2 as pb
 
 from conftest import collect, gen, start_server
-from test_grpc_web import call as web_call
-from tiny_model import build_tiny_model, train_tokenizer
+from tiny_model import train_tokenizer
 
 OBJECT = pb.PARAMETER_TYPE_OBJECT
 HIGHLIGHT = pb.ActionDefinition(name="highlight", description="make an object glow",
@@ -73,12 +73,6 @@ def test_calls_are_parsed_with_typed_arguments_and_split_from_the_text():
 def compiler(request):
     tokenizer = train_tokenizer(metaspace=request.param == "metaspace")
     return tokenizer, GrammarCompiler(tokenizer, len(tokenizer))
-
-
-@pytest.fixture(scope="module")
-def wide_model_dir(tmp_path_factory):
-    """The tiny model with room for the action prompt (its BPE spends many tokens)."""
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-wide"), n_positions=1024)
 
 
 @pytest.fixture(scope="module")

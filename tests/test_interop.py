@@ -154,3 +154,29 @@ async def test_examples_resume_a_caption_cut_mid_stream(served, tmp_path, client
               for e in events if "chunk" in e]
     completion = events[-1]["completion"]
     assert "".join(chunks) == completion["text"] == done[0].text  # nothing lost or twice
+
+
+@pytest.mark.parametrize("client", ["cpp", "node"])
+async def test_examples_print_the_scene_actions_of_a_reply(make_server, wide_model_dir, client,
+                                                           tmp_path):
+    """examples/act.json through Ask: each action the reply calls printed as its own
+    event (an "action" with the scene object's id) before the completion, and the hand
+    ray's referent in the completion (it points at the kettle)."""
+    running = await make_server(wide_model_dir)
+    request = json.loads((REPO / "examples" / "act.json").read_text())
+    request["start"]["actionMode"] = "ACTION_MODE_REQUIRED"  # the tiny model acts at random
+    request["userTurn"]["sampling"] = {"maxNewTokens": 40, "temperature": 1.5, "seed": 2}
+    path = tmp_path / "act.json"
+    path.write_text(json.dumps(request))
+    argv = [CPP_CLIENT] if client == "cpp" else ["node", NODE_CLIENT]
+    code, out, err = await run(*argv, running.target, path, "ask")
+    assert code == 0, out + err
+    events = [json.loads(ln.partition(" ")[2] if client == "cpp" else ln)
+              for ln in out.splitlines()]
+    actions = [e["action"] for e in events if "action" in e]
+    completion = events[-1]["completion"]
+    assert actions and [a["objectIds"] for a in actions] == \
+        [a["objectIds"] for a in completion["actions"]]
+    assert all(a["name"] in {"highlight", "move_to"} and
+               set(a["objectIds"]) <= {"obj-1", "obj-2", "obj-3"} for a in actions)
+    assert completion["referents"][0]["objectId"] == "obj-3"

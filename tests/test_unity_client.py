@@ -189,3 +189,21 @@ async def test_csharp_ask_dialogue_resumes_a_cut_reply(interop_exe, web):
     chunks = [json.loads(ln.split(" ", 1)[1])["text"] for ln in lines if ln.startswith("chunk")]
     completion = json.loads(lines[-1].split(" ", 1)[1])
     assert "".join(chunks) == completion["text"] and completion["usage"]["completionTokens"] == 24
+
+
+async def test_csharp_raises_scene_actions_as_typed_events(interop_exe, make_server,
+                                                          wide_model_dir):
+    """AskDialogue over gRPC-Web: the reply's action arrives as ActionCalled, its OBJECT
+    argument a scene id, before the completion; the pointing ray's referent is reported."""
+    running = await make_server(wide_model_dir, grpc_web_port=0)
+    code, out, err = await run_mono(interop_exe, "act",
+                                    f"http://127.0.0.1:{running.server.grpc_web_port}")
+    assert code == 0, out + err
+    lines = out.splitlines()
+    actions = [line.split(" ") for line in lines if line.startswith("action")]
+    assert actions and all(a[2] == "highlight" and a[3] in {"c1", "l1"} for a in actions)
+    completion = json.loads(lines[-1].split(" ", 1)[1])
+    assert lines.index(" ".join(actions[0])) < len(lines) - 1
+    assert [a["objectIds"] for a in completion["actions"]] == [[a[3]] for a in actions]
+    assert completion["referents"][0]["objectId"] == "l1"
+    assert completion["referents"][0]["match"] == "REFERENT_MATCH_HIT"

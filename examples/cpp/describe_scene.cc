@@ -2,9 +2,11 @@
 // Unreal plugin would: a blocking ClientReader read loop, best run on a worker
 // thread (FRunnable / AsyncTask) with each chunk marshalled to the game thread.
 //
-//   describe_scene [host:port] [request.json]
+//   describe_scene [host:port] [request.json] [describe|ask]
 //
-// request.json is a DescribeSceneRequest in protobuf JSON (examples/scene.json).
+// request.json is a DescribeSceneRequest in protobuf JSON (examples/scene.json),
+// or with `ask` an AskRequest (a dialogue turn; examples/act.json points at an
+// object and declares scene actions: each call arrives as an "action" event).
 // Prints one line per event as it arrives: "<ms since start> <event as JSON>".
 // On an error: "ERROR <code> <message>" on stderr and exit status 1.
 // ARBRIDGE_TOKEN, when set, is sent as a bearer token.
@@ -25,9 +27,14 @@
 
 namespace v1 = arbridge::v1;
 
+// Streams `request` (DescribeScene or Ask), resuming after a dropped connection.
+template <typename Request, typename Response, typename Call>
+int Stream(v1::ArBridgeService::Stub* stub, Request request, Call call);
+
 int main(int argc, char** argv) {
   const std::string target = argc > 1 ? argv[1] : "127.0.0.1:50051";
   const std::string path = argc > 2 ? argv[2] : "examples/scene.json";
+  const bool ask = argc > 3 && std::string(argv[3]) == "ask";
 
   std::ifstream file(path);
   if (!file) {
@@ -36,18 +43,38 @@ int main(int argc, char** argv) {
   }
   std::stringstream json;
   json << file.rdbuf();
+  auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+  auto stub = v1::ArBridgeService::NewStub(channel);
+  if (ask) {
+    v1::AskRequest request;
+    auto parsed = google::protobuf::util::JsonStringToMessage(json.str(), &request);
+    if (!parsed.ok()) {
+      std::cerr << path << ": " << parsed.ToString() << "\n";
+      return 2;
+    }
+    return Stream<v1::AskRequest, v1::AskResponse>(
+        stub.get(), request, [&](grpc::ClientContext* c, const v1::AskRequest& r) {
+          return stub->Ask(c, r);
+        });
+  }
   v1::DescribeSceneRequest request;
   auto parsed = google::protobuf::util::JsonStringToMessage(json.str(), &request);
   if (!parsed.ok()) {
     std::cerr << path << ": " << parsed.ToString() << "\n";
     return 2;
   }
+  return Stream<v1::DescribeSceneRequest, v1::DescribeSceneResponse>(
+      stub.get(), request, [&](grpc::ClientContext* c, const v1::DescribeSceneRequest& r) {
+        return stub->DescribeScene(c, r);
+      });
+}
+
+template <typename Request, typename Response, typename Call>
+int Stream(v1::ArBridgeService::Stub* stub, Request request, Call call) {
 
   // A resumable reply: if the connection drops mid-caption (the headset changed
   // networks), Resume continues after the last seq received, nothing shown twice.
   request.mutable_stream()->set_resumable(true);
-  auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
-  auto stub = v1::ArBridgeService::NewStub(channel);
   const char* token = std::getenv("ARBRIDGE_TOKEN");
   const auto start = std::chrono::steady_clock::now();
   google::protobuf::util::JsonPrintOptions options;
@@ -74,8 +101,8 @@ int main(int argc, char** argv) {
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
     if (token) context.AddMetadata("authorization", std::string("Bearer ") + token);
     if (attempt == 0) {
-      auto reader = stub->DescribeScene(&context, request);
-      v1::DescribeSceneResponse response;
+      auto reader = call(&context, request);
+      Response response;
       while (reader->Read(&response)) show(response);
       status = reader->Finish();
     } else {

@@ -2,10 +2,13 @@
 // Stream a scene caption from ArBridge with @grpc/grpc-js, loading the
 // contract straight from protos/ (no generated code).
 //
-//   node examples/node/describe_scene.js [host:port] [scene.json]
+//   node examples/node/describe_scene.js [host:port] [scene.json] [describe|ask]
 //
+// `ask` sends the file as an AskRequest (a dialogue turn: examples/act.json points
+// at an object and declares scene actions) instead of a DescribeSceneRequest.
 // Prints one JSON line per event as it arrives: {"t": ms, "chunk": "..."},
-// then {"t": ms, "completion": {...}}; {"t": ms, "resuming_after": seq} when a
+// {"t": ms, "action": {...}} for each scene action the reply calls, then
+// {"t": ms, "completion": {...}}; {"t": ms, "resuming_after": seq} when a
 // dropped connection is resumed; on an error {"code": N, "details": "..."} and
 // exit status 1. ARBRIDGE_TOKEN, when set, is sent as a bearer token.
 "use strict";
@@ -28,6 +31,7 @@ const arbridge = grpc.loadPackageDefinition(definition).arbridge.v1;
 const target = process.argv[2] || "127.0.0.1:50051";
 const sceneFile = process.argv[3] || path.join(__dirname, "..", "scene.json");
 const request = JSON.parse(fs.readFileSync(sceneFile, "utf8"));
+const method = process.argv[4] === "ask" ? "ask" : "describeScene";
 
 const client = new arbridge.ArBridgeService(target, grpc.credentials.createInsecure());
 const metadata = new grpc.Metadata();
@@ -55,6 +59,9 @@ function follow(call) {
     lastSeq = event.seq;
     if (event.chunk) {
       console.log(JSON.stringify({ t, chunk: event.chunk.text }));
+    } else if (event.action) {
+      // Complete as it arrives: start the animation while the sentence goes on.
+      console.log(JSON.stringify({ t, action: event.action }));
     } else if (event.completion) {
       finished = true;
       console.log(JSON.stringify({ t, completion: event.completion }));
@@ -77,4 +84,4 @@ function follow(call) {
   call.on("end", () => { if (finished) client.close(); });
 }
 
-follow(client.describeScene(request, metadata, { deadline: new Date(Date.now() + 60000) }));
+follow(client[method](request, metadata, { deadline: new Date(Date.now() + 60000) }));

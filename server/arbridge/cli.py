@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -97,6 +98,17 @@ def cmd_resume_bench(args) -> int:
     return 0
 
 
+def cmd_grammar_bench(args) -> int:
+    """Grammar-constrained decoding's cost, and llguidance vs xgrammar (not a test)."""
+    from arbridge.config import load_settings
+    from arbridge.tools.grammar_bench import format_report, run_grammar_bench
+
+    settings = load_settings(None, model=args.model, dtype=args.dtype, log_level="WARNING")
+    _setup_logging(settings.log_level)
+    print(format_report(run_grammar_bench(settings, new_tokens=args.new_tokens)))
+    return 0
+
+
 def cmd_eval(args) -> int:
     """Caption and dialogue quality through a real server, beside a plain-prompt baseline."""
     from pathlib import Path
@@ -107,7 +119,15 @@ def cmd_eval(args) -> int:
     settings = load_settings(None, model=args.model, dtype=args.dtype, log_level="WARNING")
     _setup_logging(settings.log_level)
     result = asyncio.run(run_eval(settings, count=args.scenes, seed=args.seed,
-                                  dialogue=args.dialogue, out=Path(args.out)))
+                                  dialogue=args.dialogue, out=Path(args.out),
+                                  act_only=args.act_only))
+    if args.act_only:
+        from arbridge.tools.act_eval import format_lines
+
+        Path(args.out).write_text(json.dumps(result, indent=2))
+        for split_name, act in result["act"].items():
+            print("\n".join(f"{line} [{split_name}]" for line in format_lines(act)))
+        return 0
     print(f"arbridge eval {' '.join(sys.argv[2:])}  (model {result['model']}, "
           f"dtype {result['dtype']}, greedy, {result['scenes']} scenes; held-out = scenes "
           f"{result['held_out_from']}+)")
@@ -400,6 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dialogue", type=int, default=60, help="held-out scenes asked about")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench/results/eval.json")
+    p.add_argument("--act-only", action="store_true",
+                   help="only the pointing and action tasks (a minute or two)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("resume-bench",
@@ -408,6 +430,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--streams", type=int, default=32)
     p.set_defaults(func=cmd_resume_bench)
+
+    p = sub.add_parser("grammar-bench",
+                       help="constrained vs unconstrained decoding, llguidance vs xgrammar")
+    p.add_argument("--model", help="default: SmolLM2-135M-Instruct")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.set_defaults(func=cmd_grammar_bench)
 
     p = sub.add_parser("train-projector",
                        help="train a feature-vector projector with the model frozen")

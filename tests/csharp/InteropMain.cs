@@ -29,6 +29,7 @@ namespace ArBridge.Tests
                     case "cancel": return Cancel(args[1], args[2]).GetAwaiter().GetResult();
                     case "ask": return Ask(args[1]).GetAwaiter().GetResult();
                     case "ask-one": return AskOne(args[1]).GetAwaiter().GetResult();
+                    case "act": return Act(args[1]).GetAwaiter().GetResult();
                     case "unit": return DialogueTests.Run().GetAwaiter().GetResult();
                 }
                 Console.Error.WriteLine("unknown mode " + args[0]);
@@ -102,6 +103,32 @@ namespace ArBridge.Tests
             dialogue.ResponseComplete += (id, c) => Console.WriteLine("completion " + JsonFormatter.Default.Format(c));
             dialogue.Error += (id, e) => Console.WriteLine("error " + e.Message);
             await dialogue.AskAsync("tell me about the room", null, new SamplingParams { MaxNewTokens = 24 });
+            return 0;
+        }
+
+        // Scene actions over gRPC-Web: each call raised as ActionCalled, typed, before the
+        // reply completes; a pointing ray goes with the turn.
+        static async Task<int> Act(string url)
+        {
+            var client = new ArBridgeClient(new GrpcWebCallInvoker(url));
+            var scene = new SceneFeatures { CameraPose = new Pose { Rotation = new Quaternion { W = 1 } } };
+            scene.Objects.Add(new SceneObject { Id = "c1", Label = "chair",
+                Pose = new Pose { Position = new Vec3 { X = -1, Z = 2 } }, Extents = new Vec3 { X = 0.3f, Y = 0.3f, Z = 0.3f } });
+            scene.Objects.Add(new SceneObject { Id = "l1", Label = "lamp",
+                Pose = new Pose { Position = new Vec3 { X = 1, Z = 2 } }, Extents = new Vec3 { X = 0.3f, Y = 0.3f, Z = 0.3f } });
+            var start = new ConverseStart { Scene = scene, ActionMode = ActionMode.Required };
+            var highlight = new ActionDefinition { Name = "highlight", Description = "make an object glow" };
+            highlight.Parameters.Add(new ActionParameter { Name = "target", Type = ParameterType.Object });
+            start.Actions.Add(highlight);
+            var dialogue = client.StartAskDialogue(start);
+            dialogue.ActionCalled += (id, call) =>
+                Console.WriteLine("action " + id + " " + call.Name + " " + call.ObjectId("target"));
+            dialogue.ResponseComplete += (id, c) => Console.WriteLine("completion " + JsonFormatter.Default.Format(c));
+            dialogue.Error += (id, e) => Console.WriteLine("error " + e.Message);
+            var pointing = new Ray { Source = RaySource.RightHand, Origin = new Vec3(),
+                                     Direction = new Vec3 { X = 1, Z = 2 } };
+            await dialogue.AskAsync("highlight this", null,
+                new SamplingParams { MaxNewTokens = 24, Temperature = 1.5f, Seed = 3 }, new[] { pointing });
             return 0;
         }
 

@@ -23,6 +23,7 @@ from arbridge.config import Settings
 from arbridge.serving.lexicon import NOUNS, names_of
 from arbridge.serving.prompts import DESCRIBE_INSTRUCTION, PromptBuilder
 from arbridge.serving.scene_text import place
+from arbridge.tools import act_eval
 from arbridge.tools.caption_score import score_caption, summarize
 from arbridge.tools.scenes import TUNE_SCENES, scenes, split
 from arbridge.v1 import service_pb2 as spb
@@ -127,7 +128,7 @@ async def _text(call) -> tuple[str, float]:
 
 
 async def run_eval(settings: Settings, count: int = 300, seed: int = 0, dialogue: int = 60,
-                   out: Path | None = None, lm=None) -> dict:
+                   out: Path | None = None, lm=None, act_only: bool = False) -> dict:
     from arbridge.app import ArBridgeServer
 
     server = ArBridgeServer(settings.model_copy(update={"port": 0, "max_active": CONCURRENCY}))
@@ -136,9 +137,16 @@ async def run_eval(settings: Settings, count: int = 300, seed: int = 0, dialogue
     tokenizer = server.backend.tokenizer
     sampling = pb.SamplingParams(max_new_tokens=MAX_NEW_TOKENS, temperature=0.0)
     all_scenes = scenes(count, seed)
+    held_out = list(range(TUNE_SCENES, count))[:dialogue]
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = service_pb2_grpc.ArBridgeServiceStub(channel)
+            act = {name: await act_eval.run(stub, all_scenes, subset, sampling, CONCURRENCY,
+                                            seed)
+                   for name, subset in (("tune", range(min(dialogue, TUNE_SCENES))),
+                                        ("held-out", held_out))}
+            if act_only:
+                return {"act": act}
             bridge = await _bounded([
                 lambda s=s: stub.DescribeScene(spb.DescribeSceneRequest(scene=s,
                                                                         sampling=sampling))
@@ -153,7 +161,6 @@ async def run_eval(settings: Settings, count: int = 300, seed: int = 0, dialogue
                 lambda s=s: stub.Generate(spb.GenerateRequest(
                     prompt=plain_prompt(tokenizer, s), sampling=sampling))
                 for s in all_scenes], CONCURRENCY)
-            held_out = list(range(TUNE_SCENES, count))[:dialogue]
             asks = [(i, *q) for i in held_out for q in questions(all_scenes[i], i)]
             answers = await _bounded([
                 lambda i=i, q=question: stub.Ask(spb.AskRequest(
@@ -217,6 +224,7 @@ async def run_eval(settings: Settings, count: int = 300, seed: int = 0, dialogue
                      "arbridge_score": asdict(score_caption(bridge[i][0], all_scenes[i]))}
                     for i in range(count)],
         "dialogue_answers": dialogue_rows,
+        "act": act,
     }
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -237,6 +245,8 @@ def format_table(result: dict) -> str:
     if alone:
         lines.append(f"time to first token, one request at a time ({TTFT_SCENES} fresh "
                      f"scenes, p50): {alone}")
+    for split_name, act in result.get("act", {}).items():
+        lines += [f"{line} [{split_name}]" for line in act_eval.format_lines(act)]
     burst = ", ".join(f"{k} {v} ms" for k, v in result.get("ttft_burst_p50_ms", {}).items())
     if burst:
         lines.append(f"time to first token, {CONCURRENCY} new prompts at once ({TTFT_BURSTS} "

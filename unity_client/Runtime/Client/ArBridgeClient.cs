@@ -143,6 +143,28 @@ namespace ArBridge.Client
             return progress.First;
         }
 
+        // A resumed event into the reply's own response type: the one event set (assigning
+        // null to another case would clear the oneof).
+        internal static void CopyEvent(ResumeResponse r, AskResponse into)
+        {
+            switch (r.EventCase)
+            {
+                case ResumeResponse.EventOneofCase.Chunk: into.Chunk = r.Chunk; break;
+                case ResumeResponse.EventOneofCase.Action: into.Action = r.Action; break;
+                case ResumeResponse.EventOneofCase.Completion: into.Completion = r.Completion; break;
+            }
+        }
+
+        internal static void CopyEvent(ResumeResponse r, ConverseResponse into)
+        {
+            switch (r.EventCase)
+            {
+                case ResumeResponse.EventOneofCase.Chunk: into.Chunk = r.Chunk; break;
+                case ResumeResponse.EventOneofCase.Action: into.Action = r.Action; break;
+                case ResumeResponse.EventOneofCase.Completion: into.Completion = r.Completion; break;
+            }
+        }
+
         /// <summary>The Resume policy in force (ArBridgeClientOptions.Resume), or null.</summary>
         internal ReconnectPolicy ResumePolicy { get { return options.Resume; } }
 

@@ -1,4 +1,5 @@
 using System;
+using System.Collections.Generic;
 using System.Threading;
 using System.Threading.Tasks;
 using ArBridge.V1;
@@ -34,6 +35,7 @@ namespace ArBridge.Client
 
         public event Action<uint, string> TextChunk;
         public event Action<uint, Completion> ResponseComplete;
+        public event Action<uint, ActionCall> ActionCalled;
         public event Action<uint, Exception> Error;
 
         /// <param name="clientOf">The client for each call (so a refreshed token or a new channel applies).</param>
@@ -57,7 +59,8 @@ namespace ArBridge.Client
         /// <summary>Nothing to open: each turn is its own call.</summary>
         public Task StartAsync() { return Task.FromResult(0); }
 
-        public async Task<uint> AskAsync(string text, SceneFeatures sceneUpdate = null, SamplingParams sampling = null)
+        public async Task<uint> AskAsync(string text, SceneFeatures sceneUpdate = null, SamplingParams sampling = null,
+                                         IEnumerable<Ray> rays = null)
         {
             uint id;
             CancellationTokenSource mine;
@@ -74,6 +77,7 @@ namespace ArBridge.Client
             }
             var turn = new UserTurn { TurnId = id, Text = text ?? "" };
             if (sampling != null) turn.Sampling = sampling;
+            if (rays != null) turn.Rays.AddRange(rays);  // where the wearer looks and points now
             try
             {
                 try
@@ -175,9 +179,7 @@ namespace ArBridge.Client
                     await client.ResumeAsync(progress, r =>
                     {
                         var response = new AskResponse { SessionId = r.SessionId, TurnId = r.TurnId, Seq = r.Seq };
-                        // One of the two (assigning null to the other would clear the oneof).
-                        if (r.Chunk != null) response.Chunk = r.Chunk;
-                        else response.Completion = r.Completion;
+                        ArBridgeClient.CopyEvent(r, response);
                         handle(response);
                     }, e, cancellationToken);
                 }
@@ -218,6 +220,12 @@ namespace ArBridge.Client
                 string text = response.Chunk.Text;
                 lock (gate) if (inFlightTurn == turn.TurnId) inFlightText += text;
                 Raise(() => { var h = TextChunk; if (h != null) h(id, text); });
+            }
+            else if (response.EventCase == AskResponse.EventOneofCase.Action
+                     && response.Action.SequenceIndex == 0)
+            {
+                var action = response.Action;
+                Raise(() => { var h = ActionCalled; if (h != null) h(id, action); });
             }
             else if (response.EventCase == AskResponse.EventOneofCase.Completion
                      && response.Completion.SequenceIndex == 0)

@@ -43,6 +43,7 @@ namespace ArBridge.Client
         public event Action<uint, string> TextChunk;
         /// <summary>(turn id, completion) when a reply ends, however it ends.</summary>
         public event Action<uint, Completion> ResponseComplete;
+        public event Action<uint, ActionCall> ActionCalled;
         /// <summary>A failure: of one turn (turn id) or of the session (turn id 0).</summary>
         public event Action<uint, Exception> Error;
         /// <summary>(attempt, delay) before the stream is reopened.</summary>
@@ -80,7 +81,8 @@ namespace ArBridge.Client
         }
 
         /// <summary>Sends a user turn (and a scene update first, when given). Returns its turn id.</summary>
-        public async Task<uint> AskAsync(string text, SceneFeatures sceneUpdate = null, SamplingParams sampling = null)
+        public async Task<uint> AskAsync(string text, SceneFeatures sceneUpdate = null, SamplingParams sampling = null,
+                                         IEnumerable<Ray> rays = null)
         {
             uint id;
             lock (gate)
@@ -91,6 +93,7 @@ namespace ArBridge.Client
             }
             var turn = new UserTurn { TurnId = id, Text = text ?? "" };
             if (sampling != null) turn.Sampling = sampling;
+            if (rays != null) turn.Rays.AddRange(rays);  // where the wearer looks and points now
             try
             {
                 if (sceneUpdate != null) await WriteAsync(new ConverseRequest { SceneUpdate = sceneUpdate });
@@ -281,9 +284,7 @@ namespace ArBridge.Client
                 await client.ResumeAsync(progress, r =>
                 {
                     var response = new ConverseResponse { TurnId = turn, Seq = r.Seq };
-                    // One of the two (assigning null to the other would clear the oneof).
-                    if (r.Chunk != null) response.Chunk = r.Chunk;
-                    else response.Completion = r.Completion;
+                    ArBridgeClient.CopyEvent(r, response);
                     if (r.Completion != null && r.Completion.SequenceIndex == 0) progress.First = r.Completion;
                     Handle(response);
                 }, failure, lifetime.Token);
@@ -309,6 +310,12 @@ namespace ArBridge.Client
                 if (response.Chunk.SequenceIndex != 0) return;  // alternatives: not part of the dialogue
                 string text = response.Chunk.Text;
                 Raise(() => { var h = TextChunk; if (h != null) h(id, text); });
+            }
+            else if (response.EventCase == ConverseResponse.EventOneofCase.Action)
+            {
+                var action = response.Action;
+                if (action.SequenceIndex != 0) return;
+                Raise(() => { var h = ActionCalled; if (h != null) h(id, action); });
             }
             else if (response.EventCase == ConverseResponse.EventOneofCase.Completion)
             {

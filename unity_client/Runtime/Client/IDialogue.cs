@@ -1,4 +1,5 @@
 using System;
+using System.Collections.Generic;
 using System.Threading.Tasks;
 using ArBridge.V1;
 
@@ -16,6 +17,10 @@ namespace ArBridge.Client
         event Action<uint, string> TextChunk;
         /// <summary>(turn id, completion) when a reply ends, however it ends.</summary>
         event Action<uint, Completion> ResponseComplete;
+        /// <summary>(turn id, call) for each scene action the reply calls, as soon as the
+        /// call is complete (the sentence around it goes on streaming). Its arguments are
+        /// typed (see <see cref="ActionCallExtensions"/>); object arguments are scene ids.</summary>
+        event Action<uint, ActionCall> ActionCalled;
         /// <summary>A failure: of one turn (turn id) or of the whole dialogue (turn id 0).</summary>
         event Action<uint, Exception> Error;
 
@@ -26,7 +31,8 @@ namespace ArBridge.Client
         /// DialogueSession returns once the turn is sent and throws if it could not be;
         /// AskDialogue returns when the reply has ended and reports failures as Error.
         /// </summary>
-        Task<uint> AskAsync(string text, SceneFeatures sceneUpdate = null, SamplingParams sampling = null);
+        Task<uint> AskAsync(string text, SceneFeatures sceneUpdate = null, SamplingParams sampling = null,
+                            IEnumerable<Ray> rays = null);
         /// <summary>Stops the reply in flight.</summary>
         Task InterruptAsync();
         /// <summary>Grounds the next replies in a new scene.</summary>

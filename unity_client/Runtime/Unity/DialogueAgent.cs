@@ -1,4 +1,5 @@
 using System;
+using System.Collections.Generic;
 using System.Threading.Tasks;
 using ArBridge.Client;
 using ArBridge.V1;
@@ -27,6 +28,14 @@ namespace ArBridge.Unity
         /// <summary>The whole reply, when it ends.</summary>
         public UnityEvent<string> onResponseComplete = new UnityEvent<string>();
         public UnityEvent<string> onError = new UnityEvent<string>();
+        /// <summary>Each scene action a reply calls (declare them in <see cref="Actions"/>),
+        /// as soon as the call is complete: start the animation while the sentence goes on.
+        /// Arguments are typed: call.ObjectId("target"), call.Number("speed").</summary>
+        public UnityEvent<ActionCall> onAction = new UnityEvent<ActionCall>();
+
+        /// <summary>The actions replies may call, e.g. highlight(target: OBJECT). Set before
+        /// the first Ask; a change applies to the next dialogue opened.</summary>
+        public List<ActionDefinition> Actions = new List<ActionDefinition>();
 
         IDialogue session;
         Task starting;
@@ -54,9 +63,17 @@ namespace ArBridge.Unity
         /// <summary>Sends a user turn, with a fresh scene when given. Returns the turn id.</summary>
         public async Task<uint> AskAsync(string text, SceneFeatures scene = null)
         {
+            return await AskAsync(text, scene, null);
+        }
+
+        /// <summary>Sends a user turn with where the wearer looks and points as they speak
+        /// ("what is this?"): the reply is about what the rays hit, and its completion
+        /// says which object that was (Completion.Referents).</summary>
+        public async Task<uint> AskAsync(string text, SceneFeatures scene, IEnumerable<Ray> rays)
+        {
             if (destroyed) throw new ObjectDisposedException("DialogueAgent");
             var current = await EnsureStartedAsync();
-            return await current.AskAsync(text, scene);
+            return await current.AskAsync(text, scene, null, rays);
         }
 
         /// <summary>Stops the reply being spoken (it completes as cancelled).</summary>
@@ -104,6 +121,7 @@ namespace ArBridge.Unity
                     SystemPrompt = systemPrompt,
                     Sampling = new SamplingParams { MaxNewTokens = (uint)maxNewTokens },
                 };
+                start.Actions.AddRange(Actions);
                 if (endpoint.ChosenTransport == ArBridgeTransport.GrpcWeb)
                     session = new AskDialogue(() => endpoint.Client, start);  // a refreshed token applies
                 else
@@ -111,6 +129,7 @@ namespace ArBridge.Unity
                 session.TextChunk += (turn, text) => onTextChunk.Invoke(text);
                 session.ResponseComplete += (turn, completion) => onResponseComplete.Invoke(completion.Text);
                 session.Error += (turn, error) => onError.Invoke(error.Message);
+                session.ActionCalled += (turn, call) => onAction.Invoke(call);
                 starting = session.StartAsync();
             }
             var current = session;
