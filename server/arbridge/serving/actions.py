@@ -126,17 +126,21 @@ class ActionSet:
         return "\n".join(lines)
 
     def examples(self) -> list[pb.DialogueTurn]:
-        """Worked turns, one per action (up to two): a small model copies the syntax
-        from a turn far more reliably than from a description."""
+        """Worked turns, one per action (up to two), the first also once with a pointing
+        gesture ("this", said as the referent hint words it): a small model copies the
+        syntax from a turn far more reliably than from a description."""
         turns = []
         for i, d in enumerate(self.callable[:2]):
-            call = self._example_call(d, i)
             obj = _EXAMPLE_OBJECTS[i % len(_EXAMPLE_OBJECTS)]
             words = d.name.replace("_", " ")
-            ask = f"Please {words} the {obj}." if any(
-                p.type == pb.PARAMETER_TYPE_OBJECT for p in d.parameters) else f"Please {words}."
-            turns += [pb.DialogueTurn(role=pb.ROLE_USER, text=ask),
-                      pb.DialogueTurn(role=pb.ROLE_ASSISTANT, text=f"[{call}] Okay, done.")]
+            takes_object = any(p.type == pb.PARAMETER_TYPE_OBJECT for p in d.parameters)
+            asks = [f"Please {words} the {obj}." if takes_object else f"Please {words}."]
+            if i == 0 and takes_object:
+                asks.append(f"Please {words} this.\n(I am pointing at the {obj}, ahead of me.)")
+            for ask in asks:
+                turns += [pb.DialogueTurn(role=pb.ROLE_USER, text=ask),
+                          pb.DialogueTurn(role=pb.ROLE_ASSISTANT,
+                                          text=f"[{self._example_call(d, i)}] Okay, done.")]
         return turns
 
     @staticmethod

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from arbridge.backends import Prompt
 from arbridge.serving.actions import ActionSet
-from arbridge.serving.referents import referent_hint
+from arbridge.serving.referents import referent_hint, resolve_deixis
 from arbridge.serving.scene_text import describe_scene, mention_hint, side_hint
 from arbridge.v1 import types_pb2 as pb
 
@@ -132,6 +132,7 @@ class PromptBuilder:
             # at, the objects on the side a question asks about, or those it names
             # (measured on the tune split: "what is on my left?" 33 % -> 61 % right,
             # "how far is ...?" 78 % -> 95 %).
+            user_text = resolve_deixis(user_text, list(referents), scene)
             hints = [referent_hint(list(referents), scene),
                      side_hint(scene, user_text) or mention_hint(scene, user_text)]
             hint = " ".join(h for h in hints if h)

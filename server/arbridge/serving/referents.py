@@ -18,6 +18,7 @@ Objects behind the ray's origin are never candidates, nor a box the origin is in
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from arbridge.serving.scene_text import noun_phrase, place, rotate_inverse
@@ -136,24 +137,47 @@ def resolve_all(rays: list[pb.Ray], objects) -> list[pb.Referent]:
     return [resolve(ray, objects) for ray in rays]
 
 
+# "this", "that one", "this thing": the words a pointed-at object replaces in a question.
+_DEICTIC = re.compile(r"\b(this|that)( thing| one| object| item)?\b", re.IGNORECASE)
+
+
+def chosen(referents: list[pb.Referent]) -> pb.Referent | None:
+    """The referent a reply is about: the first gesture that points at something, else
+    the first ray's miss (hands come first in `referents`)."""
+    return next((r for r in referents if r.match != pb.REFERENT_MATCH_NONE),
+                referents[0] if referents else None)
+
+
+def resolve_deixis(text: str, referents: list[pb.Referent], scene: pb.SceneFeatures) -> str:
+    """The user's words with their first "this"/"that" replaced by the object pointed at
+    ("what is this?" -> "what is the red chair?"): a small model answers a question that
+    names the object (as "how far is the lamp?" is answered), where it often ignores a
+    note beside it."""
+    referent = chosen(referents)
+    if referent is None or referent.match not in (pb.REFERENT_MATCH_HIT,
+                                                  pb.REFERENT_MATCH_NEAR):
+        return text
+    obj = next(o for o in scene.objects if o.id == referent.object_id)
+    return _DEICTIC.sub(f"the {noun_phrase(obj)}", text, count=1)
+
+
 def referent_hint(referents: list[pb.Referent], scene: pb.SceneFeatures) -> str:
-    """The referent in plain words, for the prompt: the first gesture that points at
-    something, else the first ray's miss."""
-    if not referents:
+    """The chosen referent in plain words, for the prompt, as the wearer would say it (in
+    the first person: worded about "the user", a small model repeats the wording
+    instead of answering)."""
+    referent = chosen(referents)
+    if referent is None:
         return ""
-    chosen = next((r for r in referents if r.match != pb.REFERENT_MATCH_NONE), referents[0])
-    verb = _VERBS[chosen.source]
+    verb = _VERBS[referent.source]
     by_id = {obj.id: obj for obj in scene.objects}
-    if chosen.match == pb.REFERENT_MATCH_NONE:
-        return (f"The user is {verb} something the glasses cannot see; say you do not "
-                "know what it is.")
-    if chosen.match == pb.REFERENT_MATCH_AMBIGUOUS:
-        names = [f"the {noun_phrase(by_id[i])}" for i in chosen.candidate_ids]
+    if referent.match == pb.REFERENT_MATCH_NONE:
+        return f"I am {verb} something you cannot see; say you do not know what it is."
+    if referent.match == pb.REFERENT_MATCH_AMBIGUOUS:
+        names = [f"the {noun_phrase(by_id[i])}" for i in referent.candidate_ids]
         either = ", ".join(names[:-1]) + " or " + names[-1]
-        return f"The user is {verb} {either}; ask which one they mean."
-    obj = by_id[chosen.object_id]
+        return f"I am {verb} {either}; ask me which one I mean."
+    obj = by_id[referent.object_id]
     where = place(obj.pose, scene.camera_pose)
-    direction = "ahead of you" if where.direction == "ahead" else \
-        "behind you" if where.direction == "behind" else where.direction
-    return (f"The user is {verb} the {noun_phrase(obj)} ({direction}). \"This\" and "
-            f"\"that\" mean the {noun_phrase(obj)}.")
+    direction = "ahead of me" if where.direction == "ahead" else \
+        "behind me" if where.direction == "behind" else where.direction.replace("the", "my")
+    return f"I am {verb} the {noun_phrase(obj)}, {direction}."

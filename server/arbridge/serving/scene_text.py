@@ -146,7 +146,8 @@ def side_hint(scene: pb.SceneFeatures, question: str) -> str:
 
 def mention_hint(scene: pb.SceneFeatures, question: str) -> str:
     """For the scene objects a question names ("how far is the lamp?"), their place,
-    as the scene text says it ("A lamp is to the left, near you, 1.5 m away.")."""
+    as the scene text says it ("A lamp is to the left, near you, 1.5 m away."); of
+    several with the label, those whose whole noun phrase the question says."""
     words = set(re.findall(r"[a-z]+", question.lower()))
     text = " " + " ".join(re.findall(r"[a-z]+", question.lower())) + " "
     camera = scene.camera_pose
@@ -158,5 +159,8 @@ def mention_hint(scene: pb.SceneFeatures, question: str) -> str:
         named = (f" {label} " in text or f" {label}s " in text or f" {label}es " in text
                  if " " in label else label in words or f"{label}s" in words)
         if named:
-            out.append(describe_object(obj, camera))
-    return " ".join(out)
+            out.append(obj)
+    # "the yellow book" beside a red one: only the object the words fit whole.
+    exact = [obj for obj in out if f" {' '.join(re.findall('[a-z]+', noun_phrase(obj).lower()))} "
+             in text]
+    return " ".join(describe_object(obj, camera) for obj in exact or out)

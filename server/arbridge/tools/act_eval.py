@@ -3,8 +3,8 @@ seeded scenes (tools/scenes.py), through the same Ask calls a Unity app makes.
 
 * Pointing: a hand ray from the wearer at one object of a scene with several, "what
   is this?" and the like. Scored: the referent the server resolved (geometry: must be
-  the object the ray was aimed at) and whether the answer names that object and no
-  other. Baseline in the same run: the same question with no ray (what the model can
+  the object the ray was aimed at) and whether the first object the answer names is
+  that one. Baseline in the same run: the same question with no ray (what the model can
   do without the referent).
 * Actions: "highlight the red chair", "walk over to the lamp", "highlight this" (with
   a ray), in scenes with distractors, half of them a second object of the same label
@@ -41,13 +41,15 @@ ACTIONS = [
 COMMANDS = [("highlight", "Highlight the {}."), ("highlight", "Please highlight the {}."),
             ("move_to", "Move to the {}."), ("move_to", "Please move to the {}.")]
 POINTED_COMMANDS = [("highlight", "Highlight this."), ("move_to", "Move to that.")]
-CLEARANCE_M = 0.6  # no other object's centre this close to the ray before the target
+# No other object's centre this close to the ray before the target or just behind it
+# (boxes that overlap it): one right answer per question.
+CLEARANCE_M = 0.6
 
 
 def _aim(scene: pb.SceneFeatures, target: pb.SceneObject) -> pb.Ray | None:
     """A right-hand ray from just below the wearer's eyes to the target's centre; None
-    when another object stands in the way (checked by centre distance to the segment,
-    independent of the server's box geometry)."""
+    when another object stands in the way or overlaps the target (checked by centre
+    distance to the ray, independent of the server's box geometry)."""
     cam = scene.camera_pose.position
     origin = (cam.x + 0.2, cam.y - 0.4, cam.z)
     t = target.pose.position
@@ -59,7 +61,7 @@ def _aim(scene: pb.SceneFeatures, target: pb.SceneObject) -> pb.Ray | None:
         o = other.pose.position
         v = (o.x - origin[0], o.y - origin[1], o.z - origin[2])
         along = sum(a * b for a, b in zip(v, d, strict=True)) / length
-        if 0 < along < length:
+        if 0 < along < length + CLEARANCE_M:  # before it, or overlapping it
             across = math.sqrt(max(sum(c * c for c in v) - along * along, 0.0))
             if across < CLEARANCE_M:
                 return None
@@ -131,14 +133,21 @@ def action_tasks(all_scenes, indices, seed: int = 0) -> list[dict]:
     return tasks
 
 
-def names_only(answer: str, scene: pb.SceneFeatures, target_id: str) -> bool:
-    """The answer names the target (a name of its label) and no other label."""
-    words = set(re.findall(r"[a-z]+", answer.lower()))
-    target = next(o for o in scene.objects if o.id == target_id)
-    if not names_of(target.label.lower()) & words and target.label.lower() not in answer.lower():
+def names_first(answer: str, scene: pb.SceneFeatures, target_id: str) -> bool:
+    """The first scene object the answer names (by a name of its label) is the target:
+    the answer is about it ("the lamp is to the left of the sofa" counts, "this is a
+    sofa" does not)."""
+    text = answer.lower()
+    first: dict[str, int] = {}
+    for obj in scene.objects:
+        for name in names_of(obj.label.lower()) | {obj.label.lower()}:
+            m = re.search(rf"\b{re.escape(name)}\b", text)
+            if m and m.start() < first.get(obj.label.lower(), len(text) + 1):
+                first[obj.label.lower()] = m.start()
+    if not first:
         return False
-    others = {o.label.lower() for o in scene.objects} - {target.label.lower()}
-    return not any(names_of(label) & words for label in others)
+    target = next(o for o in scene.objects if o.id == target_id).label.lower()
+    return min(first, key=first.get) == target
 
 
 async def _reply(call) -> tuple[str, list[pb.Referent], list[pb.ActionCall]]:
@@ -181,8 +190,8 @@ async def run(stub, all_scenes, indices, sampling: pb.SamplingParams, concurrenc
             "scene": t["scene"], "question": t["question"], "target": t["target"],
             "referent": referents[0].object_id if referents else "",
             "referent_ok": bool(referents) and referents[0].object_id == t["target"],
-            "answer": text, "answer_ok": names_only(text, scene, t["target"]),
-            "no_ray_answer": plain, "no_ray_ok": names_only(plain, scene, t["target"])})
+            "answer": text, "answer_ok": names_first(text, scene, t["target"]),
+            "no_ray_answer": plain, "no_ray_ok": names_first(plain, scene, t["target"])})
     for t, (text, _, actions) in zip(acts, acted, strict=True):
         ids = {o.id for o in t["scene_msg"].objects}
         valid = all(a.name in {d.name for d in ACTIONS} and set(a.object_ids) <= ids

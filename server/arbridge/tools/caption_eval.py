@@ -39,6 +39,7 @@ TTFT_SCENES = 40
 # table's under-load TTFT also depends on how long each contender's replies run (short
 # captions mean more arrivals per second), this one only on the prompts.
 TTFT_BURSTS = 5
+ACT_SCENES = 150
 
 
 def plain_prompt(tokenizer, scene: pb.SceneFeatures) -> str:
@@ -141,10 +142,11 @@ async def run_eval(settings: Settings, count: int = 300, seed: int = 0, dialogue
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = service_pb2_grpc.ArBridgeServiceStub(channel)
+            # Pointing and action tasks on every tuning scene and up to ACT_SCENES held out.
             act = {name: await act_eval.run(stub, all_scenes, subset, sampling, CONCURRENCY,
                                             seed)
-                   for name, subset in (("tune", range(min(dialogue, TUNE_SCENES))),
-                                        ("held-out", held_out))}
+                   for name, subset in (("tune", range(min(count, TUNE_SCENES))),
+                                        ("held-out", range(TUNE_SCENES, count)[:ACT_SCENES]))}
             if act_only:
                 return {"act": act}
             bridge = await _bounded([
