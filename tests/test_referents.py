@@ -7,7 +7,7 @@ import math
 import grpc
 import pytest
 
-from arbridge.serving.referents import current_rays, referent_hint, resolve
+from arbridge.serving.referents import current_rays, referent_hint, resolve, resolve_deixis
 from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import types_pb2 as pb
 
@@ -125,7 +125,12 @@ def test_the_hint_names_the_pointed_object_or_says_there_is_none():
     assert "cannot see" in referent_hint([nothing], scene)
     both = resolve(ray(0, 0, 1), [box("x", -0.2, 3, label="cup"), box("y", 0.2, 3, label="mug")])
     scene.objects.extend([box("x", -0.2, 3, label="cup"), box("y", 0.2, 3, label="mug")])
-    assert "ask which" in referent_hint([both], scene)
+    assert referent_hint([both], scene).endswith("ask me which one I mean.")
+    # The question's "this" becomes the object, where the ray found one.
+    assert resolve_deixis("What is this thing?", [hand_at_chair, gaze_at_lamp], scene) == \
+        "What is the red chair?"
+    assert resolve_deixis("Is that heavy?", [both], scene) == "Is that heavy?"
+    assert resolve_deixis("What is this?", [nothing], scene) == "What is this?"
 
 
 @pytest.mark.parametrize("bad, field, problem", [
