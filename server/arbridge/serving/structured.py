@@ -19,6 +19,9 @@ from arbridge.serving.actions import ActionSet
 from arbridge.serving.validation import InvalidField
 
 
+JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
 class GrammarCompiler:
     def __init__(self, tokenizer, vocab_size: int):
         self._tokenizer = _ll_tokenizer(tokenizer, vocab_size)
@@ -26,7 +29,9 @@ class GrammarCompiler:
     @staticmethod
     def _grammar(kind: str, source: str) -> str:
         if kind == "json_schema":
-            return llguidance.LLMatcher.grammar_from_json_schema(source)
+            # One line, ", " and ": " between items: a small model given free whitespace
+            # spends tokens on blank lines (a schema's own "x-guidance" can say otherwise).
+            return llguidance.LLMatcher.grammar_from_json_schema(source, defaults=JSON_STYLE)
         if kind == "regex":
             return llguidance.LLMatcher.grammar_from_regex(source)
         return llguidance.LLMatcher.grammar_from_lark(source)

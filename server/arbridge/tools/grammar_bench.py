@@ -79,7 +79,7 @@ def library_rows(tokenizer, vocab: int) -> list[dict]:
     bitmask = llt.allocate_token_bitmask(1, vocab)
     masks = _masks_ms(lambda: llt.fill_next_token_bitmask(grammar, bitmask, 0),
                       grammar.consume_token, ids)
-    rows.append(_row("llguidance", llguidance, build, schema_ms, regex_ms, masks))
+    rows.append(_row("llguidance", build, schema_ms, regex_ms, masks))
     try:
         import xgrammar
     except ImportError:
@@ -93,13 +93,15 @@ def library_rows(tokenizer, vocab: int) -> list[dict]:
     bitmask = xgrammar.allocate_token_bitmask(1, vocab)
     masks = _masks_ms(lambda: matcher.fill_next_token_bitmask(bitmask, 0), matcher.accept_token,
                       ids)
-    rows.append(_row("xgrammar", xgrammar, build + 0.0, schema_ms, regex_ms, masks))
+    rows.append(_row("xgrammar", build, schema_ms, regex_ms, masks))
     return rows
 
 
-def _row(name, module, build_ms, schema_ms, regex_ms, masks) -> dict:
+def _row(name, build_ms, schema_ms, regex_ms, masks) -> dict:
     ordered = sorted(masks)
-    return {"library": name, "version": getattr(module, "__version__", "?"),
+    from importlib.metadata import version
+
+    return {"library": name, "version": version(name),
             "tokenizer_ms": round(build_ms, 1), "json_schema_compile_ms": round(schema_ms, 2),
             "regex_compile_ms": round(regex_ms, 2),
             "mask_mean_ms": round(statistics.fmean(masks), 4),
@@ -128,8 +130,10 @@ async def engine_rows(lm, settings: Settings, new_tokens: int, levels=(1, 8)) ->
     rows = []
     try:
         for n in (1, *levels):  # the first pass warms up (and fills the prefix cache)
-            prompts = [builder.converse(scene, [], COMMANDS[i % len(COMMANDS)].format(
-                names[i % len(names)]), new_tokens, actions=actions).ids for i in range(n * 2)]
+            asks = [COMMANDS[i % len(COMMANDS)].format(names[i % len(names)])
+                    for i in range(max(n * 2, 6))]
+            prompts = [builder.converse(scene, [], ask, new_tokens, actions=actions).ids
+                       for ask in asks]
             for constrained in (False, True):
                 started, tokens = time.perf_counter(), 0
 
