@@ -116,7 +116,9 @@ async def test_parameters_the_upstream_cannot_honour_are_refused(upstream, bridg
                             ({"num_return_sequences": 2}, "sampling.num_return_sequences"),
                             ({"logprobs": True}, "sampling.logprobs"),
                             ({"scene_constraint": 5.0}, "sampling.scene_constraint"),
-                            ({"no_repeat_ngram": 3}, "sampling.no_repeat_ngram")):
+                            ({"no_repeat_ngram": 3}, "sampling.no_repeat_ngram"),
+                            ({"response_format": pb.ResponseFormat(regex="[a-z]+")},
+                             "sampling.response_format")):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await collect(b.stub.Generate(gen(**sampling)))
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -127,6 +129,13 @@ async def test_parameters_the_upstream_cannot_honour_are_refused(upstream, bridg
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await collect(b.stub.DescribeScene(spb.DescribeSceneRequest(scene=scene)))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    actions = [pb.ActionDefinition(name="highlight", parameters=[pb.ActionParameter(
+        name="target", type=pb.PARAMETER_TYPE_OBJECT)])]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await collect(b.stub.Ask(spb.AskRequest(start=spb.ConverseStart(
+            scene=SCENE, actions=actions), user_turn=spb.UserTurn(text="highlight the chair"))))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.value.details().startswith("start.actions: needs the local engine")
 
 
 async def test_model_info_reports_the_upstream(upstream, bridge, tiny_model_dir):
