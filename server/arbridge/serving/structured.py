@@ -18,7 +18,6 @@ from arbridge.engine.sampling import SamplingConfig
 from arbridge.serving.actions import ActionSet
 from arbridge.serving.validation import InvalidField
 
-
 JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
