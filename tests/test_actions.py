@@ -53,14 +53,14 @@ def test_each_object_gets_a_name_of_its_own():
 def test_calls_are_parsed_with_typed_arguments_and_split_from_the_text():
     actions = ActionSet([HIGHLIGHT, LABEL], pb.ACTION_MODE_AUTO, object_names(SCENE))
     splitter = ActionSplitter(actions, 0)
-    pieces, spoken = [], ""
+    pieces = []
     for text in ["Sure. [place_label(blue ch", 'air, "hot", -1.5, 3, true)] It is ', "hot. [",
-                 "highlight(lamp)", "]", " [highlight(sofa)] ok"]:
-        for piece in splitter.push(text, spoken):
-            pieces.append(piece)
-            spoken += piece if isinstance(piece, str) else ""
+                 "highlight(lamp)", "]", " [highlight(sofa)] ok", "\n  1. a  b"]:
+        pieces += splitter.push(text)
     calls = [p for p in pieces if isinstance(p, pb.ActionCall)]
-    assert spoken == "Sure. It is hot. ok"
+    spoken = "".join(p for p in pieces if isinstance(p, str))
+    # The space after a call goes, other spaces (an indented list) stay.
+    assert spoken == "Sure. It is hot. ok\n  1. a  b"
     assert [(c.name, list(c.object_ids), c.text_offset) for c in calls] == [
         ("place_label", ["c2"], 6), ("highlight", ["l1"], 17)]  # the sofa is not a call
     args = {a.name: a for a in calls[0].arguments}
@@ -89,6 +89,18 @@ def _accepts(compiler, grammar_cfg, text: str) -> bool:
     return matcher.try_consume_tokens(ids) == len(ids)
 
 
+def test_string_arguments_read_back_whatever_their_characters():
+    paint = pb.ActionDefinition(name="paint", parameters=[
+        pb.ActionParameter(name="colour", type=pb.PARAMETER_TYPE_STRING,
+                           choices=["café", "blue"]),
+        pb.ActionParameter(name="note", type=pb.PARAMETER_TYPE_STRING)])
+    actions = ActionSet([paint], pb.ACTION_MODE_AUTO, {})
+    assert '"\\"café\\""' in actions.lark()  # the choice as written, not \\u00e9
+    call = actions.parse('paint("café", "naïve ✓")', 0, 0)
+    assert [a.string_value for a in call.arguments] == ["café", "naïve ✓"]
+    assert actions.parse('paint("café", "a\tb")', 0, 0) is None  # never the grammar's
+
+
 def test_the_grammar_admits_only_the_scene_s_objects(compiler):
     tokenizer, grammars = compiler
     if tokenizer.convert_tokens_to_ids("[") is None or "<unk>" in tokenizer.get_vocab():
@@ -104,6 +116,10 @@ def test_the_grammar_admits_only_the_scene_s_objects(compiler):
     for absent in ("[highlight(sofa)]", "[highlight(green chair)]", "[highlight(c1)]",
                    "[dance(lamp)]"):
         assert not _accepts(compiler, grammars.apply(SamplingConfig(), actions), absent)
+    paint = ActionSet([pb.ActionDefinition(name="paint", parameters=[pb.ActionParameter(
+        name="colour", type=pb.PARAMETER_TYPE_STRING, choices=["café"])])],
+        pb.ACTION_MODE_AUTO, {})
+    assert _accepts(compiler, grammars.apply(SamplingConfig(), paint), '[paint("café")]')
     required = ActionSet([HIGHLIGHT], pb.ACTION_MODE_REQUIRED, object_names(SCENE))
     assert not _accepts(compiler, grammars.apply(SamplingConfig(), required), "Hello")
     assert _accepts(compiler, grammars.apply(SamplingConfig(), required), "[highlight(lamp)]")
@@ -116,6 +132,9 @@ def test_a_bad_schema_or_regex_is_the_request_s_error(compiler):
         grammars.apply(SamplingConfig(response_format=("json_schema", '{"type": "objekt"}')))
     with pytest.raises(InvalidField, match=r"^sampling.response_format.regex: .*unclosed"):
         grammars.apply(SamplingConfig(response_format=("regex", "a(b")))
+    # What the library raises rather than reports (a schema it cannot apply options to).
+    with pytest.raises(InvalidField, match=r"^sampling.response_format.json_schema: "):
+        grammars.apply(SamplingConfig(response_format=("json_schema", "true")))
 
 
 # -- through the server (tiny random model: any token the grammar allows is likely) --------
@@ -222,6 +241,10 @@ BAD = [
      "Generate", "sampling.response_format.json_schema: is not JSON"),
     (gen(response_format=pb.ResponseFormat(json_schema='"x"')),
      "Generate", "sampling.response_format.json_schema: must be a JSON object"),
+    (gen(response_format=pb.ResponseFormat(json_schema="true")),
+     "Generate", "sampling.response_format.json_schema: must be a JSON object"),
+    (gen(response_format=pb.ResponseFormat(json_schema="[" * 6000)),
+     "Generate", "sampling.response_format.json_schema: is nested too deeply"),
     (gen(response_format=pb.ResponseFormat(json_schema='{"type": "objekt"}')),
      "Generate", "sampling.response_format.json_schema: "),
     (gen(response_format=pb.ResponseFormat(regex="(")),
@@ -249,6 +272,13 @@ BAD = [
     (_ask(mode=pb.ACTION_MODE_AUTO, sampling=pb.SamplingParams(
         response_format=pb.ResponseFormat(regex="x"))),
      "Ask", "user_turn.sampling.response_format: a reply that may call"),
+    (spb.AskRequest(start=spb.ConverseStart(scene=SCENE, actions=[HIGHLIGHT], sampling=(
+        pb.SamplingParams(response_format=pb.ResponseFormat(regex="x")))),
+        user_turn=spb.UserTurn(text="hi")),
+     "Ask", "start.sampling.response_format: a session that may call actions"),
+    (_ask(actions=[pb.ActionDefinition(name="a", parameters=[pb.ActionParameter(
+        name="x", type=pb.PARAMETER_TYPE_STRING, choices=["tab\there"])])]),
+     "Ask", "start.actions[0].parameters[0].choices[0]: "),
 ]
 
 

@@ -69,14 +69,34 @@ def test_an_object_without_extents_is_found_by_angle():
 def test_objects_behind_the_ray_are_never_referents():
     objects = [box("behind", 0, -3), point("also_behind", 0, -1)]
     assert resolve(ray(0, 0, 1), objects).match == pb.REFERENT_MATCH_NONE
-    # The ray turned round: the box is hit (a point has no box to hit).
-    assert resolve(ray(0, 0, -1), objects).object_id == "behind"
+    # The ray turned round: the object given as a point is on it, before the box.
+    assert resolve(ray(0, 0, -1), objects).object_id == "also_behind"
 
 
 def test_a_box_the_origin_is_inside_is_not_what_it_points_at():
     rug = box("rug", 0, 0, half=2.0, label="rug")
     lamp = box("lamp", 0, 4, label="lamp")
     assert resolve(ray(0, 0, 1), [rug, lamp]).object_id == "lamp"
+    # Not by angle either: looking at empty space from inside the room box is nothing.
+    assert resolve(ray(0, 1, 0), [rug, lamp]).match == pb.REFERENT_MATCH_NONE
+
+
+def test_a_small_object_on_a_big_one_is_what_the_ray_means():
+    table = pb.SceneObject(id="table", label="table", pose=pb.Pose(position=pb.Vec3(z=2.0)),
+                           extents=pb.Vec3(x=0.8, y=0.4, z=0.5))
+    phone = pb.SceneObject(id="phone", label="phone",
+                           pose=pb.Pose(position=pb.Vec3(y=0.405, z=1.6)),
+                           extents=pb.Vec3(x=0.04, y=0.005, z=0.08))
+    down = ray(0, -1.195, 1.6, origin=(0, 1.6, 0))  # from the eyes to the phone
+    r = resolve(down, [table, phone])
+    assert (r.match, r.object_id) == (pb.REFERENT_MATCH_HIT, "phone")
+
+
+def test_an_object_without_a_box_on_the_ray_is_hit_before_a_wall_behind_it():
+    wall = pb.SceneObject(id="wall", label="wall", pose=pb.Pose(position=pb.Vec3(z=3.0)),
+                          extents=pb.Vec3(x=3.0, y=2.0, z=0.05))
+    r = resolve(ray(0, 0, 1), [wall, point("cup", 0.0, 1.5)])
+    assert (r.match, r.object_id) == (pb.REFERENT_MATCH_NEAR, "cup")
 
 
 def test_a_rotated_box_is_hit_as_rotated():
@@ -105,12 +125,13 @@ def test_two_objects_equally_off_the_ray_are_ambiguous():
     assert r.match == pb.REFERENT_MATCH_AMBIGUOUS and sorted(r.candidate_ids) == ["a", "b"]
 
 
-def test_a_turn_ray_replaces_the_scene_ray_of_its_source_and_hands_come_first():
+def test_a_turn_s_rays_replace_the_scene_s_and_hands_come_first():
     scene = pb.SceneFeatures(rays=[ray(0, 0, 1), ray(1, 0, 0, source=pb.RAY_SOURCE_LEFT_HAND)])
-    turn = [ray(0, 1, 0)]
-    rays = current_rays(scene, turn)
-    assert [r.source for r in rays] == [pb.RAY_SOURCE_LEFT_HAND, pb.RAY_SOURCE_GAZE]
-    assert rays[1].direction.y == 1.0
+    assert [r.source for r in current_rays(scene)] == [pb.RAY_SOURCE_LEFT_HAND,
+                                                       pb.RAY_SOURCE_GAZE]
+    # What the wearer did while speaking: an old hand ray does not outrank it.
+    rays = current_rays(scene, [ray(0, 1, 0)])
+    assert [(r.source, r.direction.y) for r in rays] == [(pb.RAY_SOURCE_GAZE, 1.0)]
 
 
 def test_the_hint_names_the_pointed_object_or_says_there_is_none():
@@ -130,6 +151,9 @@ def test_the_hint_names_the_pointed_object_or_says_there_is_none():
     assert resolve_deixis("What is this thing?", [hand_at_chair, gaze_at_lamp], scene) == \
         "What is the red chair?"
     assert resolve_deixis("Is that heavy?", [both], scene) == "Is that heavy?"
+    assert resolve_deixis("Do you think that this is old?", [hand_at_chair], scene) == \
+        "Do you think that the red chair is old?"
+    assert resolve_deixis("And that?", [hand_at_chair], scene) == "And the red chair?"
     assert resolve_deixis("What is this?", [nothing], scene) == "What is this?"
 
 
@@ -173,10 +197,10 @@ async def test_every_completion_reports_the_referents(tiny_server):
         scene=pb.SceneFeatures(objects=objects, rays=[ray(0, 0, 1)]), sampling=sampling)))
     assert [[(r.object_id, r.match) for r in c.referents] for c in done] == \
         [[("a", pb.REFERENT_MATCH_HIT)]] * 2
-    # A dialogue turn: the hand ray said with the turn, beside the scene's gaze.
-    _, done, _ = await collect(stub.Ask(spb.AskRequest(
-        start=spb.ConverseStart(scene=pb.SceneFeatures(objects=objects, rays=[ray(0, 0, 1)])),
-        user_turn=spb.UserTurn(text="what is this?", sampling=sampling, rays=[
-            ray(1, 0, 0, source=pb.RAY_SOURCE_RIGHT_HAND, origin=(0, 0, 3))]))))
+    # A dialogue turn: the rays sent with the turn, hand first, in place of the scene's.
+    start = spb.ConverseStart(scene=pb.SceneFeatures(objects=objects, rays=[ray(1, 0, 1)]))
+    _, done, _ = await collect(stub.Ask(spb.AskRequest(start=start, user_turn=spb.UserTurn(
+        text="what is this?", sampling=sampling, rays=[
+            ray(0, 0, 1), ray(1, 0, 0, source=pb.RAY_SOURCE_RIGHT_HAND, origin=(0, 0, 3))]))))
     assert [(r.source, r.object_id) for r in done[0].referents] == [
         (pb.RAY_SOURCE_RIGHT_HAND, "b"), (pb.RAY_SOURCE_GAZE, "a")]

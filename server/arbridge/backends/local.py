@@ -45,6 +45,11 @@ class LocalBackend:
         return LocalGeneration(stream)
 
     @property
+    def vocab_size(self) -> int:
+        """The width of the model's logits (the grammar masks' width)."""
+        return self.scheduler.vocab_size
+
+    @property
     def load(self) -> tuple[int, int]:
         return self.scheduler.load
 

@@ -36,8 +36,10 @@ def allocate_bitmask(rows: int, vocab: int) -> torch.Tensor:
     return llguidance.torch.allocate_token_bitmask(rows, vocab)
 
 
+_SHIFTS = torch.arange(32, dtype=torch.int32)
+
+
 def unpack_bitmask(bitmask: torch.Tensor, vocab: int) -> torch.Tensor:
     """[rows, words] int32 bitmask -> [rows, vocab] bool (True = allowed)."""
-    shifts = torch.arange(32, dtype=torch.int32, device=bitmask.device)
-    bits = (bitmask.unsqueeze(-1) >> shifts) & 1
+    bits = (bitmask.unsqueeze(-1) >> _SHIFTS) & 1
     return bits.view(bitmask.shape[0], -1)[:, :vocab].bool()

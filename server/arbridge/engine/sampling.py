@@ -180,11 +180,9 @@ def sample_batch(logits: torch.Tensor, batch: SamplingBatch, seen: torch.Tensor 
         if rules.grammar is not None:
             rows, allowed = rules.grammar
             masked = processed[rows].masked_fill(~allowed, float("-inf"))
-            stuck = torch.isneginf(masked).all(dim=-1, keepdim=True)
-            if bool(stuck.any()):
-                masked = torch.where(stuck, logits[rows].masked_fill(~allowed, float("-inf")),
-                                     masked)
-            processed[rows] = masked
+            stuck = torch.isneginf(masked).all(dim=-1, keepdim=True)  # (no host sync)
+            processed[rows] = torch.where(
+                stuck, logits[rows].masked_fill(~allowed, float("-inf")), masked)
     if batch.all_greedy:
         next_ids = processed.argmax(dim=-1)
     else:

@@ -26,9 +26,15 @@ from arbridge.serving.scene_text import noun_phrase, place
 from arbridge.v1 import types_pb2 as pb
 
 MAX_STRING_ARG_CHARS = 60
-_NUMBER = r"-?[0-9]{1,9}(\.[0-9]{1,6})?"
-_INTEGER = r"-?[0-9]{1,12}"
-_STRING = r'"[^"\]\n\\]{0,' + str(MAX_STRING_ARG_CHARS) + '}"'
+# An argument's text by its parameter's type: the grammar's lexeme and the parser's
+# pattern both (a free string holds no quote, "]", backslash or control character, so
+# it reads back as JSON whatever the model wrote).
+PATTERNS = {
+    pb.PARAMETER_TYPE_STRING: r'"[^"\]\\\x00-\x1f]{0,' + str(MAX_STRING_ARG_CHARS) + '}"',
+    pb.PARAMETER_TYPE_NUMBER: r"-?[0-9]{1,9}(\.[0-9]{1,6})?",
+    pb.PARAMETER_TYPE_INTEGER: r"-?[0-9]{1,12}",
+    pb.PARAMETER_TYPE_BOOLEAN: r"(true|false)",
+}
 
 # The worked example's objects (not the scene's: the example only shows the syntax).
 _EXAMPLE_OBJECTS = ("green mug", "white box")
@@ -94,7 +100,8 @@ class ActionSet:
             args = ' ", " '.join(self._argument(p) for p in definition.parameters)
             lines.append(f'call_{i}: {json.dumps(definition.name + "(")} {args} ")"'
                          if args else f'call_{i}: {json.dumps(definition.name + "()")}')
-        lines.append("OBJECT: " + " | ".join(json.dumps(n) for n in sorted(self.names))
+        lines.append("OBJECT: " + " | ".join(json.dumps(n, ensure_ascii=False)
+                                             for n in sorted(self.names))
                      if self.names else 'OBJECT: "-"')
         return "\n".join(lines) + "\n"
 
@@ -103,11 +110,10 @@ class ActionSet:
         if p.type == pb.PARAMETER_TYPE_OBJECT:
             return "OBJECT"
         if p.type == pb.PARAMETER_TYPE_STRING and p.choices:
-            return "(" + " | ".join(json.dumps(json.dumps(c)) for c in p.choices) + ")"
-        regex = {pb.PARAMETER_TYPE_STRING: _STRING, pb.PARAMETER_TYPE_NUMBER: _NUMBER,
-                 pb.PARAMETER_TYPE_INTEGER: _INTEGER,
-                 pb.PARAMETER_TYPE_BOOLEAN: "(true|false)"}[p.type]
-        return f"/{regex}/"
+            # The choice as written ("café", not "caf\u00e9"), in quotes.
+            return "(" + " | ".join(json.dumps(f'"{c}"', ensure_ascii=False)
+                                    for c in p.choices) + ")"
+        return f"/{PATTERNS[p.type]}/"
 
     # -- prompt --------------------------------------------------------------------
     def instructions(self) -> str:
@@ -150,7 +156,7 @@ class ActionSet:
             if p.type == pb.PARAMETER_TYPE_OBJECT:
                 values.append(_EXAMPLE_OBJECTS[i % len(_EXAMPLE_OBJECTS)])
             elif p.type == pb.PARAMETER_TYPE_STRING:
-                values.append(json.dumps(p.choices[0] if p.choices else "note"))
+                values.append(f'"{p.choices[0] if p.choices else "note"}"')
             else:
                 values.append({pb.PARAMETER_TYPE_NUMBER: "1.5", pb.PARAMETER_TYPE_INTEGER: "2",
                                pb.PARAMETER_TYPE_BOOLEAN: "true"}[p.type])
@@ -191,15 +197,19 @@ class ActionSet:
                     out.object_ids.append(arg.object_id)
                     return len(name)
             return None
-        pattern = {pb.PARAMETER_TYPE_STRING: _STRING, pb.PARAMETER_TYPE_NUMBER: _NUMBER,
-                   pb.PARAMETER_TYPE_INTEGER: _INTEGER,
-                   pb.PARAMETER_TYPE_BOOLEAN: "true|false"}[p.type]
-        m = re.match(pattern, rest)
+        if p.type == pb.PARAMETER_TYPE_STRING and p.choices:
+            choice = next((c for c in sorted(p.choices, key=len, reverse=True)
+                           if rest.startswith(f'"{c}"')), None)
+            if choice is None:
+                return None
+            arg.string_value = choice
+            return len(choice) + 2
+        m = re.match(PATTERNS[p.type], rest)
         if m is None:
             return None
         value = m.group(0)
         if p.type == pb.PARAMETER_TYPE_STRING:
-            arg.string_value = json.loads(value)
+            arg.string_value = value[1:-1]  # nothing in it needs unescaping
         elif p.type == pb.PARAMETER_TYPE_NUMBER:
             arg.number_value = float(value)
         elif p.type == pb.PARAMETER_TYPE_INTEGER:
@@ -217,30 +227,32 @@ class ActionSplitter:
         self.actions = actions
         self.index = sequence_index
         self._call: list[str] | None = None  # inside "[...", the call so far
+        self._spoken = 0  # UTF-16 length of the text let through (the calls' offsets)
+        self._line_start = True  # nothing spoken yet, or it ended in whitespace
+        self._after_call = False
         self.calls: list[pb.ActionCall] = []
 
-    def push(self, text: str, shown_so_far: str) -> list[str | pb.ActionCall]:
-        """`text` split into pieces; `shown_so_far` is the spoken text before it (for
-        the calls' offsets and to drop the space after a call that starts a line)."""
+    def push(self, text: str) -> list[str | pb.ActionCall]:
         pieces: list[str | pb.ActionCall] = []
-        spoken = shown_so_far
         while text:
             if self._call is None:
                 head, bracket, text = text.partition("[")
+                if head and self._after_call and self._line_start:
+                    head = head.lstrip(" ")  # "[highlight(lamp)] Done": no space before it
                 if head:
-                    if spoken == "" or spoken.endswith((" ", "\n")):
-                        head = head.lstrip(" ")
-                    if head:
-                        pieces.append(head)
-                        spoken += head
+                    pieces.append(head)
+                    self._after_call = False
+                    self._spoken += utf16_len(head)
+                    self._line_start = head[-1].isspace()
                 if bracket:
                     self._call = []
                 continue
             body, bracket, text = text.partition("]")
             self._call.append(body)
             if bracket:
-                call = self.actions.parse("".join(self._call), self.index, utf16_len(spoken))
+                call = self.actions.parse("".join(self._call), self.index, self._spoken)
                 self._call = None
+                self._after_call = True
                 if call is not None:
                     self.calls.append(call)
                     pieces.append(call)

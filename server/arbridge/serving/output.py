@@ -94,9 +94,8 @@ class OutputProcessor:
                 text = delta.text or ""
             if delta.logprob is not None:
                 seq.pending_logprob = (seq.pending_logprob or 0.0) + delta.logprob
-            pieces = [text] if seq.actions is None else \
-                seq.actions.push(text, "".join(seq.text))
-            for piece in pieces:
+            pieces = [text] if seq.actions is None else seq.actions.push(text)
+            for k, piece in enumerate(pieces):
                 if isinstance(piece, pb.ActionCall):
                     yield piece
                     continue
@@ -107,6 +106,10 @@ class OutputProcessor:
                     yield self._chunk(seq, shown)
                 # A stop string, the last sentence allowed, or the caption's end.
                 if enough or seq.stops.matched is not None:
+                    if seq.actions is not None:  # calls after the end were never made
+                        for late in pieces[k + 1:]:
+                            if isinstance(late, pb.ActionCall):
+                                seq.actions.calls.remove(late)
                     generation.stop_sequence(seq.index)
                     yield self._complete(seq, FinishReason.STOP_SEQUENCE, generation.started)
                     break
@@ -116,8 +119,7 @@ class OutputProcessor:
                 continue
             held = seq.detokenizer.flush() if seq.detokenizer is not None else ""
             # A call cut short (max_new_tokens) is dropped with its text.
-            pieces = [held] if seq.actions is None else \
-                seq.actions.push(held, "".join(seq.text))
+            pieces = [held] if seq.actions is None else seq.actions.push(held)
             rest = ""
             for piece in pieces:
                 if isinstance(piece, pb.ActionCall):

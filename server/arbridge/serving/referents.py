@@ -4,8 +4,9 @@ Deterministic geometry, in the objects' world frame:
 
 * a ray HITs an object when it passes through the object's box (pose + half-extents,
   rotated with the object); of several boxes on the ray the nearest entry wins (the
-  closer object hides the farther one), and two entries within `TIE_M` of each other
-  are AMBIGUOUS (the reply asks which);
+  closer object hides the farther one); of two entries within `TIE_M` of each other
+  a far smaller box wins (a phone on a table), else they are AMBIGUOUS (the reply
+  asks which); an object without a box right on the ray counts as hit at its centre;
 * with no box hit, the object NEAR the ray wins: the smallest angle between the ray
   and the object (its centre, or the edge of its bounding sphere when it has
   extents), within `CONE_DEG`; two within `AMBIGUOUS_DEG` of each other are AMBIGUOUS;
@@ -27,6 +28,7 @@ from arbridge.v1 import types_pb2 as pb
 CONE_DEG = 10.0  # how far off the ray an object may still be what it points at
 AMBIGUOUS_DEG = 2.0  # closer than this in angle: two candidates, not one
 TIE_M = 0.05  # box entries closer than this along the ray: a tie
+SMALLER = 0.25  # of tied boxes, one this much smaller than the next is the one meant
 # Hands first: a gesture is a deliberate choice, a glance may wander.
 PRIORITY = (pb.RAY_SOURCE_RIGHT_HAND, pb.RAY_SOURCE_LEFT_HAND, pb.RAY_SOURCE_GAZE)
 
@@ -54,10 +56,13 @@ def _unit(v: pb.Vec3) -> tuple[float, float, float]:
     return (v.x / norm, v.y / norm, v.z / norm)
 
 
-def _box_entry(obj: pb.SceneObject, origin: pb.Vec3, direction) -> float | None:
-    """Distance along the ray to where it enters the object's box; None when it misses,
-    when the box is behind the origin, or when the origin is inside it (slab test in
-    the object's own frame)."""
+def _has_box(obj: pb.SceneObject) -> bool:
+    return bool(obj.extents.x or obj.extents.y or obj.extents.z)
+
+
+def _box_interval(obj: pb.SceneObject, origin: pb.Vec3, direction) -> tuple[float, float] | None:
+    """Where the ray's line is inside the object's box, (enter, exit) along it, or None
+    when it misses (slab test in the object's own frame)."""
     extents = (abs(obj.extents.x), abs(obj.extents.y), abs(obj.extents.z))
     rotation = obj.pose.rotation
     o = rotate_inverse(rotation, _sub(origin, obj.pose.position))
@@ -71,9 +76,7 @@ def _box_entry(obj: pb.SceneObject, origin: pb.Vec3, direction) -> float | None:
         t1 = (-extents[axis] - o[axis]) / d[axis]
         t2 = (extents[axis] - o[axis]) / d[axis]
         t_enter, t_exit = max(t_enter, min(t1, t2)), min(t_exit, max(t1, t2))
-    if t_enter > t_exit or t_enter < 0.0:  # a miss, behind, or the origin is inside
-        return None
-    return t_enter
+    return (t_enter, t_exit) if t_enter <= t_exit else None
 
 
 def _off_ray(obj: pb.SceneObject, origin: pb.Vec3, direction) -> _Candidate | None:
@@ -89,28 +92,45 @@ def _off_ray(obj: pb.SceneObject, origin: pb.Vec3, direction) -> _Candidate | No
     return _Candidate(obj, along, max(angle, 0.0))
 
 
+def _volume(obj: pb.SceneObject) -> float:
+    return abs(obj.extents.x * obj.extents.y * obj.extents.z)
+
+
 def resolve(ray: pb.Ray, objects) -> pb.Referent:
     """The referent of one (validated) ray among the scene's objects."""
     direction = _unit(ray.direction)
-    hits = []
+    candidates, hits = [], []
     for obj in objects:
-        if obj.extents.x or obj.extents.y or obj.extents.z:
-            entry = _box_entry(obj, ray.origin, direction)
-            if entry is not None:
-                hits.append(_Candidate(obj, entry, 0.0))
+        interval = _box_interval(obj, ray.origin, direction) if _has_box(obj) else None
+        if interval is not None and interval[0] < 0.0 <= interval[1]:
+            continue  # the ray starts inside it: never what it points at
+        candidates.append(obj)
+        if interval is not None and interval[0] >= 0.0:
+            hits.append(_Candidate(obj, interval[0], 0.0))
+    angles = [c for c in (_off_ray(obj, ray.origin, direction) for obj in candidates)
+              if c is not None]
+    # An object given without a box, right on the ray, is hit where its centre is.
+    hits += [c for c in angles if not _has_box(c.obj) and c.angle < AMBIGUOUS_DEG]
     if hits:
         hits.sort(key=lambda c: (c.distance, c.obj.id))
         tied = [c for c in hits if c.distance - hits[0].distance < TIE_M]
         if len(tied) > 1:
-            return _ambiguous(ray.source, tied)
+            # Boxes entered together, one far smaller (a phone on a table): the small one
+            # is what the wearer means; otherwise the reply asks.
+            tied.sort(key=lambda c: (_volume(c.obj), c.obj.id))
+            if _volume(tied[0].obj) >= SMALLER * _volume(tied[1].obj):
+                return _ambiguous(ray.source, tied)
+        best = tied[0]
+        if not _has_box(best.obj):
+            return pb.Referent(source=ray.source, match=pb.REFERENT_MATCH_NEAR,
+                               object_id=best.obj.id, confidence=1.0 - best.angle / CONE_DEG,
+                               distance=best.distance)
         return pb.Referent(source=ray.source, match=pb.REFERENT_MATCH_HIT,
-                           object_id=hits[0].obj.id, confidence=1.0,
-                           distance=hits[0].distance)
-    near = [c for c in (_off_ray(obj, ray.origin, direction) for obj in objects)
-            if c is not None and c.angle <= CONE_DEG]
+                           object_id=best.obj.id, confidence=1.0, distance=best.distance)
+    near = sorted((c for c in angles if c.angle <= CONE_DEG),
+                  key=lambda c: (c.angle, c.distance, c.obj.id))
     if not near:
         return pb.Referent(source=ray.source, match=pb.REFERENT_MATCH_NONE)
-    near.sort(key=lambda c: (c.angle, c.distance, c.obj.id))
     tied = [c for c in near if c.angle - near[0].angle < AMBIGUOUS_DEG]
     if len(tied) > 1:
         return _ambiguous(ray.source, tied)
@@ -126,10 +146,11 @@ def _ambiguous(source: int, tied: list[_Candidate]) -> pb.Referent:
 
 
 def current_rays(scene: pb.SceneFeatures | None, turn_rays=()) -> list[pb.Ray]:
-    """The rays a reply is about: the turn's (said while looking there), else the
-    scene's, one per source."""
-    by_source = {ray.source: ray for ray in (scene.rays if scene is not None else ())}
-    by_source.update({ray.source: ray for ray in turn_rays})
+    """The rays a reply is about, hands first: the turn's when it has any (where the
+    wearer looked and pointed while speaking; an older scene's rays would outrank a
+    fresh gaze), else the scene's."""
+    rays = list(turn_rays) or list(scene.rays if scene is not None else ())
+    by_source = {ray.source: ray for ray in rays}
     return [by_source[s] for s in PRIORITY if s in by_source]
 
 
@@ -138,7 +159,8 @@ def resolve_all(rays: list[pb.Ray], objects) -> list[pb.Referent]:
 
 
 # "this", "that one", "this thing": the words a pointed-at object replaces in a question.
-_DEICTIC = re.compile(r"\b(this|that)( thing| one| object| item)?\b", re.IGNORECASE)
+_DEICTIC = re.compile(r"\bthis( thing| one| object| item)?\b"
+                      r"|\bthat( thing| one| object| item|(?=\s*[?.!,]|\s*$))", re.IGNORECASE)
 
 
 def chosen(referents: list[pb.Referent]) -> pb.Referent | None:

@@ -2,7 +2,8 @@
 actions (serving/actions.py), compiled to llguidance matchers for the engine.
 
 Runs on the prompt thread: the tokenizer's token table is built once (about 0.4 s
-for a 49k vocabulary, at attach), a grammar per request in a few milliseconds.
+for a 49k vocabulary, at attach), a grammar in a few milliseconds, the last 64 kept
+(each request gets copies of a pristine matcher).
 """
 
 from __future__ import annotations
@@ -18,12 +19,17 @@ from arbridge.engine.sampling import SamplingConfig
 from arbridge.serving.actions import ActionSet
 from arbridge.serving.validation import InvalidField
 
+COMPILED_GRAMMARS = 64
 JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
 class GrammarCompiler:
     def __init__(self, tokenizer, vocab_size: int):
+        """`vocab_size`: the width of the model's logits (the masks' width)."""
         self._tokenizer = _ll_tokenizer(tokenizer, vocab_size)
+        # A session's action grammar is the same turn after turn while its scene is, and
+        # apps send the same schemas: compiled once, copied per request (prompt thread).
+        self._compiled: dict[tuple[str, str], llguidance.LLMatcher] = {}
 
     @staticmethod
     def _grammar(kind: str, source: str) -> str:
@@ -35,25 +41,37 @@ class GrammarCompiler:
             return llguidance.LLMatcher.grammar_from_regex(source)
         return llguidance.LLMatcher.grammar_from_lark(source)
 
+    def _compile(self, key: tuple[str, str], field: str) -> llguidance.LLMatcher:
+        kind, source = key
+        try:
+            matcher = llguidance.LLMatcher(self._tokenizer, self._grammar(kind, source))
+            problem = matcher.get_error() if matcher.is_error() else ""
+        except (ValueError, RuntimeError) as exc:  # e.g. a schema it cannot apply options to
+            problem = str(exc)
+        if problem:
+            if kind == "lark":  # built from checked definitions: a bug
+                raise RuntimeError(f"action grammar failed: {problem}")
+            # One line: the library's message draws the error under the source.
+            raise InvalidField(f"{field}.response_format.{kind}", " ".join(problem.split())[:400])
+        return matcher
+
     def apply(self, cfg: SamplingConfig, actions: ActionSet | None = None,
               field: str = "sampling") -> SamplingConfig:
         """`cfg` with a matcher per sequence for its response_format or actions; a
         response_format the library cannot compile is the request's error (`field`)."""
         if actions is not None:
-            grammar = self._grammar("lark", actions.lark())
+            key = ("lark", actions.lark())
         elif cfg.response_format is not None:
-            grammar = self._grammar(*cfg.response_format)
+            key = cfg.response_format
         else:
             return cfg
-        first = llguidance.LLMatcher(self._tokenizer, grammar)
-        if first.is_error():
-            if actions is not None:  # built from checked definitions: a bug
-                raise RuntimeError(f"action grammar failed: {first.get_error()}")
-            kind = cfg.response_format[0]
-            # One line: the library's message draws the error under the source.
-            raise InvalidField(f"{field}.response_format.{kind}",
-                               " ".join(first.get_error().split())[:400])
-        matchers = [first] + [first.deep_copy() for _ in range(cfg.num_return_sequences - 1)]
+        pristine = self._compiled.pop(key, None)
+        if pristine is None:
+            pristine = self._compile(key, field)
+        self._compiled[key] = pristine  # the most recent last
+        while len(self._compiled) > COMPILED_GRAMMARS:
+            del self._compiled[next(iter(self._compiled))]
+        matchers = [pristine.deep_copy() for _ in range(cfg.num_return_sequences)]
         # The grammar shapes the reply: caption rules (sentence and naming limits) would
         # fight it; the scene's banned nouns stay (engine/sampling.py lets the grammar
         # override them where it needs a banned token).

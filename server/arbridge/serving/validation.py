@@ -123,9 +123,11 @@ def response_format(fmt: pb.ResponseFormat, field: str) -> tuple[str, str] | Non
     if kind == "json_schema":
         try:
             schema = json.loads(source)
+        except RecursionError as exc:
+            raise InvalidField(f"{field}.json_schema", "is nested too deeply") from exc
         except ValueError as exc:
             raise InvalidField(f"{field}.json_schema", f"is not JSON: {exc}") from exc
-        if not isinstance(schema, (dict, bool)):
+        if not isinstance(schema, dict):
             raise InvalidField(f"{field}.json_schema", "must be a JSON object (a schema)")
     return kind, source
 
@@ -185,9 +187,9 @@ def action_parameter(p: pb.ActionParameter, settings: Settings, f: str, names: s
     if len(p.choices) > MAX_ACTION_CHOICES:
         raise InvalidField(f"{f}.choices", f"at most {MAX_ACTION_CHOICES}")
     for k, choice in enumerate(p.choices):
-        if not choice or len(choice) > 60 or re.search(r'["\]\\\n]', choice):
+        if not choice or len(choice) > 60 or re.search(r'["\]\\\x00-\x1f]', choice):
             raise InvalidField(f"{f}.choices[{k}]", 'must be 1-60 characters without ", ], '
-                                                   "\\ or a line break")
+                                                   "\\ or control characters")
 
 
 def _action_mode(mode: int, field: str) -> None:
@@ -445,6 +447,10 @@ class RequestChecker:
         self.sampling(start.sampling, f"{field}.sampling")
         action_definitions(start.actions, self.settings, f"{field}.actions")
         _action_mode(start.action_mode, f"{field}.action_mode")
+        if start.actions and start.sampling.HasField("response_format") and \
+                start.action_mode != pb.ACTION_MODE_NONE:
+            raise InvalidField(f"{field}.sampling.response_format",
+                               "a session that may call actions has their format")
         state = DialogueState(system_prompt=start.system_prompt,
                               history=[pb.DialogueTurn(role=t.role, text=t.text)
                                        for t in start.history],

@@ -29,8 +29,13 @@ from arbridge.tools.scenes import ATTRIBUTES
 from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import types_pb2 as pb
 
-POINT_QUESTIONS = ["What is this?", "What am I pointing at?", "What is that thing?",
-                   "Can you tell me what this is?"]
+# The held-out split is asked in other words than the tune split (and the worked turns
+# of serving/actions.py): a prompt tuned to the tune phrasings must carry over.
+POINT_QUESTIONS = {
+    "tune": ["What is this?", "What am I pointing at?", "What is that thing?",
+             "Can you tell me what this is?"],
+    "held-out": ["What's this one?", "Tell me about this.", "What do you call this object?",
+                 "Which thing am I pointing to?"]}
 ACTIONS = [
     pb.ActionDefinition(name="highlight", description="make an object glow", parameters=[
         pb.ActionParameter(name="target", type=pb.PARAMETER_TYPE_OBJECT)]),
@@ -38,9 +43,15 @@ ACTIONS = [
                         parameters=[pb.ActionParameter(name="target",
                                                        type=pb.PARAMETER_TYPE_OBJECT)]),
 ]
-COMMANDS = [("highlight", "Highlight the {}."), ("highlight", "Please highlight the {}."),
-            ("move_to", "Move to the {}."), ("move_to", "Please move to the {}.")]
-POINTED_COMMANDS = [("highlight", "Highlight this."), ("move_to", "Move to that.")]
+COMMANDS = {
+    "tune": [("highlight", "Highlight the {}."), ("highlight", "Please highlight the {}."),
+             ("move_to", "Move to the {}."), ("move_to", "Please move to the {}.")],
+    "held-out": [("highlight", "Make the {} glow."),
+                 ("highlight", "Could you highlight the {} for me?"),
+                 ("move_to", "Walk over to the {}."), ("move_to", "Go to the {}, please.")]}
+POINTED_COMMANDS = {"tune": [("highlight", "Highlight this."), ("move_to", "Move to that.")],
+                    "held-out": [("highlight", "Make this one glow."),
+                                 ("move_to", "Walk over to that.")]}
 # No other object's centre this close to the ray before the target or just behind it
 # (boxes that overlap it): one right answer per question.
 CLEARANCE_M = 0.6
@@ -70,7 +81,7 @@ def _aim(scene: pb.SceneFeatures, target: pb.SceneObject) -> pb.Ray | None:
                   direction=pb.Vec3(x=d[0], y=d[1], z=d[2]))
 
 
-def pointing_tasks(all_scenes, indices, seed: int = 0) -> list[dict]:
+def pointing_tasks(all_scenes, indices, seed: int = 0, split: str = "tune") -> list[dict]:
     rng = random.Random(seed + 19)
     tasks = []
     for i in indices:
@@ -82,7 +93,7 @@ def pointing_tasks(all_scenes, indices, seed: int = 0) -> list[dict]:
         if ray is None:
             continue
         tasks.append({"scene": i, "target": target.id, "ray": ray,
-                      "question": POINT_QUESTIONS[len(tasks) % len(POINT_QUESTIONS)]})
+                      "question": POINT_QUESTIONS[split][len(tasks) % 4]})
     return tasks
 
 
@@ -105,7 +116,7 @@ def _with_distractor(scene: pb.SceneFeatures, target: pb.SceneObject, rng) -> pb
     return out
 
 
-def action_tasks(all_scenes, indices, seed: int = 0) -> list[dict]:
+def action_tasks(all_scenes, indices, seed: int = 0, split: str = "tune") -> list[dict]:
     rng = random.Random(seed + 23)
     tasks = []
     for i in indices:
@@ -123,11 +134,11 @@ def action_tasks(all_scenes, indices, seed: int = 0) -> list[dict]:
             ray = _aim(scene, target)
             if ray is None:
                 continue
-            action, text = POINTED_COMMANDS[len(tasks) % len(POINTED_COMMANDS)]
+            action, text = POINTED_COMMANDS[split][len(tasks) % 2]
             tasks.append({"scene": i, "scene_msg": scene, "target": target.id, "ray": ray,
                           "action": action, "command": text})
             continue
-        action, template = COMMANDS[len(tasks) % len(COMMANDS)]
+        action, template = COMMANDS[split][len(tasks) % 4]
         tasks.append({"scene": i, "scene_msg": scene, "target": target.id, "ray": None,
                       "action": action, "command": template.format(noun_phrase(target))})
     return tasks
@@ -161,14 +172,14 @@ async def _reply(call) -> tuple[str, list[pb.Referent], list[pb.ActionCall]]:
 
 
 async def run(stub, all_scenes, indices, sampling: pb.SamplingParams, concurrency: int,
-              seed: int = 0) -> dict:
+              seed: int = 0, split: str = "tune") -> dict:
     sem = asyncio.Semaphore(concurrency)
 
     async def bounded(make):
         async with sem:
             return await _reply(make())
 
-    points = pointing_tasks(all_scenes, indices, seed)
+    points = pointing_tasks(all_scenes, indices, seed, split)
     with_ray = await asyncio.gather(*(bounded(lambda t=t: stub.Ask(spb.AskRequest(
         start=spb.ConverseStart(scene=all_scenes[t["scene"]]),
         user_turn=spb.UserTurn(text=t["question"], rays=[t["ray"]], sampling=sampling))))
@@ -177,7 +188,7 @@ async def run(stub, all_scenes, indices, sampling: pb.SamplingParams, concurrenc
         start=spb.ConverseStart(scene=all_scenes[t["scene"]]),
         user_turn=spb.UserTurn(text=t["question"], sampling=sampling))))
         for t in points))
-    acts = action_tasks(all_scenes, indices, seed)
+    acts = action_tasks(all_scenes, indices, seed, split)
     acted = await asyncio.gather(*(bounded(lambda t=t: stub.Ask(spb.AskRequest(
         start=spb.ConverseStart(scene=t["scene_msg"], actions=ACTIONS),
         user_turn=spb.UserTurn(text=t["command"], rays=[t["ray"]] if t["ray"] else [],

@@ -144,7 +144,7 @@ async def run_eval(settings: Settings, count: int = 300, seed: int = 0, dialogue
             stub = service_pb2_grpc.ArBridgeServiceStub(channel)
             # Pointing and action tasks on every tuning scene and up to ACT_SCENES held out.
             act = {name: await act_eval.run(stub, all_scenes, subset, sampling, CONCURRENCY,
-                                            seed)
+                                            seed, name)
                    for name, subset in (("tune", range(min(count, TUNE_SCENES))),
                                         ("held-out", range(TUNE_SCENES, count)[:ACT_SCENES]))}
             if act_only:
