@@ -38,6 +38,8 @@ PATTERNS = {
 
 # The worked example's objects (not the scene's: the example only shows the syntax).
 _EXAMPLE_OBJECTS = ("green mug", "white box")
+# Where a description names its object ("make an object glow"): the example's goes there.
+_OBJECT_WORDS = re.compile(r"\b(an|a|the|some) (object|thing|item)\b", re.IGNORECASE)
 
 
 def object_names(scene: pb.SceneFeatures) -> dict[str, str]:
@@ -132,21 +134,33 @@ class ActionSet:
         return "\n".join(lines)
 
     def examples(self) -> list[pb.DialogueTurn]:
-        """Worked turns, one per action (up to two), the first also once with a pointing
-        gesture ("this", said as the referent hint words it): a small model copies the
-        syntax from a turn far more reliably than from a description."""
-        turns = []
+        """Worked turns for the first two actions: each asked for by its name, the first
+        also with a pointing gesture ("this", as the referent hint words it), then each
+        asked for in the words of its description ("make an object glow" -> "Make the
+        green mug glow."), the order mixed: a small model copies the syntax from a turn
+        far more reliably than from a description, and picks the action a request means
+        from its description's words only once it has seen that done."""
+        asks: list[tuple[str, str]] = []
+        described: list[tuple[str, str]] = []
         for i, d in enumerate(self.callable[:2]):
+            call = f"[{self._example_call(d, i)}] Okay, done."
             obj = _EXAMPLE_OBJECTS[i % len(_EXAMPLE_OBJECTS)]
             words = d.name.replace("_", " ")
             takes_object = any(p.type == pb.PARAMETER_TYPE_OBJECT for p in d.parameters)
-            asks = [f"Please {words} the {obj}." if takes_object else f"Please {words}."]
+            asks.append((f"Please {words} the {obj}." if takes_object else f"Please {words}.",
+                         call))
             if i == 0 and takes_object:
-                asks.append(f"Please {words} this.\n(I am pointing at the {obj}, ahead of me.)")
-            for ask in asks:
-                turns += [pb.DialogueTurn(role=pb.ROLE_USER, text=ask),
-                          pb.DialogueTurn(role=pb.ROLE_ASSISTANT,
-                                          text=f"[{self._example_call(d, i)}] Okay, done.")]
+                asks.append((f"Please {words} this.\n(I am pointing at the {obj}, ahead of me.)",
+                             call))
+            about = d.description.strip().rstrip(".")
+            if about and (not takes_object or _OBJECT_WORDS.search(about)):
+                phrase = _OBJECT_WORDS.sub(f"the {obj}", about, count=1)
+                described.append((phrase[0].upper() + phrase[1:] + ".", call))
+        ordered = asks[:1] + described[1:] + asks[1:] + described[:1]
+        turns = []
+        for ask, reply in ordered:
+            turns += [pb.DialogueTurn(role=pb.ROLE_USER, text=ask),
+                      pb.DialogueTurn(role=pb.ROLE_ASSISTANT, text=reply)]
         return turns
 
     @staticmethod
