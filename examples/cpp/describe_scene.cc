@@ -31,6 +31,19 @@ namespace v1 = arbridge::v1;
 template <typename Request, typename Response, typename Call>
 int Stream(v1::ArBridgeService::Stub* stub, Request request, Call call);
 
+// The request in `json` (protobuf JSON) streamed by `call`; 2 when it does not parse.
+template <typename Request, typename Response, typename Call>
+int Run(v1::ArBridgeService::Stub* stub, const std::string& json, const std::string& path,
+        Call call) {
+  Request request;
+  auto parsed = google::protobuf::util::JsonStringToMessage(json, &request);
+  if (!parsed.ok()) {
+    std::cerr << path << ": " << parsed.ToString() << "\n";
+    return 2;
+  }
+  return Stream<Request, Response>(stub, request, call);
+}
+
 int main(int argc, char** argv) {
   const std::string target = argc > 1 ? argv[1] : "127.0.0.1:50051";
   const std::string path = argc > 2 ? argv[2] : "examples/scene.json";
@@ -46,25 +59,14 @@ int main(int argc, char** argv) {
   auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
   auto stub = v1::ArBridgeService::NewStub(channel);
   if (ask) {
-    v1::AskRequest request;
-    auto parsed = google::protobuf::util::JsonStringToMessage(json.str(), &request);
-    if (!parsed.ok()) {
-      std::cerr << path << ": " << parsed.ToString() << "\n";
-      return 2;
-    }
-    return Stream<v1::AskRequest, v1::AskResponse>(
-        stub.get(), request, [&](grpc::ClientContext* c, const v1::AskRequest& r) {
+    return Run<v1::AskRequest, v1::AskResponse>(
+        stub.get(), json.str(), path, [&](grpc::ClientContext* c, const v1::AskRequest& r) {
           return stub->Ask(c, r);
         });
   }
-  v1::DescribeSceneRequest request;
-  auto parsed = google::protobuf::util::JsonStringToMessage(json.str(), &request);
-  if (!parsed.ok()) {
-    std::cerr << path << ": " << parsed.ToString() << "\n";
-    return 2;
-  }
-  return Stream<v1::DescribeSceneRequest, v1::DescribeSceneResponse>(
-      stub.get(), request, [&](grpc::ClientContext* c, const v1::DescribeSceneRequest& r) {
+  return Run<v1::DescribeSceneRequest, v1::DescribeSceneResponse>(
+      stub.get(), json.str(), path,
+      [&](grpc::ClientContext* c, const v1::DescribeSceneRequest& r) {
         return stub->DescribeScene(c, r);
       });
 }
