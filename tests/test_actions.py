@@ -296,3 +296,24 @@ async def test_a_required_action_with_nothing_to_act_on_is_a_failed_precondition
         await collect(server.stub.Ask(_ask(scene=pb.SceneFeatures(location_hint="a room"))))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert err.value.details().startswith("user_turn.action_mode: is REQUIRED but no action")
+
+
+async def test_a_cancelled_resumable_reply_keeps_its_actions_and_referents(make_server,
+                                                                          wide_model_dir):
+    running = await make_server(wide_model_dir, step_delay=0.02)
+    request = _ask(n=1, max_new_tokens=200, rays=[pb.Ray(
+        source=pb.RAY_SOURCE_GAZE, origin=pb.Vec3(), direction=pb.Vec3(x=-1, z=2))])
+    request.stream.resumable = True
+    call = running.stub.Ask(request)
+    stream_id, streamed, done = "", [], None
+    async for response in call:
+        stream_id = stream_id or response.stream_id
+        kind = response.WhichOneof("event")
+        if kind == "action":
+            streamed.append(response.action)
+            await running.stub.CancelStream(spb.CancelStreamRequest(stream_id=stream_id))
+        elif kind == "completion":
+            done = response.completion
+    assert done.finish_reason == pb.FINISH_REASON_CANCELLED
+    assert list(done.actions) == streamed and streamed
+    assert [r.object_id for r in done.referents] == ["c1"]

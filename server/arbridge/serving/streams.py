@@ -221,9 +221,12 @@ class StreamStore:
             if index not in ended:  # with the text so far: a session records it
                 text = "".join(e.text for _, e in stream.events
                                if isinstance(e, pb.TokenChunk) and e.sequence_index == index)
-                self._add(stream, pb.Completion(sequence_index=index, finish_reason=reason,
-                                                error_message=why, text=text,
-                                                scene_version=stream.scene_version))
+                calls = [e for _, e in stream.events
+                         if isinstance(e, pb.ActionCall) and e.sequence_index == index]
+                self._add(stream, pb.Completion(
+                    sequence_index=index, finish_reason=reason, error_message=why, text=text,
+                    scene_version=stream.scene_version, actions=calls,
+                    referents=getattr(stream.reply, "referents", ())))
 
     def _make_room(self, keep: ResumableStream) -> None:
         """Drop unfollowed streams, longest unfollowed first, until under budget."""
