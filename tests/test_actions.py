@@ -45,9 +45,10 @@ def test_each_object_gets_a_name_of_its_own():
     scene = pb.SceneFeatures(camera_pose=pb.Pose(rotation=pb.Quaternion(w=1)), objects=[
         thing("a", "chair", -2), thing("b", "chair", 2), thing("c", "chair", 2.1),
         thing("d", "Lamp (broken)"), thing("e", "cup")])
+    scene.objects.add(id="f", label="mug\x7f")  # unprintable: out of the name (DEL)
     names = object_names(scene)
     assert names == {"chair to the left": "a", "chair b": "b", "chair c": "c",
-                     "lamp broken": "d", "cup": "e"}
+                     "lamp broken": "d", "cup": "e", "mug": "f"}
 
 
 def test_calls_are_parsed_with_typed_arguments_and_split_from_the_text():
@@ -87,6 +88,14 @@ def _accepts(compiler, grammar_cfg, text: str) -> bool:
     matcher = grammar_cfg.grammar.matchers[0]
     ids = tokenizer.encode(text, add_special_tokens=False)
     return matcher.try_consume_tokens(ids) == len(ids)
+
+
+def test_worked_turns_say_each_action_by_name_and_by_description():
+    reset = pb.ActionDefinition(name="reset", description="put the thing back")
+    turns = [t.text for t in ActionSet([HIGHLIGHT, reset], pb.ACTION_MODE_AUTO,
+                                       {"lamp": "l1"}).examples()]
+    assert "Please highlight the green mug." in turns and "Make the green mug glow." in turns
+    assert "Put the thing back." in turns and "[reset()] Okay, done." in turns
 
 
 def test_string_arguments_read_back_whatever_their_characters():
@@ -278,6 +287,9 @@ BAD = [
      "Ask", "start.sampling.response_format: a session that may call actions"),
     (_ask(actions=[pb.ActionDefinition(name="a", parameters=[pb.ActionParameter(
         name="x", type=pb.PARAMETER_TYPE_STRING, choices=["tab\there"])])]),
+     "Ask", "start.actions[0].parameters[0].choices[0]: "),
+    (_ask(actions=[pb.ActionDefinition(name="a", parameters=[pb.ActionParameter(
+        name="x", type=pb.PARAMETER_TYPE_STRING, choices=["del\x7f"])])]),
      "Ask", "start.actions[0].parameters[0].choices[0]: "),
 ]
 

@@ -90,6 +90,10 @@ def test_a_small_object_on_a_big_one_is_what_the_ray_means():
     down = ray(0, -1.195, 1.6, origin=(0, 1.6, 0))  # from the eyes to the phone
     r = resolve(down, [table, phone])
     assert (r.match, r.object_id) == (pb.REFERENT_MATCH_HIT, "phone")
+    # The table as AR frameworks report a plane: no thickness, still the larger.
+    table.extents.y = 0.0
+    table.pose.position.y = 0.4
+    assert resolve(down, [table, phone]).object_id == "phone"
 
 
 def test_an_object_without_a_box_on_the_ray_is_hit_before_a_wall_behind_it():
@@ -154,6 +158,9 @@ def test_the_hint_names_the_pointed_object_or_says_there_is_none():
     assert resolve_deixis("Do you think that this is old?", [hand_at_chair], scene) == \
         "Do you think that the red chair is old?"
     assert resolve_deixis("And that?", [hand_at_chair], scene) == "And the red chair?"
+    assert resolve_deixis("Make that glow.", [hand_at_chair], scene) == \
+        "Make the red chair glow."
+    assert resolve_deixis("Is this lamp on?", [hand_at_chair], scene) == "Is this lamp on?"
     assert resolve_deixis("What is this?", [nothing], scene) == "What is this?"
 
 

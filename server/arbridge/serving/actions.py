@@ -66,7 +66,9 @@ def object_names(scene: pb.SceneFeatures) -> dict[str, str]:
 
 
 def _plain(name: str) -> str:
-    """Without the characters the call syntax uses."""
+    """Without the characters the call syntax uses, nor unprintable ones (DEL: the
+    grammar's lexer refuses them)."""
+    name = "".join(c if c.isprintable() else " " for c in name)
     return " ".join(re.sub(r'[\[\]()",\\]', " ", name).split())
 
 
@@ -153,7 +155,9 @@ class ActionSet:
                 asks.append((f"Please {words} this.\n(I am pointing at the {obj}, ahead of me.)",
                              call))
             about = d.description.strip().rstrip(".")
-            if about and (not takes_object or _OBJECT_WORDS.search(about)):
+            if about and not takes_object:
+                described.append((about[0].upper() + about[1:] + ".", call))
+            elif about and _OBJECT_WORDS.search(about):
                 phrase = _OBJECT_WORDS.sub(f"the {obj}", about, count=1)
                 described.append((phrase[0].upper() + phrase[1:] + ".", call))
         ordered = asks[:1] + described[1:] + asks[1:] + described[:1]

@@ -22,13 +22,14 @@ import math
 import re
 from dataclasses import dataclass
 
+from arbridge.serving.lexicon import NOUNS
 from arbridge.serving.scene_text import noun_phrase, place, rotate_inverse
 from arbridge.v1 import types_pb2 as pb
 
 CONE_DEG = 10.0  # how far off the ray an object may still be what it points at
 AMBIGUOUS_DEG = 2.0  # closer than this in angle: two candidates, not one
 TIE_M = 0.05  # box entries closer than this along the ray: a tie
-SMALLER = 0.25  # of tied boxes, one this much smaller than the next is the one meant
+SMALLER = 0.4  # of tied boxes, one this much smaller (radius) than the next is meant
 # Hands first: a gesture is a deliberate choice, a glance may wander.
 PRIORITY = (pb.RAY_SOURCE_RIGHT_HAND, pb.RAY_SOURCE_LEFT_HAND, pb.RAY_SOURCE_GAZE)
 
@@ -92,8 +93,10 @@ def _off_ray(obj: pb.SceneObject, origin: pb.Vec3, direction) -> _Candidate | No
     return _Candidate(obj, along, max(angle, 0.0))
 
 
-def _volume(obj: pb.SceneObject) -> float:
-    return abs(obj.extents.x * obj.extents.y * obj.extents.z)
+def _size(obj: pb.SceneObject) -> float:
+    """The bounding sphere's radius (a flat plane, as AR frameworks report a table top,
+    is still large; an object given without a box is 0)."""
+    return math.sqrt(obj.extents.x ** 2 + obj.extents.y ** 2 + obj.extents.z ** 2)
 
 
 def resolve(ray: pb.Ray, objects) -> pb.Referent:
@@ -117,9 +120,10 @@ def resolve(ray: pb.Ray, objects) -> pb.Referent:
         if len(tied) > 1:
             # Boxes entered together, one far smaller (a phone on a table): the small one
             # is what the wearer means; otherwise the reply asks.
-            tied.sort(key=lambda c: (_volume(c.obj), c.obj.id))
-            if _volume(tied[0].obj) >= SMALLER * _volume(tied[1].obj):
+            smallest = sorted(tied, key=lambda c: (_size(c.obj), c.obj.id))
+            if _size(smallest[0].obj) >= SMALLER * _size(smallest[1].obj):
                 return _ambiguous(ray.source, tied)
+            tied = smallest
         best = tied[0]
         if not _has_box(best.obj):
             return pb.Referent(source=ray.source, match=pb.REFERENT_MATCH_NEAR,
@@ -159,8 +163,13 @@ def resolve_all(rays: list[pb.Ray], objects) -> list[pb.Referent]:
 
 
 # "this", "that one", "this thing": the words a pointed-at object replaces in a question.
-_DEICTIC = re.compile(r"\bthis( thing| one| object| item)?\b"
-                      r"|\bthat( thing| one| object| item|(?=\s*[?.!,]|\s*$))", re.IGNORECASE)
+_DEICTIC = re.compile(r"\b(this|that)\b( (thing|one|object|item)\b)?", re.IGNORECASE)
+# "that" after these is a conjunction ("do you think that ..."), not a pointing word.
+_CONJUNCTION_BEFORE = {"think", "thought", "know", "knew", "say", "said", "sure", "so",
+                       "such", "hope", "mean", "means", "believe", "guess", "see", "tell"}
+# "this"/"that" before a noun is a determiner ("is this lamp on?"): left to the hint.
+_NOUN_WORDS = {word for noun, synonyms in NOUNS.items() for name in (noun, *synonyms)
+               for word in name.split()}
 
 
 def chosen(referents: list[pb.Referent]) -> pb.Referent | None:
@@ -180,7 +189,18 @@ def resolve_deixis(text: str, referents: list[pb.Referent], scene: pb.SceneFeatu
                                                   pb.REFERENT_MATCH_NEAR):
         return text
     obj = next(o for o in scene.objects if o.id == referent.object_id)
-    return _DEICTIC.sub(f"the {noun_phrase(obj)}", text, count=1)
+    for m in _DEICTIC.finditer(text):
+        before = re.findall(r"[a-z]+", text[:m.start()].lower())
+        after = re.match(r"\W*([A-Za-z]+)?", text[m.end():])
+        next_word = (after.group(1) or "").lower() if after else ""
+        if m.group(1).lower() == "that" and before and before[-1] in _CONJUNCTION_BEFORE:
+            continue
+        nouns = _NOUN_WORDS | {w for o in scene.objects for w in o.label.lower().split()}
+        if not m.group(2) and re.match(r"\s+[A-Za-z]", text[m.end():]) and \
+                next_word.rstrip("s") in nouns | {n.rstrip("s") for n in nouns}:
+            continue  # a determiner: "this lamp"
+        return f"{text[:m.start()]}the {noun_phrase(obj)}{text[m.end():]}"
+    return text
 
 
 def referent_hint(referents: list[pb.Referent], scene: pb.SceneFeatures) -> str:

@@ -110,6 +110,8 @@ def _ll_tokenizer(tokenizer, vocab_size: int) -> llguidance.LLTokenizer:
     the token table (pieces with "\u2581" as a space, <0xNN> bytes)."""
     try:
         return llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size)
-    except ValueError:
+    except ValueError as exc:
+        if "decoder" not in str(exc):  # e.g. logits narrower than the vocabulary
+            raise
         return llguidance.LLTokenizer(llguidance.TokenizerWrapper(
             _TokenTable(tokenizer, vocab_size)), n_vocab=vocab_size)

@@ -187,7 +187,8 @@ def action_parameter(p: pb.ActionParameter, settings: Settings, f: str, names: s
     if len(p.choices) > MAX_ACTION_CHOICES:
         raise InvalidField(f"{f}.choices", f"at most {MAX_ACTION_CHOICES}")
     for k, choice in enumerate(p.choices):
-        if not choice or len(choice) > 60 or re.search(r'["\]\\\x00-\x1f]', choice):
+        if not choice or len(choice) > 60 or re.search(r'["\]\\]', choice) or \
+                not choice.isprintable():
             raise InvalidField(f"{f}.choices[{k}]", 'must be 1-60 characters without ", ], '
                                                    "\\ or control characters")
 
@@ -447,7 +448,7 @@ class RequestChecker:
         self.sampling(start.sampling, f"{field}.sampling")
         action_definitions(start.actions, self.settings, f"{field}.actions")
         _action_mode(start.action_mode, f"{field}.action_mode")
-        if start.actions and start.sampling.HasField("response_format") and \
+        if start.actions and start.sampling.response_format.WhichOneof("format") and \
                 start.action_mode != pb.ACTION_MODE_NONE:
             raise InvalidField(f"{field}.sampling.response_format",
                                "a session that may call actions has their format")

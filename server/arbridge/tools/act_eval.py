@@ -130,7 +130,7 @@ def action_tasks(all_scenes, indices, seed: int = 0, split: str = "tune") -> lis
         if not scene.objects:
             continue
         target = scene.objects[rng.randrange(len(scene.objects))]
-        if len(tasks) % 2 == 0:
+        if rng.random() < 0.5:  # by chance, not in step with the phrasings
             scene = _with_distractor(scene, target, rng)
             target = next(o for o in scene.objects if o.id == target.id)
         phrases = [noun_phrase(o).lower() for o in scene.objects]

@@ -117,7 +117,7 @@ async def engine_rows(lm, settings: Settings, new_tokens: int, levels=(1, 8)) ->
     actions = ActionSet(ACTIONS, pb.ACTION_MODE_AUTO, object_names(scene))
     builder = PromptBuilder(lm.tokenizer, lm.info.context_length, settings.system_prompt)
     names = sorted(actions.names)
-    grammars = GrammarCompiler(lm.tokenizer, lm.info.vocab_size)
+    grammars = GrammarCompiler(lm.tokenizer, lm.model.get_output_embeddings().weight.shape[0])
     scheduler = Scheduler(lm.model, lm.tokenizer, context_length=lm.info.context_length,
                           max_active=max(levels), max_queue=256,
                           prefill_chunk_tokens=settings.prefill_chunk_tokens,
@@ -160,7 +160,7 @@ async def engine_rows(lm, settings: Settings, new_tokens: int, levels=(1, 8)) ->
 def run_grammar_bench(settings: Settings, new_tokens: int = 64) -> dict:
     lm = load_model(settings.model, cache_dir=settings.cache_dir, device=settings.device,
                     dtype=settings.dtype)
-    libraries = library_rows(lm.tokenizer, lm.info.vocab_size)
+    libraries = library_rows(lm.tokenizer, lm.model.get_output_embeddings().weight.shape[0])
     engine = asyncio.run(engine_rows(lm, settings, new_tokens))
     ratios = {}
     for n in sorted({r["streams"] for r in engine}):
