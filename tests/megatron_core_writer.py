@@ -327,7 +327,15 @@ def main() -> int:
     spec_path, out = sys.argv[1], sys.argv[2]
     spec = json.loads(Path(spec_path).read_text())
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    mp.spawn(_rank_main, args=(spec, out, _free_port()), nprocs=spec["tp"] * spec["pp"])
+    for attempt in range(3):
+        try:
+            mp.spawn(_rank_main, args=(spec, out, _free_port()), nprocs=spec["tp"] * spec["pp"])
+            break
+        except mp.ProcessRaisedException as exc:
+            # The port was free when picked, then taken (any outgoing connection may get
+            # it) before gloo listened: pick another.
+            if "EADDRINUSE" not in str(exc) or attempt == 2:
+                raise
     (Path(out) / "spec.json").write_text(json.dumps(spec, indent=1))
     return 0
 
