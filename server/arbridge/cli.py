@@ -83,7 +83,8 @@ def cmd_bench(args) -> int:
         torch.set_num_threads(args.threads)
     levels = tuple(int(x) for x in args.concurrency.split(","))
     run_bench(settings, new_tokens=args.new_tokens, levels=levels,
-              command="arbridge bench " + " ".join(sys.argv[2:]), peer=not args.no_peer)
+              command="arbridge bench " + " ".join(sys.argv[2:]), peer=not args.no_peer,
+              llama_cpp=not args.no_llama_cpp)
     return 0
 
 
@@ -411,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int)
     p.add_argument("--no-peer", action="store_true",
                    help="skip `transformers serve --continuous-batching`")
+    p.add_argument("--no-llama-cpp", action="store_true",
+                   help="skip llama.cpp's llama-server (built from the llama-cpp-python "
+                        "sdist into the cache on first use: minutes)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("eval", help="caption/dialogue quality vs a plain prompt (not a test)")

@@ -433,9 +433,13 @@ async def transformers_serve_run(model_dir: Path, dtype: str, messages, new_toke
     return results
 
 
+# ArBridge's dtype -> the GGUF type llama.cpp converts the same weights to.
+LLAMA_CPP_TYPES = {"float32": "f32", "bfloat16": "bf16"}
+
+
 def run_bench(settings: Settings, new_tokens: int = 64, levels: tuple[int, ...] = (1, 8, 32),
               out_dir: Path = Path("bench/results"), command: str = "arbridge bench",
-              peer: bool = True) -> dict:
+              peer: bool = True, llama_cpp: bool = True) -> dict:
     lm = load_model(settings.model, cache_dir=settings.cache_dir, device=settings.device,
                     dtype=settings.dtype)
     builder = PromptBuilder(lm.tokenizer, lm.info.context_length, settings.system_prompt)
@@ -460,6 +464,18 @@ def run_bench(settings: Settings, new_tokens: int = 64, levels: tuple[int, ...] 
                                                           lm.info.dtype, messages,
                                                           new_tokens, levels, settings))
         results += peer_results
+    outtype = LLAMA_CPP_TYPES.get(lm.info.dtype)
+    if llama_cpp and outtype:
+        from arbridge.tools.llama_cpp_peer import llama_server_runs
+
+        # The very prompt text ArBridge's DescribeScene builds, at the same precision.
+        def texts(tag: str, count: int) -> list[str]:
+            return [builder.describe(scene, q, new_tokens).text
+                    for q in bench_questions(tag, count)]
+
+        results += asyncio.run(llama_server_runs(
+            settings.cache_dir, Path(lm.model.name_or_path), outtype, texts, new_tokens, levels,
+            torch.get_num_threads()))
     by = {(r.name, r.concurrency): r for r in results}
     seq, batch = by[("hf-sequential", 1)], by[("hf-batch", len(prompts))]
     ratios = {}
@@ -505,6 +521,18 @@ def run_bench(settings: Settings, new_tokens: int = 64, levels: tuple[int, ...] 
                             ours[mid].tokens_per_s / ts[mid].tokens_per_s, 2.0))
     ttft_mid = by[("grpc", mid)].pct(by[("grpc", mid)].ttft_s, 0.5)
     targets.insert(-1, (f"TTFT p50 grpc@{mid} <= 0.3 s", -ttft_mid, -0.3))
+    llama = {r.concurrency: r for r in results if r.name.startswith("llama-server")}
+    if llama:  # issue #17: the peer a CPU user would pick, the same precision
+        kind = next(iter(llama.values())).name
+        for n in levels:
+            ratios[f"grpc@{n} / {kind}@{n} ({lm.info.dtype})"] = _paired(by[("grpc", n)],
+                                                                          llama[n])
+        ours, peer = by[("grpc", mid)], llama[mid]
+        ratios[f"TTFT p50 grpc@{mid} / {kind}@{mid}"] = _ratio(
+            ours.pct(ours.ttft_s, 0.5), peer.pct(peer.ttft_s, 0.5))
+        for n, bound in ((low, 1.1), (mid, 2.0), (high, 3.0)):
+            targets.append((f"#17 grpc@{n} / {kind}@{n} >= {bound}",
+                            by[("grpc", n)].tokens_per_s / llama[n].tokens_per_s, bound))
     report = {
         "command": command,
         "model": lm.info.name, "dtype": lm.info.dtype, "device": lm.info.device,
@@ -533,10 +561,10 @@ def print_table(report: dict) -> None:
     def ms(v):
         return "-" if v is None else f"{v * 1e3:.0f}"
 
-    print(f"{'contender':<16}{'conc':>5}{'reqs':>6}{'tokens':>7}{'tok/s':>9}{'TTFT p50':>10}"
+    print(f"{'contender':<20}{'conc':>5}{'reqs':>6}{'tokens':>7}{'tok/s':>9}{'TTFT p50':>10}"
           f"{'p95':>7}{'ITL p50':>9}{'p95':>7}  (ms)")
     for r in report["results"]:
-        print(f"{r['name']:<16}{r['concurrency']:>5}{r['requests']:>6}{r['tokens']:>7}"
+        print(f"{r['name']:<20}{r['concurrency']:>5}{r['requests']:>6}{r['tokens']:>7}"
               f"{r['tokens_per_s']:>9.1f}"
               f"{ms(r['ttft_p50_s']):>10}{ms(r['ttft_p95_s']):>7}{ms(r['itl_p50_s']):>9}"
               f"{ms(r['itl_p95_s']):>7}")
@@ -544,7 +572,7 @@ def print_table(report: dict) -> None:
     for name, value in report["ratios"].items():
         print(f"  {name:<40} {value}")
     if report.get("targets"):
-        print("\ntargets (issue #4), from this run:")
+        print("\ntargets (issues #4 and #17), from this run:")
         for what, value, met in report["targets"]:
             print(f"  {'met   ' if met else 'MISSED'} {what:<40} {value:.2f}")
 

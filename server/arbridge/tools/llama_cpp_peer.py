@@ -1,0 +1,169 @@
+"""llama.cpp's own `llama-server` as the CPU peer of `arbridge bench` (issue #17).
+
+What a Unity developer on a CPU runs today (LLMUnity is built on llama.cpp). Built
+from the llama.cpp sources inside the `llama-cpp-python` sdist on PyPI (cmake, the
+machine's native flags), the GGUF files converted from the same safetensors by that
+tree's `convert_hf_to_gguf.py` at the precision asked (f32, bf16, q8_0). Everything
+lives in the cache (`<cache>/llama.cpp/<version>/`), built once; `make test` never
+touches it.
+
+The server runs with parallel slots (continuous batching) and is sent the very
+prompt text ArBridge's DescribeScene builds, with `ignore_eos` so every reply is
+`new_tokens` long; time to first token is the first streamed token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+from arbridge.models.publish import is_complete, publishing
+
+LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
+
+
+def _tree(cache_dir: Path) -> Path:
+    return cache_dir / "llama.cpp" / LLAMA_CPP_PYTHON.split("==")[1]
+
+
+def ensure_llama_server(cache_dir: Path) -> Path:
+    """The llama-server binary, built once from the sdist (several minutes on 2 cores)."""
+    root = _tree(cache_dir)
+    binary = root / "src" / "build" / "bin" / "llama-server"
+    if is_complete(root) and binary.exists():
+        return binary
+    with tempfile.TemporaryDirectory(prefix="arbridge-llama-") as tmp, \
+            publishing(root, f"built from {LLAMA_CPP_PYTHON}") as staging:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                        "--no-binary", ":all:", LLAMA_CPP_PYTHON, "-d", tmp], check=True)
+        sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
+        with tarfile.open(sdist) as tar:
+            tar.extractall(tmp, filter="data")
+        vendored = next(Path(tmp).glob("llama_cpp_python-*")) / "vendor" / "llama.cpp"
+        src = staging / "src"
+        vendored.rename(src)
+        subprocess.run(["cmake", "-B", "build", "-DLLAMA_CURL=OFF", "-DGGML_NATIVE=ON",
+                        "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+                        "-DLLAMA_BUILD_SERVER=ON", "-DCMAKE_BUILD_TYPE=Release"],
+                       cwd=src, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["cmake", "--build", "build", "--target", "llama-server", "-j",
+                        str(os.cpu_count() or 2)], cwd=src, check=True,
+                       stdout=subprocess.DEVNULL)
+    return binary
+
+
+def ensure_gguf(cache_dir: Path, model_dir: Path, outtype: str) -> Path:
+    """`model_dir` converted by llama.cpp's own script at `outtype` (f32, bf16, q8_0)."""
+    src = _tree(cache_dir) / "src"
+    out = _tree(cache_dir) / "gguf" / f"{model_dir.name}-{outtype}.gguf"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_suffix(".partial")
+    subprocess.run([sys.executable, str(src / "convert_hf_to_gguf.py"), str(model_dir),
+                    "--outtype", outtype, "--outfile", str(partial)], check=True,
+                   env={**os.environ, "PYTHONPATH": str(src / "gguf-py")},
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial.rename(out)
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LlamaServer:
+    """llama-server on a loopback port with `slots` parallel sequences."""
+
+    def __init__(self, binary: Path, gguf: Path, slots: int, context: int, threads: int):
+        self.port = _free_port()
+        self.proc = subprocess.Popen(
+            [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(self.port),
+             "-t", str(threads), "-tb", str(threads), "-np", str(slots),
+             "-c", str(context * slots), "--cont-batching", "--no-webui"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def ready(self, timeout_s: float = 120.0) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        async with httpx.AsyncClient() as client:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"llama-server exited with {self.proc.returncode}")
+                try:
+                    if (await client.get(f"http://127.0.0.1:{self.port}/health")).status_code \
+                            == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.25)
+        raise TimeoutError("llama-server did not become ready")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+async def completion_run(port: int, prompts: list[str], new_tokens: int, concurrency: int):
+    """Stream /completion for each prompt, `concurrency` at a time: a bench.Result."""
+    import httpx
+
+    from arbridge.tools.bench import Result, _bounded, _record
+
+    result = Result("llama-server", concurrency, len(prompts), 0, 0.0)
+
+    async def one(prompt: str) -> None:
+        body = {"prompt": prompt, "n_predict": new_tokens, "ignore_eos": True,
+                "temperature": 0.0, "stream": True, "cache_prompt": True}
+        submitted, times, tokens = time.perf_counter(), [], None
+        async with httpx.AsyncClient(timeout=600) as client:
+            async with client.stream("POST", f"http://127.0.0.1:{port}/completion",
+                                     json=body) as reply:
+                async for line in reply.aiter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    event = json.loads(line[6:])
+                    if event.get("content"):
+                        times.append(time.perf_counter())
+                    if event.get("stop"):
+                        tokens = event.get("tokens_predicted")
+        _record(result, times, submitted, tokens)
+
+    started = time.perf_counter()
+    await _bounded(prompts, one, concurrency)
+    result.wall_s = time.perf_counter() - started
+    return result
+
+
+async def llama_server_runs(cache_dir: Path, model_dir: Path, outtype: str, prompts_for,
+                            new_tokens: int, levels: tuple[int, ...], threads: int) -> list:
+    """Rows `llama-server <outtype>` at each level: prompts_for(tag, count) -> texts."""
+    binary = ensure_llama_server(cache_dir)
+    gguf = ensure_gguf(cache_dir, model_dir, outtype)
+    server = LlamaServer(binary, gguf, max(levels), 2048, threads)
+    try:
+        await server.ready()
+        await completion_run(server.port, prompts_for("warm-up", 2), new_tokens, 2)
+        results = []
+        for n in levels:
+            result = await completion_run(server.port, prompts_for(str(n), max(n, 4)),
+                                          new_tokens, n)
+            result.name = f"llama-server-{outtype}"
+            results.append(result)
+        return results
+    finally:
+        server.stop()
