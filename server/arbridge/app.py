@@ -212,7 +212,8 @@ class ArBridgeServer:
                                    max_active=s.max_active, max_queue=s.max_queue,
                                    prefill_chunk_tokens=s.prefill_chunk_tokens,
                                    projectors=projectors, fused_decoder=s.fused_decoder,
-                                   prefix_cache_bytes=s.prefix_cache_mb << 20)
+                                   prefix_cache_bytes=s.prefix_cache_mb << 20,
+                                   quantize=preloaded.quantize)
         self.scheduler.start()
         # SERVING only once the engine is warm: the first request must not
         # wait for weight packing and cache allocation.

@@ -405,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="throughput/latency ratios vs transformers (not a test)")
     p.add_argument("--model", help="default: SmolLM2-135M-Instruct")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16", "int8"])
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--concurrency", default="1,8,32", help="comma-separated levels")
@@ -419,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="caption/dialogue quality vs a plain prompt (not a test)")
     p.add_argument("--model", help="default: SmolLM2-135M-Instruct")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16", "int8"])
     p.add_argument("--scenes", type=int, default=300, help="scenes (the first 100 tune)")
     p.add_argument("--dialogue", type=int, default=60, help="held-out scenes asked about")
     p.add_argument("--seed", type=int, default=0)
@@ -431,14 +431,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume-bench",
                        help="tokens regenerated and latency of resumed replies (not a test)")
     p.add_argument("--model", help="default: SmolLM2-135M-Instruct")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16", "int8"])
     p.add_argument("--streams", type=int, default=32)
     p.set_defaults(func=cmd_resume_bench)
 
     p = sub.add_parser("grammar-bench",
                        help="constrained vs unconstrained decoding, llguidance vs xgrammar")
     p.add_argument("--model", help="default: SmolLM2-135M-Instruct")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16", "int8"])
     p.add_argument("--new-tokens", type=int, default=64)
     p.set_defaults(func=cmd_grammar_bench)
 

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     CliSuppress,
@@ -39,8 +39,10 @@ class ModelSettings(BaseSettings):
                                                 "unset = the default SmolLM2-135M-Instruct")
     tokenizer: str | None = Field(None, description="tokenizer dir when not beside the model")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:N'")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto = bfloat16 on CUDA, float32 on CPU")
+    dtype: Literal["auto", "float32", "bfloat16", "float16", "int8"] = Field(
+        "auto", description="auto = bfloat16 on CUDA, float32 on CPU; int8 = int8 "
+                            "weight-only matmuls on the CPU (per-channel scales, float32 "
+                            "activations between them; Llama- and GPT-2-shaped models)")
     cache_dir: Path = Field(default_factory=default_cache_dir)
     torch_threads: int = Field(0, ge=0, description="0 = torch's default")
     projectors: list[Path] = Field(
@@ -204,6 +206,13 @@ class Settings(EngineSettings, StreamSettings, SessionSettings, LimitSettings,
 
     model_config = SettingsConfigDict(env_prefix="ARBRIDGE_", extra="forbid",
                                       cli_kebab_case=True, cli_implicit_flags=True)
+
+    @model_validator(mode="after")
+    def _int8_runs_fused(self) -> Settings:
+        if self.dtype == "int8" and not self.fused_decoder:
+            raise ValueError("dtype int8 needs fused_decoder = true: int8 weights run only "
+                             "in ArBridge's fused decoder")
+        return self
 
     @classmethod
     def settings_customise_sources(

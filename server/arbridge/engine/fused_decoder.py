@@ -10,10 +10,8 @@ itself, straight on the slot KV cache, with the model's own weights:
 - one rotary table and one boolean mask per pass, shared by every layer;
 - none of transformers' per-layer generality (output hooks, attention
   dispatch, cache bookkeeping, mask conversion);
-- on CPU, weights also kept pre-packed in oneDNN's blocked layout, so a
-  matmul does not re-layout its weight on every call (bfloat16 re-lays it
-  out each time otherwise; float32 batches above one row run about twice as
-  fast packed, a single row as fast plain, so that one stays plain).
+- each matmul in the weight layout measured fastest on this CPU, or on int8
+  weights (`projections.py`).
 
 At batch 1 on a 2-core CPU a decode step is mostly weight reads, and
 transformers' eager code adds about a quarter on top of them; this removes
@@ -33,6 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arbridge.engine import projections
+from arbridge.engine.projections import Projection
+
 log = logging.getLogger(__name__)
 
 # Rotary variants whose frequencies do not depend on the sequence length.
@@ -45,22 +46,41 @@ class FusedDecoder:
     family = ""
 
     @staticmethod
-    def build(model) -> FusedDecoder | None:
-        """The lean path for `model`, or None (with the reason logged) when it
-        does not apply."""
+    def unsupported_reason(model) -> str:
+        """Why the lean path cannot run `model` ('' when it can)."""
         kind = getattr(model.config, "model_type", "")
-        builder = {"llama": _LlamaDecoder, "gpt2": _GPT2Decoder}.get(kind)
+        builder = _BUILDERS.get(kind)
         if builder is None:
-            log.info("fused decoder: not for model type %r; using the model's forward", kind)
-            return None
-        reason = builder.unsupported(model)
+            return f"not for model type {kind!r}"
+        return builder.unsupported(model)
+
+    @staticmethod
+    def build(model, quantize: str | None = None, tune: bool = True) -> FusedDecoder | None:
+        """The lean path for `model`, or None (with the reason logged) when it
+        does not apply. `quantize="int8"`: int8 weight-only projections."""
+        reason = FusedDecoder.unsupported_reason(model)
         if reason:
             log.info("fused decoder: %s; using the model's forward", reason)
             return None
         # Normal tensors, even when built inside the scheduler's inference
         # mode: the model's own forward may still train through these weights.
         with torch.inference_mode(False), torch.no_grad():
-            return builder(model)
+            decoder = _BUILDERS[model.config.model_type](model, quantize)
+        with torch.no_grad():
+            decoder.kernel_timings = projections.tune(decoder.projections()) if tune else {}
+        return decoder
+
+    kernel_timings: dict = {}
+
+    def projections(self) -> list[Projection]:
+        """Every matmul of one decode step, in the order a step runs them."""
+        return [p for layer in self.layers for p in layer if isinstance(p, Projection)] + \
+            [self.lm_head]
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of weights one decode step reads through the projections."""
+        return sum(p.weight_bytes for p in self.projections())
 
     def forward(self, cache, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None,
                 positions: torch.Tensor, allowed: torch.Tensor,
@@ -73,33 +93,6 @@ class FusedDecoder:
         if isinstance(keep, int):
             return hidden[:, -keep:]
         return hidden[:, keep]
-
-
-class _Projection:
-    """y = x W^T + b, with W [out, in]; on CPU W is also held packed for oneDNN."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
-        self.weight, self.bias = weight, bias
-        self.packed = _pack(weight)
-        self.plain_for_one_row = weight.dtype == torch.float32
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is None or (self.plain_for_one_row and x.numel() == x.shape[-1]):
-            return F.linear(x, self.weight, self.bias)
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-
-
-def _pack(weight: torch.Tensor) -> torch.Tensor | None:
-    if weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.bfloat16) \
-            or not torch.backends.mkldnn.is_available():
-        return None
-    try:
-        # Packed for batches of about 8 rows: measured on par with other hints
-        # at 1 and 32 rows.
-        return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), 8)
-    except (RuntimeError, AttributeError) as exc:  # a torch without these ops
-        log.info("fused decoder: weights not packed (%s)", exc)
-        return None
 
 
 def _attend(query, keys, values, mask, heads: int, kv_heads: int) -> torch.Tensor:
@@ -129,7 +122,7 @@ class _LlamaDecoder(FusedDecoder):
             return "non-standard attention scaling"
         return ""
 
-    def __init__(self, model):
+    def __init__(self, model, quantize: str | None = None):
         self.model = model
         body = model.model
         c = model.config
@@ -143,12 +136,12 @@ class _LlamaDecoder(FusedDecoder):
         for layer in body.layers:
             a, mlp = layer.self_attn, layer.mlp
             self.layers.append((layer.input_layernorm.weight,
-                                _Projection(*_fuse(a.q_proj, a.k_proj, a.v_proj)),
-                                _Projection(a.o_proj.weight, a.o_proj.bias),
+                                Projection(*_fuse(a.q_proj, a.k_proj, a.v_proj), quantize),
+                                Projection(a.o_proj.weight, a.o_proj.bias, quantize),
                                 layer.post_attention_layernorm.weight,
-                                _Projection(*_fuse(mlp.gate_proj, mlp.up_proj)),
-                                _Projection(mlp.down_proj.weight, mlp.down_proj.bias)))
-        self.lm_head = _Projection(model.lm_head.weight, model.lm_head.bias)
+                                Projection(*_fuse(mlp.gate_proj, mlp.up_proj), quantize),
+                                Projection(mlp.down_proj.weight, mlp.down_proj.bias, quantize)))
+        self.lm_head = Projection(model.lm_head.weight, model.lm_head.bias, quantize)
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         # LlamaRMSNorm: statistics in float32, scaled in the model dtype.
@@ -196,14 +189,15 @@ class _GPT2Decoder(FusedDecoder):
             return "cross-attention"
         return ""
 
-    def __init__(self, model):
+    def __init__(self, model, quantize: str | None = None):
         self.model = model
         body = model.transformer
         self.heads = model.config.n_head
         self.head_dim = model.config.n_embd // self.heads
-        self.layers = [(b.ln_1, _conv1d(b.attn.c_attn), _conv1d(b.attn.c_proj), b.ln_2,
-                        _conv1d(b.mlp.c_fc), b.mlp.act, _conv1d(b.mlp.c_proj)) for b in body.h]
-        self.lm_head = _Projection(model.lm_head.weight, model.lm_head.bias)
+        self.layers = [(b.ln_1, _conv1d(b.attn.c_attn, quantize),
+                        _conv1d(b.attn.c_proj, quantize), b.ln_2, _conv1d(b.mlp.c_fc, quantize),
+                        b.mlp.act, _conv1d(b.mlp.c_proj, quantize)) for b in body.h]
+        self.lm_head = Projection(model.lm_head.weight, model.lm_head.bias, quantize)
 
     def forward(self, cache, input_ids, inputs_embeds, positions, allowed, keep):
         body = self.model.transformer
@@ -222,9 +216,9 @@ class _GPT2Decoder(FusedDecoder):
         return self.lm_head(body.ln_f(self._kept(x, keep)))
 
 
-def _conv1d(conv) -> _Projection:
+def _conv1d(conv, quantize: str | None) -> Projection:
     # transformers' Conv1D stores its weight as [in, out]: a transposed view.
-    return _Projection(conv.weight.t(), conv.bias)
+    return Projection(conv.weight.t(), conv.bias, quantize)
 
 
 def _fuse(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -245,3 +239,6 @@ def _fuse(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
             offset += rows
         fused.append(whole)
     return fused[0], fused[1]
+
+
+_BUILDERS = {"llama": _LlamaDecoder, "gpt2": _GPT2Decoder}

@@ -16,9 +16,13 @@ from arbridge.engine.kv_cache import SlotKVCache
 
 
 class ModelRunner:
-    def __init__(self, model, context_length: int, fused: bool = True):
+    def __init__(self, model, context_length: int, fused: bool = True,
+                 quantize: str | None = None):
+        if quantize and not fused:
+            raise ValueError(f"{quantize} weights run only in the fused decoder")
         self.model = model
         self._want_fused = fused
+        self.quantize = quantize
         # The lean path for Llama and GPT-2 shapes (None: model.forward); made
         # by prepare(), on the thread that computes.
         self.fused: FusedDecoder | None = None
@@ -35,7 +39,10 @@ class ModelRunner:
 
     def prepare(self) -> None:
         if self._want_fused and self.fused is None:
-            self.fused = FusedDecoder.build(self.model)
+            self.fused = FusedDecoder.build(self.model, self.quantize)
+            if self.fused is None and self.quantize:
+                raise ValueError(f"{self.quantize} weights: "
+                                 f"{FusedDecoder.unsupported_reason(self.model)}")
 
     def new_cache(self, slots: int, capacity: int = 256) -> SlotKVCache:
         return SlotKVCache(self.num_layers, slots=slots, capacity=capacity,

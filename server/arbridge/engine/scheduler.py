@@ -92,8 +92,10 @@ class _Slot:
 class Scheduler:
     def __init__(self, model, tokenizer, *, context_length: int, max_active: int = 16,
                  max_queue: int = 64, prefill_chunk_tokens: int = 512, projectors=None,
-                 fused_decoder: bool = True, prefix_cache_bytes: int = 0):
-        self.runner = ModelRunner(model, context_length, fused=fused_decoder)
+                 fused_decoder: bool = True, prefix_cache_bytes: int = 0,
+                 quantize: str | None = None):
+        self.runner = ModelRunner(model, context_length, fused=fused_decoder,
+                                  quantize=quantize)
         # Prompts that start like an earlier one prefill only the rest.
         self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self.device = self.runner.device

@@ -53,6 +53,7 @@ class LoadedModel:
     model: object  # transformers PreTrainedModel
     tokenizer: object  # transformers PreTrainedTokenizerFast
     info: ModelInfo
+    quantize: str | None = None  # "int8": the engine runs int8 weight-only matmuls
 
 
 def pick_device(requested: str) -> str:
@@ -70,6 +71,8 @@ def pick_dtype(requested: str, device: str):
 
     if requested == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if requested == "int8":  # loaded in float32, quantized by the engine
+        return torch.float32
     return getattr(torch, requested)
 
 
@@ -115,14 +118,20 @@ def load_model(model: str | None, *, cache_dir: Path, device: str = "auto",
                overrides: megatron.Overrides | None = None) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from arbridge.engine.fused_decoder import FusedDecoder
+    from arbridge.engine.projections import int8_supported
+
     started = time.perf_counter()
     model_dir, source_format = resolve_model_dir(model, cache_dir, tokenizer, overrides)
     if source_format == "megatron":
         tokenizer = None  # the converted directory carries it
     device = pick_device(device)
     torch_dtype = pick_dtype(dtype, device)
+    quantize = "int8" if dtype == "int8" else None
+    if quantize and (reason := int8_supported(device)):
+        raise ModelLoadError(f"--dtype int8: {reason}")
     log.info("loading %s (%s) as %s on %s", model_dir, source_format,
-             str(torch_dtype).removeprefix("torch."), device)
+             dtype if quantize else str(torch_dtype).removeprefix("torch."), device)
     try:
         tok = AutoTokenizer.from_pretrained(tokenizer or model_dir)
     except (OSError, ValueError) as exc:
@@ -133,6 +142,9 @@ def load_model(model: str | None, *, cache_dir: Path, device: str = "auto",
         lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load a causal LM from {model_dir}: {exc}") from exc
+    if quantize and (reason := FusedDecoder.unsupported_reason(lm)):
+        raise ModelLoadError(f"--dtype int8 runs in ArBridge's fused decoder, which "
+                             f"cannot run this model: {reason}")
     lm.to(device)
     lm.eval()
     lm.requires_grad_(False)
@@ -149,7 +161,7 @@ def load_model(model: str | None, *, cache_dir: Path, device: str = "auto",
         num_layers=int(getattr(cfg, "num_hidden_layers", 0) or getattr(cfg, "n_layer", 0)),
         hidden_size=int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "n_embd", 0)),
         vocab_size=int(cfg.vocab_size),
-        dtype=str(torch_dtype).removeprefix("torch."),
+        dtype=quantize or str(torch_dtype).removeprefix("torch."),
         device=device,
         has_chat_template=bool(getattr(tok, "chat_template", None)),
     )
@@ -158,4 +170,4 @@ def load_model(model: str | None, *, cache_dir: Path, device: str = "auto",
         info.features.append("chat_template")
     log.info("model ready: %s, %.1fM parameters, context %d, in %.1f s", info.architecture,
              info.parameter_count / 1e6, info.context_length, time.perf_counter() - started)
-    return LoadedModel(model=lm, tokenizer=tok, info=info)
+    return LoadedModel(model=lm, tokenizer=tok, info=info, quantize=quantize)

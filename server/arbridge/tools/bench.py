@@ -222,7 +222,8 @@ async def _arbridge_part(settings: Settings, lm: LoadedModel, prompt_ids, cfg,
 
     scheduler = Scheduler(lm.model, lm.tokenizer, context_length=lm.info.context_length,
                           max_active=max(levels), max_queue=1024,
-                          prefill_chunk_tokens=settings.prefill_chunk_tokens)
+                          prefill_chunk_tokens=settings.prefill_chunk_tokens,
+                          quantize=lm.quantize)
     scheduler.start()
     try:
         # The baselines run on the scheduler's thread too: every contender
@@ -254,7 +255,8 @@ def _engine_variant(scheduler, fused: bool, prefix_cache_bytes: int) -> None:
     from arbridge.engine.prefix_cache import PrefixCache
 
     runner = scheduler.runner
-    runner.fused = (runner.fused or FusedDecoder.build(runner.model)) if fused else None
+    runner.fused = (runner.fused or FusedDecoder.build(runner.model, runner.quantize)) \
+        if fused else None
     scheduler.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes else None
 
 

@@ -1,0 +1,169 @@
+"""The fused decoder's matmuls: y = x W^T + b in the layout that is fastest here.
+
+A decode step on a CPU is mostly weight reads, and which kernel reads them
+fastest depends on the CPU, not on the model: MKL's plain GEMM, oneDNN with the
+weight pre-packed in its blocked layout (bfloat16 re-lays it out on every call
+otherwise), or int8 weights (`--dtype int8`, torch's own weight-only kernel).
+Measured, not assumed: on an AVX-512 Xeon a float32 single row is fastest
+plain and eight rows packed; other CPUs differ (MKL on AMD, AVX2-only oneDNN).
+So `tune` times a whole step of every projection with each layout, once for a
+single row and once for a batch, and keeps the faster per case.
+
+int8 is weight-only: each output channel has one scale (symmetric, the scale
+rounded to bfloat16 first so the stored weight is exactly q x scale), the
+activations enter the kernel as bfloat16 (its fast path; float32 inputs run
+about ten times slower), accumulation is float32, and the result returns in
+the model's dtype.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+ONE_ROW, MANY_ROWS = "1 row", "8 rows"
+PROMPT_ROWS = 16  # more rows than this in one matmul: a prompt being read
+
+
+class Projection:
+    """One linear layer of the fused decoder; W is [out, in]."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None,
+                 quantize: str | None = None):
+        self.out_features, self.in_features = weight.shape
+        self.bias = bias
+        self.dtype = weight.dtype
+        self.kernels: dict[str, callable] = {}
+        if quantize == "int8":
+            self.int8, self.scales = quantize_int8(weight)
+            self.kernels["int8"] = self._int8
+            self.weight = None  # the float copy stays the model's own, not ours
+        else:
+            self.weight = weight
+            self.kernels["plain"] = self._plain
+            self.packed = _pack(weight)
+            if self.packed is not None:
+                self.kernels["packed"] = self._packed
+        # What runs a single row and what runs a decode batch (set by `tune`),
+        # and what runs a prompt's many rows.
+        first = next(iter(self.kernels))
+        self.one_row = self.many_rows = self.prompt_rows = self.kernels[first]
+        if "packed" in self.kernels:  # the measured default until tuned
+            self.many_rows = self.prompt_rows = self.kernels["packed"]
+            if weight.dtype != torch.float32:
+                self.one_row = self.kernels["packed"]
+        if quantize == "int8":
+            # The int8 kernel slows down past ~16 rows (measured: 32 rows cost
+            # 17x 8 rows); for a prompt, one dequantized copy serves every row.
+            self.prompt_rows = self._int8_dequantized
+
+    @property
+    def weight_bytes(self) -> int:
+        if self.weight is None:
+            return self.int8.numel() + self.scales.numel() * self.scales.element_size()
+        return self.weight.numel() * self.weight.element_size()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1]
+        if rows == 1:
+            return self.one_row(x)
+        return self.many_rows(x) if rows <= PROMPT_ROWS else self.prompt_rows(x)
+
+    def _plain(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+    def _packed(self, x):
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+    def _int8(self, x):
+        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        y = torch._weight_int8pack_mm(flat, self.int8, self.scales).to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.view(*x.shape[:-1], self.out_features)
+
+    def _int8_dequantized(self, x):
+        # The int8 kernel's arithmetic (bfloat16 inputs, float32 sums, a bfloat16
+        # result) on an exact float32 copy, so a prompt read in one chunk or
+        # many, alone or batched, gives the same numbers to float32 rounding.
+        weight = self.int8.float() * self.scales.float()[:, None]
+        y = F.linear(x.to(torch.bfloat16).float(), weight).to(torch.bfloat16).to(x.dtype)
+        return y if self.bias is None else y + self.bias
+
+
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8: (q [out, in] int8, scales [out] bfloat16)."""
+    w = weight.detach().float()
+    scales = (w.abs().amax(dim=1) / 127).clamp(min=1e-12).to(torch.bfloat16)
+    q = torch.round(w / scales.float()[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q.contiguous(), scales
+
+
+def int8_supported(device: torch.device | str) -> str:
+    """Why int8 weight-only decoding cannot run on `device` ('' if it can)."""
+    if torch.device(device).type != "cpu":
+        return "int8 weight-only decoding runs on the CPU; on a GPU use bfloat16"
+    if not hasattr(torch, "_weight_int8pack_mm"):
+        return "this torch has no int8 weight-only kernel (torch._weight_int8pack_mm)"
+    return ""
+
+
+def _pack(weight: torch.Tensor) -> torch.Tensor | None:
+    if weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.bfloat16) \
+            or not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        # Packed for batches of about 8 rows: measured on par with other hints
+        # at 1 and 32 rows.
+        return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), 8)
+    except (RuntimeError, AttributeError) as exc:  # a torch or CPU without this path
+        log.info("fused decoder: weights not packed (%s)", str(exc).splitlines()[0])
+        return None
+
+
+def tune(projections: list[Projection], budget_s: float = 3.0) -> dict[str, dict[str, float]]:
+    """Pick each case's kernel by timing every projection in turn (one decode
+    step's weight reads, cold as in serving) with each candidate. Returns
+    {case: {kernel: ms per step}}; with one candidate nothing is timed."""
+    names = sorted(set.intersection(*(set(p.kernels) for p in projections)))
+    if len(names) < 2:
+        return {}
+    timings: dict[str, dict[str, float]] = {}
+    started = time.perf_counter()
+    for case, rows in ((ONE_ROW, 1), (MANY_ROWS, 8)):
+        inputs = {}
+        for p in projections:
+            inputs.setdefault(p.in_features, torch.randn(rows, p.in_features, dtype=p.dtype))
+        timings[case] = {}
+        for name in names:
+            def step(name=name):
+                for p in projections:
+                    p.kernels[name](inputs[p.in_features])
+            step()  # first call: kernel set-up
+            reps, spent = 0, 0.0
+            while reps < 2 or (reps < 5 and spent < budget_s / 8):
+                t0 = time.perf_counter()
+                step()
+                spent += time.perf_counter() - t0
+                reps += 1
+            timings[case][name] = spent / reps * 1e3
+        best = min(timings[case], key=timings[case].get)
+        for p in projections:
+            setattr(p, "one_row" if rows == 1 else "many_rows", p.kernels[best])
+        if time.perf_counter() - started > budget_s:
+            break  # a big model: the many-row case keeps its default
+    log.info("fused decoder kernels: %s", describe(timings))
+    return timings
+
+
+def describe(timings: dict[str, dict[str, float]]) -> str:
+    if not timings:
+        return "one candidate, not timed"
+    return "; ".join(f"{case}: {min(t, key=t.get)} ("
+                     + ", ".join(f"{k} {v:.1f} ms" for k, v in sorted(t.items())) + " per step)"
+                     for case, t in timings.items())

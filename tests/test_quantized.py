@@ -1,0 +1,115 @@
+"""int8 weight-only decoding (`--dtype int8`): close to float32, the same alone or batched."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from arbridge.engine.fused_decoder import FusedDecoder
+from arbridge.engine.projections import Projection, quantize_int8
+from arbridge.engine.runner import ModelRunner
+from arbridge.engine.sampling import SamplingConfig
+from arbridge.models.loader import ModelLoadError, load_model
+
+from test_batching import PROMPTS, Engine
+from test_fused_decoder import MODELS, run_passes
+from tiny_model import build_tiny_llama, slow_down
+
+# Bound on int8 logits against float32 on the tiny models, as a fraction of the
+# largest float32 logit: measured 0.4-1.2 % (per-channel int8 weights, bfloat16
+# activations into each matmul), so 3 % fails on any real arithmetic slip.
+LOGIT_BOUND = 0.03
+
+
+def test_quantize_int8_is_exact_per_channel_and_symmetric():
+    torch.manual_seed(0)
+    weight = torch.randn(40, 24) * torch.linspace(0.01, 10, 40)[:, None]
+    q, scales = quantize_int8(weight)
+    assert q.dtype == torch.int8 and scales.dtype == torch.bfloat16
+    assert q.abs().amax(dim=1).min() >= 126  # every row uses its whole range
+    restored = q.float() * scales.float()[:, None]
+    # Rounding to the nearest step: at most half a step off per element.
+    assert ((restored - weight).abs() <= scales.float()[:, None] / 2 + 1e-6).all()
+
+
+@pytest.mark.parametrize("name", ["llama", "llama-mha-biases", "gpt2"])
+def test_int8_logits_stay_close_to_float32(name):
+    model = MODELS[name]()
+    with torch.inference_mode():
+        expected = run_passes(ModelRunner(model, context_length=128, fused=False))
+        runner = ModelRunner(model, context_length=128, quantize="int8")
+        runner.prepare()
+        got = run_passes(runner)
+    projections = runner.fused.projections()
+    assert all(p.weight is None and p.int8.dtype == torch.int8 for p in projections)
+    for a, b in zip(got, expected, strict=True):
+        assert a.dtype == torch.float32
+        error = (a - b).abs().max() / b.abs().max()
+        assert 0 < error < LOGIT_BOUND, error  # quantized (not float32), and close
+        # The ranking the sampler sees: the float32 top token is int8's top 3.
+        top3 = a.topk(3, dim=-1).indices
+        agree = (top3 == b.argmax(-1, keepdim=True)).any(-1).float().mean()
+        assert agree >= 0.9, agree
+
+
+def test_int8_prompt_and_decode_kernels_agree():
+    """A prompt's many rows take a dequantized copy, decode rows the int8
+    kernel: the same arithmetic, so a row's result does not depend on which."""
+    torch.manual_seed(0)
+    weight, bias = torch.randn(48, 32), torch.randn(48)
+    proj = Projection(weight, bias, quantize="int8")
+    x = torch.randn(40, 32)
+    by_prompt_path = proj(x)  # 40 rows: the dequantized copy
+    by_decode_path = torch.cat([proj(x[i:i + 1]) for i in range(40)])  # the int8 kernel
+    torch.testing.assert_close(by_prompt_path, by_decode_path, rtol=1e-2, atol=1e-2)
+    assert (by_prompt_path == by_decode_path).float().mean() > 0.95
+
+
+def test_int8_needs_a_model_the_fused_decoder_runs():
+    from test_fused_decoder import tiny_llama
+
+    model = tiny_llama(hidden_act="gelu")
+    assert "activation" in FusedDecoder.unsupported_reason(model)
+    runner = ModelRunner(model, context_length=128, quantize="int8")
+    with pytest.raises(ValueError, match="int8 weights: activation"):
+        runner.prepare()
+    with pytest.raises(ValueError, match="only in the fused decoder"):
+        ModelRunner(model, context_length=128, fused=False, quantize="int8")
+
+
+def test_int8_refused_on_a_gpu_and_with_the_models_own_forward():
+    from arbridge.config import load_settings
+    from arbridge.engine.projections import int8_supported
+
+    assert int8_supported("cpu") == ""
+    assert "runs on the CPU; on a GPU use bfloat16" in int8_supported("cuda:0")
+    with pytest.raises(ValueError, match="dtype int8 needs fused_decoder = true"):
+        load_settings(None, dtype="int8", fused_decoder=False)
+
+
+@pytest.fixture(scope="module")
+def int8_llama(tmp_path_factory):
+    path = build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+    lm = load_model(str(path), cache_dir=tmp_path_factory.mktemp("cache"), dtype="int8")
+    assert lm.quantize == "int8" and lm.info.dtype == "int8"
+    lm.fused_decoder = True
+    return lm
+
+
+async def test_int8_batched_greedy_equals_each_alone(int8_llama):
+    cfg = SamplingConfig(max_new_tokens=20)
+    with Engine(int8_llama, quantize="int8") as eng:
+        alone = [await eng.run(p, cfg) for p in PROMPTS]
+    assert max(eng.batch_sizes) == 1
+    undo = slow_down(int8_llama.model, 0.005)  # all six admitted before the first ends
+    try:
+        with Engine(int8_llama, quantize="int8", max_active=8,
+                    prefill_chunk_tokens=16) as eng:
+            together = await asyncio.gather(*(eng.run(p, cfg) for p in PROMPTS))
+    finally:
+        undo()
+    assert max(eng.batch_sizes) >= 4  # really decoded in one batch
+    assert eng.scheduler.runner.fused.lm_head.weight is None  # and really in int8
+    assert together == alone
