@@ -6,15 +6,15 @@ import asyncio
 
 import pytest
 import torch
+from test_batching import PROMPTS, Engine
+from test_fused_decoder import MODELS, run_passes
 
 from arbridge.engine.fused_decoder import FusedDecoder
 from arbridge.engine.projections import Projection, quantize_int8
 from arbridge.engine.runner import ModelRunner
 from arbridge.engine.sampling import SamplingConfig
-from arbridge.models.loader import ModelLoadError, load_model
+from arbridge.models.loader import load_model
 
-from test_batching import PROMPTS, Engine
-from test_fused_decoder import MODELS, run_passes
 from tiny_model import build_tiny_llama, slow_down
 
 # Bound on int8 logits against float32 on the tiny models, as a fraction of the

@@ -141,7 +141,7 @@ def tune(projections: list[Projection], budget_s: float = 3.0) -> dict[str, dict
             inputs.setdefault(p.in_features, torch.randn(rows, p.in_features, dtype=p.dtype))
         timings[case] = {}
         for name in names:
-            def step(name=name):
+            def step(name=name, inputs=inputs):
                 for p in projections:
                     p.kernels[name](inputs[p.in_features])
             step()  # first call: kernel set-up
