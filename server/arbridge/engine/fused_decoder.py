@@ -144,6 +144,10 @@ class _LlamaDecoder(FusedDecoder):
         self.lm_head = Projection(model.lm_head.weight, model.lm_head.bias, quantize)
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:
+            # One fused kernel instead of eight ops (the same float32 numbers):
+            # at batch 1 the ops, not the arithmetic, cost the time.
+            return F.rms_norm(x, weight.shape, weight, self.eps)
         # LlamaRMSNorm: statistics in float32, scaled in the model dtype.
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -158,12 +162,16 @@ class _LlamaDecoder(FusedDecoder):
         freqs = positions[..., None].float() * self.inv_freq.float()
         cos = (freqs.cos() * self.rope_scale).to(x.dtype)[:, :, None, :]
         sin = (freqs.sin() * self.rope_scale).to(x.dtype)[:, :, None, :]
+        # transformers' q*cos + rotate_half(q)*sin, with rotate_half(q) = [-q2, q1]
+        # as roll(q) = [q2, q1] times [-sin, sin]: the same numbers, 4 ops, not 9.
+        cos, sin = torch.cat((cos, cos), -1), torch.cat((-sin, sin), -1)
+        half = dim // 2
         mask = None if allowed is None else allowed[:, None]  # None: attend to all
         for index, (norm1, qkv, out, norm2, gate_up, down) in enumerate(self.layers):
             fused = qkv(self._norm(x, norm1)).view(batch, q_len, heads + 2 * kv_heads, dim)
-            # Rotate queries and keys together (transformers' rotate_half form).
-            first, second = fused[:, :, :heads + kv_heads].chunk(2, dim=-1)
-            rotated = torch.cat((first * cos - second * sin, second * cos + first * sin), -1)
+            # Rotate queries and keys together.
+            turning = fused[:, :, :heads + kv_heads]
+            rotated = turning * cos + turning.roll(half, -1) * sin
             query = rotated[:, :, :heads].transpose(1, 2)
             key = rotated[:, :, heads:].transpose(1, 2)
             value = fused[:, :, heads + kv_heads:].transpose(1, 2)

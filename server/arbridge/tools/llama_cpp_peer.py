@@ -91,6 +91,9 @@ class LlamaServer:
             [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(self.port),
              "-t", str(threads), "-tb", str(threads), "-np", str(slots),
              "-c", str(context * slots), "--cont-batching", "--no-webui"],
+            # Its libraries lie beside it; the build's RUNPATH names the staging
+            # directory the tree was built in before it was published.
+            env={**os.environ, "LD_LIBRARY_PATH": str(binary.parent)},
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     async def ready(self, timeout_s: float = 120.0) -> None:
