@@ -119,6 +119,8 @@ bench: setup
 # baseline, on seeded scenes (held-out split reported apart; a few minutes).
 eval: setup
 	$(ARB) eval
+	$(ARB) eval --dtype int8
+	$(ARB) perplexity --dtype bfloat16,int8
 
 # Multimodal fusion, measured: a projector trained on all-MiniLM-L6-v2 scene
 # vectors vs the same projector untrained, on held-out scenes (~8 min on 2 cores).

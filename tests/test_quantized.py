@@ -10,7 +10,7 @@ from test_batching import PROMPTS, Engine
 from test_fused_decoder import MODELS, run_passes
 
 from arbridge.engine.fused_decoder import FusedDecoder
-from arbridge.engine.projections import Projection, quantize_int8
+from arbridge.engine.projections import PROMPT_ROWS, Projection, quantize_int8
 from arbridge.engine.runner import ModelRunner
 from arbridge.engine.sampling import SamplingConfig
 from arbridge.models.loader import load_model
@@ -60,9 +60,10 @@ def test_int8_prompt_and_decode_kernels_agree():
     torch.manual_seed(0)
     weight, bias = torch.randn(48, 32), torch.randn(48)
     proj = Projection(weight, bias, quantize="int8")
-    x = torch.randn(40, 32)
-    by_prompt_path = proj(x)  # 40 rows: the dequantized copy
-    by_decode_path = torch.cat([proj(x[i:i + 1]) for i in range(40)])  # the int8 kernel
+    rows = PROMPT_ROWS + 4
+    x = torch.randn(rows, 32)
+    by_prompt_path = proj(x)  # the dequantized copy
+    by_decode_path = torch.cat([proj(x[i:i + 1]) for i in range(rows)])  # the int8 kernel
     torch.testing.assert_close(by_prompt_path, by_decode_path, rtol=1e-2, atol=1e-2)
     assert (by_prompt_path == by_decode_path).float().mean() > 0.95
 
@@ -113,3 +114,17 @@ async def test_int8_batched_greedy_equals_each_alone(int8_llama):
     assert max(eng.batch_sizes) >= 4  # really decoded in one batch
     assert eng.scheduler.runner.fused.lm_head.weight is None  # and really in int8
     assert together == alone
+
+
+def test_perplexity_of_the_fixed_text_under_int8_stays_near_float32(tmp_path):
+    from arbridge.tools.perplexity import perplexity
+
+    path = build_tiny_llama(tmp_path / "tiny-llama")
+    text = " ".join(PROMPTS[:2] + PROMPTS[3:])
+    scores = {}
+    for dtype in ("float32", "int8"):
+        lm = load_model(str(path), cache_dir=tmp_path / "cache", dtype=dtype)
+        scores[dtype], tokens = perplexity(lm, text)
+    assert tokens > 20
+    assert scores["float32"] > 1 and scores["int8"] != scores["float32"]
+    assert abs(scores["int8"] / scores["float32"] - 1) < 0.05, scores

@@ -137,6 +137,19 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_perplexity(args) -> int:
+    """Perplexity of a fixed text, float32 against the dtypes asked (not a test)."""
+    from arbridge.config import load_settings
+    from arbridge.tools.perplexity import compare, format_report
+
+    settings = load_settings(None, model=args.model, log_level="WARNING")
+    _setup_logging(settings.log_level)
+    rows = compare(settings, args.dtype.split(","))
+    print(format_report(rows, "arbridge perplexity " + " ".join(sys.argv[2:]),
+                        settings.model or "SmolLM2-135M-Instruct"))
+    return 0
+
+
 def cmd_train_projector(args) -> int:
     """Train a projector (feature vector -> soft prompt) against the frozen model."""
     from arbridge.config import load_settings
@@ -416,6 +429,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip llama.cpp's llama-server (built from the llama-cpp-python "
                         "sdist into the cache on first use: minutes)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("perplexity",
+                       help="perplexity of a fixed text, float32 vs other dtypes (not a test)")
+    p.add_argument("--model", help="default: SmolLM2-135M-Instruct")
+    p.add_argument("--dtype", default="bfloat16,int8",
+                   help="comma-separated dtypes scored beside float32")
+    p.set_defaults(func=cmd_perplexity)
 
     p = sub.add_parser("eval", help="caption/dialogue quality vs a plain prompt (not a test)")
     p.add_argument("--model", help="default: SmolLM2-135M-Instruct")

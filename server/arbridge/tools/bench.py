@@ -452,8 +452,9 @@ LLAMA_CPP_TYPES = {"float32": "f32", "bfloat16": "bf16", "int8": "q8_0"}
 def read_bandwidth_gbs(threads: int, gib: float = 1.0, reps: int = 5) -> float:
     """This machine's memory read bandwidth as torch sees it: the best of
     `reps` sums over a buffer far larger than any cache, on `threads` threads.
-    In a child process: touching a GiB here left this process's decode steps
-    twice as slow afterwards (measured, int8 ITL 27 -> 57 ms)."""
+    In a child process: torch work on this thread starts a second OpenMP team
+    beside the scheduler's, and the two slow each other down (measured: int8
+    ITL 27 -> 57 ms for the rest of the run)."""
     script = ("import sys, time, torch\n"
               "torch.set_num_threads(int(sys.argv[1]))\n"
               "b = torch.ones(int(float(sys.argv[2]) * (1 << 30)) // 4)\n"
