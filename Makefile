@@ -112,6 +112,7 @@ bench: setup
 	$(PY) -m pip install --quiet -e '.[dev,bench]' $(TORCH)
 	$(ARB) bench --dtype float32
 	$(ARB) bench --dtype bfloat16
+	$(ARB) bench --dtype int8
 	$(ARB) resume-bench --dtype float32
 	$(ARB) grammar-bench --dtype float32
 
