@@ -120,7 +120,7 @@ bench: setup
 # baseline, on seeded scenes (held-out split reported apart; a few minutes).
 eval: setup
 	$(ARB) eval
-	$(ARB) eval --dtype int8
+	$(ARB) eval --dtype int8 --out bench/results/eval-int8.json
 	$(ARB) perplexity --dtype bfloat16,int8
 
 # Multimodal fusion, measured: a projector trained on all-MiniLM-L6-v2 scene

@@ -88,12 +88,31 @@ def test_int8_refused_on_a_gpu_and_with_the_models_own_forward():
     assert "runs on the CPU; on a GPU use bfloat16" in int8_supported("cuda:0")
     with pytest.raises(ValueError, match="dtype int8 needs fused_decoder = true"):
         load_settings(None, dtype="int8", fused_decoder=False)
+    with pytest.raises(ValueError, match="dtype int8 runs on the CPU, not device 'cuda'"):
+        load_settings(None, dtype="int8", device="cuda")
+
+
+def test_an_engine_that_cannot_start_says_why_instead_of_hanging():
+    from test_fused_decoder import tiny_llama
+
+    from arbridge.engine.scheduler import Scheduler
+
+    model = tiny_llama(hidden_act="gelu")
+    scheduler = Scheduler(model, None, context_length=128, quantize="int8")
+    scheduler.start()
+    try:
+        assert scheduler.ready.wait(30)
+        assert isinstance(scheduler.start_error, ValueError)
+        assert "int8 weights: activation gelu" in str(scheduler.start_error)
+    finally:
+        scheduler.stop()
 
 
 @pytest.fixture(scope="module")
 def int8_llama(tmp_path_factory):
     path = build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
-    lm = load_model(str(path), cache_dir=tmp_path_factory.mktemp("cache"), dtype="int8")
+    lm = load_model(str(path), cache_dir=tmp_path_factory.mktemp("cache"), device="cpu",
+                    dtype="int8")
     assert lm.quantize == "int8" and lm.info.dtype == "int8"
     lm.fused_decoder = True
     return lm
@@ -123,7 +142,7 @@ def test_perplexity_of_the_fixed_text_under_int8_stays_near_float32(tmp_path):
     text = " ".join(PROMPTS[:2] + PROMPTS[3:])
     scores = {}
     for dtype in ("float32", "int8"):
-        lm = load_model(str(path), cache_dir=tmp_path / "cache", dtype=dtype)
+        lm = load_model(str(path), cache_dir=tmp_path / "cache", device="cpu", dtype=dtype)
         scores[dtype], tokens = perplexity(lm, text)
     assert tokens > 20
     assert scores["float32"] > 1 and scores["int8"] != scores["float32"]

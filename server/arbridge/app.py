@@ -218,6 +218,8 @@ class ArBridgeServer:
         # SERVING only once the engine is warm: the first request must not
         # wait for weight packing and cache allocation.
         await asyncio.to_thread(self.scheduler.ready.wait)
+        if self.scheduler.start_error is not None:  # ends the start, like a bad model
+            raise self.scheduler.start_error
         return LocalBackend(self.scheduler, preloaded.tokenizer, preloaded.info, self.metrics,
                             projectors)
 

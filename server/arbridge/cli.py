@@ -56,7 +56,8 @@ def cmd_serve(args) -> int:
     except ValidationError as exc:
         for error in exc.errors():
             where = ".".join(str(part) for part in error["loc"])
-            print(f"arbridge serve: {where}: {error['msg']}", file=sys.stderr)
+            print(f"arbridge serve: {where + ': ' if where else ''}{error['msg']}",
+                  file=sys.stderr)
         return 2
     _setup_logging(settings.log_level, settings.log_format)
     if settings.torch_threads:

@@ -212,6 +212,9 @@ class Settings(EngineSettings, StreamSettings, SessionSettings, LimitSettings,
         if self.dtype == "int8" and not self.fused_decoder:
             raise ValueError("dtype int8 needs fused_decoder = true: int8 weights run only "
                              "in ArBridge's fused decoder")
+        if self.dtype == "int8" and self.device not in ("auto", "cpu"):
+            raise ValueError(f"dtype int8 runs on the CPU, not device {self.device!r}; "
+                             "on a GPU use bfloat16")
         return self
 
     @classmethod

@@ -11,9 +11,10 @@ single row and once for a batch, and keeps the faster per case.
 
 int8 is weight-only: each output channel has one scale (symmetric, the scale
 rounded to bfloat16 first so the stored weight is exactly q x scale), the
-activations enter the kernel as bfloat16 (its fast path; float32 inputs run
-about ten times slower), accumulation is float32, and the result returns in
-the model's dtype.
+activations enter the kernel as bfloat16 (its fast path: measured, float32
+inputs run 16x slower, float16 10x), accumulation is float32, and the result returns in
+the model's dtype. Long prompt chunks take a dequantized copy (see
+PROMPT_ROWS): the same arithmetic, summed in another order.
 """
 
 from __future__ import annotations
@@ -92,8 +93,8 @@ class Projection:
 
     def _int8_dequantized(self, x):
         # The int8 kernel's arithmetic (bfloat16 inputs, float32 sums, a bfloat16
-        # result) on an exact float32 copy, so a prompt read in one chunk or
-        # many, alone or batched, gives the same numbers to float32 rounding.
+        # result) on an exact float32 copy: the sums differ only in their order,
+        # so a rare output lands one bfloat16 step away from the kernel's.
         weight = self.int8.float() * self.scales.float()[:, None]
         y = F.linear(x.to(torch.bfloat16).float(), weight).to(torch.bfloat16).to(x.dtype)
         return y if self.bias is None else y + self.bias

@@ -119,6 +119,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         # Set once the fused decoder is built and the warm-up pass has run.
         self.ready = threading.Event()
+        self.start_error: Exception | None = None  # why the engine could not start
         self._turn_seconds = 0.05  # moving average, for the retry hint
         self.on_decode_step = None  # optional callback(batch rows), on this thread
 
@@ -190,8 +191,11 @@ class Scheduler:
             try:
                 self.runner.prepare()
                 self._warm_up()
-            finally:
+            except Exception as exc:  # e.g. int8 asked of a model it cannot run
+                self.start_error = exc
                 self.ready.set()
+                return
+            self.ready.set()
             self._run()
 
     def _warm_up(self) -> None:

@@ -125,9 +125,9 @@ def load_model(model: str | None, *, cache_dir: Path, device: str = "auto",
     model_dir, source_format = resolve_model_dir(model, cache_dir, tokenizer, overrides)
     if source_format == "megatron":
         tokenizer = None  # the converted directory carries it
-    device = pick_device(device)
-    torch_dtype = pick_dtype(dtype, device)
     quantize = "int8" if dtype == "int8" else None
+    device = pick_device("cpu" if quantize and device == "auto" else device)
+    torch_dtype = pick_dtype(dtype, device)
     if quantize and (reason := int8_supported(device)):
         raise ModelLoadError(f"--dtype int8: {reason}")
     log.info("loading %s (%s) as %s on %s", model_dir, source_format,

@@ -93,7 +93,8 @@ class LlamaServer:
              "-c", str(context * slots), "--cont-batching", "--no-webui"],
             # Its libraries lie beside it; the build's RUNPATH names the staging
             # directory the tree was built in before it was published.
-            env={**os.environ, "LD_LIBRARY_PATH": str(binary.parent)},
+            env={**os.environ, "LD_LIBRARY_PATH": os.pathsep.join(
+                filter(None, [str(binary.parent), os.environ.get("LD_LIBRARY_PATH")]))},
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     async def ready(self, timeout_s: float = 120.0) -> None:

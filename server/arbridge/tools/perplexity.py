@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from arbridge.config import megatron_overrides
 from arbridge.engine.runner import ModelRunner
 from arbridge.models.loader import load_model
 
@@ -47,7 +48,9 @@ so watch your step there. The fire extinguisher is by the exit, on the right.
 def perplexity(lm, text: str = TEXT) -> tuple[float, int]:
     """(perplexity, tokens scored) of `text` under `lm`, through the engine's
     runner (the fused decoder, int8 projections when `lm` is quantized)."""
-    ids = lm.tokenizer(text).input_ids
+    # Scored in one pass: over 96 tokens, so int8 takes its prompt path (the
+    # dequantized copy, the same arithmetic as its decode kernel).
+    ids = lm.tokenizer(text).input_ids[:lm.info.context_length]
     runner = ModelRunner(lm.model, lm.info.context_length, quantize=lm.quantize)
     with torch.inference_mode():
         runner.prepare()
@@ -62,7 +65,8 @@ def compare(settings, dtypes: list[str]) -> list[tuple[str, float, int]]:
     """Perplexity of the fixed text for each dtype (float32 first, the reference)."""
     rows = []
     for dtype in dict.fromkeys(["float32", *dtypes]):
-        lm = load_model(settings.model, cache_dir=settings.cache_dir, device="cpu", dtype=dtype)
+        lm = load_model(settings.model, cache_dir=settings.cache_dir, device="cpu", dtype=dtype,
+                        tokenizer=settings.tokenizer, overrides=megatron_overrides(settings))
         rows.append((dtype, *perplexity(lm)))
         del lm
     return rows
