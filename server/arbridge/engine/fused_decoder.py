@@ -55,7 +55,7 @@ class FusedDecoder:
         return builder.unsupported(model)
 
     @staticmethod
-    def build(model, quantize: str | None = None, tune: bool = True) -> FusedDecoder | None:
+    def build(model, quantize: str | None = None) -> FusedDecoder | None:
         """The lean path for `model`, or None (with the reason logged) when it
         does not apply. `quantize="int8"`: int8 weight-only projections."""
         reason = FusedDecoder.unsupported_reason(model)
@@ -67,10 +67,10 @@ class FusedDecoder:
         with torch.inference_mode(False), torch.no_grad():
             decoder = _BUILDERS[model.config.model_type](model, quantize)
         with torch.no_grad():
-            decoder.kernel_timings = projections.tune(decoder.projections()) if tune else {}
+            decoder.kernel_timings = projections.tune(decoder.projections())
         return decoder
 
-    kernel_timings: dict = {}
+    kernel_timings: dict  # what `projections.tune` measured, set by build
 
     def projections(self) -> list[Projection]:
         """Every matmul of one decode step, in the order a step runs them."""
