@@ -7,13 +7,14 @@ import asyncio
 import grpc
 import pytest
 
-from arbridge.serving.sessions import DialogueState, SessionStore
+from arbridge.serving.sessions import Dialogue, DialogueState, SessionStore
 from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import types_pb2 as pb
 
 from conftest import collect, wait_idle
 
 FR = pb.FinishReason
+OWNER = "caller-digest"
 
 
 def ask(text, session_id="", max_new_tokens=4, **kw):
@@ -102,31 +103,51 @@ def test_store_forgets_idle_sessions_and_evicts_the_least_recent():
     now = [0.0]
     store = SessionStore(max_sessions=2, idle_seconds=60, max_bytes=1 << 20,
                          clock=lambda: now[0])
-    a = store.create(DialogueState())
-    b = store.create(DialogueState())
-    assert store.get(a.id) is a  # a is now the most recent
-    c = store.create(DialogueState())
-    assert store.get(b.id) is None and store.get(a.id) is a and store.get(c.id) is c
+    a = store.create(Dialogue(DialogueState()), OWNER)
+    b = store.create(Dialogue(DialogueState()), OWNER)
+    assert store.get(a.id, OWNER) is a  # a is now the most recent
+    c = store.create(Dialogue(DialogueState()), OWNER)
+    assert store.get(b.id, OWNER) is None and store.get(a.id, OWNER) is a
+    assert store.get(c.id, OWNER) is c
     now[0] = 61.0
-    assert store.get(a.id) is None and len(store) == 0 and store.bytes == 0
-    busy = store.create(DialogueState())
+    assert store.get(a.id, OWNER) is None and len(store) == 0 and store.bytes == 0
+    busy = store.create(Dialogue(DialogueState()), OWNER)
     busy.idle.clear()  # a reply is streaming: not forgotten however long it takes
-    idle = store.create(DialogueState())
+    idle = store.create(Dialogue(DialogueState()), OWNER)
     now[0] = 1000.0
-    assert store.get(idle.id) is None  # expired although an older busy one comes first
-    assert store.get(busy.id) is busy
+    # Expired although an older busy one comes first.
+    assert store.get(idle.id, OWNER) is None
+    assert store.get(busy.id, OWNER) is busy
 
 
 def test_store_keeps_within_its_byte_budget():
     store = SessionStore(max_sessions=100, idle_seconds=60, max_bytes=10_000)
-    first = store.create(DialogueState(system_prompt="x" * 4000))
-    second = store.create(DialogueState(system_prompt="y" * 4000))
-    third = store.create(DialogueState(system_prompt="z" * 4000))  # 12 kB > 10 kB
-    assert store.get(first.id) is None and store.get(second.id) is second
+    first = store.create(Dialogue(DialogueState(system_prompt="x" * 4000)), OWNER)
+    second = store.create(Dialogue(DialogueState(system_prompt="y" * 4000)), OWNER)
+    # 12 kB > 10 kB:
+    third = store.create(Dialogue(DialogueState(system_prompt="z" * 4000)), OWNER)
+    assert store.get(first.id, OWNER) is None and store.get(second.id, OWNER) is second
     assert store.bytes <= 10_000
     second.state.record("q" * 3000, "a" * 3000, max_turns=256)  # grows past the budget
     store.touch(second)
-    assert store.get(third.id) is None and store.get(second.id) is second
+    assert store.get(third.id, OWNER) is None and store.get(second.id, OWNER) is second
+
+
+def test_store_counts_encoded_bytes_not_characters():
+    """4-byte UTF-8 text weighs 4 bytes a character: 3 sessions of 4,000 emoji
+    (16 kB each) do not fit a 40 kB budget; of ASCII, they would."""
+    store = SessionStore(max_sessions=100, idle_seconds=60, max_bytes=40_000)
+    sessions = [store.create(Dialogue(DialogueState(system_prompt="\U0001F600" * 4000)),
+                             OWNER) for _ in range(3)]
+    assert store.get(sessions[0].id, OWNER) is None and store.bytes <= 40_000
+    assert sessions[1].size >= 16_000
+
+
+def test_a_session_is_found_only_by_its_owner():
+    store = SessionStore(max_sessions=100, idle_seconds=60, max_bytes=1 << 20)
+    mine = store.create(Dialogue(DialogueState()), "alice")
+    assert store.get(mine.id, "bob") is None and store.get(mine.id, "") is None
+    assert store.get(mine.id, "alice") is mine
 
 
 async def test_the_interrupting_turn_sees_the_reply_it_interrupted(make_server,

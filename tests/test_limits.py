@@ -40,6 +40,31 @@ async def test_feature_vector_length_limit(make_server, tiny_model_dir):
     assert err.details().startswith("scene.image_features[0].values: 9 values; at most 8")
 
 
+async def test_object_ids_and_attributes_are_limited(make_server, tiny_model_dir):
+    s = await make_server(tiny_model_dir, max_object_id_chars=16, max_object_attributes=3)
+
+    def scene(**obj):
+        return pb.SceneFeatures(objects=[pb.SceneObject(label="cup"),
+                                         pb.SceneObject(label="chair", **obj)])
+
+    cases = [(scene(id="x" * 17), "scene.objects[1].id: 17 characters; at most 16"),
+             (scene(attributes={f"k{i}": "v" for i in range(4)}),
+              "scene.objects[1].attributes: 4 attributes; at most 3")]
+    for bad, message in cases:
+        err = await status_of(s.stub.DescribeScene(spb.DescribeSceneRequest(scene=bad)))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.details() == message
+    delta = pb.SceneDelta(remove_ids=["y" * 17])
+    err = await status_of(s.stub.Ask(spb.AskRequest(
+        user_turn=spb.UserTurn(text="hi"), start=spb.ConverseStart(scene=scene(id="a")),
+        scene_delta=delta)))
+    assert err.details().startswith("scene_delta.remove_ids[0]: 17 characters")
+    ok = scene(id="x" * 16, attributes={f"k{i}": "v" for i in range(3)})
+    _, done, _ = await collect(s.stub.DescribeScene(spb.DescribeSceneRequest(
+        scene=ok, sampling=pb.SamplingParams(max_new_tokens=2))))
+    assert done[0].usage.completion_tokens >= 1
+
+
 async def test_streams_per_peer_limit(make_server, tiny_model_dir):
     s = await make_server(tiny_model_dir, step_delay=0.02, max_streams_per_peer=2)
     busy = [s.stub.Generate(gen(max_new_tokens=40)) for _ in range(2)]

@@ -233,3 +233,49 @@ async def test_undecodable_bytes_on_an_open_stream_are_invalid_argument(make_ser
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await collect(raw(iter([b"\xff\xff"])))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_an_ask_session_answers_only_the_token_that_started_it(make_server,
+                                                                     tiny_model_dir,
+                                                                     monkeypatch):
+    """B learns A's session id: B's turn is refused exactly as an unknown id is, A's
+    reply streaming meanwhile is not interrupted and A's history does not change."""
+    monkeypatch.setenv("ARBRIDGE_AUTH_TOKENS", "alpha-token,beta-token")
+    s = await make_server(tiny_model_dir, step_delay=0.02)
+    alice = (("authorization", "Bearer alpha-token"),)
+    bob = (("authorization", "Bearer beta-token"),)
+
+    def ask(text, session_id="", tokens=4, **kw):
+        return spb.AskRequest(session_id=session_id, user_turn=spb.UserTurn(
+            text=text, sampling=pb.SamplingParams(max_new_tokens=tokens)), **kw)
+
+    secret = spb.ConverseStart(history=[
+        pb.DialogueTurn(role=pb.ROLE_USER, text="The door code is 4921."),
+        pb.DialogueTurn(role=pb.ROLE_ASSISTANT, text="Noted.")])
+    _, _, events = await collect(s.stub.Ask(ask("remember it", start=secret),
+                                            metadata=alice))
+    session_id = events[0][2].session_id
+    session = s.server.servicer._sessions._sessions[session_id]
+    turns_before = len(session.state.history)
+    long_reply = s.stub.Ask(ask("tell me a story", session_id, tokens=60), metadata=alice)
+    async for _ in long_reply:  # streaming now
+        break
+
+    async def refusal(session, metadata):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await collect(s.stub.Ask(ask("what is the door code?", session),
+                                     metadata=metadata))
+        return err.value.code(), err.value.details()
+
+    unknown = await refusal("no-such-session", bob)
+    assert unknown[0] == grpc.StatusCode.NOT_FOUND
+    assert await refusal(session_id, bob) == unknown  # nothing tells them apart
+    rest = [r async for r in long_reply]
+    done = [r.completion for r in rest if r.WhichOneof("event") == "completion"]
+    assert done[0].finish_reason == pb.FINISH_REASON_LENGTH  # not INTERRUPTED by bob
+    assert len(session.state.history) == turns_before + 2  # alice's story turn only
+    assert "door code" not in "".join(t.text for t in session.state.history[-2:])
+    # The token read the way auth reads it: surrounding spaces do not make a new caller.
+    _, done, _ = await collect(s.stub.Ask(
+        ask("again", session_id), metadata=(("authorization", "Bearer  alpha-token "),)))
+    assert done[0].finish_reason == pb.FINISH_REASON_LENGTH

@@ -149,6 +149,9 @@ class LimitSettings(BaseSettings):
     max_prompt_chars: int = Field(200_000, ge=1)
     max_label_chars: int = Field(200, ge=1, description="object labels, attribute keys and "
                                                       "values, encoder names, location hint")
+    max_object_id_chars: int = Field(128, ge=1, description="a scene object's id (and "
+                                                            "the ids a scene delta names)")
+    max_object_attributes: int = Field(32, ge=0, description="attributes per scene object")
     max_turn_chars: int = Field(20_000, ge=1, description="one dialogue turn, instruction, "
                                                            "system prompt or transcript")
     max_temperature: float = Field(100.0, gt=0)

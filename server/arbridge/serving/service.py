@@ -355,8 +355,9 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         if not request.HasField("user_turn"):
             raise validation.InvalidField("user_turn", "is required")
         session = None
+        caller = caller_of(context.invocation_metadata())
         if request.session_id:
-            session = self._sessions.get(request.session_id)
+            session = self._sessions.get(request.session_id, caller)
             if session is None:
                 raise _Abort(grpc.StatusCode.NOT_FOUND,
                              "session_id: unknown or expired; start a new session with the "
@@ -386,7 +387,7 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
             return
         # Started: from here on the turn counts (a full queue changed nothing).
         if session is None:
-            session = self._sessions.create(dialogue)
+            session = self._sessions.create(dialogue, caller)
         state = session.state
         state.scene = scene
         turn_id = state.take_turn_id(request.user_turn.turn_id)

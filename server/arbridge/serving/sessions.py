@@ -3,9 +3,12 @@ sessions that keep a dialogue between Ask calls.
 
 Converse keeps a `Dialogue` for as long as its stream lives. Ask (one turn per
 call, for gRPC-Web clients) keeps one per session id in a SessionStore: bounded
-in number (least recently used go first) and forgotten after a while idle, so
-abandoned browser tabs cannot grow the server without limit. Barge-in (a new
-turn interrupting the reply in flight) is `Dialogue.begin_turn`, for both.
+in number and in encoded bytes (least recently used go first) and forgotten after
+a while idle, so abandoned browser tabs cannot grow the server without limit.
+A session belongs to the caller that started it (the bearer token's digest, as
+for resumable streams): another caller's id is as unknown as a made-up one.
+Barge-in (a new turn interrupting the reply in flight) is `Dialogue.begin_turn`,
+for both.
 """
 
 from __future__ import annotations
@@ -39,10 +42,11 @@ class DialogueState:
                              self.next_turn_id, self.revision, self.actions, self.action_mode)
 
     def byte_size(self) -> int:
-        """Roughly what it holds in memory, for the session store's budget."""
-        return (len(self.system_prompt) + self.sampling.ByteSize() +
+        """Roughly what it holds in memory, for the session store's budget: text in
+        encoded bytes (a character of an emoji-heavy transcript is 4 of them)."""
+        return (_utf8_len(self.system_prompt) + self.sampling.ByteSize() +
                 (self.scene.ByteSize() if self.scene is not None else 0) +
-                sum(len(t.text) + 8 for t in self.history) +
+                sum(_utf8_len(t.text) + 8 for t in self.history) +
                 sum(a.ByteSize() for a in self.actions))
 
     def take_turn_id(self, asked: int) -> int:
@@ -58,6 +62,11 @@ class DialogueState:
         if len(self.history) > max_turns:
             self.history = self.history[-max_turns:]
         self.revision += 1
+
+
+def _utf8_len(text: str) -> int:
+    # Lone surrogates cannot come from protobuf strings, but must not raise here.
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 class _Cancellable(Protocol):
@@ -151,10 +160,11 @@ class Heard:
 
 
 class AskSession(Dialogue):
-    def __init__(self, session_id: str, dialogue: Dialogue):
+    def __init__(self, session_id: str, owner: str, dialogue: Dialogue):
         super().__init__(dialogue.state)
         self.reply, self.idle, self._turns = dialogue.reply, dialogue.idle, dialogue._turns
         self.id = session_id
+        self.owner = owner  # the caller it belongs to (streams.caller_of)
         self.size = self.state.byte_size()
         self.last_used = 0.0
 
@@ -174,21 +184,23 @@ class SessionStore:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def create(self, dialogue: Dialogue | DialogueState) -> AskSession:
-        """Keep `dialogue` (its reply may already be streaming) under a fresh id."""
-        if isinstance(dialogue, DialogueState):
-            dialogue = Dialogue(dialogue)
-        session = AskSession(secrets.token_urlsafe(18), dialogue)
+    def create(self, dialogue: Dialogue, owner: str) -> AskSession:
+        """Keep `dialogue` (its reply may already be streaming) under a fresh id, for
+        `owner` alone."""
+        session = AskSession(secrets.token_urlsafe(18), owner, dialogue)
         self._sessions[session.id] = session
         self.bytes += session.size
         self.touch(session)
         return session
 
-    def get(self, session_id: str) -> AskSession | None:
+    def get(self, session_id: str, owner: str) -> AskSession | None:
+        """`owner`'s session `session_id`; None when there is none, it expired, or it
+        is another caller's (the answer must not tell those apart)."""
         self._expire()
         session = self._sessions.get(session_id)
-        if session is not None:
-            self.touch(session)
+        if session is None or not secrets.compare_digest(session.owner, owner):
+            return None
+        self.touch(session)
         return session
 
     def touch(self, session: AskSession) -> None:

@@ -256,6 +256,7 @@ def scene(s: pb.SceneFeatures, settings: Settings, field: str = "scene",
 
 
 def scene_object(obj: pb.SceneObject, settings: Settings, f: str) -> None:
+    _object_id(obj.id, settings, f"{f}.id")
     if not obj.label.strip():
         raise InvalidField(f"{f}.label", "must not be empty")
     if len(obj.label) > settings.max_label_chars:
@@ -267,10 +268,19 @@ def scene_object(obj: pb.SceneObject, settings: Settings, f: str) -> None:
     for axis in ("x", "y", "z"):
         if getattr(obj.extents, axis) < 0:
             raise InvalidField(f"{f}.extents.{axis}", "must be >= 0")
+    if len(obj.attributes) > settings.max_object_attributes:
+        raise InvalidField(f"{f}.attributes", f"{len(obj.attributes)} attributes; at most "
+                                              f"{settings.max_object_attributes}")
     for key, value in obj.attributes.items():
         if len(key) > settings.max_label_chars or len(value) > settings.max_label_chars:
             raise InvalidField(f"{f}.attributes[{key[:40]!r}]", "keys and values are limited "
                                f"to {settings.max_label_chars} chars")
+
+
+def _object_id(object_id: str, settings: Settings, field: str) -> None:
+    if len(object_id) > settings.max_object_id_chars:
+        raise InvalidField(field, f"{len(object_id)} characters; at most "
+                                  f"{settings.max_object_id_chars}")
 
 
 def _location_hint(hint: str, settings: Settings, field: str) -> None:
@@ -284,6 +294,7 @@ def apply_scene_delta(base: pb.SceneFeatures, delta: pb.SceneDelta, settings: Se
     present = {obj.id for obj in base.objects}
     removed = set()
     for i, object_id in enumerate(delta.remove_ids):
+        _object_id(object_id, settings, f"{field}.remove_ids[{i}]")
         if object_id not in present:
             raise InvalidField(f"{field}.remove_ids[{i}]",
                                f"no object {object_id[:80]!r} in the session's scene")
