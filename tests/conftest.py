@@ -145,13 +145,21 @@ async def collect(call):
 
 
 def start_server_process(model_dir: Path, tmp_path: Path, step_delay: float, grace: float,
-                         *extra: str, env: dict | None = None):
+                         *extra: str, env: dict | None = None, open_files: int | None = None):
     """`tests/drain_server.py` as a real process (signal handlers included), once it says
-    SERVING: (process, port, log path). Settings beyond these come from ARBRIDGE_* in env."""
+    SERVING: (process, port, log path). Settings beyond these come from ARBRIDGE_* in env;
+    `open_files` sets its open-file limit (soft and hard, as `ulimit -n` would)."""
     log = tmp_path / "server.log"
     env = dict(env or os.environ, PYTHONPATH=str(TESTS), XDG_CACHE_HOME=str(tmp_path))
+
+    def limit_files() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
     proc = subprocess.Popen([sys.executable, str(TESTS / "drain_server.py"), str(model_dir),
-                             str(step_delay), str(grace), *extra], stderr=log.open("w"), env=env)
+                             str(step_delay), str(grace), *extra], stderr=log.open("w"), env=env,
+                            preexec_fn=limit_files if open_files else None)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         text = log.read_text()

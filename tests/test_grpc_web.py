@@ -19,7 +19,7 @@ import pytest
 from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import types_pb2 as pb
 
-from conftest import collect, wait_for, wait_idle
+from conftest import collect, gen, wait_for, wait_idle
 
 SERVICE = "/arbridge.v1.ArBridgeService"
 
@@ -154,6 +154,80 @@ async def test_broken_frames_are_invalid_argument(web):
             assert frames.status == 3, frames.trailers
         reply = await client.post(url, content=b"x", headers={"content-type": "text/plain"})
         assert reply.status_code == 415
+
+
+async def raw_post(port: int, path: str, head: dict[str, str], body: bytes = b"",
+                   timeout: float = 10) -> bytes:
+    """One HTTP/1.1 POST over a bare socket (sending `body`, maybe less than declared);
+    the whole reply as the server wrote it before closing."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    lines = [f"POST {path} HTTP/1.1", "host: 127.0.0.1", "connection: close",
+             *(f"{k}: {v}" for k, v in head.items())]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+    await writer.drain()
+    try:
+        data = b""
+        while chunk := await asyncio.wait_for(reader.read(65536), timeout):
+            data += chunk
+        return data
+    finally:
+        writer.close()
+
+
+def trailers_of(reply: bytes) -> Frames:
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    if b"transfer-encoding: chunked" in head.lower():  # undo HTTP chunking
+        data, rest = b"", body
+        while rest:
+            size, _, rest = rest.partition(b"\r\n")
+            n = int(size, 16)
+            if n == 0:
+                break
+            data, rest = data + rest[:n], rest[n + 2:]
+        body = data
+    frames = Frames()
+    frames.feed(base64.b64decode(body) if b"grpc-web-text" in head else body)
+    return frames
+
+
+async def test_oversized_bodies_are_resource_exhausted_before_they_are_read(make_server,
+                                                                           tiny_model_dir):
+    """5, 9 and 64 MiB against the default 4 MiB limit, binary and text, declared or
+    chunked: always RESOURCE_EXHAUSTED with the server's own message; a declared size
+    is refused before a byte of the body is sent."""
+    s = await make_server(tiny_model_dir, grpc_web_port=0)
+    port, path = s.server.grpc_web_port, f"{SERVICE}/Generate"
+    expected = "request message larger than this server's limit of 4194304 bytes"
+    for mib in (5, 9, 64):
+        for kind, body_bytes in (("application/grpc-web+proto", lambda n: n + 5),
+                                 ("application/grpc-web-text", lambda n: (n + 5) * 4 // 3)):
+            started = time.perf_counter()
+            reply = await raw_post(port, path, {
+                "content-type": kind, "content-length": str(body_bytes(mib << 20))})
+            frames = trailers_of(reply)
+            assert frames.status == 8, (mib, kind, frames.trailers)  # RESOURCE_EXHAUSTED
+            assert frames.message.startswith(expected), frames.message
+            assert time.perf_counter() - started < 5
+    # No length declared (chunked): refused once the limit is passed while reading.
+    big = struct.pack(">BI", 0, 5 << 20) + b"x" * (5 << 20)
+    async with httpx.AsyncClient(timeout=30) as client:
+        async def chunks():
+            for i in range(0, len(big), 1 << 16):
+                yield big[i:i + (1 << 16)]
+        reply = await client.post(f"http://127.0.0.1:{port}{path}", content=chunks(),
+                                  headers={"content-type": "application/grpc-web+proto"})
+    frames = Frames()
+    frames.feed(reply.content)
+    assert frames.status == 8 and frames.message.startswith(expected), frames.trailers
+    # A frame header that claims more than the limit, in a small body.
+    reply = await raw_post(port, path, {"content-type": "application/grpc-web+proto",
+                                        "content-length": "10"},
+                           struct.pack(">BI", 0, 5 << 20) + b"xxxxx")
+    assert trailers_of(reply).status == 8
+    # Just under the limit still reaches the servicer (which judges the prompt).
+    _, frames = await call(s, "Generate", gen("x " * 100, max_new_tokens=2))
+    assert frames.status == 0, frames.trailers
 
 
 async def test_tokens_apply_over_grpc_web(make_server, tiny_model_dir, tmp_path):

@@ -158,23 +158,31 @@ class ArBridgeServer:
         return self.port
 
     async def _start_grpc_web(self, internal_port: int) -> None:
+        from arbridge.serving import web_connections
         from arbridge.serving.grpc_web import GrpcWebGateway, new_gateway_key
 
         s = self.settings
+        fd_limit = web_connections.open_file_limit()
+        cap = web_connections.connection_cap(s.grpc_web_max_connections, fd_limit)
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(web_connections.accept_error_handler(loop))
         key = new_gateway_key()
         self.interceptors.peers.gateway_key = key
         self.grpc_web = GrpcWebGateway(f"127.0.0.1:{internal_port}", gateway_key=key,
                                        cors_origins=s.grpc_web_cors_origins,
                                        max_message_bytes=s.max_message_bytes,
-                                       playground=s.grpc_web_playground)
+                                       playground=s.grpc_web_playground,
+                                       max_connections=cap,
+                                       header_timeout_s=s.grpc_web_header_timeout_s,
+                                       keepalive_s=s.grpc_web_keepalive_s)
         host = s.grpc_web_host or s.host
         self.grpc_web_port = await self.grpc_web.start(
             host, s.grpc_web_port,
             tls_cert=str(s.tls_cert) if s.tls_cert else None,
             tls_key=str(s.tls_key) if s.tls_key else None)
         scheme = "https" if s.tls_cert else "http"
-        log.info("gRPC-Web on %s://%s:%d (unary and server-streaming methods)",
-                 scheme, host, self.grpc_web_port)
+        log.info("gRPC-Web on %s://%s:%d (unary and server-streaming methods; at most %d "
+                 "connections, open files %d)", scheme, host, self.grpc_web_port, cap, fd_limit)
         if s.grpc_web_playground:
             shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
             log.info("playground: %s://%s:%d/", scheme, shown, self.grpc_web_port)

@@ -119,6 +119,15 @@ class GrpcWebSettings(BaseSettings):
         description="browser origins allowed to call gRPC-Web ('*' = any; [] = no CORS)")
     grpc_web_playground: bool = Field(
         True, description="serve the browser playground at / of the gRPC-Web port")
+    grpc_web_max_connections: int | None = Field(
+        None, ge=1, description="open gRPC-Web connections; past it a new one gets 503 and "
+                                "is closed (unset = half the open-file limit, at most 4096)")
+    grpc_web_header_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="a request's head must arrive whole within this "
+                                         "long of its connection opening or of the previous "
+                                         "response (slowloris); else 408 and closed")
+    grpc_web_keepalive_s: float = Field(
+        5.0, gt=0, le=3600, description="an idle kept-alive gRPC-Web connection is closed")
 
 
 class ObservabilitySettings(BaseSettings):

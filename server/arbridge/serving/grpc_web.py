@@ -37,6 +37,7 @@ import uvicorn
 from grpc_health.v1 import health_pb2
 
 from arbridge.serving.interceptors import FORWARDED_PEER_HEADER, GATEWAY_KEY_HEADER
+from arbridge.serving.web_connections import LimitedH11Protocol
 from arbridge.v1 import service_pb2
 
 log = logging.getLogger(__name__)
@@ -132,8 +133,13 @@ class GrpcWebGateway:
     """ASGI app: gRPC-Web in, native gRPC to `target` out."""
 
     def __init__(self, target: str, *, gateway_key: str, cors_origins: list[str],
-                 max_message_bytes: int, playground: bool = False):
+                 max_message_bytes: int, playground: bool = False,
+                 max_connections: int = 512, header_timeout_s: float = 10.0,
+                 keepalive_s: float = 5.0):
         self.target = target
+        self.max_connections = max_connections
+        self.header_timeout_s = header_timeout_s
+        self.keepalive_s = keepalive_s
         self.playground = playground
         self.gateway_key = gateway_key
         self.cors_origins = cors_origins
@@ -163,8 +169,12 @@ class GrpcWebGateway:
                 from exc
         # proxy_headers off: X-Forwarded-For must not pick the address that
         # the per-client stream limit counts.
+        # The connection limits (web_connections.py); h11's 16 KiB bound on a
+        # request head stays as it is.
+        protocol = LimitedH11Protocol.limits(self.max_connections, self.header_timeout_s)
         config = uvicorn.Config(self, lifespan="off", access_log=False, log_level="warning",
-                                ssl_certfile=tls_cert, ssl_keyfile=tls_key,
+                                ssl_certfile=tls_cert, ssl_keyfile=tls_key, http=protocol,
+                                timeout_keep_alive=self.keepalive_s,
                                 proxy_headers=False, timeout_graceful_shutdown=1)
         self._server = _NoSignalsServer(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
@@ -214,11 +224,19 @@ class GrpcWebGateway:
             await reply.finish(grpc.StatusCode.UNIMPLEMENTED, why)
             return
         try:
+            declared = _content_length(headers.get("content-length"))
+            if declared is not None and declared > self._body_limit(reply.text):
+                raise _TooLarge(self.max_message_bytes)  # refused unread
             message = await asyncio.wait_for(self._read_message(receive, reply.text),
                                              _BODY_TIMEOUT_S)
         except asyncio.TimeoutError:
             await reply.finish(grpc.StatusCode.DEADLINE_EXCEEDED,
                                f"request body not received within {_BODY_TIMEOUT_S:.0f} s")
+            return
+        except _TooLarge as exc:
+            # The rest of the body is not read: the connection closes after this
+            # (web_connections.py).
+            await reply.finish(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
             return
         except ValueError as exc:
             await reply.finish(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -245,17 +263,22 @@ class GrpcWebGateway:
             (b"access-control-max-age", b"600")]})
         await send({"type": "http.response.body", "body": b""})
 
+    def _body_limit(self, text: bool) -> int:
+        """The largest body one message of max_message_bytes can arrive as: a 5-byte
+        frame header, and base64 (4 characters per 3 bytes) in text mode."""
+        framed = self.max_message_bytes + 5
+        return -(-framed // 3) * 4 if text else framed
+
     async def _read_message(self, receive, text: bool) -> bytes:
         body = bytearray()
-        # base64 makes the body 4/3 longer; 5 bytes of frame header.
-        limit = (self.max_message_bytes + 5) * 2
+        limit = self._body_limit(text)
         while True:
             event = await receive()
             if event["type"] == "http.disconnect":
                 raise ValueError("client went away")
             body += event.get("body", b"")
-            if len(body) > limit:
-                raise ValueError(f"request larger than {self.max_message_bytes} bytes")
+            if len(body) > limit:  # no Content-Length (chunked), or it lied
+                raise _TooLarge(self.max_message_bytes)
             if not event.get("more_body"):
                 break
         data = bytes(body)
@@ -269,6 +292,8 @@ class GrpcWebGateway:
         if len(data) < 5:
             raise ValueError(f"request frame cut short: {len(data)} of 5 header bytes")
         flag, length = struct.unpack(">BI", data[:5])
+        if length > self.max_message_bytes:
+            raise _TooLarge(self.max_message_bytes)
         if flag != 0:
             raise ValueError("compressed or trailer frames are not accepted in requests")
         if len(data) - 5 != length:
@@ -331,6 +356,18 @@ class GrpcWebGateway:
                 await reply.finish(grpc.StatusCode.INTERNAL, "gRPC-Web gateway error")
         finally:
             watcher.cancel()
+
+
+class _TooLarge(ValueError):
+    """A request over max_message_bytes: RESOURCE_EXHAUSTED, as on the native port."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"request message larger than this server's limit of {limit} "
+                         "bytes (max_message_bytes)")
+
+
+def _content_length(value: str | None) -> int | None:
+    return int(value) if value is not None and value.strip().isdigit() else None
 
 
 class _NoSignalsServer(uvicorn.Server):
