@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from arbridge.cli import build_parser
 from arbridge.config import Settings, load_settings
 
@@ -46,4 +48,33 @@ def test_a_bad_flag_value_names_the_setting(capsys):
 
     assert main(["serve", "--max-active", "0"]) == 2
     assert "arbridge serve: max_active: Input should be greater than or equal to 1" in \
+        capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--grpc-web-max-connections", "0", "grpc_web_max_connections: Input should be greater"),
+    ("--grpc-web-header-timeout-s", "0", "grpc_web_header_timeout_s: Input should be greater"),
+    ("--grpc-web-keepalive-s", "-1", "grpc_web_keepalive_s: Input should be greater"),
+    ("--max-object-id-chars", "0", "max_object_id_chars: Input should be greater"),
+    ("--max-object-attributes", "-1", "max_object_attributes: Input should be greater"),
+    ("--resume-detached-tokens", "-1", "resume_detached_tokens: Input should be greater"),
+    ("--compiled-grammar-mb", "0", "compiled_grammar_mb: Input should be greater"),
+])
+def test_new_limits_refuse_bad_values_at_start(capsys, flag, value, message):
+    from arbridge.cli import main
+
+    assert main(["serve", flag, value]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_connection_cap_the_open_files_cannot_hold_stops_the_start(capsys):
+    import resource
+
+    from arbridge.cli import main
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    too_many = (1 << 30) if hard == resource.RLIM_INFINITY else hard
+    assert main(["serve", "--grpc-web-port", "0", "--grpc-web-max-connections",
+                 str(too_many)]) == 2
+    assert f"grpc_web_max_connections = {too_many} needs more open files" in \
         capsys.readouterr().err

@@ -112,6 +112,12 @@ class ArBridgeServer:
         self._server: grpc.aio.Server | None = None
         self.grpc_web = None  # GrpcWebGateway when --grpc-web-port is set
         self.grpc_web_port: int | None = None
+        if settings.grpc_web_port is not None:  # ConnectionLimitError: fails fast
+            from arbridge.serving import web_connections
+
+            self.open_files = web_connections.open_file_limit()
+            self.grpc_web_connections = web_connections.connection_cap(
+                settings.grpc_web_max_connections, self.open_files)
 
     async def start(self) -> int:
         """Open the port (health NOT_SERVING). Returns the bound port."""
@@ -162,8 +168,7 @@ class ArBridgeServer:
         from arbridge.serving.grpc_web import GrpcWebGateway, new_gateway_key
 
         s = self.settings
-        fd_limit = web_connections.open_file_limit()
-        cap = web_connections.connection_cap(s.grpc_web_max_connections, fd_limit)
+        cap = self.grpc_web_connections
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(web_connections.accept_error_handler(loop))
         key = new_gateway_key()
@@ -182,7 +187,8 @@ class ArBridgeServer:
             tls_key=str(s.tls_key) if s.tls_key else None)
         scheme = "https" if s.tls_cert else "http"
         log.info("gRPC-Web on %s://%s:%d (unary and server-streaming methods; at most %d "
-                 "connections, open files %d)", scheme, host, self.grpc_web_port, cap, fd_limit)
+                 "connections, open files %d)", scheme, host, self.grpc_web_port, cap,
+                 self.open_files)
         if s.grpc_web_playground:
             shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
             log.info("playground: %s://%s:%d/", scheme, shown, self.grpc_web_port)

@@ -50,6 +50,7 @@ def cmd_serve(args) -> int:
     from arbridge.backends.openai_compat import BackendConfigError
     from arbridge.config import load_settings
     from arbridge.security import SecurityConfigError
+    from arbridge.serving.web_connections import ConnectionLimitError
 
     try:
         settings = load_settings(args.config, cli=args.settings_flags(parsed_args=args))
@@ -64,7 +65,7 @@ def cmd_serve(args) -> int:
         torch.set_num_threads(settings.torch_threads)
     try:
         server = ArBridgeServer(settings)
-    except (SecurityConfigError, BackendConfigError) as exc:
+    except (SecurityConfigError, BackendConfigError, ConnectionLimitError) as exc:
         print(f"arbridge serve: {exc}", file=sys.stderr)
         return 2
     server.run_until_stopped()  # exits the process when the drain is done

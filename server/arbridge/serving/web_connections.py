@@ -42,6 +42,10 @@ _TIMED_OUT = (b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\n"
               b"content-length: 0\r\n\r\n")
 
 
+class ConnectionLimitError(ValueError):
+    """grpc_web_max_connections cannot work with this process's open-file limit."""
+
+
 def open_file_limit(raise_soft: bool = True) -> int:
     """The process's open-file limit, first raised to the hard limit where the soft
     one is lower (as most servers do: 1024 is a shell default, not a sizing)."""
@@ -62,7 +66,7 @@ def connection_cap(configured: int | None, fd_limit: int) -> int:
     if configured is None:
         return max(1, min(4096, fd_limit // 2))
     if configured > usable:
-        raise ValueError(f"grpc_web_max_connections = {configured} needs more open files "
+        raise ConnectionLimitError(f"grpc_web_max_connections = {configured} needs more open files "
                          f"than this process may have ({fd_limit}, {RESERVED_FDS} of them "
                          f"kept for the rest of the server): lower it or raise `ulimit -n`")
     return configured
