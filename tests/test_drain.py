@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from arbridge.v1 import service_pb2 as spb
@@ -82,27 +83,64 @@ def test_sigterm_drains_in_flight_stream_refuses_new_calls_exits_0(tiny_model_di
             proc.wait()
 
 
-def test_streams_past_the_grace_period_are_cut_and_the_process_still_exits_0(tiny_model_dir,
-                                                                            tmp_path):
-    proc, port, log = start(tiny_model_dir, tmp_path, grace=0.5)
+def test_streams_past_the_grace_period_end_with_a_shutdown_completion(tiny_model_dir,
+                                                                      tmp_path):
+    """SIGTERM with long and short streams in flight and a resumable reply nobody
+    follows: short ones finish, long ones still get a Completion (SHUTDOWN, the text and
+    token count so far) instead of a cut connection, a Resume during the drain gets
+    UNAVAILABLE saying where to go, the abandoned reply is logged, and the exit is 0."""
+    proc, port, log = start(tiny_model_dir, tmp_path, grace=1.0)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = service_pb2_grpc.ArBridgeServiceStub(channel)
-            call = stub.Generate(spb.GenerateRequest(
-                prompt="The red chair", sampling=pb.SamplingParams(max_new_tokens=240)),
-                timeout=60)
-            next(call)
-            signalled = time.monotonic()
+
+            def generate(tokens: int, **kw):
+                return stub.Generate(spb.GenerateRequest(
+                    prompt="The red chair", sampling=pb.SamplingParams(max_new_tokens=tokens),
+                    **kw), timeout=60)
+
+            abandoned = generate(240, stream=pb.StreamOptions(resumable=True))
+            stream_id = next(abandoned).stream_id
+            abandoned.cancel()
+            calls = {"long-1": generate(240), "long-2": generate(240), "short": generate(5)}
+            results: dict[str, tuple[list, list]] = {}
+            started = threading.Barrier(len(calls) + 1)
+
+            def read(name, call):
+                chunks, completions = [], []
+                for i, response in enumerate(call):
+                    if i == 0:
+                        started.wait(30)
+                    if response.WhichOneof("event") == "chunk":
+                        chunks.append(response.chunk)
+                    else:
+                        completions.append(response.completion)
+                results[name] = (chunks, completions)
+
+            readers = [threading.Thread(target=read, args=item) for item in calls.items()]
+            for reader in readers:
+                reader.start()
+            started.wait(30)
             proc.send_signal(signal.SIGTERM)
-            try:
-                for _ in call:
-                    pass
-                raise AssertionError("the stream outlived the grace period")
-            except grpc.RpcError as err:
-                assert err.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
-            assert proc.wait(30) == 0
-            assert time.monotonic() - signalled < 10
-            assert "grace period over" in log.read_text()
+            time.sleep(0.3)  # the signal is handled on the server's loop
+            with pytest.raises(grpc.RpcError) as err:
+                list(stub.Resume(spb.ResumeRequest(stream_id=stream_id), timeout=5))
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "ask again on another replica" in err.value.details()
+            for reader in readers:
+                reader.join(30)
+        assert results["short"][1][0].finish_reason == pb.FINISH_REASON_LENGTH
+        for name in ("long-1", "long-2"):
+            chunks, (done,) = results[name]
+            assert done.finish_reason == pb.FINISH_REASON_SHUTDOWN, (name, done)
+            assert 0 < done.usage.completion_tokens < 240
+            assert done.text == "".join(c.text for c in chunks)
+            assert done.usage.completion_tokens == sum(len(c.token_ids) for c in chunks)
+        assert proc.wait(30) == 0
+        text = log.read_text()
+        assert "grace period over: ending" in text and "FINISH_REASON_SHUTDOWN" in text
+        assert "dropping 1 resumable reply(ies) nobody follows" in text
+        assert "cancelling" not in text  # every call ended with its Completion
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -25,6 +25,7 @@ from arbridge.backends import Backend
 from arbridge.backends.local import LocalBackend
 from arbridge.config import Settings, megatron_overrides
 from arbridge.engine.projector import ProjectorSet
+from arbridge.engine.requests import FinishReason
 from arbridge.engine.scheduler import Scheduler
 from arbridge.metrics import Metrics
 from arbridge.models.loader import LoadedModel, load_model
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["ArBridgeService"].full_name
 MAX_SEND_BYTES = 16 * 1024 * 1024
+# After the grace: how long replies get to send their SHUTDOWN Completion (the engine
+# ends them at its next turn) before the calls left are cancelled.
+SHUTDOWN_FLUSH_S = 5.0
 
 
 def server_options(s: Settings) -> list[tuple[str, int]]:
@@ -249,7 +253,17 @@ class ArBridgeServer:
         drained = await self.drain.wait_idle(grace)
         waited = time.perf_counter() - began
         if not drained:
-            log.warning("grace period over: cancelling %d call(s)", self.drain.inflight)
+            # Each reply still generating ends with a Completion (SHUTDOWN, the text so
+            # far) before the transport goes, so clients can tell a shutdown from a crash.
+            ended = self.servicer.end_replies(FinishReason.SHUTDOWN)
+            log.warning("grace period over: ending %d reply(ies) with FINISH_REASON_SHUTDOWN",
+                        ended)
+            if not await self.drain.wait_idle(SHUTDOWN_FLUSH_S):
+                log.warning("cancelling %d call(s) still open", self.drain.inflight)
+        unfollowed = self.servicer.streams.unfollowed()
+        if unfollowed:
+            log.warning("dropping %d resumable reply(ies) nobody follows: their clients "
+                        "cannot resume them on another server and must ask again", unfollowed)
         if self._server is not None:
             await self._server.stop(0.5)
         if self.grpc_web is not None:

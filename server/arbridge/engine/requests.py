@@ -28,6 +28,7 @@ class FinishReason(enum.Enum):
     INTERRUPTED = 5
     TIME_LIMIT = 6
     ERROR = 7
+    SHUTDOWN = 8  # the server stopped before the reply ended
 
 
 @dataclass

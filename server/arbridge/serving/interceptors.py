@@ -51,6 +51,9 @@ ARBRIDGE_PREFIX = "/arbridge.v1.ArBridgeService/"
 INFRA_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
                   "/grpc.reflection.v1.ServerReflection/")
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/-]{1,128}$")
+# A stream lives in one server's memory: it cannot be resumed elsewhere.
+RESUME_DRAINING = ("server is shutting down and its replies end with it: ask again on "
+                   "another replica (a Resume there finds no such stream)")
 
 
 @dataclass
@@ -198,7 +201,9 @@ class Drain(_Guarded):
         try:
             if self.draining:
                 await call.context.abort(grpc.StatusCode.UNAVAILABLE,
-                                         "server is shutting down; retry on another replica")
+                                         RESUME_DRAINING if call.method.endswith("/Resume")
+                                         else "server is shutting down; retry on another "
+                                              "replica")
             yield
         finally:
             self._inflight -= 1

@@ -183,16 +183,20 @@ class Reply:
         self.scene_version = scene_version
         self.referents = list(referents)
         self.sequences = processor.sequences
+        self.done = False  # its generation has ended (or its reader left)
 
     def cancel(self, reason: FinishReason = FinishReason.CANCELLED) -> None:
         self._generation.cancel(reason)
 
     async def __aiter__(self) -> AsyncIterator[Event]:
-        async for out in self._generation:
-            for event in self._processor.process(out, self._generation):
-                if isinstance(event, pb.Completion):
-                    if self._ground is not None:
-                        event.grounding.extend(self._ground(event.text))
-                    event.scene_version = self.scene_version
-                    event.referents.extend(self.referents)
-                yield event
+        try:
+            async for out in self._generation:
+                for event in self._processor.process(out, self._generation):
+                    if isinstance(event, pb.Completion):
+                        if self._ground is not None:
+                            event.grounding.extend(self._ground(event.text))
+                        event.scene_version = self.scene_version
+                        event.referents.extend(self.referents)
+                    yield event
+        finally:
+            self.done = True

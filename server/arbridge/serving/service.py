@@ -12,6 +12,7 @@ import contextlib
 import functools
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -144,6 +145,16 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         # from the model's threads.
         self._prompt_pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="arbridge-prompt")
+        # Every reply generating now, so a shutdown can end each with its Completion.
+        self._replies: weakref.WeakSet[Reply] = weakref.WeakSet()
+
+    def end_replies(self, reason: FinishReason) -> int:
+        """End every reply still generating with `reason` (their readers then send the
+        Completion, with the text so far); returns how many."""
+        running = [reply for reply in self._replies if not reply.done]
+        for reply in running:
+            reply.cancel(reason)
+        return len(running)
 
     def close(self) -> None:
         self.streams.close()
@@ -260,7 +271,9 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
                                     _caption_names(objects) if caption and cfg.object_rules
                                     else None, actions)
         grounder = functools.partial(ground, objects=objects) if objects is not None else None
-        return Reply(generation, processor, grounder, scene_version, list(referents))
+        reply = Reply(generation, processor, grounder, scene_version, list(referents))
+        self._replies.add(reply)
+        return reply
 
     async def _deliver(self, response_type, reply: Reply, context, options,
                        on_done=None, **fields):

@@ -148,6 +148,10 @@ class StreamStore:
     def cancel(self, stream_id: str, owner: str) -> None:
         self._drop(self.get(stream_id, owner))
 
+    def unfollowed(self) -> int:
+        """Replies kept for a client that left (they end with this server)."""
+        return sum(1 for stream in self._streams.values() if not stream.followed)
+
     def close(self) -> None:
         for stream in list(self._streams.values()):
             self._drop(stream)

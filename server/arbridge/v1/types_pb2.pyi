@@ -55,6 +55,7 @@ class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINISH_REASON_INTERRUPTED: _ClassVar[FinishReason]
     FINISH_REASON_TIME_LIMIT: _ClassVar[FinishReason]
     FINISH_REASON_ERROR: _ClassVar[FinishReason]
+    FINISH_REASON_SHUTDOWN: _ClassVar[FinishReason]
 RAY_SOURCE_UNSPECIFIED: RaySource
 RAY_SOURCE_GAZE: RaySource
 RAY_SOURCE_LEFT_HAND: RaySource
@@ -86,6 +87,7 @@ FINISH_REASON_CANCELLED: FinishReason
 FINISH_REASON_INTERRUPTED: FinishReason
 FINISH_REASON_TIME_LIMIT: FinishReason
 FINISH_REASON_ERROR: FinishReason
+FINISH_REASON_SHUTDOWN: FinishReason
 
 class Vec3(_message.Message):
     __slots__ = ("x", "y", "z")

@@ -107,13 +107,14 @@ namespace ArBridge.V1 {
             "Tl9NT0RFX0FVVE8QARIYChRBQ1RJT05fTU9ERV9SRVFVSVJFRBACEhQKEEFD",
             "VElPTl9NT0RFX05PTkUQAypQCgRSb2xlEhQKEFJPTEVfVU5TUEVDSUZJRUQQ",
             "ABINCglST0xFX1VTRVIQARISCg5ST0xFX0FTU0lTVEFOVBACEg8KC1JPTEVf",
-            "U1lTVEVNEAMq8gEKDEZpbmlzaFJlYXNvbhIdChlGSU5JU0hfUkVBU09OX1VO",
+            "U1lTVEVNEAMqjgIKDEZpbmlzaFJlYXNvbhIdChlGSU5JU0hfUkVBU09OX1VO",
             "U1BFQ0lGSUVEEAASGAoURklOSVNIX1JFQVNPTl9MRU5HVEgQARIVChFGSU5J",
             "U0hfUkVBU09OX0VPUxACEh8KG0ZJTklTSF9SRUFTT05fU1RPUF9TRVFVRU5D",
             "RRADEhsKF0ZJTklTSF9SRUFTT05fQ0FOQ0VMTEVEEAQSHQoZRklOSVNIX1JF",
             "QVNPTl9JTlRFUlJVUFRFRBAFEhwKGEZJTklTSF9SRUFTT05fVElNRV9MSU1J",
-            "VBAGEhcKE0ZJTklTSF9SRUFTT05fRVJST1IQB0IhCg9jb20uYXJicmlkZ2Uu",
-            "djFQAaoCC0FyQnJpZGdlLlYxYgZwcm90bzM="));
+            "VBAGEhcKE0ZJTklTSF9SRUFTT05fRVJST1IQBxIaChZGSU5JU0hfUkVBU09O",
+            "X1NIVVRET1dOEAhCIQoPY29tLmFyYnJpZGdlLnYxUAGqAgtBckJyaWRnZS5W",
+            "MWIGcHJvdG8z"));
       descriptor = pbr::FileDescriptor.FromGeneratedCode(descriptorData,
           new pbr::FileDescriptor[] { },
           new pbr::GeneratedClrTypeInfo(new[] {typeof(global::ArBridge.V1.RaySource), typeof(global::ArBridge.V1.ReferentMatch), typeof(global::ArBridge.V1.ParameterType), typeof(global::ArBridge.V1.ActionMode), typeof(global::ArBridge.V1.Role), typeof(global::ArBridge.V1.FinishReason), }, null, new pbr::GeneratedClrTypeInfo[] {
@@ -265,6 +266,12 @@ namespace ArBridge.V1 {
     /// The server failed while generating; see Completion.error_message.
     /// </summary>
     [pbr::OriginalName("FINISH_REASON_ERROR")] Error = 7,
+    /// <summary>
+    /// The server shut down before the reply ended (its drain grace ran out):
+    /// the text so far is in the Completion. Not a crash: ask again, on another
+    /// replica (the same server refuses new calls with UNAVAILABLE meanwhile).
+    /// </summary>
+    [pbr::OriginalName("FINISH_REASON_SHUTDOWN")] Shutdown = 8,
   }
 
   #endregion

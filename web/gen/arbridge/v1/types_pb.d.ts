@@ -1265,6 +1265,15 @@ export enum FinishReason {
    * @generated from enum value: FINISH_REASON_ERROR = 7;
    */
   ERROR = 7,
+
+  /**
+   * The server shut down before the reply ended (its drain grace ran out):
+   * the text so far is in the Completion. Not a crash: ask again, on another
+   * replica (the same server refuses new calls with UNAVAILABLE meanwhile).
+   *
+   * @generated from enum value: FINISH_REASON_SHUTDOWN = 8;
+   */
+  SHUTDOWN = 8,
 }
 
 /**
