@@ -331,6 +331,55 @@ async def test_an_ask_session_hears_the_whole_detached_reply(slow):
     assert state.history[-1].text == follower.completion().text
 
 
+@pytest.mark.parametrize("sampling", [dict(temperature=0.0), dict(temperature=1.0, seed=3)],
+                         ids=["greedy", "seeded"])
+async def test_abandoned_replies_pause_and_free_the_engine(make_server, tiny_model_dir,
+                                                           sampling):
+    """Six resumable replies abandoned after their first response, on an engine of 4
+    slots: each generates its detached share (4 tokens) and is parked, so the engine is
+    empty for a bystander; one resumed later ends exactly as an uninterrupted run."""
+    s = await make_server(tiny_model_dir, step_delay=0.02, max_active=4,
+                          resume_detached_tokens=4, resume_grace_s=30)
+    request = generate(max_new_tokens=120, **sampling)
+    followers = []
+    for _ in range(6):
+        follower, call = Follower(), s.stub.Generate(request)
+        async for response in call:
+            follower.add(response)
+            break
+        call.cancel()
+        followers.append(follower)
+    scheduler = s.server.scheduler
+    await wait_for(lambda: scheduler.parked == 6 and scheduler.load == (0, 0), 20,
+                   lambda: f"parked {scheduler.parked}, load {scheduler.load}")
+    for stream in s.server.servicer.streams._streams.values():
+        chunks = sum(1 for _, e in stream.events if isinstance(e, pb.TokenChunk))
+        assert not stream.done and chunks <= 1 + 4 + 1, chunks  # its share, not 120
+    # The bystander has the engine to itself.
+    _, done, _ = await collect(s.stub.Generate(gen_plain(max_new_tokens=4)))
+    assert done[0].usage.completion_tokens == 4
+    assert scheduler.parked == 6
+    # Resumed: the buffered part at once, then the rest, as if never paused.
+    await resume(s.target, followers[0])
+    completion = followers[0].completion()
+    assert completion.finish_reason == pb.FINISH_REASON_LENGTH
+    assert completion.usage.completion_tokens == 120
+    plain = spb.GenerateRequest()
+    plain.CopyFrom(request)
+    plain.ClearField("stream")
+    _, uninterrupted, _ = await collect(s.stub.Generate(plain))
+    assert completion.text == uninterrupted[0].text == followers[0].text()
+    assert scheduler.parked == 5
+    for follower in followers[1:]:  # cancelled while parked: they leave the engine
+        await s.stub.CancelStream(spb.CancelStreamRequest(stream_id=follower.stream_id))
+    await wait_for(lambda: scheduler.parked == 0, 5, "parked replies cancelled")
+    await wait_idle(scheduler)
+
+
+def gen_plain(**sampling) -> spb.GenerateRequest:
+    return spb.GenerateRequest(prompt="A lamp", sampling=pb.SamplingParams(**sampling))
+
+
 # -- the store on its own: memory limits ---------------------------------------------
 class FakeReply:
     """A reply of `n` chunks of `size` bytes, one per `delay_s`, then a Completion."""
@@ -342,6 +391,12 @@ class FakeReply:
 
     def cancel(self, reason=None) -> None:
         self.cancelled.set()
+
+    def pause(self) -> None:
+        pass
+
+    def resume(self) -> None:
+        pass
 
     async def __aiter__(self):
         for _ in range(self.n):

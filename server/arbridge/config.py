@@ -187,6 +187,10 @@ class StreamSettings(BaseSettings):
     resume_total_bytes: int = Field(
         64 << 20, ge=1 << 20, description="all replies' kept events; past it, unfollowed "
                                           "replies are dropped, longest unfollowed first")
+    resume_detached_tokens: int = Field(
+        32, ge=0, description="a resumable reply nobody follows generates this many more "
+                              "tokens, then pauses (no engine slot, no compute) until it is "
+                              "resumed; 0 = pause at once")
 
 
 class EngineSettings(BaseSettings):

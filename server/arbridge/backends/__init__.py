@@ -96,6 +96,13 @@ class Generation(Protocol):
     def stop_sequence(self, index: int) -> None:
         """The output processor ended this sequence (a stop string matched)."""
 
+    def pause(self) -> None:
+        """Nobody reads the outputs for now: stop generating, keep the state (a backend
+        that cannot may go on)."""
+
+    def resume(self) -> None:
+        """Go on after `pause`."""
+
     def __aiter__(self) -> AsyncIterator[Outputs]: ...
 
 

@@ -71,6 +71,12 @@ class LocalGeneration:
     def stop_sequence(self, index: int) -> None:
         self._stream.finish_sequence(index)
 
+    def pause(self) -> None:
+        self._stream.pause()
+
+    def resume(self) -> None:
+        self._stream.resume()
+
     async def __aiter__(self) -> AsyncIterator[Outputs]:
         async for step in self._stream:
             yield Outputs([Delta(index, token_id=token, logprob=logprob)

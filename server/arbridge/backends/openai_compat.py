@@ -233,6 +233,13 @@ class OpenAIGeneration:
     def stop_sequence(self, index: int) -> None:
         self._seqs[index].done = True
 
+    def pause(self) -> None:
+        """An upstream stream cannot be paused: it runs on (bounded by the resume
+        buffer's bytes and grace time)."""
+
+    def resume(self) -> None:
+        pass
+
     async def _until(self, awaitable):
         """Await the upstream, unless cancelled or the deadline comes first (_Stopped)."""
         task = asyncio.ensure_future(awaitable)

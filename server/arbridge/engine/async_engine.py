@@ -56,6 +56,12 @@ class RequestStream:
     def cancel(self, reason: FinishReason = FinishReason.CANCELLED) -> None:
         self.handle.cancel(reason)
 
+    def pause(self) -> None:
+        self.handle.pause()
+
+    def resume(self) -> None:
+        self.handle.resume()
+
     async def __aiter__(self) -> AsyncIterator[StepOutput]:
         try:
             while self._open:

@@ -66,12 +66,25 @@ class RequestHandle:
     # first `prefix_len` positions of the prompt (prompt_ids holds placeholders).
     features: list[tuple[str, list[float]]] = field(default_factory=list)
     prefix_len: int = 0
+    # Set by the servicer while nobody reads the reply (a detached resumable one): the
+    # scheduler parks it, KV and all, until it is cleared.
+    paused: bool = False
+    wake: Callable[[], None] = field(default=lambda: None, repr=False)  # the scheduler's
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def cancel(self, reason: FinishReason = FinishReason.CANCELLED) -> None:
         """Stop every sequence at the next step; the scheduler reports `reason`."""
         if self.cancel_reason is None:
             self.cancel_reason = reason
+        self.wake()  # a parked request is not stepped: the scheduler may be asleep
+
+    def pause(self) -> None:
+        """Stop generating (keeping all state) until `resume`."""
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        self.wake()
 
     def stop_sequence(self, index: int) -> None:
         """The servicer finished this sequence itself (stop string): drop it."""

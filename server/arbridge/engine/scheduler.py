@@ -16,6 +16,11 @@ turn of its loop:
 
 So a new request starts at the next turn, a finished one leaves at the next
 turn, and nobody waits for anybody else to finish.
+
+A paused request (a resumable reply nobody is reading) is parked at the start
+of a turn once all its sequences decode: its rows' KV is copied out and the rows
+freed, so it takes neither a slot nor compute; when resumed it gets rows again
+(before new requests are admitted) and goes on exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -87,6 +92,7 @@ class _Slot:
     index: int
     last_id: int = 0
     generated: list[int] = field(default_factory=list)  # the reply's tokens so far
+    parked_kv: torch.Tensor | None = None  # its KV while its request is parked
 
 
 class Scheduler:
@@ -112,6 +118,7 @@ class Scheduler:
         self._decoding: RowTable[_Slot] = RowTable(self._new_cache())
         self._to_load: list[_Request] = []  # admitted, cached prompt prefix not yet loaded
         self._active: list[_Request] = []
+        self._parked: list[_Request] = []  # paused: no rows, KV held aside
         self._waiting: collections.deque[RequestHandle] = collections.deque()
         self._calls: collections.deque = collections.deque()  # (fn, future) to run here
         self._wake = threading.Condition()
@@ -152,6 +159,7 @@ class Scheduler:
     def submit(self, handle: RequestHandle) -> None:
         if not handle.prompt_ids:
             raise ValueError("empty prompt")
+        handle.wake = self.wake
         with self._wake:
             # Requests that a free slot will take at the next turn are not
             # queued: a burst arriving between turns must not be refused
@@ -178,10 +186,19 @@ class Scheduler:
             self._wake.notify()
         return future
 
+    def wake(self) -> None:
+        """Look at the requests again (a parked one was resumed or cancelled)."""
+        with self._wake:
+            self._wake.notify()
+
     @property
     def load(self) -> tuple[int, int]:
-        """(active, waiting) request counts."""
+        """(active, waiting) request counts; parked requests are neither."""
         return len(self._active), len(self._waiting)
+
+    @property
+    def parked(self) -> int:
+        return len(self._parked)
 
     # -- the scheduler thread ------------------------------------------------------------
     def _loop(self) -> None:
@@ -218,8 +235,9 @@ class Scheduler:
         while True:
             with self._wake:
                 while (self._running and not self._active and not self._waiting
-                       and not self._calls):
-                    self._wake.wait()
+                       and not self._calls and not self._parked_due()):
+                    # Parked requests have deadlines: look again now and then.
+                    self._wake.wait(timeout=0.5 if self._parked else None)
                 if not self._running:
                     break
                 calls = list(self._calls)
@@ -232,12 +250,15 @@ class Scheduler:
                         future.set_exception(exc)
             with self._wake:
                 self._drop_cancelled_waiting()
-                while self._waiting and len(self._active) < self.max_active:
+                # Resumed replies come back before new requests take their slots.
+                returning = sum(1 for req in self._parked if not req.handle.paused)
+                while self._waiting and len(self._active) + returning < self.max_active:
                     self._admit(self._waiting.popleft())
             began = time.perf_counter()
             try:
                 self._load_cached_prefixes()
                 self._retire_leaving()
+                self._park_and_return()
                 if self._prefilling:
                     self._prefill_turn()
                 if self._decoding:
@@ -248,7 +269,7 @@ class Scheduler:
                               ", ".join(r.handle.request_id for r in self._active))
                 self._reset(f"{type(exc).__name__}: {exc}")
             self._turn_seconds = 0.9 * self._turn_seconds + 0.1 * (time.perf_counter() - began)
-        for req in list(self._active):
+        for req in list(self._active) + list(self._parked):
             self._finish(req, FinishReason.ERROR, "server shutting down")
         for handle in self._waiting:
             handle.sink(StepOutput(finished=[
@@ -264,7 +285,7 @@ class Scheduler:
             _log(req.handle, logging.WARNING, "ended with an error: %s", error)
             if open_seqs:
                 req.handle.sink(StepOutput(finished=open_seqs))
-        self._active.clear()
+        self._active.clear()  # parked requests keep their KV aside and come back as they were
         self._to_load.clear()
         self._prefilling = RowTable(self._new_cache())
         self._decoding = RowTable(self._new_cache())
@@ -319,6 +340,49 @@ class Scheduler:
                      req.prefilled, req.prompt_len)
         self._to_load.clear()
 
+    # -- parking -------------------------------------------------------------------------
+    def _parked_due(self) -> bool:
+        """A parked request wants attention: resumed, cancelled, or past its deadline."""
+        now = time.perf_counter()
+        return any(not req.handle.paused or req.handle.cancel_reason is not None or
+                   (req.handle.deadline is not None and now >= req.handle.deadline)
+                   for req in self._parked)
+
+    def _park_and_return(self) -> None:
+        """Park paused requests whose sequences all decode; end parked ones that were
+        cancelled or ran out of time; give resumed ones rows again, slots allowing."""
+        for req in list(self._active):
+            if req.handle.paused and req.slots and req not in self._prefilling:
+                self._park(req)
+        now = time.perf_counter()
+        for req in list(self._parked):
+            handle = req.handle
+            if handle.cancel_reason is not None:
+                self._finish(req, handle.cancel_reason)
+            elif handle.deadline is not None and now + self._turn_seconds >= handle.deadline:
+                self._finish(req, FinishReason.TIME_LIMIT)
+            elif not handle.paused and len(self._active) < self.max_active:
+                self._unpark(req)
+
+    def _park(self, req: _Request) -> None:
+        cache = self._decoding.cache
+        for slot in req.slots.values():
+            row = self._decoding.row_of(slot)
+            slot.parked_kv = cache.read_row(row, 0, cache.lengths[row])  # a copy
+            self._decoding.remove(row)
+        self._active.remove(req)
+        self._parked.append(req)
+        _log(req.handle, logging.DEBUG, "parked after %d tokens", req.generated)
+
+    def _unpark(self, req: _Request) -> None:
+        for slot in req.slots.values():
+            row = self._decoding.add(slot, slot.parked_kv.shape[3])
+            self._decoding.cache.write_row(row, slot.parked_kv)
+            slot.parked_kv = None
+        self._parked.remove(req)
+        self._active.append(req)
+        _log(req.handle, logging.DEBUG, "resumed after %d tokens", req.generated)
+
     # -- leaving -------------------------------------------------------------------------
     def _retire_leaving(self) -> None:
         """Free every request that ends before this turn: sequences the servicer
@@ -349,6 +413,8 @@ class Scheduler:
             self._prefilling.remove(self._prefilling.row_of(req))
         if req in self._active:
             self._active.remove(req)
+        if req in self._parked:
+            self._parked.remove(req)
         if finished:
             _log(req.handle, logging.DEBUG, "finished: %s after %d tokens", reason.name,
                  req.generated)
@@ -356,7 +422,7 @@ class Scheduler:
 
     def _drop_slot(self, req: _Request, index: int) -> None:
         slot = req.slots.pop(index, None)
-        if slot is not None:
+        if slot is not None and slot.parked_kv is None:
             self._decoding.remove(self._decoding.row_of(slot))
 
     # -- prefill ------------------------------------------------------------------------

@@ -188,6 +188,12 @@ class Reply:
     def cancel(self, reason: FinishReason = FinishReason.CANCELLED) -> None:
         self._generation.cancel(reason)
 
+    def pause(self) -> None:
+        self._generation.pause()
+
+    def resume(self) -> None:
+        self._generation.resume()
+
     async def __aiter__(self) -> AsyncIterator[Event]:
         try:
             async for out in self._generation:

@@ -134,7 +134,8 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
         self._sessions = SessionStore(settings.max_ask_sessions, settings.ask_session_idle_s,
                                       settings.max_ask_session_bytes)
         self.streams = StreamStore(settings.resume_grace_s, settings.resume_stream_bytes,
-                                   settings.resume_total_bytes, settings.max_streams_per_peer)
+                                   settings.resume_total_bytes, settings.max_streams_per_peer,
+                                   settings.resume_detached_tokens)
         # context -> the client's address as the stream limits see it (set by the app,
         # which knows the gRPC-Web gateway's forwarding); the peer gRPC reports without.
         self.peer_of: Callable[[object], str] = lambda context: context.peer() or ""

@@ -7,8 +7,11 @@ it, and later any `Resume(stream_id, after_seq)`, follow that buffer: the events
 after `after_seq` at once, then the rest as they come, each once and in order.
 
 When the last follower goes (the connection dropped, or the call was cancelled:
-the transport reports both the same way), the reply keeps generating for
-`resume_grace_s`, and then, if nobody came back, it is cancelled and forgotten.
+the transport reports both the same way), the reply generates
+`resume_detached_tokens` more tokens (so a client that comes back soon gets them
+at once) and is then paused in the engine, which parks it: a reply nobody reads
+holds no slot and costs no compute. A follower coming back resumes it. If nobody
+comes back within `resume_grace_s`, it is cancelled and forgotten.
 A finished reply is kept the same grace time, so a client cut off just before its
 Completion still gets it. `CancelStream` ends a reply at once.
 
@@ -77,6 +80,8 @@ class ResumableStream:
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _expiry: asyncio.TimerHandle | None = None
     _taken_over: int = 0  # bumped when a new follower takes over from an old one
+    detached_tokens: int = 0  # generated since its last follower left
+    paused: bool = False  # asked to pause: nobody follows and it generated its share
 
     def _append(self, event: Event) -> None:
         self.events.append((len(self.events) + 1, event))
@@ -105,8 +110,9 @@ class ResumableStream:
 
 class StreamStore:
     def __init__(self, grace_s: float, stream_bytes: int, total_bytes: int,
-                 unfollowed_per_peer: int = 16):
+                 unfollowed_per_peer: int = 16, detached_tokens: int = 32):
         self.grace_s = grace_s
+        self.detached_tokens = detached_tokens
         self.stream_bytes = stream_bytes
         self.total_bytes = total_bytes
         # A client that opens and drops resumable replies in a loop must not hold the
@@ -166,6 +172,9 @@ class StreamStore:
         if stream._expiry is not None:
             stream._expiry.cancel()
             stream._expiry = None
+        if stream.paused:
+            stream.paused = False
+            stream.reply.resume()
         try:
             async for item in stream.follow(after_seq, mine):
                 yield item
@@ -181,14 +190,25 @@ class StreamStore:
 
     def _unfollowed(self, stream: ResumableStream) -> None:
         stream.left_at = time.monotonic()
+        stream.detached_tokens = 0
+        self._pause_if_detached(stream)
         stream._expiry = asyncio.get_running_loop().call_later(self.grace_s, self._expire,
                                                                stream)
+
+    def _pause_if_detached(self, stream: ResumableStream) -> None:
+        if not stream.followed and not stream.paused and not stream.done and \
+                stream.detached_tokens >= self.detached_tokens:
+            stream.paused = True
+            stream.reply.pause()
 
     async def _produce(self, stream: ResumableStream,
                        on_done: Callable[[list[Event]], None] | None) -> None:
         try:
             async for event in stream.reply:
                 self._add(stream, event)
+                if not stream.followed and isinstance(event, pb.TokenChunk):
+                    stream.detached_tokens += max(1, len(event.token_ids))
+                    self._pause_if_detached(stream)
                 if stream.bytes > self.stream_bytes and not stream.done:
                     stream.reply.cancel(FinishReason.CANCELLED)
                     self._end_open_sequences(stream, "resume buffer full "
