@@ -8,6 +8,7 @@ import grpc
 import pytest
 
 from arbridge.v1 import service_pb2 as spb
+from arbridge.v1 import service_pb2_grpc
 from arbridge.v1 import types_pb2 as pb
 
 from conftest import collect, gen, scrape, wait_for, wait_idle
@@ -80,6 +81,51 @@ async def test_streams_per_peer_limit(make_server, tiny_model_dir):
         assert done[0].usage.completion_tokens == 40
     _, done, _ = await collect(s.stub.Generate(gen(max_new_tokens=2)))
     assert done[0].usage.completion_tokens == 2
+
+
+async def test_a_converse_over_the_per_client_cap_is_always_resource_exhausted(
+        make_server, tiny_model_dir):
+    """The cap refuses a Converse whose first message is still on its way: the client
+    must see RESOURCE_EXHAUSTED every time, never grpc's INTERNAL "Internal error from
+    Core" (the refusal used to race the client's write: ~10 % of tries on a fresh
+    connection). 150 small and 10 3.7 MB first messages, each on a new connection."""
+    s = await make_server(tiny_model_dir, max_streams_per_peer=2)
+    stop = asyncio.Event()
+
+    async def held():
+        yield spb.ConverseRequest(start=spb.ConverseStart(system_prompt="hi"))
+        await stop.wait()
+
+    holders = [s.stub.Converse(held()) for _ in range(2)]
+    await wait_for(lambda: sum(s.server.interceptors.peers.open.values()) == 2)
+    big = spb.ConverseRequest(start=spb.ConverseStart(history=[
+        pb.DialogueTurn(role=pb.ROLE_USER, text="x" * 19_000) for _ in range(195)]))
+    small = spb.ConverseRequest(start=spb.ConverseStart(system_prompt="hello"))
+    assert big.ByteSize() > 3_700_000
+    seen = []
+    try:
+        for first in [small] * 150 + [big] * 10:
+            never = asyncio.Event()
+
+            async def requests(first=first, never=never):
+                yield first
+                await never.wait()  # the client keeps its side open
+
+            async with grpc.aio.insecure_channel(s.target, options=[
+                    ("grpc.max_send_message_length", 8 << 20)]) as channel:
+                stub = service_pb2_grpc.ArBridgeServiceStub(channel)
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    async for _ in stub.Converse(requests()):
+                        pass
+                never.set()
+                seen.append((err.value.code(), err.value.details()))
+    finally:
+        stop.set()
+        for holder in holders:
+            holder.cancel()
+    wrong = [item for item in seen if item[0] != grpc.StatusCode.RESOURCE_EXHAUSTED]
+    assert not wrong, f"{len(wrong)} of {len(seen)}: {wrong[:3]}"
+    assert all("at most 2 per client" in details for _, details in seen)
 
 
 async def test_load_fills_the_queue_then_recovers_fully(make_server, tiny_model_dir):

@@ -120,6 +120,23 @@ class _Guarded(grpc.aio.ServerInterceptor):
             **{field: wrapped})
 
 
+# How long a refused request-streaming call waits for the client's first message.
+FIRST_MESSAGE_WAIT_S = 2.0
+
+
+async def _refuse(call: Call, code: grpc.StatusCode, details: str) -> None:
+    """`call.context.abort(code, details)`, but for a request-streaming call only once
+    the client's first message is in (or FIRST_MESSAGE_WAIT_S has passed). A call ended
+    while the client's first write is still in flight fails that write, and grpc's
+    Python client then reports INTERNAL "Internal error from Core" instead of `code`
+    (grpc/grpc#36066). Later messages can still race; the first is what every
+    refused Converse sends."""
+    if call.request_streaming:
+        with contextlib.suppress(Exception):  # EOF, an unreadable message, the wait
+            await asyncio.wait_for(call.context.read(), FIRST_MESSAGE_WAIT_S)
+    await call.context.abort(code, details)
+
+
 class RequestId(_Guarded):
     @contextlib.asynccontextmanager
     async def guard(self, call: Call):
@@ -200,7 +217,7 @@ class Drain(_Guarded):
         self._idle.clear()
         try:
             if self.draining:
-                await call.context.abort(grpc.StatusCode.UNAVAILABLE,
+                await _refuse(call, grpc.StatusCode.UNAVAILABLE,
                                          RESUME_DRAINING if call.method.endswith("/Resume")
                                          else "server is shutting down; retry on another "
                                               "replica")
@@ -221,7 +238,7 @@ class Auth(_Guarded):
         if self.tokens.enabled and not (call.infra and self.public_infra):
             problem = self.tokens.check(call.metadata)
             if problem is not None:
-                await call.context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
+                await _refuse(call, grpc.StatusCode.UNAUTHENTICATED, problem)
         yield
 
 
@@ -257,8 +274,8 @@ class PeerLimit(_Guarded):
             return
         peer = self.peer_of(call)
         if self.open[peer] >= self.max_streams:
-            await call.context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            await _refuse(
+                call, grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{peer} already has {self.open[peer]} streams open; at most "
                 f"{self.max_streams} per client")
         self.open[peer] += 1
