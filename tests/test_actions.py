@@ -6,6 +6,8 @@ import asyncio
 import json
 import re
 
+import time
+
 import grpc
 import pytest
 from test_grpc_web import call as web_call
@@ -146,6 +148,51 @@ def test_a_bad_schema_or_regex_is_the_request_s_error(compiler):
         grammars.apply(SamplingConfig(response_format=("json_schema", "true")))
 
 
+@pytest.mark.parametrize("kind, source, why", [
+    ("regex", "(a{1000}){1000}", "regex too large: '(a{1000}){1000}' expands to about "
+                                 "1,000,000 positions"),
+    ("regex", "[a-z]{0,3}(a{1000}){1000}", "regex too large"),
+    ("regex", r"\p{L}{0,3}(a{1,1000}){1000}", "regex too large"),
+    ("json_schema", '{"type": "string", "pattern": "^(a{1000}){1000}$"}', "regex too large"),
+    ("regex", "a{100000}", "lexer error: too many expressions constructed"),
+    ("regex", "(a{300}){300}", "lexer error: too many expressions constructed"),
+])
+def test_a_grammar_whose_lexer_would_explode_is_refused_before_the_call(compiler, kind,
+                                                                        source, why):
+    """Refused while the request is checked, in one line and milliseconds, instead of
+    compiling lazily into 150 MB and failing at the first token."""
+    _, grammars = compiler
+    from arbridge.serving.validation import InvalidField
+    started = time.perf_counter()
+    with pytest.raises(InvalidField) as err:
+        grammars.apply(SamplingConfig(response_format=(kind, source)), field="sampling")
+    assert str(err.value).startswith(f"sampling.response_format.{kind}: {why}"), err.value
+    assert "\n" not in str(err.value) and len(str(err.value)) < 500
+    assert time.perf_counter() - started < 1.0
+    assert (kind, source) not in grammars  # nothing of it is kept
+
+
+@pytest.mark.parametrize("source", ["(a{100}){100}", "a{10000}", ".{0,100000}",
+                                    "[a-z]+@[a-z]+\\.com", "(yes|no)", ".{0,200}"])
+def test_ordinary_and_large_but_sane_grammars_pass(compiler, source):
+    _, grammars = compiler
+    cfg = grammars.apply(SamplingConfig(response_format=("regex", source)))
+    assert cfg.grammar is not None
+
+
+def test_the_grammar_cache_is_bounded_by_bytes(compiler):
+    """Each (x{100}){100} lexer takes ~4.5 MB: a 6 MiB budget keeps one of them."""
+    tokenizer, _ = compiler
+    grammars = GrammarCompiler(tokenizer, len(tokenizer), budget_bytes=6 << 20)
+    for letter in "abcd":
+        grammars.apply(SamplingConfig(response_format=("regex", f"({letter}{{100}}){{100}}")))
+    assert len(grammars) == 1 and grammars.bytes <= 6 << 20, (len(grammars), grammars.bytes)
+    small = GrammarCompiler(tokenizer, len(tokenizer), budget_bytes=64 << 20)
+    for i in range(20):
+        small.apply(SamplingConfig(response_format=("regex", f"(yes|no|{i})")))
+    assert len(small) == 20  # small grammars: many fit
+
+
 # -- through the server (tiny random model: any token the grammar allows is likely) --------
 def _ask(text="highlight the red chair", mode=pb.ACTION_MODE_REQUIRED, seed=0, n=4, scene=SCENE,
          actions=(HIGHLIGHT, LABEL), max_new_tokens=96, sampling=None, **turn):
@@ -262,6 +309,17 @@ BAD = [
      "Generate", "sampling.response_format.regex: must not be empty"),
     (gen(response_format=pb.ResponseFormat(regex="a" * 20000)),
      "Generate", "sampling.response_format.regex: 20000 characters"),
+    # Grammars whose lexer would explode: refused up front, not at the first token.
+    (gen(response_format=pb.ResponseFormat(regex="(a{1000}){1000}")),
+     "Generate", "sampling.response_format.regex: regex too large"),
+    (gen(response_format=pb.ResponseFormat(regex="a{100000}")),
+     "Generate", "sampling.response_format.regex: lexer error: too many expressions"),
+    (spb.DescribeSceneRequest(scene=SCENE, sampling=pb.SamplingParams(
+        response_format=pb.ResponseFormat(regex="x(b{1000}){1000}"))),
+     "DescribeScene", "sampling.response_format.regex: regex too large"),
+    (_ask(mode=pb.ACTION_MODE_NONE, sampling=pb.SamplingParams(
+        response_format=pb.ResponseFormat(regex="(c{300}){300}"))),
+     "Ask", "user_turn.sampling.response_format.regex: lexer error"),
     (_ask(actions=[pb.ActionDefinition(name="9lives")]), "Ask", "start.actions[0].name: "),
     (_ask(actions=[HIGHLIGHT, HIGHLIGHT]), "Ask", "start.actions[1].name: 'highlight' is "
                                                   "declared twice"),

@@ -164,6 +164,9 @@ class LimitSettings(BaseSettings):
     max_turn_chars: int = Field(20_000, ge=1, description="one dialogue turn, instruction, "
                                                            "system prompt or transcript")
     max_temperature: float = Field(100.0, gt=0)
+    compiled_grammar_mb: int = Field(
+        64, ge=1, description="memory for compiled response formats and action grammars "
+                              "kept for reuse (measured on the C heap); least recent go")
     deadline_margin_ms: float = Field(
         50.0, ge=0, description="stop this long before a call's deadline (TIME_LIMIT)")
 

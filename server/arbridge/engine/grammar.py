@@ -29,7 +29,9 @@ class TokenGrammar:
         return self.matchers[index].consume_token(token)
 
     def error(self, index: int) -> str:
-        return self.matchers[index].get_error() or "the grammar refused the token"
+        """Why sequence `index` stopped, in one line (no grammar dump)."""
+        problem = self.matchers[index].get_error() or "the grammar refused the token"
+        return " ".join(problem.replace("<non-verbose/>", "").split())[:400]
 
 
 def allocate_bitmask(rows: int, vocab: int) -> torch.Tensor:

@@ -175,7 +175,8 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
             backend_tokenizer.no_truncation()
             backend_tokenizer.no_padding()
         self._constraint = SceneConstraint(backend.tokenizer)
-        self._grammars = (GrammarCompiler(backend.tokenizer, backend.vocab_size)
+        self._grammars = (GrammarCompiler(backend.tokenizer, backend.vocab_size,
+                                          self.settings.compiled_grammar_mb << 20)
                           if getattr(backend, "grammars", False) else None)
         self.check = validation.RequestChecker(
             self.settings, backend.projectors.input_dims() if backend.projectors else {},
