@@ -27,6 +27,18 @@ def start(model_dir: Path, tmp_path: Path, grace: float, *extra: str):
     return start_server_process(model_dir, tmp_path, 0.05, grace, *extra)
 
 
+def wait_not_serving(channel) -> None:
+    """Until health says NOT_SERVING: the signal is handled on the server's loop."""
+    health = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + 10
+    while True:
+        status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+        if status != health_pb2.HealthCheckResponse.SERVING or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
 def test_sigterm_drains_in_flight_stream_refuses_new_calls_exits_0(tiny_model_dir, tmp_path):
     proc, port, log = start(tiny_model_dir, tmp_path, grace=20)
     try:
@@ -52,14 +64,7 @@ def test_sigterm_drains_in_flight_stream_refuses_new_calls_exits_0(tiny_model_di
         assert first_chunk.wait(30)
         signalled = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        health = health_pb2_grpc.HealthStub(channel)
-        deadline = time.monotonic() + 10
-        while True:  # the signal is handled on the server's loop: poll until it was
-            status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
-            if status != health_pb2.HealthCheckResponse.SERVING or time.monotonic() > deadline:
-                break
-            time.sleep(0.02)
-        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        wait_not_serving(channel)
         assert not result, "the stream finished before the drain was seen: nothing was drained"
         try:
             list(stub.Generate(request, timeout=5))
@@ -122,7 +127,7 @@ def test_streams_past_the_grace_period_end_with_a_shutdown_completion(tiny_model
                 reader.start()
             started.wait(30)
             proc.send_signal(signal.SIGTERM)
-            time.sleep(0.3)  # the signal is handled on the server's loop
+            wait_not_serving(channel)
             with pytest.raises(grpc.RpcError) as err:
                 list(stub.Resume(spb.ResumeRequest(stream_id=stream_id), timeout=5))
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
