@@ -250,3 +250,60 @@ async def test_a_seeded_sample_is_the_same_with_and_without_prefix_reuse(loaded)
         reused = await eng.run(prompt, cfg)
         assert eng.scheduler.prefix_cache.reused_tokens > 0
     assert reused == plain
+
+
+async def test_a_short_prompt_is_not_stuck_behind_long_ones(loaded):
+    """Three ~200-token prompts are being read when a 5-token one arrives: the short
+    one's first token comes before any long one's (the turn's prefill budget is shared,
+    not spent on the first rows), and every reply is the same as alone."""
+    longs = [" ".join([p] * n) for p, n in ((PROMPTS[1], 14), (PROMPTS[3], 7),
+                                             (PROMPTS[5], 16))]
+    assert all(150 < len(loaded.tokenizer(p).input_ids) < 250 for p in longs)
+    cfg = SamplingConfig(max_new_tokens=3)
+    firsts: list[str] = []
+    undo = slow_down(loaded.model, 0.01)
+    try:
+        with Engine(loaded, max_active=8, prefill_chunk_tokens=32,
+                    prefill_prompt_tokens=16) as eng:
+            async def run(name: str, prompt: str) -> list[int]:
+                tokens = []
+                async for out in eng.engine.submit(loaded.tokenizer(prompt).input_ids, cfg):
+                    for _, token, _ in out.tokens:
+                        if not tokens:
+                            firsts.append(name)
+                        tokens.append(token)
+                return tokens
+
+            tasks = [asyncio.ensure_future(run(f"long{i}", p)) for i, p in enumerate(longs)]
+            await wait_for(lambda: eng.scheduler.load[0] == 3, 5, "the long ones admitted")
+            short = asyncio.ensure_future(run("short", "The red chair"))
+            results = await asyncio.gather(*tasks, short)
+    finally:
+        undo()
+    assert firsts[0] == "short", firsts
+    for prompt, tokens in zip([*longs, "The red chair"], results, strict=True):
+        assert tokens == reference_greedy(loaded, prompt, 3)
+
+
+async def test_one_client_s_burst_does_not_keep_another_s_request_waiting(loaded):
+    """Two slots; client A queues five requests, then client B one: B's is admitted at
+    the first free slots (with A's third, when two free together), ahead of the rest
+    of A's queue, not after all of it."""
+    cfg = SamplingConfig(max_new_tokens=6)
+    order: list[str] = []
+    undo = slow_down(loaded.model, 0.01)
+    try:
+        with Engine(loaded, max_active=2) as eng:
+            async def run(name: str, peer: str) -> None:
+                ids = loaded.tokenizer("The red chair").input_ids
+                async for out in eng.engine.submit(ids, cfg, peer=peer):
+                    if out.tokens and name not in order:
+                        order.append(name)
+
+            burst = [asyncio.ensure_future(run(f"a{i}", "ipv4:10.0.0.1")) for i in range(5)]
+            await wait_for(lambda: eng.scheduler.load == (2, 3), 5, "A's burst queued")
+            lone = asyncio.ensure_future(run("b", "ipv4:10.0.0.2"))
+            await asyncio.gather(*burst, lone)
+    finally:
+        undo()
+    assert order.index("b") < order.index("a3"), order

@@ -229,6 +229,8 @@ class ArBridgeServer:
                                    context_length=preloaded.info.context_length,
                                    max_active=s.max_active, max_queue=s.max_queue,
                                    prefill_chunk_tokens=s.prefill_chunk_tokens,
+                                   prefill_turn_ms=s.prefill_turn_ms,
+                                   prefill_prompt_tokens=s.prefill_prompt_tokens,
                                    projectors=projectors, fused_decoder=s.fused_decoder,
                                    prefix_cache_bytes=s.prefix_cache_mb << 20,
                                    quantize=preloaded.quantize)

@@ -205,6 +205,13 @@ class EngineSettings(BaseSettings):
         512, ge=16, description="prompt tokens prefilled per scheduler turn, all requests "
                                 "together; lower = first tokens sooner for some, higher = "
                                 "better prefill throughput")
+    prefill_turn_ms: float = Field(
+        300.0, ge=0, description="while streams decode, prompt reading per turn is kept to "
+                                 "about this long (measured), so their next token is never "
+                                 "further away; 0 = prefill_chunk_tokens alone")
+    prefill_prompt_tokens: int = Field(
+        128, ge=16, description="the most one prompt reads in a turn while other prompts "
+                                "wait, so a short prompt is not stuck behind long ones")
     fused_decoder: bool = Field(
         True, description="run Llama- and GPT-2-shaped models through ArBridge's lean "
                           "forward pass (fused projections, straight on the KV cache); "

@@ -116,8 +116,9 @@ class Backend(Protocol):
         """(sampling field, why) for each parameter this backend cannot honour."""
 
     def generate(self, prompt: Prompt, cfg: SamplingConfig, *,
-                 timeout_s: float | None) -> Generation:
-        """Start generating (raises BackendBusy when full)."""
+                 timeout_s: float | None, client: str = "") -> Generation:
+        """Start generating (raises BackendBusy when full); `client` (the caller's
+        address) lets an engine share its turns fairly between clients."""
 
     @property
     def load(self) -> tuple[int, int]:

@@ -35,11 +35,11 @@ class LocalBackend:
         return []
 
     def generate(self, prompt: Prompt, cfg: SamplingConfig, *,
-                 timeout_s: float | None) -> LocalGeneration:
+                 timeout_s: float | None, client: str = "") -> LocalGeneration:
         try:
             stream = self.engine.submit(prompt.ids, cfg, timeout_s=timeout_s,
                                         features=prompt.features, prefix_len=prompt.prefix_len,
-                                        request_id=REQUEST_ID.get())
+                                        request_id=REQUEST_ID.get(), peer=client)
         except QueueFull as exc:
             raise BackendBusy(str(exc), exc.retry_after_s) from exc
         return LocalGeneration(stream)

@@ -169,7 +169,7 @@ class OpenAIBackend:
         return out
 
     def generate(self, prompt: Prompt, cfg: SamplingConfig, *,
-                 timeout_s: float | None) -> OpenAIGeneration:
+                 timeout_s: float | None, client: str = "") -> OpenAIGeneration:
         return OpenAIGeneration(self, prompt, cfg, timeout_s)
 
     def request_body(self, prompt: Prompt, cfg: SamplingConfig) -> dict:

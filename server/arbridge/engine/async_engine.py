@@ -22,7 +22,8 @@ class AsyncEngine:
     def submit(self, prompt_ids: list[int], sampling: SamplingConfig,
              timeout_s: float | None = None,
              features: list[tuple[str, list[float]]] | None = None,
-             prefix_len: int = 0, request_id: str | None = None) -> RequestStream:
+             prefix_len: int = 0, request_id: str | None = None,
+             peer: str = "") -> RequestStream:
         """Queue a request (raises QueueFull) and return its output stream."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[StepOutput] = asyncio.Queue()
@@ -33,7 +34,7 @@ class AsyncEngine:
         deadline = time.perf_counter() + timeout_s if timeout_s is not None else None
         handle = RequestHandle(prompt_ids=list(prompt_ids), sampling=sampling, sink=sink,
                                deadline=deadline, features=list(features or []),
-                               prefix_len=prefix_len)
+                               prefix_len=prefix_len, peer=peer)
         if request_id:
             handle.request_id = request_id
         self.scheduler.submit(handle)

@@ -66,6 +66,7 @@ class RequestHandle:
     # first `prefix_len` positions of the prompt (prompt_ids holds placeholders).
     features: list[tuple[str, list[float]]] = field(default_factory=list)
     prefix_len: int = 0
+    peer: str = ""  # the client's address: the scheduler shares turns between clients
     # Set by the servicer while nobody reads the reply (a detached resumable one): the
     # scheduler parks it, KV and all, until it is cleared.
     paused: bool = False

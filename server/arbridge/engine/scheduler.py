@@ -6,11 +6,12 @@ turn of its loop:
 
 1. admits waiting requests (up to `max_active`) and retires cancelled,
    timed-out and stopped ones, freeing their rows at once;
-2. prefills: one chunk of every request still reading its prompt, batched
-   into a single forward pass over a staging cache (long prompts take several
-   turns, so they never stall the streams already decoding); a request whose
-   prompt is done samples its first token and moves into the decode cache,
-   one row per returned sequence;
+2. prefills: a chunk of the prompts still being read, as the prefill policy
+   shares the turn's budget (engine/prefill_policy.py: work rather than tokens,
+   a cap per prompt, clients in turns; while streams decode, the budget is what
+   fits in `prefill_turn_ms`, so their next token is never far), in forward
+   passes over a staging cache; a request whose prompt is done samples its
+   first token and moves into the decode cache, one row per returned sequence;
 3. decodes: one forward pass over every decoding row, whatever request it
    belongs to, then each request samples its own rows with its own RNG.
 
@@ -36,6 +37,7 @@ import torch
 
 from arbridge.engine.constraints import repeated_ngram_tokens
 from arbridge.engine.grammar import allocate_bitmask, unpack_bitmask
+from arbridge.engine.prefill_policy import PrefillPolicy, PromptState
 from arbridge.engine.prefix_cache import PrefixCache
 from arbridge.engine.requests import (
     FinishReason,
@@ -74,6 +76,7 @@ class _Request:
     done: list[bool] = field(default_factory=list)
     slots: dict[int, _Slot] = field(default_factory=dict)  # sequence index -> decode slot
     prefix: torch.Tensor | None = None  # [prefix_len, hidden] soft-prompt embeddings
+    reading: PromptState | None = None  # the prefill policy's view while prefilling
 
     @property
     def n(self) -> int:
@@ -99,7 +102,8 @@ class Scheduler:
     def __init__(self, model, tokenizer, *, context_length: int, max_active: int = 16,
                  max_queue: int = 64, prefill_chunk_tokens: int = 512, projectors=None,
                  fused_decoder: bool = True, prefix_cache_bytes: int = 0,
-                 quantize: str | None = None):
+                 quantize: str | None = None, prefill_turn_ms: float = 300.0,
+                 prefill_prompt_tokens: int = 128):
         self.runner = ModelRunner(model, context_length, fused=fused_decoder,
                                   quantize=quantize)
         # Prompts that start like an earlier one prefill only the rest.
@@ -110,6 +114,13 @@ class Scheduler:
         self.max_active = max_active
         self.max_queue = max_queue
         self.prefill_chunk_tokens = prefill_chunk_tokens
+        self.prefill_turn_s = prefill_turn_ms / 1e3
+        self.prefill_policy = PrefillPolicy(
+            budget=prefill_chunk_tokens, per_prompt_tokens=prefill_prompt_tokens,
+            attention_tokens=_attention_tokens(model))
+        self._prefill_s_per_work = 0.0  # measured: seconds per unit of prefill work
+        self._turns = 0
+        self._arrivals = 0
         self.projectors = projectors  # ProjectorSet, for requests with dense features
         self.eos_ids = self._eos_ids(model, tokenizer)
         # Prompts being read live in staging rows, one per request; decoding sequences
@@ -253,7 +264,7 @@ class Scheduler:
                 # Resumed replies come back before new requests take their slots.
                 returning = sum(1 for req in self._parked if not req.handle.paused)
                 while self._waiting and len(self._active) + returning < self.max_active:
-                    self._admit(self._waiting.popleft())
+                    self._admit(self._next_waiting())
             began = time.perf_counter()
             try:
                 self._load_cached_prefixes()
@@ -309,6 +320,14 @@ class Scheduler:
                 SequenceFinished(i, reason)
                 for i in range(handle.sampling.num_return_sequences)]))
 
+    def _next_waiting(self) -> RequestHandle:
+        """The oldest waiting request of the client with the fewest running: one
+        client's burst does not keep another's single request waiting."""
+        running = collections.Counter(req.handle.peer for req in self._active)
+        handle = min(self._waiting, key=lambda h: running[h.peer])  # first of the fewest
+        self._waiting.remove(handle)
+        return handle
+
     def _admit(self, handle: RequestHandle) -> None:
         generator = torch.Generator(device=self.device)
         generator.manual_seed(handle.sampling.seed)
@@ -318,6 +337,8 @@ class Scheduler:
         if text_ids:
             seen[:, torch.tensor(text_ids, device=self.device)] = True
         req = _Request(handle=handle, generator=generator, seen=seen, done=[False] * n)
+        self._arrivals += 1
+        req.reading = PromptState(req, self._arrivals, 0, len(handle.prompt_ids), handle.peer)
         if handle.features:  # projected here: all torch work stays on this thread
             req.prefix = self.projectors.embed(handle.features).to(self.runner.dtype)
         handle.started = time.perf_counter()
@@ -427,18 +448,51 @@ class Scheduler:
 
     # -- prefill ------------------------------------------------------------------------
     def _prefill_turn(self) -> None:
-        # The budget goes to the prompts in staging order (about arrival order)
-        # until spent, so early prompts finish prefill and start streaming
-        # sooner than if all advanced in lockstep; long prompts take several turns.
-        budget = self.prefill_chunk_tokens
-        batch, chunks = [], []
+        """Read the prompts the policy picks; rows next to each other run together."""
+        self._turns += 1
+        prompts = []
         for req in self._prefilling:
-            if budget <= 0:
-                break
-            chunk = req.handle.prompt_ids[req.prefilled: req.prefilled + budget]
-            batch.append(req)
-            chunks.append(chunk)
-            budget -= len(chunk)
+            req.reading.done = req.prefilled
+            prompts.append(req.reading)
+        plan = self.prefill_policy.plan(prompts, self._turns, self._prefill_budget())
+        began = time.perf_counter()
+        chosen = sorted((self._prefilling.row_of(p.key), p.key, count) for p, count in plan)
+        completed: list[tuple[_Request, torch.Tensor]] = []
+        run: list[tuple[int, _Request, int]] = []
+        for item in chosen:
+            if run and item[0] != run[-1][0] + 1:
+                completed += self._prefill_rows(run)
+                run = []
+            run.append(item)
+        completed += self._prefill_rows(run)
+        # Measured after the passes: the next budget is what fits in prefill_turn_ms.
+        work = sum(self.prefill_policy.cost(p.done, count) for p, count in plan)
+        if work > 0:
+            spent = (time.perf_counter() - began) / work
+            self._prefill_s_per_work = spent if not self._prefill_s_per_work else \
+                0.8 * self._prefill_s_per_work + 0.2 * spent
+        # Rows move once a request leaves staging: only after every pass has run.
+        for req, last in completed:
+            self._start_decoding(req, last)
+
+    def _prefill_budget(self) -> float:
+        """The turn's prefill work: all of `prefill_chunk_tokens` when nobody is
+        decoding, else what fits in `prefill_turn_ms` at the measured speed."""
+        full = float(self.prefill_chunk_tokens)
+        if not self._decoding or not self.prefill_turn_s or not self._prefill_s_per_work:
+            return full
+        return min(full, self.prefill_turn_s / self._prefill_s_per_work)
+
+    def _prefill_rows(self, run: list[tuple[int, _Request, int]]
+                      ) -> list[tuple[_Request, torch.Tensor]]:
+        """One forward pass over consecutive staging rows, each reading its chunk;
+        (request, last logits) of those whose prompt is now read."""
+        if not run:
+            return []
+        first = run[0][0]
+        batch = [req for _, req, _ in run]
+        chunks = [req.handle.prompt_ids[req.prefilled: req.prefilled + count]
+                  for _, req, count in run]
         q_len = max(len(c) for c in chunks)
         ids = torch.zeros(len(batch), q_len, dtype=torch.long, device=self.device)
         for i, chunk in enumerate(chunks):
@@ -449,16 +503,13 @@ class Scheduler:
         keep = sorted({len(chunks[i]) - 1 for i in completing}) or [q_len - 1]
         embeds = self._prefix_embeddings(batch, ids, starts)
         staging = self._prefilling.cache
-        logits = self.runner.forward(staging, 0, ids, starts,
+        logits = self.runner.forward(staging, first, ids, starts,
                                      keep=torch.tensor(keep, device=self.device),
                                      inputs_embeds=embeds)
-        for req, chunk in zip(batch, chunks, strict=True):
+        for i, (req, chunk) in enumerate(zip(batch, chunks, strict=True)):
             req.prefilled += len(chunk)
-            staging.lengths[self._prefilling.row_of(req)] = req.prefilled
-        for i in completing:
-            req = batch[i]
-            last = logits[i, keep.index(len(chunks[i]) - 1)]
-            self._start_decoding(req, last)
+            staging.lengths[first + i] = req.prefilled
+        return [(batch[i], logits[i, keep.index(len(chunks[i]) - 1)]) for i in completing]
 
     def _prefix_embeddings(self, batch: list[_Request], ids: torch.Tensor,
                            starts: list[int]) -> torch.Tensor | None:
@@ -570,6 +621,18 @@ class Scheduler:
             self._active.remove(req)
             _log(req.handle, logging.DEBUG, "finished after %d tokens", req.generated)
         req.handle.sink(out)
+
+
+def _attention_tokens(model) -> float:
+    """The position at which a token's attention costs as much as its weight matmuls:
+    2 x params per token against about 4 x layers x hidden x position."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") \
+        else model.config
+    params = sum(p.numel() for p in model.parameters())
+    embedding = model.get_input_embeddings().weight.numel()
+    weights = max(params - embedding, 1)
+    per_position = 2 * config.num_hidden_layers * config.hidden_size
+    return max(256.0, weights / per_position)
 
 
 def _logit_rules(rows: list[tuple[SamplingConfig, int, list[int]]], device,

@@ -266,7 +266,8 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
                   actions: ActionSet | None = None) -> Reply:
         """Start generating; the reply's Completions are grounded in `objects` if given
         and report `referents`; `actions` split the reply's calls from its text."""
-        generation = self._backend.generate(prompt, cfg, timeout_s=self._timeout(context))
+        generation = self._backend.generate(prompt, cfg, timeout_s=self._timeout(context),
+                                            client=self.peer_of(context))
         processor = OutputProcessor(self._backend.tokenizer, prompt.ids, cfg.stop,
                                     cfg.num_return_sequences, cfg.seed, arrived, self._metrics,
                                     cfg.max_sentences, continues_prompt,

@@ -226,6 +226,8 @@ async def _arbridge_part(settings: Settings, lm: LoadedModel, prompt_ids, cfg,
     scheduler = Scheduler(lm.model, lm.tokenizer, context_length=lm.info.context_length,
                           max_active=max(levels), max_queue=1024,
                           prefill_chunk_tokens=settings.prefill_chunk_tokens,
+                          prefill_turn_ms=settings.prefill_turn_ms,
+                          prefill_prompt_tokens=settings.prefill_prompt_tokens,
                           quantize=lm.quantize)
     scheduler.start()
     try:

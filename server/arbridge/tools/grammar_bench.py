@@ -121,6 +121,8 @@ async def engine_rows(lm, settings: Settings, new_tokens: int, levels=(1, 8)) ->
     scheduler = Scheduler(lm.model, lm.tokenizer, context_length=lm.info.context_length,
                           max_active=max(levels), max_queue=256,
                           prefill_chunk_tokens=settings.prefill_chunk_tokens,
+                          prefill_turn_ms=settings.prefill_turn_ms,
+                          prefill_prompt_tokens=settings.prefill_prompt_tokens,
                           prefix_cache_bytes=settings.prefix_cache_mb << 20,
                           fused_decoder=settings.fused_decoder, quantize=lm.quantize)
     # Equal token counts: the plain run ignores EOS (the engine's fast path, no rules);
