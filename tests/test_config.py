@@ -59,6 +59,8 @@ def test_a_bad_flag_value_names_the_setting(capsys):
     ("--max-object-attributes", "-1", "max_object_attributes: Input should be greater"),
     ("--resume-detached-tokens", "-1", "resume_detached_tokens: Input should be greater"),
     ("--compiled-grammar-mb", "0", "compiled_grammar_mb: Input should be greater"),
+    ("--prefill-turn-ms", "-1", "prefill_turn_ms: Input should be greater"),
+    ("--prefill-prompt-tokens", "8", "prefill_prompt_tokens: Input should be greater"),
 ])
 def test_new_limits_refuse_bad_values_at_start(capsys, flag, value, message):
     from arbridge.cli import main
