@@ -307,3 +307,38 @@ async def test_one_client_s_burst_does_not_keep_another_s_request_waiting(loaded
     finally:
         undo()
     assert order.index("b") < order.index("a3"), order
+
+
+async def test_a_parked_request_leaves_when_its_sequences_are_stopped_or_cancelled(loaded):
+    """Paused requests are parked (no row); one whose sequence the output side then
+    ends (a stop string in a token made before the pause) and one cancelled both leave
+    the engine, their KV with them; a resumed one goes on."""
+    undo = slow_down(loaded.model, 0.01)
+    try:
+        with Engine(loaded, max_active=4) as eng:
+            ids = loaded.tokenizer("The red chair").input_ids
+            streams = [eng.engine.submit(ids, SamplingConfig(max_new_tokens=200))
+                       for _ in range(3)]
+            readers = [asyncio.ensure_future(collect_steps(s)) for s in streams]
+            await wait_for(lambda: eng.scheduler.load == (3, 0), 5, "all three decoding")
+            for stream in streams:
+                stream.pause()
+            await wait_for(lambda: eng.scheduler.parked == 3, 5, "all three parked")
+            assert eng.scheduler._parked_bytes > 0
+            streams[0].finish_sequence(0)
+            streams[1].cancel()
+            streams[2].resume()
+            await wait_for(lambda: eng.scheduler.parked == 0, 5,
+                           lambda: f"still parked: {eng.scheduler.parked}")
+            # The first one's reader ended its sequence itself: nothing more comes to it.
+            readers[0].cancel()
+            steps = await asyncio.wait_for(asyncio.gather(*readers[1:]), 30)
+            await wait_idle(eng.scheduler)
+            assert eng.scheduler._parked_bytes == 0
+    finally:
+        undo()
+    assert sum(len(s.tokens) for s in steps[1]) == 200  # the resumed one finished
+
+
+async def collect_steps(stream) -> list:
+    return [out async for out in stream]

@@ -230,6 +230,44 @@ async def test_oversized_bodies_are_resource_exhausted_before_they_are_read(make
     assert frames.status == 0, frames.trailers
 
 
+def _upload_then_read(port: int, total: int) -> tuple[Exception | None, bytes]:
+    """A client that writes its whole body before reading (curl, fetch): its send
+    error, if any, and the reply."""
+    import socket
+    import threading
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+    head = (f"POST {SERVICE}/Generate HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: "
+            f"application/grpc-web+proto\r\ncontent-length: {total}\r\n\r\n").encode()
+    failed: list[Exception] = []
+
+    def send() -> None:
+        try:
+            sock.sendall(head + struct.pack(">BI", 0, total - 5) + b"x" * (total - 5))
+        except OSError as exc:
+            failed.append(exc)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    sender.join(20)
+    reply = b""
+    while chunk := sock.recv(65536):
+        reply += chunk
+    sock.close()
+    return (failed[0] if failed else None), reply
+
+
+async def test_a_client_that_uploads_before_reading_gets_its_answer(make_server,
+                                                                    tiny_model_dir):
+    """9 MiB written whole before reading: the rest of the refused body is read and
+    dropped (not left to block the client into a reset), then the answer arrives."""
+    s = await make_server(tiny_model_dir, grpc_web_port=0)
+    error, reply = await asyncio.to_thread(_upload_then_read, s.server.grpc_web_port,
+                                           (9 << 20) + 5)
+    assert error is None, error
+    assert trailers_of(reply).status == 8
+
+
 async def test_tokens_apply_over_grpc_web(make_server, tiny_model_dir, tmp_path):
     tokens = tmp_path / "tokens"
     tokens.write_text("web-secret\n")

@@ -231,6 +231,7 @@ class ArBridgeServer:
                                    prefill_chunk_tokens=s.prefill_chunk_tokens,
                                    prefill_turn_ms=s.prefill_turn_ms,
                                    prefill_prompt_tokens=s.prefill_prompt_tokens,
+                                   parked_kv_bytes=s.parked_kv_mb << 20,
                                    projectors=projectors, fused_decoder=s.fused_decoder,
                                    prefix_cache_bytes=s.prefix_cache_mb << 20,
                                    quantize=preloaded.quantize)

@@ -193,7 +193,7 @@ class StreamSettings(BaseSettings):
     resume_detached_tokens: int = Field(
         32, ge=0, description="a resumable reply nobody follows generates this many more "
                               "tokens, then pauses (no engine slot, no compute) until it is "
-                              "resumed; 0 = pause at once")
+                              "resumed; 0 = pause after its first token")
 
 
 class EngineSettings(BaseSettings):
@@ -205,6 +205,9 @@ class EngineSettings(BaseSettings):
         512, ge=16, description="prompt tokens prefilled per scheduler turn, all requests "
                                 "together; lower = first tokens sooner for some, higher = "
                                 "better prefill throughput")
+    parked_kv_mb: int = Field(
+        512, ge=1, description="host memory for the KV of paused replies (resumable ones "
+                               "nobody follows); past it the longest parked are ended")
     prefill_turn_ms: float = Field(
         300.0, ge=0, description="while streams decode, prompt reading per turn is kept to "
                                  "about this long (measured), so their next token is never "

@@ -70,7 +70,8 @@ class RequestHandle:
     # Set by the servicer while nobody reads the reply (a detached resumable one): the
     # scheduler parks it, KV and all, until it is cleared.
     paused: bool = False
-    wake: Callable[[], None] = field(default=lambda: None, repr=False)  # the scheduler's
+    # The scheduler's wake-up, for changes it must see while the request is parked.
+    wake: Callable[[], None] = field(default=lambda: None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def cancel(self, reason: FinishReason = FinishReason.CANCELLED) -> None:
@@ -91,6 +92,7 @@ class RequestHandle:
         """The servicer finished this sequence itself (stop string): drop it."""
         with self._lock:
             self.stopped_sequences.add(index)
+        self.wake()  # a parked request holds its KV until the scheduler sees this
 
     def stopped_snapshot(self) -> set[int]:
         with self._lock:

@@ -103,7 +103,7 @@ class Scheduler:
                  max_queue: int = 64, prefill_chunk_tokens: int = 512, projectors=None,
                  fused_decoder: bool = True, prefix_cache_bytes: int = 0,
                  quantize: str | None = None, prefill_turn_ms: float = 300.0,
-                 prefill_prompt_tokens: int = 128):
+                 prefill_prompt_tokens: int = 128, parked_kv_bytes: int = 512 << 20):
         self.runner = ModelRunner(model, context_length, fused=fused_decoder,
                                   quantize=quantize)
         # Prompts that start like an earlier one prefill only the rest.
@@ -129,7 +129,9 @@ class Scheduler:
         self._decoding: RowTable[_Slot] = RowTable(self._new_cache())
         self._to_load: list[_Request] = []  # admitted, cached prompt prefix not yet loaded
         self._active: list[_Request] = []
-        self._parked: list[_Request] = []  # paused: no rows, KV held aside
+        self._parked: list[_Request] = []  # paused: no rows, KV held aside (host memory)
+        self.parked_kv_bytes = parked_kv_bytes  # what parked KV may take, all together
+        self._parked_bytes = 0
         self._waiting: collections.deque[RequestHandle] = collections.deque()
         self._calls: collections.deque = collections.deque()  # (fn, future) to run here
         self._wake = threading.Condition()
@@ -296,7 +298,9 @@ class Scheduler:
             _log(req.handle, logging.WARNING, "ended with an error: %s", error)
             if open_seqs:
                 req.handle.sink(StepOutput(finished=open_seqs))
-        self._active.clear()  # parked requests keep their KV aside and come back as they were
+        self._active.clear()
+        for req in list(self._parked):  # memory may be what failed: parked KV goes too
+            self._finish(req, FinishReason.ERROR, error)
         self._to_load.clear()
         self._prefilling = RowTable(self._new_cache())
         self._decoding = RowTable(self._new_cache())
@@ -363,22 +367,31 @@ class Scheduler:
 
     # -- parking -------------------------------------------------------------------------
     def _parked_due(self) -> bool:
-        """A parked request wants attention: resumed, cancelled, or past its deadline."""
+        """A parked request wants attention: resumed, cancelled, stopped, or past its
+        deadline."""
         now = time.perf_counter()
         return any(not req.handle.paused or req.handle.cancel_reason is not None or
+                   req.handle.stopped_sequences or
                    (req.handle.deadline is not None and now >= req.handle.deadline)
                    for req in self._parked)
 
     def _park_and_return(self) -> None:
         """Park paused requests whose sequences all decode; end parked ones that were
-        cancelled or ran out of time; give resumed ones rows again, slots allowing."""
+        cancelled, stopped or ran out of time; give resumed ones rows again, slots
+        allowing."""
         for req in list(self._active):
             if req.handle.paused and req.slots and req not in self._prefilling:
                 self._park(req)
         now = time.perf_counter()
         for req in list(self._parked):
             handle = req.handle
-            if handle.cancel_reason is not None:
+            for index in handle.stopped_snapshot():  # the servicer ended them meanwhile
+                if not req.done[index]:
+                    req.done[index] = True
+                    self._drop_slot(req, index)
+            if all(req.done):
+                self._finish(req, FinishReason.CANCELLED)
+            elif handle.cancel_reason is not None:
                 self._finish(req, handle.cancel_reason)
             elif handle.deadline is not None and now + self._turn_seconds >= handle.deadline:
                 self._finish(req, FinishReason.TIME_LIMIT)
@@ -389,16 +402,38 @@ class Scheduler:
         cache = self._decoding.cache
         for slot in req.slots.values():
             row = self._decoding.row_of(slot)
-            slot.parked_kv = cache.read_row(row, 0, cache.lengths[row])  # a copy
+            # Host memory: a GPU's is the engine's to use; a copy either way.
+            slot.parked_kv = cache.read_row(row, 0, cache.lengths[row]).to("cpu", copy=True)
+            self._parked_bytes += _nbytes(slot.parked_kv)
             self._decoding.remove(row)
         self._active.remove(req)
         self._parked.append(req)
         _log(req.handle, logging.DEBUG, "parked after %d tokens", req.generated)
+        # Over the budget, the longest parked go: their clients left and did not return.
+        while self._parked_bytes > self.parked_kv_bytes and len(self._parked) > 1:
+            oldest = self._parked[0]
+            _log(oldest.handle, logging.INFO, "parked replies over %d bytes: ended",
+                 self.parked_kv_bytes)
+            self._finish(oldest, FinishReason.CANCELLED, "parked replies over their memory "
+                                                         "budget (parked_kv_mb)")
 
     def _unpark(self, req: _Request) -> None:
-        for slot in req.slots.values():
-            row = self._decoding.add(slot, slot.parked_kv.shape[3])
-            self._decoding.cache.write_row(row, slot.parked_kv)
+        """Rows again, all of them or none (a failure ends the request, not the turn)."""
+        added: list[_Slot] = []
+        try:
+            for slot in req.slots.values():
+                self._decoding.add(slot, slot.parked_kv.shape[3])
+                added.append(slot)
+                self._decoding.cache.write_row(self._decoding.row_of(slot),
+                                               slot.parked_kv.to(self.device))
+        except Exception as exc:
+            for slot in reversed(added):
+                self._decoding.remove(self._decoding.row_of(slot))
+            log.exception("resuming a parked request failed")
+            self._finish(req, FinishReason.ERROR, f"resume failed: {type(exc).__name__}")
+            return
+        for slot in added:
+            self._parked_bytes -= _nbytes(slot.parked_kv)
             slot.parked_kv = None
         self._parked.remove(req)
         self._active.append(req)
@@ -443,7 +478,12 @@ class Scheduler:
 
     def _drop_slot(self, req: _Request, index: int) -> None:
         slot = req.slots.pop(index, None)
-        if slot is not None and slot.parked_kv is None:
+        if slot is None:
+            return
+        if slot.parked_kv is not None:  # parked: its KV is aside, not in a row
+            self._parked_bytes -= _nbytes(slot.parked_kv)
+            slot.parked_kv = None
+        elif slot in self._decoding:
             self._decoding.remove(self._decoding.row_of(slot))
 
     # -- prefill ------------------------------------------------------------------------
@@ -621,6 +661,10 @@ class Scheduler:
             self._active.remove(req)
             _log(req.handle, logging.DEBUG, "finished after %d tokens", req.generated)
         req.handle.sink(out)
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
 
 
 def _attention_tokens(model) -> float:

@@ -120,8 +120,11 @@ class _Guarded(grpc.aio.ServerInterceptor):
             **{field: wrapped})
 
 
-# How long a refused request-streaming call waits for the client's first message.
+# How long a refused request-streaming call waits for the client's first message,
+# and how many such waits may be pending at once (past that, refused at once).
 FIRST_MESSAGE_WAIT_S = 2.0
+MAX_PENDING_REFUSALS = 64
+_pending_refusals = 0
 
 
 async def _refuse(call: Call, code: grpc.StatusCode, details: str) -> None:
@@ -131,9 +134,14 @@ async def _refuse(call: Call, code: grpc.StatusCode, details: str) -> None:
     Python client then reports INTERNAL "Internal error from Core" instead of `code`
     (grpc/grpc#36066). Later messages can still race; the first is what every
     refused Converse sends."""
-    if call.request_streaming:
-        with contextlib.suppress(Exception):  # EOF, an unreadable message, the wait
-            await asyncio.wait_for(call.context.read(), FIRST_MESSAGE_WAIT_S)
+    global _pending_refusals
+    if call.request_streaming and _pending_refusals < MAX_PENDING_REFUSALS:
+        _pending_refusals += 1
+        try:
+            with contextlib.suppress(Exception):  # EOF, an unreadable message, the wait
+                await asyncio.wait_for(call.context.read(), FIRST_MESSAGE_WAIT_S)
+        finally:
+            _pending_refusals -= 1
     await call.context.abort(code, details)
 
 
@@ -218,9 +226,8 @@ class Drain(_Guarded):
         try:
             if self.draining:
                 await _refuse(call, grpc.StatusCode.UNAVAILABLE,
-                                         RESUME_DRAINING if call.method.endswith("/Resume")
-                                         else "server is shutting down; retry on another "
-                                              "replica")
+                              RESUME_DRAINING if call.method.endswith("/Resume")
+                              else "server is shutting down; retry on another replica")
             yield
         finally:
             self._inflight -= 1

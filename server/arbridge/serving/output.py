@@ -183,7 +183,7 @@ class Reply:
         self.scene_version = scene_version
         self.referents = list(referents)
         self.sequences = processor.sequences
-        self.done = False  # its generation has ended (or its reader left)
+        self.done = False  # its iteration has ended (the generation finished or failed)
 
     def cancel(self, reason: FinishReason = FinishReason.CANCELLED) -> None:
         self._generation.cancel(reason)

@@ -274,8 +274,9 @@ class StreamStore:
         self.bytes -= stream.bytes
         if stream._expiry is not None:
             stream._expiry.cancel()
-        if not stream.done:
-            stream.reply.cancel(FinishReason.CANCELLED)
+        # Even when done here: the engine may still hold it (a paused reply whose
+        # sequences the output side ended); cancelling twice changes nothing.
+        stream.reply.cancel(FinishReason.CANCELLED)
         # A follower still attached (CancelStream while it reads) gets the reply's
         # CANCELLED end at the engine's next step, through the producer.
         stream._changed.set()

@@ -112,7 +112,10 @@ class GrammarCompiler:
             self.bytes -= cached[1]
         before = _heap_bytes()
         pristine = self._compile(key, field)
-        size = max(MIN_GRAMMAR_BYTES, _heap_bytes() - before)
+        # The heap is the process's: another thread's tensors can move it meanwhile,
+        # so one reading is held within [MIN_GRAMMAR_BYTES, a quarter of the budget].
+        size = min(max(MIN_GRAMMAR_BYTES, _heap_bytes() - before),
+                   max(MIN_GRAMMAR_BYTES, self.budget_bytes // 4))
         self._compiled[key] = (pristine, size)
         self.bytes += size
         while self.bytes > self.budget_bytes and len(self._compiled) > 1:

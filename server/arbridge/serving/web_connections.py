@@ -64,11 +64,12 @@ def connection_cap(configured: int | None, fd_limit: int) -> int:
     descriptors cannot reach is a configuration error (they would run out first)."""
     usable = fd_limit - RESERVED_FDS
     if configured is None:
-        return max(1, min(4096, fd_limit // 2))
+        return max(1, min(4096, fd_limit // 2, usable))
     if configured > usable:
-        raise ConnectionLimitError(f"grpc_web_max_connections = {configured} needs more open files "
-                         f"than this process may have ({fd_limit}, {RESERVED_FDS} of them "
-                         f"kept for the rest of the server): lower it or raise `ulimit -n`")
+        raise ConnectionLimitError(
+            f"grpc_web_max_connections = {configured} needs more open files than this "
+            f"process may have ({fd_limit}, {RESERVED_FDS} of them kept for the rest of the "
+            "server): lower it or raise `ulimit -n`")
     return configured
 
 
@@ -163,6 +164,7 @@ class LimitedH11Protocol(H11Protocol):
             # for a moment, then the socket closes. Closing at once with unread bytes
             # would send a reset that can destroy the answer before the client reads it.
             self._lingering = True
+            self.flow.resume_reading()  # uvicorn paused it at 64 KiB of unread body
             if self.transport.can_write_eof():
                 self.transport.write_eof()
             self.loop.call_later(LINGER_S, self.transport.close)
