@@ -209,9 +209,10 @@ class EngineSettings(BaseSettings):
         512, ge=1, description="host memory for the KV of paused replies (resumable ones "
                                "nobody follows); past it the longest parked are ended")
     prefill_turn_ms: float = Field(
-        300.0, ge=0, description="while streams decode, prompt reading per turn is kept to "
-                                 "about this long (measured), so their next token is never "
-                                 "further away; 0 = prefill_chunk_tokens alone")
+        0.0, ge=0, description="while streams decode, prompt reading per turn is kept to "
+                               "about this long (measured), so their next token is never "
+                               "further away, at some cost to bursts of new prompts; "
+                               "0 = prefill_chunk_tokens alone")
     prefill_prompt_tokens: int = Field(
         128, ge=16, description="the most one prompt reads in a turn while other prompts "
                                 "wait, so a short prompt is not stuck behind long ones")

@@ -102,7 +102,7 @@ class Scheduler:
     def __init__(self, model, tokenizer, *, context_length: int, max_active: int = 16,
                  max_queue: int = 64, prefill_chunk_tokens: int = 512, projectors=None,
                  fused_decoder: bool = True, prefix_cache_bytes: int = 0,
-                 quantize: str | None = None, prefill_turn_ms: float = 300.0,
+                 quantize: str | None = None, prefill_turn_ms: float = 0.0,
                  prefill_prompt_tokens: int = 128, parked_kv_bytes: int = 512 << 20):
         self.runner = ModelRunner(model, context_length, fused=fused_decoder,
                                   quantize=quantize)
