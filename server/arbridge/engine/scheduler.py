@@ -384,18 +384,8 @@ class Scheduler:
                 self._park(req)
         now = time.perf_counter()
         for req in list(self._parked):
-            handle = req.handle
-            for index in handle.stopped_snapshot():  # the servicer ended them meanwhile
-                if not req.done[index]:
-                    req.done[index] = True
-                    self._drop_slot(req, index)
-            if all(req.done):
-                self._finish(req, FinishReason.CANCELLED)
-            elif handle.cancel_reason is not None:
-                self._finish(req, handle.cancel_reason)
-            elif handle.deadline is not None and now + self._turn_seconds >= handle.deadline:
-                self._finish(req, FinishReason.TIME_LIMIT)
-            elif not handle.paused and len(self._active) < self.max_active:
+            if not self._retire_if_leaving(req, now) and not req.handle.paused \
+                    and len(self._active) < self.max_active:
                 self._unpark(req)
 
     def _park(self, req: _Request) -> None:
@@ -445,19 +435,26 @@ class Scheduler:
         stopped (stop strings), cancelled or interrupted calls, deadlines."""
         now = time.perf_counter()
         for req in list(self._active):
-            handle = req.handle
-            for index in handle.stopped_snapshot():
-                if not req.done[index]:
-                    req.done[index] = True  # the servicer already sent its completion
-                    self._drop_slot(req, index)
-            if all(req.done):
-                self._finish(req, FinishReason.CANCELLED)
-            elif handle.cancel_reason is not None:
-                self._finish(req, handle.cancel_reason)
-            # Stop while the last text can still reach the client: a turn that
-            # would end past the deadline is not started.
-            elif handle.deadline is not None and now + self._turn_seconds >= handle.deadline:
-                self._finish(req, FinishReason.TIME_LIMIT)
+            self._retire_if_leaving(req, now)
+
+    def _retire_if_leaving(self, req: _Request, now: float) -> bool:
+        """Finish `req` (active or parked) if it ends before this turn; True if it did."""
+        handle = req.handle
+        for index in handle.stopped_snapshot():
+            if not req.done[index]:
+                req.done[index] = True  # the servicer already sent its completion
+                self._drop_slot(req, index)
+        if all(req.done):
+            self._finish(req, FinishReason.CANCELLED)
+        elif handle.cancel_reason is not None:
+            self._finish(req, handle.cancel_reason)
+        # Stop while the last text can still reach the client: a turn that would end
+        # past the deadline is not started.
+        elif handle.deadline is not None and now + self._turn_seconds >= handle.deadline:
+            self._finish(req, FinishReason.TIME_LIMIT)
+        else:
+            return False
+        return True
 
     def _finish(self, req: _Request, reason: FinishReason, error: str = "") -> None:
         """End every open sequence of a request and free all it holds."""
