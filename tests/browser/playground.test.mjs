@@ -43,7 +43,11 @@ async function open(url = PAGE, { token = env.ARBRIDGE_TOKEN } = {}) {
 
 // Click a button and wait for the reply to end (done, error or cancelled).
 async function reply(page, button = "#describe") {
+  // Cleared first, so the wait below sees this click's reply, never the last one's state.
+  await page.evaluate(() => { document.body.dataset.reply = ""; });
   await page.click(button);
+  await page.waitForFunction(() => document.body.dataset.reply !== "", null, { timeout: 5000 })
+    .catch(() => assert.fail(`clicking ${button} started no reply`));
   await page.waitForFunction(() => document.body.dataset.reply !== "streaming");
   return {
     state: await page.evaluate(() => document.body.dataset.reply),
