@@ -180,25 +180,6 @@ async def test_a_failing_step_ends_requests_with_error_and_the_engine_recovers(l
     assert after[0] == reference_greedy(loaded, PROMPTS[2], 5)
 
 
-def test_removing_a_row_added_after_the_last_forward_pass():
-    """Found by the chaos test: buffers grow lazily (on the next forward), so a row
-    admitted and cancelled before any pass that reached it lies past them."""
-    from arbridge.engine.kv_cache import SlotKVCache
-
-    cache = SlotKVCache(num_layers=1, slots=2, capacity=8)
-    cache.add_row(3)
-    cache.prepare(0, 1, torch.tensor([0]), q_len=3, read_length=3)
-    keys = torch.arange(3 * 2, dtype=torch.float32).reshape(1, 1, 3, 2)
-    cache.layers[0].update(keys, keys + 100, 0)  # buffers made with 2 slots
-    for length in (0, 0, 0, 0, 0):
-        cache.add_row(length)  # six rows now; the buffers still hold two
-    cache.lengths[5] = 2
-    assert cache.remove_row(1) == 5
-    assert cache.rows == 5 and cache.lengths[1] == 2
-    assert cache.layers[0].keys.shape[0] >= 6
-    assert torch.equal(cache.layers[0].keys[0, :, :3], keys[0])
-
-
 def test_a_burst_between_turns_fills_free_slots_before_the_queue(tiny_loaded):
     """Requests that arrive before the scheduler's next turn are not refused while
     slots stand empty: capacity is max_active + max_queue, then QueueFull."""
@@ -310,9 +291,10 @@ async def test_one_client_s_burst_does_not_keep_another_s_request_waiting(loaded
 
 
 async def test_a_parked_request_leaves_when_its_sequences_are_stopped_or_cancelled(loaded):
-    """Paused requests are parked (no row); one whose sequence the output side then
-    ends (a stop string in a token made before the pause) and one cancelled both leave
-    the engine, their KV with them; a resumed one goes on."""
+    """Paused requests are parked (out of the batch, keeping their blocks); one whose
+    sequence the output side then ends (a stop string in a token made before the pause)
+    and one cancelled both leave the engine, their blocks with them; a resumed one goes
+    on."""
     undo = slow_down(loaded.model, 0.01)
     try:
         with Engine(loaded, max_active=4) as eng:
@@ -324,7 +306,7 @@ async def test_a_parked_request_leaves_when_its_sequences_are_stopped_or_cancell
             for stream in streams:
                 stream.pause()
             await wait_for(lambda: eng.scheduler.parked == 3, 5, "all three parked")
-            assert eng.scheduler._parked_bytes > 0
+            assert all(req.blocks for req in eng.scheduler._parked)
             streams[0].finish_sequence(0)
             streams[1].cancel()
             streams[2].resume()
@@ -334,7 +316,7 @@ async def test_a_parked_request_leaves_when_its_sequences_are_stopped_or_cancell
             readers[0].cancel()
             steps = await asyncio.wait_for(asyncio.gather(*readers[1:]), 30)
             await wait_idle(eng.scheduler)
-            assert eng.scheduler._parked_bytes == 0
+            assert eng.scheduler.kv_blocks["used"] == 0  # every block back in the pool
     finally:
         undo()
     assert sum(len(s.tokens) for s in steps[1]) == 200  # the resumed one finished

@@ -47,9 +47,10 @@ def run_passes(runner: ModelRunner) -> list[torch.Tensor]:
     """A ragged chunked prefill of three rows, then decode steps at different
     lengths, some with soft-prompt embeddings: every logit the engine would read."""
     torch.manual_seed(1)
-    cache = runner.new_cache(slots=4, capacity=8)  # grows during the passes
-    for length in (0, 0, 0):
-        cache.add_row(length)
+    pool = runner.new_pool(1 << 20, block_tokens=4)
+    # Tables out of order and interleaved: every read goes through the block tables.
+    free = pool.allocate(12)
+    tables = [free[0::3][::-1], free[1::3], free[2::3]]
     prompts = [torch.randint(0, 97, (n,)) for n in (11, 5, 8)]
     outs = []
     for begin in (0, 6):  # two prefill chunks of up to 6 tokens
@@ -59,12 +60,12 @@ def run_passes(runner: ModelRunner) -> list[torch.Tensor]:
         for i, chunk in enumerate(chunks):
             ids[i, :len(chunk)] = chunk
         starts = [min(begin, len(p)) for p in prompts]
-        outs.append(runner.forward(cache, 0, ids, starts, keep=width))
+        outs.append(runner.forward(pool, tables, ids, starts, keep=width))
     lengths = [len(p) for p in prompts]
     embeds = runner.embed(torch.randint(0, 97, (3, 1))) * 0.5  # soft-prompt-like rows
     for step in range(4):
         ids = torch.randint(0, 97, (3, 1))
-        outs.append(runner.forward(cache, 0, ids, lengths,
+        outs.append(runner.forward(pool, tables, ids, lengths,
                                    inputs_embeds=embeds if step == 2 else None))
         lengths = [n + 1 for n in lengths]
     return outs

@@ -225,16 +225,10 @@ class ArBridgeServer:
             projectors = ProjectorSet.load(s.projectors, preloaded.model)
             preloaded.info.features += [f"projector:{name}={dims}"
                                         for name, dims in projectors.input_dims().items()]
-        self.scheduler = Scheduler(preloaded.model, preloaded.tokenizer,
-                                   context_length=preloaded.info.context_length,
-                                   max_active=s.max_active, max_queue=s.max_queue,
-                                   prefill_chunk_tokens=s.prefill_chunk_tokens,
-                                   prefill_turn_ms=s.prefill_turn_ms,
-                                   prefill_prompt_tokens=s.prefill_prompt_tokens,
-                                   parked_kv_bytes=s.parked_kv_mb << 20,
-                                   projectors=projectors, fused_decoder=s.fused_decoder,
-                                   prefix_cache_bytes=s.prefix_cache_mb << 20,
-                                   quantize=preloaded.quantize)
+        self.scheduler = Scheduler.from_settings(
+            preloaded.model, preloaded.tokenizer, s,
+            context_length=preloaded.info.context_length, projectors=projectors,
+            quantize=preloaded.quantize)
         self.scheduler.start()
         # SERVING only once the engine is warm: the first request must not
         # wait for weight packing and cache allocation.

@@ -206,8 +206,9 @@ class EngineSettings(BaseSettings):
                                 "together; lower = first tokens sooner for some, higher = "
                                 "better prefill throughput")
     parked_kv_mb: int = Field(
-        512, ge=1, description="host memory for the KV of paused replies (resumable ones "
-                               "nobody follows); past it the longest parked are ended")
+        512, ge=1, description="how much of the KV cache paused replies (resumable ones "
+                               "nobody follows) may keep; past it the longest parked give "
+                               "theirs back and are recomputed if resumed")
     prefill_turn_ms: float = Field(
         0.0, ge=0, description="while streams decode, prompt reading per turn is kept to "
                                "about this long (measured), so their next token is never "
@@ -220,10 +221,20 @@ class EngineSettings(BaseSettings):
         True, description="run Llama- and GPT-2-shaped models through ArBridge's lean "
                           "forward pass (fused projections, straight on the KV cache); "
                           "false = the model's own transformers forward")
+    kv_cache_mb: int = Field(
+        0, ge=0, description="the KV cache: one pool of blocks every sequence draws from; "
+                             "a request that would not fit even alone is refused, and when "
+                             "decoding runs out the newest request is recomputed later; "
+                             "0 = auto (CPU: 1536 MB or a quarter of available memory, "
+                             "whichever is less; GPU: 60 % of the memory free after loading)")
+    kv_block_tokens: int = Field(
+        16, ge=1, le=1024, description="tokens per KV block (the unit of allocation and of "
+                                       "prefix sharing)")
     prefix_cache_mb: int = Field(
-        256, ge=0, description="memory for the KV of recent prompt prefixes (system prompt, "
-                               "scene, dialogue so far), so a prompt that starts like an "
-                               "earlier one prefills only the rest; 0 = off")
+        256, ge=0, description="how much of the KV cache may keep recent prompt prefixes "
+                               "(system prompt, scene, dialogue so far) once their requests "
+                               "end, so a prompt that starts like an earlier one prefills "
+                               "only the rest; 0 = off")
 
 
 # Bases in reverse: pydantic lists the fields (and so the flags) from the last base on.

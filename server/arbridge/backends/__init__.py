@@ -56,6 +56,11 @@ class BackendBusy(RuntimeError):
         self.retry_after_s = retry_after_s
 
 
+class RequestTooLarge(ValueError):
+    """The request could never fit this server's memory, even alone (INVALID_ARGUMENT,
+    naming the field to lower)."""
+
+
 class BackendRefused(RuntimeError):
     """The upstream engine refused the request as configured (FAILED_PRECONDITION)."""
 

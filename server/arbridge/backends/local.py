@@ -5,12 +5,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from arbridge.backends import BackendBusy, Delta, Outputs, Prompt, SequenceEnd
+from arbridge.backends import (
+    BackendBusy,
+    Delta,
+    Outputs,
+    Prompt,
+    RequestTooLarge,
+    SequenceEnd,
+)
 from arbridge.engine.async_engine import AsyncEngine, RequestStream
 from arbridge.engine.projector import ProjectorSet
 from arbridge.engine.requests import FinishReason
 from arbridge.engine.sampling import SamplingConfig
-from arbridge.engine.scheduler import QueueFull, Scheduler
+from arbridge.engine.scheduler import QueueFull, Scheduler, TooLargeForKV
 from arbridge.logs import REQUEST_ID
 from arbridge.metrics import Metrics
 from arbridge.models.loader import ModelInfo
@@ -42,6 +49,8 @@ class LocalBackend:
                                         request_id=REQUEST_ID.get(), peer=client)
         except QueueFull as exc:
             raise BackendBusy(str(exc), exc.retry_after_s) from exc
+        except TooLargeForKV as exc:  # waiting would not help: the request's own limits
+            raise RequestTooLarge(str(exc)) from exc
         return LocalGeneration(stream)
 
     @property

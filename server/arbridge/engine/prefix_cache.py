@@ -6,11 +6,14 @@ the previous turn's. The keys and values of a token depend only on the
 tokens before it, so a prompt that starts like an earlier one can start
 from that prompt's cached KV and prefill only the rest.
 
-The cache is a tree of fixed-size token blocks: a block is found by its
-parent block's id and its own tokens (exact match, no hashing shortcuts),
-holds that block's keys and values for every layer, and is evicted least
-recently used once the byte budget is spent. Every use touches a chain from
-its deepest block up, so parents always outlive their children.
+The cache is an index over blocks of the KV pool (kv_pool.py), not a copy: a
+full block of a prompt just read is remembered by its parent block's id and its
+own tokens (exact match, no hashing shortcuts), and the cache holds one
+reference to it. A new prompt that starts the same way takes references to the
+same blocks, so its table starts with them and nothing is copied. Blocks only
+the cache holds are evicted least recently used, when the pool needs room or the
+cache is over its own cap (`prefix_cache_mb`). Every use touches a chain from its
+deepest block up, so parents always outlive their children.
 
 Requests with dense features skip it: their first positions are
 soft-prompt embeddings, not tokens, so equal ids do not mean equal KV.
@@ -22,24 +25,25 @@ import collections
 import itertools
 from dataclasses import dataclass
 
-import torch
+from arbridge.engine.kv_pool import KVPool
 
-from arbridge.engine.kv_cache import SlotKVCache
+_Key = tuple[int, tuple[int, ...]]  # (parent entry's id or 0, the block's tokens)
 
 
-@dataclass(eq=False)
-class _Block:
+@dataclass(frozen=True)
+class _Entry:
+    # Its own id, never reused: pool block ids are, and a child keyed by a block id
+    # could match under a different parent once that block is evicted and reused.
     id: int
-    kv: torch.Tensor  # [layers, 2, kv_heads, block, head_dim]
+    block: int
 
 
 class PrefixCache:
-    def __init__(self, budget_bytes: int, block_tokens: int = 8):
-        self.budget_bytes = budget_bytes
-        self.block = block_tokens
-        self.bytes = 0
-        self._blocks: collections.OrderedDict[tuple[int, tuple[int, ...]], _Block] = \
-            collections.OrderedDict()  # least recently used first
+    def __init__(self, pool: KVPool, max_blocks: int):
+        self.pool = pool
+        self.block = pool.block_tokens
+        self.max_blocks = max_blocks
+        self._blocks: collections.OrderedDict[_Key, _Entry] = collections.OrderedDict()
         self._ids = itertools.count(1)
         self.reused_tokens = 0  # prompt tokens whose KV came from here
         self.prefilled_tokens = 0  # prompt tokens that looked here and were computed
@@ -47,75 +51,74 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._blocks)
 
-    def _chain(self, ids: list[int]) -> list[tuple[tuple[int, tuple[int, ...]], _Block]]:
+    def _chain(self, ids: list[int]) -> list[tuple[_Key, _Entry]]:
         """The cached blocks that start `ids`, in order."""
         chain, parent = [], 0
         for start in range(0, len(ids) - self.block + 1, self.block):
             key = (parent, tuple(ids[start:start + self.block]))
-            block = self._blocks.get(key)
-            if block is None:
+            entry = self._blocks.get(key)
+            if entry is None:
                 break
-            chain.append((key, block))
-            parent = block.id
+            chain.append((key, entry))
+            parent = entry.id
         return chain
 
-    def _touch(self, keys: list) -> None:
+    def _touch(self, keys: list[_Key]) -> None:
         """Mark a chain used, deepest block first: a parent always ends up more
         recent than its children, so eviction takes leaves before the blocks
         they hang from and never leaves an unreachable block holding memory."""
         for key in reversed(keys):
             self._blocks.move_to_end(key)
 
-    def load(self, ids: list[int], cache: SlotKVCache, row: int) -> int:
-        """Write the longest cached prefix of `ids` into `row` of `cache`.
-
-        Returns how many tokens it wrote: at most len(ids) - 1, because the
-        last prompt token must still run to give the first logits.
-        """
+    def lookup(self, ids: list[int]) -> tuple[list[int], int]:
+        """(blocks, tokens): the cached blocks that start `ids`, each now also held
+        by the caller, and how many tokens of `ids` they cover: at most
+        len(ids) - 1, because the last prompt token must still run to give the
+        first logits (its block, if cached, is shared: written only after a copy)."""
         chain = self._chain(ids)
         count = max(0, min(len(chain) * self.block, len(ids) - 1))
-        if count:
+        blocks = [entry.block for _, entry in chain][:self.pool.blocks_for(count)]
+        if blocks:
             self._touch([key for key, _ in chain])
-            stacked = torch.cat([block.kv for _, block in chain], dim=3)[:, :, :, :count]
-            cache.write_row(row, stacked)
+            self.pool.share(blocks)
         # Two counters, each only growing, for the metrics thread to read.
         self.reused_tokens += count
         self.prefilled_tokens += len(ids) - count
-        return count
+        return blocks, count
 
-    def store(self, ids: list[int], cache: SlotKVCache, row: int) -> None:
-        """Keep the full blocks of a prompt just prefilled in `row`, as many
-        as fit beside the blocks it extends (never evicting those)."""
-        chain = self._chain(ids)
-        keys = [key for key, _ in chain]
-        self._touch(keys)
-        first_new = len(chain) * self.block
-        wanted = (len(ids) - first_new) // self.block
-        if wanted <= 0 or self.budget_bytes <= 0:
-            return
-        layer = cache.layers[0]
-        size = (len(cache.layers) * 2 * layer.keys.shape[1] * self.block * layer.keys.shape[3]
-                * layer.keys.element_size())
-        held = sum(block.kv.numel() * block.kv.element_size() for _, block in chain)
-        count = min(wanted, (self.budget_bytes - held) // size)
-        if count <= 0:
-            return
-        fresh = cache.read_row(row, first_new, first_new + count * self.block)
-        parent = chain[-1][1].id if chain else 0
-        for i in range(count):
-            # Room comes from other chains: this one is the most recent.
-            self._evict(self.budget_bytes - size)
-            block = _Block(next(self._ids),
-                           fresh[:, :, :, i * self.block:(i + 1) * self.block].clone())
-            start = first_new + i * self.block
-            key = (parent, tuple(ids[start:start + self.block]))
-            self._blocks[key] = block
+    def store(self, ids: list[int], blocks: list[int]) -> None:
+        """Remember the full blocks of `ids`, whose KV is in `blocks` (a table)."""
+        parent, keys = 0, []
+        for i in range(min(len(ids) // self.block, len(blocks))):
+            key = (parent, tuple(ids[i * self.block:(i + 1) * self.block]))
+            entry = self._blocks.get(key)
+            if entry is None:
+                if len(self._blocks) >= self.max_blocks and not self.evict(1, keep=keys):
+                    break
+                entry = self._blocks[key] = _Entry(next(self._ids), blocks[i])
+                self.pool.share([entry.block])
             keys.append(key)
-            self.bytes += size
-            parent = block.id
+            parent = entry.id
         self._touch(keys)
 
-    def _evict(self, keep_bytes: int) -> None:
-        while self.bytes > keep_bytes and self._blocks:
-            _, block = self._blocks.popitem(last=False)
-            self.bytes -= block.kv.numel() * block.kv.element_size()
+    @property
+    def evictable(self) -> int:
+        """Blocks only the cache holds: the pool can have them back."""
+        return sum(1 for entry in self._blocks.values() if self.pool.refs[entry.block] == 1)
+
+    def evict(self, count: int, keep: list[_Key] = ()) -> int:
+        """Give back up to `count` blocks nobody else holds, least recently used
+        first; returns how many."""
+        freed, keep = 0, set(keep)
+        for key, entry in list(self._blocks.items()):
+            if freed >= count:
+                break
+            if self.pool.refs[entry.block] == 1 and key not in keep:
+                del self._blocks[key]
+                self.pool.release([entry.block])
+                freed += 1
+        return freed
+
+    def clear(self) -> None:
+        """Forget everything (the pool was reset)."""
+        self._blocks.clear()

@@ -1,8 +1,9 @@
-"""The model runner: executes one forward pass over a set of cache rows.
+"""The model runner: executes one forward pass over a set of sequences.
 
-It owns nothing but the model and knows nothing of requests: the scheduler
-decides which rows run; the runner builds the position ids and the attention
-mask for rows of different lengths and calls the model.
+It owns the model and the KV pool and knows nothing of requests: the scheduler
+decides which sequences run and hands over their block tables; the runner builds
+the position ids and the attention mask for rows of different lengths and calls
+the model.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import inspect
 import torch
 
 from arbridge.engine.fused_decoder import FusedDecoder
-from arbridge.engine.kv_cache import SlotKVCache
+from arbridge.engine.kv_pool import KVPool, PagedKVCache
 
 
 class ModelRunner:
@@ -44,19 +45,33 @@ class ModelRunner:
                 raise ValueError(f"{self.quantize} weights: "
                                  f"{FusedDecoder.unsupported_reason(self.model)}")
 
-    def new_cache(self, slots: int, capacity: int = 256) -> SlotKVCache:
-        return SlotKVCache(self.num_layers, slots=slots, capacity=capacity,
-                           max_capacity=self.context_length)
+    def kv_geometry(self) -> tuple[int, int]:
+        """(kv_heads, head_dim) of the model's attention layers."""
+        config = self.model.config.get_text_config() \
+            if hasattr(self.model.config, "get_text_config") else self.model.config
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        return kv_heads, head_dim
+
+    def new_pool(self, budget_bytes: int, block_tokens: int = 16) -> KVPool:
+        """A KV pool of as many blocks as `budget_bytes` holds."""
+        kv_heads, head_dim = self.kv_geometry()
+        per_block = KVPool.bytes_per_block(self.num_layers, kv_heads, head_dim, block_tokens,
+                                           self.dtype)
+        return KVPool(self.num_layers, kv_heads, head_dim, block_tokens,
+                      max(2, budget_bytes // per_block), self.dtype, self.device)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The model's own input embeddings of ids [B, q] -> [B, q, hidden]."""
         return self.model.get_input_embeddings()(input_ids)
 
-    def forward(self, cache: SlotKVCache, first: int, input_ids: torch.Tensor,
+    def forward(self, pool: KVPool, tables: list[list[int]], input_ids: torch.Tensor,
                 starts: list[int], keep: int | torch.Tensor = 1,
                 inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
-        """Run rows first..first+B-1 on input_ids [B, q] placed at `starts` [B]
-        (or on `inputs_embeds` [B, q, hidden] when given: soft prompts).
+        """Run the sequences whose block tables are `tables` on input_ids [B, q]
+        placed at `starts` [B] (or on `inputs_embeds` [B, q, hidden]: soft prompts).
+        Each table must cover its row's real tokens; padding writes go to block 0.
 
         Returns logits [B, k, vocab] for the kept query positions (`keep`: the
         last k positions, or a 1-D tensor of positions).
@@ -66,8 +81,9 @@ class ModelRunner:
         # One new token per row, every row at the same length: each query sees
         # the whole cache read, so no mask is needed (always so at batch 1).
         unmasked = q_len == 1 and min(starts) + 1 == read_length
+        cache = PagedKVCache(pool)
+        cache.prepare(tables, starts, q_len, read_length)
         starts = torch.tensor(starts, device=self.device)
-        cache.prepare(first, count, starts, q_len, read_length)
         positions = (starts[:, None] + torch.arange(q_len, device=self.device)[None, :]).clamp_(
             max=self.context_length - 1)
         allowed = None

@@ -4,28 +4,37 @@ A dedicated thread runs the model so the asyncio event loop keeps streaming
 while tensors are computed (torch releases the GIL inside its kernels). Each
 turn of its loop:
 
-1. admits waiting requests (up to `max_active`) and retires cancelled,
-   timed-out and stopped ones, freeing their rows at once;
+1. retires cancelled, timed-out and stopped requests and parks paused ones,
+   freeing their KV blocks at once; then admits waiting requests while there is
+   a free place (`max_active`) and their prompt's blocks fit in the KV pool;
 2. prefills: a chunk of the prompts still being read, as the prefill policy
    shares the turn's budget (engine/prefill_policy.py: work rather than tokens,
-   a cap per prompt, clients in turns; while streams decode, the budget is what
-   fits in `prefill_turn_ms`, so their next token is never far), in forward
-   passes over a staging cache; a request whose prompt is done samples its
-   first token and moves into the decode cache, one row per returned sequence;
-3. decodes: one forward pass over every decoding row, whatever request it
+   a cap per prompt, clients in turns), in forward passes; a request whose
+   prompt is done samples its first token and starts decoding, one sequence per
+   returned sequence, all holding the prompt's blocks;
+3. decodes: one forward pass over every decoding sequence, whatever request it
    belongs to, then each request samples its own rows with its own RNG.
 
 So a new request starts at the next turn, a finished one leaves at the next
 turn, and nobody waits for anybody else to finish.
 
+KV memory is one pool of fixed-size blocks (engine/kv_pool.py), sized by a
+budget. A prompt is admitted only when its blocks fit beside what the prompts
+already being read still need; when decoding runs out of blocks, the newest
+request is preempted: its blocks are freed and it is read again later from its
+prompt and the tokens it already sent (recompute, as vLLM does), then goes on
+exactly where it stopped. A request that could not fit even alone is refused
+at submission, naming the limit.
+
 A paused request (a resumable reply nobody is reading) is parked at the start
-of a turn once all its sequences decode: its rows' KV is copied out and the rows
-freed, so it takes neither a slot nor compute; when resumed it gets rows again
-(before new requests are admitted) and goes on exactly where it stopped.
+of a turn once all its sequences decode: it leaves the batch but keeps its
+blocks, up to `parked_kv_mb`; past that, or when the pool needs room, parked
+requests lose their blocks first and recompute if they are ever resumed.
 """
 
 from __future__ import annotations
 
+import bisect
 import collections
 import concurrent.futures
 import logging
@@ -45,12 +54,16 @@ from arbridge.engine.requests import (
     SequenceFinished,
     StepOutput,
 )
-from arbridge.engine.rows import RowTable
 from arbridge.engine.runner import ModelRunner
 from arbridge.engine.sampling import LogitRules, SamplingBatch, SamplingConfig, sample_batch
 from arbridge.engine.stopping import stop_reason
 
 log = logging.getLogger(__name__)
+
+# Prefill chunks whose rows read at most this many positions share a forward pass
+# (padding is cheap there); a chunk deep into a long prompt runs alone, so a short
+# prompt's rows never attend over its length of padding.
+SHARED_PASS_POSITIONS = 1024
 
 
 def _log(handle: RequestHandle, level: int, message: str, *args) -> None:
@@ -66,17 +79,21 @@ class QueueFull(RuntimeError):
         self.retry_after_s = retry_after_s
 
 
+class TooLargeForKV(ValueError):
+    """A request whose KV could not fit in the whole pool, even alone."""
+
+
 @dataclass(eq=False)
 class _Request:
     handle: RequestHandle
     generator: torch.Generator
     seen: torch.Tensor  # [n, vocab] bool: tokens in prompt or output (repetition penalty)
-    prefilled: int = 0  # prompt tokens already in the staging cache
+    arrival: int = 0  # admission order: the newest is preempted first
     generated: int = 0  # tokens generated per sequence so far
     done: list[bool] = field(default_factory=list)
-    slots: dict[int, _Slot] = field(default_factory=dict)  # sequence index -> decode slot
+    slots: dict[int, _Slot] = field(default_factory=dict)  # sequence index -> its sequence
+    readers: list[_Reader] = field(default_factory=list)  # token runs being prefilled
     prefix: torch.Tensor | None = None  # [prefix_len, hidden] soft-prompt embeddings
-    reading: PromptState | None = None  # the prefill policy's view while prefilling
 
     @property
     def n(self) -> int:
@@ -86,16 +103,36 @@ class _Request:
     def prompt_len(self) -> int:
         return len(self.handle.prompt_ids)
 
+    @property
+    def blocks(self) -> list[int]:
+        """Every block it holds (a block shared by its sequences appears once each)."""
+        return [b for slot in self.slots.values() for b in slot.blocks] + \
+            [b for reader in self.readers for b in reader.blocks]
+
+
+@dataclass(eq=False)
+class _Reader:
+    """Tokens being prefilled into blocks: the prompt (for every sequence), or after
+    a preemption one sequence's prompt and reply so far (`index`)."""
+
+    req: _Request
+    ids: list[int]
+    index: int | None
+    state: PromptState  # the prefill policy's view
+    blocks: list[int] = field(default_factory=list)
+    done: int = 0  # tokens whose KV is in `blocks`
+
 
 @dataclass(eq=False)
 class _Slot:
-    """One decode row's sequence: which request and sequence, and its last token."""
+    """One sequence that decodes: which request and sequence, its last token, its blocks."""
 
     req: _Request
     index: int
     last_id: int = 0
     generated: list[int] = field(default_factory=list)  # the reply's tokens so far
-    parked_kv: torch.Tensor | None = None  # its KV while its request is parked
+    blocks: list[int] = field(default_factory=list)
+    length: int = 0  # tokens whose KV is in `blocks`
 
 
 class Scheduler:
@@ -103,11 +140,14 @@ class Scheduler:
                  max_queue: int = 64, prefill_chunk_tokens: int = 512, projectors=None,
                  fused_decoder: bool = True, prefix_cache_bytes: int = 0,
                  quantize: str | None = None, prefill_turn_ms: float = 0.0,
-                 prefill_prompt_tokens: int = 128, parked_kv_bytes: int = 512 << 20):
+                 prefill_prompt_tokens: int = 128, parked_kv_bytes: int = 512 << 20,
+                 kv_cache_bytes: int = 1 << 30, kv_block_tokens: int = 16):
         self.runner = ModelRunner(model, context_length, fused=fused_decoder,
                                   quantize=quantize)
+        self.pool = self.runner.new_pool(kv_cache_bytes, kv_block_tokens)
         # Prompts that start like an earlier one prefill only the rest.
-        self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
+        self.prefix_cache = PrefixCache(self.pool, prefix_cache_bytes // self.pool.block_bytes) \
+            if prefix_cache_bytes > 0 else None
         self.device = self.runner.device
         self.vocab_size = self.runner.vocab_size
         self.context_length = context_length
@@ -121,17 +161,15 @@ class Scheduler:
         self._prefill_s_per_work = 0.0  # measured: seconds per unit of prefill work
         self._turns = 0
         self._arrivals = 0
+        self.preemptions = 0  # requests whose blocks were taken back to make room
         self.projectors = projectors  # ProjectorSet, for requests with dense features
         self.eos_ids = self._eos_ids(model, tokenizer)
-        # Prompts being read live in staging rows, one per request; decoding sequences
-        # in decode rows, one per returned sequence.
-        self._prefilling: RowTable[_Request] = RowTable(self._new_cache())
-        self._decoding: RowTable[_Slot] = RowTable(self._new_cache())
-        self._to_load: list[_Request] = []  # admitted, cached prompt prefix not yet loaded
+        self._readers: list[_Reader] = []  # prompts (or preempted replies) being read
+        self._decoding: list[_Slot] = []  # the decode batch, one row per sequence
         self._active: list[_Request] = []
-        self._parked: list[_Request] = []  # paused: no rows, KV held aside (host memory)
-        self.parked_kv_bytes = parked_kv_bytes  # what parked KV may take, all together
-        self._parked_bytes = 0
+        self._parked: list[_Request] = []  # paused: out of the batch, maybe holding blocks
+        self._preempted: list[_Request] = []  # blocks taken back: read again first
+        self.parked_kv_bytes = parked_kv_bytes  # what parked requests' blocks may take
         self._waiting: collections.deque[RequestHandle] = collections.deque()
         self._calls: collections.deque = collections.deque()  # (fn, future) to run here
         self._wake = threading.Condition()
@@ -142,6 +180,23 @@ class Scheduler:
         self.start_error: Exception | None = None  # why the engine could not start
         self._turn_seconds = 0.05  # moving average, for the retry hint
         self.on_decode_step = None  # optional callback(batch rows), on this thread
+
+    @classmethod
+    def from_settings(cls, model, tokenizer, settings, *, context_length: int,
+                      **overrides) -> Scheduler:
+        """A scheduler as `settings` (config.EngineSettings) configure it."""
+        from arbridge.engine.kv_pool import default_budget_bytes
+
+        s = settings
+        options = dict(
+            max_active=s.max_active, max_queue=s.max_queue,
+            prefill_chunk_tokens=s.prefill_chunk_tokens, prefill_turn_ms=s.prefill_turn_ms,
+            prefill_prompt_tokens=s.prefill_prompt_tokens, parked_kv_bytes=s.parked_kv_mb << 20,
+            fused_decoder=s.fused_decoder, prefix_cache_bytes=s.prefix_cache_mb << 20,
+            kv_cache_bytes=(s.kv_cache_mb << 20) or default_budget_bytes(
+                next(model.parameters()).device),
+            kv_block_tokens=s.kv_block_tokens)
+        return cls(model, tokenizer, context_length=context_length, **{**options, **overrides})
 
     @staticmethod
     def _eos_ids(model, tokenizer) -> set[int]:
@@ -172,18 +227,36 @@ class Scheduler:
     def submit(self, handle: RequestHandle) -> None:
         if not handle.prompt_ids:
             raise ValueError("empty prompt")
+        self._check_fits(handle)
         handle.wake = self.wake
         with self._wake:
             # Requests that a free slot will take at the next turn are not
             # queued: a burst arriving between turns must not be refused
             # while slots stand empty.
             free_slots = max(0, self.max_active - len(self._active))
-            if len(self._waiting) - free_slots >= self.max_queue:
+            if len(self._waiting) + len(self._preempted) - free_slots >= self.max_queue:
                 # Roughly when a slot frees up: one request's worth of turns.
                 retry = self._turn_seconds * handle.sampling.max_new_tokens
                 raise QueueFull(len(self._waiting), retry_after_s=max(retry, 0.1))
             self._waiting.append(handle)
             self._wake.notify()
+
+    def _check_fits(self, handle: RequestHandle) -> None:
+        """Refuse a request whose sequences, at their longest, need more blocks than
+        the pool has: it could never finish, however long it waited."""
+        cfg, pool = handle.sampling, self.pool
+        prompt = len(handle.prompt_ids)
+        longest = min(prompt + cfg.max_new_tokens, self.context_length)
+        reply = longest - prompt
+        # Read again after a preemption, each sequence holds its own copy of the prompt.
+        need = cfg.num_return_sequences * pool.blocks_for(longest)
+        if need + pool.usable // 100 > pool.usable:
+            tokens = pool.usable * pool.block_tokens
+            raise TooLargeForKV(
+                f"max_tokens: {cfg.num_return_sequences} sequence(s) of up to {longest} tokens "
+                f"(a {prompt}-token prompt and {reply} new) need {need * pool.block_bytes >> 20} "
+                f"MB of KV cache; this server's kv_cache_mb holds "
+                f"{pool.usable * pool.block_bytes >> 20} MB (about {tokens} tokens in all)")
 
     def call(self, fn, *args) -> concurrent.futures.Future:
         """Run fn(*args) on the scheduler thread between turns.
@@ -207,16 +280,23 @@ class Scheduler:
     @property
     def load(self) -> tuple[int, int]:
         """(active, waiting) request counts; parked requests are neither."""
-        return len(self._active), len(self._waiting)
+        return len(self._active), len(self._waiting) + len(self._preempted)
 
     @property
     def parked(self) -> int:
         return len(self._parked)
 
+    @property
+    def kv_blocks(self) -> dict[str, int]:
+        """The pool's blocks by state (read by the metrics thread: a snapshot)."""
+        cached = len(self.prefix_cache) if self.prefix_cache is not None else 0
+        free = self.pool.free
+        return {"free": free, "used": self.pool.usable - free, "prefix_cache": cached}
+
     # -- the scheduler thread ------------------------------------------------------------
     def _loop(self) -> None:
-        # Cache buffers are created and edited in here only; inference mode
-        # for the whole thread keeps them cheap (no autograd bookkeeping).
+        # Pool blocks are written in here only; inference mode for the whole
+        # thread keeps them cheap (no autograd bookkeeping).
         with torch.inference_mode():
             try:
                 self.runner.prepare()
@@ -229,26 +309,23 @@ class Scheduler:
             self._run()
 
     def _warm_up(self) -> None:
-        """One token through each cache before any request: the buffers are
-        allocated (and their memory touched) at full size and the kernels set
-        up now, not while the first burst of requests waits for its first
-        tokens (measured: 0.5 s on the first 32-request burst, fp32 CPU)."""
-        for cache in (self._prefilling.cache, self._decoding.cache):
-            try:
-                row = cache.add_row(0)
-                self.runner.forward(cache, row, torch.zeros(1, 1, dtype=torch.long,
-                                                             device=self.device), [0])
-                cache.remove_row(row)
-            except Exception:  # the first request pays instead, or reports the error
-                log.warning("engine warm-up failed", exc_info=True)
-                self._reset("warm-up failed")
-                return
+        """One token through the model before any request: the kernels are set up
+        now, not while the first burst of requests waits for its first tokens
+        (measured: 0.5 s on the first 32-request burst, fp32 CPU)."""
+        try:
+            blocks = self.pool.allocate(1)
+            self.runner.forward(self.pool, [blocks],
+                                torch.zeros(1, 1, dtype=torch.long, device=self.device), [0])
+            self.pool.release(blocks)
+        except Exception:  # the first request pays instead, or reports the error
+            log.warning("engine warm-up failed", exc_info=True)
+            self._reset("warm-up failed")
 
     def _run(self) -> None:
         while True:
             with self._wake:
                 while (self._running and not self._active and not self._waiting
-                       and not self._calls and not self._parked_due()):
+                       and not self._preempted and not self._calls and not self._parked_due()):
                     # Parked requests have deadlines: look again now and then.
                     self._wake.wait(timeout=0.5 if self._parked else None)
                 if not self._running:
@@ -261,18 +338,14 @@ class Scheduler:
                         future.set_result(fn(*args))
                     except Exception as exc:
                         future.set_exception(exc)
-            with self._wake:
-                self._drop_cancelled_waiting()
-                # Resumed replies come back before new requests take their slots.
-                returning = sum(1 for req in self._parked if not req.handle.paused)
-                while self._waiting and len(self._active) + returning < self.max_active:
-                    self._admit(self._next_waiting())
             began = time.perf_counter()
             try:
-                self._load_cached_prefixes()
                 self._retire_leaving()
                 self._park_and_return()
-                if self._prefilling:
+                with self._wake:
+                    self._drop_cancelled_waiting()
+                    self._admit_fitting()
+                if self._readers:
                     self._prefill_turn()
                 if self._decoding:
                     self._decode_turn()
@@ -282,7 +355,7 @@ class Scheduler:
                               ", ".join(r.handle.request_id for r in self._active))
                 self._reset(f"{type(exc).__name__}: {exc}")
             self._turn_seconds = 0.9 * self._turn_seconds + 0.1 * (time.perf_counter() - began)
-        for req in list(self._active) + list(self._parked):
+        for req in list(self._active) + list(self._parked) + list(self._preempted):
             self._finish(req, FinishReason.ERROR, "server shutting down")
         for handle in self._waiting:
             handle.sink(StepOutput(finished=[
@@ -291,22 +364,21 @@ class Scheduler:
         self._waiting.clear()
 
     def _reset(self, error: str) -> None:
-        """After a failed step: end every active request and start from clean caches."""
-        for req in self._active:
+        """After a failed step: end every request in flight and start from a clean pool."""
+        for req in self._active + self._parked + self._preempted:
             open_seqs = [SequenceFinished(i, FinishReason.ERROR, error)
                          for i, d in enumerate(req.done) if not d]
             _log(req.handle, logging.WARNING, "ended with an error: %s", error)
             if open_seqs:
                 req.handle.sink(StepOutput(finished=open_seqs))
         self._active.clear()
-        for req in list(self._parked):  # memory may be what failed: parked KV goes too
-            self._finish(req, FinishReason.ERROR, error)
-        self._to_load.clear()
-        self._prefilling = RowTable(self._new_cache())
-        self._decoding = RowTable(self._new_cache())
-
-    def _new_cache(self):
-        return self.runner.new_cache(slots=max(4, self.max_active))
+        self._parked.clear()  # memory may be what failed: parked requests go too
+        self._preempted.clear()
+        self._readers.clear()
+        self._decoding.clear()
+        self.pool.reset()
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
 
     def _drop_cancelled_waiting(self) -> None:
         """A request cancelled while queued, or whose deadline comes before it could
@@ -324,13 +396,74 @@ class Scheduler:
                 SequenceFinished(i, reason)
                 for i in range(handle.sampling.num_return_sequences)]))
 
+    # -- blocks --------------------------------------------------------------------------
+    def _reserved(self) -> int:
+        """Blocks the prompts being read still need to finish: promised, not yet taken."""
+        return sum(self._blocks_to_cover(r.blocks, r.done, len(r.ids)) for r in self._readers)
+
+    def _spare(self) -> int:
+        """Blocks that can be handed out now without touching anyone's promise."""
+        evictable = self.prefix_cache.evictable if self.prefix_cache is not None else 0
+        return self.pool.free + evictable - self._reserved()
+
+    def _take(self, count: int) -> list[int]:
+        """`count` fresh blocks, evicting cached prefixes nobody uses if need be."""
+        if self.pool.free < count and self.prefix_cache is not None:
+            self.prefix_cache.evict(count - self.pool.free)
+        return self.pool.allocate(count)
+
+    def _cover(self, blocks: list[int], length: int, end: int) -> None:
+        """Make `blocks` (a table holding `length` tokens) writable up to position
+        end - 1: new blocks past its end, and its own copy of a shared block it is
+        about to write into."""
+        pool = self.pool
+        first = length // pool.block_tokens
+        if first < len(blocks) and pool.refs[blocks[first]] > 1:
+            (own,) = self._take(1)
+            pool.copy_block(blocks[first], own)
+            pool.release([blocks[first]])
+            blocks[first] = own
+        missing = pool.blocks_for(end) - len(blocks)
+        if missing > 0:
+            blocks += self._take(missing)
+
+    def _blocks_to_cover(self, blocks: list[int], length: int, end: int) -> int:
+        pool = self.pool
+        first = length // pool.block_tokens
+        copy = 1 if first < len(blocks) and pool.refs[blocks[first]] > 1 else 0
+        return copy + max(0, pool.blocks_for(end) - len(blocks))
+
+    # -- admission -----------------------------------------------------------------------
     def _next_waiting(self) -> RequestHandle:
         """The oldest waiting request of the client with the fewest running: one
         client's burst does not keep another's single request waiting."""
         running = collections.Counter(req.handle.peer for req in self._active)
-        handle = min(self._waiting, key=lambda h: running[h.peer])  # first of the fewest
-        self._waiting.remove(handle)
-        return handle
+        return min(self._waiting, key=lambda h: running[h.peer])  # first of the fewest
+
+    def _admit_fitting(self) -> None:
+        """Preempted requests first, then waiting ones, while a place is free and
+        their blocks fit (parked requests give up theirs when that is what it takes)."""
+        while len(self._active) < self.max_active and (self._preempted or self._waiting):
+            if self._preempted:
+                req = self._preempted[0]
+                need = sum(self.pool.blocks_for(len(ids)) for ids, _ in self._reading(req))
+            else:
+                handle = self._next_waiting()
+                need = self.pool.blocks_for(len(handle.prompt_ids))
+            # Room to spare beyond the prompt: a block for every decoding row's next
+            # token and a sliver of the pool, so an admission is not preempted at once.
+            margin = len(self._decoding) + self.pool.usable // 100
+            if need + margin > self._spare():
+                if self._drop_parked_blocks():
+                    continue
+                return
+            if self._preempted:
+                self._preempted.pop(0)
+                self._start_reading(req)
+                _log(req.handle, logging.DEBUG, "read again after a preemption")
+            else:
+                self._waiting.remove(handle)
+                self._admit(handle)
 
     def _admit(self, handle: RequestHandle) -> None:
         generator = torch.Generator(device=self.device)
@@ -340,30 +473,77 @@ class Scheduler:
         text_ids = handle.prompt_ids[handle.prefix_len:]  # placeholders are not tokens
         if text_ids:
             seen[:, torch.tensor(text_ids, device=self.device)] = True
-        req = _Request(handle=handle, generator=generator, seen=seen, done=[False] * n)
         self._arrivals += 1
-        req.reading = PromptState(req, self._arrivals, 0, len(handle.prompt_ids), handle.peer)
+        req = _Request(handle=handle, generator=generator, seen=seen, done=[False] * n,
+                       arrival=self._arrivals)
         if handle.features:  # projected here: all torch work stays on this thread
             req.prefix = self.projectors.embed(handle.features).to(self.runner.dtype)
         handle.started = time.perf_counter()
         _log(handle, logging.DEBUG, "admitted: %d prompt tokens, %d sequence(s), %d active",
              len(handle.prompt_ids), n, len(self._active) + 1)
-        self._active.append(req)
-        self._prefilling.add(req, 0)
-        if self.prefix_cache is not None and not handle.features:
-            self._to_load.append(req)  # in the turn, where device errors are handled
+        self._start_reading(req)
 
-    def _load_cached_prefixes(self) -> None:
-        """Start newly admitted prompts from the longest prefix the cache holds."""
-        for req in self._to_load:
-            if req in self._prefilling:
-                row = self._prefilling.row_of(req)
-                staging = self._prefilling.cache
-                req.prefilled = self.prefix_cache.load(req.handle.prompt_ids, staging, row)
-                staging.lengths[row] = req.prefilled
-                _log(req.handle, logging.DEBUG, "prefix cache: %d of %d prompt tokens",
-                     req.prefilled, req.prompt_len)
-        self._to_load.clear()
+    def _reading(self, req: _Request) -> list[tuple[list[int], int | None]]:
+        """What `req` must read to go on: its prompt, or (after a preemption, once it
+        has sequences) each open sequence's prompt and reply but the last token."""
+        if not req.slots:
+            return [(req.handle.prompt_ids, None)]
+        return [(req.handle.prompt_ids + slot.generated[:-1], index)
+                for index, slot in sorted(req.slots.items())]
+
+    def _start_reading(self, req: _Request) -> None:
+        self._active.append(req)
+        for ids, index in self._reading(req):
+            reader = _Reader(req, ids, index,
+                             PromptState(None, req.arrival, 0, len(ids), req.handle.peer))
+            reader.state.key = reader
+            if self.prefix_cache is not None and not req.handle.features:
+                reader.blocks, reader.done = self.prefix_cache.lookup(ids)
+                if reader.done:
+                    _log(req.handle, logging.DEBUG, "prefix cache: %d of %d tokens",
+                         reader.done, len(ids))
+            req.readers.append(reader)
+            self._readers.append(reader)
+
+    # -- preemption ------------------------------------------------------------------------
+    def _preempt(self, req: _Request) -> None:
+        """Take back every block of `req`; it is read again (recomputed) later."""
+        for slot in req.slots.values():
+            self.pool.release(slot.blocks)
+            slot.blocks, slot.length = [], 0
+            if slot in self._decoding:
+                self._decoding.remove(slot)
+        for reader in req.readers:
+            self.pool.release(reader.blocks)
+            self._readers.remove(reader)
+        req.readers.clear()
+        self.preemptions += 1
+        if req in self._parked:  # stays parked, now without blocks
+            _log(req.handle, logging.DEBUG, "parked reply gave up its KV blocks")
+            return
+        self._active.remove(req)
+        bisect.insort(self._preempted, req, key=lambda r: r.arrival)
+        _log(req.handle, logging.INFO, "preempted after %d tokens: KV pool full (kv_cache_mb)",
+             req.generated)
+
+    def _drop_parked_blocks(self) -> bool:
+        """The longest-parked request holding blocks gives them up; False if none does."""
+        for req in self._parked:
+            if req.blocks:
+                self._preempt(req)
+                return True
+        return False
+
+    def _make_room(self, need) -> None:
+        """Preempt until need() blocks are spare: parked requests' blocks first, then
+        the newest active request's (its promise to read a prompt included)."""
+        while need() > self._spare():
+            if self._drop_parked_blocks():
+                continue
+            if not self._active:
+                raise MemoryError(f"KV pool: {need()} blocks wanted, {self._spare()} spare "
+                                  "with nothing left to preempt")
+            self._preempt(max(self._active, key=lambda r: r.arrival))
 
     # -- parking -------------------------------------------------------------------------
     def _parked_due(self) -> bool:
@@ -377,10 +557,9 @@ class Scheduler:
 
     def _park_and_return(self) -> None:
         """Park paused requests whose sequences all decode; end parked ones that were
-        cancelled, stopped or ran out of time; give resumed ones rows again, slots
-        allowing."""
+        cancelled, stopped or ran out of time; bring resumed ones back, places allowing."""
         for req in list(self._active):
-            if req.handle.paused and req.slots and req not in self._prefilling:
+            if req.handle.paused and req.slots and not req.readers:
                 self._park(req)
         now = time.perf_counter()
         for req in list(self._parked):
@@ -389,44 +568,28 @@ class Scheduler:
                 self._unpark(req)
 
     def _park(self, req: _Request) -> None:
-        cache = self._decoding.cache
         for slot in req.slots.values():
-            row = self._decoding.row_of(slot)
-            # Host memory: a GPU's is the engine's to use; a copy either way.
-            slot.parked_kv = cache.read_row(row, 0, cache.lengths[row]).to("cpu", copy=True)
-            self._parked_bytes += _nbytes(slot.parked_kv)
-            self._decoding.remove(row)
+            self._decoding.remove(slot)
         self._active.remove(req)
         self._parked.append(req)
         _log(req.handle, logging.DEBUG, "parked after %d tokens", req.generated)
-        # Over the budget, the longest parked go: their clients left and did not return.
-        while self._parked_bytes > self.parked_kv_bytes and len(self._parked) > 1:
-            oldest = self._parked[0]
-            _log(oldest.handle, logging.INFO, "parked replies over %d bytes: ended",
-                 self.parked_kv_bytes)
-            self._finish(oldest, FinishReason.CANCELLED, "parked replies over their memory "
-                                                         "budget (parked_kv_mb)")
+        # Over the budget, the longest parked give their blocks back: their clients
+        # left and did not return; if they ever do, the reply is read again.
+        budget = self.parked_kv_bytes // self.pool.block_bytes
+        while sum(len(r.blocks) for r in self._parked) > budget and self._drop_parked_blocks():
+            pass
 
     def _unpark(self, req: _Request) -> None:
-        """Rows again, all of them or none (a failure ends the request, not the turn)."""
-        added: list[_Slot] = []
-        try:
-            for slot in req.slots.values():
-                self._decoding.add(slot, slot.parked_kv.shape[3])
-                added.append(slot)
-                self._decoding.cache.write_row(self._decoding.row_of(slot),
-                                               slot.parked_kv.to(self.device))
-        except Exception as exc:
-            for slot in reversed(added):
-                self._decoding.remove(self._decoding.row_of(slot))
-            log.exception("resuming a parked request failed")
-            self._finish(req, FinishReason.ERROR, f"resume failed: {type(exc).__name__}")
-            return
-        for slot in added:
-            self._parked_bytes -= _nbytes(slot.parked_kv)
-            slot.parked_kv = None
+        """Back into the batch with its blocks; without them, read again first."""
         self._parked.remove(req)
-        self._active.append(req)
+        if any(not slot.blocks for slot in req.slots.values()):
+            for slot in req.slots.values():  # all or none: a request reads as one
+                self.pool.release(slot.blocks)
+                slot.blocks, slot.length = [], 0
+            bisect.insort(self._preempted, req, key=lambda r: r.arrival)
+        else:
+            self._active.append(req)
+            self._decoding += req.slots.values()
         _log(req.handle, logging.DEBUG, "resumed after %d tokens", req.generated)
 
     # -- leaving -------------------------------------------------------------------------
@@ -434,7 +597,7 @@ class Scheduler:
         """Free every request that ends before this turn: sequences the servicer
         stopped (stop strings), cancelled or interrupted calls, deadlines."""
         now = time.perf_counter()
-        for req in list(self._active):
+        for req in self._active + self._preempted:
             self._retire_if_leaving(req, now)
 
     def _retire_if_leaving(self, req: _Request, now: float) -> bool:
@@ -462,12 +625,13 @@ class Scheduler:
         req.done = [True] * req.n
         for index in list(req.slots):
             self._drop_slot(req, index)
-        if req in self._prefilling:
-            self._prefilling.remove(self._prefilling.row_of(req))
-        if req in self._active:
-            self._active.remove(req)
-        if req in self._parked:
-            self._parked.remove(req)
+        for reader in req.readers:
+            self.pool.release(reader.blocks)
+            self._readers.remove(reader)
+        req.readers.clear()
+        for queue in (self._active, self._parked, self._preempted):
+            if req in queue:
+                queue.remove(req)
         if finished:
             _log(req.handle, logging.DEBUG, "finished: %s after %d tokens", reason.name,
                  req.generated)
@@ -477,40 +641,43 @@ class Scheduler:
         slot = req.slots.pop(index, None)
         if slot is None:
             return
-        if slot.parked_kv is not None:  # parked: its KV is aside, not in a row
-            self._parked_bytes -= _nbytes(slot.parked_kv)
-            slot.parked_kv = None
-        elif slot in self._decoding:
-            self._decoding.remove(self._decoding.row_of(slot))
+        self.pool.release(slot.blocks)
+        slot.blocks = []
+        if slot in self._decoding:
+            self._decoding.remove(slot)
+        for reader in [r for r in req.readers if r.index == index]:  # read again, no more
+            self.pool.release(reader.blocks)
+            req.readers.remove(reader)
+            self._readers.remove(reader)
 
     # -- prefill ------------------------------------------------------------------------
     def _prefill_turn(self) -> None:
-        """Read the prompts the policy picks; rows next to each other run together."""
+        """Read the chunks the policy picks, short-context ones together in one pass."""
         self._turns += 1
-        prompts = []
-        for req in self._prefilling:
-            req.reading.done = req.prefilled
-            prompts.append(req.reading)
-        plan = self.prefill_policy.plan(prompts, self._turns, self._prefill_budget())
+        for reader in self._readers:
+            reader.state.done = reader.done
+        plan = self.prefill_policy.plan([r.state for r in self._readers], self._turns,
+                                        self._prefill_budget())
         began = time.perf_counter()
-        chosen = sorted((self._prefilling.row_of(p.key), p.key, count) for p, count in plan)
-        completed: list[tuple[_Request, torch.Tensor]] = []
-        run: list[tuple[int, _Request, int]] = []
-        for item in chosen:
-            if run and item[0] != run[-1][0] + 1:
-                completed += self._prefill_rows(run)
-                run = []
-            run.append(item)
-        completed += self._prefill_rows(run)
+        chunks = []
+        for state, count in plan:
+            reader = state.key
+            # Within the promise made at admission: nobody is preempted for this.
+            self._cover(reader.blocks, reader.done, reader.done + count)
+            chunks.append((reader, count))
+        short = [c for c in chunks if c[0].done + c[1] <= SHARED_PASS_POSITIONS]
+        passes = ([short] if short else []) + [[c] for c in chunks if c not in short]
+        completed: list[tuple[_Reader, torch.Tensor]] = []
+        for group in passes:
+            completed += self._prefill_pass(group)
         # Measured after the passes: the next budget is what fits in prefill_turn_ms.
-        work = sum(self.prefill_policy.cost(p.done, count) for p, count in plan)
+        work = sum(self.prefill_policy.cost(state.done, count) for state, count in plan)
         if work > 0:
             spent = (time.perf_counter() - began) / work
             self._prefill_s_per_work = spent if not self._prefill_s_per_work else \
                 0.8 * self._prefill_s_per_work + 0.2 * spent
-        # Rows move once a request leaves staging: only after every pass has run.
-        for req, last in completed:
-            self._start_decoding(req, last)
+        for reader, last in completed:
+            self._done_reading(reader, last)
 
     def _prefill_budget(self) -> float:
         """The turn's prefill work: all of `prefill_chunk_tokens` when nobody is
@@ -520,32 +687,26 @@ class Scheduler:
             return full
         return min(full, self.prefill_turn_s / self._prefill_s_per_work)
 
-    def _prefill_rows(self, run: list[tuple[int, _Request, int]]
-                      ) -> list[tuple[_Request, torch.Tensor]]:
-        """One forward pass over consecutive staging rows, each reading its chunk;
-        (request, last logits) of those whose prompt is now read."""
-        if not run:
-            return []
-        first = run[0][0]
-        batch = [req for _, req, _ in run]
-        chunks = [req.handle.prompt_ids[req.prefilled: req.prefilled + count]
-                  for _, req, count in run]
+    def _prefill_pass(self, group: list[tuple[_Reader, int]]
+                      ) -> list[tuple[_Reader, torch.Tensor]]:
+        """One forward pass over readers, each reading its chunk; (reader, last
+        logits) of those now done."""
+        batch = [reader for reader, _ in group]
+        chunks = [reader.ids[reader.done: reader.done + count] for reader, count in group]
         q_len = max(len(c) for c in chunks)
         ids = torch.zeros(len(batch), q_len, dtype=torch.long, device=self.device)
         for i, chunk in enumerate(chunks):
             ids[i, : len(chunk)] = torch.tensor(chunk, device=self.device)
-        starts = [req.prefilled for req in batch]
-        completing = [i for i, (req, c) in enumerate(zip(batch, chunks, strict=True))
-                      if req.prefilled + len(c) == req.prompt_len]
+        starts = [reader.done for reader in batch]
+        completing = [i for i, (reader, c) in enumerate(zip(batch, chunks, strict=True))
+                      if reader.done + len(c) == len(reader.ids)]
         keep = sorted({len(chunks[i]) - 1 for i in completing}) or [q_len - 1]
-        embeds = self._prefix_embeddings(batch, ids, starts)
-        staging = self._prefilling.cache
-        logits = self.runner.forward(staging, first, ids, starts,
+        embeds = self._prefix_embeddings([r.req for r in batch], ids, starts)
+        logits = self.runner.forward(self.pool, [r.blocks for r in batch], ids, starts,
                                      keep=torch.tensor(keep, device=self.device),
                                      inputs_embeds=embeds)
-        for i, (req, chunk) in enumerate(zip(batch, chunks, strict=True)):
-            req.prefilled += len(chunk)
-            staging.lengths[first + i] = req.prefilled
+        for reader, chunk in zip(batch, chunks, strict=True):
+            reader.done += len(chunk)
         return [(batch[i], logits[i, keep.index(len(chunks[i]) - 1)]) for i in completing]
 
     def _prefix_embeddings(self, batch: list[_Request], ids: torch.Tensor,
@@ -562,12 +723,25 @@ class Scheduler:
             embeds[i, :count] = req.prefix[start:start + count]
         return embeds
 
-    def _start_decoding(self, req: _Request, last_logits: torch.Tensor) -> None:
-        """Prompt done: sample the first tokens, move the request to decode rows."""
-        staging_row = self._prefilling.row_of(req)
-        staging = self._prefilling.cache
+    def _done_reading(self, reader: _Reader, last_logits: torch.Tensor) -> None:
+        req = reader.req
+        req.readers.remove(reader)
+        self._readers.remove(reader)
         if self.prefix_cache is not None and not req.handle.features:
-            self.prefix_cache.store(req.handle.prompt_ids, staging, staging_row)
+            self.prefix_cache.store(reader.ids, reader.blocks)
+        if reader.index is None:
+            self._start_decoding(req, reader.blocks, last_logits)
+            return
+        # A preempted sequence read again: it goes on from its last token, already sent.
+        slot = req.slots[reader.index]
+        slot.blocks, slot.length = reader.blocks, len(reader.ids)
+        if not req.readers:
+            self._decoding += req.slots.values()
+
+    def _start_decoding(self, req: _Request, blocks: list[int],
+                        last_logits: torch.Tensor) -> None:
+        """Prompt done: sample the first tokens; every sequence holds the prompt's
+        blocks (the first writes into its last one only after taking a copy)."""
         cfg = req.handle.sampling
         rules = (_logit_rules([(cfg, index, []) for index in range(req.n)], self.device,
                               self.vocab_size) if cfg.constrained else None)
@@ -577,24 +751,33 @@ class Scheduler:
                                           req.seen, rules)
         req.seen[torch.arange(req.n, device=self.device), next_ids] = True
         for index in range(req.n):
-            slot = _Slot(req, index)
-            row = self._decoding.add(slot, req.prompt_len)
-            self._decoding.cache.copy_row_from(staging, staging_row, row, req.prompt_len)
+            if index:
+                self.pool.share(blocks)
+            slot = _Slot(req, index, blocks=list(blocks), length=req.prompt_len)
             req.slots[index] = slot
-        self._prefilling.remove(staging_row)
+            self._decoding.append(slot)
         ids, lps = _to_host(next_ids, logprobs)
         self._emit(req, list(range(req.n)), ids, lps)
 
     # -- decode -------------------------------------------------------------------------
     def _decode_turn(self) -> None:
+        # Every row writes position `length`: a new block where its table ends, a copy
+        # where that block is shared. Short of blocks, the newest requests make room.
+        self._make_room(lambda: sum(self._blocks_to_cover(s.blocks, s.length, s.length + 1)
+                                    for s in self._decoding))
+        if not self._decoding:  # everyone was preempted (a pool smaller than one turn)
+            return
+        for slot in self._decoding:
+            self._cover(slot.blocks, slot.length, slot.length + 1)
         rows = len(self._decoding)
         if self.on_decode_step is not None:
             self.on_decode_step(rows)
-        cache = self._decoding.cache
         ids = torch.tensor([slot.last_id for slot in self._decoding], device=self.device)
-        logits = self.runner.forward(cache, 0, ids[:, None], list(cache.lengths))[:, -1, :]
-        for row in range(rows):
-            cache.lengths[row] += 1
+        logits = self.runner.forward(self.pool, [slot.blocks for slot in self._decoding],
+                                     ids[:, None], [slot.length for slot in self._decoding])
+        logits = logits[:, -1, :]
+        for slot in self._decoding:
+            slot.length += 1
         # Rows grouped by request (each samples with its own RNG), sampled in one call.
         by_request: dict[_Request, list[tuple[int, int]]] = {}
         for row, slot in enumerate(self._decoding):
@@ -648,8 +831,7 @@ class Scheduler:
             if reason is None:
                 slot = req.slots[index]
                 slot.last_id = token
-                if cfg.constrained:
-                    slot.generated.append(token)
+                slot.generated.append(token)  # the rules read it; a preemption re-reads it
                 continue
             out.finished.append(SequenceFinished(index, reason, error))
             req.done[index] = True
@@ -658,10 +840,6 @@ class Scheduler:
             self._active.remove(req)
             _log(req.handle, logging.DEBUG, "finished after %d tokens", req.generated)
         req.handle.sink(out)
-
-
-def _nbytes(tensor: torch.Tensor) -> int:
-    return tensor.numel() * tensor.element_size()
 
 
 def _attention_tokens(model) -> float:

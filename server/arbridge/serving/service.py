@@ -23,6 +23,7 @@ from arbridge.backends import (
     BackendRefused,
     BackendUnavailable,
     Prompt,
+    RequestTooLarge,
 )
 from arbridge.config import Settings
 from arbridge.engine.projector import ProjectorSet
@@ -83,6 +84,8 @@ def _error_status(exc: Exception) -> _Abort | None:
         return _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     if isinstance(exc, validation.Unsupported):
         return _Abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    if isinstance(exc, RequestTooLarge):
+        return _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     if isinstance(exc, BackendBusy):
         retry_ms = str(int(exc.retry_after_s * 1000))
         return _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED,

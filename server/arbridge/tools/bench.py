@@ -223,12 +223,10 @@ async def _arbridge_part(settings: Settings, lm: LoadedModel, prompt_ids, cfg,
     from arbridge.engine.async_engine import AsyncEngine
     from arbridge.engine.scheduler import Scheduler
 
-    scheduler = Scheduler(lm.model, lm.tokenizer, context_length=lm.info.context_length,
-                          max_active=max(levels), max_queue=1024,
-                          prefill_chunk_tokens=settings.prefill_chunk_tokens,
-                          prefill_turn_ms=settings.prefill_turn_ms,
-                          prefill_prompt_tokens=settings.prefill_prompt_tokens,
-                          quantize=lm.quantize)
+    scheduler = Scheduler.from_settings(lm.model, lm.tokenizer, settings,
+                                        context_length=lm.info.context_length,
+                                        max_active=max(levels), max_queue=1024,
+                                        prefix_cache_bytes=0, quantize=lm.quantize)
     scheduler.start()
     try:
         # The baselines run on the scheduler's thread too: every contender
@@ -269,7 +267,11 @@ def _engine_variant(scheduler, fused: bool, prefix_cache_bytes: int) -> None:
     runner = scheduler.runner
     runner.fused = (runner.fused or FusedDecoder.build(runner.model, runner.quantize)) \
         if fused else None
-    scheduler.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes else None
+    if scheduler.prefix_cache is not None:  # its blocks go back to the pool
+        scheduler.prefix_cache.evict(len(scheduler.prefix_cache))
+    scheduler.prefix_cache = PrefixCache(
+        scheduler.pool, prefix_cache_bytes // scheduler.pool.block_bytes) \
+        if prefix_cache_bytes else None
 
 
 async def _grpc_runs(settings: Settings, lm: LoadedModel | None, cfg: SamplingConfig,

@@ -118,13 +118,10 @@ async def engine_rows(lm, settings: Settings, new_tokens: int, levels=(1, 8)) ->
     builder = PromptBuilder(lm.tokenizer, lm.info.context_length, settings.system_prompt)
     names = sorted(actions.names)
     grammars = GrammarCompiler(lm.tokenizer, lm.model.get_output_embeddings().weight.shape[0])
-    scheduler = Scheduler(lm.model, lm.tokenizer, context_length=lm.info.context_length,
-                          max_active=max(levels), max_queue=256,
-                          prefill_chunk_tokens=settings.prefill_chunk_tokens,
-                          prefill_turn_ms=settings.prefill_turn_ms,
-                          prefill_prompt_tokens=settings.prefill_prompt_tokens,
-                          prefix_cache_bytes=settings.prefix_cache_mb << 20,
-                          fused_decoder=settings.fused_decoder, quantize=lm.quantize)
+    scheduler = Scheduler.from_settings(lm.model, lm.tokenizer, settings,
+                                        context_length=lm.info.context_length,
+                                        max_active=max(levels), max_queue=256,
+                                        quantize=lm.quantize)
     # Equal token counts: the plain run ignores EOS (the engine's fast path, no rules);
     # the constrained one masks it (the grammar's free text allows it, and a matcher
     # cannot go on past it), so its figure carries that rule's cost too.

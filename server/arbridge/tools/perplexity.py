@@ -54,9 +54,9 @@ def perplexity(lm, text: str = TEXT) -> tuple[float, int]:
     runner = ModelRunner(lm.model, lm.info.context_length, quantize=lm.quantize)
     with torch.inference_mode():
         runner.prepare()
-        cache = runner.new_cache(slots=1, capacity=len(ids) + 1)
-        cache.add_row(0)
-        logits = runner.forward(cache, 0, torch.tensor([ids]), [0], keep=len(ids))[0]
+        pool = runner.new_pool(0, block_tokens=len(ids))  # one block: the whole text
+        logits = runner.forward(pool, [pool.allocate(1)], torch.tensor([ids]), [0],
+                                keep=len(ids))[0]
         nll = torch.nn.functional.cross_entropy(logits[:-1].float(), torch.tensor(ids[1:]))
     return math.exp(nll.item()), len(ids) - 1
 
