@@ -324,3 +324,94 @@ async def test_a_parked_request_leaves_when_its_sequences_are_stopped_or_cancell
 
 async def collect_steps(stream) -> list:
     return [out async for out in stream]
+
+
+# -- the KV pool: blocks, sharing, preemption --------------------------------------------
+def pool_bytes(loaded, blocks: int, block_tokens: int) -> int:
+    """The kv_cache_bytes that make a pool of exactly `blocks` blocks."""
+    from arbridge.engine.kv_pool import KVPool
+    from arbridge.engine.runner import ModelRunner
+
+    runner = ModelRunner(loaded.model, loaded.info.context_length, fused=False)
+    kv_heads, head_dim = runner.kv_geometry()
+    return blocks * KVPool.bytes_per_block(runner.num_layers, kv_heads, head_dim,
+                                           block_tokens, runner.dtype)
+
+
+async def test_a_pool_too_small_for_everyone_preempts_and_recomputes_the_same_text(loaded):
+    """Six greedy requests and two seeded samplers of 4 sequences, decoding together in a
+    pool that holds about two of them: the newest are preempted, read again from their
+    prompt and what they already sent, and every output is what it is alone."""
+    greedy = SamplingConfig(max_new_tokens=40)
+    seeded = SamplingConfig(max_new_tokens=24, temperature=0.9, top_k=40, seed=3,
+                            num_return_sequences=4)
+    with Engine(loaded) as eng:
+        alone = [await eng.run(PROMPTS[4], seeded), await eng.run(PROMPTS[0], seeded)]
+    undo = slow_down(loaded.model, 0.002)
+    try:
+        with Engine(loaded, max_active=8, kv_block_tokens=4,
+                    kv_cache_bytes=pool_bytes(loaded, 41, 4)) as eng:
+            runs = [eng.run(p, greedy) for p in PROMPTS] + \
+                [eng.run(PROMPTS[4], seeded), eng.run(PROMPTS[0], seeded)]
+            together = await asyncio.gather(*runs)
+            assert eng.scheduler.preemptions >= 2
+            assert eng.scheduler.kv_blocks["used"] == 0  # every block back in the pool
+    finally:
+        undo()
+    for prompt, got in zip(PROMPTS, together[:len(PROMPTS)], strict=True):
+        assert got[0] == reference_greedy(loaded, prompt, 40), prompt
+    assert together[len(PROMPTS):] == alone
+
+
+async def test_returned_sequences_share_the_prompt_s_blocks(loaded):
+    """Four sequences of one request hold the prompt's full blocks once, not four
+    times; only the last, partial block is copied, by each sequence that writes."""
+    undo = slow_down(loaded.model, 0.01)
+    try:
+        with Engine(loaded, kv_block_tokens=4) as eng:
+            ids = loaded.tokenizer(" ".join(PROMPTS)).input_ids
+            cfg = SamplingConfig(max_new_tokens=30, temperature=1.0, seed=1,
+                                 num_return_sequences=4)
+            reader = asyncio.ensure_future(collect_steps(eng.engine.submit(ids, cfg)))
+            await wait_for(lambda: sum(len(s.generated) for s in eng.scheduler._decoding) >= 8,
+                           10, "four sequences decoding")
+            tables = eng.scheduler.call(
+                lambda: [list(s.blocks) for s in eng.scheduler._decoding]).result()
+            await reader
+    finally:
+        undo()
+    full = len(ids) // 4
+    assert len(tables) == 4 and all(t[:full] == tables[0][:full] for t in tables)
+    assert len({t[full] for t in tables}) == 4  # each its own copy of the partial block
+
+
+async def test_a_request_that_could_never_fit_is_refused_naming_the_limit(loaded):
+    from arbridge.engine.scheduler import TooLargeForKV
+
+    with Engine(loaded, kv_block_tokens=4, kv_cache_bytes=pool_bytes(loaded, 11, 4)) as eng:
+        ids = loaded.tokenizer(PROMPTS[0]).input_ids
+        with pytest.raises(TooLargeForKV, match=r"max_tokens: 1 sequence\(s\) .* "
+                                               r"kv_cache_mb holds"):
+            eng.engine.submit(ids, SamplingConfig(max_new_tokens=60))
+        # What fits alone runs, even in a pool this small.
+        got = await eng.run(PROMPTS[0], SamplingConfig(max_new_tokens=30))
+    assert got[0] == reference_greedy(loaded, PROMPTS[0], 30)
+
+
+async def test_blocks_go_back_when_requests_finish_are_cancelled_or_fail(loaded):
+    undo = slow_down(loaded.model, 0.01)
+    try:
+        with Engine(loaded, max_active=4) as eng:
+            ids = loaded.tokenizer(PROMPTS[1]).input_ids
+            done = eng.run(PROMPTS[0], SamplingConfig(max_new_tokens=5))
+            cancelled = eng.engine.submit(ids, SamplingConfig(max_new_tokens=500))
+            reader = asyncio.ensure_future(collect_steps(cancelled))
+            await done
+            await wait_for(lambda: eng.scheduler.kv_blocks["used"] > 0, 5, "decoding")
+            cancelled.cancel()
+            await reader
+            await wait_idle(eng.scheduler)
+            assert eng.scheduler.kv_blocks == {"free": eng.scheduler.pool.usable, "used": 0,
+                                               "prefix_cache": 0}
+    finally:
+        undo()
