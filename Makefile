@@ -115,6 +115,7 @@ bench: setup
 	$(ARB) bench --dtype int8
 	$(ARB) resume-bench --dtype float32
 	$(ARB) grammar-bench --dtype float32
+	$(ARB) storm-bench
 
 # Caption and dialogue quality through a real server, beside a plain-prompt
 # baseline, on seeded scenes (held-out split reported apart; a few minutes).

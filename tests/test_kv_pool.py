@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_fused_decoder import tiny_llama
 
 from arbridge.engine.kv_pool import KVPool
 from arbridge.engine.runner import ModelRunner
-
-from test_fused_decoder import tiny_llama
 
 
 def new_pool(blocks: int = 8) -> KVPool:

@@ -105,3 +105,7 @@ async def test_metrics_show_prompt_tokens_the_prefix_cache_saved(make_server, ti
     prefilled = m[("arbridge_prompt_tokens_total", (("source", "prefill"),))]
     assert reused >= 16 and prefilled > 0  # the second prompt found the first's blocks
     assert m[("arbridge_prefix_cache_bytes", ())] > 0
+    # The requests ended: the pool's only used blocks are the ones the cache keeps.
+    kept = m[("arbridge_kv_blocks", (("state", "prefix_cache"),))]
+    assert kept > 0 and m[("arbridge_kv_blocks", (("state", "used"),))] == kept
+    assert m[("arbridge_kv_cache_bytes", ())] > 0 and m[("arbridge_kv_preemptions_total", ())] == 0

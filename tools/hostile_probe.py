@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,33 +30,17 @@ import grpc
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "server"))
 
+from arbridge.tools.server_process import rss_mb  # noqa: E402
+from arbridge.tools.server_process import start as start_server  # noqa: E402
 from arbridge.v1 import service_pb2 as spb  # noqa: E402
 from arbridge.v1 import service_pb2_grpc  # noqa: E402
 from arbridge.v1 import types_pb2 as pb  # noqa: E402
 
 
-def rss_mb(pid: int) -> float:
-    text = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) / 1024
-
-
-def start(source: Path, log: Path, *flags: str) -> tuple[subprocess.Popen, int, str]:
-    env = dict(os.environ, PYTHONPATH=str(source), ARBRIDGE_MAX_MESSAGE_BYTES=str(8 << 20),
-               ARBRIDGE_MAX_ASK_SESSION_BYTES=str(64 << 20), ARBRIDGE_METRICS_PORT="0")
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from arbridge.cli import main; "
-                             "sys.exit(main())", "serve", "--port", "0", *flags],
-                            stderr=log.open("w"), env=env)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        text = log.read_text()
-        port = re.search(r"listening on 127\.0\.0\.1:(\d+)", text)
-        if port and "SERVING SmolLM2" in text:
-            metrics = re.search(r"metrics on (http://\S+/metrics)", text).group(1)
-            return proc, int(port.group(1)), metrics
-        if proc.poll() is not None:
-            raise SystemExit(text)
-        time.sleep(0.2)
-    raise SystemExit("server did not start:\n" + log.read_text())
+def start(source: Path, log: Path, *flags: str):
+    return start_server(source, log, *flags, env={
+        "ARBRIDGE_MAX_MESSAGE_BYTES": str(8 << 20),
+        "ARBRIDGE_MAX_ASK_SESSION_BYTES": str(64 << 20)})
 
 
 async def first_token_s(stub, request) -> float:

@@ -101,6 +101,15 @@ def cmd_resume_bench(args) -> int:
     return 0
 
 
+def cmd_storm_bench(args) -> int:
+    """What long prompts cost everyone else, and peak memory (not a test)."""
+    from arbridge.tools.storm_bench import run_storm_bench
+
+    source = Path(args.source).resolve() if args.source else None
+    print(run_storm_bench(source, args.tokens, args.model, Path(args.out) if args.out else None))
+    return 0
+
+
 def cmd_grammar_bench(args) -> int:
     """Grammar-constrained decoding's cost, and llguidance vs xgrammar (not a test)."""
     from arbridge.config import load_settings
@@ -449,6 +458,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--act-only", action="store_true",
                    help="only the pointing and action tasks (a minute or two)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("storm-bench", help="bystanders' latency under near-context prompts, "
+                                           "and peak server memory (not a test)")
+    p.add_argument("--model", help="default: SmolLM2-135M-Instruct")
+    p.add_argument("--tokens", type=int, default=6500, help="the long prompts' length")
+    p.add_argument("--source", help="another checkout's server/ directory (side by side)")
+    p.add_argument("--out", default="bench/results/storm.json")
+    p.set_defaults(func=cmd_storm_bench)
 
     p = sub.add_parser("resume-bench",
                        help="tokens regenerated and latency of resumed replies (not a test)")

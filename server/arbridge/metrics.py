@@ -43,9 +43,9 @@ class Metrics:
         """Active/queued gauges read the backend at scrape time."""
         self.active.set_function(lambda: backend.load[0])
         self.queued.set_function(lambda: backend.load[1])
-        cache = getattr(getattr(backend, "scheduler", None), "prefix_cache", None)
-        if cache is not None:
-            self.registry.register(_PrefixCacheCollector(cache))
+        scheduler = getattr(backend, "scheduler", None)
+        if scheduler is not None:
+            self.registry.register(_KVCollector(scheduler))
 
     def watch_streams(self, store) -> None:
         """Resumable replies held, their buffers, and resumes (read at scrape time)."""
@@ -63,21 +63,38 @@ class Metrics:
             self._http = None
 
 
-class _PrefixCacheCollector:
-    """Reads the engine's prefix-cache counters at scrape time."""
+class _KVCollector:
+    """Reads the engine's KV pool and prefix-cache counters at scrape time."""
 
-    def __init__(self, cache):
-        self.cache = cache
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
 
     def collect(self):
+        scheduler = self.scheduler
+        pool = scheduler.pool
+        blocks = GaugeMetricFamily("arbridge_kv_blocks", "KV pool blocks by state "
+                                   "(prefix_cache: kept for reuse, also counted as used)",
+                                   labels=["state"])
+        for state, count in scheduler.kv_blocks.items():
+            blocks.add_metric([state], count)
+        yield blocks
+        yield GaugeMetricFamily("arbridge_kv_cache_bytes", "Size of the KV pool (kv_cache_mb)",
+                                value=pool.usable * pool.block_bytes)
+        yield CounterMetricFamily("arbridge_kv_preemptions",
+                                  "Requests whose KV blocks were taken back to make room "
+                                  "(they are recomputed)", value=scheduler.preemptions)
+        cache = scheduler.prefix_cache
+        if cache is None:
+            return
         tokens = CounterMetricFamily(
             "arbridge_prompt_tokens",
             "Prompt tokens of text-only requests, by where their KV came from", labels=["source"])
-        tokens.add_metric(["prefix_cache"], self.cache.reused_tokens)
-        tokens.add_metric(["prefill"], self.cache.prefilled_tokens)
+        tokens.add_metric(["prefix_cache"], cache.reused_tokens)
+        tokens.add_metric(["prefill"], cache.prefilled_tokens)
         yield tokens
         yield GaugeMetricFamily("arbridge_prefix_cache_bytes",
-                                "Memory held by cached prompt-prefix KV", value=self.cache.bytes)
+                                "KV pool memory held by cached prompt prefixes",
+                                value=len(cache) * pool.block_bytes)
 
 
 class _StreamCollector:
