@@ -103,6 +103,8 @@ def cmd_resume_bench(args) -> int:
 
 def cmd_storm_bench(args) -> int:
     """What long prompts cost everyone else, and peak memory (not a test)."""
+    from pathlib import Path
+
     from arbridge.tools.storm_bench import run_storm_bench
 
     source = Path(args.source).resolve() if args.source else None
