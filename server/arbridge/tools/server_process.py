@@ -32,7 +32,7 @@ def start(source: Path | None, log: Path, *flags: str, env: dict | None = None,
     while time.monotonic() < deadline:
         text = log.read_text()
         port = re.search(r"listening on 127\.0\.0\.1:(\d+)", text)
-        if port and "SERVING" in text:
+        if port and re.search(r"\bSERVING \S+ on ", text):  # not NOT_SERVING
             metrics = re.search(r"metrics on (http://\S+/metrics)", text).group(1)
             return proc, int(port.group(1)), metrics
         if proc.poll() is not None:
