@@ -108,6 +108,42 @@ def test_fusing_keeps_the_models_own_forward_working_on_the_same_weights():
 
 
 @pytest.mark.parametrize("name", ["llama", "gpt2"])
+@pytest.mark.parametrize("winner", ["packed", "plain"])
+def test_serving_lets_go_of_the_weight_copy_no_kernel_reads(name, winner, monkeypatch):
+    """With `fused_only` (what `arbridge serve` runs), whichever layout won the
+    tuning is the only copy left: the logits are unchanged, the model's own float
+    weights are gone unless plain won, and a tied LM head keeps the embedding."""
+    from arbridge.engine import projections
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("one layout only: nothing to choose between")
+
+    def pick(found, budget_s=3.0):  # a tuning result, as a CPU would measure it
+        for p in found:
+            p.one_row = p.many_rows = p.prompt_rows = p.kernels[winner]
+        return {}
+
+    monkeypatch.setattr(projections, "tune", pick)
+    model = MODELS[name]()
+    embedding = model.get_input_embeddings().weight
+    with torch.inference_mode():
+        expected = run_passes(ModelRunner(model, context_length=128, fused=False))
+        runner = ModelRunner(model, context_length=128, fused_only=True)
+        runner.prepare()
+        got = run_passes(runner)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    modules = [m for _, ms in runner.fused.sources for m in ms]
+    kept = [m for m in modules if m.weight is not None]
+    if winner == "packed":
+        assert all(m.weight.data_ptr() == embedding.data_ptr() for m in kept)  # tied head
+        assert len(kept) < len(modules)
+    else:
+        assert len(kept) == len(modules)
+        assert all(p.packed is None for p, _ in runner.fused.sources)
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
 def test_fused_logits_in_bfloat16_stay_close_to_the_models_own(name):
     model = MODELS[name]().to(torch.bfloat16)
     with torch.inference_mode():

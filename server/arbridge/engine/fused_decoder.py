@@ -71,6 +71,25 @@ class FusedDecoder:
         return decoder
 
     kernel_timings: dict  # what `projections.tune` measured, set by build
+    # (projection, the model modules whose float `weight` it was made from)
+    sources: list[tuple[Projection, list[nn.Module]]]
+
+    def release_float_weights(self) -> int:
+        """Serve from this decoder alone: drop each weight copy its chosen kernels do
+        not read, the model's own float weights included (the model's forward cannot
+        run after this). A tied LM head stays: the input embedding is the same
+        tensor. Returns the bytes of float weights let go."""
+        embedding = self.model.get_input_embeddings().weight
+        freed = 0
+        for projection, modules in self.sources:
+            if not projection.drop_unused():
+                continue
+            for module in modules:
+                if module.weight.data_ptr() == embedding.data_ptr():
+                    continue
+                freed += module.weight.numel() * module.weight.element_size()
+                module.weight = None
+        return freed
 
     def projections(self) -> list[Projection]:
         """Every matmul of one decode step, in the order a step runs them."""
@@ -132,16 +151,19 @@ class _LlamaDecoder(FusedDecoder):
         self.eps = c.rms_norm_eps
         self.inv_freq = body.rotary_emb.inv_freq
         self.rope_scale = float(body.rotary_emb.attention_scaling)
-        self.layers = []
+        self.layers, self.sources = [], []
         for layer in body.layers:
             a, mlp = layer.self_attn, layer.mlp
-            self.layers.append((layer.input_layernorm.weight,
-                                Projection(*_fuse(a.q_proj, a.k_proj, a.v_proj), quantize),
-                                Projection(a.o_proj.weight, a.o_proj.bias, quantize),
-                                layer.post_attention_layernorm.weight,
-                                Projection(*_fuse(mlp.gate_proj, mlp.up_proj), quantize),
-                                Projection(mlp.down_proj.weight, mlp.down_proj.bias, quantize)))
+            qkv = Projection(*_fuse(a.q_proj, a.k_proj, a.v_proj), quantize)
+            out = Projection(a.o_proj.weight, a.o_proj.bias, quantize)
+            gate_up = Projection(*_fuse(mlp.gate_proj, mlp.up_proj), quantize)
+            down = Projection(mlp.down_proj.weight, mlp.down_proj.bias, quantize)
+            self.layers.append((layer.input_layernorm.weight, qkv, out,
+                                layer.post_attention_layernorm.weight, gate_up, down))
+            self.sources += [(qkv, [a.q_proj, a.k_proj, a.v_proj]), (out, [a.o_proj]),
+                             (gate_up, [mlp.gate_proj, mlp.up_proj]), (down, [mlp.down_proj])]
         self.lm_head = Projection(model.lm_head.weight, model.lm_head.bias, quantize)
+        self.sources.append((self.lm_head, [model.lm_head]))
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32:
@@ -202,10 +224,15 @@ class _GPT2Decoder(FusedDecoder):
         body = model.transformer
         self.heads = model.config.n_head
         self.head_dim = model.config.n_embd // self.heads
-        self.layers = [(b.ln_1, _conv1d(b.attn.c_attn, quantize),
-                        _conv1d(b.attn.c_proj, quantize), b.ln_2, _conv1d(b.mlp.c_fc, quantize),
-                        b.mlp.act, _conv1d(b.mlp.c_proj, quantize)) for b in body.h]
+        self.layers, self.sources = [], []
+        for b in body.h:
+            convs = (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj)
+            c_attn, c_proj, c_fc, mlp_proj = (_conv1d(conv, quantize) for conv in convs)
+            self.layers.append((b.ln_1, c_attn, c_proj, b.ln_2, c_fc, b.mlp.act, mlp_proj))
+            self.sources += [(p, [conv]) for p, conv in zip((c_attn, c_proj, c_fc, mlp_proj),
+                                                            convs, strict=True)]
         self.lm_head = Projection(model.lm_head.weight, model.lm_head.bias, quantize)
+        self.sources.append((self.lm_head, [model.lm_head]))
 
     def forward(self, cache, input_ids, inputs_embeds, positions, allowed, keep):
         body = self.model.transformer

@@ -42,6 +42,7 @@ class Projection:
         self.out_features, self.in_features = weight.shape
         self.bias = bias
         self.dtype = weight.dtype
+        self._float_bytes = weight.numel() * weight.element_size()
         self.kernels: dict[str, callable] = {}
         if quantize == "int8":
             self.int8, self.scales = quantize_int8(weight)
@@ -68,9 +69,22 @@ class Projection:
 
     @property
     def weight_bytes(self) -> int:
-        if self.weight is None:
+        if "int8" in self.kernels:
             return self.int8.numel() + self.scales.numel() * self.scales.element_size()
-        return self.weight.numel() * self.weight.element_size()
+        return self._float_bytes
+
+    def drop_unused(self) -> bool:
+        """After `tune`: forget the copy of the weight no chosen kernel reads (the
+        plain one when packed won every case, or the packed one when plain did).
+        True when the plain float weight is no longer needed here."""
+        used = {self.one_row, self.many_rows, self.prompt_rows}
+        if "plain" in self.kernels and self.kernels["plain"] not in used:
+            del self.kernels["plain"]
+            self.weight = None
+        if "packed" in self.kernels and self.kernels["packed"] not in used:
+            del self.kernels["packed"]
+            self.packed = None
+        return "plain" not in self.kernels
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]

@@ -9,20 +9,26 @@ the model.
 from __future__ import annotations
 
 import inspect
+import logging
 
 import torch
 
 from arbridge.engine.fused_decoder import FusedDecoder
 from arbridge.engine.kv_pool import KVPool, PagedKVCache
 
+log = logging.getLogger(__name__)
+
 
 class ModelRunner:
     def __init__(self, model, context_length: int, fused: bool = True,
-                 quantize: str | None = None):
+                 quantize: str | None = None, fused_only: bool = False):
         if quantize and not fused:
             raise ValueError(f"{quantize} weights run only in the fused decoder")
         self.model = model
         self._want_fused = fused
+        # Serving: once the fused decoder runs, the float weights its kernels do not
+        # read are let go (the model's own forward is never called again).
+        self.fused_only = fused_only
         self.quantize = quantize
         # The lean path for Llama and GPT-2 shapes (None: model.forward); made
         # by prepare(), on the thread that computes.
@@ -44,6 +50,10 @@ class ModelRunner:
             if self.fused is None and self.quantize:
                 raise ValueError(f"{self.quantize} weights: "
                                  f"{FusedDecoder.unsupported_reason(self.model)}")
+            if self.fused is not None and self.fused_only:
+                freed = self.fused.release_float_weights()
+                log.info("fused decoder: %d MB of float weights no kernel reads let go",
+                         freed >> 20)
 
     def kv_geometry(self) -> tuple[int, int]:
         """(kv_heads, head_dim) of the model's attention layers."""

@@ -141,9 +141,10 @@ class Scheduler:
                  fused_decoder: bool = True, prefix_cache_bytes: int = 0,
                  quantize: str | None = None, prefill_turn_ms: float = 0.0,
                  prefill_prompt_tokens: int = 128, parked_kv_bytes: int = 512 << 20,
-                 kv_cache_bytes: int = 1 << 30, kv_block_tokens: int = 16):
+                 kv_cache_bytes: int = 1 << 30, kv_block_tokens: int = 16,
+                 fused_only: bool = False):
         self.runner = ModelRunner(model, context_length, fused=fused_decoder,
-                                  quantize=quantize)
+                                  quantize=quantize, fused_only=fused_only)
         self.pool = self.runner.new_pool(kv_cache_bytes, kv_block_tokens)
         # Prompts that start like an earlier one prefill only the rest.
         self.prefix_cache = PrefixCache(self.pool, prefix_cache_bytes // self.pool.block_bytes) \
@@ -195,7 +196,7 @@ class Scheduler:
             fused_decoder=s.fused_decoder, prefix_cache_bytes=s.prefix_cache_mb << 20,
             kv_cache_bytes=(s.kv_cache_mb << 20) or default_budget_bytes(
                 next(model.parameters()).device),
-            kv_block_tokens=s.kv_block_tokens)
+            kv_block_tokens=s.kv_block_tokens, fused_only=True)
         return cls(model, tokenizer, context_length=context_length, **{**options, **overrides})
 
     @staticmethod
@@ -680,10 +681,13 @@ class Scheduler:
             self._done_reading(reader, last)
 
     def _prefill_budget(self) -> float:
-        """The turn's prefill work: all of `prefill_chunk_tokens` when nobody is
-        decoding, else what fits in `prefill_turn_ms` at the measured speed."""
+        """The turn's prefill work: all of `prefill_chunk_tokens` for a prompt read
+        alone; while streams decode or other prompts wait for their first token, what
+        fits in `prefill_turn_ms` at the measured speed (a chunk deep into a long
+        prompt costs more than the work model says: attention, not weights)."""
         full = float(self.prefill_chunk_tokens)
-        if not self._decoding or not self.prefill_turn_s or not self._prefill_s_per_work:
+        others = self._decoding or len(self._readers) > 1
+        if not others or not self.prefill_turn_s or not self._prefill_s_per_work:
             return full
         return min(full, self.prefill_turn_s / self._prefill_s_per_work)
 

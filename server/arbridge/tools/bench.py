@@ -226,7 +226,8 @@ async def _arbridge_part(settings: Settings, lm: LoadedModel, prompt_ids, cfg,
     scheduler = Scheduler.from_settings(lm.model, lm.tokenizer, settings,
                                         context_length=lm.info.context_length,
                                         max_active=max(levels), max_queue=1024,
-                                        prefix_cache_bytes=0, quantize=lm.quantize)
+                                        prefix_cache_bytes=0, quantize=lm.quantize,
+                                        fused_only=False)  # the HF rows run model.forward
     scheduler.start()
     try:
         # The baselines run on the scheduler's thread too: every contender
