@@ -55,6 +55,17 @@ class ModelRunner:
                 log.info("fused decoder: %d MB of float weights no kernel reads let go",
                          freed >> 20)
 
+    def attention_tokens(self) -> float:
+        """The position at which a token's attention costs as much as its weight
+        matmuls: 2 x params per token against about 4 x layers x hidden x position."""
+        config = self.model.config.get_text_config() \
+            if hasattr(self.model.config, "get_text_config") else self.model.config
+        params = sum(p.numel() for p in self.model.parameters())
+        embedding = self.model.get_input_embeddings().weight.numel()
+        weights = max(params - embedding, 1)
+        per_position = 2 * config.num_hidden_layers * config.hidden_size
+        return max(256.0, weights / per_position)
+
     def kv_geometry(self) -> tuple[int, int]:
         """(kv_heads, head_dim) of the model's attention layers."""
         config = self.model.config.get_text_config() \

@@ -135,6 +135,26 @@ class _Slot:
     length: int = 0  # tokens whose KV is in `blocks`
 
 
+@dataclass
+class TurnPlan:
+    """One turn, decided before anything runs (plain data): which token ranges are
+    read in which forward passes, which sequences decode. Every block they write
+    is already theirs."""
+
+    prefill: list[list[tuple[_Reader, int]]] = field(default_factory=list)  # passes
+    decode: list[_Slot] = field(default_factory=list)
+    prefill_work: float = 0.0  # in the policy's units, for the measured speed
+
+
+@dataclass
+class TurnOutputs:
+    """What the passes computed: the last logits of readers now done, the decode rows'."""
+
+    finished_reading: list[tuple[_Reader, torch.Tensor]] = field(default_factory=list)
+    decode_logits: torch.Tensor | None = None
+    prefill_s: float = 0.0
+
+
 class Scheduler:
     def __init__(self, model, tokenizer, *, context_length: int, max_active: int = 16,
                  max_queue: int = 64, prefill_chunk_tokens: int = 512, projectors=None,
@@ -142,9 +162,10 @@ class Scheduler:
                  quantize: str | None = None, prefill_turn_ms: float = 0.0,
                  prefill_prompt_tokens: int = 128, parked_kv_bytes: int = 512 << 20,
                  kv_cache_bytes: int = 1 << 30, kv_block_tokens: int = 16,
-                 fused_only: bool = False):
-        self.runner = ModelRunner(model, context_length, fused=fused_decoder,
-                                  quantize=quantize, fused_only=fused_only)
+                 fused_only: bool = False, runner=None):
+        # `runner`: anything with ModelRunner's face (the policy tests' stand-in).
+        self.runner = runner or ModelRunner(model, context_length, fused=fused_decoder,
+                                            quantize=quantize, fused_only=fused_only)
         self.pool = self.runner.new_pool(kv_cache_bytes, kv_block_tokens)
         # Prompts that start like an earlier one prefill only the rest.
         self.prefix_cache = PrefixCache(self.pool, prefix_cache_bytes // self.pool.block_bytes) \
@@ -158,7 +179,7 @@ class Scheduler:
         self.prefill_turn_s = prefill_turn_ms / 1e3
         self.prefill_policy = PrefillPolicy(
             budget=prefill_chunk_tokens, per_prompt_tokens=prefill_prompt_tokens,
-            attention_tokens=_attention_tokens(model))
+            attention_tokens=self.runner.attention_tokens())
         self._prefill_s_per_work = 0.0  # measured: seconds per unit of prefill work
         self._turns = 0
         self._arrivals = 0
@@ -202,7 +223,8 @@ class Scheduler:
     @staticmethod
     def _eos_ids(model, tokenizer) -> set[int]:
         ids: set[int] = set()
-        for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        for source in (getattr(model, "generation_config", None), getattr(model, "config", None),
+                       tokenizer):
             value = getattr(source, "eos_token_id", None)
             if isinstance(value, int):
                 ids.add(value)
@@ -341,15 +363,9 @@ class Scheduler:
                         future.set_exception(exc)
             began = time.perf_counter()
             try:
-                self._retire_leaving()
-                self._park_and_return()
-                with self._wake:
-                    self._drop_cancelled_waiting()
-                    self._admit_fitting()
-                if self._readers:
-                    self._prefill_turn()
-                if self._decoding:
-                    self._decode_turn()
+                plan = self.schedule()
+                if plan.prefill or plan.decode:
+                    self.update(plan, self.execute(plan))
             except Exception as exc:  # a failing batch must not kill the scheduler
                 log.exception("model step failed; ending the %d request(s) in flight: %s",
                               len(self._active),
@@ -651,33 +667,75 @@ class Scheduler:
             req.readers.remove(reader)
             self._readers.remove(reader)
 
-    # -- prefill ------------------------------------------------------------------------
-    def _prefill_turn(self) -> None:
-        """Read the chunks the policy picks, short-context ones together in one pass."""
-        self._turns += 1
-        for reader in self._readers:
-            reader.state.done = reader.done
-        plan = self.prefill_policy.plan([r.state for r in self._readers], self._turns,
-                                        self._prefill_budget())
+    # -- one turn: schedule, execute, update ----------------------------------------------
+    def schedule(self) -> TurnPlan:
+        """Retire, park and admit; then give every decoding sequence a block for its
+        next token (preempting the newest when the pool is short) and pick the prompt
+        chunks the prefill policy reads, with their blocks."""
+        self._retire_leaving()
+        self._park_and_return()
+        with self._wake:
+            self._drop_cancelled_waiting()
+            self._admit_fitting()
+        plan = TurnPlan()
+        if self._decoding:
+            # Every row writes position `length`: a new block where its table ends, a
+            # copy where that block is shared. Short of blocks, the newest make room.
+            self._make_room(lambda: sum(self._blocks_to_cover(s.blocks, s.length,
+                                                              s.length + 1)
+                                        for s in self._decoding))
+            for slot in self._decoding:
+                self._cover(slot.blocks, slot.length, slot.length + 1)
+            plan.decode = list(self._decoding)
+        if self._readers:
+            self._turns += 1
+            for reader in self._readers:
+                reader.state.done = reader.done
+            chosen = self.prefill_policy.plan([r.state for r in self._readers], self._turns,
+                                              self._prefill_budget())
+            chunks = []
+            for state, count in chosen:
+                reader = state.key
+                # Within the promise made at admission: nobody is preempted for this.
+                self._cover(reader.blocks, reader.done, reader.done + count)
+                chunks.append((reader, count))
+                plan.prefill_work += self.prefill_policy.cost(reader.done, count)
+            short = [c for c in chunks if c[0].done + c[1] <= SHARED_PASS_POSITIONS]
+            plan.prefill = ([short] if short else []) + [[c] for c in chunks
+                                                          if c not in short]
+        return plan
+
+    def execute(self, plan: TurnPlan) -> TurnOutputs:
+        """The forward passes of a plan; nothing else changes."""
+        outputs = TurnOutputs()
         began = time.perf_counter()
-        chunks = []
-        for state, count in plan:
-            reader = state.key
-            # Within the promise made at admission: nobody is preempted for this.
-            self._cover(reader.blocks, reader.done, reader.done + count)
-            chunks.append((reader, count))
-        short = [c for c in chunks if c[0].done + c[1] <= SHARED_PASS_POSITIONS]
-        passes = ([short] if short else []) + [[c] for c in chunks if c not in short]
-        completed: list[tuple[_Reader, torch.Tensor]] = []
-        for group in passes:
-            completed += self._prefill_pass(group)
-        # Measured after the passes: the next budget is what fits in prefill_turn_ms.
-        work = sum(self.prefill_policy.cost(state.done, count) for state, count in plan)
-        if work > 0:
-            spent = (time.perf_counter() - began) / work
+        for group in plan.prefill:
+            outputs.finished_reading += self._prefill_pass(group)
+        outputs.prefill_s = time.perf_counter() - began
+        if plan.decode:
+            if self.on_decode_step is not None:
+                self.on_decode_step(len(plan.decode))
+            ids = torch.tensor([slot.last_id for slot in plan.decode], device=self.device)
+            logits = self.runner.forward(self.pool, [slot.blocks for slot in plan.decode],
+                                         ids[:, None], [slot.length for slot in plan.decode])
+            outputs.decode_logits = logits[:, -1, :]
+        return outputs
+
+    def update(self, plan: TurnPlan, outputs: TurnOutputs) -> None:
+        """Apply a turn's results: lengths, the measured prefill speed, first tokens of
+        prompts now read, every decoding sequence's next token."""
+        for group in plan.prefill:
+            for reader, count in group:
+                reader.done += count
+        if plan.prefill_work > 0:  # the next budget is what fits in prefill_turn_ms
+            spent = outputs.prefill_s / plan.prefill_work
             self._prefill_s_per_work = spent if not self._prefill_s_per_work else \
                 0.8 * self._prefill_s_per_work + 0.2 * spent
-        for reader, last in completed:
+        if plan.decode:
+            for slot in plan.decode:
+                slot.length += 1
+            self._sample_decoded(plan.decode, outputs.decode_logits)
+        for reader, last in outputs.finished_reading:
             self._done_reading(reader, last)
 
     def _prefill_budget(self) -> float:
@@ -709,8 +767,6 @@ class Scheduler:
         logits = self.runner.forward(self.pool, [r.blocks for r in batch], ids, starts,
                                      keep=torch.tensor(keep, device=self.device),
                                      inputs_embeds=embeds)
-        for reader, chunk in zip(batch, chunks, strict=True):
-            reader.done += len(chunk)
         return [(batch[i], logits[i, keep.index(len(chunks[i]) - 1)]) for i in completing]
 
     def _prefix_embeddings(self, batch: list[_Request], ids: torch.Tensor,
@@ -764,27 +820,11 @@ class Scheduler:
         self._emit(req, list(range(req.n)), ids, lps)
 
     # -- decode -------------------------------------------------------------------------
-    def _decode_turn(self) -> None:
-        # Every row writes position `length`: a new block where its table ends, a copy
-        # where that block is shared. Short of blocks, the newest requests make room.
-        self._make_room(lambda: sum(self._blocks_to_cover(s.blocks, s.length, s.length + 1)
-                                    for s in self._decoding))
-        if not self._decoding:  # everyone was preempted (a pool smaller than one turn)
-            return
-        for slot in self._decoding:
-            self._cover(slot.blocks, slot.length, slot.length + 1)
-        rows = len(self._decoding)
-        if self.on_decode_step is not None:
-            self.on_decode_step(rows)
-        ids = torch.tensor([slot.last_id for slot in self._decoding], device=self.device)
-        logits = self.runner.forward(self.pool, [slot.blocks for slot in self._decoding],
-                                     ids[:, None], [slot.length for slot in self._decoding])
-        logits = logits[:, -1, :]
-        for slot in self._decoding:
-            slot.length += 1
+    def _sample_decoded(self, rows: list[_Slot], logits: torch.Tensor) -> None:
+        """Each request samples its own rows' next tokens with its own RNG."""
         # Rows grouped by request (each samples with its own RNG), sampled in one call.
         by_request: dict[_Request, list[tuple[int, int]]] = {}
-        for row, slot in enumerate(self._decoding):
+        for row, slot in enumerate(rows):
             by_request.setdefault(slot.req, []).append((slot.index, row))
         order, groups = [], []
         for req, members in by_request.items():
@@ -844,18 +884,6 @@ class Scheduler:
             self._active.remove(req)
             _log(req.handle, logging.DEBUG, "finished after %d tokens", req.generated)
         req.handle.sink(out)
-
-
-def _attention_tokens(model) -> float:
-    """The position at which a token's attention costs as much as its weight matmuls:
-    2 x params per token against about 4 x layers x hidden x position."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") \
-        else model.config
-    params = sum(p.numel() for p in model.parameters())
-    embedding = model.get_input_embeddings().weight.numel()
-    weights = max(params - embedding, 1)
-    per_position = 2 * config.num_hidden_layers * config.hidden_size
-    return max(256.0, weights / per_position)
 
 
 def _logit_rules(rows: list[tuple[SamplingConfig, int, list[int]]], device,
