@@ -116,6 +116,7 @@ bench: setup
 	$(ARB) resume-bench --dtype float32
 	$(ARB) grammar-bench --dtype float32
 	$(ARB) storm-bench
+	$(ARB) attention-bench
 
 # Caption and dialogue quality through a real server, beside a plain-prompt
 # baseline, on seeded scenes (held-out split reported apart; a few minutes).

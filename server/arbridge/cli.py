@@ -112,6 +112,17 @@ def cmd_storm_bench(args) -> int:
     return 0
 
 
+def cmd_attention_bench(args) -> int:
+    """Decode attention over KV blocks vs dense rows, on this CPU (not a test)."""
+    from arbridge.tools.attention_bench import format_report, run_attention_bench
+
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    print(format_report(run_attention_bench()))
+    return 0
+
+
 def cmd_grammar_bench(args) -> int:
     """Grammar-constrained decoding's cost, and llguidance vs xgrammar (not a test)."""
     from arbridge.config import load_settings
@@ -468,6 +479,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="another checkout's server/ directory (side by side)")
     p.add_argument("--out", default="bench/results/storm.json")
     p.set_defaults(func=cmd_storm_bench)
+
+    p = sub.add_parser("attention-bench", help="decode attention through KV blocks vs dense "
+                                               "rows, on this CPU (not a test)")
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_attention_bench)
 
     p = sub.add_parser("resume-bench",
                        help="tokens regenerated and latency of resumed replies (not a test)")

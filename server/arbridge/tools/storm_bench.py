@@ -22,6 +22,7 @@ them to bench/results/storm.json.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import platform
 import tempfile
@@ -126,9 +127,11 @@ async def phases(target: str, pid: int, tokens: int, rss_limit_mb: float = 12000
                 results["storm_stopped"] = f"still running after {storm_limit_s} s"
             if results["storm_stopped"]:
                 results["peak_rss_mb"] = rss_mb(pid, "VmHWM")
-                storm.cancel()
                 for c in calls:
                     c.cancel()
+                storm.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await storm
                 return results
         outcomes = storm.result()
         results["storm_s"] = time.perf_counter() - started
