@@ -15,9 +15,10 @@ CSHARP := build/csharp
 UNITY_GENERATED := unity_client/Runtime/Generated
 # Debian packages the interop clients need: C++ gRPC and protoc; mono (mcs)
 # and libprotoc-dev for the C# toolchain built from Debian's source packages;
-# chromium for the playground's browser tests (driven by playwright-core).
+# chromium for the playground's browser tests (driven by playwright-core); g++ and
+# ninja build the engine's decode-attention kernel for this CPU on first use.
 APT_PACKAGES := libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler \
-  pkg-config libprotoc-dev mono-devel chromium
+  pkg-config libprotoc-dev mono-devel chromium g++ ninja-build
 DEB_SRC := /etc/apt/sources.list.d/arbridge-deb-src.sources
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

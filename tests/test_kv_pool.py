@@ -40,14 +40,18 @@ def test_a_block_is_zeroed_on_first_use_whatever_the_allocator_left_there():
     assert pool.allocate(1) == [block]  # reused: its old (finite) contents are masked
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_attention_through_scattered_tables_equals_the_whole_text_at_once(fused):
+@pytest.mark.parametrize("fused, kernel", [(True, True), (True, False), (False, False)])
+def test_attention_through_scattered_tables_equals_the_whole_text_at_once(fused, kernel):
     """Two rows prefilled in ragged chunks and decoded through block tables that are
-    out of order and interleaved: the logits equal the model's own forward, no cache."""
+    out of order and interleaved: the logits equal the model's own forward, no cache,
+    whether decode attention runs in the paged kernel or on gathered blocks."""
     model = tiny_llama()
-    runner = ModelRunner(model, context_length=64, fused=fused)
+    runner = ModelRunner(model, context_length=64, fused=fused, attention_kernel=kernel)
     with torch.inference_mode():
         runner.prepare()
+        # The kernel builds wherever `make setup` ran (g++ and ninja are among its
+        # Debian packages): a silent fallback here would hide a broken build.
+        assert (runner.attention_kernel is not None) == kernel
         pool = runner.new_pool(1 << 20, block_tokens=4)
         blocks = pool.allocate(10)
         tables = [blocks[0::2][::-1], blocks[1::2]]

@@ -21,7 +21,7 @@ def read(pool: KVPool, ids: list[int]) -> list[int]:
     """A prompt 'prefilled': its blocks, each tagged with the tokens it holds."""
     blocks = pool.allocate(pool.blocks_for(len(ids)))
     for i, block in enumerate(blocks):
-        pool.data[0, 0, block, :, 0, 0] = sum(ids[:(i + 1) * BLOCK])
+        pool.data[0, 0, block, 0, :, 0] = sum(ids[:(i + 1) * BLOCK])
     return blocks
 
 

@@ -227,6 +227,11 @@ class EngineSettings(BaseSettings):
                              "decoding runs out the newest request is recomputed later; "
                              "0 = auto (CPU: 1536 MB or a quarter of available memory, "
                              "whichever is less; GPU: 60 % of the memory free after loading)")
+    attention_kernel: bool = Field(
+        True, description="decode attention straight from the KV blocks, through a small "
+                          "C++ kernel built for this CPU on first use (float32, CPU, fused "
+                          "decoder); false, or without a compiler: blocks are gathered for "
+                          "SDPA (slower with many streams)")
     kv_block_tokens: int = Field(
         16, ge=1, le=1024, description="tokens per KV block (the unit of allocation and of "
                                        "prefix sharing)")

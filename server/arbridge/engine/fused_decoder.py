@@ -203,8 +203,11 @@ class _LlamaDecoder(FusedDecoder):
             query = rotated[:, :, :heads].transpose(1, 2)
             key = rotated[:, :, heads:].transpose(1, 2)
             value = fused[:, :, heads + kv_heads:].transpose(1, 2)
-            keys, values = cache.layers[index].update(key, value, index)
-            attended = _attend(query, keys, values, mask, heads, kv_heads)
+            if cache.can_attend_decode(query):
+                attended = cache.decode_attention(index, query, key, value, dim ** -0.5)
+            else:
+                keys, values = cache.layers[index].update(key, value, index)
+                attended = _attend(query, keys, values, mask, heads, kv_heads)
             x = x + out(attended.transpose(1, 2).reshape(batch, q_len, heads * dim))
             gate, up = gate_up(self._norm(x, norm2)).chunk(2, dim=-1)
             x = x + down(F.silu(gate) * up)
@@ -250,8 +253,11 @@ class _GPT2Decoder(FusedDecoder):
         for index, (ln1, c_attn, c_proj, ln2, c_fc, act, mlp_proj) in enumerate(self.layers):
             fused = c_attn(ln1(x)).view(batch, q_len, 3, heads, dim)
             query, key, value = (fused[:, :, i].transpose(1, 2) for i in range(3))
-            keys, values = cache.layers[index].update(key, value, index)
-            attended = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask)
+            if cache.can_attend_decode(query):
+                attended = cache.decode_attention(index, query, key, value, dim ** -0.5)
+            else:
+                keys, values = cache.layers[index].update(key, value, index)
+                attended = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask)
             x = x + c_proj(attended.transpose(1, 2).reshape(batch, q_len, hidden))
             x = x + mlp_proj(act(c_fc(ln2(x))))
         return self.lm_head(body.ln_f(self._kept(x, keep)))

@@ -1,6 +1,6 @@
 """Every sequence's keys and values, in fixed-size blocks from one budget.
 
-The pool is one tensor per layer, [blocks, block_tokens, kv_heads, head_dim] for
+The pool is one tensor per layer, [blocks, kv_heads, block_tokens, head_dim] for
 keys and the same for values, sized once from a byte budget (`kv_cache_mb`). A
 sequence holds a list of block ids (its block table): token p lives in block
 `table[p // block_tokens]` at offset `p % block_tokens`. So memory depends on how
@@ -18,10 +18,12 @@ id first, and the tensor comes from `torch.empty`: on a CPU the pages of blocks
 never used are never touched, so the process grows only as far as the busiest
 moment needed, inside the budget.
 
-Attention reads a batch's blocks gathered into one [rows, kv_heads, tokens,
-head_dim] view per layer (`index_select`, one copy), or, for a single row whose
-blocks are consecutive, a view with no copy at all. Figures and the other
-candidates measured are in the README ("KV memory").
+Decode attention (one new token per row) reads the blocks where they lie, through
+the compiled kernel of `paged_attention.py`: within a block a head's tokens are
+contiguous, so each (row, head) reads one run per block. Prompt chunks, and decode
+where the kernel is not available, gather a batch's blocks into one [rows,
+kv_heads, tokens, head_dim] tensor per layer (a copy) for SDPA or the model's own
+attention. The candidates measured are in the README.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ class KVPool:
         self.dtype, self.device = dtype, torch.device(device)
         # One allocation for keys and values of every layer: on a CPU it is far above
         # malloc's mmap threshold, so untouched blocks cost no resident memory.
-        self.data = torch.empty((num_layers, 2, num_blocks, block_tokens, kv_heads, head_dim),
+        self.data = torch.empty((num_layers, 2, num_blocks, kv_heads, block_tokens, head_dim),
                                 dtype=dtype, device=self.device)
         self.refs = [0] * num_blocks
         self._free = list(range(1, num_blocks))  # a heap: lowest id first
@@ -139,8 +141,8 @@ class KVPool:
     def read(self, blocks: list[int], length: int) -> torch.Tensor:
         """Positions 0..length-1 of a table as [layers, 2, kv_heads, length, head_dim]."""
         ids = torch.tensor(blocks, device=self.device)
-        gathered = self.data.index_select(2, ids).flatten(2, 3)[:, :, :length]
-        return gathered.transpose(2, 3)
+        gathered = self.data.index_select(2, ids).transpose(2, 3)  # [.., kv_heads, blocks, ..]
+        return gathered.flatten(3, 4)[:, :, :, :length]
 
 
 class _PagedLayer(CacheLayerMixin):
@@ -171,14 +173,17 @@ class _PagedLayer(CacheLayerMixin):
 class PagedKVCache(Cache):
     """One forward pass's view of the pool, in transformers' Cache API: attention
     layers call `update(key, value, layer)` with the new tokens' keys and values
-    and get back every key and value their rows attend over."""
+    and get back every key and value their rows attend over; the fused decoder
+    calls `decode_attention` for one new token per row instead."""
 
-    def __init__(self, pool: KVPool):
+    def __init__(self, pool: KVPool, kernel=None):
         self.pool = pool
+        self.kernel = kernel  # paged_attention's module, or None
         super().__init__(layers=[_PagedLayer(self, i) for i in range(pool.num_layers)])
-        self.slots: torch.Tensor | None = None  # [rows * q] flat slot of each new token
+        self.blocks: torch.Tensor | None = None  # [rows * q] block of each new token
+        self.offsets: torch.Tensor | None = None  # [rows * q] its place in the block
         self.tables: torch.Tensor | None = None  # [rows, blocks read]
-        self.first_block: int | None = None  # one row, consecutive blocks: read a view
+        self.lengths: torch.Tensor | None = None  # [rows] positions each row attends
         self.rows = 0
         self.read_length = 0
 
@@ -192,37 +197,50 @@ class PagedKVCache(Cache):
         padded = [table[:width] + [0] * (width - len(table)) for table in tables]
         device = pool.device
         table_t = torch.tensor(padded, device=device)
-        positions = torch.tensor(starts, device=device)[:, None] + \
-            torch.arange(q_len, device=device)[None, :]
-        blocks = table_t.gather(1, positions // bs)
-        self.slots = (blocks * bs + positions % bs).flatten()
-        read_blocks = pool.blocks_for(read_length)
+        starts_t = torch.tensor(starts, device=device)
+        positions = starts_t[:, None] + torch.arange(q_len, device=device)[None, :]
+        self.blocks = table_t.gather(1, positions // bs).flatten()
+        self.offsets = (positions % bs).flatten()
         self.rows, self.read_length = len(tables), read_length
-        first = padded[0][0] if len(padded) == 1 else None
-        if first is not None and padded[0][:read_blocks] == \
-                list(range(first, first + read_blocks)):
-            self.first_block, self.tables = first, None
-        else:
-            self.first_block, self.tables = None, table_t[:, :read_blocks].flatten()
+        self.tables = table_t[:, :pool.blocks_for(read_length)].contiguous()
+        self.lengths = starts_t + q_len if q_len == 1 else None
+
+    def _write(self, layer: int, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        pool = self.pool
+        for which, states in ((0, key_states), (1, value_states)):
+            store = pool.data[layer, which]  # [blocks, kv_heads, block_tokens, head_dim]
+            # [rows, heads, q, dim] -> one [heads, dim] per new token.
+            store[self.blocks, :, self.offsets] = states.transpose(1, 2).reshape(
+                -1, pool.kv_heads, pool.head_dim).to(store.dtype)
 
     def write_and_read(self, layer: int, key_states: torch.Tensor,
                        value_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pool = self.pool
+        self._write(layer, key_states, value_states)
         out = []
-        for which, states in ((0, key_states), (1, value_states)):
-            store = pool.data[layer, which]  # [blocks, block_tokens, kv_heads, head_dim]
-            flat = store.view(-1, pool.kv_heads, pool.head_dim)
-            # [rows, heads, q, dim] -> one [heads, dim] per new token, in slot order.
-            flat.index_copy_(0, self.slots, states.transpose(1, 2).reshape(
-                -1, pool.kv_heads, pool.head_dim).to(store.dtype))
-            if self.first_block is not None:
-                blocks = pool.blocks_for(self.read_length)
-                read = store[self.first_block:self.first_block + blocks]
-            else:
-                read = store.index_select(0, self.tables)
-            read = read.view(self.rows, -1, pool.kv_heads, pool.head_dim)
-            out.append(read[:, :self.read_length].transpose(1, 2))
+        for which in (0, 1):
+            read = pool.data[layer, which].index_select(0, self.tables.flatten())
+            read = read.view(self.rows, -1, pool.kv_heads, pool.block_tokens, pool.head_dim)
+            read = read.transpose(1, 2).flatten(2, 3)  # [rows, heads, tokens, dim]: a copy
+            out.append(read[:, :, :self.read_length])
         return out[0], out[1]
+
+    def can_attend_decode(self, query: torch.Tensor) -> bool:
+        """True when `decode_attention` runs this pass: one new token per row, float32
+        on the CPU, the kernel built."""
+        return self.kernel is not None and self.lengths is not None and \
+            query.dtype == torch.float32 and query.device.type == "cpu" and \
+            self.pool.dtype == torch.float32
+
+    def decode_attention(self, layer: int, query: torch.Tensor, key_states: torch.Tensor,
+                         value_states: torch.Tensor, scale: float) -> torch.Tensor:
+        """Write the new keys and values, then attend from the pool's blocks:
+        query [rows, heads, 1, dim] -> [rows, heads, 1, dim]."""
+        self._write(layer, key_states, value_states)
+        store = self.pool.data[layer]
+        out = self.kernel.paged_decode_attention(
+            query[:, :, 0].contiguous(), store[0], store[1], self.tables, self.lengths, scale)
+        return out[:, :, None]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.read_length

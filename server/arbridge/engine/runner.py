@@ -14,6 +14,7 @@ import logging
 
 import torch
 
+from arbridge.engine import paged_attention
 from arbridge.engine.fused_decoder import FusedDecoder
 from arbridge.engine.kv_pool import KVPool, PagedKVCache
 
@@ -22,7 +23,8 @@ log = logging.getLogger(__name__)
 
 class ModelRunner:
     def __init__(self, model, context_length: int, fused: bool = True,
-                 quantize: str | None = None, fused_only: bool = False):
+                 quantize: str | None = None, fused_only: bool = False,
+                 attention_kernel: bool = True):
         if quantize and not fused:
             raise ValueError(f"{quantize} weights run only in the fused decoder")
         self.model = model
@@ -30,6 +32,8 @@ class ModelRunner:
         # Serving: once the fused decoder runs, the float weights its kernels do not
         # read are let go (the model's own forward is never called again).
         self.fused_only = fused_only
+        self._want_kernel = attention_kernel
+        self.attention_kernel = None  # paged_attention's module, loaded by prepare()
         self.quantize = quantize
         # The lean path for Llama and GPT-2 shapes (None: model.forward); made
         # by prepare(), on the thread that computes.
@@ -46,6 +50,9 @@ class ModelRunner:
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
     def prepare(self) -> None:
+        if self._want_kernel and self.attention_kernel is None and self._want_fused \
+                and self.device.type == "cpu" and self.dtype == torch.float32:
+            self.attention_kernel = paged_attention.load()
         if self._want_fused and self.fused is None:
             self.fused = FusedDecoder.build(self.model, self.quantize)
             if self.fused is None and self.quantize:
@@ -104,7 +111,7 @@ class ModelRunner:
         # One new token per row, every row at the same length: each query sees
         # the whole cache read, so no mask is needed (always so at batch 1).
         unmasked = q_len == 1 and min(starts) + 1 == read_length
-        cache = PagedKVCache(pool)
+        cache = PagedKVCache(pool, self.attention_kernel if self.fused is not None else None)
         cache.prepare(tables, starts, q_len, read_length)
         starts = torch.tensor(starts, device=self.device)
         positions = (starts[:, None] + torch.arange(q_len, device=self.device)[None, :]).clamp_(

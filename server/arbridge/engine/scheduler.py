@@ -162,10 +162,11 @@ class Scheduler:
                  quantize: str | None = None, prefill_turn_ms: float = 0.0,
                  prefill_prompt_tokens: int = 128, parked_kv_bytes: int = 512 << 20,
                  kv_cache_bytes: int = 1 << 30, kv_block_tokens: int = 16,
-                 fused_only: bool = False, runner=None):
+                 fused_only: bool = False, attention_kernel: bool = True, runner=None):
         # `runner`: anything with ModelRunner's face (the policy tests' stand-in).
         self.runner = runner or ModelRunner(model, context_length, fused=fused_decoder,
-                                            quantize=quantize, fused_only=fused_only)
+                                            quantize=quantize, fused_only=fused_only,
+                                            attention_kernel=attention_kernel)
         self.pool = self.runner.new_pool(kv_cache_bytes, kv_block_tokens)
         # Prompts that start like an earlier one prefill only the rest.
         self.prefix_cache = PrefixCache(self.pool, prefix_cache_bytes // self.pool.block_bytes) \
@@ -217,7 +218,8 @@ class Scheduler:
             fused_decoder=s.fused_decoder, prefix_cache_bytes=s.prefix_cache_mb << 20,
             kv_cache_bytes=(s.kv_cache_mb << 20) or default_budget_bytes(
                 next(model.parameters()).device),
-            kv_block_tokens=s.kv_block_tokens, fused_only=True)
+            kv_block_tokens=s.kv_block_tokens, attention_kernel=s.attention_kernel,
+            fused_only=True)
         return cls(model, tokenizer, context_length=context_length, **{**options, **overrides})
 
     @staticmethod

@@ -1,0 +1,106 @@
+// Decode attention straight from the KV pool's blocks: one query per row, its keys
+// and values read where they lie (block table), once, with no gathered copy.
+//
+// query  [rows, heads, dim]            float32, contiguous
+// keys   [blocks, kv_heads, block_tokens, dim]   one layer of the pool, contiguous
+// values [blocks, kv_heads, block_tokens, dim]
+// tables [rows, max_blocks] int64      each row's blocks, in order
+// lengths [rows] int64                 positions each row attends: 0 .. length-1
+// -> [rows, heads, dim]
+//
+// Query head i reads KV head i / (heads / kv_heads), as repeat_interleave does. One
+// task per (row, KV head) serves that head's whole query group, so each key and value
+// is read once per group. Softmax in float32: max, then exp and sum, then the values.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+torch::Tensor paged_decode_attention(const torch::Tensor& query, const torch::Tensor& keys,
+                                     const torch::Tensor& values, const torch::Tensor& tables,
+                                     const torch::Tensor& lengths, double scale) {
+  TORCH_CHECK(query.scalar_type() == torch::kFloat32 && keys.scalar_type() == torch::kFloat32,
+              "float32 only");
+  TORCH_CHECK(query.is_contiguous() && keys.is_contiguous() && values.is_contiguous() &&
+              tables.is_contiguous() && lengths.is_contiguous(), "contiguous inputs only");
+  const int64_t rows = query.size(0), heads = query.size(1), dim = query.size(2);
+  const int64_t kv_heads = keys.size(1), block_tokens = keys.size(2);
+  const int64_t max_blocks = tables.size(1), group = heads / kv_heads;
+  TORCH_CHECK(keys.size(3) == dim && heads % kv_heads == 0, "shapes do not match");
+  auto out = torch::empty_like(query);
+  const float* q = query.data_ptr<float>();
+  const float* k = keys.data_ptr<float>();
+  const float* v = values.data_ptr<float>();
+  const int64_t* table = tables.data_ptr<int64_t>();
+  const int64_t* length = lengths.data_ptr<int64_t>();
+  float* o = out.data_ptr<float>();
+  const float s = static_cast<float>(scale);
+  // A head's tokens lie together within a block: one contiguous run per block.
+  const int64_t block_stride = kv_heads * block_tokens * dim;
+
+  at::parallel_for(0, rows * kv_heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores, acc(group * dim);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t row = task / kv_heads, head = task % kv_heads, n = length[row];
+      TORCH_CHECK(n >= 1 && n <= max_blocks * block_tokens, "length past the block table");
+      scores.assign(group * n, 0.f);
+      const float* qg = q + (row * heads + head * group) * dim;
+      // Block by block: no division per token.
+      for (int64_t first = 0; first < n; first += block_tokens) {
+        const float* kb = k + table[row * max_blocks + first / block_tokens] * block_stride +
+                          head * block_tokens * dim;
+        const int64_t count = std::min(block_tokens, n - first);
+        for (int64_t i = 0; i < count; ++i) {
+          const float* kt = kb + i * dim;
+          for (int64_t g = 0; g < group; ++g) {
+            const float* qh = qg + g * dim;
+            float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+            for (int64_t d = 0; d < dim; ++d) dot += qh[d] * kt[d];
+            scores[g * n + first + i] = dot * s;
+          }
+        }
+      }
+      for (int64_t g = 0; g < group; ++g) {
+        float* sg = scores.data() + g * n;
+        const float top = *std::max_element(sg, sg + n);
+        float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t t = 0; t < n; ++t) {
+          sg[t] = std::exp(sg[t] - top);
+          sum += sg[t];
+        }
+        const float inv = 1.f / sum;
+#pragma omp simd
+        for (int64_t t = 0; t < n; ++t) sg[t] *= inv;
+      }
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t first = 0; first < n; first += block_tokens) {
+        const float* vb = v + table[row * max_blocks + first / block_tokens] * block_stride +
+                          head * block_tokens * dim;
+        const int64_t count = std::min(block_tokens, n - first);
+        for (int64_t i = 0; i < count; ++i) {
+          const float* vt = vb + i * dim;
+          for (int64_t g = 0; g < group; ++g) {
+            const float w = scores[g * n + first + i];
+            float* ag = acc.data() + g * dim;
+#pragma omp simd
+            for (int64_t d = 0; d < dim; ++d) ag[d] += w * vt[d];
+          }
+        }
+      }
+      for (int64_t g = 0; g < group; ++g) {
+        std::copy(acc.begin() + g * dim, acc.begin() + (g + 1) * dim,
+                  o + (row * heads + head * group + g) * dim);
+      }
+    }
+  });
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("paged_decode_attention", &paged_decode_attention,
+        "decode attention over KV pool blocks (float32, CPU)");
+}
