@@ -741,13 +741,16 @@ class Scheduler:
             self._done_reading(reader, last)
 
     def _prefill_budget(self) -> float:
-        """The turn's prefill work: all of `prefill_chunk_tokens` for a prompt read
-        alone; while streams decode or other prompts wait for their first token, what
-        fits in `prefill_turn_ms` at the measured speed (a chunk deep into a long
-        prompt costs more than the work model says: attention, not weights)."""
+        """The turn's prefill work: all of `prefill_chunk_tokens`, unless a prompt is
+        being read deep (past SHARED_PASS_POSITIONS) while streams decode or other
+        prompts wait: then what fits in `prefill_turn_ms` at the measured speed (deep
+        in a long prompt a token costs more than the work model says: attention runs
+        below the weights' speed). Short prompts keep the whole budget: their turns
+        are short anyway, and a burst of them is not slowed."""
         full = float(self.prefill_chunk_tokens)
+        deep = any(r.done > SHARED_PASS_POSITIONS for r in self._readers)
         others = self._decoding or len(self._readers) > 1
-        if not others or not self.prefill_turn_s or not self._prefill_s_per_work:
+        if not (deep and others) or not self.prefill_turn_s or not self._prefill_s_per_work:
             return full
         return min(full, self.prefill_turn_s / self._prefill_s_per_work)
 
