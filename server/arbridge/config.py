@@ -210,10 +210,10 @@ class EngineSettings(BaseSettings):
                                "nobody follows) may keep; past it the longest parked give "
                                "theirs back and are recomputed if resumed")
     prefill_turn_ms: float = Field(
-        300.0, ge=0, description="while a long prompt is read (past 1,024 tokens) and "
-                                 "streams decode or other prompts wait, prompt reading per "
-                                 "turn is kept to about this long (measured), so their next "
-                                 "token is never much further; 0 = prefill_chunk_tokens alone")
+        400.0, ge=0, description="while streams decode, or a long prompt is read (past "
+                                 "1,024 tokens) while others wait, prompt reading per turn is "
+                                 "kept to about this long (measured), so their next token is "
+                                 "never much further; 0 = prefill_chunk_tokens alone")
     prefill_prompt_tokens: int = Field(
         128, ge=16, description="the most one prompt reads in a turn while other prompts "
                                 "wait, so a short prompt is not stuck behind long ones")

@@ -741,16 +741,15 @@ class Scheduler:
             self._done_reading(reader, last)
 
     def _prefill_budget(self) -> float:
-        """The turn's prefill work: all of `prefill_chunk_tokens`, unless a prompt is
-        being read deep (past SHARED_PASS_POSITIONS) while streams decode or other
-        prompts wait: then what fits in `prefill_turn_ms` at the measured speed (deep
-        in a long prompt a token costs more than the work model says: attention runs
-        below the weights' speed). Short prompts keep the whole budget: their turns
-        are short anyway, and a burst of them is not slowed."""
+        """The turn's prefill work: all of `prefill_chunk_tokens`, unless streams are
+        decoding, or a prompt is read deep (past SHARED_PASS_POSITIONS) while others
+        wait for their first token: then what fits in `prefill_turn_ms` at the
+        measured speed (deep in a long prompt a token costs more than the work model
+        says: attention runs below the weights' speed)."""
         full = float(self.prefill_chunk_tokens)
         deep = any(r.done > SHARED_PASS_POSITIONS for r in self._readers)
-        others = self._decoding or len(self._readers) > 1
-        if not (deep and others) or not self.prefill_turn_s or not self._prefill_s_per_work:
+        if not (self._decoding or (deep and len(self._readers) > 1)) \
+                or not self.prefill_turn_s or not self._prefill_s_per_work:
             return full
         return min(full, self.prefill_turn_s / self._prefill_s_per_work)
 
