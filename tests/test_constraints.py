@@ -201,18 +201,18 @@ def test_object_rules_say_no_six_words_twice_punctuation_aside():
 
 
 def test_allowed_tokens_avoid_a_repeat_where_another_is_left():
-    from arbridge.engine.scheduler import _logit_rules
+    from arbridge.engine.sampling import logit_rules
     names = {(1,): 0}
     rules = ObjectRules(names, (frozenset(),), once=False, no_stutter=False,
                         place_lead=(9, 10), place_words=frozenset({40, 41}))
     cfg = SamplingConfig(no_repeat_ngram=3, object_rules=rules)
     # "to the 40" was said: after "to the" again, 41 is left; where 41 is the only
     # side allowed, the repeat is the lesser harm and stays allowed.
-    out = _logit_rules([(cfg, 0, [1, 9, 10, 40, 1, 9, 10])], "cpu", 64)
+    out = logit_rules([(cfg, 0, [1, 9, 10, 40, 1, 9, 10])], "cpu", 64)
     assert out.allow[2].tolist() == [41]
     only_40 = ObjectRules(names, (frozenset({41}),), once=False, no_stutter=False,
                           place_lead=(9, 10), place_words=frozenset({40, 41}))
-    out = _logit_rules([(SamplingConfig(no_repeat_ngram=3, object_rules=only_40), 0,
+    out = logit_rules([(SamplingConfig(no_repeat_ngram=3, object_rules=only_40), 0,
                          [1, 9, 10, 40, 1, 9, 10])], "cpu", 64)
     assert out.allow[2].tolist() == [40]
 

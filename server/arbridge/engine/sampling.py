@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
+from arbridge.engine.constraints import repeated_ngram_tokens
+from arbridge.engine.grammar import allocate_bitmask, unpack_bitmask
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -200,3 +203,73 @@ def sample_batch(logits: torch.Tensor, batch: SamplingBatch, seen: torch.Tensor 
     if batch.any_logprobs:
         logprobs = logits.log_softmax(dim=-1).gather(-1, next_ids[:, None]).squeeze(-1)
     return next_ids, logprobs
+
+
+def logit_rules(rows: list[tuple[SamplingConfig, int, list[int]]], device,
+                 vocab_size: int) -> LogitRules | None:
+    """The masks and penalties for every row's next token (constraints.py); None when
+    there are none. Fixed token sets (words banned at every step, sentence ends, digits)
+    become device tensors once per request; only what depends on the reply so far is
+    looked up here. A row whose rules allow only a few tokens (a scene phrase under
+    way) gets just that: its other rules have nothing left to mask."""
+    row_ids, token_ids, penalties, static = [], [], [], []
+    allow_rows, allow_sets = [], []
+    grammar_rows = [(row, cfg.grammar, index) for row, (cfg, index, _) in enumerate(rows)
+                    if cfg.grammar is not None]
+    for row, (cfg, _index, generated) in enumerate(rows):
+        step = cfg.object_rules.step(generated) if cfg.object_rules is not None else None
+        if step is not None and step.allowed is not None:
+            allow_rows.append(row)
+            # A repeat is avoided where the allowed tokens leave another way.
+            repeats = repeated_ngram_tokens(generated, cfg.no_repeat_ngram)
+            allow_sets.append(step.allowed - repeats or step.allowed)
+            continue
+        dynamic: dict[int, float] = {}
+        for token in repeated_ngram_tokens(generated, cfg.no_repeat_ngram):
+            dynamic[token] = float("inf")
+        if cfg.banned is not None:
+            static.append((row, _set_tensor(cfg.banned, cfg.banned.always, device),
+                           cfg.banned.penalty))
+            for token in cfg.banned.next_banned(generated, with_always=False):
+                dynamic.setdefault(token, cfg.banned.penalty)
+        if step is not None:
+            for token in step.banned:
+                dynamic[token] = float("inf")
+            for tokens in step.static:
+                static.append((row, _set_tensor(cfg.object_rules, tokens, device),
+                               float("inf")))
+        row_ids += [row] * len(dynamic)
+        token_ids += list(dynamic)
+        penalties += list(dynamic.values())
+    parts = [(torch.tensor(row_ids, dtype=torch.long, device=device),
+              torch.tensor(token_ids, dtype=torch.long, device=device),
+              torch.tensor(penalties, device=device))] if row_ids else []
+    for row, tokens, penalty in static:
+        parts.append((torch.full_like(tokens, row), tokens,
+                      torch.full(tokens.shape, penalty, device=device)))
+    grammar = None
+    if grammar_rows:
+        bitmask = allocate_bitmask(len(grammar_rows), vocab_size)
+        for i, (_, rules, index) in enumerate(grammar_rows):
+            rules.fill_bitmask(index, bitmask, i)
+        grammar = (torch.tensor([row for row, _, _ in grammar_rows], device=device),
+                   unpack_bitmask(bitmask, vocab_size).to(device))
+    if not parts and not allow_rows and grammar is None:
+        return None
+    bans = tuple(torch.cat(column) for column in zip(*parts, strict=True)) if parts else None
+    allow = None
+    if allow_rows:
+        flat = [(i, t) for i, tokens in enumerate(allow_sets) for t in tokens]
+        allow = (torch.tensor(allow_rows, dtype=torch.long, device=device),
+                 torch.tensor([i for i, _ in flat], dtype=torch.long, device=device),
+                 torch.tensor([t for _, t in flat], dtype=torch.long, device=device))
+    return LogitRules(bans, allow, grammar)
+
+
+def _set_tensor(owner, tokens: frozenset[int], device) -> torch.Tensor:
+    """A fixed token set of a request's rules as a device tensor, made once."""
+    cache = owner.__dict__.setdefault("_tensors", {})
+    key = (id(tokens), str(device))
+    if key not in cache:
+        cache[key] = (tokens, torch.tensor(sorted(tokens), dtype=torch.long, device=device))
+    return cache[key][1]
