@@ -2,7 +2,9 @@
 
 A dedicated thread runs the model so the asyncio event loop keeps streaming
 while tensors are computed (torch releases the GIL inside its kernels). Each
-turn of its loop:
+turn of its loop is `schedule()` (the decisions, as a plan of plain data),
+`execute(plan)` (the forward passes) and `update(plan, outputs)` (sampling,
+emitting, moving requests on):
 
 1. retires cancelled, timed-out and stopped requests and parks paused ones,
    freeing their KV blocks at once; then admits waiting requests while there is
