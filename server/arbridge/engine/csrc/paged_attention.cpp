@@ -47,22 +47,25 @@ torch::Tensor paged_decode_attention(const torch::Tensor& query, const torch::Te
       TORCH_CHECK(n >= 1 && n <= max_blocks * block_tokens, "length past the block table");
       scores.assign(group * n, 0.f);
       const float* qg = q + (row * heads + head * group) * dim;
-      // Block by block: no division per token.
-      for (int64_t first = 0; first < n; first += block_tokens) {
-        const float* kb = k + table[row * max_blocks + first / block_tokens] * block_stride +
-                          head * block_tokens * dim;
-        const int64_t count = std::min(block_tokens, n - first);
-        for (int64_t i = 0; i < count; ++i) {
-          const float* kt = kb + i * dim;
-          for (int64_t g = 0; g < group; ++g) {
-            const float* qh = qg + g * dim;
-            float dot = 0.f;
-#pragma omp simd reduction(+ : dot)
-            for (int64_t d = 0; d < dim; ++d) dot += qh[d] * kt[d];
-            scores[g * n + first + i] = dot * s;
-          }
+      // Every token of the row, block by block (no division per token): calls
+      // visit(t, token) with that KV head's keys or values of token t.
+      auto each_token = [&](const float* pool, auto&& visit) {
+        for (int64_t first = 0; first < n; first += block_tokens) {
+          const float* run = pool + table[row * max_blocks + first / block_tokens] *
+                                        block_stride + head * block_tokens * dim;
+          const int64_t count = std::min(block_tokens, n - first);
+          for (int64_t i = 0; i < count; ++i) visit(first + i, run + i * dim);
         }
-      }
+      };
+      each_token(k, [&](int64_t t, const float* kt) {
+        for (int64_t g = 0; g < group; ++g) {
+          const float* qh = qg + g * dim;
+          float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+          for (int64_t d = 0; d < dim; ++d) dot += qh[d] * kt[d];
+          scores[g * n + t] = dot * s;
+        }
+      });
       for (int64_t g = 0; g < group; ++g) {
         float* sg = scores.data() + g * n;
         const float top = *std::max_element(sg, sg + n);
@@ -77,20 +80,14 @@ torch::Tensor paged_decode_attention(const torch::Tensor& query, const torch::Te
         for (int64_t t = 0; t < n; ++t) sg[t] *= inv;
       }
       std::fill(acc.begin(), acc.end(), 0.f);
-      for (int64_t first = 0; first < n; first += block_tokens) {
-        const float* vb = v + table[row * max_blocks + first / block_tokens] * block_stride +
-                          head * block_tokens * dim;
-        const int64_t count = std::min(block_tokens, n - first);
-        for (int64_t i = 0; i < count; ++i) {
-          const float* vt = vb + i * dim;
-          for (int64_t g = 0; g < group; ++g) {
-            const float w = scores[g * n + first + i];
-            float* ag = acc.data() + g * dim;
+      each_token(v, [&](int64_t t, const float* vt) {
+        for (int64_t g = 0; g < group; ++g) {
+          const float w = scores[g * n + t];
+          float* ag = acc.data() + g * dim;
 #pragma omp simd
-            for (int64_t d = 0; d < dim; ++d) ag[d] += w * vt[d];
-          }
+          for (int64_t d = 0; d < dim; ++d) ag[d] += w * vt[d];
         }
-      }
+      });
       for (int64_t g = 0; g < group; ++g) {
         std::copy(acc.begin() + g * dim, acc.begin() + (g + 1) * dim,
                   o + (row * heads + head * group + g) * dim);
