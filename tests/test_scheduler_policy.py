@@ -236,3 +236,4 @@ def test_a_request_that_could_never_fit_is_refused_before_it_runs():
     with pytest.raises(TooLargeForKV, match="3 sequence"):
         scheduler.submit(handle(20, n=3))
     assert scheduler.load == (0, 2)
+

@@ -80,9 +80,10 @@ class FusedDecoder:
         run after this). A tied LM head stays: the input embedding is the same
         tensor. Returns the bytes of float weights let go."""
         embedding = self.model.get_input_embeddings().weight
-        freed = 0
+        freed, kept_plain = 0, False
         for projection, modules in self.sources:
             if not projection.drop_unused():
+                kept_plain = True
                 continue
             for module in modules:
                 if module.weight.data_ptr() == embedding.data_ptr():
@@ -91,7 +92,11 @@ class FusedDecoder:
                 module.weight = None
         # What is left (embeddings, norms, biases) may still live in the checkpoint's
         # memory map, and one such tensor keeps every page of the file resident that
-        # packing read (measured: 513 MB for SmolLM2). Copies let the map go.
+        # packing read (measured: 513 MB for SmolLM2). Copies let the map go, but only
+        # when no projection still reads a module's weight: copying those would split
+        # a tensor shared with the projection and hold it twice.
+        if kept_plain or self.model.device.type != "cpu":
+            return freed
         with torch.inference_mode(False), torch.no_grad():
             for tensor in [*self.model.parameters(), *self.model.buffers()]:
                 tensor.data = tensor.data.clone()

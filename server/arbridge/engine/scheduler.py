@@ -61,8 +61,8 @@ from arbridge.engine.stopping import stop_reason
 log = logging.getLogger(__name__)
 
 # Prefill chunks whose rows read at most this many positions share a forward pass
-# (padding is cheap there); a chunk deep into a long prompt runs alone, so a short
-# prompt's rows never attend over its length of padding.
+# (padding is cheap there); deeper ones share only with chunks about as deep, so a
+# short prompt's rows never attend over a long prompt's length of padding.
 SHARED_PASS_POSITIONS = 1024
 
 
@@ -588,7 +588,8 @@ class Scheduler:
 
     def _park(self, req: _Request) -> None:
         for slot in req.slots.values():
-            self._decoding.remove(slot)
+            if slot in self._decoding:
+                self._decoding.remove(slot)
         self._active.remove(req)
         self._parked.append(req)
         _log(req.handle, logging.DEBUG, "parked after %d tokens", req.generated)
@@ -668,6 +669,8 @@ class Scheduler:
             self.pool.release(reader.blocks)
             req.readers.remove(reader)
             self._readers.remove(reader)
+            if not req.readers and req in self._active:  # the others were waiting for it
+                self._decoding += [s for s in req.slots.values() if s not in self._decoding]
 
     # -- one turn: schedule, execute, update ----------------------------------------------
     def schedule(self) -> TurnPlan:
@@ -702,9 +705,9 @@ class Scheduler:
                 self._cover(reader.blocks, reader.done, reader.done + count)
                 chunks.append((reader, count))
                 plan.prefill_work += self.prefill_policy.cost(reader.done, count)
-            short = [c for c in chunks if c[0].done + c[1] <= SHARED_PASS_POSITIONS]
-            plan.prefill = ([short] if short else []) + [[c] for c in chunks
-                                                          if c not in short]
+            # While streams decode, one prefill pass a turn: each pass has a fixed cost
+            # (on a GPU, launches), and the decoding streams wait for all of them.
+            plan.prefill = [chunks] if plan.decode and chunks else _passes(chunks)
         return plan
 
     def execute(self, plan: TurnPlan) -> TurnOutputs:
@@ -814,12 +817,18 @@ class Scheduler:
                                                         self.device, self.vocab_size),
                                           req.seen, rules)
         req.seen[torch.arange(req.n, device=self.device), next_ids] = True
+        first = True
         for index in range(req.n):
-            if index:
+            if req.done[index]:  # stopped before its first token: no slot
+                continue
+            if not first:
                 self.pool.share(blocks)
+            first = False
             slot = _Slot(req, index, blocks=list(blocks), length=req.prompt_len)
             req.slots[index] = slot
             self._decoding.append(slot)
+        if first:  # every sequence was stopped already: the prompt's blocks go back
+            self.pool.release(blocks)
         ids, lps = _to_host(next_ids, logprobs)
         self._emit(req, list(range(req.n)), ids, lps)
 
@@ -888,6 +897,23 @@ class Scheduler:
             self._active.remove(req)
             _log(req.handle, logging.DEBUG, "finished after %d tokens", req.generated)
         req.handle.sink(out)
+
+
+def _passes(chunks: list[tuple[_Reader, int]]) -> list[list[tuple[_Reader, int]]]:
+    """Prompt chunks grouped into forward passes: every row of a pass attends over
+    the pass's longest read, so chunks share a pass when that costs little (all
+    reads within SHARED_PASS_POSITIONS, or the longest within 5/4 of the shortest);
+    sharing reads the weights once for all of them."""
+    passes: list[list[tuple[_Reader, int]]] = []
+    shortest = 0
+    for chunk in sorted(chunks, key=lambda c: c[0].done + c[1]):
+        end = chunk[0].done + chunk[1]
+        if passes and end <= max(SHARED_PASS_POSITIONS, shortest * 5 // 4):
+            passes[-1].append(chunk)
+        else:
+            passes.append([chunk])
+            shortest = end
+    return passes
 
 
 def _to_host(ids: torch.Tensor, logprobs: torch.Tensor | None
