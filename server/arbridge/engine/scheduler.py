@@ -431,26 +431,31 @@ class Scheduler:
             self.prefix_cache.evict(count - self.pool.free)
         return self.pool.allocate(count)
 
+    def _cover_need(self, blocks: list[int], length: int, end: int) -> tuple[bool, int]:
+        """(copy the block being written into: it is shared, new blocks past the end)
+        for a table holding `length` tokens to be written up to position end - 1."""
+        pool = self.pool
+        first = length // pool.block_tokens
+        copy = first < len(blocks) and pool.refs[blocks[first]] > 1
+        return copy, max(0, pool.blocks_for(end) - len(blocks))
+
+    def _blocks_to_cover(self, blocks: list[int], length: int, end: int) -> int:
+        copy, missing = self._cover_need(blocks, length, end)
+        return int(copy) + missing
+
     def _cover(self, blocks: list[int], length: int, end: int) -> None:
         """Make `blocks` (a table holding `length` tokens) writable up to position
         end - 1: new blocks past its end, and its own copy of a shared block it is
         about to write into."""
-        pool = self.pool
-        first = length // pool.block_tokens
-        if first < len(blocks) and pool.refs[blocks[first]] > 1:
+        copy, missing = self._cover_need(blocks, length, end)
+        if copy:
+            first = length // self.pool.block_tokens
             (own,) = self._take(1)
-            pool.copy_block(blocks[first], own)
-            pool.release([blocks[first]])
+            self.pool.copy_block(blocks[first], own)
+            self.pool.release([blocks[first]])
             blocks[first] = own
-        missing = pool.blocks_for(end) - len(blocks)
-        if missing > 0:
+        if missing:
             blocks += self._take(missing)
-
-    def _blocks_to_cover(self, blocks: list[int], length: int, end: int) -> int:
-        pool = self.pool
-        first = length // pool.block_tokens
-        copy = 1 if first < len(blocks) and pool.refs[blocks[first]] > 1 else 0
-        return copy + max(0, pool.blocks_for(end) - len(blocks))
 
     # -- admission -----------------------------------------------------------------------
     def _next_waiting(self) -> RequestHandle:
