@@ -11,7 +11,7 @@ import grpc
 import pytest
 from test_grpc_web import call as web_call
 
-from arbridge.engine.sampling import SamplingConfig
+from arbridge.generation import SamplingConfig
 from arbridge.serving import structured
 from arbridge.serving.actions import ActionSet, ActionSplitter, object_names
 from arbridge.serving.structured import GrammarCompiler
@@ -117,35 +117,35 @@ def test_the_grammar_admits_only_the_scene_s_objects(compiler):
     if tokenizer.convert_tokens_to_ids("[") is None or "<unk>" in tokenizer.get_vocab():
         # The SentencePiece-style test tokenizer cannot spell "[": a regex instead.
         # (Its words start with "▁": the grammar sees the space before the first one.)
-        fmt = SamplingConfig(response_format=("regex", " ?(red|blue) chair"))
-        assert _accepts(compiler, grammars.apply(fmt), "red chair")
-        assert not _accepts(compiler, grammars.apply(fmt), "green chair")
+        fmt = ("regex", " ?(red|blue) chair")
+        assert _accepts(compiler, grammars.apply(SamplingConfig(), fmt), "red chair")
+        assert not _accepts(compiler, grammars.apply(SamplingConfig(), fmt), "green chair")
         return
     actions = ActionSet([HIGHLIGHT], pb.ACTION_MODE_AUTO, object_names(SCENE))
-    assert _accepts(compiler, grammars.apply(SamplingConfig(), actions),
+    assert _accepts(compiler, grammars.apply(SamplingConfig(), None, actions),
                     "Here. [highlight(red chair)] Done")
     for absent in ("[highlight(sofa)]", "[highlight(green chair)]", "[highlight(c1)]",
                    "[dance(lamp)]"):
-        assert not _accepts(compiler, grammars.apply(SamplingConfig(), actions), absent)
+        assert not _accepts(compiler, grammars.apply(SamplingConfig(), None, actions), absent)
     paint = ActionSet([pb.ActionDefinition(name="paint", parameters=[pb.ActionParameter(
         name="colour", type=pb.PARAMETER_TYPE_STRING, choices=["café"])])],
         pb.ACTION_MODE_AUTO, {})
-    assert _accepts(compiler, grammars.apply(SamplingConfig(), paint), '[paint("café")]')
+    assert _accepts(compiler, grammars.apply(SamplingConfig(), None, paint), '[paint("café")]')
     required = ActionSet([HIGHLIGHT], pb.ACTION_MODE_REQUIRED, object_names(SCENE))
-    assert not _accepts(compiler, grammars.apply(SamplingConfig(), required), "Hello")
-    assert _accepts(compiler, grammars.apply(SamplingConfig(), required), "[highlight(lamp)]")
+    assert not _accepts(compiler, grammars.apply(SamplingConfig(), None, required), "Hello")
+    assert _accepts(compiler, grammars.apply(SamplingConfig(), None, required), "[highlight(lamp)]")
 
 
 def test_a_bad_schema_or_regex_is_the_request_s_error(compiler):
     _, grammars = compiler
     from arbridge.serving.validation import InvalidField
     with pytest.raises(InvalidField, match=r"^sampling.response_format.json_schema: "):
-        grammars.apply(SamplingConfig(response_format=("json_schema", '{"type": "objekt"}')))
+        grammars.apply(SamplingConfig(), ("json_schema", '{"type": "objekt"}'))
     with pytest.raises(InvalidField, match=r"^sampling.response_format.regex: .*unclosed"):
-        grammars.apply(SamplingConfig(response_format=("regex", "a(b")))
+        grammars.apply(SamplingConfig(), ("regex", "a(b"))
     # What the library raises rather than reports (a schema it cannot apply options to).
     with pytest.raises(InvalidField, match=r"^sampling.response_format.json_schema: "):
-        grammars.apply(SamplingConfig(response_format=("json_schema", "true")))
+        grammars.apply(SamplingConfig(), ("json_schema", "true"))
 
 
 @pytest.mark.parametrize("kind, source, why", [
@@ -165,7 +165,7 @@ def test_a_grammar_whose_lexer_would_explode_is_refused_before_the_call(compiler
     from arbridge.serving.validation import InvalidField
     started = time.perf_counter()
     with pytest.raises(InvalidField) as err:
-        grammars.apply(SamplingConfig(response_format=(kind, source)), field="sampling")
+        grammars.apply(SamplingConfig(), (kind, source), field="sampling")
     assert str(err.value).startswith(f"sampling.response_format.{kind}: {why}"), err.value
     assert "\n" not in str(err.value) and len(str(err.value)) < 500
     assert time.perf_counter() - started < 1.0
@@ -176,7 +176,7 @@ def test_a_grammar_whose_lexer_would_explode_is_refused_before_the_call(compiler
                                     "[a-z]+@[a-z]+\\.com", "(yes|no)", ".{0,200}"])
 def test_ordinary_and_large_but_sane_grammars_pass(compiler, source):
     _, grammars = compiler
-    cfg = grammars.apply(SamplingConfig(response_format=("regex", source)))
+    cfg = grammars.apply(SamplingConfig(), ("regex", source))
     assert cfg.grammar is not None
 
 
@@ -188,7 +188,7 @@ def test_the_grammar_cache_is_bounded_by_bytes(compiler):
     tokenizer, _ = compiler
     grammars = GrammarCompiler(tokenizer, len(tokenizer), budget_bytes=6 << 20)
     for letter in "abcdefgh":
-        grammars.apply(SamplingConfig(response_format=("regex", f"({letter}{{100}}){{100}}")))
+        grammars.apply(SamplingConfig(), ("regex", f"({letter}{{100}}){{100}}"))
         assert grammars.bytes <= 6 << 20
     assert len(grammars) == 4, (len(grammars), grammars.bytes)
     assert ("regex", "(h{100}){100}") in grammars and ("regex", "(a{100}){100}") not in grammars

@@ -7,7 +7,8 @@ import asyncio
 import grpc
 import pytest
 
-from arbridge.serving.sessions import Dialogue, DialogueState, SessionStore
+from arbridge.serving.dialogue import Dialogue, DialogueState
+from arbridge.serving.sessions import SessionStore
 from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import types_pb2 as pb
 
@@ -103,17 +104,17 @@ def test_store_forgets_idle_sessions_and_evicts_the_least_recent():
     now = [0.0]
     store = SessionStore(max_sessions=2, idle_seconds=60, max_bytes=1 << 20,
                          clock=lambda: now[0])
-    a = store.create(Dialogue(DialogueState()), OWNER)
-    b = store.create(Dialogue(DialogueState()), OWNER)
+    a = store.create(Dialogue(DialogueState(), 256), OWNER)
+    b = store.create(Dialogue(DialogueState(), 256), OWNER)
     assert store.get(a.id, OWNER) is a  # a is now the most recent
-    c = store.create(Dialogue(DialogueState()), OWNER)
+    c = store.create(Dialogue(DialogueState(), 256), OWNER)
     assert store.get(b.id, OWNER) is None and store.get(a.id, OWNER) is a
     assert store.get(c.id, OWNER) is c
     now[0] = 61.0
     assert store.get(a.id, OWNER) is None and len(store) == 0 and store.bytes == 0
-    busy = store.create(Dialogue(DialogueState()), OWNER)
-    busy.idle.clear()  # a reply is streaming: not forgotten however long it takes
-    idle = store.create(Dialogue(DialogueState()), OWNER)
+    busy = store.create(Dialogue(DialogueState(), 256), OWNER)
+    busy.dialogue.idle.clear()  # a reply is streaming: not forgotten however long it takes
+    idle = store.create(Dialogue(DialogueState(), 256), OWNER)
     now[0] = 1000.0
     # Expired although an older busy one comes first.
     assert store.get(idle.id, OWNER) is None
@@ -122,13 +123,13 @@ def test_store_forgets_idle_sessions_and_evicts_the_least_recent():
 
 def test_store_keeps_within_its_byte_budget():
     store = SessionStore(max_sessions=100, idle_seconds=60, max_bytes=10_000)
-    first = store.create(Dialogue(DialogueState(system_prompt="x" * 4000)), OWNER)
-    second = store.create(Dialogue(DialogueState(system_prompt="y" * 4000)), OWNER)
+    first = store.create(Dialogue(DialogueState(system_prompt="x" * 4000), 256), OWNER)
+    second = store.create(Dialogue(DialogueState(system_prompt="y" * 4000), 256), OWNER)
     # 12 kB > 10 kB:
-    third = store.create(Dialogue(DialogueState(system_prompt="z" * 4000)), OWNER)
+    third = store.create(Dialogue(DialogueState(system_prompt="z" * 4000), 256), OWNER)
     assert store.get(first.id, OWNER) is None and store.get(second.id, OWNER) is second
     assert store.bytes <= 10_000
-    second.state.record("q" * 3000, "a" * 3000, max_turns=256)  # grows past the budget
+    second.dialogue.state.record("q" * 3000, "a" * 3000, max_turns=256)  # grows past the budget
     store.touch(second)
     assert store.get(third.id, OWNER) is None and store.get(second.id, OWNER) is second
 
@@ -137,7 +138,7 @@ def test_store_counts_encoded_bytes_not_characters():
     """4-byte UTF-8 text weighs 4 bytes a character: 3 sessions of 4,000 emoji
     (16 kB each) do not fit a 40 kB budget; of ASCII, they would."""
     store = SessionStore(max_sessions=100, idle_seconds=60, max_bytes=40_000)
-    sessions = [store.create(Dialogue(DialogueState(system_prompt="\U0001F600" * 4000)),
+    sessions = [store.create(Dialogue(DialogueState(system_prompt="\U0001F600" * 4000), 256),
                              OWNER) for _ in range(3)]
     assert store.get(sessions[0].id, OWNER) is None and store.bytes <= 40_000
     assert sessions[1].size >= 16_000
@@ -145,7 +146,7 @@ def test_store_counts_encoded_bytes_not_characters():
 
 def test_a_session_is_found_only_by_its_owner():
     store = SessionStore(max_sessions=100, idle_seconds=60, max_bytes=1 << 20)
-    mine = store.create(Dialogue(DialogueState()), "alice")
+    mine = store.create(Dialogue(DialogueState(), 256), "alice")
     assert store.get(mine.id, "bob") is None and store.get(mine.id, "") is None
     assert store.get(mine.id, "alice") is mine
 

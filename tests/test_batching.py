@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from arbridge.engine.async_engine import AsyncEngine
-from arbridge.engine.sampling import SamplingConfig
 from arbridge.engine.scheduler import Scheduler
+from arbridge.generation import SamplingConfig
 from arbridge.models.loader import load_model
 
 from conftest import wait_for, wait_idle
@@ -152,7 +152,7 @@ async def test_streams_join_and_leave_mid_flight(loaded):
 
 
 async def test_a_failing_step_ends_requests_with_error_and_the_engine_recovers(loaded):
-    from arbridge.engine.requests import FinishReason
+    from arbridge.generation import FinishReason
 
     # The input embedding runs in every forward pass, fused path or transformers'.
     head = loaded.model.get_input_embeddings()

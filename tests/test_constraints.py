@@ -7,11 +7,17 @@ import asyncio
 import pytest
 from test_batching import Engine
 
-from arbridge.engine.constraints import BannedWords, ObjectRules, repeated_ngram_tokens
-from arbridge.engine.sampling import SamplingConfig
+from arbridge.engine.constraints import BannedWords, CaptionRules, repeated_ngram_tokens
+from arbridge.generation import SamplingConfig
 from arbridge.models.loader import load_model
 from arbridge.serving.scene_constraint import SceneConstraint
 from arbridge.v1 import types_pb2 as pb
+
+
+def _masked(rules: CaptionRules, generated: list[int]) -> set[int]:
+    """Every token the rules mask next (the union of a step's parts; `allowed` aside)."""
+    step = rules.step(generated)
+    return step.banned.union(*step.static)
 
 
 def test_banned_words_table():
@@ -68,9 +74,9 @@ async def test_a_begun_phrase_is_completed_inside_the_batch(loaded):
         # 100 is also a banned word, which a scene phrase under way overrides.
         article = free[2]
         phrase = tuple(t for t in (100, 101, 102) if t != article)[:2]
-        rules = ObjectRules({phrase[1:]: 0}, (frozenset(),), once=False, no_stutter=False,
+        rules = CaptionRules({phrase[1:]: 0}, (frozenset(),), once=False, no_stutter=False,
                             phrases=(((phrase, False),),), articles=frozenset({article}))
-        cfg = SamplingConfig(max_new_tokens=12, ignore_eos=True, object_rules=rules,
+        cfg = SamplingConfig(max_new_tokens=12, ignore_eos=True, caption_rules=rules,
                              banned=BannedWords.of([phrase[:1]], float("inf")))
         constrained, mate = await asyncio.gather(
             _tokens(engine, "The red chair", cfg), _tokens(engine, "The red chair", plain))
@@ -106,59 +112,59 @@ def test_scene_constraint_bans_only_absent_objects(loaded):
         assert is_banned(word), word
     for word in (" sofa", " couch", " tables", " coffee table"):
         assert not is_banned(word), word
-    cfg = constraint.apply(SamplingConfig(), scene, caption=True)
+    cfg = constraint.apply(SamplingConfig(), scene, caption=True, asked=None)
     assert cfg.banned is not None and cfg.no_repeat_ngram == 4
-    off = constraint.apply(SamplingConfig(scene_constraint=0.0), scene, caption=True)
+    off = constraint.apply(SamplingConfig(), scene, caption=True, asked=0.0)
     assert off.banned is None
     # Dialogue about a scene: the noun mask, but none of the caption-only rules.
-    dialogue = constraint.apply(SamplingConfig(), scene, caption=False)
+    dialogue = constraint.apply(SamplingConfig(), scene, caption=False, asked=None)
     assert dialogue.banned is not None and dialogue.no_repeat_ngram == 0
-    assert dialogue.object_rules is None and dialogue.max_sentences == 0
-    chat = constraint.apply(SamplingConfig(scene_constraint=0.0), scene, caption=False)
+    assert dialogue.caption_rules is None
+    chat = constraint.apply(SamplingConfig(), scene, caption=False, asked=0.0)
     assert chat.banned is None
-    assert constraint.apply(SamplingConfig(), None, caption=False).banned is None
+    assert constraint.apply(SamplingConfig(), None, caption=False, asked=None).banned is None
 
 
-def test_object_rules_mask_false_places_and_early_ends():
+def test_caption_rules_mask_false_places_and_early_ends():
     # Object 0 is named by (1,) or (2, 3); object 1 by (4,). After naming object 0 the
     # token 10 ("right", false for it) is masked for `window` tokens; 99 (a sentence end)
     # until both are named; 7 (a digit) always.
     names = {(1,): 0, (2, 3): 0, (4,): 1}
     wrong = (frozenset({10}), frozenset({11}))
-    rules = ObjectRules(names, wrong, until_all=frozenset({99}), never=frozenset({7}),
+    rules = CaptionRules(names, wrong, until_all=frozenset({99}), never=frozenset({7}),
                         window=2, once=False, no_stutter=False)
-    assert rules.next_banned([]) == {99, 7}
-    assert rules.next_banned([5, 2, 3]) == {10, 99, 7}
-    assert rules.next_banned([2, 3, 5, 5]) == {99, 7}  # the mention is out of the window
-    assert rules.next_banned([1, 4]) == {11, 7}  # the latest mention decides; all named
+    assert _masked(rules, []) == {99, 7}
+    assert _masked(rules, [5, 2, 3]) == {10, 99, 7}
+    assert _masked(rules, [2, 3, 5, 5]) == {99, 7}  # the mention is out of the window
+    assert _masked(rules, [1, 4]) == {11, 7}  # the latest mention decides; all named
     # `once`: object 0, named, may not be named again (in either of its forms).
-    once = ObjectRules(names, wrong, window=2, no_stutter=False)
-    assert once.next_banned([1, 5, 5]) == {1}
-    assert once.next_banned([1, 5, 2]) == {1, 3}
+    once = CaptionRules(names, wrong, window=2, no_stutter=False)
+    assert _masked(once, [1, 5, 5]) == {1}
+    assert _masked(once, [1, 5, 2]) == {1, 3}
     # No stutter: the last token may not come again at once, and only at once.
-    stutter = ObjectRules(names, wrong, window=2, once=False)
-    assert stutter.next_banned([5, 6]) == {6}
-    assert 5 not in stutter.next_banned([5, 6])
+    stutter = CaptionRules(names, wrong, window=2, once=False)
+    assert _masked(stutter, [5, 6]) == {6}
+    assert 5 not in _masked(stutter, [5, 6])
 
 
-def test_object_rules_say_each_place_once_per_mention():
+def test_caption_rules_say_each_place_once_per_mention():
     # 20/21 are directions, 30 a distance: after naming object 0 and saying 20, no
     # direction may follow until the next mention; the distance still may.
     names = {(1,): 0, (4,): 1}
-    rules = ObjectRules(names, (frozenset(), frozenset()), once=False, no_stutter=False,
+    rules = CaptionRules(names, (frozenset(), frozenset()), once=False, no_stutter=False,
                         once_per_mention=(frozenset({20, 21}), frozenset({30})))
-    assert rules.next_banned([1, 5]) == set()
-    assert rules.next_banned([1, 20, 5]) == {20, 21}
-    assert rules.next_banned([1, 20, 5, 30, 5]) == {20, 21, 30}
-    assert rules.next_banned([1, 20, 30, 4, 5]) == set()  # a new mention starts afresh
+    assert _masked(rules, [1, 5]) == set()
+    assert _masked(rules, [1, 20, 5]) == {20, 21}
+    assert _masked(rules, [1, 20, 5, 30, 5]) == {20, 21, 30}
+    assert _masked(rules, [1, 20, 30, 4, 5]) == set()  # a new mention starts afresh
 
 
-def test_object_rules_complete_a_phrase_of_an_unnamed_object():
+def test_caption_rules_complete_a_phrase_of_an_unnamed_object():
     # Article 50 ("a") and 51 ("an"). Object 0's phrases: (60, 61, 62) "red wood chair"
     # and (62,) "chair"; object 1's: (70, 71) "open box", vowel-initial.
     names = {(62,): 0, (71,): 1}
     phrases = ((((60, 61, 62), False), ((62,), False)), (((70, 71), True),))
-    rules = ObjectRules(names, (frozenset(), frozenset()), once=False, no_stutter=False,
+    rules = CaptionRules(names, (frozenset(), frozenset()), once=False, no_stutter=False,
                         phrases=phrases, articles=frozenset({50, 51}),
                         vowel_articles=frozenset({51}))
     assert rules.step([]).allowed is None  # nothing under way
@@ -171,12 +177,12 @@ def test_object_rules_complete_a_phrase_of_an_unnamed_object():
     assert rules.step([50, 9]).allowed is None  # written without the rule: left alone
 
 
-def test_object_rules_let_to_the_go_on_only_with_a_true_side():
+def test_caption_rules_let_to_the_go_on_only_with_a_true_side():
     # 1 names object 0 (on the left: 41 "right" is false for it). 40/41/42 are the
     # sides "left"/"right"/"front" (one direction group with 43 "ahead"), 30 a distance;
     # (9, 10) is " to the".
     names = {(1,): 0}
-    rules = ObjectRules(names, (frozenset({41, 42}),), once=False, no_stutter=False,
+    rules = CaptionRules(names, (frozenset({41, 42}),), once=False, no_stutter=False,
                         once_per_mention=(frozenset({40, 41, 42, 43}), frozenset({30})),
                         place_lead=(9, 10), place_words=frozenset({40, 41, 42}))
     assert rules.step([1, 9, 10]).allowed == {40}  # not "to the far", not "to the right"
@@ -190,9 +196,9 @@ def test_object_rules_let_to_the_go_on_only_with_a_true_side():
     assert 9 not in rules.step([1, 40, 8, 1]).banned  # a new mention starts afresh
 
 
-def test_object_rules_say_no_six_words_twice_punctuation_aside():
+def test_caption_rules_say_no_six_words_twice_punctuation_aside():
     # 7 is a comma: "5 6 2 3 4 , 8" then "5 6 2 3 4" may not go on with 8.
-    rules = ObjectRules({}, (), once=False, no_stutter=False, repeat_words=6,
+    rules = CaptionRules({}, (), once=False, no_stutter=False, repeat_words=6,
                         punctuation=frozenset({7}))
     said = [5, 6, 2, 3, 4, 7, 8, 11]
     assert 8 in rules.step(said + [5, 6, 2, 3, 4]).banned
@@ -203,16 +209,16 @@ def test_object_rules_say_no_six_words_twice_punctuation_aside():
 def test_allowed_tokens_avoid_a_repeat_where_another_is_left():
     from arbridge.engine.sampling import logit_rules
     names = {(1,): 0}
-    rules = ObjectRules(names, (frozenset(),), once=False, no_stutter=False,
+    rules = CaptionRules(names, (frozenset(),), once=False, no_stutter=False,
                         place_lead=(9, 10), place_words=frozenset({40, 41}))
-    cfg = SamplingConfig(no_repeat_ngram=3, object_rules=rules)
+    cfg = SamplingConfig(no_repeat_ngram=3, caption_rules=rules)
     # "to the 40" was said: after "to the" again, 41 is left; where 41 is the only
     # side allowed, the repeat is the lesser harm and stays allowed.
     out = logit_rules([(cfg, 0, [1, 9, 10, 40, 1, 9, 10])], "cpu", 64)
     assert out.allow[2].tolist() == [41]
-    only_40 = ObjectRules(names, (frozenset({41}),), once=False, no_stutter=False,
+    only_40 = CaptionRules(names, (frozenset({41}),), once=False, no_stutter=False,
                           place_lead=(9, 10), place_words=frozenset({40, 41}))
-    out = logit_rules([(SamplingConfig(no_repeat_ngram=3, object_rules=only_40), 0,
+    out = logit_rules([(SamplingConfig(no_repeat_ngram=3, caption_rules=only_40), 0,
                          [1, 9, 10, 40, 1, 9, 10])], "cpu", 64)
     assert out.allow[2].tolist() == [40]
 
@@ -222,12 +228,12 @@ def test_caption_rules_follow_the_geometry(loaded):
     tok = loaded.tokenizer
     scene = pb.SceneFeatures(camera_pose=pb.Pose(rotation=pb.Quaternion(w=1.0)), objects=[
         pb.SceneObject(label="lamp", pose=pb.Pose(position=pb.Vec3(x=-2.0, z=1.0)))])
-    rules = constraint.object_rules(scene)
-    after_lamp = rules.next_banned(tok(" lamp", add_special_tokens=False).input_ids)
+    rules = constraint.caption_rules(scene)
+    after_lamp = _masked(rules, tok(" lamp", add_special_tokens=False).input_ids)
     for word in (" right", " ahead", " behind"):
         ids = tok(word, add_special_tokens=False).input_ids
         if len(ids) == 1:  # the tiny tokenizer splits some words; SmolLM2's does not
             assert ids[0] in after_lamp, word
     left = tok(" left", add_special_tokens=False).input_ids
     assert len(left) > 1 or left[0] not in after_lamp
-    assert tok.eos_token_id in rules.next_banned([])  # the lamp is not named yet
+    assert tok.eos_token_id in _masked(rules, [])  # the lamp is not named yet

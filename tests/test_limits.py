@@ -217,9 +217,9 @@ async def test_status_messages_stay_small_whatever_the_input(tiny_server):
 
 
 def test_any_status_message_is_capped():
-    from arbridge.serving.service import MAX_STATUS_MESSAGE_CHARS, _client_status
+    from arbridge.serving.status import MAX_STATUS_MESSAGE_CHARS, client_status
     from arbridge.serving.validation import InvalidField
 
-    status = _client_status(InvalidField("prompt", "x" * 50_000))
+    status = client_status(InvalidField("prompt", "x" * 50_000))
     assert len(status.message) == MAX_STATUS_MESSAGE_CHARS
     assert status.message.startswith("prompt: xxx") and status.message.endswith("…")

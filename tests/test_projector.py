@@ -13,8 +13,8 @@ import torch
 
 from arbridge.engine.async_engine import AsyncEngine
 from arbridge.engine.projector import Projector, ProjectorError, ProjectorSet, ProjectorSpec
-from arbridge.engine.sampling import SamplingConfig
 from arbridge.engine.scheduler import Scheduler
+from arbridge.generation import SamplingConfig
 from arbridge.models.loader import load_model
 from arbridge.serving.grounding import ground
 from arbridge.tools.training import describe_prompt_ids, load_pairs, train_projector

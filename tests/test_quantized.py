@@ -12,7 +12,7 @@ from test_fused_decoder import MODELS, run_passes
 from arbridge.engine.fused_decoder import FusedDecoder
 from arbridge.engine.projections import PROMPT_ROWS, Projection, quantize_int8
 from arbridge.engine.runner import ModelRunner
-from arbridge.engine.sampling import SamplingConfig
+from arbridge.generation import SamplingConfig
 from arbridge.models.loader import load_model
 
 from tiny_model import build_tiny_llama, slow_down

@@ -326,7 +326,7 @@ async def test_an_ask_session_hears_the_whole_detached_reply(slow):
     session = follower.responses[0].session_id
     await resume(slow.target, follower)
     assert follower.responses[-1].session_id == session
-    state = slow.server.servicer._sessions.get(session, "").state
+    state = slow.server.servicer._sessions.get(session, "").dialogue.state
     await wait_for(lambda: len(state.history) == 2, 2, "turn recorded")
     assert state.history[-1].text == follower.completion().text
 
@@ -393,6 +393,9 @@ class FakeReply:
 
     def cancel(self, reason=None) -> None:
         self.cancelled.set()
+
+    def dressed(self, completion):
+        return completion
 
     def pause(self) -> None:
         pass

@@ -2,16 +2,15 @@ from __future__ import annotations
 
 import torch
 
-from arbridge.engine.requests import FinishReason
 from arbridge.engine.sampling import (
     LogitRules,
     SamplingBatch,
-    SamplingConfig,
     apply_repetition_penalty,
     filtered_probs,
     sample_batch,
 )
 from arbridge.engine.stopping import stop_reason
+from arbridge.generation import FinishReason, SamplingConfig
 
 
 def sample(logits, cfg, seen, generator):

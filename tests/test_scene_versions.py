@@ -40,7 +40,7 @@ async def test_an_ask_delta_changes_the_session_scene_in_place(tiny_server):
         session_id=session, scene_delta=delta, user_turn=spb.UserTurn(text="and now?",
                                                                       sampling=SAMPLING))))
     assert done[0].scene_version == 2
-    scene = tiny_server.server.servicer._sessions.get(session, "").state.scene
+    scene = tiny_server.server.servicer._sessions.get(session, "").dialogue.state.scene
     assert [(o.id, o.label, o.pose.position.z) for o in scene.objects] == [
         ("a", "chair", 3.0), ("c", "plant", 1.0)]  # moved in place, added at the end
     assert scene.scene_version == 2

@@ -17,8 +17,8 @@ import torch
 
 from arbridge.engine.async_engine import AsyncEngine
 from arbridge.engine.kv_pool import KVPool, PagedKVCache
-from arbridge.engine.sampling import SamplingConfig
 from arbridge.engine.scheduler import Scheduler, TooLargeForKV
+from arbridge.generation import SamplingConfig
 
 from conftest import wait_for, wait_idle
 

@@ -25,8 +25,8 @@ from arbridge.backends import Backend
 from arbridge.backends.local import LocalBackend
 from arbridge.config import Settings, megatron_overrides
 from arbridge.engine.projector import ProjectorSet
-from arbridge.engine.requests import FinishReason
 from arbridge.engine.scheduler import Scheduler
+from arbridge.generation import FinishReason
 from arbridge.metrics import Metrics
 from arbridge.models.loader import LoadedModel, load_model
 from arbridge.security import TokenChecker, load_tokens, server_credentials, warn_if_exposed

@@ -14,12 +14,13 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from arbridge.engine.projector import ProjectorSet
-from arbridge.engine.requests import FinishReason
-from arbridge.engine.sampling import SamplingConfig
-from arbridge.models.loader import ModelInfo
+from arbridge.generation import FinishReason, SamplingConfig, SequenceEnd
+
+if TYPE_CHECKING:  # torch-heavy: annotations only (the upstream backend has none)
+    from arbridge.engine.projector import ProjectorSet
+    from arbridge.models.loader import ModelInfo
 
 
 @dataclass
@@ -76,15 +77,6 @@ class Delta:
 
 
 @dataclass
-class SequenceEnd:
-    index: int
-    reason: FinishReason
-    error: str = ""
-    # Set when the backend knows the count better than one per delta (upstream usage).
-    completion_tokens: int | None = None
-
-
-@dataclass
 class Outputs:
     """What one step (local) or one upstream chunk produced for a request."""
 
@@ -116,6 +108,8 @@ class Backend(Protocol):
     tokenizer: object
     projectors: ProjectorSet | None  # what dense features this backend can take
     constraints: bool  # applies SamplingConfig.banned / no_repeat_ngram (local engine)
+    grammars: bool  # applies SamplingConfig.grammar (response_format, actions)
+    vocab_size: int  # the width of the model's logits (a grammar mask's width)
 
     def unsupported(self, cfg: SamplingConfig) -> list[tuple[str, str]]:
         """(sampling field, why) for each parameter this backend cannot honour."""

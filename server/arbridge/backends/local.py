@@ -11,13 +11,11 @@ from arbridge.backends import (
     Outputs,
     Prompt,
     RequestTooLarge,
-    SequenceEnd,
 )
 from arbridge.engine.async_engine import AsyncEngine, RequestStream
 from arbridge.engine.projector import ProjectorSet
-from arbridge.engine.requests import FinishReason
-from arbridge.engine.sampling import SamplingConfig
 from arbridge.engine.scheduler import QueueFull, Scheduler, TooLargeForKV
+from arbridge.generation import FinishReason, SamplingConfig
 from arbridge.logs import REQUEST_ID
 from arbridge.metrics import Metrics
 from arbridge.models.loader import ModelInfo
@@ -78,7 +76,7 @@ class LocalGeneration:
         self._stream.cancel(reason)
 
     def stop_sequence(self, index: int) -> None:
-        self._stream.finish_sequence(index)
+        self._stream.stop_sequence(index)
 
     def pause(self) -> None:
         self._stream.pause()
@@ -90,5 +88,4 @@ class LocalGeneration:
         async for step in self._stream:
             yield Outputs([Delta(index, token_id=token, logprob=logprob)
                            for index, token, logprob in step.tokens],
-                          [SequenceEnd(f.sequence_index, f.reason, f.error)
-                           for f in step.finished], step.at)
+                          step.finished, step.at)

@@ -28,11 +28,9 @@ from arbridge.backends import (
     Delta,
     Outputs,
     Prompt,
-    SequenceEnd,
 )
 from arbridge.config import Settings
-from arbridge.engine.requests import FinishReason
-from arbridge.engine.sampling import SamplingConfig
+from arbridge.generation import FinishReason, SamplingConfig, SequenceEnd
 from arbridge.models.loader import ModelInfo
 
 try:  # the HTTP library openai is built on (httpx2 in openai >= 3)
@@ -96,6 +94,7 @@ class OpenAIBackend:
         self.info = info
         self.projectors = None  # text only: dense features are refused upstream
         self.constraints = False  # no scene-constrained decoding upstream
+        self.grammars = False  # nor grammar-constrained decoding
         self.active = 0
 
     @staticmethod
@@ -149,14 +148,6 @@ class OpenAIBackend:
         out = []
         if cfg.logprobs:
             out.append(("logprobs", "not available through the upstream backend"))
-        if cfg.scene_constraint:
-            out.append(("scene_constraint", "needs the local engine (the upstream decodes "
-                                            "without the bridge's logit rules)"))
-        if cfg.no_repeat_ngram > 1:
-            out.append(("no_repeat_ngram", "needs the local engine"))
-        if cfg.response_format is not None:
-            out.append(("response_format", "needs the local engine (the upstream decodes "
-                                           "without the bridge's grammar)"))
         if not self.settings.backend_extended_sampling:
             hint = ("the upstream's OpenAI API has no such parameter (start the bridge with "
                     "--backend-extended-sampling for vLLM or TGI)")
@@ -182,6 +173,10 @@ class OpenAIBackend:
                                   "repetition_penalty": cfg.repetition_penalty,
                                   "add_special_tokens": prompt.special_tokens}
         return body
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
 
     @property
     def load(self) -> tuple[int, int]:

@@ -10,9 +10,9 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
-from arbridge.engine.requests import FinishReason, RequestHandle, StepOutput
-from arbridge.engine.sampling import SamplingConfig
+from arbridge.engine.requests import RequestHandle, StepOutput
 from arbridge.engine.scheduler import Scheduler
+from arbridge.generation import FinishReason, SamplingConfig
 
 
 class AsyncEngine:
@@ -49,7 +49,7 @@ class RequestStream:
         self._queue = queue
         self._open = set(range(handle.sampling.num_return_sequences))
 
-    def finish_sequence(self, index: int) -> None:
+    def stop_sequence(self, index: int) -> None:
         """The caller ended a sequence itself (stop string)."""
         self._open.discard(index)
         self.handle.stop_sequence(index)
@@ -68,7 +68,7 @@ class RequestStream:
             while self._open:
                 out = await self._queue.get()
                 for fin in out.finished:
-                    self._open.discard(fin.sequence_index)
+                    self._open.discard(fin.index)
                 yield out
         finally:
             if self._open:

@@ -60,7 +60,7 @@ def repeated_ngram_tokens(generated: list[int], n: int) -> set[int]:
 
 @dataclass(frozen=True)
 class RuleStep:
-    """What a request's ObjectRules say about one row's next token."""
+    """What a request's CaptionRules say about one row's next token."""
 
     banned: set[int]  # few tokens, looked up for this step
     static: list[frozenset[int]]  # large fixed sets (made into tensors once)
@@ -68,7 +68,7 @@ class RuleStep:
 
 
 @dataclass(frozen=True, eq=False)
-class ObjectRules:
+class CaptionRules:
     """What a reply may say right after naming a scene object, and that it names them all.
 
     `names` maps each token sequence that names an object to the object's index.
@@ -137,11 +137,6 @@ class ObjectRules:
                 if obj is not None:
                     found.append((end, obj))
         return found
-
-    def next_banned(self, generated: list[int]) -> set[int]:
-        """Every token masked next (the union of `step`'s parts; `allowed` aside)."""
-        step = self.step(generated)
-        return step.banned.union(*step.static)
 
     def step(self, generated: list[int]) -> RuleStep:
         mentions = self._mentions(generated)

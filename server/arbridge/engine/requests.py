@@ -8,34 +8,13 @@ writes, read by the scheduler before each step).
 
 from __future__ import annotations
 
-import enum
 import itertools
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from arbridge.engine.sampling import SamplingConfig
-
-
-class FinishReason(enum.Enum):
-    """Mirrors arbridge.v1.FinishReason (the engine does not import protos)."""
-
-    LENGTH = 1
-    EOS = 2
-    STOP_SEQUENCE = 3
-    CANCELLED = 4
-    INTERRUPTED = 5
-    TIME_LIMIT = 6
-    ERROR = 7
-    SHUTDOWN = 8  # the server stopped before the reply ended
-
-
-@dataclass
-class SequenceFinished:
-    sequence_index: int
-    reason: FinishReason
-    error: str = ""
+from arbridge.generation import FinishReason, SamplingConfig, SequenceEnd
 
 
 @dataclass
@@ -44,7 +23,7 @@ class StepOutput:
 
     # (sequence_index, token_id, logprob or None), in sequence order.
     tokens: list[tuple[int, int, float | None]] = field(default_factory=list)
-    finished: list[SequenceFinished] = field(default_factory=list)
+    finished: list[SequenceEnd] = field(default_factory=list)
     at: float = field(default_factory=time.perf_counter)
 
 
@@ -61,7 +40,7 @@ class RequestHandle:
     request_id: str = field(default_factory=lambda: f"engine-{next(_ids)}")
     started: float | None = None  # set by the scheduler when prefill begins
     cancel_reason: FinishReason | None = None
-    stopped_sequences: set[int] = field(default_factory=set)
+    _stopped: set[int] = field(default_factory=set, repr=False)  # see stop_sequence
     # Dense features, (encoder, vector) in order: their projections fill the
     # first `prefix_len` positions of the prompt (prompt_ids holds placeholders).
     features: list[tuple[str, list[float]]] = field(default_factory=list)
@@ -91,9 +70,10 @@ class RequestHandle:
     def stop_sequence(self, index: int) -> None:
         """The servicer finished this sequence itself (stop string): drop it."""
         with self._lock:
-            self.stopped_sequences.add(index)
+            self._stopped.add(index)
         self.wake()  # a parked request holds its KV until the scheduler sees this
 
-    def stopped_snapshot(self) -> set[int]:
+    def stopped_sequences(self) -> set[int]:
+        """The sequences `stop_sequence` ended so far (a copy: the servicer adds more)."""
         with self._lock:
-            return set(self.stopped_sequences)
+            return set(self._stopped)

@@ -12,49 +12,7 @@ import torch
 
 from arbridge.engine.constraints import repeated_ngram_tokens
 from arbridge.engine.grammar import allocate_bitmask, unpack_bitmask
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """Validated sampling parameters of one request (see SamplingParams)."""
-
-    max_new_tokens: int = 64
-    temperature: float = 0.0  # 0 = greedy
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1 = off
-    repetition_penalty: float = 1.0  # 1 = off
-    seed: int = 0
-    stop: tuple[str, ...] = ()
-    num_return_sequences: int = 1
-    logprobs: bool = False
-    # Benchmarks only (not in the contract): run to max_new_tokens through EOS,
-    # so every contender generates the same number of tokens.
-    ignore_eos: bool = False
-    no_repeat_ngram: int = 0  # 0/1 = off (see constraints.py)
-    banned: object = None  # constraints.BannedWords, or None
-    object_rules: object = None  # constraints.ObjectRules, or None
-    # What the request asked for (None = the server's default); the servicer turns it
-    # into `banned` for the request's scene.
-    scene_constraint: float | None = None
-    # End each sequence after this many sentences (0 = no limit): captions stay short,
-    # before a small model starts re-listing the scene. Applied to the text by the
-    # servicer's output processor, like stop strings.
-    max_sentences: int = 0
-    # (kind, source) of SamplingParams.response_format ("json_schema" or "regex"), or
-    # None; the servicer compiles it into `grammar`.
-    response_format: tuple[str, str] | None = None
-    # engine.grammar.TokenGrammar: grammar-constrained decoding (response_format,
-    # actions), or None.
-    grammar: object = None
-
-    @property
-    def constrained(self) -> bool:
-        return (self.no_repeat_ngram > 1 or self.banned is not None
-                or self.object_rules is not None or self.grammar is not None)
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
+from arbridge.generation import SamplingConfig
 
 
 class SamplingBatch:
@@ -217,7 +175,7 @@ def logit_rules(rows: list[tuple[SamplingConfig, int, list[int]]], device,
     grammar_rows = [(row, cfg.grammar, index) for row, (cfg, index, _) in enumerate(rows)
                     if cfg.grammar is not None]
     for row, (cfg, _index, generated) in enumerate(rows):
-        step = cfg.object_rules.step(generated) if cfg.object_rules is not None else None
+        step = cfg.caption_rules.step(generated) if cfg.caption_rules is not None else None
         if step is not None and step.allowed is not None:
             allow_rows.append(row)
             # A repeat is avoided where the allowed tokens leave another way.
@@ -236,7 +194,7 @@ def logit_rules(rows: list[tuple[SamplingConfig, int, list[int]]], device,
             for token in step.banned:
                 dynamic[token] = float("inf")
             for tokens in step.static:
-                static.append((row, _set_tensor(cfg.object_rules, tokens, device),
+                static.append((row, _set_tensor(cfg.caption_rules, tokens, device),
                                float("inf")))
         row_ids += [row] * len(dynamic)
         token_ids += list(dynamic)

@@ -48,15 +48,11 @@ import torch
 
 from arbridge.engine.prefill_policy import PrefillPolicy, PromptState
 from arbridge.engine.prefix_cache import PrefixCache
-from arbridge.engine.requests import (
-    FinishReason,
-    RequestHandle,
-    SequenceFinished,
-    StepOutput,
-)
+from arbridge.engine.requests import RequestHandle, SequenceEnd, StepOutput
 from arbridge.engine.runner import ModelRunner
 from arbridge.engine.sampling import SamplingBatch, logit_rules, sample_batch
 from arbridge.engine.stopping import stop_reason
+from arbridge.generation import FinishReason
 
 log = logging.getLogger(__name__)
 
@@ -378,14 +374,14 @@ class Scheduler:
             self._finish(req, FinishReason.ERROR, "server shutting down")
         for handle in self._waiting:
             handle.sink(StepOutput(finished=[
-                SequenceFinished(i, FinishReason.ERROR, "server shutting down")
+                SequenceEnd(i, FinishReason.ERROR, "server shutting down")
                 for i in range(handle.sampling.num_return_sequences)]))
         self._waiting.clear()
 
     def _reset(self, error: str) -> None:
         """After a failed step: end every request in flight and start from a clean pool."""
         for req in self._active + self._parked + self._preempted:
-            open_seqs = [SequenceFinished(i, FinishReason.ERROR, error)
+            open_seqs = [SequenceEnd(i, FinishReason.ERROR, error)
                          for i, d in enumerate(req.done) if not d]
             _log(req.handle, logging.WARNING, "ended with an error: %s", error)
             if open_seqs:
@@ -412,7 +408,7 @@ class Scheduler:
                 continue
             self._waiting.remove(handle)
             handle.sink(StepOutput(finished=[
-                SequenceFinished(i, reason)
+                SequenceEnd(i, reason)
                 for i in range(handle.sampling.num_return_sequences)]))
 
     # -- blocks --------------------------------------------------------------------------
@@ -575,7 +571,7 @@ class Scheduler:
         deadline."""
         now = time.perf_counter()
         return any(not req.handle.paused or req.handle.cancel_reason is not None or
-                   req.handle.stopped_sequences or
+                   any(not req.done[i] for i in req.handle.stopped_sequences()) or
                    (req.handle.deadline is not None and now >= req.handle.deadline)
                    for req in self._parked)
 
@@ -628,7 +624,7 @@ class Scheduler:
     def _retire_if_leaving(self, req: _Request, now: float) -> bool:
         """Finish `req` (active or parked) if it ends before this turn; True if it did."""
         handle = req.handle
-        for index in handle.stopped_snapshot():
+        for index in handle.stopped_sequences():
             if not req.done[index]:
                 req.done[index] = True  # the servicer already sent its completion
                 self._drop_slot(req, index)
@@ -646,7 +642,7 @@ class Scheduler:
 
     def _finish(self, req: _Request, reason: FinishReason, error: str = "") -> None:
         """End every open sequence of a request and free all it holds."""
-        finished = [SequenceFinished(i, reason, error) for i, d in enumerate(req.done) if not d]
+        finished = [SequenceEnd(i, reason, error) for i, d in enumerate(req.done) if not d]
         req.done = [True] * req.n
         for index in list(req.slots):
             self._drop_slot(req, index)
@@ -895,7 +891,7 @@ class Scheduler:
                 slot.last_id = token
                 slot.generated.append(token)  # the rules read it; a preemption re-reads it
                 continue
-            out.finished.append(SequenceFinished(index, reason, error))
+            out.finished.append(SequenceEnd(index, reason, error))
             req.done[index] = True
             self._drop_slot(req, index)
         if all(req.done) and req in self._active:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from arbridge.engine.requests import FinishReason
-from arbridge.engine.sampling import SamplingConfig
+from arbridge.generation import FinishReason, SamplingConfig
 
 
 def stop_reason(token: int, generated: int, prompt_len: int, cfg: SamplingConfig,

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from arbridge.serving.grounding import utf16_len
 from arbridge.serving.scene_text import noun_phrase, place
+from arbridge.serving.validation import InvalidField, Unsupported
 from arbridge.v1 import types_pb2 as pb
 
 MAX_STRING_ARG_CHARS = 60
@@ -275,3 +276,20 @@ class ActionSplitter:
                     self.calls.append(call)
                     pieces.append(call)
         return pieces
+
+
+def turn_actions(definitions: list[pb.ActionDefinition], mode: int,
+                 scene: pb.SceneFeatures | None, field: str) -> ActionSet | None:
+    """What a turn's reply may call in `mode` (its own, else the session's), or None
+    when it may call nothing; `field` names the turn's action_mode in errors."""
+    if mode == pb.ACTION_MODE_REQUIRED and not definitions:
+        raise InvalidField(field, "is REQUIRED but the session declares no actions")
+    if not definitions or mode == pb.ACTION_MODE_NONE:
+        return None
+    actions = ActionSet(definitions, mode, object_names(scene or pb.SceneFeatures()))
+    if actions.active:
+        return actions
+    if mode == pb.ACTION_MODE_REQUIRED:
+        raise Unsupported(field, "is REQUIRED but no action can be called: each needs an "
+                                 "object and the scene has none")
+    return None

@@ -4,31 +4,51 @@ One `OutputProcessor` per request does the text work neither the scheduler nor
 an upstream engine should: incremental detokenization of token ids (UTF-8
 safe, primed with the prompt), stop strings (which end a sequence early), the
 latency and token metrics, and each sequence's Completion with usage and
-timings. `Reply` ties it to a running `Generation` and adds grounding.
+timings. `Reply` ties it to a running `Generation` and adds what every
+Completion of the reply reports (grounding, scene version, referents).
+`completion` is the one place a Completion is made.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 from arbridge.backends import Generation, Outputs
-from arbridge.engine.requests import FinishReason
+from arbridge.generation import FinishReason
 from arbridge.metrics import Metrics
-from arbridge.serving.actions import ActionSet, ActionSplitter
+from arbridge.serving.actions import ActionSplitter
+from arbridge.serving.calls import ReplySpec
 from arbridge.serving.detokenize import (
     CaptionEnd,
     IncrementalDetokenizer,
     SentenceCounter,
     StopStringFilter,
 )
+from arbridge.serving.grounding import ground
+from arbridge.serving.lexicon import names_of
 from arbridge.v1 import types_pb2 as pb
 
 REASONS = {r: pb.FinishReason.Value(f"FINISH_REASON_{r.name}") for r in FinishReason}
 
 Event = pb.TokenChunk | pb.Completion | pb.ActionCall
-Grounder = Callable[[str], list[pb.GroundedSpan]]
+
+
+def completion(index: int, reason: FinishReason, text: str = "", *, error: str = "",
+               actions=(), usage: pb.Usage | None = None, seed: int = 0,
+               timings: pb.Timings | None = None) -> pb.Completion:
+    """A sequence's end as the client receives it (a Reply adds what its request
+    reports: `Reply.dressed`)."""
+    return pb.Completion(sequence_index=index, finish_reason=REASONS[reason], text=text,
+                         error_message=error, actions=actions, usage=usage, seed=seed,
+                         timings=timings)
+
+
+def caption_names(objects) -> list[set[str]]:
+    """Each distinct label's names, for ending a caption once all are named."""
+    labels = sorted({o.label.strip().lower() for o in objects or ()})
+    return [names_of(label) for label in labels]
 
 
 @dataclass
@@ -48,24 +68,26 @@ class _Sequence:
 
 
 class OutputProcessor:
-    def __init__(self, tokenizer, prompt_ids: list[int], stop: tuple[str, ...], n: int,
-                 seed: int, arrived: float, metrics: Metrics, max_sentences: int = 0,
-                 continues_prompt: bool = False, caption_names: list[set[str]] | None = None,
-                 actions: ActionSet | None = None):
-        """`continues_prompt`: the reply continues the prompt's text (Generate), so the
-        detokenizer is primed with its tail (a Metaspace "▁Paris" after "is" keeps its
-        space); a chat reply starts a message of its own and is not primed."""
+    def __init__(self, tokenizer, prompt_ids: list[int], spec: ReplySpec, metrics: Metrics):
+        """`spec.continues_prompt`: the reply continues the prompt's text (Generate), so
+        the detokenizer is primed with its tail (a Metaspace "▁Paris" after "is" keeps
+        its space); a chat reply starts a message of its own and is not primed. A
+        caption under caption rules ends once it has named every label."""
         self._tokenizer = tokenizer
         self._prompt_ids = prompt_ids
-        self._prime = list(prompt_ids) if continues_prompt else []
-        self._arrived = arrived
-        self._seed = seed
+        self._prime = list(prompt_ids) if spec.continues_prompt else []
+        self._arrived = spec.arrived
+        self._seed = spec.sampling.seed
         self._metrics = metrics
         self._last_output_at: float | None = None
-        self._seqs = [_Sequence(i, StopStringFilter(stop), SentenceCounter(max_sentences),
-                                CaptionEnd(caption_names) if caption_names else None,
+        names = (caption_names(spec.objects)
+                 if spec.caption and spec.sampling.caption_rules is not None else None)
+        actions = spec.actions
+        self._seqs = [_Sequence(i, StopStringFilter(spec.stop),
+                                SentenceCounter(spec.max_sentences),
+                                CaptionEnd(names) if names else None,
                                 ActionSplitter(actions, i) if actions is not None else None)
-                      for i in range(n)]
+                      for i in range(spec.sampling.num_return_sequences)]
 
     @property
     def sequences(self) -> int:
@@ -157,31 +179,24 @@ class OutputProcessor:
         self._metrics.completions.labels(f"FINISH_REASON_{reason.name}").inc()
         now = time.perf_counter()
         first = seq.first_token_at or now
-        return pb.Completion(
-            sequence_index=seq.index,
-            finish_reason=REASONS[reason],
+        return completion(
+            seq.index, reason, "".join(seq.text), error=error,
+            actions=seq.actions.calls if seq.actions is not None else (),
             usage=pb.Usage(prompt_tokens=len(self._prompt_ids), completion_tokens=tokens),
             seed=self._seed,
             timings=pb.Timings(queue_ms=((started or now) - self._arrived) * 1e3,
                                time_to_first_token_ms=(first - self._arrived) * 1e3,
-                               total_ms=(now - self._arrived) * 1e3),
-            text="".join(seq.text),
-            error_message=error,
-            actions=seq.actions.calls if seq.actions is not None else ())
+                               total_ms=(now - self._arrived) * 1e3))
 
 
 class Reply:
-    """A running generation as the messages a client receives; grounding (which scene
-    objects the text mentions) is added to each Completion when `ground` is given."""
+    """A running generation as the messages a client receives; each Completion also
+    reports what its request asked about (`dressed`)."""
 
-    def __init__(self, generation: Generation, processor: OutputProcessor,
-                 ground: Grounder | None = None, scene_version: int = 0,
-                 referents: list[pb.Referent] = ()):
+    def __init__(self, generation: Generation, processor: OutputProcessor, spec: ReplySpec):
         self._generation = generation
         self._processor = processor
-        self._ground = ground
-        self.scene_version = scene_version
-        self.referents = list(referents)
+        self._spec = spec
         self.sequences = processor.sequences
         self.done = False  # its iteration has ended (the generation finished or failed)
 
@@ -194,15 +209,22 @@ class Reply:
     def resume(self) -> None:
         self._generation.resume()
 
+    def dressed(self, done: pb.Completion) -> pb.Completion:
+        """`done` with what the request reports: which scene objects the text names
+        (grounding, when it was about a scene), the scene's version, the referents."""
+        spec = self._spec
+        if spec.scene is not None:
+            done.grounding.extend(ground(done.text, spec.objects))
+        done.scene_version = spec.scene_version
+        done.referents.extend(spec.referents)
+        return done
+
     async def __aiter__(self) -> AsyncIterator[Event]:
         try:
             async for out in self._generation:
                 for event in self._processor.process(out, self._generation):
                     if isinstance(event, pb.Completion):
-                        if self._ground is not None:
-                            event.grounding.extend(self._ground(event.text))
-                        event.scene_version = self.scene_version
-                        event.referents.extend(self.referents)
+                        event = self.dressed(event)
                     yield event
         finally:
             self.done = True

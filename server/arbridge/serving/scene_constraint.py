@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from arbridge.engine.constraints import BannedWords, ObjectRules
-from arbridge.engine.sampling import SamplingConfig
+from arbridge.engine.constraints import BannedWords, CaptionRules
+from arbridge.generation import SamplingConfig
 from arbridge.serving.lexicon import all_object_words, names_of
 from arbridge.serving.scene_text import noun_phrase, place
 from arbridge.v1 import types_pb2 as pb
@@ -111,7 +111,7 @@ class SceneConstraint:
         return BannedWords(table, HARD if penalty >= HARD_FROM else penalty,
                            self._all.longest_prefix)
 
-    def object_rules(self, scene: pb.SceneFeatures) -> ObjectRules | None:
+    def caption_rules(self, scene: pb.SceneFeatures) -> CaptionRules | None:
         """Directions and distances that are false for each named object, and no
         sentence end before every object is named (objects that share a label count
         once, and only what is false for all of them is masked)."""
@@ -148,31 +148,25 @@ class SceneConstraint:
                             false |= {t for w in words for t in self._word_ids[w]}
                 false_for_all = false if false_for_all is None else false_for_all & false
             wrong.append(frozenset(false_for_all or ()))
-        return ObjectRules(names, tuple(wrong), self._enders, self._never,
+        return CaptionRules(names, tuple(wrong), self._enders, self._never,
                            phrases=tuple(phrases), articles=self._articles,
                            vowel_articles=self._vowel_articles,
                            once_per_mention=self._claims, place_lead=self._place_lead,
                            place_words=self._place_words,
                            repeat_words=CAPTION_REPEAT_WORDS, punctuation=self._punctuation)
 
-    def apply(self, cfg: SamplingConfig, scene: pb.SceneFeatures | None,
-              caption: bool, supported: bool = True) -> SamplingConfig:
-        """`cfg` with the request's constraints resolved: a caption defaults to a hard
-        mask of absent nouns and no repeated 4-grams, a dialogue turn about a scene to the
-        hard mask only (its place rules are caption rules); a backend without them
-        (`supported` False) gets none (an explicit ask was refused earlier)."""
-        if not supported:
-            return cfg
+    def apply(self, cfg: SamplingConfig, scene: pb.SceneFeatures | None, caption: bool,
+              asked: float | None) -> SamplingConfig:
+        """`cfg` with the request's constraints resolved (`asked`: its scene_constraint,
+        None for the default): a caption gets a hard mask of absent nouns, its caption
+        rules and no repeated 4-grams; a dialogue turn about a scene the hard mask only
+        (place rules are caption rules)."""
         no_repeat = cfg.no_repeat_ngram or (CAPTION_NO_REPEAT_NGRAM if caption else 0)
-        penalty = cfg.scene_constraint
-        if penalty is None:
-            # Both captions and dialogue about a scene: measured on Ask questions, masking
-            # absent nouns took "is there a ...?" answers from 65 % to 95 % right (tune
-            # split). A request sets scene_constraint 0 to talk about anything.
-            penalty = HARD
+        # Both captions and dialogue about a scene: on Ask questions, masking absent
+        # nouns took "is there a ...?" answers from 65 % to 95 % right (tune split of
+        # `make eval`). A request sets scene_constraint 0 to talk about anything.
+        penalty = HARD if asked is None else asked
         banned = self.banned(scene, penalty) if scene is not None and penalty > 0 else None
-        sentences = cfg.max_sentences or (CAPTION_MAX_SENTENCES if caption else 0)
-        rules = (self.object_rules(scene)
+        rules = (self.caption_rules(scene)
                  if caption and scene is not None and penalty >= HARD_FROM else None)
-        return replace(cfg, no_repeat_ngram=no_repeat, banned=banned, max_sentences=sentences,
-                       object_rules=rules)
+        return replace(cfg, no_repeat_ngram=no_repeat, banned=banned, caption_rules=rules)

@@ -34,8 +34,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from arbridge.engine.requests import FinishReason
-from arbridge.serving.output import Event, Reply
+from arbridge.generation import FinishReason
+from arbridge.serving.output import Event, Reply, completion
 from arbridge.v1 import types_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,6 @@ class ResumableStream:
     bytes: int = 0
     done: bool = False
     peer: str = ""  # where it was opened from (the per-client cap of unfollowed streams)
-    scene_version: int = 0
     followed: bool = False  # its newest follower is still reading
     delivered: bool = False  # some follower was handed its first event (the stream_id)
     error: Exception | None = None  # the reply failed before any event: a status to send
@@ -130,8 +129,7 @@ class StreamStore:
              peer: str = "") -> ResumableStream:
         """Start `reply` in a task of its own; it runs to its end or its expiry."""
         stream = ResumableStream(secrets.token_urlsafe(16), owner, reply, sequences,
-                                 session_id, turn_id, peer=peer,
-                                 scene_version=getattr(reply, "scene_version", 0))
+                                 session_id, turn_id, peer=peer)
         idle = sorted((s for s in self._streams.values() if s.peer == peer and not s.followed),
                       key=lambda s: s.left_at)
         for old in idle[:max(0, len(idle) - self.unfollowed_per_peer + 1)]:
@@ -223,7 +221,7 @@ class StreamStore:
             else:  # too late for a status: the open sequences end with an error
                 log.exception("resumable stream %s failed", stream.id)
                 self._end_open_sequences(stream, f"{type(exc).__name__}: {exc}",
-                                         pb.FINISH_REASON_ERROR)
+                                         FinishReason.ERROR)
         finally:
             stream.done = True
             stream._changed.set()
@@ -239,7 +237,7 @@ class StreamStore:
                 self._make_room(keep=stream)
 
     def _end_open_sequences(self, stream: ResumableStream, why: str,
-                            reason: int = pb.FINISH_REASON_CANCELLED) -> None:
+                            reason: FinishReason = FinishReason.CANCELLED) -> None:
         ended = {e.sequence_index for _, e in stream.events if isinstance(e, pb.Completion)}
         for index in range(stream.sequences):
             if index not in ended:  # with the text so far: a session records it
@@ -247,10 +245,8 @@ class StreamStore:
                                if isinstance(e, pb.TokenChunk) and e.sequence_index == index)
                 calls = [e for _, e in stream.events
                          if isinstance(e, pb.ActionCall) and e.sequence_index == index]
-                self._add(stream, pb.Completion(
-                    sequence_index=index, finish_reason=reason, error_message=why, text=text,
-                    scene_version=stream.scene_version, actions=calls,
-                    referents=getattr(stream.reply, "referents", ())))
+                self._add(stream, stream.reply.dressed(
+                    completion(index, reason, text, error=why, actions=calls)))
 
     def _make_room(self, keep: ResumableStream) -> None:
         """Drop unfollowed streams, longest unfollowed first, until under budget."""

@@ -28,7 +28,7 @@ import llguidance.hf
 import llguidance.torch
 
 from arbridge.engine.grammar import TokenGrammar
-from arbridge.engine.sampling import SamplingConfig
+from arbridge.generation import SamplingConfig
 from arbridge.serving.actions import ActionSet
 from arbridge.serving.validation import InvalidField
 
@@ -129,24 +129,23 @@ class GrammarCompiler:
     def __contains__(self, key: tuple[str, str]) -> bool:
         return key in self._compiled
 
-    def apply(self, cfg: SamplingConfig, actions: ActionSet | None = None,
-              field: str = "sampling") -> SamplingConfig:
-        """`cfg` with a matcher per sequence for its response_format or actions; a
-        response_format the library cannot compile, or whose lexer would explode, is
-        the request's error (`field`)."""
+    def apply(self, cfg: SamplingConfig, fmt: tuple[str, str] | None,
+              actions: ActionSet | None = None, field: str = "sampling") -> SamplingConfig:
+        """`cfg` with a matcher per sequence for the reply's actions or its response
+        format `fmt` (kind, source); a format the library cannot compile, or whose
+        lexer would explode, is the request's error (`field`)."""
         if actions is not None:
             key = ("lark", actions.lark())
-        elif cfg.response_format is not None:
-            key = cfg.response_format
+        elif fmt is not None:
+            key = fmt
         else:
             return cfg
         pristine = self._pristine(key, field)
         matchers = [pristine.deep_copy() for _ in range(cfg.num_return_sequences)]
-        # The grammar shapes the reply: caption rules (sentence and naming limits) would
-        # fight it; the scene's banned nouns stay (engine/sampling.py lets the grammar
-        # override them where it needs a banned token).
-        return replace(cfg, grammar=TokenGrammar(matchers), object_rules=None,
-                       max_sentences=0 if cfg.response_format else cfg.max_sentences)
+        # The grammar shapes the reply: caption rules would fight it; the scene's
+        # banned nouns stay (engine/sampling.py lets the grammar override them where it
+        # needs a banned token).
+        return replace(cfg, grammar=TokenGrammar(matchers), caption_rules=None)
 
 
 # llguidance's bare stop reasons, said for a client.

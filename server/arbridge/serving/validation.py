@@ -4,9 +4,8 @@ Validation happens before anything is queued, so a bad request costs nothing
 and never reaches the model. `InvalidField` maps to INVALID_ARGUMENT,
 `Unsupported` to FAILED_PRECONDITION (valid, but this server can't serve it).
 
-`RequestChecker` checks a whole request in one pass and returns the checked,
-typed values the servicer works with (copies where they outlive the call); the
-functions below it check one message each.
+Each function checks one message and raises on the first bad field; turning a
+checked request into the values the servicer works with is serving/calls.py's.
 """
 
 from __future__ import annotations
@@ -15,15 +14,10 @@ import json
 import math
 import re
 import secrets
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from arbridge.config import Settings
-from arbridge.engine.sampling import SamplingConfig
-from arbridge.serving.actions import ActionSet, object_names
-from arbridge.serving.referents import current_rays, resolve_all
-from arbridge.serving.sessions import DialogueState
-from arbridge.v1 import service_pb2 as spb
+from arbridge.generation import SamplingConfig
 from arbridge.v1 import types_pb2 as pb
 
 
@@ -54,8 +48,18 @@ def _finite(value: float, field: str) -> float:
     return value
 
 
-def sampling_config(params: pb.SamplingParams, settings: Settings, field: str = "sampling",
-                    ignore_eos: bool = False) -> SamplingConfig:
+class CheckedSampling(NamedTuple):
+    """SamplingParams, checked: how to decode, and the rules the servicer applies to
+    the reply's text (stop strings) or compiles for it (format, scene constraint)."""
+
+    config: SamplingConfig
+    stop: tuple[str, ...]
+    response_format: tuple[str, str] | None  # (kind, source)
+    scene_constraint: float | None  # None = the server's default
+
+
+def sampling(params: pb.SamplingParams, settings: Settings, field: str = "sampling",
+             ignore_eos: bool = False) -> CheckedSampling:
     max_new = params.max_new_tokens or settings.default_max_new_tokens
     if max_new > settings.max_new_tokens_limit:
         raise InvalidField(f"{field}.max_new_tokens",
@@ -99,13 +103,13 @@ def sampling_config(params: pb.SamplingParams, settings: Settings, field: str = 
         raise InvalidField(f"{field}.no_repeat_ngram",
                            f"at most {MAX_NO_REPEAT_NGRAM}, got {params.no_repeat_ngram}")
     seed = params.seed if params.HasField("seed") else secrets.randbits(63)
-    return SamplingConfig(response_format=response_format(params.response_format,
-                                                          f"{field}.response_format"),
+    config = SamplingConfig(
         max_new_tokens=max_new, temperature=temperature, top_k=params.top_k, top_p=top_p,
-        repetition_penalty=penalty, seed=seed, stop=tuple(params.stop),
-        num_return_sequences=n, logprobs=params.logprobs,
-        ignore_eos=ignore_eos, no_repeat_ngram=params.no_repeat_ngram,
-        scene_constraint=constraint)
+        repetition_penalty=penalty, seed=seed, num_return_sequences=n,
+        logprobs=params.logprobs, ignore_eos=ignore_eos, no_repeat_ngram=params.no_repeat_ngram)
+    return CheckedSampling(config, tuple(params.stop),
+                           response_format(params.response_format, f"{field}.response_format"),
+                           constraint)
 
 
 def response_format(fmt: pb.ResponseFormat, field: str) -> tuple[str, str] | None:
@@ -193,7 +197,7 @@ def action_parameter(p: pb.ActionParameter, settings: Settings, f: str, names: s
                                                    "\\ or control characters")
 
 
-def _action_mode(mode: int, field: str) -> None:
+def action_mode(mode: int, field: str) -> None:
     if mode not in pb.ActionMode.values():
         raise InvalidField(field, f"unknown value {mode}")
 
@@ -288,9 +292,9 @@ def _location_hint(hint: str, settings: Settings, field: str) -> None:
         raise InvalidField(field, f"longer than {settings.max_label_chars} characters")
 
 
-def apply_scene_delta(base: pb.SceneFeatures, delta: pb.SceneDelta, settings: Settings,
-                      field: str) -> pb.SceneFeatures:
-    """`base` changed by `delta` (objects matched by id), as a new checked scene."""
+def scene_delta(base: pb.SceneFeatures, delta: pb.SceneDelta, settings: Settings,
+                field: str) -> None:
+    """`delta` can apply to `base`: its objects are checked, its ids match."""
     present = {obj.id for obj in base.objects}
     removed = set()
     for i, object_id in enumerate(delta.remove_ids):
@@ -299,7 +303,7 @@ def apply_scene_delta(base: pb.SceneFeatures, delta: pb.SceneDelta, settings: Se
             raise InvalidField(f"{field}.remove_ids[{i}]",
                                f"no object {object_id[:80]!r} in the session's scene")
         removed.add(object_id)
-    upserts: dict[str, pb.SceneObject] = {}
+    upserted = set()
     for i, obj in enumerate(delta.upsert):
         if not obj.id:
             raise InvalidField(f"{field}.upsert[{i}].id",
@@ -308,27 +312,15 @@ def apply_scene_delta(base: pb.SceneFeatures, delta: pb.SceneDelta, settings: Se
             raise InvalidField(f"{field}.upsert[{i}].id",
                                f"{obj.id[:80]!r} is also in remove_ids")
         scene_object(obj, settings, f"{field}.upsert[{i}]")
-        upserts[obj.id] = obj
+        upserted.add(obj.id)
+    added = len(upserted - present)
+    if len(base.objects) - len(removed) + added > settings.max_scene_objects:
+        raise InvalidField(f"{field}.upsert", f"the scene would hold "
+                           f"{len(base.objects) - len(removed) + added} objects; at most "
+                           f"{settings.max_scene_objects}")
     if delta.HasField("camera_pose"):
         _pose(delta.camera_pose, f"{field}.camera_pose")
     _location_hint(delta.location_hint, settings, f"{field}.location_hint")
-    out = pb.SceneFeatures()
-    out.CopyFrom(base)
-    del out.objects[:]
-    for obj in base.objects:  # the order of the scene is kept: moved objects stay put
-        if obj.id not in removed:
-            out.objects.append(upserts.pop(obj.id, obj))
-    out.objects.extend(upserts.values())
-    if len(out.objects) > settings.max_scene_objects:
-        raise InvalidField(f"{field}.upsert", f"the scene would hold {len(out.objects)} "
-                           f"objects; at most {settings.max_scene_objects}")
-    if delta.HasField("camera_pose"):
-        out.camera_pose.CopyFrom(delta.camera_pose)
-    if delta.location_hint:
-        out.location_hint = delta.location_hint
-    if delta.scene_version:
-        out.scene_version = delta.scene_version
-    return out
 
 
 def audio(a: pb.AudioFeatures, settings: Settings, field: str = "audio",
@@ -359,155 +351,3 @@ def prompt_text(text: str, settings: Settings, field: str = "prompt") -> None:
         raise InvalidField(field, "must not be empty")
     if len(text) > settings.max_prompt_chars:
         raise InvalidField(field, f"{len(text)} characters; at most {settings.max_prompt_chars}")
-
-
-Features = list[tuple[str, list[float]]]  # (encoder, vector), in prompt order
-
-
-def _features(vectors) -> Features:
-    return [(fv.encoder, list(fv.values)) for fv in vectors]
-
-
-@dataclass
-class GenerateCall:
-    prompt: str
-    sampling: SamplingConfig
-
-
-@dataclass
-class DescribeCall:
-    scene: pb.SceneFeatures
-    instruction: str
-    sampling: SamplingConfig
-    features: Features
-    referents: list[pb.Referent] = field(default_factory=list)
-
-
-@dataclass
-class TurnCall:
-    """One user turn, checked against the dialogue it joins."""
-
-    text: str
-    sampling: SamplingConfig
-    scene: pb.SceneFeatures | None
-    features: Features = field(default_factory=list)  # scene images, then audio
-    referents: list[pb.Referent] = field(default_factory=list)  # of the turn's rays
-    actions: ActionSet | None = None  # what the reply may call, when it may
-
-    @property
-    def objects(self) -> list[pb.SceneObject]:
-        return list(self.scene.objects) if self.scene is not None else []
-
-
-def _copy(kind, message):
-    copy = kind()
-    copy.CopyFrom(message)
-    return copy
-
-
-class RequestChecker:
-    """One pass over each request; errors name the field (see the module doc)."""
-
-    def __init__(self, settings: Settings, encoders: dict[str, int],
-                 unsupported: Callable[[SamplingConfig], list[tuple[str, str]]],
-                 ignore_eos: bool = False):
-        self.settings = settings
-        self.ignore_eos = ignore_eos  # `arbridge bench` only: equal token counts
-        self.encoders = encoders  # encoder name -> projector input size
-        self.unsupported = unsupported  # what the backend cannot honour
-
-    def sampling(self, params: pb.SamplingParams, field: str) -> SamplingConfig:
-        cfg = sampling_config(params, self.settings, field, self.ignore_eos)
-        for name, why in self.unsupported(cfg):
-            raise Unsupported(f"{field}.{name}", why)
-        return cfg
-
-    def scene(self, s: pb.SceneFeatures, field: str) -> pb.SceneFeatures:
-        """The scene checked, as a copy (kept in sessions, not the request)."""
-        scene(s, self.settings, field, self.encoders)
-        copy = pb.SceneFeatures()
-        copy.CopyFrom(s)
-        return copy
-
-    def scene_delta(self, base: pb.SceneFeatures | None, delta: pb.SceneDelta,
-                    field: str) -> pb.SceneFeatures:
-        return apply_scene_delta(base or pb.SceneFeatures(), delta, self.settings, field)
-
-    def generate(self, request: spb.GenerateRequest) -> GenerateCall:
-        prompt_text(request.prompt, self.settings)
-        return GenerateCall(request.prompt, self.sampling(request.sampling, "sampling"))
-
-    def describe_scene(self, request: spb.DescribeSceneRequest) -> DescribeCall:
-        if not request.HasField("scene"):
-            raise InvalidField("scene", "is required")
-        s = request.scene
-        scene(s, self.settings, "scene", self.encoders)
-        if not s.objects and not s.location_hint.strip() and not s.image_features:
-            raise InvalidField("scene.objects", "needs at least one object (or a "
-                                                "location_hint, or image_features)")
-        if len(request.instruction) > self.settings.max_turn_chars:
-            raise InvalidField("instruction", "too long")
-        return DescribeCall(s, request.instruction, self.sampling(request.sampling, "sampling"),
-                            _features(s.image_features),
-                            resolve_all(current_rays(s), s.objects))
-
-    def dialogue_start(self, start: spb.ConverseStart, field: str) -> DialogueState:
-        """A new dialogue's state, copied out of the request."""
-        dialogue(start.history, self.settings, f"{field}.history")
-        if len(start.system_prompt) > self.settings.max_turn_chars:
-            raise InvalidField(f"{field}.system_prompt", "too long")
-        self.sampling(start.sampling, f"{field}.sampling")
-        action_definitions(start.actions, self.settings, f"{field}.actions")
-        _action_mode(start.action_mode, f"{field}.action_mode")
-        if start.actions and start.sampling.response_format.WhichOneof("format") and \
-                start.action_mode != pb.ACTION_MODE_NONE:
-            raise InvalidField(f"{field}.sampling.response_format",
-                               "a session that may call actions has their format")
-        state = DialogueState(system_prompt=start.system_prompt,
-                              history=[pb.DialogueTurn(role=t.role, text=t.text)
-                                       for t in start.history],
-                              actions=[_copy(pb.ActionDefinition, a) for a in start.actions],
-                              action_mode=start.action_mode)
-        state.sampling.CopyFrom(start.sampling)
-        if start.HasField("scene"):
-            state.scene = self.scene(start.scene, f"{field}.scene")
-        return state
-
-    def user_turn(self, turn: spb.UserTurn, state: DialogueState, field: str) -> TurnCall:
-        """A turn of `state`'s dialogue: its text (or transcript), sampling (the turn's
-        own, else the dialogue's) and dense features."""
-        text = turn.text.strip()
-        if turn.HasField("audio"):
-            audio(turn.audio, self.settings, f"{field}.audio", self.encoders)
-            text = text or turn.audio.transcript.strip()
-        if not text:
-            raise InvalidField(f"{field}.text", "needs text or audio.transcript")
-        if len(text) > self.settings.max_turn_chars:
-            raise InvalidField(f"{field}.text", "too long")
-        params = turn.sampling if turn.HasField("sampling") else state.sampling
-        rays(turn.rays, f"{field}.rays")
-        _action_mode(turn.action_mode, f"{field}.action_mode")
-        mode = turn.action_mode or state.action_mode or pb.ACTION_MODE_AUTO
-        call = TurnCall(text, self.sampling(params, f"{field}.sampling"), state.scene)
-        call.referents = resolve_all(current_rays(state.scene, turn.rays), call.objects)
-        if mode == pb.ACTION_MODE_REQUIRED and not state.actions:
-            raise InvalidField(f"{field}.action_mode",
-                               "is REQUIRED but the session declares no actions")
-        if state.actions and mode != pb.ACTION_MODE_NONE:
-            if call.sampling.response_format is not None:
-                raise InvalidField(f"{field}.sampling.response_format",
-                                   "a reply that may call actions has their format; set "
-                                   "action_mode NONE for this one")
-            actions = ActionSet(state.actions, mode,
-                                object_names(state.scene or pb.SceneFeatures()))
-            if not actions.active:
-                if mode == pb.ACTION_MODE_REQUIRED:
-                    raise Unsupported(f"{field}.action_mode", "is REQUIRED but no action can "
-                                      "be called: each needs an object and the scene has none")
-            else:
-                call.actions = actions
-        if state.scene is not None:
-            call.features = _features(state.scene.image_features)
-        if turn.HasField("audio") and turn.audio.HasField("embedding"):
-            call.features += _features([turn.audio.embedding])
-        return call

@@ -46,7 +46,7 @@ import torch
 
 from arbridge.config import Settings
 from arbridge.engine import projections
-from arbridge.engine.sampling import SamplingConfig
+from arbridge.generation import SamplingConfig
 from arbridge.models.loader import LoadedModel, load_model
 from arbridge.serving.prompts import PromptBuilder
 from arbridge.v1 import types_pb2 as pb

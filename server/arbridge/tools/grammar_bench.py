@@ -21,7 +21,7 @@ import torch
 
 from arbridge.config import Settings
 from arbridge.engine.constraints import BannedWords
-from arbridge.engine.sampling import SamplingConfig
+from arbridge.generation import SamplingConfig
 from arbridge.models.loader import load_model
 from arbridge.serving.actions import ActionSet, object_names
 from arbridge.serving.prompts import PromptBuilder
@@ -141,7 +141,7 @@ async def engine_rows(lm, settings: Settings, new_tokens: int, levels=(1, 8)) ->
                 started, tokens = time.perf_counter(), 0
 
                 async def one(ids, constrained=constrained):
-                    cfg = grammars.apply(no_eos, actions) if constrained else plain
+                    cfg = grammars.apply(no_eos, None, actions) if constrained else plain
                     count = 0
                     async for out in engine.submit(ids, cfg):
                         count += len(out.tokens)
