@@ -307,7 +307,7 @@ async def test_a_parked_request_leaves_when_its_sequences_are_stopped_or_cancell
                 stream.pause()
             await wait_for(lambda: eng.scheduler.parked == 3, 5, "all three parked")
             assert all(req.blocks for req in eng.scheduler._parked)
-            streams[0].finish_sequence(0)
+            streams[0].stop_sequence(0)
             streams[1].cancel()
             streams[2].resume()
             await wait_for(lambda: eng.scheduler.parked == 0, 5,

@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
+from arbridge.engine import matmul_layouts
 from arbridge.engine.fused_decoder import FusedDecoder
 from arbridge.engine.runner import ModelRunner
 
@@ -113,7 +114,6 @@ def test_serving_lets_go_of_the_weight_copy_no_kernel_reads(name, winner, monkey
     """With `fused_only` (what `arbridge serve` runs), whichever layout won the
     tuning is the only copy left: the logits are unchanged, the model's own float
     weights are gone unless plain won, and a tied LM head keeps the embedding."""
-    from arbridge.engine import projections
 
     if not torch.backends.mkldnn.is_available():
         pytest.skip("one layout only: nothing to choose between")
@@ -123,7 +123,7 @@ def test_serving_lets_go_of_the_weight_copy_no_kernel_reads(name, winner, monkey
             p.one_row = p.many_rows = p.prompt_rows = p.kernels[winner]
         return {}
 
-    monkeypatch.setattr(projections, "tune", pick)
+    monkeypatch.setattr(matmul_layouts, "tune", pick)
     model = MODELS[name]()
     embedding = model.get_input_embeddings().weight
     with torch.inference_mode():

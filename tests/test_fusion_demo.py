@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from arbridge.config import Settings
-from arbridge.engine.projector import Projector
+from arbridge.engine.soft_prompts import Projector
 from arbridge.models.loader import load_model
 from arbridge.tools.fusion_demo import (
     COLORS,

@@ -10,7 +10,7 @@ from test_batching import PROMPTS, Engine
 from test_fused_decoder import MODELS, run_passes
 
 from arbridge.engine.fused_decoder import FusedDecoder
-from arbridge.engine.projections import PROMPT_ROWS, Projection, quantize_int8
+from arbridge.engine.matmul_layouts import PROMPT_ROWS, Projection, quantize_int8
 from arbridge.engine.runner import ModelRunner
 from arbridge.generation import SamplingConfig
 from arbridge.models.loader import load_model
@@ -82,7 +82,7 @@ def test_int8_needs_a_model_the_fused_decoder_runs():
 
 def test_int8_refused_on_a_gpu_and_with_the_models_own_forward():
     from arbridge.config import load_settings
-    from arbridge.engine.projections import int8_supported
+    from arbridge.engine.matmul_layouts import int8_supported
 
     assert int8_supported("cpu") == ""
     assert "runs on the CPU; on a GPU use bfloat16" in int8_supported("cuda:0")

@@ -256,7 +256,7 @@ async def test_an_ask_session_answers_only_the_token_that_started_it(make_server
                                             metadata=alice))
     session_id = events[0][2].session_id
     session = s.server.servicer._sessions._sessions[session_id]
-    turns_before = len(session.state.history)
+    turns_before = len(session.dialogue.state.history)
     long_reply = s.stub.Ask(ask("tell me a story", session_id, tokens=60), metadata=alice)
     async for _ in long_reply:  # streaming now
         break
@@ -273,8 +273,8 @@ async def test_an_ask_session_answers_only_the_token_that_started_it(make_server
     rest = [r async for r in long_reply]
     done = [r.completion for r in rest if r.WhichOneof("event") == "completion"]
     assert done[0].finish_reason == pb.FINISH_REASON_LENGTH  # not INTERRUPTED by bob
-    assert len(session.state.history) == turns_before + 2  # alice's story turn only
-    assert "door code" not in "".join(t.text for t in session.state.history[-2:])
+    assert len(session.dialogue.state.history) == turns_before + 2  # alice's story turn only
+    assert "door code" not in "".join(t.text for t in session.dialogue.state.history[-2:])
     # The token read the way auth reads it: surrounding spaces do not make a new caller.
     _, done, _ = await collect(s.stub.Ask(
         ask("again", session_id), metadata=(("authorization", "Bearer  alpha-token "),)))

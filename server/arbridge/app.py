@@ -24,8 +24,8 @@ from grpc_reflection.v1alpha import reflection
 from arbridge.backends import Backend
 from arbridge.backends.local import LocalBackend
 from arbridge.config import Settings, megatron_overrides
-from arbridge.engine.projector import ProjectorSet
 from arbridge.engine.scheduler import Scheduler
+from arbridge.engine.soft_prompts import ProjectorSet
 from arbridge.generation import FinishReason
 from arbridge.metrics import Metrics
 from arbridge.models.loader import LoadedModel, load_model

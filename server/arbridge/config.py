@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import (
@@ -252,6 +252,9 @@ class Settings(EngineSettings, StreamSettings, SessionSettings, LimitSettings,
 
     model_config = SettingsConfigDict(env_prefix="ARBRIDGE_", extra="forbid",
                                       cli_kebab_case=True, cli_implicit_flags=True)
+    # The TOML file read after the environment (None: ARBRIDGE_CONFIG, if set);
+    # load_settings sets it on a subclass for one load.
+    toml_file: ClassVar[str | None] = None
 
     @model_validator(mode="after")
     def _int8_runs_fused(self) -> Settings:
@@ -273,7 +276,7 @@ class Settings(EngineSettings, StreamSettings, SessionSettings, LimitSettings,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = os.environ.get("ARBRIDGE_CONFIG")
+        config_file = cls.toml_file or os.environ.get("ARBRIDGE_CONFIG")
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
         return tuple(sources)
@@ -292,16 +295,9 @@ def load_settings(config_file: str | None = None, cli=None, **overrides: Any) ->
     """Settings from `arbridge serve`'s flags (`cli`, a parsed CliSettingsSource) or
     keyword overrides (None = not given), then the environment, then the TOML file
     (`config_file`, else ARBRIDGE_CONFIG), then the defaults."""
-    config_file = config_file or os.environ.get("ARBRIDGE_CONFIG")
 
-    class _WithFile(Settings):  # this load's sources; nothing global is changed
-        @classmethod
-        def settings_customise_sources(cls, settings_cls, init_settings, env_settings,
-                                       dotenv_settings, file_secret_settings):
-            sources = [init_settings, env_settings]
-            if config_file:
-                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
-            return tuple(sources)
+    class _WithFile(Settings):  # this load's file; nothing global is changed
+        toml_file: ClassVar[str | None] = config_file
 
     given = {k: v for k, v in overrides.items() if v is not None}
     if cli is not None:

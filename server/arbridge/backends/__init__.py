@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 from arbridge.generation import FinishReason, SamplingConfig, SequenceEnd
 
 if TYPE_CHECKING:  # torch-heavy: annotations only (the upstream backend has none)
-    from arbridge.engine.projector import ProjectorSet
+    from arbridge.engine.soft_prompts import ProjectorSet
     from arbridge.models.loader import ModelInfo
 
 

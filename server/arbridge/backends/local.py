@@ -13,8 +13,8 @@ from arbridge.backends import (
     RequestTooLarge,
 )
 from arbridge.engine.async_engine import AsyncEngine, RequestStream
-from arbridge.engine.projector import ProjectorSet
 from arbridge.engine.scheduler import QueueFull, Scheduler, TooLargeForKV
+from arbridge.engine.soft_prompts import ProjectorSet
 from arbridge.generation import FinishReason, SamplingConfig
 from arbridge.logs import REQUEST_ID
 from arbridge.metrics import Metrics

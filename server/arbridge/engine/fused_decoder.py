@@ -11,7 +11,7 @@ itself, straight on the slot KV cache, with the model's own weights:
 - none of transformers' per-layer generality (output hooks, attention
   dispatch, cache bookkeeping, mask conversion);
 - each matmul in the weight layout measured fastest on this CPU, or on int8
-  weights (`projections.py`).
+  weights (`matmul_layouts.py`).
 
 At batch 1 on a 2-core CPU a decode step is mostly weight reads, and
 transformers' eager code adds about a quarter on top of them; this removes
@@ -26,13 +26,14 @@ does not implement, runs through the model's own forward instead.
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arbridge.engine import projections
-from arbridge.engine.projections import Projection
+from arbridge.engine import matmul_layouts
+from arbridge.engine.matmul_layouts import Projection
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,10 @@ class FusedDecoder:
         with torch.inference_mode(False), torch.no_grad():
             decoder = _BUILDERS[model.config.model_type](model, quantize)
         with torch.no_grad():
-            decoder.kernel_timings = projections.tune(decoder.projections())
+            decoder.kernel_timings = matmul_layouts.tune(decoder.projections())
         return decoder
 
-    kernel_timings: dict  # what `projections.tune` measured, set by build
+    kernel_timings: dict  # what `matmul_layouts.tune` measured, set by build
     # (projection, the model modules whose float `weight` it was made from)
     sources: list[tuple[Projection, list[nn.Module]]]
 
@@ -104,8 +105,7 @@ class FusedDecoder:
 
     def projections(self) -> list[Projection]:
         """Every matmul of one decode step, in the order a step runs them."""
-        return [p for layer in self.layers for p in layer if isinstance(p, Projection)] + \
-            [self.lm_head]
+        return [p for layer in self.layers for p in layer.projections()] + [self.lm_head]
 
     @property
     def weight_bytes(self) -> int:
@@ -132,6 +132,18 @@ def _attend(query, keys, values, mask, heads: int, kv_heads: int) -> torch.Tenso
         values = values.repeat_interleave(heads // kv_heads, dim=1)
     return F.scaled_dot_product_attention(query, keys, values, attn_mask=mask,
                                           enable_gqa=heads != kv_heads)
+
+
+class _LlamaLayer(NamedTuple):
+    attn_norm: torch.Tensor  # input_layernorm's weight
+    qkv: Projection  # q, k and v fused
+    out: Projection  # o_proj
+    mlp_norm: torch.Tensor  # post_attention_layernorm's weight
+    gate_up: Projection  # gate and up fused
+    down: Projection
+
+    def projections(self) -> list[Projection]:
+        return [self.qkv, self.out, self.gate_up, self.down]
 
 
 class _LlamaDecoder(FusedDecoder):
@@ -169,8 +181,9 @@ class _LlamaDecoder(FusedDecoder):
             out = Projection(a.o_proj.weight, a.o_proj.bias, quantize)
             gate_up = Projection(*_fuse(mlp.gate_proj, mlp.up_proj), quantize)
             down = Projection(mlp.down_proj.weight, mlp.down_proj.bias, quantize)
-            self.layers.append((layer.input_layernorm.weight, qkv, out,
-                                layer.post_attention_layernorm.weight, gate_up, down))
+            self.layers.append(_LlamaLayer(layer.input_layernorm.weight, qkv, out,
+                                           layer.post_attention_layernorm.weight, gate_up,
+                                           down))
             self.sources += [(qkv, [a.q_proj, a.k_proj, a.v_proj]), (out, [a.o_proj]),
                              (gate_up, [mlp.gate_proj, mlp.up_proj]), (down, [mlp.down_proj])]
         self.lm_head = Projection(model.lm_head.weight, model.lm_head.bias, quantize)
@@ -200,8 +213,9 @@ class _LlamaDecoder(FusedDecoder):
         cos, sin = torch.cat((cos, cos), -1), torch.cat((-sin, sin), -1)
         half = dim // 2
         mask = None if allowed is None else allowed[:, None]  # None: attend to all
-        for index, (norm1, qkv, out, norm2, gate_up, down) in enumerate(self.layers):
-            fused = qkv(self._norm(x, norm1)).view(batch, q_len, heads + 2 * kv_heads, dim)
+        for index, layer in enumerate(self.layers):
+            fused = layer.qkv(self._norm(x, layer.attn_norm)).view(batch, q_len,
+                                                                   heads + 2 * kv_heads, dim)
             # Rotate queries and keys together.
             turning = fused[:, :, :heads + kv_heads]
             rotated = turning * cos + turning.roll(half, -1) * sin
@@ -213,10 +227,23 @@ class _LlamaDecoder(FusedDecoder):
             else:
                 keys, values = cache.layers[index].update(key, value, index)
                 attended = _attend(query, keys, values, mask, heads, kv_heads)
-            x = x + out(attended.transpose(1, 2).reshape(batch, q_len, heads * dim))
-            gate, up = gate_up(self._norm(x, norm2)).chunk(2, dim=-1)
-            x = x + down(F.silu(gate) * up)
+            x = x + layer.out(attended.transpose(1, 2).reshape(batch, q_len, heads * dim))
+            gate, up = layer.gate_up(self._norm(x, layer.mlp_norm)).chunk(2, dim=-1)
+            x = x + layer.down(F.silu(gate) * up)
         return self.lm_head(self._norm(self._kept(x, keep), body.norm.weight))
+
+
+class _GPT2Layer(NamedTuple):
+    attn_norm: nn.LayerNorm
+    qkv: Projection  # c_attn
+    out: Projection  # attn.c_proj
+    mlp_norm: nn.LayerNorm
+    up: Projection  # c_fc
+    act: nn.Module
+    down: Projection  # mlp.c_proj
+
+    def projections(self) -> list[Projection]:
+        return [self.qkv, self.out, self.up, self.down]
 
 
 class _GPT2Decoder(FusedDecoder):
@@ -242,7 +269,8 @@ class _GPT2Decoder(FusedDecoder):
         for b in body.h:
             convs = (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj)
             c_attn, c_proj, c_fc, mlp_proj = (_conv1d(conv, quantize) for conv in convs)
-            self.layers.append((b.ln_1, c_attn, c_proj, b.ln_2, c_fc, b.mlp.act, mlp_proj))
+            self.layers.append(_GPT2Layer(b.ln_1, c_attn, c_proj, b.ln_2, c_fc, b.mlp.act,
+                                          mlp_proj))
             self.sources += [(p, [conv]) for p, conv in zip((c_attn, c_proj, c_fc, mlp_proj),
                                                             convs, strict=True)]
         self.lm_head = Projection(model.lm_head.weight, model.lm_head.bias, quantize)
@@ -255,16 +283,16 @@ class _GPT2Decoder(FusedDecoder):
         batch, q_len, hidden = x.shape
         heads, dim = self.heads, self.head_dim
         mask = None if allowed is None else allowed[:, None]  # None: attend to all
-        for index, (ln1, c_attn, c_proj, ln2, c_fc, act, mlp_proj) in enumerate(self.layers):
-            fused = c_attn(ln1(x)).view(batch, q_len, 3, heads, dim)
+        for index, layer in enumerate(self.layers):
+            fused = layer.qkv(layer.attn_norm(x)).view(batch, q_len, 3, heads, dim)
             query, key, value = (fused[:, :, i].transpose(1, 2) for i in range(3))
             if cache.can_attend_decode(query):
                 attended = cache.decode_attention(index, query, key, value, dim ** -0.5)
             else:
                 keys, values = cache.layers[index].update(key, value, index)
                 attended = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask)
-            x = x + c_proj(attended.transpose(1, 2).reshape(batch, q_len, hidden))
-            x = x + mlp_proj(act(c_fc(ln2(x))))
+            x = x + layer.out(attended.transpose(1, 2).reshape(batch, q_len, hidden))
+            x = x + layer.down(layer.act(layer.up(layer.mlp_norm(x))))
         return self.lm_head(body.ln_f(self._kept(x, keep)))
 
 

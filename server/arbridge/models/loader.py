@@ -119,7 +119,7 @@ def load_model(model: str | None, *, cache_dir: Path, device: str = "auto",
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from arbridge.engine.fused_decoder import FusedDecoder
-    from arbridge.engine.projections import int8_supported
+    from arbridge.engine.matmul_layouts import int8_supported
 
     started = time.perf_counter()
     model_dir, source_format = resolve_model_dir(model, cache_dir, tokenizer, overrides)

@@ -165,9 +165,8 @@ class AccessLog(_Guarded):
     async def guard(self, call: Call):
         started = time.perf_counter()
         code = grpc.StatusCode.OK
-        # Read while the call is alive: grpc 1.85's context.peer() crashed the process
-        # (SIGSEGV) for a call whose connection had been reset while its handler waited
-        # (tests/test_resume.py's 64 cut streams, before this).
+        # Read while the call is alive: on a call whose connection was reset while its
+        # handler waited, context.peer() can kill the process (SIGSEGV in grpc 1.85).
         peer = self.peers.peer_of(call)
         self.metrics.open_rpcs.labels(call.method).inc()
         try:

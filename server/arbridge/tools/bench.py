@@ -39,16 +39,17 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from arbridge.config import Settings
-from arbridge.engine import projections
+from arbridge.engine import matmul_layouts
 from arbridge.generation import SamplingConfig
 from arbridge.models.loader import LoadedModel, load_model
 from arbridge.serving.prompts import PromptBuilder
+from arbridge.tools.load_runs import Result, bounded, record
 from arbridge.v1 import types_pb2 as pb
 
 QUESTIONS = [
@@ -83,34 +84,6 @@ def bench_scene() -> pb.SceneFeatures:
     ])
 
 
-@dataclass
-class Result:
-    name: str
-    concurrency: int
-    requests: int
-    tokens: int
-    wall_s: float
-    ttft_s: list[float] = field(default_factory=list)
-    itl_s: list[float] = field(default_factory=list)
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens / self.wall_s
-
-    def pct(self, values: list[float], q: float) -> float | None:
-        if not values:
-            return None
-        ordered = sorted(values)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-    def summary(self) -> dict:
-        return {"name": self.name, "concurrency": self.concurrency, "requests": self.requests,
-                "tokens": self.tokens, "wall_s": self.wall_s,
-                "tokens_per_s": self.tokens_per_s,
-                "ttft_p50_s": self.pct(self.ttft_s, 0.5), "ttft_p95_s": self.pct(self.ttft_s, 0.95),
-                "itl_p50_s": self.pct(self.itl_s, 0.5), "itl_p95_s": self.pct(self.itl_s, 0.95)}
-
-
 # -- transformers baselines -------------------------------------------------------------
 def hf_sequential(lm: LoadedModel, prompts: list[list[int]], new_tokens: int) -> Result:
     started = time.perf_counter()
@@ -139,16 +112,6 @@ def hf_batch(lm: LoadedModel, prompts: list[list[int]], new_tokens: int) -> Resu
 
 
 # -- ArBridge -----------------------------------------------------------------------------
-def _record(result: Result, times: list[float], submitted: float,
-            tokens: int | None = None) -> None:
-    """One stream's chunk arrival times; `tokens` when the server counted them
-    (a chunk can carry several tokens, or none for a skipped special token)."""
-    if times:
-        result.ttft_s.append(times[0] - submitted)
-        result.itl_s.extend(b - a for a, b in zip(times, times[1:], strict=False))
-    result.tokens += tokens or len(times)
-
-
 async def engine_run(engine, prompts: list[list[int]], cfg: SamplingConfig,
                      concurrency: int) -> Result:
     result = Result("engine", concurrency, len(prompts), 0, 0.0)
@@ -158,10 +121,10 @@ async def engine_run(engine, prompts: list[list[int]], cfg: SamplingConfig,
         times = []
         async for out in engine.submit(ids, cfg):
             times.extend(out.at for _ in out.tokens)
-        _record(result, times, submitted)
+        record(result, times, submitted)
 
     started = time.perf_counter()
-    await _bounded(prompts, one, concurrency)
+    await bounded(prompts, one, concurrency)
     result.wall_s = time.perf_counter() - started
     return result
 
@@ -184,22 +147,12 @@ async def grpc_run(stub, texts: list[str], cfg: SamplingConfig, concurrency: int
                              for _ in response.chunk.token_ids or [None])
             elif response.WhichOneof("event") == "completion":
                 tokens = response.completion.usage.completion_tokens
-        _record(result, times, submitted, tokens)
+        record(result, times, submitted, tokens)
 
     started = time.perf_counter()
-    await _bounded(texts, one, concurrency)
+    await bounded(texts, one, concurrency)
     result.wall_s = time.perf_counter() - started
     return result
-
-
-async def _bounded(items, work, concurrency: int) -> None:
-    gate = asyncio.Semaphore(concurrency)
-
-    async def run(item):
-        async with gate:
-            await work(item)
-
-    await asyncio.gather(*(run(item) for item in items))
 
 
 # -- the whole run ----------------------------------------------------------------------
@@ -243,7 +196,7 @@ async def _arbridge_part(settings: Settings, lm: LoadedModel, prompt_ids, cfg,
         decoder = scheduler.call(lambda: scheduler.runner.fused).result()
         if decoder is not None:
             engine_info.update(weight_bytes=decoder.weight_bytes,
-                               kernels=projections.describe(decoder.kernel_timings))
+                               kernels=matmul_layouts.describe(decoder.kernel_timings))
         engine = AsyncEngine(scheduler)
         for name, fused, prefix in variants:
             scheduler.call(_engine_variant, scheduler, fused,
@@ -412,11 +365,11 @@ class _TransformersServe:
                     times.append(time.perf_counter())  # one chunk per token
                 if chunk.usage:
                     tokens = chunk.usage.completion_tokens
-            _record(result, times, submitted, tokens)
+            record(result, times, submitted, tokens)
 
         result = Result(name, concurrency, len(messages), 0, 0.0)
         started = time.perf_counter()
-        await _bounded(messages, lambda m: one(m, result), concurrency)
+        await bounded(messages, lambda m: one(m, result), concurrency)
         result.wall_s = time.perf_counter() - started
         return result
 

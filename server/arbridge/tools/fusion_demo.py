@@ -162,7 +162,7 @@ def run_fusion_demo(settings, out_dir: Path, *, encoder_path: Path, encoder_name
                     n_train: int = 400, n_heldout: int = 60, epochs: int = 4, k: int = 8,
                     lr: float = 1e-3, max_new_tokens: int = 32, seed: int = 0,
                     progress: bool = True) -> DemoResult:
-    from arbridge.engine.projector import Projector, ProjectorSpec
+    from arbridge.engine.soft_prompts import Projector, ProjectorSpec
     from arbridge.models.loader import load_model
     from arbridge.tools.sentence_encoder import SentenceEncoder
     from arbridge.tools.training import describe_prompt_ids, train_projector

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from arbridge.models.publish import is_complete, publishing
+from arbridge.tools.load_runs import Result, bounded, record
 
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
 
@@ -123,10 +124,9 @@ class LlamaServer:
 
 
 async def completion_run(port: int, prompts: list[str], new_tokens: int, concurrency: int):
-    """Stream /completion for each prompt, `concurrency` at a time: a bench.Result."""
+    """Stream /completion for each prompt, `concurrency` at a time: a load_runs.Result."""
     import httpx
 
-    from arbridge.tools.bench import Result, _bounded, _record
 
     result = Result("llama-server", concurrency, len(prompts), 0, 0.0)
 
@@ -145,10 +145,10 @@ async def completion_run(port: int, prompts: list[str], new_tokens: int, concurr
                         times.append(time.perf_counter())
                     if event.get("stop"):
                         tokens = event.get("tokens_predicted")
-        _record(result, times, submitted, tokens)
+        record(result, times, submitted, tokens)
 
     started = time.perf_counter()
-    await _bounded(prompts, one, concurrency)
+    await bounded(prompts, one, concurrency)
     result.wall_s = time.perf_counter() - started
     return result
 

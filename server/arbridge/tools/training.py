@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from arbridge.engine.projector import Projector, ProjectorSpec
+from arbridge.engine.soft_prompts import Projector, ProjectorSpec
 from arbridge.serving.prompts import PromptBuilder
 from arbridge.v1 import types_pb2 as pb
 

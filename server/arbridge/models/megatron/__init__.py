@@ -111,8 +111,7 @@ def _write_source_note(folder: Path, report: ConversionReport, written=None) -> 
 def convert(source: Path, out_dir: Path, tokenizer_dir: Path | None = None,
             overrides: Overrides | None = None) -> ConversionReport:
     """Megatron dir or zip -> safetensors HF directory with tokenizer files."""
-    from arbridge.models.megatron import gpt2_legacy, layout
-    from arbridge.models.publish import publishing
+    from arbridge.models.megatron import layout
 
     report = ConversionReport(source=str(source), out_dir=out_dir)
     timer = _Timer(report)
@@ -122,47 +121,62 @@ def convert(source: Path, out_dir: Path, tokenizer_dir: Path | None = None,
         beside = [source.parent] if source.is_file() else list(dict.fromkeys([source, folder]))
         core = _core_source(folder)
         timer.step("read index")
-        if core is None:  # the pre-Megatron-Core GPT-2 layout
-            found = find_tokenizer(None, beside, tokenizer_dir)
-            shards = layout.find_shards(folder)
-            merged = gpt2_legacy.merge_shards(shards, (overrides or Overrides())
-                                              .num_attention_heads)
-            model = gpt2_legacy.to_gpt2(merged, found.tokenizer, overrides)
-            report.format = f"Megatron-LM GPT (checkpoint_version {merged.checkpoint_version})"
-            report.iteration = merged.extra.get("iteration")
-            report.tensor_parallel, report.pipeline_parallel = (merged.tensor_parallel,
-                                                                merged.pipeline_parallel)
+        if core is not None:
+            _convert_core(core, beside, tokenizer_dir, report, timer)
         else:
-            from arbridge.models.megatron.core_to_hf import plan_architecture, write_model
+            _convert_legacy_gpt2(folder, beside, tokenizer_dir, overrides, report, timer)
+    for line in report.lines():
+        log.info("megatron conversion: %s", line)
+    return report
 
-            arch = plan_architecture(core.args, core)
-            found = find_tokenizer(core.args, beside, tokenizer_dir)
-            timer.step("tokenizer")
-            report.format = f"Megatron-Core {core.format}"
-            report.iteration = core.iteration
-            report.tensor_parallel, report.pipeline_parallel = (core.tensor_parallel,
-                                                                core.pipeline_parallel)
-            report.virtual_stages = core.virtual_stages
-            report.tokenizer = found.description
-            with publishing(out_dir, f"converted from Megatron checkpoint {source}") as staging:
-                written = write_model(core, arch, found.tokenizer, staging)
-                found.tokenizer.save_pretrained(staging)
-                _write_source_note(staging, report, written)
-                timer.step("weights (read, convert, write)")
-            for line in report.lines():
-                log.info("megatron conversion: %s", line)
-            return report
-    # The pre-Megatron-Core GPT-2 layout: small models, saved through transformers.
+
+def _convert_core(core, beside: list[Path], tokenizer_dir: Path | None,
+                  report: ConversionReport, timer: _Timer) -> None:
+    """A Megatron-Core checkpoint (torch_dist or torch), tensor by tensor."""
+    from arbridge.models.megatron.core_to_hf import plan_architecture, write_model
+    from arbridge.models.publish import publishing
+
+    arch = plan_architecture(core.args, core)
+    found = find_tokenizer(core.args, beside, tokenizer_dir)
+    timer.step("tokenizer")
+    report.format = f"Megatron-Core {core.format}"
+    report.iteration = core.iteration
+    report.tensor_parallel, report.pipeline_parallel = (core.tensor_parallel,
+                                                        core.pipeline_parallel)
+    report.virtual_stages = core.virtual_stages
+    report.tokenizer = found.description
+    with publishing(report.out_dir, f"converted from Megatron checkpoint {report.source}") \
+            as staging:
+        written = write_model(core, arch, found.tokenizer, staging)
+        found.tokenizer.save_pretrained(staging)
+        _write_source_note(staging, report, written)
+        timer.step("weights (read, convert, write)")
+
+
+def _convert_legacy_gpt2(folder: Path, beside: list[Path], tokenizer_dir: Path | None,
+                         overrides: Overrides | None, report: ConversionReport,
+                         timer: _Timer) -> None:
+    """The pre-Megatron-Core GPT-2 layout: small models, merged in memory and saved
+    through transformers."""
+    from arbridge.models.megatron import gpt2_legacy, layout
+    from arbridge.models.publish import publishing
+
+    found = find_tokenizer(None, beside, tokenizer_dir)
+    merged = gpt2_legacy.merge_shards(layout.find_shards(folder),
+                                      (overrides or Overrides()).num_attention_heads)
+    model = gpt2_legacy.to_gpt2(merged, found.tokenizer, overrides)
+    report.format = f"Megatron-LM GPT (checkpoint_version {merged.checkpoint_version})"
+    report.iteration = merged.extra.get("iteration")
+    report.tensor_parallel, report.pipeline_parallel = (merged.tensor_parallel,
+                                                        merged.pipeline_parallel)
     report.architecture = type(model).__name__
     report.dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     report.parameters = sum(p.numel() for p in model.parameters())
     report.tokenizer = found.description
     timer.step("weights")
-    with publishing(out_dir, f"converted from Megatron checkpoint {source}") as staging:
+    with publishing(report.out_dir, f"converted from Megatron checkpoint {report.source}") \
+            as staging:
         model.save_pretrained(staging, safe_serialization=True)
         found.tokenizer.save_pretrained(staging)
         _write_source_note(staging, report)
         timer.step("write safetensors")
-    for line in report.lines():
-        log.info("megatron conversion: %s", line)
-    return report

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from arbridge.engine.async_engine import AsyncEngine
-from arbridge.engine.projector import Projector, ProjectorError, ProjectorSet, ProjectorSpec
 from arbridge.engine.scheduler import Scheduler
+from arbridge.engine.soft_prompts import Projector, ProjectorError, ProjectorSet, ProjectorSpec
 from arbridge.generation import SamplingConfig
 from arbridge.models.loader import load_model
 from arbridge.serving.grounding import ground
