@@ -180,7 +180,9 @@ async def test_connection_age_recycles_without_cutting_a_stream(make_server, tin
                           max_connection_age_grace_s=10)
     _, done, _ = await collect(s.stub.Generate(gen(max_new_tokens=50)))  # ~1.5 s
     assert done[0].usage.completion_tokens == 50
-    await asyncio.sleep(0.6)
+    # The aged connection goes once its stream is done: the channel is no longer ready.
+    await wait_for(lambda: s.channel.get_state() != grpc.ChannelConnectivity.READY, 5,
+                   "the aged connection closed")
     _, done, _ = await collect(s.stub.Generate(gen(max_new_tokens=3)))
     assert done[0].usage.completion_tokens == 3
 

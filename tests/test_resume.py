@@ -177,7 +177,9 @@ async def test_streams_expire_and_belong_to_their_caller(make_server, tiny_model
     assert (await again.read()).seq == 2
     again.cancel()
     # Detached, it keeps generating for the grace time, then it is cancelled and gone.
-    await asyncio.sleep(0.3)
+    stream = s.server.servicer.streams._streams[follower.stream_id]
+    await wait_for(lambda: not stream.followed and stream.detached_tokens >= 2, 2,
+                   "tokens generated after its follower left")
     assert s.server.scheduler.load[0] == 1, "still generating within the grace time"
     await wait_idle(s.server.scheduler, timeout=2.5)
     await wait_for(lambda: len(s.server.servicer.streams) == 0, 5, "stream forgotten")
@@ -192,7 +194,7 @@ async def test_streams_expire_and_belong_to_their_caller(make_server, tiny_model
 async def test_a_call_gone_before_its_first_event_is_a_cancel(slow):
     # Its client never had the stream_id, so nobody can resume it: it ends at once.
     call = slow.stub.Generate(generate(max_new_tokens=200))
-    await asyncio.sleep(0.01)
+    await wait_for(lambda: slow.server.scheduler.load != (0, 0), 5, "the request queued")
     call.cancel()
     await wait_idle(slow.server.scheduler, timeout=1)
     assert len(slow.server.servicer.streams) == 0
@@ -433,9 +435,9 @@ async def test_over_the_total_the_longest_unfollowed_streams_go_first():
     store = StreamStore(grace_s=60, stream_bytes=1 << 20, total_bytes=10_000)
     old, newer = FakeReply(40, 100), FakeReply(40, 100)
     first = store.open("", old, 1)
-    await asyncio.sleep(0.05)  # both finished (about 4 KB each), nobody following
+    await wait_for(lambda: first.done, 5, "the first reply finished")  # ~4 KB, unfollowed
     second = store.open("", newer, 1)
-    await asyncio.sleep(0.05)
+    await wait_for(lambda: second.done, 5, "the second reply finished")
     async for _ in store.follow(first, 0):
         pass  # followed once: its unfollowed time starts after the second's
     live = store.open("", FakeReply(50, 100, delay_s=0.001), 1)

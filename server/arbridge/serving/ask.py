@@ -45,7 +45,7 @@ class AskRoute:
                                 self._max_turns)
         # Checked before anything changes: a bad turn leaves the session as it was.
         scene = self._calls.ask_scene(request, dialogue.state)
-        call = self._calls.turn(request.user_turn, dialogue.state, "user_turn", scene)
+        call = self._calls.turn_call(request.user_turn, dialogue.state, "user_turn", scene)
         reply = await self._turns.begin(dialogue, call, client)
         if reply is None:  # a newer turn of this session came first: it is answered
             yield spb.AskResponse(session_id=session.id, seq=1,

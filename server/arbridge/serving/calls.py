@@ -130,11 +130,11 @@ class CallBuilder:
         validation.scene_delta(base, delta, self.settings, field)
         return scene_delta.apply(base, delta)
 
-    def generate(self, request: spb.GenerateRequest) -> GenerateCall:
+    def generate_call(self, request: spb.GenerateRequest) -> GenerateCall:
         validation.prompt_text(request.prompt, self.settings)
         return GenerateCall(prompt=request.prompt, **self.sampling(request.sampling, "sampling"))
 
-    def describe(self, request: spb.DescribeSceneRequest) -> DescribeCall:
+    def describe_call(self, request: spb.DescribeSceneRequest) -> DescribeCall:
         if not request.HasField("scene"):
             raise InvalidField("scene", "is required")
         s = request.scene
@@ -175,7 +175,7 @@ class CallBuilder:
             scene = self.scene_delta(scene, request.scene_delta, "scene_delta")
         return scene
 
-    def turn(self, turn: spb.UserTurn, state: DialogueState, field: str,
+    def turn_call(self, turn: spb.UserTurn, state: DialogueState, field: str,
              scene: pb.SceneFeatures | None = None) -> TurnCall:
         """A turn of `state`'s dialogue about `scene` (default: the dialogue's): its
         text (or transcript), sampling (the turn's own, else the dialogue's), the

@@ -120,7 +120,7 @@ class ConverseSession:
     async def _user_turn(self, turn: spb.UserTurn, field: str) -> None:
         if self._draining.is_set():
             raise Abort(grpc.StatusCode.UNAVAILABLE, DRAINING)
-        call = self._calls.turn(turn, self._dialogue.state, field)
+        call = self._calls.turn_call(turn, self._dialogue.state, field)
         # Turns are read one at a time here, so none is ever overtaken.
         reply = await self._turns.begin(self._dialogue, call, self._client)
         if reply is None:

@@ -64,12 +64,12 @@ class ReplyFactory:
         self._replies: weakref.WeakSet[Reply] = weakref.WeakSet()
 
     # -- the three kinds of reply -----------------------------------------------------
-    async def generate(self, call: GenerateCall, client: Client) -> Reply:
+    async def text_reply(self, call: GenerateCall, client: Client) -> Reply:
         prompt = await self._prompt(lambda budget: self._prompts.raw(call.prompt, budget), call)
         await self.prepare(call)
         return self.start(prompt, call, client)
 
-    async def describe(self, call: DescribeCall, client: Client) -> Reply:
+    async def caption_reply(self, call: DescribeCall, client: Client) -> Reply:
         prompt = await self._prompt(
             lambda budget: self._prompts.describe(call.scene, call.instruction, budget), call)
         # After the prompt: a request refused for its size costs no constraint work.

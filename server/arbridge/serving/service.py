@@ -89,8 +89,8 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
     @rpc
     async def Generate(self, request: spb.GenerateRequest, context):
         client = self._client(context)
-        call = self._calls.generate(request)
-        reply = await self._replies.generate(call, client)
+        call = self._calls.generate_call(request)
+        reply = await self._replies.text_reply(call, client)
         async for response in self._delivery.responses(spb.GenerateResponse, reply, client,
                                                        resumable(request.stream)):
             yield response
@@ -98,8 +98,8 @@ class ArBridgeServicer(service_pb2_grpc.ArBridgeServiceServicer):
     @rpc
     async def DescribeScene(self, request: spb.DescribeSceneRequest, context):
         client = self._client(context)
-        call = self._calls.describe(request)
-        reply = await self._replies.describe(call, client)
+        call = self._calls.describe_call(request)
+        reply = await self._replies.caption_reply(call, client)
         async for response in self._delivery.responses(spb.DescribeSceneResponse, reply,
                                                        client, resumable(request.stream)):
             yield response
