@@ -194,7 +194,7 @@ def test_the_grammar_cache_is_bounded_by_bytes(compiler):
     assert ("regex", "(h{100}){100}") in grammars and ("regex", "(a{100}){100}") not in grammars
     small = GrammarCompiler(tokenizer, len(tokenizer), budget_bytes=64 << 20)
     for i in range(20):
-        small.apply(SamplingConfig(response_format=("regex", f"(yes|no|{i})")))
+        small.apply(SamplingConfig(), ("regex", f"(yes|no|{i})"))
     assert len(small) == 20  # small grammars: many fit
 
 
