@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass
@@ -111,3 +112,27 @@ class PrefillPolicy:
         for p in prompts:
             p.waited = 0 if id(p) in chosen else p.waited + 1
         return plan
+
+
+# Prefill chunks whose rows read at most this many positions share a forward pass
+# (padding is cheap there); deeper ones share only with chunks about as deep, so a
+# short prompt's rows never attend over a long prompt's length of padding.
+SHARED_PASS_POSITIONS = 1024
+
+
+def group_passes(chunks: list[tuple[Any, int]]) -> list[list[tuple[Any, int]]]:
+    """Prompt chunks (reader, tokens; a reader has read `done` tokens) grouped into
+    forward passes: every row of a pass attends over the pass's longest read, so
+    chunks share a pass when that costs little (all reads within
+    SHARED_PASS_POSITIONS, or the longest within 5/4 of the shortest); sharing reads
+    the weights once for all of them."""
+    passes: list[list[tuple[Any, int]]] = []
+    shortest = 0
+    for chunk in sorted(chunks, key=lambda c: c[0].done + c[1]):
+        end = chunk[0].done + chunk[1]
+        if passes and end <= max(SHARED_PASS_POSITIONS, shortest * 5 // 4):
+            passes[-1].append(chunk)
+        else:
+            passes.append([chunk])
+            shortest = end
+    return passes

@@ -3,8 +3,8 @@
 A dedicated thread runs the model so the asyncio event loop keeps streaming
 while tensors are computed (torch releases the GIL inside its kernels). Each
 turn of its loop is `schedule()` (the decisions, as a plan of plain data),
-`execute(plan)` (the forward passes) and `update(plan, outputs)` (sampling,
-emitting, moving requests on):
+`execute(plan)` (the forward passes and sampling: engine/turn_executor.py) and
+`update(plan, outputs)` (emitting, moving requests on):
 
 1. retires cancelled, timed-out and stopped requests and parks paused ones,
    freeing their KV blocks at once; then admits waiting requests while there is
@@ -42,25 +42,24 @@ import concurrent.futures
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 
 import torch
 
-from arbridge.engine.prefill_policy import PrefillPolicy, PromptState
+from arbridge.engine.batch_state import Reader, Request, Slot, TurnOutputs, TurnPlan
+from arbridge.engine.prefill_policy import (
+    SHARED_PASS_POSITIONS,
+    PrefillPolicy,
+    PromptState,
+    group_passes,
+)
 from arbridge.engine.prefix_cache import PrefixCache
 from arbridge.engine.requests import RequestHandle, SequenceEnd, StepOutput
 from arbridge.engine.runner import ModelRunner
-from arbridge.engine.sampling import SamplingBatch, logit_rules, sample_batch
 from arbridge.engine.stopping import stop_reason
+from arbridge.engine.turn_executor import TurnExecutor
 from arbridge.generation import FinishReason
 
 log = logging.getLogger(__name__)
-
-# Prefill chunks whose rows read at most this many positions share a forward pass
-# (padding is cheap there); deeper ones share only with chunks about as deep, so a
-# short prompt's rows never attend over a long prompt's length of padding.
-SHARED_PASS_POSITIONS = 1024
-
 
 def _log(handle: RequestHandle, level: int, message: str, *args) -> None:
     # This thread has no call context: the request's id travels on its handle.
@@ -79,78 +78,6 @@ class TooLargeForKV(ValueError):
     """A request whose KV could not fit in the whole pool, even alone."""
 
 
-@dataclass(eq=False)
-class _Request:
-    handle: RequestHandle
-    generator: torch.Generator
-    seen: torch.Tensor  # [n, vocab] bool: tokens in prompt or output (repetition penalty)
-    arrival: int = 0  # admission order: the newest is preempted first
-    generated: int = 0  # tokens generated per sequence so far
-    done: list[bool] = field(default_factory=list)
-    slots: dict[int, _Slot] = field(default_factory=dict)  # sequence index -> its sequence
-    readers: list[_Reader] = field(default_factory=list)  # token runs being prefilled
-    prefix: torch.Tensor | None = None  # [prefix_len, hidden] soft-prompt embeddings
-
-    @property
-    def n(self) -> int:
-        return self.handle.sampling.num_return_sequences
-
-    @property
-    def prompt_len(self) -> int:
-        return len(self.handle.prompt_ids)
-
-    @property
-    def blocks(self) -> list[int]:
-        """Every block it holds (a block shared by its sequences appears once each)."""
-        return [b for slot in self.slots.values() for b in slot.blocks] + \
-            [b for reader in self.readers for b in reader.blocks]
-
-
-@dataclass(eq=False)
-class _Reader:
-    """Tokens being prefilled into blocks: the prompt (for every sequence), or after
-    a preemption one sequence's prompt and reply so far (`index`)."""
-
-    req: _Request
-    ids: list[int]
-    index: int | None
-    state: PromptState  # the prefill policy's view
-    blocks: list[int] = field(default_factory=list)
-    done: int = 0  # tokens whose KV is in `blocks`
-
-
-@dataclass(eq=False)
-class _Slot:
-    """One sequence that decodes: which request and sequence, its last token, its blocks."""
-
-    req: _Request
-    index: int
-    last_id: int = 0
-    generated: list[int] = field(default_factory=list)  # the reply's tokens so far
-    blocks: list[int] = field(default_factory=list)
-    length: int = 0  # tokens whose KV is in `blocks`
-
-
-@dataclass
-class TurnPlan:
-    """One turn, decided before anything runs (plain data): which token ranges are
-    read in which forward passes, which sequences decode. Every block they write
-    is already theirs."""
-
-    prefill: list[list[tuple[_Reader, int]]] = field(default_factory=list)  # passes
-    decode: list[_Slot] = field(default_factory=list)
-    prefill_work: float = 0.0  # in the policy's units, for the measured speed
-
-
-@dataclass
-class TurnOutputs:
-    """What the passes computed: the last logits of readers now done, the decode rows'."""
-
-    finished_reading: list[tuple[_Reader, torch.Tensor]] = field(default_factory=list)
-    decode_logits: torch.Tensor | None = None
-    prefill_s: float = 0.0
-
-
 class Scheduler:
     def __init__(self, model, tokenizer, *, context_length: int, max_active: int = 16,
                  max_queue: int = 64, prefill_chunk_tokens: int = 512, projectors=None,
@@ -164,6 +91,7 @@ class Scheduler:
                                             quantize=quantize, fused_only=fused_only,
                                             attention_kernel=attention_kernel)
         self.pool = self.runner.new_pool(kv_cache_bytes, kv_block_tokens)
+        self.executor = TurnExecutor(self.runner, self.pool)
         # Prompts that start like an earlier one prefill only the rest.
         self.prefix_cache = PrefixCache(self.pool, prefix_cache_bytes // self.pool.block_bytes) \
             if prefix_cache_bytes > 0 else None
@@ -183,11 +111,11 @@ class Scheduler:
         self.preemptions = 0  # requests whose blocks were taken back to make room
         self.projectors = projectors  # ProjectorSet, for requests with dense features
         self.eos_ids = self._eos_ids(model, tokenizer)
-        self._readers: list[_Reader] = []  # prompts (or preempted replies) being read
-        self._decoding: list[_Slot] = []  # the decode batch, one row per sequence
-        self._active: list[_Request] = []
-        self._parked: list[_Request] = []  # paused: out of the batch, maybe holding blocks
-        self._preempted: list[_Request] = []  # blocks taken back: read again first
+        self._readers: list[Reader] = []  # prompts (or preempted replies) being read
+        self._decoding: list[Slot] = []  # the decode batch, one row per sequence
+        self._active: list[Request] = []
+        self._parked: list[Request] = []  # paused: out of the batch, maybe holding blocks
+        self._preempted: list[Request] = []  # blocks taken back: read again first
         self.parked_kv_bytes = parked_kv_bytes  # what parked requests' blocks may take
         self._waiting: collections.deque[RequestHandle] = collections.deque()
         self._calls: collections.deque = collections.deque()  # (fn, future) to run here
@@ -494,7 +422,7 @@ class Scheduler:
         if text_ids:
             seen[:, torch.tensor(text_ids, device=self.device)] = True
         self._arrivals += 1
-        req = _Request(handle=handle, generator=generator, seen=seen, done=[False] * n,
+        req = Request(handle=handle, generator=generator, seen=seen, done=[False] * n,
                        arrival=self._arrivals)
         if handle.features:  # projected here: all torch work stays on this thread
             req.prefix = self.projectors.embed(handle.features).to(self.runner.dtype)
@@ -503,7 +431,7 @@ class Scheduler:
              len(handle.prompt_ids), n, len(self._active) + 1)
         self._start_reading(req)
 
-    def _reading(self, req: _Request) -> list[tuple[list[int], int | None]]:
+    def _reading(self, req: Request) -> list[tuple[list[int], int | None]]:
         """What `req` must read to go on: its prompt, or (after a preemption, once it
         has sequences) each open sequence's prompt and reply but the last token."""
         if not req.slots:
@@ -511,10 +439,10 @@ class Scheduler:
         return [(req.handle.prompt_ids + slot.generated[:-1], index)
                 for index, slot in sorted(req.slots.items())]
 
-    def _start_reading(self, req: _Request) -> None:
+    def _start_reading(self, req: Request) -> None:
         self._active.append(req)
         for ids, index in self._reading(req):
-            reader = _Reader(req, ids, index,
+            reader = Reader(req, ids, index,
                              PromptState(None, req.arrival, 0, len(ids), req.handle.peer))
             reader.state.key = reader
             if self.prefix_cache is not None and not req.handle.features:
@@ -526,7 +454,7 @@ class Scheduler:
             self._readers.append(reader)
 
     # -- preemption ------------------------------------------------------------------------
-    def _preempt(self, req: _Request) -> None:
+    def _preempt(self, req: Request) -> None:
         """Take back every block of `req`; it is read again (recomputed) later."""
         for slot in req.slots.values():
             self.pool.release(slot.blocks)
@@ -587,7 +515,7 @@ class Scheduler:
                     and len(self._active) < self.max_active:
                 self._unpark(req)
 
-    def _park(self, req: _Request) -> None:
+    def _park(self, req: Request) -> None:
         for slot in req.slots.values():
             if slot in self._decoding:
                 self._decoding.remove(slot)
@@ -600,7 +528,7 @@ class Scheduler:
         while sum(len(r.blocks) for r in self._parked) > budget and self._drop_parked_blocks():
             pass
 
-    def _unpark(self, req: _Request) -> None:
+    def _unpark(self, req: Request) -> None:
         """Back into the batch with its blocks; without them, read again first."""
         self._parked.remove(req)
         if any(not slot.blocks for slot in req.slots.values()):
@@ -621,7 +549,7 @@ class Scheduler:
         for req in self._active + self._preempted:
             self._retire_if_leaving(req, now)
 
-    def _retire_if_leaving(self, req: _Request, now: float) -> bool:
+    def _retire_if_leaving(self, req: Request, now: float) -> bool:
         """Finish `req` (active or parked) if it ends before this turn; True if it did."""
         handle = req.handle
         for index in handle.stopped_sequences():
@@ -640,7 +568,7 @@ class Scheduler:
             return False
         return True
 
-    def _finish(self, req: _Request, reason: FinishReason, error: str = "") -> None:
+    def _finish(self, req: Request, reason: FinishReason, error: str = "") -> None:
         """End every open sequence of a request and free all it holds."""
         finished = [SequenceEnd(i, reason, error) for i, d in enumerate(req.done) if not d]
         req.done = [True] * req.n
@@ -658,7 +586,7 @@ class Scheduler:
                  req.generated)
             req.handle.sink(StepOutput(finished=finished))
 
-    def _drop_slot(self, req: _Request, index: int) -> None:
+    def _drop_slot(self, req: Request, index: int) -> None:
         slot = req.slots.pop(index, None)
         if slot is None:
             return
@@ -708,24 +636,14 @@ class Scheduler:
                 plan.prefill_work += self.prefill_policy.cost(reader.done, count)
             # While streams decode, one prefill pass a turn: each pass has a fixed cost
             # (on a GPU, launches), and the decoding streams wait for all of them.
-            plan.prefill = [chunks] if plan.decode and chunks else _passes(chunks)
+            plan.prefill = [chunks] if plan.decode and chunks else group_passes(chunks)
         return plan
 
     def execute(self, plan: TurnPlan) -> TurnOutputs:
         """The forward passes of a plan; nothing else changes."""
-        outputs = TurnOutputs()
-        began = time.perf_counter()
-        for group in plan.prefill:
-            outputs.finished_reading += self._prefill_pass(group)
-        outputs.prefill_s = time.perf_counter() - began
-        if plan.decode:
-            if self.on_decode_step is not None:
-                self.on_decode_step(len(plan.decode))
-            ids = torch.tensor([slot.last_id for slot in plan.decode], device=self.device)
-            logits = self.runner.forward(self.pool, [slot.blocks for slot in plan.decode],
-                                         ids[:, None], [slot.length for slot in plan.decode])
-            outputs.decode_logits = logits[:, -1, :]
-        return outputs
+        if plan.decode and self.on_decode_step is not None:
+            self.on_decode_step(len(plan.decode))
+        return self.executor.execute(plan)
 
     def update(self, plan: TurnPlan, outputs: TurnOutputs) -> None:
         """Apply a turn's results: lengths, the measured prefill speed, first tokens of
@@ -740,7 +658,9 @@ class Scheduler:
         if plan.decode:
             for slot in plan.decode:
                 slot.length += 1
-            self._sample_decoded(plan.decode, outputs.decode_logits)
+            for req, indices, ids, lps in self.executor.sample_rows(plan.decode,
+                                                                      outputs.decode_logits):
+                self._emit(req, indices, ids, lps)
         for reader, last in outputs.finished_reading:
             self._done_reading(reader, last)
 
@@ -757,41 +677,7 @@ class Scheduler:
             return full
         return min(full, self.prefill_turn_s / self._prefill_s_per_work)
 
-    def _prefill_pass(self, group: list[tuple[_Reader, int]]
-                      ) -> list[tuple[_Reader, torch.Tensor]]:
-        """One forward pass over readers, each reading its chunk; (reader, last
-        logits) of those now done."""
-        batch = [reader for reader, _ in group]
-        chunks = [reader.ids[reader.done: reader.done + count] for reader, count in group]
-        q_len = max(len(c) for c in chunks)
-        ids = torch.zeros(len(batch), q_len, dtype=torch.long, device=self.device)
-        for i, chunk in enumerate(chunks):
-            ids[i, : len(chunk)] = torch.tensor(chunk, device=self.device)
-        starts = [reader.done for reader in batch]
-        completing = [i for i, (reader, c) in enumerate(zip(batch, chunks, strict=True))
-                      if reader.done + len(c) == len(reader.ids)]
-        keep = sorted({len(chunks[i]) - 1 for i in completing}) or [q_len - 1]
-        embeds = self._prefix_embeddings([r.req for r in batch], ids, starts)
-        logits = self.runner.forward(self.pool, [r.blocks for r in batch], ids, starts,
-                                     keep=torch.tensor(keep, device=self.device),
-                                     inputs_embeds=embeds)
-        return [(batch[i], logits[i, keep.index(len(chunks[i]) - 1)]) for i in completing]
-
-    def _prefix_embeddings(self, batch: list[_Request], ids: torch.Tensor,
-                           starts: list[int]) -> torch.Tensor | None:
-        """Input embeddings with soft-prompt rows written in, or None (plain ids)."""
-        rows = [(i, req) for i, req in enumerate(batch)
-                if req.prefix is not None and starts[i] < req.handle.prefix_len]
-        if not rows:
-            return None
-        embeds = self.runner.embed(ids)
-        for i, req in rows:
-            start = starts[i]
-            count = min(req.handle.prefix_len - start, ids.shape[1])
-            embeds[i, :count] = req.prefix[start:start + count]
-        return embeds
-
-    def _done_reading(self, reader: _Reader, last_logits: torch.Tensor) -> None:
+    def _done_reading(self, reader: Reader, last_logits: torch.Tensor) -> None:
         req = reader.req
         req.readers.remove(reader)
         self._readers.remove(reader)
@@ -806,18 +692,10 @@ class Scheduler:
         if not req.readers:
             self._decoding += req.slots.values()
 
-    def _start_decoding(self, req: _Request, blocks: list[int],
+    def _start_decoding(self, req: Request, blocks: list[int],
                         last_logits: torch.Tensor) -> None:
         """Prompt done: sample the first tokens; every sequence holds the prompt's
         blocks (the first writes into its last one only after taking a copy)."""
-        cfg = req.handle.sampling
-        rules = (logit_rules([(cfg, index, []) for index in range(req.n)], self.device,
-                              self.vocab_size) if cfg.constrained else None)
-        next_ids, logprobs = sample_batch(last_logits.expand(req.n, -1),
-                                          SamplingBatch([(cfg, req.generator, req.n)],
-                                                        self.device, self.vocab_size),
-                                          req.seen, rules)
-        req.seen[torch.arange(req.n, device=self.device), next_ids] = True
         first = True
         for index in range(req.n):
             if req.done[index]:  # stopped before its first token: no slot
@@ -825,52 +703,16 @@ class Scheduler:
             if not first:
                 self.pool.share(blocks)
             first = False
-            slot = _Slot(req, index, blocks=list(blocks), length=req.prompt_len)
+            slot = Slot(req, index, blocks=list(blocks), length=req.prompt_len)
             req.slots[index] = slot
             self._decoding.append(slot)
         if first:  # every sequence was stopped already: the prompt's blocks go back
             self.pool.release(blocks)
-        ids, lps = _to_host(next_ids, logprobs)
+        ids, lps = self.executor.sample_first(req, last_logits)
         self._emit(req, list(range(req.n)), ids, lps)
 
-    # -- decode -------------------------------------------------------------------------
-    def _sample_decoded(self, rows: list[_Slot], logits: torch.Tensor) -> None:
-        """Each request samples its own rows' next tokens with its own RNG."""
-        # Rows grouped by request (each samples with its own RNG), sampled in one call.
-        by_request: dict[_Request, list[tuple[int, int]]] = {}
-        for row, slot in enumerate(rows):
-            by_request.setdefault(slot.req, []).append((slot.index, row))
-        order, groups = [], []
-        for req, members in by_request.items():
-            members.sort()
-            order += [row for _, row in members]
-            groups.append((req.handle.sampling, req.generator, len(members)))
-        batch = SamplingBatch(groups, self.device, self.vocab_size)
-        order_t = torch.tensor(order, device=self.device)
-        seen = None
-        if batch.any_penalty:
-            seen = torch.cat([req.seen[torch.tensor([i for i, _ in members],
-                                                    device=self.device)]
-                              for req, members in by_request.items()])
-        rules = None
-        if any(cfg.constrained for cfg, _, _ in groups):  # else no per-row work at all
-            rules = logit_rules([(req.handle.sampling, index, req.slots[index].generated)
-                                  for req, members in by_request.items()
-                                  for index, _ in members], self.device, self.vocab_size)
-        next_ids, logprobs = sample_batch(logits[order_t], batch, seen, rules)
-        offset = 0
-        for req, members in by_request.items():
-            seq_ids = torch.tensor([i for i, _ in members], device=self.device)
-            req.seen[seq_ids, next_ids[offset:offset + len(members)]] = True
-            offset += len(members)
-        flat_ids, flat_lps = _to_host(next_ids, logprobs)  # one copy for ids and logprobs
-        offset = 0
-        for req, members in by_request.items():
-            end = offset + len(members)
-            self._emit(req, [i for i, _ in members], flat_ids[offset:end], flat_lps[offset:end])
-            offset = end
-
-    def _emit(self, req: _Request, indices: list[int], ids: list[int],
+    # -- emitting ----------------------------------------------------------------------
+    def _emit(self, req: Request, indices: list[int], ids: list[int],
               lps: list[float | None]) -> None:
         req.generated += 1
         cfg = req.handle.sampling
@@ -898,30 +740,3 @@ class Scheduler:
             self._active.remove(req)
             _log(req.handle, logging.DEBUG, "finished after %d tokens", req.generated)
         req.handle.sink(out)
-
-
-def _passes(chunks: list[tuple[_Reader, int]]) -> list[list[tuple[_Reader, int]]]:
-    """Prompt chunks grouped into forward passes: every row of a pass attends over
-    the pass's longest read, so chunks share a pass when that costs little (all
-    reads within SHARED_PASS_POSITIONS, or the longest within 5/4 of the shortest);
-    sharing reads the weights once for all of them."""
-    passes: list[list[tuple[_Reader, int]]] = []
-    shortest = 0
-    for chunk in sorted(chunks, key=lambda c: c[0].done + c[1]):
-        end = chunk[0].done + chunk[1]
-        if passes and end <= max(SHARED_PASS_POSITIONS, shortest * 5 // 4):
-            passes[-1].append(chunk)
-        else:
-            passes.append([chunk])
-            shortest = end
-    return passes
-
-
-def _to_host(ids: torch.Tensor, logprobs: torch.Tensor | None
-             ) -> tuple[list[int], list[float | None]]:
-    """Sampled ids (and log-probabilities) in one device->host copy."""
-    if logprobs is None:
-        host = ids.tolist()
-        return host, [None] * len(host)
-    both = torch.stack((ids.to(torch.float64), logprobs.to(torch.float64))).tolist()
-    return [int(i) for i in both[0]], both[1]
