@@ -344,6 +344,11 @@ BAD = [
     (_ask(mode=pb.ACTION_MODE_AUTO, sampling=pb.SamplingParams(
         response_format=pb.ResponseFormat(regex="x"))),
      "Ask", "user_turn.sampling.response_format: a reply that may call"),
+    # The same with nothing to act on (every action needs an object; the scene has none).
+    (_ask(mode=pb.ACTION_MODE_AUTO, actions=[HIGHLIGHT], scene=pb.SceneFeatures(
+        location_hint="a room"), sampling=pb.SamplingParams(
+        response_format=pb.ResponseFormat(regex="x"))),
+     "Ask", "user_turn.sampling.response_format: a reply that may call"),
     (spb.AskRequest(start=spb.ConverseStart(scene=SCENE, actions=[HIGHLIGHT], sampling=(
         pb.SamplingParams(response_format=pb.ResponseFormat(regex="x")))),
         user_turn=spb.UserTurn(text="hi")),

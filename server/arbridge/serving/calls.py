@@ -161,10 +161,10 @@ class CallBuilder:
                 start.action_mode != pb.ACTION_MODE_NONE:
             raise InvalidField(f"{field}.sampling.response_format",
                                "a session that may call actions has their format")
+        scene = self.scene(start.scene, f"{field}.scene") if start.HasField("scene") else None
         if start.actions and not self._backend.grammars:
             raise Unsupported(f"{field}.actions", "needs the local engine (the upstream "
                                                   "decodes without the bridge's grammar)")
-        scene = self.scene(start.scene, f"{field}.scene") if start.HasField("scene") else None
         return DialogueState.from_start(start, scene)
 
     def ask_scene(self, request: spb.AskRequest, state: DialogueState) -> pb.SceneFeatures | None:
@@ -197,11 +197,11 @@ class CallBuilder:
                         **self.sampling(params, f"{field}.sampling"))
         call.referents = resolve_all(current_rays(scene, turn.rays), call.objects)
         mode = turn.action_mode or state.action_mode or pb.ACTION_MODE_AUTO
-        call.actions = turn_actions(state.actions, mode, scene, f"{field}.action_mode")
-        if call.actions is not None and call.response_format is not None:
+        if state.actions and mode != pb.ACTION_MODE_NONE and call.response_format is not None:
             raise InvalidField(f"{field}.sampling.response_format",
                                "a reply that may call actions has their format; set "
                                "action_mode NONE for this one")
+        call.actions = turn_actions(state.actions, mode, scene, f"{field}.action_mode")
         if scene is not None:
             call.features = _features(scene.image_features)
         if turn.HasField("audio") and turn.audio.HasField("embedding"):

@@ -6,8 +6,9 @@ stream store, where it outlives the call and any Resume can follow it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from arbridge.serving.output import Event, Reply
 from arbridge.serving.streams import ResumableStream, StreamStore, caller_of
@@ -21,6 +22,8 @@ class Client:
     context: object  # grpc.aio.ServicerContext (or the gRPC-Web gateway's)
     owner: str  # streams and sessions belong to it (streams.caller_of)
     peer: str  # its address, as the per-client limits and the scheduler see it
+    # When the call came in: a reply's queue and first-token times count from here.
+    arrived: float = field(default_factory=time.perf_counter)
 
     @classmethod
     def of(cls, context, peer_of: Callable[[object], str]) -> Client:

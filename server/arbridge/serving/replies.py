@@ -65,11 +65,13 @@ class ReplyFactory:
 
     # -- the three kinds of reply -----------------------------------------------------
     async def text_reply(self, call: GenerateCall, client: Client) -> Reply:
+        call.arrived = client.arrived
         prompt = await self._prompt(lambda budget: self._prompts.raw(call.prompt, budget), call)
         await self.prepare(call)
         return self.start(prompt, call, client)
 
     async def caption_reply(self, call: DescribeCall, client: Client) -> Reply:
+        call.arrived = client.arrived
         prompt = await self._prompt(
             lambda budget: self._prompts.describe(call.scene, call.instruction, budget), call)
         # After the prompt: a request refused for its size costs no constraint work.
