@@ -143,6 +143,8 @@ def cmd_eval(args) -> int:
 
     settings = load_settings(None, model=args.model, dtype=args.dtype, log_level="WARNING")
     _setup_logging(settings.log_level)
+    if args.questions_only:
+        return _question_eval(args, settings, {})
     result = asyncio.run(run_eval(settings, count=args.scenes, seed=args.seed,
                                   dialogue=args.dialogue, out=Path(args.out),
                                   act_only=args.act_only))
@@ -157,6 +159,24 @@ def cmd_eval(args) -> int:
           f"dtype {result['dtype']}, greedy, {result['scenes']} scenes; held-out = scenes "
           f"{result['held_out_from']}+)")
     print(format_table(result))
+    return _question_eval(args, settings, result)
+
+
+def _question_eval(args, settings, result: dict) -> int:
+    """Everyday questions by kind, with the scene-question layer and without it."""
+    from pathlib import Path
+
+    from arbridge.tools import question_eval
+
+    questions = asyncio.run(question_eval.run(settings, seed=args.seed))
+    print(f"\narbridge eval {' '.join(sys.argv[2:])}: everyday questions, "
+          f"{questions['questions']} on {questions['scenes']['tune']} tune and "
+          f"{questions['scenes']['held-out']} held-out scenes (other phrasings), greedy, "
+          f"dtype {settings.dtype}; right answers by kind:")
+    print(question_eval.format_table(questions))
+    result["questions"] = questions
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"JSON: {args.out}")
     return 0
 
@@ -470,6 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench/results/eval.json")
     p.add_argument("--act-only", action="store_true",
                    help="only the pointing and action tasks (a minute or two)")
+    p.add_argument("--questions-only", action="store_true",
+                   help="only the everyday questions, with and without the scene-question "
+                        "layer (a few minutes)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("storm-bench", help="bystanders' latency under near-context prompts, "

@@ -147,6 +147,10 @@ class LimitSettings(BaseSettings):
     (validation.py): a request past one gets INVALID_ARGUMENT naming the field."""
 
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    scene_questions: bool = Field(
+        True, description="answer everyday questions about the scene (is there, how many, "
+                          "where, which is closer, colour, state...) from its geometry and "
+                          "attributes; the reply says the computed answer")
     default_max_new_tokens: int = Field(96, ge=1)
     max_new_tokens_limit: int = Field(1024, ge=1)
     max_num_return_sequences: int = Field(8, ge=1)

@@ -20,6 +20,7 @@ from arbridge.serving import scene_delta, validation
 from arbridge.serving.actions import ActionSet, turn_actions
 from arbridge.serving.dialogue import DialogueState
 from arbridge.serving.referents import current_rays, resolve_all
+from arbridge.serving.scene_questions import answer as answer_from_scene
 from arbridge.serving.validation import InvalidField, Unsupported
 from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import types_pb2 as pb
@@ -42,6 +43,8 @@ class ReplySpec:
     features: Features = field(default_factory=list)  # dense features, prompt order
     referents: list[pb.Referent] = field(default_factory=list)  # what the rays point at
     actions: ActionSet | None = None  # what the reply may call, when it may
+    # The reply's words when the scene answers the question itself (scene_questions.py).
+    scene_answer: str | None = None
     caption: bool = False  # a scene caption (its own rules and ending)
     continues_prompt: bool = False  # the reply continues the prompt's text (Generate)
     arrived: float = field(default_factory=time.perf_counter)  # for queue and TTFT times
@@ -78,6 +81,15 @@ class TurnCall(ReplySpec):
 
 def _features(vectors) -> Features:
     return [(fv.encoder, list(fv.values)) for fv in vectors]
+
+
+def _gazed(referents: list[pb.Referent], scene: pb.SceneFeatures) -> pb.SceneObject | None:
+    """The object the wearer's gaze ray resolved to, if it resolved to one."""
+    for referent in referents:
+        if referent.source == pb.RAY_SOURCE_GAZE and referent.object_id and \
+                referent.match in (pb.REFERENT_MATCH_HIT, pb.REFERENT_MATCH_NEAR):
+            return next((o for o in scene.objects if o.id == referent.object_id), None)
+    return None
 
 
 def _copy(kind, message):
@@ -204,6 +216,10 @@ class CallBuilder:
         call.actions = turn_actions(state.actions, mode, scene, f"{field}.action_mode")
         if scene is not None:
             call.features = _features(scene.image_features)
+            if self.settings.scene_questions and call.actions is None and \
+                    call.response_format is None:
+                computed = answer_from_scene(text, scene, _gazed(call.referents, scene))
+                call.scene_answer = computed.text if computed is not None else None
         if turn.HasField("audio") and turn.audio.HasField("embedding"):
             call.features += _features([turn.audio.embedding])
         return call

@@ -115,8 +115,10 @@ class PromptBuilder:
 
     def converse(self, scene: pb.SceneFeatures | None, history: list[pb.DialogueTurn],
                  user_text: str, max_new_tokens: int, system_prompt: str = "",
-                 referents: list[pb.Referent] = (), actions: ActionSet | None = None
-                 ) -> Prompt:
+                 referents: list[pb.Referent] = (), actions: ActionSet | None = None,
+                 answer: str | None = None) -> Prompt:
+        """The dialogue's prompt; `answer`: the reply's words when the scene answers the
+        question itself (scene_questions.py), given in place of the other hints."""
         system = system_prompt.strip() or self.system_prompt
         examples: list[pb.DialogueTurn] = []
         if actions is not None:
@@ -133,8 +135,9 @@ class PromptBuilder:
             # (measured on the tune split: "what is on my left?" 33 % -> 61 % right,
             # "how far is ...?" 78 % -> 95 %).
             user_text = resolve_deixis(user_text, list(referents), scene)
-            hints = [referent_hint(list(referents), scene),
-                     side_hint(scene, user_text) or mention_hint(scene, user_text)]
+            hints = ([f"Answer: {answer}"] if answer else
+                     [referent_hint(list(referents), scene),
+                      side_hint(scene, user_text) or mention_hint(scene, user_text)])
             hint = " ".join(h for h in hints if h)
             if hint:
                 user_text = f"{user_text}\n({hint})"

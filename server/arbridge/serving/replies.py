@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import logging
 import weakref
 from collections.abc import Callable
@@ -85,7 +86,7 @@ class ReplyFactory:
         return await self._prompt(
             lambda budget: self._prompts.converse(call.scene, history, call.text, budget,
                                                   system_prompt, call.referents,
-                                                  call.actions), call)
+                                                  call.actions, call.scene_answer), call)
 
     # -- the steps ----------------------------------------------------------------------
     async def prepare(self, spec: ReplySpec) -> None:
@@ -100,6 +101,14 @@ class ReplyFactory:
         cfg = spec.sampling
         if self._constraint is not None:
             cfg = self._constraint.apply(cfg, spec.scene, spec.caption, spec.scene_constraint)
+        if self._grammars is not None and spec.scene_answer and self._constraint is not None:
+            # The computed answer, word for word: the model speaks it (no other reply
+            # fits the grammar), so a small model cannot garble a fact.
+            said = ("lark", f"start: {json.dumps(spec.scene_answer, ensure_ascii=False)}\n")
+            try:
+                return self._grammars.apply(cfg, said, None, spec.sampling_field)
+            except RuntimeError:  # a vocabulary that cannot spell it: the prompt says it
+                log.warning("cannot constrain a reply to %r", spec.scene_answer)
         if self._grammars is not None:
             cfg = self._grammars.apply(cfg, spec.response_format, spec.actions,
                                        spec.sampling_field)
