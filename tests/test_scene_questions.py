@@ -177,3 +177,8 @@ async def test_the_layer_can_be_turned_off(make_server, wide_model_dir):
     running = await make_server(wide_model_dir, scene_questions=False)
     done = await _ask(running.stub, "How many lamps are in here?", MUSIC)
     assert done.text != "There are two lamps."
+
+
+def test_a_question_s_time_words_change_nothing():
+    assert said("Is the toaster plugged in right now?", MUSIC) == "No, the toaster is unplugged."
+    assert said("what's on my left at the moment?", MUSIC).startswith("On your left:")

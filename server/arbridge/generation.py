@@ -67,11 +67,15 @@ class SamplingConfig:
     banned: BannedWords | None = None  # nouns the scene does not hold
     caption_rules: CaptionRules | None = None  # what a caption may say after a name
     grammar: TokenGrammar | None = None  # response_format or actions
+    # The reply's tokens, in order, ending with EOS: an answer the servicer computed
+    # (serving/scene_questions.py) that the model speaks word for word.
+    forced: tuple[int, ...] = ()
 
     @property
     def constrained(self) -> bool:
         return (self.no_repeat_ngram > 1 or self.banned is not None
-                or self.caption_rules is not None or self.grammar is not None)
+                or self.caption_rules is not None or self.grammar is not None
+                or bool(self.forced))
 
     @property
     def greedy(self) -> bool:

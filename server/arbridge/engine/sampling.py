@@ -175,6 +175,10 @@ def logit_rules(rows: list[tuple[SamplingConfig, int, list[int]]], device,
     grammar_rows = [(row, cfg.grammar, index) for row, (cfg, index, _) in enumerate(rows)
                     if cfg.grammar is not None]
     for row, (cfg, _index, generated) in enumerate(rows):
+        if cfg.forced:  # a computed answer: its next token, and nothing else
+            allow_rows.append(row)
+            allow_sets.append(frozenset({cfg.forced[min(len(generated), len(cfg.forced) - 1)]}))
+            continue
         step = cfg.caption_rules.step(generated) if cfg.caption_rules is not None else None
         if step is not None and step.allowed is not None:
             allow_rows.append(row)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import logging
 import weakref
 from collections.abc import Callable
+from dataclasses import replace
 
 from arbridge.backends import Backend, Prompt
 from arbridge.config import Settings
@@ -101,14 +101,13 @@ class ReplyFactory:
         cfg = spec.sampling
         if self._constraint is not None:
             cfg = self._constraint.apply(cfg, spec.scene, spec.caption, spec.scene_constraint)
-        if self._grammars is not None and spec.scene_answer and self._constraint is not None:
-            # The computed answer, word for word: the model speaks it (no other reply
-            # fits the grammar), so a small model cannot garble a fact.
-            said = ("lark", f"start: {json.dumps(spec.scene_answer, ensure_ascii=False)}\n")
-            try:
-                return self._grammars.apply(cfg, said, None, spec.sampling_field)
-            except RuntimeError:  # a vocabulary that cannot spell it: the prompt says it
-                log.warning("cannot constrain a reply to %r", spec.scene_answer)
+        eos = self._backend.tokenizer.eos_token_id
+        if spec.scene_answer and self._constraint is not None and eos is not None:
+            # The computed answer, word for word, then the end: the model speaks it, so
+            # a small model cannot garble a fact. (Tokens, not a grammar: nothing to
+            # compile, so the first token comes as soon as without the answer.)
+            ids = self._backend.tokenizer(spec.scene_answer, add_special_tokens=False).input_ids
+            return replace(cfg, forced=(*ids, eos))
         if self._grammars is not None:
             cfg = self._grammars.apply(cfg, spec.response_format, spec.actions,
                                        spec.sampling_field)

@@ -507,6 +507,7 @@ def _normalise(question: str) -> str:
                   r"tell me|do you know|i wonder)[,\s]+", "", text)
     text = re.sub(r"[?.!\s]+$", "", text)
     text = re.sub(r",?\s*please$", "", text)
+    text = re.sub(r",?\s+(?:right now|just now|now|at the moment|currently)$", "", text)
     return re.sub(r"\s+", " ", text)
 
 
