@@ -348,20 +348,15 @@ def _height_listing(which: str) -> Callable:
     return run
 
 
-def _where_q(m: re.Match, scene: list[Seen], _) -> Answer | None:
-    noun = _clean(m.group("x"))
-    found = find(noun, scene)
-    if not found:
-        return Answer("where", f"I don't see {_article(noun)} {noun} here.")
-    return Answer("where", _instances(found))
+def _not_seen(kind: str, noun: str) -> Answer:
+    return Answer(kind, f"I don't see {_article(noun)} {noun} here.")
 
 
-def _side_check(m: re.Match, scene: list[Seen], _) -> Answer | None:
+def _where_q(m: re.Match, scene: list[Seen], _) -> Answer:
+    """Where one or more objects are ("where is", "is it on my left or right?")."""
     noun = _clean(m.group("x"))
     found = find(noun, scene)
-    if not found:
-        return Answer("where", f"I don't see {_article(noun)} {noun} here.")
-    return Answer("where", _instances(found))
+    return Answer("where", _instances(found)) if found else _not_seen("where", noun)
 
 
 def _compare(nearer: bool) -> Callable:
@@ -370,8 +365,7 @@ def _compare(nearer: bool) -> Callable:
         kind = "closer" if nearer else "farther"
         for phrase, found in ((m.group("a"), a), (m.group("b"), b)):
             if not found:
-                noun = _clean(phrase)
-                return Answer(kind, f"I don't see {_article(noun)} {noun} here.")
+                return _not_seen(kind, _clean(phrase))
         first, second = min(a, key=lambda s: s.distance), min(b, key=lambda s: s.distance)
         if first.obj.id == second.obj.id:
             return None
@@ -388,7 +382,7 @@ def _distance(m: re.Match, scene: list[Seen], _) -> Answer | None:
     noun = _clean(m.group("x"))
     found = find(noun, scene)
     if not found:
-        return Answer("distance", f"I don't see {_article(noun)} {noun} here.")
+        return _not_seen("distance", noun)
     found.sort(key=lambda s: s.distance)
     if len(found) == 1:
         return Answer("distance", _sentence(f"the {_phrase(found[0])} is "
@@ -403,7 +397,7 @@ def _attribute(key: str) -> Callable:
         noun = _clean(m.group("x"))
         found = find(noun, scene)
         if not found:
-            return Answer(key, f"I don't see {_article(noun)} {noun} here.")
+            return _not_seen(key, noun)
         said = []
         for s in sorted(found, key=lambda s: s.distance):
             attrs = {k.strip().lower(): v.strip() for k, v in s.obj.attributes.items()}
@@ -426,7 +420,7 @@ def _state(m: re.Match, scene: list[Seen], _) -> Answer | None:
     noun, asked = _clean(m.group("x")), m.group("state").strip().lower()
     found = find(noun, scene)
     if not found:
-        return Answer("state", f"I don't see {_article(noun)} {noun} here.")
+        return _not_seen("state", noun)
     said = []
     for s in sorted(found, key=lambda s: s.distance)[:3]:
         value, label = _state_of(s), s.obj.label.strip()
@@ -489,10 +483,10 @@ _KINDS: list[tuple[re.Pattern, Callable]] = [
     (_Q(r"^what(?:'s| is) on the (?:floor|ground)$"), _height_listing("floor")),
     (_Q(rf"^where(?:'s| is| are| can i find| did i put)? {_X}$"), _where_q),
     (_Q(rf"^(?:is|are) {_X} (?:on|to) (?:my|the) (?:left|right)(?: or (?:my |the )?"
-        rf"(?:left|right))?(?: of me)?$"), _side_check),
+        rf"(?:left|right))?(?: of me)?$"), _where_q),
     (_Q(rf"^(?:is|are) {_X} (?:in front of|ahead of|behind) (?:me|us)(?: or "
-        rf"(?:in front of|ahead of|behind) (?:me|us))?$"), _side_check),
-    (_Q(rf"^(?:is|are) {_X} (?:above|below|over|under) (?:me|us)$"), _side_check),
+        rf"(?:in front of|ahead of|behind) (?:me|us))?$"), _where_q),
+    (_Q(rf"^(?:is|are) {_X} (?:above|below|over|under) (?:me|us)$"), _where_q),
 ]
 for _side, _words_re in _SIDES_ASKED:
     _KINDS.append((_Q(rf"^(?:what|which things?|which objects?|anything)(?:'s| is| are| do "
