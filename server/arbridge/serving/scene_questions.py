@@ -4,9 +4,9 @@ A wearer's everyday questions about the room ("is there a baby in here?", "how
 many lamps are there?", "which is closer, the cello or the saxophone?") have
 answers the scene already holds: labels, attributes and poses, seen from the
 wearer's eyes. `answer()` recognises a question of a kind it knows, finds the
-objects it names (plurals, synonyms, head nouns, attributes, sides, labels in
-no lexicon), computes the answer in the wearer's frame (turned and pitched
-cameras, height included) and says it as one plain sentence. The reply then
+objects it names (scene_objects.py: plurals, synonyms, head nouns, attributes,
+sides, labels in no lexicon), computes the answer in the wearer's frame (turned
+and pitched cameras, height included) and says it as one plain sentence. The reply then
 says that sentence (replies.py); a question of no known kind gets None and goes
 to the model as before.
 
@@ -20,49 +20,25 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from arbridge.serving.lexicon import names_of, plural
-from arbridge.serving.scene_text import rotate_inverse
+from arbridge.serving.lexicon import plural
+from arbridge.serving.scene_objects import (
+    ABOVE_DEG,
+    BELOW_DEG,
+    FLOOR_M,
+    OVERHEAD_DEG,
+    Seen,
+    clean,
+    find,
+    find_scored,
+    height_said,
+    seen,
+)
 from arbridge.v1 import types_pb2 as pb
 
-AHEAD_DEG = 20.0  # as scene_text: within this of straight ahead is "ahead"
-ABOVE_DEG = 25.0  # this far above eye level (elevation) is "above you"
-OVERHEAD_DEG = 60.0
-BELOW_DEG = -25.0
-FLOOR_M = 0.35  # an object's centre this near world Y 0 (Unity's floor) is "on the floor"
 LOOK_CONE_DEG = 30.0  # what the wearer looks at: the most central object within this
 
 _NUMBERS = ["no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
             "ten", "eleven", "twelve"]
-
-
-@dataclass(frozen=True)
-class Seen:
-    """An object as the wearer sees it."""
-
-    obj: pb.SceneObject
-    azimuth: float  # degrees, 0 = straight ahead, + = right
-    elevation: float  # degrees above eye level
-    distance: float  # metres, straight line
-    side: str  # "ahead", "left", "right", "behind"
-
-    @property
-    def label(self) -> str:
-        return self.obj.label.strip().lower()
-
-
-def seen(obj: pb.SceneObject, camera: pb.Pose) -> Seen:
-    rel = (obj.pose.position.x - camera.position.x, obj.pose.position.y - camera.position.y,
-           obj.pose.position.z - camera.position.z)
-    x, y, z = rotate_inverse(camera.rotation, rel)
-    azimuth = math.degrees(math.atan2(x, z))
-    elevation = math.degrees(math.atan2(y, math.hypot(x, z)))
-    if abs(azimuth) <= AHEAD_DEG:
-        side = "ahead"
-    elif abs(azimuth) > 135.0:
-        side = "behind"
-    else:
-        side = "left" if azimuth < 0 else "right"
-    return Seen(obj, azimuth, elevation, math.sqrt(x * x + y * y + z * z), side)
 
 
 # -- saying things -------------------------------------------------------------------
@@ -82,22 +58,10 @@ _SIDE_SAID = {"ahead": "ahead of you", "left": "on your left", "right": "on your
               "behind": "behind you"}
 
 
-def _height(s: Seen) -> str:
-    if s.elevation >= OVERHEAD_DEG:
-        return "overhead"
-    if s.elevation >= ABOVE_DEG:
-        return "above you"
-    if -FLOOR_M <= s.obj.pose.position.y <= FLOOR_M and s.elevation < 0:
-        return "on the floor"  # lower still (down the stairs) is below the wearer
-    if s.elevation <= BELOW_DEG:
-        return "below you"
-    return ""
-
-
 def _where(s: Seen) -> str:
     """'on your left, 2.0 m away' / 'overhead, 1.2 m away' / 'ahead of you, on the
     floor, 3.0 m away'."""
-    height = _height(s)
+    height = height_said(s)
     parts = [height] if height == "overhead" else [_SIDE_SAID[s.side]] + \
         ([height] if height else [])
     return ", ".join(parts + [f"{s.distance:.1f} m away"])
@@ -169,82 +133,6 @@ def _state_said(value: str) -> str:
     return {"on": "switched on", "off": "switched off"}.get(value, value)
 
 
-# -- finding what a question names -----------------------------------------------------
-_DETERMINERS = r"(?:the|a|an|any|some|my|this|that|these|those|your)"
-_TRAILING = re.compile(r"\s+(?:here|in here|in (?:the|this) (?:room|place)|around(?: here)?|"
-                       r"nearby|near me|anywhere|at all|right now|now|for me|you can see|"
-                       r"over there|there|in the scene|in front|in view)$")
-_ORDINAL_SIDES = {"left": "left", "right": "right", "leftmost": "left", "rightmost": "right"}
-
-
-def _clean(phrase: str) -> str:
-    phrase = re.sub(r"[?.!,]+$", "", phrase.strip().lower())
-    phrase = re.sub(rf"^(?:{_DETERMINERS}\s+)+", "", phrase)
-    previous = None
-    while previous != phrase:
-        previous = phrase
-        phrase = _TRAILING.sub("", phrase).strip()
-    return phrase
-
-
-def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+(?:[-'][a-z0-9]+)*", text.lower())
-
-
-def _name_score(phrase_words: list[str], s: Seen) -> int:
-    """How well the phrase names the object: 3 its whole label (or plural), 2 a
-    synonym, 1 its head noun only, 0 not at all."""
-    text = " " + " ".join(phrase_words) + " "
-    label = " ".join(_words(s.label))
-    if not label:
-        return 0
-    if f" {label} " in text or f" {' '.join(_words(plural(label)))} " in text:
-        return 3
-    names = {" ".join(_words(n)) for n in names_of(label)}
-    head = label.rsplit(" ", 1)[-1]
-    head_forms = {head, " ".join(_words(plural(head)))}
-    if any(f" {n} " in text for n in names - head_forms):
-        return 2
-    if any(f" {n} " in text for n in head_forms):
-        return 1
-    return 0
-
-
-def find(phrase: str, scene_seen: list[Seen]) -> list[Seen]:
-    """The objects a phrase names ("the lamps", "the left lamp", "the red chair", "the
-    closest chair"); several for a repeated label; [] when none is there."""
-    return find_scored(phrase, scene_seen)[0]
-
-
-def find_scored(phrase: str, scene_seen: list[Seen]) -> tuple[list[Seen], int]:
-    """`find`, and how well the best named them (see _name_score)."""
-    words = _words(_clean(phrase))
-    if not words:
-        return [], 0
-    scored = [(s, _name_score(words, s)) for s in scene_seen]
-    best = max((score for _, score in scored), default=0)
-    if best == 0:
-        return [], 0
-    found = [s for s, score in scored if score == best]
-    # Narrow repeated labels by the other words: attributes, sides, nearest/farthest.
-    label_words = {w for s in found for w in _words(s.label)}
-    label_words |= {w for s in found for n in names_of(s.label) for w in _words(n)}
-    extra = [w for w in words if w not in label_words]
-    for word in extra:
-        attr = [s for s in found
-                if word in {w for v in s.obj.attributes.values() for w in _words(v)}]
-        side = [s for s in found if _ORDINAL_SIDES.get(word) == s.side]
-        if attr:
-            found = attr
-        elif side:
-            found = side
-        elif word in ("nearest", "closest", "closer", "nearer"):
-            found = [min(found, key=lambda s: s.distance)]
-        elif word in ("farthest", "furthest", "farther", "further"):
-            found = [max(found, key=lambda s: s.distance)]
-    return found, best
-
-
 # -- the question kinds ------------------------------------------------------------------
 @dataclass(frozen=True)
 class Answer:
@@ -283,7 +171,7 @@ def _instances(items: list[Seen]) -> str:
 
 
 def _exists(m: re.Match, scene: list[Seen], _) -> Answer:
-    noun = _clean(m.group("x"))
+    noun = clean(m.group("x"))
     found, score = find_scored(noun, scene)
     absent = (f"No, I don't see {_article(noun)} {noun} here." if not _looks_plural(noun)
               else f"No, I don't see any {noun} here.")
@@ -300,7 +188,7 @@ def _looks_plural(noun: str) -> bool:
 
 
 def _count_q(m: re.Match, scene: list[Seen], _) -> Answer:
-    noun = _clean(m.group("x"))
+    noun = clean(m.group("x"))
     found = find(noun, scene)
     if not found:
         singular = noun[:-1] if _looks_plural(noun) else noun
@@ -354,7 +242,7 @@ def _not_seen(kind: str, noun: str) -> Answer:
 
 def _where_q(m: re.Match, scene: list[Seen], _) -> Answer:
     """Where one or more objects are ("where is", "is it on my left or right?")."""
-    noun = _clean(m.group("x"))
+    noun = clean(m.group("x"))
     found = find(noun, scene)
     return Answer("where", _instances(found)) if found else _not_seen("where", noun)
 
@@ -365,7 +253,7 @@ def _compare(nearer: bool) -> Callable:
         kind = "closer" if nearer else "farther"
         for phrase, found in ((m.group("a"), a), (m.group("b"), b)):
             if not found:
-                return _not_seen(kind, _clean(phrase))
+                return _not_seen(kind, clean(phrase))
         first, second = min(a, key=lambda s: s.distance), min(b, key=lambda s: s.distance)
         if first.obj.id == second.obj.id:
             return None
@@ -379,7 +267,7 @@ def _compare(nearer: bool) -> Callable:
 
 
 def _distance(m: re.Match, scene: list[Seen], _) -> Answer | None:
-    noun = _clean(m.group("x"))
+    noun = clean(m.group("x"))
     found = find(noun, scene)
     if not found:
         return _not_seen("distance", noun)
@@ -394,7 +282,7 @@ def _attribute(key: str) -> Callable:
     keys = {"colour": ("color", "colour"), "material": ("material",)}[key]
 
     def run(m: re.Match, scene: list[Seen], _) -> Answer | None:
-        noun = _clean(m.group("x"))
+        noun = clean(m.group("x"))
         found = find(noun, scene)
         if not found:
             return _not_seen(key, noun)
@@ -417,7 +305,7 @@ def _attribute(key: str) -> Callable:
 
 
 def _state(m: re.Match, scene: list[Seen], _) -> Answer | None:
-    noun, asked = _clean(m.group("x")), m.group("state").strip().lower()
+    noun, asked = clean(m.group("x")), m.group("state").strip().lower()
     found = find(noun, scene)
     if not found:
         return _not_seen("state", noun)
