@@ -91,7 +91,8 @@ def test_sides_heights_and_attributes():
     assert said("What colour is the chair?", MUSIC) == "The chair is blue."
     assert said("what is the chair made of?", MUSIC) == "The chair is made of wood."
     assert said("What colour is the cello?", MUSIC) == "I can't tell the cello's colour."
-    assert said("what is on the floor?", MUSIC) == "On the floor: the grey dog bed."
+    assert said("what is on the floor?", MUSIC) == (
+        "On the floor: the grey dog bed and the blue wood chair.")
 
 
 def test_height_is_said():
@@ -117,6 +118,55 @@ def test_a_turned_head_turns_every_answer():
     scene = room(thing(1, "chandelier", 0.0, 3.6, 2.0), thing(2, "tv", 0.0, 1.0, 3.0),
                  rotation=pitch(45))
     assert said("What am I looking at?", scene).startswith("You're looking at the chandelier")
+
+
+def test_sides_and_heights_follow_gravity_not_a_tilted_head():
+    door = thing(1, "door", 0.0, 1.6, 4.0)
+    fan = thing(2, "ceiling fan", 0.0, 3.0, 0.1)
+    mug = thing(3, "mug", 1.0, 1.6, 2.0)
+    for rotation in (pitch(-35), pitch(-60), pitch(-80)):  # looking down at a table
+        scene = room(door, fan, mug, rotation=rotation)
+        assert said("where is the door?", scene) == "The door is ahead of you, 4.0 m away."
+        assert said("what's above me?", scene) == "Above you: the ceiling fan."
+    half = math.radians(60) / 2  # the head rolled 60 degrees
+    rolled = room(door, mug, rotation=pb.Quaternion(z=math.sin(half), w=math.cos(half)))
+    assert said("where is the mug?", rolled).startswith("The mug is on your right")
+
+
+def test_heights_are_measured_from_the_eyes_not_from_world_zero():
+    # A device-origin frame: the eyes at y = 0, the floor at about -1.6.
+    camera = pb.Pose(position=pb.Vec3(y=0.0), rotation=pb.Quaternion(w=1.0))
+    scene = pb.SceneFeatures(camera_pose=camera, objects=[
+        thing(1, "picture", 0.0, 0.0, 3.0), thing(2, "shoe", 0.5, -1.5, 2.0)])
+    assert said("what is on the floor?", scene) == "On the floor: the shoe."
+
+
+@pytest.mark.parametrize("question", [
+    "where is it?", "what colour is this?", "where am I?", "is there anything else?",
+    "is there a problem?", "how many things are there?", "is there a green chair?",
+    "is there a lamp behind me?", "is there a dog in the dog bed?",
+    "how far is the lamp from the cello?", "how many lamps are on my left?",
+    "how many people can sit here?", "which is closer to the door, the cello or the lamp?"])
+def test_what_it_cannot_check_goes_to_the_model(question):
+    assert answer(question, MUSIC) is None
+
+
+def test_a_longer_name_is_not_its_last_word():
+    assert said("is there a cello case?", MUSIC) == "No, I don't see a cello case here."
+
+
+def test_a_pointed_object_is_asked_about_by_name():
+    from arbridge.serving.referents import resolve_deixis
+
+    ray = pb.Referent(source=pb.RAY_SOURCE_GAZE, match=pb.REFERENT_MATCH_HIT, object_id="o7")
+    question = resolve_deixis("what colour is this?", [ray], MUSIC)
+    assert said(question, MUSIC) == "The chair is blue."
+
+
+def test_objects_without_a_pose_leave_the_answer_to_the_model():
+    scene = room(thing(1, "lamp", 1, 1, 1), pb.SceneObject(id="x", label="cat"))
+    assert answer("is there a cat here?", scene) is None
+    assert answer("x" * 300 + " is there a lamp?", MUSIC) is None
 
 
 def test_what_am_i_looking_at_takes_the_gaze_or_the_heading():

@@ -19,7 +19,7 @@ from arbridge.generation import SamplingConfig
 from arbridge.serving import scene_delta, validation
 from arbridge.serving.actions import ActionSet, turn_actions
 from arbridge.serving.dialogue import DialogueState
-from arbridge.serving.referents import current_rays, resolve_all
+from arbridge.serving.referents import current_rays, resolve_all, resolve_deixis
 from arbridge.serving.scene_questions import answer as answer_from_scene
 from arbridge.serving.validation import InvalidField, Unsupported
 from arbridge.v1 import service_pb2 as spb
@@ -218,7 +218,9 @@ class CallBuilder:
             call.features = _features(scene.image_features)
             if self.settings.scene_questions and call.actions is None and \
                     call.response_format is None:
-                computed = answer_from_scene(text, scene, _gazed(call.referents, scene))
+                # "What colour is this?" with a ray on the mug: asked of the mug.
+                question = resolve_deixis(text, call.referents, scene)
+                computed = answer_from_scene(question, scene, _gazed(call.referents, scene))
                 call.scene_answer = computed.text if computed is not None else None
         if turn.HasField("audio") and turn.audio.HasField("embedding"):
             call.features += _features([turn.audio.embedding])

@@ -121,6 +121,9 @@ _IRREGULAR = {"person": "people", "knife": "knives", "shelf": "shelves", "mouse"
               "grapes": "grapes", "skis": "skis", "sunglasses": "sunglasses"}
 
 
+IRREGULAR_PLURALS = frozenset(_IRREGULAR.values())
+
+
 def plural(word: str) -> str:
     head, _, last = word.rpartition(" ")
     if last in _IRREGULAR:

@@ -106,8 +106,10 @@ class ReplyFactory:
             # The computed answer, word for word, then the end: the model speaks it, so
             # a small model cannot garble a fact. (Tokens, not a grammar: nothing to
             # compile, so the first token comes as soon as without the answer.)
-            ids = self._backend.tokenizer(spec.scene_answer, add_special_tokens=False).input_ids
-            return replace(cfg, forced=(*ids, eos))
+            ids = self._backend.tokenizer(spec.scene_answer, add_special_tokens=False,
+                                          split_special_tokens=True).input_ids
+            if len(ids) < cfg.max_new_tokens:  # else cut mid-fact: the prompt says it
+                return replace(cfg, forced=(*ids, eos))
         if self._grammars is not None:
             cfg = self._grammars.apply(cfg, spec.response_format, spec.actions,
                                        spec.sampling_field)

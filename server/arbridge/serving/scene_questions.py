@@ -15,27 +15,39 @@ Coordinates follow Unity: metres, +X right, +Y up, +Z forward.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from arbridge.serving.lexicon import plural
+from arbridge.serving.lexicon import IRREGULAR_PLURALS, plural
 from arbridge.serving.scene_objects import (
-    ABOVE_DEG,
-    BELOW_DEG,
-    FLOOR_M,
     OVERHEAD_DEG,
+    UNKNOWN,
     Seen,
+    above,
+    below,
     clean,
-    find,
     find_scored,
     height_said,
+    on_the_floor,
     seen,
 )
 from arbridge.v1 import types_pb2 as pb
 
 LOOK_CONE_DEG = 30.0  # what the wearer looks at: the most central object within this
+MAX_QUESTION_CHARS = 200  # longer turns are not everyday scene questions: the model's
+
+# Nouns that name no object even where the lexicon has the word.
+_NOT_OBJECTS = {"it", "this", "that", "these", "those", "they", "them", "i", "me", "we",
+                "us", "you", "am", "anything", "something", "everything", "nothing",
+                "anyone", "someone", "everyone", "anybody", "somebody", "everybody",
+                "else", "problem", "problems", "time", "times", "way", "ways", "question",
+                "questions", "thing", "things", "object", "objects", "stuff", "item",
+                "items", "calories", "minutes", "hours", "days", "people's", "reason",
+                "difference", "point", "chance", "need", "idea", "answer", "left", "right",
+                # a verb in the "noun": a clause, not an object ("people can sit here")
+                "can", "could", "do", "does", "did", "is", "are", "was", "were", "have",
+                "has", "will", "would", "should", "sit", "fit", "live", "work"}
 
 _NUMBERS = ["no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
             "ten", "eleven", "twelve"]
@@ -71,6 +83,8 @@ def _phrase(s: Seen) -> str:
     """The object's noun phrase: attribute values as English orders adjectives (size,
     age, colour, material...), states as states, then the label."""
     attrs = {k.strip().lower(): v.strip() for k, v in s.obj.attributes.items() if v.strip()}
+    if "color" in attrs:  # one colour, whichever spelling the app used
+        attrs.pop("colour", None)
     adjectives = [attrs[k] for k in sorted(attrs, key=_adjective_rank)
                   if k not in _STATE_KEYS and not _is_state_value(attrs[k])]
     return " ".join([*adjectives, s.obj.label.strip()])
@@ -148,17 +162,43 @@ def _sentence(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+MAX_LISTED = 6  # a listing names the nearest few, then "and N more"
+
+
 def _listing(items: list[Seen]) -> str:
-    phrases = [f"the {_phrase(s)}" for s in items]
+    phrases = [f"the {_phrase(s)}" for s in items[:MAX_LISTED]]
+    if len(items) > MAX_LISTED:
+        phrases.append(f"{len(items) - MAX_LISTED} more")
     if len(phrases) == 1:
         return phrases[0]
     return ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
+def _lookup(noun: str, scene: list[Seen]) -> list[Seen] | None:
+    """The objects `noun` names, [] for none, None when this module cannot tell."""
+    found, score = find_scored(noun, scene)
+    return None if score == UNKNOWN else found
+
+
+def _object_noun(noun: str) -> bool:
+    """Whether `noun` could name a thing a detector sees: only those are denied ("is
+    there a problem?", "where am I?", "how many things...?" are not about one)."""
+    words = noun.split()
+    return bool(words) and not set(words) & _NOT_OBJECTS
+
+
+def _not_seen(kind: str, noun: str) -> Answer | None:
+    if not _object_noun(noun):
+        return None
+    if _looks_plural(noun) or noun in IRREGULAR_PLURALS:
+        return Answer(kind, f"I don't see any {noun} here.")
+    return Answer(kind, f"I don't see {_article(noun)} {noun} here.")
+
+
 def _instances(items: list[Seen]) -> str:
     """'The lamp is on your left, 2.0 m away.' or, for several: 'There are two lamps:
     one on your left, 2.0 m away, and one ahead of you, 3.1 m away.'"""
-    items = sorted(items, key=lambda s: s.distance)
+    items = sorted(items, key=lambda s: s.distance)[:MAX_LISTED]
     if len(items) == 1:
         return _sentence(f"the {_phrase(items[0])} is {_where(items[0])}.")
     noun = items[0].obj.label.strip()
@@ -170,11 +210,12 @@ def _instances(items: list[Seen]) -> str:
                      f", and {parts[-1]}.")
 
 
-def _exists(m: re.Match, scene: list[Seen], _) -> Answer:
+def _exists(m: re.Match, scene: list[Seen], _) -> Answer | None:
     noun = clean(m.group("x"))
     found, score = find_scored(noun, scene)
-    absent = (f"No, I don't see {_article(noun)} {noun} here." if not _looks_plural(noun)
-              else f"No, I don't see any {noun} here.")
+    if score == UNKNOWN or not found and not _object_noun(noun):
+        return None
+    absent = "No, " + _not_seen("exists", noun).text if not found or score == 1 else ""
     if not found:
         return Answer("exists", absent)
     if score == 1:  # only its head noun: "a bed?" of a dog bed is not a yes
@@ -187,12 +228,13 @@ def _looks_plural(noun: str) -> bool:
     return noun.endswith("s") and not noun.endswith("ss")
 
 
-def _count_q(m: re.Match, scene: list[Seen], _) -> Answer:
+def _count_q(m: re.Match, scene: list[Seen], _) -> Answer | None:
     noun = clean(m.group("x"))
-    found = find(noun, scene)
-    if not found:
-        singular = noun[:-1] if _looks_plural(noun) else noun
-        return Answer("count", f"There are no {plural(singular)} here.")
+    found = _lookup(noun, scene)
+    if found is None:
+        return None
+    if not found:  # "how many" asks in the plural: the noun as asked
+        return Answer("count", f"There are no {noun} here.") if _object_noun(noun) else None
     label = found[0].obj.label.strip()
     if len({s.label for s in found}) > 1:
         return Answer("count", f"I see {len(found)}: {_listing(found)}.")
@@ -210,7 +252,7 @@ def _side_listing(side: str) -> Callable:
     def run(m: re.Match, scene: list[Seen], _) -> Answer:
         # Overhead is no side: a smoke alarm above the wearer is not "on your left".
         there = [s for s in sorted(scene, key=lambda s: s.distance)
-                 if s.side == side and s.elevation < OVERHEAD_DEG]
+                 if s.side == side and not (above(s) and s.elevation >= OVERHEAD_DEG)]
         where = _SIDE_SAID[side]
         if not there:
             return Answer("side", f"Nothing is {where}.")
@@ -221,13 +263,13 @@ def _side_listing(side: str) -> Callable:
 def _height_listing(which: str) -> Callable:
     def run(m: re.Match, scene: list[Seen], _) -> Answer:
         if which == "above":
-            there = [s for s in scene if s.elevation >= ABOVE_DEG]
+            there = [s for s in scene if above(s)]
             where = "above you"
         elif which == "floor":
-            there = [s for s in scene if -FLOOR_M <= s.obj.pose.position.y <= FLOOR_M]
+            there = [s for s in scene if on_the_floor(s)]
             where = "on the floor"
         else:
-            there = [s for s in scene if s.elevation <= BELOW_DEG]
+            there = [s for s in scene if below(s)]
             where = "below you"
         there.sort(key=lambda s: s.distance)
         if not there:
@@ -236,26 +278,26 @@ def _height_listing(which: str) -> Callable:
     return run
 
 
-def _not_seen(kind: str, noun: str) -> Answer:
-    return Answer(kind, f"I don't see {_article(noun)} {noun} here.")
-
-
 def _where_q(m: re.Match, scene: list[Seen], _) -> Answer:
     """Where one or more objects are ("where is", "is it on my left or right?")."""
     noun = clean(m.group("x"))
-    found = find(noun, scene)
+    found = _lookup(noun, scene)
+    if found is None:
+        return None
     return Answer("where", _instances(found)) if found else _not_seen("where", noun)
 
 
 def _compare(nearer: bool) -> Callable:
     def run(m: re.Match, scene: list[Seen], _) -> Answer | None:
-        a, b = find(m.group("a"), scene), find(m.group("b"), scene)
+        a, b = _lookup(m.group("a"), scene), _lookup(m.group("b"), scene)
         kind = "closer" if nearer else "farther"
+        if a is None or b is None:
+            return None
         for phrase, found in ((m.group("a"), a), (m.group("b"), b)):
             if not found:
                 return _not_seen(kind, clean(phrase))
         first, second = min(a, key=lambda s: s.distance), min(b, key=lambda s: s.distance)
-        if first.obj.id == second.obj.id:
+        if first.obj is second.obj:
             return None
         win, lose = ((first, second) if (first.distance <= second.distance) == nearer
                      else (second, first))
@@ -268,9 +310,9 @@ def _compare(nearer: bool) -> Callable:
 
 def _distance(m: re.Match, scene: list[Seen], _) -> Answer | None:
     noun = clean(m.group("x"))
-    found = find(noun, scene)
+    found = _lookup(noun, scene)
     if not found:
-        return _not_seen("distance", noun)
+        return None if found is None else _not_seen("distance", noun)
     found.sort(key=lambda s: s.distance)
     if len(found) == 1:
         return Answer("distance", _sentence(f"the {_phrase(found[0])} is "
@@ -283,9 +325,9 @@ def _attribute(key: str) -> Callable:
 
     def run(m: re.Match, scene: list[Seen], _) -> Answer | None:
         noun = clean(m.group("x"))
-        found = find(noun, scene)
+        found = _lookup(noun, scene)
         if not found:
-            return _not_seen(key, noun)
+            return None if found is None else _not_seen(key, noun)
         said = []
         for s in sorted(found, key=lambda s: s.distance):
             attrs = {k.strip().lower(): v.strip() for k, v in s.obj.attributes.items()}
@@ -296,19 +338,19 @@ def _attribute(key: str) -> Callable:
                             f"I can't tell the {key} of the {label} {_where(s)}.")
             elif key == "material":
                 said.append(_sentence(f"the {label} is made of {value}." if len(found) == 1
-                                      else f"the {label} {_where(s)} is made of {value}."))
+                                      else f"the {label} {_where(s)}, is made of {value}."))
             else:
                 said.append(_sentence(f"the {label} is {value}." if len(found) == 1
-                                      else f"the {label} {_where(s)} is {value}."))
+                                      else f"the {label} {_where(s)}, is {value}."))
         return Answer(key, " ".join(said))
     return run
 
 
 def _state(m: re.Match, scene: list[Seen], _) -> Answer | None:
     noun, asked = clean(m.group("x")), m.group("state").strip().lower()
-    found = find(noun, scene)
+    found = _lookup(noun, scene)
     if not found:
-        return _not_seen("state", noun)
+        return None if found is None else _not_seen("state", noun)
     said = []
     for s in sorted(found, key=lambda s: s.distance)[:3]:
         value, label = _state_of(s), s.obj.label.strip()
@@ -319,7 +361,7 @@ def _state(m: re.Match, scene: list[Seen], _) -> Answer | None:
         answer = {True: "Yes", False: "No", None: ""}[same]
         sentence = f"the {label} is {_state_said(value)}."
         said.append(f"{answer}, {sentence}" if answer else _sentence(sentence))
-    return Answer("state", " ".join(said))
+    return Answer("state", " ".join(dict.fromkeys(said)))  # each sentence once
 
 
 def _looking_at(m: re.Match, scene: list[Seen], gazed: pb.SceneObject | None) -> Answer:
@@ -328,10 +370,10 @@ def _looking_at(m: re.Match, scene: list[Seen], gazed: pb.SceneObject | None) ->
         if target is not None:
             return Answer("looking", _sentence(f"you're looking at the {_phrase(target)}, "
                                                f"{target.distance:.1f} m away."))
-    central = [s for s in scene if math.hypot(s.azimuth, s.elevation) <= LOOK_CONE_DEG]
+    central = [s for s in scene if s.view_angle <= LOOK_CONE_DEG]
     if not central:
         return Answer("looking", "Nothing is straight ahead of you.")
-    target = min(central, key=lambda s: (math.hypot(s.azimuth, s.elevation), s.distance))
+    target = min(central, key=lambda s: (s.view_angle, s.distance))
     return Answer("looking", _sentence(f"you're looking at the {_phrase(target)}, "
                                        f"{target.distance:.1f} m away."))
 
@@ -349,7 +391,8 @@ _KINDS: list[tuple[re.Pattern, Callable]] = [
         r"(?P<b>.+?)$"), _compare(True)),
     (_Q(r"^is (?:the )?(?P<a>.+?) (?:farther|further)(?: away)?(?: from (?:me|us))? than "
         r"(?:the )?(?P<b>.+?)$"), _compare(False)),
-    (_Q(rf"^how many {_X}(?: (?:are|is|do|can|have|does|were)\b.*)?$"), _count_q),
+    (_Q(rf"^how many {_X}(?: (?:are|is) there| (?:do|can) (?:you|i|we) see| (?:are|is) "
+        rf"(?:in )?here| (?:are|is) (?:around|in (?:the|this) (?:room|place)))?$"), _count_q),
     (_Q(rf"^(?:is|are) there {_ANY}{_X}$"), _exists),
     (_Q(rf"^(?:do|can) (?:you|i) see {_ANY}{_X}$"), _exists),
     (_Q(rf"^(?:do|does) (?:this|the) (?:room|place|scene) (?:have|contain) {_ANY}{_X}$"),
@@ -380,7 +423,8 @@ for _side, _words_re in _SIDES_ASKED:
     _KINDS.append((_Q(rf"^(?:what|which things?|which objects?|anything)(?:'s| is| are| do "
                       rf"i have| do we have| can i see| can you see| have i got| is there)? "
                       rf"(?:is |are )?(?:{_words_re})$"), _side_listing(_side)))
-    _KINDS.append((_Q(rf"^is there anything (?:{_words_re})$"), _side_listing(_side)))
+    # Before the exists kinds, which would read "anything on my left" as a noun.
+    _KINDS.insert(0, (_Q(rf"^is there anything (?:{_words_re})$"), _side_listing(_side)))
 
 
 def _normalise(question: str) -> str:
@@ -398,8 +442,10 @@ def answer(question: str, scene: pb.SceneFeatures | None,
     """The answer to `question` computed from `scene`, or None for a question of no
     kind this module knows (the model answers it). `gazed`: what the wearer's gaze
     ray hits, if it hits anything (for "what am I looking at?")."""
-    if scene is None:
+    if scene is None or len(question) > MAX_QUESTION_CHARS:
         return None
+    if any(o.label.strip() and not o.HasField("pose") for o in scene.objects):
+        return None  # an object somewhere unknown: no count or denial can be sure
     text = _normalise(question)
     camera = scene.camera_pose
     everything = [seen(o, camera) for o in scene.objects if o.label.strip()
