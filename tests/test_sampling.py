@@ -136,3 +136,18 @@ def test_logit_rules_ban_and_allow_per_row():
                        allow=(torch.tensor([1]), torch.tensor([0, 0]), torch.tensor([2, 3])))
     ids, _ = sample_batch(logits.clone(), batch, None, rules)
     assert ids.tolist() == [1, 2, 0]
+
+
+def test_forced_tokens_win_over_every_other_rule():
+    """A computed answer's tokens (SamplingConfig.forced): each row gets its next one,
+    whatever else the request's rules or sampling would pick."""
+    from arbridge.engine.constraints import BannedWords
+    from arbridge.engine.sampling import logit_rules
+
+    logits = torch.tensor([[9.0, 1.0, 0.0, 0.0, 0.0]] * 2)
+    cfg = SamplingConfig(temperature=1.5, top_k=2, seed=1, no_repeat_ngram=2,
+                         banned=BannedWords.of([(3,)], float("inf")), forced=(3, 2, 4))
+    rules = logit_rules([(cfg, 0, []), (cfg, 1, [3, 2])], "cpu", 5)
+    generator = torch.Generator().manual_seed(1)
+    ids, _ = sample_batch(logits, SamplingBatch([(cfg, generator, 2)], "cpu", 5), None, rules)
+    assert ids.tolist() == [3, 4]  # the first token (banned otherwise), then the last
