@@ -92,12 +92,6 @@ def _gazed(referents: list[pb.Referent], scene: pb.SceneFeatures) -> pb.SceneObj
     return None
 
 
-def _copy(kind, message):
-    copy = kind()
-    copy.CopyFrom(message)
-    return copy
-
-
 class CallBuilder:
     """One pass over each request: checks (errors name the field), then the spec."""
 
@@ -133,7 +127,9 @@ class CallBuilder:
     def scene(self, s: pb.SceneFeatures, field: str) -> pb.SceneFeatures:
         """The scene checked, as a copy (kept in dialogues, not the request)."""
         validation.scene(s, self.settings, field, self.encoders)
-        return _copy(pb.SceneFeatures, s)
+        copy = pb.SceneFeatures()
+        copy.CopyFrom(s)
+        return copy
 
     def scene_delta(self, base: pb.SceneFeatures | None, delta: pb.SceneDelta,
                     field: str) -> pb.SceneFeatures:

@@ -33,7 +33,8 @@ class DialogueState:
         request (it outlives the call); `scene` is its checked scene."""
         state = cls(system_prompt=start.system_prompt, scene=scene,
                     history=[pb.DialogueTurn(role=t.role, text=t.text) for t in start.history],
-                    actions=[_copy(pb.ActionDefinition, a) for a in start.actions],
+                    actions=[pb.ActionDefinition.FromString(a.SerializeToString())
+                             for a in start.actions],
                     action_mode=start.action_mode)
         state.sampling.CopyFrom(start.sampling)
         return state
@@ -59,12 +60,6 @@ class DialogueState:
         if len(self.history) > max_turns:
             self.history = self.history[-max_turns:]
         self.revision += 1
-
-
-def _copy(kind, message):
-    copy = kind()
-    copy.CopyFrom(message)
-    return copy
 
 
 def _utf8_len(text: str) -> int:
