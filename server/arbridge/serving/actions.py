@@ -22,8 +22,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from arbridge.serving.grounding import utf16_len
-from arbridge.serving.scene_text import noun_phrase, place
+from arbridge.serving.scene_text import noun_phrase
 from arbridge.serving.validation import InvalidField, Unsupported
+from arbridge.serving.wearer_frame import place
 from arbridge.v1 import types_pb2 as pb
 
 MAX_STRING_ARG_CHARS = 60

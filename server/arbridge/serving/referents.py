@@ -23,7 +23,8 @@ import re
 from dataclasses import dataclass
 
 from arbridge.serving.lexicon import NOUNS
-from arbridge.serving.scene_text import noun_phrase, place, rotate_inverse
+from arbridge.serving.scene_text import noun_phrase
+from arbridge.serving.wearer_frame import place, rotate_inverse
 from arbridge.v1 import types_pb2 as pb
 
 CONE_DEG = 10.0  # how far off the ray an object may still be what it points at

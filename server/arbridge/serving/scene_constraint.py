@@ -14,7 +14,8 @@ from dataclasses import replace
 from arbridge.engine.constraints import BannedWords, CaptionRules
 from arbridge.generation import SamplingConfig
 from arbridge.serving.lexicon import all_object_words, names_of
-from arbridge.serving.scene_text import noun_phrase, place
+from arbridge.serving.scene_text import noun_phrase
+from arbridge.serving.wearer_frame import place
 from arbridge.v1 import types_pb2 as pb
 
 HARD = float("inf")

@@ -1,105 +1,17 @@
-"""A scene's objects as the wearer sees them, and the objects a phrase names.
+"""The scene objects a phrase names.
 
-`seen` places an object in the wearer's frame from the camera's full rotation
-(a turned or pitched head): side, distance and height. `find` resolves a phrase
-("the lamps", "the left lamp", "the red chair", "a dog bed") to the objects it
-names: whole labels and plurals first, then synonyms, then a head noun alone;
-repeated labels narrowed by attributes, sides, nearest or farthest.
-
-Coordinates follow Unity: metres, +X right, +Y up, +Z forward.
+`find` resolves a phrase ("the lamps", "the left lamp", "the red chair", "a dog
+bed") to the objects it names (as wearer_frame.py sees them): whole labels and
+plurals first, then synonyms, then a head noun alone; repeated labels narrowed by
+attributes, sides, nearest or farthest.
 """
 
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import dataclass
 
 from arbridge.serving.lexicon import names_of, plural
-from arbridge.serving.scene_text import rotate_inverse
-from arbridge.v1 import types_pb2 as pb
-
-AHEAD_DEG = 20.0  # as scene_text: within this of straight ahead is "ahead"
-ABOVE_DEG = 25.0  # this far above eye level (elevation) is "above you"
-ABOVE_M = 0.6  # ... and at least this much higher than the eyes
-OVERHEAD_DEG = 60.0
-# Heights below the eyes (the app chooses the world's origin, so the floor is found
-# from the eyes, not from world Y 0): an object's centre this far down is on the floor,
-# further down (stairs, a balcony) below the wearer.
-FLOOR_FROM_M, FLOOR_TO_M = -2.0, -1.1
-
-
-@dataclass(frozen=True)
-class Seen:
-    """An object as the wearer sees it."""
-
-    obj: pb.SceneObject
-    azimuth: float  # degrees, 0 = straight ahead, + = right
-    elevation: float  # degrees above eye level
-    distance: float  # metres, straight line
-    side: str  # "ahead", "left", "right", "behind"
-    rise: float  # metres above the eyes (negative: below)
-    view_angle: float  # degrees between the line of sight and the object
-
-    @property
-    def label(self) -> str:
-        return self.obj.label.strip().lower()
-
-
-def _rotate(q: pb.Quaternion, v: tuple[float, float, float]) -> tuple[float, ...]:
-    """v rotated by q (camera -> world)."""
-    return rotate_inverse(pb.Quaternion(x=-q.x, y=-q.y, z=-q.z, w=q.w), v)
-
-
-def seen(obj: pb.SceneObject, camera: pb.Pose) -> Seen:
-    """Sides and heights as a person means them: relative to the way the wearer faces
-    (the line of sight flattened onto the floor) and to gravity, whether the head is
-    tilted down at a table or rolled; only the view angle uses the head's full pose."""
-    rel = (obj.pose.position.x - camera.position.x, obj.pose.position.y - camera.position.y,
-           obj.pose.position.z - camera.position.z)
-    forward = _rotate(camera.rotation, (0.0, 0.0, 1.0))
-    if math.hypot(forward[0], forward[2]) < 1e-3:  # looking straight up or down
-        up = _rotate(camera.rotation, (0.0, 1.0, 0.0))
-        forward = (up[0] * -forward[1], 0.0, up[2] * -forward[1])
-    heading = math.atan2(forward[0], forward[2])
-    # The offset turned into the facing frame: x right, z ahead, y up.
-    x = rel[0] * math.cos(heading) - rel[2] * math.sin(heading)
-    z = rel[0] * math.sin(heading) + rel[2] * math.cos(heading)
-    azimuth = math.degrees(math.atan2(x, z))
-    elevation = math.degrees(math.atan2(rel[1], math.hypot(x, z)))
-    if abs(azimuth) <= AHEAD_DEG:
-        side = "ahead"
-    elif abs(azimuth) > 135.0:
-        side = "behind"
-    else:
-        side = "left" if azimuth < 0 else "right"
-    distance = math.sqrt(rel[0] ** 2 + rel[1] ** 2 + rel[2] ** 2)
-    sight = _rotate(camera.rotation, (0.0, 0.0, 1.0))
-    cosine = sum(a * b for a, b in zip(sight, rel, strict=True)) / max(distance, 1e-9)
-    view_angle = math.degrees(math.acos(max(-1.0, min(1.0, cosine))))
-    return Seen(obj, azimuth, elevation, distance, side, rel[1], view_angle)
-
-
-def on_the_floor(s: Seen) -> bool:
-    return FLOOR_FROM_M <= s.rise <= FLOOR_TO_M
-
-
-def above(s: Seen) -> bool:
-    return s.elevation >= ABOVE_DEG and s.rise >= ABOVE_M
-
-
-def below(s: Seen) -> bool:
-    return s.rise < FLOOR_FROM_M
-
-
-def height_said(s: Seen) -> str:
-    """Where the object is up or down, in words ('' in between)."""
-    if above(s):
-        return "overhead" if s.elevation >= OVERHEAD_DEG else "above you"
-    if on_the_floor(s):
-        return "on the floor"
-    return "below you" if below(s) else ""
-
+from arbridge.serving.wearer_frame import Seen
 
 _DETERMINERS = r"(?:the|a|an|any|some|my|this|that|these|those|your)"
 _TRAILING = re.compile(r"(?:\s+(?:here|in here|in (?:the|this) (?:room|place)|around(?: here)?|"

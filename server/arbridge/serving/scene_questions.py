@@ -19,15 +19,14 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from arbridge.serving.lexicon import IRREGULAR_PLURALS, plural
-from arbridge.serving.scene_objects import (
+from arbridge.serving.lexicon import IRREGULAR_PLURALS
+from arbridge.serving.phrasing import STATE_KEYS, adjectives, article, count_of
+from arbridge.serving.scene_objects import UNKNOWN, clean, find_scored
+from arbridge.serving.wearer_frame import (
     OVERHEAD_DEG,
-    UNKNOWN,
     Seen,
     above,
     below,
-    clean,
-    find_scored,
     height_said,
     on_the_floor,
     seen,
@@ -49,23 +48,7 @@ _NOT_OBJECTS = {"it", "this", "that", "these", "those", "they", "them", "i", "me
                 "can", "could", "do", "does", "did", "is", "are", "was", "were", "have",
                 "has", "will", "would", "should", "sit", "fit", "live", "work"}
 
-_NUMBERS = ["no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
-            "ten", "eleven", "twelve"]
-
-
 # -- saying things -------------------------------------------------------------------
-def _article(phrase: str) -> str:
-    first = phrase.split(" ", 1)[0].lower()
-    # "an hour", "a unicorn", "a one-way": the sound, roughly; a vowel letter otherwise.
-    vowel = first[:1] in "aeiou" and not re.match(r"(uni|use|usu|eu|one)", first)
-    return "an" if vowel or first in ("hour", "honest", "heir") else "a"
-
-
-def _count(n: int, noun: str) -> str:
-    word = _NUMBERS[n] if n < len(_NUMBERS) else str(n)
-    return f"{word} {noun if n == 1 else plural(noun)}"
-
-
 _SIDE_SAID = {"ahead": "ahead of you", "left": "on your left", "right": "on your right",
               "behind": "behind you"}
 
@@ -80,24 +63,10 @@ def _where(s: Seen) -> str:
 
 
 def _phrase(s: Seen) -> str:
-    """The object's noun phrase: attribute values as English orders adjectives (size,
-    age, colour, material...), states as states, then the label."""
-    attrs = {k.strip().lower(): v.strip() for k, v in s.obj.attributes.items() if v.strip()}
-    if "color" in attrs:  # one colour, whichever spelling the app used
-        attrs.pop("colour", None)
-    adjectives = [attrs[k] for k in sorted(attrs, key=_adjective_rank)
-                  if k not in _STATE_KEYS and not _is_state_value(attrs[k])]
-    return " ".join([*adjectives, s.obj.label.strip()])
-
-
-_ADJECTIVE_ORDER = ["opinion", "size", "age", "shape", "color", "colour", "pattern",
-                    "origin", "material", "purpose", "type", "brand"]
-_STATE_KEYS = {"state", "status", "power", "condition"}
-
-
-def _adjective_rank(key: str) -> tuple[int, str]:
-    return (_ADJECTIVE_ORDER.index(key) if key in _ADJECTIVE_ORDER else len(_ADJECTIVE_ORDER),
-            key)
+    """The object's noun phrase without its state (a question about the state is
+    answered in words of its own): "small red carbon bicycle"."""
+    return " ".join([*(w for w in adjectives(s.obj, states=False) if not _is_state_value(w)),
+                     s.obj.label.strip()])
 
 
 # -- states --------------------------------------------------------------------------
@@ -122,7 +91,7 @@ def _is_state_value(value: str) -> bool:
 
 def _state_of(s: Seen) -> str | None:
     attrs = {k.strip().lower(): v.strip().lower() for k, v in s.obj.attributes.items()}
-    for key in _STATE_KEYS:
+    for key in STATE_KEYS:
         if attrs.get(key):
             return attrs[key]
     for value in attrs.values():
@@ -192,7 +161,7 @@ def _not_seen(kind: str, noun: str) -> Answer | None:
         return None
     if _looks_plural(noun) or noun in IRREGULAR_PLURALS:
         return Answer(kind, f"I don't see any {noun} here.")
-    return Answer(kind, f"I don't see {_article(noun)} {noun} here.")
+    return Answer(kind, f"I don't see {article(noun)} {noun} here.")
 
 
 def _instances(items: list[Seen]) -> str:
@@ -206,7 +175,7 @@ def _instances(items: list[Seen]) -> str:
         return " ".join(_sentence(f"the {_phrase(s)} is {_where(s)}.") for s in items)
     parts = [f"{'the ' + _phrase(s) if _phrase(s) != noun else 'one'} {_where(s)}"
              for s in items]
-    return _sentence(f"there are {_count(len(items), noun)}: " + ", ".join(parts[:-1]) +
+    return _sentence(f"there are {count_of(len(items), noun)}: " + ", ".join(parts[:-1]) +
                      f", and {parts[-1]}.")
 
 
@@ -239,7 +208,7 @@ def _count_q(m: re.Match, scene: list[Seen], _) -> Answer | None:
     if len({s.label for s in found}) > 1:
         return Answer("count", f"I see {len(found)}: {_listing(found)}.")
     verb = "is" if len(found) == 1 else "are"
-    return Answer("count", f"There {verb} {_count(len(found), label)}.")
+    return Answer("count", f"There {verb} {count_of(len(found), label)}.")
 
 
 _SIDES_ASKED = [("left", r"(?:on|to|at) (?:my|the) left|left of me|my left"),

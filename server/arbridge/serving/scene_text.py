@@ -1,103 +1,62 @@
 """A scene as compact, deterministic text a language model can read.
 
-Each object becomes one short sentence: its attribute values as adjectives
-(in key order), its label, where it is relative to the camera (ahead / to the
-left / to the right / behind you) and how far (near / mid-range / far, with
-the distance). Sentences are ordered nearest first, ties broken by label and
-id, so the same scene always gives the same text. Small models follow plain
-sentences much better than key=value lists (we compared both on SmolLM2).
-
-Coordinates follow Unity: metres, +X right, +Y up, +Z forward.
+Each object becomes one short sentence: its noun phrase (phrasing.py: adjectives
+in English order, states as states), where it is as the wearer faces
+(wearer_frame.py: ahead / to the left / to the right / behind you, and overhead,
+above, on the floor or below) and how far (near / mid-range / far, with the
+distance). Sentences are ordered nearest first, ties broken by label and id, so
+the same scene always gives the same text. Small models follow plain sentences
+much better than key=value lists (we compared both on SmolLM2).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 
+from arbridge.serving.phrasing import a, is_pair_noun, looks_plural, noun_phrase
+from arbridge.serving.wearer_frame import Placement, place
 from arbridge.v1 import types_pb2 as pb
 
-NEAR_M = 1.5
-FAR_M = 4.0
-AHEAD_DEG = 20.0
 LOW_CONFIDENCE = 0.5
+__all__ = ["describe_object", "describe_scene", "mention_hint", "noun_phrase", "side_hint",
+           "where_said"]
 
 
-@dataclass(frozen=True)
-class Placement:
-    direction: str  # "ahead", "to the left", "to the right", "behind"
-    distance_band: str  # "near", "mid-range", "far"
-    distance_m: float
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
-def rotate_inverse(q: pb.Quaternion, v: tuple[float, float, float]) -> tuple[float, ...]:
-    """Rotate v by the inverse of unit quaternion q (world -> camera frame)."""
-    x, y, z, w = q.x, q.y, q.z, q.w
-    norm = math.sqrt(x * x + y * y + z * z + w * w)
-    if norm == 0.0:
-        return v
-    # conjugate = inverse for a unit quaternion
-    x, y, z, w = -x / norm, -y / norm, -z / norm, w / norm
-    vx, vy, vz = v
-    # v' = v + 2w(u x v) + 2u x (u x v), u = (x, y, z)
-    cx, cy, cz = y * vz - z * vy, z * vx - x * vz, x * vy - y * vx
-    ccx, ccy, ccz = y * cz - z * cy, z * cx - x * cz, x * cy - y * cx
-    return (vx + 2 * (w * cx + ccx), vy + 2 * (w * cy + ccy), vz + 2 * (w * cz + ccz))
-
-
-def place(obj_pose: pb.Pose, camera: pb.Pose) -> Placement:
-    """Where an object is as the wearer sees it."""
-    rel = (obj_pose.position.x - camera.position.x,
-           obj_pose.position.y - camera.position.y,
-           obj_pose.position.z - camera.position.z)
-    x, y, z = rotate_inverse(camera.rotation, rel)
-    distance = math.sqrt(x * x + y * y + z * z)
-    azimuth = math.degrees(math.atan2(x, z))  # 0 = straight ahead, + = right
-    if abs(azimuth) <= AHEAD_DEG:
-        direction = "ahead"
-    elif abs(azimuth) > 135.0:
-        direction = "behind"
-    elif azimuth < 0:
-        direction = "to the left"
-    else:
-        direction = "to the right"
-    band = "near" if distance < NEAR_M else "far" if distance > FAR_M else "mid-range"
-    return Placement(direction, band, distance)
-
-
-def _article(word: str) -> str:
-    return "An" if word[:1].lower() in "aeiou" else "A"
-
-
-def noun_phrase(obj: pb.SceneObject) -> str:
-    """The object's attribute values as adjectives (in key order), then its label:
-    'red wood chair'."""
-    adjectives = [obj.attributes[k].strip() for k in sorted(obj.attributes)
-                  if obj.attributes[k].strip()]
-    return " ".join([*adjectives, obj.label.strip()])
+def where_said(p: Placement) -> str:
+    """'to the left', 'overhead', 'ahead, on the floor', 'behind you, below you'."""
+    if p.height == "overhead":  # straight up has no side
+        return "overhead"
+    direction = "behind you" if p.direction == "behind" else p.direction
+    return f"{direction}, {p.height}" if p.height else direction
 
 
 def describe_object(obj: pb.SceneObject, camera: pb.Pose, metres: bool = True) -> str:
     """One sentence, e.g. 'A red wood chair is to the left, 1.6 m away.' Without
     `metres` the distance is said in words only ('A red wood chair is to the left.')."""
-    noun = noun_phrase(obj)
+    phrase = noun_phrase(obj)
+    noun = _capital(a(phrase))
+    be = "are" if looks_plural(phrase) and not is_pair_noun(phrase) else "is"
     if 0.0 < obj.confidence < LOW_CONFIDENCE:
         noun += " (uncertain)"
     if not obj.HasField("pose"):
-        return f"{_article(noun)} {noun} is somewhere nearby."
+        return f"{noun} {be} somewhere nearby."
     p = place(obj.pose, camera)
-    direction = "behind you" if p.direction == "behind" else p.direction
+    direction = where_said(p)
     if not metres:
         where = {"near": ", near you", "far": ", far away"}.get(p.distance_band, "")
-        return f"{_article(noun)} {noun} is {direction}{where}."
+        return f"{noun} {be} {direction}{where}."
     if p.distance_band == "near":
         where = f"near you, {p.distance_m:.1f} m away"
     elif p.distance_band == "far":
         where = f"far away, {p.distance_m:.1f} m"
     else:
         where = f"{p.distance_m:.1f} m away"
-    return f"{_article(noun)} {noun} is {direction}, {where}."
+    return f"{noun} {be} {direction}, {where}."
 
 
 def _sort_key(obj: pb.SceneObject, camera: pb.Pose) -> tuple:

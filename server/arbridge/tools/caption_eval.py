@@ -22,7 +22,7 @@ import grpc
 from arbridge.config import Settings
 from arbridge.serving.lexicon import NOUNS, names_of
 from arbridge.serving.prompts import DESCRIBE_INSTRUCTION, PromptBuilder
-from arbridge.serving.scene_text import place
+from arbridge.serving.wearer_frame import place
 from arbridge.tools import act_eval
 from arbridge.tools.caption_score import score_caption, summarize
 from arbridge.tools.scenes import TUNE_SCENES, scenes, split

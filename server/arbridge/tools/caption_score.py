@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 
 from arbridge.serving.lexicon import all_object_words, names_of
-from arbridge.serving.scene_text import place
+from arbridge.serving.wearer_frame import place
 from arbridge.v1 import types_pb2 as pb
 
 _WORDS = re.compile(r"[a-z]+(?:'[a-z]+)?")

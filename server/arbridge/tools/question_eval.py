@@ -18,7 +18,7 @@ import random
 import re
 
 from arbridge.serving.lexicon import NOUNS, names_of, plural
-from arbridge.serving.scene_text import place, rotate_inverse
+from arbridge.serving.wearer_frame import place, rotate_inverse
 from arbridge.tools.scenes import TUNE_SCENES, make_scene
 from arbridge.v1 import types_pb2 as pb
 
