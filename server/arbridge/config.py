@@ -151,6 +151,11 @@ class LimitSettings(BaseSettings):
         True, description="answer everyday questions about the scene (is there, how many, "
                           "where, which is closer, colour, state...) from its geometry and "
                           "attributes; the reply says the computed answer")
+    scene_captions: bool = Field(
+        True, description="compose DescribeScene captions from the scene (every instance "
+                          "of a repeated label counted and placed, heights, what matters "
+                          "first, 'and N more' within the token budget); the reply says "
+                          "the composed caption. Not for requests with an instruction")
     default_max_new_tokens: int = Field(96, ge=1)
     max_new_tokens_limit: int = Field(1024, ge=1)
     max_num_return_sequences: int = Field(8, ge=1)

@@ -18,6 +18,7 @@ from arbridge.config import Settings
 from arbridge.generation import SamplingConfig
 from arbridge.serving import scene_delta, validation
 from arbridge.serving.actions import ActionSet, turn_actions
+from arbridge.serving.caption_plan import CaptionPlan
 from arbridge.serving.dialogue import DialogueState
 from arbridge.serving.referents import current_rays, resolve_all, resolve_deixis
 from arbridge.serving.scene_questions import answer as answer_from_scene
@@ -43,8 +44,12 @@ class ReplySpec:
     features: Features = field(default_factory=list)  # dense features, prompt order
     referents: list[pb.Referent] = field(default_factory=list)  # what the rays point at
     actions: ActionSet | None = None  # what the reply may call, when it may
-    # The reply's words when the scene answers the question itself (scene_questions.py).
+    # The reply's words when the scene says them itself (scene_questions.py answers,
+    # caption_plan.py captions), and their tokens when the engine speaks them as they
+    # are (ReplyFactory decides; the prompt then needs no hint).
     scene_answer: str | None = None
+    forced_ids: tuple[int, ...] | None = None
+    caption_plan: CaptionPlan | None = None  # its mentions ground the caption
     caption: bool = False  # a scene caption (its own rules and ending)
     continues_prompt: bool = False  # the reply continues the prompt's text (Generate)
     arrived: float = field(default_factory=time.perf_counter)  # for queue and TTFT times

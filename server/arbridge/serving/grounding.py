@@ -40,3 +40,12 @@ def ground(text: str, objects) -> list[pb.GroundedSpan]:
                                          end=_utf16_offset(text, m.end())))
     spans.sort(key=lambda s: (s.start, s.object_id))
     return spans
+
+
+def planned(text: str, mentions) -> list[pb.GroundedSpan]:
+    """The spans a composed caption (caption_plan.py) knows it names: "a red one" is
+    the red chair, "two chairs" both."""
+    return sorted((pb.GroundedSpan(object_id=object_id, start=_utf16_offset(text, m.start),
+                                   end=_utf16_offset(text, m.end))
+                   for m in mentions for object_id in m.object_ids),
+                  key=lambda s: (s.start, s.object_id))

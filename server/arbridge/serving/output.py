@@ -26,7 +26,7 @@ from arbridge.serving.detokenize import (
     SentenceCounter,
     StopStringFilter,
 )
-from arbridge.serving.grounding import ground
+from arbridge.serving.grounding import ground, planned
 from arbridge.serving.lexicon import names_of
 from arbridge.v1 import types_pb2 as pb
 
@@ -213,7 +213,10 @@ class Reply:
         """`done` with what the request reports: which scene objects the text names
         (grounding, when it was about a scene), the scene's version, the referents."""
         spec = self._spec
-        if spec.scene is not None:
+        plan = spec.caption_plan
+        if plan is not None and done.text == plan.text:
+            done.grounding.extend(planned(done.text, plan.mentions))
+        elif spec.scene is not None:
             done.grounding.extend(ground(done.text, spec.objects))
         done.scene_version = spec.scene_version
         done.referents.extend(spec.referents)

@@ -73,13 +73,15 @@ class PromptTooLong(ValueError):
         self.budget = budget
 
 
-def _caption_request(scene: pb.SceneFeatures, instruction: str) -> str:
+def _caption_request(scene: pb.SceneFeatures, instruction: str, caption: str | None = None
+                     ) -> str:
     # With metres (measured: fewer false places than words alone); the caption's digits
     # are masked, so it says them in words.
     # The instruction first: it is the same for every scene, so the prefix cache holds
     # it with the system prompt and only the scene is prefilled (time to first token).
     seen = describe_scene(scene) or "Nothing is detected."
-    return f"{instruction}\nThe glasses see: {seen}"
+    said = f"\nSay exactly: {caption}" if caption else ""
+    return f"{instruction}\nThe glasses see: {seen}{said}"
 
 
 class PromptBuilder:
@@ -97,28 +99,38 @@ class PromptBuilder:
         self._check_fits(len(ids), max_new_tokens)
         return Prompt(ids, text, special_tokens=True)
 
-    def describe(self, scene: pb.SceneFeatures, instruction: str, max_new_tokens: int) -> Prompt:
+    def describe(self, scene: pb.SceneFeatures, instruction: str, max_new_tokens: int,
+                 caption: str | None = None) -> Prompt:
         """A caption: the caption system prompt, the worked examples as earlier turns,
-        then this scene and the instruction as the user's turn."""
+        then this scene and the instruction as the user's turn (with `caption`, the
+        caption composed from the scene, for the model to say: caption_plan.py)."""
         instruction = instruction.strip() or DESCRIBE_INSTRUCTION
         examples = []
         for example, caption in CAPTION_EXAMPLES:
             examples += [pb.DialogueTurn(role=pb.ROLE_USER,
                                          text=_caption_request(example, DESCRIBE_INSTRUCTION)),
                          pb.DialogueTurn(role=pb.ROLE_ASSISTANT, text=caption)]
-        request = _caption_request(scene, instruction)
+        request = _caption_request(scene, instruction, caption)
         try:
             return self._fit(CAPTION_SYSTEM_PROMPT, examples, request, max_new_tokens)
         except PromptTooLong:
-            # A small context window: the short system prompt, no examples.
+            pass
+        try:  # a small context window: the short system prompt, no examples
             return self._fit(self.system_prompt, [], request, max_new_tokens)
+        except PromptTooLong:
+            if not caption:
+                raise
+        # ... and no composed caption: the scene is what the model needs.
+        return self._fit(self.system_prompt, [], _caption_request(scene, instruction),
+                         max_new_tokens)
 
     def converse(self, scene: pb.SceneFeatures | None, history: list[pb.DialogueTurn],
                  user_text: str, max_new_tokens: int, system_prompt: str = "",
                  referents: list[pb.Referent] = (), actions: ActionSet | None = None,
-                 answer: str | None = None) -> Prompt:
+                 answer: str | None = None, hints: bool = True) -> Prompt:
         """The dialogue's prompt; `answer`: the reply's words when the scene answers the
-        question itself (scene_questions.py), given in place of the other hints."""
+        question itself (scene_questions.py), given in place of the other hints; no
+        `hints`: none at all (the engine speaks the answer as it is)."""
         system = system_prompt.strip() or self.system_prompt
         examples: list[pb.DialogueTurn] = []
         if actions is not None:
@@ -129,7 +141,7 @@ class PromptBuilder:
         scene_text = describe_scene(scene) if scene is not None else ""
         if scene_text:
             system = f"{system}\n\nScene: {scene_text}"
-        if scene is not None:
+        if scene is not None and hints:
             # The question's referents, resolved here, next to it: what the wearer points
             # at, the objects on the side a question asks about, or those it names
             # (measured on the tune split: "what is on my left?" 33 % -> 61 % right,

@@ -21,6 +21,7 @@ from arbridge.config import Settings
 from arbridge.generation import FinishReason, SamplingConfig
 from arbridge.metrics import Metrics
 from arbridge.serving.calls import DescribeCall, GenerateCall, ReplySpec, TurnCall
+from arbridge.serving.caption_plan import plan_caption
 from arbridge.serving.delivery import Client
 from arbridge.serving.dialogue import DialogueState
 from arbridge.serving.output import OutputProcessor, Reply
@@ -39,6 +40,7 @@ class ReplyFactory:
         self._backend = backend
         self._metrics = metrics
         self._margin_s = settings.deadline_margin_ms / 1e3
+        self._scene_captions = settings.scene_captions
         tokenizer = backend.tokenizer
         self._prompts = PromptBuilder(tokenizer, backend.info.context_length,
                                       settings.system_prompt)
@@ -73,8 +75,7 @@ class ReplyFactory:
 
     async def caption_reply(self, call: DescribeCall, client: Client) -> Reply:
         call.arrived = client.arrived
-        prompt = await self._prompt(
-            lambda budget: self._prompts.describe(call.scene, call.instruction, budget), call)
+        prompt = await self._prompt(lambda budget: self._caption_prompt(call, budget), call)
         # After the prompt: a request refused for its size costs no constraint work.
         await self.prepare(call)
         return self.start(prompt, call, client)
@@ -83,33 +84,69 @@ class ReplyFactory:
         """The prompt of `call` in `state`'s dialogue as it stands now."""
         history = list(state.history)  # a snapshot: replies append to it meanwhile
         system_prompt = state.system_prompt
-        return await self._prompt(
-            lambda budget: self._prompts.converse(call.scene, history, call.text, budget,
-                                                  system_prompt, call.referents,
-                                                  call.actions, call.scene_answer), call)
+
+        def build(budget: int) -> Prompt:
+            # A computed answer the engine speaks as it is (`prepare` decided) needs no
+            # hint in the prompt (a shorter prompt: the first token comes sooner); one it
+            # cannot is given to the model to say.
+            return self._prompts.converse(
+                call.scene, history, call.text, budget, system_prompt, call.referents,
+                call.actions, None if call.forced_ids else call.scene_answer,
+                hints=not call.forced_ids)
+
+        return await self._prompt(build, call)
+
+    def _caption_prompt(self, call: DescribeCall, budget: int) -> Prompt:
+        """The caption's prompt, and (without an instruction, which only a model can
+        follow) the caption composed from the scene, fitted to the reply's budget."""
+        if self._scene_captions and not call.instruction.strip() and \
+                call.response_format is None:
+            room = call.sampling.max_new_tokens - 1  # and the end of sequence
+            tokenizer = self._backend.tokenizer
+            gazed = {r.object_id for r in call.referents
+                     if r.source == pb.RAY_SOURCE_GAZE and r.object_id and
+                     r.match in (pb.REFERENT_MATCH_HIT, pb.REFERENT_MATCH_NEAR)}
+            plan = plan_caption(call.scene, gazed, lambda text: len(tokenizer(
+                text, add_special_tokens=False, split_special_tokens=True).input_ids) <= room)
+            if plan is not None:
+                call.caption_plan, call.scene_answer = plan, plan.text
+                call.forced_ids = self._forced(plan.text, call.sampling.max_new_tokens)
+        caption = None if call.forced_ids else call.scene_answer
+        return self._prompts.describe(call.scene, call.instruction, budget, caption)
+
+    def _forced(self, text: str | None, max_new_tokens: int) -> tuple[int, ...] | None:
+        """`text`'s tokens and the end of sequence, when the local engine's rules can
+        speak them whole within the budget; else None."""
+        eos = self._backend.tokenizer.eos_token_id
+        if not text or self._constraint is None or eos is None:
+            return None
+        ids = self._backend.tokenizer(text, add_special_tokens=False,
+                                      split_special_tokens=True).input_ids
+        return (*ids, eos) if len(ids) < max_new_tokens else None
 
     # -- the steps ----------------------------------------------------------------------
     async def prepare(self, spec: ReplySpec) -> None:
         """Compile `spec`'s logit rules (scene constraint, grammar) on the prompt thread."""
         spec.sampling = await self._off_loop(self._rules, spec)
         # A caption ends after its sentence, before a small model re-lists the scene;
-        # a format shapes the reply instead.
-        if spec.caption and self._constraint is not None and spec.response_format is None:
+        # a format shapes the reply instead, a composed caption ends where it ends.
+        if spec.caption and self._constraint is not None and spec.response_format is None \
+                and not spec.forced_ids:
             spec.max_sentences = CAPTION_MAX_SENTENCES
 
     def _rules(self, spec: ReplySpec) -> SamplingConfig:
         cfg = spec.sampling
         if self._constraint is not None:
             cfg = self._constraint.apply(cfg, spec.scene, spec.caption, spec.scene_constraint)
-        eos = self._backend.tokenizer.eos_token_id
-        if spec.scene_answer and self._constraint is not None and eos is not None:
-            # The computed answer, word for word, then the end: the model speaks it, so
-            # a small model cannot garble a fact. (Tokens, not a grammar: nothing to
-            # compile, so the first token comes as soon as without the answer.)
-            ids = self._backend.tokenizer(spec.scene_answer, add_special_tokens=False,
-                                          split_special_tokens=True).input_ids
-            if len(ids) < cfg.max_new_tokens:  # else cut mid-fact: the prompt says it
-                return replace(cfg, forced=(*ids, eos))
+        if spec.forced_ids is None:
+            spec.forced_ids = self._forced(spec.scene_answer, cfg.max_new_tokens)
+        if spec.forced_ids:
+            # The computed words, then the end: the model speaks them, so a small model
+            # cannot garble a fact. (Tokens, not a grammar: nothing to compile, so the
+            # first token comes as soon as without them.)
+            # No other rule has a say (the caption's end would cut it short).
+            return replace(cfg, forced=spec.forced_ids, banned=None, caption_rules=None,
+                           no_repeat_ngram=0)
         if self._grammars is not None:
             cfg = self._grammars.apply(cfg, spec.response_format, spec.actions,
                                        spec.sampling_field)

@@ -9,11 +9,12 @@ request's rows only (engine/constraints.py).
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 from arbridge.engine.constraints import BannedWords, CaptionRules
 from arbridge.generation import SamplingConfig
-from arbridge.serving.lexicon import all_object_words, names_of
+from arbridge.serving.lexicon import all_object_words, forms, names_of
 from arbridge.serving.scene_text import noun_phrase
 from arbridge.serving.wearer_frame import place
 from arbridge.v1 import types_pb2 as pb
@@ -100,6 +101,10 @@ class SceneConstraint:
         allowed: set[str] = set()
         for obj in scene.objects:
             allowed |= names_of(obj.label)
+            # Every word of the scene's own labels stays sayable: a "dog bed" without a
+            # dog must not come out as "the grey bed", an "e-scooter" as "e-scootercar".
+            allowed |= {form for word in re.findall(r"[a-z]+", obj.label.lower())
+                        for form in forms(word)}
         table = dict(self._all.by_prefix)
         for form in allowed & self._sequences.keys():
             for seq in self._sequences[form]:

@@ -28,11 +28,12 @@ def _capital(text: str) -> str:
 
 
 def where_said(p: Placement) -> str:
-    """'to the left', 'overhead', 'ahead, on the floor', 'behind you, below you'."""
+    """'to the left', 'overhead', 'ahead, above you', 'behind you, below you'. Not "on
+    the floor": most things are, and saying so of each costs every prompt tokens."""
     if p.height == "overhead":  # straight up has no side
         return "overhead"
     direction = "behind you" if p.direction == "behind" else p.direction
-    return f"{direction}, {p.height}" if p.height else direction
+    return f"{direction}, {p.height}" if p.height in ("above you", "below you") else direction
 
 
 def describe_object(obj: pb.SceneObject, camera: pb.Pose, metres: bool = True) -> str:
