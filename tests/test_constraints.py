@@ -125,6 +125,25 @@ def test_scene_constraint_bans_only_absent_objects(loaded):
     assert constraint.apply(SamplingConfig(), None, caption=False, asked=None).banned is None
 
 
+def test_a_scene_s_own_label_words_stay_sayable(loaded):
+    """The field saw "yoga bat" and "The grey bed" for a dog bed: every word of the
+    scene's labels may be written, other absent nouns may not."""
+    constraint = SceneConstraint(loaded.tokenizer)
+    scene = pb.SceneFeatures(objects=[pb.SceneObject(label="dog bed"),
+                                      pb.SceneObject(label="e-scooter")])
+    banned = constraint.banned(scene, penalty=float("inf"))
+    tok = loaded.tokenizer
+
+    def is_banned(word: str) -> bool:
+        ids = tok(word, add_special_tokens=False).input_ids
+        return ids[-1] in banned.next_banned(ids[:-1])
+
+    for word in (" dog", " bed", " scooter", " dogs"):
+        assert not is_banned(word), word
+    for word in (" cat", " car", " sofa"):
+        assert is_banned(word), word
+
+
 def test_caption_rules_mask_false_places_and_early_ends():
     # Object 0 is named by (1,) or (2, 3); object 1 by (4,). After naming object 0 the
     # token 10 ("right", false for it) is masked for `window` tokens; 99 (a sentence end)

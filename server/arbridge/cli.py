@@ -141,7 +141,11 @@ def cmd_eval(args) -> int:
     from arbridge.config import load_settings
     from arbridge.tools.caption_eval import format_table, run_eval
 
-    settings = load_settings(None, model=args.model, dtype=args.dtype, log_level="WARNING")
+    upstream = {} if args.backend_url is None else {
+        "backend": "openai", "backend_url": args.backend_url,
+        "backend_model": args.backend_model}
+    settings = load_settings(None, model=args.model, dtype=args.dtype, log_level="WARNING",
+                             **upstream)
     _setup_logging(settings.log_level)
     if args.questions_only:
         return _question_eval(args, settings, {})
@@ -163,16 +167,26 @@ def cmd_eval(args) -> int:
 
 
 def _question_eval(args, settings, result: dict) -> int:
-    """Everyday questions by kind, with the scene-question layer and without it."""
+    """Everyday questions by kind, with the scene-question layer and without it; then
+    captions of hard scenes, composed and by the model alone."""
     from pathlib import Path
 
-    from arbridge.tools import question_eval
+    from arbridge.tools import hard_caption_eval, question_eval
 
+    where = f"upstream {settings.backend_url}, " if settings.backend == "openai" else ""
+    captions = asyncio.run(hard_caption_eval.run(settings, seed=args.seed))
+    print(f"\narbridge eval {' '.join(sys.argv[2:])}: captions of hard scenes (repeated "
+          f"labels, 9-15 objects, turned and pitched heads, heights, unlisted labels, "
+          f"states), {captions['scenes']['tune']} tune and {captions['scenes']['held-out']} "
+          f"held-out, {where}greedy, dtype {settings.dtype}, max_new_tokens "
+          f"{captions['max_new_tokens']}:")
+    print(hard_caption_eval.format_table(captions))
+    result["hard_captions"] = captions
     questions = asyncio.run(question_eval.run(settings, seed=args.seed))
     print(f"\narbridge eval {' '.join(sys.argv[2:])}: everyday questions, "
           f"{questions['questions']} on {questions['scenes']['tune']} tune and "
           f"{questions['scenes']['held-out']} held-out scenes (other phrasings), greedy, "
-          f"dtype {settings.dtype}; right answers by kind:")
+          f"{where}dtype {settings.dtype}; right answers by kind:")
     print(question_eval.format_table(questions))
     result["questions"] = questions
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -491,8 +505,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--act-only", action="store_true",
                    help="only the pointing and action tasks (a minute or two)")
     p.add_argument("--questions-only", action="store_true",
-                   help="only the everyday questions, with and without the scene-question "
-                        "layer (a few minutes)")
+                   help="only the everyday questions (with and without the scene-question "
+                        "layer) and the hard scenes' captions (composed and not)")
+    p.add_argument("--backend-url", help="evaluate through an upstream OpenAI-compatible "
+                                         "server (e.g. `transformers serve`) instead")
+    p.add_argument("--backend-model", help="the model name the upstream serves")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("storm-bench", help="bystanders' latency under near-context prompts, "

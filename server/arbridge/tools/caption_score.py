@@ -1,10 +1,17 @@
 """Scoring a caption against the scene it describes, by rules a person would check.
 
 - coverage: the share of the scene's objects the caption names (whole words,
-  plurals, synonyms and head nouns from the lexicon);
-- hallucination: the caption names a lexicon object the scene does not hold;
-- spatial claims: each left / right / ahead / behind / near / far said about a
-  named object, checked against the geometry in the frame the prompt uses;
+  plurals, synonyms and head nouns from the lexicon), counting every instance of
+  a repeated label: "a chair" names one of two chairs, "two chairs" both, "chairs"
+  two; a name inside a longer scene label's mention ("globe" in "snow globe")
+  names only that label's object;
+- hallucination: the caption names a lexicon object the scene does not hold (a
+  word of a scene label, "dog" in "dog bed", is not one);
+- spatial claims: each left / right / ahead / behind / near / far / overhead /
+  above / below / on the floor said about a named object, checked against the
+  wearer's frame (wearer_frame.py); a claim about a repeated label's mention is
+  right when it is true of one of its instances;
+- ending: the caption ends with a whole sentence (not cut mid-word or mid-list);
 - perspective: the wearer is "you" (or the caption is neutral), never "I"/"my";
 - degeneration: a loop (a span repeated three times in a row, or 6 words twice),
   and the length.
@@ -15,7 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from arbridge.serving.lexicon import all_object_words, names_of
+from arbridge.serving.lexicon import all_object_words, names_of, plural
 from arbridge.serving.wearer_frame import place
 from arbridge.v1 import types_pb2 as pb
 
@@ -29,7 +36,12 @@ _SPATIAL = [
     (re.compile(r"\bbehind\b"), "behind"),
     (re.compile(r"\bnear\b|\bclose\b|\bnext to you\b|\bnearby\b"), "near"),
     (re.compile(r"\bfar\b|\bdistant\b|\bin the distance\b"), "far"),
+    (re.compile(r"\boverhead\b|\babove\b|\bup high\b"), "above"),
+    (re.compile(r"\bbelow\b|\bdownstairs\b|\bdown the stairs\b"), "below"),
+    (re.compile(r"\bon the (?:floor|ground)\b"), "floor"),
 ]
+_COUNTS = {w: n for n, w in enumerate(["no", "one", "two", "three", "four", "five", "six",
+                                       "seven", "eight", "nine", "ten", "eleven", "twelve"])}
 _OBJECT_WORDS = all_object_words()
 
 
@@ -49,6 +61,7 @@ class CaptionScore:
     first_person: bool = False
     loop: bool = False
     words: int = 0
+    cut: bool = False  # does not end with a whole sentence
 
     @property
     def coverage(self) -> float:
@@ -89,10 +102,18 @@ def has_loop(words: list[str]) -> bool:
     return False
 
 
+_SIDE_CLAIM = {"to the left": "left", "to the right": "right", "ahead": "ahead",
+               "behind": "behind"}
+
+
 def _truth(obj: pb.SceneObject, camera: pb.Pose) -> set[str]:
     p = place(obj.pose, camera)
-    truth = {"to the left": {"left"}, "to the right": {"right"}, "ahead": {"ahead"},
-             "behind": {"behind"}}[p.direction]
+    if p.height in ("overhead", "above you"):
+        return {"above"} | ({"near"} if p.distance_band == "near" else set()) | (
+            {"far"} if p.distance_band == "far" else set()) | (
+            set() if p.height == "overhead" else {_SIDE_CLAIM[p.direction]})
+    height = {"on the floor": {"floor"}, "below you": {"below"}}.get(p.height, set())
+    truth = {_SIDE_CLAIM[p.direction]} | height
     if p.distance_band == "near":
         truth = truth | {"near"}
     elif p.distance_band == "far":
@@ -100,21 +121,59 @@ def _truth(obj: pb.SceneObject, camera: pb.Pose) -> set[str]:
     return truth
 
 
+def _instances_named(words: list[str], label: str, hits: set[int], same: int) -> int:
+    """How many of the `same` objects labelled `label` the caption names at the word
+    positions `hits`: the count said before a plural ("two chairs"), two for a bare
+    plural ("chairs on both sides"), else one per mention."""
+    names = names_of(label)
+    plurals = {plural(n) for n in names} - {n for n in names if plural(n) == n}
+    named, end = 0, -1
+    for i in sorted(hits):
+        if i < end:  # inside the last mention ("table" of "coffee table")
+            continue
+        name = max((n for n in names if words[i:i + len(n.split())] == n.split()),
+                   key=lambda n: len(n.split()))
+        end = i + len(name.split())
+        before = words[i - 1] if i else ""
+        named += _COUNTS.get(before, 2 if name in plurals else 1)
+    return min(named, same)
+
+
+def _label_mentions(words: list[str], objects) -> tuple[dict[str, set[int]],
+                                                     dict[str, list[int]]]:
+    """Per scene label: the word positions its whole-label mentions cover, and where
+    any of its names is said. A shorter name inside another label's whole mention
+    ("globe" in "snow globe") is that label's, not its own."""
+    spans: dict[str, set[int]] = {}
+    for label in sorted({o.label.lower().strip() for o in objects}, key=lambda x: -len(x)):
+        taken = set().union(*spans.values()) if spans else set()
+        spans[label] = {j for i in _mentions(words, {n for n in names_of(label)
+                                                     if " " in n or n == label})
+                        if i not in taken for j in range(i, i + len(label.split()))}
+    positions = {}
+    for label in spans:
+        others = set().union(*(v for k, v in spans.items() if k != label))
+        positions[label] = [i for i in _mentions(words, names_of(label)) if i not in others]
+    return spans, positions
+
+
 def score_caption(text: str, scene: pb.SceneFeatures) -> CaptionScore:
     words = _words(text)
     objects = list(scene.objects)
     allowed: set[str] = set()
-    positions: dict[str, list[int]] = {}
     for obj in objects:
-        names = names_of(obj.label)
-        allowed |= names
-        positions[obj.id] = _mentions(words, names)
-    result = CaptionScore(objects=len(objects),
-                          named=sum(1 for obj in objects if positions[obj.id]),
-                          words=len(words))
+        allowed |= names_of(obj.label)
+    label_spans, positions = _label_mentions(words, objects)
+    by_label: dict[str, list[pb.SceneObject]] = {}
+    for obj in objects:
+        by_label.setdefault(obj.label.lower().strip(), []).append(obj)
+    named = sum(_instances_named(words, label, set(positions[label]), len(group))
+                for label, group in by_label.items())
+    result = CaptionScore(objects=len(objects), named=named, words=len(words))
     # Lexicon nouns named although absent (multi-word ones first, so "coffee table"
-    # in the scene does not make "table" a hallucination and vice versa).
-    covered = set()
+    # in the scene does not make "table" a hallucination and vice versa); words of the
+    # scene's own labels are no claim ("dog" in "dog bed").
+    covered = set().union(*label_spans.values()) if label_spans else set()
     for name in sorted(_OBJECT_WORDS - allowed, key=lambda n: -len(n.split())):
         for i in _mentions(words, {name}):
             span = set(range(i, i + len(name.split())))
@@ -122,21 +181,25 @@ def score_caption(text: str, scene: pb.SceneFeatures) -> CaptionScore:
                 result.hallucinated.append(name)
                 covered |= span
     # Spatial claims: each spatial phrase in a clause is about the nearest named
-    # object in that clause (by word distance).
+    # object in that clause (by word distance); a repeated label's mention is about
+    # all its instances, and the claim is right if true of one.
     for clause in re.split(r"[.;!?\n]|,\s*(?:and|while|with)\b|\bwhile\b", text.lower()):
         cw = _words(clause)
-        named = [(i, obj) for obj in objects for i in _mentions(cw, names_of(obj.label))]
-        if not named:
+        named_here = [(i, label) for label, at in _label_mentions(cw, objects)[1].items()
+                      for i in at]
+        if not named_here:
             continue
         joined = " ".join(cw)
         for pattern, claim in _SPATIAL:
             for m in pattern.finditer(joined):
                 at = len(joined[:m.start()].split())
-                _, obj = min(named, key=lambda item: abs(item[0] - at))
-                result.claims.append(Claim(obj.id, claim, claim in _truth(obj,
-                                                                          scene.camera_pose)))
+                _, label = min(named_here, key=lambda item: abs(item[0] - at))
+                group = by_label[label]
+                right = [o for o in group if claim in _truth(o, scene.camera_pose)]
+                result.claims.append(Claim((right or group)[0].id, claim, bool(right)))
     result.first_person = bool(_FIRST_PERSON.search(text.lower().replace("’", "'")))
     result.loop = has_loop(words)
+    result.cut = not re.search(r"[.!?][\"')\]]*\s*$", text.strip()) if text.strip() else True
     return result
 
 
@@ -150,6 +213,7 @@ class Summary:
     first_person_rate: float = 0.0
     loop_rate: float = 0.0
     mean_words: float = 0.0
+    cut_rate: float = 0.0
 
     def row(self) -> dict:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in vars(self).items()}
@@ -168,4 +232,5 @@ def summarize(scores: list[CaptionScore]) -> Summary:
         claims_correct=sum(c.correct for c in claims) / len(claims) if claims else 0.0,
         first_person_rate=sum(s.first_person for s in scores) / n,
         loop_rate=sum(s.loop for s in scores) / n,
-        mean_words=sum(s.words for s in scores) / n)
+        mean_words=sum(s.words for s in scores) / n,
+        cut_rate=sum(s.cut for s in scores) / n)
