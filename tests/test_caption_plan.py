@@ -47,16 +47,23 @@ def test_repeated_labels_are_counted_and_placed():
                  thing(2, "chair", 2.0, 0.5, 1.5, color="blue"),
                  thing(3, "table", 0.0, 0.7, 3.0, material="walnut"))
     text = caption(scene)
-    assert "two chairs, a red one to the left and a blue one to the right;" in text
-    assert "a walnut table ahead" in text
+    assert text == ("Two chairs: a red one to the left and a blue one to the right. "
+                    "Ahead: a walnut table.")
     score = score_caption(text, scene)
     assert score.coverage == 1.0 and all(c.correct for c in score.claims)
     # Same-looking instances: one on each side; several on a side counted there.
     same = room(thing(1, "chair", -2.0, 0.5, 2.0), thing(2, "chair", 2.0, 0.5, 2.0))
-    assert caption(same) == "You see two chairs, one on each side."
+    assert caption(same) == "Two chairs, one on each side."
     lamps = room(thing(1, "lamp", 2.0, 1.2, 2.0), thing(2, "lamp", 2.5, 1.2, 1.0),
                  thing(3, "lamp", 0.1, 1.2, 3.0))
-    assert caption(lamps) == "You see three lamps, two to the right and one ahead."
+    assert caption(lamps) == "Three lamps: one ahead and two to the right."
+    # Alike in one place: counted there; told apart by attributes: each said.
+    mugs = room(thing(1, "mug", -1.0, 1.0, 1.0, color="red"),
+                thing(2, "mug", -1.2, 1.0, 1.1, color="red"),
+                thing(3, "cup", -1.0, 1.0, 2.0, color="red"),
+                thing(4, "cup", -1.2, 1.0, 2.1, color="blue"))
+    assert caption(mugs) == "To the left: two red mugs and two cups (a red one and a blue " \
+                            "one)."
 
 
 def test_the_plan_grounds_each_instance():
@@ -65,7 +72,7 @@ def test_the_plan_grounds_each_instance():
     plan = plan_caption(scene)
     spans = {(plan.text[s.start:s.end], s.object_id) for s in planned(plan.text,
                                                                        plan.mentions)}
-    assert spans == {("two chairs", "o1"), ("two chairs", "o2"), ("a red one", "o1"),
+    assert spans == {("Two chairs", "o1"), ("Two chairs", "o2"), ("a red one", "o1"),
                      ("a blue one", "o2")}
 
 
@@ -73,9 +80,8 @@ def test_heights_are_said():
     scene = room(thing(1, "smoke alarm", 0.2, 3.0, 0.3), thing(2, "cat", 0.0, -2.0, 3.5),
                  thing(3, "chandelier", 0.0, 3.2, 2.0))
     text = caption(scene)
-    assert "a smoke alarm overhead" in text
-    assert "a cat ahead, below you" in text
-    assert "a chandelier ahead, above you" in text
+    assert text == "Overhead: a smoke alarm near you. Above you: a chandelier. Below you: " \
+                   "a cat far away."
     assert all(c.correct for c in score_caption(text, scene).claims)
     # The scorer catches a caption that puts them all "ahead".
     wrong = score_caption("A smoke alarm is ahead, a cat is ahead and a chandelier is ahead.",
@@ -91,7 +97,7 @@ def test_turned_and_pitched_heads(rotation, where):
     # ahead, not "below"); turned around, behind.
     x, z = (3.0, 0.0) if rotation == turned(yaw=90.0) else (0.0, 3.0)
     text = caption(room(thing(1, "table", x, 0.7, z), rotation=rotation))
-    assert text == f"You see a table {where}."
+    assert text == f"{where[0].upper()}{where[1:]}: a table."
 
 
 def test_big_scenes_end_whole_within_the_budget():
@@ -100,15 +106,24 @@ def test_big_scenes_end_whole_within_the_budget():
     words = lambda text: len(text.split()) <= 40  # noqa: E731 - a budget in words here
     plan = plan_caption(scene, fits=words)
     assert len(plan.text.split()) <= 40 and plan.text.endswith("more things around you.")
+    assert plan_caption(scene).left_out == 0  # all of it, given the room
     assert plan.left_out == len(scene.objects) - len(plan.named) > 0
     # Nothing fits: no plan (the model's caption instead), never half a name.
     assert plan_caption(scene, fits=lambda text: False) is None
 
 
-def test_what_the_wearer_looks_at_comes_first():
-    scene = room(thing(1, "lamp", 0.5, 1.2, 1.0), thing(2, "poster", -3.0, 1.6, 6.0))
-    assert caption(scene).startswith("You see a lamp")
-    assert caption(scene, gazed_ids={"o2"}).startswith("You see a poster")
+def test_what_matters_is_kept_when_the_budget_is_short():
+    scene = room(thing(1, "lamp", 0.1, 1.2, 1.0), thing(2, "poster", -3.0, 1.6, 6.0),
+                 thing(3, "bus", 3.0, 1.0, 6.5), thing(4, "cup", 0.0, 1.0, -7.0))
+    scene.objects[2].extents.CopyFrom(pb.Vec3(x=10.0, y=3.0, z=2.5))
+    short = lambda text: len(text.split()) <= 16  # noqa: E731 - a budget in words here
+    # The nearest, and the bus (big things count as nearer), before the others...
+    assert caption(scene, fits=short) == "Ahead: a lamp. To the right: a bus. And two " \
+                                         "more things around you."
+    # ... unless the wearer looks at the poster.
+    assert caption(scene, gazed_ids={"o2"}, fits=short) == "To the left: a poster. To " \
+                                                           "the right: a bus. And two " \
+                                                           "more things around you."
 
 
 def test_english_words_for_attributes():
@@ -161,8 +176,7 @@ async def test_describe_scene_says_the_composed_caption(make_server, wide_model_
     off gives the model's own words."""
     running = await make_server(wide_model_dir)
     done = await _describe(running.stub, CHAIRS)
-    assert done.text == "You see a smoke alarm overhead, near you; and two chairs, one on " \
-                        "each side."
+    assert done.text == "Two chairs, one on each side. Overhead: a smoke alarm near you."
     assert done.finish_reason == pb.FINISH_REASON_EOS
     assert {g.object_id for g in done.grounding} == {"o1", "o2", "o3"}
     asked = await _describe(running.stub, CHAIRS, instruction="Say it in French.")

@@ -147,7 +147,7 @@ def cmd_eval(args) -> int:
     settings = load_settings(None, model=args.model, dtype=args.dtype, log_level="WARNING",
                              **upstream)
     _setup_logging(settings.log_level)
-    if args.questions_only:
+    if args.questions_only or args.captions_only:
         return _question_eval(args, settings, {})
     result = asyncio.run(run_eval(settings, count=args.scenes, seed=args.seed,
                                   dialogue=args.dialogue, out=Path(args.out),
@@ -169,29 +169,38 @@ def cmd_eval(args) -> int:
 def _question_eval(args, settings, result: dict) -> int:
     """Everyday questions by kind, with the scene-question layer and without it; then
     captions of hard scenes, composed and by the model alone."""
-    from pathlib import Path
 
     from arbridge.tools import hard_caption_eval, question_eval
 
     where = f"upstream {settings.backend_url}, " if settings.backend == "openai" else ""
-    captions = asyncio.run(hard_caption_eval.run(settings, seed=args.seed))
+    sizes = {} if args.held_out_scenes is None else {
+        "tune_scenes": 0, "held_out_scenes": args.held_out_scenes}
+    captions = asyncio.run(hard_caption_eval.run(settings, seed=args.seed, **sizes))
+    result["hard_captions"] = captions
     print(f"\narbridge eval {' '.join(sys.argv[2:])}: captions of hard scenes (repeated "
           f"labels, 9-15 objects, turned and pitched heads, heights, unlisted labels, "
           f"states), {captions['scenes']['tune']} tune and {captions['scenes']['held-out']} "
           f"held-out, {where}greedy, dtype {settings.dtype}, max_new_tokens "
           f"{captions['max_new_tokens']}:")
     print(hard_caption_eval.format_table(captions))
-    result["hard_captions"] = captions
-    questions = asyncio.run(question_eval.run(settings, seed=args.seed))
+    if args.captions_only:
+        return _write(args.out, result)
+    questions = asyncio.run(question_eval.run(settings, seed=args.seed, **sizes))
     print(f"\narbridge eval {' '.join(sys.argv[2:])}: everyday questions, "
           f"{questions['questions']} on {questions['scenes']['tune']} tune and "
           f"{questions['scenes']['held-out']} held-out scenes (other phrasings), greedy, "
           f"{where}dtype {settings.dtype}; right answers by kind:")
     print(question_eval.format_table(questions))
     result["questions"] = questions
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"JSON: {args.out}")
+    return _write(args.out, result)
+
+
+def _write(out: str, result: dict) -> int:
+    from pathlib import Path
+
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2))
+    print(f"JSON: {out}")
     return 0
 
 
@@ -507,9 +516,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--questions-only", action="store_true",
                    help="only the everyday questions (with and without the scene-question "
                         "layer) and the hard scenes' captions (composed and not)")
+    p.add_argument("--captions-only", action="store_true",
+                   help="only the hard scenes' captions (composed and by the model alone)")
     p.add_argument("--backend-url", help="evaluate through an upstream OpenAI-compatible "
                                          "server (e.g. `transformers serve`) instead")
     p.add_argument("--backend-model", help="the model name the upstream serves")
+    p.add_argument("--held-out-scenes", type=int,
+                   help="with --questions-only: this many held-out scenes, no tune split "
+                        "(a slow upstream)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("storm-bench", help="bystanders' latency under near-context prompts, "

@@ -4,19 +4,28 @@ A small model asked to caption a cluttered room collapses repeated labels into
 one ("a red chair" for a red and a blue one), runs out of tokens mid-name after
 the eighth object and puts a smoke alarm overhead "ahead". The plan says what
 the caption says instead, and the model speaks it (the local engine forces its
-tokens, like a computed answer; an upstream model is given it in the prompt):
+tokens, like a computed answer; an upstream model is given it in the prompt).
 
-- objects that share a label are one item, every instance counted and placed:
-  "two chairs, one on each side", "three lamps, two to the right and one ahead",
-  "two chairs, a red one to the left and a blue one behind you";
+The caption goes round the wearer, one short sentence per place, each place said
+once (a list that says "to the left, near you" after every object spends the
+budget on place words and reads as a loop):
+
+    "Two chairs, one on each side. Ahead: a walnut table near you and a lamp far
+    away. To the left: three red mugs. Overhead: a smoke alarm. And two more
+    things around you."
+
+- objects that share a label are counted where they are ("three red mugs", "two
+  chairs (a red one and a blue one)"); a label seen in several places is said
+  once, with its places ("Two chairs, one on each side.", "Three towels: two to
+  the left and a blue one behind you.");
 - places are the wearer's (wearer_frame.py): the side faced, heights (overhead,
-  above you, on the floor, below you) and the distance band in words;
-- what matters goes first: what the wearer looks at, then the nearest (large
-  things count as nearer); the caption takes items while it fits the reply's
-  token budget and says "and N more things around you" for the rest, so it always
-  ends with a whole sentence, never mid-word.
+  above you, below you) and the distance band;
+- it fits the reply's token budget: it sheds the distance bands, then the
+  attributes, and only then objects, the least important first (the gazed-at
+  object is kept first, then the nearest; big things count as nearer), saying
+  "and N more things around you" for them, so it always ends with a whole
+  sentence, never mid-word.
 
-Items are joined by semicolons so that no place can be read as another item's.
 `mentions` say which objects each span of the text names, for grounding.
 """
 
@@ -31,8 +40,11 @@ from arbridge.serving.scene_text import LOW_CONFIDENCE, where_said
 from arbridge.serving.wearer_frame import Placement, place
 from arbridge.v1 import types_pb2 as pb
 
-MAX_ITEMS = 8  # beyond this a spoken caption stops being one
 _BANDS = {"near": "near you", "far": "far away", "mid-range": ""}
+_UP_DOWN = ("overhead", "above you", "below you")
+_PLACES = ["ahead", "to the left", "to the right", "behind you", *_UP_DOWN, "nearby"]
+# How much each object is told, most first: (distance bands, attributes).
+_DETAIL = [(True, True), (False, True), (False, False)]
 
 
 @dataclass(frozen=True)
@@ -64,147 +76,172 @@ class _Text:
         self.parts.append(text)
         self.length += len(text)
 
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
 
-@dataclass
+
+@dataclass(frozen=True)
 class _Instance:
     obj: pb.SceneObject
     placement: Placement | None
 
     @property
-    def where(self) -> str:
-        """'to the left, near you', 'overhead', 'nearby' (no pose)."""
-        if self.placement is None:
-            return "nearby"
-        band = _BANDS[self.placement.distance_band]
-        return ", ".join(w for w in (where_said(self.placement), band) if w)
+    def label(self) -> str:
+        return " ".join(self.obj.label.lower().split())
 
     @property
-    def side(self) -> str:
-        return where_said(self.placement) if self.placement is not None else "nearby"
+    def where(self) -> str:
+        """The sentence it goes in: 'ahead', 'to the left', ..., 'overhead', 'above you',
+        'below you' (up or down is what a listener needs of those, not the side)."""
+        if self.placement is None:
+            return "nearby"
+        return self.placement.height if self.placement.height in _UP_DOWN else \
+            where_said(self.placement)
 
     @property
     def band(self) -> str:
         return _BANDS[self.placement.distance_band] if self.placement is not None else ""
 
     @property
-    def adjectives(self) -> list[str]:
-        return adjectives(self.obj)
+    def distance(self) -> float:
+        return self.placement.distance_m if self.placement is not None else math.inf
+
+    @property
+    def uncertain(self) -> bool:
+        return 0.0 < self.obj.confidence < LOW_CONFIDENCE
 
 
-def _uncertain(obj: pb.SceneObject) -> bool:
-    return 0.0 < obj.confidence < LOW_CONFIDENCE
+def _where_order(where: str) -> int:
+    return _PLACES.index(where) if where in _PLACES else len(_PLACES)
 
 
-def _groups(scene: pb.SceneFeatures) -> list[list[_Instance]]:
-    groups: dict[str, list[_Instance]] = {}
-    for obj in scene.objects:
-        label = " ".join(obj.label.lower().split())
-        if not label:
-            continue
-        placement = place(obj.pose, scene.camera_pose) if obj.HasField("pose") else None
-        groups.setdefault(label, []).append(_Instance(obj, placement))
-    return list(groups.values())
-
-
-def _importance(group: list[_Instance], gazed: set[str]) -> tuple:
+def _importance(i: _Instance, gazed: set[str]) -> tuple:
     """What the wearer looks at first, then the nearest; a big thing counts as nearer
     (a car 6 m away before a pen at 5 m)."""
-    def nearness(i: _Instance) -> float:
-        if i.placement is None:
-            return math.inf
-        e = i.obj.extents
-        size = max(e.x, e.y, e.z, 0.0)
-        return i.placement.distance_m / (1.0 + size)
-
-    return (not any(i.obj.id in gazed for i in group), min(map(nearness, group)),
-            group[0].obj.label, group[0].obj.id)
+    e = i.obj.extents
+    size = max(e.x, e.y, e.z, 0.0)
+    return (i.obj.id not in gazed, i.distance / (1.0 + size), i.label, i.obj.id)
 
 
-def _and_list(parts: list[str]) -> str:
-    """'a', 'a and b', 'a, b and c'."""
-    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + f" and {parts[-1]}"
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
-def _places_said(instances: list[_Instance]) -> tuple[str, bool]:
-    """Where the instances of one phrase are, and whether that splits them (said after
-    a comma): ('to the left, near you', False), ('one on each side', True), ('two to
-    the right and one ahead', True)."""
-    sides: dict[str, list[_Instance]] = {}
-    for i in sorted(instances, key=lambda i: i.placement.distance_m if i.placement else 1e9):
-        sides.setdefault(i.side, []).append(i)
-    if len(sides) == 1:
-        bands = {i.band for i in instances}
-        side = next(iter(sides))
-        return ", ".join(w for w in (side, bands.pop() if len(bands) == 1 else "") if w), False
-    if len(instances) == 2 and set(sides) == {"to the left", "to the right"}:
-        return "one on each side", True
-    return _and_list([f"one {members[0].where}" if len(members) == 1 else
-                      f"{number_word(len(members))} {side}"
-                      for side, members in sides.items()]), True
-
-
-def _write_item(text: _Text, group: list[_Instance]) -> None:
-    label = group[0].obj.label.strip()
-    if len(group) == 1:
-        inst = group[0]
-        if _uncertain(inst.obj):
-            text.add("possibly ")
-        text.add(a(" ".join([*inst.adjectives, label])), (inst.obj.id,))
-        text.add(f" {inst.where}")
-        return
-    text.add(count_of(len(group), label), tuple(i.obj.id for i in group))
-    if len({tuple(i.adjectives) for i in group}) == 1:
-        places, split = _places_said(group)
-        text.add(f", {places}" if split else f" {places}")
-        return
-    # Told apart by their attributes: "a red one to the left and a blue one ahead".
-    members = sorted(group, key=lambda i: i.placement.distance_m if i.placement else 1e9)
-    text.add(", ")
-    comma = any("," in i.where for i in members)  # "..., near you, and a blue one"
-    for n, inst in enumerate(members):
-        if n:
-            text.add((", and " if comma else " and ") if n == len(members) - 1 else ", ")
-        words = " ".join(inst.adjectives)
-        text.add(f"{article(words)} {words} one" if words else "one", (inst.obj.id,))
-        text.add(f" {inst.where}")
-
-
-def _render(items: list[list[_Instance]], more: int, location: str) -> _Text:
-    text = _Text()
-    lead = f"In {location}, you see " if location else "You see "
-    text.add(lead)
+def _write_list(text: _Text, items: list[list[_Instance]], bands: bool, attrs: bool) -> None:
+    """'a walnut table near you, two chairs and a lamp far away'."""
     for n, group in enumerate(items):
         if n:
-            last = n == len(items) - 1 and not more
-            text.add("; and " if last else "; ")
-        _write_item(text, group)
-    if more:
-        text.add(f"{'; and ' if items else ''}{number_word(more)} more "
-                 f"{'thing' if more == 1 else 'things'} around you")
+            text.add(" and " if n == len(items) - 1 else ", ")
+        _write_item(text, group, bands, attrs)
+
+
+def _write_item(text: _Text, group: list[_Instance], bands: bool, attrs: bool) -> None:
+    label = group[0].obj.label.strip()
+    band_set = {i.band for i in group}
+    band = f" {band_set.pop()}" if bands and len(band_set) == 1 and "" not in band_set else ""
+    if len(group) == 1:
+        inst = group[0]
+        if inst.uncertain:
+            text.add("possibly ")
+        words = adjectives(inst.obj) if attrs else []
+        text.add(a(" ".join([*words, label])), (inst.obj.id,))
+        text.add(band)
+        return
+    looks = [adjectives(i.obj) for i in group] if attrs else [[] for _ in group]
+    if all(w == looks[0] for w in looks):
+        text.add(count_of(len(group), " ".join([*looks[0], label])),
+                 tuple(i.obj.id for i in group))
+        text.add(band)
+        return
+    # Told apart by their attributes: "two chairs (a red one and a blue one)".
+    text.add(count_of(len(group), label), tuple(i.obj.id for i in group))
+    text.add(" (")
+    for n, (inst, words) in enumerate(zip(group, looks, strict=True)):
+        if n:
+            text.add(" and " if n == len(group) - 1 else ", ")
+        said = " ".join(words)
+        text.add(f"{article(said)} {said} one" if words else "another one" if n else "one",
+                 (inst.obj.id,))
+    text.add(")")
+
+
+def _spread(group: list[_Instance], text: _Text, bands: bool, attrs: bool) -> None:
+    """A label seen in several places, said once: "Two chairs, one on each side.",
+    "Three towels: two to the left and a blue one behind you." (said place by place,
+    the same objects would make the same words twice: a loop to a listener)."""
+    label = group[0].obj.label.strip()
+    looks = {i.obj.id: tuple(adjectives(i.obj)) if attrs else () for i in group}
+    text.add(_capital(count_of(len(group), label)), tuple(i.obj.id for i in group))
+    if len(group) == 2 and {i.where for i in group} == {"to the left", "to the right"} and \
+            len(set(looks.values())) == 1:
+        text.add(", one on each side.")
+        return
+    # Alike instances in one place are counted there: "two to the left".
+    parts: dict[tuple, list[_Instance]] = {}
+    for inst in sorted(group, key=lambda i: (_where_order(i.where), i.distance)):
+        band = ""  # one band per part would say "near you" again and again
+        parts.setdefault((inst.where, band, looks[inst.obj.id]), []).append(inst)
+    text.add(": ")
+    for n, ((where, band, words), members) in enumerate(parts.items()):
+        if n:
+            text.add(" and " if n == len(parts) - 1 else ", ")
+        said = " ".join(words)
+        if len(members) > 1:
+            one = f"{number_word(len(members))} {said + ' ' if said else ''}"
+            text.add(one.rstrip(), tuple(i.obj.id for i in members))
+        else:
+            text.add(f"{article(said)} {said} one" if said else "one", (members[0].obj.id,))
+        text.add(f" {where}" + (f" {band}" if band else ""))
     text.add(".")
+
+
+def _render(named: list[_Instance], more: int, bands: bool, attrs: bool) -> _Text:
+    text = _Text()
+    by_label: dict[str, list[_Instance]] = {}
+    for inst in named:
+        by_label.setdefault(inst.label, []).append(inst)
+    spread = [g for g in by_label.values() if len({i.where for i in g}) > 1]
+    for group in spread:
+        text.add(" " if text.length else "")
+        _spread(group, text, bands, attrs)
+    said = {i.obj.id for g in spread for i in g}
+    places: dict[str, dict[str, list[_Instance]]] = {}
+    for inst in sorted(named, key=lambda i: i.distance):
+        if inst.obj.id not in said:
+            places.setdefault(inst.where, {}).setdefault(inst.label, []).append(inst)
+    for where in sorted(places, key=_where_order):
+        text.add(" " if text.length else "")
+        text.add(f"{_capital(where)}: ")
+        _write_list(text, list(places[where].values()), bands, attrs)
+        text.add(".")
+    if more:
+        lead = "And " if named else ""
+        count = number_word(more) if named else _capital(number_word(more))
+        text.add(f"{' ' if text.length else ''}{lead}{count} more "
+                 f"{'thing' if more == 1 else 'things'} around you.")
     return text
 
 
 def plan_caption(scene: pb.SceneFeatures, gazed_ids: set[str] = frozenset(),
                  fits: Callable[[str], bool] = lambda text: True) -> CaptionPlan | None:
-    """The caption for `scene`, as long as `fits` (the reply's token budget) allows;
-    None for a scene with no labelled object, or one whose first item does not fit."""
-    groups = sorted(_groups(scene), key=lambda g: _importance(g, set(gazed_ids)))
-    if not groups:
+    """The caption for `scene`, as much as `fits` (the reply's token budget) allows;
+    None for a scene with no labelled object, or when not even one object fits."""
+    everything = [_Instance(obj, place(obj.pose, scene.camera_pose)
+                            if obj.HasField("pose") else None)
+                  for obj in scene.objects if obj.label.strip()]
+    if not everything:
         return None
-    location = scene.location_hint.strip()
-    location = location if location.lower().startswith(("a ", "an ", "the ", "my ")) else ""
-    total = sum(len(g) for g in groups)
-    best = None
-    for count in range(1, min(len(groups), MAX_ITEMS) + 1):
-        items = groups[:count]
-        more = total - sum(len(g) for g in items)
-        text = _render(items, more, location)
-        if not fits("".join(text.parts)):
-            break
-        best = (text, items, more)
-    if best is None:
-        return None
-    text, items, more = best
-    return CaptionPlan("".join(text.parts), tuple(text.mentions),
-                       tuple(i.obj.id for g in items for i in g), more)
+    ranked = sorted(everything, key=lambda i: _importance(i, set(gazed_ids)))
+    for bands, attrs in _DETAIL:
+        text = _render(ranked, 0, bands, attrs)
+        if fits(text.text):
+            return CaptionPlan(text.text, tuple(text.mentions),
+                               tuple(i.obj.id for i in ranked), 0)
+    # Still too long: the least important objects go, counted at the end.
+    for keep in range(len(ranked) - 1, 0, -1):
+        text = _render(ranked[:keep], len(ranked) - keep, False, False)
+        if fits(text.text):
+            return CaptionPlan(text.text, tuple(text.mentions),
+                               tuple(i.obj.id for i in ranked[:keep]), len(ranked) - keep)
+    return None

@@ -128,6 +128,8 @@ def plural(word: str) -> str:
     head, _, last = word.rpartition(" ")
     if last in _IRREGULAR:
         out = _IRREGULAR[last]
+    elif re.search(r"(shelf|leaf|loaf|half|wolf|calf|knife|wife|life)$", last):
+        out = re.sub(r"fe?$", "ves", last)  # "bookshelves", "pocket knives"
     elif re.search(r"(s|x|z|ch|sh)$", last):
         out = last + "es"
     elif re.search(r"[^aeiou]y$", last):

@@ -125,8 +125,10 @@ def _instances_named(words: list[str], label: str, hits: set[int], same: int) ->
     """How many of the `same` objects labelled `label` the caption names at the word
     positions `hits`: the count said before a plural ("two chairs"), two for a bare
     plural ("chairs on both sides"), else one per mention."""
-    names = names_of(label)
-    plurals = {plural(n) for n in names} - {n for n in names if plural(n) == n}
+    raw = names_of(label)
+    plurals = {" ".join(_words(plural(n))) for n in raw} - \
+        {" ".join(_words(n)) for n in raw if plural(n) == n}
+    names = {" ".join(_words(n)) for n in raw}
     named, end = 0, -1
     for i in sorted(hits):
         if i < end:  # inside the last mention ("table" of "coffee table")
@@ -147,13 +149,15 @@ def _label_mentions(words: list[str], objects) -> tuple[dict[str, set[int]],
     spans: dict[str, set[int]] = {}
     for label in sorted({o.label.lower().strip() for o in objects}, key=lambda x: -len(x)):
         taken = set().union(*spans.values()) if spans else set()
-        spans[label] = {j for i in _mentions(words, {n for n in names_of(label)
-                                                     if " " in n or n == label})
-                        if i not in taken for j in range(i, i + len(label.split()))}
+        whole = {" ".join(_words(n)) for n in names_of(label) if n == label or
+                 len(_words(n)) > 1}  # "e-scooter" is the words "e scooter"
+        spans[label] = {j for i in _mentions(words, whole) if i not in taken
+                        for j in range(i, i + len(_words(label)))}
     positions = {}
     for label in spans:
         others = set().union(*(v for k, v in spans.items() if k != label))
-        positions[label] = [i for i in _mentions(words, names_of(label)) if i not in others]
+        names = {" ".join(_words(n)) for n in names_of(label)}
+        positions[label] = [i for i in _mentions(words, names) if i not in others]
     return spans, positions
 
 

@@ -153,6 +153,8 @@ async def run(settings, lm=None, tune_scenes: int = 40, held_out_scenes: int = 8
         for split in ("tune", "held-out"):
             chosen = [(i, text, ms) for i, (text, ms) in zip(indices, out, strict=True)
                       if (i < TUNE_SCENES) == (split == "tune")]
+            if not chosen:
+                continue
             scores = [score_caption(text, made[i][0]) for i, text, _ in chosen]
             row = summarize(scores).row()
             row["ttft_p50_ms"] = round(sorted(ms for *_, ms in chosen)[len(chosen) // 2], 1)
@@ -177,6 +179,8 @@ def format_table(result: dict) -> str:
     lines = [head]
     for name in ("composed", "model alone"):
         for split in ("tune", "held-out"):
+            if split not in result[name]:
+                continue
             row = result[name][split]
             lines.append(f"{name + '/' + split:24}" + "".join(f"{row[c]:>13}" for c in cols))
             lines.append(f"{'':24}coverage by tag: " + ", ".join(
