@@ -183,3 +183,21 @@ async def test_describe_scene_says_the_composed_caption(make_server, wide_model_
     assert asked.text != done.text
     off = await make_server(wide_model_dir, scene_captions=False)
     assert (await _describe(off.stub, CHAIRS)).text != done.text
+
+
+def test_the_readme_example():
+    scene = room(thing(1, "chair", -2.0, 0.5, 2.0), thing(2, "chair", 2.0, 0.5, 2.0),
+                 thing(3, "table", 0.1, 0.7, 1.0, material="walnut"),
+                 thing(4, "lamp", -0.5, 1.2, 6.0), thing(5, "mug", -1.0, 1.0, 1.0, color="red"),
+                 thing(6, "mug", -1.2, 1.0, 1.1, color="red"),
+                 thing(7, "cup", -1.0, 1.0, 2.0, color="red"),
+                 thing(8, "cup", -1.2, 1.0, 2.1, color="blue"),
+                 thing(9, "smoke alarm", 0.2, 3.0, 0.3), thing(10, "cat", 0.0, -2.0, 4.5))
+    assert caption(scene) == (
+        "Two chairs, one on each side. Ahead: a walnut table near you and a lamp far away. "
+        "To the left: two red mugs and two cups (a red one and a blue one). Overhead: a "
+        "smoke alarm near you. Below you: a cat far away.")
+    short = plan_caption(scene, fits=lambda text: len(text.split()) <= 25)
+    assert short.text == (
+        "Ahead: a table. To the left: two mugs, two cups and a chair. Overhead: a smoke "
+        "alarm. And three more things around you.")
