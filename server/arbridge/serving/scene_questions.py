@@ -53,12 +53,12 @@ _SIDE_SAID = {"ahead": "ahead of you", "left": "on your left", "right": "on your
               "behind": "behind you"}
 
 
-def _where(s: Seen) -> str:
+def _where(s: Seen, height: bool = True) -> str:
     """'on your left, 2.0 m away' / 'overhead, 1.2 m away' / 'ahead of you, on the
-    floor, 3.0 m away'."""
-    height = height_said(s)
-    parts = [height] if height == "overhead" else [_SIDE_SAID[s.side]] + \
-        ([height] if height else [])
+    floor, 3.0 m away' (without `height`: 'ahead of you, 3.0 m away')."""
+    said = height_said(s) if height else ""
+    parts = [said] if said == "overhead" else [_SIDE_SAID[s.side]] + \
+        ([said] if said else [])
     return ", ".join(parts + [f"{s.distance:.1f} m away"])
 
 
@@ -173,10 +173,14 @@ def _instances(items: list[Seen]) -> str:
     noun = items[0].obj.label.strip()
     if len({s.label for s in items}) > 1:
         return " ".join(_sentence(f"the {_phrase(s)} is {_where(s)}.") for s in items)
-    parts = [f"{'the ' + _phrase(s) if _phrase(s) != noun else 'one'} {_where(s)}"
-             for s in items]
-    return _sentence(f"there are {count_of(len(items), noun)}: " + ", ".join(parts[:-1]) +
-                     f", and {parts[-1]}.")
+    # A height they share is said once ("two rugs on the floor: ..."): said for each,
+    # twins at one distance would read as the same words twice.
+    heights = {height_said(s) for s in items}
+    shared = heights.pop() if len(heights) == 1 and "overhead" not in heights else ""
+    parts = [f"{'the ' + _phrase(s) if _phrase(s) != noun else 'one'} "
+             f"{_where(s, height=not shared)}" for s in items]
+    return _sentence(f"there are {count_of(len(items), noun)}{' ' + shared if shared else ''}"
+                     ": " + ", ".join(parts[:-1]) + f", and {parts[-1]}.")
 
 
 def _exists(m: re.Match, scene: list[Seen], _) -> Answer | None:
