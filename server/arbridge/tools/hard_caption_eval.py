@@ -31,6 +31,7 @@ OVERHEAD = ["smoke detector", "chandelier", "ceiling fan", "pendant lamp"]
 STATES = ["on", "off", "open", "closed", "plugged in", "unplugged", "locked", "full", "empty"]
 TAGS = ("repeated", "big", "turned", "height", "unlisted", "states")
 MAX_NEW_TOKENS = 60
+TTFT_SCENES = 30
 
 
 def _quaternion(yaw: float, pitch: float, roll: float) -> pb.Quaternion:
@@ -105,7 +106,8 @@ def hard_scene(index: int, seed: int = 0) -> tuple[pb.SceneFeatures, set[str]]:
     return scene, tags
 
 
-async def _captions(settings, lm, scenes: list[pb.SceneFeatures]) -> list[tuple[str, float]]:
+async def _captions(settings, lm, scenes: list[pb.SceneFeatures], fresh: list[pb.SceneFeatures]
+                    ) -> tuple[list[tuple[str, float]], list[float]]:
     import asyncio
     import time
 
@@ -135,7 +137,20 @@ async def _captions(settings, lm, scenes: list[pb.SceneFeatures]) -> list[tuple[
                             text = r.completion.text
                     return text, ((first or time.perf_counter()) - started) * 1e3
 
-            return await asyncio.gather(*(one(s) for s in scenes))
+            out = await asyncio.gather(*(one(s) for s in scenes))
+            # Time to the first token alone: one fresh scene at a time (another seed, so
+            # no prompt is cached whole), the call cancelled after its first chunk.
+            alone = []
+            for scene in fresh:
+                started = time.perf_counter()
+                call = stub.DescribeScene(spb.DescribeSceneRequest(scene=scene,
+                                                                   sampling=sampling))
+                async for r in call:
+                    if r.WhichOneof("event") == "chunk":
+                        alone.append((time.perf_counter() - started) * 1e3)
+                        call.cancel()
+                        break
+            return out, alone
     finally:
         await server.stop(grace=1)
 
@@ -145,10 +160,13 @@ async def run(settings, lm=None, tune_scenes: int = 40, held_out_scenes: int = 8
     indices = list(range(tune_scenes)) + list(range(TUNE_SCENES, TUNE_SCENES + held_out_scenes))
     made = {i: hard_scene(i, seed) for i in indices}
     scenes = [made[i][0] for i in indices]
+    fresh = [hard_scene(i, seed + 1)[0] for i in range(TTFT_SCENES)]
     result: dict = {"scenes": {"tune": tune_scenes, "held-out": held_out_scenes},
                     "max_new_tokens": MAX_NEW_TOKENS}
     for name, on in (("composed", True), ("model alone", False)):
-        out = await _captions(settings.model_copy(update={"scene_captions": on}), lm, scenes)
+        out, alone = await _captions(settings.model_copy(update={"scene_captions": on}), lm,
+                                     scenes, fresh)
+        result[name + " ttft_alone_p50_ms"] = round(sorted(alone)[len(alone) // 2], 1)
         rows: dict = {}
         for split in ("tune", "held-out"):
             chosen = [(i, text, ms) for i, (text, ms) in zip(indices, out, strict=True)
@@ -185,4 +203,7 @@ def format_table(result: dict) -> str:
             lines.append(f"{name + '/' + split:24}" + "".join(f"{row[c]:>13}" for c in cols))
             lines.append(f"{'':24}coverage by tag: " + ", ".join(
                 f"{t} {row[f'coverage_{t}']:.2f}" for t in TAGS if f"coverage_{t}" in row))
+    lines.append(f"time to first token, one request at a time ({TTFT_SCENES} fresh scenes, "
+                 "p50): " + ", ".join(f"{name} {result[name + ' ttft_alone_p50_ms']} ms"
+                                      for name in ("composed", "model alone")))
     return "\n".join(lines)
