@@ -98,3 +98,23 @@ def test_mention_hint_gives_the_places_of_the_objects_a_question_names():
     assert both.index("cup") < both.index("lamp")  # nearest first, as in the scene text
     assert mention_hint(scene, "Is there a cupboard here?") == ""  # whole words only
     assert mention_hint(scene, "What time is it?") == ""
+
+
+def test_heights_states_and_a_pitched_head_in_the_scene_text():
+    # Looking 40 degrees down at the table: it is still ahead, not "below"; the smoke
+    # alarm is overhead, the cat down the stairs below; states read as states.
+    half = math.radians(40.0) / 2
+    camera = pb.Pose(position=pb.Vec3(y=1.6), rotation=pb.Quaternion(x=math.sin(half),
+                                                                      w=math.cos(half)))
+    scene = pb.SceneFeatures(camera_pose=camera, objects=[
+        pb.SceneObject(id="t", label="table", pose=pb.Pose(position=pb.Vec3(y=0.7, z=2.0))),
+        pb.SceneObject(id="s", label="smoke alarm",
+                       pose=pb.Pose(position=pb.Vec3(x=0.2, y=3.0, z=0.3))),
+        pb.SceneObject(id="c", label="cat", pose=pb.Pose(position=pb.Vec3(y=-2.0, z=3.5))),
+        pb.SceneObject(id="o", label="oven", attributes={"state": "on", "color": "black"},
+                       pose=pb.Pose(position=pb.Vec3(x=-2.0, y=1.0, z=1.0)))])
+    text = describe_scene(scene)
+    assert "A table is ahead, 2.2 m away." in text
+    assert "A smoke alarm is overhead, near you, 1.4 m away." in text
+    assert "A cat is ahead, below you, far away, 5.0 m." in text
+    assert "A switched-on black oven is to the left" in text

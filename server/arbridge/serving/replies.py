@@ -136,17 +136,16 @@ class ReplyFactory:
 
     def _rules(self, spec: ReplySpec) -> SamplingConfig:
         cfg = spec.sampling
-        if self._constraint is not None:
-            cfg = self._constraint.apply(cfg, spec.scene, spec.caption, spec.scene_constraint)
         if spec.forced_ids is None:
             spec.forced_ids = self._forced(spec.scene_answer, cfg.max_new_tokens)
         if spec.forced_ids:
             # The computed words, then the end: the model speaks them, so a small model
             # cannot garble a fact. (Tokens, not a grammar: nothing to compile, so the
-            # first token comes as soon as without them.)
-            # No other rule has a say (the caption's end would cut it short).
-            return replace(cfg, forced=spec.forced_ids, banned=None, caption_rules=None,
-                           no_repeat_ngram=0)
+            # first token comes as soon as without them.) No other rule has a say, and
+            # none is built: the first token does not wait for a noun mask.
+            return replace(cfg, forced=spec.forced_ids)
+        if self._constraint is not None:
+            cfg = self._constraint.apply(cfg, spec.scene, spec.caption, spec.scene_constraint)
         if self._grammars is not None:
             cfg = self._grammars.apply(cfg, spec.response_format, spec.actions,
                                        spec.sampling_field)
