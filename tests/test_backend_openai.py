@@ -232,3 +232,27 @@ def test_missing_backend_settings_fail_at_start():
     with pytest.raises(BackendConfigError, match="tokenizer"):
         ArBridgeServer(Settings(backend="openai", backend_url="http://x/v1",
                                 backend_model="m"))
+
+
+async def test_computed_replies_are_streamed_by_the_bridge(upstream, bridge, tiny_server):
+    """A composed caption or a computed answer is the same through the upstream as on
+    the local engine, word for word: the bridge streams it (the upstream, a tiny random
+    model here, could only garble it)."""
+    scene = pb.SceneFeatures(camera_pose=pb.Pose(rotation=pb.Quaternion(w=1.0)), objects=[
+        pb.SceneObject(id=f"c{i}", label="chair", confidence=0.9,
+                       pose=pb.Pose(position=pb.Vec3(x=x, z=2.0))) for i, x in ((1, -2.0),
+                                                                              (2, 2.0))])
+    b = await bridge(upstream.url)
+    request = spb.DescribeSceneRequest(scene=scene, sampling=pb.SamplingParams(
+        max_new_tokens=40, temperature=0.9, seed=1))
+    for stub in (tiny_server.stub, b.stub):
+        chunks, done, _ = await collect(stub.DescribeScene(request))
+        assert done[0].text == "Two chairs, one on each side."
+        assert "".join(c.text for c in chunks) == done[0].text and len(chunks) > 1
+        assert done[0].finish_reason == FR.FINISH_REASON_EOS
+        assert {g.object_id for g in done[0].grounding} == {"c1", "c2"}
+        _, said, _ = await collect(stub.Ask(spb.AskRequest(
+            start=spb.ConverseStart(scene=scene),
+            user_turn=spb.UserTurn(text="How many chairs are there?",
+                                   sampling=pb.SamplingParams(max_new_tokens=40)))))
+        assert said[0].text == "There are two chairs."

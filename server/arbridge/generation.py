@@ -67,8 +67,9 @@ class SamplingConfig:
     banned: BannedWords | None = None  # nouns the scene does not hold
     caption_rules: CaptionRules | None = None  # what a caption may say after a name
     grammar: TokenGrammar | None = None  # response_format or actions
-    # The reply's tokens, in order, ending with EOS: an answer the servicer computed
-    # (serving/scene_questions.py) that the model speaks word for word.
+    # The reply's tokens, in order, ending with EOS: a reply the servicer computed
+    # (scene_questions.py answers, caption_plan.py captions), spoken word for word:
+    # the local engine holds the model to them, the upstream backend streams them.
     forced: tuple[int, ...] = ()
 
     @property

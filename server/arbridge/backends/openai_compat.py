@@ -254,6 +254,10 @@ class OpenAIGeneration:
                     await task
 
     async def __aiter__(self) -> AsyncIterator[Outputs]:
+        if self._cfg.forced:
+            async for out in self._spoken():
+                yield out
+            return
         backend = self._backend
         backend.active += 1
         stream = None
@@ -288,6 +292,21 @@ class OpenAIGeneration:
             if stream is not None:  # closes the HTTP response: the upstream stops too
                 with contextlib.suppress(Exception):
                     await stream.close()
+
+    async def _spoken(self) -> AsyncIterator[Outputs]:
+        """A reply the bridge computed (a scene answer, a composed caption: `forced`,
+        ending with EOS): the upstream could only repeat it, and a small one would not
+        even do that, so it is not asked; the tokens stream as the engine's would."""
+        self.started = time.perf_counter()
+        tokens = self._cfg.forced[:-1]
+        for token in tokens:
+            if self._stop.done():
+                break
+            yield Outputs(deltas=[Delta(i, token_id=token) for i in range(len(self._seqs))])
+            await asyncio.sleep(0)  # one token at a time, as generated ones come
+        reason = self._stop.result() if self._stop.done() else FinishReason.EOS
+        yield Outputs(ends=[SequenceEnd(i, reason, completion_tokens=len(tokens))
+                            for i, seq in enumerate(self._seqs) if not seq.done])
 
     def _outputs(self, chunk) -> Outputs:
         out = Outputs()

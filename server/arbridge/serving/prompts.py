@@ -106,10 +106,10 @@ class PromptBuilder:
         caption composed from the scene, for the model to say: caption_plan.py)."""
         instruction = instruction.strip() or DESCRIBE_INSTRUCTION
         examples = []
-        for example, caption in CAPTION_EXAMPLES:
+        for example, said in CAPTION_EXAMPLES:
             examples += [pb.DialogueTurn(role=pb.ROLE_USER,
                                          text=_caption_request(example, DESCRIBE_INSTRUCTION)),
-                         pb.DialogueTurn(role=pb.ROLE_ASSISTANT, text=caption)]
+                         pb.DialogueTurn(role=pb.ROLE_ASSISTANT, text=said)]
         request = _caption_request(scene, instruction, caption)
         try:
             return self._fit(CAPTION_SYSTEM_PROMPT, examples, request, max_new_tokens)

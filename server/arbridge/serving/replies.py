@@ -41,6 +41,7 @@ class ReplyFactory:
         self._metrics = metrics
         self._margin_s = settings.deadline_margin_ms / 1e3
         self._scene_captions = settings.scene_captions
+        self._ignore_eos = ignore_eos  # a benchmark: no reply is computed
         tokenizer = backend.tokenizer
         self._prompts = PromptBuilder(tokenizer, backend.info.context_length,
                                       settings.system_prompt)
@@ -115,10 +116,11 @@ class ReplyFactory:
         return self._prompts.describe(call.scene, call.instruction, budget, caption)
 
     def _forced(self, text: str | None, max_new_tokens: int) -> tuple[int, ...] | None:
-        """`text`'s tokens and the end of sequence, when the local engine's rules can
-        speak them whole within the budget; else None."""
+        """`text`'s tokens and the end of sequence, when they fit the budget whole (the
+        local engine holds the model to them; the upstream backend streams them
+        itself); else None."""
         eos = self._backend.tokenizer.eos_token_id
-        if not text or self._constraint is None or eos is None:
+        if not text or self._ignore_eos or eos is None:
             return None
         ids = self._backend.tokenizer(text, add_special_tokens=False,
                                       split_special_tokens=True).input_ids
