@@ -27,6 +27,26 @@ def test_chat_template_wraps_scene_and_question(chat_tokenizer):
     assert text.endswith("<|im_start|>user\nwhat is here?<|im_end|>\n<|im_start|>assistant\n")
 
 
+def test_a_composed_caption_is_given_to_say_after_the_scene(chat_tokenizer):
+    """For a model the bridge cannot hold to the caption's tokens: the caption, in the
+    user's turn (the worked examples' own captions stay theirs)."""
+    builder = PromptBuilder(chat_tokenizer, 4096, "SYSTEM")
+    plain = builder.describe(scene(), "", 16).text
+    said = builder.describe(scene(), "", 16, caption="Nearby: a chair.").text
+    assert said.endswith("The glasses see: A chair is somewhere nearby.\nSay exactly: "
+                         "Nearby: a chair.<|im_end|>\n<|im_start|>assistant\n")
+    assert said.count("Say exactly") == 1
+    assert said.replace("\nSay exactly: Nearby: a chair.", "") == plain
+    # A small window drops the examples, then the caption; the scene stays.
+    bare = PromptBuilder(chat_tokenizer, 4096, "S")._fit("S", [], "Describe what is around "
+                                                         "me in one or two short sentences."
+                                                         "\nThe glasses see: A chair is "
+                                                         "somewhere nearby.", 16)
+    small = PromptBuilder(chat_tokenizer, len(bare.ids) + 16, "S").describe(
+        scene(), "", 16, caption="x" * 80)
+    assert "Say exactly" not in small.text and "A chair" in small.text
+
+
 def test_plain_transcript_without_chat_template():
     tok = train_tokenizer()
     builder = PromptBuilder(tok, 4096, "SYSTEM")
