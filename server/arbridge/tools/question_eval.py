@@ -330,7 +330,9 @@ def format_table(result: dict) -> str:
     lines = [head]
     for name in ("layer", "model alone"):
         for split in ("tune", "held-out"):
-            row = result[name].get(split, {})
+            if split not in result[name]:
+                continue
+            row = result[name][split]
             lines.append(f"{name + '/' + split:24}{row.get('all', 0):>7.2f}" +
                          "".join(f"{row[k]:>9.2f}" if k in row else f"{'-':>9}"
                                  for k in kinds))
