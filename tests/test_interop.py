@@ -80,7 +80,8 @@ async def test_node_grpc_js_streams_a_caption(served, tmp_path):
     events = [json.loads(line) for line in out.splitlines()]
     chunks = [e for e in events if "chunk" in e]
     completion = events[-1]["completion"]
-    assert len(chunks) >= 2 and completion["finishReason"] == "FINISH_REASON_LENGTH"
+    # The caption composed from the scene, spoken whole (it ends, not cut at a length).
+    assert len(chunks) >= 2 and completion["finishReason"] == "FINISH_REASON_EOS"
     assert "".join(c["chunk"] for c in chunks) == completion["text"]
     assert chunks[-1]["t"] > chunks[0]["t"]  # arrived one by one (>= 20 ms a token)
     _, done, _ = await collect(served.stub.DescribeScene(native_request()))
