@@ -137,7 +137,7 @@ test("examples/scene.json opens as is and is captioned", async () => {
   assert.deepEqual(sent.scene.objects[0].attributes, { color: "red", material: "wood" });
   assert.equal(sent.scene.objects[1].extents.x, 0.6);
   assert.equal(sent.scene.cameraPose.position.y, 1.6);
-  assert.equal(sent.instruction, "Describe what is around me in one or two short sentences.");
+  assert.equal(sent.instruction, "");  // none: the server composes the caption
   assert.equal(sent.sampling.maxNewTokens, 60);
   const r = await reply(page);
   assert.equal(r.state, "done", r.error);

@@ -23,7 +23,9 @@ namespace ArBridge.Unity
         [Tooltip("TextMeshPro text to write into (optional).")]
         public TMPro.TMP_Text tmpText;
 #endif
-        [TextArea] public string instruction = "Describe what is around me in one short sentence.";
+        [Tooltip("Empty: the server composes the caption from the scene (every object " +
+                 "counted and placed, within maxNewTokens). Set: the model words it instead.")]
+        [TextArea] public string instruction = "";
         [Range(1, 512)] public int maxNewTokens = 48;
 
         public UnityEvent<string> onCaptionChanged = new UnityEvent<string>();
