@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from scene_builders import room, thing
 
 from arbridge.serving.caption_plan import plan_caption
 from arbridge.serving.grounding import planned
@@ -15,17 +16,6 @@ from arbridge.serving.phrasing import a, count_of, noun_phrase
 from arbridge.tools.caption_score import score_caption
 from arbridge.tools.hard_caption_eval import hard_scene
 from arbridge.v1 import types_pb2 as pb
-
-
-def thing(i, label, x, y, z, **attributes) -> pb.SceneObject:
-    return pb.SceneObject(id=f"o{i}", label=label, confidence=0.9, attributes=attributes,
-                          pose=pb.Pose(position=pb.Vec3(x=x, y=y, z=z),
-                                       rotation=pb.Quaternion(w=1.0)))
-
-
-def room(*objects, rotation=None) -> pb.SceneFeatures:
-    camera = pb.Pose(position=pb.Vec3(y=1.6), rotation=rotation or pb.Quaternion(w=1.0))
-    return pb.SceneFeatures(camera_pose=camera, objects=list(objects))
 
 
 def turned(yaw: float = 0.0, pitch_down: float = 0.0) -> pb.Quaternion:

@@ -97,16 +97,20 @@ async def test_no_repeat_ngram_stops_a_loop(loaded):
     assert len(set(grams)) == len(grams)
 
 
+def _banned_word(tok, banned, word: str) -> bool:
+    """Whether the mask keeps `word` out (its last token, after the others)."""
+    ids = tok(word, add_special_tokens=False).input_ids
+    return ids[-1] in banned.next_banned(ids[:-1])
+
+
 def test_scene_constraint_bans_only_absent_objects(loaded):
     constraint = SceneConstraint(loaded.tokenizer)
     scene = pb.SceneFeatures(objects=[pb.SceneObject(label="sofa"),
                                       pb.SceneObject(label="coffee table")])
     banned = constraint.banned(scene, penalty=float("inf"))
-    tok = loaded.tokenizer
 
     def is_banned(word: str) -> bool:
-        ids = tok(word, add_special_tokens=False).input_ids
-        return ids[-1] in banned.next_banned(ids[:-1])
+        return _banned_word(loaded.tokenizer, banned, word)
 
     for word in (" television", " Television", " dogs", "lamp"):
         assert is_banned(word), word
@@ -132,11 +136,9 @@ def test_a_scene_s_own_label_words_stay_sayable(loaded):
     scene = pb.SceneFeatures(objects=[pb.SceneObject(label="dog bed"),
                                       pb.SceneObject(label="e-scooter")])
     banned = constraint.banned(scene, penalty=float("inf"))
-    tok = loaded.tokenizer
 
     def is_banned(word: str) -> bool:
-        ids = tok(word, add_special_tokens=False).input_ids
-        return ids[-1] in banned.next_banned(ids[:-1])
+        return _banned_word(loaded.tokenizer, banned, word)
 
     for word in (" dog", " bed", " scooter", " dogs"):
         assert not is_banned(word), word

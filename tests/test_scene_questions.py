@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from scene_builders import room, thing
 
 from arbridge.serving.scene_questions import answer
 from arbridge.v1 import types_pb2 as pb
@@ -20,17 +21,6 @@ def pitch(degrees: float) -> pb.Quaternion:
     """Looking up by `degrees` (Unity: a negative rotation about +X tilts the view up)."""
     half = math.radians(-degrees) / 2
     return pb.Quaternion(x=math.sin(half), w=math.cos(half))
-
-
-def thing(i, label, x, y, z, **attributes) -> pb.SceneObject:
-    return pb.SceneObject(id=f"o{i}", label=label, confidence=0.9, attributes=attributes,
-                          pose=pb.Pose(position=pb.Vec3(x=x, y=y, z=z),
-                                       rotation=pb.Quaternion(w=1.0)))
-
-
-def room(*objects, rotation=None) -> pb.SceneFeatures:
-    camera = pb.Pose(position=pb.Vec3(y=1.6), rotation=rotation or pb.Quaternion(w=1.0))
-    return pb.SceneFeatures(camera_pose=camera, objects=list(objects))
 
 
 def said(question: str, scene: pb.SceneFeatures, gazed=None) -> str:
