@@ -47,6 +47,9 @@ def test_repeated_labels_are_counted_and_placed():
     lamps = room(thing(1, "lamp", 2.0, 1.2, 2.0), thing(2, "lamp", 2.5, 1.2, 1.0),
                  thing(3, "lamp", 0.1, 1.2, 3.0))
     assert caption(lamps) == "Three lamps: one ahead and two to the right."
+    chairs = room(thing(1, "chair", -2.0, 0.5, 1.0, color="red"),
+                  thing(2, "chair", -2.2, 0.5, 1.5, color="red"), thing(3, "chair", 0.0, 0.5, -2))
+    assert caption(chairs) == "Three chairs: two red ones to the left and one behind you."
     # Alike in one place: counted there; told apart by attributes: each said.
     mugs = room(thing(1, "mug", -1.0, 1.0, 1.0, color="red"),
                 thing(2, "mug", -1.2, 1.0, 1.1, color="red"),

@@ -166,7 +166,7 @@ def _write_item(text: _Text, group: list[_Instance], bands: bool, attrs: bool) -
     text.add(")")
 
 
-def _spread(group: list[_Instance], text: _Text, bands: bool, attrs: bool) -> None:
+def _spread(group: list[_Instance], text: _Text, attrs: bool) -> None:
     """A label seen in several places, said once: "Two chairs, one on each side.",
     "Three towels: two to the left and a blue one behind you." (said place by place,
     the same objects would make the same words twice: a loop to a listener)."""
@@ -177,22 +177,23 @@ def _spread(group: list[_Instance], text: _Text, bands: bool, attrs: bool) -> No
             len(set(looks.values())) == 1:
         text.add(", one on each side.")
         return
-    # Alike instances in one place are counted there: "two to the left".
+    # Alike instances in one place are counted there: "two to the left" (no distance
+    # bands here: one per part would say "near you" again and again).
     parts: dict[tuple, list[_Instance]] = {}
     for inst in sorted(group, key=lambda i: (_where_order(i.where), i.distance)):
-        band = ""  # one band per part would say "near you" again and again
-        parts.setdefault((inst.where, band, looks[inst.obj.id]), []).append(inst)
+        parts.setdefault((inst.where, looks[inst.obj.id]), []).append(inst)
     text.add(": ")
-    for n, ((where, band, words), members) in enumerate(parts.items()):
+    for n, ((where, words), members) in enumerate(parts.items()):
         if n:
             text.add(" and " if n == len(parts) - 1 else ", ")
         said = " ".join(words)
         if len(members) > 1:
-            one = f"{number_word(len(members))} {said + ' ' if said else ''}"
-            text.add(one.rstrip(), tuple(i.obj.id for i in members))
+            count = number_word(len(members))
+            text.add(f"{count} {said} ones" if said else count,
+                     tuple(i.obj.id for i in members))
         else:
             text.add(f"{article(said)} {said} one" if said else "one", (members[0].obj.id,))
-        text.add(f" {where}" + (f" {band}" if band else ""))
+        text.add(f" {where}")
     text.add(".")
 
 
@@ -204,7 +205,7 @@ def _render(named: list[_Instance], more: int, bands: bool, attrs: bool) -> _Tex
     spread = [g for g in by_label.values() if len({i.where for i in g}) > 1]
     for group in spread:
         text.add(" " if text.length else "")
-        _spread(group, text, bands, attrs)
+        _spread(group, text, attrs)
     said = {i.obj.id for g in spread for i in g}
     places: dict[str, dict[str, list[_Instance]]] = {}
     for inst in sorted(named, key=lambda i: i.distance):
