@@ -109,14 +109,13 @@ def test_what_matters_is_kept_when_the_budget_is_short():
     scene = room(thing(1, "lamp", 0.1, 1.2, 1.0), thing(2, "poster", -3.0, 1.6, 6.0),
                  thing(3, "bus", 3.0, 1.0, 6.5), thing(4, "cup", 0.0, 1.0, -7.0))
     scene.objects[2].extents.CopyFrom(pb.Vec3(x=10.0, y=3.0, z=2.5))
-    short = lambda text: len(text.split()) <= 16  # noqa: E731 - a budget in words here
+    short = lambda text: len(text.split()) <= 12  # noqa: E731 - a budget in words here
     # The nearest, and the bus (big things count as nearer), before the others...
-    assert caption(scene, fits=short) == "Ahead: a lamp. To the right: a bus. And two " \
-                                         "more things around you."
+    assert caption(scene, fits=short) == "Ahead: lamp. To the right: bus. And two more " \
+                                         "things around you."
     # ... unless the wearer looks at the poster.
-    assert caption(scene, gazed_ids={"o2"}, fits=short) == "To the left: a poster. To " \
-                                                           "the right: a bus. And two " \
-                                                           "more things around you."
+    assert caption(scene, gazed_ids={"o2"}, fits=short) == "To the left: poster. And " \
+                                                           "three more things around you."
 
 
 def test_english_words_for_attributes():
@@ -129,6 +128,10 @@ def test_english_words_for_attributes():
     assert a("unicorn") == "a unicorn" and a("hour glass") == "an hour glass"
     assert count_of(2, "scissors") == "two pairs of scissors"
     assert count_of(3, "bus") == "three buses"
+    assert a("sheep") == "a sheep" and a("grapes") == "some grapes"
+    assert a("unidentified box") == "an unidentified box" and a("uniform") == "a uniform"
+    assert count_of(2, "Person") == "two People" and count_of(2, "bookshelf") == \
+        "two bookshelves"
 
 
 def test_the_scorer_counts_instances_and_keeps_names_apart():
@@ -146,6 +149,14 @@ def test_the_scorer_counts_instances_and_keeps_names_apart():
     assert one.coverage == pytest.approx(2 / 3) and not one.hallucinated
     assert score_caption("A dog is ahead.", globes).hallucinated == ["dog"]
     assert score_caption("A snow globe is to the left, a globe is to the", globes).cut
+    # Counts are read back to the phrase's start; "the chair" again is no second chair.
+    mugs = room(*(thing(i, "mug", -1.0, 1.0, 1.0 + i / 10) for i in range(3)),
+                thing(3, "cup", 1.0, 1.0, 1.0), thing(4, "cup", 1.2, 1.0, 1.0))
+    assert score_caption("To the left: three red mugs and a cup.", mugs).named == 4
+    assert score_caption("A mug is to the left. The mug is red.", mugs).named == 1
+    # A blank label names nothing (it is not "named" by every word).
+    blank = room(thing(1, "", 0.0, 1.0, 1.0), thing(2, "cup", 1.0, 1.0, 1.0))
+    assert score_caption("Nothing much.", blank).named == 0
 
 
 async def _describe(stub, scene, instruction: str = "") -> pb.Completion:
@@ -190,7 +201,12 @@ def test_the_readme_example():
         "Two chairs, one on each side. Ahead: a walnut table near you and a lamp far away. "
         "To the left: two red mugs and two cups (a red one and a blue one). Overhead: a "
         "smoke alarm near you. Below you: a cat far away.")
-    short = plan_caption(scene, fits=lambda text: len(text.split()) <= 25)
+    # Shorter: the bands go, then the attributes, then the articles, and then objects.
+    terse = plan_caption(scene, fits=lambda text: len(text.split()) <= 25)
+    assert terse.text == (
+        "Two chairs, one on each side. Ahead: table and lamp. To the left: two mugs and two "
+        "cups. Overhead: smoke alarm. Below you: cat.")
+    short = plan_caption(scene, fits=lambda text: len(text.split()) <= 20)
     assert short.text == (
-        "Ahead: a table. To the left: two mugs, two cups and a chair. Overhead: a smoke "
-        "alarm. And three more things around you.")
+        "Ahead: table. To the left: two mugs, two cups and chair. Overhead: smoke alarm. And "
+        "three more things around you.")

@@ -298,14 +298,18 @@ class OpenAIGeneration:
         ending with EOS): the upstream could only repeat it, and a small one would not
         even do that, so it is not asked; the tokens stream as the engine's would."""
         self.started = time.perf_counter()
-        tokens = self._cfg.forced[:-1]
-        for token in tokens:
+        reason, sent = FinishReason.EOS, 0
+        for token in self._cfg.forced[:-1]:
             if self._stop.done():
+                reason = self._stop.result()
+                break
+            if self._deadline is not None and time.perf_counter() >= self._deadline:
+                reason = FinishReason.TIME_LIMIT
                 break
             yield Outputs(deltas=[Delta(i, token_id=token) for i in range(len(self._seqs))])
+            sent += 1
             await asyncio.sleep(0)  # one token at a time, as generated ones come
-        reason = self._stop.result() if self._stop.done() else FinishReason.EOS
-        yield Outputs(ends=[SequenceEnd(i, reason, completion_tokens=len(tokens))
+        yield Outputs(ends=[SequenceEnd(i, reason, completion_tokens=sent)
                             for i, seq in enumerate(self._seqs) if not seq.done])
 
     def _outputs(self, chunk) -> Outputs:

@@ -21,8 +21,9 @@ budget on place words and reads as a loop):
 - places are the wearer's (wearer_frame.py): the side faced, heights (overhead,
   above you, below you) and the distance band;
 - it fits the reply's token budget: it sheds the distance bands, then the
-  attributes, and only then objects, the least important first (the gazed-at
-  object is kept first, then the nearest; big things count as nearer), saying
+  attributes, then the articles ("Ahead: table and lamp."), and only then
+  objects, the least important first (the gazed-at object is kept first, then
+  the nearest; big things count as nearer), saying
   "and N more things around you" for them, so it always ends with a whole
   sentence, never mid-word.
 
@@ -42,9 +43,22 @@ from arbridge.v1 import types_pb2 as pb
 
 _BANDS = {"near": "near you", "far": "far away", "mid-range": ""}
 _UP_DOWN = ("overhead", "above you", "below you")
-_PLACES = ["ahead", "to the left", "to the right", "behind you", *_UP_DOWN, "nearby"]
-# How much each object is told, most first: (distance bands, attributes).
-_DETAIL = [(True, True), (False, True), (False, False)]
+_PLACES = ["ahead", "to the left", "to the right", "behind you", *_UP_DOWN, "also"]
+
+
+@dataclass(frozen=True)
+class _Detail:
+    """How much each object is told."""
+
+    bands: bool = True  # "near you", "far away"
+    attrs: bool = True  # "red wood"
+    articles: bool = True  # "a chair" (else a terse "chair", as a list on a display)
+
+
+# Most first; each step frees the budget for more objects before any is dropped.
+_DETAIL = [_Detail(), _Detail(bands=False), _Detail(bands=False, attrs=False),
+           _Detail(bands=False, attrs=False, articles=False)]
+_TERSE = _DETAIL[-1]
 
 
 @dataclass(frozen=True)
@@ -95,7 +109,7 @@ class _Instance:
         """The sentence it goes in: 'ahead', 'to the left', ..., 'overhead', 'above you',
         'below you' (up or down is what a listener needs of those, not the side)."""
         if self.placement is None:
-            return "nearby"
+            return "also"  # seen, but where is not known: no place is claimed
         return self.placement.height if self.placement.height in _UP_DOWN else \
             where_said(self.placement)
 
@@ -128,41 +142,54 @@ def _capital(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def _write_list(text: _Text, items: list[list[_Instance]], bands: bool, attrs: bool) -> None:
+def _write_list(text: _Text, items: list[list[_Instance]], d: _Detail) -> None:
     """'a walnut table near you, two chairs and a lamp far away'."""
     for n, group in enumerate(items):
         if n:
             text.add(" and " if n == len(items) - 1 else ", ")
-        _write_item(text, group, bands, attrs)
+        _write_item(text, group, d)
 
 
-def _write_item(text: _Text, group: list[_Instance], bands: bool, attrs: bool) -> None:
+def _ones(said: str, count: int, another: bool = False) -> str:
+    """'a red one', 'two red ones', 'one' (or 'another one' after the first)."""
+    if count > 1:
+        return f"{number_word(count)} {said} ones" if said else number_word(count)
+    if said:
+        return f"{article(said)} {said} one"
+    return "another one" if another else "one"
+
+
+def _write_item(text: _Text, group: list[_Instance], d: _Detail) -> None:
     label = group[0].obj.label.strip()
     band_set = {i.band for i in group}
-    band = f" {band_set.pop()}" if bands and len(band_set) == 1 and "" not in band_set else ""
+    band = f" {band_set.pop()}" if d.bands and len(band_set) == 1 and "" not in band_set \
+        else ""
     if len(group) == 1:
         inst = group[0]
         if inst.uncertain:
             text.add("possibly ")
-        words = adjectives(inst.obj) if attrs else []
-        text.add(a(" ".join([*words, label])), (inst.obj.id,))
+        phrase = " ".join([*(adjectives(inst.obj) if d.attrs else []), label])
+        text.add(a(phrase) if d.articles else phrase, (inst.obj.id,))
         text.add(band)
         return
-    looks = [adjectives(i.obj) for i in group] if attrs else [[] for _ in group]
+    looks = [adjectives(i.obj) for i in group] if d.attrs else [[] for _ in group]
     if all(w == looks[0] for w in looks):
         text.add(count_of(len(group), " ".join([*looks[0], label])),
                  tuple(i.obj.id for i in group))
         text.add(band)
         return
-    # Told apart by their attributes: "two chairs (a red one and a blue one)".
+    # Told apart by their attributes: "three chairs (two red ones and a blue one)".
     text.add(count_of(len(group), label), tuple(i.obj.id for i in group))
+    alike: dict[tuple[str, ...], list[_Instance]] = {}
+    for inst, words in zip(group, looks, strict=True):
+        alike.setdefault(tuple(words), []).append(inst)
     text.add(" (")
-    for n, (inst, words) in enumerate(zip(group, looks, strict=True)):
+    # Plain ones last: "two red ones and another one", not "one and two red ones".
+    for n, (words, members) in enumerate(sorted(alike.items(), key=lambda kv: not kv[0])):
         if n:
-            text.add(" and " if n == len(group) - 1 else ", ")
-        said = " ".join(words)
-        text.add(f"{article(said)} {said} one" if words else "another one" if n else "one",
-                 (inst.obj.id,))
+            text.add(" and " if n == len(alike) - 1 else ", ")
+        text.add(_ones(" ".join(words), len(members), bool(n)),
+                 tuple(i.obj.id for i in members))
     text.add(")")
 
 
@@ -172,7 +199,11 @@ def _spread(group: list[_Instance], text: _Text, attrs: bool) -> None:
     the same objects would make the same words twice: a loop to a listener)."""
     label = group[0].obj.label.strip()
     looks = {i.obj.id: tuple(adjectives(i.obj)) if attrs else () for i in group}
-    text.add(_capital(count_of(len(group), label)), tuple(i.obj.id for i in group))
+    shared = next(iter(looks.values())) if len(set(looks.values())) == 1 else ()
+    if shared:  # alike: said once, up front ("two red chairs"), not in every part
+        looks = dict.fromkeys(looks, ())
+    text.add(_capital(count_of(len(group), " ".join([*shared, label]))),
+             tuple(i.obj.id for i in group))
     if len(group) == 2 and {i.where for i in group} == {"to the left", "to the right"} and \
             len(set(looks.values())) == 1:
         text.add(", one on each side.")
@@ -186,18 +217,12 @@ def _spread(group: list[_Instance], text: _Text, attrs: bool) -> None:
     for n, ((where, words), members) in enumerate(parts.items()):
         if n:
             text.add(" and " if n == len(parts) - 1 else ", ")
-        said = " ".join(words)
-        if len(members) > 1:
-            count = number_word(len(members))
-            text.add(f"{count} {said} ones" if said else count,
-                     tuple(i.obj.id for i in members))
-        else:
-            text.add(f"{article(said)} {said} one" if said else "one", (members[0].obj.id,))
+        text.add(_ones(" ".join(words), len(members)), tuple(i.obj.id for i in members))
         text.add(f" {where}")
     text.add(".")
 
 
-def _render(named: list[_Instance], more: int, bands: bool, attrs: bool) -> _Text:
+def _render(named: list[_Instance], more: int, d: _Detail) -> _Text:
     text = _Text()
     by_label: dict[str, list[_Instance]] = {}
     for inst in named:
@@ -205,7 +230,7 @@ def _render(named: list[_Instance], more: int, bands: bool, attrs: bool) -> _Tex
     spread = [g for g in by_label.values() if len({i.where for i in g}) > 1]
     for group in spread:
         text.add(" " if text.length else "")
-        _spread(group, text, attrs)
+        _spread(group, text, d.attrs)
     said = {i.obj.id for g in spread for i in g}
     places: dict[str, dict[str, list[_Instance]]] = {}
     for inst in sorted(named, key=lambda i: i.distance):
@@ -214,7 +239,7 @@ def _render(named: list[_Instance], more: int, bands: bool, attrs: bool) -> _Tex
     for where in sorted(places, key=_where_order):
         text.add(" " if text.length else "")
         text.add(f"{_capital(where)}: ")
-        _write_list(text, list(places[where].values()), bands, attrs)
+        _write_list(text, list(places[where].values()), d)
         text.add(".")
     if more:
         lead = "And " if named else ""
@@ -234,14 +259,17 @@ def plan_caption(scene: pb.SceneFeatures, gazed_ids: set[str] = frozenset(),
     if not everything:
         return None
     ranked = sorted(everything, key=lambda i: _importance(i, set(gazed_ids)))
-    for bands, attrs in _DETAIL:
-        text = _render(ranked, 0, bands, attrs)
+    for detail in _DETAIL:
+        text = _render(ranked, 0, detail)
         if fits(text.text):
             return CaptionPlan(text.text, tuple(text.mentions),
                                tuple(i.obj.id for i in ranked), 0)
-    # Still too long: the least important objects go, counted at the end.
+    # Still too long: the least important objects go, counted at the end (none of it
+    # when not even the most important one fits: a tiny max_new_tokens costs little).
+    if len(ranked) == 1 or not fits(_render(ranked[:1], len(ranked) - 1, _TERSE).text):
+        return None
     for keep in range(len(ranked) - 1, 0, -1):
-        text = _render(ranked[:keep], len(ranked) - keep, False, False)
+        text = _render(ranked[:keep], len(ranked) - keep, _TERSE)
         if fits(text.text):
             return CaptionPlan(text.text, tuple(text.mentions),
                                tuple(i.obj.id for i in ranked[:keep]), len(ranked) - keep)

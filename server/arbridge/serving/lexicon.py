@@ -126,9 +126,10 @@ IRREGULAR_PLURALS = frozenset(_IRREGULAR.values())
 
 def plural(word: str) -> str:
     head, _, last = word.rpartition(" ")
-    if last in _IRREGULAR:
-        out = _IRREGULAR[last]
-    elif re.search(r"(shelf|leaf|loaf|half|wolf|calf|knife|wife|life)$", last):
+    if last.lower() in _IRREGULAR:  # "Person" -> "People"
+        out = _IRREGULAR[last.lower()]
+        out = out.capitalize() if last[:1].isupper() else out
+    elif re.search(r"(shelf|leaf|loaf|half|wolf|calf|knife|wife|life)$", last, re.I):
         out = re.sub(r"fe?$", "ves", last)  # "bookshelves", "pocket knives"
     elif re.search(r"(s|x|z|ch|sh)$", last):
         out = last + "es"

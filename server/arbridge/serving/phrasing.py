@@ -29,6 +29,8 @@ _STATE_ADJECTIVES = {"on": "switched-on", "off": "switched-off", "turned on": "s
 _PAIRS = {"scissors", "glasses", "sunglasses", "jeans", "trousers", "pants", "shorts",
           "binoculars", "headphones", "pliers", "tongs", "tweezers", "goggles", "earbuds",
           "chopsticks", "skis", "pyjamas", "leggings"}
+# One of them is said like many: "a sheep", "two sheep".
+_SAME_BOTH = {"sheep", "fish", "deer"}
 NUMBER_WORDS = ["no", "one", "two", "three", "four", "five", "six", "seven", "eight",
                 "nine", "ten", "eleven", "twelve"]
 
@@ -74,13 +76,15 @@ def is_pair_noun(noun: str) -> bool:
 def article(phrase: str) -> str:
     """'a' or 'an' for the phrase, by sound: "an hour", "a unicorn", "a one-way"."""
     first = phrase.split(" ", 1)[0].lower()
-    vowel = first[:1] in "aeiou" and not re.match(r"(uni|use|usu|eu|one|ewe)", first)
+    # "uni" as in unicorn / uniform / unit, not the "un-" of unidentified.
+    vowel = first[:1] in "aeiou" and not re.match(
+        r"(uni(?:c|f|o|q|t|v|s|l)|use|usu|ute|uri|ura|eu|one|ewe)", first)
     return "an" if vowel or first in ("hour", "honest", "heir", "honour", "honor") else "a"
 
 
 def looks_plural(noun: str) -> bool:
     last = noun.lower().split()[-1] if noun.strip() else ""
-    return last in IRREGULAR_PLURALS or last in _PAIRS
+    return (last in IRREGULAR_PLURALS or last in _PAIRS) and last not in _SAME_BOTH
 
 
 def a(phrase: str) -> str:

@@ -40,6 +40,7 @@ _SPATIAL = [
     (re.compile(r"\bbelow\b|\bdownstairs\b|\bdown the stairs\b"), "below"),
     (re.compile(r"\bon the (?:floor|ground)\b"), "floor"),
 ]
+_OPENERS = {"a", "an", "the", "and", "or", "is", "are", "with", "some", "another"}
 _COUNTS = {w: n for n, w in enumerate(["no", "one", "two", "three", "four", "five", "six",
                                        "seven", "eight", "nine", "ten", "eleven", "twelve"])}
 _OBJECT_WORDS = all_object_words()
@@ -129,16 +130,31 @@ def _instances_named(words: list[str], label: str, hits: set[int], same: int) ->
     plurals = {" ".join(_words(plural(n))) for n in raw} - \
         {" ".join(_words(n)) for n in raw if plural(n) == n}
     names = {" ".join(_words(n)) for n in raw}
-    named, end = 0, -1
+    named, again, end = 0, 0, -1
     for i in sorted(hits):
         if i < end:  # inside the last mention ("table" of "coffee table")
             continue
         name = max((n for n in names if words[i:i + len(n.split())] == n.split()),
                    key=lambda n: len(n.split()))
         end = i + len(name.split())
-        before = words[i - 1] if i else ""
-        named += _COUNTS.get(before, 2 if name in plurals else 1)
-    return min(named, same)
+        # The count said before the noun phrase ("three red mugs", "two pairs of
+        # scissors"), looked for back to the phrase's start; "the chair" after "a
+        # chair" is the same chair again.
+        count, opener = None, ""
+        for w in reversed(words[max(0, i - 4):i]):
+            if w in _COUNTS:
+                count = _COUNTS[w]
+                break
+            if w in _OPENERS:
+                opener = w
+                break
+        if count is not None:
+            named += count
+        elif opener == "the":
+            again += 1
+        else:
+            named += 2 if name in plurals else 1
+    return min(named or min(again, 1), same)
 
 
 def _label_mentions(words: list[str], objects) -> tuple[dict[str, set[int]],
@@ -163,7 +179,7 @@ def _label_mentions(words: list[str], objects) -> tuple[dict[str, set[int]],
 
 def score_caption(text: str, scene: pb.SceneFeatures) -> CaptionScore:
     words = _words(text)
-    objects = list(scene.objects)
+    objects = [o for o in scene.objects if o.label.strip()]  # a blank label names nothing
     allowed: set[str] = set()
     for obj in objects:
         allowed |= names_of(obj.label)
@@ -198,7 +214,9 @@ def score_caption(text: str, scene: pb.SceneFeatures) -> CaptionScore:
             for m in pattern.finditer(joined):
                 at = len(joined[:m.start()].split())
                 _, label = min(named_here, key=lambda item: abs(item[0] - at))
-                group = by_label[label]
+                group = [o for o in by_label[label] if o.HasField("pose")]
+                if not group:  # where it is is unknown: nothing to check a claim against
+                    continue
                 right = [o for o in group if claim in _truth(o, scene.camera_pose)]
                 result.claims.append(Claim((right or group)[0].id, claim, bool(right)))
     result.first_person = bool(_FIRST_PERSON.search(text.lower().replace("’", "'")))

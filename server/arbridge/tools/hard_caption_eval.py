@@ -57,8 +57,10 @@ def hard_scene(index: int, seed: int = 0) -> tuple[pb.SceneFeatures, set[str]]:
     place = rng.choice(sorted(PLACES))
     typical = PLACES[place][1]
     count = rng.randint(9, 15) if "big" in tags else rng.randint(2, 6)
-    labels = [rng.choice(typical) for _ in range(count)]
-    labels = list(dict.fromkeys(labels))  # repeats only where "repeated" makes them
+    # Distinct labels (repeats only where "repeated" makes them); a big scene tops up
+    # from the unlisted ones when its place has fewer typical objects.
+    labels = rng.sample(typical, min(count, len(typical)))
+    labels += rng.sample([u for u in UNLISTED if u not in labels], count - len(labels))
     if "unlisted" in tags:
         labels[rng.randrange(len(labels))] = rng.choice(UNLISTED)
         if rng.random() < 0.5:
