@@ -210,3 +210,15 @@ def test_the_readme_example():
     assert short.text == (
         "Ahead: table. To the left: two mugs, two cups and chair. Overhead: smoke alarm. And "
         "three more things around you.")
+
+
+def test_two_labels_alike_in_look_and_place_are_not_worded_alike():
+    # "a fabric one to the right and" twice reads as a loop: the first part names it.
+    scene = room(thing(1, "hose", 2.0, 0.5, 1.0, material="fabric"),
+                 thing(2, "hose", 0.0, 0.5, -2.0, color="green"),
+                 thing(3, "bench", 2.5, 0.5, 1.2, material="fabric"),
+                 thing(4, "bench", 0.3, 0.5, -3.0, material="glass"))
+    assert caption(scene) == ("Two hoses: a fabric hose to the right and a green one behind "
+                              "you. Two benches: a fabric bench to the right and a glass one "
+                              "behind you.")
+    assert not score_caption(caption(scene), scene).loop

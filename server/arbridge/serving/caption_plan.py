@@ -33,8 +33,9 @@ budget on place words and reads as a loop):
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from arbridge.serving.phrasing import a, adjectives, article, count_of, number_word
 from arbridge.serving.scene_text import LOW_CONFIDENCE, where_said
@@ -53,6 +54,9 @@ class _Detail:
     bands: bool = True  # "near you", "far away"
     attrs: bool = True  # "red wood"
     articles: bool = True  # "a chair" (else a terse "chair", as a list on a display)
+    # The first of several parts says the noun ("a red chair to the left and a blue one
+    # ..."): for captions where "a red one to the left and" would be said twice.
+    name_first: bool = False
 
 
 # Most first; each step frees the budget for more objects before any is dropped.
@@ -150,8 +154,12 @@ def _write_list(text: _Text, items: list[list[_Instance]], d: _Detail) -> None:
         _write_item(text, group, d)
 
 
-def _ones(said: str, count: int, another: bool = False) -> str:
-    """'a red one', 'two red ones', 'one' (or 'another one' after the first)."""
+def _ones(said: str, count: int, another: bool = False, noun: str = "") -> str:
+    """'a red one', 'two red ones', 'one' (or 'another one' after the first); with
+    `noun`, it in place of "one": 'a red chair', 'two red chairs'."""
+    if noun:
+        return count_of(count, f"{said} {noun}".strip()) if count > 1 else \
+            a(f"{said} {noun}".strip())
     if count > 1:
         return f"{number_word(count)} {said} ones" if said else number_word(count)
     if said:
@@ -188,17 +196,18 @@ def _write_item(text: _Text, group: list[_Instance], d: _Detail) -> None:
     for n, (words, members) in enumerate(sorted(alike.items(), key=lambda kv: not kv[0])):
         if n:
             text.add(" and " if n == len(alike) - 1 else ", ")
-        text.add(_ones(" ".join(words), len(members), bool(n)),
+        noun = label if d.name_first and n == 0 else ""
+        text.add(_ones(" ".join(words), len(members), bool(n), noun),
                  tuple(i.obj.id for i in members))
     text.add(")")
 
 
-def _spread(group: list[_Instance], text: _Text, attrs: bool) -> None:
+def _spread(group: list[_Instance], text: _Text, d: _Detail) -> None:
     """A label seen in several places, said once: "Two chairs, one on each side.",
     "Three towels: two to the left and a blue one behind you." (said place by place,
     the same objects would make the same words twice: a loop to a listener)."""
     label = group[0].obj.label.strip()
-    looks = {i.obj.id: tuple(adjectives(i.obj)) if attrs else () for i in group}
+    looks = {i.obj.id: tuple(adjectives(i.obj)) if d.attrs else () for i in group}
     shared = next(iter(looks.values())) if len(set(looks.values())) == 1 else ()
     if shared:  # alike: said once, up front ("two red chairs"), not in every part
         looks = dict.fromkeys(looks, ())
@@ -217,12 +226,29 @@ def _spread(group: list[_Instance], text: _Text, attrs: bool) -> None:
     for n, ((where, words), members) in enumerate(parts.items()):
         if n:
             text.add(" and " if n == len(parts) - 1 else ", ")
-        text.add(_ones(" ".join(words), len(members)), tuple(i.obj.id for i in members))
+        noun = label if d.name_first and n == 0 else ""
+        text.add(_ones(" ".join(words), len(members), noun=noun),
+                 tuple(i.obj.id for i in members))
         text.add(f" {where}")
     text.add(".")
 
 
 def _render(named: list[_Instance], more: int, d: _Detail) -> _Text:
+    """The caption at detail `d`; if it would say a 6-word run twice (two repeated
+    labels alike in look and place), again with each listing's first part named."""
+    text = _render_once(named, more, d)
+    if not d.name_first and _says_twice(text.text):
+        text = _render_once(named, more, replace(d, name_first=True))
+    return text
+
+
+def _says_twice(text: str, run: int = 6) -> bool:
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    grams = [tuple(words[i:i + run]) for i in range(len(words) - run + 1)]
+    return len(grams) != len(set(grams))
+
+
+def _render_once(named: list[_Instance], more: int, d: _Detail) -> _Text:
     text = _Text()
     by_label: dict[str, list[_Instance]] = {}
     for inst in named:
@@ -230,7 +256,7 @@ def _render(named: list[_Instance], more: int, d: _Detail) -> _Text:
     spread = [g for g in by_label.values() if len({i.where for i in g}) > 1]
     for group in spread:
         text.add(" " if text.length else "")
-        _spread(group, text, d.attrs)
+        _spread(group, text, d)
     said = {i.obj.id for g in spread for i in g}
     places: dict[str, dict[str, list[_Instance]]] = {}
     for inst in sorted(named, key=lambda i: i.distance):
