@@ -20,7 +20,12 @@ from arbridge.serving import scene_delta, validation
 from arbridge.serving.actions import ActionSet, turn_actions
 from arbridge.serving.caption_plan import CaptionPlan
 from arbridge.serving.dialogue import DialogueState
-from arbridge.serving.referents import current_rays, resolve_all, resolve_deixis
+from arbridge.serving.referents import (
+    current_rays,
+    gazed_object,
+    resolve_all,
+    resolve_deixis,
+)
 from arbridge.serving.scene_questions import answer as answer_from_scene
 from arbridge.serving.validation import InvalidField, Unsupported
 from arbridge.v1 import service_pb2 as spb
@@ -86,15 +91,6 @@ class TurnCall(ReplySpec):
 
 def _features(vectors) -> Features:
     return [(fv.encoder, list(fv.values)) for fv in vectors]
-
-
-def _gazed(referents: list[pb.Referent], scene: pb.SceneFeatures) -> pb.SceneObject | None:
-    """The object the wearer's gaze ray resolved to, if it resolved to one."""
-    for referent in referents:
-        if referent.source == pb.RAY_SOURCE_GAZE and referent.object_id and \
-                referent.match in (pb.REFERENT_MATCH_HIT, pb.REFERENT_MATCH_NEAR):
-            return next((o for o in scene.objects if o.id == referent.object_id), None)
-    return None
 
 
 class CallBuilder:
@@ -221,7 +217,7 @@ class CallBuilder:
                     call.response_format is None:
                 # "What colour is this?" with a ray on the mug: asked of the mug.
                 question = resolve_deixis(text, call.referents, scene)
-                computed = answer_from_scene(question, scene, _gazed(call.referents, scene))
+                computed = answer_from_scene(question, scene, gazed_object(call.referents, scene))
                 call.scene_answer = computed.text if computed is not None else None
         if turn.HasField("audio") and turn.audio.HasField("embedding"):
             call.features += _features([turn.audio.embedding])

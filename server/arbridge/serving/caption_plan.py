@@ -237,13 +237,14 @@ def _render(named: list[_Instance], more: int, d: _Detail) -> _Text:
     """The caption at detail `d`; if it would say a 6-word run twice (two repeated
     labels alike in look and place), again with each listing's first part named."""
     text = _render_once(named, more, d)
-    if not d.name_first and _says_twice(text.text):
+    if not d.name_first and says_twice(re.findall(r"[a-z0-9]+", text.text.lower())):
         text = _render_once(named, more, replace(d, name_first=True))
     return text
 
 
-def _says_twice(text: str, run: int = 6) -> bool:
-    words = re.findall(r"[a-z0-9]+", text.lower())
+def says_twice(words: list[str], run: int = 6) -> bool:
+    """Whether some `run` words come twice: what a listener (and `arbridge eval`'s loop
+    rule) hears as the text repeating itself."""
     grams = [tuple(words[i:i + run]) for i in range(len(words) - run + 1)]
     return len(grams) != len(set(grams))
 

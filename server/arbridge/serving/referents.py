@@ -224,3 +224,12 @@ def referent_hint(referents: list[pb.Referent], scene: pb.SceneFeatures) -> str:
     direction = "ahead of me" if where.direction == "ahead" else \
         "behind me" if where.direction == "behind" else where.direction.replace("the", "my")
     return f"I am {verb} the {noun_phrase(obj)}, {direction}."
+
+
+def gazed_object(referents: list[pb.Referent], scene: pb.SceneFeatures) -> pb.SceneObject | None:
+    """The object the wearer's gaze ray resolved to, if it resolved to one."""
+    for referent in referents:
+        if referent.source == pb.RAY_SOURCE_GAZE and referent.object_id and \
+                referent.match in (pb.REFERENT_MATCH_HIT, pb.REFERENT_MATCH_NEAR):
+            return next((o for o in scene.objects if o.id == referent.object_id), None)
+    return None

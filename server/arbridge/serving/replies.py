@@ -26,6 +26,7 @@ from arbridge.serving.delivery import Client
 from arbridge.serving.dialogue import DialogueState
 from arbridge.serving.output import OutputProcessor, Reply
 from arbridge.serving.prompts import PromptBuilder, PromptTooLong
+from arbridge.serving.referents import gazed_object
 from arbridge.serving.scene_constraint import CAPTION_MAX_SENTENCES, SceneConstraint
 from arbridge.serving.structured import GrammarCompiler
 from arbridge.serving.validation import InvalidField
@@ -103,27 +104,34 @@ class ReplyFactory:
         if self._scene_captions and not call.instruction.strip() and \
                 call.response_format is None:
             room = call.sampling.max_new_tokens - 1  # and the end of sequence
-            tokenizer = self._backend.tokenizer
-            gazed = {r.object_id for r in call.referents
-                     if r.source == pb.RAY_SOURCE_GAZE and r.object_id and
-                     r.match in (pb.REFERENT_MATCH_HIT, pb.REFERENT_MATCH_NEAR)}
-            plan = plan_caption(call.scene, gazed, lambda text: len(tokenizer(
-                text, add_special_tokens=False, split_special_tokens=True).input_ids) <= room)
+            counted: dict[str, list[int]] = {}  # each text tried, tokenized once
+
+            def fits(text: str) -> bool:
+                counted[text] = self._ids(text)
+                return len(counted[text]) <= room
+
+            gazed = gazed_object(call.referents, call.scene)
+            plan = plan_caption(call.scene, {gazed.id} if gazed else set(), fits)
             if plan is not None:
                 call.caption_plan, call.scene_answer = plan, plan.text
-                call.forced_ids = self._forced(plan.text, call.sampling.max_new_tokens)
+                call.forced_ids = self._forced(plan.text, call.sampling.max_new_tokens,
+                                               counted.get(plan.text))
         caption = None if call.forced_ids else call.scene_answer
         return self._prompts.describe(call.scene, call.instruction, budget, caption)
 
-    def _forced(self, text: str | None, max_new_tokens: int) -> tuple[int, ...] | None:
+    def _ids(self, text: str) -> list[int]:
+        return self._backend.tokenizer(text, add_special_tokens=False,
+                                       split_special_tokens=True).input_ids
+
+    def _forced(self, text: str | None, max_new_tokens: int,
+                ids: list[int] | None = None) -> tuple[int, ...] | None:
         """`text`'s tokens and the end of sequence, when they fit the budget whole (the
         local engine holds the model to them; the upstream backend streams them
         itself); else None."""
         eos = self._backend.tokenizer.eos_token_id
         if not text or self._ignore_eos or eos is None:
             return None
-        ids = self._backend.tokenizer(text, add_special_tokens=False,
-                                      split_special_tokens=True).input_ids
+        ids = self._ids(text) if ids is None else ids
         return (*ids, eos) if len(ids) < max_new_tokens else None
 
     # -- the steps ----------------------------------------------------------------------

@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from arbridge.serving.caption_plan import says_twice
 from arbridge.serving.lexicon import all_object_words, names_of, plural
 from arbridge.serving.wearer_frame import place
 from arbridge.v1 import types_pb2 as pb
@@ -94,13 +95,7 @@ def has_loop(words: list[str]) -> bool:
             if span == words[i + period:i + 2 * period] == words[i + 2 * period:
                                                                   i + 3 * period]:
                 return True
-    seen: set[tuple[str, ...]] = set()
-    for i in range(len(words) - 5):
-        gram = tuple(words[i:i + 6])
-        if gram in seen:
-            return True
-        seen.add(gram)
-    return False
+    return says_twice(words)
 
 
 _SIDE_CLAIM = {"to the left": "left", "to the right": "right", "ahead": "ahead",

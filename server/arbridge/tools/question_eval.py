@@ -17,6 +17,7 @@ import math
 import random
 import re
 
+from arbridge.serving.caption_plan import says_twice
 from arbridge.serving.lexicon import NOUNS, names_of, plural
 from arbridge.serving.wearer_frame import place, rotate_inverse
 from arbridge.tools.scenes import TUNE_SCENES, make_scene
@@ -226,9 +227,7 @@ def correct(kind: str, answer: str, expected, scene: pb.SceneFeatures) -> bool:
 
 
 def loops(answer: str) -> bool:
-    words = re.findall(r"[a-z]+", answer.lower())
-    grams = [tuple(words[i:i + 6]) for i in range(len(words) - 5)]
-    return len(grams) != len(set(grams))
+    return says_twice(re.findall(r"[a-z]+", answer.lower()))
 
 
 def asks(count: int, seed: int = 0) -> list[tuple[int, str, str, str, object]]:
