@@ -241,6 +241,16 @@ class EngineSettings(BaseSettings):
                           "C++ kernel built for this CPU on first use (float32, CPU, fused "
                           "decoder); false, or without a compiler: blocks are gathered for "
                           "SDPA (slower with many streams)")
+    speculative_tokens: int = Field(
+        8, ge=0, le=64, description="greedy replies guess up to this many next tokens by "
+                                    "looking their last words up in the prompt and reply, and "
+                                    "the model checks the guesses in the same pass (the text "
+                                    "is the same); composed captions and answers pass their "
+                                    "known tokens the same way; 0 = one token a pass")
+    speculative_rows: int = Field(
+        2, ge=0, description="guess only while at most this many sequences decode: past "
+                             "that a pass is no longer bound by reading the weights and the "
+                             "extra positions cost what they save")
     kv_block_tokens: int = Field(
         16, ge=1, le=1024, description="tokens per KV block (the unit of allocation and of "
                                        "prefix sharing)")

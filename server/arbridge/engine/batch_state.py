@@ -14,6 +14,7 @@ import torch
 
 from arbridge.engine.prefill_policy import PromptState
 from arbridge.engine.requests import RequestHandle
+from arbridge.engine.speculation import DraftLength
 
 
 @dataclass(eq=False)
@@ -66,6 +67,7 @@ class Slot:
     generated: list[int] = field(default_factory=list)  # the reply's tokens so far
     blocks: list[int] = field(default_factory=list)
     length: int = 0  # tokens whose KV is in `blocks`
+    draft_length: DraftLength | None = None  # prompt-lookup drafts' size, if it drafts
 
 
 @dataclass
@@ -76,6 +78,9 @@ class TurnPlan:
 
     prefill: list[list[tuple[Reader, int]]] = field(default_factory=list)  # passes
     decode: list[Slot] = field(default_factory=list)
+    # Per decode row, the tokens it guesses follow its last one (speculation.py):
+    # read in the same pass and kept as far as the model agrees. Empty: none.
+    drafts: list[list[int]] = field(default_factory=list)
     prefill_work: float = 0.0  # in the policy's units, for the measured speed
 
 
@@ -84,5 +89,5 @@ class TurnOutputs:
     """What the passes computed: the last logits of readers now done, the decode rows'."""
 
     finished_reading: list[tuple[Reader, torch.Tensor]] = field(default_factory=list)
-    decode_logits: torch.Tensor | None = None
+    decode_logits: torch.Tensor | None = None  # [rows, 1 + longest draft, vocab]
     prefill_s: float = 0.0

@@ -45,6 +45,7 @@ import time
 
 import torch
 
+from arbridge.engine import speculation
 from arbridge.engine.batch_state import Reader, Request, Slot, TurnOutputs, TurnPlan
 from arbridge.engine.prefill_policy import (
     SHARED_PASS_POSITIONS,
@@ -85,7 +86,9 @@ class Scheduler:
                  quantize: str | None = None, prefill_turn_ms: float = 0.0,
                  prefill_prompt_tokens: int = 128, parked_kv_bytes: int = 512 << 20,
                  kv_cache_bytes: int = 1 << 30, kv_block_tokens: int = 16,
-                 fused_only: bool = False, attention_kernel: bool = True, runner=None):
+                 fused_only: bool = False, attention_kernel: bool = True,
+                 speculative_tokens: int = 0, speculative_rows: int = 2,
+                 speculative_forced_tokens: int = 16, runner=None):
         # `runner`: anything with ModelRunner's face (the policy tests' stand-in).
         self.runner = runner or ModelRunner(model, context_length, fused=fused_decoder,
                                             quantize=quantize, fused_only=fused_only,
@@ -101,6 +104,16 @@ class Scheduler:
         self.max_active = max_active
         self.max_queue = max_queue
         self.prefill_chunk_tokens = prefill_chunk_tokens
+        # Speculation (speculation.py): drafts of up to this many tokens, verified in
+        # the decode pass while at most `speculative_rows` sequences decode (past
+        # that a step is no longer bound by reading the weights, and the extra query
+        # positions cost what they save); composed replies' known tokens up to
+        # `speculative_forced_tokens` at a time.
+        self.speculative_tokens = speculative_tokens
+        self.speculative_rows = speculative_rows
+        self.speculative_forced_tokens = speculative_forced_tokens if speculative_tokens else 0
+        self.drafted = 0  # draft tokens read in decode passes
+        self.kept = 0  # of those, the ones the model agreed with
         self.prefill_turn_s = prefill_turn_ms / 1e3
         self.prefill_policy = PrefillPolicy(
             budget=prefill_chunk_tokens, per_prompt_tokens=prefill_prompt_tokens,
@@ -143,6 +156,7 @@ class Scheduler:
             kv_cache_bytes=(s.kv_cache_mb << 20) or default_budget_bytes(
                 next(model.parameters()).device),
             kv_block_tokens=s.kv_block_tokens, attention_kernel=s.attention_kernel,
+            speculative_tokens=s.speculative_tokens, speculative_rows=s.speculative_rows,
             fused_only=True)
         return cls(model, tokenizer, context_length=context_length, **{**options, **overrides})
 
@@ -621,6 +635,7 @@ class Scheduler:
             for slot in self._decoding:
                 self._cover(slot.blocks, slot.length, slot.length + 1)
             plan.decode = list(self._decoding)
+            plan.drafts = self._drafts(plan.decode)
         if self._readers:
             self._turns += 1
             for reader in self._readers:
@@ -639,6 +654,34 @@ class Scheduler:
             plan.prefill = [chunks] if plan.decode and chunks else group_passes(chunks)
         return plan
 
+    def _drafts(self, rows: list[Slot]) -> list[list[int]]:
+        """Each decode row's draft (speculation.py), its blocks covered; [] when the
+        batch is too wide to gain, or for rows that cannot be verified exactly. A draft
+        never preempts anyone: it is cut to the blocks spare."""
+        if not self.speculative_tokens or len(rows) > self.speculative_rows:
+            return []
+        drafts = []
+        for slot in rows:
+            cfg = slot.req.handle.sampling
+            draft: list[int] = []
+            if speculation.can_speculate(cfg):
+                if slot.draft_length is None:
+                    slot.draft_length = speculation.DraftLength(self.speculative_tokens)
+                # The reply's last token is read at `length`; a draft token past the
+                # reply's limit or the context would never be kept.
+                room = min(cfg.max_new_tokens - len(slot.generated),
+                           self.context_length - 1 - slot.length)
+                draft = speculation.propose(cfg, slot.req.handle.prompt_ids, slot.generated,
+                                            slot.draft_length, room,
+                                            self.speculative_forced_tokens)
+                while draft and self._blocks_to_cover(slot.blocks, slot.length,
+                                                      slot.length + 1 + len(draft)) \
+                        > self._spare():
+                    draft.pop()
+                self._cover(slot.blocks, slot.length, slot.length + 1 + len(draft))
+            drafts.append(draft)
+        return drafts if any(drafts) else []
+
     def execute(self, plan: TurnPlan) -> TurnOutputs:
         """The forward passes of a plan; nothing else changes."""
         if plan.decode and self.on_decode_step is not None:
@@ -656,13 +699,39 @@ class Scheduler:
             self._prefill_s_per_work = spent if not self._prefill_s_per_work else \
                 0.8 * self._prefill_s_per_work + 0.2 * spent
         if plan.decode:
-            for slot in plan.decode:
-                slot.length += 1
-            for req, indices, ids, lps in self.executor.sample_rows(plan.decode,
-                                                                      outputs.decode_logits):
-                self._emit(req, indices, ids, lps)
+            self._decoded(plan, outputs.decode_logits)
         for reader, last in outputs.finished_reading:
             self._done_reading(reader, last)
+
+    def _decoded(self, plan: TurnPlan, logits: torch.Tensor) -> None:
+        """Every decode row's next token, or, for a drafted row, the draft tokens the
+        model agreed with and its own token after them."""
+        drafts = plan.drafts or [[]] * len(plan.decode)
+        plain = [row for row, draft in enumerate(drafts) if not draft]
+        if plain:
+            rows = [plan.decode[row] for row in plain]
+            for slot in rows:
+                slot.length += 1
+            picked = logits[:, 0] if len(plain) == len(drafts) else logits[plain, 0]
+            for req, indices, ids, lps in self.executor.sample_rows(rows, picked):
+                self._emit(req, indices, ids, lps)
+        for slot, draft, row_logits in zip(plan.decode, drafts, logits, strict=True):
+            if not draft:
+                continue
+            tokens, lps = self.executor.verify(slot, draft, row_logits[:len(draft) + 1])
+            kept = len(tokens) - 1
+            self.drafted += len(draft)
+            self.kept += kept
+            if not slot.req.handle.sampling.forced:
+                slot.draft_length.update(len(draft), kept)
+            # Read this pass: the last token and the kept drafts (the positions after
+            # them hold rejected guesses, written over by the next pass).
+            slot.length += 1 + kept
+            req = slot.req
+            for token, lp in zip(tokens, lps, strict=True):
+                if req.done[slot.index]:
+                    break
+                self._emit(req, [slot.index], [token], [lp])
 
     def _prefill_budget(self) -> float:
         """The turn's prefill work: all of `prefill_chunk_tokens`, unless streams are

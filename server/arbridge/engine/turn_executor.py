@@ -33,10 +33,16 @@ class TurnExecutor:
             outputs.finished_reading += self._prefill_pass(group)
         outputs.prefill_s = time.perf_counter() - began
         if plan.decode:
-            ids = torch.tensor([slot.last_id for slot in plan.decode], device=self.device)
-            logits = self.runner.forward(self.pool, [slot.blocks for slot in plan.decode],
-                                         ids[:, None], [slot.length for slot in plan.decode])
-            outputs.decode_logits = logits[:, -1, :]
+            # Each row reads its last token and then its draft, if it has one; shorter
+            # rows are padded (their padding positions are never read back).
+            drafts = plan.drafts or [[] for _ in plan.decode]
+            q_len = 1 + max(len(d) for d in drafts)
+            rows = [[slot.last_id, *draft] + [0] * (q_len - 1 - len(draft))
+                    for slot, draft in zip(plan.decode, drafts, strict=True)]
+            ids = torch.tensor(rows, device=self.device)
+            outputs.decode_logits = self.runner.forward(
+                self.pool, [slot.blocks for slot in plan.decode], ids,
+                [slot.length for slot in plan.decode], keep=q_len)
         return outputs
 
     def _prefill_pass(self, group: list[tuple[Reader, int]]
@@ -85,6 +91,28 @@ class TurnExecutor:
                                           req.seen, rules)
         req.seen[torch.arange(req.n, device=self.device), next_ids] = True
         return _to_host(next_ids, logprobs)
+
+    def verify(self, slot: Slot, draft: list[int], logits: torch.Tensor
+               ) -> tuple[list[int], list[float | None]]:
+        """The tokens a drafted sequence keeps: the model's own choice at each read
+        position (logits [1 + len(draft), vocab]), as long as it equals the draft,
+        then the first choice that differs (or the one after a fully kept draft).
+        Each position is chosen as a plain step would choose it: its rules see the
+        reply with the draft up to there."""
+        req = slot.req
+        cfg = req.handle.sampling
+        positions = len(draft) + 1
+        rules = (logit_rules([(cfg, slot.index, slot.generated + draft[:j])
+                              for j in range(positions)], self.device, self.vocab_size)
+                 if cfg.constrained else None)
+        batch = SamplingBatch([(cfg, req.generator, positions)], self.device, self.vocab_size)
+        ids, logprobs = _to_host(*sample_batch(logits, batch, None, rules))
+        kept = 0
+        while kept < len(draft) and ids[kept] == draft[kept]:
+            kept += 1
+        tokens = ids[:kept + 1]
+        req.seen[slot.index, torch.tensor(tokens, device=self.device)] = True
+        return tokens, logprobs[:kept + 1]
 
     def sample_rows(self, rows: list[Slot], logits: torch.Tensor
                     ) -> list[tuple[Request, list[int], list[int], list[float | None]]]:
