@@ -109,3 +109,13 @@ async def test_metrics_show_prompt_tokens_the_prefix_cache_saved(make_server, ti
     kept = m[("arbridge_kv_blocks", (("state", "prefix_cache"),))]
     assert kept > 0 and m[("arbridge_kv_blocks", (("state", "used"),))] == kept
     assert m[("arbridge_kv_cache_bytes", ())] > 0 and m[("arbridge_kv_preemptions_total", ())] == 0
+
+
+async def test_metrics_count_draft_tokens_kept_and_rejected(make_server, tiny_model_dir):
+    s = await make_server(tiny_model_dir, metrics_port=0)
+    # A random tiny model repeats itself: prompt lookup finds drafts in its reply.
+    await collect(s.stub.Generate(gen("chair table lamp chair table lamp", max_new_tokens=40)))
+    m = scrape(s)
+    kept = m[("arbridge_draft_tokens_total", (("outcome", "kept"),))]
+    rejected = m[("arbridge_draft_tokens_total", (("outcome", "rejected"),))]
+    assert kept > 0 and kept + rejected > 0, (kept, rejected)

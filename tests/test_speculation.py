@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from test_batching import PROMPTS, Engine, loaded, reference_greedy  # noqa: F401
 
 from arbridge.engine.speculation import DraftLength, can_speculate, lookup, propose
 from arbridge.generation import SamplingConfig
 
-from test_batching import PROMPTS, Engine, loaded, reference_greedy  # noqa: F401
 from tiny_model import slow_down
 
 

@@ -251,6 +251,14 @@ class EngineSettings(BaseSettings):
         2, ge=0, description="guess only while at most this many sequences decode: past "
                              "that a pass is no longer bound by reading the weights and the "
                              "extra positions cost what they save")
+    matmul_kernels: str = Field(
+        "auto", pattern=r"^(auto|(plain|packed|skinny|int8)(,(plain|packed|skinny|int8))*)$",
+        description="the fused decoder's matmul kernels: auto = time every one at start "
+                    "and keep the fastest for one row and for a batch; or a comma list to "
+                    "choose from (plain = MKL, packed = oneDNN's blocked weights, skinny = "
+                    "ArBridge's few-row kernel built for this CPU, int8 = torch's int8 "
+                    "kernel). Two winners that read different weight layouts hold the "
+                    "weights twice: 'packed' keeps one copy")
     kv_block_tokens: int = Field(
         16, ge=1, le=1024, description="tokens per KV block (the unit of allocation and of "
                                        "prefix sharing)")
@@ -259,6 +267,11 @@ class EngineSettings(BaseSettings):
                                "(system prompt, scene, dialogue so far) once their requests "
                                "end, so a prompt that starts like an earlier one prefills "
                                "only the rest; 0 = off")
+
+    def kernel_choice(self) -> frozenset[str] | None:
+        """`matmul_kernels` as the engine takes it: None for auto."""
+        return None if self.matmul_kernels == "auto" else \
+            frozenset(self.matmul_kernels.split(","))
 
 
 # Bases in reverse: pydantic lists the fields (and so the flags) from the last base on.

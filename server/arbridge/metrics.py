@@ -83,6 +83,12 @@ class _KVCollector:
         yield CounterMetricFamily("arbridge_kv_preemptions",
                                   "Requests whose KV blocks were taken back to make room "
                                   "(they are recomputed)", value=scheduler.preemptions)
+        drafts = CounterMetricFamily(
+            "arbridge_draft_tokens", "Tokens guessed ahead and read in decode passes "
+            "(speculative_tokens), by whether the model agreed", labels=["outcome"])
+        drafts.add_metric(["kept"], scheduler.kept)
+        drafts.add_metric(["rejected"], scheduler.drafted - scheduler.kept)
+        yield drafts
         cache = scheduler.prefix_cache
         if cache is None:
             return

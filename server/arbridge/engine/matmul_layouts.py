@@ -3,7 +3,10 @@
 A decode step on a CPU is mostly weight reads, and which kernel reads them
 fastest depends on the CPU, not on the model: MKL's plain GEMM, oneDNN with the
 weight pre-packed in its blocked layout (bfloat16 re-lays it out on every call
-otherwise), or int8 weights (`--dtype int8`, torch's own weight-only kernel).
+otherwise), ArBridge's own kernel for a few rows (`csrc/skinny_matmul.cpp`,
+built for this CPU: each weight row read once, straight from memory), or int8
+weights (`--dtype int8`, torch's own weight-only kernel or the same few-row
+kernel on the int8 rows).
 Measured, not assumed: on an AVX-512 Xeon a float32 single row is fastest
 plain and eight rows packed; other CPUs differ (MKL on AMD, AVX2-only oneDNN).
 So `tune` times a whole step of every projection with each layout, once for a
@@ -32,6 +35,15 @@ ONE_ROW, MANY_ROWS = "1 row", "8 rows"
 # dequantized copy pays only from here (measured on SmolLM2's shapes: at 64 rows
 # the int8 kernel is 1.4x faster, at 128 and 512 rows the copy 1.7-1.9x).
 PROMPT_ROWS = 96
+# The few-row kernel serves up to this many rows (a decode step of a few streams, or
+# one stream reading its draft); past that a BLAS kernel blocks the work better.
+SKINNY_ROWS = 16
+
+
+def _skinny_module():
+    from arbridge.engine import native_kernels
+
+    return native_kernels.load("skinny_matmul", "decode matmuls use BLAS only")
 
 
 class Projection:
@@ -44,16 +56,26 @@ class Projection:
         self.dtype = weight.dtype
         self._float_bytes = weight.numel() * weight.element_size()
         self.kernels: dict[str, callable] = {}
+        self.skinny = None
         if quantize == "int8":
             self.int8, self.scales = quantize_int8(weight)
             self.kernels["int8"] = self._int8
             self.weight = None  # the float copy stays the model's own, not ours
+            if weight.device.type == "cpu" and _skinny_module() is not None:
+                self.skinny = _skinny_module()
+                self.kernels["skinny"] = self._skinny
         else:
             self.weight = weight
             self.kernels["plain"] = self._plain
             self.packed = _pack(weight)
             if self.packed is not None:
                 self.kernels["packed"] = self._packed
+            # In place only (a transposed view would need a second copy).
+            if weight.device.type == "cpu" and weight.is_contiguous() \
+                    and weight.dtype in (torch.float32, torch.bfloat16) \
+                    and _skinny_module() is not None:
+                self.skinny = _skinny_module()
+                self.kernels["skinny"] = self._skinny
         # What runs a single row and what runs a decode batch (set by `tune`),
         # and what runs a prompt's many rows.
         first = next(iter(self.kernels))
@@ -78,12 +100,18 @@ class Projection:
         plain one when packed won every case, or the packed one when plain did).
         True when the plain float weight is no longer needed here."""
         used = {self.one_row, self.many_rows, self.prompt_rows}
+        if self.kernels.get("skinny") in used:
+            used.add(self._wide())  # past SKINNY_ROWS
+            if self.weight is not None:
+                used.add(self.kernels["plain"])  # its weight is the one skinny reads
         if "plain" in self.kernels and self.kernels["plain"] not in used:
             del self.kernels["plain"]
             self.weight = None
         if "packed" in self.kernels and self.kernels["packed"] not in used:
             del self.kernels["packed"]
             self.packed = None
+        if "skinny" in self.kernels and self.kernels["skinny"] not in used:
+            del self.kernels["skinny"]
         return "plain" not in self.kernels
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -101,6 +129,26 @@ class Projection:
     def _int8(self, x):
         flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
         y = torch._weight_int8pack_mm(flat, self.int8, self.scales).to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.view(*x.shape[:-1], self.out_features)
+
+    def _wide(self):
+        """The BLAS-side kernel that takes rows past SKINNY_ROWS: the prompts' own, or
+        the one reading the weight copy the few-row kernel reads."""
+        if self.prompt_rows != self.kernels.get("skinny"):
+            return self.prompt_rows
+        return self.kernels["plain"] if "plain" in self.kernels else self.kernels["int8"]
+
+    def _skinny(self, x):
+        flat = x.reshape(-1, self.in_features)
+        if flat.shape[0] > SKINNY_ROWS:
+            return self._wide()(x)
+        if self.weight is not None:
+            y = self.skinny.skinny_matmul(flat.contiguous(), self.weight, None)
+        else:  # int8 rows and their scales: the int8 kernel's arithmetic, summed in
+            # another order (bfloat16 activations, float32 sums, a bfloat16 result)
+            y = self.skinny.skinny_matmul(flat.contiguous(), self.int8, self.scales)
         if self.bias is not None:
             y = y + self.bias
         return y.view(*x.shape[:-1], self.out_features)
@@ -144,11 +192,18 @@ def _pack(weight: torch.Tensor) -> torch.Tensor | None:
         return None
 
 
-def tune(projections: list[Projection], budget_s: float = 3.0) -> dict[str, dict[str, float]]:
+def tune(projections: list[Projection], budget_s: float = 3.0,
+         allowed: frozenset[str] | None = None) -> dict[str, dict[str, float]]:
     """Pick each case's kernel by timing every projection in turn (one decode
-    step's weight reads, cold as in serving) with each candidate. Returns
+    step's weight reads, cold as in serving) with each candidate (those in
+    `allowed`, when given: the `matmul_kernels` setting). Returns
     {case: {kernel: ms per step}}; with one candidate nothing is timed."""
     names = sorted(set.intersection(*(set(p.kernels) for p in projections)))
+    if allowed:
+        names = [name for name in names if name in allowed] or names
+    if len(names) == 1:  # pinned (or the only one): every case runs it
+        for p in projections:
+            p.one_row = p.many_rows = p.kernels[names[0]]
     if len(names) < 2:
         return {}
     timings: dict[str, dict[str, float]] = {}

@@ -12,53 +12,12 @@ dtypes, decode attention gathers the blocks and calls SDPA.
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import os
-import time
 from pathlib import Path
 
-import torch
-
-log = logging.getLogger(__name__)
-
-SOURCE = Path(__file__).parent / "csrc" / "paged_attention.cpp"
-_FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffast-math"]
-_loaded: dict[str, object] = {}
-
-
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return ""
+from arbridge.engine import native_kernels
 
 
 def load(cache_dir: Path | None = None):
     """The compiled kernel module, or None (with the reason logged)."""
-    if "module" in _loaded:
-        return _loaded["module"]
-    module = None
-    try:
-        from torch.utils import cpp_extension
-
-        source = SOURCE.read_bytes()
-        digest = hashlib.sha1(source + torch.__version__.encode() + _cpu_flags().encode()
-                              + " ".join(_FLAGS).encode()).hexdigest()[:12]
-        base = cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) \
-            / "arbridge" / "kernels"
-        build = base / digest
-        build.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
-        module = cpp_extension.load(f"arbridge_paged_attention_{digest}", [str(SOURCE)],
-                                    extra_cflags=_FLAGS, extra_ldflags=["-fopenmp"],
-                                    build_directory=str(build), verbose=False)
-        log.info("paged decode attention kernel ready (%.1f s)", time.perf_counter() - started)
-    except Exception as exc:  # no compiler, no ninja, a build error: the gather path
-        log.warning("paged decode attention kernel not built (%s); decode attention "
-                    "gathers KV blocks instead", str(exc).splitlines()[0][:200])
-    _loaded["module"] = module
-    return module
+    return native_kernels.load("paged_attention", "decode attention gathers KV blocks "
+                               "instead", cache_dir)

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 class ModelRunner:
     def __init__(self, model, context_length: int, fused: bool = True,
                  quantize: str | None = None, fused_only: bool = False,
-                 attention_kernel: bool = True):
+                 attention_kernel: bool = True, matmul_kernels: frozenset[str] | None = None):
         if quantize and not fused:
             raise ValueError(f"{quantize} weights run only in the fused decoder")
         self.model = model
@@ -35,6 +35,7 @@ class ModelRunner:
         self._want_kernel = attention_kernel
         self.attention_kernel = None  # paged_attention's module, loaded by prepare()
         self.quantize = quantize
+        self.matmul_kernels = matmul_kernels  # None: every kernel, the fastest timed
         # The lean path for Llama and GPT-2 shapes (None: model.forward); made
         # by prepare(), on the thread that computes.
         self.fused: FusedDecoder | None = None
@@ -54,7 +55,7 @@ class ModelRunner:
                 and self.device.type == "cpu" and self.dtype == torch.float32:
             self.attention_kernel = paged_attention.load()
         if self._want_fused and self.fused is None:
-            self.fused = FusedDecoder.build(self.model, self.quantize)
+            self.fused = FusedDecoder.build(self.model, self.quantize, self.matmul_kernels)
             if self.fused is None and self.quantize:
                 raise ValueError(f"{self.quantize} weights: "
                                  f"{FusedDecoder.unsupported_reason(self.model)}")

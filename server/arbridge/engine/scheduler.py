@@ -88,11 +88,13 @@ class Scheduler:
                  kv_cache_bytes: int = 1 << 30, kv_block_tokens: int = 16,
                  fused_only: bool = False, attention_kernel: bool = True,
                  speculative_tokens: int = 0, speculative_rows: int = 2,
-                 speculative_forced_tokens: int = 16, runner=None):
+                 speculative_forced_tokens: int = 16,
+                 matmul_kernels: frozenset[str] | None = None, runner=None):
         # `runner`: anything with ModelRunner's face (the policy tests' stand-in).
         self.runner = runner or ModelRunner(model, context_length, fused=fused_decoder,
                                             quantize=quantize, fused_only=fused_only,
-                                            attention_kernel=attention_kernel)
+                                            attention_kernel=attention_kernel,
+                                            matmul_kernels=matmul_kernels)
         self.pool = self.runner.new_pool(kv_cache_bytes, kv_block_tokens)
         self.executor = TurnExecutor(self.runner, self.pool)
         # Prompts that start like an earlier one prefill only the rest.
@@ -111,7 +113,7 @@ class Scheduler:
         # `speculative_forced_tokens` at a time.
         self.speculative_tokens = speculative_tokens
         self.speculative_rows = speculative_rows
-        self.speculative_forced_tokens = speculative_forced_tokens if speculative_tokens else 0
+        self.speculative_forced_tokens = speculative_forced_tokens
         self.drafted = 0  # draft tokens read in decode passes
         self.kept = 0  # of those, the ones the model agreed with
         self.prefill_turn_s = prefill_turn_ms / 1e3
@@ -157,7 +159,7 @@ class Scheduler:
                 next(model.parameters()).device),
             kv_block_tokens=s.kv_block_tokens, attention_kernel=s.attention_kernel,
             speculative_tokens=s.speculative_tokens, speculative_rows=s.speculative_rows,
-            fused_only=True)
+            matmul_kernels=s.kernel_choice(), fused_only=True)
         return cls(model, tokenizer, context_length=context_length, **{**options, **overrides})
 
     @staticmethod

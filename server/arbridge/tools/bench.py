@@ -7,6 +7,7 @@ number of new tokens (greedy, EOS ignored):
   hf-batch        transformers `model.generate` on one static padded batch
   engine@N        ArBridge's scheduler in-process, N concurrent requests, as
                   served (fused decoder, prompt-prefix cache)
+  engine-nospec   without speculative decoding (one token a decode pass)
   engine-noprefix without the prefix cache (every prompt prefilled in full)
   engine-hf       without either: transformers' own forward, full prefill
   grpc@N          ArBridge over gRPC on loopback, N concurrent streams (the
@@ -187,24 +188,30 @@ async def _arbridge_part(settings: Settings, lm: LoadedModel, prompt_ids, cfg,
         # computes on the same thread (see Scheduler.call).
         new = cfg.max_new_tokens
         prompts = prompt_ids("hf", len(QUESTIONS))
-        variants = [("engine", True, True), ("engine-noprefix", True, False)]
+        spec = settings.speculative_tokens
+        variants = [("engine", True, True, spec), ("engine-nospec", True, True, 0),
+                    ("engine-noprefix", True, False, spec)]
         results = []
         if not lm.quantize:  # transformers' own forward runs float weights only
             results = [scheduler.call(hf_sequential, lm, prompts, new).result(),
                        scheduler.call(hf_batch, lm, prompts, new).result()]
-            variants.append(("engine-hf", False, False))
+            variants.append(("engine-hf", False, False, spec))
         decoder = scheduler.call(lambda: scheduler.runner.fused).result()
         if decoder is not None:
             engine_info.update(weight_bytes=decoder.weight_bytes,
                                kernels=matmul_layouts.describe(decoder.kernel_timings))
         engine = AsyncEngine(scheduler)
-        for name, fused, prefix in variants:
+        for name, fused, prefix, speculative in variants:
             scheduler.call(_engine_variant, scheduler, fused,
-                           settings.prefix_cache_mb << 20 if prefix else 0).result()
+                           settings.prefix_cache_mb << 20 if prefix else 0, speculative).result()
             await engine_run(engine, prompt_ids("warm-up", 2), cfg, 2)
             for n in levels:
+                drafted, kept = scheduler.drafted, scheduler.kept
                 result = await engine_run(engine, prompt_ids(str(n), max(n, 4)), cfg, n)
                 result.name = name
+                if scheduler.drafted > drafted:
+                    engine_info.setdefault("drafts", {})[f"{name}@{n}"] = (
+                        scheduler.drafted - drafted, scheduler.kept - kept)
                 results.append(result)
     finally:
         scheduler.stop()
@@ -213,11 +220,14 @@ async def _arbridge_part(settings: Settings, lm: LoadedModel, prompt_ids, cfg,
     return results
 
 
-def _engine_variant(scheduler, fused: bool, prefix_cache_bytes: int) -> None:
-    """Switch the engine's fused decoder and prefix cache (on the scheduler thread)."""
+def _engine_variant(scheduler, fused: bool, prefix_cache_bytes: int,
+                    speculative_tokens: int) -> None:
+    """Switch the engine's fused decoder, prefix cache and speculation (on the
+    scheduler thread)."""
     from arbridge.engine.fused_decoder import FusedDecoder
     from arbridge.engine.prefix_cache import PrefixCache
 
+    scheduler.speculative_tokens = speculative_tokens
     runner = scheduler.runner
     runner.fused = (runner.fused or FusedDecoder.build(runner.model, runner.quantize)) \
         if fused else None
@@ -501,7 +511,7 @@ def run_bench(settings: Settings, new_tokens: int = 64, levels: tuple[int, ...] 
         ratios[f"grpc@{mid} / hf-batch({len(prompts)})"] = _ratio(grpc[mid],
                                                                  batch.tokens_per_s)
     ratios[f"grpc@{high} / grpc@{low}"] = _ratio(grpc[high], grpc[low])
-    for variant in ("engine-noprefix", "engine-hf"):
+    for variant in ("engine-nospec", "engine-noprefix", "engine-hf"):
         for n in levels if (variant, low) in by else ():
             ratios[f"engine@{n} / {variant}@{n}"] = _ratio(
                 engine[n], by[(variant, n)].tokens_per_s)
@@ -534,9 +544,12 @@ def run_bench(settings: Settings, new_tokens: int = 64, levels: tuple[int, ...] 
                             ours[mid].tokens_per_s / ts[mid].tokens_per_s, 2.0))
     ttft_mid = by[("grpc", mid)].pct(by[("grpc", mid)].ttft_s, 0.5)
     targets.insert(-1, (f"TTFT p50 grpc@{mid} <= 0.3 s", -ttft_mid, -0.3))
+    for key, (drafted, kept) in engine_info.get("drafts", {}).items():
+        ratios[f"drafts kept {key}"] = f"{kept} of {drafted} ({kept / drafted:.0%})"
     # Bandwidth achieved at one stream, as gpt-fast prints it: the bytes of
-    # weights a decode step reads x decode steps per second (1 / ITL p50).
-    one = by[("engine", low)]
+    # weights a decode step reads x decode steps per second (1 / ITL p50), one
+    # token a step (with drafts, tokens come several to a pass).
+    one = by.get(("engine-nospec", low), by[("engine", low)])
     step_s = one.pct(one.itl_s, 0.5) if low == 1 else None
     on_cpu = lm.info.device == "cpu" and bandwidth > 0
     achieved = engine_info.get("weight_bytes", 0) / step_s / 1e9 if step_s and on_cpu else 0.0

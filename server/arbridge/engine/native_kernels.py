@@ -1,0 +1,63 @@
+"""ArBridge's C++ kernels, compiled for this machine's CPU on first use.
+
+Each source in `csrc/` is built with the machine's own compiler and flags
+(`-march=native`: the vector instructions this CPU has, whichever they are),
+about 25 s each, and cached in ~/.cache/arbridge/kernels keyed by the source,
+torch's version and the CPU's flags, so a different CPU gets its own build.
+Without a compiler (or on a build error) `load` returns None and the caller
+keeps torch's own path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+CSRC = Path(__file__).parent / "csrc"
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffast-math"]
+_loaded: dict[str, object] = {}
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return ""
+
+
+def load(name: str, what: str, cache_dir: Path | None = None):
+    """The compiled module of csrc/<name>.cpp, or None (the reason logged as what
+    happens instead: `what`)."""
+    if name in _loaded:
+        return _loaded[name]
+    module = None
+    try:
+        from torch.utils import cpp_extension
+
+        source = CSRC / f"{name}.cpp"
+        digest = hashlib.sha1(source.read_bytes() + torch.__version__.encode()
+                              + _cpu_flags().encode() + " ".join(_FLAGS).encode()
+                              ).hexdigest()[:12]
+        base = cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) \
+            / "arbridge" / "kernels"
+        build = base / digest
+        build.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        module = cpp_extension.load(f"arbridge_{name}_{digest}", [str(source)],
+                                    extra_cflags=_FLAGS, extra_ldflags=["-fopenmp"],
+                                    build_directory=str(build), verbose=False)
+        log.info("%s kernel ready (%.1f s)", name, time.perf_counter() - started)
+    except Exception as exc:  # no compiler, no ninja, a build error: torch's path
+        log.warning("%s kernel not built (%s); %s", name, str(exc).splitlines()[0][:200], what)
+    _loaded[name] = module
+    return module
