@@ -35,6 +35,23 @@ def test_draft_length_grows_when_kept_and_shrinks_when_not():
     assert length.current == 1  # never below one
 
 
+def test_drafting_stops_where_it_does_not_pay_and_probes_now_and_then():
+    # A drafted pass costs twice a plain one here: it pays from one kept token a pass.
+    length = DraftLength(8, cost=2.0)
+    assert length.worth_it()  # optimistic at first
+    for _ in range(5):
+        length.update(4, 0)  # nothing kept
+    decisions = [length.worth_it() for _ in range(16)]
+    assert decisions.count(True) == 2 and decisions[7] and decisions[15]  # the probes
+    for _ in range(5):
+        length.update(4, 4)  # guesses good again (a probe found them)
+    assert length.worth_it()
+    cheap = DraftLength(8, cost=1.0)  # on a CPU where reading more positions is free
+    for _ in range(5):
+        cheap.update(4, 0)
+    assert cheap.worth_it()
+
+
 def test_only_exactly_verifiable_requests_are_drafted_for():
     assert can_speculate(SamplingConfig())
     assert not can_speculate(SamplingConfig(temperature=0.7))

@@ -114,6 +114,7 @@ class Scheduler:
         self.speculative_tokens = speculative_tokens
         self.speculative_rows = speculative_rows
         self.speculative_forced_tokens = speculative_forced_tokens
+        self.draft_cost = 1.0  # a drafted pass's time / a plain one's (measured at start)
         self.drafted = 0  # draft tokens read in decode passes
         self.kept = 0  # of those, the ones the model agreed with
         self.prefill_turn_s = prefill_turn_ms / 1e3
@@ -276,15 +277,38 @@ class Scheduler:
     def _warm_up(self) -> None:
         """One token through the model before any request: the kernels are set up
         now, not while the first burst of requests waits for its first tokens
-        (measured: 0.5 s on the first 32-request burst, fp32 CPU)."""
+        (measured: 0.5 s on the first 32-request burst, fp32 CPU). With speculation
+        on, also what a pass reading a draft costs against a plain one, here."""
         try:
-            blocks = self.pool.allocate(1)
+            blocks = self.pool.allocate(self.pool.blocks_for(64))
             self.runner.forward(self.pool, [blocks],
                                 torch.zeros(1, 1, dtype=torch.long, device=self.device), [0])
+            if self.speculative_tokens:
+                self.draft_cost = self._measure_draft_cost(blocks)
             self.pool.release(blocks)
         except Exception:  # the first request pays instead, or reports the error
             log.warning("engine warm-up failed", exc_info=True)
             self._reset("warm-up failed")
+
+    def _measure_draft_cost(self, blocks: list[int]) -> float:
+        """Time of a pass over 1 + speculative_tokens positions / over one, at one
+        row (the best of three each, after one untimed pass of each shape)."""
+        def best(q_len: int) -> float:
+            ids = torch.zeros(1, q_len, dtype=torch.long, device=self.device)
+            self.runner.forward(self.pool, [blocks], ids, [32], keep=q_len)
+            times = []
+            for _ in range(3):
+                began = time.perf_counter()
+                self.runner.forward(self.pool, [blocks], ids, [32], keep=q_len)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                times.append(time.perf_counter() - began)
+            return min(times)
+
+        cost = best(1 + self.speculative_tokens) / best(1)
+        log.info("speculation: a pass reading %d drafted tokens costs %.2fx a plain one",
+                 self.speculative_tokens, cost)
+        return cost
 
     def _run(self) -> None:
         while True:
@@ -668,7 +692,8 @@ class Scheduler:
             draft: list[int] = []
             if speculation.can_speculate(cfg):
                 if slot.draft_length is None:
-                    slot.draft_length = speculation.DraftLength(self.speculative_tokens)
+                    slot.draft_length = speculation.DraftLength(self.speculative_tokens,
+                                                                self.draft_cost)
                 # The reply's last token is read at `length`; a draft token past the
                 # reply's limit or the context would never be kept.
                 room = min(cfg.max_new_tokens - len(slot.generated),

@@ -68,15 +68,38 @@ def lookup(context: list[int], count: int) -> list[int]:
 class DraftLength:
     """How many tokens a sequence's prompt-lookup drafts propose, adapted to how
     many of them the model kept (transformers' heuristic: +2 after a fully kept
-    draft, -1 after a rejected one), between 1 and `limit`."""
+    draft, -1 after a rejected one), between 1 and `limit`; and whether drafting
+    pays at all for this sequence.
+
+    A pass reading a draft costs `cost` times a plain one (measured at start: on a
+    CPU whose one-row matmul kernel is much faster than its many-row one, close to
+    2). It pays when the tokens a drafted pass yields (1 + those kept, a moving
+    average) exceed that; a sequence whose guesses stopped paying drafts again
+    only as a probe, once every PROBE_EVERY passes."""
 
     limit: int
+    cost: float = 1.0
     current: int = 0
+    kept_per_pass: float = 1.0  # moving average of drafts kept per drafted pass
+    since_probe: int = 0
+
+    PROBE_EVERY = 8
 
     def __post_init__(self) -> None:
         self.current = self.current or min(4, self.limit)
 
+    def worth_it(self) -> bool:
+        """Whether to draft this pass (counts the passes that do not)."""
+        if 1.0 + self.kept_per_pass >= self.cost:
+            return True
+        self.since_probe += 1
+        if self.since_probe >= self.PROBE_EVERY:
+            self.since_probe = 0
+            return True
+        return False
+
     def update(self, proposed: int, kept: int) -> None:
+        self.kept_per_pass = 0.7 * self.kept_per_pass + 0.3 * kept
         if kept == proposed:
             self.current = min(self.limit, self.current + 2)
         else:
@@ -93,4 +116,6 @@ def propose(cfg: SamplingConfig, prompt_ids: list[int], generated: list[int],
     if cfg.forced:
         done = len(generated)
         return list(cfg.forced[done:done + min(room, forced_limit)])
+    if not length.worth_it():
+        return []
     return lookup(prompt_ids + generated, min(room, length.current))

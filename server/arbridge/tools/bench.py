@@ -118,11 +118,14 @@ async def engine_run(engine, prompts: list[list[int]], cfg: SamplingConfig,
     result = Result("engine", concurrency, len(prompts), 0, 0.0)
 
     async def one(ids):
+        key = str(prompts.index(ids))
         submitted = time.perf_counter()
-        times = []
+        times, tokens = [], []
         async for out in engine.submit(ids, cfg):
             times.extend(out.at for _ in out.tokens)
+            tokens += [token for _, token, _ in out.tokens]
         record(result, times, submitted)
+        result.outputs[key] = tokens
 
     started = time.perf_counter()
     await bounded(prompts, one, concurrency)
@@ -544,6 +547,11 @@ def run_bench(settings: Settings, new_tokens: int = 64, levels: tuple[int, ...] 
                             ours[mid].tokens_per_s / ts[mid].tokens_per_s, 2.0))
     ttft_mid = by[("grpc", mid)].pct(by[("grpc", mid)].ttft_s, 0.5)
     targets.insert(-1, (f"TTFT p50 grpc@{mid} <= 0.3 s", -ttft_mid, -0.3))
+    for n in levels if ("engine-nospec", low) in by else ():
+        # Drafts change how many tokens a pass reads, never which: the same text.
+        ours, plain = by[("engine", n)].outputs, by[("engine-nospec", n)].outputs
+        same = sum(ours[p] == plain.get(p) for p in ours)
+        ratios[f"engine@{n} greedy text = engine-nospec@{n}"] = f"{same} of {len(ours)} replies"
     for key, (drafted, kept) in engine_info.get("drafts", {}).items():
         ratios[f"drafts kept {key}"] = f"{kept} of {drafted} ({kept / drafted:.0%})"
     # Bandwidth achieved at one stream, as gpt-fast prints it: the bytes of

@@ -17,6 +17,8 @@ class Result:
     wall_s: float
     ttft_s: list[float] = field(default_factory=list)
     itl_s: list[float] = field(default_factory=list)
+    # prompt's index -> the reply's ids (in-process runs), for comparing variants' text
+    outputs: dict = field(default_factory=dict, repr=False)
 
     @property
     def tokens_per_s(self) -> float:
