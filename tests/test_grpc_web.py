@@ -99,7 +99,10 @@ def events(frames: Frames):
 
 @pytest.fixture
 async def web(make_server, tiny_model_dir):
-    return await make_server(tiny_model_dir, grpc_web_port=0, step_delay=0.03)
+    # One token a pass (no drafts: a composed caption would come 17 tokens a pass), so
+    # the chunks' arrival times show whether the port streams or buffers.
+    return await make_server(tiny_model_dir, grpc_web_port=0, step_delay=0.03,
+                             speculative_tokens=0)
 
 
 async def test_describe_scene_streams_incrementally_and_matches_native_grpc(web):

@@ -10,6 +10,8 @@ import grpc
 import pytest
 
 from arbridge.logs import setup_logging
+from arbridge.v1 import service_pb2 as spb
+from arbridge.v1 import types_pb2 as pb
 
 from conftest import collect, gen, scrape, wait_for
 
@@ -113,9 +115,14 @@ async def test_metrics_show_prompt_tokens_the_prefix_cache_saved(make_server, ti
 
 async def test_metrics_count_draft_tokens_kept_and_rejected(make_server, tiny_model_dir):
     s = await make_server(tiny_model_dir, metrics_port=0)
-    # A random tiny model repeats itself: prompt lookup finds drafts in its reply.
-    await collect(s.stub.Generate(gen("chair table lamp chair table lamp", max_new_tokens=40)))
+    # A composed caption passes its known tokens as drafts: every one is kept.
+    scene = pb.SceneFeatures(objects=[
+        pb.SceneObject(id="c1", label="chair", pose=pb.Pose(position=pb.Vec3(x=-1, z=1))),
+        pb.SceneObject(id="l1", label="lamp", pose=pb.Pose(position=pb.Vec3(x=1, z=3)))])
+    _, done, _ = await collect(s.stub.DescribeScene(spb.DescribeSceneRequest(
+        scene=scene, sampling=pb.SamplingParams(max_new_tokens=40))))
     m = scrape(s)
     kept = m[("arbridge_draft_tokens_total", (("outcome", "kept"),))]
     rejected = m[("arbridge_draft_tokens_total", (("outcome", "rejected"),))]
-    assert kept > 0 and kept + rejected > 0, (kept, rejected)
+    assert done[0].usage.completion_tokens > 2 and kept >= done[0].usage.completion_tokens - 2
+    assert rejected == 0, (kept, rejected)

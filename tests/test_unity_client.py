@@ -79,7 +79,10 @@ def test_dialogue_session_events_reconnect_and_history(interop_exe):
 
 @pytest.fixture
 async def web(make_server, tiny_model_dir):
-    return await make_server(tiny_model_dir, grpc_web_port=0, step_delay=0.03)
+    # One token a pass (no drafts: a composed caption would come 17 tokens a pass), so
+    # the chunks' arrival times show whether the port streams or buffers.
+    return await make_server(tiny_model_dir, grpc_web_port=0, step_delay=0.03,
+                             speculative_tokens=0)
 
 
 def request_file(tmp_path, label="chair", max_new_tokens=12):
