@@ -47,6 +47,19 @@ def test_a_composed_caption_is_given_to_say_after_the_scene(chat_tokenizer):
     assert "Say exactly" not in small.text and "A chair" in small.text
 
 
+def test_questions_about_one_scene_share_the_prompt_through_the_scene(chat_tokenizer):
+    """An instruction of the caller's own follows the scene: two questions about one
+    scene differ only after it, so the prefix cache serves the scene to the second
+    (issue #32). The default instruction stays first (shared across scenes)."""
+    builder = PromptBuilder(chat_tokenizer, 4096, "SYSTEM")
+    first = builder.describe(scene(), "What is on my left?", 16).ids
+    second = builder.describe(scene(), "How far away is the chair?", 16).ids
+    shared = next(i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b)
+    assert "A chair is somewhere nearby." in chat_tokenizer.decode(first[:shared])
+    default = builder.describe(scene(), "", 16).text
+    assert default.index("Describe what is around me") < default.index("A chair is somewhere")
+
+
 def test_plain_transcript_without_chat_template():
     tok = train_tokenizer()
     builder = PromptBuilder(tok, 4096, "SYSTEM")

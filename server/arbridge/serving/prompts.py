@@ -77,11 +77,17 @@ def _caption_request(scene: pb.SceneFeatures, instruction: str, caption: str | N
                      ) -> str:
     # With metres (measured: fewer false places than words alone); the caption's digits
     # are masked, so it says them in words.
-    # The instruction first: it is the same for every scene, so the prefix cache holds
-    # it with the system prompt and only the scene is prefilled (time to first token).
+    # The default instruction first: it is the same for every scene, so the prefix
+    # cache holds it with the system prompt and only the scene is prefilled. An
+    # instruction of the caller's own (a question about the scene) goes after the
+    # scene: a burst of them about one scene shares the scene, and only each
+    # instruction is prefilled (issue #32; the default's order measured better for
+    # model-worded captions: held-out claims right 93.1 % vs 91.8 %).
     seen = describe_scene(scene) or "Nothing is detected."
     said = f"\nSay exactly: {caption}" if caption else ""
-    return f"{instruction}\nThe glasses see: {seen}{said}"
+    if instruction == DESCRIBE_INSTRUCTION:
+        return f"{instruction}\nThe glasses see: {seen}{said}"
+    return f"The glasses see: {seen}\n{instruction}{said}"
 
 
 class PromptBuilder:
