@@ -122,7 +122,7 @@ def test_serving_lets_go_of_the_weight_copy_no_kernel_reads(name, winner, monkey
         if any(winner not in p.kernels for p in found):
             pytest.skip(f"no {winner} kernel for these weights here")
         for p in found:
-            p.one_row = p.many_rows = p.prompt_rows = p.kernels[winner]
+            p.one_row = p.few_rows = p.many_rows = p.prompt_rows = p.kernels[winner]
         return {}
 
     monkeypatch.setattr(matmul_layouts, "tune", pick)

@@ -30,7 +30,10 @@ import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
-ONE_ROW, MANY_ROWS = "1 row", "8 rows"
+ONE_ROW, FEW_ROWS, MANY_ROWS = "1 row", "4 rows", "8 rows"
+# Up to this many rows a matmul is a "few rows" case: two to four streams decoding,
+# or one stream reading a short draft (speculation.py).
+FEW = 4
 # More rows than this in one matmul: a prompt being read. For int8 the
 # dequantized copy pays only from here (measured on SmolLM2's shapes: at 64 rows
 # the int8 kernel is 1.4x faster, at 128 and 512 rows the copy 1.7-1.9x).
@@ -79,9 +82,9 @@ class Projection:
         # What runs a single row and what runs a decode batch (set by `tune`),
         # and what runs a prompt's many rows.
         first = next(iter(self.kernels))
-        self.one_row = self.many_rows = self.prompt_rows = self.kernels[first]
+        self.one_row = self.few_rows = self.many_rows = self.prompt_rows = self.kernels[first]
         if "packed" in self.kernels:  # the measured default until tuned
-            self.many_rows = self.prompt_rows = self.kernels["packed"]
+            self.few_rows = self.many_rows = self.prompt_rows = self.kernels["packed"]
             if weight.dtype != torch.float32:
                 self.one_row = self.kernels["packed"]
         if quantize == "int8":
@@ -99,7 +102,7 @@ class Projection:
         """After `tune`: forget the copy of the weight no chosen kernel reads (the
         plain one when packed won every case, or the packed one when plain did).
         True when the plain float weight is no longer needed here."""
-        used = {self.one_row, self.many_rows, self.prompt_rows}
+        used = {self.one_row, self.few_rows, self.many_rows, self.prompt_rows}
         if self.kernels.get("skinny") in used:
             used.add(self._wide())  # past SKINNY_ROWS
             if self.weight is not None:
@@ -118,6 +121,8 @@ class Projection:
         rows = x.numel() // x.shape[-1]
         if rows == 1:
             return self.one_row(x)
+        if rows <= FEW:
+            return self.few_rows(x)
         return self.many_rows(x) if rows <= PROMPT_ROWS else self.prompt_rows(x)
 
     def _plain(self, x):
@@ -203,12 +208,13 @@ def tune(projections: list[Projection], budget_s: float = 3.0,
         names = [name for name in names if name in allowed] or names
     if len(names) == 1:  # pinned (or the only one): every case runs it
         for p in projections:
-            p.one_row = p.many_rows = p.kernels[names[0]]
+            p.one_row = p.few_rows = p.many_rows = p.kernels[names[0]]
     if len(names) < 2:
         return {}
     timings: dict[str, dict[str, float]] = {}
     started = time.perf_counter()
-    for case, rows in ((ONE_ROW, 1), (MANY_ROWS, 8)):
+    for case, rows, attribute in ((ONE_ROW, 1, "one_row"), (FEW_ROWS, FEW, "few_rows"),
+                                  (MANY_ROWS, 8, "many_rows")):
         inputs = {}
         for p in projections:
             inputs.setdefault(p.in_features, torch.randn(rows, p.in_features, dtype=p.dtype))
@@ -227,9 +233,9 @@ def tune(projections: list[Projection], budget_s: float = 3.0,
             timings[case][name] = spent / reps * 1e3
         best = min(timings[case], key=timings[case].get)
         for p in projections:
-            setattr(p, "one_row" if rows == 1 else "many_rows", p.kernels[best])
+            setattr(p, attribute, p.kernels[best])
         if time.perf_counter() - started > budget_s:
-            break  # a big model: the many-row case keeps its default
+            break  # a big model: the cases not reached keep their defaults
     log.info("fused decoder kernels: %s", describe(timings))
     return timings
 
