@@ -38,6 +38,9 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 CPU_DEFAULT_BYTES = 1536 << 20
 # On a GPU: this share of the memory free once the weights are loaded.
 GPU_DEFAULT_SHARE = 0.6
+# Passes reading at most this many tokens a row attend in the paged kernel (a decode
+# step: the last token and a draft to verify); longer ones gather blocks for SDPA.
+DECODE_QUERIES = 17
 
 
 def default_budget_bytes(device) -> int:
@@ -183,7 +186,7 @@ class PagedKVCache(Cache):
         self.blocks: torch.Tensor | None = None  # [rows * q] block of each new token
         self.offsets: torch.Tensor | None = None  # [rows * q] its place in the block
         self.tables: torch.Tensor | None = None  # [rows, blocks read]
-        self.lengths: torch.Tensor | None = None  # [rows] positions each row attends
+        self.lengths: torch.Tensor | None = None  # [rows * q] positions each query reads
         self.rows = 0
         self.read_length = 0
 
@@ -203,7 +206,14 @@ class PagedKVCache(Cache):
         self.offsets = (positions % bs).flatten()
         self.rows, self.read_length = len(tables), read_length
         self.tables = table_t[:, :pool.blocks_for(read_length)].contiguous()
-        self.lengths = starts_t + q_len if q_len == 1 else None
+        self.q_len = q_len
+        self.lengths = None
+        if q_len <= DECODE_QUERIES:
+            # Each query of a row reads the positions up to its own (a draft being
+            # verified is causal): one kernel row per (row, query).
+            self.lengths = (positions.flatten() + 1).clamp_(max=read_length)
+            if q_len > 1:
+                self.tables = self.tables.repeat_interleave(q_len, 0)
 
     def _write(self, layer: int, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         pool = self.pool
@@ -226,8 +236,8 @@ class PagedKVCache(Cache):
         return out[0], out[1]
 
     def can_attend_decode(self, query: torch.Tensor) -> bool:
-        """True when `decode_attention` runs this pass: one new token per row, float32
-        on the CPU, the kernel built."""
+        """True when `decode_attention` runs this pass: at most DECODE_QUERIES new
+        tokens per row, float32 on the CPU, the kernel built."""
         return self.kernel is not None and self.lengths is not None and \
             query.dtype == torch.float32 and query.device.type == "cpu" and \
             self.pool.dtype == torch.float32
@@ -235,12 +245,15 @@ class PagedKVCache(Cache):
     def decode_attention(self, layer: int, query: torch.Tensor, key_states: torch.Tensor,
                          value_states: torch.Tensor, scale: float) -> torch.Tensor:
         """Write the new keys and values, then attend from the pool's blocks:
-        query [rows, heads, 1, dim] -> [rows, heads, 1, dim]."""
+        query [rows, heads, q, dim] -> [rows, heads, q, dim] (q: the last token and
+        its draft, at most DECODE_QUERIES)."""
         self._write(layer, key_states, value_states)
         store = self.pool.data[layer]
-        out = self.kernel.paged_decode_attention(
-            query[:, :, 0].contiguous(), store[0], store[1], self.tables, self.lengths, scale)
-        return out[:, :, None]
+        rows, heads, q_len, dim = query.shape
+        flat = query.transpose(1, 2).reshape(rows * q_len, heads, dim).contiguous()
+        out = self.kernel.paged_decode_attention(flat, store[0], store[1], self.tables,
+                                                 self.lengths, scale)
+        return out.view(rows, q_len, heads, dim).transpose(1, 2)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.read_length
