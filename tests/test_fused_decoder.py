@@ -118,7 +118,7 @@ def test_serving_lets_go_of_the_weight_copy_no_kernel_reads(name, winner, monkey
     if not torch.backends.mkldnn.is_available():
         pytest.skip("one layout only: nothing to choose between")
 
-    def pick(found, budget_s=3.0, allowed=None):  # a tuning result, as a CPU measures it
+    def pick(found, budget_s=3.0, choice=None):  # a tuning result, as a CPU measures it
         if any(winner not in p.kernels for p in found):
             pytest.skip(f"no {winner} kernel for these weights here")
         for p in found:
@@ -175,3 +175,19 @@ def test_unsupported_configs_use_the_models_forward(model, reason, caplog):
     assert runner.fused is None
     with torch.inference_mode():
         assert len(run_passes(runner)) == 6  # still serves, through transformers
+
+
+def test_one_weight_copy_by_default_whatever_wins_each_case():
+    """`matmul_weight_copies = 1`: whichever kernel wins one row, every case reads the
+    same copy of the weights, so serving keeps exactly one (issue #32's memory bound)."""
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("one layout only: nothing to choose between")
+    with torch.no_grad():
+        decoder = FusedDecoder.build(tiny_llama())
+    for projection in decoder.projections():
+        chosen = {projection.one_row, projection.few_rows, projection.many_rows,
+                  projection.prompt_rows}
+        names = {name for name, kernel in projection.kernels.items() if kernel in chosen}
+        assert len({matmul_layouts._layout(projection, name) for name in names}) == 1, names
+        projection.drop_unused()
+        assert (projection.weight is None) != (projection.packed is None)

@@ -257,8 +257,13 @@ class EngineSettings(BaseSettings):
                     "and keep the fastest for one row and for a batch; or a comma list to "
                     "choose from (plain = MKL, packed = oneDNN's blocked weights, skinny = "
                     "ArBridge's few-row kernel built for this CPU, int8 = torch's int8 "
-                    "kernel). Two winners that read different weight layouts hold the "
-                    "weights twice: 'packed' keeps one copy")
+                    "kernel)")
+    matmul_weight_copies: int = Field(
+        1, ge=1, le=2, description="1: every matmul reads one copy of the float weights "
+                                   "(that of the fastest one-row kernel); 2: each case its "
+                                   "fastest kernel, holding oneDNN's packed copy beside the "
+                                   "plain one when both win somewhere (faster batches, "
+                                   "the weights' size again in memory)")
     kv_block_tokens: int = Field(
         16, ge=1, le=1024, description="tokens per KV block (the unit of allocation and of "
                                        "prefix sharing)")
@@ -268,10 +273,13 @@ class EngineSettings(BaseSettings):
                                "end, so a prompt that starts like an earlier one prefills "
                                "only the rest; 0 = off")
 
-    def kernel_choice(self) -> frozenset[str] | None:
-        """`matmul_kernels` as the engine takes it: None for auto."""
-        return None if self.matmul_kernels == "auto" else \
+    def kernel_choice(self):
+        """`matmul_kernels` and `matmul_weight_copies` as the engine takes them."""
+        from arbridge.engine.matmul_layouts import KernelChoice
+
+        allowed = None if self.matmul_kernels == "auto" else \
             frozenset(self.matmul_kernels.split(","))
+        return KernelChoice(allowed, self.matmul_weight_copies)
 
 
 # Bases in reverse: pydantic lists the fields (and so the flags) from the last base on.

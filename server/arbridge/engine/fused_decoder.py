@@ -57,10 +57,11 @@ class FusedDecoder:
 
     @staticmethod
     def build(model, quantize: str | None = None,
-              kernels: frozenset[str] | None = None) -> FusedDecoder | None:
+              kernels: matmul_layouts.KernelChoice | None = None) -> FusedDecoder | None:
         """The lean path for `model`, or None (with the reason logged) when it
         does not apply. `quantize="int8"`: int8 weight-only projections; `kernels`:
-        the matmul kernels it may choose from (None: all, timed)."""
+        the matmul kernels it may choose from and how many weight copies it may keep
+        (None: all, timed, one copy)."""
         reason = FusedDecoder.unsupported_reason(model)
         if reason:
             log.info("fused decoder: %s; using the model's forward", reason)
@@ -70,8 +71,8 @@ class FusedDecoder:
         with torch.inference_mode(False), torch.no_grad():
             decoder = _BUILDERS[model.config.model_type](model, quantize)
         with torch.no_grad():
-            decoder.kernel_timings = matmul_layouts.tune(decoder.projections(),
-                                                         allowed=kernels)
+            decoder.kernel_timings = matmul_layouts.tune(
+                decoder.projections(), choice=kernels or matmul_layouts.KernelChoice())
         return decoder
 
     kernel_timings: dict  # what `matmul_layouts.tune` measured, set by build

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -197,15 +198,34 @@ def _pack(weight: torch.Tensor) -> torch.Tensor | None:
         return None
 
 
+@dataclass(frozen=True)
+class KernelChoice:
+    """What `tune` may pick (the `matmul_kernels` and `matmul_weight_copies` settings)."""
+
+    allowed: frozenset[str] | None = None  # None: every kernel
+    # 1: every case uses kernels that read one copy of the float weights (the layout of
+    # the fastest one-row kernel: one stream is the common case); 2: each case its
+    # fastest, even if that keeps oneDNN's packed copy beside the plain one.
+    copies: int = 1
+
+
+def _layout(projection: Projection, name: str) -> str:
+    """Which copy of the weights kernel `name` reads."""
+    if name == "packed":
+        return "packed"
+    return "plain" if projection.weight is not None else "int8"
+
+
 def tune(projections: list[Projection], budget_s: float = 3.0,
-         allowed: frozenset[str] | None = None) -> dict[str, dict[str, float]]:
+         choice: KernelChoice = KernelChoice()) -> dict[str, dict[str, float]]:
     """Pick each case's kernel by timing every projection in turn (one decode
-    step's weight reads, cold as in serving) with each candidate (those in
-    `allowed`, when given: the `matmul_kernels` setting). Returns
-    {case: {kernel: ms per step}}; with one candidate nothing is timed."""
+    step's weight reads, cold as in serving) with each candidate (those `choice`
+    allows; with one weight copy, the later cases only those reading the one-row
+    winner's copy). Returns {case: {kernel: ms per step}}; with one candidate
+    nothing is timed."""
     names = sorted(set.intersection(*(set(p.kernels) for p in projections)))
-    if allowed:
-        names = [name for name in names if name in allowed] or names
+    if choice.allowed:
+        names = [name for name in names if name in choice.allowed] or names
     if len(names) == 1:  # pinned (or the only one): every case runs it
         for p in projections:
             p.one_row = p.few_rows = p.many_rows = p.kernels[names[0]]
@@ -234,6 +254,16 @@ def tune(projections: list[Projection], budget_s: float = 3.0,
         best = min(timings[case], key=timings[case].get)
         for p in projections:
             setattr(p, attribute, p.kernels[best])
+        if choice.copies == 1 and case == ONE_ROW:
+            layout = _layout(projections[0], best)
+            names = [name for name in names if _layout(projections[0], name) == layout]
+            if layout == "plain":  # prompts too: no packed copy is kept
+                for p in projections:
+                    p.prompt_rows = p.kernels["plain"]
+            if len(names) == 1:
+                for p in projections:
+                    p.few_rows = p.many_rows = p.kernels[best]
+                break
         if time.perf_counter() - started > budget_s:
             break  # a big model: the cases not reached keep their defaults
     log.info("fused decoder kernels: %s", describe(timings))

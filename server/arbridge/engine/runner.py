@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 class ModelRunner:
     def __init__(self, model, context_length: int, fused: bool = True,
                  quantize: str | None = None, fused_only: bool = False,
-                 attention_kernel: bool = True, matmul_kernels: frozenset[str] | None = None):
+                 attention_kernel: bool = True, matmul_kernels=None):
         if quantize and not fused:
             raise ValueError(f"{quantize} weights run only in the fused decoder")
         self.model = model
@@ -35,7 +35,7 @@ class ModelRunner:
         self._want_kernel = attention_kernel
         self.attention_kernel = None  # paged_attention's module, loaded by prepare()
         self.quantize = quantize
-        self.matmul_kernels = matmul_kernels  # None: every kernel, the fastest timed
+        self.matmul_kernels = matmul_kernels  # a KernelChoice; None: the default one
         # The lean path for Llama and GPT-2 shapes (None: model.forward); made
         # by prepare(), on the thread that computes.
         self.fused: FusedDecoder | None = None

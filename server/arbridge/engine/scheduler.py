@@ -89,7 +89,7 @@ class Scheduler:
                  fused_only: bool = False, attention_kernel: bool = True,
                  speculative_tokens: int = 0, speculative_rows: int = 2,
                  speculative_forced_tokens: int = 16,
-                 matmul_kernels: frozenset[str] | None = None, runner=None):
+                 matmul_kernels=None, runner=None):
         # `runner`: anything with ModelRunner's face (the policy tests' stand-in).
         self.runner = runner or ModelRunner(model, context_length, fused=fused_decoder,
                                             quantize=quantize, fused_only=fused_only,
