@@ -252,10 +252,12 @@ class EngineSettings(BaseSettings):
                              "that a pass is no longer bound by reading the weights and the "
                              "extra positions cost what they save")
     matmul_kernels: str = Field(
-        "auto", pattern=r"^(auto|(plain|packed|skinny|int8)(,(plain|packed|skinny|int8))*)$",
+        "auto", pattern=r"^(auto|(plain|dnnl|packed|skinny|int8)"
+                        r"(,(plain|dnnl|packed|skinny|int8))*)$",
         description="the fused decoder's matmul kernels: auto = time every one at start "
                     "and keep the fastest for one row and for a batch; or a comma list to "
-                    "choose from (plain = MKL, packed = oneDNN's blocked weights, skinny = "
+                    "choose from (plain = MKL, dnnl = oneDNN on the plain weights, packed = "
+                    "oneDNN's blocked weights, skinny = "
                     "ArBridge's few-row kernel built for this CPU, int8 = torch's int8 "
                     "kernel)")
     matmul_weight_copies: int = Field(
