@@ -150,7 +150,11 @@ def start_server_process(model_dir: Path, tmp_path: Path, step_delay: float, gra
     SERVING: (process, port, log path). Settings beyond these come from ARBRIDGE_* in env;
     `open_files` sets its open-file limit (soft and hard, as `ulimit -n` would)."""
     log = tmp_path / "server.log"
-    env = dict(env or os.environ, PYTHONPATH=str(TESTS), XDG_CACHE_HOME=str(tmp_path))
+    # Its own cache, but this machine's compiled kernels (each takes ~25 s to build).
+    from arbridge.engine.native_kernels import kernel_cache
+
+    env = dict(env or os.environ, PYTHONPATH=str(TESTS), XDG_CACHE_HOME=str(tmp_path),
+               ARBRIDGE_KERNEL_CACHE=str(kernel_cache()))
 
     def limit_files() -> None:
         import resource

@@ -2,7 +2,8 @@
 
 Each source in `csrc/` is built with the machine's own compiler and flags
 (`-march=native`: the vector instructions this CPU has, whichever they are),
-about 25 s each, and cached in ~/.cache/arbridge/kernels keyed by the source,
+about 25 s each, and cached in ~/.cache/arbridge/kernels (or
+$ARBRIDGE_KERNEL_CACHE) keyed by the source,
 torch's version and the CPU's flags, so a different CPU gets its own build.
 Without a compiler (or on a build error) `load` returns None and the caller
 keeps torch's own path.
@@ -35,6 +36,14 @@ def _cpu_flags() -> str:
     return ""
 
 
+def kernel_cache() -> Path:
+    """Where builds are kept: $ARBRIDGE_KERNEL_CACHE, else the user's cache folder."""
+    if os.environ.get("ARBRIDGE_KERNEL_CACHE"):
+        return Path(os.environ["ARBRIDGE_KERNEL_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "arbridge" \
+        / "kernels"
+
+
 def load(name: str, what: str, cache_dir: Path | None = None):
     """The compiled module of csrc/<name>.cpp, or None (the reason logged as what
     happens instead: `what`)."""
@@ -48,8 +57,7 @@ def load(name: str, what: str, cache_dir: Path | None = None):
         digest = hashlib.sha1(source.read_bytes() + torch.__version__.encode()
                               + _cpu_flags().encode() + " ".join(_FLAGS).encode()
                               ).hexdigest()[:12]
-        base = cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) \
-            / "arbridge" / "kernels"
+        base = cache_dir or kernel_cache()
         build = base / digest
         build.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
