@@ -153,9 +153,11 @@ class Projection:
     def _wide(self):
         """The BLAS-side kernel that takes rows past SKINNY_ROWS: the prompts' own, or
         the one reading the weight copy the few-row kernel reads."""
+        if "int8" in self.kernels:
+            return self._int8_wide
         if self.prompt_rows != self.kernels.get("skinny"):
             return self.prompt_rows
-        return self.kernels["plain"] if "plain" in self.kernels else self.kernels["int8"]
+        return self.kernels["plain"]
 
     def _skinny(self, x):
         flat = x.reshape(-1, self.in_features)
@@ -169,6 +171,13 @@ class Projection:
         if self.bias is not None:
             y = y + self.bias
         return y.view(*x.shape[:-1], self.out_features)
+
+    def _int8_wide(self, x):
+        # The int8 kernel up to PROMPT_ROWS (faster there), the prompts' path past it.
+        rows = x.numel() // x.shape[-1]
+        if rows > PROMPT_ROWS and self.prompt_rows != self.kernels.get("skinny"):
+            return self.prompt_rows(x)
+        return self._int8(x)
 
     def _int8_dequantized(self, x):
         # The int8 kernel's arithmetic (bfloat16 inputs, float32 sums, a bfloat16
