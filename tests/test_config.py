@@ -61,6 +61,11 @@ def test_a_bad_flag_value_names_the_setting(capsys):
     ("--compiled-grammar-mb", "0", "compiled_grammar_mb: Input should be greater"),
     ("--prefill-turn-ms", "-1", "prefill_turn_ms: Input should be greater"),
     ("--prefill-prompt-tokens", "8", "prefill_prompt_tokens: Input should be greater"),
+    ("--speculative-tokens", "65", "speculative_tokens: Input should be less"),
+    ("--speculative-rows", "-1", "speculative_rows: Input should be greater"),
+    ("--matmul-kernels", "fast", "matmul_kernels: String should match pattern"),
+    ("--matmul-kernels", "skinny,gpu", "matmul_kernels: String should match pattern"),
+    ("--matmul-weight-copies", "3", "matmul_weight_copies: Input should be less"),
 ])
 def test_new_limits_refuse_bad_values_at_start(capsys, flag, value, message):
     from arbridge.cli import main
