@@ -40,7 +40,7 @@ from pathlib import Path
 
 warnings.filterwarnings("ignore")
 
-REFERENCE_IDS_SHAPE = (2, 12)
+REFERENCE_ROWS, REFERENCE_LENGTH = 2, 12  # `ref_len` in the spec overrides the length
 
 
 def _free_port() -> int:
@@ -56,6 +56,23 @@ def _cpu_patches():
     torch.cuda.synchronize = lambda *a, **k: None
     torch.cuda.current_device = lambda: "cpu"
     torch.cuda.get_rng_state = lambda *a, **k: torch.get_rng_state()
+    # MoE without Transformer Engine: the router's torch.mm fallback.
+    from megatron.core.transformer.moe import moe_utils
+    moe_utils.te_general_gemm = None
+    # The sliding-window mask is allocated on "cuda": the same mask on the CPU.
+    from megatron.core.fusions import fused_softmax
+
+    def window_mask(sq, skv, window_size):
+        m = torch.ones(sq, skv, dtype=torch.bool)
+        return ~torch.tril(torch.triu(m, diagonal=skv - sq - window_size[0]),
+                           diagonal=skv - sq + window_size[1])
+
+    fused_softmax.get_sliding_window_causal_mask = window_mask
+
+
+def _world(spec: dict, tp: int, pp: int) -> int:
+    """Expert parallelism needs data-parallel ranks to spread experts over."""
+    return tp * pp * ((spec.get("moe") or {}).get("ep", 1))
 
 
 def _bias(spec: dict) -> bool:
@@ -73,6 +90,7 @@ def megatron_args(spec: dict, tp: int, pp: int):
     from megatron.core.transformer.enums import AttnBackend
 
     llama = spec["arch"] == "llama"
+    moe = spec.get("moe") or {}
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[spec["dtype"]]
     heads = spec["heads"]
     groups = spec.get("groups", heads)
@@ -86,19 +104,30 @@ def megatron_args(spec: dict, tp: int, pp: int):
         add_position_embedding=True,  # True even for RoPE models, as in Megatron-LM
         use_rotary_position_embeddings=llama, rotary_base=spec.get("rotary_base", 10000),
         rotary_percent=1.0, rotary_interleaved=False, rotary_seq_len_interpolation_factor=None,
-        use_rope_scaling=False, rope_scaling_factor=8.0,
+        use_rope_scaling=bool(spec.get("rope_scaling")),
+        rope_scaling_factor=spec.get("rope_scaling") or 8.0,
         normalization="RMSNorm" if llama else "LayerNorm", layernorm_epsilon=spec["eps"],
         apply_layernorm_1p=False, swiglu=llama, squared_relu=False,
         bias_gelu_fusion=spec.get("bias_gelu_fusion", False), bias_swiglu_fusion=llama,
         add_bias_linear=_bias(spec), add_qkv_bias=_qkv_bias(spec),
         untie_embeddings_and_output_weights=spec.get("untied", False),
         padded_vocab_size=spec["padded_vocab"], make_vocab_size_divisible_by=128,
-        qk_layernorm=False, num_experts=None, moe_router_topk=2, multi_latent_attention=False,
+        qk_layernorm=bool(spec.get("qk_layernorm")), multi_latent_attention=False,
         mtp_num_layers=None, apply_residual_connection_post_layernorm=False,
-        openai_gelu=False, onnx_safe=None, window_size=None, heterogeneous_layers_config_path=None,
+        openai_gelu=False, onnx_safe=None, heterogeneous_layers_config_path=None,
+        window_size=(spec["window"], 0) if spec.get("window") else None,
+        window_attn_skip_freq=None,
+        num_experts=moe.get("experts"), moe_router_topk=moe.get("topk", 2),
+        moe_ffn_hidden_size=moe.get("ffn"), moe_router_pre_softmax=moe.get("pre_softmax", False),
+        moe_shared_expert_intermediate_size=moe.get("shared_ffn"),
+        moe_shared_expert_gate=moe.get("shared_gate", False), moe_layer_freq=1,
+        moe_router_score_function="softmax", moe_router_topk_scaling_factor=None,
+        moe_router_enable_expert_bias=False, moe_router_num_groups=None,
+        moe_router_load_balancing_type="aux_loss", moe_grouped_gemm=False,
+        moe_token_dispatcher_type="allgather", moe_aux_loss_coeff=1e-2,
         tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
         virtual_pipeline_model_parallel_size=spec.get("vp"), context_parallel_size=1,
-        expert_model_parallel_size=1, sequence_parallel=False,
+        expert_model_parallel_size=moe.get("ep", 1), sequence_parallel=False,
         params_dtype=dtype, bf16=dtype == torch.bfloat16, fp16=False,
         tokenizer_type=spec["tokenizer_type"], vocab_file=spec.get("vocab_file"),
         merge_file=spec.get("merge_file"), tokenizer_model=spec.get("tokenizer_model"),
@@ -106,8 +135,9 @@ def megatron_args(spec: dict, tp: int, pp: int):
         ckpt_format=spec.get("format", "torch_dist"), use_dist_ckpt=True,
         iteration=spec["iteration"],
         save=None, load=None, seed=spec["seed"], micro_batch_size=1, global_batch_size=8,
-        lr=3e-4, min_lr=3e-5, train_iters=spec["iteration"] or 100, world_size=tp * pp,
-        data_parallel_size=1, rank=0,
+        lr=3e-4, min_lr=3e-5, train_iters=spec["iteration"] or 100,
+        world_size=_world(spec, tp, pp), data_parallel_size=_world(spec, tp, pp) // (tp * pp),
+        rank=0,
     )
 
 
@@ -121,6 +151,15 @@ def _build(spec: dict, tp: int, pp: int, *, pre: bool, post: bool, vp_stage: int
 
     llama = spec["arch"] == "llama"
     bf16 = spec["dtype"] == "bf16"
+    moe = spec.get("moe") or {}
+    moe_config = {} if not moe else dict(
+        num_moe_experts=moe["experts"], moe_router_topk=moe.get("topk", 2),
+        moe_ffn_hidden_size=moe.get("ffn", spec["ffn"]),
+        moe_router_pre_softmax=moe.get("pre_softmax", False),
+        moe_shared_expert_intermediate_size=moe.get("shared_ffn"),
+        moe_shared_expert_gate=moe.get("shared_gate", False),
+        moe_grouped_gemm=False, moe_token_dispatcher_type="allgather",
+        moe_aux_loss_coeff=0.0, expert_model_parallel_size=moe.get("ep", 1))
     config = TransformerConfig(
         num_layers=spec["layers"], hidden_size=spec["hidden"], ffn_hidden_size=spec["ffn"],
         num_attention_heads=spec["heads"], num_query_groups=spec.get("groups", spec["heads"]),
@@ -136,17 +175,24 @@ def _build(spec: dict, tp: int, pp: int, *, pre: bool, post: bool, vp_stage: int
         gradient_accumulation_fusion=False, masked_softmax_fusion=False,
         bias_dropout_fusion=False, apply_rope_fusion=False,
         virtual_pipeline_model_parallel_size=spec.get("vp") if vp_stage is not None else None,
+        qk_layernorm=bool(spec.get("qk_layernorm")),
+        window_size=(spec["window"], 0) if spec.get("window") else None,
+        **moe_config,
     )
     real_cuda = torch.Tensor.cuda
     torch.Tensor.cuda = lambda self, *a, **k: self  # tied embeddings with PP > 1
     try:
         model = GPTModel(
-            config, get_gpt_layer_local_spec(normalization=config.normalization),
+            config, get_gpt_layer_local_spec(
+                num_experts=moe.get("experts"), moe_grouped_gemm=False,
+                qk_layernorm=bool(spec.get("qk_layernorm")), normalization=config.normalization),
             vocab_size=spec["padded_vocab"], max_sequence_length=spec["positions"],
             pre_process=pre, post_process=post, parallel_output=False,
             share_embeddings_and_output_weights=not spec.get("untied", False),
             position_embedding_type="rope" if llama else "learned_absolute",
-            rotary_base=spec.get("rotary_base", 10000), vp_stage=vp_stage)
+            rotary_base=spec.get("rotary_base", 10000), vp_stage=vp_stage,
+            rope_scaling=bool(spec.get("rope_scaling")),
+            rope_scaling_factor=spec.get("rope_scaling") or 8.0)
     finally:
         torch.Tensor.cuda = real_cuda
     if bf16:
@@ -154,13 +200,18 @@ def _build(spec: dict, tp: int, pp: int, *, pre: bool, post: bool, vp_stage: int
     return model
 
 
-def _randomize(model, stage: int, tp_rank: int, seed: int) -> None:
+def _randomize(model, stage: int, tp_rank: int, seed: int, first_expert: int = 0) -> None:
     """Seeded values for every parameter; a tensor-parallel shard gets its rank's values,
-    a replicated one the same values on every rank, the tied output layer the embedding's."""
+    a replicated one the same values on every rank, the tied output layer the embedding's,
+    a local expert those of its global number (`first_expert` + local index)."""
+    import re
+
     import torch
 
     for name, p in model.named_parameters():
         name = name.removeprefix("module.")
+        name = re.sub(r"local_experts\.(\d+)\.",
+                      lambda m: f"global_expert.{first_expert + int(m.group(1))}.", name)
         shared = name in ("embedding.word_embeddings.weight", "output_layer.weight")
         key = "shared-embedding" if shared else f"{stage}:{name}"
         rank = tp_rank if getattr(p, "tensor_model_parallel", False) else 0
@@ -205,15 +256,19 @@ def _rank_main(rank: int, spec: dict, out: str, port: int) -> None:
 
     _cpu_patches()
     tp, pp = spec["tp"], spec["pp"]
+    moe = spec.get("moe") or {}
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=tp * pp)
+                            world_size=_world(spec, tp, pp))
     vp = spec.get("vp")
-    parallel_state.initialize_model_parallel(tp, pp, virtual_pipeline_model_parallel_size=vp)
+    parallel_state.initialize_model_parallel(tp, pp, virtual_pipeline_model_parallel_size=vp,
+                                             expert_model_parallel_size=moe.get("ep", 1))
     torch.manual_seed(spec["seed"])
     tensor_parallel.random.model_parallel_cuda_manual_seed(
         spec["seed"], inference_rng_tracker=True, force_reset_rng=True)
     stage = parallel_state.get_pipeline_model_parallel_rank()
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    ep, ep_rank = moe.get("ep", 1), parallel_state.get_expert_model_parallel_rank()
+    dp_rank = parallel_state.get_data_parallel_rank()
     # One model chunk per virtual stage, as Megatron-LM's get_model builds them.
     chunks = []
     for c in range(vp or 1):
@@ -221,7 +276,8 @@ def _rank_main(rank: int, spec: dict, out: str, port: int) -> None:
                        post=stage == pp - 1 and c == (vp or 1) - 1,
                        vp_stage=c if vp else None)
         if spec.get("randomize", True):
-            _randomize(chunk, stage * 100 + c, tp_rank, spec["seed"])
+            _randomize(chunk, stage * 100 + c, tp_rank, spec["seed"],
+                       ep_rank * (moe.get("experts", 0) // ep))
         chunks.append(chunk)
     keys = [f"model{c}" for c in range(len(chunks))] if vp else ["model"]
     args = megatron_args(spec, tp, pp)
@@ -246,7 +302,7 @@ def _rank_main(rank: int, spec: dict, out: str, port: int) -> None:
     state = {"args": args, **model_sds, **companions,
              "optimizer": _optimizer_moments(model_sds) if spec.get("optimizer", True) else None,
              "rng_state": ShardedObject("rng_state", [rng_state], (pp, tp), (stage, tp_rank),
-                                        replica_id=0)}
+                                        replica_id=dp_rank)}
     if rank == 0:
         (root / folder).mkdir(parents=True, exist_ok=True)
     dist.barrier()
@@ -262,14 +318,18 @@ def _rank_main(rank: int, spec: dict, out: str, port: int) -> None:
         dist.barrier()
         dist.destroy_process_group()
         return
-    name = f"mp_rank_{tp_rank:02d}" + (f"_{stage:03d}" if pp > 1 else "")
-    adam = torch.optim.Adam([p for chunk in chunks for p in chunk.parameters()], lr=3e-4)
-    torch.save({"args": megatron_args({**spec, "format": "torch"}, tp, pp),
-                **{key: chunk.state_dict_for_save_checkpoint()
-                   for key, chunk in zip(keys, chunks, strict=True)}, **companions,
-                "optimizer": {"optimizer": adam.state_dict(), "grad_scaler": None},
-                "rng_state": [rng_state]},
-               _mkdir(legacy / folder / name) / "model_optim_rng.pt")
+    # Megatron-LM's get_checkpoint_name: one file per (tensor, pipeline, expert) rank,
+    # written by expert-data-parallel rank 0.
+    name = (f"mp_rank_{tp_rank:02d}" + (f"_{stage:03d}" if pp > 1 else "")
+            + (f"_{ep_rank:03d}" if ep > 1 else ""))
+    if parallel_state.get_expert_data_parallel_rank() == 0:
+        adam = torch.optim.Adam([p for chunk in chunks for p in chunk.parameters()], lr=3e-4)
+        torch.save({"args": megatron_args({**spec, "format": "torch"}, tp, pp),
+                    **{key: chunk.state_dict_for_save_checkpoint()
+                       for key, chunk in zip(keys, chunks, strict=True)}, **companions,
+                    "optimizer": {"optimizer": adam.state_dict(), "grad_scaler": None},
+                    "rng_state": [rng_state]},
+                   _mkdir(legacy / folder / name) / "model_optim_rng.pt")
     dist.barrier()
     if rank == 0:
         for r in (root, legacy):
@@ -311,7 +371,8 @@ def _reference(spec: dict, out: str, write: bool) -> None:
                            for k, v in stored.state_dict().items()})
     inner.eval()
     g = torch.Generator().manual_seed(11)
-    ids = torch.randint(0, spec["vocab"], REFERENCE_IDS_SHAPE, generator=g)
+    ids = torch.randint(0, spec["vocab"], (REFERENCE_ROWS, spec.get("ref_len", REFERENCE_LENGTH)),
+                        generator=g)
     positions = torch.arange(ids.shape[1]).unsqueeze(0).expand_as(ids)
     mask = torch.triu(torch.ones(1, 1, ids.shape[1], ids.shape[1], dtype=torch.bool), 1)
     with torch.no_grad():
@@ -329,7 +390,8 @@ def main() -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     for attempt in range(3):
         try:
-            mp.spawn(_rank_main, args=(spec, out, _free_port()), nprocs=spec["tp"] * spec["pp"])
+            mp.spawn(_rank_main, args=(spec, out, _free_port()),
+                     nprocs=_world(spec, spec["tp"], spec["pp"]))
             break
         except mp.ProcessRaisedException as exc:
             # The port was free when picked, then taken (any outgoing connection may get

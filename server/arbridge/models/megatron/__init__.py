@@ -89,10 +89,15 @@ def _core_source(folder: Path):
     if layout.checkpoint_format(folder) == "torch_dist":
         return TorchDistSource(folder)
     shards = layout.find_shards(folder)
-    first = load_pickle(shards[(0, 0)], str(shards[(0, 0)]), mmap=True)
+    first = load_pickle(shards[(0, 0, 0)], str(shards[(0, 0, 0)]), mmap=True)
     if is_legacy_gpt2(first):
         return None
+    args = first.get("args")
     del first
+    # `mp_rank_00_001` is expert rank 1 when the args say experts and no pipeline.
+    if (int(getattr(args, "expert_model_parallel_size", None) or 1) > 1
+            and int(getattr(args, "pipeline_model_parallel_size", None) or 1) == 1):
+        shards = layout.find_shards(folder, expert_parallel=True)
     return LegacyCoreSource(shards)
 
 

@@ -16,7 +16,16 @@ norm names (`self_attention.linear_qkv.layer_norm_weight`,
   embeddings and `output_layer` split (padded) vocabulary rows; norms and
   row-parallel biases are replicated. Pipeline stages number their layers from
   0, and virtual-pipeline chunks (`model0`, `model1`, ...) interleave: chunk c of
-  stage p is global chunk c * PP + p.
+  stage p is global chunk c * PP + p. With expert parallelism each expert rank's
+  file (`mp_rank_TT[_PPP]_EEE`) holds the dense weights again plus its own experts,
+  numbered from 0 (global number = rank * experts per rank + local number).
+
+Mixture-of-experts layers (`experts`): torch_dist stores each expert weight stacked
+over layers and global experts, `decoder.layers.mlp.experts.experts.linear_fc1.weight`
+[layers, experts, ...] (SequentialMLP and TEGroupedMLP save the same keys), or one key
+per expert (`...experts.experts.<e>.linear_fc1.weight`, singleton local shards);
+legacy files hold `mlp.experts.local_experts.<j>.linear_fc1.weight` (SequentialMLP)
+or `mlp.experts.linear_fc1.weight<j>` (TEGroupedMLP).
 """
 
 from __future__ import annotations
@@ -38,14 +47,27 @@ GLOBAL_NAMES = (WORD_EMBEDDINGS, POSITION_EMBEDDINGS, *FINAL_NORM, OUTPUT_LAYER)
 
 QKV = "self_attention.linear_qkv"
 PROJ = "self_attention.linear_proj"
+Q_NORM = "self_attention.q_layernorm.weight"  # qk_layernorm: one RMSNorm over each head
+K_NORM = "self_attention.k_layernorm.weight"
 FC1 = "mlp.linear_fc1"
 FC2 = "mlp.linear_fc2"
+ROUTER = "mlp.router.weight"  # [experts, hidden]
+SHARED_FC1 = "mlp.shared_experts.linear_fc1"
+SHARED_FC2 = "mlp.shared_experts.linear_fc2"
+SHARED_GATE = "mlp.shared_experts.gate_weight"  # [1, hidden]
 LAYER_SUFFIXES = (
     f"{QKV}.layer_norm_weight", f"{QKV}.layer_norm_bias", f"{QKV}.weight", f"{QKV}.bias",
-    f"{PROJ}.weight", f"{PROJ}.bias",
+    f"{PROJ}.weight", f"{PROJ}.bias", Q_NORM, K_NORM,
     f"{FC1}.layer_norm_weight", f"{FC1}.layer_norm_bias", f"{FC1}.weight", f"{FC1}.bias",
     f"{FC2}.weight", f"{FC2}.bias",
+    ROUTER, f"{SHARED_FC1}.weight", f"{SHARED_FC2}.weight", SHARED_GATE,
 )
+# One expert's weights, named as in a dense MLP (`experts(suffix)` takes these).
+EXPERT_SUFFIXES = ("linear_fc1.weight", "linear_fc1.bias", "linear_fc2.weight", "linear_fc2.bias")
+_STACKED_EXPERTS = re.compile(r"^decoder\.layers\.mlp\.experts\.experts\.(?:(\d+)\.)?"
+                              r"(linear_fc[12]\.(?:weight|bias))$")
+_LEGACY_EXPERT = re.compile(r"^mlp\.experts\.(?:local_experts\.\d+\.linear_fc[12]\.(?:weight|bias)"
+                            r"|linear_fc[12]\.(?:weight|bias)\d+)$")
 # The local (non-Transformer-Engine) spec names its norms apart; one name for both.
 _LOCAL_NORMS = {"input_layernorm.weight": f"{QKV}.layer_norm_weight",
                 "input_layernorm.bias": f"{QKV}.layer_norm_bias",
@@ -62,8 +84,8 @@ def _skipped(name: str) -> bool:
 
 def _unsupported(name: str, where: str) -> MegatronFormatError:
     return MegatronFormatError(
-        f"unsupported tensor '{name}' in {where}: ArBridge converts dense GPT models (no MoE, "
-        "MLA, qk-layernorm, multi-token prediction)")
+        f"unsupported tensor '{name}' in {where}: ArBridge converts GPT models with dense or "
+        "mixture-of-experts MLPs (no MLA, Mamba or multi-token prediction layers)")
 
 
 class CoreSource:
@@ -89,6 +111,14 @@ class CoreSource:
 
     def layers(self, suffix: str) -> list[torch.Tensor]:
         """One global tensor per layer, layer 0 first."""
+        raise NotImplementedError
+
+    def has_experts(self, suffix: str) -> bool:
+        raise NotImplementedError
+
+    def experts(self, suffix: str, count: int) -> list[list[torch.Tensor]]:
+        """Per layer, one global tensor per expert (global expert order); `suffix` is one
+        of EXPERT_SUFFIXES and `count` the number of experts the args declare."""
         raise NotImplementedError
 
 
@@ -130,7 +160,7 @@ class TorchDistSource(CoreSource):
             if not isinstance(meta, TensorStorageMetadata):
                 continue
             if not (name in GLOBAL_NAMES or name.removeprefix(_STACKED_PREFIX)
-                    in LAYER_SUFFIXES):
+                    in LAYER_SUFFIXES or _STACKED_EXPERTS.match(name)):
                 raise _unsupported(name, str(folder))
             self._tensors[name] = meta
         qkv = self._tensors.get(_STACKED_PREFIX + f"{QKV}.weight")
@@ -188,6 +218,23 @@ class TorchDistSource(CoreSource):
                                       f"{stacked.shape[0]} layers, not {self.num_layers}")
         return list(stacked.unbind(0))
 
+    def has_experts(self, suffix: str) -> bool:
+        return any((m := _STACKED_EXPERTS.match(n)) and m.group(2) == suffix
+                   for n in self._tensors)
+
+    def experts(self, suffix: str, count: int) -> list[list[torch.Tensor]]:
+        stacked = _STACKED_PREFIX + f"mlp.experts.experts.{suffix}"
+        if stacked in self._tensors:
+            whole = self.tensor(stacked)  # [layers, experts, ...]
+            if tuple(whole.shape[:2]) != (self.num_layers, count):
+                raise MegatronFormatError(f"mismatched shapes: {stacked} is {list(whole.shape)}, "
+                                          f"the args say {self.num_layers} layers x {count} "
+                                          "experts")
+            return [list(layer.unbind(0)) for layer in whole.unbind(0)]
+        # singleton local shards: one stacked-over-layers tensor per expert
+        per_expert = [self.layers(f"mlp.experts.experts.{e}.{suffix}") for e in range(count)]
+        return [list(layer) for layer in zip(*per_expert, strict=True)]
+
 
 # -- legacy torch ----------------------------------------------------------------------
 def cat_shards(parts: list[torch.Tensor], dim: int, key: str) -> torch.Tensor:
@@ -202,18 +249,22 @@ def cat_shards(parts: list[torch.Tensor], dim: int, key: str) -> torch.Tensor:
 class LegacyCoreSource(CoreSource):
     format = "torch"
 
-    def __init__(self, shards: dict[tuple[int, int], Path]):
-        self._shards = shards
-        self.tensor_parallel = max(t for t, _ in shards) + 1
-        self.pipeline_parallel = max(p for _, p in shards) + 1
-        self._files = {key: load_pickle(path, str(path), mmap=True)
-                       for key, path in sorted(shards.items())}
+    def __init__(self, shards: dict[tuple[int, int, int], Path]):
+        self._expert_shards = shards
+        self._shards = {(t, p): path for (t, p, e), path in shards.items() if e == 0}
+        self.tensor_parallel = max(t for t, _, _ in shards) + 1
+        self.pipeline_parallel = max(p for _, p, _ in shards) + 1
+        self.expert_parallel = max(e for _, _, e in shards) + 1
+        self._all_files = {key: load_pickle(path, str(path), mmap=True)
+                           for key, path in sorted(shards.items())}
+        self._files = {(t, p): f for (t, p, e), f in self._all_files.items() if e == 0}
         first = self._files[(0, 0)]
         self.args = first.get("args")
         if self.args is None:
-            raise MegatronFormatError(f"{shards[(0, 0)]} holds no 'args': ArBridge reads the "
-                                      "architecture from them")
-        check_declared_grid(self.args, shards)
+            raise MegatronFormatError(f"{self._shards[(0, 0)]} holds no 'args': ArBridge reads "
+                                      "the architecture from them")
+        check_declared_grid(self.args, self._expert_shards)
+        shards = self._shards
         self.iteration = first.get("iteration", "release")
         self._swiglu = bool(getattr(self.args, "swiglu", False))
         chunk_names = sorted((k for k in first if re.fullmatch(r"model\d*", k)),
@@ -262,7 +313,7 @@ class LegacyCoreSource(CoreSource):
                     self._globals[key] = chunk  # the last stage's copy
                 continue
             suffix = _LOCAL_NORMS.get(m.group(2), m.group(2))
-            if suffix not in LAYER_SUFFIXES:
+            if suffix not in LAYER_SUFFIXES and not _LEGACY_EXPERT.match(suffix):
                 raise _unsupported(key, self._where(chunk))
             local.setdefault(int(m.group(1)), set()).add(key)
         if sorted(local) != list(range(len(local))):
@@ -318,13 +369,69 @@ class LegacyCoreSource(CoreSource):
             out.append(self._merge(parts, suffix, i))
         return out
 
+    def has_experts(self, suffix: str) -> bool:
+        return self._expert_parts(0, 0, suffix, 0) is not None
+
+    def _expert_parts(self, i: int, expert_rank: int, suffix: str, local: int):
+        """Layer i's local expert `local` on `expert_rank`, one part per tensor rank."""
+        (c, p), layer = self._layer_at[i]
+        chunk = f"model{c}" if self.virtual_stages > 1 else "model"
+        parts = []
+        for t in range(self.tensor_parallel):
+            sd = self._all_files[(t, p, expert_rank)].get(chunk) or {}
+            sequential = f"decoder.layers.{layer}.mlp.experts.local_experts.{local}.{suffix}"
+            grouped = f"decoder.layers.{layer}.mlp.experts.{suffix}{local}"
+            parts.append(sd.get(sequential, sd.get(grouped)))
+        if all(part is None for part in parts):
+            return None
+        if any(part is None for part in parts):
+            where = self._expert_shards[(parts.index(None), p, expert_rank)]
+            raise MegatronFormatError(f"missing tensor: decoder.layers.{layer}.mlp.experts."
+                                      f"local_experts.{local}.{suffix} in {where}")
+        return parts
+
+    def experts(self, suffix: str, count: int) -> list[list[torch.Tensor]]:
+        if count % self.expert_parallel:
+            raise MegatronFormatError(f"mismatched shapes: args.num_experts={count} does not "
+                                      f"split over {self.expert_parallel} expert ranks")
+        per_rank = count // self.expert_parallel
+        # Experts may be split over fewer tensor ranks than the rest (expert tensor
+        # parallelism); with 1, every tensor rank holds whole experts.
+        expert_tp = int(getattr(self.args, "expert_tensor_parallel_size", None)
+                        or self.tensor_parallel)
+        if expert_tp not in (1, self.tensor_parallel):
+            raise MegatronFormatError(
+                f"unsupported: args.expert_tensor_parallel_size={expert_tp} with "
+                f"args.tensor_model_parallel_size={self.tensor_parallel} (ArBridge merges "
+                "experts split like the rest or not at all)")
+        out = []
+        for i in range(self.num_layers):
+            layer = []
+            for e in range(count):
+                parts = self._expert_parts(i, e // per_rank, suffix, e % per_rank)
+                if parts is None:
+                    raise MegatronFormatError(
+                        f"missing tensor: layer {i} has no expert {e} {suffix} (expert rank "
+                        f"{e // per_rank}, local expert {e % per_rank})")
+                layer.append(self._merge(parts if expert_tp > 1 else parts[:1],
+                                         f"mlp.{suffix}", i))
+            # one more local expert than declared is a grid the args do not describe
+            if self._expert_parts(i, 0, suffix, per_rank) is not None:
+                raise MegatronFormatError(f"mismatched shapes: layer {i} holds more than "
+                                          f"{per_rank} experts per expert rank "
+                                          f"(args.num_experts={count})")
+            out.append(layer)
+        return out
+
     def _merge(self, parts: list[torch.Tensor], suffix: str, i: int) -> torch.Tensor:
         key = f"decoder.layers.{i}.{suffix}"
-        if "layer_norm" in suffix or suffix in (f"{PROJ}.bias", f"{FC2}.bias"):
+        if "layer_norm" in suffix or suffix in (f"{PROJ}.bias", f"{FC2}.bias",
+                                                f"{SHARED_FC2}.bias", Q_NORM, K_NORM, ROUTER,
+                                                SHARED_GATE):
             return parts[0].clone()  # replicated
-        if suffix in (f"{PROJ}.weight", f"{FC2}.weight"):
+        if suffix in (f"{PROJ}.weight", f"{FC2}.weight", f"{SHARED_FC2}.weight"):
             return cat_shards(parts, 1, key)  # row-parallel: input columns
-        if suffix.startswith(FC1) and self._swiglu:
+        if (suffix.startswith(FC1) or suffix.startswith(SHARED_FC1)) and self._swiglu:
             halves = [p.chunk(2, dim=0) for p in parts]  # rank r: [gate_r; up_r]
             return torch.cat([cat_shards([g for g, _ in halves], 0, key),
                               cat_shards([u for _, u in halves], 0, key)], dim=0)

@@ -4,12 +4,18 @@ The architecture is read from the checkpoint's `args`, never guessed from names:
 
 - RoPE + RMSNorm + SwiGLU (Llama-style, what Megatron-LM trains today) ->
   `LlamaForCausalLM` (grouped-query attention, `kv_channels`, `rotary_base`,
-  `layernorm_epsilon`, tied or untied output; `add_bias_linear` -> biases on every
-  linear layer); with `add_qkv_bias` alone -> `Qwen2ForCausalLM`;
+  Llama 3.1 `use_rope_scaling`, `layernorm_epsilon`, tied or untied output;
+  `add_bias_linear` -> biases on every linear layer); with `add_qkv_bias` alone ->
+  `Qwen2ForCausalLM`; with `qk_layernorm` -> `Qwen3ForCausalLM`; with a sliding
+  `window_size` -> `MistralForCausalLM` (or Qwen2/Qwen3 with sliding layers);
+- the same with `num_experts` (mixture of experts) -> `MixtralForCausalLM`,
+  `Qwen3MoeForCausalLM` (`qk_layernorm`) or `Qwen2MoeForCausalLM` (a gated shared
+  expert), as the router's arguments say (`_plan_experts`);
 - learned absolute positions + LayerNorm + GeLU (GPT-2-style) -> `GPT2LMHeadModel`,
   with the tanh GeLU when `bias_gelu_fusion` (or `openai_gelu`) trained it and the
   exact erf GeLU otherwise;
-- anything else is refused before serving, naming the argument (`REFUSED`).
+- anything else is refused before serving, naming the argument and saying how to
+  serve it through vLLM instead (`REFUSED`, `WHAT_TO_DO`).
 """
 
 from __future__ import annotations
@@ -26,39 +32,71 @@ from arbridge.models.megatron.core_sources import (
     FC1,
     FC2,
     FINAL_NORM,
+    K_NORM,
     OUTPUT_LAYER,
     POSITION_EMBEDDINGS,
     PROJ,
+    Q_NORM,
     QKV,
+    ROUTER,
+    SHARED_FC1,
+    SHARED_FC2,
+    SHARED_GATE,
     WORD_EMBEDDINGS,
     CoreSource,
 )
 from arbridge.models.megatron.pickles import MegatronFormatError
 
+# What a refusal adds: the way to serve the model all the same.
+WHAT_TO_DO = ("; to serve it anyway, convert it with NVIDIA's Megatron-Bridge (or Megatron-LM's "
+              "tools/checkpoint) to Hugging Face, serve that with vLLM or SGLang, and run "
+              "`arbridge serve --backend openai --backend-url URL --tokenizer HF_DIR`")
+
+
+def _on(v) -> bool:
+    return bool(v)
+
+
+def _sinkhorn(v) -> bool:
+    return "sinkhorn" in (v if isinstance(v, list | tuple) else [v])
+
+
 # (argument, predicate on its value -> refused, what it is). Checked first, in order.
 REFUSED = [
-    ("num_experts", lambda v: bool(v), "mixture of experts"),
-    ("multi_latent_attention", bool, "multi-latent attention (MLA)"),
-    ("qk_layernorm", bool, "layer norm on queries and keys"),
-    ("qk_l2_norm", bool, "L2 norm on queries and keys"),
-    ("mtp_num_layers", lambda v: bool(v), "multi-token prediction layers"),
-    ("heterogeneous_layers_config_path", lambda v: bool(v), "heterogeneous layers"),
-    ("hybrid_override_pattern", lambda v: bool(v), "hybrid Mamba layers"),
-    ("apply_layernorm_1p", bool, "zero-centred (1 + gamma) layer norm"),
-    ("apply_residual_connection_post_layernorm", bool, "post-norm residuals"),
-    ("squared_relu", bool, "squared-ReLU activation"),
-    ("rotary_interleaved", bool, "interleaved rotary embeddings"),
-    ("use_rope_scaling", bool, "Llama-3.1 rope scaling"),
+    ("multi_latent_attention", _on, "multi-latent attention (MLA)"),
+    ("qk_l2_norm", _on, "L2 norm on queries and keys"),
+    ("mtp_num_layers", _on, "multi-token prediction layers"),
+    ("heterogeneous_layers_config_path", _on, "heterogeneous layers"),
+    ("hybrid_override_pattern", _on, "hybrid Mamba layers"),
+    ("apply_layernorm_1p", _on, "zero-centred (1 + gamma) layer norm"),
+    ("apply_residual_connection_post_layernorm", _on, "post-norm residuals"),
+    ("squared_relu", _on, "squared-ReLU activation"),
+    ("rotary_interleaved", _on, "interleaved rotary embeddings"),
     ("rotary_seq_len_interpolation_factor", lambda v: v not in (None, 1, 1.0),
      "rope sequence-length interpolation"),
-    ("window_size", lambda v: v is not None, "sliding-window attention"),
+    ("window_attn_skip_freq", _on, "sliding-window attention on some layers only"),
+    ("softmax_type", lambda v: v not in (None, "vanilla"), "attention sinks (softmax offset)"),
+    ("moe_layer_freq", lambda v: v not in (None, 1), "dense layers between expert layers"),
+    ("moe_router_score_function", lambda v: v not in (None, "softmax"),
+     "sigmoid routing scores (DeepSeek-V3 style)"),
+    ("moe_router_enable_expert_bias", _on, "expert-bias (aux-loss-free) routing"),
+    ("moe_router_num_groups", _on, "group-limited expert routing"),
+    ("moe_router_topk_scaling_factor", lambda v: v not in (None, 1, 1.0),
+     "scaled routing weights"),
+    ("moe_router_load_balancing_type", _sinkhorn, "Sinkhorn routing"),
+    ("moe_apply_probs_on_input", _on, "routing weights applied before the experts"),
+    ("moe_latent_size", _on, "latent expert projections"),
 ]
 SUPPORTED_ARGS = (
     "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
     "group_query_attention", "num_query_groups", "kv_channels", "max_position_embeddings",
     "position_embedding_type (rope | learned_absolute)", "rotary_base", "rotary_percent (1.0)",
+    "use_rope_scaling", "rope_scaling_factor", "qk_layernorm", "window_size ((W, 0))",
     "normalization (RMSNorm | LayerNorm)", "layernorm_epsilon", "swiglu", "add_bias_linear",
     "add_qkv_bias", "bias_gelu_fusion", "openai_gelu", "untie_embeddings_and_output_weights",
+    "num_experts", "moe_router_topk", "moe_ffn_hidden_size", "moe_router_pre_softmax",
+    "moe_shared_expert_intermediate_size", "moe_shared_expert_gate",
+    "expert_model_parallel_size", "expert_tensor_parallel_size (1 or TP)",
     "padded_vocab_size", "tensor/pipeline/virtual-pipeline sizes", "params_dtype / bf16 / fp16",
     "tokenizer_type", "vocab_file", "merge_file", "tokenizer_model",
 )
@@ -70,6 +108,9 @@ class Architecture:
     config: dict
     tied: bool
     biases: dict = field(default_factory=dict)
+    qk_norm: bool = False
+    experts: int = 0  # routed experts per layer (0: a dense MLP)
+    shared_expert: bool = False
 
 
 def _arg(args, name, default=None):
@@ -77,23 +118,39 @@ def _arg(args, name, default=None):
     return default if value is None else value
 
 
+def refuse(message: str) -> MegatronFormatError:
+    return MegatronFormatError(f"unsupported: {message}{WHAT_TO_DO}")
+
+
+def _window(args) -> int | None:
+    """Megatron's `window_size=(W, 0)` attends to W earlier tokens and itself: HF's
+    `sliding_window` counts both, W + 1."""
+    value = getattr(args, "window_size", None)
+    if value is None:
+        return None
+    if (not isinstance(value, list | tuple) or len(value) != 2 or int(value[1]) != 0
+            or int(value[0]) < 0):
+        raise refuse(f"args.window_size={value!r} (only (W, 0): W earlier tokens, none later)")
+    return int(value[0]) + 1
+
+
 def plan_architecture(args: argparse.Namespace, source: CoreSource) -> Architecture:
     """The HF architecture for these args, or MegatronFormatError naming the argument."""
     for name, refused, what in REFUSED:
         value = getattr(args, name, None)
         if value is not None and refused(value):
-            raise MegatronFormatError(f"unsupported: args.{name}={value!r} ({what}) has no "
-                                      "Hugging Face equivalent ArBridge can serve")
+            raise refuse(f"args.{name}={value!r} ({what}) has no Hugging Face equivalent "
+                         "ArBridge can serve")
     position = _arg(args, "position_embedding_type", "learned_absolute")
     if position not in ("rope", "learned_absolute"):
-        raise MegatronFormatError(f"unsupported: args.position_embedding_type={position!r} "
-                                  "(only rope and learned_absolute)")
+        raise refuse(f"args.position_embedding_type={position!r} (only rope and "
+                     "learned_absolute)")
     if position == "rope" and float(_arg(args, "rotary_percent", 1.0)) != 1.0:
-        raise MegatronFormatError(f"unsupported: args.rotary_percent={args.rotary_percent} "
-                                  "(partial rotary embeddings); only 1.0")
+        raise refuse(f"args.rotary_percent={args.rotary_percent} (partial rotary embeddings); "
+                     "only 1.0")
     norm = _arg(args, "normalization", "LayerNorm")
     if norm not in ("LayerNorm", "RMSNorm"):
-        raise MegatronFormatError(f"unsupported: args.normalization={norm!r}")
+        raise refuse(f"args.normalization={norm!r}")
     swiglu = bool(_arg(args, "swiglu", False))
 
     hidden = int(args.hidden_size)
@@ -111,46 +168,127 @@ def plan_architecture(args: argparse.Namespace, source: CoreSource) -> Architect
     if heads % groups:
         raise MegatronFormatError(f"mismatched shapes: args.num_attention_heads={heads} is not "
                                   f"a multiple of args.num_query_groups={groups}")
+    experts = int(_arg(args, "num_experts", 0) or 0)
     biases = {name: source.has_layer(f"{name}.bias") for name in (QKV, PROJ, FC1, FC2)}
+    if experts:  # an expert layer's MLP biases live with the experts
+        biases[FC1] = source.has_experts("linear_fc1.bias")
+        biases[FC2] = source.has_experts("linear_fc2.bias")
     common = dict(num_hidden_layers=source.num_layers, hidden_size=hidden,
                   num_attention_heads=heads, max_position_embeddings=positions,
                   tie_word_embeddings=tied)
+    qk_norm = bool(_arg(args, "qk_layernorm", False))
+    window = _window(args)
+    rope_extras = {"use_rope_scaling", "qk_layernorm", "window_size", "num_experts"}
+    if position != "rope" or norm != "RMSNorm" or not swiglu:
+        for name in sorted(rope_extras):
+            if _arg(args, name):
+                raise refuse(f"args.{name}={getattr(args, name)!r} on a model that is not "
+                             "Llama-style (rope + RMSNorm + SwiGLU)")
 
     if position == "rope" and norm == "RMSNorm" and swiglu:
+        rope = {"rope_theta": float(_arg(args, "rotary_base", 10000))}
+        if _arg(args, "use_rope_scaling", False):
+            # megatron-core's RotaryEmbedding._apply_scaling: Llama 3.1's frequency
+            # scaling with its fixed low/high factors and original context.
+            rope["rope_scaling"] = {
+                "rope_type": "llama3", "factor": float(_arg(args, "rope_scaling_factor", 8.0)),
+                "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192}
         llama = dict(common, intermediate_size=ffn, num_key_value_heads=groups,
-                     rms_norm_eps=eps, rope_theta=float(_arg(args, "rotary_base", 10000)),
-                     hidden_act="silu")
+                     rms_norm_eps=eps, hidden_act="silu", head_dim=head_dim, **rope)
+        windowed = {} if window is None else dict(
+            use_sliding_window=True, sliding_window=window,
+            layer_types=["sliding_attention"] * source.num_layers)
+        if experts:
+            return _plan_experts(args, llama, window, biases, tied, qk_norm, experts)
+        if qk_norm:
+            if any(biases.values()):
+                raise refuse("args.qk_layernorm with biases (args.add_bias_linear / "
+                             "args.add_qkv_bias): Qwen3 has none")
+            return Architecture("Qwen3ForCausalLM", dict(llama, attention_bias=False,
+                                                         **windowed), tied, biases,
+                                qk_norm=True)
         if all(biases.values()) or not any(biases.values()):
+            if window is not None:
+                if any(biases.values()):
+                    raise refuse("args.window_size with args.add_bias_linear (Mistral, the "
+                                 "sliding-window Llama, has no biases)")
+                return Architecture("MistralForCausalLM", dict(llama, sliding_window=window),
+                                    tied, biases)
             return Architecture("LlamaForCausalLM", dict(
-                llama, head_dim=head_dim, attention_bias=biases[QKV], mlp_bias=biases[FC1]),
-                tied, biases)
+                llama, attention_bias=biases[QKV], mlp_bias=biases[FC1]), tied, biases)
         if biases[QKV] and not (biases[PROJ] or biases[FC1] or biases[FC2]):
             if head_dim * heads != hidden:
-                raise MegatronFormatError(
-                    f"unsupported: args.add_qkv_bias with args.kv_channels={head_dim} != "
-                    f"hidden_size / num_attention_heads ({hidden // heads})")
-            return Architecture("Qwen2ForCausalLM", dict(llama, use_sliding_window=False),
-                                tied, biases)
-        raise MegatronFormatError(f"unsupported: biases on {[k for k, v in biases.items() if v]}"
-                                  " only (args.add_bias_linear / args.add_qkv_bias)")
+                raise refuse(f"args.add_qkv_bias with args.kv_channels={head_dim} != "
+                             f"hidden_size / num_attention_heads ({hidden // heads})")
+            return Architecture("Qwen2ForCausalLM", dict(llama, **(windowed or dict(
+                use_sliding_window=False))), tied, biases)
+        raise refuse(f"biases on {[k for k, v in biases.items() if v]} only "
+                     "(args.add_bias_linear / args.add_qkv_bias)")
     if position == "learned_absolute" and norm == "LayerNorm" and not swiglu:
         if not all(biases.values()):
-            raise MegatronFormatError("unsupported: a GPT-2-style model without biases "
-                                      "(args.add_bias_linear=False)")
+            raise refuse("a GPT-2-style model without biases (args.add_bias_linear=False)")
         if groups != heads or head_dim * heads != hidden:
-            raise MegatronFormatError(
-                "unsupported: a GPT-2-style model with grouped-query attention or "
-                f"args.kv_channels={head_dim} != hidden_size / num_attention_heads")
+            raise refuse("a GPT-2-style model with grouped-query attention or "
+                         f"args.kv_channels={head_dim} != hidden_size / num_attention_heads")
         tanh = bool(_arg(args, "bias_gelu_fusion", False)) or bool(_arg(args, "openai_gelu",
                                                                           False))
         return Architecture("GPT2LMHeadModel", dict(
             n_layer=source.num_layers, n_embd=hidden, n_head=heads, n_positions=positions,
             n_inner=ffn, layer_norm_epsilon=eps, tie_word_embeddings=tied,
             activation_function="gelu_new" if tanh else "gelu"), tied, biases)
-    raise MegatronFormatError(
-        f"unsupported: args.position_embedding_type={position!r} with args.normalization="
+    raise refuse(
+        f"args.position_embedding_type={position!r} with args.normalization="
         f"{norm!r} and args.swiglu={swiglu} (ArBridge serves rope + RMSNorm + SwiGLU, "
         "Llama-style, and learned_absolute + LayerNorm + GeLU, GPT-2-style)")
+
+
+def _plan_experts(args, llama: dict, window: int | None, biases: dict, tied: bool,
+                  qk_norm: bool, experts: int) -> Architecture:
+    """Mixture-of-experts layers. Megatron's router (softmax scores): by default the
+    top-k logits, softmaxed among themselves, which is every HF MoE class's softmax,
+    top-k and renormalise (`norm_topk_prob=True`); `moe_router_pre_softmax` keeps the
+    softmax over all experts un-renormalised (`norm_topk_prob=False`). A shared expert
+    with `moe_shared_expert_gate` is Qwen2-MoE's sigmoid-gated shared expert."""
+    topk = int(_arg(args, "moe_router_topk", 2))
+    expert_ffn = int(_arg(args, "moe_ffn_hidden_size", llama["intermediate_size"]))
+    pre_softmax = bool(_arg(args, "moe_router_pre_softmax", False))
+    shared = int(_arg(args, "moe_shared_expert_intermediate_size", 0) or 0)
+    gated = bool(_arg(args, "moe_shared_expert_gate", False))
+    if biases[PROJ] or biases[FC1] or biases[FC2]:
+        raise refuse("args.num_experts with args.add_bias_linear (biases on the experts or "
+                     "the output projection): no HF MoE class has them")
+    if topk > experts:
+        raise MegatronFormatError(f"mismatched shapes: args.moe_router_topk={topk} > "
+                                  f"args.num_experts={experts}")
+    moe = dict(llama, num_experts_per_tok=topk)
+    if window is not None and (qk_norm or shared or pre_softmax or biases[QKV]):
+        raise refuse(f"args.window_size with args.num_experts={experts} (only Mixtral-style "
+                     "experts take a sliding window)")
+    if shared and not gated:
+        raise refuse(f"args.moe_shared_expert_intermediate_size={shared} with "
+                     "args.moe_shared_expert_gate=False (an ungated shared expert)")
+    if qk_norm:
+        if shared or biases[QKV]:
+            raise refuse("args.qk_layernorm with a shared expert or args.add_qkv_bias "
+                         "(Qwen3-MoE has neither)")
+        return Architecture("Qwen3MoeForCausalLM", dict(
+            moe, num_experts=experts, moe_intermediate_size=expert_ffn,
+            norm_topk_prob=not pre_softmax, decoder_sparse_step=1, mlp_only_layers=[],
+            attention_bias=False), tied, biases, qk_norm=True, experts=experts)
+    if shared:
+        return Architecture("Qwen2MoeForCausalLM", dict(
+            moe, num_experts=experts, moe_intermediate_size=expert_ffn,
+            shared_expert_intermediate_size=shared, norm_topk_prob=not pre_softmax,
+            decoder_sparse_step=1, mlp_only_layers=[], qkv_bias=biases[QKV],
+            use_sliding_window=False), tied, biases, experts=experts, shared_expert=True)
+    if pre_softmax or biases[QKV]:
+        raise refuse(f"args.num_experts={experts} with args.moe_router_pre_softmax={pre_softmax}"
+                     f" / args.add_qkv_bias={biases[QKV]} and neither a gated shared expert nor "
+                     "args.qk_layernorm (no HF MoE class matches)")
+    return Architecture("MixtralForCausalLM", dict(
+        moe, intermediate_size=expert_ffn, num_local_experts=experts, sliding_window=window),
+        tied, biases, experts=experts)
 
 
 # -- weights ---------------------------------------------------------------------------
@@ -188,8 +326,11 @@ def _llama_weights(source: CoreSource, arch: Architecture, vocab: int) -> Iterat
     pre = "model.layers.{}."
     simple = [(f"{QKV}.layer_norm_weight", "input_layernorm.weight"),
               (f"{PROJ}.weight", "self_attn.o_proj.weight"),
-              (f"{FC1}.layer_norm_weight", "post_attention_layernorm.weight"),
-              (f"{FC2}.weight", "mlp.down_proj.weight")]
+              (f"{FC1}.layer_norm_weight", "post_attention_layernorm.weight")]
+    if arch.qk_norm:
+        simple += [(Q_NORM, "self_attn.q_norm.weight"), (K_NORM, "self_attn.k_norm.weight")]
+    if not arch.experts:
+        simple.append((f"{FC2}.weight", "mlp.down_proj.weight"))
     if arch.biases[PROJ]:
         simple += [(f"{PROJ}.bias", "self_attn.o_proj.bias"), (f"{FC2}.bias", "mlp.down_proj.bias")]
     for suffix, hf in simple:
@@ -200,11 +341,70 @@ def _llama_weights(source: CoreSource, arch: Architecture, vocab: int) -> Iterat
             q, k, v = _split_qkv(t, groups, heads // groups, head_dim)
             for name, part in (("q", q), ("k", k), ("v", v)):
                 yield pre.format(i) + f"self_attn.{name}_proj.{kind}", part
+    if arch.experts:
+        yield from _expert_weights(source, arch)
+        return
     for kind in ("weight", "bias") if arch.biases[FC1] else ("weight",):
         for i, t in enumerate(source.layers(f"{FC1}.{kind}")):
             gate, up = t.chunk(2, dim=0)  # global SwiGLU layout: [gate; up] (views, no copy)
             yield pre.format(i) + f"mlp.gate_proj.{kind}", gate
             yield pre.format(i) + f"mlp.up_proj.{kind}", up
+
+
+# HF hub names of one expert's (gate, up, down) and of the router, per class: what
+# vLLM, SGLang and transformers itself load (transformers fuses experts on load).
+_EXPERT_NAMES = {
+    "MixtralForCausalLM": ("block_sparse_moe", "w1", "w3", "w2"),
+    "Qwen2MoeForCausalLM": ("mlp", "gate_proj", "up_proj", "down_proj"),
+    "Qwen3MoeForCausalLM": ("mlp", "gate_proj", "up_proj", "down_proj"),
+}
+
+
+def _expert_weights(source: CoreSource, arch: Architecture) -> Iterator:
+    block, gate_name, up_name, down_name = _EXPERT_NAMES[arch.name]
+    pre = "model.layers.{}." + block + "."
+    for i, t in enumerate(source.layers(ROUTER)):
+        yield pre.format(i) + "gate.weight", t
+    for i, layer in enumerate(source.experts("linear_fc1.weight", arch.experts)):
+        for e, t in enumerate(layer):
+            gate, up = t.chunk(2, dim=0)
+            yield pre.format(i) + f"experts.{e}.{gate_name}.weight", gate
+            yield pre.format(i) + f"experts.{e}.{up_name}.weight", up
+    for i, layer in enumerate(source.experts("linear_fc2.weight", arch.experts)):
+        for e, t in enumerate(layer):
+            yield pre.format(i) + f"experts.{e}.{down_name}.weight", t
+    if arch.shared_expert:
+        for i, t in enumerate(source.layers(f"{SHARED_FC1}.weight")):
+            gate, up = t.chunk(2, dim=0)
+            yield pre.format(i) + "shared_expert.gate_proj.weight", gate
+            yield pre.format(i) + "shared_expert.up_proj.weight", up
+        for i, t in enumerate(source.layers(f"{SHARED_FC2}.weight")):
+            yield pre.format(i) + "shared_expert.down_proj.weight", t
+        for i, t in enumerate(source.layers(SHARED_GATE)):
+            yield pre.format(i) + "shared_expert_gate.weight", t
+
+
+def _hub_names(expected: dict[str, tuple], arch: Architecture) -> dict[str, tuple]:
+    """transformers holds each layer's experts fused ([experts, 2 x ffn, hidden] and
+    [experts, hidden, ffn]); the files name every expert apart."""
+    if not arch.experts:
+        return expected
+    block, gate_name, up_name, down_name = _EXPERT_NAMES[arch.name]
+    out = {}
+    for key, shape in expected.items():
+        head, _, tail = key.partition(".mlp.")
+        if tail == "experts.gate_up_proj":
+            for e in range(shape[0]):
+                for name in (gate_name, up_name):
+                    out[f"{head}.{block}.experts.{e}.{name}.weight"] = (shape[1] // 2, shape[2])
+        elif tail == "experts.down_proj":
+            for e in range(shape[0]):
+                out[f"{head}.{block}.experts.{e}.{down_name}.weight"] = tuple(shape[1:])
+        elif tail == "gate.weight":
+            out[f"{head}.{block}.gate.weight"] = shape
+        else:
+            out[key] = shape
+    return out
 
 
 def _gpt2_weights(source: CoreSource, arch: Architecture, vocab: int) -> Iterator:
@@ -301,15 +501,15 @@ def write_model(source: CoreSource, arch: Architecture, tokenizer, out_dir: Path
     vocab = len(tokenizer)
     eos = tokenizer.eos_token_id
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
-    config_class = {"LlamaForCausalLM": transformers.LlamaConfig,
-                    "Qwen2ForCausalLM": transformers.Qwen2Config,
-                    "GPT2LMHeadModel": transformers.GPT2Config}[arch.name]
+    config_class = getattr(transformers, arch.name.replace("ForCausalLM", "Config")
+                           .replace("LMHeadModel", "Config"))
     config = config_class(vocab_size=vocab, bos_token_id=bos, eos_token_id=eos,
                           architectures=[arch.name], **arch.config)
     config.dtype = source.dtype
     with torch.device("meta"):
         expected = {k: tuple(v.shape)
                     for k, v in getattr(transformers, arch.name)(config).state_dict().items()}
+    expected = _hub_names(expected, arch)
     if arch.tied:
         expected.pop("lm_head.weight", None)  # tied to the embedding when loaded
     weights = (_gpt2_weights if arch.name == "GPT2LMHeadModel" else _llama_weights)(

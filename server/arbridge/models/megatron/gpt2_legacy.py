@@ -79,12 +79,14 @@ _REPLICATED = ("input_layernorm.weight", "input_layernorm.bias", "post_attention
 _QKV = ("attention.query_key_value.weight", "attention.query_key_value.bias")
 
 
-def merge_shards(shards: dict[tuple[int, int], Path], heads: int | None) -> MergedCheckpoint:
-    tp = max(t for t, _ in shards) + 1
-    pp = max(p for _, p in shards) + 1
-    first = load_pickle(shards[(0, 0)], str(shards[(0, 0)]))
+def merge_shards(shards: dict[tuple[int, int, int], Path], heads: int | None) -> MergedCheckpoint:
+    """`shards` as `layout.find_shards` gives them (this layout has no experts)."""
+    first = load_pickle(shards[(0, 0, 0)], str(shards[(0, 0, 0)]))
     args = first.get("args")
     check_declared_grid(args, shards)
+    shards = {(t, p): path for (t, p, _), path in shards.items()}
+    tp = max(t for t, _ in shards) + 1
+    pp = max(p for _, p in shards) + 1
     version = float(first.get("checkpoint_version", 0))
     heads = heads or getattr(args, "num_attention_heads", None)
     tensors: dict[str, torch.Tensor] = {}

@@ -5,7 +5,8 @@ Megatron-LM's `--save` folder:
     CKPT/latest_checkpointed_iteration.txt     "release" or an iteration number
     CKPT/release/ or CKPT/iter_0001000/        one checkpoint:
         metadata.json + .metadata + *.distcp + common.pt    --ckpt-format torch_dist
-        mp_rank_TT[_PPP]/model_optim_rng.pt                 --ckpt-format torch (legacy)
+        mp_rank_TT[_PPP][_EEE]/model_optim_rng.pt           --ckpt-format torch (legacy;
+                                                            EEE: expert-parallel rank)
 
 or NVIDIA's released zip (member release/mp_rank_00/model_optim_rng.pt). An
 iteration folder itself, or a folder holding `mp_rank_*` directly, works too.
@@ -23,8 +24,7 @@ from pathlib import Path
 from arbridge.models.megatron.pickles import MegatronFormatError
 
 SHARD_FILES = ("model_optim_rng.pt", "model_rng.pt")
-SHARD_DIR = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?$")
-_EXPERT_SHARD_DIR = re.compile(r"^mp_rank_\d{2}_\d{3}_\d{3}$")
+SHARD_DIR = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?(?:_(\d{3}))?$")
 TRACKER = "latest_checkpointed_iteration.txt"
 
 
@@ -106,49 +106,65 @@ def checkpoint_format(folder: Path) -> str:
     return "torch_dist"
 
 
-def find_shards(folder: Path) -> dict[tuple[int, int], Path]:
-    """{(tensor rank, pipeline stage): shard file}, checked to be a full grid."""
-    shards: dict[tuple[int, int], Path] = {}
+def find_shards(folder: Path, expert_parallel: bool = False) -> dict[tuple[int, int, int], Path]:
+    """{(tensor rank, pipeline stage, expert rank): shard file}, checked to be a full grid.
+
+    Megatron-LM names a shard `mp_rank_TT`, then `_PPP` when pipelined, then `_EEE` when
+    expert-parallel, so `mp_rank_00_001` is pipeline stage 1, or expert rank 1 of an
+    unpipelined model: `expert_parallel` (from the checkpoint's args) says which."""
+    shards: dict[tuple[int, int, int], Path] = {}
     for sub in sorted(folder.iterdir()):
-        if sub.is_dir() and _EXPERT_SHARD_DIR.match(sub.name):
-            raise MegatronFormatError(f"{sub}: expert-parallel shards (MoE) are not supported")
         m = SHARD_DIR.match(sub.name)
         if not (sub.is_dir() and m):
             continue
         files = [sub / f for f in SHARD_FILES if (sub / f).exists()]
         if not files:
             raise MegatronFormatError(f"missing shard: {sub} has none of {', '.join(SHARD_FILES)}")
-        shards[(int(m.group(1)), int(m.group(2) or 0))] = files[0]
+        t, a, b = (int(g) if g else None for g in m.groups())
+        if b is not None:
+            key = (t, a, b)
+        elif a is not None and expert_parallel:
+            key = (t, 0, a)
+        else:
+            key = (t, a or 0, 0)
+        shards[key] = files[0]
     if not shards:
         raise MegatronFormatError(f"unknown layout: no mp_rank_XX folders and no torch_dist "
                                   f"files in {folder}")
-    tp = max(t for t, _ in shards) + 1
-    pp = max(p for _, p in shards) + 1
-    piped = any(SHARD_DIR.match(f.parent.name).group(2) for f in shards.values())
-    for t in range(tp):
-        for p in range(pp):
-            if (t, p) not in shards:
-                name = f"mp_rank_{t:02d}" + (f"_{p:03d}" if piped else "")
-                raise MegatronFormatError(f"missing shard: {folder / name} (expected a "
-                                          f"{tp} x {pp} tensor x pipeline grid)")
+    grid = [max(key[i] for key in shards) + 1 for i in range(3)]
+    for t in range(grid[0]):
+        for p in range(grid[1]):
+            for e in range(grid[2]):
+                if (t, p, e) not in shards:
+                    raise MegatronFormatError(
+                        f"missing shard: {folder / shard_name(t, p, e, grid[1] > 1, grid[2] > 1)} "
+                        f"(expected a {grid[0]} x {grid[1]} x {grid[2]} tensor x pipeline x "
+                        "expert grid)")
     return shards
 
 
-def check_declared_grid(args, shards: dict[tuple[int, int], Path]) -> None:
+def shard_name(t: int, p: int, e: int, piped: bool, experts: bool) -> str:
+    """Megatron-LM's `get_checkpoint_name` folder for these ranks."""
+    return f"mp_rank_{t:02d}" + (f"_{p:03d}" if piped else "") + (f"_{e:03d}" if experts else "")
+
+
+def check_declared_grid(args, shards: dict[tuple[int, int, int], Path]) -> None:
     """The shards on disk must be the grid the checkpoint's args say trained it."""
-    tp = max(t for t, _ in shards) + 1
-    pp = max(p for _, p in shards) + 1
+    tp, pp, ep = (max(key[i] for key in shards) + 1 for i in range(3))
     declared = (getattr(args, "tensor_model_parallel_size", None) or tp,
-                getattr(args, "pipeline_model_parallel_size", None) or pp)
-    if declared != (tp, pp):
-        folder = shards[(0, 0)].parent.parent
-        absent = [f"mp_rank_{t:02d}" + (f"_{p:03d}" if declared[1] > 1 else "")
+                getattr(args, "pipeline_model_parallel_size", None) or pp,
+                getattr(args, "expert_model_parallel_size", None) or ep)
+    if declared != (tp, pp, ep):
+        folder = shards[(0, 0, 0)].parent.parent
+        absent = [shard_name(t, p, e, declared[1] > 1, declared[2] > 1)
                   for t in range(declared[0]) for p in range(declared[1])
-                  if (t, p) not in shards]
+                  for e in range(declared[2]) if (t, p, e) not in shards]
+        experts = f" x {declared[2]} expert" if max(declared[2], ep) > 1 else ""
+        held = f" x {ep}" if experts else ""
         raise MegatronFormatError(
             f"missing shard: {', '.join(absent) or 'none'} in {folder}: the checkpoint's args "
-            f"say {declared[0]} tensor x {declared[1]} pipeline ranks, the folder holds "
-            f"{tp} x {pp}")
+            f"say {declared[0]} tensor x {declared[1]} pipeline{experts} ranks, the folder "
+            f"holds {tp} x {pp}{held}")
 
 
 def fingerprint(source: Path) -> str:
