@@ -1,6 +1,7 @@
 """Real Megatron-Core checkpoints for the tests, written by NVIDIA's own code.
 
     python tests/megatron_core_writer.py SPEC.json OUT
+    python tests/megatron_core_writer.py --jobs JOBS.json   # [[SPEC.json, OUT], ...]
 
 builds a `megatron.core` GPTModel on `tp x pp` gloo processes (CPU), gives every
 weight seeded random values (so a wrong norm, bias or split shows in the logits),
@@ -248,17 +249,31 @@ def _optimizer_moments(model_sd: dict) -> dict:
     return {"state": state, "param_groups": [{"lr": 3e-4, "weight_decay": 0.1}]}
 
 
-def _rank_main(rank: int, spec: dict, out: str, port: int) -> None:
+def _rank_main(rank: int, jobs: list, port: int) -> None:
+    """One rank's process: every job (spec, out) in turn, on one gloo group (starting
+    interpreters that import megatron.core costs more than writing a tiny model)."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    _cpu_patches()
+    spec = jobs[0][0]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=_world(spec, spec["tp"], spec["pp"]))
+    for spec, out in jobs:
+        _write_one(rank, spec, out)
+        parallel_state.destroy_model_parallel()
+        dist.barrier()
+    dist.destroy_process_group()
+
+
+def _write_one(rank: int, spec: dict, out: str) -> None:
     import numpy as np
     import torch
     import torch.distributed as dist
     from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 
-    _cpu_patches()
     tp, pp = spec["tp"], spec["pp"]
     moe = spec.get("moe") or {}
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=_world(spec, tp, pp))
     vp = spec.get("vp")
     parallel_state.initialize_model_parallel(tp, pp, virtual_pipeline_model_parallel_size=vp,
                                              expert_model_parallel_size=moe.get("ep", 1))
@@ -316,7 +331,6 @@ def _rank_main(rank: int, spec: dict, out: str, port: int) -> None:
             (root / "latest_checkpointed_iteration.txt").write_text(
                 "release" if release else str(spec["iteration"]))
         dist.barrier()
-        dist.destroy_process_group()
         return
     # Megatron-LM's get_checkpoint_name: one file per (tensor, pipeline, expert) rank,
     # written by expert-data-parallel rank 0.
@@ -341,7 +355,6 @@ def _rank_main(rank: int, spec: dict, out: str, port: int) -> None:
         # interpreters to start); every rank loads, rank 0 writes the logits.
         parallel_state.destroy_model_parallel()
         _reference(spec, out, write=rank == 0)
-    dist.destroy_process_group()
 
 
 def _mkdir(p: Path) -> Path:
@@ -383,22 +396,29 @@ def _reference(spec: dict, out: str, write: bool) -> None:
 
 
 def main() -> int:
+    """`SPEC.json OUT`, or `--jobs JOBS.json` (a list of [SPEC.json, OUT] pairs whose
+    specs need the same number of ranks), written by one set of processes."""
     import torch.multiprocessing as mp
 
-    spec_path, out = sys.argv[1], sys.argv[2]
-    spec = json.loads(Path(spec_path).read_text())
+    pairs = (json.loads(Path(sys.argv[2]).read_text()) if sys.argv[1] == "--jobs"
+             else [sys.argv[1:3]])
+    jobs = [(json.loads(Path(spec).read_text()), out) for spec, out in pairs]
+    worlds = {_world(spec, spec["tp"], spec["pp"]) for spec, _ in jobs}
+    if len(worlds) != 1:
+        raise SystemExit(f"one writer run takes specs of one world size, not {sorted(worlds)}")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    world = worlds.pop()
     for attempt in range(3):
         try:
-            mp.spawn(_rank_main, args=(spec, out, _free_port()),
-                     nprocs=_world(spec, spec["tp"], spec["pp"]))
+            mp.spawn(_rank_main, args=(jobs, _free_port()), nprocs=world)
             break
         except mp.ProcessRaisedException as exc:
             # The port was free when picked, then taken (any outgoing connection may get
             # it) before gloo listened: pick another.
             if "EADDRINUSE" not in str(exc) or attempt == 2:
                 raise
-    (Path(out) / "spec.json").write_text(json.dumps(spec, indent=1))
+    for spec, out in jobs:
+        (Path(out) / "spec.json").write_text(json.dumps(spec, indent=1))
     return 0
 
 

@@ -37,9 +37,11 @@ WRITER = TESTS / "megatron_core_writer.py"
 _BASE = dict(layers=4, hidden=64, ffn=96, heads=4, positions=128, eps=1e-5, padded_vocab=384,
              iteration=100)
 
-# name -> (spec, tokenizer kind). Between them: TP 1/2, PP 1/2, virtual pipeline, fp32 and
-# bf16, GQA and MHA, tied and untied output, biases or none, Llama / Qwen2 / GPT-2 shapes,
-# tanh and erf GeLU, iter_* and release, and every tokenizer source.
+# name -> (spec, tokenizer kind). Between them: TP 1/2, PP 1/2, EP 2, virtual pipeline, fp32
+# and bf16, GQA and MHA, tied and untied output, biases or none, Llama (3.1 rope scaling
+# too) / Qwen2 / Qwen3 / Mistral / GPT-2 shapes, Mixtral / Qwen2-MoE / Qwen3-MoE experts
+# (routers with and without pre-softmax, a gated shared expert), sliding windows, tanh and
+# erf GeLU, iter_* and release, and every tokenizer source.
 CHECKPOINTS = {
     "llama-gqa-tp1-pp1": (dict(arch="llama", tp=1, pp=1, dtype="fp32", groups=2, untied=True,
                                seed=1), "hf-beside"),
@@ -55,6 +57,29 @@ CHECKPOINTS = {
                                 seed=6), "gpt2-bpe"),
     "gpt2-erf-gelu-tp2-pp2-bf16": (dict(arch="gpt2", tp=2, pp=2, dtype="bf16",
                                         bias_gelu_fusion=False, seed=7), "gpt2-bpe"),
+    # Today's models (issue #31). Llama 3.1's rope scaling moves logits by < 1e-2 over a
+    # dozen tokens, so its oracle reads 1,024; the context is past the 8,192 it scales from.
+    "llama3-rope-scaling-pp2": (dict(arch="llama", tp=1, pp=2, dtype="fp32", groups=2,
+                                     untied=True, seed=8, rope_scaling=8.0, layers=2,
+                                     rotary_base=500000, positions=16384, ref_len=1024,
+                                     hf="LlamaForCausalLM"), "hf-beside"),
+    "qwen3-qk-norm-tp2-bf16-release": (dict(arch="llama", tp=2, pp=1, dtype="bf16", groups=2,
+                                            qk_layernorm=True, eps=1e-6, seed=9, iteration=None,
+                                            hf="Qwen3ForCausalLM"), "hf-beside"),
+    "mistral-window-tp2": (dict(arch="llama", tp=2, pp=1, dtype="fp32", groups=2, window=5,
+                                untied=True, seed=10, hf="MistralForCausalLM"), "hf-beside"),
+    "qwen3-moe-ep2": (dict(arch="llama", tp=1, pp=1, dtype="fp32", groups=2, untied=True,
+                           qk_layernorm=True, seed=11, hf="Qwen3MoeForCausalLM",
+                           moe=dict(experts=4, topk=2, ffn=48, ep=2)), "hf-beside"),
+    "mixtral-window-tp2-bf16": (dict(arch="llama", tp=2, pp=1, dtype="bf16", groups=2,
+                                     window=5, seed=12, hf="MixtralForCausalLM", layers=2,
+                                     moe=dict(experts=4, topk=2, ffn=48)), "hf-beside"),
+    "qwen2-moe-shared-gate-pp2": (dict(arch="llama", tp=1, pp=2, dtype="fp32", groups=2,
+                                       bias=False, qkv_bias=True, untied=True, seed=13,
+                                       hf="Qwen2MoeForCausalLM",
+                                       moe=dict(experts=4, topk=1, ffn=32, pre_softmax=True,
+                                                shared_ffn=40, shared_gate=True)),
+                                  "hf-beside"),
 }
 FORMATS = ("torch_dist", "torch")
 
@@ -85,24 +110,44 @@ def _tokenizer_files(kind: str, where: Path) -> tuple[dict, int]:
     return {"tokenizer_type": "HuggingFaceTokenizer", "tokenizer_model": stored}, len(tok)
 
 
-def _write(name: str, root: Path) -> Path:
+def _prepare(name: str, root: Path) -> tuple[dict, Path]:
+    """The tokenizer files and the writer's spec for checkpoint `name`."""
     spec, kind = CHECKPOINTS[name]
     out = root / name
-    tok_dir = out / "tokenizer-files"
-    fields, vocab = _tokenizer_files(kind, tok_dir)
+    fields, vocab = _tokenizer_files(kind, out / "tokenizer-files")
     spec = {**_BASE, **spec, **fields, "vocab": vocab}
     (out / "spec.in.json").write_text(json.dumps(spec))
+    return spec, out
+
+
+def _write_all(names: list[str], root: Path) -> None:
+    """One writer run per world size: its processes write every checkpoint of that size
+    (an interpreter importing megatron.core costs more than a tiny model)."""
+    groups: dict[int, list] = {}
+    for name in names:
+        spec, out = _prepare(name, root)
+        world = spec["tp"] * spec["pp"] * (spec.get("moe") or {}).get("ep", 1)
+        groups.setdefault(world, []).append([str(out / "spec.in.json"), str(out)])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, str(WRITER), str(out / "spec.in.json"), str(out)],
-                          capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    for fmt in FORMATS:  # the files a user keeps beside the checkpoint
-        if kind == "hf-beside":
-            shutil.copytree(tok_dir, out / fmt / "tokenizer")
-        elif kind == "gpt2-bpe":
-            for f in ("vocab.json", "merges.txt"):
-                shutil.copy(tok_dir / f, out / fmt / f)
-    return out
+
+    def run(world_jobs):
+        world, jobs = world_jobs
+        listing = root / f"jobs-{world}.json"
+        listing.write_text(json.dumps(jobs))
+        proc = subprocess.run([sys.executable, str(WRITER), "--jobs", str(listing)],
+                              capture_output=True, text=True, timeout=900, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    with ThreadPoolExecutor(2) as pool:  # two cores
+        list(pool.map(run, sorted(groups.items(), key=lambda g: -g[0] * len(g[1]))))
+    for name in names:  # the files a user keeps beside the checkpoint
+        kind, out = CHECKPOINTS[name][1], root / name
+        for fmt in FORMATS:
+            if kind == "hf-beside":
+                shutil.copytree(out / "tokenizer-files", out / fmt / "tokenizer")
+            elif kind == "gpt2-bpe":
+                for f in ("vocab.json", "merges.txt"):
+                    shutil.copy(out / "tokenizer-files" / f, out / fmt / f)
 
 
 @pytest.fixture(autouse=True)
@@ -115,9 +160,8 @@ def _only_our_allow_list():
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("megatron-core")
-    with ThreadPoolExecutor(2) as pool:  # the writer is mostly process start-up
-        return dict(zip(CHECKPOINTS, pool.map(lambda n: _write(n, root), CHECKPOINTS),
-                        strict=True))
+    _write_all(list(CHECKPOINTS), root)
+    return {name: root / name for name in CHECKPOINTS}
 
 
 def _max_logit_error(converted_dir: Path, reference: Path) -> float:
@@ -140,7 +184,7 @@ def test_converts_to_megatrons_own_logits(checkpoints, tmp_path, name, fmt):
     expected = {"llama": "LlamaForCausalLM", "gpt2": "GPT2LMHeadModel"}[spec["arch"]]
     if spec.get("qkv_bias") and not spec.get("bias"):
         expected = "Qwen2ForCausalLM"
-    assert report.architecture == expected
+    assert report.architecture == spec.get("hf", expected)
     assert report.format == f"Megatron-Core {fmt}"
     assert (report.tensor_parallel, report.pipeline_parallel) == (spec["tp"], spec["pp"])
     assert report.virtual_stages == (spec.get("vp") or 1)
@@ -204,12 +248,14 @@ def _edit_args(ckpt: Path, **changes) -> Path:
 
 
 REFUSALS = {
-    "num_experts": 8, "multi_latent_attention": True, "qk_layernorm": True,
-    "qk_l2_norm": True, "mtp_num_layers": 1, "heterogeneous_layers_config_path": "layers.json",
-    "hybrid_override_pattern": "M-M-", "apply_layernorm_1p": True,
-    "apply_residual_connection_post_layernorm": True, "squared_relu": True,
-    "rotary_interleaved": True, "use_rope_scaling": True,
-    "rotary_seq_len_interpolation_factor": 4, "window_size": (64, 0),
+    "multi_latent_attention": True, "qk_l2_norm": True, "mtp_num_layers": 1,
+    "heterogeneous_layers_config_path": "layers.json", "hybrid_override_pattern": "M-M-",
+    "apply_layernorm_1p": True, "apply_residual_connection_post_layernorm": True,
+    "squared_relu": True, "rotary_interleaved": True, "rotary_seq_len_interpolation_factor": 4,
+    "window_attn_skip_freq": 2, "window_size": (64, 8), "softmax_type": "learnable",
+    "moe_layer_freq": 2, "moe_router_score_function": "sigmoid",
+    "moe_router_enable_expert_bias": True, "moe_router_num_groups": 4,
+    "moe_router_topk_scaling_factor": 2.5, "moe_router_load_balancing_type": "sinkhorn",
     "position_embedding_type": "yarn", "rotary_percent": 0.5, "normalization": "L2Norm",
     "swiglu": False,
 }
@@ -222,12 +268,63 @@ def test_unsupported_features_are_refused_by_name(checkpoints, tmp_path, arg):
     with pytest.raises(MegatronFormatError, match=rf"args\.{arg}=") as err:
         convert(ckpt, tmp_path / "hf")
     assert "unsupported" in str(err.value)
+    # and what to do instead
+    assert "--backend openai" in str(err.value) and "Megatron-Bridge" in str(err.value)
     assert not (tmp_path / "hf").exists()
+
+
+# Expert layouts no Hugging Face class computes, refused with the argument that says so.
+MOE_REFUSALS = {
+    "moe_shared_expert_gate": ("qwen2-moe-shared-gate-pp2", False),
+    "moe_router_pre_softmax": ("mixtral-window-tp2-bf16", True),
+}
+
+
+@pytest.mark.parametrize("arg", MOE_REFUSALS)
+def test_expert_layouts_without_an_hf_class_are_refused(checkpoints, tmp_path, arg):
+    name, value = MOE_REFUSALS[arg]
+    ckpt = _edit_args(_copy(checkpoints, name, "torch", tmp_path), **{arg: value})
+    if arg == "moe_shared_expert_gate":  # a checkpoint trained without the gate
+        for shard in ckpt.rglob("model_optim_rng.pt"):
+            sd = torch.load(shard, weights_only=False)
+            sd["model"] = {k: v for k, v in sd["model"].items()
+                           if not k.endswith("shared_experts.gate_weight")}
+            torch.save(sd, shard)
+    with pytest.raises(MegatronFormatError, match=rf"unsupported: .*args\.{arg}="):
+        convert(ckpt, tmp_path / "hf")
+
+
+@pytest.mark.parametrize("name,change", [
+    ("llama3-rope-scaling-pp2", "rope_scaling"), ("mistral-window-tp2", "sliding_window"),
+    ("qwen2-moe-shared-gate-pp2", "norm_topk_prob"), ("qwen3-moe-ep2", "swap_experts")])
+def test_the_new_features_matter_to_the_oracle(checkpoints, tmp_path, name, change):
+    """Each feature's conversion is checked, not passed by luck: without Llama 3.1's
+    scaling, the window, the router's normalisation, or with two experts of different
+    expert ranks swapped, Megatron's logits are missed by far."""
+    from safetensors.torch import load_file, save_file
+
+    out = convert(checkpoints[name] / "torch", tmp_path / "hf").out_dir
+    config = json.loads((out / "config.json").read_text())
+    if change == "rope_scaling":
+        theta = config["rope_parameters"]["rope_theta"]
+        config["rope_parameters"] = {"rope_type": "default", "rope_theta": theta}
+    elif change == "sliding_window":
+        config["sliding_window"] = None
+    elif change == "norm_topk_prob":
+        config["norm_topk_prob"] = not config["norm_topk_prob"]
+    else:
+        weights = load_file(out / "model.safetensors")
+        for part in ("gate_proj", "up_proj", "down_proj"):
+            a, b = (f"model.layers.1.mlp.experts.{e}.{part}.weight" for e in (0, 3))
+            weights[a], weights[b] = weights[b], weights[a]
+        save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(config))
+    assert _max_logit_error(out, checkpoints[name] / "reference.pt") > 1e-2
 
 
 def test_legacy_refusal_and_args_that_disagree_with_the_tensors(checkpoints, tmp_path):
     moe = _edit_args(_copy(checkpoints, "gpt2-tanh-gelu-tp2", "torch", tmp_path), num_experts=4)
-    with pytest.raises(MegatronFormatError, match=r"args\.num_experts=4 \(mixture of experts\)"):
+    with pytest.raises(MegatronFormatError, match=r"args\.num_experts=4 .*not Llama-style"):
         convert(moe, tmp_path / "hf")
     layers = _edit_args(_copy(checkpoints, "llama-gqa-tp1-pp1", "torch", tmp_path), num_layers=6)
     with pytest.raises(MegatronFormatError, match=r"args\.num_layers=6 but the checkpoint "
@@ -246,8 +343,9 @@ def test_a_tensor_the_args_do_not_explain_is_refused(checkpoints, tmp_path):
     sd = torch.load(shard, weights_only=False)
     sd["model"]["decoder.layers.0.self_attention.q_layernorm.weight"] = torch.ones(16)
     torch.save(sd, shard)
-    with pytest.raises(MegatronFormatError, match=r"unsupported tensor 'decoder\.layers\.0\."
-                                                  r"self_attention\.q_layernorm\.weight'"):
+    with pytest.raises(MegatronFormatError, match=r"unsupported tensor 'decoder\.layers\.<n>\."
+                                                  r"self_attention\.q_layernorm\.weight': "
+                                                  r"args\.qk_layernorm=False does not"):
         convert(ckpt, tmp_path / "hf")
 
 
@@ -454,7 +552,13 @@ def test_convert_cli_reports_what_it_found(checkpoints, tmp_path):
 
 
 @pytest.mark.parametrize("name,fmt", [("llama-gqa-tp2-pp2-untied", "torch_dist"),
-                                      ("gpt2-erf-gelu-tp2-pp2-bf16", "torch")])
+                                      ("gpt2-erf-gelu-tp2-pp2-bf16", "torch"),
+                                      ("llama3-rope-scaling-pp2", "torch_dist"),
+                                      ("qwen3-qk-norm-tp2-bf16-release", "torch_dist"),
+                                      ("mistral-window-tp2", "torch"),
+                                      ("qwen3-moe-ep2", "torch"),
+                                      ("mixtral-window-tp2-bf16", "torch_dist"),
+                                      ("qwen2-moe-shared-gate-pp2", "torch_dist")])
 async def test_serve_greedy_equals_transformers_on_the_converted_model(checkpoints, tmp_path,
                                                                        name, fmt):
     from transformers import AutoTokenizer

@@ -49,6 +49,7 @@ class ModelRunner:
         # transformers renamed `past_key_values` to `cache` (5.2x); accept both.
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self.window, self.mixed_windows = sliding_window(config)
 
     def prepare(self) -> None:
         if self._want_kernel and self.attention_kernel is None and self._want_fused \
@@ -126,14 +127,38 @@ class ModelRunner:
         if self.fused is not None:
             return self.fused.forward(cache, None if inputs_embeds is not None else input_ids,
                                       inputs_embeds, positions, allowed, keep)
-        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
-        mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+        mask = self._float_mask(allowed)
+        if self.window:
+            # transformers' SDPA path ignores `sliding_window` once it is handed a mask:
+            # the window is in the mask or nowhere. A token sees itself and the
+            # window - 1 before it.
+            kv = torch.arange(cache.read_length, device=self.device)
+            sliding = self._float_mask(allowed & (kv[None, None, :]
+                                                  > positions[:, :, None] - self.window))
+            mask = {"full_attention": mask, "sliding_attention": sliding} \
+                if self.mixed_windows else sliding
         inputs = {"input_ids": input_ids} if inputs_embeds is None else \
             {"inputs_embeds": inputs_embeds}
         out = self.model(**inputs, position_ids=positions,
-                         attention_mask=mask[:, None], use_cache=True, logits_to_keep=keep,
+                         attention_mask=mask, use_cache=True, logits_to_keep=keep,
                          **{self._cache_kw: cache})
         return out.logits
+
+    def _float_mask(self, allowed: torch.Tensor) -> torch.Tensor:
+        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
+        mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+        return mask[:, None]
+
+
+def sliding_window(config) -> tuple[int | None, bool]:
+    """(window, whether only some layers slide) as transformers reads the config: Mistral
+    and Mixtral slide on every layer when `sliding_window` is set; configs with
+    `layer_types` slide on their "sliding_attention" layers."""
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    if not window or (types is not None and "sliding_attention" not in types):
+        return None, False
+    return int(window), types is not None and any(t != "sliding_attention" for t in types)
 
 
 def _return_freed_heap() -> None:

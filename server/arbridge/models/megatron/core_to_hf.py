@@ -176,14 +176,15 @@ def plan_architecture(args: argparse.Namespace, source: CoreSource) -> Architect
     common = dict(num_hidden_layers=source.num_layers, hidden_size=hidden,
                   num_attention_heads=heads, max_position_embeddings=positions,
                   tie_word_embeddings=tied)
-    qk_norm = bool(_arg(args, "qk_layernorm", False))
-    window = _window(args)
     rope_extras = {"use_rope_scaling", "qk_layernorm", "window_size", "num_experts"}
     if position != "rope" or norm != "RMSNorm" or not swiglu:
         for name in sorted(rope_extras):
             if _arg(args, name):
                 raise refuse(f"args.{name}={getattr(args, name)!r} on a model that is not "
                              "Llama-style (rope + RMSNorm + SwiGLU)")
+    qk_norm = bool(_arg(args, "qk_layernorm", False))
+    _check_explained(source, args, qk_norm, experts)
+    window = _window(args)
 
     if position == "rope" and norm == "RMSNorm" and swiglu:
         rope = {"rope_theta": float(_arg(args, "rotary_base", 10000))}
@@ -243,6 +244,31 @@ def plan_architecture(args: argparse.Namespace, source: CoreSource) -> Architect
         "Llama-style, and learned_absolute + LayerNorm + GeLU, GPT-2-style)")
 
 
+def _check_explained(source: CoreSource, args, qk_norm: bool, experts: int) -> None:
+    """Args that lie (say no qk_layernorm) cannot sneak a tensor past the converter, and
+    args that promise a tensor the checkpoint lacks are named before anything is read."""
+    shared = bool(_arg(args, "moe_shared_expert_intermediate_size", 0))
+    gated = shared and bool(_arg(args, "moe_shared_expert_gate", False))
+    claims = [(Q_NORM, qk_norm, "qk_layernorm"), (K_NORM, qk_norm, "qk_layernorm"),
+              (ROUTER, bool(experts), "num_experts"),
+              (f"{SHARED_FC1}.weight", shared, "moe_shared_expert_intermediate_size"),
+              (SHARED_GATE, gated, "moe_shared_expert_gate")]
+    for suffix, declared, arg in claims:
+        found = source.has_layer(suffix)
+        if found and not declared:
+            raise MegatronFormatError(
+                f"unsupported tensor 'decoder.layers.<n>.{suffix}': args.{arg}="
+                f"{getattr(args, arg, None)!r} does not explain it")
+        if declared and not found:
+            raise MegatronFormatError(f"missing tensor: decoder.layers.<n>.{suffix} "
+                                      f"(args.{arg}={getattr(args, arg, None)!r})")
+    if source.has_experts("linear_fc1.weight") != bool(experts):
+        raise MegatronFormatError(
+            f"{'missing' if experts else 'unsupported'} tensor: expert weights "
+            f"(mlp.experts.*) {'absent' if experts else 'present'} but args.num_experts="
+            f"{getattr(args, 'num_experts', None)!r}")
+
+
 def _plan_experts(args, llama: dict, window: int | None, biases: dict, tied: bool,
                   qk_norm: bool, experts: int) -> Architecture:
     """Mixture-of-experts layers. Megatron's router (softmax scores): by default the
@@ -262,12 +288,13 @@ def _plan_experts(args, llama: dict, window: int | None, biases: dict, tied: boo
         raise MegatronFormatError(f"mismatched shapes: args.moe_router_topk={topk} > "
                                   f"args.num_experts={experts}")
     moe = dict(llama, num_experts_per_tok=topk)
-    if window is not None and (qk_norm or shared or pre_softmax or biases[QKV]):
-        raise refuse(f"args.window_size with args.num_experts={experts} (only Mixtral-style "
-                     "experts take a sliding window)")
     if shared and not gated:
         raise refuse(f"args.moe_shared_expert_intermediate_size={shared} with "
                      "args.moe_shared_expert_gate=False (an ungated shared expert)")
+    if window is not None and (qk_norm or shared):
+        raise refuse(f"args.window_size with args.num_experts={experts} and "
+                     f"{'args.qk_layernorm' if qk_norm else 'a shared expert'} (only "
+                     "Mixtral-style experts take a sliding window)")
     if qk_norm:
         if shared or biases[QKV]:
             raise refuse("args.qk_layernorm with a shared expert or args.add_qkv_bias "
