@@ -213,6 +213,30 @@ def test_legacy_shards_with_transformer_engine_norm_names(checkpoints, tmp_path)
     assert _max_logit_error(out, checkpoints[name] / "reference.pt") < 1e-4
 
 
+def test_experts_behind_a_transformer_engine_pre_mlp_norm(checkpoints, tmp_path):
+    """Trained with the Transformer-Engine spec, an expert layer's norm is saved as
+    `pre_mlp_layernorm` in torch_dist too (only the local spec renames it): the same model
+    must come out."""
+    import dataclasses
+    import pickle
+
+    from torch.distributed.checkpoint import FileSystemReader
+
+    ckpt = _copy(checkpoints, "qwen3-moe-ep2", "torch_dist", tmp_path)
+    folder = _iter_dir(ckpt)
+    metadata = FileSystemReader(str(folder)).read_metadata()
+    old, new = ("decoder.layers.mlp.linear_fc1.layer_norm_weight",
+                "decoder.layers.pre_mlp_layernorm.weight")
+    metadata.state_dict_metadata[new] = metadata.state_dict_metadata.pop(old)
+    metadata.storage_data = {
+        (dataclasses.replace(index, fqn=new) if index.fqn == old else index): info
+        for index, info in metadata.storage_data.items()}
+    with open(folder / ".metadata", "wb") as f:
+        pickle.dump(metadata, f)
+    out = convert(ckpt, tmp_path / "hf").out_dir
+    assert _max_logit_error(out, checkpoints["qwen3-moe-ep2"] / "reference.pt") < 1e-4
+
+
 def test_the_reference_is_sensitive(checkpoints, tmp_path):
     """The oracle catches a wrong split: swap SwiGLU's gate and up halves and it fails."""
     from safetensors.torch import load_file, save_file

@@ -154,15 +154,22 @@ class TorchDistSource(CoreSource):
         self.virtual_stages = int(
             getattr(self.args, "virtual_pipeline_model_parallel_size", None) or 1)
         self._tensors = {}
-        for name, meta in self._metadata.state_dict_metadata.items():
-            if name.startswith(("optimizer.", "rng_state")) or _skipped(name):
+        self._stored: dict[str, str] = {}  # one name for both norm namings -> the file's
+        for stored, meta in self._metadata.state_dict_metadata.items():
+            if stored.startswith(("optimizer.", "rng_state")) or _skipped(stored):
                 continue
             if not isinstance(meta, TensorStorageMetadata):
                 continue
+            # The Transformer-Engine spec keeps a separate `pre_mlp_layernorm` in
+            # front of experts (only the local spec maps it to linear_fc1's name).
+            suffix = stored.removeprefix(_STACKED_PREFIX)
+            name = (_STACKED_PREFIX + _LOCAL_NORMS[suffix]
+                    if stored.startswith(_STACKED_PREFIX) and suffix in _LOCAL_NORMS else stored)
             if not (name in GLOBAL_NAMES or name.removeprefix(_STACKED_PREFIX)
                     in LAYER_SUFFIXES or _STACKED_EXPERTS.match(name)):
-                raise _unsupported(name, str(folder))
+                raise _unsupported(stored, str(folder))
             self._tensors[name] = meta
+            self._stored[name] = stored
         qkv = self._tensors.get(_STACKED_PREFIX + f"{QKV}.weight")
         if qkv is None:
             raise MegatronFormatError(f"unknown layout: {folder} has no "
@@ -205,7 +212,8 @@ class TorchDistSource(CoreSource):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "no process group: loading without one"
-                dcp.load({name: out}, storage_reader=FileSystemReader(str(self.folder)))
+                dcp.load({self._stored[name]: out},
+                         storage_reader=FileSystemReader(str(self.folder)))
         except Exception as exc:  # noqa: BLE001 - a broken file surfaces as anything
             raise MegatronFormatError(f"{self.folder}: cannot read '{name}' "
                                       f"({type(exc).__name__}: {str(exc)[:300]})") from None
