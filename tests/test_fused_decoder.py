@@ -24,6 +24,33 @@ def tiny_llama(**overrides) -> LlamaForCausalLM:
     return model
 
 
+def tiny_kin(kind: str, **overrides):
+    """Llama's kin from today's Megatron models: Qwen2 (q/k/v biases), Qwen3 (q/k norms),
+    Mistral, and the mixture-of-experts Mixtral, Qwen2-MoE (gated shared expert) and
+    Qwen3-MoE, with random routers so tokens reach different experts."""
+    import transformers
+
+    config = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                  head_dim=16)
+    experts = dict(num_experts=6, num_experts_per_tok=2, moe_intermediate_size=32)
+    config.update({
+        "Mixtral": dict(num_local_experts=6, num_experts_per_tok=2, intermediate_size=32),
+        "Qwen2Moe": dict(experts, shared_expert_intermediate_size=40, norm_topk_prob=False),
+        "Qwen3Moe": dict(experts, norm_topk_prob=True),
+    }.get(kind, {}))
+    config.update(overrides)
+    torch.manual_seed(0)
+    model_class = getattr(transformers, f"{kind}ForCausalLM")
+    model = model_class(getattr(transformers, f"{kind}Config")(**config)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("bias", "gate.weight", "norm.weight")) or "experts" in name:
+                p.normal_(1.0 if name.endswith("norm.weight") else 0.0,
+                          0.5 if "experts" not in name else 0.1)
+    return model
+
+
 def tiny_gpt2(**overrides) -> GPT2LMHeadModel:
     config = dict(vocab_size=97, n_positions=128, n_embd=64, n_layer=2, n_head=4,
                   activation_function="gelu_new")
@@ -41,6 +68,12 @@ MODELS = {
         "high_freq_factor": 4.0, "original_max_position_embeddings": 32}),
     "gpt2": tiny_gpt2,
     "gpt2-megatron-gelu": lambda: tiny_gpt2(activation_function="gelu"),
+    "qwen2": lambda: tiny_kin("Qwen2"),
+    "qwen3": lambda: tiny_kin("Qwen3"),
+    "mistral": lambda: tiny_kin("Mistral", sliding_window=None),
+    "mixtral": lambda: tiny_kin("Mixtral"),
+    "qwen2-moe": lambda: tiny_kin("Qwen2Moe"),
+    "qwen3-moe": lambda: tiny_kin("Qwen3Moe"),
 }
 
 
@@ -79,7 +112,8 @@ def test_fused_logits_equal_the_models_own_forward(name):
         expected = run_passes(ModelRunner(model, context_length=128, fused=False))
         runner = ModelRunner(model, context_length=128)
         runner.prepare()
-        assert runner.fused is not None and runner.fused.family == name.split("-")[0].rstrip("3")
+        family = "gpt2" if name.startswith("gpt2") else "llama"
+        assert runner.fused is not None and runner.fused.family == family
         got = run_passes(runner)
     assert len(got) == len(expected) == 6
     for a, b in zip(got, expected, strict=True):
@@ -164,6 +198,7 @@ def test_fused_logits_in_bfloat16_stay_close_to_the_models_own(name):
                                          "factor": 2.0}), "rotary type dynamic"),
     (lambda: tiny_gpt2(scale_attn_by_inverse_layer_idx=True), "attention scaling"),
     (lambda: tiny_gpt2(reorder_and_upcast_attn=True), "reorder_and_upcast_attn"),
+    (lambda: tiny_kin("Mistral", sliding_window=4), "sliding-window attention"),
 ])
 def test_unsupported_configs_use_the_models_forward(model, reason, caplog):
     model = model()
@@ -191,3 +226,30 @@ def test_one_weight_copy_by_default_whatever_wins_each_case():
         assert len({matmul_layouts._layout(projection, name) for name in names}) == 1, names
         projection.drop_unused()
         assert (projection.weight is None) != (projection.packed is None)
+
+
+@pytest.mark.parametrize("kind", ["Mistral", "Mixtral", "Qwen3"])
+def test_a_sliding_window_is_kept_through_the_engines_cache(kind):
+    """transformers' own forward hides what lies outside the window only when it builds
+    the mask; the engine hands it one, so the window must be in it. Chunked prefill and
+    decode steps through the block tables give the logits of one whole-sequence forward."""
+    window = dict(sliding_window=4)
+    if kind == "Qwen3":  # sliding layers by layer type: one of each
+        window.update(use_sliding_window=True, layer_types=["sliding_attention",
+                                                            "full_attention"])
+    model = tiny_kin(kind, **window)
+    ids = torch.randint(0, 97, (1, 14), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        whole = model(ids).logits[0]
+        unwindowed = tiny_kin(kind)(ids).logits[0]
+        runner = ModelRunner(model, context_length=128)
+        runner.prepare()
+        assert runner.fused is None and runner.window == 4
+        pool = runner.new_pool(1 << 20, block_tokens=4)
+        table = [pool.allocate(4)[::-1]]
+        got = [runner.forward(pool, table, ids[:, :6], [0], keep=6),
+               runner.forward(pool, table, ids[:, 6:11], [6], keep=5)]
+        got += [runner.forward(pool, table, ids[:, n:n + 1], [n]) for n in range(11, 14)]
+    got = torch.cat(got, dim=1)[0]
+    torch.testing.assert_close(got, whole, rtol=1e-4, atol=1e-4)
+    assert (whole - unwindowed).abs().max() > 1e-2  # the window matters here

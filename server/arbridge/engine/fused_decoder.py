@@ -1,7 +1,8 @@
 """A lean forward pass for the two model families ArBridge serves most.
 
 Megatron GPT checkpoints convert to GPT-2; SmolLM2 and Megatron-trained
-Llama-style models are Llama. For those, this module runs the decoder layers
+Llama-style models are Llama (or its kin: Mistral, Qwen2, Qwen3 and their
+mixture-of-experts versions). For those, this module runs the decoder layers
 itself, straight on the slot KV cache, with the model's own weights:
 
 - q/k/v and gate/up projections fused into one matmul each (Llama; GPT-2
@@ -141,31 +142,49 @@ def _attend(query, keys, values, mask, heads: int, kv_heads: int) -> torch.Tenso
 class _LlamaLayer(NamedTuple):
     attn_norm: torch.Tensor  # input_layernorm's weight
     qkv: Projection  # q, k and v fused
+    q_norm: torch.Tensor | None  # Qwen3's RMSNorm over each query head (None: none)
+    k_norm: torch.Tensor | None
     out: Projection  # o_proj
     mlp_norm: torch.Tensor  # post_attention_layernorm's weight
-    gate_up: Projection  # gate and up fused
-    down: Projection
+    gate_up: Projection | None  # gate and up fused (None: an expert layer)
+    down: Projection | None
+    experts: nn.Module | None  # the model's own sparse MoE block (router + experts)
 
     def projections(self) -> list[Projection]:
-        return [self.qkv, self.out, self.gate_up, self.down]
+        return [p for p in (self.qkv, self.out, self.gate_up, self.down) if p is not None]
 
 
 class _LlamaDecoder(FusedDecoder):
+    """Llama and the shapes that differ from it only in ways this forward implements:
+    Mistral (without its window), Qwen2 (q/k/v biases), Qwen3 (q/k norms), and their
+    mixture-of-experts versions (Mixtral, Qwen2-MoE, Qwen3-MoE), whose expert layers
+    run the model's own sparse block: at one token a step only the k routed experts'
+    weights are read, which is what makes a small-active MoE fast on a CPU."""
+
     family = "llama"
 
     @staticmethod
     def unsupported(model) -> str:
+        from arbridge.engine.runner import sliding_window
+
         c = model.config
         if getattr(c, "hidden_act", "silu") != "silu":
             return f"activation {c.hidden_act}"
         if getattr(c, "pretraining_tp", 1) != 1:
             return "pretraining_tp > 1"
+        if sliding_window(c)[0]:
+            return "sliding-window attention (the paged kernel reads whole contexts)"
         rope_type = getattr(model.model.rotary_emb, "rope_type", "default")
         if rope_type not in _STATIC_ROPE:
             return f"rotary type {rope_type} (frequencies change with length)"
         attn = model.model.layers[0].self_attn
         if abs(attn.scaling - attn.head_dim ** -0.5) > 1e-12:
             return "non-standard attention scaling"
+        for layer in model.model.layers:
+            mlp = layer.mlp
+            if not hasattr(mlp, "gate_proj") and not (hasattr(mlp, "gate")
+                                                      and hasattr(mlp, "experts")):
+                return f"MLP {type(mlp).__name__}"
         return ""
 
     def __init__(self, model, quantize: str | None = None):
@@ -183,13 +202,20 @@ class _LlamaDecoder(FusedDecoder):
             a, mlp = layer.self_attn, layer.mlp
             qkv = Projection(*_fuse(a.q_proj, a.k_proj, a.v_proj), quantize)
             out = Projection(a.o_proj.weight, a.o_proj.bias, quantize)
-            gate_up = Projection(*_fuse(mlp.gate_proj, mlp.up_proj), quantize)
-            down = Projection(mlp.down_proj.weight, mlp.down_proj.bias, quantize)
-            self.layers.append(_LlamaLayer(layer.input_layernorm.weight, qkv, out,
-                                           layer.post_attention_layernorm.weight, gate_up,
-                                           down))
-            self.sources += [(qkv, [a.q_proj, a.k_proj, a.v_proj]), (out, [a.o_proj]),
-                             (gate_up, [mlp.gate_proj, mlp.up_proj]), (down, [mlp.down_proj])]
+            self.sources += [(qkv, [a.q_proj, a.k_proj, a.v_proj]), (out, [a.o_proj])]
+            gate_up = down = experts = None
+            if hasattr(mlp, "gate_proj"):
+                gate_up = Projection(*_fuse(mlp.gate_proj, mlp.up_proj), quantize)
+                down = Projection(mlp.down_proj.weight, mlp.down_proj.bias, quantize)
+                self.sources += [(gate_up, [mlp.gate_proj, mlp.up_proj]),
+                                 (down, [mlp.down_proj])]
+            else:
+                experts = mlp
+            norms = [getattr(a, n, None) for n in ("q_norm", "k_norm")]
+            q_norm, k_norm = (None if n is None else n.weight for n in norms)
+            self.layers.append(_LlamaLayer(layer.input_layernorm.weight, qkv, q_norm, k_norm,
+                                           out, layer.post_attention_layernorm.weight, gate_up,
+                                           down, experts))
         self.lm_head = Projection(model.lm_head.weight, model.lm_head.bias, quantize)
         self.sources.append((self.lm_head, [model.lm_head]))
 
@@ -222,6 +248,9 @@ class _LlamaDecoder(FusedDecoder):
                                                                    heads + 2 * kv_heads, dim)
             # Rotate queries and keys together.
             turning = fused[:, :, :heads + kv_heads]
+            if layer.q_norm is not None:  # Qwen3: each head normalised before rotary
+                turning = torch.cat((self._norm(turning[:, :, :heads], layer.q_norm),
+                                     self._norm(turning[:, :, heads:], layer.k_norm)), 2)
             rotated = turning * cos + turning.roll(half, -1) * sin
             query = rotated[:, :, :heads].transpose(1, 2)
             key = rotated[:, :, heads:].transpose(1, 2)
@@ -232,6 +261,9 @@ class _LlamaDecoder(FusedDecoder):
                 keys, values = cache.layers[index].update(key, value, index)
                 attended = _attend(query, keys, values, mask, heads, kv_heads)
             x = x + layer.out(attended.transpose(1, 2).reshape(batch, q_len, heads * dim))
+            if layer.experts is not None:
+                x = x + layer.experts(self._norm(x, layer.mlp_norm))
+                continue
             gate, up = layer.gate_up(self._norm(x, layer.mlp_norm)).chunk(2, dim=-1)
             x = x + layer.down(F.silu(gate) * up)
         return self.lm_head(self._norm(self._kept(x, keep), body.norm.weight))
@@ -325,4 +357,5 @@ def _fuse(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
     return fused[0], fused[1]
 
 
-_BUILDERS = {"llama": _LlamaDecoder, "gpt2": _GPT2Decoder}
+_BUILDERS = {kind: _LlamaDecoder for kind in ("llama", "mistral", "qwen2", "qwen3", "mixtral",
+                                              "qwen2_moe", "qwen3_moe")} | {"gpt2": _GPT2Decoder}
