@@ -118,6 +118,7 @@ bench: setup
 	$(ARB) grammar-bench --dtype float32
 	$(ARB) storm-bench
 	$(ARB) attention-bench
+	$(ARB) moe-bench --dtype float32
 
 # Caption and dialogue quality through a real server, beside a plain-prompt
 # baseline, on seeded scenes (held-out split reported apart; a few minutes).

@@ -142,7 +142,7 @@ def test_fusing_keeps_the_models_own_forward_working_on_the_same_weights():
         assert qkv.packed is not None and decoder.lm_head.packed is not None
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2"])
+@pytest.mark.parametrize("name", ["llama", "gpt2", "qwen2-moe"])
 @pytest.mark.parametrize("winner", ["packed", "plain", "skinny"])
 def test_serving_lets_go_of_the_weight_copy_no_kernel_reads(name, winner, monkeypatch):
     """With `fused_only` (what `arbridge serve` runs), whichever layout won the
@@ -171,12 +171,16 @@ def test_serving_lets_go_of_the_weight_copy_no_kernel_reads(name, winner, monkey
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     modules = [m for _, ms in runner.fused.sources for m in ms]
     kept = [m for m in modules if m.weight is not None]
+    experts = [layer.mlp.experts for layer in model.model.layers
+               if hasattr(layer.mlp, "experts")] if name.endswith("moe") else []
     if winner == "packed":
         assert all(m.weight.data_ptr() == embedding.data_ptr() for m in kept)  # tied head
         assert len(kept) < len(modules)
+        assert all(e.gate_up_proj is None and e.down_proj is None for e in experts)
     else:  # plain, or skinny (which reads the plain weight in place)
         assert len(kept) == len(modules)
         assert all(p.packed is None for p, _ in runner.fused.sources)
+        assert all(e.gate_up_proj is not None for e in experts)
 
 
 @pytest.mark.parametrize("name", ["llama", "gpt2"])
@@ -253,3 +257,24 @@ def test_a_sliding_window_is_kept_through_the_engines_cache(kind):
     got = torch.cat(got, dim=1)[0]
     torch.testing.assert_close(got, whole, rtol=1e-4, atol=1e-4)
     assert (whole - unwindowed).abs().max() > 1e-2  # the window matters here
+
+
+@pytest.mark.parametrize("name", ["mixtral", "qwen2-moe", "qwen3-moe"])
+def test_one_stream_through_experts_equals_the_models_own(name):
+    """One row a step takes the experts' no-gather path: the same logits."""
+    model = MODELS[name]()
+    ids = torch.randint(0, 97, (1, 12), generator=torch.Generator().manual_seed(5))
+
+    def steps(runner):
+        pool = runner.new_pool(1 << 20, block_tokens=4)
+        table = [pool.allocate(4)]
+        outs = [runner.forward(pool, table, ids[:, :8], [0], keep=8)]
+        return outs + [runner.forward(pool, table, ids[:, n:n + 1], [n]) for n in range(8, 12)]
+
+    with torch.inference_mode():
+        expected = steps(ModelRunner(model, context_length=128, fused=False))
+        runner = ModelRunner(model, context_length=128)
+        runner.prepare()
+        got = steps(runner)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

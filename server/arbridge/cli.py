@@ -112,6 +112,18 @@ def cmd_storm_bench(args) -> int:
     return 0
 
 
+def cmd_moe_bench(args) -> int:
+    """A small mixture-of-experts model against a dense one of the same active size."""
+    from pathlib import Path
+
+    from arbridge.tools.moe_bench import format_report, run_moe_bench, save
+
+    report = run_moe_bench(args.dtype, args.tokens)
+    print(format_report(report))
+    save(report, Path(args.out))
+    return 0
+
+
 def cmd_attention_bench(args) -> int:
     """Decode attention over KV blocks vs dense rows, on this CPU (not a test)."""
     from arbridge.tools.attention_bench import format_report, run_attention_bench
@@ -534,6 +546,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench/results/storm.json")
     p.set_defaults(func=cmd_storm_bench)
 
+    p = sub.add_parser("moe-bench", help="decode speed of a small mixture-of-experts model "
+                       "against a dense one of the same active size (not a test)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--tokens", type=int, default=64, help="greedy tokens per prompt")
+    p.add_argument("--out", default="bench/results/moe.json")
+    p.set_defaults(func=cmd_moe_bench)
     p = sub.add_parser("attention-bench", help="decode attention through KV blocks vs dense "
                                                "rows, on this CPU (not a test)")
     p.add_argument("--threads", type=int)

@@ -87,6 +87,10 @@ class FusedDecoder:
         tensor. Returns the bytes of float weights let go."""
         embedding = self.model.get_input_embeddings().weight
         freed, kept_plain = 0, False
+        for layer in self.layers:
+            if getattr(layer, "experts", None) is not None:
+                expert_bytes, kept = layer.experts.release_expert_weights()
+                freed, kept_plain = freed + expert_bytes, kept_plain or kept
         for projection, modules in self.sources:
             if not projection.drop_unused():
                 kept_plain = True
@@ -114,8 +118,15 @@ class FusedDecoder:
 
     @property
     def weight_bytes(self) -> int:
-        """Bytes of weights one decode step reads through the projections."""
-        return sum(p.weight_bytes for p in self.projections())
+        """Bytes of weights one decode step reads through the projections (of an
+        expert layer, the routed experts' share)."""
+        total = sum(p.weight_bytes for p in self.projections())
+        for layer in self.layers:
+            experts = getattr(layer, "experts", None)
+            if experts is not None:
+                total -= sum(p.weight_bytes for p in experts.gate_up + experts.down) * (
+                    1 - experts.read_fraction())
+        return int(total)
 
     def forward(self, cache, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None,
                 positions: torch.Tensor, allowed: torch.Tensor,
@@ -139,6 +150,98 @@ def _attend(query, keys, values, mask, heads: int, kv_heads: int) -> torch.Tenso
                                           enable_gqa=heads != kv_heads)
 
 
+class _Experts:
+    """A sparse MoE block (Mixtral, Qwen2-MoE, Qwen3-MoE) run the lean way: the model's
+    router arithmetic, then each routed expert's two matmuls as Projections (the
+    kernels `tune` picked, on views of the model's own expert weights), reading only
+    the experts some row was routed to. Same sums in the same order as transformers'
+    expert loop (experts ascending, weighted, added into a zero tensor)."""
+
+    def __init__(self, block: nn.Module, quantize: str | None):
+        router, experts = block.gate, block.experts
+        self.router = router.weight
+        self.top_k = router.top_k
+        # Mixtral always renormalises the top-k and keeps the weights in float32.
+        self.normalise = getattr(router, "norm_topk_prob", True)
+        self.cast = hasattr(router, "norm_topk_prob")
+        self.gate_up = [Projection(experts.gate_up_proj[e], None, quantize)
+                        for e in range(experts.num_experts)]
+        self.down = [Projection(experts.down_proj[e], None, quantize)
+                     for e in range(experts.num_experts)]
+        self.block = block
+        self.shared = self.shared_gate = None
+        self.sources: list[tuple[Projection, list[nn.Module]]] = []
+        if getattr(block, "shared_expert", None) is not None:  # Qwen2-MoE
+            mlp = block.shared_expert
+            self.shared = (Projection(*_fuse(mlp.gate_proj, mlp.up_proj), quantize),
+                           Projection(mlp.down_proj.weight, mlp.down_proj.bias, quantize))
+            self.shared_gate = block.shared_expert_gate.weight
+            self.sources = [(self.shared[0], [mlp.gate_proj, mlp.up_proj]),
+                            (self.shared[1], [mlp.down_proj])]
+
+    def release_expert_weights(self) -> tuple[int, bool]:
+        """Like `release_float_weights` for the experts' 3-D weights: (bytes let go,
+        whether the model's own copy is still read)."""
+        routed = self.gate_up + self.down
+        if not all([p.drop_unused() for p in routed]):
+            return 0, True
+        experts = self.block.experts
+        freed = sum(t.numel() * t.element_size() for t in (experts.gate_up_proj,
+                                                           experts.down_proj))
+        experts.gate_up_proj = experts.down_proj = None
+        return freed, False
+
+    def projections(self) -> list[Projection]:
+        return self.gate_up + self.down + list(self.shared or ())
+
+    def read_fraction(self) -> float:
+        return self.top_k / len(self.gate_up)
+
+    @staticmethod
+    def _swiglu(gate_up: Projection, down: Projection, x: torch.Tensor) -> torch.Tensor:
+        gate, up = gate_up(x).chunk(2, dim=-1)
+        return down(F.silu(gate) * up)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        logits = F.linear(flat, self.router)
+        probs = F.softmax(logits, dtype=torch.float, dim=-1)
+        weights, chosen = torch.topk(probs, self.top_k, dim=-1)
+        if self.normalise:
+            weights /= weights.sum(dim=-1, keepdim=True)
+        if self.cast:
+            weights = weights.to(logits.dtype)
+        if len(flat) == 1:  # one stream's step: no gathers, the same sums (0 + a + b)
+            row = chosen[0].tolist()
+            out = None
+            for expert in sorted(row):
+                y = self._swiglu(self.gate_up[expert], self.down[expert], flat)
+                y = (y * weights[:, row.index(expert), None]).to(flat.dtype)
+                out = y if out is None else out + y
+        else:
+            out = self._routed(flat, chosen, weights)
+        if self.shared is not None:
+            shared = self._swiglu(*self.shared, flat)
+            out = out + torch.sigmoid(F.linear(flat, self.shared_gate)) * shared
+        return out.view(shape)
+
+    def _routed(self, flat: torch.Tensor, chosen: torch.Tensor,
+                weights: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(flat)
+        routed: dict[int, list[tuple[int, int]]] = {}
+        for token, row in enumerate(chosen.tolist()):  # one small host copy a layer
+            for slot, expert in enumerate(row):
+                routed.setdefault(expert, []).append((token, slot))
+        for expert in sorted(routed):
+            tokens, slots = (torch.tensor(v) for v in zip(*routed[expert], strict=True))
+            rows = flat if len(tokens) == len(flat) and len(routed) == 1 else flat[tokens]
+            y = self._swiglu(self.gate_up[expert], self.down[expert], rows)
+            y = y * weights[tokens, slots, None]
+            out.index_add_(0, tokens, y.to(out.dtype))
+        return out
+
+
 class _LlamaLayer(NamedTuple):
     attn_norm: torch.Tensor  # input_layernorm's weight
     qkv: Projection  # q, k and v fused
@@ -148,18 +251,19 @@ class _LlamaLayer(NamedTuple):
     mlp_norm: torch.Tensor  # post_attention_layernorm's weight
     gate_up: Projection | None  # gate and up fused (None: an expert layer)
     down: Projection | None
-    experts: nn.Module | None  # the model's own sparse MoE block (router + experts)
+    experts: _Experts | None  # a sparse MoE block in place of gate_up and down
 
     def projections(self) -> list[Projection]:
-        return [p for p in (self.qkv, self.out, self.gate_up, self.down) if p is not None]
+        dense = [p for p in (self.qkv, self.out, self.gate_up, self.down) if p is not None]
+        return dense + (self.experts.projections() if self.experts is not None else [])
 
 
 class _LlamaDecoder(FusedDecoder):
     """Llama and the shapes that differ from it only in ways this forward implements:
     Mistral (without its window), Qwen2 (q/k/v biases), Qwen3 (q/k norms), and their
     mixture-of-experts versions (Mixtral, Qwen2-MoE, Qwen3-MoE), whose expert layers
-    run the model's own sparse block: at one token a step only the k routed experts'
-    weights are read, which is what makes a small-active MoE fast on a CPU."""
+    run `_Experts`: at one token a step only the k routed experts' weights are read,
+    which is what makes a small-active MoE fast on a CPU."""
 
     family = "llama"
 
@@ -182,8 +286,11 @@ class _LlamaDecoder(FusedDecoder):
             return "non-standard attention scaling"
         for layer in model.model.layers:
             mlp = layer.mlp
-            if not hasattr(mlp, "gate_proj") and not (hasattr(mlp, "gate")
-                                                      and hasattr(mlp, "experts")):
+            experts = getattr(mlp, "experts", None)
+            if not hasattr(mlp, "gate_proj") and not (
+                    hasattr(mlp, "gate") and hasattr(experts, "gate_up_proj")
+                    and hasattr(mlp.gate, "top_k")
+                    and getattr(experts, "act_fn", None).__class__.__name__ == "SiLUActivation"):
                 return f"MLP {type(mlp).__name__}"
         return ""
 
@@ -210,7 +317,8 @@ class _LlamaDecoder(FusedDecoder):
                 self.sources += [(gate_up, [mlp.gate_proj, mlp.up_proj]),
                                  (down, [mlp.down_proj])]
             else:
-                experts = mlp
+                experts = _Experts(mlp, quantize)
+                self.sources += experts.sources
             norms = [getattr(a, n, None) for n in ("q_norm", "k_norm")]
             q_norm, k_norm = (None if n is None else n.weight for n in norms)
             self.layers.append(_LlamaLayer(layer.input_layernorm.weight, qkv, q_norm, k_norm,
