@@ -10,8 +10,11 @@ and saves it the way Megatron-LM's `save_checkpoint` does:
 - `OUT/torch_dist/`: `latest_checkpointed_iteration.txt` + `iter_XXXXXXX/` (or
   `release/`) written by `megatron.core.dist_checkpointing.save`, with `args`,
   optimizer moments, scheduler and RNG state beside the model, as training leaves;
-- `OUT/torch/`: the legacy format, `mp_rank_TT[_PPP]/model_optim_rng.pt` holding
-  `model.state_dict_for_save_checkpoint()` and the same companions.
+- `OUT/torch/`: the legacy format, `mp_rank_TT[_PPP][_EEE]/model_optim_rng.pt` holding
+  `model.state_dict_for_save_checkpoint()` and the same companions;
+- `OUT/fsdp_dtensor/`: Megatron-FSDP's format, built to its layout from the TP=1 model
+  the oracle loads (megatron-core cannot run Megatron-FSDP on a CPU:
+  `_save_fsdp_dtensor` says how).
 
 The oracle is Megatron's own forward: the same processes, regrouped as TP=1, PP=1,
 load `OUT/torch_dist` into a TP=1, PP=1 GPTModel with `dist_checkpointing.load` (the
@@ -41,6 +44,7 @@ from pathlib import Path
 
 warnings.filterwarnings("ignore")
 
+FORMATS = ("torch_dist", "torch", "fsdp_dtensor")
 REFERENCE_ROWS, REFERENCE_LENGTH = 2, 12  # `ref_len` in the spec overrides the length
 
 
@@ -326,7 +330,7 @@ def _write_one(rank: int, spec: dict, out: str) -> None:
 
     # The legacy torch format: one pickle per (tensor rank, pipeline stage).
     legacy = Path(out) / "torch"
-    if "torch" not in spec.get("formats", ["torch_dist", "torch"]):
+    if "torch" not in spec.get("formats", FORMATS):
         if rank == 0:
             (root / "latest_checkpointed_iteration.txt").write_text(
                 "release" if release else str(spec["iteration"]))
@@ -362,6 +366,48 @@ def _mkdir(p: Path) -> Path:
     return p
 
 
+def _save_fsdp_dtensor(spec: dict, model, root: Path) -> None:
+    """`--ckpt-format fsdp_dtensor` as Megatron-LM 0.16.1 saves it (checkpointing.py,
+    transformer/fsdp_dtensor_checkpoint.py). megatron-core cannot run Megatron-FSDP on a
+    CPU (its DeviceMesh and buffers are CUDA), so this is built to that code's layout
+    from megatron-core's own module state dict, not written by Megatron-FSDP itself:
+    a plain torch.distributed.checkpoint folder (no metadata.json, no common.pt) whose
+    keys are the module's under `model.module.`, one per layer, tensors whole; SwiGLU
+    `linear_fc1.weight` stored as its halves `weight_w` (gate) and `weight_v` (up); no
+    `_extra_state`; `args`, `iteration` and `checkpoint_version` as pickled entries
+    beside them, with Adam moments and RNG state."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    model_sd = {}
+    for key, value in model.state_dict().items():
+        if "_extra_state" in key or not torch.is_tensor(value):
+            continue
+        if ".linear_fc1." in key and spec["arch"] == "llama":  # gated: [gate; up]
+            base, _, kind = key.rpartition(".")
+            w, v = value.chunk(2, dim=0)
+            model_sd[f"{base}.{kind}_w"], model_sd[f"{base}.{kind}_v"] = (
+                w.contiguous(), v.contiguous())
+        else:
+            model_sd[key] = value.contiguous()
+    release = spec["iteration"] is None
+    folder = root / ("release" if release else f"iter_{spec['iteration']:07d}")
+    state = {"model": {"module": model_sd},
+             "optimizer": {"state": {"module": {"module": {"module": {
+                 key: {"exp_avg": torch.zeros_like(v, dtype=torch.float32)}
+                 for key, v in list(model_sd.items())[:3]}}}}},
+             "args": megatron_args({**spec, "format": "fsdp_dtensor", "tp": 1, "pp": 1,
+                                    "vp": None, "moe": {**(spec.get("moe") or {}), "ep": 1}},
+                                   1, 1),
+             "checkpoint_version": 3.0,
+             "rng_state": {"(0, 0)": {0: {"torch_rng_state": torch.get_rng_state()}}}}
+    if not release:
+        state["iteration"] = spec["iteration"]
+    dcp.save(state, storage_writer=dcp.FileSystemWriter(str(folder)), no_dist=True)
+    (root / "latest_checkpointed_iteration.txt").write_text(
+        "release" if release else str(spec["iteration"]))
+
+
 def _reference(spec: dict, out: str, write: bool) -> None:
     """Megatron's forward of the saved weights (TP=1, PP=1, float32 arithmetic)."""
     import torch
@@ -378,6 +424,8 @@ def _reference(spec: dict, out: str, write: bool) -> None:
     loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(folder))
     model.load_state_dict(loaded["model"])
     stored = model.module if hasattr(model, "module") else model
+    if write and "fsdp_dtensor" in spec.get("formats", FORMATS):
+        _save_fsdp_dtensor(spec, stored, Path(out) / "fsdp_dtensor")
     # float32 arithmetic on the stored (possibly bf16) weights, upcast exactly
     inner = _build({**spec, "dtype": "fp32"}, 1, 1, pre=True, post=True)
     inner.load_state_dict({k: v.float() if torch.is_tensor(v) else v

@@ -81,7 +81,9 @@ CHECKPOINTS = {
                                                 shared_ffn=40, shared_gate=True)),
                                   "hf-beside"),
 }
-FORMATS = ("torch_dist", "torch")
+# fsdp_dtensor is built to Megatron-FSDP's layout by the writer, not by Megatron-FSDP
+# (which needs CUDA): see megatron_core_writer._save_fsdp_dtensor.
+FORMATS = ("torch_dist", "torch", "fsdp_dtensor")
 
 
 def _tokenizer_files(kind: str, where: Path) -> tuple[dict, int]:
@@ -166,7 +168,11 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 
 def _max_logit_error(converted_dir: Path, reference: Path) -> float:
     ref = torch.load(reference)
-    model = AutoModelForCausalLM.from_pretrained(converted_dir, dtype=torch.float32).eval()
+    model, loading = AutoModelForCausalLM.from_pretrained(converted_dir, dtype=torch.float32,
+                                                          output_loading_info=True)
+    # Hub names, every one of them: what vLLM and SGLang load too.
+    assert not any(loading.values()), loading
+    model.eval()
     with torch.no_grad():
         got = model(ref["input_ids"]).logits
     assert got.shape == ref["logits"].shape
@@ -186,8 +192,8 @@ def test_converts_to_megatrons_own_logits(checkpoints, tmp_path, name, fmt):
         expected = "Qwen2ForCausalLM"
     assert report.architecture == spec.get("hf", expected)
     assert report.format == f"Megatron-Core {fmt}"
-    assert (report.tensor_parallel, report.pipeline_parallel) == (spec["tp"], spec["pp"])
-    assert report.virtual_stages == (spec.get("vp") or 1)
+    grid = (1, 1, 1) if fmt == "fsdp_dtensor" else (spec["tp"], spec["pp"], spec.get("vp") or 1)
+    assert (report.tensor_parallel, report.pipeline_parallel, report.virtual_stages) == grid
     assert report.dtype == {"fp32": "float32", "bf16": "bfloat16"}[spec["dtype"]]
     assert report.iteration == (spec["iteration"] or "release")
 
@@ -485,10 +491,23 @@ class _Payload:
 def test_a_malicious_pickle_is_refused_and_runs_nothing(checkpoints, tmp_path, fmt):
     ckpt = _copy(checkpoints, "llama-gqa-tp1-pp1", fmt, tmp_path)
     marker = tmp_path / "pwned"
-    path = _pickles(ckpt)[0]
-    sd = torch.load(path, weights_only=False)
-    sd["args"].evil = _Payload(marker)
-    torch.save(sd, path)
+    if fmt == "fsdp_dtensor":  # `args` is an entry inside the .distcp files
+        import torch.distributed.checkpoint as dcp
+
+        folder = _iter_dir(ckpt)
+        state = {"args": None, "model": {"module": {
+            name.removeprefix("model.module."): torch.empty(meta.size)
+            for name, meta in dcp.FileSystemReader(str(folder)).read_metadata()
+            .state_dict_metadata.items() if name.startswith("model.module.")}}}
+        dcp.load(state, storage_reader=dcp.FileSystemReader(str(folder)), no_dist=True)
+        state["args"].evil = _Payload(marker)
+        shutil.rmtree(folder)
+        dcp.save(state, storage_writer=dcp.FileSystemWriter(str(folder)), no_dist=True)
+    else:
+        path = _pickles(ckpt)[0]
+        sd = torch.load(path, weights_only=False)
+        sd["args"].evil = _Payload(marker)
+        torch.save(sd, path)
     with pytest.raises(MegatronFormatError, match=r"refusing to unpickle global '(posix|os)\."):
         convert(ckpt, tmp_path / "hf")
     assert not marker.exists()
@@ -581,6 +600,7 @@ def test_convert_cli_reports_what_it_found(checkpoints, tmp_path):
                                       ("qwen3-qk-norm-tp2-bf16-release", "torch_dist"),
                                       ("mistral-window-tp2", "torch"),
                                       ("qwen3-moe-ep2", "torch"),
+                                      ("qwen3-moe-ep2", "fsdp_dtensor"),
                                       ("mixtral-window-tp2-bf16", "torch_dist"),
                                       ("qwen2-moe-shared-gate-pp2", "torch_dist")])
 async def test_serve_greedy_equals_transformers_on_the_converted_model(checkpoints, tmp_path,

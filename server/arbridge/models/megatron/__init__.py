@@ -1,12 +1,14 @@
 """Megatron checkpoints -> a safetensors Hugging Face directory, in-process.
 
-Three layouts, told apart by their files and keys:
+Four layouts, told apart by their files and keys:
 
 - Megatron-Core `torch_dist` (Megatron-LM's default `--ckpt-format`):
   `core_sources.TorchDistSource`;
 - Megatron-Core legacy `torch` (`mp_rank_*/model_optim_rng.pt` with `decoder.layers.*`):
   `core_sources.LegacyCoreSource`;
-  both converted by `core_to_hf` to Llama / Qwen2 / GPT-2 as their `args` say;
+- Megatron-FSDP `fsdp_dtensor` (plain torch.distributed.checkpoint):
+  `fsdp_source.FsdpDtensorSource`;
+  all three converted by `core_to_hf` to the Hugging Face class their `args` say;
 - the pre-Megatron-Core GPT layout (`model.language_model.*`, e.g. NVIDIA's
   Megatron-GPT2 345M zip): `gpt2_legacy`, to GPT-2.
 
@@ -86,8 +88,13 @@ def _core_source(folder: Path):
     from arbridge.models.megatron.gpt2_legacy import is_legacy_gpt2
     from arbridge.models.megatron.pickles import load_pickle
 
-    if layout.checkpoint_format(folder) == "torch_dist":
+    kind = layout.checkpoint_format(folder)
+    if kind == "torch_dist":
         return TorchDistSource(folder)
+    if kind == "fsdp_dtensor":
+        from arbridge.models.megatron.fsdp_source import FsdpDtensorSource
+
+        return FsdpDtensorSource(folder)
     shards = layout.find_shards(folder)
     first = load_pickle(shards[(0, 0, 0)], str(shards[(0, 0, 0)]), mmap=True)
     if is_legacy_gpt2(first):

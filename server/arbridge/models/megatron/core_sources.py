@@ -69,7 +69,7 @@ _STACKED_EXPERTS = re.compile(r"^decoder\.layers\.mlp\.experts\.experts\.(?:(\d+
 _LEGACY_EXPERT = re.compile(r"^mlp\.experts\.(?:local_experts\.\d+\.linear_fc[12]\.(?:weight|bias)"
                             r"|linear_fc[12]\.(?:weight|bias)\d+)$")
 # The local (non-Transformer-Engine) spec names its norms apart; one name for both.
-_LOCAL_NORMS = {"input_layernorm.weight": f"{QKV}.layer_norm_weight",
+LOCAL_NORMS = {"input_layernorm.weight": f"{QKV}.layer_norm_weight",
                 "input_layernorm.bias": f"{QKV}.layer_norm_bias",
                 "pre_mlp_layernorm.weight": f"{FC1}.layer_norm_weight",
                 "pre_mlp_layernorm.bias": f"{FC1}.layer_norm_bias"}
@@ -77,12 +77,12 @@ _STACKED_PREFIX = "decoder.layers."
 _LAYER_KEY = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
 
 
-def _skipped(name: str) -> bool:
+def skipped(name: str) -> bool:
     """Entries that are not weights: TE/FP8 metadata."""
     return name.endswith("_extra_state") or "._extra_state/" in name
 
 
-def _unsupported(name: str, where: str) -> MegatronFormatError:
+def unsupported_tensor(name: str, where: str) -> MegatronFormatError:
     return MegatronFormatError(
         f"unsupported tensor '{name}' in {where}: ArBridge converts GPT models with dense or "
         "mixture-of-experts MLPs (no MLA, Mamba or multi-token prediction layers)")
@@ -122,27 +122,90 @@ class CoreSource:
         raise NotImplementedError
 
 
+# -- torch.distributed.checkpoint folders (torch_dist, fsdp_dtensor) --------------------
+class DcpFolder:
+    """A torch.distributed.checkpoint folder read in this one process, no process group:
+    its index (`.metadata`), every data file checked present and long enough before
+    anything is read, then one whole (global) tensor per call, or one pickled entry
+    through the safe unpickler (DCP's own loader would unpickle it with no allow-list)."""
+
+    def __init__(self, folder: Path):
+        from torch.distributed.checkpoint import FileSystemReader
+
+        self.folder = folder
+        try:
+            self.metadata = FileSystemReader(str(folder)).read_metadata()
+        except Exception as exc:  # noqa: BLE001 - any failure here means a broken file
+            raise MegatronFormatError(f"{folder / '.metadata'}: not readable torch.distributed."
+                                      f"checkpoint metadata ({type(exc).__name__}: {exc})"
+                                      ) from None
+        needed: dict[str, int] = {}
+        for info in self.metadata.storage_data.values():
+            end = info.offset + info.length
+            needed[info.relative_path] = max(needed.get(info.relative_path, 0), end)
+        for name, end in sorted(needed.items()):
+            path = folder / name
+            if not path.is_file():
+                raise MegatronFormatError(f"missing file: {path} (named by "
+                                          f"{folder / '.metadata'})")
+            size = path.stat().st_size
+            if size < end:
+                raise MegatronFormatError(f"truncated file: {path} has {size} bytes, the "
+                                          f"metadata needs {end}")
+
+    def tensors(self) -> dict:
+        """{stored name: its TensorStorageMetadata}."""
+        from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+        return {name: meta for name, meta in self.metadata.state_dict_metadata.items()
+                if isinstance(meta, TensorStorageMetadata)}
+
+    def read(self, stored: str, meta) -> torch.Tensor:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint import FileSystemReader
+
+        out = torch.empty(tuple(meta.size), dtype=meta.properties.dtype)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "no process group: loading without one"
+                dcp.load({stored: out}, storage_reader=FileSystemReader(str(self.folder)))
+        except Exception as exc:  # noqa: BLE001 - a broken file surfaces as anything
+            raise MegatronFormatError(f"{self.folder}: cannot read '{stored}' "
+                                      f"({type(exc).__name__}: {str(exc)[:300]})") from None
+        return out
+
+    def has_object(self, name: str) -> bool:
+        return any(index.fqn == name for index in self.metadata.storage_data)
+
+    def read_object(self, name: str):
+        """A pickled (non-tensor) entry, e.g. `args`: its bytes, then `load_pickle`."""
+        import io
+
+        for index, info in self.metadata.storage_data.items():
+            if index.fqn != name:
+                continue
+            if getattr(info, "transform_descriptors", None):
+                raise MegatronFormatError(f"{self.folder}: '{name}' is stored transformed "
+                                          f"({info.transform_descriptors}); not supported")
+            with open(self.folder / info.relative_path, "rb") as f:
+                f.seek(info.offset)
+                data = f.read(info.length)
+            return load_pickle(io.BytesIO(data), f"{self.folder} ['{name}']")
+        raise MegatronFormatError(f"missing entry: '{name}' in {self.folder / '.metadata'}")
+
+
 # -- torch_dist ----------------------------------------------------------------------
 class TorchDistSource(CoreSource):
     format = "torch_dist"
 
     def __init__(self, folder: Path):
-        from torch.distributed.checkpoint import FileSystemReader
-        from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
         self.folder = folder
         for name in (".metadata", "common.pt"):
             if not (folder / name).is_file():
                 raise MegatronFormatError(f"missing file: {folder / name} (a torch_dist "
                                           "checkpoint has metadata.json, .metadata, *.distcp "
                                           "and common.pt)")
-        try:
-            self._metadata = FileSystemReader(str(folder)).read_metadata()
-        except Exception as exc:  # noqa: BLE001 - any failure here means a broken file
-            raise MegatronFormatError(f"{folder / '.metadata'}: not readable torch.distributed."
-                                      f"checkpoint metadata ({type(exc).__name__}: {exc})"
-                                      ) from None
-        self._check_data_files()
+        self._dcp = DcpFolder(folder)
         common = load_pickle(folder / "common.pt", str(folder / "common.pt"))
         self.args = common.get("args") if isinstance(common, dict) else None
         if self.args is None:
@@ -155,19 +218,17 @@ class TorchDistSource(CoreSource):
             getattr(self.args, "virtual_pipeline_model_parallel_size", None) or 1)
         self._tensors = {}
         self._stored: dict[str, str] = {}  # one name for both norm namings -> the file's
-        for stored, meta in self._metadata.state_dict_metadata.items():
-            if stored.startswith(("optimizer.", "rng_state")) or _skipped(stored):
-                continue
-            if not isinstance(meta, TensorStorageMetadata):
+        for stored, meta in self._dcp.tensors().items():
+            if stored.startswith(("optimizer.", "rng_state")) or skipped(stored):
                 continue
             # The Transformer-Engine spec keeps a separate `pre_mlp_layernorm` in
             # front of experts (only the local spec maps it to linear_fc1's name).
             suffix = stored.removeprefix(_STACKED_PREFIX)
-            name = (_STACKED_PREFIX + _LOCAL_NORMS[suffix]
-                    if stored.startswith(_STACKED_PREFIX) and suffix in _LOCAL_NORMS else stored)
+            name = (_STACKED_PREFIX + LOCAL_NORMS[suffix]
+                    if stored.startswith(_STACKED_PREFIX) and suffix in LOCAL_NORMS else stored)
             if not (name in GLOBAL_NAMES or name.removeprefix(_STACKED_PREFIX)
                     in LAYER_SUFFIXES or _STACKED_EXPERTS.match(name)):
-                raise _unsupported(stored, str(folder))
+                raise unsupported_tensor(stored, str(folder))
             self._tensors[name] = meta
             self._stored[name] = stored
         qkv = self._tensors.get(_STACKED_PREFIX + f"{QKV}.weight")
@@ -178,23 +239,6 @@ class TorchDistSource(CoreSource):
         self.num_layers = int(qkv.size[0])
         self.dtype = qkv.properties.dtype
 
-    def _check_data_files(self) -> None:
-        """Every .distcp the metadata points into exists and is long enough: a missing or
-        truncated file is named before anything is read."""
-        needed: dict[str, int] = {}
-        for info in self._metadata.storage_data.values():
-            end = info.offset + info.length
-            needed[info.relative_path] = max(needed.get(info.relative_path, 0), end)
-        for name, end in sorted(needed.items()):
-            path = self.folder / name
-            if not path.is_file():
-                raise MegatronFormatError(f"missing file: {path} (named by "
-                                          f"{self.folder / '.metadata'})")
-            size = path.stat().st_size
-            if size < end:
-                raise MegatronFormatError(f"truncated file: {path} has {size} bytes, the "
-                                          f"metadata needs {end}")
-
     def has(self, name: str) -> bool:
         return name in self._tensors
 
@@ -202,22 +246,10 @@ class TorchDistSource(CoreSource):
         return _STACKED_PREFIX + suffix in self._tensors
 
     def tensor(self, name: str) -> torch.Tensor:
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint import FileSystemReader
-
         meta = self._tensors.get(name)
         if meta is None:
             raise MegatronFormatError(f"missing tensor: {name} in {self.folder}")
-        out = torch.empty(tuple(meta.size), dtype=meta.properties.dtype)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "no process group: loading without one"
-                dcp.load({self._stored[name]: out},
-                         storage_reader=FileSystemReader(str(self.folder)))
-        except Exception as exc:  # noqa: BLE001 - a broken file surfaces as anything
-            raise MegatronFormatError(f"{self.folder}: cannot read '{name}' "
-                                      f"({type(exc).__name__}: {str(exc)[:300]})") from None
-        return out
+        return self._dcp.read(self._stored[name], meta)
 
     def layers(self, suffix: str) -> list[torch.Tensor]:
         stacked = self.tensor(_STACKED_PREFIX + suffix)
@@ -310,19 +342,19 @@ class LegacyCoreSource(CoreSource):
     def _index_chunk(self, chunk: tuple[int, int]) -> None:
         local: dict[int, set[str]] = {}
         for key in self._chunks[chunk][0]:
-            if _skipped(key):
+            if skipped(key):
                 continue
             m = _LAYER_KEY.match(key)
             if m is None:
                 if key not in GLOBAL_NAMES:
-                    raise _unsupported(key, self._where(chunk))
+                    raise unsupported_tensor(key, self._where(chunk))
                 self._globals.setdefault(key, chunk)
                 if key in (*FINAL_NORM, OUTPUT_LAYER):
                     self._globals[key] = chunk  # the last stage's copy
                 continue
-            suffix = _LOCAL_NORMS.get(m.group(2), m.group(2))
+            suffix = LOCAL_NORMS.get(m.group(2), m.group(2))
             if suffix not in LAYER_SUFFIXES and not _LEGACY_EXPERT.match(suffix):
-                raise _unsupported(key, self._where(chunk))
+                raise unsupported_tensor(key, self._where(chunk))
             local.setdefault(int(m.group(1)), set()).add(key)
         if sorted(local) != list(range(len(local))):
             raise MegatronFormatError(f"missing layers in {self._where(chunk)}: found "
@@ -333,7 +365,7 @@ class LegacyCoreSource(CoreSource):
         return self._layer_parts(0, f"{QKV}.weight")[0].dtype
 
     def _find(self, sd: dict, layer: int, suffix: str):
-        for local_name, canonical in _LOCAL_NORMS.items():
+        for local_name, canonical in LOCAL_NORMS.items():
             if canonical == suffix and f"decoder.layers.{layer}.{local_name}" in sd:
                 return sd[f"decoder.layers.{layer}.{local_name}"]
         return sd.get(f"decoder.layers.{layer}.{suffix}")

@@ -5,6 +5,7 @@ Megatron-LM's `--save` folder:
     CKPT/latest_checkpointed_iteration.txt     "release" or an iteration number
     CKPT/release/ or CKPT/iter_0001000/        one checkpoint:
         metadata.json + .metadata + *.distcp + common.pt    --ckpt-format torch_dist
+        .metadata + *.distcp                                --ckpt-format fsdp_dtensor
         mp_rank_TT[_PPP][_EEE]/model_optim_rng.pt           --ckpt-format torch (legacy;
                                                             EEE: expert-parallel rank)
 
@@ -87,9 +88,13 @@ def iteration_dir(root: Path) -> Path:
 
 
 def checkpoint_format(folder: Path) -> str:
-    """'torch_dist' or 'torch' (legacy per-rank pickles); refuses the others by name."""
+    """'torch_dist', 'fsdp_dtensor' (plain torch.distributed.checkpoint: `.metadata` and
+    *.distcp only) or 'torch' (legacy per-rank pickles); refuses the others by name."""
     if not is_dist_checkpoint(folder):
         return "torch"
+    if (folder / ".metadata").is_file() and not (folder / "metadata.json").exists() \
+            and not (folder / "common.pt").exists():
+        return "fsdp_dtensor"
     meta = folder / "metadata.json"
     if not meta.is_file():
         raise MegatronFormatError(f"missing file: {meta} (a torch_dist checkpoint has "
