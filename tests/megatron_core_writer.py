@@ -103,7 +103,8 @@ def megatron_args(spec: dict, tp: int, pp: int):
         num_layers=spec["layers"], hidden_size=spec["hidden"],
         ffn_hidden_size=spec["ffn"], num_attention_heads=heads,
         group_query_attention=groups != heads, num_query_groups=groups,
-        kv_channels=spec["hidden"] // heads, max_position_embeddings=spec["positions"],
+        kv_channels=spec.get("kv_channels") or spec["hidden"] // heads,
+        max_position_embeddings=spec["positions"],
         seq_length=spec["positions"], encoder_seq_length=spec["positions"],
         position_embedding_type="rope" if llama else "learned_absolute",
         add_position_embedding=True,  # True even for RoPE models, as in Megatron-LM
@@ -168,6 +169,7 @@ def _build(spec: dict, tp: int, pp: int, *, pre: bool, post: bool, vp_stage: int
     config = TransformerConfig(
         num_layers=spec["layers"], hidden_size=spec["hidden"], ffn_hidden_size=spec["ffn"],
         num_attention_heads=spec["heads"], num_query_groups=spec.get("groups", spec["heads"]),
+        kv_channels=spec.get("kv_channels"),
         normalization="RMSNorm" if llama else "LayerNorm", layernorm_epsilon=spec["eps"],
         gated_linear_unit=llama, activation_func=F.silu if llama else F.gelu,
         bias_activation_fusion=llama or spec.get("bias_gelu_fusion", False),

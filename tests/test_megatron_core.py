@@ -63,9 +63,11 @@ CHECKPOINTS = {
                                      untied=True, seed=8, rope_scaling=8.0, layers=2,
                                      rotary_base=500000, positions=16384, ref_len=1024,
                                      hf="LlamaForCausalLM"), "hf-beside"),
+    # Qwen3's heads are wider than hidden / heads (kv_channels 128 at hidden 1024, 16 heads)
     "qwen3-qk-norm-tp2-bf16-release": (dict(arch="llama", tp=2, pp=1, dtype="bf16", groups=2,
                                             qk_layernorm=True, eps=1e-6, seed=9, iteration=None,
-                                            hf="Qwen3ForCausalLM"), "hf-beside"),
+                                            kv_channels=24, hf="Qwen3ForCausalLM"),
+                                       "hf-beside"),
     "mistral-window-tp2": (dict(arch="llama", tp=2, pp=1, dtype="fp32", groups=2, window=5,
                                 untied=True, seed=10, hf="MistralForCausalLM"), "hf-beside"),
     "qwen3-moe-ep2": (dict(arch="llama", tp=1, pp=1, dtype="fp32", groups=2, untied=True,
@@ -239,6 +241,22 @@ def test_experts_behind_a_transformer_engine_pre_mlp_norm(checkpoints, tmp_path)
         for index, info in metadata.storage_data.items()}
     with open(folder / ".metadata", "wb") as f:
         pickle.dump(metadata, f)
+    out = convert(ckpt, tmp_path / "hf").out_dir
+    assert _max_logit_error(out, checkpoints["qwen3-moe-ep2"] / "reference.pt") < 1e-4
+
+
+def test_legacy_experts_of_transformer_engines_grouped_gemm(checkpoints, tmp_path):
+    """Trained with `--moe-grouped-gemm` (TEGroupedMLP), legacy files name each rank's
+    experts `mlp.experts.linear_fc1.weight<j>`: the same model must come out."""
+    import re
+
+    ckpt = _copy(checkpoints, "qwen3-moe-ep2", "torch", tmp_path)
+    for shard in ckpt.rglob("model_optim_rng.pt"):
+        sd = torch.load(shard, weights_only=False)
+        sd["model"] = {re.sub(r"experts\.local_experts\.(\d+)\.(linear_fc[12])\.weight",
+                              r"experts.\2.weight\1", k): v for k, v in sd["model"].items()}
+        assert any(k.endswith("experts.linear_fc1.weight1") for k in sd["model"])
+        torch.save(sd, shard)
     out = convert(ckpt, tmp_path / "hf").out_dir
     assert _max_logit_error(out, checkpoints["qwen3-moe-ep2"] / "reference.pt") < 1e-4
 
