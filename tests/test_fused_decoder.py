@@ -105,6 +105,15 @@ def run_passes(runner: ModelRunner) -> list[torch.Tensor]:
     return outs
 
 
+def both_paths(model, passes=run_passes):
+    """(runner, what its fused decoder gives, what transformers' own forward gives)."""
+    with torch.inference_mode():
+        expected = passes(ModelRunner(model, context_length=128, fused=False))
+        runner = ModelRunner(model, context_length=128)
+        runner.prepare()
+        return runner, passes(runner), expected
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_fused_logits_equal_the_models_own_forward(name):
     model = MODELS[name]()
@@ -185,12 +194,7 @@ def test_serving_lets_go_of_the_weight_copy_no_kernel_reads(name, winner, monkey
 
 @pytest.mark.parametrize("name", ["llama", "gpt2"])
 def test_fused_logits_in_bfloat16_stay_close_to_the_models_own(name):
-    model = MODELS[name]().to(torch.bfloat16)
-    with torch.inference_mode():
-        expected = run_passes(ModelRunner(model, context_length=128, fused=False))
-        runner = ModelRunner(model, context_length=128)
-        runner.prepare()
-        got = run_passes(runner)
+    _, got, expected = both_paths(MODELS[name]().to(torch.bfloat16))
     for a, b in zip(got, expected, strict=True):
         assert a.dtype == torch.bfloat16
         torch.testing.assert_close(a.float(), b.float(), rtol=0.02, atol=0.05)
@@ -271,10 +275,7 @@ def test_one_stream_through_experts_equals_the_models_own(name):
         outs = [runner.forward(pool, table, ids[:, :8], [0], keep=8)]
         return outs + [runner.forward(pool, table, ids[:, n:n + 1], [n]) for n in range(8, 12)]
 
-    with torch.inference_mode():
-        expected = steps(ModelRunner(model, context_length=128, fused=False))
-        runner = ModelRunner(model, context_length=128)
-        runner.prepare()
-        got = steps(runner)
+    runner, got, expected = both_paths(model, steps)
+    assert runner.fused is not None
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
