@@ -237,10 +237,10 @@ class PagedKVCache(Cache):
 
     def can_attend_decode(self, query: torch.Tensor) -> bool:
         """True when `decode_attention` runs this pass: at most DECODE_QUERIES new
-        tokens per row, float32 on the CPU, the kernel built."""
+        tokens per row, float32 or bfloat16 on the CPU, the kernel built."""
         return self.kernel is not None and self.lengths is not None and \
-            query.dtype == torch.float32 and query.device.type == "cpu" and \
-            self.pool.dtype == torch.float32
+            query.dtype == self.pool.dtype and query.device.type == "cpu" and \
+            query.dtype in (torch.float32, torch.bfloat16)
 
     def decode_attention(self, layer: int, query: torch.Tensor, key_states: torch.Tensor,
                          value_states: torch.Tensor, scale: float) -> torch.Tensor:

@@ -6,7 +6,8 @@ value it reads (measured: 2-3x dense rows per layer at 32 rows). The kernel in
 one task per (row, KV head), as fast as SDPA over dense rows
 (`arbridge attention-bench`). It is built on first use with the machine's own
 compiler and flags (about 25 s; cached in ~/.cache/arbridge/kernels, keyed by the
-source, torch and the CPU's flags). Without a compiler, or on GPUs and for other
+source, torch and the CPU's flags). float32 and bfloat16 (in bfloat16 it rounds
+where SDPA's CPU kernel does). Without a compiler, or on GPUs and for other
 dtypes, decode attention gathers the blocks and calls SDPA.
 """
 

@@ -53,7 +53,7 @@ class ModelRunner:
 
     def prepare(self) -> None:
         if self._want_kernel and self.attention_kernel is None and self._want_fused \
-                and self.device.type == "cpu" and self.dtype == torch.float32:
+                and self.device.type == "cpu" and self.dtype in (torch.float32, torch.bfloat16):
             self.attention_kernel = paged_attention.load()
         if self._want_fused and self.fused is None:
             self.fused = FusedDecoder.build(self.model, self.quantize, self.matmul_kernels)

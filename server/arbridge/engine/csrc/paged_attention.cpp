@@ -1,7 +1,7 @@
 // Decode attention straight from the KV pool's blocks: one query per row, its keys
 // and values read where they lie (block table), once, with no gathered copy.
 //
-// query  [rows, heads, dim]            float32, contiguous
+// query  [rows, heads, dim]            float32 or bfloat16 (keys and values alike)
 // keys   [blocks, kv_heads, block_tokens, dim]   one layer of the pool, contiguous
 // values [blocks, kv_heads, block_tokens, dim]
 // tables [rows, max_blocks] int64      each row's blocks, in order
@@ -11,61 +11,74 @@
 // Query head i reads KV head i / (heads / kv_heads), as repeat_interleave does. One
 // task per (row, KV head) serves that head's whole query group, so each key and value
 // is read once per group. Softmax in float32: max, then exp and sum, then the values.
+//
+// bfloat16 is computed as SDPA's CPU kernel computes it within one KV split (contexts
+// up to 512 tokens): float32 dot products, exp(score - max) rounded to bfloat16
+// before it weighs the values, float32 sums, one division by the float32 sum at the
+// end, one rounding of the output.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
-torch::Tensor paged_decode_attention(const torch::Tensor& query, const torch::Tensor& keys,
-                                     const torch::Tensor& values, const torch::Tensor& tables,
-                                     const torch::Tensor& lengths, double scale) {
-  TORCH_CHECK(query.scalar_type() == torch::kFloat32 && keys.scalar_type() == torch::kFloat32,
-              "float32 only");
-  TORCH_CHECK(query.is_contiguous() && keys.is_contiguous() && values.is_contiguous() &&
-              tables.is_contiguous() && lengths.is_contiguous(), "contiguous inputs only");
+template <typename T>
+static void attend(const torch::Tensor& query, const torch::Tensor& keys,
+                   const torch::Tensor& values, const torch::Tensor& tables,
+                   const torch::Tensor& lengths, double scale, torch::Tensor& out) {
+  constexpr bool reduced = !std::is_same<T, float>::value;
   const int64_t rows = query.size(0), heads = query.size(1), dim = query.size(2);
   const int64_t kv_heads = keys.size(1), block_tokens = keys.size(2);
   const int64_t max_blocks = tables.size(1), group = heads / kv_heads;
-  TORCH_CHECK(keys.size(3) == dim && heads % kv_heads == 0, "shapes do not match");
-  auto out = torch::empty_like(query);
-  const float* q = query.data_ptr<float>();
-  const float* k = keys.data_ptr<float>();
-  const float* v = values.data_ptr<float>();
+  const T* q = query.data_ptr<T>();
+  const T* k = keys.data_ptr<T>();
+  const T* v = values.data_ptr<T>();
   const int64_t* table = tables.data_ptr<int64_t>();
   const int64_t* length = lengths.data_ptr<int64_t>();
-  float* o = out.data_ptr<float>();
+  T* o = out.data_ptr<T>();
   const float s = static_cast<float>(scale);
   // A head's tokens lie together within a block: one contiguous run per block.
   const int64_t block_stride = kv_heads * block_tokens * dim;
 
   at::parallel_for(0, rows * kv_heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores, acc(group * dim);
+    std::vector<float> scores, acc(group * dim), qf(group * dim), row_f(dim);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t row = task / kv_heads, head = task % kv_heads, n = length[row];
       TORCH_CHECK(n >= 1 && n <= max_blocks * block_tokens, "length past the block table");
       scores.assign(group * n, 0.f);
-      const float* qg = q + (row * heads + head * group) * dim;
+      const T* qg = q + (row * heads + head * group) * dim;
+      for (int64_t i = 0; i < group * dim; ++i) qf[i] = static_cast<float>(qg[i]);
       // Every token of the row, block by block (no division per token): calls
-      // visit(t, token) with that KV head's keys or values of token t.
-      auto each_token = [&](const float* pool, auto&& visit) {
+      // visit(t, token) with that KV head's keys or values of token t, in float32.
+      auto each_token = [&](const T* pool, auto&& visit) {
         for (int64_t first = 0; first < n; first += block_tokens) {
-          const float* run = pool + table[row * max_blocks + first / block_tokens] *
-                                        block_stride + head * block_tokens * dim;
+          const T* run = pool + table[row * max_blocks + first / block_tokens] *
+                                    block_stride + head * block_tokens * dim;
           const int64_t count = std::min(block_tokens, n - first);
-          for (int64_t i = 0; i < count; ++i) visit(first + i, run + i * dim);
+          for (int64_t i = 0; i < count; ++i) {
+            if constexpr (reduced) {
+              const T* src = run + i * dim;
+#pragma omp simd
+              for (int64_t d = 0; d < dim; ++d) row_f[d] = static_cast<float>(src[d]);
+              visit(first + i, row_f.data());
+            } else {
+              visit(first + i, reinterpret_cast<const float*>(run + i * dim));
+            }
+          }
         }
       };
       each_token(k, [&](int64_t t, const float* kt) {
         for (int64_t g = 0; g < group; ++g) {
-          const float* qh = qg + g * dim;
+          const float* qh = qf.data() + g * dim;
           float dot = 0.f;
 #pragma omp simd reduction(+ : dot)
           for (int64_t d = 0; d < dim; ++d) dot += qh[d] * kt[d];
           scores[g * n + t] = dot * s;
         }
       });
+      std::vector<float> inv(group);
       for (int64_t g = 0; g < group; ++g) {
         float* sg = scores.data() + g * n;
         const float top = *std::max_element(sg, sg + n);
@@ -75,9 +88,15 @@ torch::Tensor paged_decode_attention(const torch::Tensor& query, const torch::Te
           sg[t] = std::exp(sg[t] - top);
           sum += sg[t];
         }
-        const float inv = 1.f / sum;
+        if constexpr (reduced) {  // the weights the values see, rounded; divide at the end
+          for (int64_t t = 0; t < n; ++t) sg[t] = static_cast<float>(static_cast<T>(sg[t]));
+          inv[g] = 1.f / sum;
+        } else {
+          const float scale_back = 1.f / sum;
 #pragma omp simd
-        for (int64_t t = 0; t < n; ++t) sg[t] *= inv;
+          for (int64_t t = 0; t < n; ++t) sg[t] *= scale_back;
+          inv[g] = 1.f;
+        }
       }
       std::fill(acc.begin(), acc.end(), 0.f);
       each_token(v, [&](int64_t t, const float* vt) {
@@ -89,15 +108,35 @@ torch::Tensor paged_decode_attention(const torch::Tensor& query, const torch::Te
         }
       });
       for (int64_t g = 0; g < group; ++g) {
-        std::copy(acc.begin() + g * dim, acc.begin() + (g + 1) * dim,
-                  o + (row * heads + head * group + g) * dim);
+        T* og = o + (row * heads + head * group + g) * dim;
+        for (int64_t d = 0; d < dim; ++d)
+          og[d] = static_cast<T>(acc[g * dim + d] * inv[g]);
       }
     }
   });
+}
+
+torch::Tensor paged_decode_attention(const torch::Tensor& query, const torch::Tensor& keys,
+                                     const torch::Tensor& values, const torch::Tensor& tables,
+                                     const torch::Tensor& lengths, double scale) {
+  const auto dtype = query.scalar_type();
+  TORCH_CHECK((dtype == torch::kFloat32 || dtype == torch::kBFloat16) &&
+              keys.scalar_type() == dtype && values.scalar_type() == dtype,
+              "float32 or bfloat16, one dtype throughout");
+  TORCH_CHECK(query.is_contiguous() && keys.is_contiguous() && values.is_contiguous() &&
+              tables.is_contiguous() && lengths.is_contiguous(), "contiguous inputs only");
+  TORCH_CHECK(keys.size(3) == query.size(2) && query.size(1) % keys.size(1) == 0,
+              "shapes do not match");
+  auto out = torch::empty_like(query);
+  if (dtype == torch::kFloat32) {
+    attend<float>(query, keys, values, tables, lengths, scale, out);
+  } else {
+    attend<c10::BFloat16>(query, keys, values, tables, lengths, scale, out);
+  }
   return out;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode_attention", &paged_decode_attention,
-        "decode attention over KV pool blocks (float32, CPU)");
+        "decode attention over KV pool blocks (float32 or bfloat16, CPU)");
 }
