@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 class ModelRunner:
     def __init__(self, model, context_length: int, fused: bool = True,
                  quantize: str | None = None, fused_only: bool = False,
-                 attention_kernel: bool = True, matmul_kernels=None):
+                 attention_kernel: bool = True, matmul_kernels=None,
+                 attention_kernel_bf16: bool = False):
         if quantize and not fused:
             raise ValueError(f"{quantize} weights run only in the fused decoder")
         self.model = model
@@ -33,6 +34,10 @@ class ModelRunner:
         # read are let go (the model's own forward is never called again).
         self.fused_only = fused_only
         self._want_kernel = attention_kernel
+        # bfloat16 decode attention in the kernel: faster, but not SDPA's sums (opt-in)
+        kernel_dtypes = (torch.float32, torch.bfloat16) if attention_kernel_bf16 \
+            else (torch.float32,)
+        self._kernel_dtypes = kernel_dtypes
         self.attention_kernel = None  # paged_attention's module, loaded by prepare()
         self.quantize = quantize
         self.matmul_kernels = matmul_kernels  # a KernelChoice; None: the default one
@@ -53,7 +58,7 @@ class ModelRunner:
 
     def prepare(self) -> None:
         if self._want_kernel and self.attention_kernel is None and self._want_fused \
-                and self.device.type == "cpu" and self.dtype in (torch.float32, torch.bfloat16):
+                and self.device.type == "cpu" and self.dtype in self._kernel_dtypes:
             self.attention_kernel = paged_attention.load()
         if self._want_fused and self.fused is None:
             self.fused = FusedDecoder.build(self.model, self.quantize, self.matmul_kernels)

@@ -87,6 +87,7 @@ class Scheduler:
                  prefill_prompt_tokens: int = 128, parked_kv_bytes: int = 512 << 20,
                  kv_cache_bytes: int = 1 << 30, kv_block_tokens: int = 16,
                  fused_only: bool = False, attention_kernel: bool = True,
+                 attention_kernel_bf16: bool = False,
                  speculative_tokens: int = 0, speculative_rows: int = 2,
                  speculative_forced_tokens: int = 16,
                  matmul_kernels=None, runner=None):
@@ -94,6 +95,7 @@ class Scheduler:
         self.runner = runner or ModelRunner(model, context_length, fused=fused_decoder,
                                             quantize=quantize, fused_only=fused_only,
                                             attention_kernel=attention_kernel,
+                                            attention_kernel_bf16=attention_kernel_bf16,
                                             matmul_kernels=matmul_kernels)
         self.pool = self.runner.new_pool(kv_cache_bytes, kv_block_tokens)
         self.executor = TurnExecutor(self.runner, self.pool)
@@ -167,6 +169,7 @@ class Scheduler:
             kv_cache_bytes=(s.kv_cache_mb << 20) or default_budget_bytes(
                 next(model.parameters()).device),
             kv_block_tokens=s.kv_block_tokens, attention_kernel=s.attention_kernel,
+            attention_kernel_bf16=s.attention_kernel_bfloat16,
             speculative_tokens=s.speculative_tokens, speculative_rows=s.speculative_rows,
             matmul_kernels=s.kernel_choice(), fused_only=True)
         return cls(model, tokenizer, context_length=context_length, **{**options, **overrides})

@@ -10,6 +10,8 @@ number of new tokens (greedy, EOS ignored):
   engine-nospec   without speculative decoding (one token a decode pass)
   engine-noprefix without the prefix cache (every prompt prefilled in full)
   engine-hf       without either: transformers' own forward, full prefill
+  engine-bf16-attn  (bfloat16 runs) with decode attention in the paged kernel
+                  (`attention_kernel_bfloat16`, off by default: not SDPA's sums)
   grpc@N          ArBridge over gRPC on loopback, N concurrent streams (the
                   client in its own process)
   ts@1            `transformers serve` (one request at a time) on loopback
@@ -192,21 +194,24 @@ async def _arbridge_part(settings: Settings, lm: LoadedModel, prompt_ids, cfg,
         new = cfg.max_new_tokens
         prompts = prompt_ids("hf", len(QUESTIONS))
         spec = settings.speculative_tokens
-        variants = [("engine", True, True, spec), ("engine-nospec", True, True, 0),
-                    ("engine-noprefix", True, False, spec)]
+        variants = [("engine", True, True, spec, False), ("engine-nospec", True, True, 0, False),
+                    ("engine-noprefix", True, False, spec, False)]
+        if lm.model.dtype == torch.bfloat16 and lm.model.device.type == "cpu":
+            variants.append(("engine-bf16-attn", True, True, spec, True))
         results = []
         if not lm.quantize:  # transformers' own forward runs float weights only
             results = [scheduler.call(hf_sequential, lm, prompts, new).result(),
                        scheduler.call(hf_batch, lm, prompts, new).result()]
-            variants.append(("engine-hf", False, False, spec))
+            variants.append(("engine-hf", False, False, spec, False))
         decoder = scheduler.call(lambda: scheduler.runner.fused).result()
         if decoder is not None:
             engine_info.update(weight_bytes=decoder.weight_bytes,
                                kernels=matmul_layouts.describe(decoder.kernel_timings))
         engine = AsyncEngine(scheduler)
-        for name, fused, prefix, speculative in variants:
+        for name, fused, prefix, speculative, bf16_attention in variants:
             scheduler.call(_engine_variant, scheduler, fused,
-                           settings.prefix_cache_mb << 20 if prefix else 0, speculative).result()
+                           settings.prefix_cache_mb << 20 if prefix else 0, speculative,
+                           bf16_attention).result()
             await engine_run(engine, prompt_ids("warm-up", 2), cfg, 2)
             for n in levels:
                 drafted, kept = scheduler.drafted, scheduler.kept
@@ -224,14 +229,17 @@ async def _arbridge_part(settings: Settings, lm: LoadedModel, prompt_ids, cfg,
 
 
 def _engine_variant(scheduler, fused: bool, prefix_cache_bytes: int,
-                    speculative_tokens: int) -> None:
-    """Switch the engine's fused decoder, prefix cache and speculation (on the
-    scheduler thread)."""
+                    speculative_tokens: int, bf16_attention: bool = False) -> None:
+    """Switch the engine's fused decoder, prefix cache, speculation and (bfloat16) paged
+    decode attention (on the scheduler thread)."""
+    from arbridge.engine import paged_attention
     from arbridge.engine.fused_decoder import FusedDecoder
     from arbridge.engine.prefix_cache import PrefixCache
 
     scheduler.speculative_tokens = speculative_tokens
     runner = scheduler.runner
+    if runner.dtype == torch.bfloat16 and runner.device.type == "cpu":
+        runner.attention_kernel = paged_attention.load() if bf16_attention else None
     runner.fused = (runner.fused or FusedDecoder.build(runner.model, runner.quantize)) \
         if fused else None
     if scheduler.prefix_cache is not None:  # its blocks go back to the pool
@@ -518,6 +526,13 @@ def run_bench(settings: Settings, new_tokens: int = 64, levels: tuple[int, ...] 
         for n in levels if (variant, low) in by else ():
             ratios[f"engine@{n} / {variant}@{n}"] = _ratio(
                 engine[n], by[(variant, n)].tokens_per_s)
+    for n in levels if ("engine-bf16-attn", low) in by else ():
+        kernel = by[("engine-bf16-attn", n)]
+        ratios[f"engine-bf16-attn@{n} / engine@{n}"] = _ratio(kernel.tokens_per_s, engine[n])
+        same = sum(kernel.outputs.get(p) == by[("engine", n)].outputs[p]
+                   for p in by[("engine", n)].outputs)
+        ratios[f"engine-bf16-attn@{n} greedy text = engine@{n}"] = (
+            f"{same} of {len(kernel.outputs)} replies")
     targets = [(f"gRPC overhead: grpc@{low} / engine@{low} >= 0.95", grpc[low] / engine[low],
                 0.95),
                (f"grpc@{high} / grpc@{low} >= 8", grpc[high] / grpc[low], 8.0)]
