@@ -105,11 +105,11 @@ def run_passes(runner: ModelRunner) -> list[torch.Tensor]:
     return outs
 
 
-def both_paths(model, passes=run_passes):
+def both_paths(model, passes=run_passes, **options):
     """(runner, what its fused decoder gives, what transformers' own forward gives)."""
     with torch.inference_mode():
         expected = passes(ModelRunner(model, context_length=128, fused=False))
-        runner = ModelRunner(model, context_length=128)
+        runner = ModelRunner(model, context_length=128, **options)
         runner.prepare()
         return runner, passes(runner), expected
 
@@ -192,9 +192,12 @@ def test_serving_lets_go_of_the_weight_copy_no_kernel_reads(name, winner, monkey
         assert all(e.gate_up_proj is not None for e in experts)
 
 
+@pytest.mark.parametrize("kernel", [False, True])
 @pytest.mark.parametrize("name", ["llama", "gpt2"])
-def test_fused_logits_in_bfloat16_stay_close_to_the_models_own(name):
-    _, got, expected = both_paths(MODELS[name]().to(torch.bfloat16))
+def test_fused_logits_in_bfloat16_stay_close_to_the_models_own(name, kernel):
+    runner, got, expected = both_paths(MODELS[name]().to(torch.bfloat16),
+                                       attention_kernel_bf16=kernel)
+    assert (runner.attention_kernel is not None) == kernel  # opt-in in bfloat16
     for a, b in zip(got, expected, strict=True):
         assert a.dtype == torch.bfloat16
         torch.testing.assert_close(a.float(), b.float(), rtol=0.02, atol=0.05)
