@@ -217,6 +217,13 @@ class PagedKVCache(Cache):
 
     def _write(self, layer: int, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         pool = self.pool
+        store = pool.data[layer]
+        if self.kernel is not None and key_states.dtype == store.dtype \
+                and key_states.device.type == "cpu":
+            # One call for both, reading the states where they lie.
+            self.kernel.write_kv(store[0], store[1], key_states, value_states, self.blocks,
+                                 self.offsets)
+            return
         for which, states in ((0, key_states), (1, value_states)):
             store = pool.data[layer, which]  # [blocks, kv_heads, block_tokens, head_dim]
             # [rows, heads, q, dim] -> one [heads, dim] per new token.

@@ -136,7 +136,61 @@ torch::Tensor paged_decode_attention(const torch::Tensor& query, const torch::Te
   return out;
 }
 
+// The new tokens' keys and values into their blocks, both in one call (two
+// index_puts and their reshapes cost more than the copy at one token a row).
+// store [blocks, kv_heads, block_tokens, dim] contiguous; states [rows, kv_heads, q, dim]
+// with any strides; blocks, offsets [rows * q]: each new token's block and place.
+template <typename T>
+static void write_one(torch::Tensor& store, const torch::Tensor& states, const int64_t* block,
+                      const int64_t* offset) {
+  const int64_t rows = states.size(0), kv_heads = states.size(1), q = states.size(2);
+  const int64_t dim = states.size(3), block_tokens = store.size(2);
+  const auto st = states.strides();
+  T* dst = store.data_ptr<T>();
+  const T* src = states.data_ptr<T>();
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t t = 0; t < q; ++t) {
+      const int64_t i = r * q + t;
+      for (int64_t h = 0; h < kv_heads; ++h) {
+        T* to = dst + ((block[i] * kv_heads + h) * block_tokens + offset[i]) * dim;
+        const T* from = src + r * st[0] + h * st[1] + t * st[2];
+        for (int64_t d = 0; d < dim; ++d) to[d] = from[d * st[3]];
+      }
+    }
+  }
+}
+
+void write_kv(torch::Tensor keys, torch::Tensor values, const torch::Tensor& new_keys,
+              const torch::Tensor& new_values, const torch::Tensor& blocks,
+              const torch::Tensor& offsets) {
+  const auto dtype = keys.scalar_type();
+  TORCH_CHECK(values.scalar_type() == dtype && new_keys.scalar_type() == dtype &&
+              new_values.scalar_type() == dtype, "one dtype throughout");
+  TORCH_CHECK(keys.is_contiguous() && values.is_contiguous() && blocks.is_contiguous() &&
+              offsets.is_contiguous(), "contiguous stores and indices only");
+  TORCH_CHECK(new_keys.dim() == 4 && new_keys.sizes() == new_values.sizes() &&
+              new_keys.size(1) == keys.size(1) && new_keys.size(3) == keys.size(3) &&
+              blocks.numel() == new_keys.size(0) * new_keys.size(2) &&
+              offsets.numel() == blocks.numel(), "shapes do not match");
+  const int64_t* block = blocks.data_ptr<int64_t>();
+  const int64_t* offset = offsets.data_ptr<int64_t>();
+  for (int64_t i = 0; i < blocks.numel(); ++i) {
+    TORCH_CHECK(block[i] >= 0 && block[i] < keys.size(0) && offset[i] >= 0 &&
+                offset[i] < keys.size(2), "block or offset out of range");
+  }
+  if (dtype == torch::kFloat32) {
+    write_one<float>(keys, new_keys, block, offset);
+    write_one<float>(values, new_values, block, offset);
+  } else if (dtype == torch::kBFloat16) {
+    write_one<c10::BFloat16>(keys, new_keys, block, offset);
+    write_one<c10::BFloat16>(values, new_values, block, offset);
+  } else {
+    TORCH_CHECK(false, "float32 or bfloat16 only");
+  }
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("write_kv", &write_kv, "new keys and values into their KV pool blocks (CPU)");
   m.def("paged_decode_attention", &paged_decode_attention,
         "decode attention over KV pool blocks (float32 or bfloat16, CPU)");
 }
