@@ -16,13 +16,8 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#endif
-
 #include <cstdint>
 #include <cstring>
-#include <type_traits>
 #include <vector>
 
 namespace {
@@ -99,42 +94,6 @@ inline const float* widen(const int8_t* __restrict weight, int64_t in, int64_t r
   return out;
 }
 
-// One x row against int8 weight rows, R at a time: each weight vector is widened in
-// registers (sign-extend, convert) and meets x straight away, and each x vector
-// loaded serves R rows (the two-pass widen-then-dot writes and rereads a buffer).
-inline vfloat load_int8(const int8_t* p) {
-#if defined(__AVX512F__)
-  const __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
-      _mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-#elif defined(__AVX2__)
-  const __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
-      _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
-#else
-  vfloat f;
-  for (int i = 0; i < kLanes; ++i) f[i] = static_cast<float>(p[i]);
-#endif
-  vfloat v;
-  std::memcpy(&v, &f, sizeof(v));
-  return v;
-}
-
-template <int R>
-inline void int8_rows(const int8_t* __restrict weight, int64_t in, int64_t first,
-                      const float* __restrict x, float* sums) {
-  vfloat acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = vfloat{};
-  int64_t i = 0;
-  for (; i + kLanes <= in; i += kLanes) {
-    const vfloat xv = load(x + i);
-    for (int r = 0; r < R; ++r) acc[r] += load_int8(weight + (first + r) * in + i) * xv;
-  }
-  for (int r = 0; r < R; ++r) {
-    float t = lane_sum(acc[r]);
-    for (int64_t j = i; j < in; ++j) t += static_cast<float>(weight[(first + r) * in + j]) * x[j];
-    sums[r] = t;
-  }
-}
-
 constexpr int kRowBlock = 8;  // x rows per tile
 
 // One x row: a plain dot product the compiler vectorizes and unrolls by itself
@@ -154,21 +113,6 @@ void skinny(const float* x, const W* weight, const uint16_t* scales, int64_t row
   const int64_t grain = std::max<int64_t>(8, (64 << 10) / std::max<int64_t>(1, in * sizeof(W)));
   at::parallel_for(0, out, grain, [&](int64_t begin, int64_t end) {
     std::vector<float> buffer(in);
-    if constexpr (std::is_same<W, int8_t>::value) {
-      if (rows == 1) {
-        float part[4];
-        int64_t o = begin;
-        for (; o + 4 <= end; o += 4) {
-          int8_rows<4>(weight, in, o, x, part);
-          for (int r = 0; r < 4; ++r) sums[o + r] = part[r] * bf16_to_float(scales[o + r]);
-        }
-        for (; o < end; ++o) {
-          int8_rows<1>(weight, in, o, x, part);
-          sums[o] = part[0] * bf16_to_float(scales[o]);
-        }
-        return;
-      }
-    }
     if (rows == 1) {
       for (int64_t o = begin; o < end; ++o) {
         const float scale = scales ? bf16_to_float(scales[o]) : 1.f;
