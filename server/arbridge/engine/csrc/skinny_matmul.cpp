@@ -16,8 +16,13 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -94,6 +99,36 @@ inline const float* widen(const int8_t* __restrict weight, int64_t in, int64_t r
   return out;
 }
 
+// One x row against an int8 weight row: each weight vector is widened in registers
+// (sign-extend, convert) and meets x straight away. The two-pass widen-then-dot wrote
+// and reread a buffer; measured on 120 SmolLM2-shaped projections (119 MB, cold),
+// 11.9-12.5 ms a step before, 5.2-5.9 ms after. Four rows per x load was slower cold
+// (12.6-14.9 ms): four weight streams at once.
+inline vfloat load_int8(const int8_t* p) {
+#if defined(__AVX512F__)
+  const __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#elif defined(__AVX2__)
+  const __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+      _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+#else
+  vfloat f;
+  for (int i = 0; i < kLanes; ++i) f[i] = static_cast<float>(p[i]);
+#endif
+  vfloat v;
+  std::memcpy(&v, &f, sizeof(v));
+  return v;
+}
+
+inline float int8_dot(const int8_t* __restrict w, const float* __restrict x, int64_t in) {
+  vfloat acc = vfloat{};
+  int64_t i = 0;
+  for (; i + kLanes <= in; i += kLanes) acc += load_int8(w + i) * load(x + i);
+  float t = lane_sum(acc);
+  for (; i < in; ++i) t += static_cast<float>(w[i]) * x[i];
+  return t;
+}
+
 constexpr int kRowBlock = 8;  // x rows per tile
 
 // One x row: a plain dot product the compiler vectorizes and unrolls by itself
@@ -113,6 +148,13 @@ void skinny(const float* x, const W* weight, const uint16_t* scales, int64_t row
   const int64_t grain = std::max<int64_t>(8, (64 << 10) / std::max<int64_t>(1, in * sizeof(W)));
   at::parallel_for(0, out, grain, [&](int64_t begin, int64_t end) {
     std::vector<float> buffer(in);
+    if constexpr (std::is_same<W, int8_t>::value) {
+      if (rows == 1) {
+        for (int64_t o = begin; o < end; ++o)
+          sums[o] = int8_dot(weight + o * in, x, in) * bf16_to_float(scales[o]);
+        return;
+      }
+    }
     if (rows == 1) {
       for (int64_t o = begin; o < end; ++o) {
         const float scale = scales ? bf16_to_float(scales[o]) : 1.f;
