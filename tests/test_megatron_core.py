@@ -221,26 +221,54 @@ def test_legacy_shards_with_transformer_engine_norm_names(checkpoints, tmp_path)
     assert _max_logit_error(out, checkpoints[name] / "reference.pt") < 1e-4
 
 
-def test_experts_behind_a_transformer_engine_pre_mlp_norm(checkpoints, tmp_path):
-    """Trained with the Transformer-Engine spec, an expert layer's norm is saved as
-    `pre_mlp_layernorm` in torch_dist too (only the local spec renames it): the same model
-    must come out."""
+def _rename_in_dcp_index(folder: Path, rename) -> None:
+    """Rewrites a torch.distributed.checkpoint index with `rename(name) -> name`."""
     import dataclasses
     import pickle
 
     from torch.distributed.checkpoint import FileSystemReader
 
-    ckpt = _copy(checkpoints, "qwen3-moe-ep2", "torch_dist", tmp_path)
-    folder = _iter_dir(ckpt)
     metadata = FileSystemReader(str(folder)).read_metadata()
-    old, new = ("decoder.layers.mlp.linear_fc1.layer_norm_weight",
-                "decoder.layers.pre_mlp_layernorm.weight")
-    metadata.state_dict_metadata[new] = metadata.state_dict_metadata.pop(old)
-    metadata.storage_data = {
-        (dataclasses.replace(index, fqn=new) if index.fqn == old else index): info
-        for index, info in metadata.storage_data.items()}
+    metadata.state_dict_metadata = {rename(k): v for k, v in
+                                    metadata.state_dict_metadata.items()}
+    metadata.storage_data = {dataclasses.replace(index, fqn=rename(index.fqn)): info
+                             for index, info in metadata.storage_data.items()}
     with open(folder / ".metadata", "wb") as f:
         pickle.dump(metadata, f)
+
+
+def test_fsdp_experts_of_transformer_engines_grouped_gemm(checkpoints, tmp_path):
+    """Megatron-FSDP with `--moe-grouped-gemm` names experts `linear_fc1.weight<e>_w`."""
+    import re
+
+    ckpt = _copy(checkpoints, "qwen3-moe-ep2", "fsdp_dtensor", tmp_path)
+    grouped = re.compile(r"experts\.local_experts\.(\d+)\.(linear_fc[12])\.weight")
+    _rename_in_dcp_index(_iter_dir(ckpt), lambda k: grouped.sub(r"experts.\2.weight\1", k))
+    out = convert(ckpt, tmp_path / "hf").out_dir
+    assert _max_logit_error(out, checkpoints["qwen3-moe-ep2"] / "reference.pt") < 1e-4
+
+
+@pytest.mark.parametrize("fmt", ["torch_dist", "fsdp_dtensor"])
+def test_a_malicious_dcp_index_is_refused_and_runs_nothing(checkpoints, tmp_path, fmt):
+    """`.metadata` is a pickle too (torch's own reader loads it with no allow-list)."""
+    import pickle
+
+    ckpt = _copy(checkpoints, "llama-gqa-tp1-pp1", fmt, tmp_path)
+    marker = tmp_path / "pwned"
+    (_iter_dir(ckpt) / ".metadata").write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(MegatronFormatError, match=r"refusing to unpickle global '(posix|os)\."):
+        convert(ckpt, tmp_path / "hf")
+    assert not marker.exists()
+
+
+def test_experts_behind_a_transformer_engine_pre_mlp_norm(checkpoints, tmp_path):
+    """Trained with the Transformer-Engine spec, an expert layer's norm is saved as
+    `pre_mlp_layernorm` in torch_dist too (only the local spec renames it): the same model
+    must come out."""
+    ckpt = _copy(checkpoints, "qwen3-moe-ep2", "torch_dist", tmp_path)
+    _rename_in_dcp_index(_iter_dir(ckpt), lambda k: k.replace(
+        "decoder.layers.mlp.linear_fc1.layer_norm_weight",
+        "decoder.layers.pre_mlp_layernorm.weight"))
     out = convert(ckpt, tmp_path / "hf").out_dir
     assert _max_logit_error(out, checkpoints["qwen3-moe-ep2"] / "reference.pt") < 1e-4
 

@@ -234,7 +234,8 @@ class _Experts:
             for slot, expert in enumerate(row):
                 routed.setdefault(expert, []).append((token, slot))
         for expert in sorted(routed):
-            tokens, slots = (torch.tensor(v) for v in zip(*routed[expert], strict=True))
+            tokens, slots = (torch.tensor(v, device=flat.device)
+                             for v in zip(*routed[expert], strict=True))
             rows = flat if len(tokens) == len(flat) and len(routed) == 1 else flat[tokens]
             y = self._swiglu(self.gate_up[expert], self.down[expert], rows)
             y = y * weights[tokens, slots, None]

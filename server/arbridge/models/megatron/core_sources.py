@@ -30,6 +30,9 @@ or `mlp.experts.linear_fc1.weight<j>` (TEGroupedMLP).
 
 from __future__ import annotations
 
+import collections
+import importlib
+import pickle
 import re
 import warnings
 from pathlib import Path
@@ -123,22 +126,81 @@ class CoreSource:
 
 
 # -- torch.distributed.checkpoint folders (torch_dist, fsdp_dtensor) --------------------
+class _IndexUnpickler(pickle.Unpickler):
+    """`.metadata` is a pickle: torch's reader loads it with no allow-list. This one
+    takes only what an index holds: DCP's metadata and plan classes (Megatron's
+    torch_dist keeps its save plans there), torch.Size, dtypes, layouts, paths."""
+
+    _DCP = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem",
+            "torch.distributed.checkpoint.planner")
+
+    def find_class(self, module: str, name: str):
+        import pathlib
+
+        found = None
+        if module in self._DCP:
+            found = getattr(importlib.import_module(module), name, None)
+            found = found if isinstance(found, type) else None
+        elif module == "torch":
+            found = getattr(torch, name, None)
+            if not (found is torch.Size or isinstance(found, torch.dtype | torch.layout
+                                                       | torch.memory_format)):
+                found = None
+        elif (module, name) == ("torch.serialization", "_get_layout"):
+            found = torch.serialization._get_layout  # a name -> torch.layout lookup
+        elif module == "pathlib" and name in ("Path", "PosixPath", "PurePosixPath",
+                                              "WindowsPath", "PureWindowsPath"):
+            found = getattr(pathlib, name)
+        elif (module, name) == ("collections", "OrderedDict"):
+            found = collections.OrderedDict
+        if found is None:
+            raise pickle.UnpicklingError(f"refusing to unpickle global '{module}.{name}'")
+        return found
+
+
+def _dcp_reader(folder: Path, metadata):
+    """torch's FileSystemReader, handed the index read safely (and read once)."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class Reader(FileSystemReader):
+        def read_metadata(self, *args, **kwargs):
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return Reader(str(folder))
+
+
 class DcpFolder:
     """A torch.distributed.checkpoint folder read in this one process, no process group:
-    its index (`.metadata`), every data file checked present and long enough before
-    anything is read, then one whole (global) tensor per call, or one pickled entry
-    through the safe unpickler (DCP's own loader would unpickle it with no allow-list)."""
+    its index (`.metadata`, through an allow-list), every data file checked present and
+    long enough before anything is read, then one whole (global) tensor per call, or one
+    pickled entry through the safe unpickler (DCP's own loader would unpickle both with
+    no allow-list)."""
 
     def __init__(self, folder: Path):
-        from torch.distributed.checkpoint import FileSystemReader
+        from torch.distributed.checkpoint.metadata import Metadata
 
         self.folder = folder
+        index = folder / ".metadata"
         try:
-            self.metadata = FileSystemReader(str(folder)).read_metadata()
+            with open(index, "rb") as f:
+                self.metadata = _IndexUnpickler(f).load()
+        except pickle.UnpicklingError as exc:
+            if "refusing" in str(exc):
+                raise MegatronFormatError(f"{index}: {exc} (an index holds only "
+                                          "torch.distributed.checkpoint's metadata)") from None
+            raise MegatronFormatError(f"{index}: not readable torch.distributed.checkpoint "
+                                      f"metadata ({type(exc).__name__}: {exc})") from None
         except Exception as exc:  # noqa: BLE001 - any failure here means a broken file
-            raise MegatronFormatError(f"{folder / '.metadata'}: not readable torch.distributed."
+            raise MegatronFormatError(f"{index}: not readable torch.distributed."
                                       f"checkpoint metadata ({type(exc).__name__}: {exc})"
                                       ) from None
+        if not isinstance(self.metadata, Metadata):
+            raise MegatronFormatError(f"{index}: not torch.distributed.checkpoint metadata "
+                                      f"(a {type(self.metadata).__name__})")
         needed: dict[str, int] = {}
         for info in self.metadata.storage_data.values():
             end = info.offset + info.length
@@ -162,13 +224,12 @@ class DcpFolder:
 
     def read(self, stored: str, meta) -> torch.Tensor:
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint import FileSystemReader
 
         out = torch.empty(tuple(meta.size), dtype=meta.properties.dtype)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "no process group: loading without one"
-                dcp.load({stored: out}, storage_reader=FileSystemReader(str(self.folder)))
+                dcp.load({stored: out}, storage_reader=_dcp_reader(self.folder, self.metadata))
         except Exception as exc:  # noqa: BLE001 - a broken file surfaces as anything
             raise MegatronFormatError(f"{self.folder}: cannot read '{stored}' "
                                       f"({type(exc).__name__}: {str(exc)[:300]})") from None
@@ -439,11 +500,13 @@ class LegacyCoreSource(CoreSource):
         # parallelism); with 1, every tensor rank holds whole experts.
         expert_tp = int(getattr(self.args, "expert_tensor_parallel_size", None)
                         or self.tensor_parallel)
-        if expert_tp not in (1, self.tensor_parallel):
+        if expert_tp != self.tensor_parallel:
+            # Megatron-LM writes legacy files from expert-data-parallel rank 0 only, so
+            # such a grid is never whole on disk; torch_dist stores it globally.
             raise MegatronFormatError(
                 f"unsupported: args.expert_tensor_parallel_size={expert_tp} with "
-                f"args.tensor_model_parallel_size={self.tensor_parallel} (ArBridge merges "
-                "experts split like the rest or not at all)")
+                f"args.tensor_model_parallel_size={self.tensor_parallel} in the legacy "
+                "format (save with --ckpt-format torch_dist)")
         out = []
         for i in range(self.num_layers):
             layer = []
@@ -453,8 +516,7 @@ class LegacyCoreSource(CoreSource):
                     raise MegatronFormatError(
                         f"missing tensor: layer {i} has no expert {e} {suffix} (expert rank "
                         f"{e // per_rank}, local expert {e % per_rank})")
-                layer.append(self._merge(parts if expert_tp > 1 else parts[:1],
-                                         f"mlp.{suffix}", i))
+                layer.append(self._merge(parts, f"mlp.{suffix}", i))
             # one more local expert than declared is a grid the args do not describe
             if self._expert_parts(i, 0, suffix, per_rank) is not None:
                 raise MegatronFormatError(f"mismatched shapes: layer {i} holds more than "

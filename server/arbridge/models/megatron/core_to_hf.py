@@ -96,7 +96,7 @@ SUPPORTED_ARGS = (
     "add_qkv_bias", "bias_gelu_fusion", "openai_gelu", "untie_embeddings_and_output_weights",
     "num_experts", "moe_router_topk", "moe_ffn_hidden_size", "moe_router_pre_softmax",
     "moe_shared_expert_intermediate_size", "moe_shared_expert_gate",
-    "expert_model_parallel_size", "expert_tensor_parallel_size (1 or TP)",
+    "expert_model_parallel_size", "expert_tensor_parallel_size (= TP in legacy files)",
     "padded_vocab_size", "tensor/pipeline/virtual-pipeline sizes", "params_dtype / bf16 / fp16",
     "tokenizer_type", "vocab_file", "merge_file", "tokenizer_model",
 )
@@ -198,7 +198,7 @@ def plan_architecture(args: argparse.Namespace, source: CoreSource) -> Architect
         llama = dict(common, intermediate_size=ffn, num_key_value_heads=groups,
                      rms_norm_eps=eps, hidden_act="silu", head_dim=head_dim, **rope)
         windowed = {} if window is None else dict(
-            use_sliding_window=True, sliding_window=window,
+            use_sliding_window=True, sliding_window=window, max_window_layers=0,
             layer_types=["sliding_attention"] * source.num_layers)
         if experts:
             return _plan_experts(args, llama, window, biases, tied, qk_norm, experts)
@@ -304,6 +304,10 @@ def _plan_experts(args, llama: dict, window: int | None, biases: dict, tied: boo
             norm_topk_prob=not pre_softmax, decoder_sparse_step=1, mlp_only_layers=[],
             attention_bias=False), tied, biases, qk_norm=True, experts=experts)
     if shared:
+        if llama["head_dim"] * llama["num_attention_heads"] != llama["hidden_size"]:
+            raise refuse(f"args.kv_channels={llama['head_dim']} != hidden_size / "
+                         "num_attention_heads with a shared expert (Qwen2-MoE's heads are "
+                         "hidden_size / num_attention_heads wide)")
         return Architecture("Qwen2MoeForCausalLM", dict(
             moe, num_experts=experts, moe_intermediate_size=expert_ffn,
             shared_expert_intermediate_size=shared, norm_topk_prob=not pre_softmax,

@@ -41,15 +41,9 @@ from arbridge.models.megatron.pickles import MegatronFormatError
 
 PREFIXES = ("model.module.", "model.")
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
-_HALF = re.compile(r"^(.+\.(?:weight|bias))_([wv])$")
+_HALF = re.compile(r"^(.+\.(?:weight|bias)\d*)_([wv])$")  # TEGroupedMLP: weight<e>_w
 _EXPERT = re.compile(r"^mlp\.experts\.(?:local_experts\.(\d+)\.(linear_fc[12]\.(?:weight|bias))"
                      r"|(linear_fc[12])\.(weight|bias)(\d+))$")
-
-
-def is_fsdp_dtensor(folder: Path) -> bool:
-    """A DCP folder without Megatron's dist-checkpoint files (metadata.json, common.pt)."""
-    return ((folder / ".metadata").is_file() and not (folder / "metadata.json").exists()
-            and not (folder / "common.pt").exists())
 
 
 class FsdpDtensorSource(CoreSource):
