@@ -85,3 +85,13 @@ def test_a_connection_cap_the_open_files_cannot_hold_stops_the_start(capsys):
                  str(too_many)]) == 2
     assert f"grpc_web_max_connections = {too_many} needs more open files" in \
         capsys.readouterr().err
+
+
+def test_a_switch_set_to_a_non_boolean_in_the_environment_stops_the_start(capsys,
+                                                                        monkeypatch):
+    from arbridge.cli import main
+
+    monkeypatch.setenv("ARBRIDGE_ATTENTION_KERNEL_BFLOAT16", "sometimes")
+    assert main(["serve"]) == 2
+    assert "attention_kernel_bfloat16: Input should be a valid boolean" in \
+        capsys.readouterr().err

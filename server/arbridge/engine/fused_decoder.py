@@ -150,6 +150,23 @@ def _attend(query, keys, values, mask, heads: int, kv_heads: int) -> torch.Tenso
                                           enable_gqa=heads != kv_heads)
 
 
+def sliding_window(config) -> tuple[int | None, bool]:
+    """(window, whether only some layers slide) as transformers reads the config: Mistral
+    and Mixtral slide on every layer when `sliding_window` is set; configs with
+    `layer_types` slide on their "sliding_attention" layers."""
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    if not window or (types is not None and "sliding_attention" not in types):
+        return None, False
+    return int(window), types is not None and any(t != "sliding_attention" for t in types)
+
+
+def _swiglu(gate_up: Projection, down: Projection, x: torch.Tensor) -> torch.Tensor:
+    """down(silu(gate) * up), gate and up from one fused matmul."""
+    gate, up = gate_up(x).chunk(2, dim=-1)
+    return down(F.silu(gate) * up)
+
+
 class _Experts:
     """A sparse MoE block (Mixtral, Qwen2-MoE, Qwen3-MoE) run the lean way: the model's
     router arithmetic, then each routed expert's two matmuls as Projections (the
@@ -197,11 +214,6 @@ class _Experts:
     def read_fraction(self) -> float:
         return self.top_k / len(self.gate_up)
 
-    @staticmethod
-    def _swiglu(gate_up: Projection, down: Projection, x: torch.Tensor) -> torch.Tensor:
-        gate, up = gate_up(x).chunk(2, dim=-1)
-        return down(F.silu(gate) * up)
-
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
@@ -216,13 +228,13 @@ class _Experts:
             row = chosen[0].tolist()
             out = None
             for expert in sorted(row):
-                y = self._swiglu(self.gate_up[expert], self.down[expert], flat)
+                y = _swiglu(self.gate_up[expert], self.down[expert], flat)
                 y = (y * weights[:, row.index(expert), None]).to(flat.dtype)
                 out = y if out is None else out + y
         else:
             out = self._routed(flat, chosen, weights)
         if self.shared is not None:
-            shared = self._swiglu(*self.shared, flat)
+            shared = _swiglu(*self.shared, flat)
             out = out + torch.sigmoid(F.linear(flat, self.shared_gate)) * shared
         return out.view(shape)
 
@@ -236,8 +248,7 @@ class _Experts:
         for expert in sorted(routed):
             tokens, slots = (torch.tensor(v, device=flat.device)
                              for v in zip(*routed[expert], strict=True))
-            rows = flat if len(tokens) == len(flat) and len(routed) == 1 else flat[tokens]
-            y = self._swiglu(self.gate_up[expert], self.down[expert], rows)
+            y = _swiglu(self.gate_up[expert], self.down[expert], flat[tokens])
             y = y * weights[tokens, slots, None]
             out.index_add_(0, tokens, y.to(out.dtype))
         return out
@@ -270,8 +281,6 @@ class _LlamaDecoder(FusedDecoder):
 
     @staticmethod
     def unsupported(model) -> str:
-        from arbridge.engine.runner import sliding_window
-
         c = model.config
         if getattr(c, "hidden_act", "silu") != "silu":
             return f"activation {c.hidden_act}"
@@ -373,8 +382,7 @@ class _LlamaDecoder(FusedDecoder):
             if layer.experts is not None:
                 x = x + layer.experts(self._norm(x, layer.mlp_norm))
                 continue
-            gate, up = layer.gate_up(self._norm(x, layer.mlp_norm)).chunk(2, dim=-1)
-            x = x + layer.down(F.silu(gate) * up)
+            x = x + _swiglu(layer.gate_up, layer.down, self._norm(x, layer.mlp_norm))
         return self.lm_head(self._norm(self._kept(x, keep), body.norm.weight))
 
 

@@ -206,7 +206,6 @@ class PagedKVCache(Cache):
         self.offsets = (positions % bs).flatten()
         self.rows, self.read_length = len(tables), read_length
         self.tables = table_t[:, :pool.blocks_for(read_length)].contiguous()
-        self.q_len = q_len
         self.lengths = None
         if q_len <= DECODE_QUERIES:
             # Each query of a row reads the positions up to its own (a draft being

@@ -15,7 +15,7 @@ import logging
 import torch
 
 from arbridge.engine import paged_attention
-from arbridge.engine.fused_decoder import FusedDecoder
+from arbridge.engine.fused_decoder import FusedDecoder, sliding_window
 from arbridge.engine.kv_pool import KVPool, PagedKVCache
 
 log = logging.getLogger(__name__)
@@ -35,9 +35,8 @@ class ModelRunner:
         self.fused_only = fused_only
         self._want_kernel = attention_kernel
         # bfloat16 decode attention in the kernel: faster, but not SDPA's sums (opt-in)
-        kernel_dtypes = (torch.float32, torch.bfloat16) if attention_kernel_bf16 \
+        self._kernel_dtypes = (torch.float32, torch.bfloat16) if attention_kernel_bf16 \
             else (torch.float32,)
-        self._kernel_dtypes = kernel_dtypes
         self.attention_kernel = None  # paged_attention's module, loaded by prepare()
         self.quantize = quantize
         self.matmul_kernels = matmul_kernels  # a KernelChoice; None: the default one
@@ -123,7 +122,7 @@ class ModelRunner:
         starts = torch.tensor(starts, device=self.device)
         positions = (starts[:, None] + torch.arange(q_len, device=self.device)[None, :]).clamp_(
             max=self.context_length - 1)
-        allowed = None
+        allowed = kv = None
         if not unmasked or self.fused is None:
             kv = torch.arange(cache.read_length, device=self.device)
             # Query t of row b sees cached positions 0..starts[b]+t and nothing
@@ -137,7 +136,6 @@ class ModelRunner:
             # transformers' SDPA path ignores `sliding_window` once it is handed a mask:
             # the window is in the mask or nowhere. A token sees itself and the
             # window - 1 before it.
-            kv = torch.arange(cache.read_length, device=self.device)
             sliding = self._float_mask(allowed & (kv[None, None, :]
                                                   > positions[:, :, None] - self.window))
             mask = {"full_attention": mask, "sliding_attention": sliding} \
@@ -153,17 +151,6 @@ class ModelRunner:
         mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
         return mask[:, None]
-
-
-def sliding_window(config) -> tuple[int | None, bool]:
-    """(window, whether only some layers slide) as transformers reads the config: Mistral
-    and Mixtral slide on every layer when `sliding_window` is set; configs with
-    `layer_types` slide on their "sliding_attention" layers."""
-    window = getattr(config, "sliding_window", None)
-    types = getattr(config, "layer_types", None)
-    if not window or (types is not None and "sliding_attention" not in types):
-        return None, False
-    return int(window), types is not None and any(t != "sliding_attention" for t in types)
 
 
 def _return_freed_heap() -> None:
