@@ -12,7 +12,7 @@ from arbridge.serving.sessions import SessionStore
 from arbridge.v1 import service_pb2 as spb
 from arbridge.v1 import types_pb2 as pb
 
-from conftest import collect, wait_idle
+from conftest import collect, wait_for, wait_idle
 
 FR = pb.FinishReason
 OWNER = "caller-digest"
@@ -225,13 +225,18 @@ async def test_every_field_is_checked_with_its_own_status(tiny_server, request_,
 
 
 async def test_the_newest_of_turns_arriving_together_is_answered(make_server, tiny_model_dir):
-    # A reply streams; two more turns arrive at once. Whatever the prompt thread's timing,
-    # the newest is answered in full and the one between ends INTERRUPTED: an older turn
-    # never interrupts a newer one.
+    # A reply streams; two more turns arrive back to back. Whatever the prompt thread's
+    # timing, the newest is answered in full and the one between ends INTERRUPTED: an older
+    # turn never interrupts a newer one. "Newest" is the server's arrival order, so the
+    # second call is sent once the server has taken the first one's ticket (two calls sent
+    # together may reach it in either order).
     running = await make_server(tiny_model_dir, step_delay=0.02)
     stub = running.stub
     session, first = await streaming_session(stub)
+    dialogue = running.server.servicer._sessions._sessions[session].dialogue
+    tickets = dialogue._tickets
     middle = asyncio.ensure_future(collect(stub.Ask(ask("wait", session, max_new_tokens=30))))
+    await wait_for(lambda: dialogue._tickets == tickets + 1, what="the middle turn's ticket")
     newest = asyncio.ensure_future(collect(stub.Ask(ask("stop", session, max_new_tokens=6))))
     _, middle_done, _ = await middle
     _, newest_done, _ = await newest
