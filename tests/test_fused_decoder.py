@@ -282,3 +282,47 @@ def test_one_stream_through_experts_equals_the_models_own(name):
     assert runner.fused is not None
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_norm_kernel_gives_transformers_rms_norm(dtype):
+    """csrc/rms_norm.cpp replaces about eight ops a call; it must give LlamaRMSNorm's
+    numbers (float32 statistics; in bfloat16 the scaled row rounded before the weight)."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from arbridge.engine.fused_decoder import _norm_kernel
+
+    kernel = _norm_kernel(dtype)
+    if kernel is None:
+        pytest.skip("no compiler here: torch's ops run instead")
+    torch.manual_seed(0)
+    norm = LlamaRMSNorm(576, eps=1e-5).to(dtype)
+    with torch.no_grad():
+        norm.weight.normal_(1.0, 0.3)
+        for shape in [(1, 1, 576), (3, 7, 576), (2, 5, 3, 576)]:
+            x = (torch.randn(shape) * 4).to(dtype)
+            got, expected = kernel.rms_norm(x, norm.weight, 1e-5), norm(x)
+            assert got.dtype == dtype and got.shape == x.shape
+            if dtype == torch.float32:
+                torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+            else:  # one bfloat16 step at most, where the sums' order rounds otherwise
+                torch.testing.assert_close(got.float(), expected.float(), rtol=2 ** -7, atol=0)
+                assert (got == expected).float().mean() > 0.99
+        bad = torch.randn(2, 64).to(dtype)
+        with pytest.raises(RuntimeError, match="weight"):
+            kernel.rms_norm(bad, norm.weight, 1e-5)  # 64 columns, a weight of 576
+
+
+def test_the_one_row_int8_kernel_rounds_where_torchs_int8_kernel_does():
+    """The few-row kernel takes int8 weights' activations through bfloat16 and returns
+    bfloat16-rounded sums, as torch._weight_int8pack_mm does (it casts in C++ now)."""
+    projection = matmul_layouts.Projection(torch.randn(200, 96), None, "int8")
+    if projection.skinny is None:
+        pytest.skip("no compiler here")
+    x = torch.randn(1, 1, 96)
+    got, reference = projection._skinny(x), projection._int8(x)
+    assert got.dtype == torch.float32 and got.shape == (1, 1, 200)
+    assert torch.equal(got, got.bfloat16().float())  # bfloat16 numbers, in float32
+    torch.testing.assert_close(got, reference, rtol=2 ** -7, atol=1e-3)
+    as_bf16 = projection._skinny(x.bfloat16())  # a bfloat16 model's rows
+    assert as_bf16.dtype == torch.bfloat16 and torch.equal(as_bf16.float(), got)

@@ -210,6 +210,34 @@ void skinny(const float* x, const W* weight, const uint16_t* scales, int64_t row
   });
 }
 
+// x (float32 or bfloat16) into float32 `out`, through bfloat16 when `round`.
+void to_float(const torch::Tensor& x, bool round, float* out) {
+  const int64_t n = x.numel();
+  if (x.scalar_type() == torch::kBFloat16) {
+    const at::BFloat16* p = x.data_ptr<at::BFloat16>();
+    for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(p[i]);
+    return;
+  }
+  TORCH_CHECK(x.scalar_type() == torch::kFloat32, "float32 or bfloat16 x");
+  const float* p = x.data_ptr<float>();
+  for (int64_t i = 0; i < n; ++i)
+    out[i] = round ? static_cast<float>(at::BFloat16(p[i])) : p[i];
+}
+
+// float32 sums into `result` (float32 or bfloat16), through bfloat16 when `round`
+// (at::BFloat16 rounds to nearest even, as torch's casts do).
+void from_float(const float* sums, bool round, torch::Tensor& result) {
+  const int64_t n = result.numel();
+  if (result.scalar_type() == torch::kBFloat16) {
+    at::BFloat16* p = result.data_ptr<at::BFloat16>();
+    for (int64_t i = 0; i < n; ++i) p[i] = at::BFloat16(sums[i]);
+    return;
+  }
+  float* p = result.data_ptr<float>();
+  for (int64_t i = 0; i < n; ++i)
+    p[i] = round ? static_cast<float>(at::BFloat16(sums[i])) : sums[i];
+}
+
 }  // namespace
 
 torch::Tensor skinny_matmul(const torch::Tensor& x, const torch::Tensor& weight,
@@ -223,13 +251,24 @@ torch::Tensor skinny_matmul(const torch::Tensor& x, const torch::Tensor& weight,
   TORCH_CHECK(int8 == scales.has_value(), "scales go with int8 weights, and only with them");
   TORCH_CHECK(kind == torch::kFloat32 || kind == torch::kBFloat16 || int8,
               "float32, bfloat16 or int8 weights");
-  // x as float32 (for int8: through bfloat16 first, the activations torch's
-  // weight-only int8 kernel takes).
-  torch::Tensor xf = int8 ? x.to(torch::kBFloat16).to(torch::kFloat32)
-                          : x.to(torch::kFloat32).contiguous();
-  auto sums = torch::empty({rows, out}, x.options().dtype(torch::kFloat32));
-  const float* xp = xf.data_ptr<float>();
-  float* sp = sums.data_ptr<float>();
+  // x as float32 (for int8: rounded to bfloat16 first, the activations torch's
+  // weight-only int8 kernel takes), and the result in x's dtype (for int8: rounded
+  // to bfloat16 first, as that kernel returns it), converted here in plain loops: at
+  // one row the four torch casts around each of 120 projections cost a millisecond
+  // a step.
+  std::vector<float> xbuf;
+  const float* xp;
+  if (x.scalar_type() == torch::kFloat32 && !int8) {
+    xp = x.data_ptr<float>();
+  } else {
+    xbuf.resize(rows * in);
+    to_float(x, int8, xbuf.data());
+    xp = xbuf.data();
+  }
+  const bool direct = x.scalar_type() == torch::kFloat32 && !int8;
+  auto result = torch::empty({rows, out}, x.options());
+  std::vector<float> sbuf(direct ? 0 : rows * out);
+  float* sp = direct ? result.data_ptr<float>() : sbuf.data();
   if (kind == torch::kFloat32) {
     skinny<float>(xp, weight.data_ptr<float>(), nullptr, rows, in, out, sp);
   } else if (kind == torch::kBFloat16) {
@@ -242,8 +281,8 @@ torch::Tensor skinny_matmul(const torch::Tensor& x, const torch::Tensor& weight,
                    reinterpret_cast<const uint16_t*>(scales->data_ptr<at::BFloat16>()), rows,
                    in, out, sp);
   }
-  if (int8) return sums.to(torch::kBFloat16).to(x.scalar_type());
-  return sums.to(x.scalar_type());
+  if (!direct) from_float(sp, int8, result);
+  return result;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
