@@ -377,6 +377,13 @@ class _LlamaDecoder(FusedDecoder):
         for index, layer in enumerate(self.layers):
             fused = layer.qkv(self._norm(x, layer.attn_norm)).view(batch, q_len,
                                                                    heads + 2 * kv_heads, dim)
+            if layer.q_norm is None and cache.can_attend_decode(fused):
+                # Rotary, KV write and attention in one kernel call (the same numbers).
+                attended = cache.rotary_decode_attention(index, fused, cos, sin, heads,
+                                                         dim ** -0.5)
+                x = x + layer.out(attended)
+                x = self._mlp(layer, x)
+                continue
             # Rotate queries and keys together.
             turning = fused[:, :, :heads + kv_heads]
             if layer.q_norm is not None:  # Qwen3: each head normalised before rotary
@@ -392,11 +399,13 @@ class _LlamaDecoder(FusedDecoder):
                 keys, values = cache.layers[index].update(key, value, index)
                 attended = _attend(query, keys, values, mask, heads, kv_heads)
             x = x + layer.out(attended.transpose(1, 2).reshape(batch, q_len, heads * dim))
-            if layer.experts is not None:
-                x = x + layer.experts(self._norm(x, layer.mlp_norm))
-                continue
-            x = x + _swiglu(layer.gate_up, layer.down, self._norm(x, layer.mlp_norm))
+            x = self._mlp(layer, x)
         return self.lm_head(self._norm(self._kept(x, keep), body.norm.weight))
+
+    def _mlp(self, layer: _LlamaLayer, x: torch.Tensor) -> torch.Tensor:
+        if layer.experts is not None:
+            return x + layer.experts(self._norm(x, layer.mlp_norm))
+        return x + _swiglu(layer.gate_up, layer.down, self._norm(x, layer.mlp_norm))
 
 
 class _GPT2Layer(NamedTuple):

@@ -261,5 +261,15 @@ class PagedKVCache(Cache):
                                                  self.lengths, scale)
         return out.view(rows, q_len, heads, dim).transpose(1, 2)
 
+    def rotary_decode_attention(self, layer: int, fused: torch.Tensor, cos: torch.Tensor,
+                                sin: torch.Tensor, heads: int, scale: float) -> torch.Tensor:
+        """`decode_attention` from a layer's fused q/k/v projection [rows, q, heads +
+        2 kv_heads, dim], rotary included (cos and sin [rows, q, 1, dim], as the fused
+        decoder builds them), in one kernel call -> [rows, q, heads * dim]."""
+        store = self.pool.data[layer]
+        return self.kernel.rotary_decode_attention(fused, cos, sin, store[0], store[1],
+                                                   self.blocks, self.offsets, self.tables,
+                                                   self.lengths, heads, scale)
+
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.read_length

@@ -189,7 +189,76 @@ void write_kv(torch::Tensor keys, torch::Tensor values, const torch::Tensor& new
   }
 }
 
+// Rotary position embedding of one head, as the fused decoder writes it in torch:
+// x * cos + roll(x, dim / 2) * sin, with the tables already [cos, cos] and [-sin, sin];
+// each product rounded to T, then their sum (no fused multiply-add: torch's numbers).
+template <typename T>
+__attribute__((optimize("fp-contract=off"))) static void rotate(
+    const T* __restrict x, const T* __restrict cos, const T* __restrict sin, int64_t dim,
+    T* __restrict out) {
+  const int64_t half = dim / 2;
+  for (int64_t d = 0; d < dim; ++d) {
+    const T a = static_cast<T>(static_cast<float>(x[d]) * static_cast<float>(cos[d]));
+    const T b = static_cast<T>(static_cast<float>(x[(d + half) % dim]) *
+                               static_cast<float>(sin[d]));
+    out[d] = static_cast<T>(static_cast<float>(a) + static_cast<float>(b));
+  }
+}
+
+// A decode pass's attention for one layer in one call, from its fused q/k/v projection:
+// rotary on the queries and the new keys, the new keys and values into their blocks,
+// then attention as paged_decode_attention. At one stream the dozen torch ops this
+// replaces (slices, roll, transposes, copies) cost more than the attention itself.
+// fused [rows, q, heads + 2 kv_heads, dim] contiguous; cos, sin [rows, q, 1, dim];
+// keys, values, tables, lengths as paged_decode_attention; blocks, offsets as write_kv
+// -> [rows, q, heads * dim]
+torch::Tensor rotary_decode_attention(const torch::Tensor& fused, const torch::Tensor& cos,
+                                      const torch::Tensor& sin, torch::Tensor keys,
+                                      torch::Tensor values, const torch::Tensor& blocks,
+                                      const torch::Tensor& offsets, const torch::Tensor& tables,
+                                      const torch::Tensor& lengths, int64_t heads,
+                                      double scale) {
+  const auto dtype = fused.scalar_type();
+  TORCH_CHECK(fused.dim() == 4 && fused.is_contiguous() && cos.is_contiguous() &&
+              sin.is_contiguous() && cos.scalar_type() == dtype && sin.scalar_type() == dtype,
+              "contiguous fused [rows, q, heads + 2 kv_heads, dim] and tables of its dtype");
+  const int64_t rows = fused.size(0), q = fused.size(1), dim = fused.size(3);
+  const int64_t kv_heads = keys.size(1);
+  TORCH_CHECK(fused.size(2) == heads + 2 * kv_heads && dim % 2 == 0 &&
+              cos.numel() == rows * q * dim && sin.numel() == cos.numel(),
+              "fused heads or rotary tables do not match");
+  auto query = torch::empty({rows * q, heads, dim}, fused.options());
+  auto new_keys = torch::empty({rows, q, kv_heads, dim}, fused.options());
+  auto turn = [&](auto zero) {
+    using T = decltype(zero);
+    const T* f = fused.data_ptr<T>();
+    const T* c = cos.data_ptr<T>();
+    const T* s = sin.data_ptr<T>();
+    T* qo = query.data_ptr<T>();
+    T* ko = new_keys.data_ptr<T>();
+    const int64_t width = heads + 2 * kv_heads;
+    for (int64_t i = 0; i < rows * q; ++i) {
+      for (int64_t h = 0; h < heads + kv_heads; ++h) {
+        T* out = h < heads ? qo + (i * heads + h) * dim : ko + (i * kv_heads + h - heads) * dim;
+        rotate<T>(f + (i * width + h) * dim, c + i * dim, s + i * dim, dim, out);
+      }
+    }
+  };
+  if (dtype == torch::kFloat32) {
+    turn(0.f);
+  } else {
+    TORCH_CHECK(dtype == torch::kBFloat16, "float32 or bfloat16 only");
+    turn(c10::BFloat16());
+  }
+  const auto new_values = fused.narrow(2, heads + kv_heads, kv_heads).transpose(1, 2);
+  write_kv(keys, values, new_keys.transpose(1, 2), new_values, blocks, offsets);
+  return paged_decode_attention(query, keys, values, tables, lengths, scale)
+      .view({rows, q, heads * dim});
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("rotary_decode_attention", &rotary_decode_attention,
+        "rotary, KV write and decode attention of one layer from its fused q/k/v (CPU)");
   m.def("write_kv", &write_kv, "new keys and values into their KV pool blocks (CPU)");
   m.def("paged_decode_attention", &paged_decode_attention,
         "decode attention over KV pool blocks (float32 or bfloat16, CPU)");
