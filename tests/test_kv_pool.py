@@ -108,3 +108,31 @@ def test_the_bfloat16_kernel_rounds_where_sdpa_does(length):
     same = (got == expected).float().mean().item()
     assert same > 0.75, same
     torch.testing.assert_close(got.float(), expected.float(), rtol=1 / 64, atol=1 / 256)
+
+
+def test_the_float32_kernel_merges_its_token_chunks_into_sdpas_numbers():
+    """In float32 the kernel splits each row's keys into runs of 128 tokens read in
+    parallel and merges their softmaxes; rows of different lengths (one shorter than a
+    run, one of several runs and a part) must still give what SDPA gives each alone."""
+    from arbridge.engine import paged_attention
+
+    kernel = paged_attention.load()
+    assert kernel is not None
+    g = torch.Generator().manual_seed(7)
+    heads, kv_heads, dim, block = 9, 3, 64, 16
+    lengths = [1, 100, 129, 300]
+    per_row = -(-max(lengths) // block)
+    rows = len(lengths)
+    keys, values = (torch.randn(rows * per_row + 1, kv_heads, block, dim, generator=g)
+                    for _ in range(2))
+    tables = (torch.randperm(rows * per_row, generator=g) + 1).view(rows, per_row)
+    query = torch.randn(rows, heads, dim, generator=g)
+    got = kernel.paged_decode_attention(query, keys, values, tables, torch.tensor(lengths),
+                                        dim ** -0.5)
+    for row, length in enumerate(lengths):
+        def dense(store, row=row, length=length):  # [1, kv_heads, length, dim]
+            return store[tables[row]].transpose(0, 1).flatten(1, 2)[None, :, :length]
+
+        expected = torch.nn.functional.scaled_dot_product_attention(
+            query[row, :, None][None], dense(keys), dense(values), enable_gqa=True)[0, :, 0]
+        torch.testing.assert_close(got[row], expected, rtol=1e-5, atol=1e-5)

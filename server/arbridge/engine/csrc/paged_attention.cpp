@@ -24,6 +24,11 @@
 #include <type_traits>
 #include <vector>
 
+// Tokens per task in float32: a row's keys are read in runs of this many, so a few
+// rows still make enough tasks for every thread (one task per KV head left a third of
+// 2 cores idle with SmolLM2's 3 KV heads), and the partial softmaxes are merged after.
+constexpr int64_t kChunkTokens = 128;
+
 template <typename T>
 static void attend(const torch::Tensor& query, const torch::Tensor& keys,
                    const torch::Tensor& values, const torch::Tensor& tables,
@@ -41,34 +46,83 @@ static void attend(const torch::Tensor& query, const torch::Tensor& keys,
   const float s = static_cast<float>(scale);
   // A head's tokens lie together within a block: one contiguous run per block.
   const int64_t block_stride = kv_heads * block_tokens * dim;
+  int64_t longest = 0;
+  for (int64_t row = 0; row < rows; ++row) {
+    TORCH_CHECK(length[row] >= 1 && length[row] <= max_blocks * block_tokens,
+                "length past the block table");
+    longest = std::max(longest, length[row]);
+  }
+  // bfloat16 keeps one task per (row, KV head): it rounds the weights against the
+  // row's own maximum, as SDPA does.
+  const int64_t chunk = reduced ? longest
+                                : std::max(block_tokens, kChunkTokens / block_tokens * block_tokens);
+  const int64_t chunks = (longest + chunk - 1) / chunk;
+  // Each task's partial softmax per query of its group: maximum, sum, weighted values.
+  const int64_t tasks = rows * kv_heads * chunks;
+  std::vector<float> part_max(tasks * group), part_sum(tasks * group),
+      part_acc(tasks * group * dim);
 
-  at::parallel_for(0, rows * kv_heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores, acc(group * dim), qf(group * dim), row_f(dim);
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores, qf(group * dim), row_f(dim);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t row = task / kv_heads, head = task % kv_heads, n = length[row];
-      TORCH_CHECK(n >= 1 && n <= max_blocks * block_tokens, "length past the block table");
+      const int64_t row = task / (kv_heads * chunks), head = task / chunks % kv_heads;
+      const int64_t from = task % chunks * chunk, to = std::min(length[row], from + chunk);
+      float* pm = part_max.data() + task * group;
+      float* ps = part_sum.data() + task * group;
+      float* pa = part_acc.data() + task * group * dim;
+      if (from >= to) {  // this row is shorter than the longest: nothing here
+        std::fill(pm, pm + group, -INFINITY);
+        std::fill(ps, ps + group, 0.f);
+        std::fill(pa, pa + group * dim, 0.f);
+        continue;
+      }
+      const int64_t n = to - from;
       scores.assign(group * n, 0.f);
       const T* qg = q + (row * heads + head * group) * dim;
       for (int64_t i = 0; i < group * dim; ++i) qf[i] = static_cast<float>(qg[i]);
-      // Every token of the row, block by block (no division per token): calls
-      // visit(t, token) with that KV head's keys or values of token t, in float32.
+      // Every token from..to-1, block by block: calls visit(t, token) with that KV
+      // head's keys or values of token from + t, in float32. Each block is a run of its
+      // own page; the next one is prefetched while this one is read (the hardware's
+      // prefetcher stops at page boundaries).
       auto each_token = [&](const T* pool, auto&& visit) {
-        for (int64_t first = 0; first < n; first += block_tokens) {
-          const T* run = pool + table[row * max_blocks + first / block_tokens] *
-                                    block_stride + head * block_tokens * dim;
-          const int64_t count = std::min(block_tokens, n - first);
+        auto run_of = [&](int64_t token) {
+          return pool + table[row * max_blocks + token / block_tokens] * block_stride +
+                 head * block_tokens * dim + token % block_tokens * dim;
+        };
+        for (int64_t first = from; first < to;) {
+          const T* run = run_of(first);
+          const int64_t count = std::min(block_tokens - first % block_tokens, to - first);
+          const int64_t next = first + count;
+          if (next < to) {
+            const char* ahead = reinterpret_cast<const char*>(run_of(next));
+            const int64_t bytes = std::min(block_tokens, to - next) * dim * sizeof(T);
+            for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(ahead + b);
+          }
           for (int64_t i = 0; i < count; ++i) {
             if constexpr (reduced) {
               const T* src = run + i * dim;
 #pragma omp simd
               for (int64_t d = 0; d < dim; ++d) row_f[d] = static_cast<float>(src[d]);
-              visit(first + i, row_f.data());
+              visit(first - from + i, row_f.data());
             } else {
-              visit(first + i, reinterpret_cast<const float*>(run + i * dim));
+              visit(first - from + i, reinterpret_cast<const float*>(run + i * dim));
             }
           }
+          first = next;
         }
       };
+      // Both passes' keys and values requested at once, block by block: reading them
+      // one run at a time left the memory system mostly idle (cold KV, as every decode
+      // step finds it after streaming the weights).
+      for (int64_t first = from - from % block_tokens; first < to; first += block_tokens) {
+        const int64_t offset = table[row * max_blocks + first / block_tokens] * block_stride +
+                               head * block_tokens * dim;
+        const int64_t bytes = block_tokens * dim * sizeof(T);
+        for (int64_t b = 0; b < bytes; b += 64) {
+          __builtin_prefetch(reinterpret_cast<const char*>(k + offset) + b);
+          __builtin_prefetch(reinterpret_cast<const char*>(v + offset) + b);
+        }
+      }
       each_token(k, [&](int64_t t, const float* kt) {
         for (int64_t g = 0; g < group; ++g) {
           const float* qh = qf.data() + g * dim;
@@ -78,7 +132,6 @@ static void attend(const torch::Tensor& query, const torch::Tensor& keys,
           scores[g * n + t] = dot * s;
         }
       });
-      std::vector<float> inv(group);
       for (int64_t g = 0; g < group; ++g) {
         float* sg = scores.data() + g * n;
         const float top = *std::max_element(sg, sg + n);
@@ -88,30 +141,44 @@ static void attend(const torch::Tensor& query, const torch::Tensor& keys,
           sg[t] = std::exp(sg[t] - top);
           sum += sg[t];
         }
-        if constexpr (reduced) {  // the weights the values see, rounded; divide at the end
+        if constexpr (reduced) {  // the weights the values see, rounded
           for (int64_t t = 0; t < n; ++t) sg[t] = static_cast<float>(static_cast<T>(sg[t]));
-          inv[g] = 1.f / sum;
-        } else {
-          const float scale_back = 1.f / sum;
-#pragma omp simd
-          for (int64_t t = 0; t < n; ++t) sg[t] *= scale_back;
-          inv[g] = 1.f;
         }
+        pm[g] = top;
+        ps[g] = sum;
       }
-      std::fill(acc.begin(), acc.end(), 0.f);
+      std::fill(pa, pa + group * dim, 0.f);
       each_token(v, [&](int64_t t, const float* vt) {
         for (int64_t g = 0; g < group; ++g) {
           const float w = scores[g * n + t];
-          float* ag = acc.data() + g * dim;
+          float* ag = pa + g * dim;
 #pragma omp simd
           for (int64_t d = 0; d < dim; ++d) ag[d] += w * vt[d];
         }
       });
-      for (int64_t g = 0; g < group; ++g) {
-        T* og = o + (row * heads + head * group + g) * dim;
-        for (int64_t d = 0; d < dim; ++d)
-          og[d] = static_cast<T>(acc[g * dim + d] * inv[g]);
+    }
+  });
+  // Merge each query's chunks: rescale to the overall maximum, divide by the sum once.
+  at::parallel_for(0, rows * heads, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> acc(dim);
+    for (int64_t qi = begin; qi < end; ++qi) {
+      const int64_t row = qi / heads, head = qi % heads / group, g = qi % group;
+      const int64_t first = (row * kv_heads + head) * chunks;
+      float top = -INFINITY;
+      for (int64_t c = 0; c < chunks; ++c) top = std::max(top, part_max[(first + c) * group + g]);
+      float sum = 0.f;
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t at = (first + c) * group + g;
+        if (part_sum[at] == 0.f) continue;
+        const float weight = chunks == 1 ? 1.f : std::exp(part_max[at] - top);
+        sum += part_sum[at] * weight;
+        const float* pa = part_acc.data() + at * dim;
+        for (int64_t d = 0; d < dim; ++d) acc[d] += pa[d] * weight;
       }
+      const float inv = 1.f / sum;
+      T* oq = o + qi * dim;
+      for (int64_t d = 0; d < dim; ++d) oq[d] = static_cast<T>(acc[d] * inv);
     }
   });
 }
