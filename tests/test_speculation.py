@@ -52,6 +52,21 @@ def test_drafting_stops_where_it_does_not_pay_and_probes_now_and_then():
     assert cheap.worth_it()
 
 
+def test_no_drafts_nor_probes_where_even_one_kept_token_cannot_pay():
+    # int8 weights on a CPU whose one-row kernel is far ahead of its few-row one: a pass
+    # reading one drafted token costs 2.3 plain ones, eight 4.6 (measured: 2.3 and 4.6-5.5).
+    dear = DraftLength(8, cost=4.6, cost_one=2.3)
+    assert dear.cost_of(1) == pytest.approx(2.3) and dear.cost_of(8) == pytest.approx(4.6)
+    assert not any(dear.worth_it() for _ in range(32))  # not even a probe
+    # Where one drafted token is cheap, drafts of the length that pays go on.
+    mixed = DraftLength(8, cost=3.0, cost_one=1.2)
+    for proposed in (4, 3, 2):
+        mixed.update(proposed, 1)  # one kept a pass
+    assert mixed.current == 1 and mixed.worth_it()  # 1 + ~1 kept >= 1.2
+    mixed.current = 8
+    assert not mixed.worth_it()  # 1 + ~1 kept < 3.0: eight drafted tokens do not pay
+
+
 def test_only_exactly_verifiable_requests_are_drafted_for():
     assert can_speculate(SamplingConfig())
     assert not can_speculate(SamplingConfig(temperature=0.7))
@@ -73,7 +88,8 @@ async def test_greedy_text_is_the_same_with_drafts(loaded):  # noqa: F811
     on, and drafts were really read and some kept (the path ran)."""
     cfg = SamplingConfig(max_new_tokens=24)
     with Engine(loaded, speculative_tokens=8) as eng:
-        eng.scheduler.draft_cost = 1.0  # draft at every chance, as where it is free
+        # Draft at every chance, as where it is free.
+        eng.scheduler.draft_cost = eng.scheduler.draft_cost_one = 1.0
         alone = [await eng.run(p, cfg) for p in PROMPTS]
         drafted, kept = eng.scheduler.drafted, eng.scheduler.kept
         undo = slow_down(loaded.model, 0.003)

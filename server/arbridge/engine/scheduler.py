@@ -124,7 +124,9 @@ class Scheduler:
         # text does not depend on the logits.
         self.lookup_drafts = getattr(self.runner, "dtype", torch.float32) == torch.float32 \
             and not quantize
-        self.draft_cost = 1.0  # a drafted pass's time / a plain one's (measured at start)
+        # A pass's time with speculative_tokens drafted tokens, and with one, over a
+        # plain pass's (measured at start).
+        self.draft_cost = self.draft_cost_one = 1.0
         self.drafted = 0  # draft tokens read in decode passes
         self.kept = 0  # of those, the ones the model agreed with
         self.prefill_turn_s = prefill_turn_ms / 1e3
@@ -295,15 +297,16 @@ class Scheduler:
             self.runner.forward(self.pool, [blocks],
                                 torch.zeros(1, 1, dtype=torch.long, device=self.device), [0])
             if self.speculative_tokens:
-                self.draft_cost = self._measure_draft_cost(blocks)
+                self.draft_cost, self.draft_cost_one = self._measure_draft_cost(blocks)
             self.pool.release(blocks)
         except Exception:  # the first request pays instead, or reports the error
             log.warning("engine warm-up failed", exc_info=True)
             self._reset("warm-up failed")
 
-    def _measure_draft_cost(self, blocks: list[int]) -> float:
-        """Time of a pass over 1 + speculative_tokens positions / over one, at one
-        row (the best of three each, after one untimed pass of each shape)."""
+    def _measure_draft_cost(self, blocks: list[int]) -> tuple[float, float]:
+        """Time of a pass over 1 + speculative_tokens positions / over one, and over
+        two / over one, at one row (the best of three each, after one untimed pass of
+        each shape)."""
         def best(q_len: int) -> float:
             ids = torch.zeros(1, q_len, dtype=torch.long, device=self.device)
             self.runner.forward(self.pool, [blocks], ids, [32], keep=q_len)
@@ -316,10 +319,12 @@ class Scheduler:
                 times.append(time.perf_counter() - began)
             return min(times)
 
-        cost = best(1 + self.speculative_tokens) / best(1)
-        log.info("speculation: a pass reading %d drafted tokens costs %.2fx a plain one",
-                 self.speculative_tokens, cost)
-        return cost
+        plain = best(1)
+        cost, cost_one = best(1 + self.speculative_tokens) / plain, best(2) / plain
+        log.info("speculation: a pass reading %d drafted tokens costs %.2fx a plain one, "
+                 "reading one %.2fx%s", self.speculative_tokens, cost, cost_one,
+                 " (prompt-lookup drafts cannot pay here: off)" if cost_one > 2 else "")
+        return cost, cost_one
 
     def _run(self) -> None:
         while True:
@@ -703,8 +708,8 @@ class Scheduler:
             draft: list[int] = []
             if speculation.can_speculate(cfg) and (cfg.forced or self.lookup_drafts):
                 if slot.draft_length is None:
-                    slot.draft_length = speculation.DraftLength(self.speculative_tokens,
-                                                                self.draft_cost)
+                    slot.draft_length = speculation.DraftLength(
+                        self.speculative_tokens, self.draft_cost, self.draft_cost_one)
                 # The reply's last token is read at `length`; a draft token past the
                 # reply's limit or the context would never be kept.
                 room = min(cfg.max_new_tokens - len(slot.generated),
