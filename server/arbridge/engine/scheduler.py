@@ -91,7 +91,7 @@ class Scheduler:
                  prefill_prompt_tokens: int = 128, parked_kv_bytes: int = 512 << 20,
                  kv_cache_bytes: int = 1 << 30, kv_block_tokens: int = 16,
                  fused_only: bool = False, attention_kernel: bool = True,
-                 attention_kernel_bf16: bool = False,
+                 attention_kernel_bf16: bool = True,
                  speculative_tokens: int = 0, speculative_rows: int = 2,
                  speculative_forced_tokens: int = 16,
                  matmul_kernels=None, runner=None):
