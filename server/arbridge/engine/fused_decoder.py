@@ -18,9 +18,10 @@ At batch 1 on a 2-core CPU a decode step is mostly weight reads, and
 transformers' eager code adds about a quarter on top of them; this removes
 most of that (figures in `make bench`, rows engine vs engine-hf).
 
-The arithmetic is the same as transformers' (same ops, same order, same
-upcasts), so outputs match it to float rounding; tests compare the two on
-tiny models of both families. Anything else, or any config option this code
+The arithmetic is transformers' (the same upcasts and roundings; the C++
+kernels for the norm, the matmuls at a few rows and decode attention sum in
+another order), so outputs match it to float rounding; tests compare the two
+on tiny models of both families. Anything else, or any config option this code
 does not implement, runs through the model's own forward instead.
 """
 
@@ -349,7 +350,7 @@ class _LlamaDecoder(FusedDecoder):
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if self.norm_kernel is not None and x.device.type == "cpu":
-            # One call instead of eight ops, 2 x layers + 1 times a step (row_norm).
+            # One call instead of eight ops, 2 x layers + 1 times a step (csrc/rms_norm.cpp).
             return self.norm_kernel.rms_norm(x, weight, self.eps)
         if x.dtype == torch.float32:
             # One fused kernel instead of eight ops (the same float32 numbers):
