@@ -326,3 +326,27 @@ def test_the_one_row_int8_kernel_rounds_where_torchs_int8_kernel_does():
     torch.testing.assert_close(got, reference, rtol=2 ** -7, atol=1e-3)
     as_bf16 = projection._skinny(x.bfloat16())  # a bfloat16 model's rows
     assert as_bf16.dtype == torch.bfloat16 and torch.equal(as_bf16.float(), got)
+
+
+def test_kernels_not_built_yet_are_built_side_by_side(monkeypatch):
+    """A fresh machine compiles three C++ sources of ~22 s each before SERVING: prebuild
+    runs them at once (measured 39 s instead of 73 s), and skips those already loaded."""
+    import threading
+    import time
+
+    from arbridge.engine import native_kernels
+
+    built, lock = [], threading.Lock()
+
+    def slow_build(name, what, cache_dir=None):
+        time.sleep(0.5)
+        with lock:
+            built.append(name)
+        native_kernels._loaded[name] = object()
+
+    monkeypatch.setattr(native_kernels, "_loaded", {"paged_attention": object()})
+    monkeypatch.setattr(native_kernels, "load", slow_build)
+    began = time.perf_counter()
+    native_kernels.prebuild(["skinny_matmul", "rms_norm", "paged_attention", "other"])
+    assert sorted(built) == ["other", "rms_norm", "skinny_matmul"]
+    assert time.perf_counter() - began < 1.2  # three half-second builds, together

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -69,3 +70,16 @@ def load(name: str, what: str, cache_dir: Path | None = None):
         log.warning("%s kernel not built (%s); %s", name, str(exc).splitlines()[0][:200], what)
     _loaded[name] = module
     return module
+
+
+def prebuild(names: list[str], cache_dir: Path | None = None) -> None:
+    """Build the sources `names` side by side, before their first use: each build is
+    one compiler process of about 22 s, so on a fresh machine three built one after
+    another kept the server from SERVING for over a minute. Failures are logged
+    here; the callers' `load` then returns None."""
+    todo = [name for name in names if name not in _loaded]
+    if len(todo) < 2:
+        return
+    with ThreadPoolExecutor(len(todo)) as builders:
+        list(builders.map(lambda name: load(name, "torch's ops run instead", cache_dir),
+                          todo))
