@@ -72,6 +72,9 @@ class KVPool:
         # malloc's mmap threshold, so untouched blocks cost no resident memory.
         self.data = torch.empty((num_layers, 2, num_blocks, kv_heads, block_tokens, head_dim),
                                 dtype=dtype, device=self.device)
+        # Each layer's (keys, values) views, made once: the decode kernels take them
+        # every layer of every step (three selects each time otherwise).
+        self.layer_stores = [(self.data[i, 0], self.data[i, 1]) for i in range(num_layers)]
         self.refs = [0] * num_blocks
         self._free = list(range(1, num_blocks))  # a heap: lowest id first
         # Blocks below this id have been zeroed once (no NaN garbage), block 0 too.
@@ -216,12 +219,11 @@ class PagedKVCache(Cache):
 
     def _write(self, layer: int, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         pool = self.pool
-        store = pool.data[layer]
-        if self.kernel is not None and key_states.dtype == store.dtype \
+        if self.kernel is not None and key_states.dtype == pool.dtype \
                 and key_states.device.type == "cpu":
             # One call for both, reading the states where they lie.
-            self.kernel.write_kv(store[0], store[1], key_states, value_states, self.blocks,
-                                 self.offsets)
+            self.kernel.write_kv(*pool.layer_stores[layer], key_states, value_states,
+                                 self.blocks, self.offsets)
             return
         for which, states in ((0, key_states), (1, value_states)):
             store = pool.data[layer, which]  # [blocks, kv_heads, block_tokens, head_dim]
@@ -254,11 +256,10 @@ class PagedKVCache(Cache):
         query [rows, heads, q, dim] -> [rows, heads, q, dim] (q: the last token and
         its draft, at most DECODE_QUERIES)."""
         self._write(layer, key_states, value_states)
-        store = self.pool.data[layer]
         rows, heads, q_len, dim = query.shape
         flat = query.transpose(1, 2).reshape(rows * q_len, heads, dim).contiguous()
-        out = self.kernel.paged_decode_attention(flat, store[0], store[1], self.tables,
-                                                 self.lengths, scale)
+        out = self.kernel.paged_decode_attention(flat, *self.pool.layer_stores[layer],
+                                                 self.tables, self.lengths, scale)
         return out.view(rows, q_len, heads, dim).transpose(1, 2)
 
     def rotary_decode_attention(self, layer: int, fused: torch.Tensor, cos: torch.Tensor,
@@ -266,8 +267,8 @@ class PagedKVCache(Cache):
         """`decode_attention` from a layer's fused q/k/v projection [rows, q, heads +
         2 kv_heads, dim], rotary included (cos and sin [rows, q, 1, dim], as the fused
         decoder builds them), in one kernel call -> [rows, q, heads * dim]."""
-        store = self.pool.data[layer]
-        return self.kernel.rotary_decode_attention(fused, cos, sin, store[0], store[1],
+        return self.kernel.rotary_decode_attention(fused, cos, sin,
+                                                   *self.pool.layer_stores[layer],
                                                    self.blocks, self.offsets, self.tables,
                                                    self.lengths, heads, scale)
 

@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 # length (the bench's caption prompts are 329-336 tokens).
 DRAFT_COST_AT = 320
 
+
 def _log(handle: RequestHandle, level: int, message: str, *args) -> None:
     # This thread has no call context: the request's id travels on its handle.
     log.log(level, message, *args, extra={"request_id": handle.request_id})
@@ -331,7 +332,8 @@ class Scheduler:
         cost, cost_one = best(1 + self.speculative_tokens) / plain, best(2) / plain
         log.info("speculation: a pass reading %d drafted tokens costs %.2fx a plain one, "
                  "reading one %.2fx%s", self.speculative_tokens, cost, cost_one,
-                 " (prompt-lookup drafts cannot pay here: off)" if cost_one > 2 else "")
+                 " (prompt-lookup drafts cannot pay here: off)"
+                 if cost_one > speculation.DraftLength.MAX_COST_ONE else "")
         return cost, cost_one
 
     def _run(self) -> None:

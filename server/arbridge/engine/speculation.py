@@ -89,6 +89,9 @@ class DraftLength:
     since_probe: int = 0
 
     PROBE_EVERY = 8
+    # A pass with one drafted token costing more than this many plain ones cannot pay
+    # even when the token is kept (the pass yields two).
+    MAX_COST_ONE = 2.0
 
     def __post_init__(self) -> None:
         self.current = self.current or min(4, self.limit)
@@ -105,7 +108,7 @@ class DraftLength:
         """Whether to draft this pass (counts the passes that do not)."""
         if 1.0 + self.kept_per_pass >= self.cost_of(self.current):
             return True
-        if self.cost_one > 2.0:
+        if self.cost_one > self.MAX_COST_ONE:
             return False  # no draft can pay here: no probes either
         self.since_probe += 1
         if self.since_probe >= self.PROBE_EVERY:
