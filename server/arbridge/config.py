@@ -271,6 +271,11 @@ class EngineSettings(BaseSettings):
                                    "fastest kernel, holding oneDNN's packed copy beside the "
                                    "plain one when both win somewhere (faster batches, "
                                    "the weights' size again in memory)")
+    int8_activations: bool = Field(
+        False, description="with --dtype int8: quantize the activations too (blocks of 32, "
+                           "as llama.cpp's Q8_0) where a decode step runs ArBridge's few-row "
+                           "kernel, and multiply in integers (VNNI where the CPU has it): "
+                           "faster, other numbers than the bfloat16 activations")
     kv_block_tokens: int = Field(
         16, ge=1, le=1024, description="tokens per KV block (the unit of allocation and of "
                                        "prefix sharing)")
@@ -286,7 +291,7 @@ class EngineSettings(BaseSettings):
 
         allowed = None if self.matmul_kernels == "auto" else \
             frozenset(self.matmul_kernels.split(","))
-        return KernelChoice(allowed, self.matmul_weight_copies)
+        return KernelChoice(allowed, self.matmul_weight_copies, self.int8_activations)
 
 
 # Bases in reverse: pydantic lists the fields (and so the flags) from the last base on.

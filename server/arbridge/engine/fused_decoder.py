@@ -86,6 +86,7 @@ class FusedDecoder:
         not read, the model's own float weights included (the model's forward cannot
         run after this). A tied LM head stays: the input embedding is the same
         tensor. Returns the bytes of float weights let go."""
+        getattr(self, "_native", {}).clear()  # built again from what stays
         embedding = self.model.get_input_embeddings().weight
         freed, kept_plain = 0, False
         for layer in self.layers:
@@ -163,12 +164,12 @@ def sliding_window(config) -> tuple[int | None, bool]:
 
 
 def _norm_kernel(dtype: torch.dtype):
-    """csrc/rms_norm.cpp, compiled for this CPU, or None (torch's ops instead)."""
+    """csrc/rms_norm.h, compiled for this CPU, or None (torch's ops instead)."""
     if dtype not in (torch.float32, torch.bfloat16):
         return None
     from arbridge.engine import native_kernels
 
-    return native_kernels.load("rms_norm", "RMSNorm runs as torch ops")
+    return native_kernels.load("RMSNorm runs as torch ops")
 
 
 def _swiglu(gate_up: Projection, down: Projection, x: torch.Tensor) -> torch.Tensor:
@@ -347,10 +348,14 @@ class _LlamaDecoder(FusedDecoder):
                                            down, experts))
         self.lm_head = Projection(model.lm_head.weight, model.lm_head.bias, quantize)
         self.sources.append((self.lm_head, [model.lm_head]))
+        # The C++ decoder-layer loop, per matmul case; made at first use, once `tune`
+        # has chosen the kernels and the unused weight copies are gone.
+        self.use_native_layers = True
+        self._native: dict[str, object] = {}
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if self.norm_kernel is not None and x.device.type == "cpu":
-            # One call instead of eight ops, 2 x layers + 1 times a step (csrc/rms_norm.cpp).
+            # One call instead of eight ops, 2 x layers + 1 times a step (csrc/rms_norm.h).
             return self.norm_kernel.rms_norm(x, weight, self.eps)
         if x.dtype == torch.float32:
             # One fused kernel instead of eight ops (the same float32 numbers):
@@ -375,6 +380,13 @@ class _LlamaDecoder(FusedDecoder):
         cos, sin = torch.cat((cos, cos), -1), torch.cat((-sin, sin), -1)
         half = dim // 2
         mask = None if allowed is None else allowed[:, None]  # None: attend to all
+        native = self._native_layers(batch * q_len) if cache.can_attend_decode(x) else None
+        if native is not None:
+            # Every layer in one C++ call (csrc/decoder_layers.h): the same kernels and
+            # numbers as the loop below, without its ~250 calls from Python a step.
+            x = native.forward(x, cos, sin, cache.pool.data, cache.blocks, cache.offsets,
+                               cache.tables, cache.lengths)
+            return self.lm_head(self._norm(self._kept(x, keep), body.norm.weight))
         for index, layer in enumerate(self.layers):
             fused = layer.qkv(self._norm(x, layer.attn_norm)).view(batch, q_len,
                                                                    heads + 2 * kv_heads, dim)
@@ -402,6 +414,33 @@ class _LlamaDecoder(FusedDecoder):
             x = x + layer.out(attended.transpose(1, 2).reshape(batch, q_len, heads * dim))
             x = self._mlp(layer, x)
         return self.lm_head(self._norm(self._kept(x, keep), body.norm.weight))
+
+    def _native_layers(self, tokens: int):
+        """csrc/decoder_layers.h loaded with this model's layers, for a decode pass of
+        `tokens` rows, when it computes what the Python loop would: dense layers without
+        q/k norms, the norm kernel, and the few-row kernel chosen for every projection
+        at this many rows. Otherwise None."""
+        case = "one_row" if tokens == 1 else "few_rows" if tokens <= matmul_layouts.FEW \
+            else "many_rows" if tokens <= matmul_layouts.SKINNY_ROWS else None
+        if not self.use_native_layers or case is None or self.norm_kernel is None:
+            return None
+        if case not in self._native:
+            dense = all(layer.q_norm is None and layer.experts is None
+                        for layer in self.layers)
+            self._native[case] = self._load_native_layers(case) if dense else None
+        return self._native[case]
+
+    def _load_native_layers(self, case: str):
+        module = self.norm_kernel  # the one module of ArBridge's CPU kernels
+        native = module.DecoderLayers(self.heads, self.kv_heads, self.head_dim, self.eps)
+        for layer in self.layers:
+            operands = [p.native_operands(case) for p in layer.projections()]
+            if None in operands:  # a BLAS kernel won this case somewhere
+                return None
+            native.add_layer(layer.attn_norm, layer.mlp_norm,
+                             [tensor for tensors, _ in operands for tensor in tensors],
+                             [int8_activations for _, int8_activations in operands])
+        return native
 
     def _mlp(self, layer: _LlamaLayer, x: torch.Tensor) -> torch.Tensor:
         if layer.experts is not None:

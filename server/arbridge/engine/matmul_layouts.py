@@ -3,7 +3,7 @@
 A decode step on a CPU is mostly weight reads, and which kernel reads them
 fastest depends on the CPU, not on the model: MKL's plain GEMM, oneDNN with the
 weight pre-packed in its blocked layout (bfloat16 re-lays it out on every call
-otherwise), ArBridge's own kernel for a few rows (`csrc/skinny_matmul.cpp`,
+otherwise), ArBridge's own kernel for a few rows (`csrc/skinny_matmul.h`,
 built for this CPU: each weight row read once, straight from memory), or int8
 weights (`--dtype int8`, torch's own weight-only kernel or the same few-row
 kernel on the int8 rows).
@@ -39,6 +39,8 @@ FEW = 4
 # dequantized copy pays only from here (measured on SmolLM2's shapes: at 64 rows
 # the int8 kernel is 1.4x faster, at 128 and 512 rows the copy 1.7-1.9x).
 PROMPT_ROWS = 96
+# The few-row kernel on int8 weights with int8 activations (csrc/int8_activations.h).
+INT8_ACTIVATIONS = "int8-activations"
 # The few-row kernel serves up to this many rows (a decode step of a few streams, or
 # one stream reading its draft); past that a BLAS kernel blocks the work better.
 SKINNY_ROWS = 16
@@ -47,7 +49,7 @@ SKINNY_ROWS = 16
 def _skinny_module():
     from arbridge.engine import native_kernels
 
-    return native_kernels.load("skinny_matmul", "decode matmuls use BLAS only")
+    return native_kernels.load("decode matmuls use BLAS only")
 
 
 class Projection:
@@ -68,6 +70,9 @@ class Projection:
             if weight.device.type == "cpu" and _skinny_module() is not None:
                 self.skinny = _skinny_module()
                 self.kernels["skinny"] = self._skinny
+                # int8 activations too: only where the `int8_activations` setting asks
+                # (other numbers; `tune` leaves it out otherwise)
+                self.kernels[INT8_ACTIVATIONS] = self._int8_activations
         else:
             self.weight = weight
             self.kernels["plain"] = self._plain
@@ -111,7 +116,7 @@ class Projection:
         used = {self.one_row, self.few_rows, self.many_rows, self.prompt_rows}
         if self.kernels.get("dnnl") in used:
             used.add(self.kernels["plain"])  # its weight is the one dnnl reads
-        if self.kernels.get("skinny") in used:
+        if self.kernels.get("skinny") in used or self.kernels.get(INT8_ACTIVATIONS) in used:
             used.add(self._wide())  # past SKINNY_ROWS
             if self.weight is not None:
                 used.add(self.kernels["plain"])  # its weight is the one skinny reads
@@ -121,7 +126,7 @@ class Projection:
         if "packed" in self.kernels and self.kernels["packed"] not in used:
             del self.kernels["packed"]
             self.packed = None
-        for name in ("skinny", "dnnl"):
+        for name in ("skinny", "dnnl", INT8_ACTIVATIONS):
             if name in self.kernels and self.kernels[name] not in used:
                 del self.kernels[name]
         return "plain" not in self.kernels
@@ -171,6 +176,29 @@ class Projection:
         if self.bias is not None:
             y = y + self.bias
         return y.view(*x.shape[:-1], self.out_features)
+
+    def _int8_activations(self, x):
+        flat = x.reshape(-1, self.in_features)
+        if flat.shape[0] > SKINNY_ROWS:  # a prompt: the weight-only kernels
+            return self._wide()(x)
+        y = self.skinny.int8_activations_matmul(flat.contiguous(), self.int8, self.scales)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.view(*x.shape[:-1], self.out_features)
+
+    def native_operands(self, case: str) -> tuple | None:
+        """((weight, scales or None, bias or None), int8 activations?) as this
+        projection's kernel for `case` (an attribute: one_row, few_rows, many_rows)
+        hands them to C++, for csrc/decoder_layers.h to call the same kernel; None
+        when that kernel is not one of ArBridge's few-row kernels."""
+        chosen = getattr(self, case)
+        if chosen == self.kernels.get(INT8_ACTIVATIONS):
+            return (self.int8, self.scales, self.bias), True
+        if chosen != self.kernels.get("skinny"):
+            return None
+        if self.weight is not None:
+            return (self.weight, None, self.bias), False
+        return (self.int8, self.scales, self.bias), False
 
     def _int8_wide(self, x):
         # The int8 kernel up to PROMPT_ROWS (faster there), the prompts' path past it.
@@ -227,6 +255,9 @@ class KernelChoice:
     # the fastest one-row kernel: one stream is the common case); 2: each case its
     # fastest, even if that keeps oneDNN's packed copy beside the plain one.
     copies: int = 1
+    # int8 weights: quantize the activations too, where the few-row kernel runs (up to
+    # SKINNY_ROWS rows), and take integer dot products (`int8_activations` setting).
+    int8_activations: bool = False
 
 
 def _layout(projection: Projection, name: str) -> str:
@@ -244,6 +275,17 @@ def tune(projections: list[Projection], budget_s: float = 3.0,
     winner's copy). Returns {case: {kernel: ms per step}}; with one candidate
     nothing is timed."""
     names = sorted(set.intersection(*(set(p.kernels) for p in projections)))
+    if INT8_ACTIVATIONS in names:
+        names.remove(INT8_ACTIVATIONS)  # other numbers: chosen by setting, not by time
+        if choice.int8_activations:
+            for p in projections:
+                p.one_row = p.few_rows = p.many_rows = p.kernels[INT8_ACTIVATIONS]
+            log.info("fused decoder kernels: int8 weights and int8 activations up to "
+                     "%d rows (int8_activations)", SKINNY_ROWS)
+            return {}
+    if choice.int8_activations:
+        log.warning("int8_activations: only for int8 weights on a CPU where ArBridge's "
+                    "kernels build; activations stay bfloat16")
     if choice.allowed:
         names = [name for name in names if name in choice.allowed] or names
     if len(names) == 1:  # pinned (or the only one): every case runs it

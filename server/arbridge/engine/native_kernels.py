@@ -1,11 +1,12 @@
 """ArBridge's C++ kernels, compiled for this machine's CPU on first use.
 
-Each source in `csrc/` is built with the machine's own compiler and flags
-(`-march=native`: the vector instructions this CPU has, whichever they are),
-about 25 s each, and cached in ~/.cache/arbridge/kernels (or
-$ARBRIDGE_KERNEL_CACHE) keyed by the source,
+`csrc/cpu_kernels.cpp` and the kernels it includes (`csrc/*.h`: the few-row matmul,
+RMSNorm, paged decode attention, the decoder-layer loop) are built as one module
+with the machine's own compiler and flags (`-march=native`: the vector instructions
+this CPU has, whichever they are), about 35 s on 2 cores, and cached in
+~/.cache/arbridge/kernels (or $ARBRIDGE_KERNEL_CACHE) keyed by the sources,
 torch's version and the CPU's flags, so a different CPU gets its own build.
-Without a compiler (or on a build error) `load` returns None and the caller
+Without a compiler (or on a build error) `load` returns None and each caller
 keeps torch's own path.
 """
 
@@ -14,8 +15,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).parent / "csrc"
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffast-math"]
+MODULE = "cpu_kernels"
 _loaded: dict[str, object] = {}
 
 
@@ -45,9 +47,18 @@ def kernel_cache() -> Path:
         / "kernels"
 
 
-def load(name: str, what: str, cache_dir: Path | None = None):
-    """The compiled module of csrc/<name>.cpp, or None (the reason logged as what
-    happens instead: `what`)."""
+def _source_bytes(source: Path) -> bytes:
+    """The source and the local sources it #includes (a kernel built from others, as
+    cpu_kernels.cpp is), so a change to any of them makes a new build."""
+    text = source.read_bytes()
+    included = re.findall(rb'^#include "([^"]+)"', text, flags=re.M)
+    return text + b"".join(_source_bytes(source.parent / name.decode()) for name in included)
+
+
+def load(what: str, cache_dir: Path | None = None):
+    """The compiled module, or None (the reason logged, with what happens instead:
+    `what`)."""
+    name = MODULE
     if name in _loaded:
         return _loaded[name]
     module = None
@@ -55,7 +66,7 @@ def load(name: str, what: str, cache_dir: Path | None = None):
         from torch.utils import cpp_extension
 
         source = CSRC / f"{name}.cpp"
-        digest = hashlib.sha1(source.read_bytes() + torch.__version__.encode()
+        digest = hashlib.sha1(_source_bytes(source) + torch.__version__.encode()
                               + _cpu_flags().encode() + " ".join(_FLAGS).encode()
                               ).hexdigest()[:12]
         base = cache_dir or kernel_cache()
@@ -65,21 +76,8 @@ def load(name: str, what: str, cache_dir: Path | None = None):
         module = cpp_extension.load(f"arbridge_{name}_{digest}", [str(source)],
                                     extra_cflags=_FLAGS, extra_ldflags=["-fopenmp"],
                                     build_directory=str(build), verbose=False)
-        log.info("%s kernel ready (%.1f s)", name, time.perf_counter() - started)
+        log.info("%s ready (%.1f s)", name, time.perf_counter() - started)
     except Exception as exc:  # no compiler, no ninja, a build error: torch's path
-        log.warning("%s kernel not built (%s); %s", name, str(exc).splitlines()[0][:200], what)
+        log.warning("%s not built (%s); %s", name, str(exc).splitlines()[0][:200], what)
     _loaded[name] = module
     return module
-
-
-def prebuild(names: list[str], cache_dir: Path | None = None) -> None:
-    """Build the sources `names` side by side, before their first use: each build is
-    one compiler process of about 22 s, so on a fresh machine three built one after
-    another kept the server from SERVING for over a minute. Failures are logged
-    here; the callers' `load` then returns None."""
-    todo = [name for name in names if name not in _loaded]
-    if len(todo) < 2:
-        return
-    with ThreadPoolExecutor(len(todo)) as builders:
-        list(builders.map(lambda name: load(name, "torch's ops run instead", cache_dir),
-                          todo))

@@ -14,7 +14,7 @@ import logging
 
 import torch
 
-from arbridge.engine import native_kernels, paged_attention
+from arbridge.engine import paged_attention
 from arbridge.engine.fused_decoder import FusedDecoder, sliding_window
 from arbridge.engine.kv_pool import KVPool, PagedKVCache
 
@@ -56,8 +56,6 @@ class ModelRunner:
         self.window, self.mixed_windows = sliding_window(config)
 
     def prepare(self) -> None:
-        if self._want_fused and self.device.type == "cpu":
-            native_kernels.prebuild(["skinny_matmul", "rms_norm", "paged_attention"])
         if self._want_kernel and self.attention_kernel is None and self._want_fused \
                 and self.device.type == "cpu" and self.dtype in self._kernel_dtypes:
             self.attention_kernel = paged_attention.load()

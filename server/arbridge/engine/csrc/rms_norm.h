@@ -10,6 +10,7 @@
 //                        it, as transformers' LlamaRMSNorm does)
 // weight  [hidden]       x's dtype
 // The mean is summed in another order than torch's, so results agree to rounding.
+#pragma once
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -58,8 +59,4 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, doub
                             y.data_ptr<at::BFloat16>(), rows, hidden, static_cast<float>(eps));
   }
   return y;
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("rms_norm", &rms_norm, "x * rsqrt(mean(x^2) + eps) * weight over the last dim");
 }

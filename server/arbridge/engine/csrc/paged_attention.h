@@ -16,6 +16,7 @@
 // up to 512 tokens): float32 dot products, exp(score - max) rounded to bfloat16
 // before it weighs the values, float32 sums, one division by the float32 sum at the
 // end, one rounding of the output.
+#pragma once
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -321,12 +322,4 @@ torch::Tensor rotary_decode_attention(const torch::Tensor& fused, const torch::T
   write_kv(keys, values, new_keys.transpose(1, 2), new_values, blocks, offsets);
   return paged_decode_attention(query, keys, values, tables, lengths, scale)
       .view({rows, q, heads * dim});
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("rotary_decode_attention", &rotary_decode_attention,
-        "rotary, KV write and decode attention of one layer from its fused q/k/v (CPU)");
-  m.def("write_kv", &write_kv, "new keys and values into their KV pool blocks (CPU)");
-  m.def("paged_decode_attention", &paged_decode_attention,
-        "decode attention over KV pool blocks (float32 or bfloat16, CPU)");
 }

@@ -13,6 +13,7 @@
 // L1, and takes its dot product with every x row: float32 sums, the loops written
 // for the compiler to vectorize with this CPU's own instructions (-march=native).
 // Sums run in another order than BLAS's, so results agree to float rounding.
+#pragma once
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -283,8 +284,4 @@ torch::Tensor skinny_matmul(const torch::Tensor& x, const torch::Tensor& weight,
   }
   if (!direct) from_float(sp, int8, result);
   return result;
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("skinny_matmul", &skinny_matmul, "x W^T for a few rows, weights read once");
 }
