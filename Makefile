@@ -114,6 +114,10 @@ bench: setup
 	$(ARB) bench --dtype float32
 	$(ARB) bench --dtype bfloat16
 	$(ARB) bench --dtype int8
+	$(ARB) bench --dtype int8 --int8-activations --concurrency 1,8
+	# The same at one stream with both sides built for AVX2 only (the CPUs not tuned for)
+	ARBRIDGE_KERNEL_ARCH=x86-64-v3 $(ARB) bench --dtype float32 --concurrency 1 --no-peer
+	ARBRIDGE_KERNEL_ARCH=x86-64-v3 $(ARB) bench --dtype int8 --int8-activations --concurrency 1 --no-peer
 	$(ARB) resume-bench --dtype float32
 	$(ARB) grammar-bench --dtype float32
 	$(ARB) storm-bench
@@ -125,7 +129,7 @@ bench: setup
 eval: setup
 	$(ARB) eval
 	$(ARB) eval --dtype int8 --out bench/results/eval-int8.json
-	$(ARB) perplexity --dtype bfloat16,int8
+	$(ARB) perplexity --dtype bfloat16,int8,int8-activations
 
 # Multimodal fusion, measured: a projector trained on all-MiniLM-L6-v2 scene
 # vectors vs the same projector untrained, on held-out scenes (~8 min on 2 cores).

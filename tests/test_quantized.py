@@ -141,9 +141,81 @@ def test_perplexity_of_the_fixed_text_under_int8_stays_near_float32(tmp_path):
     path = build_tiny_llama(tmp_path / "tiny-llama")
     text = " ".join(PROMPTS[:2] + PROMPTS[3:])
     scores = {}
-    for dtype in ("float32", "int8"):
-        lm = load_model(str(path), cache_dir=tmp_path / "cache", device="cpu", dtype=dtype)
-        scores[dtype], tokens = perplexity(lm, text)
+    for dtype in ("float32", "int8", "int8-activations"):
+        lm = load_model(str(path), cache_dir=tmp_path / "cache", device="cpu",
+                        dtype=dtype[:4] if dtype.startswith("int8") else dtype)
+        scores[dtype], tokens = perplexity(lm, text,
+                                           int8_activations=dtype == "int8-activations")
     assert tokens > 20
     assert scores["float32"] > 1 and scores["int8"] != scores["float32"]
     assert abs(scores["int8"] / scores["float32"] - 1) < 0.05, scores
+    if scores["int8-activations"] != scores["int8"]:  # the kernel built here
+        assert abs(scores["int8-activations"] / scores["float32"] - 1) < 0.05, scores
+
+
+async def test_int8_activations_keep_the_text_with_drafts_and_in_batches(int8_llama):
+    """int8 activations quantize each row alone and sum in integers, so a pass over a
+    draft, or over several streams, gives each row what a pass over it alone would:
+    guessed drafts are on for them (not for bfloat16 activations), and the text is
+    the same with and without drafts, alone and batched."""
+    from arbridge.engine.matmul_layouts import KernelChoice
+
+    cfg = SamplingConfig(max_new_tokens=20)
+    choice = KernelChoice(int8_activations=True)
+    with Engine(int8_llama, quantize="int8", matmul_kernels=choice) as eng:
+        if not eng.scheduler.runner.int8_activations():
+            pytest.skip("no compiler here")
+        plain = [await eng.run(p, cfg) for p in PROMPTS]
+    with Engine(int8_llama, quantize="int8", speculative_tokens=8) as eng:
+        assert not eng.scheduler.lookup_drafts  # bfloat16 activations: no guessed drafts
+    with Engine(int8_llama, quantize="int8", matmul_kernels=choice,
+                speculative_tokens=8) as eng:
+        assert eng.scheduler.lookup_drafts
+        eng.scheduler.draft_cost = eng.scheduler.draft_cost_one = 1.0  # draft at every chance
+        drafted = [await eng.run(p, cfg) for p in PROMPTS]
+        assert 0 < eng.scheduler.kept <= eng.scheduler.drafted
+    undo = slow_down(int8_llama.model, 0.005)  # all six admitted before the first ends
+    try:
+        with Engine(int8_llama, quantize="int8", matmul_kernels=choice, max_active=8,
+                    prefill_chunk_tokens=16) as eng:
+            together = await asyncio.gather(*(eng.run(p, cfg) for p in PROMPTS))
+    finally:
+        undo()
+    assert max(eng.batch_sizes) >= 4
+    assert drafted == plain and together == plain
+
+
+def test_int8_activations_give_a_row_the_same_logits_in_any_pass():
+    """What makes drafts exact with int8 activations: a draft pass's rows, and a
+    batch's rows, equal one-token passes over the same positions, bit for bit."""
+    int8_activations = True
+    from arbridge.engine.matmul_layouts import KernelChoice
+
+    model = MODELS["llama"]()
+    torch.manual_seed(3)
+    prompts = [torch.randint(0, 97, (1, n)) for n in (9, 6)]
+    follow = torch.randint(0, 97, (1, 4))
+    with torch.inference_mode():
+        runner = ModelRunner(model, context_length=128, quantize="int8",
+                             matmul_kernels=KernelChoice(int8_activations=int8_activations))
+        runner.prepare()
+        if not runner.int8_activations():
+            pytest.skip("no compiler here")
+
+        def fresh():
+            pool = runner.new_pool(1 << 20, block_tokens=4)
+            tables = [pool.allocate(8) for _ in prompts]
+            for table, prompt in zip(tables, prompts, strict=True):
+                runner.forward(pool, [table], prompt, [0])
+            return pool, tables
+
+        pool, tables = fresh()
+        one_by_one = torch.cat([runner.forward(pool, tables[:1], follow[:, i:i + 1], [9 + i])
+                                for i in range(4)], 1)
+        pool, tables = fresh()
+        drafted = runner.forward(pool, tables[:1], follow, [9], keep=4)
+        pool, tables = fresh()
+        batched = runner.forward(pool, tables, torch.cat([follow[:, :1]] * 2), [9, 6])
+    assert torch.equal(drafted, one_by_one)
+    assert torch.equal(batched[:1], one_by_one[:, :1])
+    assert one_by_one.abs().max() > 0.1

@@ -78,8 +78,9 @@ def cmd_bench(args) -> int:
     from arbridge.config import load_settings
     from arbridge.tools.bench import run_bench
 
+    overrides = {"int8_activations": True} if args.int8_activations else {}
     settings = load_settings(None, model=args.model, dtype=args.dtype, device=args.device,
-                             log_level="WARNING")
+                             log_level="WARNING", **overrides)
     _setup_logging(settings.log_level)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -504,6 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int)
     p.add_argument("--no-peer", action="store_true",
                    help="skip `transformers serve --continuous-batching`")
+    p.add_argument("--int8-activations", action="store_true",
+                   help="with --dtype int8: serve int8 activations too (and time the "
+                        "bfloat16 activations beside them, engine-w8a16)")
     p.add_argument("--no-llama-cpp", action="store_true",
                    help="skip llama.cpp's llama-server (built from the llama-cpp-python "
                         "sdist into the cache on first use: minutes)")
@@ -513,7 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="perplexity of a fixed text, float32 vs other dtypes (not a test)")
     p.add_argument("--model", help="default: SmolLM2-135M-Instruct")
     p.add_argument("--dtype", default="bfloat16,int8",
-                   help="comma-separated dtypes scored beside float32")
+                   help="comma-separated dtypes scored beside float32 (int8-activations: "
+                        "int8 weights and activations, as `int8_activations` serves them)")
     p.set_defaults(func=cmd_perplexity)
 
     p = sub.add_parser("eval", help="caption/dialogue quality vs a plain prompt (not a test)")

@@ -418,23 +418,28 @@ class _LlamaDecoder(FusedDecoder):
     def _native_layers(self, tokens: int):
         """csrc/decoder_layers.h loaded with this model's layers, for a decode pass of
         `tokens` rows, when it computes what the Python loop would: dense layers without
-        q/k norms, the norm kernel, and the few-row kernel chosen for every projection
-        at this many rows. Otherwise None."""
+        q/k norms, the norm kernel, and one of ArBridge's few-row kernels chosen for
+        every projection at this many rows. Otherwise None."""
+        if not self.use_native_layers or self.norm_kernel is None:
+            return None
+        # One loaded copy per kernel case (the cases of Projection.kernel_for; past
+        # SKINNY_ROWS only the int8-activations kernel runs here).
         case = "one_row" if tokens == 1 else "few_rows" if tokens <= matmul_layouts.FEW \
-            else "many_rows" if tokens <= matmul_layouts.SKINNY_ROWS else None
-        if not self.use_native_layers or case is None or self.norm_kernel is None:
+            else "many_rows" if tokens <= matmul_layouts.SKINNY_ROWS \
+            else "wide" if tokens <= matmul_layouts.PROMPT_ROWS else None
+        if case is None:
             return None
         if case not in self._native:
             dense = all(layer.q_norm is None and layer.experts is None
                         for layer in self.layers)
-            self._native[case] = self._load_native_layers(case) if dense else None
+            self._native[case] = self._load_native_layers(tokens) if dense else None
         return self._native[case]
 
-    def _load_native_layers(self, case: str):
+    def _load_native_layers(self, tokens: int):
         module = self.norm_kernel  # the one module of ArBridge's CPU kernels
         native = module.DecoderLayers(self.heads, self.kv_heads, self.head_dim, self.eps)
         for layer in self.layers:
-            operands = [p.native_operands(case) for p in layer.projections()]
+            operands = [p.native_operands(tokens) for p in layer.projections()]
             if None in operands:  # a BLAS kernel won this case somewhere
                 return None
             native.add_layer(layer.attn_norm, layer.mlp_norm,

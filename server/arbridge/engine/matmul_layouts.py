@@ -132,12 +132,15 @@ class Projection:
         return "plain" not in self.kernels
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.shape[-1]
+        return self.kernel_for(x.numel() // x.shape[-1])(x)
+
+    def kernel_for(self, rows: int):
+        """The kernel a matmul of `rows` rows runs."""
         if rows == 1:
-            return self.one_row(x)
+            return self.one_row
         if rows <= FEW:
-            return self.few_rows(x)
-        return self.many_rows(x) if rows <= PROMPT_ROWS else self.prompt_rows(x)
+            return self.few_rows
+        return self.many_rows if rows <= PROMPT_ROWS else self.prompt_rows
 
     def _plain(self, x):
         return F.linear(x, self.weight, self.bias)
@@ -178,23 +181,26 @@ class Projection:
         return y.view(*x.shape[:-1], self.out_features)
 
     def _int8_activations(self, x):
+        # Up to PROMPT_ROWS rows (a draft pass of several streams included: decode
+        # passes must all round alike for drafts to keep the text); past it the
+        # weight-only kernels.
         flat = x.reshape(-1, self.in_features)
-        if flat.shape[0] > SKINNY_ROWS:  # a prompt: the weight-only kernels
+        if flat.shape[0] > PROMPT_ROWS:
             return self._wide()(x)
         y = self.skinny.int8_activations_matmul(flat.contiguous(), self.int8, self.scales)
         if self.bias is not None:
             y = y + self.bias
         return y.view(*x.shape[:-1], self.out_features)
 
-    def native_operands(self, case: str) -> tuple | None:
+    def native_operands(self, rows: int) -> tuple | None:
         """((weight, scales or None, bias or None), int8 activations?) as this
-        projection's kernel for `case` (an attribute: one_row, few_rows, many_rows)
-        hands them to C++, for csrc/decoder_layers.h to call the same kernel; None
-        when that kernel is not one of ArBridge's few-row kernels."""
-        chosen = getattr(self, case)
-        if chosen == self.kernels.get(INT8_ACTIVATIONS):
+        projection's kernel for `rows` rows hands them to C++, for
+        csrc/decoder_layers.h to call the same kernel; None when that kernel is not
+        one of ArBridge's few-row kernels, or not at this many rows."""
+        chosen = self.kernel_for(rows)
+        if chosen == self.kernels.get(INT8_ACTIVATIONS) and rows <= PROMPT_ROWS:
             return (self.int8, self.scales, self.bias), True
-        if chosen != self.kernels.get("skinny"):
+        if chosen != self.kernels.get("skinny") or rows > SKINNY_ROWS:
             return None
         if self.weight is not None:
             return (self.weight, None, self.bias), False

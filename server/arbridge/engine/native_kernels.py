@@ -24,7 +24,7 @@ import torch
 log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).parent / "csrc"
-_FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffast-math"]
+_FLAGS = ["-O3", "-fopenmp", "-ffast-math"]
 MODULE = "cpu_kernels"
 _loaded: dict[str, object] = {}
 
@@ -47,6 +47,13 @@ def kernel_cache() -> Path:
         / "kernels"
 
 
+def _arch_flag() -> str:
+    """-march=native, or the instruction set $ARBRIDGE_KERNEL_ARCH names (x86-64-v3:
+    AVX2 and FMA only), to run and time the kernels another CPU family would build
+    (`make bench` does, beside llama.cpp built for AVX2)."""
+    return f"-march={os.environ.get('ARBRIDGE_KERNEL_ARCH') or 'native'}"
+
+
 def _source_bytes(source: Path) -> bytes:
     """The source and the local sources it #includes (a kernel built from others, as
     cpu_kernels.cpp is), so a change to any of them makes a new build."""
@@ -66,15 +73,16 @@ def load(what: str, cache_dir: Path | None = None):
         from torch.utils import cpp_extension
 
         source = CSRC / f"{name}.cpp"
+        flags = [*_FLAGS, _arch_flag()]
         digest = hashlib.sha1(_source_bytes(source) + torch.__version__.encode()
-                              + _cpu_flags().encode() + " ".join(_FLAGS).encode()
+                              + _cpu_flags().encode() + " ".join(flags).encode()
                               ).hexdigest()[:12]
         base = cache_dir or kernel_cache()
         build = base / digest
         build.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         module = cpp_extension.load(f"arbridge_{name}_{digest}", [str(source)],
-                                    extra_cflags=_FLAGS, extra_ldflags=["-fopenmp"],
+                                    extra_cflags=flags, extra_ldflags=["-fopenmp"],
                                     build_directory=str(build), verbose=False)
         log.info("%s ready (%.1f s)", name, time.perf_counter() - started)
     except Exception as exc:  # no compiler, no ninja, a build error: torch's path

@@ -70,6 +70,16 @@ class ModelRunner:
                 log.info("fused decoder: %d MB of float weights no kernel reads let go",
                          freed >> 20)
 
+    def int8_activations(self) -> bool:
+        """Whether every decode pass up to PROMPT_ROWS rows runs int8 activations
+        (after prepare)."""
+        if self.fused is None:
+            return False
+        from arbridge.engine.matmul_layouts import INT8_ACTIVATIONS, PROMPT_ROWS
+
+        return all(p.kernel_for(rows) == p.kernels.get(INT8_ACTIVATIONS)
+                   for p in self.fused.projections() for rows in (1, 2, PROMPT_ROWS))
+
     def attention_tokens(self) -> float:
         """The position at which a token's attention costs as much as its weight
         matmuls: 2 x params per token against about 4 x layers x hidden x position."""

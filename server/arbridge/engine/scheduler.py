@@ -122,11 +122,13 @@ class Scheduler:
         self.speculative_rows = speculative_rows
         self.speculative_forced_tokens = speculative_forced_tokens
         # Guessed drafts only where a pass over several positions rounds as a pass
-        # over one does: float32 weights. In bfloat16 and int8 the few-row and batch
-        # kernels round each product to 16 bits at other points, and greedy text with
-        # drafts differed from text without them (measured: 3 of 4 bench replies in
-        # bfloat16). Composed replies pass their known tokens in every dtype: their
-        # text does not depend on the logits.
+        # over one does: float32 weights, and int8 weights with int8 activations (each
+        # row quantized alone, integer sums: the same numbers at any row count up to
+        # PROMPT_ROWS; set once the runner is prepared). In bfloat16 and int8 with
+        # bfloat16 activations the few-row and batch kernels round each product to 16
+        # bits at other points, and greedy text with drafts differed from text without
+        # them (measured: 3 of 4 bench replies in bfloat16). Composed replies pass their
+        # known tokens in every dtype: their text does not depend on the logits.
         self.lookup_drafts = getattr(self.runner, "dtype", torch.float32) == torch.float32 \
             and not quantize
         # A pass's time with speculative_tokens drafted tokens, and with one, over a
@@ -284,6 +286,8 @@ class Scheduler:
         with torch.inference_mode():
             try:
                 self.runner.prepare()
+                if getattr(self.runner, "int8_activations", lambda: False)():
+                    self.lookup_drafts = True
                 self._warm_up()
             except Exception as exc:  # e.g. int8 asked of a model it cannot run
                 self.start_error = exc

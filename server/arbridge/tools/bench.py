@@ -12,6 +12,10 @@ number of new tokens (greedy, EOS ignored):
   engine-hf       without either: transformers' own forward, full prefill
   engine-sdpa     (bfloat16 runs) with decode attention on gathered blocks through
                   SDPA instead of the paged kernel (`attention_kernel_bfloat16 = false`)
+  engine-pylayers the decoder layers of a decode pass called one kernel at a time from
+                  Python instead of in one C++ call (the same numbers)
+  engine-w8a16    (runs with `--int8-activations`) int8 weights with bfloat16
+                  activations, the int8 default
   grpc@N          ArBridge over gRPC on loopback, N concurrent streams (the
                   client in its own process)
   ts@1            `transformers serve` (one request at a time) on loopback
@@ -39,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -197,9 +202,12 @@ async def _arbridge_part(settings: Settings, lm: LoadedModel, prompt_ids, cfg,
         bf16_kernel = settings.attention_kernel_bfloat16
         variants = [("engine", True, True, spec, bf16_kernel),
                     ("engine-nospec", True, True, 0, bf16_kernel),
-                    ("engine-noprefix", True, False, spec, bf16_kernel)]
+                    ("engine-noprefix", True, False, spec, bf16_kernel),
+                    ("engine-pylayers", True, True, spec, bf16_kernel)]
         if lm.model.dtype == torch.bfloat16 and lm.model.device.type == "cpu":
             variants.append(("engine-sdpa", True, True, spec, False))
+        if lm.quantize and settings.int8_activations:
+            variants.append(("engine-w8a16", True, True, spec, bf16_kernel))
         results = []
         if not lm.quantize:  # transformers' own forward runs float weights only
             results = [scheduler.call(hf_sequential, lm, prompts, new).result(),
@@ -210,10 +218,12 @@ async def _arbridge_part(settings: Settings, lm: LoadedModel, prompt_ids, cfg,
             engine_info.update(weight_bytes=decoder.weight_bytes,
                                kernels=matmul_layouts.describe(decoder.kernel_timings))
         engine = AsyncEngine(scheduler)
+        served = scheduler.call(lambda: scheduler.runner.fused).result()
         for name, fused, prefix, speculative, bf16_attention in variants:
             scheduler.call(_engine_variant, scheduler, fused,
                            settings.prefix_cache_mb << 20 if prefix else 0, speculative,
                            bf16_attention).result()
+            scheduler.call(_decoder_variant, scheduler, served, name).result()
             await engine_run(engine, prompt_ids("warm-up", 2), cfg, 2)
             for n in levels:
                 drafted, kept = scheduler.drafted, scheduler.kept
@@ -249,6 +259,21 @@ def _engine_variant(scheduler, fused: bool, prefix_cache_bytes: int,
     scheduler.prefix_cache = PrefixCache(
         scheduler.pool, prefix_cache_bytes // scheduler.pool.block_bytes) \
         if prefix_cache_bytes else None
+
+
+def _decoder_variant(scheduler, served, name: str) -> None:
+    """The decoder as served, with the layers called from Python (engine-pylayers), or
+    rebuilt with bfloat16 activations (engine-w8a16; on the scheduler thread)."""
+    from arbridge.engine.fused_decoder import FusedDecoder
+
+    runner = scheduler.runner
+    if served is None or runner.fused is None:
+        return
+    if name == "engine-w8a16":
+        runner.fused = FusedDecoder.build(runner.model, runner.quantize)
+    else:
+        runner.fused = served
+    runner.fused.use_native_layers = name != "engine-pylayers"
 
 
 async def _grpc_runs(settings: Settings, lm: LoadedModel | None, cfg: SamplingConfig,
@@ -465,7 +490,9 @@ def cpu_description() -> str:
                 break
     except OSError:
         pass
-    return f"{model}; {' '.join(flags) or 'no AVX'}"
+    arch = os.environ.get("ARBRIDGE_KERNEL_ARCH")
+    built = f"; kernels built for -march={arch} (ARBRIDGE_KERNEL_ARCH)" if arch else ""
+    return f"{model}; {' '.join(flags) or 'no AVX'}{built}"
 
 
 def run_bench(settings: Settings, new_tokens: int = 64, levels: tuple[int, ...] = (1, 8, 32),
@@ -524,10 +551,16 @@ def run_bench(settings: Settings, new_tokens: int = 64, levels: tuple[int, ...] 
         ratios[f"grpc@{mid} / hf-batch({len(prompts)})"] = _ratio(grpc[mid],
                                                                  batch.tokens_per_s)
     ratios[f"grpc@{high} / grpc@{low}"] = _ratio(grpc[high], grpc[low])
-    for variant in ("engine-nospec", "engine-noprefix", "engine-hf"):
+    for variant in ("engine-nospec", "engine-noprefix", "engine-hf", "engine-pylayers",
+                    "engine-w8a16"):
         for n in levels if (variant, low) in by else ():
             ratios[f"engine@{n} / {variant}@{n}"] = _ratio(
                 engine[n], by[(variant, n)].tokens_per_s)
+    for n in levels if ("engine-w8a16", low) in by else ():
+        ours, plain = by[("engine", n)].outputs, by[("engine-w8a16", n)].outputs
+        same = sum(plain.get(p) == ours[p] for p in ours)
+        ratios[f"engine@{n} greedy text = engine-w8a16@{n} (64 tokens, past EOS)"] = (
+            f"{same} of {len(ours)} replies")
     for n in levels if ("engine-sdpa", low) in by else ():
         sdpa = by[("engine-sdpa", n)]
         ratios[f"engine@{n} / engine-sdpa@{n}"] = _ratio(engine[n], sdpa.tokens_per_s)

@@ -31,13 +31,28 @@ from arbridge.tools.load_runs import Result, bounded, record
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
 
 
-def _tree(cache_dir: Path) -> Path:
-    return cache_dir / "llama.cpp" / LLAMA_CPP_PYTHON.split("==")[1]
+# llama.cpp's CPU instruction sets: `native` (-march=native, this CPU's own), or
+# `avx2` (AVX2, FMA and F16C: what the AVX2-only CPUs ArBridge meets would build).
+BUILDS = {"native": ["-DGGML_NATIVE=ON"],
+          "avx2": ["-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON",
+                   "-DGGML_F16C=ON", "-DGGML_AVX512=OFF", "-DGGML_AVX_VNNI=OFF"]}
 
 
-def ensure_llama_server(cache_dir: Path) -> Path:
-    """The llama-server binary, built once from the sdist (several minutes on 2 cores)."""
-    root = _tree(cache_dir)
+def build_for_kernel_arch() -> str:
+    """The llama.cpp build matching ArBridge's kernels ($ARBRIDGE_KERNEL_ARCH, see
+    native_kernels.py): the AVX2 one when they are built for x86-64-v3, else native."""
+    return "avx2" if os.environ.get("ARBRIDGE_KERNEL_ARCH") == "x86-64-v3" else "native"
+
+
+def _tree(cache_dir: Path, build: str = "native") -> Path:
+    version = LLAMA_CPP_PYTHON.split("==")[1]
+    return cache_dir / "llama.cpp" / (version if build == "native" else f"{version}-{build}")
+
+
+def ensure_llama_server(cache_dir: Path, build: str = "native") -> Path:
+    """The llama-server binary, built once from the sdist (several minutes on 2 cores)
+    for the instruction set `build` names (BUILDS)."""
+    root = _tree(cache_dir, build)
     binary = root / "src" / "build" / "bin" / "llama-server"
     if is_complete(root) and binary.exists():
         return binary
@@ -51,7 +66,7 @@ def ensure_llama_server(cache_dir: Path) -> Path:
         vendored = next(Path(tmp).glob("llama_cpp_python-*")) / "vendor" / "llama.cpp"
         src = staging / "src"
         vendored.rename(src)
-        subprocess.run(["cmake", "-B", "build", "-DLLAMA_CURL=OFF", "-DGGML_NATIVE=ON",
+        subprocess.run(["cmake", "-B", "build", "-DLLAMA_CURL=OFF", *BUILDS[build],
                         "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
                         "-DLLAMA_BUILD_SERVER=ON", "-DCMAKE_BUILD_TYPE=Release"],
                        cwd=src, check=True, stdout=subprocess.DEVNULL)
@@ -155,8 +170,10 @@ async def completion_run(port: int, prompts: list[str], new_tokens: int, concurr
 
 async def llama_server_runs(cache_dir: Path, model_dir: Path, outtype: str, prompts_for,
                             new_tokens: int, levels: tuple[int, ...], threads: int) -> list:
-    """Rows `llama-server <outtype>` at each level: prompts_for(tag, count) -> texts."""
-    binary = ensure_llama_server(cache_dir)
+    """Rows `llama-server <outtype>` at each level: prompts_for(tag, count) -> texts
+    (`-avx2` after the name when built for AVX2, as ArBridge's kernels then are)."""
+    build = build_for_kernel_arch()
+    binary = ensure_llama_server(cache_dir, build)
     gguf = ensure_gguf(cache_dir, model_dir, outtype)
     server = LlamaServer(binary, gguf, max(levels), 2048, threads)
     try:
@@ -166,7 +183,7 @@ async def llama_server_runs(cache_dir: Path, model_dir: Path, outtype: str, prom
         for n in levels:
             result = await completion_run(server.port, prompts_for(str(n), max(n, 4)),
                                           new_tokens, n)
-            result.name = f"llama-server-{outtype}"
+            result.name = f"llama-server-{outtype}" + ("" if build == "native" else "-avx2")
             results.append(result)
         return results
     finally:

@@ -13,6 +13,8 @@ import math
 import torch
 
 from arbridge.config import megatron_overrides
+from arbridge.engine import matmul_layouts
+from arbridge.engine.matmul_layouts import KernelChoice
 from arbridge.engine.runner import ModelRunner
 from arbridge.models.loader import load_model
 
@@ -45,29 +47,42 @@ so watch your step there. The fire extinguisher is by the exit, on the right.
 """
 
 
-def perplexity(lm, text: str = TEXT) -> tuple[float, int]:
+# Scored beside the dtypes: int8 weights with int8 activations (`int8_activations`).
+INT8_ACTIVATIONS = "int8-activations"
+
+
+def perplexity(lm, text: str = TEXT, int8_activations: bool = False) -> tuple[float, int]:
     """(perplexity, tokens scored) of `text` under `lm`, through the engine's
-    runner (the fused decoder, int8 projections when `lm` is quantized)."""
-    # Scored in one pass: over 96 tokens, so int8 takes its prompt path (the
-    # dequantized copy, the same arithmetic as its decode kernel).
+    runner (the fused decoder, int8 projections when `lm` is quantized).
+    `int8_activations`: in decode-sized passes of SKINNY_ROWS tokens, the only
+    passes where that kernel runs (longer ones keep bfloat16 activations)."""
     ids = lm.tokenizer(text).input_ids[:lm.info.context_length]
-    runner = ModelRunner(lm.model, lm.info.context_length, quantize=lm.quantize)
+    runner = ModelRunner(lm.model, lm.info.context_length, quantize=lm.quantize,
+                         matmul_kernels=KernelChoice(int8_activations=int8_activations))
+    # Otherwise in one pass: over 96 tokens, so int8 takes its prompt path (the
+    # dequantized copy, the same arithmetic as its decode kernel).
+    step = matmul_layouts.SKINNY_ROWS if int8_activations else len(ids)
     with torch.inference_mode():
         runner.prepare()
         pool = runner.new_pool(0, block_tokens=len(ids))  # one block: the whole text
-        logits = runner.forward(pool, [pool.allocate(1)], torch.tensor([ids]), [0],
-                                keep=len(ids))[0]
+        table = pool.allocate(1)
+        logits = torch.cat([
+            runner.forward(pool, [table], torch.tensor([ids[begin:begin + step]]), [begin],
+                           keep=len(ids[begin:begin + step]))[0]
+            for begin in range(0, len(ids), step)])
         nll = torch.nn.functional.cross_entropy(logits[:-1].float(), torch.tensor(ids[1:]))
     return math.exp(nll.item()), len(ids) - 1
 
 
 def compare(settings, dtypes: list[str]) -> list[tuple[str, float, int]]:
-    """Perplexity of the fixed text for each dtype (float32 first, the reference)."""
+    """Perplexity of the fixed text for each dtype (float32 first, the reference);
+    "int8-activations" is int8 weights with int8 activations."""
     rows = []
     for dtype in dict.fromkeys(["float32", *dtypes]):
-        lm = load_model(settings.model, cache_dir=settings.cache_dir, device="cpu", dtype=dtype,
+        lm = load_model(settings.model, cache_dir=settings.cache_dir, device="cpu",
+                        dtype="int8" if dtype == INT8_ACTIVATIONS else dtype,
                         tokenizer=settings.tokenizer, overrides=megatron_overrides(settings))
-        rows.append((dtype, *perplexity(lm)))
+        rows.append((dtype, *perplexity(lm, int8_activations=dtype == INT8_ACTIVATIONS)))
         del lm
     return rows
 
@@ -76,7 +91,7 @@ def format_report(rows: list[tuple[str, float, int]], command: str, model: str) 
     reference = rows[0][1]
     lines = [command, f"model {model}, a fixed {rows[0][2]}-token text, through the "
                       "engine's forward pass (the weights as served)", "",
-             f"{'dtype':<10}{'perplexity':>12}{'vs float32':>12}"]
+             f"{'dtype':<18}{'perplexity':>12}{'vs float32':>12}"]
     for dtype, ppl, _ in rows:
-        lines.append(f"{dtype:<10}{ppl:>12.3f}{ppl / reference - 1:>+12.2%}")
+        lines.append(f"{dtype:<18}{ppl:>12.3f}{ppl / reference - 1:>+12.2%}")
     return "\n".join(lines)
