@@ -440,3 +440,20 @@ def test_the_cpp_layer_loop_gives_the_python_loops_numbers(name, dtype):
     for a, b in zip(got, expected, strict=True):
         assert torch.equal(a, b)
         assert a.abs().max() > 0.1
+
+
+@pytest.mark.parametrize("rows, width", [(1, 576), (3, 100), (6, 64)])
+def test_the_few_row_kernel_on_bfloat16_sums_exact_products(rows, width):
+    """bfloat16 x bfloat16 products are exact in float32; whichever instructions the
+    CPU offers (AVX-512 BF16 dot products, or widening), the kernel sums them in
+    float32 and rounds once: float64 sums of the same products, rounded, within one
+    bfloat16 step. Widths off the 32-value step included (masked tails)."""
+    weight = torch.randn(72, width).bfloat16()
+    projection = matmul_layouts.Projection(weight, None)
+    if projection.skinny is None:
+        pytest.skip("no compiler here")
+    x = torch.randn(rows, width).bfloat16()
+    got = projection._skinny(x)
+    exact = (x.double() @ weight.double().T)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.double(), exact, rtol=2 ** -7, atol=1e-6)

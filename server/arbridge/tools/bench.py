@@ -271,8 +271,10 @@ def _decoder_variant(scheduler, served, name: str) -> None:
         return
     if name == "engine-w8a16":
         runner.fused = FusedDecoder.build(runner.model, runner.quantize)
+        scheduler.lookup_drafts = False  # as the scheduler sets it for these numbers
     else:
         runner.fused = served
+        scheduler.lookup_drafts = scheduler.lookup_drafts or runner.int8_activations()
     runner.fused.use_native_layers = name != "engine-pylayers"
 
 

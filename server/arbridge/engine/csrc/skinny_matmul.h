@@ -211,6 +211,56 @@ void skinny(const float* x, const W* weight, const uint16_t* scales, int64_t row
   });
 }
 
+#if defined(__AVX512BF16__)
+// bfloat16 rows against bfloat16 weights on CPUs with AVX-512 BF16: vdpbf16ps takes
+// 32 products an instruction, each exact in float32 (8-bit mantissas), summed in
+// float32 as the widening path sums them, pairs first: the same numbers in another
+// order (as BLAS's), where widening spent three instructions per 16 weights and read
+// them at 20 of 35 GB/s on a 2-core AMD EPYC.
+template <int R>
+inline void bf16_row_dots(const uint16_t* __restrict w, const uint16_t* __restrict x,
+                          int64_t in, float* out) {
+  __m512 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= in; i += 32) {
+    const __m512bh wv = (__m512bh)_mm512_loadu_si512(w + i);
+    for (int r = 0; r < R; ++r)
+      acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_loadu_si512(x + r * in + i), wv);
+  }
+  if (i < in) {
+    const __mmask32 live = (1u << (in - i)) - 1;
+    const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(live, w + i);
+    for (int r = 0; r < R; ++r)
+      acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_maskz_loadu_epi16(live, x + r * in + i),
+                                wv);
+  }
+  for (int r = 0; r < R; ++r) out[r] = _mm512_reduce_add_ps(acc[r]);
+}
+
+void skinny_bf16(const uint16_t* x, const uint16_t* weight, int64_t rows, int64_t in,
+                 int64_t out, float* sums) {
+  const int64_t grain = std::max<int64_t>(8, (64 << 10) / std::max<int64_t>(1, in * 2));
+  at::parallel_for(0, out, grain, [&](int64_t begin, int64_t end) {
+    float part[4];
+    for (int64_t o = begin; o < end; ++o) {
+      for (int64_t r0 = 0; r0 < rows; r0 += 4) {
+        const int64_t count = std::min<int64_t>(4, rows - r0);
+        const uint16_t* w = weight + o * in;
+        const uint16_t* xr = x + r0 * in;
+        switch (count) {
+          case 1: bf16_row_dots<1>(w, xr, in, part); break;
+          case 2: bf16_row_dots<2>(w, xr, in, part); break;
+          case 3: bf16_row_dots<3>(w, xr, in, part); break;
+          default: bf16_row_dots<4>(w, xr, in, part); break;
+        }
+        for (int64_t r = 0; r < count; ++r) sums[(r0 + r) * out + o] = part[r];
+      }
+    }
+  });
+}
+#endif
+
 // x (float32 or bfloat16) into float32 `out`, through bfloat16 when `round`.
 void to_float(const torch::Tensor& x, bool round, float* out) {
   const int64_t n = x.numel();
@@ -257,6 +307,17 @@ torch::Tensor skinny_matmul(const torch::Tensor& x, const torch::Tensor& weight,
   // to bfloat16 first, as that kernel returns it), converted here in plain loops: at
   // one row the four torch casts around each of 120 projections cost a millisecond
   // a step.
+#if defined(__AVX512BF16__)
+  if (kind == torch::kBFloat16 && x.scalar_type() == torch::kBFloat16) {
+    auto result = torch::empty({rows, out}, x.options());
+    std::vector<float> sums(rows * out);
+    skinny_bf16(reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>()),
+                reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>()), rows, in,
+                out, sums.data());
+    from_float(sums.data(), false, result);
+    return result;
+  }
+#endif
   std::vector<float> xbuf;
   const float* xp;
   if (x.scalar_type() == torch::kFloat32 && !int8) {
