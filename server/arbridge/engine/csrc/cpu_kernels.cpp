@@ -23,6 +23,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   pybind11::class_<DecoderLayers>(m, "DecoderLayers")
       .def(pybind11::init<int64_t, int64_t, int64_t, double>())
       .def("add_layer", &DecoderLayers::add_layer)
+      // Without the GIL: the server's event loop streams the last step's tokens while
+      // this one computes (the caller holds every tensor it passes).
       .def("forward", &DecoderLayers::forward,
-           "every decoder layer of a decode pass, from the embeddings");
+           "every decoder layer of a decode pass, from the embeddings",
+           pybind11::call_guard<pybind11::gil_scoped_release>());
 }
