@@ -457,3 +457,18 @@ def test_the_few_row_kernel_on_bfloat16_sums_exact_products(rows, width):
     exact = (x.double() @ weight.double().T)
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.double(), exact, rtol=2 ** -7, atol=1e-6)
+
+
+def test_the_kernels_can_be_built_for_another_cpu_family(monkeypatch):
+    """ARBRIDGE_KERNEL_ARCH=x86-64-v3 builds the kernels for AVX2 only (what `make
+    bench` times beside llama.cpp built for AVX2), as a build of its own."""
+    from arbridge.engine import native_kernels
+    from arbridge.tools import llama_cpp_peer
+
+    monkeypatch.delenv("ARBRIDGE_KERNEL_ARCH", raising=False)
+    assert native_kernels._arch_flag() == "-march=native"
+    assert llama_cpp_peer.build_for_kernel_arch() == "native"
+    monkeypatch.setenv("ARBRIDGE_KERNEL_ARCH", "x86-64-v3")
+    assert native_kernels._arch_flag() == "-march=x86-64-v3"
+    assert llama_cpp_peer.build_for_kernel_arch() == "avx2"
+    assert "-DGGML_AVX512=OFF" in llama_cpp_peer.BUILDS["avx2"]
