@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 import torch
+import torch.nn.functional as F
 from test_batching import PROMPTS, Engine
 from test_fused_decoder import MODELS, run_passes
 
@@ -216,6 +217,15 @@ def test_int8_activations_give_a_row_the_same_logits_in_any_pass():
         drafted = runner.forward(pool, tables[:1], follow, [9], keep=4)
         pool, tables = fresh()
         batched = runner.forward(pool, tables, torch.cat([follow[:, :1]] * 2), [9, 6])
+        # Beside a prompt chunk: the decode row padded into a pass of 2 x 120 rows (the
+        # prompts' kernels, SDPA over gathered blocks)
+        pool, tables = fresh()
+        chunk = torch.randint(0, 97, (1, 120))
+        table = pool.allocate(32)
+        mixed = runner.forward(pool, [tables[0], table],
+                               torch.cat([F.pad(follow[:, :1], (0, 119)), chunk]), [9, 0],
+                               keep=torch.tensor([0]))
     assert torch.equal(drafted, one_by_one)
     assert torch.equal(batched[:1], one_by_one[:, :1])
+    torch.testing.assert_close(mixed[:1], one_by_one[:, :1], rtol=1e-5, atol=1e-5)
     assert one_by_one.abs().max() > 0.1

@@ -426,9 +426,7 @@ class _LlamaDecoder(FusedDecoder):
         # SKINNY_ROWS only the int8-activations kernel runs here).
         case = "one_row" if tokens == 1 else "few_rows" if tokens <= matmul_layouts.FEW \
             else "many_rows" if tokens <= matmul_layouts.SKINNY_ROWS \
-            else "wide" if tokens <= matmul_layouts.PROMPT_ROWS else None
-        if case is None:
-            return None
+            else "wide" if tokens <= matmul_layouts.PROMPT_ROWS else "prompt"
         if case not in self._native:
             dense = all(layer.q_norm is None and layer.experts is None
                         for layer in self.layers)

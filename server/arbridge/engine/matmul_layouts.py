@@ -116,7 +116,7 @@ class Projection:
         used = {self.one_row, self.few_rows, self.many_rows, self.prompt_rows}
         if self.kernels.get("dnnl") in used:
             used.add(self.kernels["plain"])  # its weight is the one dnnl reads
-        if self.kernels.get("skinny") in used or self.kernels.get(INT8_ACTIVATIONS) in used:
+        if self.kernels.get("skinny") in used:
             used.add(self._wide())  # past SKINNY_ROWS
             if self.weight is not None:
                 used.add(self.kernels["plain"])  # its weight is the one skinny reads
@@ -181,12 +181,10 @@ class Projection:
         return y.view(*x.shape[:-1], self.out_features)
 
     def _int8_activations(self, x):
-        # Up to PROMPT_ROWS rows (a draft pass of several streams included: decode
-        # passes must all round alike for drafts to keep the text); past it the
-        # weight-only kernels.
+        # Every pass, prompts too (measured as fast as the dequantized copy at 128 and
+        # 512 rows): a row's numbers then depend on nothing else in its pass, so a
+        # draft, a batch or a prompt chunk beside it cannot change the text.
         flat = x.reshape(-1, self.in_features)
-        if flat.shape[0] > PROMPT_ROWS:
-            return self._wide()(x)
         y = self.skinny.int8_activations_matmul(flat.contiguous(), self.int8, self.scales)
         if self.bias is not None:
             y = y + self.bias
@@ -198,7 +196,7 @@ class Projection:
         csrc/decoder_layers.h to call the same kernel; None when that kernel is not
         one of ArBridge's few-row kernels, or not at this many rows."""
         chosen = self.kernel_for(rows)
-        if chosen == self.kernels.get(INT8_ACTIVATIONS) and rows <= PROMPT_ROWS:
+        if chosen == self.kernels.get(INT8_ACTIVATIONS):
             return (self.int8, self.scales, self.bias), True
         if chosen != self.kernels.get("skinny") or rows > SKINNY_ROWS:
             return None
@@ -261,8 +259,8 @@ class KernelChoice:
     # the fastest one-row kernel: one stream is the common case); 2: each case its
     # fastest, even if that keeps oneDNN's packed copy beside the plain one.
     copies: int = 1
-    # int8 weights: quantize the activations too, where the few-row kernel runs (up to
-    # SKINNY_ROWS rows), and take integer dot products (`int8_activations` setting).
+    # int8 weights: quantize the activations too, in every pass, and take integer dot
+    # products (`int8_activations` setting).
     int8_activations: bool = False
 
 
@@ -285,9 +283,10 @@ def tune(projections: list[Projection], budget_s: float = 3.0,
         names.remove(INT8_ACTIVATIONS)  # other numbers: chosen by setting, not by time
         if choice.int8_activations:
             for p in projections:
-                p.one_row = p.few_rows = p.many_rows = p.kernels[INT8_ACTIVATIONS]
-            log.info("fused decoder kernels: int8 weights and int8 activations up to "
-                     "%d rows (int8_activations)", SKINNY_ROWS)
+                p.one_row = p.few_rows = p.many_rows = p.prompt_rows = \
+                    p.kernels[INT8_ACTIVATIONS]
+            log.info("fused decoder kernels: int8 weights and int8 activations "
+                     "(int8_activations)")
             return {}
     if choice.int8_activations:
         log.warning("int8_activations: only for int8 weights on a CPU where ArBridge's "

@@ -71,14 +71,14 @@ class ModelRunner:
                          freed >> 20)
 
     def int8_activations(self) -> bool:
-        """Whether every decode pass up to PROMPT_ROWS rows runs int8 activations
-        (after prepare)."""
+        """Whether every pass runs int8 activations (after prepare)."""
         if self.fused is None:
             return False
-        from arbridge.engine.matmul_layouts import INT8_ACTIVATIONS, PROMPT_ROWS
+        from arbridge.engine.matmul_layouts import FEW, INT8_ACTIVATIONS, PROMPT_ROWS
 
         return all(p.kernel_for(rows) == p.kernels.get(INT8_ACTIVATIONS)
-                   for p in self.fused.projections() for rows in (1, 2, PROMPT_ROWS))
+                   for p in self.fused.projections()
+                   for rows in (1, FEW, PROMPT_ROWS, PROMPT_ROWS + 1))
 
     def attention_tokens(self) -> float:
         """The position at which a token's attention costs as much as its weight

@@ -123,8 +123,8 @@ class Scheduler:
         self.speculative_forced_tokens = speculative_forced_tokens
         # Guessed drafts only where a pass over several positions rounds as a pass
         # over one does: float32 weights, and int8 weights with int8 activations (each
-        # row quantized alone, integer sums: the same numbers at any row count up to
-        # PROMPT_ROWS; set once the runner is prepared). In bfloat16 and int8 with
+        # row quantized alone, integer sums: the same numbers in any pass; set once
+        # the runner is prepared). In bfloat16 and int8 with
         # bfloat16 activations the few-row and batch kernels round each product to 16
         # bits at other points, and greedy text with drafts differed from text without
         # them (measured: 3 of 4 bench replies in bfloat16). Composed replies pass their

@@ -13,7 +13,6 @@ import math
 import torch
 
 from arbridge.config import megatron_overrides
-from arbridge.engine import matmul_layouts
 from arbridge.engine.matmul_layouts import KernelChoice
 from arbridge.engine.runner import ModelRunner
 from arbridge.models.loader import load_model
@@ -53,23 +52,18 @@ INT8_ACTIVATIONS = "int8-activations"
 
 def perplexity(lm, text: str = TEXT, int8_activations: bool = False) -> tuple[float, int]:
     """(perplexity, tokens scored) of `text` under `lm`, through the engine's
-    runner (the fused decoder, int8 projections when `lm` is quantized).
-    `int8_activations`: in decode-sized passes of SKINNY_ROWS tokens, the only
-    passes where that kernel runs (longer ones keep bfloat16 activations)."""
+    runner (the fused decoder, int8 projections when `lm` is quantized, with int8
+    activations too when asked)."""
+    # Scored in one pass: over 96 tokens, so int8 takes its prompt path (the
+    # dequantized copy, the same arithmetic as its decode kernel).
     ids = lm.tokenizer(text).input_ids[:lm.info.context_length]
     runner = ModelRunner(lm.model, lm.info.context_length, quantize=lm.quantize,
                          matmul_kernels=KernelChoice(int8_activations=int8_activations))
-    # Otherwise in one pass: over 96 tokens, so int8 takes its prompt path (the
-    # dequantized copy, the same arithmetic as its decode kernel).
-    step = matmul_layouts.SKINNY_ROWS if int8_activations else len(ids)
     with torch.inference_mode():
         runner.prepare()
         pool = runner.new_pool(0, block_tokens=len(ids))  # one block: the whole text
-        table = pool.allocate(1)
-        logits = torch.cat([
-            runner.forward(pool, [table], torch.tensor([ids[begin:begin + step]]), [begin],
-                           keep=len(ids[begin:begin + step]))[0]
-            for begin in range(0, len(ids), step)])
+        logits = runner.forward(pool, [pool.allocate(1)], torch.tensor([ids]), [0],
+                                keep=len(ids))[0]
         nll = torch.nn.functional.cross_entropy(logits[:-1].float(), torch.tensor(ids[1:]))
     return math.exp(nll.item()), len(ids) - 1
 
