@@ -45,12 +45,11 @@ inline float bf16_bits_to_float(uint16_t bits) {
 // One x row into int8 blocks `q` (zero past `in`, up to `padded`) and, per 64-byte
 // chunk, 16 scales laid out as the dot product's 16 int32 lanes: lanes 0-7 sum the
 // chunk's first block, lanes 8-15 its second.
-// Without -ffast-math: d and round(x * 127 / max|x|) exactly as IEEE float32 gives them
-// (reassociated, a value near a rounding tie lands one step away from torch's).
+// 127 / max|x| is an IEEE division (the kernels build with -fno-reciprocal-math: as
+// 127 x (1 / max) it was a step off at times, and values near a rounding tie then
+// landed a quantization step away from torch's).
 template <typename T>
-__attribute__((optimize("no-fast-math"))) void quantize_row(const T* x, int64_t in,
-                                                            int64_t padded, int8_t* q,
-                                                            float* lane_scales) {
+void quantize_row(const T* x, int64_t in, int64_t padded, int8_t* q, float* lane_scales) {
   for (int64_t begin = 0; begin < padded; begin += kBlock) {
     const int64_t end = std::min(in, begin + kBlock);
     float amax = 0.f;
