@@ -273,9 +273,10 @@ class EngineSettings(BaseSettings):
                                    "the weights' size again in memory)")
     int8_activations: bool = Field(
         False, description="with --dtype int8: quantize the activations too (blocks of 32, "
-                           "as llama.cpp's Q8_0) where a decode step runs ArBridge's few-row "
-                           "kernel, and multiply in integers (VNNI where the CPU has it): "
-                           "faster, other numbers than the bfloat16 activations")
+                           "as llama.cpp's Q8_0) and multiply in integers (VNNI where the "
+                           "CPU has it): faster, other numbers than the bfloat16 "
+                           "activations, and each row's independent of its pass (guessed "
+                           "drafts on)")
     kv_block_tokens: int = Field(
         16, ge=1, le=1024, description="tokens per KV block (the unit of allocation and of "
                                        "prefix sharing)")

@@ -1,4 +1,5 @@
-// y = x W^T for a few rows with int8 weights AND int8 activations (W8A8).
+// y = x W^T with int8 weights AND int8 activations (W8A8), for any number of rows
+// (rows in fours against each weight row, which stays in L1 meanwhile).
 //
 // x       [rows, in]   float32 or bfloat16, contiguous
 // weight  [out, in]    int8, one bfloat16 scale per output row (`scales` [out])
@@ -15,7 +16,8 @@
 // scaled by its d in float32, and the row's total by the weight row's scale.
 //
 // Numbers differ from the weight-only path by the activations' rounding, so this is a
-// mode of its own (`int8_activations`), measured by perplexity and `make eval`.
+// mode of its own (`int8_activations`), measured by `arbridge perplexity --dtype
+// int8-activations` (in `make eval`).
 #pragma once
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -84,9 +86,6 @@ inline void row_dots(const int8_t* __restrict w, const int8_t* __restrict q,
       std::memcpy(tail, w + i, in - i);
       wp = tail;
     }
-#ifdef W8A8_PREFETCH
-    _mm_prefetch(reinterpret_cast<const char*>(w + i + W8A8_PREFETCH), _MM_HINT_T0);
-#endif
     const __m512i wv = _mm512_loadu_si512(wp);
     const __m512i magnitude = _mm512_abs_epi8(wv);
     const __mmask64 negative = _mm512_movepi8_mask(wv);
