@@ -66,6 +66,14 @@ void quantize_row(const T* x, int64_t in, int64_t padded, int8_t* q, float* lane
   }
 }
 
+// The weight row's 64 bytes from `i`; past its end, copied into `tail` with zeros.
+inline const int8_t* chunk_at(const int8_t* w, int64_t i, int64_t in, int8_t* tail) {
+  if (i + kChunk <= in) return w + i;
+  std::memset(tail, 0, kChunk);
+  std::memcpy(tail, w + i, in - i);
+  return tail;
+}
+
 // sum over chunks of lane_scales . (int32 lane sums of w x q), for `count` x rows
 // (q rows `padded` apart, their lane scales `padded / 4` apart) against one weight
 // row of `in` int8 values. The last partial chunk is copied into a zeroed buffer.
@@ -80,12 +88,7 @@ inline void row_dots(const int8_t* __restrict w, const int8_t* __restrict q,
   const __m512i ones = _mm512_set1_epi16(1);
 #endif
   for (int64_t i = 0; i < in; i += kChunk) {
-    const int8_t* wp = w + i;
-    if (i + kChunk > in) {
-      std::memset(tail, 0, sizeof(tail));
-      std::memcpy(tail, w + i, in - i);
-      wp = tail;
-    }
+    const int8_t* wp = chunk_at(w, i, in, tail);
     const __m512i wv = _mm512_loadu_si512(wp);
     const __m512i magnitude = _mm512_abs_epi8(wv);
     const __mmask64 negative = _mm512_movepi8_mask(wv);
@@ -109,12 +112,7 @@ inline void row_dots(const int8_t* __restrict w, const int8_t* __restrict q,
   const __m256i ones = _mm256_set1_epi16(1);
 #endif
   for (int64_t i = 0; i < in; i += kChunk) {
-    const int8_t* wp = w + i;
-    if (i + kChunk > in) {
-      std::memset(tail, 0, sizeof(tail));
-      std::memcpy(tail, w + i, in - i);
-      wp = tail;
-    }
+    const int8_t* wp = chunk_at(w, i, in, tail);
     for (int half = 0; half < 2; ++half) {  // one block of 32 a half
       const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + 32 * half));
       const __m256i magnitude = _mm256_sign_epi8(wv, wv);
