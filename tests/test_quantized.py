@@ -170,6 +170,10 @@ async def test_int8_activations_keep_the_text_with_drafts_and_in_batches(int8_ll
     with Engine(int8_llama, quantize="int8", speculative_tokens=8) as eng:
         assert not eng.scheduler.lookup_drafts  # bfloat16 activations: no guessed drafts
     with Engine(int8_llama, quantize="int8", matmul_kernels=choice,
+                speculative_tokens=32) as eng:
+        # drafts past the paged kernel's 17 positions attend through SDPA: not exact
+        assert not eng.scheduler.lookup_drafts
+    with Engine(int8_llama, quantize="int8", matmul_kernels=choice,
                 speculative_tokens=8) as eng:
         assert eng.scheduler.lookup_drafts
         eng.scheduler.draft_cost = eng.scheduler.draft_cost_one = 1.0  # draft at every chance

@@ -47,6 +47,7 @@ import torch
 
 from arbridge.engine import speculation
 from arbridge.engine.batch_state import Reader, Request, Slot, TurnOutputs, TurnPlan
+from arbridge.engine.kv_pool import DECODE_QUERIES
 from arbridge.engine.prefill_policy import (
     SHARED_PASS_POSITIONS,
     PrefillPolicy,
@@ -286,8 +287,7 @@ class Scheduler:
         with torch.inference_mode():
             try:
                 self.runner.prepare()
-                if getattr(self.runner, "int8_activations", lambda: False)():
-                    self.lookup_drafts = True
+                self.lookup_drafts = self.lookup_drafts or self.int8_drafts_exact()
                 self._warm_up()
             except Exception as exc:  # e.g. int8 asked of a model it cannot run
                 self.start_error = exc
@@ -295,6 +295,16 @@ class Scheduler:
                 return
             self.ready.set()
             self._run()
+
+    def int8_drafts_exact(self) -> bool:
+        """int8 activations give a row the same numbers in any pass, so a draft's
+        text is exact, provided attention is the same too: every draft pass (the
+        last token and up to speculative_tokens guesses a row) and every one-token
+        step in the paged kernel."""
+        runner = self.runner
+        return getattr(runner, "int8_activations", lambda: False)() \
+            and getattr(runner, "attention_kernel", None) is not None \
+            and self.speculative_tokens + 1 <= DECODE_QUERIES
 
     def _warm_up(self) -> None:
         """One token through the model before any request: the kernels are set up

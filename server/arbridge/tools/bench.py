@@ -274,7 +274,7 @@ def _decoder_variant(scheduler, served, name: str) -> None:
         scheduler.lookup_drafts = False  # as the scheduler sets it for these numbers
     else:
         runner.fused = served
-        scheduler.lookup_drafts = scheduler.lookup_drafts or runner.int8_activations()
+        scheduler.lookup_drafts = scheduler.lookup_drafts or scheduler.int8_drafts_exact()
     runner.fused.use_native_layers = name != "engine-pylayers"
 
 

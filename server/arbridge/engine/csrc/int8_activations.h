@@ -186,11 +186,11 @@ torch::Tensor int8_activations_matmul(const torch::Tensor& x, const torch::Tenso
   // Runs of rows big enough that a task is not all overhead (at least ~64 KB read).
   const int64_t grain = std::max<int64_t>(8, (64 << 10) / std::max<int64_t>(1, in));
   at::parallel_for(0, out, grain, [&](int64_t begin, int64_t end) {
-    float part[kRowBlock];
+    float part[w8a8::kRowBlock];
     for (int64_t o = begin; o < end; ++o) {
       const float scale = bf16_bits_to_float(wscale[o]);
-      for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
-        const int64_t count = std::min<int64_t>(kRowBlock, rows - r0);
+      for (int64_t r0 = 0; r0 < rows; r0 += w8a8::kRowBlock) {
+        const int64_t count = std::min<int64_t>(w8a8::kRowBlock, rows - r0);
         const int8_t* qr = q.data() + r0 * padded;
         const float* sr = lane_scales.data() + r0 * padded / 4;
         switch (count) {
