@@ -39,7 +39,8 @@ FEW = 4
 # dequantized copy pays only from here (measured on SmolLM2's shapes: at 64 rows
 # the int8 kernel is 1.4x faster, at 128 and 512 rows the copy 1.7-1.9x).
 PROMPT_ROWS = 96
-# The few-row kernel on int8 weights with int8 activations (csrc/int8_activations.h).
+# ArBridge's kernel for int8 weights with int8 activations, every pass when the
+# `int8_activations` setting asks (csrc/int8_activations.h).
 INT8_ACTIVATIONS = "int8-activations"
 # The few-row kernel serves up to this many rows (a decode step of a few streams, or
 # one stream reading its draft); past that a BLAS kernel blocks the work better.
